@@ -1,0 +1,139 @@
+// The backend interface: what the daemon needs from an attention engine (memory, streams, plans,
+// append_kv, attention, state merging). The CPU reference backend and the CUDA backend implement
+// it; the daemon picks one at start-up. Nothing here knows about gRPC or sessions.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "attnd/kernels/types.h"
+
+namespace attnd::kernels {
+
+// One allocation in the backend's memory (host memory for CPU, device memory for CUDA).
+// Freed when destroyed.
+class BackendMemory {
+ public:
+  virtual ~BackendMemory() = default;
+  virtual void* data() const = 0;
+  virtual size_t size() const = 0;
+  // CUDA: the cudaIpcMemHandle_t (64 bytes) of the allocation, so other processes can map it.
+  // Empty where the backend has no IPC.
+  virtual std::string ipc_handle() const { return {}; }
+};
+
+// An ordered queue of work (a cudaStream_t on CUDA; the CPU backend runs work inline).
+class Stream {
+ public:
+  virtual ~Stream() = default;
+  virtual void* native() const = 0;  // cudaStream_t, or null on CPU
+};
+
+// What a backend can do, reported in ServerInfo and used for validation.
+struct BackendInfo {
+  std::string name;    // "cpu" or "cuda"
+  std::string device;  // human-readable device name
+  int32_t device_ordinal = -1;
+  uint64_t memory_total_bytes = 0;  // device memory (CUDA) or physical memory (CPU)
+  std::vector<DType> kv_dtypes;
+  std::vector<DType> q_dtypes;
+  std::vector<int32_t> head_dims;
+  std::vector<int32_t> page_sizes;  // empty = any page size >= 1
+  bool cuda_ipc = false;
+};
+
+// A batch's page table, already validated by the caller (indptr monotone, page ids in range,
+// last_page_len in 1..page_size). qo_indptr is always filled, also for decode (0, 1, ..., B).
+struct PlanSpec {
+  AttentionKind kind = AttentionKind::kDecode;
+  int32_t num_qo_heads = 0;
+  int32_t num_kv_heads = 0;
+  int32_t head_dim = 0;
+  int32_t page_size = 0;
+  DType kv_dtype = DType::kFloat16;
+  std::vector<int32_t> kv_indptr;         // [B + 1]
+  std::vector<int32_t> kv_indices;        // [kv_indptr[B]]
+  std::vector<int32_t> kv_last_page_len;  // [B]
+  std::vector<int32_t> qo_indptr;         // [B + 1]
+
+  int32_t batch_size() const { return static_cast<int32_t>(kv_last_page_len.size()); }
+  int64_t qo_tokens() const { return qo_indptr.empty() ? 0 : qo_indptr.back(); }
+};
+
+// A plan prepared by a backend: the page table in backend memory plus the backend's own work
+// schedule (e.g. the split-KV partition). Immutable; shared by all runs (layers) of a step.
+class PreparedPlan {
+ public:
+  explicit PreparedPlan(PlanSpec spec) : spec_(std::move(spec)) {}
+  virtual ~PreparedPlan() = default;
+  const PlanSpec& spec() const { return spec_; }
+
+ private:
+  PlanSpec spec_;
+};
+
+// One layer's attention over a prepared plan. All pointers are in backend memory except
+// rope_offsets_host. If k_new/v_new are set they are appended first (see AppendKvParams).
+struct RunArgs {
+  const PreparedPlan* plan = nullptr;
+  PagedKV layer;               // data, dtype, geometry and strides; page-table fields are ignored
+  const void* q = nullptr;     // [qo_tokens, num_qo_heads, head_dim] q_dtype
+  void* o = nullptr;           // [qo_tokens, num_qo_heads, head_dim] q_dtype
+  float* lse = nullptr;        // [qo_tokens, num_qo_heads] or null
+  DType q_dtype = DType::kFloat16;
+  const void* k_new = nullptr; // [qo_tokens, num_kv_heads, head_dim] kv dtype, or null
+  const void* v_new = nullptr;
+  AttentionOptions options;    // options.rope_offsets is ignored; use rope_offsets_host
+  const int32_t* rope_offsets_host = nullptr;  // [batch_size] host memory, or null
+  Stream* stream = nullptr;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+
+  virtual const BackendInfo& info() const = 0;
+  // True when backend memory is ordinary host memory (the CPU backend): callers may read and
+  // write it directly instead of copying.
+  virtual bool host_accessible() const = 0;
+
+  virtual absl::StatusOr<std::unique_ptr<BackendMemory>> Allocate(size_t bytes) = 0;
+  // Maps another process's CUDA allocation (cudaIpcOpenMemHandle) and checks that it spans at
+  // least size_bytes. FAILED_PRECONDITION on backends without IPC.
+  virtual absl::StatusOr<std::unique_ptr<BackendMemory>> OpenIpcBuffer(const std::string& handle,
+                                                                       int32_t device,
+                                                                       size_t size_bytes) = 0;
+  virtual absl::StatusOr<std::unique_ptr<Stream>> CreateStream() = 0;
+  virtual absl::Status CopyToBackend(void* dst, const void* src, size_t bytes, Stream* stream) = 0;
+  virtual absl::Status CopyToHost(void* dst, const void* src, size_t bytes, Stream* stream) = 0;
+  virtual absl::Status Synchronize(Stream* stream) = 0;
+
+  // Uploads the page table and computes the backend's schedule.
+  virtual absl::StatusOr<std::unique_ptr<PreparedPlan>> Prepare(PlanSpec spec, Stream* stream) = 0;
+  // Appends new K/V rows (one per query token of the plan) into the layer's pages.
+  virtual absl::Status AppendKv(const PreparedPlan& plan, const PagedKV& layer, const void* k,
+                                const void* v, Stream* stream) = 0;
+  // Decode or prefill/append attention of one layer (plan.spec().kind decides).
+  virtual absl::Status Attention(const RunArgs& args) = 0;
+  virtual absl::Status MergeStates(const MergeStatesParams& params, Stream* stream) = 0;
+
+  // OK while the backend can serve; a sticky device error makes it return that error for good.
+  virtual absl::Status Health() const { return absl::OkStatus(); }
+};
+
+struct CpuBackendOptions {
+  int32_t num_threads = 0;  // 0 = std::thread::hardware_concurrency()
+};
+absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(const CpuBackendOptions& options);
+
+struct CudaBackendOptions {
+  int32_t device = 0;  // CUDA device ordinal
+};
+// UNAVAILABLE when attnd was built without CUDA or no CUDA device can be used.
+absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const CudaBackendOptions& options);
+
+}  // namespace attnd::kernels

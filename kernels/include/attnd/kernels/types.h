@@ -1,0 +1,160 @@
+// Plain data types shared by every attnd attention backend (CPU reference, CUDA).
+//
+// Everything here is trivially copyable and holds no ownership: pointers refer to the backend's
+// memory (host memory for the CPU backend, device memory for CUDA). The same structs are passed
+// by value to CUDA kernels, so they contain no std:: containers.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace attnd::kernels {
+
+// Element types. Numbering is internal (the wire API has its own enum).
+enum class DType : int32_t {
+  kFloat32 = 0,
+  kFloat16 = 1,
+  kBFloat16 = 2,
+  kFloat8E4M3 = 3,  // K/V storage only
+};
+
+constexpr size_t DTypeSize(DType t) {
+  switch (t) {
+    case DType::kFloat32: return 4;
+    case DType::kFloat16: return 2;
+    case DType::kBFloat16: return 2;
+    case DType::kFloat8E4M3: return 1;
+  }
+  return 0;
+}
+
+const char* DTypeName(DType t);
+
+enum class PosEncoding : int32_t {
+  kNone = 0,
+  kRopeLlama = 1,  // rotate q and k on the fly; K is stored unrotated in the cache
+};
+
+enum class AttentionKind : int32_t {
+  kDecode = 0,   // one query token per request
+  kPrefill = 1,  // qo_len tokens per request; "append" when kv_len > qo_len
+};
+
+// Variant options of one attention call. Defaults reproduce plain softmax attention.
+struct AttentionOptions {
+  float sm_scale = 0.f;         // 0 = 1/sqrt(head_dim)
+  bool causal = false;          // prefill only; decode is causal by construction
+  PosEncoding pos_encoding = PosEncoding::kNone;
+  float rope_theta = 1e4f;
+  float rope_scale = 1.f;       // positions are divided by rope_scale
+  const int32_t* rope_offsets = nullptr;  // [batch] added to q and k positions; null = 0
+  float logits_soft_cap = 0.f;  // > 0: s = cap * tanh(s / cap), applied to the scaled logit
+  int32_t window_left = -1;     // >= 0: query at position p sees kv positions [p - window_left, p]
+};
+
+// The paged KV cache of one layer, plus a batch's CSR page table: a non-owning view.
+//
+// Layout (NHD) of one layer: [num_pages][2][page_size][num_kv_heads][head_dim]; index 0 of the 2
+// is K, 1 is V. Element (page p, kv i, token t, head h, dim d) is at
+//   data + p*page_stride + i*kv_stride + t*token_stride + h*head_stride + d     (in elements).
+// Request b reads pages indices[indptr[b] .. indptr[b+1]) in order; the last holds
+// last_page_len[b] (1..page_size) tokens:  kv_len(b) = (n_pages - 1) * page_size + last_page_len.
+struct PagedKV {
+  void* data = nullptr;
+  DType dtype = DType::kFloat16;
+  int32_t num_pages = 0;
+  int32_t page_size = 0;
+  int32_t num_kv_heads = 0;
+  int32_t head_dim = 0;
+  int64_t page_stride = 0;   // elements; NHD = 2 * page_size * num_kv_heads * head_dim
+  int64_t kv_stride = 0;     // elements; NHD = page_size * num_kv_heads * head_dim
+  int64_t token_stride = 0;  // elements; NHD = num_kv_heads * head_dim
+  int64_t head_stride = 0;   // elements; NHD = head_dim
+
+  int32_t batch_size = 0;
+  const int32_t* indptr = nullptr;         // [batch_size + 1]
+  const int32_t* indices = nullptr;        // [indptr[batch_size]]
+  const int32_t* last_page_len = nullptr;  // [batch_size]
+
+  // Fills the four strides for the NHD layout from page_size, num_kv_heads and head_dim.
+  constexpr void SetNhdStrides() {
+    head_stride = head_dim;
+    token_stride = static_cast<int64_t>(num_kv_heads) * head_dim;
+    kv_stride = static_cast<int64_t>(page_size) * token_stride;
+    page_stride = 2 * kv_stride;
+  }
+};
+
+// Contiguous ("ragged") K/V of a batch: request b's keys are rows indptr[b] .. indptr[b+1) of
+// k and v, each [kv_nnz, num_kv_heads, head_dim] with the given row and head strides (elements).
+struct RaggedKV {
+  const void* k = nullptr;
+  const void* v = nullptr;
+  DType dtype = DType::kFloat16;
+  int32_t num_kv_heads = 0;
+  int32_t head_dim = 0;
+  int64_t stride_n = 0;  // elements between tokens
+  int64_t stride_h = 0;  // elements between heads
+  int32_t batch_size = 0;
+  const int32_t* indptr = nullptr;  // [batch_size + 1]
+};
+
+// Query/output side of a batched attention call.
+//   q:   [qo_nnz, num_qo_heads, head_dim] in q_dtype (row-major, dense)
+//   o:   [qo_nnz, num_qo_heads, head_dim] in q_dtype
+//   lse: [qo_nnz, num_qo_heads] float32, natural-log log-sum-exp of the scaled logits; optional
+// Request b's query rows are qo_indptr[b] .. qo_indptr[b+1); null qo_indptr means one row per
+// request (decode). The query rows are the last qo_len tokens of the sequence, so row i of
+// request b sits at kv position kv_len(b) - qo_len(b) + i (used by causal masks, windows, RoPE).
+struct QueryOutput {
+  const void* q = nullptr;
+  void* o = nullptr;
+  float* lse = nullptr;
+  DType q_dtype = DType::kFloat16;
+  int32_t num_qo_heads = 0;
+  int32_t batch_size = 0;
+  const int32_t* qo_indptr = nullptr;  // [batch_size + 1] or null (one row per request)
+};
+
+// Batched attention over the paged cache: decode (one row per request) or prefill/append.
+struct PagedAttentionParams {
+  QueryOutput qo;
+  PagedKV kv;
+  AttentionOptions options;
+};
+
+// Batched attention over ragged contiguous K/V (prefill without a cache).
+struct RaggedAttentionParams {
+  QueryOutput qo;
+  RaggedKV kv;
+  AttentionOptions options;
+};
+
+// Writes new tokens into the paged cache: row j of k/v (request b's i-th new token, rows
+// new_indptr[b] .. new_indptr[b+1)) goes to kv position kv_len(b) - new_len(b) + i of request b.
+// k, v: [new_nnz, num_kv_heads, head_dim] in kv.dtype, dense.
+struct AppendKvParams {
+  PagedKV kv;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  const int32_t* new_indptr = nullptr;  // [kv.batch_size + 1]
+};
+
+// Merges attention states: for each row r and head h, the states (v_i, s_i) for i < num_states
+// (v: [num_rows, num_heads, head_dim] in dtype, s: [num_rows, num_heads] float32 natural-log LSE)
+// laid out as v_in[r][i][h][:] and s_in[r][i][h], are combined into v_out[r][h][:], s_out[r][h].
+//   s = log(sum_i exp(s_i)),  v = sum_i exp(s_i - s) * v_i
+// A state with s_i = -inf contributes nothing (an empty partition).
+struct MergeStatesParams {
+  const void* v_in = nullptr;   // [num_rows, num_states, num_heads, head_dim]
+  const float* s_in = nullptr;  // [num_rows, num_states, num_heads]
+  void* v_out = nullptr;        // [num_rows, num_heads, head_dim]
+  float* s_out = nullptr;       // [num_rows, num_heads], optional
+  DType dtype = DType::kFloat16;
+  int32_t num_rows = 0;
+  int32_t num_states = 0;
+  int32_t num_heads = 0;
+  int32_t head_dim = 0;
+};
+
+}  // namespace attnd::kernels
