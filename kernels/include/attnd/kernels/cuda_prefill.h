@@ -1,0 +1,38 @@
+// CUDA batch prefill/append attention (tensor cores) over the paged cache or ragged K/V.
+//
+// Plan/run split: PreparePrefill computes, once per batch, the tiling of every request's query
+// rows into CTA work items from host copies of qo_indptr and kv lengths, and uploads it to device
+// memory that the returned PrefillWork owns. RunPagedPrefill / RunRaggedPrefill then launch one
+// layer each and may be called many times with the same PrefillWork.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <memory>
+#include <span>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "attnd/kernels/types.h"
+
+namespace attnd::kernels::cuda {
+
+class PrefillWork;  // opaque; owns its device arrays (RAII)
+struct PrefillWorkDeleter { void operator()(PrefillWork* w) const; };
+using PrefillWorkPtr = std::unique_ptr<PrefillWork, PrefillWorkDeleter>;
+
+// qo_indptr: [batch + 1] host; kv_len: [batch] host (kv_len[b] >= qo_len[b]).
+absl::StatusOr<PrefillWorkPtr> PreparePrefill(std::span<const int32_t> qo_indptr,
+                                              std::span<const int32_t> kv_len,
+                                              int32_t num_qo_heads, int32_t num_kv_heads,
+                                              int32_t head_dim, cudaStream_t stream);
+
+// params: device pointers (q, o, lse, qo_indptr, page table). Errors (unsupported head_dim or
+// dtype, launch failure) come back as a status; nothing aborts.
+absl::Status RunPagedPrefill(const PrefillWork& work, const PagedAttentionParams& params,
+                             cudaStream_t stream);
+absl::Status RunRaggedPrefill(const PrefillWork& work, const RaggedAttentionParams& params,
+                              cudaStream_t stream);
+
+}  // namespace attnd::kernels::cuda
