@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Configures and builds attnd (daemon, kernels, clients, tests, benchmarks) into ${BUILD_DIR:-build}.
+# CUDA: built when nvcc is found (ATTND_CUDA=AUTO|ON|OFF, env or default AUTO); sm_90a by default.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+build_dir=${BUILD_DIR:-build}
+cmake -S . -B "$build_dir" -G Ninja \
+  -DCMAKE_BUILD_TYPE="${BUILD_TYPE:-Release}" \
+  -DATTND_CUDA="${ATTND_CUDA:-AUTO}" \
+  ${ATTND_CUDA_ARCHS:+-DATTND_CUDA_ARCHS="$ATTND_CUDA_ARCHS"} \
+  ${ATTND_CUDA_HEAD_DIMS:+-DATTND_CUDA_HEAD_DIMS="$ATTND_CUDA_HEAD_DIMS"}
+start=$(date +%s)
+cmake --build "$build_dir" -j "${JOBS:-$(nproc)}"
+echo "build: done in $(( $(date +%s) - start )) s -> $build_dir/bin/attnd"
