@@ -1,0 +1,378 @@
+// Shared harness of the GPU tests (tests/gpu/*_test.cu): device RAII buffers, random fills,
+// output poisoning, error metrics and a PASS/FAIL table.
+//
+// Method (see tests/gpu/README in run_all.sh): every output buffer is filled with 0xFF bytes
+// before the kernel runs; 0xFFFF (fp16/bf16) and 0xFFFFFFFF (fp32) are NaN bit patterns, so an
+// element the kernel never wrote is both "unwritten" and NaN and can never pass. Results are
+// compared with the CPU reference by relative L2 error ||got - ref|| / ||ref|| in float64.
+//
+// Header-only, host code only (usable from .cu and .cc test files). Tests are programs, not
+// request paths: a failing CUDA call prints where and exits with status 2.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "attnd/kernels/types.h"
+
+namespace attnd::gpu_test {
+
+using attnd::kernels::DType;
+
+#define GT_CUDA_CHECK(expr)                                                              \
+  do {                                                                                   \
+    cudaError_t gt_err_ = (expr);                                                        \
+    if (gt_err_ != cudaSuccess) {                                                        \
+      std::fprintf(stderr, "%s:%d: CUDA error %s (%s) in %s\n", __FILE__, __LINE__,      \
+                   cudaGetErrorName(gt_err_), cudaGetErrorString(gt_err_), #expr);       \
+      std::exit(2);                                                                      \
+    }                                                                                    \
+  } while (0)
+
+// Exits when a Status-returning call fails (works with absl::Status without including absl).
+#define GT_STATUS_CHECK(expr)                                                            \
+  do {                                                                                   \
+    auto gt_st_ = (expr);                                                                \
+    if (!gt_st_.ok()) {                                                                  \
+      std::fprintf(stderr, "%s:%d: %s failed: %s\n", __FILE__, __LINE__, #expr,          \
+                   std::string(gt_st_.ToString()).c_str());                              \
+      std::exit(2);                                                                      \
+    }                                                                                    \
+  } while (0)
+
+// ---- dtype conversion (host) -----------------------------------------------------------------
+// Round to nearest even, as the device does; via CUDA's host-callable conversions.
+inline uint16_t FloatToHalfBits(float f) {
+  __half h = __float2half_rn(f);
+  __half_raw r = h;
+  return r.x;
+}
+inline float HalfBitsToFloat(uint16_t b) {
+  __half_raw r;
+  r.x = b;
+  return __half2float(__half(r));
+}
+inline uint16_t FloatToBf16Bits(float f) {
+  __nv_bfloat16 h = __float2bfloat16_rn(f);
+  __nv_bfloat16_raw r = h;
+  return r.x;
+}
+inline float Bf16BitsToFloat(uint16_t b) {
+  uint32_t u = static_cast<uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+inline size_t ElemSize(DType t) { return attnd::kernels::DTypeSize(t); }
+
+// Host float values -> raw bytes of dtype t (fp32, fp16, bf16).
+inline std::vector<uint8_t> EncodeAs(const std::vector<float>& x, DType t) {
+  std::vector<uint8_t> out(x.size() * ElemSize(t));
+  for (size_t i = 0; i < x.size(); ++i) {
+    if (t == DType::kFloat32) {
+      std::memcpy(&out[i * 4], &x[i], 4);
+    } else {
+      uint16_t b = t == DType::kFloat16 ? FloatToHalfBits(x[i]) : FloatToBf16Bits(x[i]);
+      std::memcpy(&out[i * 2], &b, 2);
+    }
+  }
+  return out;
+}
+
+// Raw bytes of dtype t -> float values.
+inline std::vector<float> DecodeFrom(const std::vector<uint8_t>& raw, DType t) {
+  size_t n = raw.size() / ElemSize(t);
+  std::vector<float> out(n);
+  for (size_t i = 0; i < n; ++i) {
+    if (t == DType::kFloat32) {
+      std::memcpy(&out[i], &raw[i * 4], 4);
+    } else {
+      uint16_t b;
+      std::memcpy(&b, &raw[i * 2], 2);
+      out[i] = t == DType::kFloat16 ? HalfBitsToFloat(b) : Bf16BitsToFloat(b);
+    }
+  }
+  return out;
+}
+
+// Rounds every value to dtype t and back, so that the CPU reference sees exactly the stored data.
+inline void RoundTo(std::vector<float>& x, DType t) {
+  if (t == DType::kFloat32) return;
+  for (float& v : x) {
+    v = t == DType::kFloat16 ? HalfBitsToFloat(FloatToHalfBits(v))
+                             : Bf16BitsToFloat(FloatToBf16Bits(v));
+  }
+}
+
+// True where the raw element still holds the poison pattern (all bytes 0xFF).
+inline std::vector<uint8_t> UnwrittenMask(const std::vector<uint8_t>& raw, DType t) {
+  size_t es = ElemSize(t);
+  size_t n = raw.size() / es;
+  std::vector<uint8_t> m(n, 0);
+  for (size_t i = 0; i < n; ++i) {
+    bool all = true;
+    for (size_t k = 0; k < es; ++k) all = all && raw[i * es + k] == 0xFF;
+    m[i] = all ? 1 : 0;
+  }
+  return m;
+}
+
+// ---- device memory ---------------------------------------------------------------------------
+// An untyped cudaMalloc'd buffer, freed on destruction.
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  explicit DeviceBuffer(size_t bytes) : bytes_(bytes) {
+    if (bytes_ > 0) GT_CUDA_CHECK(cudaMalloc(&ptr_, bytes_));
+  }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  DeviceBuffer(DeviceBuffer&& o) noexcept : ptr_(o.ptr_), bytes_(o.bytes_) {
+    o.ptr_ = nullptr;
+    o.bytes_ = 0;
+  }
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+    if (this != &o) {
+      Reset();
+      ptr_ = o.ptr_;
+      bytes_ = o.bytes_;
+      o.ptr_ = nullptr;
+      o.bytes_ = 0;
+    }
+    return *this;
+  }
+  ~DeviceBuffer() { Reset(); }
+
+  // Allocates and uploads a host vector.
+  template <typename T>
+  static DeviceBuffer From(const std::vector<T>& host) {
+    DeviceBuffer b(host.size() * sizeof(T));
+    if (!host.empty()) {
+      GT_CUDA_CHECK(cudaMemcpy(b.ptr_, host.data(), b.bytes_, cudaMemcpyHostToDevice));
+    }
+    return b;
+  }
+
+  void* get() const { return ptr_; }
+  template <typename T>
+  T* as() const { return static_cast<T*>(ptr_); }
+  size_t bytes() const { return bytes_; }
+
+  // Fills with 0xFF bytes: NaN in fp16/bf16/fp32 and recognisable as "never written".
+  void Poison() const {
+    if (ptr_) GT_CUDA_CHECK(cudaMemset(ptr_, 0xFF, bytes_));
+  }
+  std::vector<uint8_t> Download() const {
+    std::vector<uint8_t> h(bytes_);
+    if (bytes_) GT_CUDA_CHECK(cudaMemcpy(h.data(), ptr_, bytes_, cudaMemcpyDeviceToHost));
+    return h;
+  }
+  template <typename T>
+  std::vector<T> DownloadAs() const {
+    std::vector<T> h(bytes_ / sizeof(T));
+    if (bytes_) GT_CUDA_CHECK(cudaMemcpy(h.data(), ptr_, h.size() * sizeof(T),
+                                         cudaMemcpyDeviceToHost));
+    return h;
+  }
+
+ private:
+  void Reset() {
+    if (ptr_) cudaFree(ptr_);
+    ptr_ = nullptr;
+    bytes_ = 0;
+  }
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+// ---- random data -----------------------------------------------------------------------------
+class Rng {
+ public:
+  explicit Rng(uint64_t seed) : gen_(seed) {}
+  float Uniform(float lo, float hi) { return std::uniform_real_distribution<float>(lo, hi)(gen_); }
+  float Normal(float mean = 0.f, float stddev = 1.f) {
+    return std::normal_distribution<float>(mean, stddev)(gen_);
+  }
+  int32_t Int(int32_t lo, int32_t hi_inclusive) {
+    return std::uniform_int_distribution<int32_t>(lo, hi_inclusive)(gen_);
+  }
+  std::vector<float> NormalVector(size_t n, float stddev = 1.f) {
+    std::vector<float> v(n);
+    for (float& x : v) x = Normal(0.f, stddev);
+    return v;
+  }
+  // A random permutation of 0..n-1 (e.g. page ids "in random order").
+  std::vector<int32_t> Permutation(int32_t n) {
+    std::vector<int32_t> p(n);
+    for (int32_t i = 0; i < n; ++i) p[i] = i;
+    std::shuffle(p.begin(), p.end(), gen_);
+    return p;
+  }
+  std::mt19937_64& engine() { return gen_; }
+
+ private:
+  std::mt19937_64 gen_;
+};
+
+// ---- comparison ------------------------------------------------------------------------------
+struct Comparison {
+  double rel_l2 = 0;     // ||got - ref||_2 / max(||ref||_2, tiny), over finite reference values
+  double max_abs = 0;    // max |got - ref| over finite reference values
+  int64_t count = 0;     // elements compared
+  int64_t nan = 0;       // got is NaN (never acceptable)
+  int64_t unwritten = 0; // still the poison pattern
+  int64_t inf_mismatch = 0;  // ref is +-inf and got differs, or got is inf where ref is finite
+};
+
+// got/ref: float values; unwritten: optional mask from UnwrittenMask (same length as got).
+// Elements where `skip` (optional) is nonzero are not compared (e.g. sampled reference rows).
+inline Comparison Compare(const std::vector<float>& got, const std::vector<float>& ref,
+                          const std::vector<uint8_t>* unwritten = nullptr,
+                          const std::vector<uint8_t>* skip = nullptr) {
+  Comparison c;
+  double err2 = 0, ref2 = 0;
+  size_t n = std::min(got.size(), ref.size());
+  if (got.size() != ref.size()) c.inf_mismatch += 1;  // a size mismatch never passes
+  for (size_t i = 0; i < n; ++i) {
+    if (skip && (*skip)[i]) continue;
+    ++c.count;
+    if (unwritten && (*unwritten)[i]) ++c.unwritten;
+    float g = got[i], r = ref[i];
+    if (std::isnan(g)) {
+      ++c.nan;
+      continue;
+    }
+    if (std::isinf(r) || std::isinf(g)) {
+      if (g != r) ++c.inf_mismatch;
+      continue;
+    }
+    double d = static_cast<double>(g) - r;
+    err2 += d * d;
+    ref2 += static_cast<double>(r) * r;
+    c.max_abs = std::max(c.max_abs, std::fabs(d));
+  }
+  c.rel_l2 = std::sqrt(err2) / std::max(std::sqrt(ref2), 1e-30);
+  if (ref2 == 0 && err2 == 0) c.rel_l2 = 0;
+  return c;
+}
+
+// Default relative-L2 bounds for outputs stored in a dtype (inputs rounded to it, fp32 math).
+inline double DefaultTolerance(DType t) {
+  switch (t) {
+    case DType::kFloat32: return 1e-5;
+    case DType::kFloat16: return 2e-3;
+    case DType::kBFloat16: return 1.2e-2;
+    default: return 5e-2;
+  }
+}
+
+// ---- result table ----------------------------------------------------------------------------
+class ResultTable {
+ public:
+  explicit ResultTable(std::string suite) : suite_(std::move(suite)) {}
+
+  // Records one checked output; returns whether it passed. NaN, unwritten elements and inf
+  // mismatches always fail; otherwise rel_l2 must be <= tol.
+  bool Add(const std::string& name, const Comparison& c, double tol) {
+    bool pass = c.nan == 0 && c.unwritten == 0 && c.inf_mismatch == 0 && c.count > 0 &&
+                c.rel_l2 <= tol && std::isfinite(c.rel_l2);
+    rows_.push_back({name, c, tol, pass, ""});
+    if (!pass) ++failures_;
+    if (verbose_ || !pass) PrintRow(stdout, rows_.back());
+    return pass;
+  }
+  // Records a check that is a plain condition (e.g. an expected error status).
+  bool AddCheck(const std::string& name, bool pass, const std::string& note) {
+    Comparison c;
+    c.count = 1;
+    rows_.push_back({name, c, 0, pass, note});
+    if (!pass) ++failures_;
+    if (verbose_ || !pass) PrintRow(stdout, rows_.back());
+    return pass;
+  }
+
+  void set_verbose(bool v) { verbose_ = v; }
+  int failures() const { return failures_; }
+  size_t size() const { return rows_.size(); }
+
+  // Prints every row (or only failures when only_failures) and a summary line.
+  void Print(FILE* f, bool only_failures = false) const {
+    std::fprintf(f, "\n== %s: %zu checks, %d failed ==\n", suite_.c_str(), rows_.size(), failures_);
+    std::fprintf(f, "%-6s %-64s %10s %10s %9s %6s %6s %6s\n", "result", "case", "rel_l2", "max_abs",
+                 "tol", "nan", "unwr", "inf");
+    for (const auto& r : rows_) {
+      if (only_failures && r.pass) continue;
+      PrintRow(f, r);
+    }
+    std::fprintf(f, "SUMMARY %s %s (%zu checks, %d failed)\n", suite_.c_str(),
+                 failures_ == 0 ? "PASS" : "FAIL", rows_.size(), failures_);
+  }
+  int ExitCode() const { return failures_ == 0 ? 0 : 1; }
+
+ private:
+  struct Row {
+    std::string name;
+    Comparison c;
+    double tol;
+    bool pass;
+    std::string note;
+  };
+  static void PrintRow(FILE* f, const Row& r) {
+    if (!r.note.empty()) {
+      std::fprintf(f, "%-6s %-64s %s\n", r.pass ? "PASS" : "FAIL", r.name.c_str(), r.note.c_str());
+      return;
+    }
+    std::fprintf(f, "%-6s %-64s %10.3e %10.3e %9.1e %6lld %6lld %6lld\n", r.pass ? "PASS" : "FAIL",
+                 r.name.c_str(), r.c.rel_l2, r.c.max_abs, r.tol, (long long)r.c.nan,
+                 (long long)r.c.unwritten, (long long)r.c.inf_mismatch);
+  }
+  std::string suite_;
+  std::vector<Row> rows_;
+  int failures_ = 0;
+  bool verbose_ = false;
+};
+
+// ---- command line ----------------------------------------------------------------------------
+// Flags every GPU test understands: --small (a few tiny cases, for compute-sanitizer),
+// --verbose (print every row as it is checked), --seed=N.
+struct TestFlags {
+  bool small = false;
+  bool verbose = false;
+  uint64_t seed = 1234;
+};
+inline TestFlags ParseFlags(int argc, char** argv) {
+  TestFlags f;
+  for (int i = 1; i < argc; ++i) {
+    std::string_view a = argv[i];
+    if (a == "--small") f.small = true;
+    else if (a == "--verbose") f.verbose = true;
+    else if (a.substr(0, 7) == "--seed=") f.seed = std::strtoull(argv[i] + 7, nullptr, 10);
+    else std::fprintf(stderr, "ignoring unknown flag %s\n", argv[i]);
+  }
+  return f;
+}
+
+// Prints the device the test runs on (first line of every test's output).
+inline void PrintDevice() {
+  int dev = 0;
+  GT_CUDA_CHECK(cudaGetDevice(&dev));
+  cudaDeviceProp p{};
+  GT_CUDA_CHECK(cudaGetDeviceProperties(&p, dev));
+  std::printf("device %d: %s (sm_%d%d, %d SMs, %.0f MB L2)\n", dev, p.name, p.major, p.minor,
+              p.multiProcessorCount, p.l2CacheSize / 1e6);
+}
+
+}  // namespace attnd::gpu_test
