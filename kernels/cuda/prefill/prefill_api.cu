@@ -1,0 +1,287 @@
+// Host side of the CUDA prefill: the plan (PreparePrefill -> PrefillWork) and the run entry
+// points that validate a call, resolve the variant options and dispatch to the per-(head_dim,
+// dtype) launchers.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "attnd/kernels/cuda_prefill.h"
+#include "prefill_params.h"
+
+// sources.cmake defines ATTND_PREFILL_HEAD_DIMS_FILTERED and ATTND_PREFILL_HD<D> for the head
+// dims it compiles. Built without it (e.g. a plain glob), every head dim is compiled.
+#ifndef ATTND_PREFILL_HEAD_DIMS_FILTERED
+#define ATTND_PREFILL_HD64 1
+#define ATTND_PREFILL_HD128 1
+#define ATTND_PREFILL_HD256 1
+#endif
+
+namespace attnd::kernels::cuda {
+
+namespace {
+
+bool HeadDimCompiled(int32_t head_dim) {
+  switch (head_dim) {
+#ifdef ATTND_PREFILL_HD64
+    case 64: return true;
+#endif
+#ifdef ATTND_PREFILL_HD128
+    case 128: return true;
+#endif
+#ifdef ATTND_PREFILL_HD256
+    case 256: return true;
+#endif
+    default: return false;
+  }
+}
+
+absl::Status CudaStatus(cudaError_t err, const char* what) {
+  if (err == cudaSuccess) return absl::OkStatus();
+  return absl::InternalError(absl::StrCat("prefill: ", what, ": ", cudaGetErrorName(err), " (",
+                                          cudaGetErrorString(err), ")"));
+}
+
+}  // namespace
+
+// Owns the device array of work items (one cudaMalloc), and remembers the shape it was planned
+// for so that runs can be checked against it.
+class PrefillWork {
+ public:
+  PrefillWork() = default;
+  PrefillWork(const PrefillWork&) = delete;
+  PrefillWork& operator=(const PrefillWork&) = delete;
+  ~PrefillWork() {
+    if (items_ != nullptr) cudaFree(items_);
+  }
+
+  prefill::PrefillItem* items_ = nullptr;  // device, [num_items_]
+  int32_t num_items_ = 0;
+  int32_t batch_size_ = 0;
+  int32_t num_qo_heads_ = 0;
+  int32_t num_kv_heads_ = 0;
+  int32_t head_dim_ = 0;
+};
+
+void PrefillWorkDeleter::operator()(PrefillWork* w) const { delete w; }
+
+absl::StatusOr<PrefillWorkPtr> PreparePrefill(std::span<const int32_t> qo_indptr,
+                                              std::span<const int32_t> kv_len,
+                                              int32_t num_qo_heads, int32_t num_kv_heads,
+                                              int32_t head_dim, cudaStream_t stream) {
+  if (qo_indptr.empty()) return absl::InvalidArgumentError("prefill: qo_indptr is empty");
+  const size_t batch = qo_indptr.size() - 1;
+  if (kv_len.size() != batch) {
+    return absl::InvalidArgumentError(absl::StrCat("prefill: kv_len has ", kv_len.size(),
+                                                   " entries, qo_indptr implies ", batch));
+  }
+  if (num_kv_heads <= 0 || num_qo_heads <= 0 || num_qo_heads % num_kv_heads != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("prefill: num_qo_heads ", num_qo_heads,
+                                                   " is not a multiple of num_kv_heads ",
+                                                   num_kv_heads));
+  }
+  if (!HeadDimCompiled(head_dim)) {
+    return absl::UnimplementedError(
+        absl::StrCat("prefill: head_dim ", head_dim, " is not compiled (ATTND_CUDA_HEAD_DIMS)"));
+  }
+  const int64_t group = num_qo_heads / num_kv_heads;
+  const int64_t cta_rows = prefill::CtaRows(head_dim);
+
+  struct Candidate {
+    prefill::PrefillItem item;
+    int64_t cost;  // keys a causal tile scans (upper bound of its work)
+  };
+  std::vector<Candidate> candidates;
+  for (size_t b = 0; b < batch; ++b) {
+    const int64_t qo_len = static_cast<int64_t>(qo_indptr[b + 1]) - qo_indptr[b];
+    if (qo_len < 0) {
+      return absl::InvalidArgumentError(absl::StrCat("prefill: qo_indptr decreases at ", b));
+    }
+    if (kv_len[b] < qo_len) {
+      return absl::InvalidArgumentError(absl::StrCat("prefill: kv_len[", b, "] = ", kv_len[b],
+                                                     " < qo_len ", qo_len));
+    }
+    const int64_t packed = qo_len * group;
+    for (int64_t start = 0; start < packed; start += cta_rows) {
+      if (start > 0x7fffffff) return absl::InvalidArgumentError("prefill: too many query rows");
+      const int64_t last_row = std::min(start + cta_rows, packed) - 1;
+      const int64_t cost = kv_len[b] - qo_len + last_row / group + 1;
+      candidates.push_back({{static_cast<int32_t>(b), static_cast<int32_t>(start)}, cost});
+    }
+  }
+  // Longest first: the tail of the grid is then made of short tiles (causal load balance).
+  std::stable_sort(candidates.begin(), candidates.end(),
+                   [](const Candidate& a, const Candidate& b) { return a.cost > b.cost; });
+
+  auto work = PrefillWorkPtr(new PrefillWork());
+  work->batch_size_ = static_cast<int32_t>(batch);
+  work->num_qo_heads_ = num_qo_heads;
+  work->num_kv_heads_ = num_kv_heads;
+  work->head_dim_ = head_dim;
+  work->num_items_ = static_cast<int32_t>(candidates.size());
+  if (candidates.empty()) return work;
+
+  std::vector<prefill::PrefillItem> items(candidates.size());
+  for (size_t i = 0; i < candidates.size(); ++i) items[i] = candidates[i].item;
+  const size_t bytes = items.size() * sizeof(prefill::PrefillItem);
+  if (auto s = CudaStatus(cudaMalloc(&work->items_, bytes), "cudaMalloc(work items)"); !s.ok()) {
+    work->items_ = nullptr;
+    return s;
+  }
+  // From pageable memory: returns once the source has been staged, so `items` may go.
+  if (auto s = CudaStatus(cudaMemcpyAsync(work->items_, items.data(), bytes,
+                                          cudaMemcpyHostToDevice, stream),
+                          "upload work items");
+      !s.ok()) {
+    return s;
+  }
+  return work;
+}
+
+namespace {
+
+absl::Status CheckCommon(const PrefillWork& work, const QueryOutput& qo, DType kv_dtype,
+                         int32_t num_kv_heads, int32_t head_dim) {
+  if (qo.q_dtype != DType::kFloat16 && qo.q_dtype != DType::kBFloat16) {
+    return absl::UnimplementedError(
+        absl::StrCat("prefill: q dtype ", DTypeName(qo.q_dtype), " (fp16 and bf16 only)"));
+  }
+  if (kv_dtype != qo.q_dtype) {
+    return absl::UnimplementedError(absl::StrCat("prefill: kv dtype ", DTypeName(kv_dtype),
+                                                 " differs from q dtype ",
+                                                 DTypeName(qo.q_dtype)));
+  }
+  if (head_dim != work.head_dim_ || num_kv_heads != work.num_kv_heads_ ||
+      qo.num_qo_heads != work.num_qo_heads_ || qo.batch_size != work.batch_size_) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "prefill: call shape (batch ", qo.batch_size, ", qo heads ", qo.num_qo_heads,
+        ", kv heads ", num_kv_heads, ", head_dim ", head_dim, ") differs from the plan's (",
+        work.batch_size_, ", ", work.num_qo_heads_, ", ", work.num_kv_heads_, ", ",
+        work.head_dim_, ")"));
+  }
+  if (qo.qo_indptr == nullptr) {
+    return absl::InvalidArgumentError("prefill: qo_indptr is null");
+  }
+  if (!HeadDimCompiled(head_dim)) {
+    return absl::UnimplementedError(absl::StrCat("prefill: head_dim ", head_dim, " not compiled"));
+  }
+  return absl::OkStatus();
+}
+
+void FillCommon(const PrefillWork& work, const QueryOutput& qo, const AttentionOptions& opt,
+                int32_t head_dim, prefill::PrefillParams& p) {
+  p.q = qo.q;
+  p.o = qo.o;
+  p.lse = qo.lse;
+  p.qo_indptr = qo.qo_indptr;
+  p.num_qo_heads = work.num_qo_heads_;
+  p.num_kv_heads = work.num_kv_heads_;
+  p.group = work.num_qo_heads_ / work.num_kv_heads_;
+  p.items = work.items_;
+  p.num_items = work.num_items_;
+  constexpr float kLog2e = 1.4426950408889634f;
+  const float sm_scale =
+      opt.sm_scale != 0.f ? opt.sm_scale : 1.f / std::sqrt(static_cast<float>(head_dim));
+  p.sm_scale_log2 = sm_scale * kLog2e;
+  p.soft_cap = opt.logits_soft_cap > 0.f ? opt.logits_soft_cap : 0.f;
+  p.sm_scale_over_cap = p.soft_cap > 0.f ? sm_scale / p.soft_cap : 0.f;
+  p.cap_log2 = p.soft_cap * kLog2e;
+  p.causal = opt.causal;
+  p.window_left = opt.window_left >= 0 ? opt.window_left : -1;
+  p.rope = opt.pos_encoding == PosEncoding::kRopeLlama;
+  p.rope_log2_theta = std::log2(opt.rope_theta);
+  p.rope_rcp_scale = opt.rope_scale != 0.f ? 1.f / opt.rope_scale : 1.f;
+  p.rope_offsets = opt.rope_offsets;
+}
+
+template <bool kPaged>
+cudaError_t Dispatch(int32_t head_dim, DType dtype, const prefill::PrefillParams& p,
+                     cudaStream_t stream) {
+  using prefill::LaunchPrefill;
+  const bool bf16 = dtype == DType::kBFloat16;
+  switch (head_dim) {
+#ifdef ATTND_PREFILL_HD64
+    case 64:
+      return bf16 ? LaunchPrefill<64, __nv_bfloat16, kPaged>(p, stream)
+                  : LaunchPrefill<64, __half, kPaged>(p, stream);
+#endif
+#ifdef ATTND_PREFILL_HD128
+    case 128:
+      return bf16 ? LaunchPrefill<128, __nv_bfloat16, kPaged>(p, stream)
+                  : LaunchPrefill<128, __half, kPaged>(p, stream);
+#endif
+#ifdef ATTND_PREFILL_HD256
+    case 256:
+      return bf16 ? LaunchPrefill<256, __nv_bfloat16, kPaged>(p, stream)
+                  : LaunchPrefill<256, __half, kPaged>(p, stream);
+#endif
+    default:
+      return cudaErrorInvalidValue;  // excluded by CheckCommon
+  }
+}
+
+}  // namespace
+
+absl::Status RunPagedPrefill(const PrefillWork& work, const PagedAttentionParams& params,
+                             cudaStream_t stream) {
+  const PagedKV& kv = params.kv;
+  if (auto s = CheckCommon(work, params.qo, kv.dtype, kv.num_kv_heads, kv.head_dim); !s.ok()) {
+    return s;
+  }
+  if (kv.page_size <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("prefill: page_size ", kv.page_size));
+  }
+  if (kv.batch_size != params.qo.batch_size) {
+    return absl::InvalidArgumentError(absl::StrCat("prefill: kv batch ", kv.batch_size,
+                                                   " != qo batch ", params.qo.batch_size));
+  }
+  if (kv.head_stride % 8 != 0 || kv.token_stride % 8 != 0 || kv.page_stride % 8 != 0 ||
+      kv.kv_stride % 8 != 0) {
+    return absl::UnimplementedError("prefill: K/V strides must be multiples of 8 elements");
+  }
+  if (work.num_items_ == 0) return absl::OkStatus();
+  prefill::PrefillParams p;
+  FillCommon(work, params.qo, params.options, kv.head_dim, p);
+  p.k_base = kv.data;
+  p.v_base = static_cast<const char*>(kv.data) + kv.kv_stride * DTypeSize(kv.dtype);
+  p.page_stride = kv.page_stride;
+  p.token_stride = kv.token_stride;
+  p.head_stride = kv.head_stride;
+  p.page_size = kv.page_size;
+  p.kv_indptr = kv.indptr;
+  p.kv_indices = kv.indices;
+  p.last_page_len = kv.last_page_len;
+  return CudaStatus(Dispatch<true>(kv.head_dim, kv.dtype, p, stream), "paged prefill launch");
+}
+
+absl::Status RunRaggedPrefill(const PrefillWork& work, const RaggedAttentionParams& params,
+                              cudaStream_t stream) {
+  const RaggedKV& kv = params.kv;
+  if (auto s = CheckCommon(work, params.qo, kv.dtype, kv.num_kv_heads, kv.head_dim); !s.ok()) {
+    return s;
+  }
+  if (kv.batch_size != params.qo.batch_size) {
+    return absl::InvalidArgumentError(absl::StrCat("prefill: kv batch ", kv.batch_size,
+                                                   " != qo batch ", params.qo.batch_size));
+  }
+  if (kv.stride_n % 8 != 0 || kv.stride_h % 8 != 0) {
+    return absl::UnimplementedError("prefill: K/V strides must be multiples of 8 elements");
+  }
+  if (work.num_items_ == 0) return absl::OkStatus();
+  prefill::PrefillParams p;
+  FillCommon(work, params.qo, params.options, kv.head_dim, p);
+  p.k_base = kv.k;
+  p.v_base = kv.v;
+  p.token_stride = kv.stride_n;
+  p.head_stride = kv.stride_h;
+  p.kv_indptr = kv.indptr;
+  return CudaStatus(Dispatch<false>(kv.head_dim, kv.dtype, p, stream), "ragged prefill launch");
+}
+
+}  // namespace attnd::kernels::cuda

@@ -1,0 +1,539 @@
+// Batch prefill / append attention on tensor cores (mma.sync m16n8k16, fp32 accumulate), FA2
+// style: one CTA = one tile of packed query rows x one KV head, looping over the KV sequence in
+// tiles of kTileKv keys with an online softmax in fp32 registers.
+//
+// Shared memory (element type T, all tiles row-major [rows][D] with an XOR swizzle of the 16-byte
+// chunks: chunk c of row r is stored at chunk c ^ (r & 7), so the 8 row addresses of every
+// ldmatrix phase and every 16-byte cp.async store of a warp hit distinct bank groups):
+//   q_smem  [kCtaRows][D]                          (reused to stage O before the global store)
+//   kv_smem [kStages][2][kTileKv][D]               (index 0 = K, 1 = V)
+//
+// MMA fragment layouts (PTX ISA, mma.m16n8k16 .row.col; lane = 4 * g + t, g = lane / 4,
+// t = lane % 4; each 32-bit A/B register holds 2 consecutive-k elements):
+//   A (16x16, rows m, cols k):  a0 = (m=g,   k=2t..2t+1)   a1 = (m=g+8, k=2t..2t+1)
+//                               a2 = (m=g,   k=2t+8..+9)   a3 = (m=g+8, k=2t+8..+9)
+//   B (16x8, rows k, cols n):   b0 = (k=2t..2t+1, n=g)     b1 = (k=2t+8..+9, n=g)
+//   C (16x8 fp32):              c0,c1 = (m=g, n=2t,2t+1)   c2,c3 = (m=g+8, n=2t,2t+1)
+// S = Q K^T: A = Q rows (ldmatrix.x4 of Q smem), B[k=d][n=kv] = K[kv][d], i.e. the K rows as
+// stored (ldmatrix.x4, no transpose). O += P V: A = P, built in registers from the S
+// accumulators (the C layout of two adjacent n8 fragments is exactly the A layout of one k16
+// step), B[k=kv][n=d] = V[kv][d] (ldmatrix.x4.trans).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "prefill_params.h"
+
+namespace attnd::kernels::cuda::prefill {
+
+template <int kHeadDim_, typename T_>
+struct PrefillConfig {
+  using T = T_;
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kWarps = prefill::kWarps;
+  static constexpr int kThreads = kWarps * 32;
+  static constexpr int kMmaQ = MmaQ(kHeadDim);
+  static constexpr int kWarpRows = 16 * kMmaQ;
+  static constexpr int kCtaRows = CtaRows(kHeadDim);
+  static constexpr int kTileKv = TileKv(kHeadDim);
+  static constexpr int kChunks = kHeadDim / 8;  // 16-byte chunks per row
+  static constexpr int kStages = prefill::kStages;
+  static constexpr int kSmemElems = kCtaRows * kHeadDim + kStages * 2 * kTileKv * kHeadDim;
+  static constexpr int kSmemBytes = kSmemElems * static_cast<int>(sizeof(T));
+  static_assert(kHeadDim % 64 == 0, "the swizzle needs at least 8 chunks per row");
+  static_assert(kTileKv % 16 == 0);
+  static_assert(kThreads % kChunks == 0 && kTileKv % (kThreads / kChunks) == 0);
+};
+
+// ---- small device helpers -------------------------------------------------------------------
+
+__device__ __forceinline__ uint32_t SmemAddr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// Element offset of (row, 16-byte chunk) in a swizzled [rows][D] tile.
+template <int kHeadDim>
+__device__ __forceinline__ int Swz(int row, int chunk) {
+  return row * kHeadDim + ((chunk ^ (row & 7)) << 3);
+}
+
+// 16-byte async copy global -> shared; when !valid the destination is zero-filled and nothing
+// is read.
+__device__ __forceinline__ void CpAsync16(uint32_t smem, const void* gmem, bool valid) {
+  const int src_size = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem), "l"(gmem),
+               "r"(src_size)
+               : "memory");
+}
+__device__ __forceinline__ void CpAsyncCommit() {
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+template <int kPending>
+__device__ __forceinline__ void CpAsyncWait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+}
+
+__device__ __forceinline__ void LdMatrixX4(uint32_t addr, uint32_t (&r)[4]) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+__device__ __forceinline__ void LdMatrixX4Trans(uint32_t addr, uint32_t (&r)[4]) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
+// d += a * b  (m16n8k16, fp32 accumulate)
+template <typename T>
+__device__ __forceinline__ void Mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                         uint32_t b1) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
+        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+}
+
+// Two floats -> one 32-bit register of two T (lo = first).
+template <typename T>
+__device__ __forceinline__ uint32_t Pack2(float lo, float hi) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+  } else {
+    __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ float ToFloat(T x) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) return __bfloat162float(x);
+  else return __half2float(x);
+}
+template <typename T>
+__device__ __forceinline__ T FromFloat(float x) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) return __float2bfloat16_rn(x);
+  else return __float2half_rn(x);
+}
+
+// 2^x, fast (ex2.approx: rel. error ~2^-22; ex2(-inf) = +0).
+__device__ __forceinline__ float FastExp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// RoPE (LLaMA, rotate half) of one 16-byte chunk pair: lo holds dims i0..i0+7 (i0 < D/2) and hi
+// holds dims i0+D/2..; pos is the absolute position (kv position + rope offset).
+template <typename T, int kHeadDim>
+__device__ __forceinline__ void RotateChunkPair(uint4& lo, uint4& hi, int i0, float pos,
+                                                const PrefillParams& p) {
+  T* x1 = reinterpret_cast<T*>(&lo);
+  T* x2 = reinterpret_cast<T*>(&hi);
+  const float scaled_pos = pos * p.rope_rcp_scale;
+#pragma unroll
+  for (int e = 0; e < 8; ++e) {
+    const int i = i0 + e;
+    // freq_i = theta^(-2i/D)
+    const float inv_freq = exp2f(-p.rope_log2_theta * (2.f * i / kHeadDim));
+    // Cody-Waite reduction to [-pi, pi], then the fast sincos (no local-memory slow path).
+    const float angle = scaled_pos * inv_freq;
+    const float k = rintf(angle * 0.15915494309189535f);
+    float r = fmaf(-k, 6.28125f, angle);             // 2*pi, high part (exact product)
+    r = fmaf(-k, 1.9353071795864769e-3f, r);        // 2*pi - 6.28125
+    float sn, cs;
+    __sincosf(r, &sn, &cs);
+    const float a = ToFloat(x1[e]);
+    const float b = ToFloat(x2[e]);
+    x1[e] = FromFloat<T>(a * cs - b * sn);
+    x2[e] = FromFloat<T>(b * cs + a * sn);
+  }
+}
+
+// ---- the kernel -----------------------------------------------------------------------------
+
+template <class Cfg, bool kPaged>
+__global__ void __launch_bounds__(Cfg::kThreads)
+    PrefillKernel(const __grid_constant__ PrefillParams p) {
+  using T = typename Cfg::T;
+  constexpr int D = Cfg::kHeadDim;
+  constexpr int N = Cfg::kTileKv;
+  constexpr int MQ = Cfg::kMmaQ;
+  constexpr int CTA_M = Cfg::kCtaRows;
+  constexpr int CPR = Cfg::kChunks;
+  constexpr int THREADS = Cfg::kThreads;
+  constexpr float kLn2 = 0.6931471805599453f;
+
+  extern __shared__ __align__(128) uint8_t smem_raw[];
+  T* q_smem = reinterpret_cast<T*>(smem_raw);
+  T* kv_smem = q_smem + CTA_M * D;
+
+  const int tid = threadIdx.x;
+  const int warp = tid / 32;
+  const int lane = tid % 32;
+  const int g = lane / 4;  // MMA group id: row within an 8-row half
+  const int t4 = lane % 4;  // thread in group: column pair
+
+  // Grid: item-major, KV head fastest, so that heavy items (sorted first by the planner) start
+  // first on every head.
+  const int item = blockIdx.x / p.num_kv_heads;
+  const int kv_head = blockIdx.x % p.num_kv_heads;
+  const PrefillItem it = p.items[item];
+  const int b = it.request;
+  const int group = p.group;
+
+  const int qo_begin = p.qo_indptr[b];
+  const int qo_len = p.qo_indptr[b + 1] - qo_begin;
+  int kv_len;
+  int kv_row_begin;  // paged: first page-table slot of b; ragged: first K/V row of b
+  if constexpr (kPaged) {
+    kv_row_begin = p.kv_indptr[b];
+    const int num_pages = p.kv_indptr[b + 1] - kv_row_begin;
+    kv_len = num_pages > 0 ? (num_pages - 1) * p.page_size + p.last_page_len[b] : 0;
+  } else {
+    kv_row_begin = p.kv_indptr[b];
+    kv_len = p.kv_indptr[b + 1] - kv_row_begin;
+  }
+
+  const int packed_start = it.packed_start;
+  const int packed_end = min(packed_start + CTA_M, qo_len * group);
+  if (packed_start >= packed_end) return;  // defensive: the planner makes no empty items
+  const int q_lo = packed_start / group;
+  const int q_hi = (packed_end - 1) / group;
+  const int delta = kv_len - qo_len;  // query row i sits at kv position delta + i
+
+  // KV range any row of this tile can see; tiles outside it are never loaded.
+  int kv_begin = 0;
+  int kv_end = kv_len;
+  if (p.causal) kv_end = min(kv_len, delta + q_hi + 1);
+  if (p.window_left >= 0) kv_begin = max(0, delta + q_lo - p.window_left);
+  const int rope_offset = (p.rope && p.rope_offsets != nullptr) ? p.rope_offsets[b] : 0;
+
+  const T* q_g = static_cast<const T*>(p.q);
+
+  // ---- Q tile -> smem (packed rows; rows past the end are zero) ----
+  if (!p.rope) {
+    for (int idx = tid; idx < CTA_M * CPR; idx += THREADS) {
+      const int r = idx / CPR;
+      const int c = idx % CPR;
+      const int pk = packed_start + r;
+      const bool valid = pk < packed_end;
+      const int qi = valid ? pk / group : 0;
+      const int h = kv_head * group + (valid ? pk % group : 0);
+      const T* src = q_g + ((static_cast<int64_t>(qo_begin + qi) * p.num_qo_heads + h) * D + c * 8);
+      CpAsync16(SmemAddr(q_smem + Swz<D>(r, c)), src, valid);
+    }
+  } else {
+    // Rotated on the way in: each thread owns a (dim chunk, chunk + D/2) pair of one row.
+    for (int idx = tid; idx < CTA_M * (CPR / 2); idx += THREADS) {
+      const int r = idx / (CPR / 2);
+      const int c = idx % (CPR / 2);
+      const int pk = packed_start + r;
+      uint4 lo = make_uint4(0, 0, 0, 0);
+      uint4 hi = make_uint4(0, 0, 0, 0);
+      if (pk < packed_end) {
+        const int qi = pk / group;
+        const int h = kv_head * group + pk % group;
+        const T* row = q_g + (static_cast<int64_t>(qo_begin + qi) * p.num_qo_heads + h) * D;
+        lo = *reinterpret_cast<const uint4*>(row + c * 8);
+        hi = *reinterpret_cast<const uint4*>(row + c * 8 + D / 2);
+        RotateChunkPair<T, D>(lo, hi, c * 8, static_cast<float>(delta + qi + rope_offset), p);
+      }
+      *reinterpret_cast<uint4*>(q_smem + Swz<D>(r, c)) = lo;
+      *reinterpret_cast<uint4*>(q_smem + Swz<D>(r, c + CPR / 2)) = hi;
+    }
+  }
+  CpAsyncCommit();
+
+  // ---- K/V tile loader: thread -> (chunk, rows row0 + k * ROWS_PER_PASS) ----
+  constexpr int ROWS_PER_PASS = THREADS / CPR;
+  constexpr int PASSES = N / ROWS_PER_PASS;
+  const int ld_chunk = tid % CPR;
+  const int ld_row0 = tid / CPR;
+  const T* k_g = static_cast<const T*>(p.k_base);
+  const T* v_g = static_cast<const T*>(p.v_base);
+  const int64_t head_off = static_cast<int64_t>(kv_head) * p.head_stride + ld_chunk * 8;
+
+  auto load_tile = [&](int stage, int tile_start) {
+    T* ks = kv_smem + stage * 2 * N * D;
+    T* vs = ks + N * D;
+#pragma unroll
+    for (int ps = 0; ps < PASSES; ++ps) {
+      const int row = ld_row0 + ps * ROWS_PER_PASS;
+      const int pos = tile_start + row;
+      const bool valid = pos < kv_end;
+      int64_t off = head_off;
+      if (valid) {
+        if constexpr (kPaged) {
+          const int page = p.kv_indices[kv_row_begin + pos / p.page_size];
+          off += static_cast<int64_t>(page) * p.page_stride +
+                 static_cast<int64_t>(pos % p.page_size) * p.token_stride;
+        } else {
+          off += static_cast<int64_t>(kv_row_begin + pos) * p.token_stride;
+        }
+      }
+      const int s = Swz<D>(row, ld_chunk);
+      CpAsync16(SmemAddr(ks + s), k_g + off, valid);
+      CpAsync16(SmemAddr(vs + s), v_g + off, valid);
+    }
+  };
+
+  // ---- per-thread row state ----
+  // This thread's rows: r(mq, h) = warp * 16*MQ + mq * 16 + g + 8 h.
+  int row_qpos[MQ][2];
+#pragma unroll
+  for (int mq = 0; mq < MQ; ++mq) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int pk = packed_start + warp * Cfg::kWarpRows + mq * 16 + g + 8 * h;
+      row_qpos[mq][h] = delta + (pk < packed_end ? pk / group : q_hi);
+    }
+  }
+  float o_acc[MQ][D / 8][4];
+  float m_run[MQ][2];
+  float d_run[MQ][2];
+#pragma unroll
+  for (int mq = 0; mq < MQ; ++mq) {
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) o_acc[mq][j][e] = 0.f;
+    }
+    m_run[mq][0] = m_run[mq][1] = -INFINITY;
+    d_run[mq][0] = d_run[mq][1] = 0.f;
+  }
+
+  const int num_tiles = kv_end > kv_begin ? (kv_end - kv_begin + N - 1) / N : 0;
+  if (num_tiles > 0) load_tile(0, kv_begin);
+  CpAsyncCommit();
+
+  const int qpos_lo = delta + q_lo;
+  const int qpos_hi = delta + q_hi;
+  const uint32_t q_base = SmemAddr(q_smem);
+
+  for (int tile = 0; tile < num_tiles; ++tile) {
+    const int stage = tile & 1;
+    const int t0 = kv_begin + tile * N;
+    if (tile + 1 < num_tiles) load_tile(stage ^ 1, t0 + N);
+    CpAsyncCommit();
+    CpAsyncWait<1>();  // everything but the prefetch just issued: Q and this tile
+    __syncthreads();
+
+    T* ks = kv_smem + stage * 2 * N * D;
+    T* vs = ks + N * D;
+
+    if (p.rope) {
+      for (int idx = tid; idx < N * (CPR / 2); idx += THREADS) {
+        const int r = idx / (CPR / 2);
+        const int c = idx % (CPR / 2);
+        const int pos = t0 + r;
+        if (pos >= kv_end) continue;  // zero rows stay zero
+        uint4 lo = *reinterpret_cast<uint4*>(ks + Swz<D>(r, c));
+        uint4 hi = *reinterpret_cast<uint4*>(ks + Swz<D>(r, c + CPR / 2));
+        RotateChunkPair<T, D>(lo, hi, c * 8, static_cast<float>(pos + rope_offset), p);
+        *reinterpret_cast<uint4*>(ks + Swz<D>(r, c)) = lo;
+        *reinterpret_cast<uint4*>(ks + Swz<D>(r, c + CPR / 2)) = hi;
+      }
+      __syncthreads();
+    }
+
+    // ---- S = Q K^T  (per warp: [16*MQ] x [N]) ----
+    float s[MQ][N / 8][4];
+#pragma unroll
+    for (int mq = 0; mq < MQ; ++mq)
+#pragma unroll
+      for (int j = 0; j < N / 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[mq][j][e] = 0.f;
+
+    const uint32_t ks_addr = SmemAddr(ks);
+    const uint32_t vs_addr = SmemAddr(vs);
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t a[MQ][4];
+#pragma unroll
+      for (int mq = 0; mq < MQ; ++mq) {
+        // lanes 0-15 -> rows 0-15 at chunk 2kk; lanes 16-31 -> rows 0-15 at chunk 2kk+1
+        const int r = warp * Cfg::kWarpRows + mq * 16 + (lane % 16);
+        LdMatrixX4(q_base + 2 * Swz<D>(r, 2 * kk + lane / 16), a[mq]);
+      }
+#pragma unroll
+      for (int nn = 0; nn < N / 16; ++nn) {
+        // matrices: (rows n0..+7, chunk 2kk), (n0..+7, 2kk+1), (n0+8.., 2kk), (n0+8.., 2kk+1)
+        // = b0, b1 of n-fragment 2nn, then b0, b1 of n-fragment 2nn+1
+        uint32_t bk[4];
+        const int r = nn * 16 + (lane % 8) + (lane / 16) * 8;
+        LdMatrixX4(ks_addr + 2 * Swz<D>(r, 2 * kk + (lane / 8) % 2), bk);
+#pragma unroll
+        for (int mq = 0; mq < MQ; ++mq) {
+          Mma16816<T>(s[mq][2 * nn], a[mq], bk[0], bk[1]);
+          Mma16816<T>(s[mq][2 * nn + 1], a[mq], bk[2], bk[3]);
+        }
+      }
+    }
+
+    // ---- logits (log2 domain), mask ----
+    const bool needs_mask = (t0 + N > kv_end) || (p.causal && t0 + N - 1 > qpos_lo) ||
+                            (p.window_left >= 0 && t0 < qpos_hi - p.window_left);
+#pragma unroll
+    for (int mq = 0; mq < MQ; ++mq) {
+#pragma unroll
+      for (int j = 0; j < N / 8; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          float x = s[mq][j][e];
+          if (p.soft_cap > 0.f) {
+            x = p.cap_log2 * tanhf(x * p.sm_scale_over_cap);
+          } else {
+            x *= p.sm_scale_log2;
+          }
+          if (needs_mask) {
+            const int pos = t0 + j * 8 + 2 * t4 + (e & 1);
+            const int qpos = row_qpos[mq][e >> 1];
+            const bool visible = pos < kv_end && (!p.causal || pos <= qpos) &&
+                                 (p.window_left < 0 || pos >= qpos - p.window_left);
+            if (!visible) x = -INFINITY;
+          }
+          s[mq][j][e] = x;
+        }
+      }
+    }
+
+    // ---- online softmax ----
+#pragma unroll
+    for (int mq = 0; mq < MQ; ++mq) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        float mx = m_run[mq][h];
+#pragma unroll
+        for (int j = 0; j < N / 8; ++j) {
+          mx = fmaxf(mx, fmaxf(s[mq][j][2 * h], s[mq][j][2 * h + 1]));
+        }
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        // All visible logits so far -inf (nothing visible yet): subtract 0 so no inf - inf.
+        const float base = (mx == -INFINITY) ? 0.f : mx;
+        const float scale = FastExp2(m_run[mq][h] - base);
+        m_run[mq][h] = mx;
+        float sum = 0.f;
+#pragma unroll
+        for (int j = 0; j < N / 8; ++j) {
+          const float p0 = FastExp2(s[mq][j][2 * h] - base);
+          const float p1 = FastExp2(s[mq][j][2 * h + 1] - base);
+          s[mq][j][2 * h] = p0;
+          s[mq][j][2 * h + 1] = p1;
+          sum += p0 + p1;
+        }
+        d_run[mq][h] = d_run[mq][h] * scale + sum;
+#pragma unroll
+        for (int j = 0; j < D / 8; ++j) {
+          o_acc[mq][j][2 * h] *= scale;
+          o_acc[mq][j][2 * h + 1] *= scale;
+        }
+      }
+    }
+
+    // ---- O += P V ----
+#pragma unroll
+    for (int nn = 0; nn < N / 16; ++nn) {
+      uint32_t a[MQ][4];
+#pragma unroll
+      for (int mq = 0; mq < MQ; ++mq) {
+        a[mq][0] = Pack2<T>(s[mq][2 * nn][0], s[mq][2 * nn][1]);
+        a[mq][1] = Pack2<T>(s[mq][2 * nn][2], s[mq][2 * nn][3]);
+        a[mq][2] = Pack2<T>(s[mq][2 * nn + 1][0], s[mq][2 * nn + 1][1]);
+        a[mq][3] = Pack2<T>(s[mq][2 * nn + 1][2], s[mq][2 * nn + 1][3]);
+      }
+#pragma unroll
+      for (int dd = 0; dd < D / 16; ++dd) {
+        // matrices (transposed): (kv rows n0..+7, chunk 2dd), (n0+8.., 2dd), (n0..+7, 2dd+1),
+        // (n0+8.., 2dd+1) = b0, b1 of d-fragment 2dd, then b0, b1 of d-fragment 2dd+1
+        uint32_t bv[4];
+        const int r = nn * 16 + (lane % 8) + ((lane / 8) % 2) * 8;
+        LdMatrixX4Trans(vs_addr + 2 * Swz<D>(r, 2 * dd + lane / 16), bv);
+#pragma unroll
+        for (int mq = 0; mq < MQ; ++mq) {
+          Mma16816<T>(o_acc[mq][2 * dd], a[mq], bv[0], bv[1]);
+          Mma16816<T>(o_acc[mq][2 * dd + 1], a[mq], bv[2], bv[3]);
+        }
+      }
+    }
+    __syncthreads();  // this stage is overwritten by the prefetch of the next iteration
+  }
+  CpAsyncWait<0>();
+  __syncthreads();  // Q smem is reused below (also when no tile ran)
+
+  // ---- finalize: o /= d, lse; stage O in this warp's own Q rows; 16-byte stores ----
+  T* o_g = static_cast<T*>(p.o);
+#pragma unroll
+  for (int mq = 0; mq < MQ; ++mq) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float d = d_run[mq][h];
+      d += __shfl_xor_sync(0xffffffffu, d, 1);
+      d += __shfl_xor_sync(0xffffffffu, d, 2);
+      const float inv = d > 0.f ? 1.f / d : 0.f;
+      const int r = warp * Cfg::kWarpRows + mq * 16 + g + 8 * h;
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j) {
+        *reinterpret_cast<uint32_t*>(q_smem + Swz<D>(r, j) + 2 * t4) =
+            Pack2<T>(o_acc[mq][j][2 * h] * inv, o_acc[mq][j][2 * h + 1] * inv);
+      }
+      if (p.lse != nullptr && t4 == 0) {
+        const int pk = packed_start + r;
+        if (pk < packed_end) {
+          const int qi = pk / group;
+          const int head = kv_head * group + pk % group;
+          p.lse[static_cast<int64_t>(qo_begin + qi) * p.num_qo_heads + head] =
+              d > 0.f ? (m_run[mq][h] + __log2f(d)) * kLn2 : -INFINITY;
+        }
+      }
+    }
+  }
+  __syncwarp();
+  for (int idx = lane; idx < Cfg::kWarpRows * CPR; idx += 32) {
+    const int r = warp * Cfg::kWarpRows + idx / CPR;
+    const int c = idx % CPR;
+    const int pk = packed_start + r;
+    if (pk < packed_end) {
+      const int qi = pk / group;
+      const int head = kv_head * group + pk % group;
+      T* dst = o_g + (static_cast<int64_t>(qo_begin + qi) * p.num_qo_heads + head) * D + c * 8;
+      *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(q_smem + Swz<D>(r, c));
+    }
+  }
+}
+
+// ---- launcher ---------------------------------------------------------------------------------
+
+template <int kHeadDim, typename T, bool kPaged>
+cudaError_t LaunchPrefill(const PrefillParams& params, cudaStream_t stream) {
+  using Cfg = PrefillConfig<kHeadDim, T>;
+  if (params.num_items == 0 || params.num_kv_heads == 0) return cudaSuccess;
+  auto kernel = PrefillKernel<Cfg, kPaged>;
+  // Raise the dynamic shared-memory limit (> 48 KB needs it). Cheap; done every launch so that
+  // it also holds on every device the process uses.
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         Cfg::kSmemBytes);
+  if (err != cudaSuccess) return err;
+  const int64_t blocks = static_cast<int64_t>(params.num_items) * params.num_kv_heads;
+  if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
+  kernel<<<static_cast<unsigned>(blocks), Cfg::kThreads, Cfg::kSmemBytes, stream>>>(params);
+  return cudaGetLastError();
+}
+
+}  // namespace attnd::kernels::cuda::prefill

@@ -1,0 +1,77 @@
+// Internal to the CUDA prefill kernels: the kernel's parameter block, the tile shape per head
+// dim (shared by the host-side planner and the kernels), and the launcher declarations that the
+// generated per-(head_dim, dtype) .cu files instantiate.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace attnd::kernels::cuda::prefill {
+
+// --- Tile shapes ---------------------------------------------------------------------------
+// A CTA owns kWarps warps; each warp owns kMmaQ 16-row MMA fragments of "packed" query rows, so
+// a CTA tile holds CtaRows(D) packed rows. GQA fuses a KV head's query heads into M: packed row
+// p of request b and KV head hk is (query row p / group, query head hk * group + p % group).
+// The KV loop walks TileKv(D) keys per step.
+constexpr int kWarps = 4;
+constexpr int MmaQ(int head_dim) { return head_dim <= 64 ? 2 : 1; }
+constexpr int CtaRows(int head_dim) { return kWarps * 16 * MmaQ(head_dim); }
+constexpr int TileKv(int head_dim) { return head_dim <= 128 ? 64 : 32; }
+constexpr int kStages = 2;  // cp.async double buffering of the K/V tiles
+
+// One work item: a request and the first packed row of its tile.
+struct PrefillItem {
+  int32_t request;
+  int32_t packed_start;
+};
+
+// Everything a prefill kernel reads; passed by value as a __grid_constant__ parameter.
+// All pointers are device pointers. q/o: [qo_nnz, num_qo_heads, head_dim] dense; lse:
+// [qo_nnz, num_qo_heads] float32 or null.
+struct PrefillParams {
+  const void* q = nullptr;
+  void* o = nullptr;
+  float* lse = nullptr;
+  const int32_t* qo_indptr = nullptr;  // [batch + 1]
+  int32_t num_qo_heads = 0;
+  int32_t num_kv_heads = 0;
+  int32_t group = 1;  // num_qo_heads / num_kv_heads
+
+  // K/V rows. Row (kv position pos, kv head h) of request b starts at
+  //   paged:  k_base + indices[indptr[b] + pos / page_size] * page_stride
+  //                  + (pos % page_size) * token_stride + h * head_stride
+  //   ragged: k_base + (indptr[b] + pos) * token_stride + h * head_stride
+  // and the V row at the same offset from v_base (elements).
+  const void* k_base = nullptr;
+  const void* v_base = nullptr;
+  int64_t page_stride = 0;
+  int64_t token_stride = 0;
+  int64_t head_stride = 0;
+  int32_t page_size = 1;
+  const int32_t* kv_indptr = nullptr;      // paged: page indptr; ragged: row indptr
+  const int32_t* kv_indices = nullptr;     // paged only
+  const int32_t* last_page_len = nullptr;  // paged only
+
+  const PrefillItem* items = nullptr;  // [num_items]
+  int32_t num_items = 0;
+
+  // Variant options (already resolved on the host).
+  float sm_scale_log2 = 0.f;     // sm_scale * log2(e)  (used when soft_cap == 0)
+  float soft_cap = 0.f;          // > 0: s = cap * tanh(raw * sm_scale / cap)
+  float sm_scale_over_cap = 0.f; // sm_scale / cap
+  float cap_log2 = 0.f;          // cap * log2(e)
+  bool causal = false;
+  int32_t window_left = -1;
+  bool rope = false;
+  float rope_log2_theta = 0.f;   // log2(rope_theta)
+  float rope_rcp_scale = 1.f;    // 1 / rope_scale
+  const int32_t* rope_offsets = nullptr;  // [batch] or null
+};
+
+// Launchers, explicitly instantiated in prefill_hd<D>_<dtype>.cu.
+// T is __half or __nv_bfloat16; kPaged selects the K/V addressing above.
+template <int kHeadDim, typename T, bool kPaged>
+cudaError_t LaunchPrefill(const PrefillParams& params, cudaStream_t stream);
+
+}  // namespace attnd::kernels::cuda::prefill
