@@ -1,0 +1,153 @@
+// The commands of an attnd session, independent of how the session is carried.
+//
+// SessionApi has one primitive, Execute(SessionRequest) -> SessionResponse, implemented by
+//   * Session       (session.h): the bidirectional Session stream (the hot path), and
+//   * UnarySession  (unary_session.h): OpenSession + one unary RPC per command, with the session
+//                   id in the "x-attnd-session" metadata header.
+// On top of it, every command has
+//   * a raw call taking and returning the wire messages (CreatePool(v1::CreatePoolRequest) ->
+//     v1::CreatePoolResponse), and
+//   * a typed call taking plain C++ values (CreatePool(PoolSpec) -> v1::PoolInfo).
+// Errors are the server's status (code and message unchanged); transport failures come back as
+// the gRPC status of the broken call or stream.
+//
+// Thread-safety: a session object is used by one thread at a time (commands on one session are
+// ordered). Use one session per thread, or lock around it.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "attnd/v1/attnd.pb.h"
+
+namespace attnd::client {
+
+namespace v1 = ::attnd::v1;
+
+// What CreatePool needs. Exactly one of num_pages / memory_budget_bytes is > 0.
+struct PoolSpec {
+  std::string name;                      // unique per daemon, [A-Za-z0-9_.-]{1,64}
+  int32_t num_layers = 1;
+  int32_t num_kv_heads = 1;
+  int32_t head_dim = 128;
+  int32_t page_size = 16;                // tokens per page
+  v1::DType kv_dtype = v1::DTYPE_FLOAT16;
+  int64_t num_pages = 0;
+  uint64_t memory_budget_bytes = 0;
+};
+
+// Pages granted by AllocatePages and how many remain free in the pool afterwards.
+struct PageGrant {
+  std::vector<int32_t> page_ids;
+  int64_t free_pages = 0;
+};
+
+// One batch's CSR page table (see CreatePlanRequest in attnd.proto):
+//   request b uses pages kv_indices[kv_indptr[b] .. kv_indptr[b+1]), its last page holds
+//   kv_last_page_len[b] tokens; its query rows are qo_indptr[b] .. qo_indptr[b+1] (decode: may be
+//   left empty = one row per request).
+struct PlanSpec {
+  std::string pool_id;
+  v1::AttentionKind kind = v1::ATTENTION_KIND_DECODE;
+  int32_t num_qo_heads = 0;
+  std::vector<int32_t> kv_indptr;         // [batch + 1]
+  std::vector<int32_t> kv_indices;        // [kv_indptr[batch]]
+  std::vector<int32_t> kv_last_page_len;  // [batch]
+  std::vector<int32_t> qo_indptr;         // [batch + 1] or empty for decode
+};
+
+struct PlanInfo {
+  std::string plan_id;
+  int32_t batch_size = 0;
+  int64_t qo_tokens = 0;  // rows of q the plan expects
+  int64_t kv_tokens = 0;  // sum of kv_len over the batch
+};
+
+// One layer of attention. k and v (both or neither) are appended before attention; o and lse name
+// output buffer slices, or are left empty to receive the results inline.
+struct RunArgs {
+  std::string plan_id;
+  int32_t layer = 0;
+  v1::Tensor q;                    // [qo_tokens, num_qo_heads, head_dim]
+  std::optional<v1::Tensor> k;     // [qo_tokens, num_kv_heads, head_dim], pool's kv_dtype
+  std::optional<v1::Tensor> v;
+  std::optional<v1::Tensor> o;     // output slice [qo_tokens, num_qo_heads, head_dim], q's dtype
+  std::optional<v1::Tensor> lse;   // output slice [qo_tokens, num_qo_heads] float32
+  v1::AttentionOptions options;
+};
+
+// Inline results of a Run, decoded to float. lse is empty unless options.return_lse was set and
+// no lse buffer was named; o is empty when an output buffer was named.
+struct RunOutput {
+  std::vector<float> o;    // [qo_tokens, num_qo_heads, head_dim]
+  std::vector<float> lse;  // [qo_tokens, num_qo_heads]
+};
+
+class SessionApi {
+ public:
+  virtual ~SessionApi() = default;
+
+  // The server's id of this session.
+  virtual const std::string& session_id() const = 0;
+
+  // The primitive: runs one command (request.command must be set; request_id is assigned by the
+  // implementation) and returns its response, or the command's non-OK status.
+  virtual absl::StatusOr<v1::SessionResponse> Execute(v1::SessionRequest request) = 0;
+
+  // ---- Raw calls: wire messages in and out -------------------------------------------------
+  absl::StatusOr<v1::ServerInfo> GetServerInfo();
+  absl::StatusOr<v1::CreatePoolResponse> CreatePool(const v1::CreatePoolRequest& request);
+  absl::StatusOr<v1::AttachPoolResponse> AttachPool(const v1::AttachPoolRequest& request);
+  absl::StatusOr<v1::DescribePoolResponse> DescribePool(const v1::DescribePoolRequest& request);
+  absl::StatusOr<v1::DeletePoolResponse> DeletePool(const v1::DeletePoolRequest& request);
+  absl::StatusOr<v1::AllocatePagesResponse> AllocatePages(const v1::AllocatePagesRequest& request);
+  absl::StatusOr<v1::FreePagesResponse> FreePages(const v1::FreePagesRequest& request);
+  absl::StatusOr<v1::ForkPagesResponse> ForkPages(const v1::ForkPagesRequest& request);
+  absl::StatusOr<v1::RegisterBufferResponse> RegisterBuffer(
+      const v1::RegisterBufferRequest& request);
+  absl::StatusOr<v1::UnregisterBufferResponse> UnregisterBuffer(
+      const v1::UnregisterBufferRequest& request);
+  absl::StatusOr<v1::CreatePlanResponse> CreatePlan(const v1::CreatePlanRequest& request);
+  absl::StatusOr<v1::DeletePlanResponse> DeletePlan(const v1::DeletePlanRequest& request);
+  absl::StatusOr<v1::AppendKvResponse> AppendKv(const v1::AppendKvRequest& request);
+  absl::StatusOr<v1::RunResponse> Run(const v1::RunRequest& request);
+
+  // ---- Typed calls ---------------------------------------------------------------------------
+  absl::StatusOr<v1::PoolInfo> CreatePool(const PoolSpec& spec);
+  absl::StatusOr<v1::PoolInfo> AttachPool(const std::string& name);
+  absl::StatusOr<v1::PoolInfo> DescribePool(const std::string& pool_id);
+  absl::Status DeletePool(const std::string& pool_id);
+
+  absl::StatusOr<PageGrant> AllocatePages(const std::string& pool_id, int32_t count);
+  // Returns the pool's free page count afterwards.
+  absl::StatusOr<int64_t> FreePages(const std::string& pool_id,
+                                    const std::vector<int32_t>& page_ids);
+  // Returns the new reference count of each page. target_session_id empty = this session.
+  absl::StatusOr<std::vector<int32_t>> ForkPages(const std::string& pool_id,
+                                                 const std::vector<int32_t>& page_ids,
+                                                 const std::string& target_session_id = "");
+
+  // Registers a POSIX shared-memory object (e.g. "/engine0-staging") of which the client will
+  // address `size_bytes`; returns the buffer id.
+  absl::StatusOr<std::string> RegisterSharedMemory(const std::string& shm_name,
+                                                   uint64_t size_bytes);
+  // Registers device memory by CUDA IPC handle (64 bytes of cudaIpcMemHandle_t).
+  absl::StatusOr<std::string> RegisterCudaIpc(const std::string& ipc_handle, int32_t device,
+                                              uint64_t size_bytes);
+  absl::Status UnregisterBuffer(const std::string& buffer_id);
+
+  absl::StatusOr<PlanInfo> CreatePlan(const PlanSpec& spec);
+  absl::Status DeletePlan(const std::string& plan_id);
+
+  absl::Status AppendKv(const std::string& plan_id, int32_t layer, v1::Tensor k, v1::Tensor v);
+
+  absl::StatusOr<v1::RunResponse> Run(RunArgs args);
+  // Run, with the inline o (and lse) decoded to float.
+  absl::StatusOr<RunOutput> RunAndDecode(RunArgs args);
+};
+
+}  // namespace attnd::client

@@ -1,0 +1,233 @@
+#include "attnd/client/session_api.h"
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "attnd/client/tensor.h"
+
+namespace attnd::client {
+namespace {
+
+using Response = v1::SessionResponse;
+
+// Checks that a successful response carries the expected result.
+absl::Status ExpectResult(const Response& response, Response::ResultCase expected,
+                          const char* command) {
+  if (response.result_case() == expected) return absl::OkStatus();
+  return absl::InternalError(absl::StrCat("attnd returned result case ",
+                                          static_cast<int>(response.result_case()), " for ",
+                                          command, " (expected ", static_cast<int>(expected),
+                                          ")"));
+}
+
+}  // namespace
+
+// Each raw call: wrap the request into its oneof slot, execute, unwrap the matching result.
+#define ATTND_RAW_CALL(Method, field, Req, Resp, ResultCaseName)                       \
+  absl::StatusOr<v1::Resp> SessionApi::Method(const v1::Req& request) {               \
+    v1::SessionRequest wrapped;                                                       \
+    *wrapped.mutable_##field() = request;                                             \
+    absl::StatusOr<Response> response = Execute(std::move(wrapped));                  \
+    if (!response.ok()) return response.status();                                     \
+    if (auto s = ExpectResult(*response, Response::ResultCaseName, #Method); !s.ok()) \
+      return s;                                                                       \
+    return std::move(*response->mutable_##field());                                   \
+  }
+
+ATTND_RAW_CALL(CreatePool, create_pool, CreatePoolRequest, CreatePoolResponse, kCreatePool)
+ATTND_RAW_CALL(AttachPool, attach_pool, AttachPoolRequest, AttachPoolResponse, kAttachPool)
+ATTND_RAW_CALL(DescribePool, describe_pool, DescribePoolRequest, DescribePoolResponse,
+               kDescribePool)
+ATTND_RAW_CALL(DeletePool, delete_pool, DeletePoolRequest, DeletePoolResponse, kDeletePool)
+ATTND_RAW_CALL(AllocatePages, allocate_pages, AllocatePagesRequest, AllocatePagesResponse,
+               kAllocatePages)
+ATTND_RAW_CALL(FreePages, free_pages, FreePagesRequest, FreePagesResponse, kFreePages)
+ATTND_RAW_CALL(ForkPages, fork_pages, ForkPagesRequest, ForkPagesResponse, kForkPages)
+ATTND_RAW_CALL(RegisterBuffer, register_buffer, RegisterBufferRequest, RegisterBufferResponse,
+               kRegisterBuffer)
+ATTND_RAW_CALL(UnregisterBuffer, unregister_buffer, UnregisterBufferRequest,
+               UnregisterBufferResponse, kUnregisterBuffer)
+ATTND_RAW_CALL(CreatePlan, create_plan, CreatePlanRequest, CreatePlanResponse, kCreatePlan)
+ATTND_RAW_CALL(DeletePlan, delete_plan, DeletePlanRequest, DeletePlanResponse, kDeletePlan)
+ATTND_RAW_CALL(AppendKv, append_kv, AppendKvRequest, AppendKvResponse, kAppendKv)
+ATTND_RAW_CALL(Run, run, RunRequest, RunResponse, kRun)
+
+#undef ATTND_RAW_CALL
+
+absl::StatusOr<v1::ServerInfo> SessionApi::GetServerInfo() {
+  v1::SessionRequest wrapped;
+  wrapped.mutable_get_server_info();
+  absl::StatusOr<Response> response = Execute(std::move(wrapped));
+  if (!response.ok()) return response.status();
+  if (auto s = ExpectResult(*response, Response::kServerInfo, "GetServerInfo"); !s.ok()) return s;
+  return std::move(*response->mutable_server_info());
+}
+
+// ---- Typed calls ---------------------------------------------------------------------------
+
+absl::StatusOr<v1::PoolInfo> SessionApi::CreatePool(const PoolSpec& spec) {
+  v1::CreatePoolRequest request;
+  request.set_name(spec.name);
+  request.set_num_layers(spec.num_layers);
+  request.set_num_kv_heads(spec.num_kv_heads);
+  request.set_head_dim(spec.head_dim);
+  request.set_page_size(spec.page_size);
+  request.set_kv_dtype(spec.kv_dtype);
+  request.set_num_pages(spec.num_pages);
+  request.set_memory_budget_bytes(spec.memory_budget_bytes);
+  request.set_layout(v1::KV_LAYOUT_NHD);
+  absl::StatusOr<v1::CreatePoolResponse> response = CreatePool(request);
+  if (!response.ok()) return response.status();
+  return std::move(*response->mutable_pool());
+}
+
+absl::StatusOr<v1::PoolInfo> SessionApi::AttachPool(const std::string& name) {
+  v1::AttachPoolRequest request;
+  request.set_name(name);
+  absl::StatusOr<v1::AttachPoolResponse> response = AttachPool(request);
+  if (!response.ok()) return response.status();
+  return std::move(*response->mutable_pool());
+}
+
+absl::StatusOr<v1::PoolInfo> SessionApi::DescribePool(const std::string& pool_id) {
+  v1::DescribePoolRequest request;
+  request.set_pool_id(pool_id);
+  absl::StatusOr<v1::DescribePoolResponse> response = DescribePool(request);
+  if (!response.ok()) return response.status();
+  return std::move(*response->mutable_pool());
+}
+
+absl::Status SessionApi::DeletePool(const std::string& pool_id) {
+  v1::DeletePoolRequest request;
+  request.set_pool_id(pool_id);
+  return DeletePool(request).status();
+}
+
+absl::StatusOr<PageGrant> SessionApi::AllocatePages(const std::string& pool_id, int32_t count) {
+  v1::AllocatePagesRequest request;
+  request.set_pool_id(pool_id);
+  request.set_count(count);
+  absl::StatusOr<v1::AllocatePagesResponse> response = AllocatePages(request);
+  if (!response.ok()) return response.status();
+  PageGrant grant;
+  grant.page_ids.assign(response->page_ids().begin(), response->page_ids().end());
+  grant.free_pages = response->free_pages();
+  return grant;
+}
+
+absl::StatusOr<int64_t> SessionApi::FreePages(const std::string& pool_id,
+                                              const std::vector<int32_t>& page_ids) {
+  v1::FreePagesRequest request;
+  request.set_pool_id(pool_id);
+  request.mutable_page_ids()->Add(page_ids.begin(), page_ids.end());
+  absl::StatusOr<v1::FreePagesResponse> response = FreePages(request);
+  if (!response.ok()) return response.status();
+  return response->free_pages();
+}
+
+absl::StatusOr<std::vector<int32_t>> SessionApi::ForkPages(const std::string& pool_id,
+                                                           const std::vector<int32_t>& page_ids,
+                                                           const std::string& target_session_id) {
+  v1::ForkPagesRequest request;
+  request.set_pool_id(pool_id);
+  request.mutable_page_ids()->Add(page_ids.begin(), page_ids.end());
+  request.set_target_session_id(target_session_id);
+  absl::StatusOr<v1::ForkPagesResponse> response = ForkPages(request);
+  if (!response.ok()) return response.status();
+  return std::vector<int32_t>(response->refcounts().begin(), response->refcounts().end());
+}
+
+absl::StatusOr<std::string> SessionApi::RegisterSharedMemory(const std::string& shm_name,
+                                                             uint64_t size_bytes) {
+  v1::RegisterBufferRequest request;
+  request.mutable_shared_memory()->set_name(shm_name);
+  request.set_size_bytes(size_bytes);
+  absl::StatusOr<v1::RegisterBufferResponse> response = RegisterBuffer(request);
+  if (!response.ok()) return response.status();
+  return std::move(*response->mutable_buffer_id());
+}
+
+absl::StatusOr<std::string> SessionApi::RegisterCudaIpc(const std::string& ipc_handle,
+                                                        int32_t device, uint64_t size_bytes) {
+  v1::RegisterBufferRequest request;
+  request.mutable_cuda_ipc()->set_ipc_handle(ipc_handle);
+  request.mutable_cuda_ipc()->set_device(device);
+  request.set_size_bytes(size_bytes);
+  absl::StatusOr<v1::RegisterBufferResponse> response = RegisterBuffer(request);
+  if (!response.ok()) return response.status();
+  return std::move(*response->mutable_buffer_id());
+}
+
+absl::Status SessionApi::UnregisterBuffer(const std::string& buffer_id) {
+  v1::UnregisterBufferRequest request;
+  request.set_buffer_id(buffer_id);
+  return UnregisterBuffer(request).status();
+}
+
+absl::StatusOr<PlanInfo> SessionApi::CreatePlan(const PlanSpec& spec) {
+  v1::CreatePlanRequest request;
+  request.set_pool_id(spec.pool_id);
+  request.set_kind(spec.kind);
+  request.set_num_qo_heads(spec.num_qo_heads);
+  request.mutable_kv_indptr()->Add(spec.kv_indptr.begin(), spec.kv_indptr.end());
+  request.mutable_kv_indices()->Add(spec.kv_indices.begin(), spec.kv_indices.end());
+  request.mutable_kv_last_page_len()->Add(spec.kv_last_page_len.begin(),
+                                          spec.kv_last_page_len.end());
+  request.mutable_qo_indptr()->Add(spec.qo_indptr.begin(), spec.qo_indptr.end());
+  absl::StatusOr<v1::CreatePlanResponse> response = CreatePlan(request);
+  if (!response.ok()) return response.status();
+  PlanInfo info;
+  info.plan_id = response->plan_id();
+  info.batch_size = response->batch_size();
+  info.qo_tokens = response->qo_tokens();
+  info.kv_tokens = response->kv_tokens();
+  return info;
+}
+
+absl::Status SessionApi::DeletePlan(const std::string& plan_id) {
+  v1::DeletePlanRequest request;
+  request.set_plan_id(plan_id);
+  return DeletePlan(request).status();
+}
+
+absl::Status SessionApi::AppendKv(const std::string& plan_id, int32_t layer, v1::Tensor k,
+                                  v1::Tensor v) {
+  v1::AppendKvRequest request;
+  request.set_plan_id(plan_id);
+  request.set_layer(layer);
+  *request.mutable_k() = std::move(k);
+  *request.mutable_v() = std::move(v);
+  return AppendKv(request).status();
+}
+
+absl::StatusOr<v1::RunResponse> SessionApi::Run(RunArgs args) {
+  v1::RunRequest request;
+  request.set_plan_id(std::move(args.plan_id));
+  request.set_layer(args.layer);
+  *request.mutable_q() = std::move(args.q);
+  if (args.k) *request.mutable_k() = std::move(*args.k);
+  if (args.v) *request.mutable_v() = std::move(*args.v);
+  if (args.o) *request.mutable_o() = std::move(*args.o);
+  if (args.lse) *request.mutable_lse() = std::move(*args.lse);
+  *request.mutable_options() = std::move(args.options);
+  return Run(request);
+}
+
+absl::StatusOr<RunOutput> SessionApi::RunAndDecode(RunArgs args) {
+  absl::StatusOr<v1::RunResponse> response = Run(std::move(args));
+  if (!response.ok()) return response.status();
+  RunOutput output;
+  if (response->o().data_case() == v1::Tensor::kInlineData) {
+    absl::StatusOr<std::vector<float>> o = TensorToFloats(response->o());
+    if (!o.ok()) return o.status();
+    output.o = std::move(*o);
+  }
+  if (response->lse().data_case() == v1::Tensor::kInlineData) {
+    absl::StatusOr<std::vector<float>> lse = TensorToFloats(response->lse());
+    if (!lse.ok()) return lse.status();
+    output.lse = std::move(*lse);
+  }
+  return output;
+}
+
+}  // namespace attnd::client
