@@ -1,0 +1,249 @@
+// The CPU Backend: host memory, inline "streams", and the reference kernels of cpu_reference.h.
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <memory>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "attnd/kernels/backend.h"
+#include "attnd/kernels/cpu_reference.h"
+#include "parallel_for.h"
+#include "validation.h"
+
+namespace attnd::kernels {
+namespace {
+
+uint64_t PhysicalMemoryBytes() {
+  const long pages = sysconf(_SC_PHYS_PAGES);
+  const long page_size = sysconf(_SC_PAGE_SIZE);
+  if (pages <= 0 || page_size <= 0) return 0;
+  return static_cast<uint64_t>(pages) * static_cast<uint64_t>(page_size);
+}
+
+// Zero-filled, page-aligned anonymous memory (mmap); unmapped when destroyed. Anonymous pages are
+// zero until written and only take physical memory once touched, so a large pool costs nothing up
+// front.
+class HostMemory final : public BackendMemory {
+ public:
+  static absl::StatusOr<std::unique_ptr<BackendMemory>> Create(size_t bytes) {
+    const uint64_t physical = PhysicalMemoryBytes();
+    if (physical != 0 && bytes > physical) {
+      return absl::ResourceExhaustedError(absl::StrCat("cannot allocate ", bytes,
+                                                       " bytes: the host has ", physical));
+    }
+    const size_t mapped = bytes == 0 ? 1 : bytes;  // mmap rejects length 0
+    void* p = mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+      return absl::ResourceExhaustedError(absl::StrCat("cannot allocate ", bytes, " bytes of host "
+                                                       "memory: ", std::strerror(errno)));
+    }
+    return std::unique_ptr<BackendMemory>(new HostMemory(p, bytes, mapped));
+  }
+  ~HostMemory() override { munmap(data_, mapped_); }
+  void* data() const override { return data_; }
+  size_t size() const override { return size_; }
+
+ private:
+  HostMemory(void* data, size_t size, size_t mapped) : data_(data), size_(size), mapped_(mapped) {}
+  void* data_;
+  size_t size_;
+  size_t mapped_;
+};
+
+// Work on the CPU backend runs inline on the caller's thread, so a stream is only a token.
+class InlineStream final : public Stream {
+ public:
+  void* native() const override { return nullptr; }
+};
+
+// The CPU plan is the validated page table itself; kernels read it from the spec's vectors.
+class CpuPlan final : public PreparedPlan {
+ public:
+  explicit CpuPlan(PlanSpec spec) : PreparedPlan(std::move(spec)) {}
+};
+
+absl::Status CheckPlanSpec(const PlanSpec& spec) {
+  const int64_t batch = spec.batch_size();
+  if (spec.num_kv_heads <= 0 || spec.num_qo_heads <= 0 ||
+      spec.num_qo_heads % spec.num_kv_heads != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("plan num_qo_heads ", spec.num_qo_heads,
+                                                   " must be a positive multiple of num_kv_heads ",
+                                                   spec.num_kv_heads));
+  }
+  if (spec.head_dim <= 0 || spec.head_dim > cpu::kMaxHeadDim) {
+    return absl::InvalidArgumentError(absl::StrCat("plan head_dim ", spec.head_dim,
+                                                   " is outside 1..", cpu::kMaxHeadDim));
+  }
+  if (spec.page_size <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("plan page_size must be > 0, got ",
+                                                   spec.page_size));
+  }
+  if (static_cast<int64_t>(spec.kv_indptr.size()) != batch + 1 ||
+      static_cast<int64_t>(spec.qo_indptr.size()) != batch + 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "plan has ", batch, " requests (kv_last_page_len) but kv_indptr has ",
+        spec.kv_indptr.size(), " and qo_indptr ", spec.qo_indptr.size(), " entries"));
+  }
+  if (spec.kv_indptr[0] != 0 || spec.qo_indptr[0] != 0) {
+    return absl::InvalidArgumentError("plan kv_indptr and qo_indptr must start at 0");
+  }
+  for (int64_t b = 0; b < batch; ++b) {
+    if (spec.kv_indptr[b + 1] < spec.kv_indptr[b] || spec.qo_indptr[b + 1] < spec.qo_indptr[b]) {
+      return absl::InvalidArgumentError(absl::StrCat("plan indptr decreases at request ", b));
+    }
+    if (spec.kind == AttentionKind::kDecode && spec.qo_indptr[b + 1] - spec.qo_indptr[b] != 1) {
+      return absl::InvalidArgumentError(absl::StrCat("decode plan must have one query row per "
+                                                     "request; request ", b, " has ",
+                                                     spec.qo_indptr[b + 1] - spec.qo_indptr[b]));
+    }
+  }
+  if (static_cast<int64_t>(spec.kv_indices.size()) != spec.kv_indptr[batch]) {
+    return absl::InvalidArgumentError(absl::StrCat("plan kv_indices has ", spec.kv_indices.size(),
+                                                   " entries, kv_indptr ends at ",
+                                                   spec.kv_indptr[batch]));
+  }
+  return absl::OkStatus();
+}
+
+// The layer view with the plan's page table filled in; checks that geometry and plan agree.
+absl::StatusOr<PagedKV> LayerWithPageTable(const PlanSpec& spec, const PagedKV& layer) {
+  if (layer.num_kv_heads != spec.num_kv_heads || layer.head_dim != spec.head_dim ||
+      layer.page_size != spec.page_size || layer.dtype != spec.kv_dtype) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "layer (kv heads ", layer.num_kv_heads, ", head_dim ", layer.head_dim, ", page_size ",
+        layer.page_size, ", dtype ", DTypeName(layer.dtype), ") does not match the plan (",
+        spec.num_kv_heads, ", ", spec.head_dim, ", ", spec.page_size, ", ",
+        DTypeName(spec.kv_dtype), ")"));
+  }
+  PagedKV kv = layer;
+  kv.batch_size = spec.batch_size();
+  kv.indptr = spec.kv_indptr.data();
+  kv.indices = spec.kv_indices.data();
+  kv.last_page_len = spec.kv_last_page_len.data();
+  return kv;
+}
+
+class CpuBackend final : public Backend {
+ public:
+  explicit CpuBackend(const CpuBackendOptions& options)
+      : num_threads_(cpu::ResolveThreadCount(options.num_threads)) {
+    info_.name = "cpu";
+    info_.device = absl::StrCat("cpu (", num_threads_, " threads)");
+    info_.device_ordinal = -1;
+    info_.memory_total_bytes = PhysicalMemoryBytes();
+    info_.kv_dtypes = {DType::kFloat32, DType::kFloat16, DType::kBFloat16};
+    info_.q_dtypes = {DType::kFloat32, DType::kFloat16, DType::kBFloat16};
+    // Any head_dim up to cpu::kMaxHeadDim (even with RoPE) works; these are the advertised ones.
+    info_.head_dims = {16, 32, 64, 96, 128, 256, 512};
+    info_.page_sizes = {};  // any
+    info_.cuda_ipc = false;
+  }
+
+  const BackendInfo& info() const override { return info_; }
+  bool host_accessible() const override { return true; }
+
+  absl::StatusOr<std::unique_ptr<BackendMemory>> Allocate(size_t bytes) override {
+    return HostMemory::Create(bytes);
+  }
+
+  absl::StatusOr<std::unique_ptr<BackendMemory>> OpenIpcBuffer(const std::string&, int32_t,
+                                                               size_t) override {
+    return absl::FailedPreconditionError("backend cpu cannot open CUDA IPC handles");
+  }
+
+  absl::StatusOr<std::unique_ptr<Stream>> CreateStream() override {
+    return std::unique_ptr<Stream>(new InlineStream());
+  }
+
+  absl::Status CopyToBackend(void* dst, const void* src, size_t bytes, Stream*) override {
+    return Copy(dst, src, bytes);
+  }
+  absl::Status CopyToHost(void* dst, const void* src, size_t bytes, Stream*) override {
+    return Copy(dst, src, bytes);
+  }
+  absl::Status Synchronize(Stream*) override { return absl::OkStatus(); }
+
+  absl::StatusOr<std::unique_ptr<PreparedPlan>> Prepare(PlanSpec spec, Stream*) override {
+    if (auto s = CheckPlanSpec(spec); !s.ok()) return s;
+    return std::unique_ptr<PreparedPlan>(new CpuPlan(std::move(spec)));
+  }
+
+  absl::Status AppendKv(const PreparedPlan& plan, const PagedKV& layer, const void* k,
+                        const void* v, Stream*) override {
+    absl::StatusOr<PagedKV> kv = LayerWithPageTable(plan.spec(), layer);
+    if (!kv.ok()) return kv.status();
+    AppendKvParams params;
+    params.kv = *kv;
+    params.k = k;
+    params.v = v;
+    params.new_indptr = plan.spec().qo_indptr.data();
+    return cpu::AppendKv(params);
+  }
+
+  absl::Status Attention(const RunArgs& args) override {
+    if (args.plan == nullptr) return absl::InvalidArgumentError("RunArgs.plan is null");
+    const PlanSpec& spec = args.plan->spec();
+    if ((args.k_new == nullptr) != (args.v_new == nullptr)) {
+      return absl::InvalidArgumentError("k_new and v_new must be given together");
+    }
+    absl::StatusOr<PagedKV> kv = LayerWithPageTable(spec, args.layer);
+    if (!kv.ok()) return kv.status();
+    PagedAttentionParams params;
+    params.kv = *kv;
+    params.qo.q = args.q;
+    params.qo.o = args.o;
+    params.qo.lse = args.lse;
+    params.qo.q_dtype = args.q_dtype;
+    params.qo.num_qo_heads = spec.num_qo_heads;
+    params.qo.batch_size = spec.batch_size();
+    params.qo.qo_indptr = spec.qo_indptr.data();  // decode plans have 0, 1, ..., B here
+    params.options = args.options;
+    params.options.rope_offsets = args.rope_offsets_host;
+    if (args.k_new != nullptr) {
+      // Check the attention parameters before the cache is modified, so a rejected call has no
+      // side effects (AppendKv checks its own before writing).
+      if (auto s = cpu::ValidatePagedKV(params.kv); !s.ok()) return s;
+      if (auto s = cpu::ValidateQueryOutput(params.qo, params.kv.batch_size,
+                                            params.kv.num_kv_heads);
+          !s.ok()) {
+        return s;
+      }
+      if (auto s = cpu::ValidateOptions(params.options, params.kv.head_dim); !s.ok()) return s;
+      if (auto s = AppendKv(*args.plan, args.layer, args.k_new, args.v_new, args.stream); !s.ok()) {
+        return s;
+      }
+    }
+    return cpu::PagedAttention(params, num_threads_);
+  }
+
+  absl::Status MergeStates(const MergeStatesParams& params, Stream*) override {
+    return cpu::MergeStates(params, num_threads_);
+  }
+
+ private:
+  static absl::Status Copy(void* dst, const void* src, size_t bytes) {
+    if (bytes == 0) return absl::OkStatus();
+    if (dst == nullptr || src == nullptr) {
+      return absl::InvalidArgumentError("copy with a null pointer");
+    }
+    std::memmove(dst, src, bytes);
+    return absl::OkStatus();
+  }
+
+  int num_threads_;
+  BackendInfo info_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(const CpuBackendOptions& options) {
+  if (options.num_threads < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("num_threads must be >= 0, got ",
+                                                   options.num_threads));
+  }
+  return std::unique_ptr<Backend>(new CpuBackend(options));
+}
+
+}  // namespace attnd::kernels
