@@ -15,12 +15,25 @@
 #include "attnd/kernels/cuda_prefill.h"
 #include "prefill_params.h"
 
-// sources.cmake defines ATTND_PREFILL_HEAD_DIMS_FILTERED and ATTND_PREFILL_HD<D> for the head
-// dims it compiles. Built without it (e.g. a plain glob), every head dim is compiled.
+// Which head dims are compiled: sources.cmake defines ATTND_PREFILL_HEAD_DIMS_FILTERED and
+// ATTND_PREFILL_HD<D>; kernels/cuda/CMakeLists.txt (which filters prefill_hd<D>_*.cu by
+// ATTND_CUDA_HEAD_DIMS) defines ATTND_CUDA_HD<D>. With neither, every head dim is compiled.
 #ifndef ATTND_PREFILL_HEAD_DIMS_FILTERED
+#if defined(ATTND_CUDA_HD64) || defined(ATTND_CUDA_HD128) || defined(ATTND_CUDA_HD256)
+#ifdef ATTND_CUDA_HD64
+#define ATTND_PREFILL_HD64 1
+#endif
+#ifdef ATTND_CUDA_HD128
+#define ATTND_PREFILL_HD128 1
+#endif
+#ifdef ATTND_CUDA_HD256
+#define ATTND_PREFILL_HD256 1
+#endif
+#else
 #define ATTND_PREFILL_HD64 1
 #define ATTND_PREFILL_HD128 1
 #define ATTND_PREFILL_HD256 1
+#endif
 #endif
 
 namespace attnd::kernels::cuda {
@@ -103,9 +116,10 @@ absl::StatusOr<PrefillWorkPtr> PreparePrefill(std::span<const int32_t> qo_indptr
     if (qo_len < 0) {
       return absl::InvalidArgumentError(absl::StrCat("prefill: qo_indptr decreases at ", b));
     }
-    if (kv_len[b] < qo_len) {
-      return absl::InvalidArgumentError(absl::StrCat("prefill: kv_len[", b, "] = ", kv_len[b],
-                                                     " < qo_len ", qo_len));
+    // kv_len < qo_len is allowed (as in the CPU reference): the earliest rows then sit at
+    // negative positions and, when causal, see nothing (o = 0, lse = -inf).
+    if (kv_len[b] < 0) {
+      return absl::InvalidArgumentError(absl::StrCat("prefill: kv_len[", b, "] = ", kv_len[b]));
     }
     const int64_t packed = qo_len * group;
     for (int64_t start = 0; start < packed; start += cta_rows) {

@@ -22,7 +22,12 @@ class PrefillWork;  // opaque; owns its device arrays (RAII)
 struct PrefillWorkDeleter { void operator()(PrefillWork* w) const; };
 using PrefillWorkPtr = std::unique_ptr<PrefillWork, PrefillWorkDeleter>;
 
-// qo_indptr: [batch + 1] host; kv_len: [batch] host (kv_len[b] >= qo_len[b]).
+// qo_indptr: [batch + 1] host; kv_len: [batch] host (normally kv_len[b] >= qo_len[b]; when it
+// is smaller, the earliest query rows sit at negative kv positions, as in cpu_reference.h).
+// The work is valid for any run whose batch has these lengths and head counts, whatever its
+// options (causal, window, RoPE, soft cap) and KV layout (paged, any page size, or ragged).
+// Errors: INVALID_ARGUMENT for inconsistent sizes, UNIMPLEMENTED for a head_dim that is not
+// compiled (ATTND_CUDA_HEAD_DIMS), INTERNAL for a failed allocation/copy.
 absl::StatusOr<PrefillWorkPtr> PreparePrefill(std::span<const int32_t> qo_indptr,
                                               std::span<const int32_t> kv_len,
                                               int32_t num_qo_heads, int32_t num_kv_heads,
