@@ -10,6 +10,8 @@ debian_packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libspdlog-dev libgtest-dev libgmock-dev libcpp-httplib-dev
   python3 python3-venv python3-pip
+  # scripts/lint.sh: shellcheck, promtool (Debian ships it in prometheus), systemd-analyze, curl
+  shellcheck prometheus systemd curl
 )
 missing=()
 for p in "${debian_packages[@]}"; do
