@@ -1,0 +1,38 @@
+// Client buffers registered with RegisterBuffer: memory another process owns and shares with the
+// daemon, addressed by BufferSlice. RAII: destroying one unmaps/closes what it opened.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "attnd/kernels/backend.h"
+
+namespace attnd::server {
+
+class RegisteredBuffer {
+ public:
+  virtual ~RegisteredBuffer() = default;
+  // Start of the mapping, usable by the backend (host memory for shared memory with a
+  // host-accessible backend; device memory for CUDA IPC).
+  virtual void* data() const = 0;
+  // Bytes the client may address (its size_bytes; the real object is at least this big).
+  virtual uint64_t size() const = 0;
+  // "shared_memory '/x'" / "cuda_ipc (device 0)", for logs.
+  virtual std::string description() const = 0;
+};
+
+// Maps the POSIX shared memory object `name` read/write. NOT_FOUND when it does not exist,
+// PERMISSION_DENIED when it may not be opened, OUT_OF_RANGE when it is smaller than size_bytes.
+absl::StatusOr<std::unique_ptr<RegisteredBuffer>> OpenSharedMemoryBuffer(const std::string& name,
+                                                                         uint64_t size_bytes);
+
+// Maps another process's CUDA allocation through the backend (FAILED_PRECONDITION, with the
+// backend's message, on backends without IPC).
+absl::StatusOr<std::unique_ptr<RegisteredBuffer>> OpenCudaIpcBuffer(kernels::Backend& backend,
+                                                                    const std::string& handle,
+                                                                    int32_t device,
+                                                                    uint64_t size_bytes);
+
+}  // namespace attnd::server

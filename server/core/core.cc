@@ -1,0 +1,535 @@
+// Core: ties the registries, validation, plans and the executor together. Each public method
+// looks the session up (renewing its lease), takes the session's mutex, validates, and acts.
+#include "server/core/core.h"
+
+#include <atomic>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "server/core/buffer.h"
+#include "server/core/dtype_convert.h"
+#include "server/core/executor.h"
+#include "server/core/ids.h"
+#include "server/core/plan.h"
+#include "server/core/pool.h"
+#include "server/core/pool_registry.h"
+#include "server/core/session.h"
+#include "server/core/session_registry.h"
+#include "server/core/validation.h"
+#include "spdlog/spdlog.h"
+
+namespace attnd::server {
+namespace {
+
+// Caps that keep a leaking client from exhausting the daemon's host resources.
+constexpr size_t kMaxPlansPerSession = 1 << 16;
+constexpr size_t kMaxBuffersPerSession = 1 << 10;
+
+uint64_t EffectivePoolBudget(const CoreOptions& options, const kernels::BackendInfo& info) {
+  if (options.max_pool_bytes != 0) return options.max_pool_bytes;
+  return info.memory_total_bytes / 10 * 9;
+}
+
+// The public interface takes std::string_view; this Abseil build has its own string_view type.
+absl::string_view Absl(std::string_view s) { return absl::string_view(s.data(), s.size()); }
+
+absl::Status SessionClosedError(const Session& session) {
+  return absl::NotFoundError(
+      absl::StrCat("session '", session.id, "' does not exist or has expired"));
+}
+
+}  // namespace
+
+struct Core::State {
+  State(const CoreOptions& options, std::unique_ptr<kernels::Backend> backend_in)
+      : options(options),
+        backend(std::move(backend_in)),
+        pools(EffectivePoolBudget(options, backend->info())) {}
+
+  const CoreOptions options;
+  const std::unique_ptr<kernels::Backend> backend;
+  SessionRegistry sessions;
+  PoolRegistry pools;
+  std::atomic<int64_t> plans{0};
+  std::atomic<int64_t> buffers{0};
+  std::atomic<uint64_t> bytes_in{0};
+  std::atomic<uint64_t> bytes_out{0};
+
+  // Runs `fn(session)` with the session's mutex held; NOT_FOUND for unknown or closed sessions.
+  template <typename Fn>
+  auto WithSession(std::string_view session_id, Fn&& fn) -> decltype(fn(std::declval<Session&>())) {
+    auto session = sessions.FindAndRenew(Absl(session_id), absl::Now());
+    if (!session.ok()) return session.status();
+    Session& s = **session;
+    absl::MutexLock lock(&s.mu);
+    if (s.closed) return SessionClosedError(s);
+    return fn(s);
+  }
+
+  // The pool `pool_id` if this session is attached to it. NOT_FOUND for an unknown id,
+  // PERMISSION_DENIED for a pool the session is not attached to.
+  absl::StatusOr<std::shared_ptr<Pool>> AttachedPool(Session& session, absl::string_view pool_id)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(session.mu) {
+    auto it = session.pools.find(pool_id);
+    if (it != session.pools.end()) return it->second;
+    if (std::shared_ptr<Pool> pool = pools.FindById(pool_id)) {
+      return absl::PermissionDeniedError(
+          absl::StrCat("pool_id='", pool_id, "': this session is not attached to pool '",
+                       pool->name(), "'; call AttachPool first"));
+    }
+    return absl::NotFoundError(absl::StrCat("pool_id='", pool_id.substr(0, 80),
+                                            "' does not exist"));
+  }
+
+  absl::StatusOr<std::shared_ptr<Plan>> FindPlan(Session& session, absl::string_view plan_id)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(session.mu) {
+    auto it = session.plans.find(plan_id);
+    if (it == session.plans.end()) {
+      // Plans of other sessions are not visible: the same answer as for an unknown id.
+      return absl::NotFoundError(absl::StrCat("plan_id='", plan_id.substr(0, 80),
+                                              "' is not a plan of this session"));
+    }
+    return it->second;
+  }
+
+  absl::StatusOr<kernels::Stream*> SessionStream(Session& session)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(session.mu) {
+    if (session.stream == nullptr) {
+      auto stream = backend->CreateStream();
+      if (!stream.ok()) return stream.status();
+      session.stream = *std::move(stream);
+    }
+    return session.stream.get();
+  }
+
+  // Drops the session's plans on `pool`, releases its page references there and detaches it;
+  // frees the pool if it was the last session.
+  void Detach(Session& session, const std::shared_ptr<Pool>& pool)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(session.mu) {
+    for (auto it = session.plans.begin(); it != session.plans.end();) {
+      if (it->second->pool == pool) {
+        session.plans.erase(it++);
+        plans.fetch_sub(1);
+      } else {
+        ++it;
+      }
+    }
+    {
+      absl::MutexLock lock(&pool->mu);
+      auto it = pool->attachments.find(session.id);
+      if (it != pool->attachments.end()) {
+        pool->allocator.ReleaseAll(it->second.held);
+        pool->allocator.ReleaseAll(it->second.pinned);
+        pool->attachments.erase(it);
+      }
+    }
+    session.pools.erase(pool->id());
+    if (pools.RemoveIfUnused(pool)) {
+      spdlog::info("pool '{}' ({}) released: its last session ({}) detached", pool->name(),
+                   pool->id(), session.id);
+    }
+  }
+
+  // Releases everything a session holds. The session has left the registry already.
+  void Release(Session& session, const char* reason) {
+    absl::MutexLock lock(&session.mu);  // waits for an in-flight command of the session
+    if (session.closed) return;
+    session.closed = true;
+    const size_t num_plans = session.plans.size();
+    const size_t num_buffers = session.buffers.size();
+    while (!session.pools.empty()) {
+      std::shared_ptr<Pool> pool = session.pools.begin()->second;
+      Detach(session, pool);
+    }
+    plans.fetch_sub(static_cast<int64_t>(session.plans.size()));
+    session.plans.clear();
+    buffers.fetch_sub(static_cast<int64_t>(session.buffers.size()));
+    session.buffers.clear();
+    session.stream.reset();
+    session.staging = StagingArea();
+    spdlog::info("session {} ('{}') closed ({}): released {} plan(s), {} buffer(s)", session.id,
+                 session.client_name, reason, num_plans, num_buffers);
+  }
+};
+
+absl::StatusOr<std::unique_ptr<Core>> Core::Create(const CoreOptions& options,
+                                                   std::unique_ptr<kernels::Backend> backend) {
+  if (backend == nullptr) return absl::InvalidArgumentError("backend is null");
+  if (options.session_lease <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "session_lease=", absl::FormatDuration(options.session_lease), " must be positive"));
+  }
+  const uint64_t budget = EffectivePoolBudget(options, backend->info());
+  if (budget == 0) {
+    return absl::InvalidArgumentError(
+        "the pool budget is 0: set max_pool_bytes (the backend reports no memory)");
+  }
+  auto state = std::make_unique<State>(options, std::move(backend));
+  spdlog::info("attnd core {}: backend {} on {}, pool budget {} bytes", options.version,
+               state->backend->info().name, state->backend->info().device, budget);
+  return std::unique_ptr<Core>(new Core(std::move(state)));
+}
+
+Core::Core(std::unique_ptr<State> state) : state_(std::move(state)) {}
+
+Core::~Core() { CloseAll(); }
+
+v1::ServerInfo Core::GetServerInfo() const {
+  const kernels::BackendInfo& info = state_->backend->info();
+  v1::ServerInfo out;
+  out.set_version(state_->options.version);
+  out.set_backend(info.name);
+  out.set_device(info.device);
+  out.set_memory_total_bytes(state_->pools.max_bytes());
+  out.set_memory_free_bytes(state_->pools.max_bytes() - state_->pools.allocated_bytes());
+  for (kernels::DType t : info.kv_dtypes) out.add_kv_dtypes(ToProtoDType(t));
+  for (kernels::DType t : info.q_dtypes) out.add_q_dtypes(ToProtoDType(t));
+  for (int32_t d : info.head_dims) out.add_head_dims(d);
+  for (int32_t p : info.page_sizes) out.add_page_sizes(p);
+  out.set_cuda_ipc(info.cuda_ipc);
+  out.set_shared_memory(state_->backend->host_accessible());
+  out.set_max_message_bytes(state_->options.max_message_bytes);
+  return out;
+}
+
+absl::StatusOr<v1::OpenSessionResponse> Core::OpenSession(const v1::OpenSessionRequest& request,
+                                                          SessionBinding binding) {
+  const absl::Duration lease = request.lease_ms() > 0 ? absl::Milliseconds(request.lease_ms())
+                                                      : state_->options.session_lease;
+  auto session = std::make_shared<Session>(NewRandomId("s-"), request.client_name().substr(0, 256),
+                                           binding, lease);
+  v1::OpenSessionResponse response;
+  response.set_session_id(session->id);
+  if (binding == SessionBinding::kLeased) {
+    response.set_lease_ms(static_cast<uint32_t>(absl::ToInt64Milliseconds(lease)));
+  }
+  spdlog::info("session {} opened by '{}' ({})", session->id, session->client_name,
+               binding == SessionBinding::kLeased
+                   ? absl::StrCat("leased, ", absl::FormatDuration(lease))
+                   : std::string("stream"));
+  state_->sessions.Add(std::move(session), absl::Now());
+  return response;
+}
+
+absl::Status Core::CloseSession(std::string_view session_id) {
+  std::shared_ptr<Session> session = state_->sessions.Remove(Absl(session_id));
+  if (session == nullptr) {
+    return absl::NotFoundError(absl::StrCat("session '", Absl(session_id).substr(0, 80),
+                                            "' does not exist or has expired"));
+  }
+  state_->Release(*session, "closed by the client");
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::CreatePoolResponse> Core::CreatePool(std::string_view session_id,
+                                                        const v1::CreatePoolRequest& request) {
+  State& st = *state_;
+  return st.WithSession(session_id, [&](Session& session) -> absl::StatusOr<v1::CreatePoolResponse> {
+    auto geometry = ValidateCreatePool(request, st.backend->info());
+    if (!geometry.ok()) return geometry.status();
+    if (auto s = st.pools.Reserve(request.name(), geometry->total_bytes); !s.ok()) return s;
+    auto pool = Pool::Create(NewRandomId("p-"), request.name(), *geometry, *st.backend);
+    if (!pool.ok()) {
+      st.pools.CancelReservation(request.name(), geometry->total_bytes);
+      return pool.status();
+    }
+    {
+      absl::MutexLock lock(&(*pool)->mu);
+      (*pool)->attachments.try_emplace(session.id);
+    }
+    st.pools.Insert(*pool);
+    session.pools[(*pool)->id()] = *pool;
+    spdlog::info("pool '{}' ({}) created by session {}: {} layers x {} pages x {} tokens, "
+                 "{} kv heads, head_dim {}, {}, {} bytes",
+                 (*pool)->name(), (*pool)->id(), session.id, geometry->num_layers,
+                 geometry->num_pages, geometry->page_size, geometry->num_kv_heads,
+                 geometry->head_dim, kernels::DTypeName(geometry->kv_dtype),
+                 geometry->total_bytes);
+    v1::CreatePoolResponse response;
+    *response.mutable_pool() = (*pool)->Info();
+    return response;
+  });
+}
+
+absl::StatusOr<v1::AttachPoolResponse> Core::AttachPool(std::string_view session_id,
+                                                        const v1::AttachPoolRequest& request) {
+  State& st = *state_;
+  return st.WithSession(session_id, [&](Session& session) -> absl::StatusOr<v1::AttachPoolResponse> {
+    if (auto s = ValidatePoolName(request.name()); !s.ok()) return s;
+    auto pool = st.pools.AttachByName(request.name(), session.id);
+    if (!pool.ok()) return pool.status();
+    session.pools[(*pool)->id()] = *pool;
+    spdlog::info("session {} attached to pool '{}' ({})", session.id, (*pool)->name(),
+                 (*pool)->id());
+    v1::AttachPoolResponse response;
+    *response.mutable_pool() = (*pool)->Info();
+    return response;
+  });
+}
+
+absl::StatusOr<v1::DescribePoolResponse> Core::DescribePool(
+    std::string_view session_id, const v1::DescribePoolRequest& request) {
+  State& st = *state_;
+  return st.WithSession(session_id, [&](Session& session) -> absl::StatusOr<v1::DescribePoolResponse> {
+    auto pool = st.AttachedPool(session, request.pool_id());
+    if (!pool.ok()) return pool.status();
+    v1::DescribePoolResponse response;
+    *response.mutable_pool() = (*pool)->Info();
+    return response;
+  });
+}
+
+absl::StatusOr<v1::DeletePoolResponse> Core::DeletePool(std::string_view session_id,
+                                                        const v1::DeletePoolRequest& request) {
+  State& st = *state_;
+  return st.WithSession(session_id, [&](Session& session) -> absl::StatusOr<v1::DeletePoolResponse> {
+    auto pool = st.AttachedPool(session, request.pool_id());
+    if (!pool.ok()) return pool.status();
+    spdlog::info("session {} detaches from pool '{}' ({})", session.id, (*pool)->name(),
+                 (*pool)->id());
+    st.Detach(session, *pool);
+    return v1::DeletePoolResponse();
+  });
+}
+
+absl::StatusOr<v1::AllocatePagesResponse> Core::AllocatePages(
+    std::string_view session_id, const v1::AllocatePagesRequest& request) {
+  State& st = *state_;
+  return st.WithSession(session_id, [&](Session& session) -> absl::StatusOr<v1::AllocatePagesResponse> {
+    auto pool = st.AttachedPool(session, request.pool_id());
+    if (!pool.ok()) return pool.status();
+    if (auto s = ValidatePageCount(request.count()); !s.ok()) return s;
+    Pool& p = **pool;
+    absl::MutexLock lock(&p.mu);
+    PoolAttachment& mine = p.attachments[session.id];
+    auto pages = p.allocator.Allocate(request.count(), mine.held, p.name());
+    if (!pages.ok()) return pages.status();
+    v1::AllocatePagesResponse response;
+    response.mutable_page_ids()->Add(pages->begin(), pages->end());
+    response.set_free_pages(p.allocator.free_pages());
+    SPDLOG_DEBUG("session {} allocated {} page(s) of pool '{}'", session.id, request.count(),
+                 p.name());
+    return response;
+  });
+}
+
+absl::StatusOr<v1::FreePagesResponse> Core::FreePages(std::string_view session_id,
+                                                      const v1::FreePagesRequest& request) {
+  State& st = *state_;
+  return st.WithSession(session_id, [&](Session& session) -> absl::StatusOr<v1::FreePagesResponse> {
+    auto pool = st.AttachedPool(session, request.pool_id());
+    if (!pool.ok()) return pool.status();
+    Pool& p = **pool;
+    const absl::Span<const int32_t> ids(request.page_ids().data(), request.page_ids_size());
+    if (auto s = ValidatePageIds(ids, "page_ids", p.geometry().num_pages, p.name()); !s.ok()) {
+      return s;
+    }
+    absl::MutexLock lock(&p.mu);
+    PoolAttachment& mine = p.attachments[session.id];
+    if (auto s = CheckPagesHeld(ids, "page_ids", mine.held, p.name()); !s.ok()) return s;
+    if (auto s = p.allocator.Release(ids, mine.held); !s.ok()) return s;
+    v1::FreePagesResponse response;
+    response.set_free_pages(p.allocator.free_pages());
+    return response;
+  });
+}
+
+absl::StatusOr<v1::ForkPagesResponse> Core::ForkPages(std::string_view session_id,
+                                                      const v1::ForkPagesRequest& request) {
+  State& st = *state_;
+  return st.WithSession(session_id, [&](Session& session) -> absl::StatusOr<v1::ForkPagesResponse> {
+    auto pool = st.AttachedPool(session, request.pool_id());
+    if (!pool.ok()) return pool.status();
+    Pool& p = **pool;
+    const absl::Span<const int32_t> ids(request.page_ids().data(), request.page_ids_size());
+    if (auto s = ValidatePageIds(ids, "page_ids", p.geometry().num_pages, p.name()); !s.ok()) {
+      return s;
+    }
+    const std::string& target_id =
+        request.target_session_id().empty() ? session.id : request.target_session_id();
+    absl::MutexLock lock(&p.mu);
+    PoolAttachment& mine = p.attachments[session.id];
+    if (auto s = CheckPagesHeld(ids, "page_ids", mine.held, p.name()); !s.ok()) return s;
+    auto target = p.attachments.find(target_id);
+    if (target == p.attachments.end()) {
+      // Same answer whether or not such a session exists elsewhere.
+      return absl::FailedPreconditionError(
+          absl::StrCat("target_session_id='", target_id.substr(0, 80),
+                       "' is not a session attached to pool '", p.name(), "'"));
+    }
+    if (auto s = p.allocator.AddReferences(ids, target->second.held); !s.ok()) return s;
+    v1::ForkPagesResponse response;
+    for (const int32_t page : ids) response.add_refcounts(p.allocator.refcount(page));
+    return response;
+  });
+}
+
+absl::StatusOr<v1::RegisterBufferResponse> Core::RegisterBuffer(
+    std::string_view session_id, const v1::RegisterBufferRequest& request) {
+  State& st = *state_;
+  return st.WithSession(session_id, [&](Session& session) -> absl::StatusOr<v1::RegisterBufferResponse> {
+    if (auto s = ValidateRegisterBuffer(request); !s.ok()) return s;
+    if (session.buffers.size() >= kMaxBuffersPerSession) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "this session has ", session.buffers.size(), " buffers registered, the limit"));
+    }
+    absl::StatusOr<std::unique_ptr<RegisteredBuffer>> buffer;
+    if (request.has_shared_memory()) {
+      if (!st.backend->host_accessible()) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "shared_memory buffers need a backend that reads host memory; the ",
+            st.backend->info().name, " backend takes cuda_ipc buffers"));
+      }
+      buffer = OpenSharedMemoryBuffer(request.shared_memory().name(), request.size_bytes());
+    } else {
+      buffer = OpenCudaIpcBuffer(*st.backend, request.cuda_ipc().ipc_handle(),
+                                 request.cuda_ipc().device(), request.size_bytes());
+    }
+    if (!buffer.ok()) return buffer.status();
+    std::string id = NewRandomId("b-");
+    spdlog::info("session {} registered buffer {}: {}, {} bytes", session.id, id,
+                 (*buffer)->description(), (*buffer)->size());
+    session.buffers[id] = std::shared_ptr<RegisteredBuffer>(*std::move(buffer));
+    st.buffers.fetch_add(1);
+    v1::RegisterBufferResponse response;
+    response.set_buffer_id(std::move(id));
+    return response;
+  });
+}
+
+absl::StatusOr<v1::UnregisterBufferResponse> Core::UnregisterBuffer(
+    std::string_view session_id, const v1::UnregisterBufferRequest& request) {
+  State& st = *state_;
+  return st.WithSession(session_id, [&](Session& session) -> absl::StatusOr<v1::UnregisterBufferResponse> {
+    auto it = session.buffers.find(request.buffer_id());
+    if (it == session.buffers.end()) {
+      return absl::NotFoundError(absl::StrCat("buffer_id='", request.buffer_id().substr(0, 80),
+                                              "' is not a buffer of this session"));
+    }
+    session.buffers.erase(it);
+    st.buffers.fetch_sub(1);
+    return v1::UnregisterBufferResponse();
+  });
+}
+
+absl::StatusOr<v1::CreatePlanResponse> Core::CreatePlan(std::string_view session_id,
+                                                        const v1::CreatePlanRequest& request) {
+  State& st = *state_;
+  return st.WithSession(session_id, [&](Session& session) -> absl::StatusOr<v1::CreatePlanResponse> {
+    auto pool = st.AttachedPool(session, request.pool_id());
+    if (!pool.ok()) return pool.status();
+    if (session.plans.size() >= kMaxPlansPerSession) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "this session has ", session.plans.size(), " plans, the limit; delete unused plans"));
+    }
+    auto stream = st.SessionStream(session);
+    if (!stream.ok()) return stream.status();
+    auto plan = BuildPlan(request, *pool, session.id, *st.backend, *stream, NewRandomId("plan-"));
+    if (!plan.ok()) return plan.status();
+    v1::CreatePlanResponse response;
+    response.set_plan_id((*plan)->id);
+    response.set_batch_size((*plan)->batch_size);
+    response.set_qo_tokens((*plan)->qo_tokens);
+    response.set_kv_tokens((*plan)->kv_tokens);
+    SPDLOG_DEBUG("session {} created plan {}: batch {}, {} query / {} kv tokens", session.id,
+                 (*plan)->id, (*plan)->batch_size, (*plan)->qo_tokens, (*plan)->kv_tokens);
+    session.plans[(*plan)->id] = *std::move(plan);
+    st.plans.fetch_add(1);
+    return response;
+  });
+}
+
+absl::StatusOr<v1::DeletePlanResponse> Core::DeletePlan(std::string_view session_id,
+                                                        const v1::DeletePlanRequest& request) {
+  State& st = *state_;
+  return st.WithSession(session_id, [&](Session& session) -> absl::StatusOr<v1::DeletePlanResponse> {
+    auto plan = st.FindPlan(session, request.plan_id());
+    if (!plan.ok()) return plan.status();
+    UnpinPlan(**plan, session.id);
+    session.plans.erase((*plan)->id);
+    st.plans.fetch_sub(1);
+    return v1::DeletePlanResponse();
+  });
+}
+
+absl::StatusOr<v1::AppendKvResponse> Core::AppendKv(std::string_view session_id,
+                                                    const v1::AppendKvRequest& request) {
+  State& st = *state_;
+  return st.WithSession(session_id, [&](Session& session) -> absl::StatusOr<v1::AppendKvResponse> {
+    auto plan = st.FindPlan(session, request.plan_id());
+    if (!plan.ok()) return plan.status();
+    if (auto s = CheckPlanWritable(**plan, session.id); !s.ok()) return s;
+    auto stream = st.SessionStream(session);
+    if (!stream.ok()) return stream.status();
+    TransferCounts counts;
+    const ExecContext ctx{*st.backend, *stream, session.staging, session.buffers};
+    absl::Status s = ExecuteAppendKv(**plan, request, ctx, &counts);
+    st.bytes_in.fetch_add(counts.bytes_in);
+    st.bytes_out.fetch_add(counts.bytes_out);
+    if (!s.ok()) return s;
+    return v1::AppendKvResponse();
+  });
+}
+
+absl::StatusOr<v1::RunResponse> Core::Run(std::string_view session_id,
+                                          const v1::RunRequest& request) {
+  State& st = *state_;
+  return st.WithSession(session_id, [&](Session& session) -> absl::StatusOr<v1::RunResponse> {
+    auto plan = st.FindPlan(session, request.plan_id());
+    if (!plan.ok()) return plan.status();
+    const bool appends = request.k().data_case() != v1::Tensor::DATA_NOT_SET ||
+                         request.v().data_case() != v1::Tensor::DATA_NOT_SET;
+    if (appends) {
+      if (auto s = CheckPlanWritable(**plan, session.id); !s.ok()) return s;
+    }
+    auto stream = st.SessionStream(session);
+    if (!stream.ok()) return stream.status();
+    TransferCounts counts;
+    const ExecContext ctx{*st.backend, *stream, session.staging, session.buffers};
+    auto response = ExecuteRun(**plan, request, ctx, &counts);
+    st.bytes_in.fetch_add(counts.bytes_in);
+    st.bytes_out.fetch_add(counts.bytes_out);
+    return response;
+  });
+}
+
+int Core::ExpireIdleSessions(absl::Time now) {
+  std::vector<std::shared_ptr<Session>> expired = state_->sessions.RemoveExpired(now);
+  for (const auto& session : expired) state_->Release(*session, "lease expired");
+  return static_cast<int>(expired.size());
+}
+
+CoreStats Core::Stats() const {
+  CoreStats stats;
+  stats.sessions = state_->sessions.size();
+  stats.plans = state_->plans.load();
+  stats.buffers = state_->buffers.load();
+  stats.pool_bytes_allocated = state_->pools.allocated_bytes();
+  stats.bytes_in = state_->bytes_in.load();
+  stats.bytes_out = state_->bytes_out.load();
+  for (const auto& pool : state_->pools.Snapshot()) {
+    PoolStats p;
+    p.pool_id = pool->id();
+    p.name = pool->name();
+    p.num_pages = pool->geometry().num_pages;
+    p.total_bytes = pool->total_bytes();
+    {
+      absl::MutexLock lock(&pool->mu);
+      p.free_pages = pool->allocator.free_pages();
+      p.attached_sessions = static_cast<int32_t>(pool->attachments.size());
+    }
+    stats.pools.push_back(std::move(p));
+  }
+  return stats;
+}
+
+absl::Status Core::Health() const { return state_->backend->Health(); }
+
+void Core::CloseAll() {
+  std::vector<std::shared_ptr<Session>> all = state_->sessions.RemoveAll();
+  for (const auto& session : all) state_->Release(*session, "daemon shutdown");
+  if (!all.empty()) spdlog::info("closed {} session(s) at shutdown", all.size());
+}
+
+}  // namespace attnd::server

@@ -1,0 +1,80 @@
+#include "server/core/plan.h"
+
+#include "absl/strings/str_cat.h"
+#include "server/core/validation.h"
+
+namespace attnd::server {
+
+absl::StatusOr<std::shared_ptr<Plan>> BuildPlan(const v1::CreatePlanRequest& request,
+                                                std::shared_ptr<Pool> pool,
+                                                const std::string& session_id,
+                                                kernels::Backend& backend,
+                                                kernels::Stream* stream, std::string plan_id) {
+  auto validated = ValidatePlan(request, pool->geometry(), pool->name());
+  if (!validated.ok()) return validated.status();
+
+  auto plan = std::make_shared<Plan>();
+  plan->id = std::move(plan_id);
+  plan->batch_size = validated->spec.batch_size();
+  plan->num_qo_heads = validated->spec.num_qo_heads;
+  plan->qo_tokens = validated->spec.qo_tokens();
+  plan->kv_tokens = validated->kv_tokens;
+  plan->written_pages = validated->written_pages;
+
+  {
+    absl::MutexLock lock(&pool->mu);
+    auto it = pool->attachments.find(session_id);
+    if (it == pool->attachments.end()) {
+      return absl::PermissionDeniedError(
+          absl::StrCat("this session is not attached to pool '", pool->name(), "'"));
+    }
+    PoolAttachment& mine = it->second;
+    if (auto s = CheckPagesHeld(validated->spec.kv_indices, "kv_indices", mine.held, pool->name());
+        !s.ok()) {
+      return s;
+    }
+    if (auto s = CheckPagesUnshared(validated->written_pages, pool->allocator, mine.held,
+                                    mine.pinned);
+        !s.ok()) {
+      return s;
+    }
+    // Every page is held by this session, so none is free and pinning cannot fail.
+    if (auto s = pool->allocator.AddReferences(validated->distinct_pages, mine.pinned); !s.ok()) {
+      return absl::InternalError(absl::StrCat("pinning plan pages: ", s.message()));
+    }
+    plan->pinned_pages = std::move(validated->distinct_pages);
+  }
+  plan->pool = std::move(pool);
+
+  auto prepared = backend.Prepare(std::move(validated->spec), stream);
+  if (!prepared.ok()) {
+    UnpinPlan(*plan, session_id);
+    return absl::Status(prepared.status().code(),
+                        absl::StrCat("preparing the plan: ", prepared.status().message()));
+  }
+  plan->prepared = *std::move(prepared);
+  return plan;
+}
+
+void UnpinPlan(const Plan& plan, const std::string& session_id) {
+  if (plan.pool == nullptr || plan.pinned_pages.empty()) return;
+  absl::MutexLock lock(&plan.pool->mu);
+  auto it = plan.pool->attachments.find(session_id);
+  // A detached session's ledgers were released wholesale already.
+  if (it == plan.pool->attachments.end()) return;
+  (void)plan.pool->allocator.Release(plan.pinned_pages, it->second.pinned);
+}
+
+absl::Status CheckPlanWritable(const Plan& plan, const std::string& session_id) {
+  absl::MutexLock lock(&plan.pool->mu);
+  auto it = plan.pool->attachments.find(session_id);
+  if (it == plan.pool->attachments.end()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "plan '", plan.id, "': this session is no longer attached to pool '", plan.pool->name(),
+        "'"));
+  }
+  return CheckPagesUnshared(plan.written_pages, plan.pool->allocator, it->second.held,
+                            it->second.pinned);
+}
+
+}  // namespace attnd::server

@@ -1,0 +1,46 @@
+// A validated, prepared plan: one batch's page table on one pool, with the page references it
+// pins so that FreePages after planning cannot let a page be reallocated under a run.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "attnd/kernels/backend.h"
+#include "attnd/v1/attnd.pb.h"
+#include "server/core/pool.h"
+
+namespace attnd::server {
+
+struct Plan {
+  std::string id;
+  std::shared_ptr<Pool> pool;
+  std::unique_ptr<kernels::PreparedPlan> prepared;
+  std::vector<int32_t> pinned_pages;   // distinct pages, one reference each in the owner's
+                                       // PoolAttachment::pinned ledger
+  std::vector<int32_t> written_pages;  // pages that appends write (must stay unshared)
+  int32_t batch_size = 0;
+  int32_t num_qo_heads = 0;
+  int64_t qo_tokens = 0;
+  int64_t kv_tokens = 0;
+};
+
+// Validates `request` against the pool and the session's page references, pins the plan's
+// pages and prepares it on the backend. On any error nothing stays pinned.
+//   NOT_FOUND-free: the caller has already resolved the pool and checked the attachment.
+absl::StatusOr<std::shared_ptr<Plan>> BuildPlan(const v1::CreatePlanRequest& request,
+                                                std::shared_ptr<Pool> pool,
+                                                const std::string& session_id,
+                                                kernels::Backend& backend,
+                                                kernels::Stream* stream, std::string plan_id);
+
+// Drops the plan's pins (if the session is still attached to the pool).
+void UnpinPlan(const Plan& plan, const std::string& session_id);
+
+// Re-checks, right before an append, that no other session gained a reference to a page the
+// plan writes (e.g. by a ForkPages after planning).
+absl::Status CheckPlanWritable(const Plan& plan, const std::string& session_id);
+
+}  // namespace attnd::server

@@ -1,0 +1,44 @@
+// One client session: what it is attached to and what it holds. Closing it releases everything.
+//
+// Locking: `mu` serialises the session's commands (a session's commands are ordered anyway) and
+// guards every field below it. Closing takes `mu` too, so it waits for an in-flight run of the
+// session to finish before pages are released. The lease deadline belongs to the registry
+// (guarded by the registry's mutex).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "attnd/kernels/backend.h"
+#include "server/core/buffer.h"
+#include "server/core/core.h"
+#include "server/core/plan.h"
+#include "server/core/pool.h"
+#include "server/core/staging.h"
+
+namespace attnd::server {
+
+struct Session {
+  Session(std::string id, std::string client_name, SessionBinding binding, absl::Duration lease)
+      : id(std::move(id)), client_name(std::move(client_name)), binding(binding), lease(lease) {}
+
+  const std::string id;
+  const std::string client_name;
+  const SessionBinding binding;
+  const absl::Duration lease;  // leased sessions only
+
+  absl::Mutex mu;
+  bool closed ABSL_GUARDED_BY(mu) = false;
+  absl::flat_hash_map<std::string, std::shared_ptr<Pool>> pools ABSL_GUARDED_BY(mu);  // by id
+  absl::flat_hash_map<std::string, std::shared_ptr<Plan>> plans ABSL_GUARDED_BY(mu);
+  absl::flat_hash_map<std::string, std::shared_ptr<RegisteredBuffer>> buffers ABSL_GUARDED_BY(mu);
+  std::unique_ptr<kernels::Stream> stream ABSL_GUARDED_BY(mu);  // created on first use
+  StagingArea staging ABSL_GUARDED_BY(mu);
+};
+
+}  // namespace attnd::server

@@ -1,0 +1,470 @@
+#include "server/core/validation.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "server/core/dtype_convert.h"
+
+namespace attnd::server {
+namespace {
+
+constexpr int64_t kInt32Max = std::numeric_limits<int32_t>::max();
+
+template <typename T>
+bool Contains(const std::vector<T>& values, T v) {
+  return std::find(values.begin(), values.end(), v) != values.end();
+}
+
+std::string DTypeList(const std::vector<kernels::DType>& dtypes) {
+  return absl::StrJoin(dtypes, ", ", [](std::string* out, kernels::DType t) {
+    absl::StrAppend(out, ProtoDTypeName(ToProtoDType(t)));
+  });
+}
+
+absl::Status InvalidArg(auto&&... parts) {
+  return absl::InvalidArgumentError(absl::StrCat(parts...));
+}
+
+}  // namespace
+
+bool CheckedMul(uint64_t x, uint64_t y, uint64_t* out) {
+  return !__builtin_mul_overflow(x, y, out);
+}
+
+std::string ShapeString(absl::Span<const int64_t> shape) {
+  return absl::StrCat("[", absl::StrJoin(shape, ","), "]");
+}
+
+absl::Status ValidatePoolName(absl::string_view name, absl::string_view field) {
+  if (name.empty() || name.size() > 64) {
+    return InvalidArg(field, "='", name.substr(0, 80), "' must be 1..64 characters of [A-Za-z0-9_.-]");
+  }
+  for (size_t i = 0; i < name.size(); ++i) {
+    const char c = name[i];
+    const bool ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+                    c == '_' || c == '.' || c == '-';
+    if (!ok) {
+      return InvalidArg(field, " has character ", static_cast<int>(static_cast<unsigned char>(c)),
+                        " at index ", i, "; allowed: [A-Za-z0-9_.-]");
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<PoolGeometry> ValidateCreatePool(const v1::CreatePoolRequest& request,
+                                                const kernels::BackendInfo& backend) {
+  if (auto s = ValidatePoolName(request.name()); !s.ok()) return s;
+  PoolGeometry g;
+  if (request.num_layers() < 1 || request.num_layers() > kMaxLayers) {
+    return InvalidArg("num_layers=", request.num_layers(), " must be in 1..", kMaxLayers);
+  }
+  if (request.num_kv_heads() < 1 || request.num_kv_heads() > kMaxKvHeads) {
+    return InvalidArg("num_kv_heads=", request.num_kv_heads(), " must be in 1..", kMaxKvHeads);
+  }
+  if (!Contains(backend.head_dims, request.head_dim())) {
+    return InvalidArg("head_dim=", request.head_dim(), " is not supported by the ", backend.name,
+                      " backend (supported: ", absl::StrJoin(backend.head_dims, ", "), ")");
+  }
+  if (request.page_size() < 1 || request.page_size() > kMaxPageSize) {
+    return InvalidArg("page_size=", request.page_size(), " must be in 1..", kMaxPageSize);
+  }
+  if (!backend.page_sizes.empty() && !Contains(backend.page_sizes, request.page_size())) {
+    return InvalidArg("page_size=", request.page_size(), " is not supported by the ",
+                      backend.name, " backend (supported: ",
+                      absl::StrJoin(backend.page_sizes, ", "), ")");
+  }
+  auto kv_dtype = FromProtoDType(request.kv_dtype(), "kv_dtype");
+  if (!kv_dtype.ok()) return kv_dtype.status();
+  if (!Contains(backend.kv_dtypes, *kv_dtype)) {
+    return InvalidArg("kv_dtype=", ProtoDTypeName(request.kv_dtype()), " is not supported by the ",
+                      backend.name, " backend (supported: ", DTypeList(backend.kv_dtypes), ")");
+  }
+  if (request.layout() != v1::KV_LAYOUT_UNSPECIFIED && request.layout() != v1::KV_LAYOUT_NHD) {
+    return InvalidArg("layout=", static_cast<int>(request.layout()), " is not supported (NHD only)");
+  }
+  g.num_layers = request.num_layers();
+  g.num_kv_heads = request.num_kv_heads();
+  g.head_dim = request.head_dim();
+  g.page_size = request.page_size();
+  g.kv_dtype = *kv_dtype;
+
+  // page_bytes = 2 * page_size * num_kv_heads * head_dim * elem: bounded by the limits above,
+  // but computed with checks anyway so the limits can change safely.
+  uint64_t page_bytes = 2;
+  if (!CheckedMul(page_bytes, static_cast<uint64_t>(g.page_size), &page_bytes) ||
+      !CheckedMul(page_bytes, static_cast<uint64_t>(g.num_kv_heads), &page_bytes) ||
+      !CheckedMul(page_bytes, static_cast<uint64_t>(g.head_dim), &page_bytes) ||
+      !CheckedMul(page_bytes, kernels::DTypeSize(g.kv_dtype), &page_bytes)) {
+    return InvalidArg("page of page_size=", g.page_size, ", num_kv_heads=", g.num_kv_heads,
+                      ", head_dim=", g.head_dim, " overflows 64 bits");
+  }
+  uint64_t page_all_layers = 0;
+  if (!CheckedMul(page_bytes, static_cast<uint64_t>(g.num_layers), &page_all_layers)) {
+    return InvalidArg("num_layers=", g.num_layers, ": pool size overflows 64 bits");
+  }
+
+  const bool has_pages = request.num_pages() != 0;
+  const bool has_budget = request.memory_budget_bytes() != 0;
+  if (has_pages == has_budget) {
+    return InvalidArg("exactly one of num_pages (", request.num_pages(),
+                      ") and memory_budget_bytes (", request.memory_budget_bytes(),
+                      ") must be set");
+  }
+  int64_t num_pages = 0;
+  if (has_pages) {
+    if (request.num_pages() < 1 || request.num_pages() > kInt32Max) {
+      return InvalidArg("num_pages=", request.num_pages(), " must be in 1..", kInt32Max);
+    }
+    num_pages = request.num_pages();
+  } else {
+    const uint64_t pages = request.memory_budget_bytes() / page_all_layers;
+    if (pages < 1) {
+      return InvalidArg("memory_budget_bytes=", request.memory_budget_bytes(),
+                        " is smaller than one page across all layers (", page_all_layers,
+                        " bytes)");
+    }
+    num_pages = static_cast<int64_t>(std::min<uint64_t>(pages, kInt32Max));
+  }
+  uint64_t layer_bytes = 0, total_bytes = 0;
+  if (!CheckedMul(page_bytes, static_cast<uint64_t>(num_pages), &layer_bytes) ||
+      !CheckedMul(layer_bytes, static_cast<uint64_t>(g.num_layers), &total_bytes)) {
+    return InvalidArg("num_pages=", num_pages, ": pool size overflows 64 bits");
+  }
+  g.num_pages = static_cast<int32_t>(num_pages);
+  g.page_bytes = page_bytes;
+  g.layer_bytes = layer_bytes;
+  g.total_bytes = total_bytes;
+  return g;
+}
+
+absl::Status ValidatePageCount(int32_t count) {
+  if (count < 1) return InvalidArg("count=", count, " must be >= 1");
+  return absl::OkStatus();
+}
+
+absl::Status ValidatePageIds(absl::Span<const int32_t> ids, absl::string_view field,
+                             int32_t num_pages, absl::string_view pool_name) {
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (ids[i] < 0 || ids[i] >= num_pages) {
+      return absl::OutOfRangeError(absl::StrCat(field, "[", i, "]=", ids[i], " is outside 0..",
+                                                num_pages - 1, " (pool '", pool_name, "' has ",
+                                                num_pages, " pages)"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckPagesHeld(absl::Span<const int32_t> ids, absl::string_view field,
+                            const PageLedger& held, absl::string_view pool_name) {
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (held.count(ids[i]) <= 0) {
+      return absl::PermissionDeniedError(absl::StrCat(field, "[", i, "]=", ids[i], ": page ",
+                                                      ids[i], " of pool '", pool_name,
+                                                      "' is not held by this session"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ValidatedPlan> ValidatePlan(const v1::CreatePlanRequest& request,
+                                           const PoolGeometry& pool, absl::string_view pool_name,
+                                           int32_t max_batch_size) {
+  ValidatedPlan out;
+  kernels::PlanSpec& spec = out.spec;
+  switch (request.kind()) {
+    case v1::ATTENTION_KIND_DECODE: spec.kind = kernels::AttentionKind::kDecode; break;
+    case v1::ATTENTION_KIND_PREFILL: spec.kind = kernels::AttentionKind::kPrefill; break;
+    default:
+      return InvalidArg("kind=", static_cast<int>(request.kind()),
+                        " must be ATTENTION_KIND_DECODE or ATTENTION_KIND_PREFILL");
+  }
+  const bool decode = spec.kind == kernels::AttentionKind::kDecode;
+  if (request.num_qo_heads() < 1 || request.num_qo_heads() % pool.num_kv_heads != 0) {
+    return InvalidArg("num_qo_heads=", request.num_qo_heads(),
+                      " must be a positive multiple of the pool's num_kv_heads (",
+                      pool.num_kv_heads, ")");
+  }
+
+  // kv_indptr: [B + 1], from 0, strictly increasing (every request has >= 1 page), ends at
+  // len(kv_indices).
+  const auto& kv_indptr = request.kv_indptr();
+  if (kv_indptr.size() < 2) {
+    return InvalidArg("kv_indptr has ", kv_indptr.size(),
+                      " entries; it needs batch_size + 1 >= 2");
+  }
+  const int64_t batch64 = static_cast<int64_t>(kv_indptr.size()) - 1;
+  if (batch64 > max_batch_size) {
+    return InvalidArg("batch_size=", batch64, " (len(kv_indptr) - 1) exceeds the limit of ",
+                      max_batch_size);
+  }
+  const int32_t batch = static_cast<int32_t>(batch64);
+  if (kv_indptr[0] != 0) return InvalidArg("kv_indptr[0]=", kv_indptr[0], " must be 0");
+  for (int32_t b = 0; b < batch; ++b) {
+    if (kv_indptr[b + 1] < kv_indptr[b]) {
+      return InvalidArg("kv_indptr[", b + 1, "]=", kv_indptr[b + 1], " is less than kv_indptr[",
+                        b, "]=", kv_indptr[b], "; kv_indptr must be non-decreasing");
+    }
+    if (kv_indptr[b + 1] == kv_indptr[b]) {
+      return InvalidArg("kv_indptr[", b, "]=kv_indptr[", b + 1, "]=", kv_indptr[b],
+                        ": request ", b, " has no pages; every request needs >= 1 page");
+    }
+  }
+  if (kv_indptr[batch] != request.kv_indices_size()) {
+    return InvalidArg("kv_indptr[", batch, "]=", kv_indptr[batch], " but kv_indices has ",
+                      request.kv_indices_size(), " entries");
+  }
+  const auto& kv_indices = request.kv_indices();
+  for (int i = 0; i < kv_indices.size(); ++i) {
+    if (kv_indices[i] < 0 || kv_indices[i] >= pool.num_pages) {
+      return absl::OutOfRangeError(absl::StrCat(
+          "kv_indices[", i, "]=", kv_indices[i], " is outside 0..", pool.num_pages - 1,
+          " (pool '", pool_name, "' has ", pool.num_pages, " pages)"));
+    }
+  }
+  const auto& last_len = request.kv_last_page_len();
+  if (last_len.size() != batch) {
+    return InvalidArg("kv_last_page_len has ", last_len.size(), " entries, expected batch_size=",
+                      batch);
+  }
+  std::vector<int64_t> kv_len(static_cast<size_t>(batch));
+  for (int32_t b = 0; b < batch; ++b) {
+    if (last_len[b] < 1 || last_len[b] > pool.page_size) {
+      return InvalidArg("kv_last_page_len[", b, "]=", last_len[b], " is outside 1..page_size (",
+                        pool.page_size, ")");
+    }
+    const int64_t pages_b = static_cast<int64_t>(kv_indptr[b + 1]) - kv_indptr[b];
+    kv_len[b] = (pages_b - 1) * pool.page_size + last_len[b];
+    if (kv_len[b] > kInt32Max) {
+      return InvalidArg("request ", b, " has kv_len=", kv_len[b], ", more than ", kInt32Max);
+    }
+    out.kv_tokens += kv_len[b];
+  }
+
+  // qo_indptr: decode -> optional and 0, 1, ..., B; prefill -> required, from 0, non-decreasing,
+  // qo_len(b) <= kv_len(b).
+  const auto& qo_indptr = request.qo_indptr();
+  if (decode && qo_indptr.empty()) {
+    spec.qo_indptr.resize(static_cast<size_t>(batch) + 1);
+    for (int32_t b = 0; b <= batch; ++b) spec.qo_indptr[b] = b;
+  } else {
+    if (qo_indptr.size() != batch + 1) {
+      return InvalidArg("qo_indptr has ", qo_indptr.size(), " entries, expected batch_size + 1 = ",
+                        batch + 1);
+    }
+    if (qo_indptr[0] != 0) return InvalidArg("qo_indptr[0]=", qo_indptr[0], " must be 0");
+    for (int32_t b = 0; b < batch; ++b) {
+      const int64_t qo_len = static_cast<int64_t>(qo_indptr[b + 1]) - qo_indptr[b];
+      if (qo_len < 0) {
+        return InvalidArg("qo_indptr[", b + 1, "]=", qo_indptr[b + 1], " is less than qo_indptr[",
+                          b, "]=", qo_indptr[b], "; qo_indptr must be non-decreasing");
+      }
+      if (decode && qo_len != 1) {
+        return InvalidArg("qo_indptr[", b + 1, "]=", qo_indptr[b + 1],
+                          ": decode takes exactly one query token per request (request ", b,
+                          " has qo_len=", qo_len, ")");
+      }
+      if (qo_len > kv_len[b]) {
+        return InvalidArg("qo_indptr[", b + 1, "]=", qo_indptr[b + 1], ": request ", b,
+                          " has qo_len=", qo_len, " > kv_len=", kv_len[b],
+                          " (query tokens are the last kv tokens)");
+      }
+    }
+    spec.qo_indptr.assign(qo_indptr.begin(), qo_indptr.end());
+  }
+  if (spec.qo_indptr.back() < 1) {
+    return InvalidArg("qo_indptr[", batch, "]=0: the plan has no query tokens");
+  }
+
+  spec.num_qo_heads = request.num_qo_heads();
+  spec.num_kv_heads = pool.num_kv_heads;
+  spec.head_dim = pool.head_dim;
+  spec.page_size = pool.page_size;
+  spec.kv_dtype = pool.kv_dtype;
+  spec.kv_indptr.assign(kv_indptr.begin(), kv_indptr.end());
+  spec.kv_indices.assign(kv_indices.begin(), kv_indices.end());
+  spec.kv_last_page_len.assign(last_len.begin(), last_len.end());
+
+  out.distinct_pages = spec.kv_indices;
+  std::sort(out.distinct_pages.begin(), out.distinct_pages.end());
+  out.distinct_pages.erase(std::unique(out.distinct_pages.begin(), out.distinct_pages.end()),
+                           out.distinct_pages.end());
+
+  // Pages written by appends: the ones holding kv positions kv_len - qo_len .. kv_len - 1 of each
+  // request. Two requests appending into the same page would race, so that is refused too.
+  absl::flat_hash_map<int32_t, int32_t> writer_of_page;
+  for (int32_t b = 0; b < batch; ++b) {
+    const int64_t qo_len = static_cast<int64_t>(spec.qo_indptr[b + 1]) - spec.qo_indptr[b];
+    if (qo_len == 0) continue;
+    const int64_t first_slot = (kv_len[b] - qo_len) / pool.page_size;
+    const int64_t last_slot = (kv_len[b] - 1) / pool.page_size;
+    for (int64_t slot = first_slot; slot <= last_slot; ++slot) {
+      const int64_t index = kv_indptr[b] + slot;
+      const int32_t page = kv_indices[static_cast<int>(index)];
+      auto [it, inserted] = writer_of_page.try_emplace(page, b);
+      if (!inserted && it->second != b) {
+        return InvalidArg("kv_indices[", index, "]=", page, ": page ", page,
+                          " would be appended to by requests ", it->second, " and ", b,
+                          " of the same plan");
+      }
+      if (inserted) out.written_pages.push_back(page);
+    }
+  }
+  std::sort(out.written_pages.begin(), out.written_pages.end());
+  return out;
+}
+
+absl::Status CheckPagesUnshared(absl::Span<const int32_t> written_pages,
+                                const PageAllocator& allocator, const PageLedger& held,
+                                const PageLedger& pinned) {
+  for (const int32_t page : written_pages) {
+    const int64_t mine = static_cast<int64_t>(held.count(page)) + pinned.count(page);
+    if (allocator.refcount(page) > mine) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("page ", page, " is shared with another session; appends need an "
+                       "unshared page"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateLayer(int32_t layer, int32_t num_layers) {
+  if (layer < 0 || layer >= num_layers) {
+    return absl::OutOfRangeError(
+        absl::StrCat("layer=", layer, " is outside 0..", num_layers - 1));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<uint64_t> ValidateTensor(const v1::Tensor& tensor, absl::string_view name,
+                                        kernels::DType expected_dtype,
+                                        absl::Span<const int64_t> expected_shape) {
+  if (tensor.data_case() == v1::Tensor::DATA_NOT_SET) {
+    return InvalidArg(name, " has no data: set inline_data or buffer");
+  }
+  if (tensor.dtype() != ToProtoDType(expected_dtype)) {
+    return InvalidArg(name, ".dtype=", ProtoDTypeName(tensor.dtype()), ", expected ",
+                      ProtoDTypeName(ToProtoDType(expected_dtype)));
+  }
+  const absl::Span<const int64_t> shape(tensor.shape().data(), tensor.shape_size());
+  if (shape != expected_shape) {
+    return InvalidArg(name, ".shape=", ShapeString(shape), ", expected ",
+                      ShapeString(expected_shape));
+  }
+  uint64_t bytes = kernels::DTypeSize(expected_dtype);
+  for (const int64_t d : expected_shape) {
+    if (d < 0 || !CheckedMul(bytes, static_cast<uint64_t>(d), &bytes)) {
+      return InvalidArg(name, ".shape=", ShapeString(shape), " has no valid byte size");
+    }
+  }
+  if (tensor.data_case() == v1::Tensor::kInlineData && tensor.inline_data().size() != bytes) {
+    return InvalidArg(name, ".inline_data has ", tensor.inline_data().size(), " bytes, expected ",
+                      bytes, " (shape ", ShapeString(shape), " x ", kernels::DTypeSize(expected_dtype),
+                      " bytes)");
+  }
+  return bytes;
+}
+
+absl::StatusOr<kernels::DType> ValidateQueryDType(const v1::Tensor& q,
+                                                  const kernels::BackendInfo& backend) {
+  auto dtype = FromProtoDType(q.dtype(), "q.dtype");
+  if (!dtype.ok()) return dtype.status();
+  if (!Contains(backend.q_dtypes, *dtype)) {
+    return InvalidArg("q.dtype=", ProtoDTypeName(q.dtype()), " is not supported for queries by the ",
+                      backend.name, " backend (supported: ", DTypeList(backend.q_dtypes), ")");
+  }
+  return *dtype;
+}
+
+absl::Status ValidateSlice(absl::string_view name, const v1::BufferSlice& slice, uint64_t bytes,
+                           uint64_t elem_size, uint64_t buffer_size) {
+  const uint64_t offset = slice.offset_bytes();
+  if (elem_size > 0 && offset % elem_size != 0) {
+    return InvalidArg(name, ".buffer.offset_bytes=", offset,
+                      " is not a multiple of the element size (", elem_size, " bytes)");
+  }
+  uint64_t end = 0;
+  if (__builtin_add_overflow(offset, bytes, &end) || end > buffer_size) {
+    return absl::OutOfRangeError(absl::StrCat(
+        name, ".buffer: offset_bytes=", offset, " + ", bytes, " bytes exceeds the size of buffer '",
+        slice.buffer_id(), "' (", buffer_size, " bytes)"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<kernels::AttentionOptions> ValidateOptions(const v1::AttentionOptions& options,
+                                                          int32_t batch_size) {
+  kernels::AttentionOptions out;
+  if (!std::isfinite(options.sm_scale()) || options.sm_scale() < 0.f) {
+    return InvalidArg("options.sm_scale=", options.sm_scale(), " must be finite and >= 0");
+  }
+  out.sm_scale = options.sm_scale();
+  out.causal = options.causal();
+  switch (options.pos_encoding()) {
+    case v1::POS_ENCODING_NONE: out.pos_encoding = kernels::PosEncoding::kNone; break;
+    case v1::POS_ENCODING_ROPE_LLAMA: out.pos_encoding = kernels::PosEncoding::kRopeLlama; break;
+    default:
+      return InvalidArg("options.pos_encoding=", static_cast<int>(options.pos_encoding()),
+                        " is not a known encoding");
+  }
+  if (!std::isfinite(options.rope_theta()) || options.rope_theta() < 0.f) {
+    return InvalidArg("options.rope_theta=", options.rope_theta(), " must be finite and >= 0");
+  }
+  out.rope_theta = options.rope_theta() == 0.f ? 1e4f : options.rope_theta();
+  if (!std::isfinite(options.rope_scale()) || options.rope_scale() < 0.f) {
+    return InvalidArg("options.rope_scale=", options.rope_scale(), " must be finite and >= 0");
+  }
+  out.rope_scale = options.rope_scale() == 0.f ? 1.f : options.rope_scale();
+  if (options.rope_offsets_size() != 0 && options.rope_offsets_size() != batch_size) {
+    return InvalidArg("options.rope_offsets has ", options.rope_offsets_size(),
+                      " entries, expected 0 or batch_size=", batch_size);
+  }
+  if (!std::isfinite(options.logits_soft_cap()) || options.logits_soft_cap() < 0.f) {
+    return InvalidArg("options.logits_soft_cap=", options.logits_soft_cap(),
+                      " must be finite and >= 0");
+  }
+  out.logits_soft_cap = options.logits_soft_cap();
+  if (options.window_left_set()) {
+    if (options.window_left() < 0) {
+      return InvalidArg("options.window_left=", options.window_left(),
+                        " must be >= 0 when window_left_set is true");
+    }
+    out.window_left = options.window_left();
+  } else {
+    out.window_left = -1;
+  }
+  return out;
+}
+
+absl::Status ValidateRegisterBuffer(const v1::RegisterBufferRequest& request) {
+  if (request.size_bytes() < 1) {
+    return InvalidArg("size_bytes=", request.size_bytes(), " must be >= 1");
+  }
+  switch (request.source_case()) {
+    case v1::RegisterBufferRequest::kSharedMemory: {
+      const std::string& name = request.shared_memory().name();
+      if (name.size() < 2 || name.size() > 255 || name[0] != '/' ||
+          name.find('/', 1) != std::string::npos || name.find('\0') != std::string::npos) {
+        return InvalidArg("shared_memory.name='", name.substr(0, 260),
+                          "' must be '/' followed by 1..254 characters without '/'");
+      }
+      return absl::OkStatus();
+    }
+    case v1::RegisterBufferRequest::kCudaIpc:
+      if (request.cuda_ipc().ipc_handle().size() != kCudaIpcHandleBytes) {
+        return InvalidArg("cuda_ipc.ipc_handle has ", request.cuda_ipc().ipc_handle().size(),
+                          " bytes, expected ", kCudaIpcHandleBytes);
+      }
+      if (request.cuda_ipc().device() < 0) {
+        return InvalidArg("cuda_ipc.device=", request.cuda_ipc().device(), " must be >= 0");
+      }
+      return absl::OkStatus();
+    default:
+      return InvalidArg("source is not set: give cuda_ipc or shared_memory");
+  }
+}
+
+}  // namespace attnd::server

@@ -1,0 +1,120 @@
+// Pure validation of every request field, done BEFORE anything touches backend memory.
+//
+// Every error names the offending field and its value, e.g.
+//   INVALID_ARGUMENT "q.shape=[4,32,64], expected [4,32,128]"
+//   OUT_OF_RANGE     "kv_indices[5]=17 is outside 0..15 (pool 'p' has 16 pages)"
+//   PERMISSION_DENIED "kv_indices[5]=17: page 17 of pool 'p' is not held by this session"
+// Arithmetic on client-supplied sizes is done in 64 bits with explicit overflow checks.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include "absl/strings/string_view.h"
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "attnd/kernels/backend.h"
+#include "attnd/kernels/types.h"
+#include "attnd/v1/attnd.pb.h"
+#include "server/core/page_allocator.h"
+
+namespace attnd::server {
+
+// Limits that keep one request from asking for absurd amounts of work or memory.
+inline constexpr int32_t kMaxBatchSize = 1 << 16;
+inline constexpr int32_t kMaxPageSize = 1 << 16;
+inline constexpr int32_t kMaxLayers = 1 << 12;
+inline constexpr int32_t kMaxKvHeads = 1 << 12;
+inline constexpr size_t kCudaIpcHandleBytes = 64;
+
+// The shape of a pool, derived from a validated CreatePoolRequest.
+struct PoolGeometry {
+  int32_t num_layers = 0;
+  int32_t num_kv_heads = 0;
+  int32_t head_dim = 0;
+  int32_t page_size = 0;
+  kernels::DType kv_dtype = kernels::DType::kFloat16;
+  int32_t num_pages = 0;
+  uint64_t page_bytes = 0;   // one page of one layer: 2 * page_size * num_kv_heads * head_dim * elem
+  uint64_t layer_bytes = 0;  // num_pages * page_bytes
+  uint64_t total_bytes = 0;  // num_layers * layer_bytes
+};
+
+// x * y, or nullopt-like false on overflow (unsigned 64-bit).
+bool CheckedMul(uint64_t x, uint64_t y, uint64_t* out);
+
+// Pool names: [A-Za-z0-9_.-]{1,64}. INVALID_ARGUMENT naming `field`.
+absl::Status ValidatePoolName(absl::string_view name, absl::string_view field = "name");
+
+// Checks the geometry against the backend's capabilities and computes the pool size (from
+// num_pages or memory_budget_bytes, exactly one of which must be set).
+absl::StatusOr<PoolGeometry> ValidateCreatePool(const v1::CreatePoolRequest& request,
+                                                const kernels::BackendInfo& backend);
+
+// AllocatePages.count: >= 1.
+absl::Status ValidatePageCount(int32_t count);
+
+// Every id in [0, num_pages): OUT_OF_RANGE "page_ids[2]=40 is outside 0..15 (pool 'p' has 16 pages)".
+absl::Status ValidatePageIds(absl::Span<const int32_t> ids, absl::string_view field,
+                             int32_t num_pages, absl::string_view pool_name);
+
+// Every listed page has at least one reference in `held`: PERMISSION_DENIED
+// "page_ids[1]=7: page 7 of pool 'p' is not held by this session".
+absl::Status CheckPagesHeld(absl::Span<const int32_t> ids, absl::string_view field,
+                            const PageLedger& held, absl::string_view pool_name);
+
+// A plan request checked against the pool's geometry (not yet against page ownership).
+struct ValidatedPlan {
+  kernels::PlanSpec spec;              // qo_indptr always filled (decode: 0, 1, ..., B)
+  std::vector<int32_t> distinct_pages; // every page the plan reads, sorted, once each
+  std::vector<int32_t> written_pages;  // pages holding the last qo_len tokens of some request
+  int64_t kv_tokens = 0;               // sum of kv_len
+};
+absl::StatusOr<ValidatedPlan> ValidatePlan(const v1::CreatePlanRequest& request,
+                                           const PoolGeometry& pool, absl::string_view pool_name,
+                                           int32_t max_batch_size = kMaxBatchSize);
+
+// Pages that appends will write must not be referenced by anyone but this session: its client
+// references (`held`) plus its plans' pins (`pinned`) must account for the whole refcount.
+// FAILED_PRECONDITION "page 9 is shared with another session; appends need an unshared page".
+absl::Status CheckPagesUnshared(absl::Span<const int32_t> written_pages,
+                                const PageAllocator& allocator, const PageLedger& held,
+                                const PageLedger& pinned);
+
+// layer in [0, num_layers): OUT_OF_RANGE "layer=40 is outside 0..31".
+absl::Status ValidateLayer(int32_t layer, int32_t num_layers);
+
+// Checks a tensor's dtype, shape and (inline) byte size; returns the byte size
+// product(shape) * sizeof(dtype). `name` prefixes every message ("q", "k", ...).
+// INVALID_ARGUMENT for a tensor without data, a wrong dtype or shape, or a wrong inline size.
+absl::StatusOr<uint64_t> ValidateTensor(const v1::Tensor& tensor, absl::string_view name,
+                                        kernels::DType expected_dtype,
+                                        absl::Span<const int64_t> expected_shape);
+
+// q's dtype must be one the backend runs: INVALID_ARGUMENT "q.dtype=DTYPE_FLOAT8_E4M3 is not
+// supported for queries (supported: ...)". Returns the kernels dtype.
+absl::StatusOr<kernels::DType> ValidateQueryDType(const v1::Tensor& q,
+                                                  const kernels::BackendInfo& backend);
+
+// A slice [offset, offset + bytes) of a registered buffer of `buffer_size` bytes:
+// INVALID_ARGUMENT when offset is not a multiple of the element size, OUT_OF_RANGE when the
+// slice does not fit.
+absl::Status ValidateSlice(absl::string_view name, const v1::BufferSlice& slice, uint64_t bytes,
+                           uint64_t elem_size, uint64_t buffer_size);
+
+// Attention options: defaults filled in (rope_theta 0 -> 1e4, rope_scale 0 -> 1), ranges checked
+// (finite, non-negative soft cap, window_left >= 0 when set, rope_offsets empty or batch_size
+// long). The returned options carry no rope_offsets pointer; the caller passes them separately.
+absl::StatusOr<kernels::AttentionOptions> ValidateOptions(const v1::AttentionOptions& options,
+                                                          int32_t batch_size);
+
+// RegisterBuffer: exactly one source, size_bytes >= 1, a valid shared-memory name
+// ("/name", no other '/', <= 255 chars) or a 64-byte CUDA IPC handle.
+absl::Status ValidateRegisterBuffer(const v1::RegisterBufferRequest& request);
+
+// "[4,32,128]"
+std::string ShapeString(absl::Span<const int64_t> shape);
+
+}  // namespace attnd::server
