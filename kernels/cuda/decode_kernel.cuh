@@ -1,0 +1,354 @@
+// Batch decode attention over the paged KV cache (CUDA cores), with split-KV.
+//
+// One CTA = one work item (request b, a chunk [start, end) of its kv positions) x one KV head x
+// a tile of TILE query heads of that KV head, so every K/V byte of the chunk is read from device
+// memory once for all of the tile's query heads (GQA/MQA).
+//
+// Threads are (tx, ty, tz), tx fastest:
+//   tx < BDX = D/8: owns head dims [8*tx, 8*tx + 8) (one 16-byte vector of a K/V row);
+//   ty < TILE:      the query head of the tile;
+//   tz < BDZ:       a slice of the tokens of each pipeline stage.
+// K/V rows of the chunk stream through shared memory in STAGES stages of TPS tokens each
+// (cp.async, 16 bytes per copy, zero-filled past the end). Each (ty, tz) keeps an online-softmax
+// state (m, d in base 2; o[8] per tx), merged across tz at the end. A request cut into several
+// chunks writes per-chunk partial states (o normalised, fp32; lse) that a merge kernel combines.
+// With RoPE, K rows are rotated in shared memory once per stage (not once per query head).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernel_utils.cuh"
+#include "launch_internal.h"
+
+namespace attnd::kernels::cuda::internal {
+
+template <int D, int TILE>
+struct DecodeTraits {
+  static_assert(D % 16 == 0 && D >= 64 && D <= 256, "head_dim 64..256, multiple of 16");
+  static constexpr int kVec = 8;  // 16-bit elements per 16-byte vector
+  static constexpr int kBdx = D / kVec;
+  static constexpr int kBdy = TILE;
+  static constexpr int kBdz = (kBdx * kBdy >= 128) ? 1 : 128 / (kBdx * kBdy);
+  static constexpr int kThreads = kBdx * kBdy * kBdz;
+  // ~8 KB of K+V per stage: 16 tokens at D = 128.
+  static constexpr int kTokensTarget = 8192 / (4 * D);
+  static constexpr int kTokensPerZ = kTokensTarget / kBdz > 0 ? kTokensTarget / kBdz : 1;
+  static constexpr int kTokensPerStage = kTokensPerZ * kBdz;
+  static constexpr int kStages = 4;
+  static constexpr int kLoadsPerThread = kTokensPerStage * kBdx / kThreads;
+  static constexpr int kSmemElems = kStages * 2 * kTokensPerStage * D;
+  static_assert(kTokensPerStage * kBdx % kThreads == 0, "whole copies per thread");
+  static_assert(kThreads % kBdx == 0 && 32 % kBdx == 0, "tx groups within a warp");
+  // The cross-tz merge reuses the pipeline buffer: o [BDZ][BDY][D] and (m, d) [BDZ][BDY][2].
+  static_assert((kBdz * kBdy * (D + 2)) * 4 <= kSmemElems * 2, "merge scratch fits");
+};
+
+template <typename T, int D, int TILE>
+__global__ void __launch_bounds__(DecodeTraits<D, TILE>::kThreads)
+    BatchDecodeKernel(const __grid_constant__ DecodeKernelParams p) {
+  using Tr = DecodeTraits<D, TILE>;
+  constexpr int BDX = Tr::kBdx;
+  constexpr int BDY = Tr::kBdy;
+  constexpr int BDZ = Tr::kBdz;
+  constexpr int NT = Tr::kThreads;
+  constexpr int TZ = Tr::kTokensPerZ;
+  constexpr int TPS = Tr::kTokensPerStage;
+  constexpr int STAGES = Tr::kStages;
+  constexpr int HALF_CH = BDX / 2;  // 16-byte vectors in half a head (RoPE pairs)
+  constexpr float kLn2 = 0.69314718055994531f;
+
+  __shared__ __align__(16) T smem[Tr::kSmemElems];  // [STAGES][2 (K, V)][TPS][D]
+
+  const int tid = threadIdx.x;
+  const int tx = tid % BDX;
+  const int ty = (tid / BDX) % BDY;
+  const int tz = tid / (BDX * BDY);
+
+  const DecodeWorkItem item = p.items[blockIdx.x];
+  const int b = item.request;
+  const int kv_head = blockIdx.y / p.head_tiles;
+  const int head_in_group = (blockIdx.y % p.head_tiles) * TILE + ty;
+  const bool head_valid = head_in_group < p.group;
+  const int qo_head = kv_head * p.group + head_in_group;
+
+  const int page_begin = p.indptr[b];
+  const int kv_len = (p.indptr[b + 1] - page_begin - 1) * p.page_size + p.last_page_len[b];
+  const int q_pos = kv_len - 1;
+  int start = item.chunk_start;
+  const int end = min(item.chunk_end, kv_len);
+  if (p.window_left >= 0) start = max(start, q_pos - p.window_left);
+  const int rope_offset = p.rope_offsets != nullptr ? p.rope_offsets[b] : 0;
+
+  // ---- q: load, rotate, scale (registers: 8 floats of one head) ----
+  float q[8];
+  {
+    const T* q_row = static_cast<const T*>(p.q) +
+                     (static_cast<int64_t>(b) * p.num_qo_heads + qo_head) * D;
+    uint4 raw = make_uint4(0, 0, 0, 0);
+    if (head_valid) raw = *reinterpret_cast<const uint4*>(q_row + tx * 8);
+    Vec8<T>::ToFloat(raw, q);
+    if (p.rope) {
+      const int partner_tx = tx < HALF_CH ? tx + HALF_CH : tx - HALF_CH;
+      uint4 praw = make_uint4(0, 0, 0, 0);
+      if (head_valid) praw = *reinterpret_cast<const uint4*>(q_row + partner_tx * 8);
+      float partner[8];
+      Vec8<T>::ToFloat(praw, partner);
+      const float sign = tx < HALF_CH ? -1.f : 1.f;  // x' = x cos -+ partner sin
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        const RopeFreq f = MakeRopeFreq((tx % HALF_CH) * 8 + k, D, p.rope_theta, p.rope_scale);
+        float c, s;
+        RopeCosSin(q_pos + rope_offset, f, &c, &s);
+        q[k] = q[k] * c + sign * partner[k] * s;
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < 8; ++k) q[k] *= p.q_scale;
+  }
+
+  // RoPE frequencies of the K pairs this thread rotates in shared memory (pair chunk
+  // tid % HALF_CH is the same for all of its items because NT % HALF_CH == 0).
+  RopeFreq kfreq[8];
+  if (p.rope) {
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      kfreq[k] = MakeRopeFreq((tid % HALF_CH) * 8 + k, D, p.rope_theta, p.rope_scale);
+    }
+  }
+
+  // ---- pipeline over the chunk ----
+  const int n_tokens = max(end - start, 0);
+  const int iters = (n_tokens + TPS - 1) / TPS;
+  const T* kv = static_cast<const T*>(p.kv_data);
+  const int64_t head_off = static_cast<int64_t>(kv_head) * p.head_stride;
+
+  auto load_stage = [&](int it, int slot) {
+#pragma unroll
+    for (int i = 0; i < Tr::kLoadsPerThread; ++i) {
+      const int tok = tid / BDX + i * (NT / BDX);
+      const int t = start + it * TPS + tok;
+      const bool valid = t < end;
+      const T* src_k = kv;
+      if (valid) {
+        const int page = p.indices[page_begin + t / p.page_size];
+        src_k = kv + static_cast<int64_t>(page) * p.page_stride +
+                static_cast<int64_t>(t % p.page_size) * p.token_stride + head_off + tx * 8;
+      }
+      const T* src_v = valid ? src_k + p.kv_stride : kv;
+      T* dst_k = smem + ((slot * 2 + 0) * TPS + tok) * D + tx * 8;
+      T* dst_v = smem + ((slot * 2 + 1) * TPS + tok) * D + tx * 8;
+      CpAsync16(dst_k, src_k, valid);
+      CpAsync16(dst_v, src_v, valid);
+    }
+  };
+
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) {
+    if (s < iters) load_stage(s, s);
+    CpAsyncCommit();
+  }
+
+  float m = -INFINITY;  // running max of s2 (base-2 logits)
+  float d = 0.f;        // running sum of exp2(s2 - m)
+  float o[8];
+#pragma unroll
+  for (int k = 0; k < 8; ++k) o[k] = 0.f;
+
+  for (int it = 0; it < iters; ++it) {
+    CpAsyncWait<STAGES - 2>();
+    __syncthreads();  // stage `it` landed for every thread; stage it-1 is no longer read
+    {
+      const int next = it + STAGES - 1;
+      if (next < iters) load_stage(next, next % STAGES);
+      CpAsyncCommit();
+    }
+    const int slot = it % STAGES;
+    T* sk = smem + (slot * 2 + 0) * TPS * D;
+    const T* sv = smem + (slot * 2 + 1) * TPS * D;
+    const int stage_start = start + it * TPS;
+
+    if (p.rope) {  // rotate this stage's K rows in place, once for all query heads
+      for (int i = tid; i < TPS * HALF_CH; i += NT) {
+        const int tok = i / HALF_CH;
+        const int c = i % HALF_CH;
+        const int t = stage_start + tok;
+        if (t >= end) continue;
+        uint4* lo_ptr = reinterpret_cast<uint4*>(sk + tok * D + c * 8);
+        uint4* hi_ptr = reinterpret_cast<uint4*>(sk + tok * D + D / 2 + c * 8);
+        float lo[8], hi[8];
+        Vec8<T>::ToFloat(*lo_ptr, lo);
+        Vec8<T>::ToFloat(*hi_ptr, hi);
+#pragma unroll
+        for (int k = 0; k < 8; ++k) {
+          float cs, sn;
+          RopeCosSin(t + rope_offset, kfreq[k], &cs, &sn);
+          const float a = lo[k], bb = hi[k];
+          lo[k] = a * cs - bb * sn;
+          hi[k] = bb * cs + a * sn;
+        }
+        *lo_ptr = Vec8<T>::FromFloat(lo);
+        *hi_ptr = Vec8<T>::FromFloat(hi);
+      }
+      __syncthreads();
+    }
+
+    // Logits of this thread's TZ tokens (full dot products after a reduction over tx).
+    float s[TZ];
+#pragma unroll
+    for (int j = 0; j < TZ; ++j) {
+      const int tok = tz * TZ + j;
+      float kf[8];
+      Vec8<T>::ToFloat(*reinterpret_cast<const uint4*>(sk + tok * D + tx * 8), kf);
+      float acc = 0.f;
+#pragma unroll
+      for (int k = 0; k < 8; ++k) acc = fmaf(q[k], kf[k], acc);
+#pragma unroll
+      for (int off = BDX / 2; off > 0; off /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+      if (p.soft_cap) acc = p.cap_log2 * tanhf(acc);
+      s[j] = (stage_start + tok < end) ? acc : -INFINITY;
+    }
+    float m_new = m;
+#pragma unroll
+    for (int j = 0; j < TZ; ++j) m_new = fmaxf(m_new, s[j]);
+    if (m_new != -INFINITY) {  // else every token so far is masked: nothing to add
+      const float scale = exp2f(m - m_new);  // m = -inf -> 0
+      d *= scale;
+#pragma unroll
+      for (int k = 0; k < 8; ++k) o[k] *= scale;
+#pragma unroll
+      for (int j = 0; j < TZ; ++j) {
+        const float pj = exp2f(s[j] - m_new);  // masked: exp2(-inf) = 0
+        d += pj;
+        float vf[8];
+        Vec8<T>::ToFloat(*reinterpret_cast<const uint4*>(sv + (tz * TZ + j) * D + tx * 8), vf);
+#pragma unroll
+        for (int k = 0; k < 8; ++k) o[k] = fmaf(pj, vf[k], o[k]);
+      }
+      m = m_new;
+    }
+  }
+  CpAsyncWait<0>();
+  __syncthreads();  // the pipeline buffer is free for the merge scratch
+
+  // ---- merge the BDZ token slices ----
+  if constexpr (BDZ > 1) {
+    float* so = reinterpret_cast<float*>(smem);  // [BDZ][BDY][D]
+    float* smd = so + BDZ * BDY * D;             // [BDZ][BDY][2]
+    {
+      float4* dst = reinterpret_cast<float4*>(so + (tz * BDY + ty) * D + tx * 8);
+      dst[0] = make_float4(o[0], o[1], o[2], o[3]);
+      dst[1] = make_float4(o[4], o[5], o[6], o[7]);
+      if (tx == 0) {
+        smd[(tz * BDY + ty) * 2 + 0] = m;
+        smd[(tz * BDY + ty) * 2 + 1] = d;
+      }
+    }
+    __syncthreads();
+    if (tz != 0) return;
+    float m_all = -INFINITY;
+#pragma unroll
+    for (int z = 0; z < BDZ; ++z) m_all = fmaxf(m_all, smd[(z * BDY + ty) * 2]);
+    d = 0.f;
+#pragma unroll
+    for (int k = 0; k < 8; ++k) o[k] = 0.f;
+    if (m_all != -INFINITY) {
+#pragma unroll
+      for (int z = 0; z < BDZ; ++z) {
+        const float mz = smd[(z * BDY + ty) * 2];
+        if (mz == -INFINITY) continue;
+        const float w = exp2f(mz - m_all);
+        d = fmaf(w, smd[(z * BDY + ty) * 2 + 1], d);
+        const float* oz = so + (z * BDY + ty) * D + tx * 8;
+#pragma unroll
+        for (int k = 0; k < 8; ++k) o[k] = fmaf(w, oz[k], o[k]);
+      }
+    }
+    m = m_all;
+  }
+
+  // ---- write: final output (unsplit request) or a partial state ----
+  if (!head_valid) return;
+  const bool empty = !(d > 0.f);
+  const float inv_d = empty ? 0.f : 1.f / d;
+#pragma unroll
+  for (int k = 0; k < 8; ++k) o[k] *= inv_d;
+  const float lse = empty ? -INFINITY : (m + log2f(d)) * kLn2;
+  if (!item.split) {
+    const int64_t row = static_cast<int64_t>(b) * p.num_qo_heads + qo_head;
+    *reinterpret_cast<uint4*>(static_cast<T*>(p.o) + row * D + tx * 8) = Vec8<T>::FromFloat(o);
+    if (p.lse != nullptr && tx == 0) p.lse[row] = lse;
+  } else {
+    const int64_t row = static_cast<int64_t>(blockIdx.x) * p.num_qo_heads + qo_head;
+    float4* dst = reinterpret_cast<float4*>(p.partial_o + row * D + tx * 8);
+    dst[0] = make_float4(o[0], o[1], o[2], o[3]);
+    dst[1] = make_float4(o[4], o[5], o[6], o[7]);
+    if (tx == 0) p.partial_lse[row] = lse;
+  }
+}
+
+template <typename T, int D, int TILE>
+cudaError_t LaunchDecodeTile(const DecodeKernelParams& params, int num_items, int num_kv_heads,
+                             cudaStream_t stream) {
+  using Tr = DecodeTraits<D, TILE>;
+  const dim3 grid(num_items, num_kv_heads * params.head_tiles);
+  BatchDecodeKernel<T, D, TILE><<<grid, Tr::kThreads, 0, stream>>>(params);
+  return cudaGetLastError();
+}
+
+template <typename T, int D, int TILE>
+cudaError_t DecodeTileOccupancy(int* ctas_per_sm) {
+  using Tr = DecodeTraits<D, TILE>;
+  return cudaOccupancyMaxActiveBlocksPerMultiprocessor(ctas_per_sm,
+                                                       BatchDecodeKernel<T, D, TILE>,
+                                                       Tr::kThreads, 0);
+}
+
+// Dispatch over the head tiles the kernel is instantiated for (1, 2, 4, 8).
+template <typename T, int D>
+cudaError_t LaunchDecodeAnyTile(const DecodeKernelParams& params, int num_items,
+                                int num_kv_heads, int head_tile, cudaStream_t stream) {
+  switch (head_tile) {
+    case 1: return LaunchDecodeTile<T, D, 1>(params, num_items, num_kv_heads, stream);
+    case 2: return LaunchDecodeTile<T, D, 2>(params, num_items, num_kv_heads, stream);
+    case 4: return LaunchDecodeTile<T, D, 4>(params, num_items, num_kv_heads, stream);
+    case 8: return LaunchDecodeTile<T, D, 8>(params, num_items, num_kv_heads, stream);
+    default: return cudaErrorInvalidValue;
+  }
+}
+template <typename T, int D>
+cudaError_t DecodeAnyTileOccupancy(int head_tile, int* ctas_per_sm) {
+  switch (head_tile) {
+    case 1: return DecodeTileOccupancy<T, D, 1>(ctas_per_sm);
+    case 2: return DecodeTileOccupancy<T, D, 2>(ctas_per_sm);
+    case 4: return DecodeTileOccupancy<T, D, 4>(ctas_per_sm);
+    case 8: return DecodeTileOccupancy<T, D, 8>(ctas_per_sm);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+
+template <DType kDType>
+struct CudaTypeOf;
+template <>
+struct CudaTypeOf<DType::kFloat16> { using type = __half; };
+template <>
+struct CudaTypeOf<DType::kBFloat16> { using type = __nv_bfloat16; };
+
+// Explicitly instantiated per (dtype, head_dim) in generated/decode_hd*_*.cu.
+template <DType kDType, int kHeadDim>
+cudaError_t LaunchDecodeKernel(const DecodeKernelParams& params, int num_items, int num_kv_heads,
+                               int head_tile, cudaStream_t stream) {
+  return LaunchDecodeAnyTile<typename CudaTypeOf<kDType>::type, kHeadDim>(
+      params, num_items, num_kv_heads, head_tile, stream);
+}
+template <DType kDType, int kHeadDim>
+cudaError_t DecodeKernelOccupancy(int head_tile, int* ctas_per_sm) {
+  return DecodeAnyTileOccupancy<typename CudaTypeOf<kDType>::type, kHeadDim>(head_tile,
+                                                                             ctas_per_sm);
+}
+
+}  // namespace attnd::kernels::cuda::internal

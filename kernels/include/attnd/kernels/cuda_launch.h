@@ -1,0 +1,81 @@
+// Public launch API of the attnd CUDA kernels, usable without the daemon.
+//
+// All pointers inside the params structs are device pointers (the page table too). Every
+// function returns a status instead of aborting: INVALID_ARGUMENT / UNIMPLEMENTED for shapes or
+// dtypes the kernels do not support, INTERNAL for a failed launch (cudaGetLastError is checked
+// after every launch).
+//
+// Decode uses a plan/run split like prefill (cuda_prefill.h): PrepareDecode computes, from host
+// copies of the kv lengths, the split-KV schedule of a batch (which request is cut into how many
+// chunks so that the grid fills the GPU) and allocates the workspace for the partial states;
+// RunPagedDecode then runs one layer and may be called many times (every layer of a step) with
+// the same DecodeWork. Runs that share a DecodeWork must be ordered (one stream, or events),
+// because they share its workspace.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <memory>
+#include <span>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "attnd/kernels/cuda_prefill.h"
+#include "attnd/kernels/types.h"
+
+namespace attnd::kernels::cuda {
+
+// Writes new tokens' K/V into their pages (see AppendKvParams). Any dtype, any page size, any
+// strides with head_dim * sizeof(dtype) a multiple of 16 bytes and 16-byte aligned rows.
+absl::Status LaunchAppendKv(const AppendKvParams& params, cudaStream_t stream);
+
+// Merges attention states (see MergeStatesParams); dtype fp32, fp16 or bf16, head_dim % 4 == 0.
+absl::Status LaunchMergeStates(const MergeStatesParams& params, cudaStream_t stream);
+
+// How PrepareDecode cuts long sequences into chunks (split-KV). Defaults fit H100/H200.
+struct DecodeScheduleOptions {
+  // SMs to fill; 0 = read from the current device.
+  int32_t num_sms = 0;
+  // Resident CTAs per SM assumed when sizing the grid; 0 = the decode kernel's occupancy.
+  int32_t ctas_per_sm = 0;
+  // Chunks are at least this many tokens (splitting shorter pieces costs more in merging than
+  // it gains in parallelism).
+  int32_t min_chunk_tokens = 256;
+  // > 0: every request is cut into chunks of exactly this many tokens (tests of the merge
+  // path); 0 = automatic.
+  int32_t fixed_chunk_tokens = 0;
+  // false: never split (one CTA per request and KV head group).
+  bool allow_split = true;
+};
+
+class DecodeWork;  // opaque; owns its device arrays and workspace (RAII)
+struct DecodeWorkDeleter { void operator()(DecodeWork* w) const; };
+using DecodeWorkPtr = std::unique_ptr<DecodeWork, DecodeWorkDeleter>;
+
+// kv_len: [batch] host, each >= 1. page_size aligns chunk boundaries to pages. The work may be
+// used with any PagedAttentionParams whose batch has these kv lengths and these head counts.
+absl::StatusOr<DecodeWorkPtr> PrepareDecode(std::span<const int32_t> kv_len, int32_t num_qo_heads,
+                                            int32_t num_kv_heads, int32_t head_dim,
+                                            int32_t page_size,
+                                            const DecodeScheduleOptions& options,
+                                            cudaStream_t stream);
+
+// What PrepareDecode decided (for logs, tests and benchmarks).
+struct DecodeScheduleInfo {
+  int32_t batch_size = 0;
+  int32_t num_chunks = 0;       // work items along the sequence axis, all requests together
+  int32_t chunk_tokens = 0;     // 0 = no request was split
+  int32_t head_groups = 0;      // CTAs per chunk along the head axis
+  bool split = false;           // some request has more than one chunk (a merge pass runs)
+};
+DecodeScheduleInfo GetDecodeScheduleInfo(const DecodeWork& work);
+
+// Batch decode over the paged cache: params.qo has one query row per request (qo_indptr is
+// ignored), q/o dtype == kv dtype (fp16 or bf16), head_dim 64/128/256 (those instantiated).
+// Honours every AttentionOptions field (RoPE LLaMA, soft cap, sliding window; rope_offsets is
+// a device pointer or null); writes lse when params.qo.lse is set.
+absl::Status RunPagedDecode(const DecodeWork& work, const PagedAttentionParams& params,
+                            cudaStream_t stream);
+
+}  // namespace attnd::kernels::cuda
