@@ -1,0 +1,99 @@
+#include "server/front/attnd_service.h"
+
+#include <utility>
+
+#include "server/front/status_convert.h"
+
+namespace attnd::server::front {
+namespace {
+
+absl::Status MissingSessionError() {
+  return absl::FailedPreconditionError(
+      "missing x-attnd-session metadata; call OpenSession first or use the Session stream");
+}
+
+}  // namespace
+
+std::optional<std::string> SessionIdFromMetadata(const grpc::ServerContext& context) {
+  const auto& metadata = context.client_metadata();
+  const auto it = metadata.find(kSessionMetadataKey);
+  if (it == metadata.end() || it->second.empty()) return std::nullopt;
+  return std::string(it->second.data(), it->second.size());
+}
+
+AttndService::AttndService(CommandRunner& runner, Metrics& metrics)
+    : runner_(runner), session_stream_(runner, metrics) {}
+
+template <typename Request, typename Response>
+grpc::Status AttndService::RunInSession(const SessionCommand<Request, Response>& command,
+                                        const grpc::ServerContext& context,
+                                        const Request& request, Response* response) {
+  const std::optional<std::string> session_id = SessionIdFromMetadata(context);
+  if (!session_id) {
+    const absl::Status status = MissingSessionError();
+    runner_.RecordRejected(command.id, status);
+    return ToGrpcStatus(status);
+  }
+  absl::StatusOr<Response> result = runner_.Execute(command, *session_id, request);
+  if (!result.ok()) return ToGrpcStatus(result.status());
+  *response = *std::move(result);
+  return grpc::Status::OK;
+}
+
+grpc::Status AttndService::GetServerInfo(grpc::ServerContext*, const v1::GetServerInfoRequest*,
+                                         v1::ServerInfo* response) {
+  *response = runner_.GetServerInfo();
+  return grpc::Status::OK;
+}
+
+grpc::Status AttndService::OpenSession(grpc::ServerContext*, const v1::OpenSessionRequest* request,
+                                       v1::OpenSessionResponse* response) {
+  absl::StatusOr<v1::OpenSessionResponse> result =
+      runner_.OpenSession(*request, SessionBinding::kLeased);
+  if (!result.ok()) return ToGrpcStatus(result.status());
+  *response = *std::move(result);
+  return grpc::Status::OK;
+}
+
+grpc::Status AttndService::CloseSession(grpc::ServerContext* context,
+                                        const v1::CloseSessionRequest*,
+                                        v1::CloseSessionResponse*) {
+  const std::optional<std::string> session_id = SessionIdFromMetadata(*context);
+  if (!session_id) {
+    const absl::Status status = MissingSessionError();
+    runner_.RecordRejected(MethodId::kCloseSession, status);
+    return ToGrpcStatus(status);
+  }
+  return ToGrpcStatus(runner_.CloseSession(*session_id));
+}
+
+#define ATTND_UNARY_HANDLER(Name)                                                          \
+  grpc::Status AttndService::Name(grpc::ServerContext* context,                            \
+                                  const v1::Name##Request* request,                        \
+                                  v1::Name##Response* response) {                          \
+    return RunInSession(commands::k##Name, *context, *request, response);                  \
+  }
+
+ATTND_UNARY_HANDLER(CreatePool)
+ATTND_UNARY_HANDLER(AttachPool)
+ATTND_UNARY_HANDLER(DescribePool)
+ATTND_UNARY_HANDLER(DeletePool)
+ATTND_UNARY_HANDLER(AllocatePages)
+ATTND_UNARY_HANDLER(FreePages)
+ATTND_UNARY_HANDLER(ForkPages)
+ATTND_UNARY_HANDLER(RegisterBuffer)
+ATTND_UNARY_HANDLER(UnregisterBuffer)
+ATTND_UNARY_HANDLER(CreatePlan)
+ATTND_UNARY_HANDLER(DeletePlan)
+ATTND_UNARY_HANDLER(AppendKv)
+ATTND_UNARY_HANDLER(Run)
+
+#undef ATTND_UNARY_HANDLER
+
+grpc::Status AttndService::Session(
+    grpc::ServerContext* context,
+    grpc::ServerReaderWriter<v1::SessionResponse, v1::SessionRequest>* stream) {
+  return session_stream_.Serve(*context, *stream);
+}
+
+}  // namespace attnd::server::front

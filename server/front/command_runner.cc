@@ -1,0 +1,138 @@
+#include "server/front/command_runner.h"
+
+#include <spdlog/spdlog.h>
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+
+namespace attnd::server::front {
+namespace {
+
+using StreamHandler = void (*)(CommandRunner& runner, std::string_view session_id,
+                               const v1::SessionRequest& request, v1::SessionResponse* response);
+
+void SetError(const absl::Status& status, v1::SessionResponse* response) {
+  response->set_code(static_cast<int32_t>(status.code()));
+  response->set_message(std::string(status.message()));
+}
+
+// The stream side of one table entry: unpack the oneof, execute, pack the oneof.
+template <const auto& command>
+void RunFromStream(CommandRunner& runner, std::string_view session_id,
+                   const v1::SessionRequest& request, v1::SessionResponse* response) {
+  auto result = runner.Execute(command, session_id, (request.*command.stream_request)());
+  if (result.ok()) {
+    *(response->*command.stream_response)() = *std::move(result);
+  } else {
+    SetError(result.status(), response);
+  }
+}
+
+// Field numbers of SessionRequest.command run from 2 (open) to 16 (run).
+constexpr size_t kStreamTableSize = v1::SessionRequest::kRun + 1;
+using StreamTable = std::array<StreamHandler, kStreamTableSize>;
+
+template <const auto& command>
+constexpr void Register(StreamTable& table) {
+  table[command.stream_case] = &RunFromStream<command>;
+}
+
+constexpr StreamTable kStreamTable = [] {
+  StreamTable table{};
+  Register<commands::kCreatePool>(table);
+  Register<commands::kAttachPool>(table);
+  Register<commands::kDescribePool>(table);
+  Register<commands::kDeletePool>(table);
+  Register<commands::kAllocatePages>(table);
+  Register<commands::kFreePages>(table);
+  Register<commands::kForkPages>(table);
+  Register<commands::kRegisterBuffer>(table);
+  Register<commands::kUnregisterBuffer>(table);
+  Register<commands::kCreatePlan>(table);
+  Register<commands::kDeletePlan>(table);
+  Register<commands::kAppendKv>(table);
+  Register<commands::kRun>(table);
+  return table;
+}();
+
+}  // namespace
+
+CommandRunner::CommandRunner(Core& core, Metrics& metrics) : core_(core) {
+  for (size_t i = 0; i < metrics_by_method_.size(); ++i) {
+    metrics_by_method_[i] = &metrics.ForMethod(MethodName(static_cast<MethodId>(i)));
+  }
+}
+
+void CommandRunner::Finish(MethodId id, std::string_view session_id, const absl::Status& status,
+                           std::chrono::steady_clock::time_point start) {
+  const absl::Duration elapsed = absl::FromChrono(std::chrono::steady_clock::now() - start);
+  metrics_by_method_[static_cast<size_t>(id)]->Record(status.code(), elapsed);
+  if (!status.ok()) {
+    spdlog::warn("{} failed (session '{}'): {}", MethodName(id), session_id, status.ToString());
+  }
+}
+
+void CommandRunner::RecordRejected(MethodId id, const absl::Status& status) {
+  Finish(id, "", status, std::chrono::steady_clock::now());
+}
+
+v1::ServerInfo CommandRunner::GetServerInfo() {
+  const auto start = std::chrono::steady_clock::now();
+  v1::ServerInfo info = core_.GetServerInfo();
+  Finish(MethodId::kGetServerInfo, "", absl::OkStatus(), start);
+  return info;
+}
+
+absl::StatusOr<v1::OpenSessionResponse> CommandRunner::OpenSession(
+    const v1::OpenSessionRequest& request, SessionBinding binding) {
+  const auto start = std::chrono::steady_clock::now();
+  auto result = core_.OpenSession(request, binding);
+  Finish(MethodId::kOpenSession, result.ok() ? result->session_id() : "", result.status(), start);
+  return result;
+}
+
+absl::Status CommandRunner::CloseSession(std::string_view session_id) {
+  const auto start = std::chrono::steady_clock::now();
+  absl::Status status = core_.CloseSession(session_id);
+  Finish(MethodId::kCloseSession, session_id, status, start);
+  return status;
+}
+
+void CommandRunner::Dispatch(std::string_view session_id, const v1::SessionRequest& request,
+                             v1::SessionResponse* response) {
+  response->set_request_id(request.request_id());
+  const auto command_case = request.command_case();
+  switch (command_case) {
+    case v1::SessionRequest::kGetServerInfo:
+      *response->mutable_server_info() = GetServerInfo();
+      return;
+    case v1::SessionRequest::kOpen: {
+      const absl::Status status = absl::FailedPreconditionError(
+          "`open` is only allowed as the Session stream's first message; this stream's session "
+          "is already open");
+      RecordRejected(MethodId::kOpenSession, status);
+      SetError(status, response);
+      return;
+    }
+    case v1::SessionRequest::COMMAND_NOT_SET:
+      SetError(absl::InvalidArgumentError(absl::StrCat(
+                   "SessionRequest request_id=", request.request_id(),
+                   " has no command set (or one this server does not know)")),
+               response);
+      return;
+    default:
+      break;
+  }
+  const size_t index = static_cast<size_t>(command_case);
+  if (index >= kStreamTable.size() || kStreamTable[index] == nullptr) {
+    SetError(absl::UnimplementedError(absl::StrCat("SessionRequest command field ", index,
+                                                   " is not supported on the Session stream")),
+             response);
+    return;
+  }
+  kStreamTable[index](*this, session_id, request, response);
+}
+
+}  // namespace attnd::server::front

@@ -1,0 +1,57 @@
+// Runs commands against the Core for both front paths (unary handlers and the Session stream):
+// times each call, records attnd_requests_total / attnd_request_duration_seconds, and logs
+// failures at warn with the method and status. Holds no business logic: every decision about a
+// request is the Core's.
+#pragma once
+
+#include <array>
+#include <chrono>
+#include <string_view>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "attnd/v1/attnd.pb.h"
+#include "server/core/core.h"
+#include "server/front/command_table.h"
+#include "server/front/metrics.h"
+
+namespace attnd::server::front {
+
+class CommandRunner {
+ public:
+  // `core` and `metrics` must outlive the runner.
+  CommandRunner(Core& core, Metrics& metrics);
+
+  // One session command (see command_table.h).
+  template <typename Request, typename Response>
+  absl::StatusOr<Response> Execute(const SessionCommand<Request, Response>& command,
+                                   std::string_view session_id, const Request& request) {
+    const auto start = std::chrono::steady_clock::now();
+    absl::StatusOr<Response> result = (core_.*command.call)(session_id, request);
+    Finish(command.id, session_id, result.status(), start);
+    return result;
+  }
+
+  v1::ServerInfo GetServerInfo();
+  absl::StatusOr<v1::OpenSessionResponse> OpenSession(const v1::OpenSessionRequest& request,
+                                                      SessionBinding binding);
+  absl::Status CloseSession(std::string_view session_id);
+
+  // Records a call refused before it reached the Core (e.g. missing session metadata).
+  void RecordRejected(MethodId id, const absl::Status& status);
+
+  // The Session stream, after `open`: runs `request`'s command in the stream's session and fills
+  // `response` with the same request_id, the status code and message, and the result. A failed
+  // command is answered, never thrown: the stream goes on.
+  void Dispatch(std::string_view session_id, const v1::SessionRequest& request,
+                v1::SessionResponse* response);
+
+ private:
+  void Finish(MethodId id, std::string_view session_id, const absl::Status& status,
+              std::chrono::steady_clock::time_point start);
+
+  Core& core_;
+  std::array<MethodMetrics*, static_cast<size_t>(MethodId::kCount)> metrics_by_method_{};
+};
+
+}  // namespace attnd::server::front

@@ -1,0 +1,130 @@
+#include "server/front/daemon.h"
+
+#include <grpcpp/health_check_service_interface.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+
+#ifdef ATTND_WITH_GRPC_REFLECTION
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#endif
+
+#ifndef ATTND_VERSION
+#define ATTND_VERSION "0.0.0-dev"
+#endif
+
+namespace attnd::server::front {
+
+absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config,
+                                                      std::unique_ptr<kernels::Backend> backend) {
+  std::unique_ptr<Daemon> daemon(new Daemon());
+
+  absl::StatusOr<ListenAddress> listen = ParseListenAddress(config.listen);
+  if (!listen.ok()) return listen.status();
+  daemon->listen_address_ = *listen;
+
+  CoreOptions core_options;
+  core_options.max_pool_bytes = config.max_pool_bytes;
+  core_options.session_lease = config.session_lease;
+  core_options.max_message_bytes = config.max_message_bytes;
+  core_options.version = ATTND_VERSION;
+  absl::StatusOr<std::unique_ptr<Core>> core = Core::Create(core_options, std::move(backend));
+  if (!core.ok()) return core.status();
+  daemon->core_ = *std::move(core);
+  daemon->info_ = daemon->core_->GetServerInfo();
+
+  daemon->runner_ = std::make_unique<CommandRunner>(*daemon->core_, daemon->metrics_);
+  daemon->service_ = std::make_unique<AttndService>(*daemon->runner_, daemon->metrics_);
+
+  if (listen->is_unix()) {
+    if (absl::Status removed = RemoveStaleUnixSocket(listen->unix_path); !removed.ok()) {
+      return removed;
+    }
+  }
+  // Process-wide switch, read when the server is built.
+  grpc::EnableDefaultHealthCheckService(true);
+#ifdef ATTND_WITH_GRPC_REFLECTION
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+#endif
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(listen->grpc_uri, grpc::InsecureServerCredentials(),
+                           &daemon->grpc_port_);
+  builder.RegisterService(daemon->service_.get());
+  builder.SetMaxReceiveMessageSize(static_cast<int>(config.max_message_bytes));
+  builder.SetMaxSendMessageSize(static_cast<int>(config.max_message_bytes));
+  daemon->server_ = builder.BuildAndStart();
+  if (daemon->server_ == nullptr || (!listen->is_unix() && daemon->grpc_port_ == 0)) {
+    return absl::UnavailableError(absl::StrCat(
+        "gRPC cannot listen on '", config.listen, "' (address in use, bad host, or no access)"));
+  }
+  if (listen->is_unix()) {
+    daemon->grpc_port_ = 0;
+    if (absl::Status chmod = SetSocketPermissions(listen->unix_path, config.socket_mode);
+        !chmod.ok()) {
+      return chmod;
+    }
+  }
+
+  daemon->serving_state_.AttachHealthService(daemon->server_->GetHealthCheckService());
+  daemon->serving_state_.UpdateBackendHealth(daemon->core_->Health());
+
+  if (!config.http_listen.empty()) {
+    Daemon* self = daemon.get();
+    HttpHandlers handlers;
+    handlers.readiness = [self] { return self->serving_state_.readiness(); };
+    handlers.metrics_text = [self] {
+      MetricsSnapshot snapshot;
+      snapshot.stats = self->core_->Stats();
+      snapshot.backend_healthy = self->serving_state_.backend_healthy();
+      snapshot.version = self->info_.version();
+      snapshot.backend = self->info_.backend();
+      snapshot.device = self->info_.device();
+      return self->metrics_.Render(snapshot);
+    };
+    absl::StatusOr<std::unique_ptr<HttpServer>> http =
+        HttpServer::Start(HttpServerOptions{config.http_listen}, std::move(handlers));
+    if (!http.ok()) return http.status();
+    daemon->http_ = *std::move(http);
+  }
+
+  daemon->maintenance_ =
+      std::make_unique<MaintenanceLoop>(*daemon->core_, daemon->serving_state_);
+
+  spdlog::info(
+      "attnd {} serving: backend={} device='{}' pool memory={} bytes, gRPC on {}{}, HTTP on {}",
+      daemon->info_.version(), daemon->info_.backend(), daemon->info_.device(),
+      daemon->info_.memory_total_bytes(), config.listen,
+      listen->is_unix() ? absl::StrFormat(" (mode %04o)", config.socket_mode)
+                        : absl::StrCat(" (port ", daemon->grpc_port_, ")"),
+      daemon->http_ != nullptr
+          ? absl::StrCat(config.http_listen, " (port ", daemon->http_->port(), ")")
+          : std::string("(disabled)"));
+  return daemon;
+}
+
+void Daemon::Shutdown(absl::Duration drain) {
+  std::lock_guard<std::mutex> lock(shutdown_mutex_);
+  if (shut_down_) return;
+  shut_down_ = true;
+  spdlog::info("shutting down: NOT_SERVING, draining in-flight calls for up to {}",
+               absl::FormatDuration(drain));
+  serving_state_.BeginShutdown();
+  if (maintenance_ != nullptr) maintenance_->Stop();
+  if (server_ != nullptr) {
+    server_->Shutdown(absl::ToChronoTime(absl::Now() + drain));
+    server_->Wait();
+  }
+  if (core_ != nullptr) core_->CloseAll();
+  if (http_ != nullptr) http_->Stop();
+  if (listen_address_.is_unix()) unlink(listen_address_.unix_path.c_str());
+  spdlog::info("shutdown complete");
+}
+
+Daemon::~Daemon() {
+  // A Daemon that failed half-way through Start has no server; only a started one drains.
+  if (server_ != nullptr) Shutdown();
+}
+
+}  // namespace attnd::server::front

@@ -1,0 +1,145 @@
+#include "server/front/flags.h"
+
+#include <cctype>
+#include <climits>
+#include <cstdlib>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/reflection.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+ABSL_FLAG(std::string, listen, "unix:///tmp/attnd.sock",
+          "gRPC listen address: unix:///ABSOLUTE/PATH or unix:PATH for a unix socket (a stale "
+          "socket file there is removed at start; its permissions are --socket_mode), or "
+          "HOST:PORT for TCP. Env: ATTND_LISTEN.");
+ABSL_FLAG(std::string, http_listen, "127.0.0.1:9401",
+          "HTTP HOST:PORT for /healthz, /readyz and /metrics (Prometheus); empty disables HTTP. "
+          "Env: ATTND_HTTP_LISTEN.");
+ABSL_FLAG(std::string, backend, "auto",
+          "Attention backend: cuda, cpu, or auto (cuda when a CUDA device can be used, else cpu; "
+          "the reason is logged). Env: ATTND_BACKEND.");
+ABSL_FLAG(int32_t, device, 0, "CUDA device ordinal of the cuda backend. Env: ATTND_DEVICE.");
+ABSL_FLAG(uint64_t, max_pool_bytes, 0,
+          "Bytes of backend memory all KV pools together may use; 0 = 90% of the backend's "
+          "memory. Env: ATTND_MAX_POOL_BYTES.");
+ABSL_FLAG(uint32_t, session_lease_ms, 30000,
+          "Default lease of sessions opened with the unary OpenSession: released after this many "
+          "milliseconds without a call naming them. Stream sessions end with their stream. "
+          "Env: ATTND_SESSION_LEASE_MS.");
+ABSL_FLAG(uint64_t, max_message_bytes, 64ull << 20,
+          "Largest gRPC message received or sent, bytes (inline tensors travel in messages). "
+          "Env: ATTND_MAX_MESSAGE_BYTES.");
+ABSL_FLAG(std::string, log_level, "info",
+          "Log level: trace, debug, info, warn or error. Env: ATTND_LOG_LEVEL.");
+ABSL_FLAG(bool, log_json, false,
+          "Write logs as one JSON object per line (time, level, thread, msg). Env: ATTND_LOG_JSON.");
+ABSL_FLAG(std::string, socket_mode, "0660",
+          "Octal permissions of the unix socket file (the socket's access control). "
+          "Env: ATTND_SOCKET_MODE.");
+ABSL_FLAG(int32_t, threads, 0,
+          "Worker threads of the cpu backend; 0 = all cores. Env: ATTND_THREADS.");
+
+namespace attnd::server::front {
+
+const std::vector<std::string>& DaemonFlagNames() {
+  static const std::vector<std::string> names = {
+      "listen",     "http_listen",  "backend",   "device",     "max_pool_bytes",
+      "session_lease_ms", "max_message_bytes", "log_level", "log_json", "socket_mode",
+      "threads"};
+  return names;
+}
+
+std::string EnvironmentVariableFor(std::string_view flag_name) {
+  return "ATTND_" + absl::AsciiStrToUpper(std::string(flag_name));
+}
+
+absl::Status ApplyEnvironmentToFlags(const std::function<const char*(const char*)>& getenv) {
+  for (const std::string& name : DaemonFlagNames()) {
+    const std::string variable = EnvironmentVariableFor(name);
+    const char* value = getenv ? getenv(variable.c_str()) : std::getenv(variable.c_str());
+    if (value == nullptr) continue;
+    absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
+    if (flag == nullptr) {
+      return absl::InternalError(absl::StrCat("flag --", name, " is not registered"));
+    }
+    std::string error;
+    if (!flag->ParseFrom(value, &error)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(variable, "='", value, "' is not a valid --", name, ": ", error));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<DaemonConfig> DaemonConfigFromFlags() {
+  DaemonConfig config;
+  config.listen = absl::GetFlag(FLAGS_listen);
+  config.http_listen = absl::GetFlag(FLAGS_http_listen);
+  config.backend = absl::AsciiStrToLower(absl::GetFlag(FLAGS_backend));
+  config.device = absl::GetFlag(FLAGS_device);
+  config.max_pool_bytes = absl::GetFlag(FLAGS_max_pool_bytes);
+  config.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  config.log_level = absl::AsciiStrToLower(absl::GetFlag(FLAGS_log_level));
+  config.log_json = absl::GetFlag(FLAGS_log_json);
+  config.threads = absl::GetFlag(FLAGS_threads);
+  const uint32_t lease_ms = absl::GetFlag(FLAGS_session_lease_ms);
+
+  if (config.listen.empty()) return absl::InvalidArgumentError("--listen is empty");
+  if (config.backend != "auto" && config.backend != "cpu" && config.backend != "cuda") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--backend='", config.backend, "' is not one of auto, cpu, cuda"));
+  }
+  if (config.device < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("--device=", config.device, " is negative"));
+  }
+  if (lease_ms == 0) return absl::InvalidArgumentError("--session_lease_ms must be > 0");
+  config.session_lease = absl::Milliseconds(lease_ms);
+  // gRPC takes the limit as an int.
+  if (config.max_message_bytes < 4096 || config.max_message_bytes > INT_MAX) {
+    return absl::InvalidArgumentError(absl::StrCat("--max_message_bytes=",
+                                                   config.max_message_bytes,
+                                                   " is outside 4096..", INT_MAX));
+  }
+  static const char* const kLevels[] = {"trace", "debug", "info", "warn", "error"};
+  bool level_ok = false;
+  for (const char* level : kLevels) level_ok |= config.log_level == level;
+  if (!level_ok) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--log_level='", config.log_level, "' is not one of trace, debug, info, warn, error"));
+  }
+  const std::string mode_text = absl::GetFlag(FLAGS_socket_mode);
+  char* end = nullptr;
+  const unsigned long mode = mode_text.empty() ? ULONG_MAX : std::strtoul(mode_text.c_str(), &end, 8);
+  if (mode_text.empty() || *end != '\0' || mode > 07777) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--socket_mode='", mode_text, "' is not an octal mode like 0660"));
+  }
+  config.socket_mode = static_cast<uint32_t>(mode);
+  if (config.threads < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("--threads=", config.threads, " is negative"));
+  }
+  return config;
+}
+
+absl::StatusOr<DaemonConfig> ParseDaemonFlags(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "attnd: GPU attention-offload daemon (paged KV-cache pools + attention kernels over "
+      "gRPC).\n\nEvery flag below can also be set by an environment variable ATTND_<FLAG> "
+      "(e.g. ATTND_LISTEN=unix:///run/attnd.sock, ATTND_BACKEND=cpu); the command line wins.\n\n"
+      "Usage: attnd [--flag=value ...]");
+  if (absl::Status env = ApplyEnvironmentToFlags(); !env.ok()) return env;
+  std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
+  if (positional.size() > 1) {
+    std::vector<std::string> extra(positional.begin() + 1, positional.end());
+    return absl::InvalidArgumentError(absl::StrCat(
+        "unexpected positional arguments: ", absl::StrJoin(extra, " "), " (flags are --name=value)"));
+  }
+  return DaemonConfigFromFlags();
+}
+
+}  // namespace attnd::server::front

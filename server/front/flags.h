@@ -1,0 +1,51 @@
+// The daemon's command-line flags (Abseil). Every flag can also be set by the environment
+// variable ATTND_<FLAG_IN_UPPER_CASE> (ATTND_LISTEN, ATTND_BACKEND, ...); a flag given on the
+// command line wins over the environment. `attnd --help` lists them.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace attnd::server::front {
+
+// The validated configuration the flags describe.
+struct DaemonConfig {
+  std::string listen = "unix:///tmp/attnd.sock";  // gRPC: unix:///PATH, unix:PATH or HOST:PORT
+  std::string http_listen = "127.0.0.1:9401";      // HTTP HOST:PORT; empty disables
+  std::string backend = "auto";                    // auto | cpu | cuda
+  int32_t device = 0;                              // CUDA device ordinal
+  uint64_t max_pool_bytes = 0;                     // 0 = 90% of the backend's memory
+  absl::Duration session_lease = absl::Seconds(30);
+  uint64_t max_message_bytes = 64ull << 20;        // gRPC receive and send limit
+  std::string log_level = "info";                  // trace | debug | info | warn | error
+  bool log_json = false;                           // one JSON object per log line
+  uint32_t socket_mode = 0660;                     // permissions of the unix socket file
+  int32_t threads = 0;                             // CPU backend threads; 0 = all cores
+};
+
+// Names of the daemon's flags, in --help order.
+const std::vector<std::string>& DaemonFlagNames();
+
+// "listen" -> "ATTND_LISTEN".
+std::string EnvironmentVariableFor(std::string_view flag_name);
+
+// Sets each daemon flag whose ATTND_<FLAG> variable is set (looked up through `getenv`, the
+// process environment by default). INVALID_ARGUMENT naming the variable when a value does not
+// parse.
+absl::Status ApplyEnvironmentToFlags(
+    const std::function<const char*(const char*)>& getenv = nullptr);
+
+// Reads and validates the current flag values.
+absl::StatusOr<DaemonConfig> DaemonConfigFromFlags();
+
+// The whole start-up sequence: usage message, environment, then the command line (which wins;
+// --help and friends print and exit here), then validation. Positional arguments are refused.
+absl::StatusOr<DaemonConfig> ParseDaemonFlags(int argc, char** argv);
+
+}  // namespace attnd::server::front

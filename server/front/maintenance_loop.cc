@@ -1,0 +1,37 @@
+#include "server/front/maintenance_loop.h"
+
+#include <spdlog/spdlog.h>
+
+namespace attnd::server::front {
+
+MaintenanceLoop::MaintenanceLoop(Core& core, ServingState& state, absl::Duration interval)
+    : core_(core), state_(state), interval_(interval), thread_([this] { Loop(); }) {}
+
+MaintenanceLoop::~MaintenanceLoop() { Stop(); }
+
+void MaintenanceLoop::Stop() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stop_ = true;
+  }
+  wake_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+void MaintenanceLoop::RunOnce() {
+  const int expired = core_.ExpireIdleSessions(absl::Now());
+  if (expired > 0) spdlog::info("expired {} idle leased session(s)", expired);
+  state_.UpdateBackendHealth(core_.Health());
+}
+
+void MaintenanceLoop::Loop() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  while (!stop_) {
+    lock.unlock();
+    RunOnce();
+    lock.lock();
+    wake_.wait_for(lock, absl::ToChronoNanoseconds(interval_), [this] { return stop_; });
+  }
+}
+
+}  // namespace attnd::server::front

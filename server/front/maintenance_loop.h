@@ -1,0 +1,40 @@
+// The daemon's background thread: every interval it expires idle leased sessions
+// (Core::ExpireIdleSessions) and polls Core::Health() into the ServingState.
+#pragma once
+
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+
+#include "absl/time/time.h"
+#include "server/core/core.h"
+#include "server/front/serving_state.h"
+
+namespace attnd::server::front {
+
+class MaintenanceLoop {
+ public:
+  // Starts the thread; `core` and `state` must outlive the loop.
+  MaintenanceLoop(Core& core, ServingState& state, absl::Duration interval = absl::Seconds(1));
+  ~MaintenanceLoop();  // stops and joins
+  MaintenanceLoop(const MaintenanceLoop&) = delete;
+  MaintenanceLoop& operator=(const MaintenanceLoop&) = delete;
+
+  // Stops the thread promptly (does not wait for the interval); idempotent.
+  void Stop();
+  // One round, also called by the thread.
+  void RunOnce();
+
+ private:
+  void Loop();
+
+  Core& core_;
+  ServingState& state_;
+  const absl::Duration interval_;
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  bool stop_ = false;
+  std::thread thread_;
+};
+
+}  // namespace attnd::server::front

@@ -1,0 +1,35 @@
+// The bidirectional Session stream: the first message must be `open`, which opens a session bound
+// to the stream (SessionBinding::kStream); every later SessionRequest is run through the same
+// command table as the unary calls and answered in order by a SessionResponse carrying the same
+// request_id, code and message. A failed command is answered and the stream goes on. However the
+// stream ends (client half-close, cancellation, crash, server shutdown), its session is closed,
+// which releases every page, buffer and plan it held.
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/support/sync_stream.h>
+
+#include "attnd/v1/attnd.pb.h"
+#include "server/front/command_runner.h"
+#include "server/front/metrics.h"
+
+namespace attnd::server::front {
+
+class SessionStream {
+ public:
+  // `runner` and `metrics` must outlive this object.
+  SessionStream(CommandRunner& runner, Metrics& metrics) : runner_(runner), metrics_(metrics) {}
+
+  // Serves one stream until it ends. Ends with FAILED_PRECONDITION when the first message is not
+  // `open` (naming what came instead), with the core's status when opening fails, else OK (or
+  // CANCELLED when the client went away).
+  grpc::Status Serve(grpc::ServerContext& context,
+                     grpc::ServerReaderWriterInterface<v1::SessionResponse, v1::SessionRequest>&
+                         stream);
+
+ private:
+  CommandRunner& runner_;
+  Metrics& metrics_;
+};
+
+}  // namespace attnd::server::front
