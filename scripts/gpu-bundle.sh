@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Builds everything that runs on the GPU host (GPU tests, benchmarks, the daemon and the example
+# client) for sm_90a with the static CUDA runtime, and gathers it in .gpu/ (git-ignored):
+#   .gpu/bin/   executables        .gpu/lib/   their shared libraries (gRPC, protobuf, abseil, ...)
+# The device call carries .gpu/ and runs scripts/gpu-host-run.sh there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+build_dir=${BUILD_DIR:-build-gpu}
+BUILD_DIR=$build_dir ATTND_CUDA=ON ./scripts/build.sh
+bundle_libs=${BUNDLE_LIBS:-../shared/gpu/bundle-libs.sh}
+rm -rf .gpu && mkdir -p .gpu/bin .gpu/lib
+cp "$build_dir"/gpu/* .gpu/bin/
+cp "$build_dir"/bin/attnd "$build_dir"/bin/attnd_example_client .gpu/bin/
+for extra in "$build_dir"/bin/*; do
+  case "$(basename "$extra")" in *gpu*|*ipc*) cp "$extra" .gpu/bin/ ;; esac
+done
+strip --strip-debug .gpu/bin/* 2>/dev/null || true
+"$bundle_libs" .gpu/lib .gpu/bin/*
+du -sh .gpu
