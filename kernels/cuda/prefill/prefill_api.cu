@@ -55,6 +55,18 @@ bool HeadDimCompiled(int32_t head_dim) {
   }
 }
 
+// Local copy of the dtype names: attnd_kernels_cuda does not link kernels/common (benches link
+// only attnd_kernels_cuda).
+const char* DtypeLabel(DType t) {
+  switch (t) {
+    case DType::kFloat32: return "float32";
+    case DType::kFloat16: return "float16";
+    case DType::kBFloat16: return "bfloat16";
+    case DType::kFloat8E4M3: return "float8_e4m3";
+  }
+  return "unknown";
+}
+
 absl::Status CudaStatus(cudaError_t err, const char* what) {
   if (err == cudaSuccess) return absl::OkStatus();
   return absl::InternalError(absl::StrCat("prefill: ", what, ": ", cudaGetErrorName(err), " (",
@@ -164,12 +176,12 @@ absl::Status CheckCommon(const PrefillWork& work, const QueryOutput& qo, DType k
                          int32_t num_kv_heads, int32_t head_dim) {
   if (qo.q_dtype != DType::kFloat16 && qo.q_dtype != DType::kBFloat16) {
     return absl::UnimplementedError(
-        absl::StrCat("prefill: q dtype ", DTypeName(qo.q_dtype), " (fp16 and bf16 only)"));
+        absl::StrCat("prefill: q dtype ", DtypeLabel(qo.q_dtype), " (fp16 and bf16 only)"));
   }
   if (kv_dtype != qo.q_dtype) {
-    return absl::UnimplementedError(absl::StrCat("prefill: kv dtype ", DTypeName(kv_dtype),
+    return absl::UnimplementedError(absl::StrCat("prefill: kv dtype ", DtypeLabel(kv_dtype),
                                                  " differs from q dtype ",
-                                                 DTypeName(qo.q_dtype)));
+                                                 DtypeLabel(qo.q_dtype)));
   }
   if (head_dim != work.head_dim_ || num_kv_heads != work.num_kv_heads_ ||
       qo.num_qo_heads != work.num_qo_heads_ || qo.batch_size != work.batch_size_) {
