@@ -227,6 +227,80 @@ class Rng {
   std::mt19937_64 gen_;
 };
 
+// ---- a random paged KV cache (host side) ------------------------------------------------
+// One layer of NHD pages, [num_pages][2][page_size][num_kv_heads][head_dim], filled with random
+// normal values rounded to `dtype` (so `values` is exactly what the device sees), plus a batch
+// page table whose pages are a random permutation of all pages (extra_pages unused ones mixed
+// in). kv_len[b] >= 1.
+struct HostPagedCache {
+  attnd::kernels::PagedKV view;  // geometry and strides; data/page-table pointers unset
+  std::vector<float> values;     // [num_pages * 2 * page_size * num_kv_heads * head_dim]
+  std::vector<int32_t> kv_len, indptr, indices, last_page_len;
+
+  // The view with host pointers (for the CPU reference, data as float32).
+  attnd::kernels::PagedKV HostView() {
+    attnd::kernels::PagedKV v = view;
+    v.data = values.data();
+    v.dtype = DType::kFloat32;
+    v.indptr = indptr.data();
+    v.indices = indices.data();
+    v.last_page_len = last_page_len.data();
+    return v;
+  }
+};
+
+inline HostPagedCache MakeRandomPagedCache(Rng& rng, const std::vector<int32_t>& kv_len,
+                                           int32_t page_size, int32_t num_kv_heads,
+                                           int32_t head_dim, DType dtype,
+                                           int32_t extra_pages = 3) {
+  HostPagedCache c;
+  c.kv_len = kv_len;
+  int32_t used = 0;
+  std::vector<int32_t> pages_per_request;
+  for (int32_t len : kv_len) {
+    const int32_t n = (len + page_size - 1) / page_size;
+    pages_per_request.push_back(n);
+    used += n;
+  }
+  const int32_t num_pages = used + extra_pages;
+  std::vector<int32_t> perm = rng.Permutation(num_pages);
+  c.indptr.push_back(0);
+  int32_t next = 0;
+  for (size_t b = 0; b < kv_len.size(); ++b) {
+    for (int32_t i = 0; i < pages_per_request[b]; ++i) c.indices.push_back(perm[next++]);
+    c.indptr.push_back(static_cast<int32_t>(c.indices.size()));
+    c.last_page_len.push_back(kv_len[b] - (pages_per_request[b] - 1) * page_size);
+  }
+  c.view.dtype = dtype;
+  c.view.num_pages = num_pages;
+  c.view.page_size = page_size;
+  c.view.num_kv_heads = num_kv_heads;
+  c.view.head_dim = head_dim;
+  c.view.SetNhdStrides();
+  c.view.batch_size = static_cast<int32_t>(kv_len.size());
+  c.values = rng.NormalVector(static_cast<size_t>(num_pages) * c.view.page_stride);
+  RoundTo(c.values, dtype);
+  return c;
+}
+
+// The same cache in device memory (data in `dtype`, page table as int32).
+struct DevicePagedCache {
+  DeviceBuffer data, indptr, indices, last_page_len;
+  attnd::kernels::PagedKV view;
+
+  explicit DevicePagedCache(const HostPagedCache& h)
+      : data(DeviceBuffer::From(EncodeAs(h.values, h.view.dtype))),
+        indptr(DeviceBuffer::From(h.indptr)),
+        indices(DeviceBuffer::From(h.indices)),
+        last_page_len(DeviceBuffer::From(h.last_page_len)),
+        view(h.view) {
+    view.data = data.get();
+    view.indptr = indptr.as<int32_t>();
+    view.indices = indices.as<int32_t>();
+    view.last_page_len = last_page_len.as<int32_t>();
+  }
+};
+
 // ---- comparison ------------------------------------------------------------------------------
 struct Comparison {
   double rel_l2 = 0;     // ||got - ref||_2 / max(||ref||_2, tiny), over finite reference values

@@ -1,0 +1,468 @@
+// The CUDA Backend (backend.h): device memory and IPC mappings (RAII), non-blocking streams,
+// copies, plans (page table upload + decode split-KV schedule or prefill tiling) and the kernel
+// launches of cuda_launch.h / cuda_prefill.h. Host code only (compiled by the host compiler).
+//
+// Sticky errors: after an error that leaves the CUDA context unusable (illegal address, launch
+// failure, ...) every later call fails the same way; the backend remembers the first one and
+// reports it from Health() and from every call, so the daemon can go NOT_SERVING.
+#include <cuda.h>
+#include <cuda_runtime.h>
+
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "attnd/kernels/backend.h"
+#include "attnd/kernels/cuda_launch.h"
+#include "attnd/kernels/cuda_prefill.h"
+#include "cuda_status.h"
+
+namespace attnd::kernels {
+namespace {
+
+using cuda::CudaStatus;
+using cuda::IsStickyCudaError;
+
+// Remembers the first sticky CUDA error of the process's context.
+class StickyError {
+ public:
+  // Returns the status of e; records it when sticky.
+  absl::Status Check(cudaError_t e, std::string_view what) {
+    if (e == cudaSuccess) return absl::OkStatus();
+    absl::Status s = CudaStatus(e, what);
+    if (IsStickyCudaError(e)) Record(s);
+    return s;
+  }
+  // After a failed launcher call (which returned a status, not a code): a sticky error makes
+  // every call fail, so peeking at the last error tells whether the context is gone.
+  absl::Status AfterFailure(absl::Status s) {
+    const cudaError_t e = cudaPeekAtLastError();
+    if (IsStickyCudaError(e)) Record(CudaStatus(e, "CUDA context"));
+    return s;
+  }
+  absl::Status Get() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return status_;
+  }
+  void Probe() {
+    const cudaError_t e = cudaPeekAtLastError();
+    if (IsStickyCudaError(e)) Record(CudaStatus(e, "CUDA context"));
+  }
+
+ private:
+  void Record(const absl::Status& s) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (status_.ok()) {
+      status_ = absl::InternalError(absl::StrCat("sticky CUDA error, the device is unusable: ",
+                                                 s.message()));
+    }
+  }
+  mutable std::mutex mu_;
+  absl::Status status_;
+};
+
+class CudaMemory final : public BackendMemory {
+ public:
+  enum class Kind { kOwned, kIpcMapped };
+  CudaMemory(void* ptr, size_t size, int device, Kind kind)
+      : ptr_(ptr), size_(size), device_(device), kind_(kind) {}
+  ~CudaMemory() override {
+    if (ptr_ == nullptr) return;
+    int prev = -1;
+    cudaGetDevice(&prev);
+    cudaSetDevice(device_);
+    if (kind_ == Kind::kOwned) {
+      cudaFree(ptr_);
+    } else {
+      cudaIpcCloseMemHandle(ptr_);
+    }
+    if (prev >= 0 && prev != device_) cudaSetDevice(prev);
+  }
+  void* data() const override { return ptr_; }
+  size_t size() const override { return size_; }
+  std::string ipc_handle() const override {
+    if (kind_ != Kind::kOwned || ptr_ == nullptr) return {};
+    cudaIpcMemHandle_t h;
+    if (cudaIpcGetMemHandle(&h, ptr_) != cudaSuccess) {
+      cudaGetLastError();  // not sticky; clear it
+      return {};
+    }
+    return std::string(reinterpret_cast<const char*>(&h), sizeof(h));
+  }
+
+ private:
+  void* ptr_;
+  size_t size_;
+  int device_;
+  Kind kind_;
+};
+
+class CudaStream final : public Stream {
+ public:
+  CudaStream(cudaStream_t s, int device) : stream_(s), device_(device) {}
+  ~CudaStream() override {
+    cudaSetDevice(device_);
+    cudaStreamDestroy(stream_);
+  }
+  void* native() const override { return stream_; }
+
+ private:
+  cudaStream_t stream_;
+  int device_;
+};
+
+cudaStream_t Native(Stream* s) {
+  return s != nullptr ? static_cast<cudaStream_t>(s->native()) : nullptr;
+}
+
+// A plan's page table in device memory ([indptr | indices | last_page_len | qo_indptr |
+// rope_offsets], one allocation) plus the decode or prefill schedule.
+class CudaPlan final : public PreparedPlan {
+ public:
+  explicit CudaPlan(PlanSpec spec) : PreparedPlan(std::move(spec)) {}
+  ~CudaPlan() override {
+    if (block_ != nullptr) {
+      cudaSetDevice(device_);
+      cudaFree(block_);
+    }
+  }
+  int device_ = 0;
+  void* block_ = nullptr;
+  int32_t* d_indptr = nullptr;
+  int32_t* d_indices = nullptr;
+  int32_t* d_last_page_len = nullptr;
+  int32_t* d_qo_indptr = nullptr;
+  // Written by Attention() from rope_offsets_host: runs of one plan must be stream-ordered.
+  int32_t* d_rope_offsets = nullptr;
+  cuda::DecodeWorkPtr decode;
+  cuda::PrefillWorkPtr prefill;
+
+  PagedKV WithPageTable(const PagedKV& layer) const {
+    PagedKV kv = layer;
+    kv.batch_size = spec().batch_size();
+    kv.indptr = d_indptr;
+    kv.indices = d_indices;
+    kv.last_page_len = d_last_page_len;
+    return kv;
+  }
+};
+
+size_t Align256(size_t x) { return (x + 255) / 256 * 256; }
+
+class CudaBackend final : public Backend {
+ public:
+  static absl::StatusOr<std::unique_ptr<Backend>> Create(const CudaBackendOptions& options) {
+    int count = 0;
+    cudaError_t e = cudaGetDeviceCount(&count);
+    if (e != cudaSuccess || count == 0) {
+      cudaGetLastError();
+      return absl::UnavailableError(absl::StrCat(
+          "no usable CUDA device: ",
+          e != cudaSuccess ? cudaGetErrorString(e) : "cudaGetDeviceCount returned 0"));
+    }
+    if (options.device < 0 || options.device >= count) {
+      return absl::UnavailableError(absl::StrCat("CUDA device ", options.device,
+                                                 " does not exist (", count, " devices)"));
+    }
+    e = cudaSetDevice(options.device);
+    if (e == cudaSuccess) e = cudaFree(nullptr);  // creates the context now, not on first use
+    if (e != cudaSuccess) {
+      return absl::UnavailableError(absl::StrCat("cannot initialise CUDA device ", options.device,
+                                                 ": ", cudaGetErrorString(e)));
+    }
+    auto backend = std::unique_ptr<CudaBackend>(new CudaBackend(options.device));
+    absl::Status s = backend->FillInfo();
+    if (!s.ok()) return absl::UnavailableError(s.message());
+    return std::unique_ptr<Backend>(std::move(backend));
+  }
+
+  const BackendInfo& info() const override { return info_; }
+  bool host_accessible() const override { return false; }
+
+  absl::StatusOr<std::unique_ptr<BackendMemory>> Allocate(size_t bytes) override {
+    if (auto s = Enter(); !s.ok()) return s;
+    void* p = nullptr;
+    const cudaError_t e = cudaMalloc(&p, bytes == 0 ? 1 : bytes);
+    if (e == cudaErrorMemoryAllocation) {
+      cudaGetLastError();  // not sticky; clear it
+      size_t free_b = 0, total_b = 0;
+      cudaMemGetInfo(&free_b, &total_b);
+      return absl::ResourceExhaustedError(absl::StrCat("cudaMalloc of ", bytes,
+                                                       " bytes failed: device has ", free_b,
+                                                       " of ", total_b, " bytes free"));
+    }
+    if (auto s = sticky_.Check(e, "cudaMalloc"); !s.ok()) return s;
+    return std::unique_ptr<BackendMemory>(
+        new CudaMemory(p, bytes, device_, CudaMemory::Kind::kOwned));
+  }
+
+  absl::StatusOr<std::unique_ptr<BackendMemory>> OpenIpcBuffer(const std::string& handle,
+                                                               int32_t device,
+                                                               size_t size_bytes) override {
+    if (auto s = Enter(); !s.ok()) return s;
+    if (handle.size() != sizeof(cudaIpcMemHandle_t)) {
+      return absl::InvalidArgumentError(absl::StrCat("IPC handle has ", handle.size(),
+                                                     " bytes, expected ",
+                                                     sizeof(cudaIpcMemHandle_t)));
+    }
+    (void)device;  // the exporter's ordinal; the mapping is made on this backend's device
+    cudaIpcMemHandle_t h;
+    std::memcpy(&h, handle.data(), sizeof(h));
+    void* p = nullptr;
+    cudaError_t e = cudaIpcOpenMemHandle(&p, h, cudaIpcMemLazyEnablePeerAccess);
+    if (e != cudaSuccess) {
+      if (!IsStickyCudaError(e)) cudaGetLastError();
+      absl::Status s = sticky_.Check(e, "cudaIpcOpenMemHandle");
+      return absl::FailedPreconditionError(s.message());
+    }
+    auto mem = std::unique_ptr<BackendMemory>(
+        new CudaMemory(p, size_bytes, device_, CudaMemory::Kind::kIpcMapped));
+    // The mapping covers the exporter's whole allocation; it must hold size_bytes from p.
+    size_t range = 0;
+    if (absl::Status s = AllocationSize(p, &range); !s.ok()) return s;
+    if (range < size_bytes) {
+      return absl::OutOfRangeError(absl::StrCat("IPC buffer spans ", range,
+                                                " bytes, fewer than the declared ", size_bytes));
+    }
+    return mem;
+  }
+
+  absl::StatusOr<std::unique_ptr<Stream>> CreateStream() override {
+    if (auto s = Enter(); !s.ok()) return s;
+    cudaStream_t st = nullptr;
+    if (auto s = sticky_.Check(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking),
+                               "cudaStreamCreate");
+        !s.ok()) {
+      return s;
+    }
+    return std::unique_ptr<Stream>(new CudaStream(st, device_));
+  }
+
+  absl::Status CopyToBackend(void* dst, const void* src, size_t bytes, Stream* stream) override {
+    if (auto s = Enter(); !s.ok()) return s;
+    return sticky_.Check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, Native(stream)),
+                         "cudaMemcpyAsync to device");
+  }
+  absl::Status CopyToHost(void* dst, const void* src, size_t bytes, Stream* stream) override {
+    if (auto s = Enter(); !s.ok()) return s;
+    return sticky_.Check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, Native(stream)),
+                         "cudaMemcpyAsync to host");
+  }
+  absl::Status Synchronize(Stream* stream) override {
+    if (auto s = Enter(); !s.ok()) return s;
+    return sticky_.Check(stream != nullptr ? cudaStreamSynchronize(Native(stream))
+                                           : cudaDeviceSynchronize(),
+                         "synchronize");
+  }
+
+  absl::StatusOr<std::unique_ptr<PreparedPlan>> Prepare(PlanSpec spec, Stream* stream) override {
+    if (auto s = Enter(); !s.ok()) return s;
+    const int32_t batch = spec.batch_size();
+    if (batch <= 0 || static_cast<int32_t>(spec.kv_indptr.size()) != batch + 1 ||
+        static_cast<int32_t>(spec.qo_indptr.size()) != batch + 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("plan: batch ", batch, " with kv_indptr of ", spec.kv_indptr.size(),
+                       " and qo_indptr of ", spec.qo_indptr.size(), " entries"));
+    }
+    std::vector<int32_t> kv_len(batch);
+    for (int32_t b = 0; b < batch; ++b) {
+      const int32_t pages = spec.kv_indptr[b + 1] - spec.kv_indptr[b];
+      kv_len[b] = pages == 0 ? 0 : (pages - 1) * spec.page_size + spec.kv_last_page_len[b];
+    }
+    auto plan = std::make_unique<CudaPlan>(std::move(spec));
+    const PlanSpec& ps = plan->spec();
+    plan->device_ = device_;
+    const cudaStream_t st = Native(stream);
+
+    const size_t b_indptr = Align256((batch + 1) * sizeof(int32_t));
+    const size_t b_indices = Align256(std::max<size_t>(1, ps.kv_indices.size()) * sizeof(int32_t));
+    const size_t b_last = Align256(batch * sizeof(int32_t));
+    const size_t b_rope = Align256(batch * sizeof(int32_t));
+    const size_t total = 2 * b_indptr + b_indices + b_last + b_rope;
+    if (auto s = sticky_.Check(cudaMalloc(&plan->block_, total), "plan page table"); !s.ok()) {
+      cudaGetLastError();
+      return s;
+    }
+    char* base = static_cast<char*>(plan->block_);
+    plan->d_indptr = reinterpret_cast<int32_t*>(base);
+    plan->d_qo_indptr = reinterpret_cast<int32_t*>(base + b_indptr);
+    plan->d_indices = reinterpret_cast<int32_t*>(base + 2 * b_indptr);
+    plan->d_last_page_len = reinterpret_cast<int32_t*>(base + 2 * b_indptr + b_indices);
+    plan->d_rope_offsets = reinterpret_cast<int32_t*>(base + 2 * b_indptr + b_indices + b_last);
+    // The sources live in the plan's spec (owned by the plan), so async copies are safe.
+    auto upload = [&](int32_t* dst, const std::vector<int32_t>& src) {
+      if (src.empty()) return cudaSuccess;
+      return cudaMemcpyAsync(dst, src.data(), src.size() * sizeof(int32_t),
+                             cudaMemcpyHostToDevice, st);
+    };
+    for (auto [dst, src] : {std::pair{plan->d_indptr, &ps.kv_indptr},
+                            std::pair{plan->d_qo_indptr, &ps.qo_indptr},
+                            std::pair{plan->d_indices, &ps.kv_indices},
+                            std::pair{plan->d_last_page_len, &ps.kv_last_page_len}}) {
+      if (auto s = sticky_.Check(upload(dst, *src), "plan upload"); !s.ok()) return s;
+    }
+
+    if (ps.kind == AttentionKind::kDecode) {
+      auto work = cuda::PrepareDecode(kv_len, ps.num_qo_heads, ps.num_kv_heads, ps.head_dim,
+                                      ps.page_size, cuda::DecodeScheduleOptions(), st);
+      if (!work.ok()) return sticky_.AfterFailure(work.status());
+      plan->decode = std::move(*work);
+    } else {
+      auto work = cuda::PreparePrefill(ps.qo_indptr, kv_len, ps.num_qo_heads, ps.num_kv_heads,
+                                       ps.head_dim, st);
+      if (!work.ok()) return sticky_.AfterFailure(work.status());
+      plan->prefill = std::move(*work);
+    }
+    return std::unique_ptr<PreparedPlan>(std::move(plan));
+  }
+
+  absl::Status AppendKv(const PreparedPlan& plan, const PagedKV& layer, const void* k,
+                        const void* v, Stream* stream) override {
+    if (auto s = Enter(); !s.ok()) return s;
+    const auto* cp = dynamic_cast<const CudaPlan*>(&plan);
+    if (cp == nullptr) return absl::InvalidArgumentError("append_kv: plan is not a CUDA plan");
+    AppendKvParams p;
+    p.kv = cp->WithPageTable(layer);
+    p.k = k;
+    p.v = v;
+    p.new_indptr = cp->d_qo_indptr;
+    absl::Status s = cuda::LaunchAppendKv(p, Native(stream));
+    return s.ok() ? s : sticky_.AfterFailure(s);
+  }
+
+  absl::Status Attention(const RunArgs& args) override {
+    if (auto s = Enter(); !s.ok()) return s;
+    const auto* cp = dynamic_cast<const CudaPlan*>(args.plan);
+    if (cp == nullptr) return absl::InvalidArgumentError("attention: plan is not a CUDA plan");
+    const PlanSpec& ps = cp->spec();
+    const cudaStream_t st = Native(args.stream);
+    if ((args.k_new == nullptr) != (args.v_new == nullptr)) {
+      return absl::InvalidArgumentError("attention: k_new and v_new must be given together");
+    }
+    if (args.k_new != nullptr) {
+      if (auto s = AppendKv(*cp, args.layer, args.k_new, args.v_new, args.stream); !s.ok()) {
+        return s;
+      }
+    }
+    PagedAttentionParams p;
+    p.kv = cp->WithPageTable(args.layer);
+    p.qo.q = args.q;
+    p.qo.o = args.o;
+    p.qo.lse = args.lse;
+    p.qo.q_dtype = args.q_dtype;
+    p.qo.num_qo_heads = ps.num_qo_heads;
+    p.qo.batch_size = ps.batch_size();
+    p.options = args.options;
+    p.options.rope_offsets = nullptr;
+    if (args.rope_offsets_host != nullptr) {
+      // Pageable source: the copy is staged before cudaMemcpyAsync returns.
+      if (auto s = sticky_.Check(
+              cudaMemcpyAsync(cp->d_rope_offsets, args.rope_offsets_host,
+                              ps.batch_size() * sizeof(int32_t), cudaMemcpyHostToDevice, st),
+              "rope_offsets upload");
+          !s.ok()) {
+        return s;
+      }
+      p.options.rope_offsets = cp->d_rope_offsets;
+    }
+    absl::Status s;
+    if (ps.kind == AttentionKind::kDecode) {
+      p.qo.qo_indptr = nullptr;
+      s = cuda::RunPagedDecode(*cp->decode, p, st);
+    } else {
+      p.qo.qo_indptr = cp->d_qo_indptr;
+      s = cuda::RunPagedPrefill(*cp->prefill, p, st);
+    }
+    return s.ok() ? s : sticky_.AfterFailure(s);
+  }
+
+  absl::Status MergeStates(const MergeStatesParams& params, Stream* stream) override {
+    if (auto s = Enter(); !s.ok()) return s;
+    absl::Status s = cuda::LaunchMergeStates(params, Native(stream));
+    return s.ok() ? s : sticky_.AfterFailure(s);
+  }
+
+  absl::Status Health() const override {
+    sticky_.Probe();
+    return sticky_.Get();
+  }
+
+ private:
+  explicit CudaBackend(int device) : device_(device) {}
+
+  // Every entry point: fail fast after a sticky error; make this thread use our device.
+  absl::Status Enter() {
+    if (absl::Status s = sticky_.Get(); !s.ok()) return s;
+    return sticky_.Check(cudaSetDevice(device_), "cudaSetDevice");
+  }
+
+  absl::Status FillInfo() {
+    cudaDeviceProp prop{};
+    ATTND_RETURN_IF_CUDA_ERROR(cudaGetDeviceProperties(&prop, device_), "cudaGetDeviceProperties");
+    size_t free_b = 0, total_b = 0;
+    ATTND_RETURN_IF_CUDA_ERROR(cudaMemGetInfo(&free_b, &total_b), "cudaMemGetInfo");
+    info_.name = "cuda";
+    info_.device = absl::StrCat(prop.name, " (sm_", prop.major, prop.minor, ", ",
+                                prop.multiProcessorCount, " SMs)");
+    info_.device_ordinal = device_;
+    info_.memory_total_bytes = total_b;
+    info_.kv_dtypes = {DType::kFloat16, DType::kBFloat16};
+    info_.q_dtypes = {DType::kFloat16, DType::kBFloat16};
+#ifdef ATTND_CUDA_HD64
+    info_.head_dims.push_back(64);
+#endif
+#ifdef ATTND_CUDA_HD128
+    info_.head_dims.push_back(128);
+#endif
+#ifdef ATTND_CUDA_HD256
+    info_.head_dims.push_back(256);
+#endif
+    info_.page_sizes = {};
+    info_.cuda_ipc = true;
+    return absl::OkStatus();
+  }
+
+  // Size of the allocation containing p from p on, through the driver's cuMemGetAddressRange
+  // (fetched through the runtime, so no link against libcuda).
+  absl::Status AllocationSize(void* p, size_t* bytes) {
+    using GetRange = CUresult (*)(CUdeviceptr*, size_t*, CUdeviceptr);
+    static GetRange fn = [] {
+      void* f = nullptr;
+      cudaDriverEntryPointQueryResult q;
+      if (cudaGetDriverEntryPointByVersion("cuMemGetAddressRange", &f, 12000, cudaEnableDefault,
+                                           &q) != cudaSuccess ||
+          q != cudaDriverEntryPointSuccess) {
+        cudaGetLastError();
+        f = nullptr;
+      }
+      return reinterpret_cast<GetRange>(f);
+    }();
+    if (fn == nullptr) return absl::InternalError("cuMemGetAddressRange is not available");
+    CUdeviceptr base = 0;
+    size_t size = 0;
+    const CUresult r = fn(&base, &size, reinterpret_cast<CUdeviceptr>(p));
+    if (r != CUDA_SUCCESS) {
+      return absl::InternalError(absl::StrCat("cuMemGetAddressRange failed (", r, ")"));
+    }
+    *bytes = size - (reinterpret_cast<CUdeviceptr>(p) - base);
+    return absl::OkStatus();
+  }
+
+  int device_;
+  BackendInfo info_;
+  mutable StickyError sticky_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const CudaBackendOptions& options) {
+  return CudaBackend::Create(options);
+}
+
+}  // namespace attnd::kernels

@@ -1,0 +1,286 @@
+// GPU test of the batch decode kernel (PrepareDecode + RunPagedDecode) against the CPU reference
+// (attnd::kernels::cpu::PagedAttention) over awkward sizes: kv_len 1..33000, page sizes 1/16/64,
+// GQA 1/3/4/8/16, batch 1..256, head_dim 64/128/256, fp16/bf16, RoPE (with offsets), soft cap,
+// sliding window, custom sm_scale, LSE, forced and automatic split-KV. Pages are in random order,
+// outputs are poisoned (NaN) before each run; NaN or unwritten elements never pass.
+//   decode_test [--small] [--verbose] [--seed=N]
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "attnd/kernels/cpu_reference.h"
+#include "attnd/kernels/cuda_launch.h"
+#include "gpu_test_util.h"
+
+namespace attnd::gpu_test {
+namespace {
+
+using attnd::kernels::AttentionOptions;
+using attnd::kernels::PagedAttentionParams;
+using attnd::kernels::PosEncoding;
+namespace kcuda = attnd::kernels::cuda;
+
+struct DecodeCase {
+  std::vector<int32_t> kv_len;
+  int32_t page_size = 16;
+  int32_t num_kv_heads = 2;
+  int32_t group = 1;
+  int32_t head_dim = 128;
+  DType dtype = DType::kFloat16;
+  AttentionOptions options;
+  bool rope_offsets = false;
+  bool lse = true;
+  int32_t fixed_chunk = 0;   // > 0 forces split-KV with this chunk size
+  bool allow_split = true;
+};
+
+std::string Describe(const DecodeCase& c) {
+  int32_t lo = c.kv_len[0], hi = c.kv_len[0];
+  for (int32_t l : c.kv_len) lo = std::min(lo, l), hi = std::max(hi, l);
+  std::string s = absl::StrCat(c.dtype == DType::kFloat16 ? "f16" : "bf16", " D", c.head_dim,
+                               " B", c.kv_len.size(), " kv", lo);
+  if (hi != lo) absl::StrAppend(&s, "-", hi);
+  absl::StrAppend(&s, " ps", c.page_size, " Hkv", c.num_kv_heads, " g", c.group);
+  if (c.options.pos_encoding == PosEncoding::kRopeLlama) {
+    absl::StrAppend(&s, c.rope_offsets ? " rope+off" : " rope");
+  }
+  if (c.options.logits_soft_cap > 0) absl::StrAppend(&s, " cap", c.options.logits_soft_cap);
+  if (c.options.window_left >= 0) absl::StrAppend(&s, " win", c.options.window_left);
+  if (c.options.sm_scale != 0) absl::StrAppend(&s, " scale", c.options.sm_scale);
+  if (c.fixed_chunk > 0) absl::StrAppend(&s, " chunk", c.fixed_chunk);
+  if (!c.allow_split) absl::StrAppend(&s, " nosplit");
+  return s;
+}
+
+void RunCase(const DecodeCase& c, Rng& rng, ResultTable& table) {
+  const int32_t batch = static_cast<int32_t>(c.kv_len.size());
+  const int32_t hq = c.num_kv_heads * c.group;
+  const int32_t d = c.head_dim;
+  HostPagedCache cache =
+      MakeRandomPagedCache(rng, c.kv_len, c.page_size, c.num_kv_heads, d, c.dtype);
+  std::vector<float> q = rng.NormalVector(static_cast<size_t>(batch) * hq * d);
+  RoundTo(q, c.dtype);
+  std::vector<int32_t> offsets(batch);
+  for (int32_t& o : offsets) o = c.rope_offsets ? rng.Int(0, 5000) : 0;
+
+  // CPU reference (float32 storage of the rounded values, float32 output).
+  std::vector<float> ref_o(q.size()), ref_lse(static_cast<size_t>(batch) * hq);
+  {
+    PagedAttentionParams p;
+    p.kv = cache.HostView();
+    p.qo.q = q.data();
+    p.qo.o = ref_o.data();
+    p.qo.lse = ref_lse.data();
+    p.qo.q_dtype = DType::kFloat32;
+    p.qo.num_qo_heads = hq;
+    p.qo.batch_size = batch;
+    p.options = c.options;
+    p.options.rope_offsets = c.rope_offsets ? offsets.data() : nullptr;
+    GT_STATUS_CHECK(attnd::kernels::cpu::PagedAttention(p));
+  }
+
+  // GPU.
+  DevicePagedCache dcache(cache);
+  DeviceBuffer dq = DeviceBuffer::From(EncodeAs(q, c.dtype));
+  DeviceBuffer doff = DeviceBuffer::From(offsets);
+  DeviceBuffer dout(q.size() * ElemSize(c.dtype));
+  DeviceBuffer dlse(ref_lse.size() * sizeof(float));
+  dout.Poison();
+  dlse.Poison();
+
+  kcuda::DecodeScheduleOptions sched;
+  sched.fixed_chunk_tokens = c.fixed_chunk;
+  sched.allow_split = c.allow_split;
+  auto work = kcuda::PrepareDecode(c.kv_len, hq, c.num_kv_heads, d, c.page_size, sched, nullptr);
+  GT_STATUS_CHECK(work.status());
+  const auto info = kcuda::GetDecodeScheduleInfo(**work);
+
+  PagedAttentionParams p;
+  p.kv = dcache.view;
+  p.qo.q = dq.get();
+  p.qo.o = dout.get();
+  p.qo.lse = c.lse ? dlse.as<float>() : nullptr;
+  p.qo.q_dtype = c.dtype;
+  p.qo.num_qo_heads = hq;
+  p.qo.batch_size = batch;
+  p.options = c.options;
+  p.options.rope_offsets = c.rope_offsets ? doff.as<int32_t>() : nullptr;
+  GT_STATUS_CHECK(kcuda::RunPagedDecode(**work, p, nullptr));
+  GT_CUDA_CHECK(cudaDeviceSynchronize());
+
+  std::string name = Describe(c);
+  absl::StrAppend(&name, info.split ? absl::StrCat(" [split ", info.num_chunks, "]") : "");
+  const double tol = DefaultTolerance(c.dtype);
+  std::vector<uint8_t> raw = dout.Download();
+  std::vector<uint8_t> unwritten = UnwrittenMask(raw, c.dtype);
+  table.Add(name + " o", Compare(DecodeFrom(raw, c.dtype), ref_o, &unwritten), tol);
+  if (c.lse) {
+    std::vector<uint8_t> lraw = dlse.Download();
+    std::vector<uint8_t> lunw = UnwrittenMask(lraw, DType::kFloat32);
+    const double lse_tol = c.options.pos_encoding == PosEncoding::kRopeLlama
+                               ? (c.dtype == DType::kBFloat16 ? 2e-3 : 5e-4)
+                               : 1e-5;
+    table.Add(name + " lse", Compare(DecodeFrom(lraw, DType::kFloat32), ref_lse, &lunw), lse_tol);
+  } else {
+    // lse == null must leave the buffer alone.
+    std::vector<uint8_t> lraw = dlse.Download();
+    bool untouched = true;
+    for (uint8_t x : lraw) untouched = untouched && x == 0xFF;
+    table.AddCheck(name + " lse untouched", untouched, untouched ? "ok" : "lse written");
+  }
+}
+
+std::vector<int32_t> Lengths(int32_t batch, int32_t len) { return std::vector<int32_t>(batch, len); }
+
+std::vector<int32_t> RandomLengths(Rng& rng, int32_t batch, int32_t lo, int32_t hi) {
+  std::vector<int32_t> v(batch);
+  for (int32_t& x : v) x = rng.Int(lo, hi);
+  return v;
+}
+
+AttentionOptions Rope(float theta = 1e4f, float scale = 1.f) {
+  AttentionOptions o;
+  o.pos_encoding = PosEncoding::kRopeLlama;
+  o.rope_theta = theta;
+  o.rope_scale = scale;
+  return o;
+}
+
+std::vector<DecodeCase> SmallCases() {
+  std::vector<DecodeCase> v;
+  DecodeCase c;
+  c.kv_len = {1, 7, 40};
+  c.page_size = 16;
+  c.group = 4;
+  v.push_back(c);
+  c.fixed_chunk = 16;  // split path + merge
+  c.options = Rope();
+  c.rope_offsets = true;
+  v.push_back(c);
+  c.dtype = DType::kBFloat16;
+  c.head_dim = 64;
+  c.page_size = 1;
+  c.options.logits_soft_cap = 20.f;
+  c.options.window_left = 9;
+  v.push_back(c);
+  return v;
+}
+
+std::vector<DecodeCase> FullCases(Rng& rng) {
+  std::vector<DecodeCase> v;
+  // Lengths x page sizes x GQA, fp16 D128, two KV heads, with LSE.
+  for (int32_t len : {1, 7, 97, 1000, 4096}) {
+    for (int32_t ps : {1, 16, 64}) {
+      for (int32_t g : {1, 4, 8}) {
+        DecodeCase c;
+        c.kv_len = {len, std::max(1, len - 3), len + 1};
+        c.page_size = ps;
+        c.group = g;
+        v.push_back(c);
+      }
+    }
+  }
+  // Head dims x dtypes x options.
+  for (int32_t hd : {64, 128, 256}) {
+    for (DType dt : {DType::kFloat16, DType::kBFloat16}) {
+      for (int variant = 0; variant < 6; ++variant) {
+        DecodeCase c;
+        c.head_dim = hd;
+        c.dtype = dt;
+        c.kv_len = RandomLengths(rng, 5, 1, 700);
+        c.page_size = variant % 2 ? 16 : 7;
+        c.group = variant % 3 == 0 ? 1 : (variant % 3 == 1 ? 4 : 8);
+        switch (variant) {
+          case 0: break;
+          case 1: c.options = Rope(); c.rope_offsets = true; break;
+          case 2: c.options.logits_soft_cap = 30.f; break;
+          case 3: c.options.window_left = 31; break;
+          case 4: c.options = Rope(5e5f, 2.f); c.options.logits_soft_cap = 15.f;
+                  c.options.window_left = 100; c.options.sm_scale = 0.05f; break;
+          case 5: c.lse = false; c.fixed_chunk = 48; c.options.window_left = 0; break;
+        }
+        v.push_back(c);
+      }
+    }
+  }
+  // Split-KV: forced chunk sizes that are not multiples of the stage or page size.
+  for (int32_t chunk : {16, 100, 1024}) {
+    DecodeCase c;
+    c.kv_len = {3000, 1, 250, 1025};
+    c.fixed_chunk = chunk;
+    c.group = 4;
+    c.num_kv_heads = 4;
+    c.options = Rope();
+    v.push_back(c);
+    c.dtype = DType::kBFloat16;
+    c.options.window_left = 700;
+    v.push_back(c);
+  }
+  // Odd GQA groups (tile padding, several tiles per KV head) and MQA.
+  for (int32_t g : {2, 3, 6, 16}) {
+    DecodeCase c;
+    c.kv_len = RandomLengths(rng, 4, 1, 1500);
+    c.group = g;
+    c.num_kv_heads = g == 16 ? 1 : 2;
+    c.options.logits_soft_cap = 50.f;
+    v.push_back(c);
+  }
+  // Large batches (no split) and automatic split of small batches of long sequences.
+  {
+    DecodeCase c;
+    c.kv_len = RandomLengths(rng, 256, 1, 2048);
+    c.group = 4;
+    c.num_kv_heads = 2;
+    v.push_back(c);
+    c.kv_len = RandomLengths(rng, 128, 1, 300);
+    c.dtype = DType::kBFloat16;
+    c.group = 1;
+    c.num_kv_heads = 4;
+    c.page_size = 64;
+    v.push_back(c);
+    c.kv_len = {33000};
+    c.dtype = DType::kFloat16;
+    c.group = 4;
+    c.num_kv_heads = 8;
+    c.page_size = 16;
+    c.options = Rope(5e5f);
+    c.rope_offsets = true;
+    v.push_back(c);
+    c.kv_len = {33000, 4096};
+    c.dtype = DType::kBFloat16;
+    c.group = 8;
+    c.num_kv_heads = 2;
+    c.options = AttentionOptions();
+    c.options.window_left = 20000;
+    c.rope_offsets = false;
+    v.push_back(c);
+    c.kv_len = {33000};
+    c.dtype = DType::kFloat16;
+    c.group = 1;
+    c.num_kv_heads = 4;
+    c.page_size = 64;
+    c.options = AttentionOptions();
+    v.push_back(c);
+    c.allow_split = false;
+    c.kv_len = {33000, 5};
+    v.push_back(c);
+  }
+  return v;
+}
+
+}  // namespace
+}  // namespace attnd::gpu_test
+
+int main(int argc, char** argv) {
+  using namespace attnd::gpu_test;
+  TestFlags flags = ParseFlags(argc, argv);
+  PrintDevice();
+  Rng rng(flags.seed);
+  ResultTable table("decode_test");
+  table.set_verbose(flags.verbose);
+  std::vector<DecodeCase> cases = flags.small ? SmallCases() : FullCases(rng);
+  for (const DecodeCase& c : cases) RunCase(c, rng, table);
+  table.Print(stdout);
+  return table.ExitCode();
+}
