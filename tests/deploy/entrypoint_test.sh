@@ -86,17 +86,17 @@ wait_healthy() {  # until /healthz answers and the socket exists, or 30 s
   done
   return 1
 }
-stop_daemon() {  # SIGTERM; prints the exit status (124 when it outlives the grace period)
+stop_daemon() {  # SIGTERM; sets $status to the exit status (124 when it outlives 30 s)
+  # Not in a $(...) subshell: only this shell can wait for its child.
   kill -TERM "$daemon"
   for _ in $(seq 1 300); do
     kill -0 "$daemon" 2>/dev/null || break
     sleep 0.1
   done
-  if kill -0 "$daemon" 2>/dev/null; then echo 124; return; fi
-  local status=0
+  if kill -0 "$daemon" 2>/dev/null; then status=124; return; fi
+  status=0
   wait "$daemon" || status=$?
   daemon=""
-  echo "$status"
 }
 
 # --- start as the image does -------------------------------------------------------------------
@@ -139,7 +139,7 @@ ok "gRPC health: SERVING"
   fail "docs/operations.md or the alert rules disagree with /metrics"
 ok "docs and alert rules name exactly the metrics of /metrics"
 
-status=$(stop_daemon)
+stop_daemon
 [ "$status" = 0 ] || fail "exit status after SIGTERM: $status (124 = still running after 30 s)"
 [ ! -e "$socket" ] || fail "the socket $socket is left behind after exit"
 grep -q "SIGTERM" "$tmp/attnd.log" || fail "the log does not mention SIGTERM"
@@ -148,7 +148,7 @@ ok "SIGTERM: exit 0, socket removed"
 # --- JSON logs ---------------------------------------------------------------------------------
 start_daemon "$tmp/attnd-json.log" ATTND_LOG_JSON=true
 wait_healthy || { cat "$tmp/attnd-json.log"; fail "attnd with ATTND_LOG_JSON=true did not come up"; }
-status=$(stop_daemon)
+stop_daemon
 [ "$status" = 0 ] || fail "JSON run: exit status $status"
 "$python" - "$tmp/attnd-json.log" <<'EOF' || fail "ATTND_LOG_JSON=true wrote a line that is not a JSON object"
 import json, sys
