@@ -1,0 +1,291 @@
+"""Request building shared by the blocking and asyncio clients (no I/O here).
+
+Tensors of a run are classified once (:class:`TensorPlan`): numpy arrays and CPU torch tensors
+travel inline; CUDA torch tensors travel as buffer slices when the daemon takes CUDA IPC handles
+(else they are copied through the host). The caller resolves the slices (registering allocations
+it has not registered yet), then builds the request and converts the response.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from attnd import tensors as _t
+from attnd.ipc import IpcInfo, cuda_ipc_info, is_cuda_tensor, is_torch_tensor
+from attnd.v1 import attnd_pb2 as pb
+
+_POS_ENCODINGS = {
+    "none": pb.POS_ENCODING_NONE,
+    "rope_llama": pb.POS_ENCODING_ROPE_LLAMA,
+    "rope": pb.POS_ENCODING_ROPE_LLAMA,
+    "llama": pb.POS_ENCODING_ROPE_LLAMA,
+}
+
+
+def pos_encoding_enum(value: Any) -> int:
+    """"none" / "rope_llama" (FlashInfer's "NONE" / "ROPE_LLAMA" too), or the enum value."""
+    if value is None:
+        return pb.POS_ENCODING_NONE
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    key = str(value).lower()
+    if key.startswith("pos_encoding_"):
+        key = key[len("pos_encoding_"):]
+    if key not in _POS_ENCODINGS:
+        raise ValueError(f"unknown pos_encoding {value!r}: use 'none' or 'rope_llama'")
+    return _POS_ENCODINGS[key]
+
+
+def int32_list(name: str, values: Any) -> List[int]:
+    """A plain list of ints from a list / numpy array / torch tensor (CPU or CUDA)."""
+    if values is None:
+        return []
+    if is_torch_tensor(values):
+        values = values.detach().cpu().numpy()
+    arr = np.asarray(values)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional, got shape {arr.shape}")
+    if arr.size and arr.dtype.kind not in "iu":
+        raise ValueError(f"{name} must hold integers, got {arr.dtype}")
+    return [int(x) for x in arr.tolist()]
+
+
+def create_pool_request(name: str, num_layers: int, num_kv_heads: int, head_dim: int,
+                        page_size: int, kv_dtype: Any = "float16", num_pages: Optional[int] = None,
+                        memory_budget_bytes: Optional[int] = None) -> pb.CreatePoolRequest:
+    return pb.CreatePoolRequest(
+        name=name, num_layers=int(num_layers), num_kv_heads=int(num_kv_heads),
+        head_dim=int(head_dim), page_size=int(page_size), kv_dtype=_t.dtype_enum(kv_dtype),
+        num_pages=int(num_pages or 0), memory_budget_bytes=int(memory_budget_bytes or 0),
+        layout=pb.KV_LAYOUT_NHD)
+
+
+def create_plan_request(pool_id: str, kind: int, num_qo_heads: int, kv_indptr: Any,
+                        kv_indices: Any, kv_last_page_len: Any,
+                        qo_indptr: Any = None) -> pb.CreatePlanRequest:
+    return pb.CreatePlanRequest(
+        pool_id=pool_id, kind=kind, num_qo_heads=int(num_qo_heads),
+        kv_indptr=int32_list("kv_indptr", kv_indptr),
+        kv_indices=int32_list("kv_indices", kv_indices),
+        kv_last_page_len=int32_list("kv_last_page_len", kv_last_page_len),
+        qo_indptr=int32_list("qo_indptr", qo_indptr))
+
+
+OPTION_NAMES = ("causal", "sm_scale", "pos_encoding", "rope_theta", "rope_scale", "rope_offsets",
+                "logits_soft_cap", "window_left")
+
+
+def attention_options(causal: bool = False, sm_scale: Optional[float] = None,
+                      pos_encoding: Any = "none", rope_theta: Optional[float] = None,
+                      rope_scale: Optional[float] = None, rope_offsets: Any = None,
+                      logits_soft_cap: Optional[float] = None, window_left: Optional[int] = None,
+                      return_lse: bool = False) -> pb.AttentionOptions:
+    """AttentionOptions; None means the daemon's default (sm_scale 1/sqrt(head_dim), theta 1e4,
+    scale 1, no soft cap, no window). window_left < 0 also means no window."""
+    opts = pb.AttentionOptions(
+        causal=bool(causal), pos_encoding=pos_encoding_enum(pos_encoding),
+        sm_scale=float(sm_scale or 0.0), rope_theta=float(rope_theta or 0.0),
+        rope_scale=float(rope_scale or 0.0), logits_soft_cap=float(logits_soft_cap or 0.0),
+        rope_offsets=int32_list("rope_offsets", rope_offsets), return_lse=bool(return_lse))
+    if window_left is not None and int(window_left) >= 0:
+        opts.window_left = int(window_left)
+        opts.window_left_set = True
+    return opts
+
+
+# --- tensors of one call --------------------------------------------------------------------
+
+def _torch_cpu_to_numpy(t) -> tuple:
+    """(numpy array, wire dtype name) of a CPU torch tensor; bfloat16 as uint16 bits."""
+    import torch
+
+    t = t.detach().contiguous()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(np.uint16), "bfloat16"
+    return t.numpy(), None
+
+
+def _numpy_to_torch(arr: np.ndarray, dtype_enum: int, device=None):
+    import torch
+
+    if dtype_enum == pb.DTYPE_BFLOAT16:
+        out = torch.from_numpy(arr.view(np.int16)).view(torch.bfloat16)
+    else:
+        out = torch.from_numpy(arr)
+    return out.to(device) if device is not None else out
+
+
+class TensorPlan:
+    """The tensors of one Run or AppendKv call and how each travels.
+
+    Args:
+        q: [qo_tokens, num_qo_heads, head_dim] (None for AppendKv).
+        k, v: [qo_tokens, num_kv_heads, head_dim] or None; cast to the pool's kv dtype.
+        out: optional output [qo_tokens, num_qo_heads, head_dim] in q's dtype (CUDA path).
+        lse_out: optional [qo_tokens, num_qo_heads] float32 (CUDA path).
+        kv_dtype: the pool's kv dtype enum.
+        q_dtype: wire dtype of q when it cannot be inferred (uint16 bits -> "bfloat16").
+        zero_copy: send CUDA tensors as buffer slices (True) or through the host (False).
+        ipc_method: see attnd.ipc.cuda_ipc_info.
+    """
+
+    def __init__(self, q: Any, k: Any, v: Any, *, kv_dtype: int, out: Any = None,
+                 lse_out: Any = None, return_lse: bool = False, q_dtype: Any = None,
+                 zero_copy: bool = True, ipc_method: str = "driver"):
+        if (k is None) != (v is None):
+            raise ValueError("pass both k and v, or neither")
+        self.return_lse = return_lse
+        self.kv_dtype = kv_dtype
+        self.ipc_method = ipc_method
+        self.q_is_torch = q is not None and is_torch_tensor(q)
+        self.q_device = q.device if self.q_is_torch else None
+        lead = q if q is not None else k
+        # Zero copy when the leading tensor (q, or k for AppendKv) is on a CUDA device.
+        self.cuda = lead is not None and is_cuda_tensor(lead) and bool(zero_copy)
+        self.q_dtype_enum: Optional[int] = None
+        self._tensors: Dict[str, Any] = {}
+        self.slices: Dict[str, pb.BufferSlice] = {}
+
+        if q is not None:
+            self._tensors["q"] = self._prepare("q", q, q_dtype, cast_to=None)
+        if k is not None:
+            self._tensors["k"] = self._prepare("k", k, None, cast_to=kv_dtype)
+            self._tensors["v"] = self._prepare("v", v, None, cast_to=kv_dtype)
+        if self.cuda and q is not None:
+            import torch
+
+            qt = self._tensors["q"]
+            if out is None:
+                out = torch.empty_like(qt)
+            if return_lse and lse_out is None:
+                lse_out = torch.empty(qt.shape[:2], dtype=torch.float32, device=qt.device)
+            self._tensors["o"] = out
+            if return_lse:
+                self._tensors["lse"] = lse_out
+        elif out is not None or lse_out is not None:
+            raise ValueError("out= and lse_out= are for the CUDA zero-copy path; inline runs return "
+                             "new arrays")
+
+    def _prepare(self, name: str, x: Any, dtype: Any, cast_to: Optional[int]):
+        """Returns the object to send: a CUDA torch tensor (zero copy) or a numpy array."""
+        if is_cuda_tensor(x) and self.cuda:
+            if cast_to is not None and _t.dtype_enum(x.dtype) != cast_to:
+                import torch
+
+                x = x.to(getattr(torch, _t.DTYPE_NAMES[cast_to]))
+            x = x.contiguous()
+            if name == "q":
+                self.q_dtype_enum = _t.dtype_enum(x.dtype)
+            return x
+        if is_torch_tensor(x):
+            x, dtype_from_torch = _torch_cpu_to_numpy(x.detach().cpu())
+            dtype = dtype or dtype_from_torch
+        arr = np.asarray(x)
+        if cast_to is not None:
+            arr = _cast_numpy(arr, dtype, cast_to)
+            enum = cast_to
+        else:
+            enum = _t.array_dtype_enum(arr, dtype)
+        if name == "q":
+            self.q_dtype_enum = enum
+        return (arr, enum)
+
+    def cuda_tensors(self):
+        """(key, tensor) of every tensor that travels as a buffer slice."""
+        return [(n, t) for n, t in self._tensors.items() if is_cuda_tensor(t) and self.cuda]
+
+    def ipc_info(self, tensor) -> IpcInfo:
+        return cuda_ipc_info(tensor, self.ipc_method)
+
+    def set_slice(self, name: str, buffer_id: str, offset_bytes: int) -> None:
+        self.slices[name] = pb.BufferSlice(buffer_id=buffer_id, offset_bytes=int(offset_bytes))
+
+    def wire(self, name: str) -> Optional[pb.Tensor]:
+        x = self._tensors.get(name)
+        if x is None:
+            return None
+        if isinstance(x, tuple):
+            arr, enum = x
+            return _t.numpy_to_tensor(arr, enum)
+        if name not in self.slices:
+            raise RuntimeError(f"internal: no buffer slice for {name}")
+        return pb.Tensor(dtype=_t.dtype_enum(x.dtype), shape=list(x.shape), buffer=self.slices[name])
+
+    def run_request(self, plan_id: str, layer: int, options: pb.AttentionOptions) -> pb.RunRequest:
+        req = pb.RunRequest(plan_id=plan_id, layer=int(layer), options=options)
+        req.q.CopyFrom(self.wire("q"))
+        if "k" in self._tensors:
+            req.k.CopyFrom(self.wire("k"))
+            req.v.CopyFrom(self.wire("v"))
+        if "o" in self._tensors:
+            req.o.CopyFrom(self.wire("o"))
+            if self.return_lse:
+                req.lse.CopyFrom(self.wire("lse"))
+        return req
+
+    def append_request(self, plan_id: str, layer: int) -> pb.AppendKvRequest:
+        req = pb.AppendKvRequest(plan_id=plan_id, layer=int(layer))
+        req.k.CopyFrom(self.wire("k"))
+        req.v.CopyFrom(self.wire("v"))
+        return req
+
+    def before_send(self) -> None:
+        """Makes the CUDA tensors' contents visible to the daemon (their writers finished)."""
+        if self.cuda:
+            import torch
+
+            lead = self._tensors.get("q", self._tensors.get("k"))
+            torch.cuda.current_stream(lead.device).synchronize()
+
+    def outputs(self, resp: pb.RunResponse):
+        """o (and lse when asked): numpy arrays for numpy input, torch tensors for torch input.
+
+        bfloat16 numpy outputs are uint16 bit arrays (see attnd.bfloat16_to_float32)."""
+        if "o" in self._tensors:
+            o = self._tensors["o"]
+            return (o, self._tensors["lse"]) if self.return_lse else o
+        if not resp.HasField("o"):
+            raise RuntimeError("daemon returned no inline output")
+        o = _t.tensor_to_numpy(resp.o)
+        lse = None
+        if self.return_lse:
+            if not resp.HasField("lse"):
+                raise RuntimeError("daemon returned no inline lse although return_lse was set")
+            lse = _t.tensor_to_numpy(resp.lse)
+        if self.q_is_torch:
+            o = _numpy_to_torch(o, resp.o.dtype, self.q_device)
+            if lse is not None:
+                lse = _numpy_to_torch(lse, pb.DTYPE_FLOAT32, self.q_device)
+        return (o, lse) if self.return_lse else o
+
+
+def _cast_numpy(arr: np.ndarray, dtype: Any, target: int) -> np.ndarray:
+    """arr as the pool's kv dtype: floats are converted, bits of the right type pass through."""
+    src = _t.dtype_enum(dtype) if dtype is not None else None
+    if src is None and arr.dtype.name == "bfloat16":
+        src = pb.DTYPE_BFLOAT16
+    if src is None and arr.dtype.kind == "f":
+        src = pb.DTYPE_FLOAT16 if arr.dtype.itemsize == 2 else pb.DTYPE_FLOAT32
+    if src is None:
+        raise ValueError(f"k/v of dtype {arr.dtype}: pass float32/float16 (or bfloat16 bits with dtype)")
+    if src == target:
+        return arr.view(np.uint16) if arr.dtype.name == "bfloat16" else arr
+    if src == pb.DTYPE_BFLOAT16:
+        arr = _t.bfloat16_to_float32(arr)
+    if target == pb.DTYPE_FLOAT32:
+        return arr.astype(np.float32)
+    if target == pb.DTYPE_FLOAT16:
+        return arr.astype(np.float16)
+    if target == pb.DTYPE_BFLOAT16:
+        return _t.float32_to_bfloat16(arr.astype(np.float32))
+    raise ValueError(f"cannot convert k/v to {_t.DTYPE_NAMES.get(target, target)} on the client")
+
+
+def slice_nbytes(tensor) -> int:
+    return int(tensor.numel()) * int(tensor.element_size())
+
+
+def seq(x: Optional[Sequence[int]]) -> List[int]:
+    return [int(v) for v in x] if x is not None else []

@@ -1,0 +1,466 @@
+"""The blocking client: :class:`Client`, and sessions over the stream or over unary calls.
+
+    import attnd, numpy as np
+
+    with attnd.Client("unix:///tmp/attnd.sock") as client:
+        print(client.server_info().backend, client.health())
+        with client.session("engine-0") as sess:            # bidirectional stream (hot path)
+            pool = sess.create_pool("llama", num_layers=2, num_kv_heads=2, head_dim=64,
+                                    page_size=16, kv_dtype="float16", num_pages=256)
+            pages = pool.allocate(4)
+            ...
+
+Everything a session holds (pages, buffers, plans, pool attachments) is released by the daemon when
+the session ends: when the stream closes (or the process dies), or, for a unary session
+(``client.session(stream=False)``), at ``close()`` or when its lease runs out.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import weakref
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import grpc
+
+from attnd import _requests as _rq
+from attnd import _transport as _tr
+from attnd.errors import (AttndError, DeadlineExceeded, Internal, Unavailable, error_from_code,
+                          error_from_rpc)
+from attnd.ipc import BufferCache
+from attnd.v1 import attnd_pb2 as pb
+from attnd.v1 import attnd_pb2_grpc as pb_grpc
+
+__all__ = ["Client", "Session", "StreamSession", "UnarySession"]
+
+_RESPONSE_TYPES = {
+    "open": pb.OpenSessionResponse,
+    "get_server_info": pb.ServerInfo,
+    "create_pool": pb.CreatePoolResponse,
+    "attach_pool": pb.AttachPoolResponse,
+    "describe_pool": pb.DescribePoolResponse,
+    "delete_pool": pb.DeletePoolResponse,
+    "allocate_pages": pb.AllocatePagesResponse,
+    "free_pages": pb.FreePagesResponse,
+    "fork_pages": pb.ForkPagesResponse,
+    "register_buffer": pb.RegisterBufferResponse,
+    "unregister_buffer": pb.UnregisterBufferResponse,
+    "create_plan": pb.CreatePlanResponse,
+    "delete_plan": pb.DeletePlanResponse,
+    "append_kv": pb.AppendKvResponse,
+    "run": pb.RunResponse,
+}
+
+
+class Client:
+    """A connection to one attnd daemon.
+
+    Args:
+        target: "unix:///path/to.sock" (default ``$ATTND_TARGET`` or unix:///tmp/attnd.sock), a
+            bare socket path, or "host:port".
+        token: bearer token, sent as ``authorization: Bearer <token>`` on every call (TCP).
+        timeout: default deadline of each call or stream command, seconds (None = no deadline).
+        retries: extra attempts for calls that fail with UNAVAILABLE (daemon not up yet,
+            restarting); nothing else is retried. Session-bound commands are not retried once
+            the session exists (a restarted daemon no longer knows the session).
+        backoff, max_backoff: first and largest wait between attempts, seconds (doubling, jittered).
+        credentials: ``grpc.ssl_channel_credentials(...)`` for TLS; None = plaintext.
+        device_map: client CUDA ordinal -> daemon CUDA ordinal, for CUDA IPC registration when the
+            two processes see different CUDA_VISIBLE_DEVICES (default: identity).
+        options: extra grpc channel options.
+    """
+
+    def __init__(self, target: Optional[str] = None, *, token: Optional[str] = None,
+                 timeout: Optional[float] = 30.0, retries: int = 5, backoff: float = 0.1,
+                 max_backoff: float = 2.0, credentials: Optional[grpc.ChannelCredentials] = None,
+                 device_map: Optional[Dict[int, int]] = None,
+                 options: Sequence[Tuple[str, Any]] = ()):
+        self.target = _tr.normalize_target(target)
+        self.token = token
+        self.timeout = timeout
+        self.retry = _tr.RetryPolicy(retries, backoff, max_backoff)
+        self.device_map = dict(device_map or {})
+        opts = _tr.channel_options(options)
+        if credentials is not None:
+            self._channel = grpc.secure_channel(self.target, credentials, options=opts)
+        else:
+            self._channel = grpc.insecure_channel(self.target, options=opts)
+        self._stub = pb_grpc.AttndStub(self._channel)
+        self._health = self._channel.unary_unary(_tr.HEALTH_CHECK_METHOD)
+        self._sessions: "weakref.WeakSet[Session]" = weakref.WeakSet()
+        self._closed = False
+
+    # -- plumbing ------------------------------------------------------------------------------
+    def _metadata(self, session_id: Optional[str] = None):
+        return _tr.call_metadata(self.token, session_id)
+
+    def _with_retry(self, method: str, fn, *args, **kwargs):
+        attempt = 0
+        while True:
+            try:
+                return fn(*args, **kwargs)
+            except grpc.RpcError as e:
+                if self.retry.retryable(e.code()) and attempt < self.retry.retries:
+                    time.sleep(self.retry.delay(attempt))
+                    attempt += 1
+                    continue
+                raise error_from_rpc(e, method) from None
+            except Unavailable:
+                if attempt < self.retry.retries:
+                    time.sleep(self.retry.delay(attempt))
+                    attempt += 1
+                    continue
+                raise
+
+    def unary(self, method: str, request, *, session_id: Optional[str] = None,
+              timeout: Optional[float] = None, retry: bool = True):
+        """Calls the unary RPC ``method`` (e.g. "CreatePool") and returns its response message.
+
+        Raises an :class:`attnd.AttndError` subclass on failure; UNAVAILABLE is retried (when
+        ``retry``) with backoff."""
+        fn = getattr(self._stub, method)
+        md = self._metadata(session_id)
+        t = self.timeout if timeout is None else timeout
+        if not retry:
+            try:
+                return fn(request, timeout=t, metadata=md)
+            except grpc.RpcError as e:
+                raise error_from_rpc(e, method) from None
+        return self._with_retry(method, fn, request, timeout=t, metadata=md)
+
+    # -- API -------------------------------------------------------------------------------------
+    def server_info(self) -> pb.ServerInfo:
+        """The daemon's ServerInfo: version, backend, device, memory, supported dtypes/head dims/
+        page sizes, whether RegisterBuffer takes CUDA IPC handles, largest message."""
+        return self.unary("GetServerInfo", pb.GetServerInfoRequest())
+
+    def health(self, service: str = "") -> str:
+        """grpc.health.v1 Check: "SERVING", "NOT_SERVING", "UNKNOWN" or "SERVICE_UNKNOWN".
+
+        ``service`` "" is the daemon as a whole; "attnd.v1.Attnd" the API service."""
+        req = _tr.encode_health_request(service)
+        data = self._with_retry("Health/Check", self._health, req, timeout=self.timeout,
+                                metadata=self._metadata())
+        return _tr.decode_health_response(data)
+
+    def session(self, name: str = "python", *, stream: bool = True, lease_ms: int = 0,
+                timeout: Optional[float] = None) -> "Session":
+        """Opens a session.
+
+        Args:
+            name: shown in the daemon's logs.
+            stream: True (default): bound to a bidirectional Session stream, commands in order
+                with little per-call overhead, released when the stream closes. False: unary
+                calls with the ``x-attnd-session`` header, released by close() or after
+                ``lease_ms`` without a call.
+            lease_ms: unary sessions only; 0 = the daemon's --session_lease_ms.
+            timeout: per-command deadline, seconds (default: the client's).
+        """
+        if self._closed:
+            raise Unavailable("client is closed")
+        t = self.timeout if timeout is None else timeout
+        if stream:
+            sess: Session = self._with_retry("Session", StreamSession, self, name, t)
+        else:
+            sess = UnarySession(self, name, lease_ms, t)
+        self._sessions.add(sess)
+        return sess
+
+    def close(self) -> None:
+        """Closes every session opened through this client, then the channel."""
+        if self._closed:
+            return
+        self._closed = True
+        for sess in list(self._sessions):
+            try:
+                sess.close()
+            except AttndError:
+                pass
+        self._channel.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"attnd.Client({self.target!r})"
+
+
+class Session:
+    """Commands in one daemon session (base of StreamSession and UnarySession).
+
+    The low-level methods take and return the wire messages' fields; :class:`attnd.Pool` and the
+    wrappers (:class:`attnd.BatchDecodeWrapper`, :class:`attnd.BatchPrefillWrapper`) build on them.
+    """
+
+    id: str = ""
+
+    def __init__(self, client: Client, timeout: Optional[float]):
+        self.client = client
+        self.timeout = timeout
+        self.buffers = BufferCache()
+        self._info: Optional[pb.ServerInfo] = None
+        self._closed = False
+
+    # Implemented by the subclasses: one command, its response message, or an AttndError.
+    def call(self, command: str, request, timeout: Optional[float] = None):
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- server -------------------------------------------------------------------------------
+    def server_info(self) -> pb.ServerInfo:
+        """ServerInfo, fetched once per session."""
+        if self._info is None:
+            self._info = self.call("get_server_info", pb.GetServerInfoRequest())
+        return self._info
+
+    @property
+    def cuda_ipc(self) -> bool:
+        """Whether the daemon takes CUDA IPC handles (zero-copy torch CUDA tensors)."""
+        return bool(self.server_info().cuda_ipc)
+
+    # -- pools and pages ----------------------------------------------------------------------
+    def create_pool(self, name: str, num_layers: int, num_kv_heads: int, head_dim: int,
+                    page_size: int, kv_dtype: Any = "float16", num_pages: Optional[int] = None,
+                    memory_budget_bytes: Optional[int] = None) -> "Pool":
+        """Creates a KV-cache pool and attaches this session to it.
+
+        The pool holds, per layer, [num_pages][2][page_size][num_kv_heads][head_dim] of kv_dtype
+        (K at index 0). Size it with exactly one of num_pages or memory_budget_bytes.
+        """
+        from attnd.pool import Pool
+
+        req = _rq.create_pool_request(name, num_layers, num_kv_heads, head_dim, page_size,
+                                      kv_dtype, num_pages, memory_budget_bytes)
+        return Pool(self, self.call("create_pool", req).pool)
+
+    def attach_pool(self, name: str) -> "Pool":
+        """Attaches to a pool another session created (by its name)."""
+        from attnd.pool import Pool
+
+        return Pool(self, self.call("attach_pool", pb.AttachPoolRequest(name=name)).pool)
+
+    def describe_pool(self, pool_id: str) -> pb.PoolInfo:
+        return self.call("describe_pool", pb.DescribePoolRequest(pool_id=pool_id)).pool
+
+    def delete_pool(self, pool_id: str) -> None:
+        """Detaches this session from the pool (memory is freed with the last session)."""
+        self.call("delete_pool", pb.DeletePoolRequest(pool_id=pool_id))
+
+    def allocate_pages(self, pool_id: str, count: int) -> Tuple[List[int], int]:
+        """Allocates ``count`` pages (all or nothing); returns (page ids, pages still free)."""
+        r = self.call("allocate_pages", pb.AllocatePagesRequest(pool_id=pool_id, count=int(count)))
+        return list(r.page_ids), int(r.free_pages)
+
+    def free_pages(self, pool_id: str, page_ids: Sequence[int]) -> int:
+        """Drops one reference per listed page; returns the pool's free page count."""
+        r = self.call("free_pages", pb.FreePagesRequest(
+            pool_id=pool_id, page_ids=_rq.int32_list("page_ids", page_ids)))
+        return int(r.free_pages)
+
+    def fork_pages(self, pool_id: str, page_ids: Sequence[int],
+                   target_session_id: str = "") -> List[int]:
+        """Adds one reference per listed page (to ``target_session_id`` if given); returns the
+        new reference counts."""
+        r = self.call("fork_pages", pb.ForkPagesRequest(
+            pool_id=pool_id, page_ids=_rq.int32_list("page_ids", page_ids),
+            target_session_id=target_session_id or ""))
+        return list(r.refcounts)
+
+    # -- buffers ------------------------------------------------------------------------------
+    def register_buffer(self, size_bytes: int, *, cuda_ipc_handle: Optional[bytes] = None,
+                        device: int = 0, shared_memory_name: Optional[str] = None) -> str:
+        """Registers client memory the daemon may read and write: a CUDA allocation by its IPC
+        handle (64 bytes) and device, or a POSIX shared memory object by name. Returns its id."""
+        req = pb.RegisterBufferRequest(size_bytes=int(size_bytes))
+        if cuda_ipc_handle is not None:
+            req.cuda_ipc.ipc_handle = bytes(cuda_ipc_handle)
+            req.cuda_ipc.device = int(device)
+        elif shared_memory_name is not None:
+            req.shared_memory.name = shared_memory_name
+        return self.call("register_buffer", req).buffer_id
+
+    def unregister_buffer(self, buffer_id: str) -> None:
+        self.call("unregister_buffer", pb.UnregisterBufferRequest(buffer_id=buffer_id))
+
+    def register_tensor(self, tensor, ipc_method: str = "driver") -> Tuple[str, int]:
+        """Registers a CUDA torch tensor's allocation once (cached) and returns
+        (buffer_id, offset_bytes) of the tensor in it."""
+        from attnd.ipc import cuda_ipc_info
+
+        info = cuda_ipc_info(tensor, ipc_method)
+        return self._buffer_for(info, _rq.slice_nbytes(tensor)), info.offset_bytes
+
+    def _buffer_for(self, info, nbytes: int) -> str:
+        bid = self.buffers.lookup(info, nbytes)
+        if bid is None:
+            device = self.client.device_map.get(info.device, info.device)
+            bid = self.register_buffer(info.size_bytes, cuda_ipc_handle=info.handle, device=device)
+            self.buffers.remember(info, bid)
+        return bid
+
+    def _resolve_slices(self, tp: "_rq.TensorPlan") -> None:
+        for name, t in tp.cuda_tensors():
+            info = tp.ipc_info(t)
+            tp.set_slice(name, self._buffer_for(info, _rq.slice_nbytes(t)), info.offset_bytes)
+
+    # -- plans and runs -----------------------------------------------------------------------
+    def create_plan(self, pool_id: str, kind: str, num_qo_heads: int, kv_indptr, kv_indices,
+                    kv_last_page_len, qo_indptr=None) -> pb.CreatePlanResponse:
+        """Low level CreatePlan; ``kind`` is "decode" or "prefill". See BatchDecodeWrapper."""
+        k = {"decode": pb.ATTENTION_KIND_DECODE, "prefill": pb.ATTENTION_KIND_PREFILL}[kind]
+        return self.call("create_plan", _rq.create_plan_request(
+            pool_id, k, num_qo_heads, kv_indptr, kv_indices, kv_last_page_len, qo_indptr))
+
+    def delete_plan(self, plan_id: str) -> None:
+        self.call("delete_plan", pb.DeletePlanRequest(plan_id=plan_id))
+
+
+_EOF = object()
+
+
+class StreamSession(Session):
+    """A session bound to one bidirectional ``Session`` stream (the hot path).
+
+    Commands are sent in order and each waits for its answer; a thread reads the stream. If the
+    stream breaks (daemon gone), this and every later command raise :class:`attnd.Unavailable`
+    and the daemon has released everything the session held: open a new session.
+    Thread-safe (commands are serialized).
+    """
+
+    def __init__(self, client: Client, name: str = "python", timeout: Optional[float] = None):
+        super().__init__(client, timeout)
+        self._send: "queue.Queue[Any]" = queue.Queue()
+        self._recv: "queue.Queue[Any]" = queue.Queue()
+        self._lock = threading.Lock()
+        self._next_id = 1
+        self._broken: Optional[AttndError] = None
+
+        def requests():
+            while True:
+                item = self._send.get()
+                if item is None:
+                    return
+                yield item
+
+        self._call = client._stub.Session(requests(), metadata=client._metadata())
+        self._reader = threading.Thread(target=self._read, name="attnd-session-reader", daemon=True)
+        self._reader.start()
+        try:
+            opened = self.call("open", pb.OpenSessionRequest(client_name=name))
+        except BaseException:
+            self._shutdown()
+            raise
+        self.id = opened.session_id
+
+    def _read(self) -> None:
+        try:
+            for resp in self._call:
+                self._recv.put(resp)
+            self._recv.put(_EOF)
+        except grpc.RpcError as e:
+            self._recv.put(e)
+        except Exception as e:  # pragma: no cover - defensive: never leave a caller waiting
+            self._recv.put(Internal(f"session reader failed: {e!r}"))
+
+    def _fail(self, err: AttndError) -> AttndError:
+        if self._broken is None:
+            self._broken = Unavailable(f"session stream is closed ({err})", method=err.method)
+        return err
+
+    def call(self, command: str, request, timeout: Optional[float] = None):
+        """Sends one command (a SessionRequest oneof field name) and returns its result message."""
+        with self._lock:
+            if self._closed:
+                raise Unavailable("session is closed", method=command)
+            if self._broken is not None:
+                raise Unavailable(self._broken.message, method=command)
+            rid = self._next_id
+            self._next_id += 1
+            self._send.put(pb.SessionRequest(request_id=rid, **{command: request}))
+            t = self.timeout if timeout is None else timeout
+            try:
+                item = self._recv.get(timeout=t)
+            except queue.Empty:
+                # The stream's order is lost with an unanswered command: give the stream up.
+                err = self._fail(DeadlineExceeded(f"no answer within {t} s", method=command))
+                self._call.cancel()
+                raise err from None
+            if item is _EOF:
+                raise self._fail(Unavailable("the daemon ended the session stream", method=command))
+            if isinstance(item, grpc.RpcError):
+                raise self._fail(error_from_rpc(item, command)) from None
+            if isinstance(item, AttndError):
+                raise self._fail(item)
+            if item.request_id != rid:
+                raise self._fail(Internal(f"answer for request {item.request_id}, expected {rid}",
+                                          method=command))
+            if item.code != 0:
+                raise error_from_code(item.code, item.message, command)
+            if item.WhichOneof("result") == command:
+                return getattr(item, command)
+            return _RESPONSE_TYPES[command]()
+
+    def _shutdown(self) -> None:
+        self._send.put(None)  # half-close: the daemon ends the stream and releases the session
+        self._reader.join(timeout=5)
+        if self._reader.is_alive():
+            self._call.cancel()
+
+    def close(self) -> None:
+        """Ends the stream; the daemon releases the session's pages, buffers and plans."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._shutdown()
+
+    def __repr__(self) -> str:
+        return f"attnd.StreamSession(id={self.id!r})"
+
+
+class UnarySession(Session):
+    """A session over unary calls (``x-attnd-session`` header); the fallback when streams are not
+    an option (e.g. through proxies). Released by close() or after ``lease_ms`` without a call."""
+
+    def __init__(self, client: Client, name: str = "python", lease_ms: int = 0,
+                 timeout: Optional[float] = None):
+        super().__init__(client, timeout)
+        r = client.unary("OpenSession", pb.OpenSessionRequest(client_name=name,
+                                                              lease_ms=int(lease_ms)),
+                         timeout=timeout)
+        self.id = r.session_id
+        self.lease_ms = int(r.lease_ms)
+
+    def call(self, command: str, request, timeout: Optional[float] = None):
+        if self._closed:
+            raise Unavailable("session is closed", method=command)
+        method = _tr.UNARY_METHOD[command]
+        return self.client.unary(method, request, session_id=self.id,
+                                 timeout=self.timeout if timeout is None else timeout)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.client.unary("CloseSession", pb.CloseSessionRequest(), session_id=self.id,
+                          timeout=self.timeout, retry=False)
+
+    def __repr__(self) -> str:
+        return f"attnd.UnarySession(id={self.id!r})"

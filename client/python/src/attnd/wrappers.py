@@ -1,0 +1,242 @@
+"""FlashInfer-style batch attention wrappers: ``plan()`` once per batch, ``run()`` once per layer.
+
+Decode (one query token per request):
+
+    wrapper = attnd.BatchDecodeWrapper(pool)
+    wrapper.plan(kv_indptr, kv_indices, kv_last_page_len, num_qo_heads=32)
+    for layer in range(num_layers):
+        o = wrapper.run(q, layer, k=k_new, v=v_new)   # appends k/v, then attends
+        # q: [batch, num_qo_heads, head_dim]; k_new, v_new: [batch, num_kv_heads, head_dim]
+        # o: [batch, num_qo_heads, head_dim] in q's dtype
+
+Prefill / append (qo_len tokens per request, the last qo_len tokens of each sequence):
+
+    wrapper = attnd.BatchPrefillWrapper(pool)
+    wrapper.plan(kv_indptr, kv_indices, kv_last_page_len, qo_indptr, num_qo_heads=32, causal=True)
+    o, lse = wrapper.run(q, layer, k=k, v=v, return_lse=True)
+    # q: [qo_indptr[-1], num_qo_heads, head_dim]; lse: [qo_indptr[-1], num_qo_heads] float32
+
+Page table (CSR): request b uses pages kv_indices[kv_indptr[b]:kv_indptr[b+1]] in order and its
+last page holds kv_last_page_len[b] tokens (1..page_size), so kv_len[b] =
+(num_pages_b - 1) * page_size + kv_last_page_len[b]. kv_len counts the tokens appended by this
+step's run(k=, v=) too: plan the lengths *after* the append.
+
+Tensors: numpy arrays (and CPU torch tensors) travel inline; the outputs come back as new arrays
+(torch tensors for torch input; bfloat16 as uint16 bits for numpy). CUDA torch tensors travel
+zero-copy through CUDA IPC when the daemon supports it: their allocations are registered once per
+session, ``out``/``lse_out`` may name preallocated outputs, and run() returns when the daemon has
+written them. k/v are converted to the pool's kv dtype on the client.
+
+Attention options (plan() sets defaults, run() may override any of them):
+    causal (prefill), sm_scale (None = 1/sqrt(head_dim)), pos_encoding ("none" | "rope_llama"),
+    rope_theta (None = 1e4), rope_scale (None = 1), rope_offsets ([batch] ints added to positions),
+    logits_soft_cap (None/0 = off), window_left (None/-1 = no window).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+from attnd import _requests as _rq
+from attnd.errors import AttndError
+from attnd.v1 import attnd_pb2 as pb
+
+__all__ = ["BatchDecodeWrapper", "BatchPrefillWrapper"]
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "<plan default>"
+
+
+UNSET: Any = _Unset()
+
+
+class PlanState:
+    """What the sync and asyncio wrappers share: the plan and the option defaults."""
+
+    kind: str = ""
+
+    def __init__(self, pool, *, zero_copy: Optional[bool] = None, ipc_method: str = "driver"):
+        self.pool = pool
+        self.session = pool.session
+        self.zero_copy = zero_copy
+        self.ipc_method = ipc_method
+        self.plan_id: Optional[str] = None
+        self.batch_size = 0
+        self.qo_tokens = 0
+        self.kv_tokens = 0
+        self.defaults: Dict[str, Any] = dict(
+            causal=False, sm_scale=None, pos_encoding="none", rope_theta=None, rope_scale=None,
+            rope_offsets=None, logits_soft_cap=None, window_left=None)
+
+    def _plan_request(self, kv_indptr, kv_indices, kv_last_page_len, qo_indptr, num_qo_heads,
+                      options: Dict[str, Any]) -> pb.CreatePlanRequest:
+        for k, v in options.items():
+            if v is not UNSET:
+                self.defaults[k] = v
+        kind = pb.ATTENTION_KIND_DECODE if self.kind == "decode" else pb.ATTENTION_KIND_PREFILL
+        return _rq.create_plan_request(self.pool.pool_id, kind, num_qo_heads, kv_indptr,
+                                       kv_indices, kv_last_page_len, qo_indptr)
+
+    def _planned(self, resp: pb.CreatePlanResponse) -> None:
+        self.plan_id = resp.plan_id
+        self.batch_size = int(resp.batch_size)
+        self.qo_tokens = int(resp.qo_tokens)
+        self.kv_tokens = int(resp.kv_tokens)
+
+    def _require_plan(self) -> str:
+        if self.plan_id is None:
+            raise RuntimeError(f"{type(self).__name__}.run() before plan()")
+        return self.plan_id
+
+    def _options(self, overrides: Dict[str, Any], return_lse: bool) -> pb.AttentionOptions:
+        merged = dict(self.defaults)
+        merged.update({k: v for k, v in overrides.items() if v is not UNSET})
+        return _rq.attention_options(return_lse=return_lse, **merged)
+
+    def _tensors(self, q, k, v, out, lse_out, return_lse, q_dtype, cuda_ipc: bool):
+        zero_copy = cuda_ipc if self.zero_copy is None else (self.zero_copy and cuda_ipc)
+        return _rq.TensorPlan(q, k, v, kv_dtype=self.pool.kv_dtype_enum, out=out, lse_out=lse_out,
+                              return_lse=return_lse, q_dtype=q_dtype, zero_copy=zero_copy,
+                              ipc_method=self.ipc_method)
+
+    @staticmethod
+    def _needs_ipc_check(*tensors) -> bool:
+        from attnd.ipc import is_cuda_tensor
+
+        return any(t is not None and is_cuda_tensor(t) for t in tensors)
+
+
+class _SyncWrapper(PlanState):
+    def _create(self, req: pb.CreatePlanRequest) -> None:
+        old = self.plan_id
+        self._planned(self.session.call("create_plan", req))
+        if old is not None:
+            self._delete_quietly(old)
+
+    def _delete_quietly(self, plan_id: str) -> None:
+        try:
+            self.session.delete_plan(plan_id)
+        except AttndError:
+            pass  # the session may be gone; the daemon releases its plans with it
+
+    def run(self, q, layer: int, k=None, v=None, *, out=None, lse_out=None,
+            return_lse: bool = False, q_dtype: Any = None, causal: Any = UNSET,
+            sm_scale: Any = UNSET, pos_encoding: Any = UNSET, rope_theta: Any = UNSET,
+            rope_scale: Any = UNSET, rope_offsets: Any = UNSET, logits_soft_cap: Any = UNSET,
+            window_left: Any = UNSET):
+        """One layer of attention over the planned batch (appending k/v first when given).
+
+        Args:
+            q: [qo_tokens, num_qo_heads, head_dim], float32/float16/bfloat16 (numpy: bfloat16 as
+                uint16 bits with ``q_dtype="bfloat16"``; torch: any of the three).
+            layer: 0 .. pool.num_layers - 1.
+            k, v: optional [qo_tokens, num_kv_heads, head_dim]: the new tokens' keys/values,
+                written to their kv positions before attention (converted to the pool's dtype).
+            out, lse_out: CUDA path only: preallocated o [qo_tokens, num_qo_heads, head_dim]
+                (q's dtype) and lse [qo_tokens, num_qo_heads] float32.
+            return_lse: also return the natural-log LSE of each row's logits.
+            causal, sm_scale, ...: override the plan's attention options for this call.
+
+        Returns:
+            o, or (o, lse) with return_lse.
+        """
+        plan_id = self._require_plan()
+        opts = self._options(dict(causal=causal, sm_scale=sm_scale, pos_encoding=pos_encoding,
+                                  rope_theta=rope_theta, rope_scale=rope_scale,
+                                  rope_offsets=rope_offsets, logits_soft_cap=logits_soft_cap,
+                                  window_left=window_left), return_lse)
+        ipc = self.session.cuda_ipc if self._needs_ipc_check(q, k, v) else False
+        tp = self._tensors(q, k, v, out, lse_out, return_lse, q_dtype, ipc)
+        self.session._resolve_slices(tp)
+        req = tp.run_request(plan_id, layer, opts)
+        tp.before_send()
+        return tp.outputs(self.session.call("run", req))
+
+    def append_kv(self, k, v, layer: int) -> None:
+        """Writes the new tokens' k, v [qo_tokens, num_kv_heads, head_dim] into the planned
+        pages of ``layer`` (row j of request b goes to kv position kv_len[b] - qo_len[b] + i)."""
+        plan_id = self._require_plan()
+        ipc = self.session.cuda_ipc if self._needs_ipc_check(k, v) else False
+        tp = self._tensors(None, k, v, None, None, False, None, ipc)
+        self.session._resolve_slices(tp)
+        req = tp.append_request(plan_id, layer)
+        tp.before_send()
+        self.session.call("append_kv", req)
+
+    def delete(self) -> None:
+        """Deletes the plan (releasing its page references)."""
+        if self.plan_id is not None:
+            plan_id, self.plan_id = self.plan_id, None
+            self._delete_quietly(plan_id)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.delete()
+
+
+class BatchDecodeWrapper(_SyncWrapper):
+    """Batched paged decode: one query token per request, not masked (it is the last token).
+
+    Args:
+        pool: the attnd.Pool whose pages the plans name.
+        zero_copy: None (default) = use CUDA IPC for CUDA tensors when the daemon supports it;
+            False = always copy through the host.
+        ipc_method: "driver" or "torch" (see attnd.ipc).
+    """
+
+    kind = "decode"
+
+    def plan(self, kv_indptr, kv_indices, kv_last_page_len, num_qo_heads: int, *,
+             sm_scale: Any = UNSET, pos_encoding: Any = UNSET, rope_theta: Any = UNSET,
+             rope_scale: Any = UNSET, rope_offsets: Any = UNSET, logits_soft_cap: Any = UNSET,
+             window_left: Any = UNSET) -> "BatchDecodeWrapper":
+        """Plans a decode batch (replacing this wrapper's previous plan).
+
+        Args:
+            kv_indptr: [batch_size + 1] int, kv_indptr[0] = 0.
+            kv_indices: [kv_indptr[-1]] page ids held by this session.
+            kv_last_page_len: [batch_size] int in 1..page_size.
+            num_qo_heads: multiple of the pool's num_kv_heads (GQA).
+            sm_scale ... window_left: attention defaults for run().
+        """
+        self._create(self._plan_request(
+            kv_indptr, kv_indices, kv_last_page_len, None, num_qo_heads,
+            dict(sm_scale=sm_scale, pos_encoding=pos_encoding, rope_theta=rope_theta,
+                 rope_scale=rope_scale, rope_offsets=rope_offsets,
+                 logits_soft_cap=logits_soft_cap, window_left=window_left)))
+        return self
+
+
+class BatchPrefillWrapper(_SyncWrapper):
+    """Batched paged prefill / append: qo_len query tokens per request, which are the last
+    qo_len tokens of its sequence (kv_len >= qo_len; kv_len > qo_len appends to a cached prefix).
+
+    Args: as BatchDecodeWrapper.
+    """
+
+    kind = "prefill"
+
+    def plan(self, kv_indptr, kv_indices, kv_last_page_len, qo_indptr, num_qo_heads: int, *,
+             causal: Any = UNSET, sm_scale: Any = UNSET, pos_encoding: Any = UNSET,
+             rope_theta: Any = UNSET, rope_scale: Any = UNSET, rope_offsets: Any = UNSET,
+             logits_soft_cap: Any = UNSET, window_left: Any = UNSET) -> "BatchPrefillWrapper":
+        """Plans a prefill batch (replacing this wrapper's previous plan).
+
+        Args:
+            kv_indptr, kv_indices, kv_last_page_len: the page table, as for decode.
+            qo_indptr: [batch_size + 1] int: request b's query rows are
+                qo_indptr[b] .. qo_indptr[b+1] of q.
+            num_qo_heads: multiple of the pool's num_kv_heads.
+            causal: query i sees kv positions <= its own (default False, as FlashInfer).
+            sm_scale ... window_left: attention defaults for run().
+        """
+        self._create(self._plan_request(
+            kv_indptr, kv_indices, kv_last_page_len, qo_indptr, num_qo_heads,
+            dict(causal=causal, sm_scale=sm_scale, pos_encoding=pos_encoding,
+                 rope_theta=rope_theta, rope_scale=rope_scale, rope_offsets=rope_offsets,
+                 logits_soft_cap=logits_soft_cap, window_left=window_left)))
+        return self
