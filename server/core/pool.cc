@@ -1,7 +1,5 @@
 #include "server/core/pool.h"
 
-#include <cstring>
-
 #include "absl/strings/str_cat.h"
 #include "server/core/dtype_convert.h"
 
@@ -21,9 +19,8 @@ absl::StatusOr<std::shared_ptr<Pool>> Pool::Create(std::string id, std::string n
                                             " bytes for pool '", name, "', ",
                                             geometry.total_bytes, " requested"));
   }
-  // Host memory is cleared so a new pool never shows another process's old data. (Device
-  // memory from cudaMalloc is not; pages are written by appends before they are read.)
-  if (backend.host_accessible()) std::memset((*memory)->data(), 0, geometry.total_bytes);
+  // Not cleared here: the CPU backend hands out zero-filled anonymous memory that takes physical
+  // memory only when touched, and clearing a large pool would commit all of it up front.
   return std::shared_ptr<Pool>(new Pool(std::move(id), std::move(name), geometry,
                                         *std::move(memory), backend.info().device_ordinal));
 }

@@ -1,0 +1,536 @@
+// Sessions, pools, pages, plans and buffers through Core: lifetimes, isolation between sessions,
+// clean-up, and the status codes of bad requests.
+#include <string>
+#include <vector>
+
+#include "core_test_util.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "server/core/core.h"
+
+namespace attnd::server {
+namespace {
+
+using ::testing::AllOf;
+using ::testing::HasSubstr;
+using testing::Allocate;
+using testing::CreatePool;
+using testing::FreePagesOf;
+using testing::MakeCore;
+using testing::Open;
+using testing::PlanRequest;
+using testing::PoolRequest;
+using testing::PoolSpec;
+
+#define EXPECT_STATUS(expr, code_, ...)                                  \
+  do {                                                                   \
+    const absl::Status _s = (expr);                                      \
+    EXPECT_EQ(_s.code(), absl::StatusCode::code_) << _s;                 \
+    EXPECT_THAT(std::string(_s.message()), AllOf(__VA_ARGS__)) << _s;    \
+  } while (0)
+
+v1::Tensor HalfTensor(std::vector<int64_t> shape) {
+  v1::Tensor t;
+  t.set_dtype(v1::DTYPE_FLOAT16);
+  int64_t n = 1;
+  for (int64_t d : shape) {
+    t.add_shape(d);
+    n *= d;
+  }
+  t.set_inline_data(std::string(static_cast<size_t>(n) * 2, '\0'));
+  return t;
+}
+
+TEST(CoreSessionsTest, OpenCloseAndUnknownSessions) {
+  auto core = MakeCore();
+  const std::string a = Open(*core);
+  const std::string b = Open(*core);
+  EXPECT_NE(a, b);
+  EXPECT_GE(a.size(), 32u);  // 128 random bits in hex
+  EXPECT_EQ(core->Stats().sessions, 2);
+
+  ASSERT_TRUE(core->CloseSession(a).ok());
+  EXPECT_EQ(core->Stats().sessions, 1);
+  EXPECT_STATUS(core->CloseSession(a), kNotFound, HasSubstr(a));
+  EXPECT_STATUS(core->CreatePool(a, PoolRequest({})).status(), kNotFound, HasSubstr(a));
+  EXPECT_STATUS(core->CreatePool("s-nonexistent", PoolRequest({})).status(), kNotFound,
+                HasSubstr("s-nonexistent"));
+}
+
+TEST(CoreSessionsTest, LeaseInForceIsReported) {
+  CoreOptions options;
+  options.session_lease = absl::Seconds(7);
+  auto core = MakeCore(options);
+  v1::OpenSessionRequest request;
+  auto leased = core->OpenSession(request, SessionBinding::kLeased);
+  ASSERT_TRUE(leased.ok());
+  EXPECT_EQ(leased->lease_ms(), 7000u);
+  request.set_lease_ms(1234);
+  leased = core->OpenSession(request, SessionBinding::kLeased);
+  EXPECT_EQ(leased->lease_ms(), 1234u);
+}
+
+TEST(CoreSessionsTest, ServerInfoDescribesTheCpuBackend) {
+  auto core = MakeCore();
+  const v1::ServerInfo info = core->GetServerInfo();
+  EXPECT_EQ(info.backend(), "cpu");
+  EXPECT_TRUE(info.shared_memory());
+  EXPECT_FALSE(info.cuda_ipc());
+  EXPECT_EQ(info.memory_total_bytes(), 256ull << 20);
+  EXPECT_EQ(info.memory_free_bytes(), 256ull << 20);
+  EXPECT_THAT(info.head_dims(), ::testing::Contains(64));
+  EXPECT_THAT(info.kv_dtypes(), ::testing::Contains(v1::DTYPE_FLOAT16));
+  EXPECT_TRUE(core->Health().ok());
+}
+
+TEST(CoreSessionsTest, CreatePoolReportsLayoutAndRefusesTakenNames) {
+  auto core = MakeCore();
+  const std::string s = Open(*core);
+  const v1::PoolInfo pool = CreatePool(*core, s);
+  EXPECT_EQ(pool.name(), "pool");
+  EXPECT_EQ(pool.num_pages(), 16);
+  EXPECT_EQ(pool.free_pages(), 16);
+  EXPECT_EQ(pool.attached_sessions(), 1);
+  // [16 pages][2][4 tokens][2 heads][64 dims] fp16 per layer.
+  EXPECT_EQ(pool.head_stride_bytes(), 64u * 2);
+  EXPECT_EQ(pool.token_stride_bytes(), 2u * 64 * 2);
+  EXPECT_EQ(pool.kv_stride_bytes(), 4u * 2 * 64 * 2);
+  EXPECT_EQ(pool.page_stride_bytes(), 2u * 4 * 2 * 64 * 2);
+  EXPECT_EQ(pool.layer_stride_bytes(), 16u * pool.page_stride_bytes());
+  EXPECT_EQ(pool.total_bytes(), 2u * pool.layer_stride_bytes());
+  EXPECT_TRUE(pool.cuda_ipc_handle().empty());
+  EXPECT_EQ(core->Stats().pool_bytes_allocated, pool.total_bytes());
+  EXPECT_EQ(core->GetServerInfo().memory_free_bytes(), (256ull << 20) - pool.total_bytes());
+
+  const std::string other = Open(*core);
+  EXPECT_STATUS(core->CreatePool(other, PoolRequest({})).status(), kAlreadyExists,
+                HasSubstr("pool 'pool' already exists"));
+  auto bad = PoolRequest({});
+  bad.set_name("x y");
+  EXPECT_EQ(core->CreatePool(other, bad).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(CoreSessionsTest, PoolBeyondTheBudgetIsRefusedNamingTheBytes) {
+  CoreOptions options;
+  options.max_pool_bytes = 100000;
+  auto core = MakeCore(options);
+  const std::string s = Open(*core);
+  PoolSpec spec;
+  spec.num_pages = 16;  // 2 layers * 16 pages * 2048 bytes = 65536 bytes
+  CreatePool(*core, s, spec);
+  spec.name = "second";
+  auto second = core->CreatePool(s, PoolRequest(spec));
+  EXPECT_STATUS(second.status(), kResourceExhausted, HasSubstr("'second' needs 65536 bytes"),
+                HasSubstr("only 34464"));
+  // The refused pool took nothing: a smaller one fits.
+  spec.num_pages = 8;
+  EXPECT_TRUE(core->CreatePool(s, PoolRequest(spec)).ok());
+}
+
+TEST(CoreSessionsTest, AttachDescribeAndPoolVisibility) {
+  auto core = MakeCore();
+  const std::string a = Open(*core), b = Open(*core);
+  const v1::PoolInfo pool = CreatePool(*core, a);
+
+  v1::DescribePoolRequest describe;
+  describe.set_pool_id(pool.pool_id());
+  EXPECT_STATUS(core->DescribePool(b, describe).status(), kPermissionDenied,
+                HasSubstr("not attached to pool 'pool'"));
+  describe.set_pool_id("p-unknown");
+  EXPECT_STATUS(core->DescribePool(b, describe).status(), kNotFound, HasSubstr("p-unknown"));
+
+  v1::AttachPoolRequest attach;
+  attach.set_name("nope");
+  EXPECT_STATUS(core->AttachPool(b, attach).status(), kNotFound, HasSubstr("pool 'nope'"));
+  attach.set_name("pool");
+  auto attached = core->AttachPool(b, attach);
+  ASSERT_TRUE(attached.ok()) << attached.status();
+  EXPECT_EQ(attached->pool().pool_id(), pool.pool_id());
+  EXPECT_EQ(attached->pool().attached_sessions(), 2);
+  describe.set_pool_id(pool.pool_id());
+  EXPECT_TRUE(core->DescribePool(b, describe).ok());
+}
+
+TEST(CoreSessionsTest, AllocateFreeAndExhaustion) {
+  auto core = MakeCore();
+  const std::string s = Open(*core);
+  const v1::PoolInfo pool = CreatePool(*core, s);
+  const std::vector<int32_t> pages = Allocate(*core, s, pool.pool_id(), 10);
+  EXPECT_EQ(FreePagesOf(*core, s, pool.pool_id()), 6);
+
+  v1::AllocatePagesRequest too_many;
+  too_many.set_pool_id(pool.pool_id());
+  too_many.set_count(7);
+  EXPECT_STATUS(core->AllocatePages(s, too_many).status(), kResourceExhausted,
+                HasSubstr("pool 'pool' has 6 free pages, 7 requested"));
+  too_many.set_count(0);
+  EXPECT_STATUS(core->AllocatePages(s, too_many).status(), kInvalidArgument, HasSubstr("count=0"));
+  EXPECT_EQ(FreePagesOf(*core, s, pool.pool_id()), 6);
+
+  v1::FreePagesRequest free;
+  free.set_pool_id(pool.pool_id());
+  free.add_page_ids(pages[0]);
+  free.add_page_ids(pages[1]);
+  auto freed = core->FreePages(s, free);
+  ASSERT_TRUE(freed.ok()) << freed.status();
+  EXPECT_EQ(freed->free_pages(), 8);
+  // Freed twice: no longer held.
+  EXPECT_STATUS(core->FreePages(s, free).status(), kPermissionDenied,
+                HasSubstr("page_ids[0]=" + std::to_string(pages[0])),
+                HasSubstr("not held by this session"));
+  free.clear_page_ids();
+  free.add_page_ids(16);
+  EXPECT_STATUS(core->FreePages(s, free).status(), kOutOfRange, HasSubstr("page_ids[0]=16"));
+}
+
+TEST(CoreSessionsTest, ForkSharesPagesWithinAndAcrossSessions) {
+  auto core = MakeCore();
+  const std::string a = Open(*core), b = Open(*core), c = Open(*core);
+  const v1::PoolInfo pool = CreatePool(*core, a);
+  v1::AttachPoolRequest attach;
+  attach.set_name("pool");
+  ASSERT_TRUE(core->AttachPool(b, attach).ok());
+  const std::vector<int32_t> pages = Allocate(*core, a, pool.pool_id(), 2);
+
+  v1::ForkPagesRequest fork;
+  fork.set_pool_id(pool.pool_id());
+  fork.add_page_ids(pages[0]);
+  auto forked = core->ForkPages(a, fork);
+  ASSERT_TRUE(forked.ok()) << forked.status();
+  EXPECT_EQ(forked->refcounts(0), 2);
+
+  fork.set_target_session_id(b);
+  forked = core->ForkPages(a, fork);
+  ASSERT_TRUE(forked.ok()) << forked.status();
+  EXPECT_EQ(forked->refcounts(0), 3);
+
+  // c is not attached: same answer as for a session that does not exist.
+  fork.set_target_session_id(c);
+  EXPECT_STATUS(core->ForkPages(a, fork).status(), kFailedPrecondition,
+                HasSubstr("is not a session attached to pool 'pool'"));
+  // b cannot fork a page it does not hold.
+  fork.clear_target_session_id();
+  fork.set_page_ids(0, pages[1]);
+  EXPECT_STATUS(core->ForkPages(b, fork).status(), kPermissionDenied,
+                HasSubstr("not held by this session"));
+
+  // b's reference keeps page 0 allocated after a closes.
+  ASSERT_TRUE(core->CloseSession(a).ok());
+  EXPECT_EQ(FreePagesOf(*core, b, pool.pool_id()), 15);
+  v1::FreePagesRequest free;
+  free.set_pool_id(pool.pool_id());
+  free.add_page_ids(pages[0]);
+  auto freed = core->FreePages(b, free);
+  ASSERT_TRUE(freed.ok()) << freed.status();
+  EXPECT_EQ(freed->free_pages(), 16);
+}
+
+TEST(CoreSessionsTest, SessionsCannotUseEachOthersPagesPlansOrBuffers) {
+  auto core = MakeCore();
+  const std::string a = Open(*core), b = Open(*core);
+  const v1::PoolInfo pool = CreatePool(*core, a);
+  v1::AttachPoolRequest attach;
+  attach.set_name("pool");
+  ASSERT_TRUE(core->AttachPool(b, attach).ok());
+  const std::vector<int32_t> a_pages = Allocate(*core, a, pool.pool_id(), 2);
+  const std::vector<int32_t> b_pages = Allocate(*core, b, pool.pool_id(), 1);
+
+  // b plans over a's page: refused, naming the index and the page.
+  auto stolen = PlanRequest(pool.pool_id(), v1::ATTENTION_KIND_DECODE, 2, {{b_pages[0], a_pages[1]}},
+                            {1}, {});
+  EXPECT_STATUS(core->CreatePlan(b, stolen).status(), kPermissionDenied,
+                HasSubstr("kv_indices[1]=" + std::to_string(a_pages[1])),
+                HasSubstr("of pool 'pool' is not held by this session"));
+  // b frees a's page: refused, and a's page stays allocated.
+  v1::FreePagesRequest free;
+  free.set_pool_id(pool.pool_id());
+  free.add_page_ids(a_pages[0]);
+  EXPECT_EQ(core->FreePages(b, free).status().code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(FreePagesOf(*core, a, pool.pool_id()), 13);
+
+  // a's plan is invisible to b.
+  auto plan = core->CreatePlan(
+      a, PlanRequest(pool.pool_id(), v1::ATTENTION_KIND_DECODE, 2, {{a_pages[0]}}, {3}, {}));
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  v1::RunRequest run;
+  run.set_plan_id(plan->plan_id());
+  *run.mutable_q() = HalfTensor({1, 2, 64});
+  EXPECT_TRUE(core->Run(a, run).ok());
+  EXPECT_STATUS(core->Run(b, run).status(), kNotFound, HasSubstr("is not a plan of this session"));
+  v1::DeletePlanRequest del;
+  del.set_plan_id(plan->plan_id());
+  EXPECT_EQ(core->DeletePlan(b, del).status().code(), absl::StatusCode::kNotFound);
+  v1::AppendKvRequest append;
+  append.set_plan_id(plan->plan_id());
+  EXPECT_EQ(core->AppendKv(b, append).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(core->DeletePlan(a, del).ok());
+  EXPECT_EQ(core->DeletePlan(a, del).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST(CoreSessionsTest, ClosingASessionReleasesItsPagesAndPlans) {
+  auto core = MakeCore();
+  const std::string a = Open(*core), b = Open(*core);
+  const v1::PoolInfo pool = CreatePool(*core, a);
+  v1::AttachPoolRequest attach;
+  attach.set_name("pool");
+  ASSERT_TRUE(core->AttachPool(b, attach).ok());
+  const std::vector<int32_t> pages = Allocate(*core, a, pool.pool_id(), 5);
+  ASSERT_TRUE(core->CreatePlan(a, PlanRequest(pool.pool_id(), v1::ATTENTION_KIND_DECODE, 2,
+                                              {{pages[0], pages[1]}}, {2}, {}))
+                  .ok());
+  EXPECT_EQ(core->Stats().plans, 1);
+  EXPECT_EQ(FreePagesOf(*core, b, pool.pool_id()), 11);
+  ASSERT_TRUE(core->CloseSession(a).ok());
+  EXPECT_EQ(FreePagesOf(*core, b, pool.pool_id()), 16);
+  EXPECT_EQ(core->Stats().plans, 0);
+  v1::DescribePoolRequest describe;
+  describe.set_pool_id(pool.pool_id());
+  EXPECT_EQ(core->DescribePool(b, describe)->pool().attached_sessions(), 1);
+}
+
+TEST(CoreSessionsTest, LeaseExpiryClosesIdleLeasedSessionsOnly) {
+  CoreOptions options;
+  options.session_lease = absl::Seconds(30);
+  auto core = MakeCore(options);
+  const std::string leased = Open(*core, SessionBinding::kLeased);
+  const std::string stream = Open(*core, SessionBinding::kStream);
+  const v1::PoolInfo pool = CreatePool(*core, stream);
+  v1::AttachPoolRequest attach;
+  attach.set_name("pool");
+  ASSERT_TRUE(core->AttachPool(leased, attach).ok());
+  Allocate(*core, leased, pool.pool_id(), 6);
+  EXPECT_EQ(FreePagesOf(*core, stream, pool.pool_id()), 10);
+
+  // Not yet expired.
+  EXPECT_EQ(core->ExpireIdleSessions(absl::Now() + absl::Seconds(10)), 0);
+  EXPECT_EQ(core->Stats().sessions, 2);
+  // Past the lease: only the leased session goes, and its pages come back.
+  EXPECT_EQ(core->ExpireIdleSessions(absl::Now() + absl::Minutes(5)), 1);
+  EXPECT_EQ(core->Stats().sessions, 1);
+  EXPECT_EQ(FreePagesOf(*core, stream, pool.pool_id()), 16);
+  EXPECT_EQ(core->CreatePool(leased, PoolRequest({})).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST(CoreSessionsTest, CallsRenewTheLease) {
+  CoreOptions options;
+  options.session_lease = absl::Seconds(2);
+  auto core = MakeCore(options);
+  const std::string s = Open(*core, SessionBinding::kLeased);
+  const absl::Time opened = absl::Now();
+  absl::SleepFor(absl::Milliseconds(1500));
+  CreatePool(*core, s);  // renews to now + 2 s
+  // Expired relative to the opening time, but not relative to the renewal.
+  EXPECT_EQ(core->ExpireIdleSessions(opened + absl::Milliseconds(2500)), 0);
+  EXPECT_EQ(core->ExpireIdleSessions(absl::Now() + absl::Seconds(3)), 1);
+}
+
+TEST(CoreSessionsTest, PoolIsFreedWhenItsLastSessionDetaches) {
+  auto core = MakeCore();
+  const std::string a = Open(*core), b = Open(*core);
+  const v1::PoolInfo pool = CreatePool(*core, a);
+  v1::AttachPoolRequest attach;
+  attach.set_name("pool");
+  ASSERT_TRUE(core->AttachPool(b, attach).ok());
+  Allocate(*core, b, pool.pool_id(), 3);
+
+  v1::DeletePoolRequest del;
+  del.set_pool_id(pool.pool_id());
+  ASSERT_TRUE(core->DeletePool(a, del).ok());
+  EXPECT_EQ(core->Stats().pools.size(), 1u);  // b is still attached
+  EXPECT_EQ(core->Stats().pools[0].attached_sessions, 1);
+  EXPECT_EQ(core->DeletePool(a, del).status().code(), absl::StatusCode::kPermissionDenied);
+
+  ASSERT_TRUE(core->CloseSession(b).ok());  // the last session: the pool goes
+  EXPECT_TRUE(core->Stats().pools.empty());
+  EXPECT_EQ(core->Stats().pool_bytes_allocated, 0u);
+  EXPECT_EQ(core->AttachPool(a, attach).status().code(), absl::StatusCode::kNotFound);
+  // The name is free again.
+  EXPECT_TRUE(core->CreatePool(a, PoolRequest({})).ok());
+}
+
+TEST(CoreSessionsTest, PlansPinTheirPages) {
+  auto core = MakeCore();
+  const std::string s = Open(*core);
+  const v1::PoolInfo pool = CreatePool(*core, s);
+  const std::vector<int32_t> pages = Allocate(*core, s, pool.pool_id(), 2);
+  auto plan = core->CreatePlan(
+      s, PlanRequest(pool.pool_id(), v1::ATTENTION_KIND_DECODE, 2, {{pages[0], pages[1]}}, {4}, {}));
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_EQ(plan->batch_size(), 1);
+  EXPECT_EQ(plan->qo_tokens(), 1);
+  EXPECT_EQ(plan->kv_tokens(), 8);
+
+  v1::FreePagesRequest free;
+  free.set_pool_id(pool.pool_id());
+  free.add_page_ids(pages[0]);
+  free.add_page_ids(pages[1]);
+  auto freed = core->FreePages(s, free);
+  ASSERT_TRUE(freed.ok()) << freed.status();
+  EXPECT_EQ(freed->free_pages(), 14);  // pinned by the plan: not reallocatable
+  // The plan still runs over them.
+  v1::RunRequest run;
+  run.set_plan_id(plan->plan_id());
+  *run.mutable_q() = HalfTensor({1, 2, 64});
+  EXPECT_TRUE(core->Run(s, run).ok());
+  // A new plan cannot use them: the session no longer holds them.
+  EXPECT_EQ(core->CreatePlan(s, PlanRequest(pool.pool_id(), v1::ATTENTION_KIND_DECODE, 2,
+                                            {{pages[0]}}, {1}, {}))
+                .status()
+                .code(),
+            absl::StatusCode::kPermissionDenied);
+
+  v1::DeletePlanRequest del;
+  del.set_plan_id(plan->plan_id());
+  ASSERT_TRUE(core->DeletePlan(s, del).ok());
+  EXPECT_EQ(FreePagesOf(*core, s, pool.pool_id()), 16);
+}
+
+TEST(CoreSessionsTest, AppendsIntoSharedPagesAreRefused) {
+  auto core = MakeCore();
+  const std::string a = Open(*core), b = Open(*core);
+  const v1::PoolInfo pool = CreatePool(*core, a);
+  v1::AttachPoolRequest attach;
+  attach.set_name("pool");
+  ASSERT_TRUE(core->AttachPool(b, attach).ok());
+  // Prefix page p0 (full), tail page p1.
+  const std::vector<int32_t> pages = Allocate(*core, a, pool.pool_id(), 2);
+  v1::ForkPagesRequest fork;
+  fork.set_pool_id(pool.pool_id());
+  fork.add_page_ids(pages[0]);
+  fork.set_target_session_id(b);
+  ASSERT_TRUE(core->ForkPages(a, fork).ok());
+
+  // Decode over [p0, p1] writes only p1 (unshared): fine.
+  EXPECT_TRUE(core->CreatePlan(a, PlanRequest(pool.pool_id(), v1::ATTENTION_KIND_DECODE, 2,
+                                              {{pages[0], pages[1]}}, {2}, {}))
+                  .ok());
+  // Prefill of 6 tokens over [p0, p1] writes p0 too, which b shares.
+  EXPECT_STATUS(core->CreatePlan(a, PlanRequest(pool.pool_id(), v1::ATTENTION_KIND_PREFILL, 2,
+                                                {{pages[0], pages[1]}}, {2}, {6}))
+                    .status(),
+                kFailedPrecondition,
+                HasSubstr("page " + std::to_string(pages[0]) + " is shared with another session"));
+  // b's decode whose last page is the shared p0: refused as well.
+  EXPECT_EQ(core->CreatePlan(b, PlanRequest(pool.pool_id(), v1::ATTENTION_KIND_DECODE, 2,
+                                            {{pages[0]}}, {4}, {}))
+                .status()
+                .code(),
+            absl::StatusCode::kFailedPrecondition);
+
+  // A plan made while p1 was unshared cannot append once p1 is shared later.
+  auto plan = core->CreatePlan(a, PlanRequest(pool.pool_id(), v1::ATTENTION_KIND_DECODE, 2,
+                                              {{pages[0], pages[1]}}, {3}, {}));
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  fork.set_page_ids(0, pages[1]);
+  ASSERT_TRUE(core->ForkPages(a, fork).ok());
+  v1::RunRequest run;
+  run.set_plan_id(plan->plan_id());
+  *run.mutable_q() = HalfTensor({1, 2, 64});
+  *run.mutable_k() = HalfTensor({1, 2, 64});
+  *run.mutable_v() = HalfTensor({1, 2, 64});
+  EXPECT_STATUS(core->Run(a, run).status(), kFailedPrecondition,
+                HasSubstr("page " + std::to_string(pages[1]) + " is shared"));
+  // Reading is still fine.
+  run.clear_k();
+  run.clear_v();
+  EXPECT_TRUE(core->Run(a, run).ok());
+}
+
+TEST(CoreSessionsTest, PlanRequestsAreValidatedThroughCore) {
+  auto core = MakeCore();
+  const std::string s = Open(*core);
+  const v1::PoolInfo pool = CreatePool(*core, s);
+  const std::vector<int32_t> pages = Allocate(*core, s, pool.pool_id(), 2);
+  auto request = PlanRequest(pool.pool_id(), v1::ATTENTION_KIND_DECODE, 2, {{pages[0]}}, {5}, {});
+  EXPECT_STATUS(core->CreatePlan(s, request).status(), kInvalidArgument,
+                HasSubstr("kv_last_page_len[0]=5 is outside 1..page_size (4)"));
+  request = PlanRequest(pool.pool_id(), v1::ATTENTION_KIND_DECODE, 2, {{pages[0], 40}}, {1}, {});
+  EXPECT_STATUS(core->CreatePlan(s, request).status(), kOutOfRange, HasSubstr("kv_indices[1]=40"));
+  request.set_pool_id("p-unknown");
+  EXPECT_EQ(core->CreatePlan(s, request).status().code(), absl::StatusCode::kNotFound);
+  // Nothing stayed pinned by the refused plans.
+  EXPECT_EQ(FreePagesOf(*core, s, pool.pool_id()), 14);
+}
+
+TEST(CoreSessionsTest, RunRequestsAreValidatedThroughCore) {
+  auto core = MakeCore();
+  const std::string s = Open(*core);
+  const v1::PoolInfo pool = CreatePool(*core, s);
+  const std::vector<int32_t> pages = Allocate(*core, s, pool.pool_id(), 2);
+  auto plan = core->CreatePlan(s, PlanRequest(pool.pool_id(), v1::ATTENTION_KIND_PREFILL, 4,
+                                              {{pages[0], pages[1]}}, {3}, {5}));
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  v1::RunRequest good;
+  good.set_plan_id(plan->plan_id());
+  *good.mutable_q() = HalfTensor({5, 4, 64});
+  ASSERT_TRUE(core->Run(s, good).ok());
+
+  v1::RunRequest r = good;
+  r.set_layer(2);
+  EXPECT_STATUS(core->Run(s, r).status(), kOutOfRange, HasSubstr("layer=2 is outside 0..1"));
+  r = good;
+  *r.mutable_q() = HalfTensor({5, 4, 32});
+  EXPECT_STATUS(core->Run(s, r).status(), kInvalidArgument,
+                HasSubstr("q.shape=[5,4,32], expected [5,4,64]"));
+  r = good;
+  r.mutable_q()->set_dtype(v1::DTYPE_FLOAT8_E4M3);
+  EXPECT_STATUS(core->Run(s, r).status(), kInvalidArgument, HasSubstr("q.dtype=DTYPE_FLOAT8_E4M3"));
+  r = good;
+  r.clear_q();
+  EXPECT_STATUS(core->Run(s, r).status(), kInvalidArgument, HasSubstr("q has no data"));
+  r = good;
+  *r.mutable_k() = HalfTensor({5, 2, 64});
+  EXPECT_STATUS(core->Run(s, r).status(), kInvalidArgument, HasSubstr("k is set but v is not"));
+  *r.mutable_v() = HalfTensor({4, 2, 64});
+  EXPECT_STATUS(core->Run(s, r).status(), kInvalidArgument,
+                HasSubstr("v.shape=[4,2,64], expected [5,2,64]"));
+  r = good;
+  *r.mutable_o() = HalfTensor({5, 4, 64});
+  EXPECT_STATUS(core->Run(s, r).status(), kInvalidArgument, HasSubstr("o.inline_data is set"));
+  r = good;
+  r.mutable_lse()->mutable_buffer()->set_buffer_id("b-x");
+  EXPECT_STATUS(core->Run(s, r).status(), kInvalidArgument,
+                HasSubstr("lse is set but options.return_lse is false"));
+  r = good;
+  r.mutable_o()->set_dtype(v1::DTYPE_FLOAT16);
+  for (int64_t d : {5, 4, 64}) r.mutable_o()->add_shape(d);
+  r.mutable_o()->mutable_buffer()->set_buffer_id("b-unknown");
+  EXPECT_STATUS(core->Run(s, r).status(), kNotFound,
+                HasSubstr("o.buffer.buffer_id='b-unknown' is not a buffer of this session"));
+  r = good;
+  r.mutable_options()->add_rope_offsets(3);
+  r.mutable_options()->add_rope_offsets(3);
+  EXPECT_STATUS(core->Run(s, r).status(), kInvalidArgument,
+                HasSubstr("options.rope_offsets has 2 entries"));
+  r = good;
+  r.set_plan_id("plan-unknown");
+  EXPECT_EQ(core->Run(s, r).status().code(), absl::StatusCode::kNotFound);
+
+  v1::AppendKvRequest append;
+  append.set_plan_id(plan->plan_id());
+  *append.mutable_k() = HalfTensor({5, 2, 64});
+  EXPECT_STATUS(core->AppendKv(s, append).status(), kInvalidArgument, HasSubstr("v has no data"));
+  *append.mutable_v() = HalfTensor({5, 2, 64});
+  append.set_layer(-1);
+  EXPECT_EQ(core->AppendKv(s, append).status().code(), absl::StatusCode::kOutOfRange);
+  append.set_layer(1);
+  EXPECT_TRUE(core->AppendKv(s, append).ok());
+}
+
+TEST(CoreSessionsTest, CloseAllReleasesEverything) {
+  auto core = MakeCore();
+  const std::string a = Open(*core), b = Open(*core, SessionBinding::kLeased);
+  CreatePool(*core, a);
+  PoolSpec spec;
+  spec.name = "other";
+  CreatePool(*core, b, spec);
+  EXPECT_EQ(core->Stats().pools.size(), 2u);
+  core->CloseAll();
+  const CoreStats stats = core->Stats();
+  EXPECT_EQ(stats.sessions, 0);
+  EXPECT_TRUE(stats.pools.empty());
+  EXPECT_EQ(stats.pool_bytes_allocated, 0u);
+}
+
+}  // namespace
+}  // namespace attnd::server

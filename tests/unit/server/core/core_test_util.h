@@ -1,0 +1,105 @@
+// Helpers shared by the Core tests: a Core over the CPU backend and short-hands for the
+// commands whose setup every test needs.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "attnd/kernels/backend.h"
+#include "gtest/gtest.h"
+#include "server/core/core.h"
+
+namespace attnd::server::testing {
+
+inline std::unique_ptr<Core> MakeCore(CoreOptions options = {}) {
+  auto backend = kernels::CreateCpuBackend(kernels::CpuBackendOptions{.num_threads = 2});
+  EXPECT_TRUE(backend.ok()) << backend.status();
+  if (options.max_pool_bytes == 0) options.max_pool_bytes = 256ull << 20;
+  auto core = Core::Create(options, *std::move(backend));
+  EXPECT_TRUE(core.ok()) << core.status();
+  return *std::move(core);
+}
+
+inline std::string Open(Core& core, SessionBinding binding = SessionBinding::kStream,
+                        const std::string& client = "test", uint32_t lease_ms = 0) {
+  v1::OpenSessionRequest request;
+  request.set_client_name(client);
+  request.set_lease_ms(lease_ms);
+  auto response = core.OpenSession(request, binding);
+  EXPECT_TRUE(response.ok()) << response.status();
+  return response->session_id();
+}
+
+struct PoolSpec {
+  std::string name = "pool";
+  int32_t num_layers = 2;
+  int32_t num_kv_heads = 2;
+  int32_t head_dim = 64;
+  int32_t page_size = 4;
+  v1::DType kv_dtype = v1::DTYPE_FLOAT16;
+  int64_t num_pages = 16;
+};
+
+inline v1::CreatePoolRequest PoolRequest(const PoolSpec& spec) {
+  v1::CreatePoolRequest request;
+  request.set_name(spec.name);
+  request.set_num_layers(spec.num_layers);
+  request.set_num_kv_heads(spec.num_kv_heads);
+  request.set_head_dim(spec.head_dim);
+  request.set_page_size(spec.page_size);
+  request.set_kv_dtype(spec.kv_dtype);
+  request.set_num_pages(spec.num_pages);
+  return request;
+}
+
+inline v1::PoolInfo CreatePool(Core& core, const std::string& session, const PoolSpec& spec = {}) {
+  auto response = core.CreatePool(session, PoolRequest(spec));
+  EXPECT_TRUE(response.ok()) << response.status();
+  return response->pool();
+}
+
+inline std::vector<int32_t> Allocate(Core& core, const std::string& session,
+                                     const std::string& pool_id, int32_t count) {
+  v1::AllocatePagesRequest request;
+  request.set_pool_id(pool_id);
+  request.set_count(count);
+  auto response = core.AllocatePages(session, request);
+  EXPECT_TRUE(response.ok()) << response.status();
+  if (!response.ok()) return {};
+  return {response->page_ids().begin(), response->page_ids().end()};
+}
+
+inline int64_t FreePagesOf(Core& core, const std::string& session, const std::string& pool_id) {
+  v1::DescribePoolRequest request;
+  request.set_pool_id(pool_id);
+  auto response = core.DescribePool(session, request);
+  EXPECT_TRUE(response.ok()) << response.status();
+  return response.ok() ? response->pool().free_pages() : -1;
+}
+
+// A plan over one request per entry of `pages`, with last_page_len and qo_len per request.
+inline v1::CreatePlanRequest PlanRequest(const std::string& pool_id, v1::AttentionKind kind,
+                                         int32_t num_qo_heads,
+                                         const std::vector<std::vector<int32_t>>& pages,
+                                         const std::vector<int32_t>& last_page_len,
+                                         const std::vector<int32_t>& qo_len) {
+  v1::CreatePlanRequest request;
+  request.set_pool_id(pool_id);
+  request.set_kind(kind);
+  request.set_num_qo_heads(num_qo_heads);
+  request.add_kv_indptr(0);
+  for (const auto& p : pages) {
+    for (int32_t page : p) request.add_kv_indices(page);
+    request.add_kv_indptr(request.kv_indices_size());
+  }
+  for (int32_t len : last_page_len) request.add_kv_last_page_len(len);
+  if (!qo_len.empty()) {
+    request.add_qo_indptr(0);
+    for (int32_t len : qo_len) request.add_qo_indptr(request.qo_indptr(request.qo_indptr_size() - 1) + len);
+  }
+  return request;
+}
+
+}  // namespace attnd::server::testing
