@@ -339,3 +339,21 @@ def test_operations_doc_explains_every_flag(daemon_flags):
     docs = (REPO / "docs" / "operations.md").read_text(encoding="utf-8")
     missing = sorted(f for f in daemon_flags if f"`--{f}" not in docs)
     assert not missing, f"docs/operations.md does not explain: {missing}"
+
+
+# --- the image's runtime packages ------------------------------------------------------------------
+
+def test_runtime_packages_of_the_built_daemon_are_runtime_libraries():
+    """deploy/docker/runtime-packages.sh (the image's build stage) on the attnd built here."""
+    binary = os.environ.get("ATTND_BIN", str(REPO / "build" / "bin" / "attnd"))
+    if not os.access(binary, os.X_OK) or shutil.which("dpkg") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{binary} is not built")
+        pytest.skip(f"{binary} is not built or no dpkg")
+    result = subprocess.run([str(REPO / "deploy" / "docker" / "runtime-packages.sh"), binary],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    packages = result.stdout.split()
+    assert not [p for p in packages if p.endswith("-dev")], packages
+    for prefix in ("libgrpc++1", "libprotobuf", "libabsl", "libspdlog"):
+        assert any(p.startswith(prefix) for p in packages), f"no {prefix}* in {packages}"
