@@ -1,0 +1,120 @@
+// Health over gRPC (grpc.health.v1) and HTTP (/healthz, /readyz), Prometheus /metrics that move
+// with requests, and a graceful SIGTERM.
+#include <signal.h>
+#include <sys/wait.h>
+
+#include "daemon_fixture.h"
+
+namespace attnd::testing {
+namespace {
+
+class HealthMetricsTest : public DaemonTest {
+ public:
+  static void SetUpTestSuite() { StartDaemon(DaemonOptions{}); }
+
+ protected:
+  std::vector<MetricSample> Scrape() {
+    auto response = HttpGet(daemon().http_port(), "/metrics");
+    EXPECT_TRUE(response.ok()) << response.status();
+    if (!response.ok()) return {};
+    EXPECT_EQ(response->first, 200);
+    return ParsePrometheusText(response->second);
+  }
+};
+
+TEST_F(HealthMetricsTest, GrpcHealthCheck) {
+  auto overall = client_->CheckHealth("");
+  ATTND_ASSERT_OK(overall);
+  EXPECT_EQ(*overall, client::HealthStatus::kServing);
+  auto service = client_->CheckHealth("attnd.v1.Attnd");
+  ATTND_ASSERT_OK(service);
+  EXPECT_EQ(*service, client::HealthStatus::kServing);
+  EXPECT_TRUE(StatusIs(client_->CheckHealth("no.such.Service"), absl::StatusCode::kNotFound));
+}
+
+TEST_F(HealthMetricsTest, HttpHealthEndpoints) {
+  for (const char* path : {"/healthz", "/readyz"}) {
+    auto response = HttpGet(daemon().http_port(), path);
+    ATTND_ASSERT_OK(response);
+    EXPECT_EQ(response->first, 200) << path << ": " << response->second;
+  }
+  auto missing = HttpGet(daemon().http_port(), "/no-such-page");
+  ATTND_ASSERT_OK(missing);
+  EXPECT_EQ(missing->first, 404);
+}
+
+TEST_F(HealthMetricsTest, MetricsMoveWithRequests) {
+  std::vector<MetricSample> before = Scrape();
+  ASSERT_FALSE(before.empty());
+  EXPECT_GT(SumMetric(before, "attnd_info"), 0.0) << "attnd_info missing";
+
+  auto session = client_->OpenSession("metrics");
+  ATTND_ASSERT_OK(session);
+  ModelShape shape;
+  shape.num_pages = 24;
+  const std::string name = UniqueName("metrics");
+  auto pool = (*session)->CreatePool(MakePoolSpec(shape, name));
+  ATTND_ASSERT_OK(pool);
+  Workload work(session->get(), shape, pool->pool_id(), /*seed=*/4);
+  ATTND_ASSERT_OK(work.Prefill({20}));  // 2 pages
+  ATTND_ASSERT_OK(work.DecodeStep());
+  ATTND_ASSERT_OK((*session)->AllocatePages(pool->pool_id(), 3));
+  // Two refused requests.
+  EXPECT_FALSE((*session)->AllocatePages(pool->pool_id(), 0).ok());
+  EXPECT_FALSE((*session)->DescribePool("no-such-pool").ok());
+
+  std::vector<MetricSample> after = Scrape();
+  auto delta = [&](const std::map<std::string, std::string>& match) {
+    return SumMetric(after, "attnd_requests_total", match) -
+           SumMetric(before, "attnd_requests_total", match);
+  };
+  // Commands counted by method and code (Session-stream commands count under their method).
+  EXPECT_GE(delta({{"method", "CreatePool"}, {"code", "OK"}}), 1);
+  EXPECT_GE(delta({{"method", "AllocatePages"}, {"code", "OK"}}), 2);
+  EXPECT_GE(delta({{"method", "AllocatePages"}, {"code", "INVALID_ARGUMENT"}}), 1);
+  EXPECT_GE(delta({{"method", "DescribePool"}, {"code", "NOT_FOUND"}}), 1);
+  EXPECT_GE(delta({{"method", "Run"}, {"code", "OK"}}), 2 * shape.layers);
+  EXPECT_GE(delta({}), 10);
+  // Latency histogram counts move too.
+  EXPECT_GT(SumMetric(after, "attnd_request_duration_seconds_count", {{"method", "Run"}}),
+            SumMetric(before, "attnd_request_duration_seconds_count", {{"method", "Run"}}));
+
+  // Gauges: this pool's pages (2 + 1 from decode? no: 20+1 tokens fit 2 pages) + 3 used.
+  const int64_t used = static_cast<int64_t>(work.AllPages().size()) + 3;
+  double used_by_id = SumMetric(after, "attnd_pool_pages", {{"pool", pool->pool_id()}, {"state", "used"}});
+  double used_by_name = SumMetric(after, "attnd_pool_pages", {{"pool", name}, {"state", "used"}});
+  EXPECT_EQ(std::max(used_by_id, used_by_name), static_cast<double>(used))
+      << "attnd_pool_pages{pool=<id or name>,state=\"used\"}";
+  double free_by_id = SumMetric(after, "attnd_pool_pages", {{"pool", pool->pool_id()}, {"state", "free"}});
+  double free_by_name = SumMetric(after, "attnd_pool_pages", {{"pool", name}, {"state", "free"}});
+  EXPECT_EQ(std::max(free_by_id, free_by_name), static_cast<double>(shape.num_pages - used));
+  EXPECT_GE(SumMetric(after, "attnd_sessions"), 1.0);
+  EXPECT_GE(SumMetric(after, "attnd_streams_active"), 1.0);
+  EXPECT_GT(SumMetric(after, "attnd_bytes_in_total"), SumMetric(before, "attnd_bytes_in_total"));
+  EXPECT_GT(SumMetric(after, "attnd_bytes_out_total"), SumMetric(before, "attnd_bytes_out_total"));
+
+  // Closing the session drops the session gauge and releases the pool.
+  const double sessions_open = SumMetric(after, "attnd_sessions");
+  ATTND_ASSERT_OK((*session)->Close());
+  absl::SleepFor(absl::Milliseconds(200));
+  std::vector<MetricSample> closed = Scrape();
+  EXPECT_EQ(SumMetric(closed, "attnd_sessions"), sessions_open - 1);
+  EXPECT_EQ(SumMetric(closed, "attnd_pool_pages", {{"pool", pool->pool_id()}}) +
+                SumMetric(closed, "attnd_pool_pages", {{"pool", name}}),
+            0.0);
+}
+
+// Last: SIGTERM drains and exits 0 (this stops the suite's daemon).
+TEST_F(HealthMetricsTest, ZZ_SigtermExitsCleanly) {
+  auto session = client_->OpenSession("open-at-shutdown");
+  ATTND_ASSERT_OK(session);
+  const int status = daemon().Stop(absl::Seconds(15));
+  ASSERT_TRUE(WIFEXITED(status)) << "attnd did not exit by itself on SIGTERM (status " << status
+                                 << ")";
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  // The open session sees its stream end.
+  EXPECT_FALSE((*session)->GetServerInfo().ok());
+}
+
+}  // namespace
+}  // namespace attnd::testing
