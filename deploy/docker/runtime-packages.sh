@@ -19,21 +19,6 @@ is_driver_library() {
   esac
 }
 
-# Prints the package that owns a file, trying the path as given, its real path and its
-# /usr-merged twin (dpkg may know /usr/lib/x/libc.so.6 while ldd prints /lib/x/libc.so.6).
-owning_package() {
-  local path=$1 candidate owner
-  for candidate in "$path" "$(readlink -f "$path")" "/usr${path}" "${path#/usr}"; do
-    if owner=$(dpkg -S "$candidate" 2>/dev/null); then
-      # "libgrpc++1.51t64:amd64: /usr/lib/..." -> "libgrpc++1.51t64"
-      owner=${owner%%: *}
-      echo "${owner%%:*}"
-      return 0
-    fi
-  done
-  return 1
-}
-
 failed=0
 libraries=()
 for binary in "$@"; do
@@ -50,9 +35,36 @@ for binary in "$@"; do
   done < <(ldd "$binary")
 done
 
+# One dpkg -S for all candidates (it is slow per call): for each library the path as ldd prints
+# it, its real path, and its /usr-merged twin (dpkg may know /usr/lib/x/libc.so.6 while ldd says
+# /lib/x/libc.so.6). Output lines: "libgrpc++1.51t64:amd64: /usr/lib/x86_64-linux-gnu/...".
+candidates_of() {
+  printf '%s\n' "$1" "$(readlink -f "$1")" "/usr$1" "${1#/usr}"
+}
+declare -A owner_of=()
+if ((${#libraries[@]})); then
+  mapfile -t candidates < <(for library in "${libraries[@]}"; do candidates_of "$library"; done |
+    sort -u)
+  while IFS= read -r line; do
+    case "$line" in
+      *": /"*) ;;
+      *) continue ;;
+    esac
+    package=${line%%: /*}
+    package=${package%%:*}  # drop the architecture
+    for path in ${line#*: }; do
+      owner_of[$path]=${owner_of[$path]:-$package}
+    done
+  done < <(dpkg -S "${candidates[@]}" 2>/dev/null || true)
+fi
+
 packages=()
 for library in "${libraries[@]}"; do
-  if package=$(owning_package "$library"); then
+  package=""
+  while read -r candidate; do
+    [ -n "${owner_of[$candidate]:-}" ] && { package=${owner_of[$candidate]}; break; }
+  done < <(candidates_of "$library")
+  if [ -n "$package" ]; then
     packages+=("$package")
   else
     echo "runtime-packages: no package owns $library" >&2
