@@ -7,7 +7,9 @@
 // 10, more for short kernels, bounded at ~0.25 s per case). Inputs are random (never zeros).
 // Output: a table, then one JSON object per line (prefix "JSON ").
 //
-// Usage: prefill_bench [--quick]     (--quick: fewer repetitions)
+// Usage: prefill_bench [--quick] [--wide]
+//   --quick: fewer repetitions; --wide: also time the experimental wide tile
+//   (ATTND_PREFILL_TILE=wide, see kernels/cuda/prefill/prefill_params.h).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -104,7 +106,7 @@ double Median(std::vector<float> v) {
   return v[v.size() / 2];
 }
 
-void RunWorkload(const Workload& w, bool quick, std::vector<std::string>& json) {
+void RunWorkload(const Workload& w, bool quick, const char* tile, std::vector<std::string>& json) {
   const int B = w.batch, Hq = kHeads, Hkv = w.num_kv_heads, D = kHeadDim;
   std::vector<int32_t> qo_indptr(B + 1), kv_len(B, w.kv_len), kv_indptr(B + 1), last(B);
   std::vector<int32_t> indices;
@@ -212,15 +214,16 @@ void RunWorkload(const Workload& w, bool quick, std::vector<std::string>& json) 
   BENCH_CHECK(cudaGetLastError());
   const double med = Median(ms);
   const double tflops = flops / (med * 1e-3) / 1e12;
-  std::printf("%-34s %6s %3d %6d %6d %4d/%-3d %10.3f %9.1f\n", w.name.c_str(),
-              w.paged ? "paged" : "ragged", B, w.qo_len, w.kv_len, Hq, Hkv, med * 1e3, tflops);
+  std::printf("%-34s %6s %7s %3d %6d %6d %4d/%-3d %10.3f %9.1f\n", w.name.c_str(),
+              w.paged ? "paged" : "ragged", tile, B, w.qo_len, w.kv_len, Hq, Hkv, med * 1e3,
+              tflops);
   char buf[512];
   std::snprintf(buf, sizeof(buf),
-                "{\"bench\":\"prefill\",\"workload\":\"%s\",\"kv\":\"%s\",\"dtype\":\"bf16\","
+                "{\"bench\":\"prefill\",\"workload\":\"%s\",\"kv\":\"%s\",\"tile\":\"%s\",\"dtype\":\"bf16\","
                 "\"head_dim\":%d,\"causal\":true,\"batch\":%d,\"qo_len\":%d,\"kv_len\":%d,"
                 "\"num_qo_heads\":%d,\"num_kv_heads\":%d,\"page_size\":%d,\"median_us\":%.2f,"
                 "\"tflops\":%.2f,\"reps\":%zu}",
-                w.name.c_str(), w.paged ? "paged" : "ragged", D, B, w.qo_len, w.kv_len, Hq, Hkv,
+                w.name.c_str(), w.paged ? "paged" : "ragged", tile, D, B, w.qo_len, w.kv_len, Hq, Hkv,
                 w.paged ? kPageSize : 0, med * 1e3, tflops, ms.size());
   json.push_back(buf);
   BENCH_CHECK(cudaEventDestroy(e0));
@@ -230,15 +233,18 @@ void RunWorkload(const Workload& w, bool quick, std::vector<std::string>& json) 
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool quick = false;
-  for (int i = 1; i < argc; ++i) quick = quick || std::string(argv[i]) == "--quick";
+  bool quick = false, wide = false;
+  for (int i = 1; i < argc; ++i) {
+    quick = quick || std::string(argv[i]) == "--quick";
+    wide = wide || std::string(argv[i]) == "--wide";
+  }
   int dev = 0;
   BENCH_CHECK(cudaGetDevice(&dev));
   cudaDeviceProp prop{};
   BENCH_CHECK(cudaGetDeviceProperties(&prop, dev));
   std::printf("device: %s (%d SMs)\n", prop.name, prop.multiProcessorCount);
-  std::printf("%-34s %6s %3s %6s %6s %8s %10s %9s\n", "workload", "kv", "B", "qo", "kv_len",
-              "Hq/Hkv", "median_us", "TFLOP/s");
+  std::printf("%-34s %6s %7s %3s %6s %6s %8s %10s %9s\n", "workload", "kv", "tile", "B", "qo",
+              "kv_len", "Hq/Hkv", "median_us", "TFLOP/s");
   std::vector<Workload> ws;
   for (bool paged : {true, false}) {
     for (int hkv : {32, 8}) {
@@ -250,7 +256,13 @@ int main(int argc, char** argv) {
     }
   }
   std::vector<std::string> json;
-  for (const auto& w : ws) RunWorkload(w, quick, json);
+  unsetenv("ATTND_PREFILL_TILE");
+  for (const auto& w : ws) RunWorkload(w, quick, "default", json);
+  if (wide) {
+    setenv("ATTND_PREFILL_TILE", "wide", 1);
+    for (const auto& w : ws) RunWorkload(w, quick, "wide", json);
+    unsetenv("ATTND_PREFILL_TILE");
+  }
   for (const auto& j : json) std::printf("JSON %s\n", j.c_str());
   return 0;
 }

@@ -9,6 +9,7 @@
 // Long cases check a sample of rows: each sampled causal row at position p is recomputed by the
 // reference as a one-row request over the first p+1 keys (same result for a causal row).
 //
+// Also reruns the head_dim 128 cases with the experimental wide tile (ATTND_PREFILL_TILE=wide).
 // Usage: prefill_test [--small] [--verbose] [--seed=N]     (exit status 0 = all passed)
 #include <cuda_runtime.h>
 
@@ -16,6 +17,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -440,7 +442,19 @@ int main(int argc, char** argv) {
   gt::ResultTable table("prefill");
   table.set_verbose(flags.verbose);
   CheckErrors(table);
-  for (const Case& c : BuildCases(rng, flags.small)) RunCase(c, rng, table);
+  const std::vector<Case> cases = BuildCases(rng, flags.small);
+  unsetenv("ATTND_PREFILL_TILE");
+  for (const Case& c : cases) RunCase(c, rng, table);
+  // The experimental wide tile (head_dim 128; see prefill_params.h) on the smaller cases.
+  setenv("ATTND_PREFILL_TILE", "wide", 1);
+  for (Case c : cases) {
+    int64_t keys = 0;
+    for (const auto& l : c.lens) keys += l.second;
+    if (c.head_dim != 128 || c.sample_rows > 0 || keys > 5000) continue;
+    c.name += " [wide]";
+    RunCase(c, rng, table);
+  }
+  unsetenv("ATTND_PREFILL_TILE");
   table.Print(stdout);
   return table.ExitCode();
 }

@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <string_view>
 #include <numeric>
 #include <vector>
 
@@ -92,6 +94,7 @@ class PrefillWork {
   int32_t num_qo_heads_ = 0;
   int32_t num_kv_heads_ = 0;
   int32_t head_dim_ = 0;
+  prefill::TileVariant variant_ = prefill::TileVariant::kDefault;
 };
 
 void PrefillWorkDeleter::operator()(PrefillWork* w) const { delete w; }
@@ -116,7 +119,13 @@ absl::StatusOr<PrefillWorkPtr> PreparePrefill(std::span<const int32_t> qo_indptr
         absl::StrCat("prefill: head_dim ", head_dim, " is not compiled (ATTND_CUDA_HEAD_DIMS)"));
   }
   const int64_t group = num_qo_heads / num_kv_heads;
-  const int64_t cta_rows = prefill::CtaRows(head_dim);
+  // Tile variant (see prefill_params.h); experiments only, the default needs no setting.
+  prefill::TileVariant variant = prefill::TileVariant::kDefault;
+  if (const char* env = std::getenv("ATTND_PREFILL_TILE"); env != nullptr &&
+      std::string_view(env) == "wide" && prefill::IsWide(head_dim, prefill::TileVariant::kWide)) {
+    variant = prefill::TileVariant::kWide;
+  }
+  const int64_t cta_rows = prefill::CtaRows(head_dim, variant);
 
   struct Candidate {
     prefill::PrefillItem item;
@@ -150,6 +159,7 @@ absl::StatusOr<PrefillWorkPtr> PreparePrefill(std::span<const int32_t> qo_indptr
   work->num_qo_heads_ = num_qo_heads;
   work->num_kv_heads_ = num_kv_heads;
   work->head_dim_ = head_dim;
+  work->variant_ = variant;
   work->num_items_ = static_cast<int32_t>(candidates.size());
   if (candidates.empty()) return work;
 
@@ -227,9 +237,10 @@ void FillCommon(const PrefillWork& work, const QueryOutput& qo, const AttentionO
 }
 
 template <bool kPaged>
-cudaError_t Dispatch(int32_t head_dim, DType dtype, const prefill::PrefillParams& p,
-                     cudaStream_t stream) {
+cudaError_t Dispatch(int32_t head_dim, DType dtype, prefill::TileVariant variant,
+                     const prefill::PrefillParams& p, cudaStream_t stream) {
   using prefill::LaunchPrefill;
+  using prefill::TileVariant;
   const bool bf16 = dtype == DType::kBFloat16;
   switch (head_dim) {
 #ifdef ATTND_PREFILL_HD64
@@ -239,6 +250,10 @@ cudaError_t Dispatch(int32_t head_dim, DType dtype, const prefill::PrefillParams
 #endif
 #ifdef ATTND_PREFILL_HD128
     case 128:
+      if (variant == TileVariant::kWide) {
+        return bf16 ? LaunchPrefill<128, __nv_bfloat16, kPaged, TileVariant::kWide>(p, stream)
+                    : LaunchPrefill<128, __half, kPaged, TileVariant::kWide>(p, stream);
+      }
       return bf16 ? LaunchPrefill<128, __nv_bfloat16, kPaged>(p, stream)
                   : LaunchPrefill<128, __half, kPaged>(p, stream);
 #endif
@@ -280,10 +295,15 @@ absl::Status RunPagedPrefill(const PrefillWork& work, const PagedAttentionParams
   p.token_stride = kv.token_stride;
   p.head_stride = kv.head_stride;
   p.page_size = kv.page_size;
+  p.page_shift = -1;
+  if ((kv.page_size & (kv.page_size - 1)) == 0) {
+    p.page_shift = 0;
+    while ((1 << p.page_shift) < kv.page_size) ++p.page_shift;
+  }
   p.kv_indptr = kv.indptr;
   p.kv_indices = kv.indices;
   p.last_page_len = kv.last_page_len;
-  return CudaStatus(Dispatch<true>(kv.head_dim, kv.dtype, p, stream), "paged prefill launch");
+  return CudaStatus(Dispatch<true>(kv.head_dim, kv.dtype, work.variant_, p, stream), "paged prefill launch");
 }
 
 absl::Status RunRaggedPrefill(const PrefillWork& work, const RaggedAttentionParams& params,
@@ -307,7 +327,7 @@ absl::Status RunRaggedPrefill(const PrefillWork& work, const RaggedAttentionPara
   p.token_stride = kv.stride_n;
   p.head_stride = kv.stride_h;
   p.kv_indptr = kv.indptr;
-  return CudaStatus(Dispatch<false>(kv.head_dim, kv.dtype, p, stream), "ragged prefill launch");
+  return CudaStatus(Dispatch<false>(kv.head_dim, kv.dtype, work.variant_, p, stream), "ragged prefill launch");
 }
 
 }  // namespace attnd::kernels::cuda

@@ -23,6 +23,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <climits>
 #include <cstdint>
 #include <type_traits>
 
@@ -30,16 +31,16 @@
 
 namespace attnd::kernels::cuda::prefill {
 
-template <int kHeadDim_, typename T_>
+template <int kHeadDim_, typename T_, TileVariant kVariant = TileVariant::kDefault>
 struct PrefillConfig {
   using T = T_;
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kWarps = prefill::kWarps;
   static constexpr int kThreads = kWarps * 32;
-  static constexpr int kMmaQ = MmaQ(kHeadDim);
+  static constexpr int kMmaQ = MmaQ(kHeadDim, kVariant);
   static constexpr int kWarpRows = 16 * kMmaQ;
-  static constexpr int kCtaRows = CtaRows(kHeadDim);
-  static constexpr int kTileKv = TileKv(kHeadDim);
+  static constexpr int kCtaRows = CtaRows(kHeadDim, kVariant);
+  static constexpr int kTileKv = TileKv(kHeadDim, kVariant);
   static constexpr int kChunks = kHeadDim / 8;  // 16-byte chunks per row
   static constexpr int kStages = prefill::kStages;
   static constexpr int kSmemElems = kCtaRows * kHeadDim + kStages * 2 * kTileKv * kHeadDim;
@@ -268,6 +269,32 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   const T* v_g = static_cast<const T*>(p.v_base);
   const int64_t head_off = static_cast<int64_t>(kv_head) * p.head_stride + ld_chunk * 8;
 
+  // Paged: the page ids of the rows this thread copies are read one tile ahead (into
+  // registers), so the dependent global load of the page table never stalls the copy issue.
+  // page_shift >= 0: page_size is a power of two (shift/mask instead of division).
+  auto page_slot = [&](int pos, int& page_idx, int& slot) {
+    if (p.page_shift >= 0) {
+      page_idx = pos >> p.page_shift;
+      slot = pos & (p.page_size - 1);
+    } else {
+      page_idx = pos / p.page_size;
+      slot = pos - page_idx * p.page_size;
+    }
+  };
+  int next_pages[kPaged ? PASSES : 1];
+  auto fetch_pages = [&](int tile_start) {
+    if constexpr (kPaged) {
+#pragma unroll
+      for (int ps = 0; ps < PASSES; ++ps) {
+        const int pos = tile_start + ld_row0 + ps * ROWS_PER_PASS;
+        int page_idx, slot;
+        page_slot(pos, page_idx, slot);
+        next_pages[ps] = pos < kv_end ? __ldg(p.kv_indices + kv_row_begin + page_idx) : 0;
+      }
+    }
+  };
+  // Issues the copies of one K/V tile (rows at or past kv_end are zero-filled). Paged: uses the
+  // page ids that fetch_pages(tile_start) left in next_pages.
   auto load_tile = [&](int stage, int tile_start) {
     T* ks = kv_smem + stage * 2 * N * D;
     T* vs = ks + N * D;
@@ -277,15 +304,15 @@ __global__ void __launch_bounds__(Cfg::kThreads)
       const int pos = tile_start + row;
       const bool valid = pos < kv_end;
       int64_t off = head_off;
-      if (valid) {
-        if constexpr (kPaged) {
-          const int page = p.kv_indices[kv_row_begin + pos / p.page_size];
-          off += static_cast<int64_t>(page) * p.page_stride +
-                 static_cast<int64_t>(pos % p.page_size) * p.token_stride;
-        } else {
-          off += static_cast<int64_t>(kv_row_begin + pos) * p.token_stride;
-        }
+      if constexpr (kPaged) {
+        int page_idx, slot;
+        page_slot(pos, page_idx, slot);
+        off += static_cast<int64_t>(next_pages[ps]) * p.page_stride +
+               static_cast<int64_t>(slot) * p.token_stride;
+      } else {
+        off += static_cast<int64_t>(kv_row_begin + pos) * p.token_stride;
       }
+      if (!valid) off = 0;
       const int s = Swz<D>(row, ld_chunk);
       CpAsync16(SmemAddr(ks + s), k_g + off, valid);
       CpAsync16(SmemAddr(vs + s), v_g + off, valid);
@@ -293,16 +320,9 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   };
 
   // ---- per-thread row state ----
-  // This thread's rows: r(mq, h) = warp * 16*MQ + mq * 16 + g + 8 h.
-  int row_qpos[MQ][2];
-#pragma unroll
-  for (int mq = 0; mq < MQ; ++mq) {
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int pk = packed_start + warp * Cfg::kWarpRows + mq * 16 + g + 8 * h;
-      row_qpos[mq][h] = delta + (pk < packed_end ? pk / group : q_hi);
-    }
-  }
+  // This thread's rows: r(mq, h) = warp * 16*MQ + mq * 16 + g + 8 h (packed row
+  // packed_start + r; rows past packed_end are computed on zeros and never stored).
+  const int my_packed0 = packed_start + warp * Cfg::kWarpRows + g;
   float o_acc[MQ][D / 8][4];
   float m_run[MQ][2];
   float d_run[MQ][2];
@@ -318,7 +338,11 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   }
 
   const int num_tiles = kv_end > kv_begin ? (kv_end - kv_begin + N - 1) / N : 0;
-  if (num_tiles > 0) load_tile(0, kv_begin);
+  if (num_tiles > 0) {
+    fetch_pages(kv_begin);
+    load_tile(0, kv_begin);
+    if (num_tiles > 1) fetch_pages(kv_begin + N);
+  }
   CpAsyncCommit();
 
   const int qpos_lo = delta + q_lo;
@@ -328,7 +352,10 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   for (int tile = 0; tile < num_tiles; ++tile) {
     const int stage = tile & 1;
     const int t0 = kv_begin + tile * N;
-    if (tile + 1 < num_tiles) load_tile(stage ^ 1, t0 + N);
+    if (tile + 1 < num_tiles) {
+      load_tile(stage ^ 1, t0 + N);
+      if (tile + 2 < num_tiles) fetch_pages(t0 + 2 * N);
+    }
     CpAsyncCommit();
     CpAsyncWait<1>();  // everything but the prefetch just issued: Q and this tile
     __syncthreads();
@@ -389,26 +416,40 @@ __global__ void __launch_bounds__(Cfg::kThreads)
     // ---- logits (log2 domain), mask ----
     const bool needs_mask = (t0 + N > kv_end) || (p.causal && t0 + N - 1 > qpos_lo) ||
                             (p.window_left >= 0 && t0 < qpos_hi - p.window_left);
+    if (p.soft_cap > 0.f) {
 #pragma unroll
-    for (int mq = 0; mq < MQ; ++mq) {
+      for (int mq = 0; mq < MQ; ++mq)
 #pragma unroll
-      for (int j = 0; j < N / 8; ++j) {
+        for (int j = 0; j < N / 8; ++j)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          float x = s[mq][j][e];
-          if (p.soft_cap > 0.f) {
-            x = p.cap_log2 * tanhf(x * p.sm_scale_over_cap);
-          } else {
-            x *= p.sm_scale_log2;
+          for (int e = 0; e < 4; ++e)
+            s[mq][j][e] = p.cap_log2 * tanhf(s[mq][j][e] * p.sm_scale_over_cap);
+    } else {
+#pragma unroll
+      for (int mq = 0; mq < MQ; ++mq)
+#pragma unroll
+        for (int j = 0; j < N / 8; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) s[mq][j][e] *= p.sm_scale_log2;
+    }
+    if (needs_mask) {
+#pragma unroll
+      for (int mq = 0; mq < MQ; ++mq) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int pk = min(my_packed0 + mq * 16 + 8 * h, packed_end - 1);
+          const int qpos = delta + pk / group;
+          // visible: pos in [lo, hi]
+          const int lo = p.window_left >= 0 ? qpos - p.window_left : INT_MIN;
+          const int hi = p.causal ? min(qpos, kv_end - 1) : kv_end - 1;
+#pragma unroll
+          for (int j = 0; j < N / 8; ++j) {
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              const int pos = t0 + j * 8 + 2 * t4 + e;
+              if (pos < lo || pos > hi) s[mq][j][2 * h + e] = -INFINITY;
+            }
           }
-          if (needs_mask) {
-            const int pos = t0 + j * 8 + 2 * t4 + (e & 1);
-            const int qpos = row_qpos[mq][e >> 1];
-            const bool visible = pos < kv_end && (!p.causal || pos <= qpos) &&
-                                 (p.window_left < 0 || pos >= qpos - p.window_left);
-            if (!visible) x = -INFINITY;
-          }
-          s[mq][j][e] = x;
         }
       }
     }
@@ -448,15 +489,16 @@ __global__ void __launch_bounds__(Cfg::kThreads)
     }
 
     // ---- O += P V ----
+    // P in the A layout: the C fragments of n-fragments 2nn, 2nn+1 form the k16 step nn.
 #pragma unroll
     for (int nn = 0; nn < N / 16; ++nn) {
-      uint32_t a[MQ][4];
+      uint32_t pa[MQ][1][4];
 #pragma unroll
       for (int mq = 0; mq < MQ; ++mq) {
-        a[mq][0] = Pack2<T>(s[mq][2 * nn][0], s[mq][2 * nn][1]);
-        a[mq][1] = Pack2<T>(s[mq][2 * nn][2], s[mq][2 * nn][3]);
-        a[mq][2] = Pack2<T>(s[mq][2 * nn + 1][0], s[mq][2 * nn + 1][1]);
-        a[mq][3] = Pack2<T>(s[mq][2 * nn + 1][2], s[mq][2 * nn + 1][3]);
+        pa[mq][0][0] = Pack2<T>(s[mq][2 * nn][0], s[mq][2 * nn][1]);
+        pa[mq][0][1] = Pack2<T>(s[mq][2 * nn][2], s[mq][2 * nn][3]);
+        pa[mq][0][2] = Pack2<T>(s[mq][2 * nn + 1][0], s[mq][2 * nn + 1][1]);
+        pa[mq][0][3] = Pack2<T>(s[mq][2 * nn + 1][2], s[mq][2 * nn + 1][3]);
       }
 #pragma unroll
       for (int dd = 0; dd < D / 16; ++dd) {
@@ -467,8 +509,8 @@ __global__ void __launch_bounds__(Cfg::kThreads)
         LdMatrixX4Trans(vs_addr + 2 * Swz<D>(r, 2 * dd + lane / 16), bv);
 #pragma unroll
         for (int mq = 0; mq < MQ; ++mq) {
-          Mma16816<T>(o_acc[mq][2 * dd], a[mq], bv[0], bv[1]);
-          Mma16816<T>(o_acc[mq][2 * dd + 1], a[mq], bv[2], bv[3]);
+          Mma16816<T>(o_acc[mq][2 * dd], pa[mq][0], bv[0], bv[1]);
+          Mma16816<T>(o_acc[mq][2 * dd + 1], pa[mq][0], bv[2], bv[3]);
         }
       }
     }
@@ -520,9 +562,9 @@ __global__ void __launch_bounds__(Cfg::kThreads)
 
 // ---- launcher ---------------------------------------------------------------------------------
 
-template <int kHeadDim, typename T, bool kPaged>
+template <int kHeadDim, typename T, bool kPaged, TileVariant kVariant>
 cudaError_t LaunchPrefill(const PrefillParams& params, cudaStream_t stream) {
-  using Cfg = PrefillConfig<kHeadDim, T>;
+  using Cfg = PrefillConfig<kHeadDim, T, kVariant>;
   if (params.num_items == 0 || params.num_kv_heads == 0) return cudaSuccess;
   auto kernel = PrefillKernel<Cfg, kPaged>;
   // Raise the dynamic shared-memory limit (> 48 KB needs it). Cheap; done every launch so that

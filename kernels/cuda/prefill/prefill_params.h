@@ -15,9 +15,23 @@ namespace attnd::kernels::cuda::prefill {
 // p of request b and KV head hk is (query row p / group, query head hk * group + p % group).
 // The KV loop walks TileKv(D) keys per step.
 constexpr int kWarps = 4;
-constexpr int MmaQ(int head_dim) { return head_dim <= 64 ? 2 : 1; }
-constexpr int CtaRows(int head_dim) { return kWarps * 16 * MmaQ(head_dim); }
-constexpr int TileKv(int head_dim) { return head_dim <= 128 ? 64 : 32; }
+// Tile variants. kDefault: 16 rows per warp (MmaQ 1) for D >= 128, no register spills.
+// kWide (experimental, D = 128 only; other head dims fall back to kDefault): 32 rows per warp
+// and 32 keys per step, halving the shared-memory reads per MMA; at the 255-register cap it
+// spills a few bytes. Chosen per plan by PreparePrefill (environment ATTND_PREFILL_TILE=wide).
+enum class TileVariant : int { kDefault = 0, kWide = 1 };
+constexpr bool IsWide(int head_dim, TileVariant v) {
+  return v == TileVariant::kWide && head_dim == 128;
+}
+constexpr int MmaQ(int head_dim, TileVariant v = TileVariant::kDefault) {
+  return IsWide(head_dim, v) ? 2 : (head_dim <= 64 ? 2 : 1);
+}
+constexpr int CtaRows(int head_dim, TileVariant v = TileVariant::kDefault) {
+  return kWarps * 16 * MmaQ(head_dim, v);
+}
+constexpr int TileKv(int head_dim, TileVariant v = TileVariant::kDefault) {
+  return IsWide(head_dim, v) ? 32 : (head_dim <= 128 ? 64 : 16);
+}
 constexpr int kStages = 2;  // cp.async double buffering of the K/V tiles
 
 // One work item: a request and the first packed row of its tile.
@@ -49,6 +63,7 @@ struct PrefillParams {
   int64_t token_stride = 0;
   int64_t head_stride = 0;
   int32_t page_size = 1;
+  int32_t page_shift = -1;                 // log2(page_size) if a power of two, else -1
   const int32_t* kv_indptr = nullptr;      // paged: page indptr; ragged: row indptr
   const int32_t* kv_indices = nullptr;     // paged only
   const int32_t* last_page_len = nullptr;  // paged only
@@ -71,7 +86,7 @@ struct PrefillParams {
 
 // Launchers, explicitly instantiated in prefill_hd<D>_<dtype>.cu.
 // T is __half or __nv_bfloat16; kPaged selects the K/V addressing above.
-template <int kHeadDim, typename T, bool kPaged>
+template <int kHeadDim, typename T, bool kPaged, TileVariant kVariant = TileVariant::kDefault>
 cudaError_t LaunchPrefill(const PrefillParams& params, cudaStream_t stream);
 
 }  // namespace attnd::kernels::cuda::prefill
