@@ -1,0 +1,128 @@
+// Decode benchmark: attnd's paged batch decode (PrepareDecode + RunPagedDecode, split-KV and
+// merge included) on the HOST.md shapes: fp16/bf16, 32 query heads, 32 or 8 KV heads, head_dim
+// 128, page size 16, pages in random order, KV cold in L2 (flushed before every timed run).
+// Counted bytes: K and V read once, 2 * B * kv * H_kv * D * 2 (FlashInfer's convention; q/o are
+// < 0.1%). Prints a table and JSON lines, with % of the measured copy ceiling (read + write).
+//   decode_bench [--quick]
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "attnd/kernels/cuda_launch.h"
+#include "bench_util.h"
+
+namespace {
+
+using namespace attnd::bench;
+using attnd::kernels::DType;
+namespace kcuda = attnd::kernels::cuda;
+
+struct Shape {
+  int batch, kv_len, num_kv_heads;
+};
+
+struct Result {
+  std::string dtype;
+  Shape s;
+  double ms, tbps, pct;
+  int chunks;
+};
+
+Result RunOne(DType dt, Shape s, double ceiling, cudaStream_t stream) {
+  const int hq = 32, d = 128, ps = 16;
+  const int pages_per_req = (s.kv_len + ps - 1) / ps;
+  const int num_pages = s.batch * pages_per_req;
+  attnd::kernels::PagedKV kv;
+  kv.dtype = dt;
+  kv.num_pages = num_pages;
+  kv.page_size = ps;
+  kv.num_kv_heads = s.num_kv_heads;
+  kv.head_dim = d;
+  kv.SetNhdStrides();
+  kv.batch_size = s.batch;
+  const size_t kv_elems = static_cast<size_t>(num_pages) * kv.page_stride;
+  DeviceMemory cache(kv_elems * 2);
+  FillRandom16(cache.get(), kv_elems, 17, dt == DType::kBFloat16);
+
+  std::vector<int32_t> perm(num_pages);
+  std::iota(perm.begin(), perm.end(), 0);
+  std::shuffle(perm.begin(), perm.end(), std::mt19937(42));
+  std::vector<int32_t> indptr(s.batch + 1), last(s.batch, s.kv_len - (pages_per_req - 1) * ps);
+  for (int b = 0; b <= s.batch; ++b) indptr[b] = b * pages_per_req;
+  std::vector<int32_t> kv_len(s.batch, s.kv_len);
+  DeviceMemory d_indptr(indptr.size() * 4), d_indices(perm.size() * 4), d_last(last.size() * 4);
+  BENCH_CUDA_CHECK(cudaMemcpy(d_indptr.get(), indptr.data(), indptr.size() * 4, cudaMemcpyHostToDevice));
+  BENCH_CUDA_CHECK(cudaMemcpy(d_indices.get(), perm.data(), perm.size() * 4, cudaMemcpyHostToDevice));
+  BENCH_CUDA_CHECK(cudaMemcpy(d_last.get(), last.data(), last.size() * 4, cudaMemcpyHostToDevice));
+  kv.data = cache.get();
+  kv.indptr = d_indptr.as<int32_t>();
+  kv.indices = d_indices.as<int32_t>();
+  kv.last_page_len = d_last.as<int32_t>();
+
+  DeviceMemory q(static_cast<size_t>(s.batch) * hq * d * 2), o(q.bytes());
+  DeviceMemory lse(static_cast<size_t>(s.batch) * hq * 4);
+  FillRandom16(q.get(), q.bytes() / 2, 5, dt == DType::kBFloat16);
+
+  auto work = kcuda::PrepareDecode(kv_len, hq, s.num_kv_heads, d, ps, {}, stream);
+  BENCH_STATUS_CHECK(work.status());
+  const auto info = kcuda::GetDecodeScheduleInfo(**work);
+
+  attnd::kernels::PagedAttentionParams p;
+  p.kv = kv;
+  p.qo.q = q.get();
+  p.qo.o = o.get();
+  p.qo.lse = nullptr;
+  p.qo.q_dtype = dt;
+  p.qo.num_qo_heads = hq;
+  p.qo.batch_size = s.batch;
+  const Timing t = TimeIt([&](int) { BENCH_STATUS_CHECK(kcuda::RunPagedDecode(**work, p, stream)); },
+                          stream);
+  const double bytes = 2.0 * s.batch * s.kv_len * s.num_kv_heads * d * 2;
+  Result r;
+  r.dtype = dt == DType::kFloat16 ? "fp16" : "bf16";
+  r.s = s;
+  r.ms = t.median_ms;
+  r.tbps = bytes / (t.median_ms * 1e-3) / 1e12;
+  r.pct = 100.0 * r.tbps / ceiling;
+  r.chunks = info.num_chunks;
+  return r;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
+  PrintDeviceLine();
+  cudaStream_t stream;
+  BENCH_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  const double ceiling = MeasureCopyCeilingTBps(stream);
+  std::printf("copy ceiling: %.2f TB/s (read + write)\n", ceiling);
+  std::printf("JSON {\"bench\":\"copy\",\"tbps\":%.4f}\n", ceiling);
+  std::vector<Shape> shapes = {{1, 32768, 32}, {1, 32768, 8}, {64, 4096, 32},
+                               {64, 4096, 8},  {256, 2048, 32}, {256, 2048, 8}};
+  std::vector<Result> results;
+  for (DType dt : {DType::kFloat16, DType::kBFloat16}) {
+    if (quick && dt == DType::kBFloat16) continue;
+    for (const Shape& s : shapes) {
+      Result r = RunOne(dt, s, ceiling, stream);
+      std::printf(
+          "JSON {\"bench\":\"decode\",\"dtype\":\"%s\",\"batch\":%d,\"kv_len\":%d,"
+          "\"num_qo_heads\":32,\"num_kv_heads\":%d,\"head_dim\":128,\"page_size\":16,"
+          "\"ms\":%.5f,\"tbps\":%.4f,\"pct_copy\":%.2f,\"chunks\":%d}\n",
+          r.dtype.c_str(), s.batch, s.kv_len, s.num_kv_heads, r.ms, r.tbps, r.pct, r.chunks);
+      results.push_back(r);
+    }
+  }
+  std::printf("\n%-5s %6s %7s %5s %5s %9s %8s %7s %7s\n", "dtype", "batch", "kv_len", "Hq",
+              "Hkv", "ms", "TB/s", "%copy", "chunks");
+  for (const Result& r : results) {
+    std::printf("%-5s %6d %7d %5d %5d %9.4f %8.3f %6.1f%% %7d\n", r.dtype.c_str(), r.s.batch,
+                r.s.kv_len, 32, r.s.num_kv_heads, r.ms, r.tbps, r.pct, r.chunks);
+  }
+  cudaStreamDestroy(stream);
+  return 0;
+}

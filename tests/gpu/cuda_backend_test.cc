@@ -1,0 +1,263 @@
+// GPU test of the CUDA Backend (CreateCudaBackend) against the CPU backend (CreateCpuBackend):
+// the same calls with the same bytes on both (Allocate, CopyToBackend, Prepare, Attention with
+// k_new/v_new appended first, rope_offsets_host, LSE, MergeStates, CopyToHost) for decode and
+// prefill/append plans; outputs and the KV pool after the append are compared. Plus the
+// backend's error paths: out-of-memory -> RESOURCE_EXHAUSTED, bad IPC handles, health.
+//   cuda_backend_test [--small] [--verbose] [--seed=N]
+#include <cmath>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "attnd/kernels/backend.h"
+#include "gpu_test_util.h"
+
+namespace attnd::gpu_test {
+namespace {
+
+using attnd::kernels::AttentionKind;
+using attnd::kernels::Backend;
+using attnd::kernels::BackendMemory;
+using attnd::kernels::PagedKV;
+using attnd::kernels::PlanSpec;
+using attnd::kernels::PosEncoding;
+using attnd::kernels::RunArgs;
+
+// Inputs of one attention step, identical for both backends.
+struct Step {
+  AttentionKind kind = AttentionKind::kDecode;
+  DType dtype = DType::kFloat16;
+  int32_t num_layers = 2, layer = 1;
+  int32_t num_kv_heads = 2, group = 4, head_dim = 128, page_size = 16;
+  std::vector<int32_t> kv_len, qo_len;
+  std::vector<int32_t> indptr, indices, last_page_len, qo_indptr, rope_offsets;
+  int32_t num_pages = 0;
+  std::vector<uint8_t> pool, q, k_new, v_new;  // raw bytes in dtype
+  bool causal = true;
+  bool rope = true;
+};
+
+struct StepOutput {
+  std::vector<uint8_t> o, lse, pool;
+};
+
+template <typename T>
+T Unwrap(absl::StatusOr<T> s, const char* what) {
+  if (!s.ok()) {
+    std::fprintf(stderr, "%s failed: %s\n", what, std::string(s.status().ToString()).c_str());
+    std::exit(2);
+  }
+  return std::move(*s);
+}
+
+Step MakeStep(Rng& rng, AttentionKind kind, DType dtype, int32_t batch, int32_t max_kv) {
+  Step s;
+  s.kind = kind;
+  s.dtype = dtype;
+  for (int32_t b = 0; b < batch; ++b) {
+    const int32_t kv = rng.Int(1, max_kv);
+    s.kv_len.push_back(kv);
+    s.qo_len.push_back(kind == AttentionKind::kDecode ? 1 : rng.Int(1, std::min(kv, 200)));
+  }
+  HostPagedCache layout = MakeRandomPagedCache(rng, s.kv_len, s.page_size, s.num_kv_heads,
+                                               s.head_dim, dtype, /*extra_pages=*/5);
+  s.indptr = layout.indptr;
+  s.indices = layout.indices;
+  s.last_page_len = layout.last_page_len;
+  s.num_pages = layout.view.num_pages;
+  s.qo_indptr.push_back(0);
+  for (int32_t l : s.qo_len) s.qo_indptr.push_back(s.qo_indptr.back() + l);
+  for (int32_t b = 0; b < batch; ++b) s.rope_offsets.push_back(rng.Int(0, 100));
+  const size_t layer_elems = static_cast<size_t>(layout.view.page_stride) * s.num_pages;
+  std::vector<float> pool = rng.NormalVector(layer_elems * s.num_layers);
+  s.pool = EncodeAs(pool, dtype);
+  const size_t rows = s.qo_indptr.back();
+  const int32_t hq = s.num_kv_heads * s.group;
+  s.q = EncodeAs(rng.NormalVector(rows * hq * s.head_dim), dtype);
+  s.k_new = EncodeAs(rng.NormalVector(rows * s.num_kv_heads * s.head_dim), dtype);
+  s.v_new = EncodeAs(rng.NormalVector(rows * s.num_kv_heads * s.head_dim), dtype);
+  return s;
+}
+
+// Runs the step through the Backend interface only.
+StepOutput RunStep(Backend& be, const Step& s) {
+  auto stream = Unwrap(be.CreateStream(), "CreateStream");
+  const size_t es = ElemSize(s.dtype);
+  auto pool = Unwrap(be.Allocate(s.pool.size()), "Allocate pool");
+  auto q = Unwrap(be.Allocate(s.q.size()), "Allocate q");
+  auto kn = Unwrap(be.Allocate(s.k_new.size()), "Allocate k_new");
+  auto vn = Unwrap(be.Allocate(s.v_new.size()), "Allocate v_new");
+  const int32_t hq = s.num_kv_heads * s.group;
+  const size_t rows = s.qo_indptr.back();
+  auto o = Unwrap(be.Allocate(rows * hq * s.head_dim * es), "Allocate o");
+  auto lse = Unwrap(be.Allocate(rows * hq * sizeof(float)), "Allocate lse");
+  GT_STATUS_CHECK(be.CopyToBackend(pool->data(), s.pool.data(), s.pool.size(), stream.get()));
+  GT_STATUS_CHECK(be.CopyToBackend(q->data(), s.q.data(), s.q.size(), stream.get()));
+  GT_STATUS_CHECK(be.CopyToBackend(kn->data(), s.k_new.data(), s.k_new.size(), stream.get()));
+  GT_STATUS_CHECK(be.CopyToBackend(vn->data(), s.v_new.data(), s.v_new.size(), stream.get()));
+  std::vector<uint8_t> poison_o(rows * hq * s.head_dim * es, 0xFF);
+  std::vector<uint8_t> poison_lse(rows * hq * sizeof(float), 0xFF);
+  GT_STATUS_CHECK(be.CopyToBackend(o->data(), poison_o.data(), poison_o.size(), stream.get()));
+  GT_STATUS_CHECK(be.CopyToBackend(lse->data(), poison_lse.data(), poison_lse.size(), stream.get()));
+
+  PlanSpec spec;
+  spec.kind = s.kind;
+  spec.num_qo_heads = hq;
+  spec.num_kv_heads = s.num_kv_heads;
+  spec.head_dim = s.head_dim;
+  spec.page_size = s.page_size;
+  spec.kv_dtype = s.dtype;
+  spec.kv_indptr = s.indptr;
+  spec.kv_indices = s.indices;
+  spec.kv_last_page_len = s.last_page_len;
+  spec.qo_indptr = s.qo_indptr;
+  auto plan = Unwrap(be.Prepare(spec, stream.get()), "Prepare");
+
+  PagedKV layer;
+  layer.dtype = s.dtype;
+  layer.num_pages = s.num_pages;
+  layer.page_size = s.page_size;
+  layer.num_kv_heads = s.num_kv_heads;
+  layer.head_dim = s.head_dim;
+  layer.SetNhdStrides();
+  layer.data = static_cast<char*>(pool->data()) + s.layer * layer.page_stride * s.num_pages * es;
+
+  RunArgs args;
+  args.plan = plan.get();
+  args.layer = layer;
+  args.q = q->data();
+  args.o = o->data();
+  args.lse = static_cast<float*>(lse->data());
+  args.q_dtype = s.dtype;
+  args.k_new = kn->data();
+  args.v_new = vn->data();
+  args.options.causal = s.causal;
+  if (s.rope) {
+    args.options.pos_encoding = PosEncoding::kRopeLlama;
+    args.rope_offsets_host = s.rope_offsets.data();
+  }
+  args.stream = stream.get();
+  GT_STATUS_CHECK(be.Attention(args));
+
+  StepOutput out;
+  out.o.resize(poison_o.size());
+  out.lse.resize(poison_lse.size());
+  out.pool.resize(s.pool.size());
+  GT_STATUS_CHECK(be.CopyToHost(out.o.data(), o->data(), out.o.size(), stream.get()));
+  GT_STATUS_CHECK(be.CopyToHost(out.lse.data(), lse->data(), out.lse.size(), stream.get()));
+  GT_STATUS_CHECK(be.CopyToHost(out.pool.data(), pool->data(), out.pool.size(), stream.get()));
+  GT_STATUS_CHECK(be.Synchronize(stream.get()));
+  return out;
+}
+
+void CompareStep(const std::string& name, const Step& s, Backend& cuda, Backend& cpu,
+                 ResultTable& table) {
+  StepOutput g = RunStep(cuda, s);
+  StepOutput r = RunStep(cpu, s);
+  std::vector<uint8_t> unw = UnwrittenMask(g.o, s.dtype);
+  // The CPU backend rounds o to the dtype too: allow the reference's own rounding twice.
+  table.Add(name + " o", Compare(DecodeFrom(g.o, s.dtype), DecodeFrom(r.o, s.dtype), &unw),
+            2 * DefaultTolerance(s.dtype));
+  std::vector<uint8_t> lunw = UnwrittenMask(g.lse, DType::kFloat32);
+  table.Add(name + " lse",
+            Compare(DecodeFrom(g.lse, DType::kFloat32), DecodeFrom(r.lse, DType::kFloat32), &lunw),
+            s.dtype == DType::kBFloat16 ? 2e-3 : 5e-4);
+  table.Add(name + " pool after append",
+            Compare(DecodeFrom(g.pool, s.dtype), DecodeFrom(r.pool, s.dtype)), 0.0);
+}
+
+void ErrorPaths(Backend& cuda, ResultTable& table) {
+  const auto& info = cuda.info();
+  table.AddCheck("info", info.name == "cuda" && !info.head_dims.empty() &&
+                             info.memory_total_bytes > 0 && info.cuda_ipc,
+                 absl::StrCat(info.name, " / ", info.device, " / ", info.memory_total_bytes,
+                              " bytes / ", info.head_dims.size(), " head dims"));
+  auto huge = cuda.Allocate(size_t{1} << 50);
+  table.AddCheck("Allocate(1 PiB) -> RESOURCE_EXHAUSTED",
+                 huge.status().code() == absl::StatusCode::kResourceExhausted,
+                 std::string(huge.status().ToString()));
+  table.AddCheck("healthy after OOM", cuda.Health().ok(), std::string(cuda.Health().ToString()));
+  auto mem = cuda.Allocate(1 << 20);
+  const std::string handle = mem.ok() ? (*mem)->ipc_handle() : "";
+  table.AddCheck("ipc_handle is 64 bytes", handle.size() == 64, absl::StrCat(handle.size()));
+  auto bad = cuda.OpenIpcBuffer("short", 0, 16);
+  table.AddCheck("OpenIpcBuffer(bad size) -> INVALID_ARGUMENT",
+                 bad.status().code() == absl::StatusCode::kInvalidArgument,
+                 std::string(bad.status().ToString()));
+  // A process cannot map its own allocation: an error, never a crash, and still healthy.
+  auto own = cuda.OpenIpcBuffer(handle, 0, 16);
+  table.AddCheck("OpenIpcBuffer(own handle) fails cleanly", !own.ok() && cuda.Health().ok(),
+                 std::string(own.status().ToString()));
+}
+
+void MergeThroughBackend(Backend& cuda, Backend& cpu, Rng& rng, ResultTable& table) {
+  const int32_t rows = 9, states = 3, heads = 4, dim = 64;
+  std::vector<uint8_t> v = EncodeAs(rng.NormalVector(rows * states * heads * dim), DType::kFloat16);
+  std::vector<float> sv(rows * states * heads);
+  for (float& x : sv) x = rng.Uniform(-5.f, 5.f);
+  std::vector<std::vector<uint8_t>> outs;
+  for (Backend* be : {&cuda, &cpu}) {
+    auto dv = Unwrap(be->Allocate(v.size()), "Allocate");
+    auto ds = Unwrap(be->Allocate(sv.size() * 4), "Allocate");
+    auto dout = Unwrap(be->Allocate(rows * heads * dim * 2), "Allocate");
+    GT_STATUS_CHECK(be->CopyToBackend(dv->data(), v.data(), v.size(), nullptr));
+    GT_STATUS_CHECK(be->CopyToBackend(ds->data(), sv.data(), sv.size() * 4, nullptr));
+    attnd::kernels::MergeStatesParams p;
+    p.v_in = dv->data();
+    p.s_in = static_cast<float*>(ds->data());
+    p.v_out = dout->data();
+    p.dtype = DType::kFloat16;
+    p.num_rows = rows;
+    p.num_states = states;
+    p.num_heads = heads;
+    p.head_dim = dim;
+    GT_STATUS_CHECK(be->MergeStates(p, nullptr));
+    std::vector<uint8_t> h(rows * heads * dim * 2);
+    GT_STATUS_CHECK(be->CopyToHost(h.data(), dout->data(), h.size(), nullptr));
+    GT_STATUS_CHECK(be->Synchronize(nullptr));
+    outs.push_back(h);
+  }
+  std::vector<uint8_t> unw = UnwrittenMask(outs[0], DType::kFloat16);
+  table.Add("MergeStates via backend",
+            Compare(DecodeFrom(outs[0], DType::kFloat16), DecodeFrom(outs[1], DType::kFloat16),
+                    &unw),
+            2 * DefaultTolerance(DType::kFloat16));
+}
+
+}  // namespace
+}  // namespace attnd::gpu_test
+
+int main(int argc, char** argv) {
+  using namespace attnd::gpu_test;
+  TestFlags flags = ParseFlags(argc, argv);
+  PrintDevice();
+  Rng rng(flags.seed);
+  ResultTable table("cuda_backend_test");
+  table.set_verbose(flags.verbose);
+  auto cuda = Unwrap(attnd::kernels::CreateCudaBackend({}), "CreateCudaBackend");
+  auto cpu = Unwrap(attnd::kernels::CreateCpuBackend({}), "CreateCpuBackend");
+  std::printf("cuda backend: %s\n", cuda->info().device.c_str());
+
+  ErrorPaths(*cuda, table);
+  for (DType dt : {DType::kFloat16, DType::kBFloat16}) {
+    const char* dn = dt == DType::kFloat16 ? "f16" : "bf16";
+    Step dec = MakeStep(rng, AttentionKind::kDecode, dt, flags.small ? 3 : 17,
+                        flags.small ? 50 : 3000);
+    CompareStep(absl::StrCat("decode ", dn, " rope"), dec, *cuda, *cpu, table);
+    dec.rope = false;
+    dec = MakeStep(rng, AttentionKind::kDecode, dt, 2, flags.small ? 40 : 20000);
+    dec.rope = false;
+    CompareStep(absl::StrCat("decode ", dn, " long (split)"), dec, *cuda, *cpu, table);
+    if (!flags.small) {
+      Step pre = MakeStep(rng, AttentionKind::kPrefill, dt, 4, 700);
+      CompareStep(absl::StrCat("prefill ", dn, " causal rope"), pre, *cuda, *cpu, table);
+    }
+  }
+  MergeThroughBackend(*cuda, *cpu, rng, table);
+  table.AddCheck("healthy at the end", cuda->Health().ok(), std::string(cuda->Health().ToString()));
+  table.Print(stdout);
+  return table.ExitCode();
+}
