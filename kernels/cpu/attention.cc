@@ -218,6 +218,16 @@ void RunAttention(const QueryOutput& qo, const Keys& keys, DType kv_dtype, int32
                         std::nullopt};
   if (options.pos_encoding == PosEncoding::kRopeLlama) {
     ctx.rope.emplace(head_dim, options.rope_theta, options.rope_scale);
+    // Positions used: keys 0 .. kv_len-1 and queries kv_len-qo_len .. kv_len-1 (may be < 0),
+    // each shifted by the request's rope offset.
+    int64_t first = std::numeric_limits<int64_t>::max(), last = std::numeric_limits<int64_t>::min();
+    for (int32_t b = 0; b < qo.batch_size; ++b) {
+      const int64_t kv_len = keys.KvLen(b), qo_len = ctx.QoLen(b);
+      if (kv_len == 0 && qo_len == 0) continue;
+      first = std::min(first, ctx.RopeOffset(b) + std::min<int64_t>(0, kv_len - qo_len));
+      last = std::max(last, ctx.RopeOffset(b) + kv_len - 1);
+    }
+    ctx.rope->Precompute(first, last, num_threads);
   }
   std::vector<Task> tasks;
   for (int32_t b = 0; b < qo.batch_size; ++b) {
