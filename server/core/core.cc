@@ -301,13 +301,18 @@ absl::StatusOr<v1::AllocatePagesResponse> Core::AllocatePages(
     if (!pool.ok()) return pool.status();
     if (auto s = ValidatePageCount(request.count()); !s.ok()) return s;
     Pool& p = **pool;
-    absl::MutexLock lock(&p.mu);
-    PoolAttachment& mine = p.attachments[session.id];
-    auto pages = p.allocator.Allocate(request.count(), mine.held, p.name());
-    if (!pages.ok()) return pages.status();
     v1::AllocatePagesResponse response;
-    response.mutable_page_ids()->Add(pages->begin(), pages->end());
-    response.set_free_pages(p.allocator.free_pages());
+    {
+      absl::MutexLock lock(&p.mu);
+      PoolAttachment& mine = p.attachments[session.id];
+      auto pages = p.allocator.Allocate(request.count(), mine.held, p.name());
+      if (!pages.ok()) return pages.status();
+      response.mutable_page_ids()->Add(pages->begin(), pages->end());
+      response.set_free_pages(p.allocator.free_pages());
+    }
+    // The new pages are this session's alone (only it could share them, and it is busy here),
+    // so they are cleared outside the pool's lock.
+    p.ClearPages(response.page_ids());
     SPDLOG_DEBUG("session {} allocated {} page(s) of pool '{}'", session.id, request.count(),
                  p.name());
     return response;

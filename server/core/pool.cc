@@ -1,5 +1,7 @@
 #include "server/core/pool.h"
 
+#include <cstring>
+
 #include "absl/strings/str_cat.h"
 #include "server/core/dtype_convert.h"
 
@@ -22,17 +24,31 @@ absl::StatusOr<std::shared_ptr<Pool>> Pool::Create(std::string id, std::string n
   // Not cleared here: the CPU backend hands out zero-filled anonymous memory that takes physical
   // memory only when touched, and clearing a large pool would commit all of it up front.
   return std::shared_ptr<Pool>(new Pool(std::move(id), std::move(name), geometry,
-                                        *std::move(memory), backend.info().device_ordinal));
+                                        *std::move(memory), backend.info().device_ordinal,
+                                        backend.host_accessible()));
 }
 
 Pool::Pool(std::string id, std::string name, const PoolGeometry& geometry,
-           std::unique_ptr<kernels::BackendMemory> memory, int32_t device)
+           std::unique_ptr<kernels::BackendMemory> memory, int32_t device, bool host_accessible)
     : allocator(geometry.num_pages),
       id_(std::move(id)),
       name_(std::move(name)),
       geometry_(geometry),
       memory_(std::move(memory)),
-      device_(device) {}
+      device_(device),
+      host_accessible_(host_accessible) {}
+
+void Pool::ClearPages(absl::Span<const int32_t> pages) const {
+  if (!host_accessible_) return;
+  char* base = static_cast<char*>(memory_->data());
+  for (int32_t layer = 0; layer < geometry_.num_layers; ++layer) {
+    char* layer_base = base + static_cast<uint64_t>(layer) * geometry_.layer_bytes;
+    for (const int32_t page : pages) {
+      std::memset(layer_base + static_cast<uint64_t>(page) * geometry_.page_bytes, 0,
+                  geometry_.page_bytes);
+    }
+  }
+}
 
 kernels::PagedKV Pool::LayerView(int32_t layer) const {
   kernels::PagedKV kv;

@@ -517,6 +517,56 @@ TEST(CoreSessionsTest, RunRequestsAreValidatedThroughCore) {
   EXPECT_TRUE(core->AppendKv(s, append).ok());
 }
 
+TEST(CoreSessionsTest, ReallocatedPagesDoNotShowThePreviousOwnersData) {
+  auto core = MakeCore();
+  const std::string a = Open(*core), b = Open(*core);
+  const v1::PoolInfo pool = CreatePool(*core, a);
+  v1::AttachPoolRequest attach;
+  attach.set_name("pool");
+  ASSERT_TRUE(core->AttachPool(b, attach).ok());
+
+  // a fills one page (4 tokens, both layers) with V = 1.0 and frees it.
+  const std::vector<int32_t> a_pages = Allocate(*core, a, pool.pool_id(), 1);
+  auto plan = core->CreatePlan(a, PlanRequest(pool.pool_id(), v1::ATTENTION_KIND_PREFILL, 2,
+                                              {a_pages}, {4}, {4}));
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  v1::Tensor ones = HalfTensor({4, 2, 64});
+  std::string& bytes = *ones.mutable_inline_data();
+  for (size_t i = 0; i + 1 < bytes.size(); i += 2) {
+    bytes[i] = 0x00;
+    bytes[i + 1] = 0x3c;  // fp16 1.0
+  }
+  for (int layer = 0; layer < 2; ++layer) {
+    v1::AppendKvRequest append;
+    append.set_plan_id(plan->plan_id());
+    append.set_layer(layer);
+    *append.mutable_k() = ones;
+    *append.mutable_v() = ones;
+    ASSERT_TRUE(core->AppendKv(a, append).ok());
+  }
+  v1::RunRequest run;
+  run.set_plan_id(plan->plan_id());
+  *run.mutable_q() = HalfTensor({4, 2, 64});
+  auto before = core->Run(a, run);
+  ASSERT_TRUE(before.ok());
+  EXPECT_NE(before->o().inline_data(), std::string(before->o().inline_data().size(), '\0'));
+  ASSERT_TRUE(core->CloseSession(a).ok());
+
+  // b gets the same page back and reads it without writing: zeros, not a's values.
+  const std::vector<int32_t> b_pages = Allocate(*core, b, pool.pool_id(), 1);
+  ASSERT_EQ(b_pages, a_pages);
+  auto b_plan = core->CreatePlan(b, PlanRequest(pool.pool_id(), v1::ATTENTION_KIND_DECODE, 2,
+                                                {b_pages}, {4}, {}));
+  ASSERT_TRUE(b_plan.ok()) << b_plan.status();
+  v1::RunRequest b_run;
+  b_run.set_plan_id(b_plan->plan_id());
+  b_run.set_layer(1);
+  *b_run.mutable_q() = HalfTensor({1, 2, 64});
+  auto after = core->Run(b, b_run);
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ(after->o().inline_data(), std::string(after->o().inline_data().size(), '\0'));
+}
+
 TEST(CoreSessionsTest, CloseAllReleasesEverything) {
   auto core = MakeCore();
   const std::string a = Open(*core), b = Open(*core, SessionBinding::kLeased);
