@@ -41,6 +41,12 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
   impl->handlers = std::move(handlers);
   Impl* state = impl.get();
 
+  // httplib's default sets SO_REUSEPORT too, which would let a second daemon bind the same port
+  // silently and split the scrapes; keep only SO_REUSEADDR (fast restart after TIME_WAIT).
+  impl->server.set_socket_options([](socket_t sock) {
+    int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+  });
   impl->server.Get("/healthz", [](const httplib::Request&, httplib::Response& res) {
     res.set_content("ok\n", "text/plain; charset=utf-8");
   });

@@ -1,0 +1,468 @@
+// In-process test of the whole front: a Daemon (real Core, CPU backend) on a temporary unix
+// socket and an ephemeral HTTP port, driven through the generated gRPC stubs, gRPC health and
+// an httplib client.
+#include "server/front/daemon.h"
+
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+#include <httplib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "attnd/v1/attnd.grpc.pb.h"
+#include "health.grpc.pb.h"
+#include "prometheus_text_parser.h"
+
+namespace attnd::server::front {
+namespace {
+
+using ::grpc::health::v1::Health;
+using ::grpc::health::v1::HealthCheckRequest;
+using ::grpc::health::v1::HealthCheckResponse;
+using testing::ParseExposition;
+
+class DaemonTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/attnd-daemon-XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+    socket_path_ = dir_ + "/attnd.sock";
+
+    DaemonConfig config;
+    config.listen = "unix://" + socket_path_;
+    config.http_listen = "127.0.0.1:0";
+    config.max_pool_bytes = 256ull << 20;
+    config.socket_mode = 0600;
+    kernels::CpuBackendOptions cpu;
+    cpu.num_threads = 1;
+    auto backend = kernels::CreateCpuBackend(cpu);
+    ASSERT_TRUE(backend.ok()) << backend.status();
+    auto daemon = Daemon::Start(config, *std::move(backend));
+    ASSERT_TRUE(daemon.ok()) << daemon.status();
+    daemon_ = *std::move(daemon);
+
+    channel_ = grpc::CreateChannel("unix://" + socket_path_, grpc::InsecureChannelCredentials());
+    stub_ = v1::Attnd::NewStub(channel_);
+    const v1::ServerInfo info = ServerInfo();
+    ASSERT_GT(info.head_dims_size(), 0);
+    ASSERT_GT(info.kv_dtypes_size(), 0);
+    head_dim_ = info.head_dims(0);
+    kv_dtype_ = info.kv_dtypes(0);
+    page_size_ = info.page_sizes_size() > 0 ? info.page_sizes(0) : 16;
+  }
+
+  void TearDown() override {
+    stub_.reset();
+    channel_.reset();
+    if (daemon_ != nullptr) daemon_->Shutdown(absl::Seconds(2));
+    daemon_.reset();
+    rmdir(dir_.c_str());
+  }
+
+  v1::ServerInfo ServerInfo() {
+    grpc::ClientContext ctx;
+    v1::ServerInfo info;
+    const grpc::Status s = stub_->GetServerInfo(&ctx, v1::GetServerInfoRequest(), &info);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    return info;
+  }
+
+  std::string OpenUnarySession(const std::string& name) {
+    grpc::ClientContext ctx;
+    v1::OpenSessionRequest req;
+    req.set_client_name(name);
+    v1::OpenSessionResponse resp;
+    const grpc::Status s = stub_->OpenSession(&ctx, req, &resp);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    return resp.session_id();
+  }
+
+  v1::CreatePoolRequest PoolRequest(const std::string& name, int64_t pages) const {
+    v1::CreatePoolRequest req;
+    req.set_name(name);
+    req.set_num_layers(1);
+    req.set_num_kv_heads(1);
+    req.set_head_dim(head_dim_);
+    req.set_page_size(page_size_);
+    req.set_kv_dtype(static_cast<v1::DType>(kv_dtype_));
+    req.set_num_pages(pages);
+    return req;
+  }
+
+  static void NameSession(grpc::ClientContext& ctx, const std::string& session_id) {
+    ctx.AddMetadata(kSessionMetadataKey, session_id);
+  }
+
+  // /metrics through real HTTP, parsed.
+  testing::ParsedExposition ScrapeMetrics() {
+    httplib::Client http("127.0.0.1", daemon_->http_port());
+    auto res = http.Get("/metrics");
+    EXPECT_TRUE(res);
+    if (!res) return {};
+    EXPECT_EQ(res->status, 200);
+    auto parsed = ParseExposition(res->body);
+    EXPECT_TRUE(parsed.errors.empty()) << parsed.errors.front();
+    return parsed;
+  }
+
+  std::string dir_;
+  std::string socket_path_;
+  std::unique_ptr<Daemon> daemon_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::Attnd::Stub> stub_;
+  int head_dim_ = 0;
+  int kv_dtype_ = 0;
+  int page_size_ = 16;
+};
+
+TEST_F(DaemonTest, SocketFileHasTheConfiguredMode) {
+  struct stat st {};
+  ASSERT_EQ(stat(socket_path_.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISSOCK(st.st_mode));
+  EXPECT_EQ(st.st_mode & 07777, 0600u);
+}
+
+TEST_F(DaemonTest, ServerInfoNeedsNoSession) {
+  const v1::ServerInfo info = ServerInfo();
+  EXPECT_EQ(info.backend(), "cpu");
+  EXPECT_FALSE(info.version().empty());
+}
+
+TEST_F(DaemonTest, UnaryCallsWithoutSessionMetadataFailCleanly) {
+  {
+    grpc::ClientContext ctx;
+    v1::CreatePoolResponse resp;
+    const grpc::Status s = stub_->CreatePool(&ctx, PoolRequest("nometa", 4), &resp);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+    EXPECT_EQ(s.error_message(),
+              "missing x-attnd-session metadata; call OpenSession first or use the Session stream");
+  }
+  {
+    grpc::ClientContext ctx;
+    v1::CloseSessionResponse resp;
+    EXPECT_EQ(stub_->CloseSession(&ctx, v1::CloseSessionRequest(), &resp).error_code(),
+              grpc::StatusCode::FAILED_PRECONDITION);
+  }
+  {
+    grpc::ClientContext ctx;
+    NameSession(ctx, "s-does-not-exist");
+    v1::DescribePoolRequest req;
+    req.set_pool_id("p-x");
+    v1::DescribePoolResponse resp;
+    EXPECT_EQ(stub_->DescribePool(&ctx, req, &resp).error_code(), grpc::StatusCode::NOT_FOUND);
+  }
+  // The daemon still serves, and the refusals were counted.
+  EXPECT_EQ(ServerInfo().backend(), "cpu");
+  const auto m = ScrapeMetrics();
+  EXPECT_EQ(m.Get("attnd_requests_total", {{"method", "CreatePool"}, {"code", "FAILED_PRECONDITION"}}),
+            1);
+  EXPECT_EQ(m.Get("attnd_requests_total", {{"method", "DescribePool"}, {"code", "NOT_FOUND"}}), 1);
+}
+
+TEST_F(DaemonTest, UnarySessionLifecycle) {
+  const std::string session = OpenUnarySession("unary-test");
+  ASSERT_FALSE(session.empty());
+  std::string pool_id;
+  {
+    grpc::ClientContext ctx;
+    NameSession(ctx, session);
+    v1::CreatePoolResponse resp;
+    const grpc::Status s = stub_->CreatePool(&ctx, PoolRequest("unary-pool", 8), &resp);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    pool_id = resp.pool().pool_id();
+    EXPECT_EQ(resp.pool().num_pages(), 8);
+  }
+  {
+    grpc::ClientContext ctx;
+    NameSession(ctx, session);
+    v1::AllocatePagesRequest req;
+    req.set_pool_id(pool_id);
+    req.set_count(3);
+    v1::AllocatePagesResponse resp;
+    ASSERT_TRUE(stub_->AllocatePages(&ctx, req, &resp).ok());
+    EXPECT_EQ(resp.page_ids_size(), 3);
+    EXPECT_EQ(resp.free_pages(), 5);
+  }
+  {
+    grpc::ClientContext ctx;
+    NameSession(ctx, session);
+    v1::CloseSessionResponse resp;
+    const grpc::Status s = stub_->CloseSession(&ctx, v1::CloseSessionRequest(), &resp);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+  }
+  {
+    grpc::ClientContext ctx;
+    NameSession(ctx, session);
+    v1::DescribePoolRequest req;
+    req.set_pool_id(pool_id);
+    v1::DescribePoolResponse resp;
+    EXPECT_EQ(stub_->DescribePool(&ctx, req, &resp).error_code(), grpc::StatusCode::NOT_FOUND);
+  }
+}
+
+TEST_F(DaemonTest, StreamWhoseFirstMessageIsNotOpenFails) {
+  grpc::ClientContext ctx;
+  auto stream = stub_->Session(&ctx);
+  v1::SessionRequest req;
+  req.set_request_id(7);
+  *req.mutable_create_pool() = PoolRequest("early", 4);
+  ASSERT_TRUE(stream->Write(req));
+  stream->WritesDone();
+  v1::SessionResponse resp;
+  EXPECT_FALSE(stream->Read(&resp));
+  const grpc::Status s = stream->Finish();
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(s.error_message().find("first message must be `open`"), std::string::npos)
+      << s.error_message();
+  EXPECT_NE(s.error_message().find("create_pool"), std::string::npos) << s.error_message();
+}
+
+TEST_F(DaemonTest, StreamErrorsKeepTheStreamAlive) {
+  grpc::ClientContext ctx;
+  auto stream = stub_->Session(&ctx);
+  v1::SessionRequest req;
+  v1::SessionResponse resp;
+
+  req.set_request_id(1);
+  req.mutable_open()->set_client_name("stream-test");
+  ASSERT_TRUE(stream->Write(req));
+  ASSERT_TRUE(stream->Read(&resp));
+  EXPECT_EQ(resp.request_id(), 1u);
+  EXPECT_EQ(resp.code(), 0);
+  ASSERT_TRUE(resp.has_open());
+  EXPECT_FALSE(resp.open().session_id().empty());
+
+  // A bad command: answered with its error, same request_id.
+  req.Clear();
+  req.set_request_id(2);
+  req.mutable_allocate_pages()->set_pool_id("p-unknown");
+  req.mutable_allocate_pages()->set_count(1);
+  ASSERT_TRUE(stream->Write(req));
+  ASSERT_TRUE(stream->Read(&resp));
+  EXPECT_EQ(resp.request_id(), 2u);
+  EXPECT_NE(resp.code(), 0);
+  EXPECT_FALSE(resp.message().empty());
+  EXPECT_EQ(resp.result_case(), v1::SessionResponse::RESULT_NOT_SET);
+
+  // A second `open` is refused, the stream goes on.
+  req.Clear();
+  req.set_request_id(3);
+  req.mutable_open();
+  ASSERT_TRUE(stream->Write(req));
+  ASSERT_TRUE(stream->Read(&resp));
+  EXPECT_EQ(resp.request_id(), 3u);
+  EXPECT_EQ(resp.code(), static_cast<int>(grpc::StatusCode::FAILED_PRECONDITION));
+
+  // An empty command.
+  req.Clear();
+  req.set_request_id(4);
+  ASSERT_TRUE(stream->Write(req));
+  ASSERT_TRUE(stream->Read(&resp));
+  EXPECT_EQ(resp.request_id(), 4u);
+  EXPECT_EQ(resp.code(), static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT));
+
+  // Good commands still work.
+  req.Clear();
+  req.set_request_id(5);
+  *req.mutable_create_pool() = PoolRequest("stream-pool", 4);
+  ASSERT_TRUE(stream->Write(req));
+  ASSERT_TRUE(stream->Read(&resp));
+  EXPECT_EQ(resp.request_id(), 5u);
+  ASSERT_EQ(resp.code(), 0) << resp.message();
+  ASSERT_TRUE(resp.has_create_pool());
+  const std::string pool_id = resp.create_pool().pool().pool_id();
+
+  req.Clear();
+  req.set_request_id(6);
+  req.mutable_get_server_info();
+  ASSERT_TRUE(stream->Write(req));
+  ASSERT_TRUE(stream->Read(&resp));
+  EXPECT_EQ(resp.request_id(), 6u);
+  EXPECT_EQ(resp.server_info().backend(), "cpu");
+
+  req.Clear();
+  req.set_request_id(7);
+  req.mutable_describe_pool()->set_pool_id(pool_id);
+  ASSERT_TRUE(stream->Write(req));
+  ASSERT_TRUE(stream->Read(&resp));
+  EXPECT_EQ(resp.request_id(), 7u);
+  EXPECT_EQ(resp.code(), 0);
+  EXPECT_EQ(resp.describe_pool().pool().free_pages(), 4);
+
+  const auto m = ScrapeMetrics();
+  EXPECT_EQ(m.Get("attnd_streams_active"), 1);
+  EXPECT_EQ(m.Get("attnd_requests_total", {{"method", "CreatePool"}, {"code", "OK"}}), 1);
+  EXPECT_GE(*m.Get("attnd_sessions"), 1);
+
+  stream->WritesDone();
+  EXPECT_FALSE(stream->Read(&resp));
+  EXPECT_TRUE(stream->Finish().ok());
+}
+
+TEST_F(DaemonTest, CancelledStreamReleasesItsPages) {
+  constexpr int kPages = 6;
+  auto ctx = std::make_unique<grpc::ClientContext>();
+  auto stream = stub_->Session(ctx.get());
+  v1::SessionRequest req;
+  v1::SessionResponse resp;
+  req.set_request_id(1);
+  req.mutable_open()->set_client_name("doomed");
+  ASSERT_TRUE(stream->Write(req));
+  ASSERT_TRUE(stream->Read(&resp));
+  ASSERT_EQ(resp.code(), 0) << resp.message();
+
+  req.Clear();
+  req.set_request_id(2);
+  *req.mutable_create_pool() = PoolRequest("shared-pool", kPages);
+  ASSERT_TRUE(stream->Write(req));
+  ASSERT_TRUE(stream->Read(&resp));
+  ASSERT_EQ(resp.code(), 0) << resp.message();
+  const std::string pool_id = resp.create_pool().pool().pool_id();
+
+  // A second (unary) session attaches, so the pool outlives the stream.
+  const std::string watcher = OpenUnarySession("watcher");
+  {
+    grpc::ClientContext actx;
+    NameSession(actx, watcher);
+    v1::AttachPoolRequest areq;
+    areq.set_name("shared-pool");
+    v1::AttachPoolResponse aresp;
+    const grpc::Status s = stub_->AttachPool(&actx, areq, &aresp);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+  }
+
+  req.Clear();
+  req.set_request_id(3);
+  req.mutable_allocate_pages()->set_pool_id(pool_id);
+  req.mutable_allocate_pages()->set_count(kPages - 1);
+  ASSERT_TRUE(stream->Write(req));
+  ASSERT_TRUE(stream->Read(&resp));
+  ASSERT_EQ(resp.code(), 0) << resp.message();
+  EXPECT_EQ(resp.allocate_pages().free_pages(), 1);
+
+  auto free_pages_seen_by_watcher = [&]() -> int64_t {
+    grpc::ClientContext dctx;
+    NameSession(dctx, watcher);
+    v1::DescribePoolRequest dreq;
+    dreq.set_pool_id(pool_id);
+    v1::DescribePoolResponse dresp;
+    const grpc::Status s = stub_->DescribePool(&dctx, dreq, &dresp);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    return dresp.pool().free_pages();
+  };
+  EXPECT_EQ(free_pages_seen_by_watcher(), 1);
+
+  // The client "crashes": its call is cancelled without a goodbye.
+  ctx->TryCancel();
+  EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::CANCELLED);
+
+  int64_t free_pages = -1;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (std::chrono::steady_clock::now() < deadline) {
+    free_pages = free_pages_seen_by_watcher();
+    if (free_pages == kPages) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ(free_pages, kPages);
+}
+
+TEST_F(DaemonTest, GrpcHealthSaysServing) {
+  auto health = Health::NewStub(channel_);
+  for (const std::string service : {"", "attnd.v1.Attnd"}) {
+    grpc::ClientContext ctx;
+    HealthCheckRequest req;
+    req.set_service(service);
+    HealthCheckResponse resp;
+    const grpc::Status s = health->Check(&ctx, req, &resp);
+    ASSERT_TRUE(s.ok()) << "'" << service << "': " << s.error_message();
+    EXPECT_EQ(resp.status(), HealthCheckResponse::SERVING) << "'" << service << "'";
+  }
+  grpc::ClientContext ctx;
+  HealthCheckRequest req;
+  req.set_service("no.such.Service");
+  HealthCheckResponse resp;
+  EXPECT_EQ(health->Check(&ctx, req, &resp).error_code(), grpc::StatusCode::NOT_FOUND);
+}
+
+TEST_F(DaemonTest, GrpcHealthWatchSeesNotServingOnShutdown) {
+  auto health = Health::NewStub(channel_);
+  grpc::ClientContext ctx;
+  HealthCheckRequest req;
+  req.set_service("attnd.v1.Attnd");
+  auto watch = health->Watch(&ctx, req);
+  HealthCheckResponse resp;
+  ASSERT_TRUE(watch->Read(&resp));
+  EXPECT_EQ(resp.status(), HealthCheckResponse::SERVING);
+
+  std::thread stopper([this] { daemon_->Shutdown(absl::Seconds(2)); });
+  bool saw_not_serving = false;
+  while (watch->Read(&resp)) {
+    if (resp.status() == HealthCheckResponse::NOT_SERVING) {
+      saw_not_serving = true;
+      break;
+    }
+  }
+  ctx.TryCancel();
+  watch->Finish();
+  stopper.join();
+  EXPECT_TRUE(saw_not_serving);
+}
+
+TEST_F(DaemonTest, HttpEndpointsAnswer) {
+  httplib::Client http("127.0.0.1", daemon_->http_port());
+  auto healthz = http.Get("/healthz");
+  ASSERT_TRUE(healthz);
+  EXPECT_EQ(healthz->status, 200);
+  EXPECT_EQ(healthz->body, "ok\n");
+  auto readyz = http.Get("/readyz");
+  ASSERT_TRUE(readyz);
+  EXPECT_EQ(readyz->status, 200) << readyz->body;
+
+  OpenUnarySession("metrics-test");
+  const auto m = ScrapeMetrics();
+  EXPECT_EQ(m.Get("attnd_requests_total", {{"method", "OpenSession"}, {"code", "OK"}}), 1);
+  EXPECT_GE(*m.Get("attnd_request_duration_seconds_count", {{"method", "GetServerInfo"}}), 1);
+  EXPECT_GE(*m.Get("attnd_sessions"), 1);
+  EXPECT_EQ(m.Get("attnd_backend_healthy"), 1);
+  const auto info = m.All("attnd_info");
+  ASSERT_EQ(info.size(), 1u);
+  EXPECT_EQ(info[0].labels.at("backend"), "cpu");
+  EXPECT_EQ(info[0].value, 1);
+
+  // After shutdown has begun /readyz says so (HTTP is the last thing to stop).
+  daemon_->serving_state().BeginShutdown();
+  readyz = http.Get("/readyz");
+  ASSERT_TRUE(readyz);
+  EXPECT_EQ(readyz->status, 503);
+  EXPECT_NE(readyz->body.find("shutting down"), std::string::npos);
+}
+
+TEST_F(DaemonTest, ShutdownClosesOpenStreamsAndRemovesTheSocket) {
+  grpc::ClientContext ctx;
+  auto stream = stub_->Session(&ctx);
+  v1::SessionRequest req;
+  v1::SessionResponse resp;
+  req.set_request_id(1);
+  req.mutable_open()->set_client_name("lingering");
+  ASSERT_TRUE(stream->Write(req));
+  ASSERT_TRUE(stream->Read(&resp));
+  ASSERT_EQ(resp.code(), 0);
+
+  const auto start = std::chrono::steady_clock::now();
+  daemon_->Shutdown(absl::Milliseconds(300));
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
+  EXPECT_FALSE(stream->Read(&resp));
+  stream->Finish();
+  EXPECT_NE(access(socket_path_.c_str(), F_OK), 0);
+  EXPECT_EQ(daemon_->core().Stats().sessions, 0);
+}
+
+}  // namespace
+}  // namespace attnd::server::front

@@ -1,0 +1,129 @@
+#include "server/front/flags.h"
+
+#include <gtest/gtest.h>
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/flags/reflection.h"
+
+namespace attnd::server::front {
+namespace {
+
+class FlagsTest : public ::testing::Test {
+ protected:
+  absl::FlagSaver saver_;  // every test starts from, and restores, the defaults
+};
+
+TEST_F(FlagsTest, DefaultsMatchTheDocumentedConfig) {
+  absl::StatusOr<DaemonConfig> config = DaemonConfigFromFlags();
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->listen, "unix:///tmp/attnd.sock");
+  EXPECT_EQ(config->http_listen, "127.0.0.1:9401");
+  EXPECT_EQ(config->backend, "auto");
+  EXPECT_EQ(config->device, 0);
+  EXPECT_EQ(config->max_pool_bytes, 0u);
+  EXPECT_EQ(config->session_lease, absl::Milliseconds(30000));
+  EXPECT_EQ(config->max_message_bytes, 64ull << 20);
+  EXPECT_EQ(config->log_level, "info");
+  EXPECT_FALSE(config->log_json);
+  EXPECT_EQ(config->socket_mode, 0660u);
+  EXPECT_EQ(config->threads, 0);
+}
+
+TEST_F(FlagsTest, EnvironmentVariableNames) {
+  EXPECT_EQ(EnvironmentVariableFor("listen"), "ATTND_LISTEN");
+  EXPECT_EQ(EnvironmentVariableFor("http_listen"), "ATTND_HTTP_LISTEN");
+  EXPECT_EQ(EnvironmentVariableFor("session_lease_ms"), "ATTND_SESSION_LEASE_MS");
+  // Every daemon flag is registered with absl (so --help lists it and env can set it).
+  for (const std::string& name : DaemonFlagNames()) {
+    EXPECT_NE(absl::FindCommandLineFlag(name), nullptr) << name;
+  }
+}
+
+TEST_F(FlagsTest, EveryFlagCanBeSetFromTheEnvironment) {
+  const std::map<std::string, std::string> env = {
+      {"ATTND_LISTEN", "unix:/run/x.sock"},   {"ATTND_HTTP_LISTEN", ""},
+      {"ATTND_BACKEND", "cpu"},               {"ATTND_DEVICE", "3"},
+      {"ATTND_MAX_POOL_BYTES", "123456789"},  {"ATTND_SESSION_LEASE_MS", "1500"},
+      {"ATTND_MAX_MESSAGE_BYTES", "1048576"}, {"ATTND_LOG_LEVEL", "debug"},
+      {"ATTND_LOG_JSON", "true"},             {"ATTND_SOCKET_MODE", "0600"},
+      {"ATTND_THREADS", "7"}};
+  ASSERT_EQ(env.size(), DaemonFlagNames().size());
+  const absl::Status applied = ApplyEnvironmentToFlags([&env](const char* name) -> const char* {
+    auto it = env.find(name);
+    return it == env.end() ? nullptr : it->second.c_str();
+  });
+  ASSERT_TRUE(applied.ok()) << applied;
+  absl::StatusOr<DaemonConfig> config = DaemonConfigFromFlags();
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->listen, "unix:/run/x.sock");
+  EXPECT_EQ(config->http_listen, "");
+  EXPECT_EQ(config->backend, "cpu");
+  EXPECT_EQ(config->device, 3);
+  EXPECT_EQ(config->max_pool_bytes, 123456789u);
+  EXPECT_EQ(config->session_lease, absl::Milliseconds(1500));
+  EXPECT_EQ(config->max_message_bytes, 1048576u);
+  EXPECT_EQ(config->log_level, "debug");
+  EXPECT_TRUE(config->log_json);
+  EXPECT_EQ(config->socket_mode, 0600u);
+  EXPECT_EQ(config->threads, 7);
+}
+
+TEST_F(FlagsTest, BadEnvironmentValueNamesTheVariable) {
+  const absl::Status applied = ApplyEnvironmentToFlags([](const char* name) -> const char* {
+    return std::string(name) == "ATTND_DEVICE" ? "zero" : nullptr;
+  });
+  EXPECT_EQ(applied.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(applied.message().find("ATTND_DEVICE='zero'"), std::string::npos) << applied;
+}
+
+TEST_F(FlagsTest, InvalidValuesAreRefusedWithTheFlagNamed) {
+  struct Case {
+    const char* flag;
+    const char* value;
+    const char* expect_in_message;
+  };
+  const std::vector<Case> cases = {
+      {"backend", "tpu", "--backend='tpu'"},
+      {"log_level", "loud", "--log_level='loud'"},
+      {"socket_mode", "0999", "--socket_mode='0999'"},
+      {"socket_mode", "rw", "--socket_mode='rw'"},
+      {"session_lease_ms", "0", "--session_lease_ms"},
+      {"max_message_bytes", "99999999999", "--max_message_bytes=99999999999"},
+      {"threads", "-1", "--threads=-1"},
+      {"listen", "", "--listen is empty"},
+  };
+  for (const Case& c : cases) {
+    absl::FlagSaver scoped;
+    std::string error;
+    ASSERT_TRUE(absl::FindCommandLineFlag(c.flag)->ParseFrom(c.value, &error)) << error;
+    absl::StatusOr<DaemonConfig> config = DaemonConfigFromFlags();
+    ASSERT_FALSE(config.ok()) << c.flag << "=" << c.value;
+    EXPECT_EQ(config.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(config.status().message().find(c.expect_in_message), std::string::npos)
+        << config.status();
+  }
+}
+
+// The real process path: environment first, then the command line, which wins.
+TEST_F(FlagsTest, CommandLineWinsOverEnvironment) {
+  setenv("ATTND_BACKEND", "cuda", 1);
+  setenv("ATTND_THREADS", "5", 1);
+  setenv("ATTND_LISTEN", "unix:///tmp/from-env.sock", 1);
+  std::vector<std::string> args = {"attnd", "--backend=cpu", "--listen=127.0.0.1:7777"};
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  absl::StatusOr<DaemonConfig> config = ParseDaemonFlags(static_cast<int>(argv.size()), argv.data());
+  unsetenv("ATTND_BACKEND");
+  unsetenv("ATTND_THREADS");
+  unsetenv("ATTND_LISTEN");
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->backend, "cpu");             // command line over env
+  EXPECT_EQ(config->listen, "127.0.0.1:7777");   // command line over env
+  EXPECT_EQ(config->threads, 5);                 // env over default
+}
+
+}  // namespace
+}  // namespace attnd::server::front
