@@ -33,6 +33,10 @@ UNARY_METHOD = {
     "run": "Run",
 }
 
+# The SessionResponse `result` field answering each command (same name except one).
+RESULT_FIELD = {cmd: cmd for cmd in list(UNARY_METHOD) + ["open"]}
+RESULT_FIELD["get_server_info"] = "server_info"
+
 
 def default_target() -> str:
     """``$ATTND_TARGET`` if set, else ``unix:///tmp/attnd.sock``."""

@@ -335,6 +335,17 @@ class Session:
 _EOF = object()
 
 
+def _stream_error(err, command: str) -> AttndError:
+    """The error of a stream that ended: the daemon going away (connection lost, or the call
+    cancelled by its shutdown) is Unavailable; any other status (e.g. FAILED_PRECONDITION for a
+    bad first message) is raised as itself."""
+    converted = error_from_rpc(err, command)
+    if converted.code == grpc.StatusCode.CANCELLED:
+        return Unavailable(f"the session stream was cancelled by the daemon: {converted.message}",
+                           method=command)
+    return converted
+
+
 class StreamSession(Session):
     """A session bound to one bidirectional ``Session`` stream (the hot path).
 
@@ -405,7 +416,7 @@ class StreamSession(Session):
             if item is _EOF:
                 raise self._fail(Unavailable("the daemon ended the session stream", method=command))
             if isinstance(item, grpc.RpcError):
-                raise self._fail(error_from_rpc(item, command)) from None
+                raise self._fail(_stream_error(item, command)) from None
             if isinstance(item, AttndError):
                 raise self._fail(item)
             if item.request_id != rid:
@@ -413,8 +424,9 @@ class StreamSession(Session):
                                           method=command))
             if item.code != 0:
                 raise error_from_code(item.code, item.message, command)
-            if item.WhichOneof("result") == command:
-                return getattr(item, command)
+            field = _tr.RESULT_FIELD[command]
+            if item.WhichOneof("result") == field:
+                return getattr(item, field)
             return _RESPONSE_TYPES[command]()
 
     def _shutdown(self) -> None:

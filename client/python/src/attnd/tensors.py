@@ -55,7 +55,7 @@ def dtype_enum(dtype: Any) -> int:
             raise ValueError(f"unknown attnd DType value {dtype}")
         return int(dtype)
     if isinstance(dtype, str):
-        name = dtype
+        name = dtype[len("torch."):] if dtype.startswith("torch.") else dtype
     elif str(dtype).startswith("torch."):
         name = str(dtype)[len("torch."):]
     else:

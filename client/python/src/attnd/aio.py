@@ -1,0 +1,490 @@
+"""asyncio variant of the client, on grpc.aio: same names and semantics, awaitable methods.
+
+    import asyncio, attnd.aio
+
+    async def main():
+        async with attnd.aio.AsyncClient("unix:///tmp/attnd.sock") as client:
+            print(await client.health())
+            async with client.session("engine-0") as sess:
+                pool = await sess.create_pool("demo", num_layers=1, num_kv_heads=2, head_dim=64,
+                                              page_size=16, kv_dtype="float32", num_pages=64)
+                pages = await pool.allocate(1)
+                dec = attnd.aio.AsyncBatchDecodeWrapper(pool)
+                await dec.plan([0, 1], pages, [1], num_qo_heads=4)
+                o = await dec.run(q, 0, k=k, v=v)   # q [1, 4, 64]; k, v [1, 2, 64]
+
+    asyncio.run(main())
+
+A client (and its sessions) belongs to the event loop it was created on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import grpc
+import grpc.aio
+
+from attnd import _requests as _rq
+from attnd import _transport as _tr
+from attnd.client import _RESPONSE_TYPES, _stream_error
+from attnd.errors import (AttndError, DeadlineExceeded, Internal, Unavailable, error_from_code,
+                          error_from_rpc)
+from attnd.ipc import BufferCache
+from attnd.pool import Pool
+from attnd.v1 import attnd_pb2 as pb
+from attnd.v1 import attnd_pb2_grpc as pb_grpc
+from attnd.wrappers import UNSET, PlanState
+
+__all__ = ["AsyncClient", "AsyncSession", "AsyncStreamSession", "AsyncUnarySession", "AsyncPool",
+           "AsyncBatchDecodeWrapper", "AsyncBatchPrefillWrapper"]
+
+
+class AsyncClient:
+    """asyncio twin of :class:`attnd.Client` (same arguments)."""
+
+    def __init__(self, target: Optional[str] = None, *, token: Optional[str] = None,
+                 timeout: Optional[float] = 30.0, retries: int = 5, backoff: float = 0.1,
+                 max_backoff: float = 2.0, credentials: Optional[grpc.ChannelCredentials] = None,
+                 device_map: Optional[Dict[int, int]] = None,
+                 options: Sequence[Tuple[str, Any]] = ()):
+        self.target = _tr.normalize_target(target)
+        self.token = token
+        self.timeout = timeout
+        self.retry = _tr.RetryPolicy(retries, backoff, max_backoff)
+        self.device_map = dict(device_map or {})
+        opts = _tr.channel_options(options)
+        if credentials is not None:
+            self._channel = grpc.aio.secure_channel(self.target, credentials, options=opts)
+        else:
+            self._channel = grpc.aio.insecure_channel(self.target, options=opts)
+        self._stub = pb_grpc.AttndStub(self._channel)
+        self._health = self._channel.unary_unary(_tr.HEALTH_CHECK_METHOD)
+        self._sessions: List[AsyncSession] = []
+        self._closed = False
+
+    def _metadata(self, session_id: Optional[str] = None):
+        return _tr.call_metadata(self.token, session_id)
+
+    async def _with_retry(self, method: str, make_call):
+        attempt = 0
+        while True:
+            try:
+                return await make_call()
+            except grpc.aio.AioRpcError as e:
+                if self.retry.retryable(e.code()) and attempt < self.retry.retries:
+                    await asyncio.sleep(self.retry.delay(attempt))
+                    attempt += 1
+                    continue
+                raise error_from_rpc(e, method) from None
+            except Unavailable:
+                if attempt < self.retry.retries:
+                    await asyncio.sleep(self.retry.delay(attempt))
+                    attempt += 1
+                    continue
+                raise
+
+    async def unary(self, method: str, request, *, session_id: Optional[str] = None,
+                    timeout: Optional[float] = None, retry: bool = True):
+        """Awaits the unary RPC ``method``; AttndError subclasses on failure."""
+        fn = getattr(self._stub, method)
+        md = self._metadata(session_id)
+        t = self.timeout if timeout is None else timeout
+        if not retry:
+            try:
+                return await fn(request, timeout=t, metadata=md)
+            except grpc.aio.AioRpcError as e:
+                raise error_from_rpc(e, method) from None
+        return await self._with_retry(method, lambda: fn(request, timeout=t, metadata=md))
+
+    async def server_info(self) -> pb.ServerInfo:
+        return await self.unary("GetServerInfo", pb.GetServerInfoRequest())
+
+    async def health(self, service: str = "") -> str:
+        """grpc.health.v1 Check: "SERVING", "NOT_SERVING", "UNKNOWN" or "SERVICE_UNKNOWN"."""
+        req = _tr.encode_health_request(service)
+        data = await self._with_retry("Health/Check", lambda: self._health(
+            req, timeout=self.timeout, metadata=self._metadata()))
+        return _tr.decode_health_response(data)
+
+    def session(self, name: str = "python", *, stream: bool = True, lease_ms: int = 0,
+                timeout: Optional[float] = None) -> "_Opening":
+        """Opens a session (see attnd.Client.session): ``sess = await client.session()`` or
+        ``async with client.session() as sess:``."""
+        return _Opening(lambda: self._open_session(name, stream, lease_ms, timeout))
+
+    async def _open_session(self, name: str, stream: bool, lease_ms: int,
+                            timeout: Optional[float]) -> "AsyncSession":
+        if self._closed:
+            raise Unavailable("client is closed")
+        t = self.timeout if timeout is None else timeout
+        if stream:
+            sess: AsyncSession = await self._with_retry(
+                "Session", lambda: AsyncStreamSession._open(self, name, t))
+        else:
+            sess = await AsyncUnarySession._open(self, name, lease_ms, t)
+        self._sessions.append(sess)
+        return sess
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for sess in self._sessions:
+            try:
+                await sess.close()
+            except AttndError:
+                pass
+        await self._channel.close()
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+
+class _Opening:
+    """Awaitable (-> the session) and async context manager (closes it at exit)."""
+
+    def __init__(self, open_fn):
+        self._open = open_fn
+        self._session: Optional[AsyncSession] = None
+
+    def __await__(self):
+        return self._open().__await__()
+
+    async def __aenter__(self) -> "AsyncSession":
+        self._session = await self._open()
+        return self._session
+
+    async def __aexit__(self, *exc) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+class AsyncSession:
+    """asyncio twin of :class:`attnd.Session`."""
+
+    id: str = ""
+
+    def __init__(self, client: AsyncClient, timeout: Optional[float]):
+        self.client = client
+        self.timeout = timeout
+        self.buffers = BufferCache()
+        self._info: Optional[pb.ServerInfo] = None
+        self._closed = False
+
+    async def call(self, command: str, request, timeout: Optional[float] = None):
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def server_info(self) -> pb.ServerInfo:
+        if self._info is None:
+            self._info = await self.call("get_server_info", pb.GetServerInfoRequest())
+        return self._info
+
+    async def cuda_ipc(self) -> bool:
+        return bool((await self.server_info()).cuda_ipc)
+
+    async def create_pool(self, name: str, num_layers: int, num_kv_heads: int, head_dim: int,
+                          page_size: int, kv_dtype: Any = "float16",
+                          num_pages: Optional[int] = None,
+                          memory_budget_bytes: Optional[int] = None) -> "AsyncPool":
+        req = _rq.create_pool_request(name, num_layers, num_kv_heads, head_dim, page_size,
+                                      kv_dtype, num_pages, memory_budget_bytes)
+        return AsyncPool(self, (await self.call("create_pool", req)).pool)
+
+    async def attach_pool(self, name: str) -> "AsyncPool":
+        return AsyncPool(self, (await self.call("attach_pool", pb.AttachPoolRequest(name=name))).pool)
+
+    async def describe_pool(self, pool_id: str) -> pb.PoolInfo:
+        return (await self.call("describe_pool", pb.DescribePoolRequest(pool_id=pool_id))).pool
+
+    async def delete_pool(self, pool_id: str) -> None:
+        await self.call("delete_pool", pb.DeletePoolRequest(pool_id=pool_id))
+
+    async def allocate_pages(self, pool_id: str, count: int) -> Tuple[List[int], int]:
+        r = await self.call("allocate_pages", pb.AllocatePagesRequest(pool_id=pool_id,
+                                                                      count=int(count)))
+        return list(r.page_ids), int(r.free_pages)
+
+    async def free_pages(self, pool_id: str, page_ids: Sequence[int]) -> int:
+        r = await self.call("free_pages", pb.FreePagesRequest(
+            pool_id=pool_id, page_ids=_rq.int32_list("page_ids", page_ids)))
+        return int(r.free_pages)
+
+    async def fork_pages(self, pool_id: str, page_ids: Sequence[int],
+                         target_session_id: str = "") -> List[int]:
+        r = await self.call("fork_pages", pb.ForkPagesRequest(
+            pool_id=pool_id, page_ids=_rq.int32_list("page_ids", page_ids),
+            target_session_id=target_session_id or ""))
+        return list(r.refcounts)
+
+    async def register_buffer(self, size_bytes: int, *, cuda_ipc_handle: Optional[bytes] = None,
+                              device: int = 0, shared_memory_name: Optional[str] = None) -> str:
+        req = pb.RegisterBufferRequest(size_bytes=int(size_bytes))
+        if cuda_ipc_handle is not None:
+            req.cuda_ipc.ipc_handle = bytes(cuda_ipc_handle)
+            req.cuda_ipc.device = int(device)
+        elif shared_memory_name is not None:
+            req.shared_memory.name = shared_memory_name
+        return (await self.call("register_buffer", req)).buffer_id
+
+    async def unregister_buffer(self, buffer_id: str) -> None:
+        await self.call("unregister_buffer", pb.UnregisterBufferRequest(buffer_id=buffer_id))
+
+    async def _buffer_for(self, info, nbytes: int) -> str:
+        bid = self.buffers.lookup(info, nbytes)
+        if bid is None:
+            device = self.client.device_map.get(info.device, info.device)
+            bid = await self.register_buffer(info.size_bytes, cuda_ipc_handle=info.handle,
+                                             device=device)
+            self.buffers.remember(info, bid)
+        return bid
+
+    async def _resolve_slices(self, tp: "_rq.TensorPlan") -> None:
+        for name, t in tp.cuda_tensors():
+            info = tp.ipc_info(t)
+            tp.set_slice(name, await self._buffer_for(info, _rq.slice_nbytes(t)), info.offset_bytes)
+
+    async def create_plan(self, pool_id: str, kind: str, num_qo_heads: int, kv_indptr,
+                          kv_indices, kv_last_page_len, qo_indptr=None) -> pb.CreatePlanResponse:
+        k = {"decode": pb.ATTENTION_KIND_DECODE, "prefill": pb.ATTENTION_KIND_PREFILL}[kind]
+        return await self.call("create_plan", _rq.create_plan_request(
+            pool_id, k, num_qo_heads, kv_indptr, kv_indices, kv_last_page_len, qo_indptr))
+
+    async def delete_plan(self, plan_id: str) -> None:
+        await self.call("delete_plan", pb.DeletePlanRequest(plan_id=plan_id))
+
+
+class AsyncStreamSession(AsyncSession):
+    """A session bound to one Session stream (commands in order, one at a time)."""
+
+    def __init__(self, client: AsyncClient, timeout: Optional[float]):
+        super().__init__(client, timeout)
+        self._lock = asyncio.Lock()
+        self._next_id = 1
+        self._broken: Optional[AttndError] = None
+        self._call = client._stub.Session(metadata=client._metadata())
+
+    @classmethod
+    async def _open(cls, client: AsyncClient, name: str, timeout: Optional[float]):
+        sess = cls(client, timeout)
+        try:
+            opened = await sess.call("open", pb.OpenSessionRequest(client_name=name))
+        except BaseException:
+            sess._call.cancel()
+            raise
+        sess.id = opened.session_id
+        return sess
+
+    def _fail(self, err: AttndError) -> AttndError:
+        if self._broken is None:
+            self._broken = Unavailable(f"session stream is closed ({err})", method=err.method)
+        return err
+
+    async def call(self, command: str, request, timeout: Optional[float] = None):
+        async with self._lock:
+            if self._closed:
+                raise Unavailable("session is closed", method=command)
+            if self._broken is not None:
+                raise Unavailable(self._broken.message, method=command)
+            rid = self._next_id
+            self._next_id += 1
+            t = self.timeout if timeout is None else timeout
+            try:
+                await self._call.write(pb.SessionRequest(request_id=rid, **{command: request}))
+                resp = await asyncio.wait_for(self._call.read(), t)
+            except asyncio.TimeoutError:
+                err = self._fail(DeadlineExceeded(f"no answer within {t} s", method=command))
+                self._call.cancel()
+                raise err from None
+            except grpc.aio.AioRpcError as e:
+                raise self._fail(_stream_error(e, command)) from None
+            except asyncio.InvalidStateError:
+                raise self._fail(Unavailable("the session stream is finished", method=command)) from None
+            if resp is grpc.aio.EOF:
+                # The status of the finished call explains why, if it failed.
+                code = await self._call.code()
+                details = await self._call.details()
+                if code == grpc.StatusCode.CANCELLED:
+                    raise self._fail(Unavailable(f"the session stream was cancelled: {details}",
+                                                 method=command))
+                if code != grpc.StatusCode.OK:
+                    raise self._fail(error_from_code(code, details, command))
+                raise self._fail(Unavailable("the daemon ended the session stream", method=command))
+            if resp.request_id != rid:
+                raise self._fail(Internal(f"answer for request {resp.request_id}, expected {rid}",
+                                          method=command))
+            if resp.code != 0:
+                raise error_from_code(resp.code, resp.message, command)
+            field = _tr.RESULT_FIELD[command]
+            if resp.WhichOneof("result") == field:
+                return getattr(resp, field)
+            return _RESPONSE_TYPES[command]()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self._call.done_writing()
+            await asyncio.wait_for(self._call.read(), 5)  # EOF once the daemon has closed it
+        except (grpc.aio.AioRpcError, asyncio.TimeoutError, asyncio.InvalidStateError):
+            self._call.cancel()
+
+
+class AsyncUnarySession(AsyncSession):
+    """asyncio twin of :class:`attnd.UnarySession`."""
+
+    @classmethod
+    async def _open(cls, client: AsyncClient, name: str, lease_ms: int, timeout: Optional[float]):
+        sess = cls(client, timeout)
+        r = await client.unary("OpenSession", pb.OpenSessionRequest(client_name=name,
+                                                                    lease_ms=int(lease_ms)),
+                               timeout=timeout)
+        sess.id = r.session_id
+        sess.lease_ms = int(r.lease_ms)
+        return sess
+
+    async def call(self, command: str, request, timeout: Optional[float] = None):
+        if self._closed:
+            raise Unavailable("session is closed", method=command)
+        return await self.client.unary(_tr.UNARY_METHOD[command], request, session_id=self.id,
+                                       timeout=self.timeout if timeout is None else timeout)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self.client.unary("CloseSession", pb.CloseSessionRequest(), session_id=self.id,
+                                timeout=self.timeout, retry=False)
+
+
+class AsyncPool(Pool):
+    """asyncio twin of :class:`attnd.Pool` (geometry properties are the same; the operations are
+    coroutines)."""
+
+    async def describe(self) -> pb.PoolInfo:  # type: ignore[override]
+        self.info = await self.session.describe_pool(self.pool_id)
+        self.free_pages = int(self.info.free_pages)
+        return self.info
+
+    async def allocate(self, count: int) -> List[int]:  # type: ignore[override]
+        ids, self.free_pages = await self.session.allocate_pages(self.pool_id, count)
+        return ids
+
+    async def free(self, page_ids: Sequence[int]) -> int:  # type: ignore[override]
+        self.free_pages = await self.session.free_pages(self.pool_id, page_ids)
+        return self.free_pages
+
+    async def fork(self, page_ids: Sequence[int],  # type: ignore[override]
+                   target_session_id: str = "") -> List[int]:
+        return await self.session.fork_pages(self.pool_id, page_ids, target_session_id)
+
+    async def delete(self) -> None:  # type: ignore[override]
+        if not self._deleted:
+            await self.session.delete_pool(self.pool_id)
+            self._deleted = True
+
+    def decode_wrapper(self, **kwargs):
+        return AsyncBatchDecodeWrapper(self, **kwargs)
+
+    def prefill_wrapper(self, **kwargs):
+        return AsyncBatchPrefillWrapper(self, **kwargs)
+
+
+class _AsyncWrapper(PlanState):
+    async def _create(self, req: pb.CreatePlanRequest) -> None:
+        old = self.plan_id
+        self._planned(await self.session.call("create_plan", req))
+        if old is not None:
+            await self._delete_quietly(old)
+
+    async def _delete_quietly(self, plan_id: str) -> None:
+        try:
+            await self.session.delete_plan(plan_id)
+        except AttndError:
+            pass
+
+    async def run(self, q, layer: int, k=None, v=None, *, out=None, lse_out=None,
+                  return_lse: bool = False, q_dtype: Any = None, causal: Any = UNSET,
+                  sm_scale: Any = UNSET, pos_encoding: Any = UNSET, rope_theta: Any = UNSET,
+                  rope_scale: Any = UNSET, rope_offsets: Any = UNSET,
+                  logits_soft_cap: Any = UNSET, window_left: Any = UNSET):
+        """See attnd.BatchDecodeWrapper.run (same shapes and options)."""
+        plan_id = self._require_plan()
+        opts = self._options(dict(causal=causal, sm_scale=sm_scale, pos_encoding=pos_encoding,
+                                  rope_theta=rope_theta, rope_scale=rope_scale,
+                                  rope_offsets=rope_offsets, logits_soft_cap=logits_soft_cap,
+                                  window_left=window_left), return_lse)
+        ipc = await self.session.cuda_ipc() if self._needs_ipc_check(q, k, v) else False
+        tp = self._tensors(q, k, v, out, lse_out, return_lse, q_dtype, ipc)
+        await self.session._resolve_slices(tp)
+        req = tp.run_request(plan_id, layer, opts)
+        tp.before_send()
+        return tp.outputs(await self.session.call("run", req))
+
+    async def append_kv(self, k, v, layer: int) -> None:
+        plan_id = self._require_plan()
+        ipc = await self.session.cuda_ipc() if self._needs_ipc_check(k, v) else False
+        tp = self._tensors(None, k, v, None, None, False, None, ipc)
+        await self.session._resolve_slices(tp)
+        req = tp.append_request(plan_id, layer)
+        tp.before_send()
+        await self.session.call("append_kv", req)
+
+    async def delete(self) -> None:
+        if self.plan_id is not None:
+            plan_id, self.plan_id = self.plan_id, None
+            await self._delete_quietly(plan_id)
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.delete()
+
+
+class AsyncBatchDecodeWrapper(_AsyncWrapper):
+    """asyncio twin of :class:`attnd.BatchDecodeWrapper`."""
+
+    kind = "decode"
+
+    async def plan(self, kv_indptr, kv_indices, kv_last_page_len, num_qo_heads: int, *,
+                   sm_scale: Any = UNSET, pos_encoding: Any = UNSET, rope_theta: Any = UNSET,
+                   rope_scale: Any = UNSET, rope_offsets: Any = UNSET,
+                   logits_soft_cap: Any = UNSET, window_left: Any = UNSET):
+        await self._create(self._plan_request(
+            kv_indptr, kv_indices, kv_last_page_len, None, num_qo_heads,
+            dict(sm_scale=sm_scale, pos_encoding=pos_encoding, rope_theta=rope_theta,
+                 rope_scale=rope_scale, rope_offsets=rope_offsets,
+                 logits_soft_cap=logits_soft_cap, window_left=window_left)))
+        return self
+
+
+class AsyncBatchPrefillWrapper(_AsyncWrapper):
+    """asyncio twin of :class:`attnd.BatchPrefillWrapper`."""
+
+    kind = "prefill"
+
+    async def plan(self, kv_indptr, kv_indices, kv_last_page_len, qo_indptr, num_qo_heads: int,
+                   *, causal: Any = UNSET, sm_scale: Any = UNSET, pos_encoding: Any = UNSET,
+                   rope_theta: Any = UNSET, rope_scale: Any = UNSET, rope_offsets: Any = UNSET,
+                   logits_soft_cap: Any = UNSET, window_left: Any = UNSET):
+        await self._create(self._plan_request(
+            kv_indptr, kv_indices, kv_last_page_len, qo_indptr, num_qo_heads,
+            dict(causal=causal, sm_scale=sm_scale, pos_encoding=pos_encoding,
+                 rope_theta=rope_theta, rope_scale=rope_scale, rope_offsets=rope_offsets,
+                 logits_soft_cap=logits_soft_cap, window_left=window_left)))
+        return self
