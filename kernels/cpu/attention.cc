@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <new>
 #include <optional>
 #include <vector>
 
@@ -208,7 +209,7 @@ class TaskRunner {
 };
 
 template <typename Keys>
-void RunAttention(const QueryOutput& qo, const Keys& keys, DType kv_dtype, int32_t num_kv_heads,
+absl::Status RunAttention(const QueryOutput& qo, const Keys& keys, DType kv_dtype, int32_t num_kv_heads,
                   int32_t head_dim, const AttentionOptions& options, int num_threads) {
   CallContext<Keys> ctx{qo, keys, options, kv_dtype, num_kv_heads, head_dim,
                         qo.num_qo_heads / num_kv_heads,
@@ -227,9 +228,9 @@ void RunAttention(const QueryOutput& qo, const Keys& keys, DType kv_dtype, int32
       first = std::min(first, ctx.RopeOffset(b) + std::min<int64_t>(0, kv_len - qo_len));
       last = std::max(last, ctx.RopeOffset(b) + kv_len - 1);
     }
-    ctx.rope->Precompute(first, last, num_threads);
+    if (auto s = ctx.rope->Precompute(first, last, num_threads); !s.ok()) return s;
   }
-  std::vector<Task> tasks;
+  std::vector<Task> tasks;  // ~16 bytes per (request, kv head, 16 query rows)
   for (int32_t b = 0; b < qo.batch_size; ++b) {
     const int64_t qo_len = ctx.QoLen(b);
     for (int64_t row = 0; row < qo_len; row += kTileRows) {
@@ -239,7 +240,7 @@ void RunAttention(const QueryOutput& qo, const Keys& keys, DType kv_dtype, int32
       }
     }
   }
-  ParallelFor(static_cast<int64_t>(tasks.size()), num_threads, [&]() {
+  return ParallelFor(static_cast<int64_t>(tasks.size()), num_threads, [&]() {
     return [runner = TaskRunner<Keys>(ctx), &tasks](int64_t i) mutable {
       runner.Run(tasks[static_cast<size_t>(i)]);
     };
@@ -253,9 +254,12 @@ absl::Status PagedAttention(const PagedAttentionParams& params, int num_threads)
   if (auto s = ValidatePagedKV(kv); !s.ok()) return s;
   if (auto s = ValidateQueryOutput(params.qo, kv.batch_size, kv.num_kv_heads); !s.ok()) return s;
   if (auto s = ValidateOptions(params.options, kv.head_dim); !s.ok()) return s;
-  RunAttention(params.qo, PagedKeys(kv), kv.dtype, kv.num_kv_heads, kv.head_dim, params.options,
-               num_threads);
-  return absl::OkStatus();
+  try {
+    return RunAttention(params.qo, PagedKeys(kv), kv.dtype, kv.num_kv_heads, kv.head_dim,
+                        params.options, num_threads);
+  } catch (const std::bad_alloc&) {  // the task list or the RoPE table
+    return absl::ResourceExhaustedError("CPU reference: out of host memory");
+  }
 }
 
 absl::Status RaggedAttention(const RaggedAttentionParams& params, int num_threads) {
@@ -263,9 +267,12 @@ absl::Status RaggedAttention(const RaggedAttentionParams& params, int num_thread
   if (auto s = ValidateRaggedKV(kv); !s.ok()) return s;
   if (auto s = ValidateQueryOutput(params.qo, kv.batch_size, kv.num_kv_heads); !s.ok()) return s;
   if (auto s = ValidateOptions(params.options, kv.head_dim); !s.ok()) return s;
-  RunAttention(params.qo, RaggedKeys(kv), kv.dtype, kv.num_kv_heads, kv.head_dim, params.options,
-               num_threads);
-  return absl::OkStatus();
+  try {
+    return RunAttention(params.qo, RaggedKeys(kv), kv.dtype, kv.num_kv_heads, kv.head_dim,
+                        params.options, num_threads);
+  } catch (const std::bad_alloc&) {  // the task list or the RoPE table
+    return absl::ResourceExhaustedError("CPU reference: out of host memory");
+  }
 }
 
 }  // namespace attnd::kernels::cpu

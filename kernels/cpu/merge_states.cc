@@ -29,7 +29,7 @@ absl::Status MergeStates(const MergeStatesParams& p, int num_threads) {
     return absl::InvalidArgumentError("v_in or s_in is null");
   }
   const int64_t dim = p.head_dim, heads = p.num_heads, states = p.num_states;
-  ParallelFor(static_cast<int64_t>(p.num_rows) * heads, num_threads, [&]() {
+  return ParallelFor(static_cast<int64_t>(p.num_rows) * heads, num_threads, [&]() {
     return [&, state = AttentionState(p.head_dim),
             v = std::vector<float>(p.head_dim)](int64_t task) mutable {
       const int64_t row = task / heads, h = task % heads;
@@ -44,7 +44,6 @@ absl::Status MergeStates(const MergeStatesParams& p, int num_threads) {
       if (p.s_out) p.s_out[task] = state.lse();
     };
   });
-  return absl::OkStatus();
 }
 
 }  // namespace attnd::kernels::cpu

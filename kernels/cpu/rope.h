@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "parallel_for.h"
 
 namespace attnd::kernels::cpu {
@@ -33,13 +34,16 @@ class RopeLlama {
 
   // Tabulates positions [first, last] unless the table would exceed kMaxTablePairs (positions
   // outside the table are computed on the fly).
-  void Precompute(int64_t first, int64_t last, int num_threads) {
-    if (last < first || half_dim_ == 0 || (last - first + 1) > kMaxTablePairs / half_dim_) return;
+  absl::Status Precompute(int64_t first, int64_t last, int num_threads) {
+    if (last < first || half_dim_ == 0 || (last - first + 1) > kMaxTablePairs / half_dim_) {
+      return absl::OkStatus();
+    }
+    const int64_t size = last - first + 1;
+    table_.resize(static_cast<size_t>(size * half_dim_ * 2));  // may throw; then no table is set
     table_first_ = first;
-    table_size_ = last - first + 1;
-    table_.resize(static_cast<size_t>(table_size_ * half_dim_ * 2));
+    table_size_ = size;
     constexpr int64_t kPositionsPerTask = 256;
-    ParallelFor((table_size_ + kPositionsPerTask - 1) / kPositionsPerTask, num_threads, [&]() {
+    return ParallelFor((table_size_ + kPositionsPerTask - 1) / kPositionsPerTask, num_threads, [&]() {
       return [&](int64_t task) {
         const int64_t end = std::min(table_size_, (task + 1) * kPositionsPerTask);
         for (int64_t p = task * kPositionsPerTask; p < end; ++p) {

@@ -1,6 +1,7 @@
 // PagedAttention of the CPU reference against the naive float64 attention, over awkward sizes,
 // every option, and every storage dtype. Outputs are poisoned (NaN) before each run and every
 // element is checked; unused cache slots hold NaN, so reading one shows up as a failure.
+#include <cstring>
 #include <random>
 #include <vector>
 
@@ -199,6 +200,39 @@ TEST(PagedAttention, RopeLlamaDecodeAndPrefillWithOffsetsAndScale) {
   AttentionOptions options;
   options.pos_encoding = PosEncoding::kRopeLlama;
   CheckAgainstNaive(spec, options);
+}
+
+TEST(PagedAttention, RopeWithHugeOffsetsIsComputedWithoutTableAndAgrees) {
+  // Offsets 0 and 2e9 span too many positions for the cos/sin table, so every rotation is
+  // computed on the fly; request 0 must come out bit for bit as when it runs alone (tabulated).
+  PagedProblemSpec spec;
+  spec.decode = false;
+  spec.kv_lens = {70, 40};
+  spec.qo_lens = {20, 40};
+  spec.kv_dtype = spec.q_dtype = DType::kFloat32;
+  AttentionOptions options;
+  options.causal = true;
+  options.pos_encoding = PosEncoding::kRopeLlama;
+  PagedProblem p = MakePagedProblem(spec);
+  std::vector<int32_t> offsets = {0, 2000000000};
+  options.rope_offsets = offsets.data();
+  p.PoisonOutputs();
+  ASSERT_TRUE(PagedAttention(p.Params(options, true)).ok());
+  const auto ref = NaiveAttention(p.dense, p.qo_lens, p.q_values, p.num_qo_heads,
+                                  spec.num_kv_heads, spec.head_dim, options, offsets);
+  ExpectOutputsClose(p.o, spec.q_dtype, ref.o, "huge rope offsets");
+  ExpectLseClose(p.lse, ref.lse, "huge rope offsets");
+
+  PagedAttentionParams alone = p.Params(options, true);
+  alone.kv.batch_size = alone.qo.batch_size = 1;
+  std::vector<uint8_t> o_alone(p.o.size());
+  std::vector<float> lse_alone(p.lse.size());
+  alone.qo.o = o_alone.data();
+  alone.qo.lse = lse_alone.data();
+  ASSERT_TRUE(PagedAttention(alone).ok());
+  const size_t rows0 = 20 * p.num_qo_heads;
+  EXPECT_EQ(0, memcmp(o_alone.data(), p.o.data(), rows0 * spec.head_dim * sizeof(float)));
+  EXPECT_EQ(0, memcmp(lse_alone.data(), p.lse.data(), rows0 * sizeof(float)));
 }
 
 TEST(PagedAttention, LogitsSoftCap) {
