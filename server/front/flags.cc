@@ -8,6 +8,8 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -43,6 +45,10 @@ ABSL_FLAG(std::string, socket_mode, "0660",
           "Env: ATTND_SOCKET_MODE.");
 ABSL_FLAG(int32_t, threads, 0,
           "Worker threads of the cpu backend; 0 = all cores. Env: ATTND_THREADS.");
+
+#ifndef ATTND_VERSION
+#define ATTND_VERSION "0.0.0-dev"
+#endif
 
 namespace attnd::server::front {
 
@@ -127,8 +133,16 @@ absl::StatusOr<DaemonConfig> DaemonConfigFromFlags() {
 }
 
 absl::StatusOr<DaemonConfig> ParseDaemonFlags(int argc, char** argv) {
+  // --help lists the flags of this file (absl's default would look for a file named main).
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view file) {
+    return absl::EndsWith(file, "server/front/flags.cc");
+  };
+  usage.contains_helpshort_flags = usage.contains_help_flags;
+  usage.version_string = [] { return std::string("attnd ") + ATTND_VERSION + "\n"; };
+  absl::SetFlagsUsageConfig(usage);
   absl::SetProgramUsageMessage(
-      "attnd: GPU attention-offload daemon (paged KV-cache pools + attention kernels over "
+      "GPU attention-offload daemon (paged KV-cache pools + attention kernels over "
       "gRPC).\n\nEvery flag below can also be set by an environment variable ATTND_<FLAG> "
       "(e.g. ATTND_LISTEN=unix:///run/attnd.sock, ATTND_BACKEND=cpu); the command line wins.\n\n"
       "Usage: attnd [--flag=value ...]");
