@@ -97,6 +97,13 @@ struct DTypeCase {
   double tolerance;
 };
 
+std::string CaseName(const DTypeCase& c) {
+  return absl::StrCat("kv_", client::DTypeName(c.kv_dtype), "_q_", client::DTypeName(c.q_dtype),
+                      "_heads", c.qo_heads, "x", c.kv_heads, "_d", c.head_dim, "_page",
+                      c.page_size);
+}
+void PrintTo(const DTypeCase& c, std::ostream* os) { *os << CaseName(c); }
+
 class PrefillDecodeDTypeTest : public PrefillDecodeTest,
                                public ::testing::WithParamInterface<DTypeCase> {};
 
@@ -124,7 +131,8 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(DTypeCase{v1::DTYPE_FLOAT16, v1::DTYPE_FLOAT16, 4, 16, 64, 16, 5e-3},
                       DTypeCase{v1::DTYPE_BFLOAT16, v1::DTYPE_BFLOAT16, 2, 2, 128, 16, 2e-2},
                       DTypeCase{v1::DTYPE_FLOAT32, v1::DTYPE_FLOAT32, 1, 8, 64, 1, 1e-4},
-                      DTypeCase{v1::DTYPE_FLOAT16, v1::DTYPE_FLOAT32, 2, 4, 128, 7, 1e-3}));
+                      DTypeCase{v1::DTYPE_FLOAT16, v1::DTYPE_FLOAT32, 2, 4, 128, 7, 1e-3}),
+    [](const ::testing::TestParamInfo<DTypeCase>& info) { return CaseName(info.param); });
 
 // Zero-copy path: q comes from, and o/lse go to, slices of a registered shared-memory buffer.
 TEST_F(PrefillDecodeTest, SharedMemoryBuffersCarryQAndOutputs) {
