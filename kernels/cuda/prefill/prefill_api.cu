@@ -170,11 +170,15 @@ absl::StatusOr<PrefillWorkPtr> PreparePrefill(std::span<const int32_t> qo_indptr
     work->items_ = nullptr;
     return s;
   }
-  // From pageable memory: returns once the source has been staged, so `items` may go.
+  // Wait for the copy: the work is then complete on return and usable from any stream (runs
+  // are often issued on another stream than the plan's), and `items` may go.
   if (auto s = CudaStatus(cudaMemcpyAsync(work->items_, items.data(), bytes,
                                           cudaMemcpyHostToDevice, stream),
                           "upload work items");
       !s.ok()) {
+    return s;
+  }
+  if (auto s = CudaStatus(cudaStreamSynchronize(stream), "upload work items (sync)"); !s.ok()) {
     return s;
   }
   return work;

@@ -27,7 +27,8 @@ using PrefillWorkPtr = std::unique_ptr<PrefillWork, PrefillWorkDeleter>;
 // The work is valid for any run whose batch has these lengths and head counts, whatever its
 // options (causal, window, RoPE, soft cap) and KV layout (paged, any page size, or ragged).
 // Errors: INVALID_ARGUMENT for inconsistent sizes, UNIMPLEMENTED for a head_dim that is not
-// compiled (ATTND_CUDA_HEAD_DIMS), INTERNAL for a failed allocation/copy.
+// compiled (ATTND_CUDA_HEAD_DIMS), INTERNAL for a failed allocation/copy. The upload is issued
+// on `stream` and waited for, so the returned work may be used from any stream.
 absl::StatusOr<PrefillWorkPtr> PreparePrefill(std::span<const int32_t> qo_indptr,
                                               std::span<const int32_t> kv_len,
                                               int32_t num_qo_heads, int32_t num_kv_heads,
