@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Runs on the GPU host, from the repository root, over the bundle that scripts/gpu-bundle.sh made
+# in .gpu/: every GPU test (run_all.sh: vs the CPU reference, then compute-sanitizer memcheck),
+# the kernel benchmarks and the torch SDPA peers on the same shapes. Prints one table at the end.
+#   scripts/gpu-host-run.sh [tests|bench|all]      (default all)
+# Results go to $OUT (the device tool's folder): device.txt, gpu_tests.txt, bench.txt, peer.txt,
+# and every log in logs.tgz (the device tool returns at most 8 files).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+mode=${1:-all}
+out=${OUT:-/tmp/attnd-gpu-out}
+mkdir -p "$out"
+work=$(mktemp -d)
+export LD_LIBRARY_PATH="$PWD/.gpu/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export ATTND_LIBS="$PWD/.gpu/lib"
+status=0
+
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,temperature.gpu \
+  --format=csv | tee "$out/device.txt"
+date -u +%FT%TZ | tee -a "$out/device.txt"
+
+if [ "$mode" = tests ] || [ "$mode" = all ]; then
+  OUT="$work/tests" tests/gpu/run_all.sh "$PWD/.gpu/bin" > "$work/run_all.log" 2>&1 || status=1
+  cp "$work/tests/gpu_tests.txt" "$out/" 2>/dev/null || tail -50 "$work/run_all.log" > "$out/gpu_tests.txt"
+fi
+
+if [ "$mode" = bench ] || [ "$mode" = all ]; then
+  : > "$work/bench.txt"
+  for b in .gpu/bin/*_bench; do
+    echo "== $(basename "$b")" >> "$work/bench.txt"
+    timeout 300 "$b" >> "$work/bench.txt" 2>&1 || { echo "FAILED rc=$?" >> "$work/bench.txt"; status=1; }
+  done
+  cp "$work/bench.txt" "$out/"
+  PYTHONUNBUFFERED=1 timeout 300 python3 bench/torch_sdpa_peer.py > "$out/peer.txt" 2>&1 || status=1
+fi
+
+tar czf "$out/logs.tgz" -C "$work" . 2>/dev/null
+echo
+for f in gpu_tests.txt bench.txt peer.txt; do
+  [ -f "$out/$f" ] && { echo "######## $f"; grep -vE '^\{' "$out/$f" | tail -60; }
+done
+exit $status
