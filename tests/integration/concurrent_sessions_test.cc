@@ -3,6 +3,7 @@
 #include <thread>
 
 #include "daemon_fixture.h"
+#include "reference_attention.h"
 
 namespace attnd::testing {
 namespace {
@@ -113,6 +114,107 @@ TEST_F(ConcurrentSessionsTest, SessionsAreIsolatedAndCorrectInParallel) {
             shape.num_pages - static_cast<int64_t>(work_a.AllPages().size()));
   EXPECT_GT(b_pages, 0u);
   ATTND_EXPECT_OK(work_a.DecodeStep());
+}
+
+// A shares a prefix with B through ForkPages(target_session_id): B attends over A's pages plus
+// its own, cannot append into the shared pages, and the pages live until both dropped them.
+TEST_F(ConcurrentSessionsTest, ForkPagesSharesAPrefixAcrossSessions) {
+  ModelShape shape;
+  shape.kv_heads = 2;
+  shape.qo_heads = 4;
+  shape.num_pages = 16;
+  auto a = client_->OpenSession("prefix-owner");
+  auto b = client_->OpenSession("prefix-user");
+  ATTND_ASSERT_OK(a);
+  ATTND_ASSERT_OK(b);
+  const std::string name = UniqueName("prefix");
+  auto pool = (*a)->CreatePool(MakePoolSpec(shape, name));
+  ATTND_ASSERT_OK(pool);
+  const std::string pool_id = pool->pool_id();
+
+  Workload work_a(a->get(), shape, pool_id, /*seed=*/5);
+  ATTND_ASSERT_OK(work_a.Prefill({32}));  // two full pages
+  const std::vector<int32_t> prefix = work_a.AllPages();
+  ASSERT_EQ(prefix.size(), 2u);
+
+  // B is not attached yet: forking to it is refused.
+  EXPECT_FALSE((*a)->ForkPages(pool_id, prefix, (*b)->session_id()).ok());
+  ATTND_ASSERT_OK((*b)->AttachPool(name));
+  auto refcounts = (*a)->ForkPages(pool_id, prefix, (*b)->session_id());
+  ATTND_ASSERT_OK(refcounts);
+  EXPECT_EQ(*refcounts, (std::vector<int32_t>{2, 2}));
+
+  // B decodes token 32 over the shared prefix plus a page of its own.
+  auto own = (*b)->AllocatePages(pool_id, 1);
+  ATTND_ASSERT_OK(own);
+  client::PlanSpec spec;
+  spec.pool_id = pool_id;
+  spec.kind = v1::ATTENTION_KIND_DECODE;
+  spec.num_qo_heads = shape.qo_heads;
+  spec.kv_indptr = {0, 3};
+  spec.kv_indices = {prefix[0], prefix[1], own->page_ids[0]};
+  spec.kv_last_page_len = {1};
+  auto plan = (*b)->CreatePlan(spec);
+  ATTND_ASSERT_OK(plan);
+  std::mt19937 rng(6);
+  const Workload::Sequence& seq = work_a.sequences()[0];
+  const ReferenceShape ref{shape.qo_heads, shape.kv_heads, shape.head_dim};
+  for (int layer = 0; layer < shape.layers; ++layer) {
+    const size_t kv_row = static_cast<size_t>(shape.kv_heads) * shape.head_dim;
+    std::vector<float> q = RandomValues(rng, shape.qo_heads * shape.head_dim, shape.q_dtype);
+    std::vector<float> k = RandomValues(rng, kv_row, shape.kv_dtype);
+    std::vector<float> v = RandomValues(rng, kv_row, shape.kv_dtype);
+    client::RunArgs run;
+    run.plan_id = plan->plan_id;
+    run.layer = layer;
+    run.q = *client::MakeTensor(q, {1, shape.qo_heads, shape.head_dim}, shape.q_dtype);
+    run.k = *client::MakeTensor(k, {1, shape.kv_heads, shape.head_dim}, shape.kv_dtype);
+    run.v = *client::MakeTensor(v, {1, shape.kv_heads, shape.head_dim}, shape.kv_dtype);
+    run.options.set_return_lse(true);
+    auto out = (*b)->RunAndDecode(run);
+    ATTND_ASSERT_OK(out);
+    std::vector<float> keys = seq.k[layer], values = seq.v[layer];
+    keys.insert(keys.end(), k.begin(), k.end());
+    values.insert(values.end(), v.begin(), v.end());
+    std::vector<double> o_ref(q.size()), lse_ref(shape.qo_heads);
+    ReferenceAttentionRow(ref, q.data(), keys, values, 0, 32, 0, o_ref.data(), lse_ref.data());
+    for (size_t i = 0; i < q.size(); ++i) ASSERT_NEAR(out->o[i], o_ref[i], 5e-3) << i;
+    for (int h = 0; h < shape.qo_heads; ++h) ASSERT_NEAR(out->lse[h], lse_ref[h], 5e-3);
+  }
+  ATTND_ASSERT_OK((*b)->DeletePlan(plan->plan_id));
+
+  // Appending into a shared page (token 31 lives in prefix[1]) is refused.
+  spec.kv_indptr = {0, 2};
+  spec.kv_indices = {prefix[0], prefix[1]};
+  spec.kv_last_page_len = {16};
+  auto shared_append = (*b)->CreatePlan(spec);
+  if (shared_append.ok()) {
+    // Refused at the append instead of at plan time: either is a FAILED_PRECONDITION.
+    client::RunArgs run;
+    run.plan_id = shared_append->plan_id;
+    run.q = *client::MakeTensor(std::vector<float>(shape.qo_heads * shape.head_dim, 0.f),
+                                {1, shape.qo_heads, shape.head_dim}, shape.q_dtype);
+    run.k = *client::MakeTensor(std::vector<float>(shape.kv_heads * shape.head_dim, 9.f),
+                                {1, shape.kv_heads, shape.head_dim}, shape.kv_dtype);
+    run.v = run.k;
+    EXPECT_TRUE(StatusIs((*b)->Run(run), absl::StatusCode::kFailedPrecondition,
+                         {std::to_string(prefix[1])}));
+  } else {
+    EXPECT_TRUE(StatusIs(shared_append, absl::StatusCode::kFailedPrecondition,
+                         {std::to_string(prefix[1])}));
+  }
+  // A's view of its sequence is unchanged by B's attempts.
+  ATTND_EXPECT_OK(work_a.DecodeStep());
+
+  // Pages live while either holds them: A drops its references -> prefix still in use.
+  // (A's decode step took a third page of its own, which goes back now.)
+  ASSERT_EQ(work_a.AllPages().size(), 3u);
+  auto free_after_a = (*a)->FreePages(pool_id, work_a.AllPages());
+  ATTND_ASSERT_OK(free_after_a);
+  EXPECT_EQ(*free_after_a, shape.num_pages - 3);  // B still holds the prefix and its own page
+  auto free_after_b = (*b)->FreePages(pool_id, {prefix[0], prefix[1], own->page_ids[0]});
+  ATTND_ASSERT_OK(free_after_b);
+  EXPECT_EQ(*free_after_b, shape.num_pages);
 }
 
 // Many sessions with their own pools, all at once: a smoke test of the daemon's locking.
