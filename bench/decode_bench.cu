@@ -30,9 +30,12 @@ struct Result {
   Shape s;
   double ms, tbps, pct;
   int chunks;
+  bool tc;
 };
 
-Result RunOne(DType dt, Shape s, double ceiling, cudaStream_t stream) {
+using Kernel = kcuda::DecodeScheduleOptions::Kernel;
+
+Result RunOne(DType dt, Shape s, Kernel kernel, double ceiling, cudaStream_t stream) {
   const int hq = 32, d = 128, ps = 16;
   const int pages_per_req = (s.kv_len + ps - 1) / ps;
   const int num_pages = s.batch * pages_per_req;
@@ -67,7 +70,9 @@ Result RunOne(DType dt, Shape s, double ceiling, cudaStream_t stream) {
   DeviceMemory lse(static_cast<size_t>(s.batch) * hq * 4);
   FillRandom16(q.get(), q.bytes() / 2, 5, dt == DType::kBFloat16);
 
-  auto work = kcuda::PrepareDecode(kv_len, hq, s.num_kv_heads, d, ps, {}, stream);
+  kcuda::DecodeScheduleOptions sched;
+  sched.kernel = kernel;
+  auto work = kcuda::PrepareDecode(kv_len, hq, s.num_kv_heads, d, ps, sched, stream);
   BENCH_STATUS_CHECK(work.status());
   const auto info = kcuda::GetDecodeScheduleInfo(**work);
 
@@ -89,6 +94,7 @@ Result RunOne(DType dt, Shape s, double ceiling, cudaStream_t stream) {
   r.tbps = bytes / (t.median_ms * 1e-3) / 1e12;
   r.pct = 100.0 * r.tbps / ceiling;
   r.chunks = info.num_chunks;
+  r.tc = info.tensor_cores;
   return r;
 }
 
@@ -108,20 +114,27 @@ int main(int argc, char** argv) {
   for (DType dt : {DType::kFloat16, DType::kBFloat16}) {
     if (quick && dt == DType::kBFloat16) continue;
     for (const Shape& s : shapes) {
-      Result r = RunOne(dt, s, ceiling, stream);
-      std::printf(
-          "JSON {\"bench\":\"decode\",\"dtype\":\"%s\",\"batch\":%d,\"kv_len\":%d,"
-          "\"num_qo_heads\":32,\"num_kv_heads\":%d,\"head_dim\":128,\"page_size\":16,"
-          "\"ms\":%.5f,\"tbps\":%.4f,\"pct_copy\":%.2f,\"chunks\":%d}\n",
-          r.dtype.c_str(), s.batch, s.kv_len, s.num_kv_heads, r.ms, r.tbps, r.pct, r.chunks);
-      results.push_back(r);
+      std::vector<Kernel> kernels = {Kernel::kAuto};
+      if (32 / s.num_kv_heads >= 4) kernels.push_back(Kernel::kCudaCores);  // GQA: both paths
+      for (Kernel k : kernels) {
+        Result r = RunOne(dt, s, k, ceiling, stream);
+        std::printf(
+            "JSON {\"bench\":\"decode\",\"dtype\":\"%s\",\"batch\":%d,\"kv_len\":%d,"
+            "\"num_qo_heads\":32,\"num_kv_heads\":%d,\"head_dim\":128,\"page_size\":16,"
+            "\"kernel\":\"%s\",\"ms\":%.5f,\"tbps\":%.4f,\"pct_copy\":%.2f,\"chunks\":%d}\n",
+            r.dtype.c_str(), s.batch, s.kv_len, s.num_kv_heads, r.tc ? "tensor" : "cuda-core",
+            r.ms, r.tbps, r.pct, r.chunks);
+        std::fflush(stdout);
+        results.push_back(r);
+      }
     }
   }
-  std::printf("\n%-5s %6s %7s %5s %5s %9s %8s %7s %7s\n", "dtype", "batch", "kv_len", "Hq",
-              "Hkv", "ms", "TB/s", "%copy", "chunks");
+  std::printf("\n%-5s %6s %7s %5s %5s %-9s %9s %8s %7s %7s\n", "dtype", "batch", "kv_len", "Hq",
+              "Hkv", "kernel", "ms", "TB/s", "%copy", "chunks");
   for (const Result& r : results) {
-    std::printf("%-5s %6d %7d %5d %5d %9.4f %8.3f %6.1f%% %7d\n", r.dtype.c_str(), r.s.batch,
-                r.s.kv_len, 32, r.s.num_kv_heads, r.ms, r.tbps, r.pct, r.chunks);
+    std::printf("%-5s %6d %7d %5d %5d %-9s %9.4f %8.3f %6.1f%% %7d\n", r.dtype.c_str(),
+                r.s.batch, r.s.kv_len, 32, r.s.num_kv_heads, r.tc ? "tensor" : "cuda-core", r.ms,
+                r.tbps, r.pct, r.chunks);
   }
   cudaStreamDestroy(stream);
   return 0;

@@ -30,6 +30,7 @@ class DecodeWork {
   int32_t head_tiles = 1;
   int32_t chunk_tokens = 0;
   bool split = false;
+  bool tensor_cores = false;
   std::vector<DecodeWorkItem> items;    // host copy
   std::vector<int32_t> chunk_indptr;    // [batch + 1] host copy
 
@@ -95,7 +96,36 @@ cudaError_t DispatchHeadDim(int32_t head_dim, const DecodeKernelParams& params, 
   }
 }
 
-cudaError_t Occupancy(int32_t head_dim, int head_tile, int* ctas) {
+template <DType kDType>
+cudaError_t DispatchTcHeadDim(int32_t head_dim, const DecodeKernelParams& params, int num_items,
+                              int num_kv_heads, cudaStream_t stream) {
+  switch (head_dim) {
+#ifdef ATTND_CUDA_HD64
+    case 64:
+      return internal::LaunchDecodeTcKernel<kDType, 64>(params, num_items, num_kv_heads, stream);
+#endif
+#ifdef ATTND_CUDA_HD128
+    case 128:
+      return internal::LaunchDecodeTcKernel<kDType, 128>(params, num_items, num_kv_heads, stream);
+#endif
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+bool TcHeadDim(int32_t head_dim) { return HeadDimInstantiated(head_dim) && head_dim <= 128; }
+
+cudaError_t Occupancy(int32_t head_dim, bool tensor_cores, int head_tile, int* ctas) {
+  if (tensor_cores) {
+    switch (head_dim) {
+#ifdef ATTND_CUDA_HD64
+      case 64: return internal::DecodeTcKernelOccupancy<DType::kFloat16, 64>(ctas);
+#endif
+#ifdef ATTND_CUDA_HD128
+      case 128: return internal::DecodeTcKernelOccupancy<DType::kFloat16, 128>(ctas);
+#endif
+      default: return cudaErrorInvalidValue;
+    }
+  }
   switch (head_dim) {
 #ifdef ATTND_CUDA_HD64
     case 64: return internal::DecodeKernelOccupancy<DType::kFloat16, 64>(head_tile, ctas);
@@ -149,7 +179,15 @@ absl::StatusOr<DecodeWorkPtr> PrepareDecode(std::span<const int32_t> kv_len, int
   work->num_kv_heads = num_kv_heads;
   work->head_dim = head_dim;
   work->group = num_qo_heads / num_kv_heads;
-  work->head_tile = internal::DecodeHeadTile(work->group);
+  using Kernel = DecodeScheduleOptions::Kernel;
+  if (options.kernel == Kernel::kTensorCores && !TcHeadDim(head_dim)) {
+    return absl::UnimplementedError(
+        absl::StrCat("decode: no tensor-core kernel for head_dim ", head_dim));
+  }
+  work->tensor_cores = options.kernel == Kernel::kTensorCores ||
+                       (options.kernel == Kernel::kAuto && work->group >= 4 && TcHeadDim(head_dim));
+  work->head_tile =
+      work->tensor_cores ? internal::kTcHeadTile : internal::DecodeHeadTile(work->group);
   work->head_tiles = (work->group + work->head_tile - 1) / work->head_tile;
   const int64_t head_ctas = static_cast<int64_t>(num_kv_heads) * work->head_tiles;
   if (head_ctas > 65535) {
@@ -173,7 +211,7 @@ absl::StatusOr<DecodeWorkPtr> PrepareDecode(std::span<const int32_t> kv_len, int
     }
     int ctas_per_sm = options.ctas_per_sm;
     if (ctas_per_sm <= 0) {
-      ATTND_RETURN_IF_CUDA_ERROR(Occupancy(head_dim, work->head_tile, &ctas_per_sm),
+      ATTND_RETURN_IF_CUDA_ERROR(Occupancy(head_dim, work->tensor_cores, work->head_tile, &ctas_per_sm),
                                  "decode occupancy");
       ctas_per_sm = std::max(ctas_per_sm, 1);
     }
@@ -254,6 +292,7 @@ DecodeScheduleInfo GetDecodeScheduleInfo(const DecodeWork& work) {
   info.chunk_tokens = work.chunk_tokens;
   info.head_groups = work.num_kv_heads * work.head_tiles;
   info.split = work.split;
+  info.tensor_cores = work.tensor_cores;
   return info;
 }
 
@@ -327,12 +366,21 @@ absl::Status RunPagedDecode(const DecodeWork& work, const PagedAttentionParams& 
   p.rope_offsets = opt.rope_offsets;
 
   const int num_items = static_cast<int>(work.items.size());
-  cudaError_t e = kv.dtype == DType::kFloat16
+  cudaError_t e;
+  if (work.tensor_cores) {
+    e = kv.dtype == DType::kFloat16
+            ? DispatchTcHeadDim<DType::kFloat16>(kv.head_dim, p, num_items, work.num_kv_heads,
+                                                 stream)
+            : DispatchTcHeadDim<DType::kBFloat16>(kv.head_dim, p, num_items, work.num_kv_heads,
+                                                  stream);
+  } else {
+    e = kv.dtype == DType::kFloat16
                       ? DispatchHeadDim<DType::kFloat16>(kv.head_dim, p, num_items,
                                                          work.num_kv_heads, work.head_tile, stream)
                       : DispatchHeadDim<DType::kBFloat16>(kv.head_dim, p, num_items,
                                                           work.num_kv_heads, work.head_tile,
                                                           stream);
+  }
   ATTND_RETURN_IF_CUDA_ERROR(e, absl::StrCat("decode kernel launch (head_dim ", kv.head_dim, ")"));
   if (work.split) {
     internal::MergeKernelParams m;

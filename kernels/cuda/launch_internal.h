@@ -68,6 +68,15 @@ cudaError_t LaunchDecodeKernel(const DecodeKernelParams& params, int num_items, 
 template <DType kDType, int kHeadDim>
 cudaError_t DecodeKernelOccupancy(int head_tile, int* ctas_per_sm);
 
+// The tensor-core decode kernel (decode_tc_kernel.cuh): 16 query heads per CTA, head_dim 64 and
+// 128; instantiated next to LaunchDecodeKernel.
+template <DType kDType, int kHeadDim>
+cudaError_t LaunchDecodeTcKernel(const DecodeKernelParams& params, int num_items,
+                                 int num_kv_heads, cudaStream_t stream);
+template <DType kDType, int kHeadDim>
+cudaError_t DecodeTcKernelOccupancy(int* ctas_per_sm);
+inline constexpr int kTcHeadTile = 16;
+
 // Merging of attention states: the public MergeStatesParams layout when state_indptr is null;
 // with state_indptr, row r's states are rows state_indptr[r] .. state_indptr[r+1) of v_in/s_in
 // ([total_states, num_heads, head_dim] / [total_states, num_heads]) and rows with a single state

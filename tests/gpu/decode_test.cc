@@ -33,6 +33,7 @@ struct DecodeCase {
   bool lse = true;
   int32_t fixed_chunk = 0;   // > 0 forces split-KV with this chunk size
   bool allow_split = true;
+  kcuda::DecodeScheduleOptions::Kernel kernel = kcuda::DecodeScheduleOptions::Kernel::kAuto;
 };
 
 std::string Describe(const DecodeCase& c) {
@@ -92,6 +93,7 @@ void RunCase(const DecodeCase& c, Rng& rng, ResultTable& table) {
   kcuda::DecodeScheduleOptions sched;
   sched.fixed_chunk_tokens = c.fixed_chunk;
   sched.allow_split = c.allow_split;
+  sched.kernel = c.kernel;
   auto work = kcuda::PrepareDecode(c.kv_len, hq, c.num_kv_heads, d, c.page_size, sched, nullptr);
   GT_STATUS_CHECK(work.status());
   const auto info = kcuda::GetDecodeScheduleInfo(**work);
@@ -110,6 +112,7 @@ void RunCase(const DecodeCase& c, Rng& rng, ResultTable& table) {
   GT_CUDA_CHECK(cudaDeviceSynchronize());
 
   std::string name = Describe(c);
+  absl::StrAppend(&name, info.tensor_cores ? " tc" : " cc");
   absl::StrAppend(&name, info.split ? absl::StrCat(" [split ", info.num_chunks, "]") : "");
   const double tol = DefaultTolerance(c.dtype);
   std::vector<uint8_t> raw = dout.Download();
@@ -280,7 +283,20 @@ int main(int argc, char** argv) {
   ResultTable table("decode_test");
   table.set_verbose(flags.verbose);
   std::vector<DecodeCase> cases = flags.small ? SmallCases() : FullCases(rng);
-  for (const DecodeCase& c : cases) RunCase(c, rng, table);
+  using Kernel = attnd::kernels::cuda::DecodeScheduleOptions::Kernel;
+  for (const DecodeCase& c : cases) {
+    RunCase(c, rng, table);
+    // Both kernels on every case small enough: the automatic choice above, and the other one
+    // forced (tensor cores exist for head_dim 64/128).
+    int64_t tokens = 0;
+    for (int32_t l : c.kv_len) tokens += l;
+    if (c.head_dim <= 128 && tokens <= 40000 && c.kernel == Kernel::kAuto) {
+      const bool auto_tc = c.group >= 4;
+      DecodeCase other = c;
+      other.kernel = auto_tc ? Kernel::kCudaCores : Kernel::kTensorCores;
+      RunCase(other, rng, table);
+    }
+  }
   table.Print(stdout);
   return table.ExitCode();
 }

@@ -47,6 +47,10 @@ struct DecodeScheduleOptions {
   int32_t fixed_chunk_tokens = 0;
   // false: never split (one CTA per request and KV head group).
   bool allow_split = true;
+  // Which kernel: automatic (tensor cores for GQA groups >= 4 at head_dim <= 128, CUDA cores
+  // otherwise), or forced (tests and benchmarks compare both).
+  enum class Kernel : int32_t { kAuto = 0, kCudaCores = 1, kTensorCores = 2 };
+  Kernel kernel = Kernel::kAuto;
 };
 
 class DecodeWork;  // opaque; owns its device arrays and workspace (RAII)
@@ -68,6 +72,7 @@ struct DecodeScheduleInfo {
   int32_t chunk_tokens = 0;     // 0 = no request was split
   int32_t head_groups = 0;      // CTAs per chunk along the head axis
   bool split = false;           // some request has more than one chunk (a merge pass runs)
+  bool tensor_cores = false;    // the mma.sync kernel (else the CUDA-core kernel)
 };
 DecodeScheduleInfo GetDecodeScheduleInfo(const DecodeWork& work);
 

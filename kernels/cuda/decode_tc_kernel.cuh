@@ -1,0 +1,465 @@
+// Batch decode attention on tensor cores (mma.sync m16n8k16) for GQA groups, head_dim <= 128.
+//
+// The query heads of one KV head are the rows of a 16-row tile (group g <= 16 rows used, the rest
+// zero), so decode becomes a tiny prefill: S = Q K^T and O += P V with the K/V rows of the chunk
+// streaming through shared memory once for all of the group's heads.
+//
+// CTA = 4 warps; one work item (request, chunk) x one KV head x one 16-head tile. A pipeline stage
+// holds 64 tokens of K and V ([64][D] each, 16-byte chunks XOR-swizzled by token % 8 so that
+// ldmatrix is conflict-free); warp w owns tokens [16w, 16w + 16) of every stage and keeps its own
+// online-softmax state (rows: heads; m, d per row in base 2; O: 16 x D fp32 fragments). The four
+// states are merged through shared memory at the end; a split request writes a partial state
+// (normalised o in fp32, lse) for the merge kernel, as in decode_kernel.cuh.
+//
+// Fragment layouts (PTX ISA, mma.m16n8k16, lane T, g = T / 4, c = T % 4):
+//   A (16 x 16, row): a0 (g, 2c..2c+1), a1 (g+8, 2c..), a2 (g, 2c+8..), a3 (g+8, 2c+8..)
+//   B (16 x 8, col):  b0 (k 2c..2c+1, n g), b1 (k 2c+8.., n g)
+//   C (16 x 8, f32):  c0,c1 (g, 2c..2c+1), c2,c3 (g+8, 2c..2c+1)
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernel_utils.cuh"
+#include "launch_internal.h"
+
+namespace attnd::kernels::cuda::internal {
+
+template <int D>
+struct TcDecodeTraits {
+  static_assert(D == 64 || D == 128, "tensor-core decode: head_dim 64 or 128");
+  static constexpr int kWarps = 4;
+  static constexpr int kThreads = 32 * kWarps;
+  static constexpr int kRows = 16;                   // query heads per CTA
+  static constexpr int kTokensPerWarp = 16;
+  static constexpr int kTPS = kWarps * kTokensPerWarp;  // tokens per stage
+  static constexpr int kStages = 3;
+  static constexpr int kChunks = D / 8;  // 16-byte chunks per row
+  static constexpr int kStageElems = 2 * kTPS * D;
+  static constexpr int kSmemBytes = (kStages * kStageElems + kRows * D) * 2;
+  static constexpr int kLoadsPerThread = kTPS * kChunks / kThreads;
+  static_assert(kTPS * kChunks % kThreads == 0, "whole copies per thread");
+  // merge scratch (fp32): O [warps][16][D], m and d [warps][16]
+  static_assert((kWarps * kRows * (D + 2)) * 4 <= kSmemBytes, "merge scratch fits");
+};
+
+// Element offset of (row, chunk) in a [rows][D] tile with 16-byte chunks swizzled by row % 8.
+template <int D>
+__device__ __forceinline__ int SwzOffset(int row, int chunk) {
+  return row * D + ((chunk ^ (row & 7)) << 3);
+}
+
+__device__ __forceinline__ void LdMatrixX4(uint32_t (&r)[4], const void* smem_row) {
+  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(smem_row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
+__device__ __forceinline__ void LdMatrixX4Trans(uint32_t (&r)[4], const void* smem_row) {
+  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(smem_row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
+
+template <typename T>
+struct Mma;
+template <>
+struct Mma<__half> {
+  static __device__ __forceinline__ void Run(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                             uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+        "{%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+  static __device__ __forceinline__ uint32_t Pack(float x, float y) {
+    __half2 h = __floats2half2_rn(x, y);
+    return *reinterpret_cast<uint32_t*>(&h);
+  }
+};
+template <>
+struct Mma<__nv_bfloat16> {
+  static __device__ __forceinline__ void Run(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                             uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+        "{%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+  static __device__ __forceinline__ uint32_t Pack(float x, float y) {
+    __nv_bfloat162 h = __floats2bfloat162_rn(x, y);
+    return *reinterpret_cast<uint32_t*>(&h);
+  }
+};
+
+template <typename T, int D>
+__global__ void __launch_bounds__(TcDecodeTraits<D>::kThreads)
+    BatchDecodeTcKernel(const __grid_constant__ DecodeKernelParams p) {
+  using Tr = TcDecodeTraits<D>;
+  constexpr int NT = Tr::kThreads;
+  constexpr int TPS = Tr::kTPS;
+  constexpr int STAGES = Tr::kStages;
+  constexpr int CH = Tr::kChunks;
+  constexpr int HALF_CH = CH / 2;
+  constexpr int KSTEPS = D / 16;
+  constexpr int NTILES_D = D / 8;
+  constexpr float kLn2 = 0.69314718055994531f;
+
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  T* smem = reinterpret_cast<T*>(smem_raw);            // [STAGES][2][TPS][D] swizzled
+  T* q_smem = smem + STAGES * Tr::kStageElems;         // [16][D] swizzled
+
+  const int tid = threadIdx.x;
+  const int warp = tid / 32;
+  const int lane = tid % 32;
+  const int gr = lane / 4;  // fragment row group
+  const int gc = lane % 4;  // fragment column pair
+
+  const DecodeWorkItem item = p.items[blockIdx.x];
+  const int b = item.request;
+  const int kv_head = blockIdx.y / p.head_tiles;
+  const int row_base = (blockIdx.y % p.head_tiles) * Tr::kRows;  // first head of the tile
+  const int rows_valid = min(Tr::kRows, p.group - row_base);
+
+  const int page_begin = p.indptr[b];
+  const int kv_len = (p.indptr[b + 1] - page_begin - 1) * p.page_size + p.last_page_len[b];
+  const int q_pos = kv_len - 1;
+  int start = item.chunk_start;
+  const int end = min(item.chunk_end, kv_len);
+  if (p.window_left >= 0) start = max(start, q_pos - p.window_left);
+  const int rope_offset = p.rope_offsets != nullptr ? p.rope_offsets[b] : 0;
+
+  const int n_tokens = max(end - start, 0);
+  const int iters = (n_tokens + TPS - 1) / TPS;
+  const T* kv = static_cast<const T*>(p.kv_data);
+  const int64_t head_off = static_cast<int64_t>(kv_head) * p.head_stride;
+
+  auto load_stage = [&](int it, int slot) {
+    T* sk = smem + slot * Tr::kStageElems;
+    T* sv = sk + TPS * D;
+#pragma unroll
+    for (int i = 0; i < Tr::kLoadsPerThread; ++i) {
+      const int c = tid + i * NT;
+      const int tok = c / CH;
+      const int ch = c % CH;
+      const int t = start + it * TPS + tok;
+      const bool valid = t < end;
+      const T* src_k = kv;
+      if (valid) {
+        const int page = p.indices[page_begin + t / p.page_size];
+        src_k = kv + static_cast<int64_t>(page) * p.page_stride +
+                static_cast<int64_t>(t % p.page_size) * p.token_stride + head_off + ch * 8;
+      }
+      const T* src_v = valid ? src_k + p.kv_stride : kv;
+      CpAsync16(sk + SwzOffset<D>(tok, ch), src_k, valid);
+      CpAsync16(sv + SwzOffset<D>(tok, ch), src_v, valid);
+    }
+  };
+
+  // Start the K/V stream first, then build the q tile while it is in flight.
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) {
+    if (s < iters) load_stage(s, s);
+    CpAsyncCommit();
+  }
+
+  // ---- q tile [16][D] in shared memory (RoPE applied in fp32, unscaled) ----
+  for (int i = tid; i < Tr::kRows * HALF_CH; i += NT) {
+    const int r = i / HALF_CH;
+    const int c = i % HALF_CH;
+    float lo[8], hi[8];
+    uint4 rlo = make_uint4(0, 0, 0, 0), rhi = make_uint4(0, 0, 0, 0);
+    if (r < rows_valid) {
+      const T* q_row = static_cast<const T*>(p.q) +
+                       (static_cast<int64_t>(b) * p.num_qo_heads + kv_head * p.group +
+                        row_base + r) * D;
+      rlo = *reinterpret_cast<const uint4*>(q_row + c * 8);
+      rhi = *reinterpret_cast<const uint4*>(q_row + D / 2 + c * 8);
+    }
+    if (p.rope && r < rows_valid) {
+      Vec8<T>::ToFloat(rlo, lo);
+      Vec8<T>::ToFloat(rhi, hi);
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        const RopeFreq f = MakeRopeFreq(c * 8 + k, D, p.rope_theta, p.rope_scale);
+        float cs, sn;
+        RopeCosSin(q_pos + rope_offset, f, &cs, &sn);
+        const float a = lo[k], bb = hi[k];
+        lo[k] = a * cs - bb * sn;
+        hi[k] = bb * cs + a * sn;
+      }
+      rlo = Vec8<T>::FromFloat(lo);
+      rhi = Vec8<T>::FromFloat(hi);
+    }
+    *reinterpret_cast<uint4*>(q_smem + SwzOffset<D>(r, c)) = rlo;
+    *reinterpret_cast<uint4*>(q_smem + SwzOffset<D>(r, c + HALF_CH)) = rhi;
+  }
+  RopeFreq kfreq[8];
+  if (p.rope) {
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      kfreq[k] = MakeRopeFreq((tid % HALF_CH) * 8 + k, D, p.rope_theta, p.rope_scale);
+    }
+  }
+  __syncthreads();
+  uint32_t qa[KSTEPS][4];
+#pragma unroll
+  for (int ks = 0; ks < KSTEPS; ++ks) {
+    const int r = (lane % 8) + ((lane / 8) % 2) * 8;
+    const int ch = ks * 2 + lane / 16;
+    LdMatrixX4(qa[ks], q_smem + SwzOffset<D>(r, ch));
+  }
+
+  float m[2] = {-INFINITY, -INFINITY};  // rows gr and gr + 8, base-2 logits
+  float dsum[2] = {0.f, 0.f};           // this lane's part of the row sums
+  float o[NTILES_D][4];
+#pragma unroll
+  for (int n = 0; n < NTILES_D; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+
+  for (int it = 0; it < iters; ++it) {
+    CpAsyncWait<STAGES - 2>();
+    __syncthreads();
+    {
+      const int next = it + STAGES - 1;
+      if (next < iters) load_stage(next, next % STAGES);
+      CpAsyncCommit();
+    }
+    T* sk = smem + (it % STAGES) * Tr::kStageElems;
+    const T* sv = sk + TPS * D;
+    const int stage_start = start + it * TPS;
+
+    if (p.rope) {  // rotate the stage's K rows in place, once for all heads
+      for (int i = tid; i < TPS * HALF_CH; i += NT) {
+        const int tok = i / HALF_CH;
+        const int c = i % HALF_CH;
+        const int t = stage_start + tok;
+        if (t >= end) continue;
+        uint4* lo_ptr = reinterpret_cast<uint4*>(sk + SwzOffset<D>(tok, c));
+        uint4* hi_ptr = reinterpret_cast<uint4*>(sk + SwzOffset<D>(tok, c + HALF_CH));
+        float lo[8], hi[8];
+        Vec8<T>::ToFloat(*lo_ptr, lo);
+        Vec8<T>::ToFloat(*hi_ptr, hi);
+#pragma unroll
+        for (int k = 0; k < 8; ++k) {
+          float cs, sn;
+          RopeCosSin(t + rope_offset, kfreq[k], &cs, &sn);
+          const float a = lo[k], bb = hi[k];
+          lo[k] = a * cs - bb * sn;
+          hi[k] = bb * cs + a * sn;
+        }
+        *lo_ptr = Vec8<T>::FromFloat(lo);
+        *hi_ptr = Vec8<T>::FromFloat(hi);
+      }
+      __syncthreads();
+    }
+
+    const int wtok = warp * Tr::kTokensPerWarp;  // this warp's first token in the stage
+    if (stage_start + wtok >= end) continue;     // nothing of this warp's slice is valid
+
+    // S = Q K^T for 16 rows x 16 tokens (two n-tiles of 8 tokens).
+    float s[2][4];
+#pragma unroll
+    for (int n = 0; n < 2; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+#pragma unroll
+    for (int ks = 0; ks < KSTEPS; ++ks) {
+      uint32_t kb[4];
+      const int tok = wtok + (lane % 8) + (lane / 16) * 8;
+      const int ch = ks * 2 + (lane / 8) % 2;
+      LdMatrixX4(kb, sk + SwzOffset<D>(tok, ch));
+      Mma<T>::Run(s[0], qa[ks], kb[0], kb[1]);
+      Mma<T>::Run(s[1], qa[ks], kb[2], kb[3]);
+    }
+    // Scale (or soft cap), mask, row max.
+    float mx[2] = {m[0], m[1]};
+#pragma unroll
+    for (int n = 0; n < 2; ++n) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        float x = s[n][e];
+        if (p.soft_cap) {
+          x = p.cap_log2 * tanhf(x * p.q_scale);
+        } else {
+          x *= p.q_scale;
+        }
+        const int t = stage_start + wtok + n * 8 + gc * 2 + (e & 1);
+        x = t < end ? x : -INFINITY;
+        s[n][e] = x;
+        mx[e / 2] = fmaxf(mx[e / 2], x);
+      }
+    }
+    float scale[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+      const float m_use = mx[r] == -INFINITY ? 0.f : mx[r];
+      scale[r] = exp2f(m[r] - m_use);  // m = -inf -> 0
+      dsum[r] *= scale[r];             // d = d * scale + sum(p), p added below
+      m[r] = mx[r];
+      mx[r] = m_use;
+    }
+    uint32_t pa[4];
+    {
+      float pv[2][4];
+#pragma unroll
+      for (int n = 0; n < 2; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          pv[n][e] = exp2f(s[n][e] - mx[e / 2]);
+          dsum[e / 2] += pv[n][e];
+        }
+      }
+      pa[0] = Mma<T>::Pack(pv[0][0], pv[0][1]);
+      pa[1] = Mma<T>::Pack(pv[0][2], pv[0][3]);
+      pa[2] = Mma<T>::Pack(pv[1][0], pv[1][1]);
+      pa[3] = Mma<T>::Pack(pv[1][2], pv[1][3]);
+    }
+    // O = O * scale + P V (16 tokens x D dims, two n-tiles per ldmatrix).
+#pragma unroll
+    for (int n = 0; n < NTILES_D; ++n) {
+      o[n][0] *= scale[0];
+      o[n][1] *= scale[0];
+      o[n][2] *= scale[1];
+      o[n][3] *= scale[1];
+    }
+#pragma unroll
+    for (int dp = 0; dp < NTILES_D / 2; ++dp) {
+      uint32_t vb[4];
+      const int tok = wtok + (lane % 8) + ((lane / 8) % 2) * 8;
+      const int ch = dp * 2 + lane / 16;
+      LdMatrixX4Trans(vb, sv + SwzOffset<D>(tok, ch));
+      Mma<T>::Run(o[2 * dp], pa, vb[0], vb[1]);
+      Mma<T>::Run(o[2 * dp + 1], pa, vb[2], vb[3]);
+    }
+  }
+  CpAsyncWait<0>();
+  __syncthreads();  // pipeline buffers free: reuse them as merge scratch
+
+  // ---- merge the 4 warps' states ----
+  float* so = reinterpret_cast<float*>(smem_raw);       // [warps][16][D]
+  float* sm = so + Tr::kWarps * Tr::kRows * D;          // [warps][16]
+  float* sd = sm + Tr::kWarps * Tr::kRows;              // [warps][16]
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    dsum[r] += __shfl_xor_sync(0xffffffffu, dsum[r], 1);
+    dsum[r] += __shfl_xor_sync(0xffffffffu, dsum[r], 2);
+  }
+#pragma unroll
+  for (int n = 0; n < NTILES_D; ++n) {
+    float* row0 = so + (warp * Tr::kRows + gr) * D + n * 8 + gc * 2;
+    float* row1 = row0 + 8 * D;
+    *reinterpret_cast<float2*>(row0) = make_float2(o[n][0], o[n][1]);
+    *reinterpret_cast<float2*>(row1) = make_float2(o[n][2], o[n][3]);
+  }
+  if (gc == 0) {
+    sm[warp * Tr::kRows + gr] = m[0];
+    sm[warp * Tr::kRows + gr + 8] = m[1];
+    sd[warp * Tr::kRows + gr] = dsum[0];
+    sd[warp * Tr::kRows + gr + 8] = dsum[1];
+  }
+  __syncthreads();
+
+  // 128 threads: 8 per row, 8 consecutive dims each (D/8 / 8 = 1 or 2 vectors).
+  const int row = tid / 8;
+  if (row >= rows_valid) return;
+  float m_all = -INFINITY;
+#pragma unroll
+  for (int w = 0; w < Tr::kWarps; ++w) m_all = fmaxf(m_all, sm[w * Tr::kRows + row]);
+  float wgt[Tr::kWarps];
+  float d_all = 0.f;
+#pragma unroll
+  for (int w = 0; w < Tr::kWarps; ++w) {
+    const float mw = sm[w * Tr::kRows + row];
+    wgt[w] = (m_all == -INFINITY || mw == -INFINITY) ? 0.f : exp2f(mw - m_all);
+    d_all = fmaf(wgt[w], sd[w * Tr::kRows + row], d_all);
+  }
+  const bool empty = !(d_all > 0.f);
+  const float inv_d = empty ? 0.f : 1.f / d_all;
+  const float lse = empty ? -INFINITY : (m_all + log2f(d_all)) * kLn2;
+  const int qo_head = kv_head * p.group + row_base + row;
+#pragma unroll
+  for (int v = 0; v < NTILES_D / 8; ++v) {
+    const int d0 = ((tid % 8) + v * 8) * 8;
+    float acc[8];
+#pragma unroll
+    for (int k = 0; k < 8; ++k) acc[k] = 0.f;
+#pragma unroll
+    for (int w = 0; w < Tr::kWarps; ++w) {
+      const float* src = so + (w * Tr::kRows + row) * D + d0;
+#pragma unroll
+      for (int k = 0; k < 8; ++k) acc[k] = fmaf(wgt[w], src[k], acc[k]);
+    }
+#pragma unroll
+    for (int k = 0; k < 8; ++k) acc[k] *= inv_d;
+    if (!item.split) {
+      const int64_t orow = static_cast<int64_t>(b) * p.num_qo_heads + qo_head;
+      *reinterpret_cast<uint4*>(static_cast<T*>(p.o) + orow * D + d0) = Vec8<T>::FromFloat(acc);
+    } else {
+      const int64_t prow = static_cast<int64_t>(blockIdx.x) * p.num_qo_heads + qo_head;
+      float4* dst = reinterpret_cast<float4*>(p.partial_o + prow * D + d0);
+      dst[0] = make_float4(acc[0], acc[1], acc[2], acc[3]);
+      dst[1] = make_float4(acc[4], acc[5], acc[6], acc[7]);
+    }
+  }
+  if (tid % 8 == 0) {
+    if (!item.split) {
+      if (p.lse != nullptr) p.lse[static_cast<int64_t>(b) * p.num_qo_heads + qo_head] = lse;
+    } else {
+      p.partial_lse[static_cast<int64_t>(blockIdx.x) * p.num_qo_heads + qo_head] = lse;
+    }
+  }
+}
+
+template <typename T, int D>
+cudaError_t PrepareTcKernel() {
+  // Raise the dynamic shared-memory limit once per instantiation.
+  static const cudaError_t once = cudaFuncSetAttribute(
+      BatchDecodeTcKernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+      TcDecodeTraits<D>::kSmemBytes);
+  return once;
+}
+
+template <typename T, int D>
+cudaError_t LaunchDecodeTc(const DecodeKernelParams& params, int num_items, int num_kv_heads,
+                           cudaStream_t stream) {
+  if (cudaError_t e = PrepareTcKernel<T, D>(); e != cudaSuccess) return e;
+  const dim3 grid(num_items, num_kv_heads * params.head_tiles);
+  BatchDecodeTcKernel<T, D><<<grid, TcDecodeTraits<D>::kThreads, TcDecodeTraits<D>::kSmemBytes,
+                              stream>>>(params);
+  return cudaGetLastError();
+}
+
+template <typename T, int D>
+cudaError_t DecodeTcOccupancy(int* ctas_per_sm) {
+  if (cudaError_t e = PrepareTcKernel<T, D>(); e != cudaSuccess) return e;
+  return cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+      ctas_per_sm, BatchDecodeTcKernel<T, D>, TcDecodeTraits<D>::kThreads,
+      TcDecodeTraits<D>::kSmemBytes);
+}
+
+template <DType kDType>
+struct TcCudaTypeOf;
+template <>
+struct TcCudaTypeOf<DType::kFloat16> { using type = __half; };
+template <>
+struct TcCudaTypeOf<DType::kBFloat16> { using type = __nv_bfloat16; };
+
+// Explicitly instantiated per (dtype, head_dim) in generated/decode_hd{64,128}_*.cu.
+template <DType kDType, int kHeadDim>
+cudaError_t LaunchDecodeTcKernel(const DecodeKernelParams& params, int num_items,
+                                 int num_kv_heads, cudaStream_t stream) {
+  return LaunchDecodeTc<typename TcCudaTypeOf<kDType>::type, kHeadDim>(params, num_items,
+                                                                       num_kv_heads, stream);
+}
+template <DType kDType, int kHeadDim>
+cudaError_t DecodeTcKernelOccupancy(int* ctas_per_sm) {
+  return DecodeTcOccupancy<typename TcCudaTypeOf<kDType>::type, kHeadDim>(ctas_per_sm);
+}
+
+}  // namespace attnd::kernels::cuda::internal
