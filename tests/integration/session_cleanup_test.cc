@@ -129,6 +129,30 @@ TEST_F(SessionCleanupTest, KilledClientProcessReleasesItsPagesAndPlans) {
   ExpectServing();
 }
 
+TEST_F(SessionCleanupTest, CancelledStreamReleasesItsPages) {
+  ModelShape shape;
+  shape.num_pages = 12;
+  auto parent = client_->OpenSession("parent");
+  ATTND_ASSERT_OK(parent);
+  const std::string name = UniqueName("cancelled");
+  auto pool = (*parent)->CreatePool(MakePoolSpec(shape, name));
+  ATTND_ASSERT_OK(pool);
+  auto child = client_->OpenSession("cancelled");
+  ATTND_ASSERT_OK(child);
+  ATTND_ASSERT_OK((*child)->AttachPool(name));
+  ATTND_ASSERT_OK((*child)->AllocatePages(pool->pool_id(), 5));
+  auto region = client::SharedMemoryRegion::Create(absl::StrCat("/", UniqueName("attnd-cancel")),
+                                                   4096);
+  ATTND_ASSERT_OK(region);
+  ATTND_ASSERT_OK((*child)->RegisterSharedMemory((*region)->name(), 4096));
+  (*child)->Abort();  // the RPC is cancelled, as when a client's connection drops
+  EXPECT_FALSE((*child)->is_open());
+  EXPECT_EQ(WaitForFreePages(**parent, pool->pool_id(), shape.num_pages), shape.num_pages);
+  auto described = (*parent)->DescribePool(pool->pool_id());
+  ATTND_ASSERT_OK(described);
+  EXPECT_EQ(described->attached_sessions(), 1);
+}
+
 TEST_F(SessionCleanupTest, PoolIsReleasedWhenItsLastSessionEnds) {
   ModelShape shape;
   const std::string name = UniqueName("last");
