@@ -87,6 +87,47 @@ TEST_F(PrefillDecodeTest, UnarySessionMatchesFloat64Reference) {
   ATTND_EXPECT_OK((*session)->Close());
 }
 
+TEST_F(PrefillDecodeTest, ManySequencesOfOddLengthsInOneBatch) {
+  ModelShape shape;
+  shape.layers = 1;
+  shape.kv_heads = 2;
+  shape.qo_heads = 6;
+  shape.page_size = 5;
+  shape.num_pages = 512;
+  auto session = client_->OpenSession("many");
+  ATTND_ASSERT_OK(session);
+  auto pool = (*session)->CreatePool(MakePoolSpec(shape, UniqueName("many")));
+  ATTND_ASSERT_OK(pool);
+  Workload work(session->get(), shape, pool->pool_id(), /*seed=*/99);
+  std::vector<int> lens;
+  for (int len = 1; len <= 97; len += 6) lens.push_back(len);  // 17 sequences, 1 .. 97 tokens
+  ATTND_ASSERT_OK(work.Prefill(lens));
+  for (int step = 0; step < 6; ++step) ATTND_ASSERT_OK(work.DecodeStep());
+  auto described = (*session)->DescribePool(pool->pool_id());
+  ATTND_ASSERT_OK(described);
+  EXPECT_EQ(described->free_pages(),
+            shape.num_pages - static_cast<int64_t>(work.AllPages().size()));
+}
+
+TEST_F(PrefillDecodeTest, PoolSizedByMemoryBudget) {
+  ModelShape shape;
+  auto session = client_->OpenSession("budget");
+  ATTND_ASSERT_OK(session);
+  client::PoolSpec spec = MakePoolSpec(shape, UniqueName("budget"));
+  // One page across all layers: 2 (K,V) * page_size * kv_heads * head_dim * 2 bytes * layers.
+  const uint64_t page_bytes = 2ull * shape.page_size * shape.kv_heads * shape.head_dim * 2 *
+                              shape.layers;
+  spec.num_pages = 0;
+  spec.memory_budget_bytes = 7 * page_bytes + page_bytes / 2;  // rounded down to 7 pages
+  auto pool = (*session)->CreatePool(spec);
+  ATTND_ASSERT_OK(pool);
+  EXPECT_EQ(pool->num_pages(), 7);
+  EXPECT_EQ(pool->total_bytes(), 7 * page_bytes);
+  ATTND_EXPECT_OK((*session)->AllocatePages(pool->pool_id(), 7));
+  EXPECT_TRUE(StatusIs((*session)->AllocatePages(pool->pool_id(), 1),
+                       absl::StatusCode::kResourceExhausted));
+}
+
 struct DTypeCase {
   v1::DType kv_dtype;
   v1::DType q_dtype;
