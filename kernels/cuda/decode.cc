@@ -361,9 +361,18 @@ absl::Status RunPagedDecode(const DecodeWork& work, const PagedAttentionParams& 
   }
   p.window_left = opt.window_left;
   p.rope = opt.pos_encoding == PosEncoding::kRopeLlama ? 1 : 0;
-  p.rope_theta = opt.rope_theta;
-  p.rope_scale = opt.rope_scale;
   p.rope_offsets = opt.rope_offsets;
+  if (p.rope) {
+    if (!(opt.rope_theta > 0.f) || !(opt.rope_scale > 0.f)) {
+      return absl::InvalidArgumentError("decode: rope_theta and rope_scale must be > 0");
+    }
+    for (int i = 0; i < kv.head_dim / 2; ++i) {
+      const double f = std::pow(static_cast<double>(opt.rope_theta), -2.0 * i / kv.head_dim) /
+                       static_cast<double>(opt.rope_scale);
+      p.rope_freq[i].hi = static_cast<float>(f);
+      p.rope_freq[i].lo = static_cast<float>(f - static_cast<double>(p.rope_freq[i].hi));
+    }
+  }
 
   const int num_items = static_cast<int>(work.items.size());
   cudaError_t e;

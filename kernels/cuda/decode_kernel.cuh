@@ -100,7 +100,7 @@ __global__ void __launch_bounds__(DecodeTraits<D, TILE>::kThreads)
       const float sign = tx < HALF_CH ? -1.f : 1.f;  // x' = x cos -+ partner sin
 #pragma unroll
       for (int k = 0; k < 8; ++k) {
-        const RopeFreq f = MakeRopeFreq((tx % HALF_CH) * 8 + k, D, p.rope_theta, p.rope_scale);
+        const RopeFreq f = p.rope_freq[(tx % HALF_CH) * 8 + k];
         float c, s;
         RopeCosSin(q_pos + rope_offset, f, &c, &s);
         q[k] = q[k] * c + sign * partner[k] * s;
@@ -116,7 +116,7 @@ __global__ void __launch_bounds__(DecodeTraits<D, TILE>::kThreads)
   if (p.rope) {
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
-      kfreq[k] = MakeRopeFreq((tid % HALF_CH) * 8 + k, D, p.rope_theta, p.rope_scale);
+      kfreq[k] = p.rope_freq[(tid % HALF_CH) * 8 + k];
     }
   }
 

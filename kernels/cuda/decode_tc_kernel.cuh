@@ -187,7 +187,7 @@ __global__ void __launch_bounds__(TcDecodeTraits<D>::kThreads)
       Vec8<T>::ToFloat(rhi, hi);
 #pragma unroll
       for (int k = 0; k < 8; ++k) {
-        const RopeFreq f = MakeRopeFreq(c * 8 + k, D, p.rope_theta, p.rope_scale);
+        const RopeFreq f = p.rope_freq[c * 8 + k];
         float cs, sn;
         RopeCosSin(q_pos + rope_offset, f, &cs, &sn);
         const float a = lo[k], bb = hi[k];
@@ -204,7 +204,7 @@ __global__ void __launch_bounds__(TcDecodeTraits<D>::kThreads)
   if (p.rope) {
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
-      kfreq[k] = MakeRopeFreq((tid % HALF_CH) * 8 + k, D, p.rope_theta, p.rope_scale);
+      kfreq[k] = p.rope_freq[(tid % HALF_CH) * 8 + k];
     }
   }
   __syncthreads();

@@ -8,6 +8,8 @@
 
 #include <cstdint>
 
+#include "launch_internal.h"
+
 namespace attnd::kernels::cuda::internal {
 
 // ---- cp.async (sm_80+): 16-byte global -> shared copies that bypass L1 ---------------------
@@ -72,22 +74,6 @@ struct Vec8<__nv_bfloat16> {
 };
 
 // ---- RoPE ------------------------------------------------------------------------------------
-// The rotation frequency of dimension pair i (< D/2) divided by rope_scale, as a float pair
-// (hi + lo) so that angles at positions ~1e5 keep ~1e-7 rad accuracy (a plain float product is
-// off by ~1e-2 rad there).
-struct RopeFreq {
-  float hi;
-  float lo;
-};
-__device__ __forceinline__ RopeFreq MakeRopeFreq(int pair, int head_dim, float theta,
-                                                 float scale) {
-  const double f = pow(static_cast<double>(theta), -2.0 * pair / head_dim) / scale;
-  RopeFreq r;
-  r.hi = static_cast<float>(f);
-  r.lo = static_cast<float>(f - static_cast<double>(r.hi));
-  return r;
-}
-
 // cos/sin of position * freq, with the product kept exact (two-product) and a two-constant
 // reduction modulo 2*pi before the fast hardware sine/cosine (accurate on [-pi, pi]).
 __device__ __forceinline__ void RopeCosSin(int position, RopeFreq f, float* c, float* s) {

@@ -20,6 +20,15 @@ struct DecodeWorkItem {
   int32_t split;  // 1: the request has several chunks; write a partial state at the item index
 };
 
+// RoPE frequency of one dimension pair, inv_freq_i / rope_scale = theta^(-2i/D) / scale,
+// computed in float64 on the host and split into hi + lo floats, so that angles at positions
+// ~1e5 keep ~1e-7 rad accuracy (a float product alone is off by ~1e-2 rad there).
+struct RopeFreq {
+  float hi;
+  float lo;
+};
+inline constexpr int kMaxRopePairs = 128;  // head_dim <= 256
+
 // Parameters of the batch decode kernel (passed as a __grid_constant__ struct).
 struct DecodeKernelParams {
   const void* q = nullptr;  // [batch, num_qo_heads, head_dim]
@@ -52,9 +61,8 @@ struct DecodeKernelParams {
   int32_t soft_cap = 0;
   int32_t window_left = -1;
   int32_t rope = 0;
-  float rope_theta = 1e4f;
-  float rope_scale = 1.f;
   const int32_t* rope_offsets = nullptr;  // [batch] or null
+  RopeFreq rope_freq[kMaxRopePairs];      // pairs 0 .. head_dim/2 - 1, filled when rope
 };
 
 // Query heads handled by one CTA (the kernel is instantiated for these tiles).
