@@ -4,8 +4,13 @@
 // prefill/append plans; outputs and the KV pool after the append are compared. Plus the
 // backend's error paths: out-of-memory -> RESOURCE_EXHAUSTED, bad IPC handles, health.
 //   cuda_backend_test [--small] [--verbose] [--seed=N]
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
@@ -227,11 +232,97 @@ void MergeThroughBackend(Backend& cuda, Backend& cpu, Rng& rng, ResultTable& tab
             2 * DefaultTolerance(DType::kFloat16));
 }
 
+// ---- two-process CUDA IPC ------------------------------------------------------------------
+// The parent allocates a buffer, fills it with a byte pattern and passes its IPC handle (hex) to
+// a child process (this executable, --ipc-child HEX SIZE); the child maps it with OpenIpcBuffer,
+// checks the pattern, writes the complement into the first half, checks that a declared size
+// larger than the allocation is refused, and exits 0 on success.
+std::string ToHex(const std::string& bytes) {
+  static const char* k = "0123456789abcdef";
+  std::string h;
+  for (unsigned char c : bytes) {
+    h.push_back(k[c >> 4]);
+    h.push_back(k[c & 15]);
+  }
+  return h;
+}
+std::string FromHex(const std::string& h) {
+  std::string b;
+  for (size_t i = 0; i + 1 < h.size(); i += 2) {
+    b.push_back(static_cast<char>(std::stoi(h.substr(i, 2), nullptr, 16)));
+  }
+  return b;
+}
+uint8_t PatternByte(size_t i) { return static_cast<uint8_t>((i * 131 + 7) & 0xFF); }
+
+int IpcChild(const std::string& hex, size_t size) {
+  auto cuda = attnd::kernels::CreateCudaBackend({});
+  if (!cuda.ok()) return 10;
+  auto too_big = (*cuda)->OpenIpcBuffer(FromHex(hex), 0, size * 4);
+  if (too_big.ok() || too_big.status().code() != absl::StatusCode::kOutOfRange) return 11;
+  auto mem = (*cuda)->OpenIpcBuffer(FromHex(hex), 0, size);
+  if (!mem.ok()) {
+    std::fprintf(stderr, "child: %s\n", std::string(mem.status().ToString()).c_str());
+    return 12;
+  }
+  std::vector<uint8_t> h(size);
+  if (!(*cuda)->CopyToHost(h.data(), (*mem)->data(), size, nullptr).ok()) return 13;
+  if (!(*cuda)->Synchronize(nullptr).ok()) return 13;
+  for (size_t i = 0; i < size; ++i) {
+    if (h[i] != PatternByte(i)) return 14;
+  }
+  for (size_t i = 0; i < size / 2; ++i) h[i] = static_cast<uint8_t>(~PatternByte(i));
+  if (!(*cuda)->CopyToBackend((*mem)->data(), h.data(), size / 2, nullptr).ok()) return 15;
+  if (!(*cuda)->Synchronize(nullptr).ok()) return 15;
+  return 0;
+}
+
+void IpcTwoProcesses(Backend& cuda, ResultTable& table) {
+  const size_t size = 3 << 20;
+  auto mem = Unwrap(cuda.Allocate(size), "Allocate");
+  std::vector<uint8_t> h(size);
+  for (size_t i = 0; i < size; ++i) h[i] = PatternByte(i);
+  GT_STATUS_CHECK(cuda.CopyToBackend(mem->data(), h.data(), size, nullptr));
+  GT_STATUS_CHECK(cuda.Synchronize(nullptr));
+  const std::string hex = ToHex(mem->ipc_handle());
+  const std::string size_s = std::to_string(size);
+  char exe[4096] = {0};
+  const ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+  if (n <= 0) {
+    table.AddCheck("IPC two processes", false, "cannot find /proc/self/exe");
+    return;
+  }
+  std::vector<char*> child_argv = {exe, const_cast<char*>("--ipc-child"),
+                                   const_cast<char*>(hex.c_str()),
+                                   const_cast<char*>(size_s.c_str()), nullptr};
+  pid_t pid = 0;
+  if (posix_spawn(&pid, exe, nullptr, nullptr, child_argv.data(), environ) != 0) {
+    table.AddCheck("IPC two processes", false, "posix_spawn failed");
+    return;
+  }
+  int wstatus = 0;
+  waitpid(pid, &wstatus, 0);
+  const int code = WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : -1;
+  std::vector<uint8_t> after(size);
+  GT_STATUS_CHECK(cuda.CopyToHost(after.data(), mem->data(), size, nullptr));
+  GT_STATUS_CHECK(cuda.Synchronize(nullptr));
+  size_t wrong = 0;
+  for (size_t i = 0; i < size; ++i) {
+    const uint8_t want = i < size / 2 ? static_cast<uint8_t>(~PatternByte(i)) : PatternByte(i);
+    wrong += after[i] != want;
+  }
+  table.AddCheck("IPC: child maps, reads, writes; oversize refused", code == 0 && wrong == 0,
+                 absl::StrCat("child exit ", code, ", ", wrong, " wrong bytes after"));
+}
+
 }  // namespace
 }  // namespace attnd::gpu_test
 
 int main(int argc, char** argv) {
   using namespace attnd::gpu_test;
+  if (argc == 4 && std::strcmp(argv[1], "--ipc-child") == 0) {
+    return IpcChild(argv[2], std::strtoull(argv[3], nullptr, 10));
+  }
   TestFlags flags = ParseFlags(argc, argv);
   PrintDevice();
   Rng rng(flags.seed);
@@ -242,6 +333,7 @@ int main(int argc, char** argv) {
   std::printf("cuda backend: %s\n", cuda->info().device.c_str());
 
   ErrorPaths(*cuda, table);
+  IpcTwoProcesses(*cuda, table);
   for (DType dt : {DType::kFloat16, DType::kBFloat16}) {
     const char* dn = dt == DType::kFloat16 ? "f16" : "bf16";
     Step dec = MakeStep(rng, AttentionKind::kDecode, dt, flags.small ? 3 : 17,
