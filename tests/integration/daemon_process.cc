@@ -28,6 +28,11 @@ std::string DaemonBinaryPath() {
   return ATTND_DAEMON_PATH;
 }
 
+std::string TestBackend() {
+  if (const char* env = std::getenv("ATTND_IT_BACKEND"); env != nullptr && *env != '\0') return env;
+  return "cpu";
+}
+
 absl::StatusOr<int> PickFreePort() {
   const int fd = socket(AF_INET, SOCK_STREAM, 0);
   if (fd < 0) return absl::InternalError(absl::StrCat("socket: ", std::strerror(errno)));
@@ -69,7 +74,7 @@ absl::StatusOr<std::unique_ptr<DaemonProcess>> DaemonProcess::Start(const Daemon
       binary,
       absl::StrCat("--listen=unix://", socket_path),
       absl::StrCat("--http_listen=127.0.0.1:", daemon->http_port_),
-      "--backend=cpu",
+      absl::StrCat("--backend=", options.backend.empty() ? TestBackend() : options.backend),
       absl::StrCat("--session_lease_ms=", options.session_lease_ms),
       absl::StrCat("--max_message_bytes=", options.max_message_bytes),
       absl::StrCat("--log_level=", options.log_level),

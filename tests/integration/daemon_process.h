@@ -21,6 +21,8 @@ namespace attnd::testing {
 struct DaemonOptions {
   // The attnd binary. Empty = $ATTND_BIN if set, else the path compiled in (ATTND_DAEMON_PATH).
   std::string binary;
+  // --backend. Empty = $ATTND_IT_BACKEND if set (e.g. "cuda" on a GPU host), else "cpu".
+  std::string backend;
   uint32_t session_lease_ms = 30000;
   uint64_t max_message_bytes = 64ull << 20;
   std::string log_level = "info";
@@ -59,6 +61,9 @@ class DaemonProcess {
   pid_t pid_ = -1;
   int wait_status_ = -1;
 };
+
+// The backend the tests ask for: $ATTND_IT_BACKEND or "cpu".
+std::string TestBackend();
 
 // The attnd binary the tests run.
 std::string DaemonBinaryPath();

@@ -16,14 +16,14 @@ class PrefillDecodeTest : public DaemonTest {
   static void SetUpTestSuite() { StartDaemon(DaemonOptions{}); }
 };
 
-TEST_F(PrefillDecodeTest, ServerInfoDescribesTheCpuBackend) {
+TEST_F(PrefillDecodeTest, ServerInfoDescribesTheBackend) {
   absl::StatusOr<v1::ServerInfo> info = client_->GetServerInfo();
   ATTND_ASSERT_OK(info);
-  EXPECT_EQ(info->backend(), "cpu");
+  EXPECT_EQ(info->backend(), TestBackend());
   EXPECT_FALSE(info->version().empty());
   EXPECT_EQ(info->max_message_bytes(), DaemonOptions{}.max_message_bytes);
   EXPECT_TRUE(info->shared_memory());
-  EXPECT_FALSE(info->cuda_ipc());
+  EXPECT_EQ(info->cuda_ipc(), TestBackend() == "cuda");
   EXPECT_NE(std::find(info->head_dims().begin(), info->head_dims().end(), 64),
             info->head_dims().end());
   EXPECT_NE(std::find(info->kv_dtypes().begin(), info->kv_dtypes().end(), v1::DTYPE_FLOAT16),
