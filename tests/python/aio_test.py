@@ -74,11 +74,12 @@ def test_async_errors(daemon, unique_name):
                         [0, 1], await pool.allocate(1), [0], num_qo_heads=1)
                 # the stream still serves after errors
                 assert (await pool.describe()).num_pages == 2
-            unary = await client.session(stream=False)
-            with pytest.raises(attnd.AlreadyExists):
-                await unary.create_pool(unique_name, num_layers=1, num_kv_heads=1, head_dim=64,
-                                        page_size=16, num_pages=1)
-            await unary.close()
+                # (while the pool exists: it is released with its last session)
+                unary = await client.session(stream=False)
+                with pytest.raises(attnd.AlreadyExists):
+                    await unary.create_pool(unique_name, num_layers=1, num_kv_heads=1,
+                                            head_dim=64, page_size=16, num_pages=1)
+                await unary.close()
         bad = attnd.aio.AsyncClient(daemon.target + ".missing", retries=1, backoff=0.01)
         with pytest.raises(attnd.Unavailable):
             await bad.server_info()

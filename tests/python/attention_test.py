@@ -46,7 +46,8 @@ def _ref_options(opts, causal):
 def test_prefill_then_decode(client, unique_name, cfg, stream):
     name, dtype, hq, hkv, d, page, prompts, opts, tol = cfg
     info = client.server_info()
-    assert d in info.head_dims and page in info.page_sizes, (d, page, info)
+    # an empty page_sizes list means any page size (kernels Backend contract)
+    assert d in info.head_dims and (not info.page_sizes or page in info.page_sizes), info
     rng = np.random.default_rng(abs(hash(name)) % 2**32)
     num_layers = 2
     with client.session("attention-test", stream=stream) as sess:

@@ -45,12 +45,13 @@ def _free_port() -> int:
 class Daemon:
     """One attnd process on a unix socket in a temporary directory; restartable."""
 
-    def __init__(self, binary: Path, workdir: Path, extra_args=()):
+    def __init__(self, binary: Path, workdir: Path, extra_args=(), backend: str = "cpu"):
         self.binary = binary
         self.workdir = workdir
         self.socket_path = workdir / "attnd.sock"
         self.target = "unix://" + str(self.socket_path)
         self.extra_args = list(extra_args)
+        self.backend = backend
         self.proc: subprocess.Popen | None = None
         self.log_path = workdir / "attnd.log"
         self.http_port = 0
@@ -58,8 +59,8 @@ class Daemon:
     def start(self, timeout: float = 30.0) -> None:
         self.http_port = _free_port()
         args = [str(self.binary), f"--listen={self.target}",
-                f"--http_listen=127.0.0.1:{self.http_port}", "--backend=cpu",
-                "--threads=2", *self.extra_args]
+                f"--http_listen=127.0.0.1:{self.http_port}", f"--backend={self.backend}",
+                *(["--threads=2"] if self.backend == "cpu" else []), *self.extra_args]
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT)
         self._wait_serving(timeout)
@@ -109,11 +110,11 @@ class Daemon:
             return ""
 
 
-def _make_daemon(tmp: Path, extra_args=()) -> Daemon:
+def make_daemon(tmp: Path, extra_args=(), backend: str = "cpu") -> Daemon:
     binary = daemon_binary()
     if not binary.exists():
         pytest.skip(f"attnd binary not found at {binary} (build it, or set ATTND_BIN)")
-    d = Daemon(binary, tmp, extra_args)
+    d = Daemon(binary, tmp, extra_args, backend)
     d.start()
     return d
 
@@ -122,7 +123,7 @@ def _make_daemon(tmp: Path, extra_args=()) -> Daemon:
 def daemon():
     """A daemon shared by the tests of the run (each test uses its own sessions and pools)."""
     with tempfile.TemporaryDirectory(prefix="attnd-py-") as tmp:
-        d = _make_daemon(Path(tmp), ["--session_lease_ms=5000"])
+        d = make_daemon(Path(tmp), ["--session_lease_ms=5000"])
         yield d
         d.stop()
 
@@ -131,7 +132,7 @@ def daemon():
 def own_daemon(tmp_path_factory):
     """A daemon of this test alone (restart tests, lease tests)."""
     tmp = Path(tempfile.mkdtemp(prefix="attnd-py-own-"))
-    d = _make_daemon(tmp, ["--session_lease_ms=1000"])
+    d = make_daemon(tmp, ["--session_lease_ms=1000"])
     yield d
     d.stop()
 

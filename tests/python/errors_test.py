@@ -123,11 +123,30 @@ def test_already_exists(sess, pool):
     _assert_error(e, attnd.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS, pool.name)
 
 
-def test_deadline_exceeded(client):
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "unary"])
+def test_deadline_exceeded(client, unique_name, stream):
+    """A run that takes longer than the timeout: DEADLINE_EXCEEDED. A stream session whose
+    command went unanswered cannot keep its order, so it is given up (Unavailable after)."""
+    n, h, d = 1024, 8, 128
+    sess = client.session(stream=stream, timeout=60)
+    pool = sess.create_pool(unique_name, num_layers=1, num_kv_heads=h, head_dim=d, page_size=64,
+                            kv_dtype="float32", num_pages=n // 64)
+    pages = pool.allocate(n // 64)
+    pre = attnd.BatchPrefillWrapper(pool).plan([0, len(pages)], pages, [64], [0, n],
+                                               num_qo_heads=h)
+    q = np.ones((n, h, d), np.float32)
+    sess.timeout = 0.02
     with pytest.raises(attnd.DeadlineExceeded) as e:
-        client.unary("GetServerInfo", pb.GetServerInfoRequest(), timeout=1e-9)
+        pre.run(q, 0, k=q[:, :h], v=q[:, :h])
     assert e.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
     assert isinstance(e.value, TimeoutError)
+    sess.timeout = 60
+    if stream:
+        with pytest.raises(attnd.Unavailable):
+            pool.describe()
+    else:
+        assert pool.describe().num_pages == n // 64
+    sess.close()
 
 
 def test_unavailable_without_daemon(tmp_path):

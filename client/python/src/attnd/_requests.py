@@ -266,6 +266,8 @@ def _cast_numpy(arr: np.ndarray, dtype: Any, target: int) -> np.ndarray:
     src = _t.dtype_enum(dtype) if dtype is not None else None
     if src is None and arr.dtype.name == "bfloat16":
         src = pb.DTYPE_BFLOAT16
+    if src is None and arr.dtype == np.uint16 and target == pb.DTYPE_BFLOAT16:
+        src = pb.DTYPE_BFLOAT16  # bfloat16 bits for a bfloat16 pool
     if src is None and arr.dtype.kind == "f":
         src = pb.DTYPE_FLOAT16 if arr.dtype.itemsize == 2 else pb.DTYPE_FLOAT32
     if src is None:

@@ -1,0 +1,142 @@
+"""GPU host only: torch CUDA tensors through the zero-copy CUDA IPC path of a CUDA daemon, checked
+against the float64 reference. Skips (with the reason) without torch, without a CUDA device, or
+without the daemon binary; needs a daemon built with CUDA ($ATTND_BIN).
+
+    ATTND_BIN=build/bin/attnd python -m pytest tests/python/gpu_torch_test.py -v
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import attnd
+from attention_reference import reference_batch
+
+torch = pytest.importorskip("torch", reason="torch is not installed")
+if not torch.cuda.is_available():
+    pytest.skip("torch has no CUDA device", allow_module_level=True)
+
+from conftest import make_daemon  # noqa: E402
+
+TOL = {torch.float16: 3e-3, torch.bfloat16: 2e-2, torch.float32: 1e-4}
+
+
+@pytest.fixture(scope="module")
+def cuda_daemon():
+    with tempfile.TemporaryDirectory(prefix="attnd-gpu-py-") as tmp:
+        d = make_daemon(Path(tmp), backend="cuda")
+        yield d
+        d.stop()
+
+
+@pytest.fixture()
+def gclient(cuda_daemon):
+    with attnd.Client(cuda_daemon.target, timeout=60) as c:
+        info = c.server_info()
+        assert info.backend == "cuda" and info.cuda_ipc, info
+        yield c
+
+
+def _f64(t):
+    return t.detach().float().cpu().numpy().astype(np.float64)
+
+
+@pytest.mark.parametrize("ipc_method", ["driver", "torch"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_zero_copy_prefill_and_decode(gclient, unique_name, dtype, ipc_method):
+    dev = torch.device("cuda", 0)
+    gen = torch.Generator(device=dev).manual_seed(0)
+    hq, hkv, d, page, layers = 8, 2, 128, 16, 2
+    prompts = [1, 17, 70]
+    tol = TOL[dtype]
+    kv_name = "float16" if dtype == torch.float16 else "bfloat16"
+    with gclient.session("gpu-test") as sess:
+        pool = sess.create_pool(unique_name, num_layers=layers, num_kv_heads=hkv, head_dim=d,
+                                page_size=page, kv_dtype=kv_name, num_pages=64)
+        pages = [pool.allocate(pool.pages_for(n + 8)) for n in prompts]  # room for 8 decodes
+        lens = list(prompts)
+
+        def table():
+            indptr, idx, last = [0], [], []
+            for b, n in enumerate(lens):
+                used = pool.pages_for(n)
+                idx += pages[b][:used]
+                indptr.append(len(idx))
+                last.append(n - (used - 1) * page)
+            return indptr, idx, last
+
+        ks = [[None] * len(prompts) for _ in range(layers)]
+        vs = [[None] * len(prompts) for _ in range(layers)]
+        qo = np.concatenate([[0], np.cumsum(prompts)])
+        n = int(qo[-1])
+        pre = attnd.BatchPrefillWrapper(pool, ipc_method=ipc_method)
+        pre.plan(*table(), qo, num_qo_heads=hq, causal=True, pos_encoding="rope_llama")
+        for layer in range(layers):
+            q = torch.randn(n, hq, d, device=dev, dtype=dtype, generator=gen)
+            k = torch.randn(n, hkv, d, device=dev, dtype=dtype, generator=gen)
+            v = torch.randn(n, hkv, d, device=dev, dtype=dtype, generator=gen)
+            out = torch.full_like(q, float("nan"))  # poisoned: every row must be written
+            o, lse = pre.run(q, layer, k=k, v=v, out=out, return_lse=True)
+            assert o.data_ptr() == out.data_ptr() and o.is_cuda and lse.is_cuda
+            for b in range(len(prompts)):
+                ks[layer][b] = _f64(k[qo[b]:qo[b + 1]])
+                vs[layer][b] = _f64(v[qo[b]:qo[b + 1]])
+            ref_o, ref_lse = reference_batch(_f64(q), qo, ks[layer], vs[layer], causal=True,
+                                             rope=True)
+            assert not torch.isnan(o).any()
+            np.testing.assert_allclose(_f64(o), ref_o, atol=tol, rtol=tol)
+            np.testing.assert_allclose(_f64(lse), ref_lse, atol=tol, rtol=tol)
+        pre.delete()
+        registered_after_prefill = len(sess.buffers)
+
+        # Decode with preallocated staging buffers: registration happens once, then is reused.
+        B = len(prompts)
+        q_buf = torch.empty(B, hq, d, device=dev, dtype=dtype)
+        k_buf = torch.empty(B, hkv, d, device=dev, dtype=dtype)
+        v_buf = torch.empty(B, hkv, d, device=dev, dtype=dtype)
+        o_buf = torch.empty(B, hq, d, device=dev, dtype=dtype)
+        dec = attnd.BatchDecodeWrapper(pool, ipc_method=ipc_method)
+        counts = []
+        for step in range(8):
+            lens = [x + 1 for x in lens]
+            dec.plan(*table(), num_qo_heads=hq, pos_encoding="rope_llama")
+            for layer in range(layers):
+                q_buf.normal_(generator=gen)
+                k_buf.normal_(generator=gen)
+                v_buf.normal_(generator=gen)
+                o_buf.fill_(float("nan"))
+                dec.run(q_buf, layer, k=k_buf, v=v_buf, out=o_buf)
+                for b in range(B):
+                    ks[layer][b] = np.concatenate([ks[layer][b], _f64(k_buf[b:b + 1])])
+                    vs[layer][b] = np.concatenate([vs[layer][b], _f64(v_buf[b:b + 1])])
+                ref_o, _ = reference_batch(_f64(q_buf), np.arange(B + 1), ks[layer], vs[layer],
+                                           rope=True)
+                assert not torch.isnan(o_buf).any()
+                np.testing.assert_allclose(_f64(o_buf), ref_o, atol=tol, rtol=tol)
+            counts.append(len(sess.buffers))
+        assert counts[0] >= registered_after_prefill
+        assert len(set(counts)) == 1, f"buffers re-registered during decode: {counts}"
+
+
+def test_zero_copy_matches_host_copy_path(gclient, unique_name):
+    """The same decode through CUDA IPC and through the host (zero_copy=False) agree exactly."""
+    dev = torch.device("cuda", 0)
+    with gclient.session() as sess:
+        pool = sess.create_pool(unique_name, num_layers=1, num_kv_heads=1, head_dim=64,
+                                page_size=16, kv_dtype="float16", num_pages=4)
+        pages = pool.allocate(2)
+        pre = attnd.BatchPrefillWrapper(pool).plan([0, 2], pages, [4], [0, 20], num_qo_heads=4)
+        kv = torch.randn(20, 1, 64, device=dev, dtype=torch.float16)
+        pre.append_kv(kv, kv * 0.5, 0)
+        q = torch.randn(1, 4, 64, device=dev, dtype=torch.float16)
+        fast = attnd.BatchDecodeWrapper(pool).plan([0, 2], pages, [4], num_qo_heads=4)
+        slow = attnd.BatchDecodeWrapper(pool, zero_copy=False).plan([0, 2], pages, [4],
+                                                                    num_qo_heads=4)
+        a = fast.run(q, 0)
+        b = slow.run(q, 0)
+        assert a.is_cuda and b.is_cuda
+        assert torch.equal(a, b)
