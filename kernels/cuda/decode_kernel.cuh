@@ -48,7 +48,7 @@ struct DecodeTraits {
 };
 
 template <typename T, int D, int TILE>
-__global__ void __launch_bounds__(DecodeTraits<D, TILE>::kThreads)
+__global__ void __launch_bounds__(DecodeTraits<D, TILE>::kThreads, 5)
     BatchDecodeKernel(const __grid_constant__ DecodeKernelParams p) {
   using Tr = DecodeTraits<D, TILE>;
   constexpr int BDX = Tr::kBdx;
@@ -126,6 +126,16 @@ __global__ void __launch_bounds__(DecodeTraits<D, TILE>::kThreads)
   const T* kv = static_cast<const T*>(p.kv_data);
   const int64_t head_off = static_cast<int64_t>(kv_head) * p.head_stride;
 
+  // Page ids of the tokens this thread copies in a stage, fetched one stage ahead of the copies
+  // so that the dependent page-table load does not stall the warp before its cp.async.
+  int pages[Tr::kLoadsPerThread];
+  auto fetch_pages = [&](int it) {
+#pragma unroll
+    for (int i = 0; i < Tr::kLoadsPerThread; ++i) {
+      const int t = start + it * TPS + tid / BDX + i * (NT / BDX);
+      pages[i] = t < end ? p.indices[page_begin + t / p.page_size] : 0;
+    }
+  };
   auto load_stage = [&](int it, int slot) {
 #pragma unroll
     for (int i = 0; i < Tr::kLoadsPerThread; ++i) {
@@ -134,8 +144,7 @@ __global__ void __launch_bounds__(DecodeTraits<D, TILE>::kThreads)
       const bool valid = t < end;
       const T* src_k = kv;
       if (valid) {
-        const int page = p.indices[page_begin + t / p.page_size];
-        src_k = kv + static_cast<int64_t>(page) * p.page_stride +
+        src_k = kv + static_cast<int64_t>(pages[i]) * p.page_stride +
                 static_cast<int64_t>(t % p.page_size) * p.token_stride + head_off + tx * 8;
       }
       const T* src_v = valid ? src_k + p.kv_stride : kv;
@@ -148,9 +157,11 @@ __global__ void __launch_bounds__(DecodeTraits<D, TILE>::kThreads)
 
 #pragma unroll
   for (int s = 0; s < STAGES - 1; ++s) {
+    fetch_pages(s);
     if (s < iters) load_stage(s, s);
     CpAsyncCommit();
   }
+  fetch_pages(STAGES - 1);
 
   float m = -INFINITY;  // running max of s2 (base-2 logits)
   float d = 0.f;        // running sum of exp2(s2 - m)
@@ -163,8 +174,9 @@ __global__ void __launch_bounds__(DecodeTraits<D, TILE>::kThreads)
     __syncthreads();  // stage `it` landed for every thread; stage it-1 is no longer read
     {
       const int next = it + STAGES - 1;
-      if (next < iters) load_stage(next, next % STAGES);
+      if (next < iters) load_stage(next, next % STAGES);  // pages[] were fetched last iteration
       CpAsyncCommit();
+      fetch_pages(next + 1);  // in flight while this stage is computed
     }
     const int slot = it % STAGES;
     T* sk = smem + (slot * 2 + 0) * TPS * D;

@@ -140,6 +140,16 @@ __global__ void __launch_bounds__(TcDecodeTraits<D>::kThreads)
   const T* kv = static_cast<const T*>(p.kv_data);
   const int64_t head_off = static_cast<int64_t>(kv_head) * p.head_stride;
 
+  // Page ids of the tokens this thread copies in a stage, fetched one stage ahead of the copies
+  // so that the dependent page-table load does not stall the warp before its cp.async.
+  int pages[Tr::kLoadsPerThread];
+  auto fetch_pages = [&](int it) {
+#pragma unroll
+    for (int i = 0; i < Tr::kLoadsPerThread; ++i) {
+      const int t = start + it * TPS + (tid + i * NT) / CH;
+      pages[i] = t < end ? p.indices[page_begin + t / p.page_size] : 0;
+    }
+  };
   auto load_stage = [&](int it, int slot) {
     T* sk = smem + slot * Tr::kStageElems;
     T* sv = sk + TPS * D;
@@ -152,8 +162,7 @@ __global__ void __launch_bounds__(TcDecodeTraits<D>::kThreads)
       const bool valid = t < end;
       const T* src_k = kv;
       if (valid) {
-        const int page = p.indices[page_begin + t / p.page_size];
-        src_k = kv + static_cast<int64_t>(page) * p.page_stride +
+        src_k = kv + static_cast<int64_t>(pages[i]) * p.page_stride +
                 static_cast<int64_t>(t % p.page_size) * p.token_stride + head_off + ch * 8;
       }
       const T* src_v = valid ? src_k + p.kv_stride : kv;
@@ -165,9 +174,11 @@ __global__ void __launch_bounds__(TcDecodeTraits<D>::kThreads)
   // Start the K/V stream first, then build the q tile while it is in flight.
 #pragma unroll
   for (int s = 0; s < STAGES - 1; ++s) {
+    fetch_pages(s);
     if (s < iters) load_stage(s, s);
     CpAsyncCommit();
   }
+  fetch_pages(STAGES - 1);
 
   // ---- q tile [16][D] in shared memory (RoPE applied in fp32, unscaled) ----
   for (int i = tid; i < Tr::kRows * HALF_CH; i += NT) {
@@ -227,8 +238,9 @@ __global__ void __launch_bounds__(TcDecodeTraits<D>::kThreads)
     __syncthreads();
     {
       const int next = it + STAGES - 1;
-      if (next < iters) load_stage(next, next % STAGES);
+      if (next < iters) load_stage(next, next % STAGES);  // pages[] were fetched last iteration
       CpAsyncCommit();
+      fetch_pages(next + 1);  // in flight while this stage is computed
     }
     T* sk = smem + (it % STAGES) * Tr::kStageElems;
     const T* sv = sk + TPS * D;
