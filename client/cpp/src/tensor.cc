@@ -139,6 +139,44 @@ absl::StatusOr<v1::Tensor> MakeTensorFromBytes(std::string bytes, std::vector<in
   return tensor;
 }
 
+absl::StatusOr<v1::Tensor> MakeTensorFromBits16(std::span<const uint16_t> bits,
+                                                std::vector<int64_t> shape, v1::DType dtype) {
+  if (dtype != v1::DTYPE_FLOAT16 && dtype != v1::DTYPE_BFLOAT16) {
+    return absl::InvalidArgumentError(absl::StrCat("MakeTensorFromBits16: dtype=",
+                                                   DTypeName(dtype), " is not a 16-bit type"));
+  }
+  std::string bytes(bits.size() * 2, '\0');
+  for (size_t i = 0; i < bits.size(); ++i) {  // little-endian regardless of the host
+    bytes[2 * i] = static_cast<char>(bits[i] & 0xff);
+    bytes[2 * i + 1] = static_cast<char>(bits[i] >> 8);
+  }
+  return MakeTensorFromBytes(std::move(bytes), std::move(shape), dtype);
+}
+
+absl::StatusOr<std::vector<uint16_t>> TensorToBits16(const v1::Tensor& tensor) {
+  if (tensor.dtype() != v1::DTYPE_FLOAT16 && tensor.dtype() != v1::DTYPE_BFLOAT16) {
+    return absl::InvalidArgumentError(absl::StrCat("TensorToBits16: dtype=",
+                                                   DTypeName(tensor.dtype()),
+                                                   " is not a 16-bit type"));
+  }
+  if (tensor.data_case() != v1::Tensor::kInlineData) {
+    return absl::InvalidArgumentError("TensorToBits16: the tensor has no inline data");
+  }
+  const std::string& bytes = tensor.inline_data();
+  const uint64_t expected =
+      2ull * NumElements(std::span<const int64_t>(tensor.shape().data(), tensor.shape().size()));
+  if (bytes.size() != expected) {
+    return absl::InvalidArgumentError(absl::StrCat("TensorToBits16: ", bytes.size(),
+                                                   " inline bytes, expected ", expected));
+  }
+  std::vector<uint16_t> bits(bytes.size() / 2);
+  for (size_t i = 0; i < bits.size(); ++i) {
+    bits[i] = static_cast<uint16_t>(static_cast<unsigned char>(bytes[2 * i]) |
+                                    (static_cast<unsigned char>(bytes[2 * i + 1]) << 8));
+  }
+  return bits;
+}
+
 v1::Tensor MakeBufferTensor(const std::string& buffer_id, uint64_t offset_bytes,
                             std::vector<int64_t> shape, v1::DType dtype) {
   v1::Tensor tensor;

@@ -93,6 +93,27 @@ TEST(TensorTest, SizeMismatchesAreInvalidArgument) {
             absl::StatusCode::kInvalidArgument);
 }
 
+TEST(TensorTest, Bits16RoundTripAndMatchFloatEncoding) {
+  const std::vector<uint16_t> bits = {0x3c00, 0xc000, 0x7bff, 0x0001};  // 1, -2, 65504, 2^-24
+  auto t = MakeTensorFromBits16(bits, {2, 2}, v1::DTYPE_FLOAT16);
+  ASSERT_TRUE(t.ok()) << t.status();
+  auto floats = TensorToFloats(*t);
+  ASSERT_TRUE(floats.ok());
+  EXPECT_EQ(*floats, (std::vector<float>{1.f, -2.f, 65504.f, std::ldexp(1.f, -24)}));
+  auto back = TensorToBits16(*t);
+  ASSERT_TRUE(back.ok());
+  EXPECT_EQ(*back, bits);
+  auto from_floats = MakeTensor(*floats, {2, 2}, v1::DTYPE_FLOAT16);
+  ASSERT_TRUE(from_floats.ok());
+  EXPECT_EQ(from_floats->inline_data(), t->inline_data());
+  EXPECT_EQ(MakeTensorFromBits16(bits, {2, 2}, v1::DTYPE_FLOAT32).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(MakeTensorFromBits16(bits, {3}, v1::DTYPE_BFLOAT16).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(TensorToBits16(*MakeTensor(*floats, {4}, v1::DTYPE_FLOAT32)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST(TensorTest, BufferTensorsReferToASlice) {
   v1::Tensor t = MakeBufferTensor("buf-1", 256, {4, 8}, v1::DTYPE_BFLOAT16);
   EXPECT_EQ(t.data_case(), v1::Tensor::kBuffer);

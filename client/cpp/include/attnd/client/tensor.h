@@ -43,6 +43,13 @@ absl::StatusOr<v1::Tensor> MakeTensor(std::span<const float> values,
 absl::StatusOr<v1::Tensor> MakeTensorFromBytes(std::string bytes, std::vector<int64_t> shape,
                                                v1::DType dtype);
 
+// An inline fp16 or bf16 tensor from 16-bit element bit patterns (host uint16_t arrays, e.g. a
+// framework's half tensor). INVALID_ARGUMENT unless dtype is FLOAT16/BFLOAT16 and the count matches.
+absl::StatusOr<v1::Tensor> MakeTensorFromBits16(std::span<const uint16_t> bits,
+                                                std::vector<int64_t> shape, v1::DType dtype);
+// The 16-bit element bit patterns of an inline fp16/bf16 tensor.
+absl::StatusOr<std::vector<uint16_t>> TensorToBits16(const v1::Tensor& tensor);
+
 // A tensor that refers to `shape` x `dtype` bytes at `offset_bytes` of registered buffer
 // `buffer_id`.
 v1::Tensor MakeBufferTensor(const std::string& buffer_id, uint64_t offset_bytes,
