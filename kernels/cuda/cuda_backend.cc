@@ -50,8 +50,11 @@ class StickyError {
     std::lock_guard<std::mutex> lock(mu_);
     return status_;
   }
-  void Probe() {
-    const cudaError_t e = cudaPeekAtLastError();
+  // Checks the context from any thread: a sticky error makes every call on the context fail,
+  // so a non-blocking query of the legacy stream reports it (cudaErrorNotReady is fine).
+  void Probe(int device) {
+    cudaError_t e = cudaPeekAtLastError();
+    if (!IsStickyCudaError(e) && cudaSetDevice(device) == cudaSuccess) e = cudaStreamQuery(nullptr);
     if (IsStickyCudaError(e)) Record(CudaStatus(e, "CUDA context"));
   }
 
@@ -389,7 +392,7 @@ class CudaBackend final : public Backend {
   }
 
   absl::Status Health() const override {
-    sticky_.Probe();
+    sticky_.Probe(device_);
     return sticky_.Get();
   }
 
