@@ -54,6 +54,9 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config
   builder.RegisterService(daemon->service_.get());
   builder.SetMaxReceiveMessageSize(static_cast<int>(config.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(config.max_message_bytes));
+  // gRPC sets SO_REUSEPORT on TCP listeners by default, which would let a second daemon bind
+  // the same port and take half the connections; a taken port must fail the start instead.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   daemon->server_ = builder.BuildAndStart();
   if (daemon->server_ == nullptr || (!listen->is_unix() && daemon->grpc_port_ == 0)) {
     return absl::UnavailableError(absl::StrCat(
