@@ -232,6 +232,21 @@ void MergeThroughBackend(Backend& cuda, Backend& cpu, Rng& rng, ResultTable& tab
             2 * DefaultTolerance(DType::kFloat16));
 }
 
+// Runs this executable again with `mode` and `extra` arguments; returns its exit code.
+int RunChild(const char* mode, std::vector<std::string> extra) {
+  char exe[4096] = {0};
+  const ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+  if (n <= 0) return -2;
+  std::vector<char*> argv = {exe, const_cast<char*>(mode)};
+  for (std::string& e : extra) argv.push_back(e.data());
+  argv.push_back(nullptr);
+  pid_t pid = 0;
+  if (posix_spawn(&pid, exe, nullptr, nullptr, argv.data(), environ) != 0) return -3;
+  int wstatus = 0;
+  waitpid(pid, &wstatus, 0);
+  return WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : -1;
+}
+
 // ---- two-process CUDA IPC ------------------------------------------------------------------
 // The parent allocates a buffer, fills it with a byte pattern and passes its IPC handle (hex) to
 // a child process (this executable, --ipc-child HEX SIZE); the child maps it with OpenIpcBuffer,
@@ -285,24 +300,7 @@ void IpcTwoProcesses(Backend& cuda, ResultTable& table) {
   GT_STATUS_CHECK(cuda.CopyToBackend(mem->data(), h.data(), size, nullptr));
   GT_STATUS_CHECK(cuda.Synchronize(nullptr));
   const std::string hex = ToHex(mem->ipc_handle());
-  const std::string size_s = std::to_string(size);
-  char exe[4096] = {0};
-  const ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-  if (n <= 0) {
-    table.AddCheck("IPC two processes", false, "cannot find /proc/self/exe");
-    return;
-  }
-  std::vector<char*> child_argv = {exe, const_cast<char*>("--ipc-child"),
-                                   const_cast<char*>(hex.c_str()),
-                                   const_cast<char*>(size_s.c_str()), nullptr};
-  pid_t pid = 0;
-  if (posix_spawn(&pid, exe, nullptr, nullptr, child_argv.data(), environ) != 0) {
-    table.AddCheck("IPC two processes", false, "posix_spawn failed");
-    return;
-  }
-  int wstatus = 0;
-  waitpid(pid, &wstatus, 0);
-  const int code = WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : -1;
+  const int code = RunChild("--ipc-child", {hex, std::to_string(size)});
   std::vector<uint8_t> after(size);
   GT_STATUS_CHECK(cuda.CopyToHost(after.data(), mem->data(), size, nullptr));
   GT_STATUS_CHECK(cuda.Synchronize(nullptr));
@@ -315,6 +313,53 @@ void IpcTwoProcesses(Backend& cuda, ResultTable& table) {
                  absl::StrCat("child exit ", code, ", ", wrong, " wrong bytes after"));
 }
 
+// ---- sticky errors -----------------------------------------------------------------------------
+// In a child process (the context is unusable afterwards): a decode whose page table points far
+// outside the layer's memory faults (illegal address); Synchronize must fail, Health() must turn
+// INTERNAL and stay so, and later calls must fail instead of touching the device.
+int StickyChild() {
+  auto cuda = attnd::kernels::CreateCudaBackend({});
+  if (!cuda.ok()) return 10;
+  Backend& be = **cuda;
+  if (!be.Health().ok()) return 11;
+  auto layer_mem = Unwrap(be.Allocate(1 << 20), "Allocate");
+  auto q = Unwrap(be.Allocate(32 * 128 * 2), "Allocate");
+  auto o = Unwrap(be.Allocate(32 * 128 * 2), "Allocate");
+  PlanSpec spec;
+  spec.kind = AttentionKind::kDecode;
+  spec.num_qo_heads = 32;
+  spec.num_kv_heads = 8;
+  spec.head_dim = 128;
+  spec.page_size = 16;
+  spec.kv_indptr = {0, 1};
+  spec.kv_indices = {200000000};  // ~6.5 TB past the layer: not mapped
+  spec.kv_last_page_len = {16};
+  spec.qo_indptr = {0, 1};
+  auto plan = Unwrap(be.Prepare(spec, nullptr), "Prepare");
+  RunArgs args;
+  args.plan = plan.get();
+  args.layer.dtype = DType::kFloat16;
+  args.layer.num_pages = 1;
+  args.layer.page_size = 16;
+  args.layer.num_kv_heads = 8;
+  args.layer.head_dim = 128;
+  args.layer.SetNhdStrides();
+  args.layer.data = layer_mem->data();
+  args.q = q->data();
+  args.o = o->data();
+  args.q_dtype = DType::kFloat16;
+  absl::Status launch = be.Attention(args);
+  absl::Status sync = be.Synchronize(nullptr);
+  if (launch.ok() && sync.ok()) return 12;  // the fault must surface somewhere
+  const absl::Status health = be.Health();
+  if (health.code() != absl::StatusCode::kInternal) return 13;
+  auto later = be.Allocate(16);
+  if (later.ok() || later.status().code() != absl::StatusCode::kInternal) return 14;
+  if (be.Health().code() != absl::StatusCode::kInternal) return 15;
+  std::printf("child: %s\n", std::string(health.ToString()).c_str());
+  return 0;
+}
+
 }  // namespace
 }  // namespace attnd::gpu_test
 
@@ -323,6 +368,7 @@ int main(int argc, char** argv) {
   if (argc == 4 && std::strcmp(argv[1], "--ipc-child") == 0) {
     return IpcChild(argv[2], std::strtoull(argv[3], nullptr, 10));
   }
+  if (argc == 2 && std::strcmp(argv[1], "--sticky-child") == 0) return StickyChild();
   TestFlags flags = ParseFlags(argc, argv);
   PrintDevice();
   Rng rng(flags.seed);
@@ -349,6 +395,11 @@ int main(int argc, char** argv) {
     }
   }
   MergeThroughBackend(*cuda, *cpu, rng, table);
+  if (!flags.small) {  // (a deliberate fault: not under compute-sanitizer)
+    const int code = RunChild("--sticky-child", {});
+    table.AddCheck("sticky error -> Health INTERNAL for good (child)", code == 0,
+                   absl::StrCat("child exit ", code));
+  }
   table.AddCheck("healthy at the end", cuda->Health().ok(), std::string(cuda->Health().ToString()));
   table.Print(stdout);
   return table.ExitCode();
