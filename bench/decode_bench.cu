@@ -3,7 +3,7 @@
 // 128, page size 16, pages in random order, KV cold in L2 (flushed before every timed run).
 // Counted bytes: K and V read once, 2 * B * kv * H_kv * D * 2 (FlashInfer's convention; q/o are
 // < 0.1%). Prints a table and JSON lines, with % of the measured copy ceiling (read + write).
-//   decode_bench [--quick]
+//   decode_bench [--quick] [--sweep]   (--sweep: split-KV grid of 0.5/2/4 waves too, B=1)
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
@@ -31,11 +31,13 @@ struct Result {
   double ms, tbps, pct;
   int chunks;
   bool tc;
+  float waves;
 };
 
 using Kernel = kcuda::DecodeScheduleOptions::Kernel;
 
-Result RunOne(DType dt, Shape s, Kernel kernel, double ceiling, cudaStream_t stream) {
+Result RunOne(DType dt, Shape s, Kernel kernel, float waves, double ceiling,
+              cudaStream_t stream) {
   const int hq = 32, d = 128, ps = 16;
   const int pages_per_req = (s.kv_len + ps - 1) / ps;
   const int num_pages = s.batch * pages_per_req;
@@ -72,6 +74,7 @@ Result RunOne(DType dt, Shape s, Kernel kernel, double ceiling, cudaStream_t str
 
   kcuda::DecodeScheduleOptions sched;
   sched.kernel = kernel;
+  sched.waves = waves;
   auto work = kcuda::PrepareDecode(kv_len, hq, s.num_kv_heads, d, ps, sched, stream);
   BENCH_STATUS_CHECK(work.status());
   const auto info = kcuda::GetDecodeScheduleInfo(**work);
@@ -95,13 +98,18 @@ Result RunOne(DType dt, Shape s, Kernel kernel, double ceiling, cudaStream_t str
   r.pct = 100.0 * r.tbps / ceiling;
   r.chunks = info.num_chunks;
   r.tc = info.tensor_cores;
+  r.waves = waves;
   return r;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
+  bool quick = false, sweep = false;
+  for (int i = 1; i < argc; ++i) {
+    quick = quick || std::strcmp(argv[i], "--quick") == 0;
+    sweep = sweep || std::strcmp(argv[i], "--sweep") == 0;
+  }
   PrintDeviceLine();
   cudaStream_t stream;
   BENCH_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
@@ -116,25 +124,29 @@ int main(int argc, char** argv) {
     for (const Shape& s : shapes) {
       std::vector<Kernel> kernels = {Kernel::kAuto};
       if (32 / s.num_kv_heads >= 4) kernels.push_back(Kernel::kCudaCores);  // GQA: both paths
+      std::vector<float> waves = {1.f};
+      if (sweep && s.batch == 1) waves = {0.5f, 1.f, 2.f, 4.f};
       for (Kernel k : kernels) {
-        Result r = RunOne(dt, s, k, ceiling, stream);
-        std::printf(
-            "JSON {\"bench\":\"decode\",\"dtype\":\"%s\",\"batch\":%d,\"kv_len\":%d,"
-            "\"num_qo_heads\":32,\"num_kv_heads\":%d,\"head_dim\":128,\"page_size\":16,"
-            "\"kernel\":\"%s\",\"ms\":%.5f,\"tbps\":%.4f,\"pct_copy\":%.2f,\"chunks\":%d}\n",
-            r.dtype.c_str(), s.batch, s.kv_len, s.num_kv_heads, r.tc ? "tensor" : "cuda-core",
-            r.ms, r.tbps, r.pct, r.chunks);
-        std::fflush(stdout);
-        results.push_back(r);
+        for (float w : waves) {
+          Result r = RunOne(dt, s, k, w, ceiling, stream);
+          std::printf(
+              "JSON {\"bench\":\"decode\",\"dtype\":\"%s\",\"batch\":%d,\"kv_len\":%d,"
+              "\"num_qo_heads\":32,\"num_kv_heads\":%d,\"head_dim\":128,\"page_size\":16,"
+              "\"kernel\":\"%s\",\"waves\":%.2f,\"ms\":%.5f,\"tbps\":%.4f,\"pct_copy\":%.2f,\"chunks\":%d}\n",
+              r.dtype.c_str(), s.batch, s.kv_len, s.num_kv_heads, r.tc ? "tensor" : "cuda-core",
+              r.waves, r.ms, r.tbps, r.pct, r.chunks);
+          std::fflush(stdout);
+          results.push_back(r);
+        }
       }
     }
   }
-  std::printf("\n%-5s %6s %7s %5s %5s %-9s %9s %8s %7s %7s\n", "dtype", "batch", "kv_len", "Hq",
-              "Hkv", "kernel", "ms", "TB/s", "%copy", "chunks");
+  std::printf("\n%-5s %6s %7s %5s %5s %-9s %5s %9s %8s %7s %7s\n", "dtype", "batch", "kv_len",
+              "Hq", "Hkv", "kernel", "waves", "ms", "TB/s", "%copy", "chunks");
   for (const Result& r : results) {
-    std::printf("%-5s %6d %7d %5d %5d %-9s %9.4f %8.3f %6.1f%% %7d\n", r.dtype.c_str(),
-                r.s.batch, r.s.kv_len, 32, r.s.num_kv_heads, r.tc ? "tensor" : "cuda-core", r.ms,
-                r.tbps, r.pct, r.chunks);
+    std::printf("%-5s %6d %7d %5d %5d %-9s %5.1f %9.4f %8.3f %6.1f%% %7d\n", r.dtype.c_str(),
+                r.s.batch, r.s.kv_len, 32, r.s.num_kv_heads, r.tc ? "tensor" : "cuda-core",
+                r.waves, r.ms, r.tbps, r.pct, r.chunks);
   }
   cudaStreamDestroy(stream);
   return 0;

@@ -6,6 +6,7 @@
 #
 #   bench/gpu_session.sh [BIN_DIR]          BIN_DIR default build-cuda/gpu
 #   SKIP_TESTS=1 / SKIP_BENCH=1 / SKIP_PEER=1 leave parts out; everything is logged under $OUT.
+#   DECODE_BENCH_ARGS="--sweep" adds the split-KV wave sweep (B=1) to the decode benchmark.
 # Prints the test table, the decode table and the peer table last; exits non-zero when a test
 # failed.
 set -uo pipefail
@@ -23,7 +24,7 @@ if [ "${SKIP_TESTS:-0}" != 1 ]; then
   OUT="$out" "$root/tests/gpu/run_all.sh" "$bin" > "$out/run_all.txt" 2>&1 || rc=1
 fi
 if [ "${SKIP_BENCH:-0}" != 1 ] && [ -x "$bin/decode_bench" ]; then
-  "$bin/decode_bench" > "$out/decode_bench.txt" 2>&1 || { echo "decode_bench failed"; rc=1; }
+  "$bin/decode_bench" ${DECODE_BENCH_ARGS:-} > "$out/decode_bench.txt" 2>&1 || { echo "decode_bench failed"; rc=1; }
 fi
 if [ "${SKIP_PEER:-0}" != 1 ]; then
   python3 "$root/bench/torch_sdpa_peer.py" --json "$out/torch_peer.jsonl" \

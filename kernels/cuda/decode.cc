@@ -215,7 +215,9 @@ absl::StatusOr<DecodeWorkPtr> PrepareDecode(std::span<const int32_t> kv_len, int
                                  "decode occupancy");
       ctas_per_sm = std::max(ctas_per_sm, 1);
     }
-    const int64_t target = static_cast<int64_t>(num_sms) * ctas_per_sm;
+    const int64_t target = std::max<int64_t>(
+        1, static_cast<int64_t>(static_cast<double>(num_sms) * ctas_per_sm *
+                                std::max(0.01f, options.waves)));
     if (static_cast<int64_t>(work->batch) * head_ctas < target) {
       // The smallest chunk (a multiple of the granule) whose grid still fits in one full wave:
       // all CTAs run concurrently and finish together; fewer, longer chunks merge less.

@@ -39,6 +39,9 @@ struct DecodeScheduleOptions {
   int32_t num_sms = 0;
   // Resident CTAs per SM assumed when sizing the grid; 0 = the decode kernel's occupancy.
   int32_t ctas_per_sm = 0;
+  // Grid size that split-KV aims at, in waves of num_sms * ctas_per_sm CTAs (the benchmark
+  // sweeps it; 1 = every CTA resident at once).
+  float waves = 1.f;
   // Chunks are at least this many tokens (splitting shorter pieces costs more in merging than
   // it gains in parallelism).
   int32_t min_chunk_tokens = 256;
