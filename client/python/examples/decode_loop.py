@@ -24,11 +24,12 @@ from attnd import reference
 
 
 class ToyModel:
-    """hidden [tokens, hidden] -> q [tokens, Hq, D], k/v [tokens, Hkv, D]; o -> hidden."""
+    """hidden [tokens, hidden] -> (RMS norm) -> q [tokens, Hq, D], k/v [tokens, Hkv, D];
+    attention output o [tokens, Hq, D] -> residual update of hidden."""
 
     def __init__(self, num_layers, hidden, num_qo_heads, num_kv_heads, head_dim, seed=0):
         rng = np.random.default_rng(seed)
-        s = 1.0 / np.sqrt(hidden)
+        s = np.float32(1.0 / np.sqrt(hidden))
         self.layers = []
         for _ in range(num_layers):
             self.layers.append(dict(
@@ -41,6 +42,7 @@ class ToyModel:
     def qkv(self, layer, h):
         w = self.layers[layer]
         n = h.shape[0]
+        h = h / np.sqrt((h * h).mean(axis=-1, keepdims=True) + 1e-6)  # RMS norm, as real models
         return ((h @ w["wq"]).reshape(n, self.hq, self.d), (h @ w["wk"]).reshape(n, self.hkv, self.d),
                 (h @ w["wv"]).reshape(n, self.hkv, self.d))
 
@@ -135,7 +137,6 @@ def main() -> int:
                 ok &= err < tol
                 print(f"decode step {step}: lens {lens}, {1e3 * (time.perf_counter() - t0):.1f} ms, "
                       f"max |o - ref| = {err:.2e}")
-                x = np.tanh(x)  # keep the toy's activations bounded
             decode.delete()
             pool.delete()
     print("OK" if ok else "MISMATCH")

@@ -183,6 +183,8 @@ class TensorPlan:
             x, dtype_from_torch = _torch_cpu_to_numpy(x.detach().cpu())
             dtype = dtype or dtype_from_torch
         arr = np.asarray(x)
+        if arr.dtype == np.float64 and dtype is None:
+            arr = arr.astype(np.float32)  # numpy's default float: sent (and returned) as float32
         if cast_to is not None:
             arr = _cast_numpy(arr, dtype, cast_to)
             enum = cast_to
