@@ -313,7 +313,7 @@ absl::StatusOr<v1::AllocatePagesResponse> Core::AllocatePages(
     // The new pages are this session's alone (only it could share them, and it is busy here),
     // so they are cleared outside the pool's lock.
     p.ClearPages(response.page_ids());
-    SPDLOG_DEBUG("session {} allocated {} page(s) of pool '{}'", session.id, request.count(),
+    spdlog::debug("session {} allocated {} page(s) of pool '{}'", session.id, request.count(),
                  p.name());
     return response;
   });
@@ -437,7 +437,7 @@ absl::StatusOr<v1::CreatePlanResponse> Core::CreatePlan(std::string_view session
     response.set_batch_size((*plan)->batch_size);
     response.set_qo_tokens((*plan)->qo_tokens);
     response.set_kv_tokens((*plan)->kv_tokens);
-    SPDLOG_DEBUG("session {} created plan {}: batch {}, {} query / {} kv tokens", session.id,
+    spdlog::debug("session {} created plan {}: batch {}, {} query / {} kv tokens", session.id,
                  (*plan)->id, (*plan)->batch_size, (*plan)->qo_tokens, (*plan)->kv_tokens);
     session.plans[(*plan)->id] = *std::move(plan);
     st.plans.fetch_add(1);
@@ -472,6 +472,10 @@ absl::StatusOr<v1::AppendKvResponse> Core::AppendKv(std::string_view session_id,
     absl::Status s = ExecuteAppendKv(**plan, request, ctx, &counts);
     st.bytes_in.fetch_add(counts.bytes_in);
     st.bytes_out.fetch_add(counts.bytes_out);
+    if (spdlog::default_logger_raw()->should_log(spdlog::level::debug)) {
+      spdlog::debug("session {} append_kv plan {} layer {}: {}", session.id, (*plan)->id,
+                    request.layer(), s.ok() ? std::string("ok") : s.ToString());
+    }
     if (!s.ok()) return s;
     return v1::AppendKvResponse();
   });
@@ -495,6 +499,11 @@ absl::StatusOr<v1::RunResponse> Core::Run(std::string_view session_id,
     auto response = ExecuteRun(**plan, request, ctx, &counts);
     st.bytes_in.fetch_add(counts.bytes_in);
     st.bytes_out.fetch_add(counts.bytes_out);
+    if (spdlog::default_logger_raw()->should_log(spdlog::level::debug)) {
+      spdlog::debug("session {} run plan {} layer {}{}: {}", session.id, (*plan)->id,
+                    request.layer(), appends ? " (+append)" : "",
+                    response.ok() ? std::string("ok") : response.status().ToString());
+    }
     return response;
   });
 }
