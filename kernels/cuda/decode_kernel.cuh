@@ -34,6 +34,8 @@ struct DecodeTraits {
   static constexpr int kBdy = TILE;
   static constexpr int kBdz = (kBdx * kBdy >= 128) ? 1 : 128 / (kBdx * kBdy);
   static constexpr int kThreads = kBdx * kBdy * kBdz;
+  // Resident CTAs the register allocation must allow (~640 threads per SM: <= 102 registers).
+  static constexpr int kMinBlocks = 640 / kThreads > 0 ? 640 / kThreads : 1;
   // ~8 KB of K+V per stage: 16 tokens at D = 128.
   static constexpr int kTokensTarget = 8192 / (4 * D);
   static constexpr int kTokensPerZ = kTokensTarget / kBdz > 0 ? kTokensTarget / kBdz : 1;
@@ -48,7 +50,7 @@ struct DecodeTraits {
 };
 
 template <typename T, int D, int TILE>
-__global__ void __launch_bounds__(DecodeTraits<D, TILE>::kThreads, 5)
+__global__ void __launch_bounds__(DecodeTraits<D, TILE>::kThreads, DecodeTraits<D, TILE>::kMinBlocks)
     BatchDecodeKernel(const __grid_constant__ DecodeKernelParams p) {
   using Tr = DecodeTraits<D, TILE>;
   constexpr int BDX = Tr::kBdx;
