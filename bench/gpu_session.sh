@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything of the CUDA decode work in one GPU-host call: the GPU tests (tests/gpu/run_all.sh,
-# which also runs the prefill tests and compute-sanitizer), the decode benchmark, and the torch
-# SDPA peers. Binaries come prebuilt from the build machine (build-cuda/gpu, with the bundled
+# which also runs the prefill tests and compute-sanitizer), the decode and append_kv benchmarks,
+# and the torch SDPA peers. Binaries come prebuilt from the build machine (build-cuda/gpu, with the bundled
 # shared libraries in build-cuda/gpu/libs; see the report / docs for the build commands).
 #
 #   bench/gpu_session.sh [BIN_DIR]          BIN_DIR default build-cuda/gpu
@@ -26,6 +26,9 @@ fi
 if [ "${SKIP_BENCH:-0}" != 1 ] && [ -x "$bin/decode_bench" ]; then
   "$bin/decode_bench" ${DECODE_BENCH_ARGS:-} > "$out/decode_bench.txt" 2>&1 || { echo "decode_bench failed"; rc=1; }
 fi
+if [ "${SKIP_BENCH:-0}" != 1 ] && [ -x "$bin/append_kv_bench" ]; then
+  "$bin/append_kv_bench" > "$out/append_kv_bench.txt" 2>&1 || { echo "append_kv_bench failed"; rc=1; }
+fi
 if [ "${SKIP_PEER:-0}" != 1 ]; then
   python3 "$root/bench/torch_sdpa_peer.py" --json "$out/torch_peer.jsonl" \
     > "$out/torch_peer.txt" 2>&1 || echo "torch peer script failed (see torch_peer.txt)"
@@ -33,6 +36,7 @@ fi
 
 # Short tables last (the reply carries the end of the output).
 [ -f "$out/torch_peer.txt" ] && { echo "== torch SDPA peers"; sed -n '/^bench /,$p' "$out/torch_peer.txt"; }
+[ -f "$out/append_kv_bench.txt" ] && { echo "== append_kv_bench"; grep -vE '^(JSON|device|copy)' "$out/append_kv_bench.txt"; }
 [ -f "$out/decode_bench.txt" ] && { echo "== decode_bench"; grep -E '^(device|copy ceiling)' "$out/decode_bench.txt"; sed -n '/^dtype /,$p' "$out/decode_bench.txt"; }
 [ -f "$out/run_all.txt" ] && { echo "== GPU tests"; grep -E '^(FAIL|---)' "$out/run_all.txt" | head -60; sed -n '/^== attnd GPU tests/,$p' "$out/run_all.txt"; }
 exit $rc
