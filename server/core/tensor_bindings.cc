@@ -75,7 +75,12 @@ absl::StatusOr<int> TensorBindings::AddOutput(const v1::Tensor* tensor, absl::st
   return static_cast<int>(bindings_.size()) - 1;
 }
 
+TensorBindings::~TensorBindings() {
+  if (pending_) (void)ctx_.backend.Synchronize(ctx_.stream);
+}
+
 absl::Status TensorBindings::Materialize() {
+  pending_ = true;
   const bool host = ctx_.backend.host_accessible();
   uint64_t staging_bytes = 0;
   for (Binding& b : bindings_) {
@@ -126,7 +131,9 @@ absl::Status TensorBindings::Complete() {
       return s;
     }
   }
-  return ctx_.backend.Synchronize(ctx_.stream);
+  absl::Status synced = ctx_.backend.Synchronize(ctx_.stream);
+  pending_ = false;
+  return synced;
 }
 
 }  // namespace attnd::server

@@ -35,6 +35,11 @@ struct ExecContext {
 class TensorBindings {
  public:
   explicit TensorBindings(const ExecContext& ctx) : ctx_(ctx) {}
+  // If work was enqueued (Materialize) but Complete did not run (an error in between), waits for
+  // the stream, so no asynchronous copy still reads request memory that is about to be freed.
+  ~TensorBindings();
+  TensorBindings(const TensorBindings&) = delete;
+  TensorBindings& operator=(const TensorBindings&) = delete;
 
   // An input tensor (inline or buffer slice). Returns its index for pointer().
   absl::StatusOr<int> AddInput(const v1::Tensor& tensor, absl::string_view name,
@@ -70,6 +75,7 @@ class TensorBindings {
 
   const ExecContext& ctx_;
   std::vector<Binding> bindings_;
+  bool pending_ = false;  // Materialize ran, Complete has not
   uint64_t bytes_in_ = 0;
   uint64_t bytes_out_ = 0;
 };
