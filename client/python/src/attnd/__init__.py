@@ -11,7 +11,7 @@
 
 Modules: attnd.client (Client, sessions), attnd.pool (Pool), attnd.wrappers (BatchDecodeWrapper,
 BatchPrefillWrapper), attnd.errors (typed exceptions), attnd.tensors (dtypes, bfloat16),
-attnd.ipc (CUDA IPC), attnd.aio (asyncio), attnd.reference (numpy reference attention),
+attnd.ipc (CUDA IPC), attnd.shm (POSIX shared memory), attnd.aio (asyncio), attnd.reference (numpy reference attention),
 attnd.v1 (generated stubs).
 """
 
@@ -21,6 +21,7 @@ from attnd.client import Client, Session, StreamSession, UnarySession
 from attnd.pool import Pool
 from attnd.wrappers import BatchDecodeWrapper, BatchPrefillWrapper
 from attnd.tensors import bfloat16_to_float32, float32_to_bfloat16
+from attnd.shm import SharedBuffer
 
 __version__ = "0.1.0"
 
@@ -30,6 +31,7 @@ __all__ = list(_errors.__all__) + [
     "StreamSession",
     "UnarySession",
     "Pool",
+    "SharedBuffer",
     "BatchDecodeWrapper",
     "BatchPrefillWrapper",
     "bfloat16_to_float32",

@@ -133,12 +133,13 @@ class TensorPlan:
 
     def __init__(self, q: Any, k: Any, v: Any, *, kv_dtype: int, out: Any = None,
                  lse_out: Any = None, return_lse: bool = False, q_dtype: Any = None,
-                 zero_copy: bool = True, ipc_method: str = "driver"):
+                 zero_copy: bool = True, ipc_method: str = "driver", shared_buffers=()):
         if (k is None) != (v is None):
             raise ValueError("pass both k and v, or neither")
         self.return_lse = return_lse
         self.kv_dtype = kv_dtype
         self.ipc_method = ipc_method
+        self.shared_buffers = list(shared_buffers)
         self.q_is_torch = q is not None and is_torch_tensor(q)
         self.q_device = q.device if self.q_is_torch else None
         lead = q if q is not None else k
@@ -165,8 +166,23 @@ class TensorPlan:
             if return_lse:
                 self._tensors["lse"] = lse_out
         elif out is not None or lse_out is not None:
-            raise ValueError("out= and lse_out= are for the CUDA zero-copy path; inline runs return "
-                             "new arrays")
+            # numpy outputs: only arrays inside a registered shared-memory buffer can be written
+            for key, arr, want in (("o", out, None), ("lse", lse_out, pb.DTYPE_FLOAT32)):
+                if arr is None:
+                    continue
+                if key == "lse" and not return_lse:
+                    raise ValueError("lse_out= needs return_lse=True")
+                ref = self._shared_ref(arr, want if want is not None else self.q_dtype_enum)
+                if ref is None:
+                    raise ValueError(f"{'out' if key == 'o' else 'lse_out'}= must be a C-contiguous "
+                                     "array inside a SharedBuffer of this session (CPU daemons) or a "
+                                     "CUDA tensor (CUDA daemons); inline runs return new arrays")
+                self._tensors[key] = ref
+        if self.cuda and q is not None:
+            for key in ("o", "lse"):
+                t = self._tensors.get(key)
+                if t is not None and not is_cuda_tensor(t):
+                    raise ValueError(f"{key} output must be a CUDA tensor when q is one")
 
     def _prepare(self, name: str, x: Any, dtype: Any, cast_to: Optional[int]):
         """Returns the object to send: a CUDA torch tensor (zero copy) or a numpy array."""
@@ -192,7 +208,21 @@ class TensorPlan:
             enum = _t.array_dtype_enum(arr, dtype)
         if name == "q":
             self.q_dtype_enum = enum
-        return (arr, enum)
+        return self._shared_ref(arr, enum) or (arr, enum)
+
+    def _shared_ref(self, arr: Any, enum: Optional[int]):
+        """A _SharedRef when ``arr`` lies in one of the session's shared buffers, else None."""
+        if not self.shared_buffers or not isinstance(arr, np.ndarray) or enum is None:
+            return None
+        from attnd.shm import find_in_shared
+
+        hit = find_in_shared(self.shared_buffers, arr)
+        if hit is None:
+            return None
+        if arr.dtype.itemsize != _t.dtype_itemsize(enum):
+            raise ValueError(f"shared-memory array of {arr.dtype} cannot hold "
+                             f"{_t.DTYPE_NAMES.get(enum, enum)}")
+        return _SharedRef(arr, enum, hit[0], hit[1])
 
     def cuda_tensors(self):
         """(key, tensor) of every tensor that travels as a buffer slice."""
@@ -208,6 +238,9 @@ class TensorPlan:
         x = self._tensors.get(name)
         if x is None:
             return None
+        if isinstance(x, _SharedRef):
+            return pb.Tensor(dtype=x.enum, shape=list(x.array.shape),
+                             buffer=pb.BufferSlice(buffer_id=x.buffer_id, offset_bytes=x.offset))
         if isinstance(x, tuple):
             arr, enum = x
             return _t.numpy_to_tensor(arr, enum)
@@ -223,8 +256,8 @@ class TensorPlan:
             req.v.CopyFrom(self.wire("v"))
         if "o" in self._tensors:
             req.o.CopyFrom(self.wire("o"))
-            if self.return_lse:
-                req.lse.CopyFrom(self.wire("lse"))
+        if "lse" in self._tensors:
+            req.lse.CopyFrom(self.wire("lse"))
         return req
 
     def append_request(self, plan_id: str, layer: int) -> pb.AppendKvRequest:
@@ -242,25 +275,37 @@ class TensorPlan:
             torch.cuda.current_stream(lead.device).synchronize()
 
     def outputs(self, resp: pb.RunResponse):
-        """o (and lse when asked): numpy arrays for numpy input, torch tensors for torch input.
+        """o (and lse when asked): where they were written (CUDA tensors, shared-memory arrays), or
+        new arrays from the inline response: numpy for numpy input, torch tensors for torch input.
 
         bfloat16 numpy outputs are uint16 bit arrays (see attnd.bfloat16_to_float32)."""
-        if "o" in self._tensors:
-            o = self._tensors["o"]
-            return (o, self._tensors["lse"]) if self.return_lse else o
-        if not resp.HasField("o"):
-            raise RuntimeError("daemon returned no inline output")
-        o = _t.tensor_to_numpy(resp.o)
-        lse = None
-        if self.return_lse:
-            if not resp.HasField("lse"):
-                raise RuntimeError("daemon returned no inline lse although return_lse was set")
-            lse = _t.tensor_to_numpy(resp.lse)
+        o = self._output("o", resp)
+        if not self.return_lse:
+            return o
+        return o, self._output("lse", resp)
+
+    def _output(self, key: str, resp: pb.RunResponse):
+        x = self._tensors.get(key)
+        if isinstance(x, _SharedRef):
+            return x.array
+        if x is not None:
+            return x  # a CUDA tensor the daemon wrote
+        if not resp.HasField(key):
+            raise RuntimeError(f"the daemon returned no inline {key}")
+        msg = getattr(resp, key)
+        arr = _t.tensor_to_numpy(msg)
         if self.q_is_torch:
-            o = _numpy_to_torch(o, resp.o.dtype, self.q_device)
-            if lse is not None:
-                lse = _numpy_to_torch(lse, pb.DTYPE_FLOAT32, self.q_device)
-        return (o, lse) if self.return_lse else o
+            return _numpy_to_torch(arr, msg.dtype, self.q_device)
+        return arr
+
+
+class _SharedRef:
+    """A numpy array inside a registered shared-memory buffer: sent as a BufferSlice."""
+
+    __slots__ = ("array", "enum", "buffer_id", "offset")
+
+    def __init__(self, array: np.ndarray, enum: int, buffer_id: str, offset: int):
+        self.array, self.enum, self.buffer_id, self.offset = array, enum, buffer_id, offset
 
 
 def _cast_numpy(arr: np.ndarray, dtype: Any, target: int) -> np.ndarray:

@@ -173,6 +173,7 @@ class AsyncSession:
         self.client = client
         self.timeout = timeout
         self.buffers = BufferCache()
+        self.shared_buffers: list = []
         self._info: Optional[pb.ServerInfo] = None
         self._closed = False
 
@@ -242,6 +243,33 @@ class AsyncSession:
 
     async def unregister_buffer(self, buffer_id: str) -> None:
         await self.call("unregister_buffer", pb.UnregisterBufferRequest(buffer_id=buffer_id))
+
+    async def shared_buffer(self, nbytes: int, mode: int = 0o600):
+        """See attnd.Session.shared_buffer."""
+        from attnd.shm import SharedBuffer
+
+        buf = SharedBuffer(nbytes, mode)
+        try:
+            buf.buffer_id = await self.register_buffer(buf.nbytes, shared_memory_name=buf.name)
+        except BaseException:
+            buf._release()
+            raise
+        self.shared_buffers.append(buf)
+        return buf
+
+    async def release_shared_buffer(self, buf) -> None:
+        if buf in self.shared_buffers:
+            self.shared_buffers.remove(buf)
+            try:
+                if not self._closed:
+                    await self.unregister_buffer(buf.buffer_id)
+            finally:
+                buf._release()
+
+    def _release_all_shared(self) -> None:
+        for buf in list(self.shared_buffers):
+            buf._release()
+        self.shared_buffers.clear()
 
     async def _buffer_for(self, info, nbytes: int) -> str:
         bid = self.buffers.lookup(info, nbytes)
@@ -342,6 +370,8 @@ class AsyncStreamSession(AsyncSession):
             await asyncio.wait_for(self._call.read(), 5)  # EOF once the daemon has closed it
         except (grpc.aio.AioRpcError, asyncio.TimeoutError, asyncio.InvalidStateError):
             self._call.cancel()
+        finally:
+            self._release_all_shared()
 
 
 class AsyncUnarySession(AsyncSession):
@@ -367,8 +397,11 @@ class AsyncUnarySession(AsyncSession):
         if self._closed:
             return
         self._closed = True
-        await self.client.unary("CloseSession", pb.CloseSessionRequest(), session_id=self.id,
-                                timeout=self.timeout, retry=False)
+        try:
+            await self.client.unary("CloseSession", pb.CloseSessionRequest(), session_id=self.id,
+                                    timeout=self.timeout, retry=False)
+        finally:
+            self._release_all_shared()
 
 
 class AsyncPool(Pool):

@@ -21,7 +21,7 @@ import queue
 import threading
 import time
 import weakref
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 import grpc
 
@@ -32,6 +32,10 @@ from attnd.errors import (AttndError, DeadlineExceeded, Internal, Unavailable, e
 from attnd.ipc import BufferCache
 from attnd.v1 import attnd_pb2 as pb
 from attnd.v1 import attnd_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from attnd.pool import Pool
+    from attnd.shm import SharedBuffer
 
 __all__ = ["Client", "Session", "StreamSession", "UnarySession"]
 
@@ -203,6 +207,7 @@ class Session:
         self.client = client
         self.timeout = timeout
         self.buffers = BufferCache()
+        self.shared_buffers: List["SharedBuffer"] = []
         self._info: Optional[pb.ServerInfo] = None
         self._closed = False
 
@@ -298,6 +303,36 @@ class Session:
 
     def unregister_buffer(self, buffer_id: str) -> None:
         self.call("unregister_buffer", pb.UnregisterBufferRequest(buffer_id=buffer_id))
+
+    def shared_buffer(self, nbytes: int, mode: int = 0o600) -> "SharedBuffer":
+        """Creates a POSIX shared memory buffer of ``nbytes`` and registers it (daemons with
+        ``ServerInfo.shared_memory``, e.g. the CPU backend). numpy arrays made with
+        ``buf.array(shape, dtype, offset)`` then travel zero-copy; see attnd.shm."""
+        from attnd.shm import SharedBuffer
+
+        buf = SharedBuffer(nbytes, mode)
+        try:
+            buf.buffer_id = self.register_buffer(buf.nbytes, shared_memory_name=buf.name)
+        except BaseException:
+            buf._release()
+            raise
+        self.shared_buffers.append(buf)
+        return buf
+
+    def release_shared_buffer(self, buf: "SharedBuffer") -> None:
+        """Unregisters the buffer and unlinks its shared memory."""
+        if buf in self.shared_buffers:
+            self.shared_buffers.remove(buf)
+            try:
+                if not self._closed:
+                    self.unregister_buffer(buf.buffer_id)
+            finally:
+                buf._release()
+
+    def _release_all_shared(self) -> None:
+        for buf in list(self.shared_buffers):
+            buf._release()
+        self.shared_buffers.clear()
 
     def register_tensor(self, tensor, ipc_method: str = "driver") -> Tuple[str, int]:
         """Registers a CUDA torch tensor's allocation once (cached) and returns
@@ -442,6 +477,7 @@ class StreamSession(Session):
                 return
             self._closed = True
         self._shutdown()
+        self._release_all_shared()
 
     def __repr__(self) -> str:
         return f"attnd.StreamSession(id={self.id!r})"
@@ -471,8 +507,11 @@ class UnarySession(Session):
         if self._closed:
             return
         self._closed = True
-        self.client.unary("CloseSession", pb.CloseSessionRequest(), session_id=self.id,
-                          timeout=self.timeout, retry=False)
+        try:
+            self.client.unary("CloseSession", pb.CloseSessionRequest(), session_id=self.id,
+                              timeout=self.timeout, retry=False)
+        finally:
+            self._release_all_shared()
 
     def __repr__(self) -> str:
         return f"attnd.UnarySession(id={self.id!r})"

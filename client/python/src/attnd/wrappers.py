@@ -99,7 +99,8 @@ class PlanState:
         zero_copy = cuda_ipc if self.zero_copy is None else (self.zero_copy and cuda_ipc)
         return _rq.TensorPlan(q, k, v, kv_dtype=self.pool.kv_dtype_enum, out=out, lse_out=lse_out,
                               return_lse=return_lse, q_dtype=q_dtype, zero_copy=zero_copy,
-                              ipc_method=self.ipc_method)
+                              ipc_method=self.ipc_method,
+                              shared_buffers=getattr(self.session, "shared_buffers", ()))
 
     @staticmethod
     def _needs_ipc_check(*tensors) -> bool:
@@ -134,8 +135,9 @@ class _SyncWrapper(PlanState):
             layer: 0 .. pool.num_layers - 1.
             k, v: optional [qo_tokens, num_kv_heads, head_dim]: the new tokens' keys/values,
                 written to their kv positions before attention (converted to the pool's dtype).
-            out, lse_out: CUDA path only: preallocated o [qo_tokens, num_qo_heads, head_dim]
-                (q's dtype) and lse [qo_tokens, num_qo_heads] float32.
+            out, lse_out: preallocated o [qo_tokens, num_qo_heads, head_dim] (q's dtype) and
+                lse [qo_tokens, num_qo_heads] float32 for the daemon to write: CUDA tensors, or
+                numpy arrays inside a session.shared_buffer() (see attnd.shm).
             return_lse: also return the natural-log LSE of each row's logits.
             causal, sm_scale, ...: override the plan's attention options for this call.
 
