@@ -3,7 +3,9 @@
 // 128, page size 16, pages in random order, KV cold in L2 (flushed before every timed run).
 // Counted bytes: K and V read once, 2 * B * kv * H_kv * D * 2 (FlashInfer's convention; q/o are
 // < 0.1%). Prints a table and JSON lines, with % of the measured copy ceiling (read + write).
-//   decode_bench [--quick] [--sweep]   (--sweep: split-KV grid of 0.5/2/4 waves too, B=1)
+//   decode_bench [--quick] [--sweep]
+//     --sweep: also split-KV grids of other sizes (DecodeScheduleOptions::waves: 0.5-4 waves at
+//     B=1; 2-8 waves at larger batches, where splitting trims the tail of the last wave).
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
@@ -125,7 +127,10 @@ int main(int argc, char** argv) {
       std::vector<Kernel> kernels = {Kernel::kAuto};
       if (32 / s.num_kv_heads >= 4) kernels.push_back(Kernel::kCudaCores);  // GQA: both paths
       std::vector<float> waves = {1.f};
-      if (sweep && s.batch == 1) waves = {0.5f, 1.f, 2.f, 4.f};
+      if (sweep) {
+        waves = s.batch == 1 ? std::vector<float>{0.5f, 1.f, 2.f, 4.f}
+                             : std::vector<float>{1.f, 2.f, 4.f, 8.f};
+      }
       for (Kernel k : kernels) {
         for (float w : waves) {
           Result r = RunOne(dt, s, k, w, ceiling, stream);
