@@ -157,7 +157,7 @@ TEST_F(BadInputTest, PageCounts) {
   ATTND_ASSERT_OK(pool);
   const int64_t victim_pages = static_cast<int64_t>(victim_work_->AllPages().size());
   EXPECT_EQ(pool->free_pages(), shape_.num_pages - victim_pages - 2);
-  EXPECT_TRUE(StatusIs(attacker_->FreePages(pool_id_, {shape_.num_pages + 3}),
+  EXPECT_TRUE(StatusIs(attacker_->FreePages(pool_id_, {static_cast<int32_t>(shape_.num_pages + 3)}),
                        StatusCode::kOutOfRange, {std::to_string(shape_.num_pages + 3)}));
   ExpectIntact();
 }

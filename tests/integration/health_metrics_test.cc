@@ -112,9 +112,13 @@ TEST_F(HealthMetricsTest, ZZ_SigtermExitsCleanly) {
   // While it drains (the open stream keeps it a moment), it must not claim to be ready.
   absl::SleepFor(absl::Milliseconds(300));
   auto ready = HttpGet(daemon().http_port(), "/readyz");
-  if (ready.ok()) EXPECT_NE(ready->first, 200) << "/readyz still 200 after SIGTERM";
+  if (ready.ok()) {
+    EXPECT_NE(ready->first, 200) << "/readyz still 200 after SIGTERM";
+  }
   auto health = client_->CheckHealth();
-  if (health.ok()) EXPECT_NE(*health, client::HealthStatus::kServing) << "SERVING after SIGTERM";
+  if (health.ok()) {
+    EXPECT_NE(*health, client::HealthStatus::kServing) << "SERVING after SIGTERM";
+  }
   const int status = daemon().Stop(absl::Seconds(15));
   ASSERT_TRUE(WIFEXITED(status)) << "attnd did not exit by itself on SIGTERM (status " << status
                                  << ")";

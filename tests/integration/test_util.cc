@@ -168,7 +168,8 @@ absl::Status Workload::RunLayers(const std::string& plan_id, const std::vector<i
     args.options.set_return_lse(true);
     absl::StatusOr<client::RunOutput> out = session_->RunAndDecode(std::move(args));
     if (!out.ok()) return out.status();
-    if (out->o.size() != rows * q_row || out->lse.size() != rows * shape_.qo_heads) {
+    if (out->o.size() != static_cast<size_t>(rows) * q_row ||
+        out->lse.size() != static_cast<size_t>(rows) * shape_.qo_heads) {
       return absl::InternalError(absl::StrCat("Run returned o of ", out->o.size(), " and lse of ",
                                               out->lse.size(), " elements for ", rows, " rows"));
     }
