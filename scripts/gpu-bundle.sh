@@ -16,4 +16,7 @@ for extra in "$build_dir"/bin/*; do
 done
 strip --strip-debug .gpu/bin/* 2>/dev/null || true
 "$bundle_libs" .gpu/lib .gpu/bin/*
+# Compressed: the device tool carries at most 64 MiB; gpu-host-run.sh unpacks it.
+tar -C .gpu -cf - bin lib | xz -T0 -6 > .gpu/bundle.tar.xz
+rm -rf .gpu/bin .gpu/lib
 du -sh .gpu

@@ -11,6 +11,8 @@ mode=${1:-all}
 out=${OUT:-/tmp/attnd-gpu-out}
 mkdir -p "$out"
 work=$(mktemp -d)
+# The bundle travels compressed (the device tool carries at most 64 MiB).
+if [ -f .gpu/bundle.tar.xz ] && [ ! -d .gpu/bin ]; then tar -C .gpu -xJf .gpu/bundle.tar.xz; fi
 export LD_LIBRARY_PATH="$PWD/.gpu/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export ATTND_LIBS="$PWD/.gpu/lib"
 status=0
