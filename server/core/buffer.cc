@@ -24,6 +24,11 @@ class ScopedFd {
   ScopedFd(const ScopedFd&) = delete;
   ScopedFd& operator=(const ScopedFd&) = delete;
   int get() const { return fd_; }
+  int release() {
+    const int fd = fd_;
+    fd_ = -1;
+    return fd;
+  }
 
  private:
   int fd_;
@@ -31,15 +36,29 @@ class ScopedFd {
 
 class SharedMemoryBuffer final : public RegisteredBuffer {
  public:
-  SharedMemoryBuffer(std::string name, void* addr, uint64_t size)
-      : name_(std::move(name)), addr_(addr), size_(size) {}
-  ~SharedMemoryBuffer() override { ::munmap(addr_, size_); }
+  // Takes ownership of the descriptor (kept open to re-check the object's size) and the mapping.
+  SharedMemoryBuffer(std::string name, int fd, void* addr, uint64_t size)
+      : name_(std::move(name)), fd_(fd), addr_(addr), size_(size) {}
+  ~SharedMemoryBuffer() override {
+    ::munmap(addr_, size_);
+    ::close(fd_);
+  }
   void* data() const override { return addr_; }
   uint64_t size() const override { return size_; }
   std::string description() const override { return absl::StrCat("shared_memory '", name_, "'"); }
+  absl::Status CheckUsable(absl::string_view field) const override {
+    struct stat st {};
+    if (::fstat(fd_, &st) != 0 || st.st_size < 0 || static_cast<uint64_t>(st.st_size) < size_) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          field, ": shared memory object '", name_, "' is now ", st.st_size,
+          " bytes, smaller than the registered ", size_, "; register it again"));
+    }
+    return absl::OkStatus();
+  }
 
  private:
   std::string name_;
+  int fd_;
   void* addr_;
   uint64_t size_;
 };
@@ -90,8 +109,7 @@ absl::StatusOr<std::unique_ptr<RegisteredBuffer>> OpenSharedMemoryBuffer(const s
   }
   void* addr = ::mmap(nullptr, size_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
   if (addr == MAP_FAILED) return ErrnoStatus(errno, absl::StrCat(field, ": mmap"));
-  // The mapping outlives the descriptor, which ScopedFd closes now.
-  return std::make_unique<SharedMemoryBuffer>(name, addr, size_bytes);
+  return std::make_unique<SharedMemoryBuffer>(name, fd.release(), addr, size_bytes);
 }
 
 absl::StatusOr<std::unique_ptr<RegisteredBuffer>> OpenCudaIpcBuffer(kernels::Backend& backend,

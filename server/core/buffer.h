@@ -6,7 +6,9 @@
 #include <memory>
 #include <string>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "attnd/kernels/backend.h"
 
 namespace attnd::server {
@@ -21,6 +23,12 @@ class RegisteredBuffer {
   virtual uint64_t size() const = 0;
   // "shared_memory '/x'" / "cuda_ipc (device 0)", for logs.
   virtual std::string description() const = 0;
+  // Checked before each use: a shared memory object that its owner shrank below size() would
+  // fault (SIGBUS) when touched, so it is refused instead. FAILED_PRECONDITION naming `field`.
+  virtual absl::Status CheckUsable(absl::string_view field) const {
+    (void)field;
+    return absl::OkStatus();
+  }
 };
 
 // Maps the POSIX shared memory object `name` read/write. NOT_FOUND when it does not exist,

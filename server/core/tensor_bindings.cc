@@ -19,6 +19,7 @@ absl::StatusOr<std::shared_ptr<RegisteredBuffer>> TensorBindings::FindBuffer(
       !s.ok()) {
     return s;
   }
+  if (auto s = it->second->CheckUsable(absl::StrCat(name, ".buffer")); !s.ok()) return s;
   return it->second;
 }
 

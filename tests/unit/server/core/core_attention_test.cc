@@ -408,6 +408,24 @@ TEST_F(CoreBufferTest, BadSlicesAndBuffersAreRefused) {
   EXPECT_EQ(core_->Stats().buffers, 0);
 }
 
+TEST_F(CoreBufferTest, AShrunkObjectIsRefusedInsteadOfFaulting) {
+  ScopedShm shm(8192);
+  const std::string buffer = Register(shm.name(), 8192);
+  v1::RunRequest run;
+  run.set_plan_id(plan_id_);
+  *run.mutable_q() = Slice(v1::DTYPE_FLOAT16, {7, 4, 64}, buffer, 4096);
+  ASSERT_TRUE(core_->Run(session_, run).ok());
+  // The owner truncates it: touching the mapping now would raise SIGBUS.
+  const int fd = ::shm_open(shm.name().c_str(), O_RDWR, 0);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::ftruncate(fd, 1024), 0);
+  ::close(fd);
+  const absl::Status s = core_->Run(session_, run).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  EXPECT_THAT(std::string(s.message()), HasSubstr("q.buffer"));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("now 1024 bytes"));
+}
+
 TEST_F(CoreBufferTest, RegistrationChecksTheRealObject) {
   ScopedShm shm(1000);
   v1::RegisterBufferRequest request;
