@@ -144,6 +144,12 @@ TEST_F(BadInputTest, UnknownPoolPlanBufferAndSession) {
   v1::DescribePoolResponse response;
   EXPECT_TRUE(StatusIs(client::FromGrpcStatus(stub->DescribePool(&context, request, &response)),
                        StatusCode::kNotFound, {"session-does-not-exist"}));
+  // No session header at all: refused, naming the header.
+  grpc::ClientContext bare;
+  const absl::Status no_header =
+      client::FromGrpcStatus(stub->DescribePool(&bare, request, &response));
+  EXPECT_FALSE(no_header.ok());
+  EXPECT_NE(no_header.message().find(client::kSessionMetadataKey), std::string::npos) << no_header;
   ExpectIntact();
 }
 
@@ -385,6 +391,73 @@ TEST_F(BadInputTest, OversizedMessagesAreResourceExhausted) {
   EXPECT_NE((*unary)->Run(big).status().code(), StatusCode::kResourceExhausted);
   EXPECT_TRUE(StatusIs(attacker_->Run(big), StatusCode::kInvalidArgument, {"q."}));
   ExpectIntact();
+}
+
+// An inline output larger than --max_message_bytes cannot be sent back: RESOURCE_EXHAUSTED, and
+// the daemon keeps serving. (q comes from shared memory, so the request itself is small.)
+TEST_F(BadInputTest, OversizedInlineOutputIsResourceExhausted) {
+  ModelShape shape;
+  shape.layers = 1;
+  shape.kv_heads = 2;
+  shape.qo_heads = 32;  // 4 KiB per fp16 output row
+  shape.num_pages = 64;  // 24 pages for each of two sessions
+  const int rows = 384;  // 1.5 MiB of o > 1 MiB
+  auto pool = attacker_->CreatePool(MakePoolSpec(shape, UniqueName("big-output")));
+  ATTND_ASSERT_OK(pool);
+  auto grant = attacker_->AllocatePages(pool->pool_id(), rows / shape.page_size);
+  ATTND_ASSERT_OK(grant);
+  client::PlanSpec spec;
+  spec.pool_id = pool->pool_id();
+  spec.kind = v1::ATTENTION_KIND_PREFILL;
+  spec.num_qo_heads = shape.qo_heads;
+  spec.kv_indptr = {0, static_cast<int32_t>(grant->page_ids.size())};
+  spec.kv_indices = grant->page_ids;
+  spec.kv_last_page_len = {shape.page_size};
+  spec.qo_indptr = {0, rows};
+  auto plan = attacker_->CreatePlan(spec);
+  ATTND_ASSERT_OK(plan);
+  const size_t q_bytes = static_cast<size_t>(rows) * shape.qo_heads * shape.head_dim * 2;
+  auto region = client::SharedMemoryRegion::Create(absl::StrCat("/", UniqueName("attnd-bigq")),
+                                                   q_bytes);
+  ATTND_ASSERT_OK(region);
+  auto buffer = attacker_->RegisterSharedMemory((*region)->name(), q_bytes);
+  ATTND_ASSERT_OK(buffer);
+  client::RunArgs run;
+  run.plan_id = plan->plan_id;
+  run.q = client::MakeBufferTensor(*buffer, 0, {rows, shape.qo_heads, shape.head_dim},
+                                   shape.q_dtype);
+  run.options.set_causal(true);
+  // Over the unary path (a session of its own, sharing nothing): the call fails, nothing else.
+  {
+    auto unary = client_->OpenUnarySession("big-output-unary");
+    ATTND_ASSERT_OK(unary);
+    ATTND_ASSERT_OK((*unary)->AttachPool(pool->name()));
+    auto own = (*unary)->AllocatePages(pool->pool_id(), rows / shape.page_size);
+    ATTND_ASSERT_OK(own);
+    client::PlanSpec unary_spec = spec;
+    unary_spec.kv_indices = own->page_ids;
+    auto unary_plan = (*unary)->CreatePlan(unary_spec);
+    ATTND_ASSERT_OK(unary_plan);
+    auto unary_buffer = (*unary)->RegisterSharedMemory((*region)->name(), q_bytes);
+    ATTND_ASSERT_OK(unary_buffer);
+    client::RunArgs unary_run = run;
+    unary_run.plan_id = unary_plan->plan_id;
+    unary_run.q = client::MakeBufferTensor(*unary_buffer, 0, {rows, shape.qo_heads, shape.head_dim},
+                                           shape.q_dtype);
+    EXPECT_EQ((*unary)->Run(unary_run).status().code(), StatusCode::kResourceExhausted);
+    ATTND_EXPECT_OK((*unary)->DescribePool(pool->pool_id()));  // the session lives on
+  }
+  // Over the stream: the command fails with RESOURCE_EXHAUSTED as a per-command status (the
+  // wire API's error model: one SessionResponse.code per command); the session must not be
+  // torn down, or a client that forgot an output buffer loses every page it holds.
+  const absl::Status status = attacker_->Run(run).status();
+  EXPECT_EQ(status.code(), StatusCode::kResourceExhausted) << status;
+  EXPECT_TRUE(attacker_->is_open())
+      << "the daemon ended the Session stream (and released the session) because an inline "
+         "output exceeded --max_message_bytes: "
+      << status;
+  ExpectServing();
+  ATTND_EXPECT_OK(victim_work_->DecodeStep());
 }
 
 TEST_F(BadInputTest, StreamProtocolViolations) {
