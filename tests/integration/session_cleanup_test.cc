@@ -153,6 +153,43 @@ TEST_F(SessionCleanupTest, CancelledStreamReleasesItsPages) {
   EXPECT_EQ(described->attached_sessions(), 1);
 }
 
+TEST_F(SessionCleanupTest, DeletePoolDropsTheSessionsPagesAndPlansThere) {
+  ModelShape shape;
+  shape.num_pages = 10;
+  auto owner = client_->OpenSession("owner");
+  auto keeper = client_->OpenSession("keeper");
+  ATTND_ASSERT_OK(owner);
+  ATTND_ASSERT_OK(keeper);
+  const std::string name = UniqueName("detach");
+  auto pool = (*owner)->CreatePool(MakePoolSpec(shape, name));
+  ATTND_ASSERT_OK(pool);
+  ATTND_ASSERT_OK((*keeper)->AttachPool(name));
+  Workload work(owner->get(), shape, pool->pool_id(), /*seed=*/12);
+  ATTND_ASSERT_OK(work.Prefill({40}));  // 3 pages
+  client::PlanSpec spec = work.PlanFor(v1::ATTENTION_KIND_DECODE, {0}, {1});
+  spec.qo_indptr.clear();
+  auto plan = (*owner)->CreatePlan(spec);
+  ATTND_ASSERT_OK(plan);
+  ATTND_ASSERT_OK((*owner)->DeletePool(pool->pool_id()));
+
+  // The keeper still has the pool; the owner's pages (and its plan's references) are back.
+  auto described = (*keeper)->DescribePool(pool->pool_id());
+  ATTND_ASSERT_OK(described);
+  EXPECT_EQ(described->free_pages(), shape.num_pages);
+  EXPECT_EQ(described->attached_sessions(), 1);
+  // The owner's plan there is gone, and it can no longer use the pool.
+  client::RunArgs run;
+  run.plan_id = plan->plan_id;
+  run.q = *client::MakeTensor(std::vector<float>(shape.qo_heads * shape.head_dim, 0.f),
+                              {1, shape.qo_heads, shape.head_dim}, shape.q_dtype);
+  EXPECT_TRUE(StatusIs((*owner)->Run(run), absl::StatusCode::kNotFound, {plan->plan_id}));
+  EXPECT_FALSE((*owner)->AllocatePages(pool->pool_id(), 1).ok());
+  // Attaching again works, with nothing held.
+  auto again = (*owner)->AttachPool(name);
+  ATTND_ASSERT_OK(again);
+  EXPECT_EQ(again->free_pages(), shape.num_pages);
+}
+
 TEST_F(SessionCleanupTest, PoolIsReleasedWhenItsLastSessionEnds) {
   ModelShape shape;
   const std::string name = UniqueName("last");
