@@ -304,6 +304,14 @@ TEST_F(BadInputTest, RunShapesDtypesAndLayers) {
   run.options.set_sm_scale(-1.f);
   EXPECT_TRUE(StatusIs(attacker_->Run(run), StatusCode::kInvalidArgument, {"sm_scale"}));
   run = ValidRun(plan->plan_id);
+  run.options.set_pos_encoding(v1::POS_ENCODING_ROPE_LLAMA);
+  run.options.add_rope_offsets(1);
+  run.options.add_rope_offsets(2);  // the plan has batch_size 1
+  EXPECT_TRUE(StatusIs(attacker_->Run(run), StatusCode::kInvalidArgument, {"rope_offsets"}));
+  run = ValidRun(plan->plan_id);
+  run.options.set_logits_soft_cap(-2.f);
+  EXPECT_FALSE(attacker_->Run(run).ok()) << "a negative logits_soft_cap was accepted";
+  run = ValidRun(plan->plan_id);
   run.lse = Tensor({1, shape_.qo_heads}, v1::DTYPE_FLOAT32);
   run.lse->clear_inline_data();
   run.lse->mutable_buffer()->set_buffer_id("x");
