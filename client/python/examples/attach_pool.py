@@ -78,11 +78,17 @@ def main() -> int:
         conn_a, conn_b = ctx.Pipe()
         child = ctx.Process(target=process_b, args=(target, pool_name, conn_b))
         child.start()
-        b_session = conn_a.recv()
+        def recv():  # never wait forever on a child that died
+            while not conn_a.poll(0.2):
+                if not child.is_alive():
+                    raise RuntimeError(f"process B exited with {child.exitcode}")
+            return conn_a.recv()
+
+        b_session = recv()
         refcounts = pool.fork(pages, target_session_id=b_session)
         print(f"A: forked pages to session {b_session}: refcounts {refcounts}")
         conn_a.send((pages, k, v))
-        kv_len, err, attached = conn_a.recv()
+        kv_len, err, attached = recv()
         child.join()
         print(f"B: decoded token {kv_len} over the shared prefix, max |o - ref| = {err:.2e}, "
               f"{attached} sessions attached")

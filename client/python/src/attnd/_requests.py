@@ -266,6 +266,10 @@ class TensorPlan:
         req.v.CopyFrom(self.wire("v"))
         return req
 
+    def device_index(self) -> int:
+        lead = self._tensors.get("q", self._tensors.get("k"))
+        return int(lead.device.index or 0)
+
     def before_send(self) -> None:
         """Makes the CUDA tensors' contents visible to the daemon (their writers finished)."""
         if self.cuda:

@@ -15,27 +15,30 @@ DEFAULT_TARGET = "unix:///tmp/attnd.sock"
 SESSION_METADATA_KEY = "x-attnd-session"
 HEALTH_CHECK_METHOD = "/grpc.health.v1.Health/Check"
 
-# The stream command name (SessionRequest oneof field) -> the unary method of the same command.
-UNARY_METHOD = {
-    "get_server_info": "GetServerInfo",
-    "create_pool": "CreatePool",
-    "attach_pool": "AttachPool",
-    "describe_pool": "DescribePool",
-    "delete_pool": "DeletePool",
-    "allocate_pages": "AllocatePages",
-    "free_pages": "FreePages",
-    "fork_pages": "ForkPages",
-    "register_buffer": "RegisterBuffer",
-    "unregister_buffer": "UnregisterBuffer",
-    "create_plan": "CreatePlan",
-    "delete_plan": "DeletePlan",
-    "append_kv": "AppendKv",
-    "run": "Run",
-}
+def _command_tables():
+    """From the generated descriptors, so new commands of the wire API need no change here:
+    UNARY_METHOD: stream command (SessionRequest `command` field) -> unary method of the service
+        (the CamelCase of the field name, e.g. append_kv -> AppendKv);
+    RESULT_FIELD: stream command -> the SessionResponse `result` field answering it (the one of
+        the unary method's response type, e.g. get_server_info -> server_info)."""
+    from attnd.v1 import attnd_pb2 as pb
 
-# The SessionResponse `result` field answering each command (same name except one).
-RESULT_FIELD = {cmd: cmd for cmd in list(UNARY_METHOD) + ["open"]}
-RESULT_FIELD["get_server_info"] = "server_info"
+    methods = pb.DESCRIPTOR.services_by_name["Attnd"].methods_by_name
+    results = {f.message_type.full_name: f.name
+               for f in pb.SessionResponse.DESCRIPTOR.oneofs_by_name["result"].fields}
+    unary, result = {}, {"open": "open"}
+    for field in pb.SessionRequest.DESCRIPTOR.oneofs_by_name["command"].fields:
+        if field.name == "open":
+            continue
+        method = "".join(part.capitalize() for part in field.name.split("_"))
+        if method not in methods:
+            raise RuntimeError(f"attnd.v1: stream command {field.name} has no unary method {method}")
+        unary[field.name] = method
+        result[field.name] = results[methods[method].output_type.full_name]
+    return unary, result
+
+
+UNARY_METHOD, RESULT_FIELD = _command_tables()
 
 
 def default_target() -> str:

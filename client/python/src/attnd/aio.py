@@ -28,7 +28,7 @@ import grpc.aio
 
 from attnd import _requests as _rq
 from attnd import _transport as _tr
-from attnd.client import _RESPONSE_TYPES, _stream_error
+from attnd.client import _RESPONSE_TYPES, _require_events, _stream_error
 from attnd.errors import (AttndError, DeadlineExceeded, Internal, Unavailable, error_from_code,
                           error_from_rpc)
 from attnd.ipc import BufferCache
@@ -285,6 +285,35 @@ class AsyncSession:
             info = tp.ipc_info(t)
             tp.set_slice(name, await self._buffer_for(info, _rq.slice_nbytes(t)), info.offset_bytes)
 
+    async def register_event(self, ipc_event_handle: bytes, device: int = 0) -> str:
+        _require_events()
+        return (await self.call("register_event", pb.RegisterEventRequest(
+            ipc_event_handle=bytes(ipc_event_handle), device=int(device)))).event_id
+
+    async def unregister_event(self, event_id: str) -> None:
+        _require_events()
+        await self.call("unregister_event", pb.UnregisterEventRequest(event_id=event_id))
+
+    async def get_completion_event(self) -> Tuple[bytes, int]:
+        _require_events()
+        r = await self.call("get_completion_event", pb.GetCompletionEventRequest())
+        return bytes(r.ipc_event_handle), int(r.device)
+
+    async def _async_events(self, device: int):
+        cache = self.__dict__.setdefault("_events", {})
+        if device not in cache:
+            import torch
+
+            with torch.cuda.device(device):
+                mine = torch.cuda.Event(interprocess=True)
+                mine.record(torch.cuda.current_stream(device))
+                handle = mine.ipc_handle()
+            event_id = await self.register_event(handle, self.client.device_map.get(device, device))
+            done_handle, _ = await self.get_completion_event()
+            done = torch.cuda.Event.from_ipc_handle(device, done_handle)
+            cache[device] = (mine, event_id, done)
+        return cache[device]
+
     async def create_plan(self, pool_id: str, kind: str, num_qo_heads: int, kv_indptr,
                           kv_indices, kv_last_page_len, qo_indptr=None) -> pb.CreatePlanResponse:
         k = {"decode": pb.ATTENTION_KIND_DECODE, "prefill": pb.ATTENTION_KIND_PREFILL}[kind]
@@ -454,7 +483,8 @@ class _AsyncWrapper(PlanState):
                   return_lse: bool = False, q_dtype: Any = None, causal: Any = UNSET,
                   sm_scale: Any = UNSET, pos_encoding: Any = UNSET, rope_theta: Any = UNSET,
                   rope_scale: Any = UNSET, rope_offsets: Any = UNSET,
-                  logits_soft_cap: Any = UNSET, window_left: Any = UNSET):
+                  logits_soft_cap: Any = UNSET, window_left: Any = UNSET,
+                  completion: str = "sync"):
         """See attnd.BatchDecodeWrapper.run (same shapes and options)."""
         plan_id = self._require_plan()
         opts = self._options(dict(causal=causal, sm_scale=sm_scale, pos_encoding=pos_encoding,
@@ -465,17 +495,36 @@ class _AsyncWrapper(PlanState):
         tp = self._tensors(q, k, v, out, lse_out, return_lse, q_dtype, ipc)
         await self.session._resolve_slices(tp)
         req = tp.run_request(plan_id, layer, opts)
-        tp.before_send()
-        return tp.outputs(await self.session.call("run", req))
+        return tp.outputs(await self._send("run", req, tp, completion))
 
-    async def append_kv(self, k, v, layer: int) -> None:
+    async def _send(self, command: str, req, tp, completion: str):
+        """See attnd.wrappers._SyncWrapper._send."""
+        if completion == "sync":
+            tp.before_send()
+            return await self.session.call(command, req)
+        if completion != "async":
+            raise ValueError(f"completion must be 'sync' or 'async', not {completion!r}")
+        if not tp.cuda:
+            raise ValueError("completion='async' needs CUDA tensors and a daemon with CUDA IPC")
+        import torch
+
+        device = tp.device_index()
+        mine, event_id, done = await self.session._async_events(device)
+        stream = torch.cuda.current_stream(device)
+        mine.record(stream)
+        req.wait_event_id = event_id
+        req.completion = pb.COMPLETION_ASYNC
+        resp = await self.session.call(command, req)
+        stream.wait_event(done)
+        return resp
+
+    async def append_kv(self, k, v, layer: int, *, completion: str = "sync") -> None:
         plan_id = self._require_plan()
         ipc = await self.session.cuda_ipc() if self._needs_ipc_check(k, v) else False
         tp = self._tensors(None, k, v, None, None, False, None, ipc)
         await self.session._resolve_slices(tp)
         req = tp.append_request(plan_id, layer)
-        tp.before_send()
-        await self.session.call("append_kv", req)
+        await self._send("append_kv", req, tp, completion)
 
     async def delete(self) -> None:
         if self.plan_id is not None:

@@ -27,8 +27,8 @@ import grpc
 
 from attnd import _requests as _rq
 from attnd import _transport as _tr
-from attnd.errors import (AttndError, DeadlineExceeded, Internal, Unavailable, error_from_code,
-                          error_from_rpc)
+from attnd.errors import (AttndError, DeadlineExceeded, Internal, Unavailable, Unimplemented,
+                          error_from_code, error_from_rpc)
 from attnd.ipc import BufferCache
 from attnd.v1 import attnd_pb2 as pb
 from attnd.v1 import attnd_pb2_grpc as pb_grpc
@@ -39,23 +39,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Client", "Session", "StreamSession", "UnarySession"]
 
-_RESPONSE_TYPES = {
-    "open": pb.OpenSessionResponse,
-    "get_server_info": pb.ServerInfo,
-    "create_pool": pb.CreatePoolResponse,
-    "attach_pool": pb.AttachPoolResponse,
-    "describe_pool": pb.DescribePoolResponse,
-    "delete_pool": pb.DeletePoolResponse,
-    "allocate_pages": pb.AllocatePagesResponse,
-    "free_pages": pb.FreePagesResponse,
-    "fork_pages": pb.ForkPagesResponse,
-    "register_buffer": pb.RegisterBufferResponse,
-    "unregister_buffer": pb.UnregisterBufferResponse,
-    "create_plan": pb.CreatePlanResponse,
-    "delete_plan": pb.DeletePlanResponse,
-    "append_kv": pb.AppendKvResponse,
-    "run": pb.RunResponse,
-}
+# stream command -> its response message class (the default when a result field is empty)
+_RESPONSE_TYPES = {cmd: getattr(pb, pb.SessionResponse.DESCRIPTOR.fields_by_name[field].message_type.name)
+                   for cmd, field in _tr.RESULT_FIELD.items()}
 
 
 class Client:
@@ -355,6 +341,40 @@ class Session:
             info = tp.ipc_info(t)
             tp.set_slice(name, self._buffer_for(info, _rq.slice_nbytes(t)), info.offset_bytes)
 
+    # -- interprocess CUDA events (async completion; wire API 0.2) -----------------------------
+    def register_event(self, ipc_event_handle: bytes, device: int = 0) -> str:
+        """Registers the engine's interprocess CUDA event (cudaIpcEventHandle_t, 64 bytes) so
+        Run/AppendKv can name it in wait_event_id. Returns its id. CUDA daemons only."""
+        _require_events()
+        return self.call("register_event", pb.RegisterEventRequest(
+            ipc_event_handle=bytes(ipc_event_handle), device=int(device))).event_id
+
+    def unregister_event(self, event_id: str) -> None:
+        _require_events()
+        self.call("unregister_event", pb.UnregisterEventRequest(event_id=event_id))
+
+    def get_completion_event(self) -> Tuple[bytes, int]:
+        """(cudaIpcEventHandle_t bytes, device) of the session's completion event."""
+        _require_events()
+        r = self.call("get_completion_event", pb.GetCompletionEventRequest())
+        return bytes(r.ipc_event_handle), int(r.device)
+
+    def _async_events(self, device: int):
+        """(engine event, its id, daemon completion event) for a CUDA device, made once."""
+        cache = self.__dict__.setdefault("_events", {})
+        if device not in cache:
+            import torch
+
+            with torch.cuda.device(device):
+                mine = torch.cuda.Event(interprocess=True)
+                mine.record(torch.cuda.current_stream(device))  # creates it on this device
+                event_id = self.register_event(mine.ipc_handle(),
+                                               self.client.device_map.get(device, device))
+                handle, _ = self.get_completion_event()
+                done = torch.cuda.Event.from_ipc_handle(device, handle)
+            cache[device] = (mine, event_id, done)
+        return cache[device]
+
     # -- plans and runs -----------------------------------------------------------------------
     def create_plan(self, pool_id: str, kind: str, num_qo_heads: int, kv_indptr, kv_indices,
                     kv_last_page_len, qo_indptr=None) -> pb.CreatePlanResponse:
@@ -368,6 +388,12 @@ class Session:
 
 
 _EOF = object()
+
+
+def _require_events() -> None:
+    if not hasattr(pb, "RegisterEventRequest"):
+        raise Unimplemented("this attnd package was built from a wire API without interprocess "
+                            "events (async completion); rebuild it from a newer proto")
 
 
 def _stream_error(err, command: str) -> AttndError:

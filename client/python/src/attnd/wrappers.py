@@ -126,7 +126,7 @@ class _SyncWrapper(PlanState):
             return_lse: bool = False, q_dtype: Any = None, causal: Any = UNSET,
             sm_scale: Any = UNSET, pos_encoding: Any = UNSET, rope_theta: Any = UNSET,
             rope_scale: Any = UNSET, rope_offsets: Any = UNSET, logits_soft_cap: Any = UNSET,
-            window_left: Any = UNSET):
+            window_left: Any = UNSET, completion: str = "sync"):
         """One layer of attention over the planned batch (appending k/v first when given).
 
         Args:
@@ -140,6 +140,10 @@ class _SyncWrapper(PlanState):
                 numpy arrays inside a session.shared_buffer() (see attnd.shm).
             return_lse: also return the natural-log LSE of each row's logits.
             causal, sm_scale, ...: override the plan's attention options for this call.
+            completion: "sync" (default): returns when o is written. "async" (CUDA tensors on a
+                CUDA daemon, wire API 0.2): no CPU synchronization; the daemon waits on an event
+                recorded on the current stream, and the current stream waits on the daemon's
+                completion event, so later work on that stream sees o.
 
         Returns:
             o, or (o, lse) with return_lse.
@@ -153,10 +157,33 @@ class _SyncWrapper(PlanState):
         tp = self._tensors(q, k, v, out, lse_out, return_lse, q_dtype, ipc)
         self.session._resolve_slices(tp)
         req = tp.run_request(plan_id, layer, opts)
-        tp.before_send()
-        return tp.outputs(self.session.call("run", req))
+        return tp.outputs(self._send("run", req, tp, completion))
 
-    def append_kv(self, k, v, layer: int) -> None:
+    def _send(self, command: str, req, tp, completion: str):
+        """Sends a Run/AppendKv. completion="sync": the client waits for its CUDA stream before
+        sending and the reply means done. "async" (CUDA zero-copy only): the daemon's stream
+        waits on an event recorded on the caller's current stream, the reply comes once the work
+        is enqueued, and the caller's current stream waits on the daemon's completion event."""
+        if completion == "sync":
+            tp.before_send()
+            return self.session.call(command, req)
+        if completion != "async":
+            raise ValueError(f"completion must be 'sync' or 'async', not {completion!r}")
+        if not tp.cuda:
+            raise ValueError("completion='async' needs CUDA tensors and a daemon with CUDA IPC")
+        import torch
+
+        device = tp.device_index()
+        mine, event_id, done = self.session._async_events(device)
+        stream = torch.cuda.current_stream(device)
+        mine.record(stream)
+        req.wait_event_id = event_id
+        req.completion = pb.COMPLETION_ASYNC
+        resp = self.session.call(command, req)
+        stream.wait_event(done)
+        return resp
+
+    def append_kv(self, k, v, layer: int, *, completion: str = "sync") -> None:
         """Writes the new tokens' k, v [qo_tokens, num_kv_heads, head_dim] into the planned
         pages of ``layer`` (row j of request b goes to kv position kv_len[b] - qo_len[b] + i)."""
         plan_id = self._require_plan()
@@ -164,8 +191,7 @@ class _SyncWrapper(PlanState):
         tp = self._tensors(None, k, v, None, None, False, None, ipc)
         self.session._resolve_slices(tp)
         req = tp.append_request(plan_id, layer)
-        tp.before_send()
-        self.session.call("append_kv", req)
+        self._send("append_kv", req, tp, completion)
 
     def delete(self) -> None:
         """Deletes the plan (releasing its page references)."""
