@@ -51,6 +51,12 @@ ATTND_RAW_CALL(CreatePlan, create_plan, CreatePlanRequest, CreatePlanResponse, k
 ATTND_RAW_CALL(DeletePlan, delete_plan, DeletePlanRequest, DeletePlanResponse, kDeletePlan)
 ATTND_RAW_CALL(AppendKv, append_kv, AppendKvRequest, AppendKvResponse, kAppendKv)
 ATTND_RAW_CALL(Run, run, RunRequest, RunResponse, kRun)
+ATTND_RAW_CALL(RegisterEvent, register_event, RegisterEventRequest, RegisterEventResponse,
+               kRegisterEvent)
+ATTND_RAW_CALL(UnregisterEvent, unregister_event, UnregisterEventRequest,
+               UnregisterEventResponse, kUnregisterEvent)
+ATTND_RAW_CALL(GetCompletionEvent, get_completion_event, GetCompletionEventRequest,
+               GetCompletionEventResponse, kGetCompletionEvent)
 
 #undef ATTND_RAW_CALL
 

@@ -142,11 +142,27 @@ absl::StatusOr<v1::SessionResponse> UnarySession::Execute(v1::SessionRequest req
     case R::kRun:
       status = CallUnary(*this, stub, &Stub::Run, request.run(), response.mutable_run());
       break;
+    case R::kRegisterEvent:
+      status = CallUnary(*this, stub, &Stub::RegisterEvent, request.register_event(),
+                         response.mutable_register_event());
+      break;
+    case R::kUnregisterEvent:
+      status = CallUnary(*this, stub, &Stub::UnregisterEvent, request.unregister_event(),
+                         response.mutable_unregister_event());
+      break;
+    case R::kGetCompletionEvent:
+      status = CallUnary(*this, stub, &Stub::GetCompletionEvent, request.get_completion_event(),
+                         response.mutable_get_completion_event());
+      break;
     case R::kOpen:
       return absl::InvalidArgumentError(
           "`open` is a Session-stream command; a unary session is opened by OpenSession");
     case R::COMMAND_NOT_SET:
       return absl::InvalidArgumentError("SessionRequest.command is not set");
+    default:  // a command newer than this client's unary mapping
+      return absl::UnimplementedError(absl::StrCat("SessionRequest command ",
+                                                   static_cast<int>(request.command_case()),
+                                                   " has no unary mapping in this client"));
   }
   if (!status.ok()) return status;
   return response;

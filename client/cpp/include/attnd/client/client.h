@@ -34,6 +34,18 @@ struct ClientOptions {
   int64_t max_message_bytes = 256ll << 20;
   // Name shown in the daemon's logs for sessions opened through this client.
   std::string client_name = "attnd-cpp-client";
+  // Bearer token sent with every call as "authorization: Bearer <token>" (the daemon's
+  // --token_file / ATTND_TOKEN); empty = none.
+  std::string token;
+  // TLS (the daemon's --tls_cert): connect over TLS, trusting tls_root_certs_pem (PEM; empty =
+  // the system roots). With tls_client_cert_pem + tls_client_key_pem, present that certificate
+  // (mutual TLS, the daemon's --tls_client_ca). tls_server_name overrides the name checked
+  // against the server's certificate (default: the target's host).
+  bool tls = false;
+  std::string tls_root_certs_pem;
+  std::string tls_client_cert_pem;
+  std::string tls_client_key_pem;
+  std::string tls_server_name;
 };
 
 // grpc.health.v1 serving states.

@@ -115,6 +115,12 @@ class SessionApi {
   absl::StatusOr<v1::DeletePlanResponse> DeletePlan(const v1::DeletePlanRequest& request);
   absl::StatusOr<v1::AppendKvResponse> AppendKv(const v1::AppendKvRequest& request);
   absl::StatusOr<v1::RunResponse> Run(const v1::RunRequest& request);
+  // Async completion (CUDA daemons; see attnd/client/cuda_ipc.h for the CUDA-side helpers).
+  absl::StatusOr<v1::RegisterEventResponse> RegisterEvent(const v1::RegisterEventRequest& request);
+  absl::StatusOr<v1::UnregisterEventResponse> UnregisterEvent(
+      const v1::UnregisterEventRequest& request);
+  absl::StatusOr<v1::GetCompletionEventResponse> GetCompletionEvent(
+      const v1::GetCompletionEventRequest& request);
 
   // ---- Typed calls ---------------------------------------------------------------------------
   absl::StatusOr<v1::PoolInfo> CreatePool(const PoolSpec& spec);
