@@ -120,6 +120,32 @@ class CudaStream final : public Stream {
   int device_;
 };
 
+// An interprocess event: created here (kOwned, exportable) or opened from another process's
+// handle (kOpened). cudaEventDestroy releases either kind.
+class CudaEvent final : public Event {
+ public:
+  CudaEvent(cudaEvent_t e, int device, bool owned) : event_(e), device_(device), owned_(owned) {}
+  ~CudaEvent() override {
+    cudaSetDevice(device_);
+    cudaEventDestroy(event_);
+  }
+  void* native() const override { return event_; }
+  std::string ipc_handle() const override {
+    if (!owned_) return {};
+    cudaIpcEventHandle_t h;
+    if (cudaIpcGetEventHandle(&h, event_) != cudaSuccess) {
+      cudaGetLastError();
+      return {};
+    }
+    return std::string(reinterpret_cast<const char*>(&h), sizeof(h));
+  }
+
+ private:
+  cudaEvent_t event_;
+  int device_;
+  bool owned_;
+};
+
 cudaStream_t Native(Stream* s) {
   return s != nullptr ? static_cast<cudaStream_t>(s->native()) : nullptr;
 }
@@ -245,6 +271,53 @@ class CudaBackend final : public Backend {
       return s;
     }
     return std::unique_ptr<Stream>(new CudaStream(st, device_));
+  }
+
+  absl::StatusOr<std::unique_ptr<Event>> CreateIpcEvent() override {
+    if (auto s = Enter(); !s.ok()) return s;
+    cudaEvent_t e = nullptr;
+    if (auto s = sticky_.Check(
+            cudaEventCreateWithFlags(&e, cudaEventInterprocess | cudaEventDisableTiming),
+            "cudaEventCreate(interprocess)");
+        !s.ok()) {
+      return s;
+    }
+    return std::unique_ptr<Event>(new CudaEvent(e, device_, /*owned=*/true));
+  }
+
+  absl::StatusOr<std::unique_ptr<Event>> OpenIpcEvent(const std::string& handle,
+                                                       int32_t device) override {
+    if (auto s = Enter(); !s.ok()) return s;
+    if (handle.size() != sizeof(cudaIpcEventHandle_t)) {
+      return absl::InvalidArgumentError(absl::StrCat("IPC event handle has ", handle.size(),
+                                                     " bytes, expected ",
+                                                     sizeof(cudaIpcEventHandle_t)));
+    }
+    (void)device;
+    cudaIpcEventHandle_t h;
+    std::memcpy(&h, handle.data(), sizeof(h));
+    cudaEvent_t e = nullptr;
+    const cudaError_t err = cudaIpcOpenEventHandle(&e, h);
+    if (err != cudaSuccess) {
+      if (!IsStickyCudaError(err)) cudaGetLastError();
+      absl::Status s = sticky_.Check(err, "cudaIpcOpenEventHandle");
+      return absl::FailedPreconditionError(s.message());
+    }
+    return std::unique_ptr<Event>(new CudaEvent(e, device_, /*owned=*/false));
+  }
+
+  absl::Status RecordEvent(Event& event, Stream* stream) override {
+    if (auto s = Enter(); !s.ok()) return s;
+    return sticky_.Check(
+        cudaEventRecord(static_cast<cudaEvent_t>(event.native()), Native(stream)),
+        "cudaEventRecord");
+  }
+
+  absl::Status StreamWaitEvent(Stream* stream, Event& event) override {
+    if (auto s = Enter(); !s.ok()) return s;
+    return sticky_.Check(
+        cudaStreamWaitEvent(Native(stream), static_cast<cudaEvent_t>(event.native()), 0),
+        "cudaStreamWaitEvent");
   }
 
   absl::Status CopyToBackend(void* dst, const void* src, size_t bytes, Stream* stream) override {

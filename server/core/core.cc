@@ -31,6 +31,10 @@ uint64_t EffectivePoolBudget(const CoreOptions& options, const kernels::BackendI
   return info.memory_total_bytes / 10 * 9;
 }
 
+// Async completion: events per session (engine events opened by RegisterEvent).
+constexpr size_t kMaxEventsPerSession = 1 << 10;
+constexpr size_t kCudaIpcEventHandleBytes = 64;  // sizeof(cudaIpcEventHandle_t)
+
 // The public interface takes std::string_view; this Abseil build has its own string_view type.
 absl::string_view Absl(std::string_view s) { return absl::string_view(s.data(), s.size()); }
 
@@ -103,6 +107,44 @@ struct Core::State {
     return session.stream.get();
   }
 
+  absl::StatusOr<kernels::Event*> CompletionEvent(Session& session)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(session.mu) {
+    if (session.completion_event == nullptr) {
+      auto event = backend->CreateIpcEvent();
+      if (!event.ok()) return event.status();
+      session.completion_event = *std::move(event);
+    }
+    return session.completion_event.get();
+  }
+
+  // Before a Run/AppendKv: checks `completion` and `wait_event_id`, and makes the session's
+  // stream wait on the named event. Nothing is enqueued when a check fails.
+  absl::Status PrepareCompletion(Session& session, kernels::Stream* stream,
+                                 const std::string& wait_event_id, v1::Completion completion)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(session.mu) {
+    if (completion != v1::COMPLETION_SYNC && completion != v1::COMPLETION_ASYNC) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("completion=", static_cast<int>(completion), " is not a Completion value"));
+    }
+    if (wait_event_id.empty()) return absl::OkStatus();
+    auto it = session.events.find(wait_event_id);
+    if (it == session.events.end()) {
+      return absl::NotFoundError(absl::StrCat("wait_event_id='", wait_event_id.substr(0, 80),
+                                              "': no such event in this session"));
+    }
+    return backend->StreamWaitEvent(stream, *it->second);
+  }
+
+  // After an ASYNC command's work was enqueued: records the completion event behind it. Backends
+  // without events (CPU) ran the work synchronously (documented in the wire API).
+  absl::Status FinishAsync(Session& session, kernels::Stream* stream)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(session.mu) {
+    if (backend->host_accessible()) return backend->Synchronize(stream);
+    auto event = CompletionEvent(session);
+    if (!event.ok()) return backend->Synchronize(stream);  // no event: complete synchronously
+    return backend->RecordEvent(**event, stream);
+  }
+
   // Drops the session's plans on `pool`, releases its page references there and detaches it;
   // frees the pool if it was the last session.
   void Detach(Session& session, const std::shared_ptr<Pool>& pool)
@@ -138,6 +180,8 @@ struct Core::State {
     session.closed = true;
     const size_t num_plans = session.plans.size();
     const size_t num_buffers = session.buffers.size();
+    // Async work of the session may still read its buffers and pages: let it finish first.
+    if (session.stream != nullptr) (void)backend->Synchronize(session.stream.get());
     while (!session.pools.empty()) {
       std::shared_ptr<Pool> pool = session.pools.begin()->second;
       Detach(session, pool);
@@ -146,6 +190,8 @@ struct Core::State {
     session.plans.clear();
     buffers.fetch_sub(static_cast<int64_t>(session.buffers.size()));
     session.buffers.clear();
+    session.events.clear();
+    session.completion_event.reset();
     session.stream.reset();
     session.staging = StagingArea();
     spdlog::info("session {} ('{}') closed ({}): released {} plan(s), {} buffer(s)", session.id,
@@ -467,9 +513,16 @@ absl::StatusOr<v1::AppendKvResponse> Core::AppendKv(std::string_view session_id,
     if (auto s = CheckPlanWritable(**plan, session.id); !s.ok()) return s;
     auto stream = st.SessionStream(session);
     if (!stream.ok()) return stream.status();
+    if (auto s = st.PrepareCompletion(session, *stream, request.wait_event_id(),
+                                      request.completion());
+        !s.ok()) {
+      return s;
+    }
+    const bool async = request.completion() == v1::COMPLETION_ASYNC;
     TransferCounts counts;
-    const ExecContext ctx{*st.backend, *stream, session.staging, session.buffers};
+    const ExecContext ctx{*st.backend, *stream, session.staging, session.buffers, !async};
     absl::Status s = ExecuteAppendKv(**plan, request, ctx, &counts);
+    if (s.ok() && async) s = st.FinishAsync(session, *stream);
     st.bytes_in.fetch_add(counts.bytes_in);
     st.bytes_out.fetch_add(counts.bytes_out);
     if (spdlog::default_logger_raw()->should_log(spdlog::level::debug)) {
@@ -494,9 +547,28 @@ absl::StatusOr<v1::RunResponse> Core::Run(std::string_view session_id,
     }
     auto stream = st.SessionStream(session);
     if (!stream.ok()) return stream.status();
+    const bool async = request.completion() == v1::COMPLETION_ASYNC;
+    if (async && request.o().data_case() != v1::Tensor::kBuffer) {
+      return absl::InvalidArgumentError(
+          "completion=COMPLETION_ASYNC needs o in a registered buffer (inline outputs would need "
+          "a synchronous copy); set o.buffer or use COMPLETION_SYNC");
+    }
+    if (async && request.options().return_lse() &&
+        request.lse().data_case() != v1::Tensor::kBuffer) {
+      return absl::InvalidArgumentError(
+          "completion=COMPLETION_ASYNC with options.return_lse needs lse in a registered buffer");
+    }
+    if (auto s = st.PrepareCompletion(session, *stream, request.wait_event_id(),
+                                      request.completion());
+        !s.ok()) {
+      return s;
+    }
     TransferCounts counts;
-    const ExecContext ctx{*st.backend, *stream, session.staging, session.buffers};
+    const ExecContext ctx{*st.backend, *stream, session.staging, session.buffers, !async};
     auto response = ExecuteRun(**plan, request, ctx, &counts);
+    if (response.ok() && async) {
+      if (auto s = st.FinishAsync(session, *stream); !s.ok()) response = s;
+    }
     st.bytes_in.fetch_add(counts.bytes_in);
     st.bytes_out.fetch_add(counts.bytes_out);
     if (spdlog::default_logger_raw()->should_log(spdlog::level::debug)) {
@@ -504,6 +576,68 @@ absl::StatusOr<v1::RunResponse> Core::Run(std::string_view session_id,
                     request.layer(), appends ? " (+append)" : "",
                     response.ok() ? std::string("ok") : response.status().ToString());
     }
+    return response;
+  });
+}
+
+absl::StatusOr<v1::RegisterEventResponse> Core::RegisterEvent(
+    std::string_view session_id, const v1::RegisterEventRequest& request) {
+  State& st = *state_;
+  return st.WithSession(session_id, [&](Session& session) -> absl::StatusOr<v1::RegisterEventResponse> {
+    if (request.ipc_event_handle().size() != kCudaIpcEventHandleBytes) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("ipc_event_handle has ", request.ipc_event_handle().size(),
+                       " bytes, expected ", kCudaIpcEventHandleBytes, " (cudaIpcEventHandle_t)"));
+    }
+    if (request.device() < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("device=", request.device(), " must be >= 0"));
+    }
+    if (session.events.size() >= kMaxEventsPerSession) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "this session has ", session.events.size(), " events registered, the limit"));
+    }
+    auto event = st.backend->OpenIpcEvent(request.ipc_event_handle(), request.device());
+    if (!event.ok()) {
+      return absl::Status(event.status().code(),
+                          absl::StrCat("ipc_event_handle: ", event.status().message()));
+    }
+    std::string id = NewRandomId("e-");
+    spdlog::info("session {} registered event {} (device {})", session.id, id, request.device());
+    session.events[id] = *std::move(event);
+    v1::RegisterEventResponse response;
+    response.set_event_id(std::move(id));
+    return response;
+  });
+}
+
+absl::StatusOr<v1::UnregisterEventResponse> Core::UnregisterEvent(
+    std::string_view session_id, const v1::UnregisterEventRequest& request) {
+  State& st = *state_;
+  return st.WithSession(session_id, [&](Session& session) -> absl::StatusOr<v1::UnregisterEventResponse> {
+    auto it = session.events.find(request.event_id());
+    if (it == session.events.end()) {
+      return absl::NotFoundError(absl::StrCat("event_id='", request.event_id().substr(0, 80),
+                                              "': no such event in this session"));
+    }
+    // Waits already enqueued on the event stay valid (CUDA defers the destruction).
+    session.events.erase(it);
+    return v1::UnregisterEventResponse();
+  });
+}
+
+absl::StatusOr<v1::GetCompletionEventResponse> Core::GetCompletionEvent(
+    std::string_view session_id, const v1::GetCompletionEventRequest& request) {
+  (void)request;
+  State& st = *state_;
+  return st.WithSession(session_id, [&](Session& session) -> absl::StatusOr<v1::GetCompletionEventResponse> {
+    auto event = st.CompletionEvent(session);
+    if (!event.ok()) return event.status();
+    std::string handle = (*event)->ipc_handle();
+    if (handle.empty()) return absl::InternalError("the completion event has no IPC handle");
+    v1::GetCompletionEventResponse response;
+    response.set_ipc_event_handle(std::move(handle));
+    response.set_device(st.backend->info().device_ordinal);
     return response;
   });
 }

@@ -100,6 +100,14 @@ class Core {
                                                 const v1::AppendKvRequest& request);
   absl::StatusOr<v1::RunResponse> Run(std::string_view session_id, const v1::RunRequest& request);
 
+  // Async completion (interprocess events; FAILED_PRECONDITION on backends without them).
+  absl::StatusOr<v1::RegisterEventResponse> RegisterEvent(std::string_view session_id,
+                                                          const v1::RegisterEventRequest& request);
+  absl::StatusOr<v1::UnregisterEventResponse> UnregisterEvent(
+      std::string_view session_id, const v1::UnregisterEventRequest& request);
+  absl::StatusOr<v1::GetCompletionEventResponse> GetCompletionEvent(
+      std::string_view session_id, const v1::GetCompletionEventRequest& request);
+
   // Closes leased sessions whose lease ran out before `now`; returns how many. The front calls
   // it periodically.
   int ExpireIdleSessions(absl::Time now);

@@ -39,6 +39,10 @@ struct Session {
   absl::flat_hash_map<std::string, std::shared_ptr<RegisteredBuffer>> buffers ABSL_GUARDED_BY(mu);
   std::unique_ptr<kernels::Stream> stream ABSL_GUARDED_BY(mu);  // created on first use
   StagingArea staging ABSL_GUARDED_BY(mu);
+  // Async completion: the engine's events opened by RegisterEvent (by id), and the session's own
+  // interprocess completion event (created by the first GetCompletionEvent or ASYNC command).
+  absl::flat_hash_map<std::string, std::unique_ptr<kernels::Event>> events ABSL_GUARDED_BY(mu);
+  std::unique_ptr<kernels::Event> completion_event ABSL_GUARDED_BY(mu);
 };
 
 }  // namespace attnd::server

@@ -123,14 +123,23 @@ absl::Status TensorBindings::Materialize() {
 }
 
 absl::Status TensorBindings::Complete() {
+  bool copies_back = false;
   for (Binding& b : bindings_) {
     if (!b.staged || b.inline_out == nullptr) continue;
+    copies_back = true;
     std::string* out = b.inline_out->mutable_inline_data();
     out->resize(b.bytes);
     if (b.bytes == 0) continue;
     if (auto s = ctx_.backend.CopyToHost(out->data(), b.ptr, b.bytes, ctx_.stream); !s.ok()) {
       return s;
     }
+  }
+  if (!ctx_.synchronize && !copies_back) {
+    // Async: staged inline inputs were copied from pageable memory, which cudaMemcpyAsync
+    // consumes before returning, so the request may be freed; the staging area is reused only
+    // by later work on the same stream.
+    pending_ = false;
+    return absl::OkStatus();
   }
   absl::Status synced = ctx_.backend.Synchronize(ctx_.stream);
   pending_ = false;

@@ -30,6 +30,9 @@ struct ExecContext {
   kernels::Stream* stream;
   StagingArea& staging;
   const BufferMap& buffers;  // the session's registered buffers
+  // False for COMPLETION_ASYNC: Complete() returns without waiting for the stream when no output
+  // must be copied back into the response (the caller records the completion event instead).
+  bool synchronize = true;
 };
 
 class TensorBindings {

@@ -61,6 +61,14 @@ class AttndService final : public v1::Attnd::Service {
                         v1::AppendKvResponse* response) override;
   grpc::Status Run(grpc::ServerContext* context, const v1::RunRequest* request,
                    v1::RunResponse* response) override;
+  grpc::Status RegisterEvent(grpc::ServerContext* context, const v1::RegisterEventRequest* request,
+                             v1::RegisterEventResponse* response) override;
+  grpc::Status UnregisterEvent(grpc::ServerContext* context,
+                               const v1::UnregisterEventRequest* request,
+                               v1::UnregisterEventResponse* response) override;
+  grpc::Status GetCompletionEvent(grpc::ServerContext* context,
+                                  const v1::GetCompletionEventRequest* request,
+                                  v1::GetCompletionEventResponse* response) override;
 
   grpc::Status Session(
       grpc::ServerContext* context,

@@ -30,8 +30,8 @@ void RunFromStream(CommandRunner& runner, std::string_view session_id,
   }
 }
 
-// Field numbers of SessionRequest.command run from 2 (open) to 16 (run).
-constexpr size_t kStreamTableSize = v1::SessionRequest::kRun + 1;
+// Field numbers of SessionRequest.command run from 2 (open) to 19 (get_completion_event).
+constexpr size_t kStreamTableSize = v1::SessionRequest::kGetCompletionEvent + 1;
 using StreamTable = std::array<StreamHandler, kStreamTableSize>;
 
 template <const auto& command>
@@ -54,6 +54,9 @@ constexpr StreamTable kStreamTable = [] {
   Register<commands::kDeletePlan>(table);
   Register<commands::kAppendKv>(table);
   Register<commands::kRun>(table);
+  Register<commands::kRegisterEvent>(table);
+  Register<commands::kUnregisterEvent>(table);
+  Register<commands::kGetCompletionEvent>(table);
   return table;
 }();
 

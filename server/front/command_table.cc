@@ -20,6 +20,9 @@ std::string_view MethodName(MethodId id) {
     case MethodId::kDeletePlan: return "DeletePlan";
     case MethodId::kAppendKv: return "AppendKv";
     case MethodId::kRun: return "Run";
+    case MethodId::kRegisterEvent: return "RegisterEvent";
+    case MethodId::kUnregisterEvent: return "UnregisterEvent";
+    case MethodId::kGetCompletionEvent: return "GetCompletionEvent";
     case MethodId::kCount: break;
   }
   return "Unknown";

@@ -33,6 +33,9 @@ enum class MethodId : int {
   kDeletePlan,
   kAppendKv,
   kRun,
+  kRegisterEvent,
+  kUnregisterEvent,
+  kGetCompletionEvent,
   kCount,
 };
 
@@ -71,6 +74,9 @@ ATTND_SESSION_COMMAND(CreatePlan, create_plan);
 ATTND_SESSION_COMMAND(DeletePlan, delete_plan);
 ATTND_SESSION_COMMAND(AppendKv, append_kv);
 ATTND_SESSION_COMMAND(Run, run);
+ATTND_SESSION_COMMAND(RegisterEvent, register_event);
+ATTND_SESSION_COMMAND(UnregisterEvent, unregister_event);
+ATTND_SESSION_COMMAND(GetCompletionEvent, get_completion_event);
 
 #undef ATTND_SESSION_COMMAND
 

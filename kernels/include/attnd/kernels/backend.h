@@ -10,6 +10,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "attnd/kernels/types.h"
 
 namespace attnd::kernels {
@@ -31,6 +32,16 @@ class Stream {
  public:
   virtual ~Stream() = default;
   virtual void* native() const = 0;  // cudaStream_t, or null on CPU
+};
+
+// A device event usable across processes (cudaEvent_t created with cudaEventInterprocess, or one
+// opened from another process's cudaIpcEventHandle_t). Destroyed with the object.
+class Event {
+ public:
+  virtual ~Event() = default;
+  virtual void* native() const = 0;  // cudaEvent_t
+  // The cudaIpcEventHandle_t (64 bytes) of an event this process created; empty for opened ones.
+  virtual std::string ipc_handle() const { return {}; }
 };
 
 // What a backend can do, reported in ServerInfo and used for validation.
@@ -120,6 +131,35 @@ class Backend {
   // Decode or prefill/append attention of one layer (plan.spec().kind decides).
   virtual absl::Status Attention(const RunArgs& args) = 0;
   virtual absl::Status MergeStates(const MergeStatesParams& params, Stream* stream) = 0;
+
+  // Interprocess events (async completion). Backends without them (CPU) keep these defaults,
+  // which return FAILED_PRECONDITION.
+  // Creates an event other processes can open (cudaEventInterprocess | cudaEventDisableTiming).
+  virtual absl::StatusOr<std::unique_ptr<Event>> CreateIpcEvent() {
+    return absl::FailedPreconditionError(
+        absl::StrCat("backend '", info().name, "' has no interprocess events"));
+  }
+  // Opens another process's event (cudaIpcOpenEventHandle). INVALID_ARGUMENT for a handle of the
+  // wrong size.
+  virtual absl::StatusOr<std::unique_ptr<Event>> OpenIpcEvent(const std::string& handle,
+                                                               int32_t device) {
+    (void)handle;
+    (void)device;
+    return absl::FailedPreconditionError(
+        absl::StrCat("backend '", info().name, "' has no interprocess events"));
+  }
+  // Records `event` on `stream` after the work enqueued so far (cudaEventRecord).
+  virtual absl::Status RecordEvent(Event& event, Stream* stream) {
+    (void)event;
+    (void)stream;
+    return absl::FailedPreconditionError("this backend has no events");
+  }
+  // Makes later work on `stream` wait for the event's last record (cudaStreamWaitEvent).
+  virtual absl::Status StreamWaitEvent(Stream* stream, Event& event) {
+    (void)event;
+    (void)stream;
+    return absl::FailedPreconditionError("this backend has no events");
+  }
 
   // OK while the backend can serve; a sticky device error makes it return that error for good.
   virtual absl::Status Health() const { return absl::OkStatus(); }
