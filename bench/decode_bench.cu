@@ -3,6 +3,10 @@
 // 128, page size 16, pages in random order, KV cold in L2 (flushed before every timed run).
 // Counted bytes: K and V read once, 2 * B * kv * H_kv * D * 2 (FlashInfer's convention; q/o are
 // < 0.1%). Prints a table and JSON lines, with % of the measured copy ceiling (read + write).
+// Two timings per row: "ms" after bench_util's flush (a memset over 2x L2, the peers' method:
+// it leaves ~L2-size of DIRTY lines that are written back while the kernel reads, e.g. ~60 MB of
+// writes on top of the 134 MB read at B=1 GQA), and "ms_clean" after a read-only pass over
+// another 2x-L2 buffer (L2 holds clean, unrelated lines: cold KV without the write-back).
 //   decode_bench [--quick] [--sweep]
 //     --sweep: also split-KV grids of other sizes (DecodeScheduleOptions::waves: 0.5-4 waves at
 //     B=1; 2-8 waves at larger batches, where splitting trims the tail of the last wave).
@@ -27,10 +31,96 @@ struct Shape {
   int batch, kv_len, num_kv_heads;
 };
 
+// Read-only sweep over a buffer (evicts whatever L2 held, leaves clean lines behind).
+__global__ void ReadSweepKernel(const uint4* __restrict__ src, size_t n, uint4* sink) {
+  uint4 acc = make_uint4(0, 0, 0, 0);
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    const uint4 v = src[i];
+    acc.x ^= v.x; acc.y ^= v.y; acc.z ^= v.z; acc.w ^= v.w;
+  }
+  if (acc.x == 0x12345678u && acc.y == 0x9abcdef0u) *sink = acc;  // keeps the loads alive
+}
+
+class CleanFlusher {
+ public:
+  CleanFlusher() {
+    int dev = 0, l2 = 0;
+    BENCH_CUDA_CHECK(cudaGetDevice(&dev));
+    BENCH_CUDA_CHECK(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, dev));
+    BENCH_CUDA_CHECK(cudaDeviceGetAttribute(&sms_, cudaDevAttrMultiProcessorCount, dev));
+    bytes_ = std::max<size_t>(2 * static_cast<size_t>(l2), 64u << 20) / 16 * 16;
+    BENCH_CUDA_CHECK(cudaMalloc(&buf_, bytes_ + 16));
+    BENCH_CUDA_CHECK(cudaMemset(buf_, 3, bytes_ + 16));
+  }
+  ~CleanFlusher() { cudaFree(buf_); }
+  void Flush(cudaStream_t s) {
+    ReadSweepKernel<<<sms_ * 4, 512, 0, s>>>(static_cast<const uint4*>(buf_), bytes_ / 16,
+                                             reinterpret_cast<uint4*>(static_cast<char*>(buf_) + bytes_));
+    BENCH_CUDA_CHECK(cudaGetLastError());
+  }
+  // Read-only bandwidth (TB/s) of the sweep itself over `bytes` (a ceiling for decode, which
+  // only reads).
+  static double ReadCeilingTBps(cudaStream_t s) {
+    const size_t bytes = size_t{1} << 31;
+    DeviceMemory src(bytes + 16);
+    BENCH_CUDA_CHECK(cudaMemsetAsync(src.get(), 1, bytes + 16, s));
+    int dev = 0, sms = 0;
+    BENCH_CUDA_CHECK(cudaGetDevice(&dev));
+    BENCH_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    TimingOptions opt;
+    opt.flush_l2 = false;
+    opt.reps = 20;
+    const Timing t = TimeIt(
+        [&](int) {
+          ReadSweepKernel<<<sms * 8, 512, 0, s>>>(src.as<const uint4>(), bytes / 16,
+                                                  reinterpret_cast<uint4*>(src.as<char>() + bytes));
+        },
+        s, opt);
+    return bytes / (t.median_ms * 1e-3) / 1e12;
+  }
+
+ private:
+  void* buf_ = nullptr;
+  size_t bytes_ = 0;
+  int sms_ = 0;
+};
+
+// Like TimeIt, but with CleanFlusher before every timed call.
+Timing TimeClean(const std::function<void(int)>& fn, cudaStream_t stream, int reps = 30) {
+  static CleanFlusher* flusher = new CleanFlusher();
+  for (int i = 0; i < 3; ++i) fn(i);
+  BENCH_CUDA_CHECK(cudaStreamSynchronize(stream));
+  cudaEvent_t a, b;
+  BENCH_CUDA_CHECK(cudaEventCreate(&a));
+  BENCH_CUDA_CHECK(cudaEventCreate(&b));
+  std::vector<double> ms;
+  for (int i = 0; i < reps; ++i) {
+    flusher->Flush(stream);
+    BENCH_CUDA_CHECK(cudaEventRecord(a, stream));
+    fn(3 + i);
+    BENCH_CUDA_CHECK(cudaEventRecord(b, stream));
+    BENCH_CUDA_CHECK(cudaEventSynchronize(b));
+    float t = 0;
+    BENCH_CUDA_CHECK(cudaEventElapsedTime(&t, a, b));
+    ms.push_back(t);
+  }
+  BENCH_CUDA_CHECK(cudaGetLastError());
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  std::sort(ms.begin(), ms.end());
+  Timing r;
+  r.median_ms = ms[ms.size() / 2];
+  r.min_ms = ms.front();
+  r.max_ms = ms.back();
+  return r;
+}
+
 struct Result {
   std::string dtype;
   Shape s;
   double ms, tbps, pct;
+  double ms_clean = 0, tbps_clean = 0;
   int chunks;
   bool tc;
   float waves;
@@ -38,7 +128,7 @@ struct Result {
 
 using Kernel = kcuda::DecodeScheduleOptions::Kernel;
 
-Result RunOne(DType dt, Shape s, Kernel kernel, float waves, double ceiling,
+Result RunOne(DType dt, Shape s, Kernel kernel, float waves, double ceiling, bool clean,
               cudaStream_t stream) {
   const int hq = 32, d = 128, ps = 16;
   const int pages_per_req = (s.kv_len + ps - 1) / ps;
@@ -89,10 +179,14 @@ Result RunOne(DType dt, Shape s, Kernel kernel, float waves, double ceiling,
   p.qo.q_dtype = dt;
   p.qo.num_qo_heads = hq;
   p.qo.batch_size = s.batch;
-  const Timing t = TimeIt([&](int) { BENCH_STATUS_CHECK(kcuda::RunPagedDecode(**work, p, stream)); },
-                          stream);
+  auto call = [&](int) { BENCH_STATUS_CHECK(kcuda::RunPagedDecode(**work, p, stream)); };
+  const Timing t = TimeIt(call, stream);
   const double bytes = 2.0 * s.batch * s.kv_len * s.num_kv_heads * d * 2;
   Result r;
+  if (clean) {
+    r.ms_clean = TimeClean(call, stream).median_ms;
+    r.tbps_clean = bytes / (r.ms_clean * 1e-3) / 1e12;
+  }
   r.dtype = dt == DType::kFloat16 ? "fp16" : "bf16";
   r.s = s;
   r.ms = t.median_ms;
@@ -118,6 +212,8 @@ int main(int argc, char** argv) {
   const double ceiling = MeasureCopyCeilingTBps(stream);
   std::printf("copy ceiling: %.2f TB/s (read + write)\n", ceiling);
   std::printf("JSON {\"bench\":\"copy\",\"tbps\":%.4f}\n", ceiling);
+  const double read_ceiling = CleanFlusher::ReadCeilingTBps(stream);
+  std::printf("read-only ceiling: %.2f TB/s (2 GiB sweep, L2-warm start ignored)\n", read_ceiling);
   std::vector<Shape> shapes = {{1, 32768, 32}, {1, 32768, 8}, {64, 4096, 32},
                                {64, 4096, 8},  {256, 2048, 32}, {256, 2048, 8}};
   std::vector<Result> results;
@@ -133,25 +229,28 @@ int main(int argc, char** argv) {
       }
       for (Kernel k : kernels) {
         for (float w : waves) {
-          Result r = RunOne(dt, s, k, w, ceiling, stream);
+          Result r = RunOne(dt, s, k, w, ceiling, /*clean=*/w == 1.f, stream);
           std::printf(
               "JSON {\"bench\":\"decode\",\"dtype\":\"%s\",\"batch\":%d,\"kv_len\":%d,"
               "\"num_qo_heads\":32,\"num_kv_heads\":%d,\"head_dim\":128,\"page_size\":16,"
-              "\"kernel\":\"%s\",\"waves\":%.2f,\"ms\":%.5f,\"tbps\":%.4f,\"pct_copy\":%.2f,\"chunks\":%d}\n",
+              "\"kernel\":\"%s\",\"waves\":%.2f,\"ms\":%.5f,\"tbps\":%.4f,\"pct_copy\":%.2f,\"chunks\":%d,"
+              "\"ms_clean\":%.5f,\"tbps_clean\":%.4f}\n",
               r.dtype.c_str(), s.batch, s.kv_len, s.num_kv_heads, r.tc ? "tensor" : "cuda-core",
-              r.waves, r.ms, r.tbps, r.pct, r.chunks);
+              r.waves, r.ms, r.tbps, r.pct, r.chunks, r.ms_clean, r.tbps_clean);
           std::fflush(stdout);
           results.push_back(r);
         }
       }
     }
   }
-  std::printf("\n%-5s %6s %7s %5s %5s %-9s %5s %9s %8s %7s %7s\n", "dtype", "batch", "kv_len",
-              "Hq", "Hkv", "kernel", "waves", "ms", "TB/s", "%copy", "chunks");
+  std::printf("\n%-5s %6s %7s %4s %-9s %5s %9s %7s %6s %6s %9s %7s\n", "dtype", "batch",
+              "kv_len", "Hkv", "kernel", "waves", "ms", "TB/s", "%copy", "chunks", "ms_clean",
+              "TB/s_cl");
   for (const Result& r : results) {
-    std::printf("%-5s %6d %7d %5d %5d %-9s %5.1f %9.4f %8.3f %6.1f%% %7d\n", r.dtype.c_str(),
-                r.s.batch, r.s.kv_len, 32, r.s.num_kv_heads, r.tc ? "tensor" : "cuda-core",
-                r.waves, r.ms, r.tbps, r.pct, r.chunks);
+    std::printf("%-5s %6d %7d %4d %-9s %5.1f %9.4f %7.3f %5.1f%% %6d %9.4f %7.3f\n",
+                r.dtype.c_str(), r.s.batch, r.s.kv_len, r.s.num_kv_heads,
+                r.tc ? "tensor" : "cuda-core", r.waves, r.ms, r.tbps, r.pct, r.chunks, r.ms_clean,
+                r.tbps_clean);
   }
   cudaStreamDestroy(stream);
   return 0;
