@@ -154,18 +154,6 @@ absl::StatusOr<v1::SessionResponse> UnarySession::Execute(v1::SessionRequest req
       status = CallUnary(*this, stub, &Stub::GetCompletionEvent, request.get_completion_event(),
                          response.mutable_get_completion_event());
       break;
-    case R::kRegisterEvent:
-      status = CallUnary(*this, stub, &Stub::RegisterEvent, request.register_event(),
-                         response.mutable_register_event());
-      break;
-    case R::kUnregisterEvent:
-      status = CallUnary(*this, stub, &Stub::UnregisterEvent, request.unregister_event(),
-                         response.mutable_unregister_event());
-      break;
-    case R::kGetCompletionEvent:
-      status = CallUnary(*this, stub, &Stub::GetCompletionEvent, request.get_completion_event(),
-                         response.mutable_get_completion_event());
-      break;
     case R::kOpen:
       return absl::InvalidArgumentError(
           "`open` is a Session-stream command; a unary session is opened by OpenSession");
