@@ -24,10 +24,19 @@ std::optional<std::string> SessionIdFromMetadata(const grpc::ServerContext& cont
 AttndService::AttndService(CommandRunner& runner, Metrics& metrics)
     : runner_(runner), session_stream_(runner, metrics) {}
 
+grpc::Status AttndService::Authenticate(MethodId method, const grpc::ServerContext& context) {
+  if (authenticator_ == nullptr) return grpc::Status::OK;
+  const absl::Status status = authenticator_->Check(context.client_metadata());
+  if (status.ok()) return grpc::Status::OK;
+  runner_.RecordRejected(method, status);
+  return ToGrpcStatus(status);
+}
+
 template <typename Request, typename Response>
 grpc::Status AttndService::RunInSession(const SessionCommand<Request, Response>& command,
                                         const grpc::ServerContext& context,
                                         const Request& request, Response* response) {
+  if (grpc::Status auth = Authenticate(command.id, context); !auth.ok()) return auth;
   const std::optional<std::string> session_id = SessionIdFromMetadata(context);
   if (!session_id) {
     const absl::Status status = MissingSessionError();
@@ -40,14 +49,20 @@ grpc::Status AttndService::RunInSession(const SessionCommand<Request, Response>&
   return grpc::Status::OK;
 }
 
-grpc::Status AttndService::GetServerInfo(grpc::ServerContext*, const v1::GetServerInfoRequest*,
+grpc::Status AttndService::GetServerInfo(grpc::ServerContext* context,
+                                         const v1::GetServerInfoRequest*,
                                          v1::ServerInfo* response) {
+  if (grpc::Status auth = Authenticate(MethodId::kGetServerInfo, *context); !auth.ok()) {
+    return auth;
+  }
   *response = runner_.GetServerInfo();
   return grpc::Status::OK;
 }
 
-grpc::Status AttndService::OpenSession(grpc::ServerContext*, const v1::OpenSessionRequest* request,
+grpc::Status AttndService::OpenSession(grpc::ServerContext* context,
+                                       const v1::OpenSessionRequest* request,
                                        v1::OpenSessionResponse* response) {
+  if (grpc::Status auth = Authenticate(MethodId::kOpenSession, *context); !auth.ok()) return auth;
   absl::StatusOr<v1::OpenSessionResponse> result =
       runner_.OpenSession(*request, SessionBinding::kLeased);
   if (!result.ok()) return ToGrpcStatus(result.status());
@@ -58,6 +73,7 @@ grpc::Status AttndService::OpenSession(grpc::ServerContext*, const v1::OpenSessi
 grpc::Status AttndService::CloseSession(grpc::ServerContext* context,
                                         const v1::CloseSessionRequest*,
                                         v1::CloseSessionResponse*) {
+  if (grpc::Status auth = Authenticate(MethodId::kCloseSession, *context); !auth.ok()) return auth;
   const std::optional<std::string> session_id = SessionIdFromMetadata(*context);
   if (!session_id) {
     const absl::Status status = MissingSessionError();
@@ -96,6 +112,8 @@ ATTND_UNARY_HANDLER(GetCompletionEvent)
 grpc::Status AttndService::Session(
     grpc::ServerContext* context,
     grpc::ServerReaderWriter<v1::SessionResponse, v1::SessionRequest>* stream) {
+  // Checked before the first message is read: nothing of an unauthenticated stream is parsed.
+  if (grpc::Status auth = Authenticate(MethodId::kOpenSession, *context); !auth.ok()) return auth;
   return session_stream_.Serve(*context, *stream);
 }
 

@@ -10,6 +10,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "attnd/v1/attnd.grpc.pb.h"
+#include "server/front/access_control.h"
 #include "server/front/command_runner.h"
 #include "server/front/session_stream.h"
 
@@ -24,6 +25,12 @@ class AttndService final : public v1::Attnd::Service {
  public:
   // `runner` and `metrics` must outlive the service.
   AttndService(CommandRunner& runner, Metrics& metrics);
+
+  // Every call is refused with UNAUTHENTICATED unless `authenticator` accepts its metadata.
+  // Null (the default) = no check. Set before the server starts; must outlive the service.
+  void set_authenticator(const TokenAuthenticator* authenticator) {
+    authenticator_ = authenticator;
+  }
 
   grpc::Status GetServerInfo(grpc::ServerContext* context, const v1::GetServerInfoRequest* request,
                              v1::ServerInfo* response) override;
@@ -81,8 +88,12 @@ class AttndService final : public v1::Attnd::Service {
                             const grpc::ServerContext& context, const Request& request,
                             Response* response);
 
+  // OK or UNAUTHENTICATED (recorded in the metrics under `method`).
+  grpc::Status Authenticate(MethodId method, const grpc::ServerContext& context);
+
   CommandRunner& runner_;
   SessionStream session_stream_;
+  const TokenAuthenticator* authenticator_ = nullptr;
 };
 
 }  // namespace attnd::server::front

@@ -24,12 +24,30 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config
   absl::StatusOr<ListenAddress> listen = ParseListenAddress(config.listen);
   if (!listen.ok()) return listen.status();
   daemon->listen_address_ = *listen;
+  if (!listen->is_unix() && config.token.empty()) {
+    if (!IsLoopbackListen(config.listen) && !config.allow_unauthenticated_tcp) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--listen='", config.listen, "' is reachable from the network and no token is set: "
+          "set --token_file or ATTND_TOKEN (or --allow_unauthenticated_tcp on a trusted network)"));
+    }
+    spdlog::warn("gRPC on TCP '{}' without a token: every local user can reach every pool",
+                 config.listen);
+  }
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
+      MakeServerCredentials({config.tls_cert, config.tls_key, config.tls_client_ca});
+  if (!credentials.ok()) return credentials.status();
+  daemon->authenticator_ = std::make_unique<TokenAuthenticator>(config.token);
 
   CoreOptions core_options;
   core_options.max_pool_bytes = config.max_pool_bytes;
   core_options.session_lease = config.session_lease;
   core_options.max_message_bytes = config.max_message_bytes;
   core_options.version = ATTND_VERSION;
+  core_options.max_sessions = config.max_sessions;
+  core_options.max_pages_per_session = config.max_pages_per_session;
+  core_options.max_buffers_per_session = config.max_buffers_per_session;
+  core_options.max_plans_per_session = config.max_plans_per_session;
+  core_options.max_inflight_per_session = config.max_inflight_per_session;
   absl::StatusOr<std::unique_ptr<Core>> core = Core::Create(core_options, std::move(backend));
   if (!core.ok()) return core.status();
   daemon->core_ = *std::move(core);
@@ -37,6 +55,9 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config
 
   daemon->runner_ = std::make_unique<CommandRunner>(*daemon->core_, daemon->metrics_);
   daemon->service_ = std::make_unique<AttndService>(*daemon->runner_, daemon->metrics_);
+  if (daemon->authenticator_->enabled()) {
+    daemon->service_->set_authenticator(daemon->authenticator_.get());
+  }
 
   if (listen->is_unix()) {
     if (absl::Status removed = RemoveStaleUnixSocket(listen->unix_path); !removed.ok()) {
@@ -49,8 +70,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
 #endif
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(listen->grpc_uri, grpc::InsecureServerCredentials(),
-                           &daemon->grpc_port_);
+  builder.AddListeningPort(listen->grpc_uri, *credentials, &daemon->grpc_port_);
   builder.RegisterService(daemon->service_.get());
   builder.SetMaxReceiveMessageSize(static_cast<int>(config.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(config.max_message_bytes));
@@ -96,11 +116,14 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config
       std::make_unique<MaintenanceLoop>(*daemon->core_, daemon->serving_state_);
 
   spdlog::info(
-      "attnd {} serving: backend={} device='{}' pool memory={} bytes, gRPC on {}{}, HTTP on {}",
+      "attnd {} serving: backend={} device='{}' pool memory={} bytes, gRPC on {}{}{}, HTTP on {}",
       daemon->info_.version(), daemon->info_.backend(), daemon->info_.device(),
       daemon->info_.memory_total_bytes(), config.listen,
       listen->is_unix() ? absl::StrFormat(" (mode %04o)", config.socket_mode)
                         : absl::StrCat(" (port ", daemon->grpc_port_, ")"),
+      absl::StrCat(config.tls_cert.empty() ? "" : (config.tls_client_ca.empty() ? ", TLS"
+                                                                                : ", mutual TLS"),
+                   config.token.empty() ? "" : ", bearer token required"),
       daemon->http_ != nullptr
           ? absl::StrCat(config.http_listen, " (port ", daemon->http_->port(), ")")
           : std::string("(disabled)"));

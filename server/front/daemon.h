@@ -12,6 +12,7 @@
 #include "absl/time/time.h"
 #include "attnd/kernels/backend.h"
 #include "server/core/core.h"
+#include "server/front/access_control.h"
 #include "server/front/attnd_service.h"
 #include "server/front/command_runner.h"
 #include "server/front/flags.h"
@@ -53,6 +54,7 @@ class Daemon {
   Metrics metrics_;
   ServingState serving_state_;
   std::unique_ptr<CommandRunner> runner_;
+  std::unique_ptr<TokenAuthenticator> authenticator_;
   std::unique_ptr<AttndService> service_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<HttpServer> http_;

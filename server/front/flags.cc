@@ -3,6 +3,7 @@
 #include <cctype>
 #include <climits>
 #include <cstdlib>
+#include <tuple>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -14,6 +15,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "server/front/access_control.h"
 
 ABSL_FLAG(std::string, listen, "unix:///tmp/attnd.sock",
           "gRPC listen address: unix:///ABSOLUTE/PATH or unix:PATH for a unix socket (a stale "
@@ -46,6 +48,36 @@ ABSL_FLAG(std::string, socket_mode, "0660",
 ABSL_FLAG(int32_t, threads, 0,
           "Worker threads of the cpu backend; 0 = all cores. Env: ATTND_THREADS.");
 
+ABSL_FLAG(std::string, token_file, "",
+          "File holding the bearer token every attnd.v1 call must carry as 'authorization: "
+          "Bearer <token>' metadata (>= 16 printable bytes; trailing newline ignored). Unset: the "
+          "token comes from the environment variable ATTND_TOKEN, and with neither no token is "
+          "required. grpc.health.v1 stays open. Env: ATTND_TOKEN_FILE.");
+ABSL_FLAG(std::string, tls_cert, "",
+          "PEM server certificate (chain): serve gRPC over TLS; needs --tls_key. Env: "
+          "ATTND_TLS_CERT.");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert. Env: ATTND_TLS_KEY.");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM CA bundle: clients must present a certificate it signed (mutual TLS). Env: "
+          "ATTND_TLS_CLIENT_CA.");
+ABSL_FLAG(bool, allow_unauthenticated_tcp, false,
+          "Allow a TCP --listen address other than loopback without a token (a trusted network "
+          "only: anyone who reaches the port can use every pool). Env: "
+          "ATTND_ALLOW_UNAUTHENTICATED_TCP.");
+ABSL_FLAG(int64_t, max_sessions, 4096,
+          "Live sessions of the whole daemon; OpenSession beyond it gets RESOURCE_EXHAUSTED. "
+          "Env: ATTND_MAX_SESSIONS.");
+ABSL_FLAG(int64_t, max_pages_per_session, 0,
+          "Page references one session may hold through AllocatePages over all its pools; 0 = "
+          "only the pools' size limits it. Env: ATTND_MAX_PAGES_PER_SESSION.");
+ABSL_FLAG(int64_t, max_buffers_per_session, 1024,
+          "Registered buffers per session. Env: ATTND_MAX_BUFFERS_PER_SESSION.");
+ABSL_FLAG(int64_t, max_plans_per_session, 65536,
+          "Plans per session. Env: ATTND_MAX_PLANS_PER_SESSION.");
+ABSL_FLAG(int64_t, max_inflight_per_session, 64,
+          "Commands of one session executing or queued at once (parallel unary calls); beyond "
+          "it RESOURCE_EXHAUSTED. Env: ATTND_MAX_INFLIGHT_PER_SESSION.");
+
 #ifndef ATTND_VERSION
 #define ATTND_VERSION "0.0.0-dev"
 #endif
@@ -56,7 +88,9 @@ const std::vector<std::string>& DaemonFlagNames() {
   static const std::vector<std::string> names = {
       "listen",     "http_listen",  "backend",   "device",     "max_pool_bytes",
       "session_lease_ms", "max_message_bytes", "log_level", "log_json", "socket_mode",
-      "threads"};
+      "threads", "token_file", "tls_cert", "tls_key", "tls_client_ca",
+      "allow_unauthenticated_tcp", "max_sessions", "max_pages_per_session",
+      "max_buffers_per_session", "max_plans_per_session", "max_inflight_per_session"};
   return names;
 }
 
@@ -128,6 +162,35 @@ absl::StatusOr<DaemonConfig> DaemonConfigFromFlags() {
   config.socket_mode = static_cast<uint32_t>(mode);
   if (config.threads < 0) {
     return absl::InvalidArgumentError(absl::StrCat("--threads=", config.threads, " is negative"));
+  }
+  absl::StatusOr<std::string> token = LoadToken(absl::GetFlag(FLAGS_token_file));
+  if (!token.ok()) return token.status();
+  config.token = *std::move(token);
+  config.tls_cert = absl::GetFlag(FLAGS_tls_cert);
+  config.tls_key = absl::GetFlag(FLAGS_tls_key);
+  config.tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);
+  if (config.tls_cert.empty() != config.tls_key.empty()) {
+    return absl::InvalidArgumentError("--tls_cert and --tls_key must be given together");
+  }
+  if (!config.tls_client_ca.empty() && config.tls_cert.empty()) {
+    return absl::InvalidArgumentError("--tls_client_ca needs --tls_cert and --tls_key");
+  }
+  config.allow_unauthenticated_tcp = absl::GetFlag(FLAGS_allow_unauthenticated_tcp);
+  config.max_sessions = absl::GetFlag(FLAGS_max_sessions);
+  config.max_pages_per_session = absl::GetFlag(FLAGS_max_pages_per_session);
+  config.max_buffers_per_session = absl::GetFlag(FLAGS_max_buffers_per_session);
+  config.max_plans_per_session = absl::GetFlag(FLAGS_max_plans_per_session);
+  config.max_inflight_per_session = absl::GetFlag(FLAGS_max_inflight_per_session);
+  for (const auto& [name, value, minimum] :
+       {std::tuple<const char*, int64_t, int64_t>{"max_sessions", config.max_sessions, 1},
+        {"max_pages_per_session", config.max_pages_per_session, 0},
+        {"max_buffers_per_session", config.max_buffers_per_session, 1},
+        {"max_plans_per_session", config.max_plans_per_session, 1},
+        {"max_inflight_per_session", config.max_inflight_per_session, 1}}) {
+    if (value < minimum) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--", name, "=", value, " must be at least ", minimum));
+    }
   }
   return config;
 }

@@ -216,6 +216,8 @@ absl::StatusOr<v1::RunResponse> SessionApi::Run(RunArgs args) {
   if (args.o) *request.mutable_o() = std::move(*args.o);
   if (args.lse) *request.mutable_lse() = std::move(*args.lse);
   *request.mutable_options() = std::move(args.options);
+  request.set_wait_event_id(std::move(args.wait_event_id));
+  request.set_completion(args.completion);
   return Run(request);
 }
 

@@ -65,6 +65,7 @@ class FakeAttnd final : public v1::Attnd::Service {
         if (id == "drop") return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "too big");
         response.mutable_describe_pool()->mutable_pool()->set_pool_id(id);
       } else if (request.has_run()) {
+        last_run = request.run();
         // o = q (so the client's decoding can be checked), lse = 1.5 per row and head.
         v1::RunResponse* run = response.mutable_run();
         *run->mutable_o() = request.run().q();
@@ -124,6 +125,7 @@ class FakeAttnd final : public v1::Attnd::Service {
   std::vector<uint64_t> request_ids;
   std::string last_client_name;
   v1::CreatePlanRequest last_plan;
+  v1::RunRequest last_run;
   std::atomic<int> closes{0};
   std::atomic<bool> stream_ended{false};
 };
@@ -243,6 +245,23 @@ TEST_F(SessionTest, RunAndDecodeReturnsFloats) {
   ASSERT_TRUE(out.ok()) << out.status();
   EXPECT_EQ(out->o, q);
   EXPECT_EQ(out->lse, std::vector<float>(2, 1.5f));
+  EXPECT_EQ(service_.last_run.plan_id(), "plan-1");
+  EXPECT_EQ(service_.last_run.completion(), v1::COMPLETION_SYNC);
+  EXPECT_TRUE(service_.last_run.wait_event_id().empty());
+  EXPECT_FALSE(service_.last_run.has_k());
+
+  args.wait_event_id = "event-3";
+  args.completion = v1::COMPLETION_ASYNC;
+  args.layer = 5;
+  args.k = args.q;
+  args.v = args.q;
+  ASSERT_TRUE((*session)->Run(args).ok());
+  EXPECT_EQ(service_.last_run.wait_event_id(), "event-3");
+  EXPECT_EQ(service_.last_run.completion(), v1::COMPLETION_ASYNC);
+  EXPECT_EQ(service_.last_run.layer(), 5);
+  EXPECT_TRUE(service_.last_run.has_k());
+  EXPECT_TRUE(service_.last_run.has_v());
+  EXPECT_TRUE(service_.last_run.options().return_lse());
 }
 
 TEST_F(SessionTest, BrokenStreamReturnsItsStatusAndStaysClosed) {

@@ -78,6 +78,10 @@ struct RunArgs {
   std::optional<v1::Tensor> o;     // output slice [qo_tokens, num_qo_heads, head_dim], q's dtype
   std::optional<v1::Tensor> lse;   // output slice [qo_tokens, num_qo_heads] float32
   v1::AttentionOptions options;
+  // Async completion (CUDA backend, see attnd.proto "Async completion"): an event registered with
+  // RegisterEvent that the daemon's stream waits on before reading inputs, and how to reply.
+  std::string wait_event_id;
+  v1::Completion completion = v1::COMPLETION_SYNC;
 };
 
 // Inline results of a Run, decoded to float. lse is empty unless options.return_lse was set and
