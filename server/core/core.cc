@@ -3,6 +3,7 @@
 #include "server/core/core.h"
 
 #include <atomic>
+#include <tuple>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -22,10 +23,6 @@
 namespace attnd::server {
 namespace {
 
-// Caps that keep a leaking client from exhausting the daemon's host resources.
-constexpr size_t kMaxPlansPerSession = 1 << 16;
-constexpr size_t kMaxBuffersPerSession = 1 << 10;
-
 uint64_t EffectivePoolBudget(const CoreOptions& options, const kernels::BackendInfo& info) {
   if (options.max_pool_bytes != 0) return options.max_pool_bytes;
   return info.memory_total_bytes / 10 * 9;
@@ -37,6 +34,29 @@ constexpr size_t kCudaIpcEventHandleBytes = 64;  // sizeof(cudaIpcEventHandle_t)
 
 // The public interface takes std::string_view; this Abseil build has its own string_view type.
 absl::string_view Absl(std::string_view s) { return absl::string_view(s.data(), s.size()); }
+
+// RESOURCE_EXHAUSTED for a quota: names the limit, its value and the flag that sets it.
+absl::Status QuotaError(std::string_view what, int64_t limit, std::string_view flag,
+                        std::string_view advice) {
+  return absl::ResourceExhaustedError(absl::StrCat("quota: ", Absl(what), " (limit ", limit,
+                                                   ", --", Absl(flag), "); ", Absl(advice)));
+}
+
+// Counts a command of `session` in flight for the scope (max_inflight_per_session).
+class InflightScope {
+ public:
+  explicit InflightScope(Session& session) : session_(session) {
+    count_ = session_.inflight.fetch_add(1) + 1;
+  }
+  ~InflightScope() { session_.inflight.fetch_sub(1); }
+  InflightScope(const InflightScope&) = delete;
+  InflightScope& operator=(const InflightScope&) = delete;
+  int64_t count() const { return count_; }
+
+ private:
+  Session& session_;
+  int64_t count_;
+};
 
 absl::Status SessionClosedError(const Session& session) {
   return absl::NotFoundError(
@@ -59,6 +79,8 @@ struct Core::State {
   std::atomic<int64_t> buffers{0};
   std::atomic<uint64_t> bytes_in{0};
   std::atomic<uint64_t> bytes_out{0};
+  // Serialises OpenSession's check of max_sessions with the registration.
+  absl::Mutex open_mu;
 
   // Runs `fn(session)` with the session's mutex held; NOT_FOUND for unknown or closed sessions.
   template <typename Fn>
@@ -66,6 +88,13 @@ struct Core::State {
     auto session = sessions.FindAndRenew(Absl(session_id), absl::Now());
     if (!session.ok()) return session.status();
     Session& s = **session;
+    const InflightScope inflight(s);
+    if (inflight.count() > options.max_inflight_per_session) {
+      return QuotaError(absl::StrCat("session '", s.id, "' has ", inflight.count() - 1,
+                                     " commands in flight"),
+                        options.max_inflight_per_session, "max_inflight_per_session",
+                        "wait for answers before sending more, or use the Session stream");
+    }
     absl::MutexLock lock(&s.mu);
     if (s.closed) return SessionClosedError(s);
     return fn(s);
@@ -84,6 +113,17 @@ struct Core::State {
     }
     return absl::NotFoundError(absl::StrCat("pool_id='", pool_id.substr(0, 80),
                                             "' does not exist"));
+  }
+
+  // Page references the session's client holds over all its pools (max_pages_per_session).
+  int64_t PagesHeld(Session& session) ABSL_EXCLUSIVE_LOCKS_REQUIRED(session.mu) {
+    int64_t total = 0;
+    for (const auto& [id, pool] : session.pools) {
+      absl::MutexLock lock(&pool->mu);
+      auto it = pool->attachments.find(session.id);
+      if (it != pool->attachments.end()) total += it->second.held.total_references();
+    }
+    return total;
   }
 
   absl::StatusOr<std::shared_ptr<Plan>> FindPlan(Session& session, absl::string_view plan_id)
@@ -206,6 +246,17 @@ absl::StatusOr<std::unique_ptr<Core>> Core::Create(const CoreOptions& options,
     return absl::InvalidArgumentError(absl::StrCat(
         "session_lease=", absl::FormatDuration(options.session_lease), " must be positive"));
   }
+  for (const auto& [name, value, minimum] :
+       {std::tuple<const char*, int64_t, int64_t>{"max_sessions", options.max_sessions, 1},
+        {"max_pages_per_session", options.max_pages_per_session, 0},
+        {"max_buffers_per_session", options.max_buffers_per_session, 1},
+        {"max_plans_per_session", options.max_plans_per_session, 1},
+        {"max_inflight_per_session", options.max_inflight_per_session, 1}}) {
+    if (value < minimum) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(name, "=", value, " must be at least ", minimum));
+    }
+  }
   const uint64_t budget = EffectivePoolBudget(options, backend->info());
   if (budget == 0) {
     return absl::InvalidArgumentError(
@@ -249,6 +300,12 @@ absl::StatusOr<v1::OpenSessionResponse> Core::OpenSession(const v1::OpenSessionR
   response.set_session_id(session->id);
   if (binding == SessionBinding::kLeased) {
     response.set_lease_ms(static_cast<uint32_t>(absl::ToInt64Milliseconds(lease)));
+  }
+  absl::MutexLock open_lock(&state_->open_mu);
+  if (state_->sessions.size() >= state_->options.max_sessions) {
+    return QuotaError(absl::StrCat("the daemon has ", state_->sessions.size(), " live sessions"),
+                      state_->options.max_sessions, "max_sessions",
+                      "close unused sessions (CloseSession, or end their streams)");
   }
   spdlog::info("session {} opened by '{}' ({})", session->id, session->client_name,
                binding == SessionBinding::kLeased
@@ -346,6 +403,15 @@ absl::StatusOr<v1::AllocatePagesResponse> Core::AllocatePages(
     auto pool = st.AttachedPool(session, request.pool_id());
     if (!pool.ok()) return pool.status();
     if (auto s = ValidatePageCount(request.count()); !s.ok()) return s;
+    if (st.options.max_pages_per_session > 0) {
+      const int64_t held = st.PagesHeld(session);
+      if (held + request.count() > st.options.max_pages_per_session) {
+        return QuotaError(absl::StrCat("this session holds ", held, " page references and asks "
+                                       "for ", request.count(), " more"),
+                          st.options.max_pages_per_session, "max_pages_per_session",
+                          "free pages it no longer uses (FreePages)");
+      }
+    }
     Pool& p = **pool;
     v1::AllocatePagesResponse response;
     {
@@ -421,9 +487,11 @@ absl::StatusOr<v1::RegisterBufferResponse> Core::RegisterBuffer(
   State& st = *state_;
   return st.WithSession(session_id, [&](Session& session) -> absl::StatusOr<v1::RegisterBufferResponse> {
     if (auto s = ValidateRegisterBuffer(request); !s.ok()) return s;
-    if (session.buffers.size() >= kMaxBuffersPerSession) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "this session has ", session.buffers.size(), " buffers registered, the limit"));
+    if (static_cast<int64_t>(session.buffers.size()) >= st.options.max_buffers_per_session) {
+      return QuotaError(absl::StrCat("this session has ", session.buffers.size(),
+                                     " buffers registered"),
+                        st.options.max_buffers_per_session, "max_buffers_per_session",
+                        "unregister buffers it no longer uses");
     }
     absl::StatusOr<std::unique_ptr<RegisteredBuffer>> buffer;
     if (request.has_shared_memory()) {
@@ -470,9 +538,10 @@ absl::StatusOr<v1::CreatePlanResponse> Core::CreatePlan(std::string_view session
   return st.WithSession(session_id, [&](Session& session) -> absl::StatusOr<v1::CreatePlanResponse> {
     auto pool = st.AttachedPool(session, request.pool_id());
     if (!pool.ok()) return pool.status();
-    if (session.plans.size() >= kMaxPlansPerSession) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "this session has ", session.plans.size(), " plans, the limit; delete unused plans"));
+    if (static_cast<int64_t>(session.plans.size()) >= st.options.max_plans_per_session) {
+      return QuotaError(absl::StrCat("this session has ", session.plans.size(), " plans"),
+                        st.options.max_plans_per_session, "max_plans_per_session",
+                        "delete plans it no longer uses (DeletePlan)");
     }
     auto stream = st.SessionStream(session);
     if (!stream.ok()) return stream.status();

@@ -30,6 +30,23 @@ struct CoreOptions {
   // Largest request message accepted (reported in ServerInfo; enforced by the gRPC server).
   uint64_t max_message_bytes = 64ull << 20;
   std::string version = "0.1.0";
+
+  // Quotas (RESOURCE_EXHAUSTED naming the limit and its flag when exceeded). They keep one
+  // client, buggy or hostile, from starving the others or exhausting the daemon's host memory.
+  // Live sessions of the whole daemon (--max_sessions).
+  int64_t max_sessions = 4096;
+  // Page references one session may hold through AllocatePages, over all its pools
+  // (--max_pages_per_session); 0 = no limit beyond the pools' size. Forks received from another
+  // session do not count against the receiver's AllocatePages (they take no free page).
+  int64_t max_pages_per_session = 0;
+  // Registered buffers per session (--max_buffers_per_session).
+  int64_t max_buffers_per_session = 1024;
+  // Plans per session (--max_plans_per_session); every plan pins its pages and host memory.
+  int64_t max_plans_per_session = 1 << 16;
+  // Commands of one session executing or waiting for the session at once
+  // (--max_inflight_per_session); a session's commands run one at a time, so more unary calls
+  // in parallel only queue up on the daemon's threads.
+  int64_t max_inflight_per_session = 64;
 };
 
 // How a session was opened; decides how it ends (see the wire API's header comment).

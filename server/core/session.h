@@ -6,6 +6,7 @@
 // (guarded by the registry's mutex).
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -31,6 +32,8 @@ struct Session {
   const std::string client_name;
   const SessionBinding binding;
   const absl::Duration lease;  // leased sessions only
+  // Commands of this session executing or waiting for `mu` (CoreOptions::max_inflight_per_session).
+  std::atomic<int64_t> inflight{0};
 
   absl::Mutex mu;
   bool closed ABSL_GUARDED_BY(mu) = false;

@@ -27,6 +27,19 @@ struct DaemonConfig {
   bool log_json = false;                           // one JSON object per log line
   uint32_t socket_mode = 0660;                     // permissions of the unix socket file
   int32_t threads = 0;                             // CPU backend threads; 0 = all cores
+  // Access control (access_control.h). The token itself is not a flag: it comes from
+  // --token_file or the environment variable ATTND_TOKEN, so it never shows in `ps`.
+  std::string token;                               // "" = no token required
+  std::string tls_cert;                            // PEM files; empty = plaintext
+  std::string tls_key;
+  std::string tls_client_ca;                       // set = mutual TLS
+  bool allow_unauthenticated_tcp = false;          // TCP beyond loopback without a token
+  // Quotas (CoreOptions has the meaning of each).
+  int64_t max_sessions = 4096;
+  int64_t max_pages_per_session = 0;
+  int64_t max_buffers_per_session = 1024;
+  int64_t max_plans_per_session = 1 << 16;
+  int64_t max_inflight_per_session = 64;
 };
 
 // Names of the daemon's flags, in --help order.

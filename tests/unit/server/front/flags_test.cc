@@ -49,7 +49,14 @@ TEST_F(FlagsTest, EveryFlagCanBeSetFromTheEnvironment) {
       {"ATTND_MAX_POOL_BYTES", "123456789"},  {"ATTND_SESSION_LEASE_MS", "1500"},
       {"ATTND_MAX_MESSAGE_BYTES", "1048576"}, {"ATTND_LOG_LEVEL", "debug"},
       {"ATTND_LOG_JSON", "true"},             {"ATTND_SOCKET_MODE", "0600"},
-      {"ATTND_THREADS", "7"}};
+      {"ATTND_THREADS", "7"},
+      // Access control and quotas (files left empty: a real token file is tested in
+      // access_control_test.cc).
+      {"ATTND_TOKEN_FILE", ""},               {"ATTND_TLS_CERT", ""},
+      {"ATTND_TLS_KEY", ""},                  {"ATTND_TLS_CLIENT_CA", ""},
+      {"ATTND_ALLOW_UNAUTHENTICATED_TCP", "true"}, {"ATTND_MAX_SESSIONS", "11"},
+      {"ATTND_MAX_PAGES_PER_SESSION", "12"},  {"ATTND_MAX_BUFFERS_PER_SESSION", "13"},
+      {"ATTND_MAX_PLANS_PER_SESSION", "14"},  {"ATTND_MAX_INFLIGHT_PER_SESSION", "15"}};
   ASSERT_EQ(env.size(), DaemonFlagNames().size());
   const absl::Status applied = ApplyEnvironmentToFlags([&env](const char* name) -> const char* {
     auto it = env.find(name);
@@ -69,6 +76,12 @@ TEST_F(FlagsTest, EveryFlagCanBeSetFromTheEnvironment) {
   EXPECT_TRUE(config->log_json);
   EXPECT_EQ(config->socket_mode, 0600u);
   EXPECT_EQ(config->threads, 7);
+  EXPECT_TRUE(config->allow_unauthenticated_tcp);
+  EXPECT_EQ(config->max_sessions, 11);
+  EXPECT_EQ(config->max_pages_per_session, 12);
+  EXPECT_EQ(config->max_buffers_per_session, 13);
+  EXPECT_EQ(config->max_plans_per_session, 14);
+  EXPECT_EQ(config->max_inflight_per_session, 15);
 }
 
 TEST_F(FlagsTest, BadEnvironmentValueNamesTheVariable) {
