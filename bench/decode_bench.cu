@@ -7,7 +7,7 @@
 // it leaves ~L2-size of DIRTY lines that are written back while the kernel reads, e.g. ~60 MB of
 // writes on top of the 134 MB read at B=1 GQA), and "ms_clean" after a read-only pass over
 // another 2x-L2 buffer (L2 holds clean, unrelated lines: cold KV without the write-back).
-//   decode_bench [--quick] [--sweep]
+//   decode_bench [--quick] [--sweep] [--only B,KV_LEN,NUM_KV_HEADS]
 //     --sweep: also split-KV grids of other sizes (DecodeScheduleOptions::waves: 0.5-4 waves at
 //     B=1; 2-8 waves at larger batches, where splitting trims the tail of the last wave).
 #include <algorithm>
@@ -202,9 +202,16 @@ Result RunOne(DType dt, Shape s, Kernel kernel, float waves, double ceiling, boo
 
 int main(int argc, char** argv) {
   bool quick = false, sweep = false;
+  Shape only{0, 0, 0};  // --only B,KV,HKV: one shape (profiling)
   for (int i = 1; i < argc; ++i) {
     quick = quick || std::strcmp(argv[i], "--quick") == 0;
     sweep = sweep || std::strcmp(argv[i], "--sweep") == 0;
+    if (std::strcmp(argv[i], "--only") == 0 && i + 1 < argc) {
+      if (std::sscanf(argv[++i], "%d,%d,%d", &only.batch, &only.kv_len, &only.num_kv_heads) != 3) {
+        std::fprintf(stderr, "--only B,KV_LEN,NUM_KV_HEADS\n");
+        return 2;
+      }
+    }
   }
   PrintDeviceLine();
   cudaStream_t stream;
@@ -216,6 +223,7 @@ int main(int argc, char** argv) {
   std::printf("read-only ceiling: %.2f TB/s (2 GiB sweep, L2-warm start ignored)\n", read_ceiling);
   std::vector<Shape> shapes = {{1, 32768, 32}, {1, 32768, 8}, {64, 4096, 32},
                                {64, 4096, 8},  {256, 2048, 32}, {256, 2048, 8}};
+  if (only.batch > 0) shapes = {only};
   std::vector<Result> results;
   for (DType dt : {DType::kFloat16, DType::kBFloat16}) {
     if (quick && dt == DType::kBFloat16) continue;

@@ -342,6 +342,11 @@ absl::Status RunPagedDecode(const DecodeWork& work, const PagedAttentionParams& 
   p.token_stride = kv.token_stride;
   p.head_stride = kv.head_stride;
   p.page_size = kv.page_size;
+  p.page_shift = -1;
+  if ((kv.page_size & (kv.page_size - 1)) == 0) {
+    p.page_shift = 0;
+    while ((1 << p.page_shift) < kv.page_size) ++p.page_shift;
+  }
   p.indptr = kv.indptr;
   p.indices = kv.indices;
   p.last_page_len = kv.last_page_len;
@@ -405,7 +410,7 @@ absl::Status RunPagedDecode(const DecodeWork& work, const PagedAttentionParams& 
     m.state_indptr = work.d_chunk_indptr;
     m.skip_single = 1;
     ATTND_RETURN_IF_CUDA_ERROR(
-        internal::LaunchMergeKernel(m, DType::kFloat32, kv.dtype, stream),
+        internal::LaunchDecodeMergeKernel(m, kv.dtype, stream),
         "decode merge kernel launch");
   }
   return absl::OkStatus();

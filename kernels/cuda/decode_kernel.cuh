@@ -135,7 +135,7 @@ __global__ void __launch_bounds__(DecodeTraits<D, TILE>::kThreads, DecodeTraits<
 #pragma unroll
     for (int i = 0; i < Tr::kLoadsPerThread; ++i) {
       const int t = start + it * TPS + tid / BDX + i * (NT / BDX);
-      pages[i] = t < end ? p.indices[page_begin + t / p.page_size] : 0;
+      pages[i] = t < end ? p.indices[page_begin + PageOfToken(t, p.page_size, p.page_shift)] : 0;
     }
   };
   auto load_stage = [&](int it, int slot) {
@@ -147,7 +147,7 @@ __global__ void __launch_bounds__(DecodeTraits<D, TILE>::kThreads, DecodeTraits<
       const T* src_k = kv;
       if (valid) {
         src_k = kv + static_cast<int64_t>(pages[i]) * p.page_stride +
-                static_cast<int64_t>(t % p.page_size) * p.token_stride + head_off + tx * 8;
+                static_cast<int64_t>(RowInPage(t, p.page_size, p.page_shift)) * p.token_stride + head_off + tx * 8;
       }
       const T* src_v = valid ? src_k + p.kv_stride : kv;
       T* dst_k = smem + ((slot * 2 + 0) * TPS + tok) * D + tx * 8;
@@ -308,6 +308,11 @@ template <typename T, int D, int TILE>
 cudaError_t LaunchDecodeTile(const DecodeKernelParams& params, int num_items, int num_kv_heads,
                              cudaStream_t stream) {
   using Tr = DecodeTraits<D, TILE>;
+  // Largest shared-memory carveout: the occupancy the schedule assumes (several 32 KB CTAs).
+  static const cudaError_t carveout = cudaFuncSetAttribute(
+      BatchDecodeKernel<T, D, TILE>, cudaFuncAttributePreferredSharedMemoryCarveout,
+      cudaSharedmemCarveoutMaxShared);
+  if (carveout != cudaSuccess) return carveout;
   const dim3 grid(num_items, num_kv_heads * params.head_tiles);
   BatchDecodeKernel<T, D, TILE><<<grid, Tr::kThreads, 0, stream>>>(params);
   return cudaGetLastError();

@@ -147,7 +147,7 @@ __global__ void __launch_bounds__(TcDecodeTraits<D>::kThreads)
 #pragma unroll
     for (int i = 0; i < Tr::kLoadsPerThread; ++i) {
       const int t = start + it * TPS + (tid + i * NT) / CH;
-      pages[i] = t < end ? p.indices[page_begin + t / p.page_size] : 0;
+      pages[i] = t < end ? p.indices[page_begin + PageOfToken(t, p.page_size, p.page_shift)] : 0;
     }
   };
   auto load_stage = [&](int it, int slot) {
@@ -163,7 +163,7 @@ __global__ void __launch_bounds__(TcDecodeTraits<D>::kThreads)
       const T* src_k = kv;
       if (valid) {
         src_k = kv + static_cast<int64_t>(pages[i]) * p.page_stride +
-                static_cast<int64_t>(t % p.page_size) * p.token_stride + head_off + ch * 8;
+                static_cast<int64_t>(RowInPage(t, p.page_size, p.page_shift)) * p.token_stride + head_off + ch * 8;
       }
       const T* src_v = valid ? src_k + p.kv_stride : kv;
       CpAsync16(sk + SwzOffset<D>(tok, ch), src_k, valid);
@@ -431,9 +431,17 @@ __global__ void __launch_bounds__(TcDecodeTraits<D>::kThreads)
 template <typename T, int D>
 cudaError_t PrepareTcKernel() {
   // Raise the dynamic shared-memory limit once per instantiation.
-  static const cudaError_t once = cudaFuncSetAttribute(
-      BatchDecodeTcKernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-      TcDecodeTraits<D>::kSmemBytes);
+  // The carveout asks for the largest shared-memory split, so that both CTAs of an SM fit
+  // (2 x ~100 KB) whatever the driver would pick by default.
+  static const cudaError_t once = [] {
+    cudaError_t e = cudaFuncSetAttribute(BatchDecodeTcKernel<T, D>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         TcDecodeTraits<D>::kSmemBytes);
+    if (e != cudaSuccess) return e;
+    return cudaFuncSetAttribute(BatchDecodeTcKernel<T, D>,
+                                cudaFuncAttributePreferredSharedMemoryCarveout,
+                                cudaSharedmemCarveoutMaxShared);
+  }();
   return once;
 }
 

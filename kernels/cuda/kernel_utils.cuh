@@ -73,6 +73,15 @@ struct Vec8<__nv_bfloat16> {
   }
 };
 
+// ---- paged KV: token -> (page slot in the request's page list, row in the page) ------------
+// page_shift >= 0 (power-of-two pages, the usual case) replaces the integer division.
+__device__ __forceinline__ int PageOfToken(int t, int page_size, int page_shift) {
+  return page_shift >= 0 ? (t >> page_shift) : t / page_size;
+}
+__device__ __forceinline__ int RowInPage(int t, int page_size, int page_shift) {
+  return page_shift >= 0 ? (t & (page_size - 1)) : t % page_size;
+}
+
 // ---- RoPE ------------------------------------------------------------------------------------
 // cos/sin of position * freq, with the product kept exact (two-product) and a two-constant
 // reduction modulo 2*pi before the fast hardware sine/cosine (accurate on [-pi, pi]).

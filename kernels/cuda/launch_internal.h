@@ -41,6 +41,7 @@ struct DecodeKernelParams {
   int64_t token_stride = 0;
   int64_t head_stride = 0;
   int32_t page_size = 0;
+  int32_t page_shift = -1;  // log2(page_size) when it is a power of two (shift/mask), else -1
   const int32_t* indptr = nullptr;
   const int32_t* indices = nullptr;
   const int32_t* last_page_len = nullptr;
@@ -104,6 +105,10 @@ struct MergeKernelParams {
 // in_dtype: fp32/fp16/bf16; out_dtype: fp32/fp16/bf16 (in == out, or in == fp32).
 cudaError_t LaunchMergeKernel(const MergeKernelParams& params, DType in_dtype, DType out_dtype,
                               cudaStream_t stream);
+// The split-KV decode merge (decode_merge.cu): fp32 partial states with state_indptr, one CTA per
+// (row, head) with the chunks spread over its threads; head_dim 64/128/256, out fp16/bf16.
+cudaError_t LaunchDecodeMergeKernel(const MergeKernelParams& params, DType out_dtype,
+                                    cudaStream_t stream);
 
 // Appending new K/V rows into pages: 16-byte copies; requires head_dim*elem_size % 16 == 0.
 struct AppendKernelParams {
