@@ -12,6 +12,7 @@
 
 #include "attnd/kernels/float_convert.h"
 #include "core_test_util.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
 namespace attnd::server::testing {
