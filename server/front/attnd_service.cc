@@ -21,8 +21,8 @@ std::optional<std::string> SessionIdFromMetadata(const grpc::ServerContext& cont
   return std::string(it->second.data(), it->second.size());
 }
 
-AttndService::AttndService(CommandRunner& runner, Metrics& metrics)
-    : runner_(runner), session_stream_(runner, metrics) {}
+AttndService::AttndService(CommandRunner& runner, Metrics& metrics, StreamRegistry& streams)
+    : runner_(runner), session_stream_(runner, metrics, streams) {}
 
 grpc::Status AttndService::Authenticate(MethodId method, const grpc::ServerContext& context) {
   if (authenticator_ == nullptr) return grpc::Status::OK;

@@ -23,8 +23,8 @@ std::optional<std::string> SessionIdFromMetadata(const grpc::ServerContext& cont
 
 class AttndService final : public v1::Attnd::Service {
  public:
-  // `runner` and `metrics` must outlive the service.
-  AttndService(CommandRunner& runner, Metrics& metrics);
+  // `runner`, `metrics` and `streams` must outlive the service.
+  AttndService(CommandRunner& runner, Metrics& metrics, StreamRegistry& streams);
 
   // Every call is refused with UNAUTHENTICATED unless `authenticator` accepts its metadata.
   // Null (the default) = no check. Set before the server starts; must outlive the service.

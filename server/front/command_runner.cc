@@ -62,10 +62,23 @@ constexpr StreamTable kStreamTable = [] {
 
 }  // namespace
 
-CommandRunner::CommandRunner(Core& core, Metrics& metrics) : core_(core) {
+CommandRunner::CommandRunner(Core& core, Metrics& metrics, uint64_t max_response_bytes)
+    : core_(core), max_response_bytes_(max_response_bytes) {
   for (size_t i = 0; i < metrics_by_method_.size(); ++i) {
     metrics_by_method_[i] = &metrics.ForMethod(MethodName(static_cast<MethodId>(i)));
   }
+}
+
+absl::Status CommandRunner::CheckResponseSize(MethodId id, size_t bytes) const {
+  // Room for the SessionResponse envelope (request_id, code, oneof tag and length).
+  constexpr uint64_t kEnvelopeBytes = 64;
+  if (max_response_bytes_ == 0 || bytes + kEnvelopeBytes <= max_response_bytes_) {
+    return absl::OkStatus();
+  }
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "the ", std::string(MethodName(id)), " response is ", bytes, " bytes, over --max_message_bytes=",
+      max_response_bytes_,
+      "; write o and lse to registered buffers instead of receiving them inline"));
 }
 
 void CommandRunner::Finish(MethodId id, std::string_view session_id, const absl::Status& status,
@@ -82,6 +95,7 @@ void CommandRunner::RecordRejected(MethodId id, const absl::Status& status) {
 }
 
 v1::ServerInfo CommandRunner::GetServerInfo() {
+  InFlightCalls::Scope in_flight(in_flight_);
   const auto start = std::chrono::steady_clock::now();
   v1::ServerInfo info = core_.GetServerInfo();
   Finish(MethodId::kGetServerInfo, "", absl::OkStatus(), start);
@@ -90,6 +104,7 @@ v1::ServerInfo CommandRunner::GetServerInfo() {
 
 absl::StatusOr<v1::OpenSessionResponse> CommandRunner::OpenSession(
     const v1::OpenSessionRequest& request, SessionBinding binding) {
+  InFlightCalls::Scope in_flight(in_flight_);
   const auto start = std::chrono::steady_clock::now();
   auto result = core_.OpenSession(request, binding);
   Finish(MethodId::kOpenSession, result.ok() ? result->session_id() : "", result.status(), start);
@@ -97,6 +112,7 @@ absl::StatusOr<v1::OpenSessionResponse> CommandRunner::OpenSession(
 }
 
 absl::Status CommandRunner::CloseSession(std::string_view session_id) {
+  InFlightCalls::Scope in_flight(in_flight_);
   const auto start = std::chrono::steady_clock::now();
   absl::Status status = core_.CloseSession(session_id);
   Finish(MethodId::kCloseSession, session_id, status, start);

@@ -13,21 +13,31 @@
 #include "attnd/v1/attnd.pb.h"
 #include "server/core/core.h"
 #include "server/front/command_table.h"
+#include "server/front/inflight_calls.h"
 #include "server/front/metrics.h"
 
 namespace attnd::server::front {
 
 class CommandRunner {
  public:
-  // `core` and `metrics` must outlive the runner.
-  CommandRunner(Core& core, Metrics& metrics);
+  // `core` and `metrics` must outlive the runner. `max_response_bytes` (0 = no limit) is the
+  // gRPC send limit (--max_message_bytes): a larger answer becomes RESOURCE_EXHAUSTED here, as
+  // the command's own status, instead of failing the write (which on the Session stream would
+  // end the stream and release the session).
+  CommandRunner(Core& core, Metrics& metrics, uint64_t max_response_bytes = 0);
 
   // One session command (see command_table.h).
   template <typename Request, typename Response>
   absl::StatusOr<Response> Execute(const SessionCommand<Request, Response>& command,
                                    std::string_view session_id, const Request& request) {
+    InFlightCalls::Scope in_flight(in_flight_);
     const auto start = std::chrono::steady_clock::now();
     absl::StatusOr<Response> result = (core_.*command.call)(session_id, request);
+    if (result.ok()) {
+      if (absl::Status size = CheckResponseSize(command.id, result->ByteSizeLong()); !size.ok()) {
+        result = size;
+      }
+    }
     Finish(command.id, session_id, result.status(), start);
     return result;
   }
@@ -36,6 +46,9 @@ class CommandRunner {
   absl::StatusOr<v1::OpenSessionResponse> OpenSession(const v1::OpenSessionRequest& request,
                                                       SessionBinding binding);
   absl::Status CloseSession(std::string_view session_id);
+
+  // Commands executing right now (graceful shutdown waits for them).
+  const InFlightCalls& in_flight() const { return in_flight_; }
 
   // Records a call refused before it reached the Core (e.g. missing session metadata).
   void RecordRejected(MethodId id, const absl::Status& status);
@@ -47,10 +60,13 @@ class CommandRunner {
                 v1::SessionResponse* response);
 
  private:
+  absl::Status CheckResponseSize(MethodId id, size_t bytes) const;
   void Finish(MethodId id, std::string_view session_id, const absl::Status& status,
               std::chrono::steady_clock::time_point start);
 
   Core& core_;
+  const uint64_t max_response_bytes_;
+  InFlightCalls in_flight_;
   std::array<MethodMetrics*, static_cast<size_t>(MethodId::kCount)> metrics_by_method_{};
 };
 

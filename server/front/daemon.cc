@@ -4,6 +4,8 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 
@@ -53,8 +55,10 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config
   daemon->core_ = *std::move(core);
   daemon->info_ = daemon->core_->GetServerInfo();
 
-  daemon->runner_ = std::make_unique<CommandRunner>(*daemon->core_, daemon->metrics_);
-  daemon->service_ = std::make_unique<AttndService>(*daemon->runner_, daemon->metrics_);
+  daemon->runner_ = std::make_unique<CommandRunner>(*daemon->core_, daemon->metrics_,
+                                                    config.max_message_bytes);
+  daemon->service_ = std::make_unique<AttndService>(*daemon->runner_, daemon->metrics_,
+                                                   daemon->streams_);
   if (daemon->authenticator_->enabled()) {
     daemon->service_->set_authenticator(daemon->authenticator_.get());
   }
@@ -138,8 +142,18 @@ void Daemon::Shutdown(absl::Duration drain) {
                absl::FormatDuration(drain));
   serving_state_.BeginShutdown();
   if (maintenance_ != nullptr) maintenance_->Stop();
+  // Engines keep their streams open between steps, and health watchers forever: waiting for
+  // them would always cost the whole deadline. So: end the streams (a busy one after its
+  // command), wait for the commands in flight, then stop the server with a short grace for
+  // answers still being written.
+  const absl::Time deadline = absl::Now() + drain;
+  streams_.CloseAll();
+  if (runner_ != nullptr && !runner_->in_flight().WaitUntilIdle(deadline)) {
+    spdlog::warn("drain deadline passed with {} command(s) still running; cancelling them",
+                 runner_->in_flight().count());
+  }
   if (server_ != nullptr) {
-    server_->Shutdown(absl::ToChronoTime(absl::Now() + drain));
+    server_->Shutdown(absl::ToChronoTime(std::min(deadline, absl::Now() + absl::Milliseconds(200))));
     server_->Wait();
   }
   if (core_ != nullptr) core_->CloseAll();

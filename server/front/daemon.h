@@ -21,6 +21,7 @@
 #include "server/front/maintenance_loop.h"
 #include "server/front/metrics.h"
 #include "server/front/serving_state.h"
+#include "server/front/stream_registry.h"
 
 namespace attnd::server::front {
 
@@ -35,9 +36,10 @@ class Daemon {
   Daemon(const Daemon&) = delete;
   Daemon& operator=(const Daemon&) = delete;
 
-  // Graceful stop: NOT_SERVING, stop accepting, let in-flight calls finish until `drain` runs
-  // out (then they are cancelled; stream sessions close as their streams end), Core::CloseAll,
-  // stop HTTP, remove the socket file. Idempotent.
+  // Graceful stop: NOT_SERVING; Session streams end (idle ones at once, busy ones after their
+  // current command; their sessions close); stop accepting and let in-flight unary calls finish
+  // until `drain` runs out (then they are cancelled); Core::CloseAll; stop HTTP; remove the
+  // socket file. Idempotent.
   void Shutdown(absl::Duration drain = absl::Seconds(10));
 
   Core& core() { return *core_; }
@@ -46,6 +48,8 @@ class Daemon {
   const ListenAddress& listen_address() const { return listen_address_; }
   int http_port() const { return http_ != nullptr ? http_->port() : 0; }
   int grpc_port() const { return grpc_port_; }  // TCP only; 0 for unix sockets
+  // Commands executing right now (unary and stream).
+  int64_t commands_in_flight() const { return runner_ != nullptr ? runner_->in_flight().count() : 0; }
 
  private:
   Daemon() = default;
@@ -53,6 +57,7 @@ class Daemon {
   std::unique_ptr<Core> core_;
   Metrics metrics_;
   ServingState serving_state_;
+  StreamRegistry streams_;
   std::unique_ptr<CommandRunner> runner_;
   std::unique_ptr<TokenAuthenticator> authenticator_;
   std::unique_ptr<AttndService> service_;

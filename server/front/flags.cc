@@ -3,6 +3,7 @@
 #include <cctype>
 #include <climits>
 #include <cstdlib>
+#include <mutex>
 #include <tuple>
 
 #include "absl/flags/flag.h"
@@ -47,7 +48,6 @@ ABSL_FLAG(std::string, socket_mode, "0660",
           "Env: ATTND_SOCKET_MODE.");
 ABSL_FLAG(int32_t, threads, 0,
           "Worker threads of the cpu backend; 0 = all cores. Env: ATTND_THREADS.");
-
 ABSL_FLAG(std::string, token_file, "",
           "File holding the bearer token every attnd.v1 call must carry as 'authorization: "
           "Bearer <token>' metadata (>= 16 printable bytes; trailing newline ignored). Unset: the "
@@ -196,19 +196,23 @@ absl::StatusOr<DaemonConfig> DaemonConfigFromFlags() {
 }
 
 absl::StatusOr<DaemonConfig> ParseDaemonFlags(int argc, char** argv) {
-  // --help lists the flags of this file (absl's default would look for a file named main).
-  absl::FlagsUsageConfig usage;
-  usage.contains_help_flags = [](absl::string_view file) {
-    return absl::EndsWith(file, "server/front/flags.cc");
-  };
-  usage.contains_helpshort_flags = usage.contains_help_flags;
-  usage.version_string = [] { return std::string("attnd ") + ATTND_VERSION + "\n"; };
-  absl::SetFlagsUsageConfig(usage);
-  absl::SetProgramUsageMessage(
-      "GPU attention-offload daemon (paged KV-cache pools + attention kernels over "
-      "gRPC).\n\nEvery flag below can also be set by an environment variable ATTND_<FLAG> "
-      "(e.g. ATTND_LISTEN=unix:///run/attnd.sock, ATTND_BACKEND=cpu); the command line wins.\n\n"
-      "Usage: attnd [--flag=value ...]");
+  // absl refuses a second SetProgramUsageMessage; configure usage once per process.
+  static std::once_flag usage_once;
+  std::call_once(usage_once, [] {
+    // --help lists the flags of this file (absl's default would look for a file named main).
+    absl::FlagsUsageConfig usage;
+    usage.contains_help_flags = [](absl::string_view file) {
+      return absl::EndsWith(file, "server/front/flags.cc");
+    };
+    usage.contains_helpshort_flags = usage.contains_help_flags;
+    usage.version_string = [] { return std::string("attnd ") + ATTND_VERSION + "\n"; };
+    absl::SetFlagsUsageConfig(usage);
+    absl::SetProgramUsageMessage(
+        "GPU attention-offload daemon (paged KV-cache pools + attention kernels over "
+        "gRPC).\n\nEvery flag below can also be set by an environment variable ATTND_<FLAG> "
+        "(e.g. ATTND_LISTEN=unix:///run/attnd.sock, ATTND_BACKEND=cpu); the command line wins.\n\n"
+        "Usage: attnd [--flag=value ...]");
+  });
   if (absl::Status env = ApplyEnvironmentToFlags(); !env.ok()) return env;
   std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
   if (positional.size() > 1) {

@@ -56,12 +56,16 @@ class StreamGauge {
 grpc::Status SessionStream::Serve(
     grpc::ServerContext& context,
     grpc::ServerReaderWriterInterface<v1::SessionResponse, v1::SessionRequest>& stream) {
+  const grpc::Status shutting_down(grpc::StatusCode::UNAVAILABLE, "attnd is shutting down");
+  const std::unique_ptr<StreamRegistry::Handle> registration = streams_.Register(&context);
+  if (registration == nullptr) return shutting_down;
   StreamGauge gauge(metrics_);
   v1::SessionRequest request;
   if (!stream.Read(&request)) {
     // The client closed (or vanished) before sending anything: no session was opened.
-    return grpc::Status::OK;
+    return registration->closing() ? shutting_down : grpc::Status::OK;
   }
+  if (!registration->BeginCommand()) return shutting_down;
   if (request.command_case() != v1::SessionRequest::kOpen) {
     const absl::Status status = absl::FailedPreconditionError(absl::StrCat(
         "the Session stream's first message must be `open`; got `", CommandFieldName(request),
@@ -80,12 +84,16 @@ grpc::Status SessionStream::Serve(
   response.set_request_id(request.request_id());
   *response.mutable_open() = *std::move(opened);
   if (!stream.Write(response)) return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
+  if (!registration->EndCommand()) return shutting_down;
 
   while (stream.Read(&request)) {
+    if (!registration->BeginCommand()) break;
     response.Clear();
     runner_.Dispatch(session_id, request, &response);
-    if (!stream.Write(response)) break;
+    const bool written = stream.Write(response);
+    if (!registration->EndCommand() || !written) break;
   }
+  if (registration->closing()) return shutting_down;
   if (context.IsCancelled()) {
     return grpc::Status(grpc::StatusCode::CANCELLED, "Session stream cancelled");
   }

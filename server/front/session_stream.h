@@ -12,17 +12,20 @@
 #include "attnd/v1/attnd.pb.h"
 #include "server/front/command_runner.h"
 #include "server/front/metrics.h"
+#include "server/front/stream_registry.h"
 
 namespace attnd::server::front {
 
 class SessionStream {
  public:
-  // `runner` and `metrics` must outlive this object.
-  SessionStream(CommandRunner& runner, Metrics& metrics) : runner_(runner), metrics_(metrics) {}
+  // `runner`, `metrics` and `streams` must outlive this object.
+  SessionStream(CommandRunner& runner, Metrics& metrics, StreamRegistry& streams)
+      : runner_(runner), metrics_(metrics), streams_(streams) {}
 
   // Serves one stream until it ends. Ends with FAILED_PRECONDITION when the first message is not
-  // `open` (naming what came instead), with the core's status when opening fails, else OK (or
-  // CANCELLED when the client went away).
+  // `open` (naming what came instead), with the core's status when opening fails, UNAVAILABLE
+  // when the daemon shuts down (StreamRegistry::CloseAll), else OK (or CANCELLED when the client
+  // went away).
   grpc::Status Serve(grpc::ServerContext& context,
                      grpc::ServerReaderWriterInterface<v1::SessionResponse, v1::SessionRequest>&
                          stream);
@@ -30,6 +33,7 @@ class SessionStream {
  private:
   CommandRunner& runner_;
   Metrics& metrics_;
+  StreamRegistry& streams_;
 };
 
 }  // namespace attnd::server::front

@@ -6,6 +6,8 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 #include <httplib.h>
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -40,6 +42,7 @@ class DaemonTest : public ::testing::Test {
     config.http_listen = "127.0.0.1:0";
     config.max_pool_bytes = 256ull << 20;
     config.socket_mode = 0600;
+    Configure(config);
     kernels::CpuBackendOptions cpu;
     cpu.num_threads = 1;
     auto backend = kernels::CreateCpuBackend(cpu);
@@ -57,6 +60,9 @@ class DaemonTest : public ::testing::Test {
     kv_dtype_ = info.kv_dtypes(0);
     page_size_ = info.page_sizes_size() > 0 ? info.page_sizes(0) : 16;
   }
+
+  // Derived fixtures adjust the daemon's configuration here.
+  virtual void Configure(DaemonConfig& config) {}
 
   void TearDown() override {
     stub_.reset();
@@ -415,6 +421,98 @@ TEST_F(DaemonTest, GrpcHealthWatchSeesNotServingOnShutdown) {
   EXPECT_TRUE(saw_not_serving);
 }
 
+// A stream command that is running when shutdown starts is answered; then the stream ends.
+TEST_F(DaemonTest, ShutdownDrainsARunningCommand) {
+  constexpr int kTokens = 512, kQoHeads = 8, kHeadDim = 128, kPageSize = 16;
+  constexpr int kPages = kTokens / kPageSize;
+  grpc::ClientContext ctx;
+  auto stream = stub_->Session(&ctx);
+  v1::SessionRequest req;
+  v1::SessionResponse resp;
+  auto roundtrip = [&](uint64_t id) {
+    req.set_request_id(id);
+    EXPECT_TRUE(stream->Write(req));
+    EXPECT_TRUE(stream->Read(&resp));
+    EXPECT_EQ(resp.request_id(), id);
+    EXPECT_EQ(resp.code(), 0) << resp.message();
+    req.Clear();
+  };
+  req.mutable_open()->set_client_name("drain");
+  roundtrip(1);
+  v1::CreatePoolRequest pool = PoolRequest("drain-pool", kPages);
+  pool.set_head_dim(kHeadDim);
+  pool.set_page_size(kPageSize);
+  pool.set_kv_dtype(v1::DTYPE_FLOAT32);
+  *req.mutable_create_pool() = pool;
+  roundtrip(2);
+  const std::string pool_id = resp.create_pool().pool().pool_id();
+  req.mutable_allocate_pages()->set_pool_id(pool_id);
+  req.mutable_allocate_pages()->set_count(kPages);
+  roundtrip(3);
+  const auto pages = resp.allocate_pages().page_ids();
+  v1::CreatePlanRequest* plan = req.mutable_create_plan();
+  plan->set_pool_id(pool_id);
+  plan->set_kind(v1::ATTENTION_KIND_PREFILL);
+  plan->set_num_qo_heads(kQoHeads);
+  plan->add_kv_indptr(0);
+  plan->add_kv_indptr(kPages);
+  for (int32_t page : pages) plan->add_kv_indices(page);
+  plan->add_kv_last_page_len(kPageSize);
+  plan->add_qo_indptr(0);
+  plan->add_qo_indptr(kTokens);
+  roundtrip(4);
+  const std::string plan_id = resp.create_plan().plan_id();
+
+  auto tensor = [](v1::Tensor* t, int heads) {
+    t->set_dtype(v1::DTYPE_FLOAT32);
+    t->add_shape(kTokens);
+    t->add_shape(heads);
+    t->add_shape(kHeadDim);
+    t->set_inline_data(std::string(size_t{4} * kTokens * heads * kHeadDim, '\0'));
+  };
+  v1::RunRequest* run = req.mutable_run();
+  run->set_plan_id(plan_id);
+  run->set_layer(0);
+  tensor(run->mutable_q(), kQoHeads);
+  tensor(run->mutable_k(), 1);
+  tensor(run->mutable_v(), 1);
+  run->mutable_options()->set_causal(true);
+  req.set_request_id(5);
+  ASSERT_TRUE(stream->Write(req));
+
+  // Start the shutdown only once the Run is executing.
+  const auto wait_until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (daemon_->commands_in_flight() == 0 && std::chrono::steady_clock::now() < wait_until) {
+    std::this_thread::yield();
+  }
+  const bool caught_running = daemon_->commands_in_flight() > 0;
+  std::thread stopper([this] { daemon_->Shutdown(absl::Seconds(30)); });
+  ASSERT_TRUE(stream->Read(&resp));
+  stopper.join();
+  EXPECT_EQ(resp.request_id(), 5u);
+  EXPECT_EQ(resp.code(), 0) << resp.message();
+  EXPECT_EQ(resp.run().o().inline_data().size(), size_t{4} * kTokens * kQoHeads * kHeadDim);
+  EXPECT_FALSE(stream->Read(&resp));
+  const grpc::Status end = stream->Finish();
+  EXPECT_EQ(end.error_code(), grpc::StatusCode::UNAVAILABLE) << end.error_message();
+  if (!caught_running) GTEST_SKIP() << "the Run finished before shutdown could start";
+}
+
+TEST_F(DaemonTest, OpenHealthWatchDoesNotHoldShutdown) {
+  auto health = Health::NewStub(channel_);
+  grpc::ClientContext ctx;
+  HealthCheckRequest req;
+  auto watch = health->Watch(&ctx, req);
+  HealthCheckResponse resp;
+  ASSERT_TRUE(watch->Read(&resp));
+  EXPECT_EQ(resp.status(), HealthCheckResponse::SERVING);
+  const auto start = std::chrono::steady_clock::now();
+  daemon_->Shutdown(absl::Seconds(10));
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(3));
+  ctx.TryCancel();
+  watch->Finish();
+}
+
 TEST_F(DaemonTest, HttpEndpointsAnswer) {
   httplib::Client http("127.0.0.1", daemon_->http_port());
   auto healthz = http.Get("/healthz");
@@ -455,13 +553,103 @@ TEST_F(DaemonTest, ShutdownClosesOpenStreamsAndRemovesTheSocket) {
   ASSERT_TRUE(stream->Read(&resp));
   ASSERT_EQ(resp.code(), 0);
 
+  // An idle stream does not hold the drain for its whole deadline.
   const auto start = std::chrono::steady_clock::now();
-  daemon_->Shutdown(absl::Milliseconds(300));
-  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
+  daemon_->Shutdown(absl::Seconds(10));
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(3));
   EXPECT_FALSE(stream->Read(&resp));
-  stream->Finish();
+  const grpc::Status finished = stream->Finish();
+  EXPECT_FALSE(finished.ok());
   EXPECT_NE(access(socket_path_.c_str(), F_OK), 0);
   EXPECT_EQ(daemon_->core().Stats().sessions, 0);
+}
+
+}  // namespace
+}  // namespace attnd::server::front
+
+namespace attnd::server::front {
+namespace {
+
+class SmallMessagesDaemonTest : public DaemonTest {
+ protected:
+  void Configure(DaemonConfig& config) override { config.max_message_bytes = 1 << 20; }
+};
+
+// An inline answer over --max_message_bytes is that command's RESOURCE_EXHAUSTED; the stream and
+// its session live on (a failed write would have ended both).
+TEST_F(SmallMessagesDaemonTest, OversizedInlineOutputFailsOnlyThatCommand) {
+  constexpr int kTokens = 384, kQoHeads = 8, kHeadDim = 128, kPageSize = 16;
+  constexpr int kPages = kTokens / kPageSize;
+  constexpr size_t kQBytes = size_t{4} * kTokens * kQoHeads * kHeadDim;  // 1.5 MiB
+  const std::string shm_name = "/attnd-front-test-" + std::to_string(getpid());
+  const int fd = shm_open(shm_name.c_str(), O_CREAT | O_RDWR | O_EXCL, 0600);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(ftruncate(fd, kQBytes), 0);
+  close(fd);
+
+  grpc::ClientContext ctx;
+  auto stream = stub_->Session(&ctx);
+  v1::SessionRequest req;
+  v1::SessionResponse resp;
+  auto roundtrip = [&](uint64_t id) {
+    req.set_request_id(id);
+    EXPECT_TRUE(stream->Write(req));
+    EXPECT_TRUE(stream->Read(&resp));
+    EXPECT_EQ(resp.request_id(), id);
+    req.Clear();
+    return resp.code();
+  };
+  req.mutable_open()->set_client_name("big-output");
+  ASSERT_EQ(roundtrip(1), 0);
+  v1::CreatePoolRequest pool = PoolRequest("big-output-pool", kPages);
+  pool.set_head_dim(kHeadDim);
+  pool.set_page_size(kPageSize);
+  pool.set_kv_dtype(v1::DTYPE_FLOAT32);
+  *req.mutable_create_pool() = pool;
+  ASSERT_EQ(roundtrip(2), 0) << resp.message();
+  const std::string pool_id = resp.create_pool().pool().pool_id();
+  req.mutable_allocate_pages()->set_pool_id(pool_id);
+  req.mutable_allocate_pages()->set_count(kPages);
+  ASSERT_EQ(roundtrip(3), 0) << resp.message();
+  const auto pages = resp.allocate_pages().page_ids();
+  v1::CreatePlanRequest* plan = req.mutable_create_plan();
+  plan->set_pool_id(pool_id);
+  plan->set_kind(v1::ATTENTION_KIND_PREFILL);
+  plan->set_num_qo_heads(kQoHeads);
+  plan->add_kv_indptr(0);
+  plan->add_kv_indptr(kPages);
+  for (int32_t page : pages) plan->add_kv_indices(page);
+  plan->add_kv_last_page_len(kPageSize);
+  plan->add_qo_indptr(0);
+  plan->add_qo_indptr(kTokens);
+  ASSERT_EQ(roundtrip(4), 0) << resp.message();
+  const std::string plan_id = resp.create_plan().plan_id();
+  req.mutable_register_buffer()->mutable_shared_memory()->set_name(shm_name);
+  req.mutable_register_buffer()->set_size_bytes(kQBytes);
+  const int registered = roundtrip(5);
+  shm_unlink(shm_name.c_str());
+  ASSERT_EQ(registered, 0) << resp.message();
+  const std::string buffer_id = resp.register_buffer().buffer_id();
+
+  v1::RunRequest* run = req.mutable_run();
+  run->set_plan_id(plan_id);
+  run->mutable_q()->set_dtype(v1::DTYPE_FLOAT32);
+  for (int dim : {kTokens, kQoHeads, kHeadDim}) run->mutable_q()->add_shape(dim);
+  run->mutable_q()->mutable_buffer()->set_buffer_id(buffer_id);
+  run->mutable_options()->set_causal(true);
+  EXPECT_EQ(roundtrip(6), static_cast<int>(grpc::StatusCode::RESOURCE_EXHAUSTED));
+  EXPECT_NE(resp.message().find("--max_message_bytes=1048576"), std::string::npos)
+      << resp.message();
+
+  // The stream and the session are alive.
+  req.mutable_describe_pool()->set_pool_id(pool_id);
+  EXPECT_EQ(roundtrip(7), 0) << resp.message();
+  EXPECT_EQ(resp.describe_pool().pool().free_pages(), 0);
+  stream->WritesDone();
+  EXPECT_TRUE(stream->Finish().ok());
+
+  const auto m = ScrapeMetrics();
+  EXPECT_EQ(m.Get("attnd_requests_total", {{"method", "Run"}, {"code", "RESOURCE_EXHAUSTED"}}), 1);
 }
 
 }  // namespace
