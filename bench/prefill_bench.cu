@@ -8,8 +8,9 @@
 // Output: a table, then one JSON object per line (prefix "JSON ").
 //
 // Usage: prefill_bench [--quick] [--wide]
-//   --quick: fewer repetitions; --wide: also time the experimental wide tile
-//   (ATTND_PREFILL_TILE=wide, see kernels/cuda/prefill/prefill_params.h).
+//   --quick: fewer repetitions; --wide: also time each head_dim 128 tile variant
+//   (ATTND_PREFILL_TILE=default|wide|wide3|wide64, see kernels/cuda/prefill/prefill_params.h); the
+//   first table ("auto") is the variant PreparePrefill picks with the variable unset.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -95,6 +96,7 @@ struct Workload {
   int kv_len;
   int num_kv_heads;
   bool paged;
+  bool pages_in_order = false;  // diagnostic: page table 0, 1, 2, ... instead of shuffled
 };
 
 constexpr int kHeads = 32;
@@ -117,7 +119,7 @@ void RunWorkload(const Workload& w, bool quick, const char* tile, std::vector<st
   std::mt19937 gen(42);
   std::vector<int32_t> perm(num_pages);
   std::iota(perm.begin(), perm.end(), 0);
-  std::shuffle(perm.begin(), perm.end(), gen);
+  if (!w.pages_in_order) std::shuffle(perm.begin(), perm.end(), gen);
   for (int b = 0; b <= B; ++b) kv_indptr[b] = w.paged ? b * pages_per_req : b * w.kv_len;
   for (int b = 0; b < B; ++b) last[b] = w.kv_len - (pages_per_req - 1) * kPageSize;
   indices = perm;
@@ -257,10 +259,20 @@ int main(int argc, char** argv) {
   }
   std::vector<std::string> json;
   unsetenv("ATTND_PREFILL_TILE");
-  for (const auto& w : ws) RunWorkload(w, quick, "default", json);
+  for (const auto& w : ws) RunWorkload(w, quick, "auto", json);
+  // Diagnostic: the same paged shapes with the pages in order (isolates the cost of scattered
+  // pages in the memory system, TLB and DRAM, from the kernel's own paged-address work).
+  for (int hkv : {32, 8}) {
+    RunWorkload({"[pages in order] B1 L16384", 1, 16384, 16384, hkv, true, true}, quick, "auto",
+                json);
+    RunWorkload({"[pages in order] B16 L1024", 16, 1024, 1024, hkv, true, true}, quick, "auto",
+                json);
+  }
   if (wide) {
-    setenv("ATTND_PREFILL_TILE", "wide", 1);
-    for (const auto& w : ws) RunWorkload(w, quick, "wide", json);
+    for (const char* variant : {"default", "wide", "wide3", "wide64"}) {
+      setenv("ATTND_PREFILL_TILE", variant, 1);
+      for (const auto& w : ws) RunWorkload(w, quick, variant, json);
+    }
     unsetenv("ATTND_PREFILL_TILE");
   }
   for (const auto& j : json) std::printf("JSON %s\n", j.c_str());

@@ -9,7 +9,8 @@
 // Long cases check a sample of rows: each sampled causal row at position p is recomputed by the
 // reference as a one-row request over the first p+1 keys (same result for a causal row).
 //
-// Also reruns the head_dim 128 cases with the experimental wide tile (ATTND_PREFILL_TILE=wide).
+// Also reruns the smaller head_dim 128 cases with each tile variant (ATTND_PREFILL_TILE=default,
+// wide, wide3, wide64).
 // Usage: prefill_test [--small] [--verbose] [--seed=N]     (exit status 0 = all passed)
 #include <cuda_runtime.h>
 
@@ -445,14 +446,17 @@ int main(int argc, char** argv) {
   const std::vector<Case> cases = BuildCases(rng, flags.small);
   unsetenv("ATTND_PREFILL_TILE");
   for (const Case& c : cases) RunCase(c, rng, table);
-  // The experimental wide tile (head_dim 128; see prefill_params.h) on the smaller cases.
-  setenv("ATTND_PREFILL_TILE", "wide", 1);
-  for (Case c : cases) {
-    int64_t keys = 0;
-    for (const auto& l : c.lens) keys += l.second;
-    if (c.head_dim != 128 || c.sample_rows > 0 || keys > 5000) continue;
-    c.name += " [wide]";
-    RunCase(c, rng, table);
+  // The other head_dim 128 tile variants (see prefill_params.h) on the smaller cases; the
+  // default variant ran above (and is named again here, so whichever is the default, all run).
+  for (const char* variant : {"default", "wide", "wide3", "wide64"}) {
+    setenv("ATTND_PREFILL_TILE", variant, 1);
+    for (Case c : cases) {
+      int64_t keys = 0;
+      for (const auto& l : c.lens) keys += l.second;
+      if (c.head_dim != 128 || c.sample_rows > 0 || keys > 5000) continue;
+      c.name += std::string(" [") + variant + "]";
+      RunCase(c, rng, table);
+    }
   }
   unsetenv("ATTND_PREFILL_TILE");
   table.Print(stdout);

@@ -119,11 +119,16 @@ absl::StatusOr<PrefillWorkPtr> PreparePrefill(std::span<const int32_t> qo_indptr
         absl::StrCat("prefill: head_dim ", head_dim, " is not compiled (ATTND_CUDA_HEAD_DIMS)"));
   }
   const int64_t group = num_qo_heads / num_kv_heads;
-  // Tile variant (see prefill_params.h); experiments only, the default needs no setting.
-  prefill::TileVariant variant = prefill::TileVariant::kDefault;
-  if (const char* env = std::getenv("ATTND_PREFILL_TILE"); env != nullptr &&
-      std::string_view(env) == "wide" && prefill::IsWide(head_dim, prefill::TileVariant::kWide)) {
-    variant = prefill::TileVariant::kWide;
+  // Tile variant (see prefill_params.h): kDefaultVariant128 for head_dim 128; the environment
+  // variable ATTND_PREFILL_TILE (default | wide | wide64) overrides it for experiments.
+  prefill::TileVariant variant =
+      head_dim == 128 ? prefill::kDefaultVariant128 : prefill::TileVariant::kDefault;
+  if (const char* env = std::getenv("ATTND_PREFILL_TILE"); env != nullptr && head_dim == 128) {
+    const std::string_view v(env);
+    if (v == "default") variant = prefill::TileVariant::kDefault;
+    if (v == "wide") variant = prefill::TileVariant::kWide;
+    if (v == "wide64") variant = prefill::TileVariant::kWide64;
+    if (v == "wide3") variant = prefill::TileVariant::kWide3;
   }
   const int64_t cta_rows = prefill::CtaRows(head_dim, variant);
 
@@ -257,6 +262,14 @@ cudaError_t Dispatch(int32_t head_dim, DType dtype, prefill::TileVariant variant
       if (variant == TileVariant::kWide) {
         return bf16 ? LaunchPrefill<128, __nv_bfloat16, kPaged, TileVariant::kWide>(p, stream)
                     : LaunchPrefill<128, __half, kPaged, TileVariant::kWide>(p, stream);
+      }
+      if (variant == TileVariant::kWide3) {
+        return bf16 ? LaunchPrefill<128, __nv_bfloat16, kPaged, TileVariant::kWide3>(p, stream)
+                    : LaunchPrefill<128, __half, kPaged, TileVariant::kWide3>(p, stream);
+      }
+      if (variant == TileVariant::kWide64) {
+        return bf16 ? LaunchPrefill<128, __nv_bfloat16, kPaged, TileVariant::kWide64>(p, stream)
+                    : LaunchPrefill<128, __half, kPaged, TileVariant::kWide64>(p, stream);
       }
       return bf16 ? LaunchPrefill<128, __nv_bfloat16, kPaged>(p, stream)
                   : LaunchPrefill<128, __half, kPaged>(p, stream);

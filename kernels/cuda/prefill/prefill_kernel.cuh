@@ -7,6 +7,7 @@
 // ldmatrix phase and every 16-byte cp.async store of a warp hit distinct bank groups):
 //   q_smem  [kCtaRows][D]                          (reused to stage O before the global store)
 //   kv_smem [kStages][2][kTileKv][D]               (index 0 = K, 1 = V)
+//   row_off [kStages][kTileKv] int64               (paged: K/V row offsets of upcoming tiles)
 //
 // MMA fragment layouts (PTX ISA, mma.m16n8k16 .row.col; lane = 4 * g + t, g = lane / 4,
 // t = lane % 4; each 32-bit A/B register holds 2 consecutive-k elements):
@@ -42,9 +43,12 @@ struct PrefillConfig {
   static constexpr int kCtaRows = CtaRows(kHeadDim, kVariant);
   static constexpr int kTileKv = TileKv(kHeadDim, kVariant);
   static constexpr int kChunks = kHeadDim / 8;  // 16-byte chunks per row
-  static constexpr int kStages = prefill::kStages;
+  static constexpr int kStages = Stages(kHeadDim_, kVariant);
   static constexpr int kSmemElems = kCtaRows * kHeadDim + kStages * 2 * kTileKv * kHeadDim;
-  static constexpr int kSmemBytes = kSmemElems * static_cast<int>(sizeof(T));
+  // Paged only: the row offsets (int64 elements, page table applied) of the upcoming K/V
+  // tiles, [kStages][kTileKv], after the tiles.
+  static constexpr int kTableBytes = kStages * kTileKv * static_cast<int>(sizeof(int64_t));
+  static constexpr int kSmemBytes = kSmemElems * static_cast<int>(sizeof(T)) + kTableBytes;
   static_assert(kHeadDim % 64 == 0, "the swizzle needs at least 8 chunks per row");
   static_assert(kTileKv % 16 == 0);
   static_assert(kThreads % kChunks == 0 && kTileKv % (kThreads / kChunks) == 0);
@@ -189,10 +193,12 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   const int g = lane / 4;  // MMA group id: row within an 8-row half
   const int t4 = lane % 4;  // thread in group: column pair
 
-  // Grid: item-major, KV head fastest, so that heavy items (sorted first by the planner) start
-  // first on every head.
+  // Grid: item-major, KV head fastest, so that the planner's longest-first order holds over
+  // all heads (the grid's tail is made of the shortest tiles). KV-head-major (FA2's order, for
+  // L2 reuse) was measured worse (H200, 2026-11-21): B1 L4096 lost ~10% to the tail, as a
+  // list-scheduling simulation predicts (88% vs 99.5% efficiency with 64-row tiles).
   const int item = blockIdx.x / p.num_kv_heads;
-  const int kv_head = blockIdx.x % p.num_kv_heads;
+  const int kv_head = blockIdx.x - item * p.num_kv_heads;
   const PrefillItem it = p.items[item];
   const int b = it.request;
   const int group = p.group;
@@ -263,54 +269,57 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   // ---- K/V tile loader: thread -> (chunk, rows row0 + k * ROWS_PER_PASS) ----
   constexpr int ROWS_PER_PASS = THREADS / CPR;
   constexpr int PASSES = N / ROWS_PER_PASS;
+  static_assert(N <= THREADS, "one thread per row of the paged offset table");
   const int ld_chunk = tid % CPR;
   const int ld_row0 = tid / CPR;
   const T* k_g = static_cast<const T*>(p.k_base);
   const T* v_g = static_cast<const T*>(p.v_base);
   const int64_t head_off = static_cast<int64_t>(kv_head) * p.head_stride + ld_chunk * 8;
-
-  // Paged: the page ids of the rows this thread copies are read one tile ahead (into
-  // registers), so the dependent global load of the page table never stalls the copy issue.
-  // page_shift >= 0: page_size is a power of two (shift/mask instead of division).
-  auto page_slot = [&](int pos, int& page_idx, int& slot) {
-    if (p.page_shift >= 0) {
-      page_idx = pos >> p.page_shift;
-      slot = pos & (p.page_size - 1);
-    } else {
-      page_idx = pos / p.page_size;
-      slot = pos - page_idx * p.page_size;
-    }
-  };
-  int next_pages[kPaged ? PASSES : 1];
-  auto fetch_pages = [&](int tile_start) {
+  // Paged: the page table is applied once per row, not once per (row, thread): thread r < N
+  // turns row r of a tile into an element offset (page * page_stride + slot * token_stride) in
+  // the smem table row_off[tile % S][r] one iteration before the tile's copies are issued, from
+  // a page id it read from global memory one iteration before that (so neither the dependent
+  // page-table load nor its arithmetic stalls the copy issue). All threads then read their
+  // rows' offsets from the table (a broadcast LDS.64 per row).
+  constexpr int S = Cfg::kStages;
+  int64_t* row_off = reinterpret_cast<int64_t*>(kv_smem + S * 2 * N * D);
+  int next_page = 0;  // page id of row tid of the tile whose offsets are written next
+  auto fetch_page = [&](int tile_start) {
     if constexpr (kPaged) {
-#pragma unroll
-      for (int ps = 0; ps < PASSES; ++ps) {
-        const int pos = tile_start + ld_row0 + ps * ROWS_PER_PASS;
-        int page_idx, slot;
-        page_slot(pos, page_idx, slot);
-        next_pages[ps] = pos < kv_end ? __ldg(p.kv_indices + kv_row_begin + page_idx) : 0;
+      const int pos = tile_start + tid;
+      if (tid < N && pos < kv_end) {
+        const int page_idx = p.page_shift >= 0 ? (pos >> p.page_shift) : pos / p.page_size;
+        next_page = __ldg(p.kv_indices + kv_row_begin + page_idx);
       }
     }
   };
-  // Issues the copies of one K/V tile (rows at or past kv_end are zero-filled). Paged: uses the
-  // page ids that fetch_pages(tile_start) left in next_pages.
-  auto load_tile = [&](int stage, int tile_start) {
+  auto write_offsets = [&](int slot_idx, int tile_start) {
+    if constexpr (kPaged) {
+      const int pos = tile_start + tid;
+      if (tid < N) {
+        const int slot =
+            p.page_shift >= 0 ? (pos & (p.page_size - 1)) : pos - (pos / p.page_size) * p.page_size;
+        row_off[slot_idx * N + tid] = static_cast<int64_t>(next_page) * p.page_stride +
+                                      static_cast<int64_t>(slot) * p.token_stride;
+      }
+    }
+  };
+  // Issues the copies of one K/V tile (rows at or past kv_end are zero-filled). Paged: reads
+  // the offsets from row_off[table_idx] (written and made visible by a barrier before).
+  auto load_tile = [&](int stage, int table_idx, int tile_start) {
     T* ks = kv_smem + stage * 2 * N * D;
     T* vs = ks + N * D;
+    const int64_t ragged_base =
+        static_cast<int64_t>(kv_row_begin + tile_start) * p.token_stride + head_off;
 #pragma unroll
     for (int ps = 0; ps < PASSES; ++ps) {
       const int row = ld_row0 + ps * ROWS_PER_PASS;
-      const int pos = tile_start + row;
-      const bool valid = pos < kv_end;
-      int64_t off = head_off;
+      const bool valid = tile_start + row < kv_end;
+      int64_t off;
       if constexpr (kPaged) {
-        int page_idx, slot;
-        page_slot(pos, page_idx, slot);
-        off += static_cast<int64_t>(next_pages[ps]) * p.page_stride +
-               static_cast<int64_t>(slot) * p.token_stride;
+        off = row_off[table_idx * N + row] + head_off;
       } else {
-        off += static_cast<int64_t>(kv_row_begin + pos) * p.token_stride;
+        off = ragged_base + static_cast<int64_t>(row) * p.token_stride;
       }
       if (!valid) off = 0;
       const int s = Swz<D>(row, ld_chunk);
@@ -324,7 +333,7 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   // packed_start + r; rows past packed_end are computed on zeros and never stored).
   const int my_packed0 = packed_start + warp * Cfg::kWarpRows + g;
   float o_acc[MQ][D / 8][4];
-  float m_run[MQ][2];
+  float m_run[MQ][2];  // running max, log2 domain (scaled logits)
   float d_run[MQ][2];
 #pragma unroll
   for (int mq = 0; mq < MQ; ++mq) {
@@ -337,28 +346,57 @@ __global__ void __launch_bounds__(Cfg::kThreads)
     d_run[mq][0] = d_run[mq][1] = 0.f;
   }
 
+  // Pipeline (S = kStages stages, one barrier per tile): the prologue issues tiles 0..S-2 (one
+  // commit group each, Q in the first). Iteration j waits for tile j (all but the newest S-2
+  // groups), then (barrier) issues the copies of tile j + S - 1 into stage (j - 1) % S (free:
+  // every warp has finished tile j - 1), writes the paged offsets of tile j + S into table slot
+  // j % S (tile j's, read when tile j was issued), reads the page ids of tile j + S + 1, and
+  // computes tile j while the next S - 1 tiles are in flight.
   const int num_tiles = kv_end > kv_begin ? (kv_end - kv_begin + N - 1) / N : 0;
-  if (num_tiles > 0) {
-    fetch_pages(kv_begin);
-    load_tile(0, kv_begin);
-    if (num_tiles > 1) fetch_pages(kv_begin + N);
+  if constexpr (kPaged) {
+    // Tiles 0..S-1: the page-id loads are independent (one round trip), then the offsets.
+    int first_pages[S];
+#pragma unroll
+    for (int i = 0; i < S; ++i) {
+      next_page = 0;
+      if (i < num_tiles) fetch_page(kv_begin + i * N);
+      first_pages[i] = next_page;
+    }
+#pragma unroll
+    for (int i = 0; i < S; ++i) {
+      next_page = first_pages[i];
+      if (i < num_tiles) write_offsets(i, kv_begin + i * N);
+    }
+    if (S < num_tiles) fetch_page(kv_begin + S * N);
+    __syncthreads();
   }
-  CpAsyncCommit();
+#pragma unroll
+  for (int i = 0; i < S - 1; ++i) {
+    if (i < num_tiles) load_tile(i, i, kv_begin + i * N);
+    CpAsyncCommit();
+  }
 
   const int qpos_lo = delta + q_lo;
   const int qpos_hi = delta + q_hi;
   const uint32_t q_base = SmemAddr(q_smem);
+  // Logits to the log2 domain: p = 2^(s * logit_scale - m) with s raw (no soft cap) or already
+  // capped and scaled (soft cap), so that the scale folds into the exponent's FFMA.
+  const float logit_scale = p.soft_cap > 0.f ? 1.f : p.sm_scale_log2;
 
+  int stage = 0;  // tile % S
   for (int tile = 0; tile < num_tiles; ++tile) {
-    const int stage = tile & 1;
     const int t0 = kv_begin + tile * N;
-    if (tile + 1 < num_tiles) {
-      load_tile(stage ^ 1, t0 + N);
-      if (tile + 2 < num_tiles) fetch_pages(t0 + 2 * N);
-    }
+    CpAsyncWait<S - 2>();  // Q and tile `tile` (this thread's copies)
+    __syncthreads();       // everyone's copies; stage (tile - 1) % S and table slot `stage` free
+    const int ahead = stage == 0 ? S - 1 : stage - 1;  // (tile + S - 1) % S
+    if (tile + S - 1 < num_tiles) load_tile(ahead, ahead, t0 + (S - 1) * N);
     CpAsyncCommit();
-    CpAsyncWait<1>();  // everything but the prefetch just issued: Q and this tile
-    __syncthreads();
+    if constexpr (kPaged) {
+      if (tile + S < num_tiles) {
+        write_offsets(stage, t0 + S * N);
+        if (tile + S + 1 < num_tiles) fetch_page(t0 + (S + 1) * N);
+      }
+    }
 
     T* ks = kv_smem + stage * 2 * N * D;
     T* vs = ks + N * D;
@@ -389,7 +427,10 @@ __global__ void __launch_bounds__(Cfg::kThreads)
 
     const uint32_t ks_addr = SmemAddr(ks);
     const uint32_t vs_addr = SmemAddr(vs);
-#pragma unroll
+    // D = 128 with 32 rows per warp sits at the 255-register cap: a k loop unrolled only by 2
+    // keeps ptxas from hoisting every Q/K fragment (spills 144 -> 16 bytes for wide64).
+    constexpr int kKkUnroll = (D == 128 && MQ == 2) ? 2 : D / 16;
+#pragma unroll kKkUnroll
     for (int kk = 0; kk < D / 16; ++kk) {
       uint32_t a[MQ][4];
 #pragma unroll
@@ -424,13 +465,6 @@ __global__ void __launch_bounds__(Cfg::kThreads)
 #pragma unroll
           for (int e = 0; e < 4; ++e)
             s[mq][j][e] = p.cap_log2 * tanhf(s[mq][j][e] * p.sm_scale_over_cap);
-    } else {
-#pragma unroll
-      for (int mq = 0; mq < MQ; ++mq)
-#pragma unroll
-        for (int j = 0; j < N / 8; ++j)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) s[mq][j][e] *= p.sm_scale_log2;
     }
     if (needs_mask) {
 #pragma unroll
@@ -455,35 +489,53 @@ __global__ void __launch_bounds__(Cfg::kThreads)
     }
 
     // ---- online softmax ----
+    float row_scale[MQ][2];
 #pragma unroll
     for (int mq = 0; mq < MQ; ++mq) {
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        float mx = m_run[mq][h];
+        float mx = -INFINITY;
 #pragma unroll
         for (int j = 0; j < N / 8; ++j) {
           mx = fmaxf(mx, fmaxf(s[mq][j][2 * h], s[mq][j][2 * h + 1]));
         }
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        // mx: max of the unscaled logits (logit_scale > 0, so scaling keeps the order).
+        const float m_new = fmaxf(m_run[mq][h], mx * logit_scale);
         // All visible logits so far -inf (nothing visible yet): subtract 0 so no inf - inf.
-        const float base = (mx == -INFINITY) ? 0.f : mx;
+        const float base = (m_new == -INFINITY) ? 0.f : m_new;
         const float scale = FastExp2(m_run[mq][h] - base);
-        m_run[mq][h] = mx;
+        m_run[mq][h] = m_new;
         float sum = 0.f;
 #pragma unroll
         for (int j = 0; j < N / 8; ++j) {
-          const float p0 = FastExp2(s[mq][j][2 * h] - base);
-          const float p1 = FastExp2(s[mq][j][2 * h + 1] - base);
+          const float p0 = FastExp2(fmaf(s[mq][j][2 * h], logit_scale, -base));
+          const float p1 = FastExp2(fmaf(s[mq][j][2 * h + 1], logit_scale, -base));
           s[mq][j][2 * h] = p0;
           s[mq][j][2 * h + 1] = p1;
           sum += p0 + p1;
         }
         d_run[mq][h] = d_run[mq][h] * scale + sum;
+        row_scale[mq][h] = scale;
+      }
+    }
+    // Rescale O only when the running max of some row of the warp moved (scale is exactly 1
+    // otherwise: 2^0). Warp-uniform branch; on long causal rows most tiles keep the max, and the
+    // rescale is MQ * D / 2 FMULs per thread per tile (~10% of the loop's issue slots, SASS).
+    bool moved = false;
 #pragma unroll
-        for (int j = 0; j < D / 8; ++j) {
-          o_acc[mq][j][2 * h] *= scale;
-          o_acc[mq][j][2 * h + 1] *= scale;
+    for (int mq = 0; mq < MQ; ++mq) moved |= (row_scale[mq][0] != 1.f) | (row_scale[mq][1] != 1.f);
+    if (__any_sync(0xffffffffu, moved)) {
+#pragma unroll
+      for (int mq = 0; mq < MQ; ++mq) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+#pragma unroll
+          for (int j = 0; j < D / 8; ++j) {
+            o_acc[mq][j][2 * h] *= row_scale[mq][h];
+            o_acc[mq][j][2 * h + 1] *= row_scale[mq][h];
+          }
         }
       }
     }
@@ -514,7 +566,7 @@ __global__ void __launch_bounds__(Cfg::kThreads)
         }
       }
     }
-    __syncthreads();  // this stage is overwritten by the prefetch of the next iteration
+    stage = stage + 1 == S ? 0 : stage + 1;
   }
   CpAsyncWait<0>();
   __syncthreads();  // Q smem is reused below (also when no tile ran)

@@ -16,12 +16,15 @@ namespace attnd::kernels::cuda::prefill {
 // The KV loop walks TileKv(D) keys per step.
 constexpr int kWarps = 4;
 // Tile variants. kDefault: 16 rows per warp (MmaQ 1) for D >= 128, no register spills.
-// kWide (experimental, D = 128 only; other head dims fall back to kDefault): 32 rows per warp
-// and 32 keys per step, halving the shared-memory reads per MMA; at the 255-register cap it
-// spills a few bytes. Chosen per plan by PreparePrefill (environment ATTND_PREFILL_TILE=wide).
-enum class TileVariant : int { kDefault = 0, kWide = 1 };
+// kWide (D = 128 only; other head dims fall back to kDefault): 32 rows per warp and 32 keys per
+// step, halving the shared-memory reads per MMA; kWide3: the same with a 3-stage K/V pipeline.
+// kWide64 (D = 128 only): 32 rows per warp and 64 keys per step (the FA2 shape: 128-row CTA,
+// 128 x 64 tiles). Chosen per plan by PreparePrefill (environment
+// ATTND_PREFILL_TILE=default|wide|wide3|wide64 overrides kDefaultVariant128).
+enum class TileVariant : int { kDefault = 0, kWide = 1, kWide64 = 2, kWide3 = 3 };
 constexpr bool IsWide(int head_dim, TileVariant v) {
-  return v == TileVariant::kWide && head_dim == 128;
+  return (v == TileVariant::kWide || v == TileVariant::kWide64 || v == TileVariant::kWide3) &&
+         head_dim == 128;
 }
 constexpr int MmaQ(int head_dim, TileVariant v = TileVariant::kDefault) {
   return IsWide(head_dim, v) ? 2 : (head_dim <= 64 ? 2 : 1);
@@ -30,9 +33,17 @@ constexpr int CtaRows(int head_dim, TileVariant v = TileVariant::kDefault) {
   return kWarps * 16 * MmaQ(head_dim, v);
 }
 constexpr int TileKv(int head_dim, TileVariant v = TileVariant::kDefault) {
-  return IsWide(head_dim, v) ? 32 : (head_dim <= 128 ? 64 : 16);
+  return IsWide(head_dim, v) ? (v == TileVariant::kWide64 ? 64 : 32)
+                             : (head_dim <= 128 ? 64 : 16);
 }
-constexpr int kStages = 2;  // cp.async double buffering of the K/V tiles
+// K/V pipeline depth (cp.async stages).
+constexpr int Stages(int head_dim, TileVariant v = TileVariant::kDefault) {
+  return IsWide(head_dim, v) && v == TileVariant::kWide3 ? 3 : 2;
+}
+// The variant PreparePrefill picks for head_dim 128 when ATTND_PREFILL_TILE is unset
+// (H200, 2026-11-21, run 2 of NOTES.md: wide64 was the fastest on 18 of 20 bench rows and
+// within 1% on the other two).
+constexpr TileVariant kDefaultVariant128 = TileVariant::kWide64;
 
 // One work item: a request and the first packed row of its tile.
 struct PrefillItem {
