@@ -25,6 +25,7 @@ class FakeAttnd final : public v1::Attnd::Service {
   grpc::Status Session(
       grpc::ServerContext* context,
       grpc::ServerReaderWriter<v1::SessionResponse, v1::SessionRequest>* stream) override {
+    RecordAuthorization(context);
     v1::SessionRequest request;
     bool opened = false;
     while (stream->Read(&request)) {
@@ -85,8 +86,9 @@ class FakeAttnd final : public v1::Attnd::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status OpenSession(grpc::ServerContext*, const v1::OpenSessionRequest* request,
+  grpc::Status OpenSession(grpc::ServerContext* context, const v1::OpenSessionRequest* request,
                            v1::OpenSessionResponse* response) override {
+    RecordAuthorization(context);
     response->set_session_id("unary-session-7");
     response->set_lease_ms(request->lease_ms() == 0 ? 30000 : request->lease_ms());
     return grpc::Status::OK;
@@ -116,12 +118,22 @@ class FakeAttnd final : public v1::Attnd::Service {
     return grpc::Status::OK;
   }
 
+  void RecordAuthorization(grpc::ServerContext* context) {
+    auto it = context->client_metadata().find("authorization");
+    std::lock_guard<std::mutex> lock(mu);
+    authorization.push_back(it == context->client_metadata().end()
+                                ? "<none>"
+                                : std::string(it->second.data(), it->second.size()));
+  }
+
   static std::string SessionOf(grpc::ServerContext* context) {
     auto it = context->client_metadata().find(kSessionMetadataKey);
     if (it == context->client_metadata().end()) return "";
     return std::string(it->second.data(), it->second.size());
   }
 
+  std::mutex mu;
+  std::vector<std::string> authorization;  // per OpenSession / Session call
   std::vector<uint64_t> request_ids;
   std::string last_client_name;
   v1::CreatePlanRequest last_plan;
@@ -338,6 +350,30 @@ TEST_F(SessionTest, HealthCheckThroughTheGenericStub) {
   ASSERT_TRUE(service.ok()) << service.status();
   EXPECT_EQ(*service, HealthStatus::kNotServing);
   EXPECT_EQ(client_->CheckHealth("no.such.Service").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(SessionTest, TokenGoesIntoTheAuthorizationHeaderOfEveryKindOfCall) {
+  ClientOptions options = client_->options();
+  options.token = "0123456789abcdef";
+  auto with_token = Client::Create(options);
+  ASSERT_TRUE(with_token.ok()) << with_token.status();
+  ASSERT_TRUE((*with_token)->OpenSession().ok());
+  ASSERT_TRUE((*with_token)->OpenUnarySession().ok());
+  ASSERT_TRUE(client_->OpenSession().ok());  // the client without a token sends none
+  std::lock_guard<std::mutex> lock(service_.mu);
+  EXPECT_EQ(service_.authorization,
+            (std::vector<std::string>{"Bearer 0123456789abcdef", "Bearer 0123456789abcdef",
+                                      "<none>"}));
+}
+
+TEST(ClientTest, TlsOptionsAreChecked) {
+  ClientOptions options;
+  options.target = "localhost:1";
+  options.tls = true;
+  options.tls_client_cert_pem = "-----BEGIN CERTIFICATE-----";  // no key
+  EXPECT_EQ(Client::Create(options).status().code(), absl::StatusCode::kInvalidArgument);
+  options.tls_client_key_pem = "-----BEGIN PRIVATE KEY-----";
+  EXPECT_TRUE(Client::Create(options).ok());  // connects lazily
 }
 
 TEST(ClientTest, CreateValidatesOptionsAndFailsFastWithoutADaemon) {
