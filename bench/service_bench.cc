@@ -12,6 +12,7 @@
 // Prints a table and one JSON line per mode.
 #include <cuda_runtime.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -42,15 +43,21 @@ using Clock = std::chrono::steady_clock;
     if (e_ != cudaSuccess) {                                                              \
       std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr,                  \
                    cudaGetErrorString(e_));                                               \
-      std::exit(2);                                                                       \
+      Die();                                                                              \
     }                                                                                     \
   } while (0)
+
+pid_t g_daemon = -1;  // killed on a fatal error, so no orphan daemon keeps our pipes open
+[[noreturn]] void Die() {
+  if (g_daemon > 0) kill(g_daemon, SIGKILL);
+  std::exit(2);
+}
 
 template <typename T>
 T Must(absl::StatusOr<T> v, const char* what) {
   if (!v.ok()) {
     std::fprintf(stderr, "FATAL %s: %s\n", what, v.status().ToString().c_str());
-    std::exit(2);
+    Die();
   }
   return *std::move(v);
 }
@@ -106,12 +113,14 @@ int main(int argc, char** argv) {
   const std::string socket = std::string(mkdtemp(dir_template)) + "/attnd.sock";
   const pid_t daemon = fork();
   if (daemon == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);  // the daemon dies with this process
     const std::string listen = "--listen=unix://" + socket;
     execl(attnd_bin.c_str(), attnd_bin.c_str(), "--backend=cuda", listen.c_str(),
           "--http_listen=", "--log_level=warn", static_cast<char*>(nullptr));
     std::perror("exec attnd");
     _exit(127);
   }
+  g_daemon = daemon;
   for (int i = 0; i < 300 && access(socket.c_str(), F_OK) != 0; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }

@@ -18,6 +18,7 @@
 //   ipc_e2e_test [--attnd PATH]      (default: `attnd` next to this program, or $ATTND_BIN)
 #include <cuda_runtime.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -51,22 +52,28 @@ using attnd::client::Session;
     if (e_ != cudaSuccess) {                                                              \
       std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr,                  \
                    cudaGetErrorString(e_));                                               \
-      std::exit(2);                                                                       \
+      Die();                                                                              \
     }                                                                                     \
   } while (0)
+
+pid_t g_daemon = -1;  // killed on a fatal error, so no orphan daemon keeps our pipes open
+[[noreturn]] void Die() {
+  if (g_daemon > 0) kill(g_daemon, SIGKILL);
+  std::exit(2);
+}
 
 template <typename T>
 T Must(absl::StatusOr<T> v, const char* what) {
   if (!v.ok()) {
     std::fprintf(stderr, "FATAL %s: %s\n", what, v.status().ToString().c_str());
-    std::exit(2);
+    Die();
   }
   return *std::move(v);
 }
 void MustOk(const absl::Status& s, const char* what) {
   if (!s.ok()) {
     std::fprintf(stderr, "FATAL %s: %s\n", what, s.ToString().c_str());
-    std::exit(2);
+    Die();
   }
 }
 
@@ -183,7 +190,7 @@ int64_t CheckPoolContents(Engine& e, int layer, const std::vector<uint16_t>& hos
 }
 
 // The CPU reference of one layer over host copies; returns the relative L2 error of `got`.
-double ReferenceError(Engine& e, const std::vector<const Sequence*>& seqs, const int* qo_len,
+double ReferenceError(Engine& /*e*/, const std::vector<const Sequence*>& seqs, const int* qo_len,
                       bool causal, std::vector<uint16_t>& pool_layer, const uint16_t* q,
                       const uint16_t* got, int64_t rows, bool decode) {
   std::vector<int32_t> indptr{0}, indices, last, qo_indptr{0};
@@ -344,12 +351,14 @@ int main(int argc, char** argv) {
   // The daemon, a child process. Started before this process touches CUDA.
   const pid_t daemon = fork();
   if (daemon == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);  // the daemon dies with this process
     const std::string listen = "--listen=unix://" + socket;
     execl(attnd_bin.c_str(), attnd_bin.c_str(), "--backend=cuda", listen.c_str(),
           "--http_listen=", "--log_level=info", static_cast<char*>(nullptr));
     std::perror("exec attnd");
     _exit(127);
   }
+  g_daemon = daemon;
   for (int i = 0; i < 300 && access(socket.c_str(), F_OK) != 0; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
@@ -447,44 +456,68 @@ int main(int argc, char** argv) {
     Report("second session attaches to the pool", pool_b.pool_id() == e.pool.pool_id() &&
                                                       pool_b.attached_sessions() == 2,
            "attached_sessions=" + std::to_string(pool_b.attached_sessions()));
+    // Prefix sharing: B gets request 0's full pages (forked, read-only) plus one page of its
+    // own, appends one token there and decodes over prefix + token.
     Sequence& s0 = e.seqs[0];
-    const int n = (s0.kv_len + kPageSize - 1) / kPageSize;
-    std::vector<int32_t> pages(s0.pages.begin(), s0.pages.begin() + n);
-    Must(e.session->ForkPages(e.pool.pool_id(), pages, b->session_id()), "fork");
-    void *dq = nullptr, *dout = nullptr;
+    const int full = s0.kv_len / kPageSize;
+    std::vector<int32_t> prefix(s0.pages.begin(), s0.pages.begin() + full);
+    Must(e.session->ForkPages(e.pool.pool_id(), prefix, b->session_id()), "fork");
+    const int64_t free_before = FreePages(*e.session, e.pool.pool_id());
+    Sequence sb;
+    sb.pages = prefix;
+    sb.pages.push_back(Must(b->AllocatePages(e.pool.pool_id(), 1), "b allocate").page_ids[0]);
+    sb.kv_len = full * kPageSize + 1;
+    void *dq = nullptr, *dout = nullptr, *dk = nullptr, *dv = nullptr;
     CK(cudaMalloc(&dq, kQRowElems * 2));
     CK(cudaMalloc(&dout, kQRowElems * 2));
+    CK(cudaMalloc(&dk, kTokenElems * 2));
+    CK(cudaMalloc(&dv, kTokenElems * 2));
     auto bq = Must(RegisterDeviceBuffer(*b, dq, kQRowElems * 2), "b reg q");
     auto bo = Must(RegisterDeviceBuffer(*b, dout, kQRowElems * 2), "b reg o");
-    std::vector<uint16_t> q = RandomHalf(e.rng, kQRowElems);
-    CK(cudaMemcpy(dq, q.data(), q.size() * 2, cudaMemcpyHostToDevice));
-    v1::CreatePlanRequest pr = PlanFor(e, {&s0}, {1}, true);
-    auto plan = Must(b->CreatePlan(pr), "b plan");
+    auto bk = Must(RegisterDeviceBuffer(*b, dk, kTokenElems * 2), "b reg k");
+    auto bv = Must(RegisterDeviceBuffer(*b, dv, kTokenElems * 2), "b reg v");
+    auto plan = Must(b->CreatePlan(PlanFor(e, {&sb}, {1}, true)), "b plan");
     double worst = 0;
+    int64_t bad = 0;
     for (int l = 0; l < kLayers; ++l) {
+      std::vector<uint16_t> q = RandomHalf(e.rng, kQRowElems), k = RandomHalf(e.rng, kTokenElems),
+                            v = RandomHalf(e.rng, kTokenElems);
+      CK(cudaMemcpy(dq, q.data(), q.size() * 2, cudaMemcpyHostToDevice));
+      CK(cudaMemcpy(dk, k.data(), k.size() * 2, cudaMemcpyHostToDevice));
+      CK(cudaMemcpy(dv, v.data(), v.size() * 2, cudaMemcpyHostToDevice));
       v1::RunRequest run;
       run.set_plan_id(plan.plan_id());
       run.set_layer(l);
       *run.mutable_q() = Slice(bq, 0, {1, kQoHeads, kHeadDim});
+      *run.mutable_k() = Slice(bk, 0, {1, kKvHeads, kHeadDim});
+      *run.mutable_v() = Slice(bv, 0, {1, kKvHeads, kHeadDim});
       *run.mutable_o() = Slice(bo, 0, {1, kQoHeads, kHeadDim});
       Must(b->Run(run), "b run");
       std::vector<uint16_t> o(kQRowElems);
       CK(cudaMemcpy(o.data(), dout, o.size() * 2, cudaMemcpyDeviceToHost));
       std::vector<uint16_t> layer = PoolLayer(e, l);
+      const size_t at = sb.pages.back() * (e.pool.page_stride_bytes() / 2);
+      for (int i = 0; i < kTokenElems; ++i) {
+        bad += layer[at + i] != k[i];
+        bad += layer[at + e.pool.kv_stride_bytes() / 2 + i] != v[i];
+      }
       const int one = 1;
-      worst = std::max(worst, ReferenceError(e, {&s0}, &one, false, layer, q.data(), o.data(), 1,
+      worst = std::max(worst, ReferenceError(e, {&sb}, &one, false, layer, q.data(), o.data(), 1,
                                              true));
     }
-    char d[64];
-    std::snprintf(d, sizeof d, "max rel L2 err %.2e", worst);
-    Report("second session decodes over forked shared pages", worst < kTol, d);
-    const int64_t free_before = FreePages(*e.session, e.pool.pool_id());
+    char d[96];
+    std::snprintf(d, sizeof d, "max rel L2 err %.2e, %lld kv mismatches", worst,
+                  static_cast<long long>(bad));
+    Report("second session: own token appended after a forked shared prefix", worst < kTol && bad == 0, d);
     MustOk(b->Close(), "close b");
     const int64_t free_after = FreePages(*e.session, e.pool.pool_id());
-    Report("closing the second session keeps A's shared pages", free_after == free_before,
-           std::to_string(free_before) + " -> " + std::to_string(free_after));
+    Report("closing the second session frees only its own page", free_after == free_before,
+           std::to_string(free_before) + " (after fork) -> " + std::to_string(free_after));
+    // A's pages are intact: the next decode steps check every token of request 0 again.
     cudaFree(dq);
     cudaFree(dout);
+    cudaFree(dk);
+    cudaFree(dv);
   }
 
   // The killed client.
