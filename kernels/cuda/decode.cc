@@ -342,10 +342,12 @@ absl::Status RunPagedDecode(const DecodeWork& work, const PagedAttentionParams& 
   p.token_stride = kv.token_stride;
   p.head_stride = kv.head_stride;
   p.page_size = kv.page_size;
-  p.page_shift = -1;
-  if ((kv.page_size & (kv.page_size - 1)) == 0) {
-    p.page_shift = 0;
-    while ((1 << p.page_shift) < kv.page_size) ++p.page_shift;
+  {  // magic numbers for t / page_size (Granlund-Montgomery, round-up variant)
+    int s = 0;
+    while ((int64_t{1} << s) < kv.page_size) ++s;
+    const uint64_t d = static_cast<uint64_t>(kv.page_size);
+    p.page_div_m = static_cast<uint32_t>(((uint64_t{1} << 32) * ((uint64_t{1} << s) - d)) / d + 1);
+    p.page_div_s = s;
   }
   p.indptr = kv.indptr;
   p.indices = kv.indices;

@@ -135,7 +135,7 @@ __global__ void __launch_bounds__(DecodeTraits<D, TILE>::kThreads, DecodeTraits<
 #pragma unroll
     for (int i = 0; i < Tr::kLoadsPerThread; ++i) {
       const int t = start + it * TPS + tid / BDX + i * (NT / BDX);
-      pages[i] = t < end ? p.indices[page_begin + PageOfToken(t, p.page_size, p.page_shift)] : 0;
+      pages[i] = t < end ? p.indices[page_begin + PageOfToken(t, p.page_div_m, p.page_div_s)] : 0;
     }
   };
   auto load_stage = [&](int it, int slot) {
@@ -147,7 +147,7 @@ __global__ void __launch_bounds__(DecodeTraits<D, TILE>::kThreads, DecodeTraits<
       const T* src_k = kv;
       if (valid) {
         src_k = kv + static_cast<int64_t>(pages[i]) * p.page_stride +
-                static_cast<int64_t>(RowInPage(t, p.page_size, p.page_shift)) * p.token_stride + head_off + tx * 8;
+                static_cast<int64_t>(t - PageOfToken(t, p.page_div_m, p.page_div_s) * p.page_size) * p.token_stride + head_off + tx * 8;
       }
       const T* src_v = valid ? src_k + p.kv_stride : kv;
       T* dst_k = smem + ((slot * 2 + 0) * TPS + tok) * D + tx * 8;

@@ -147,7 +147,7 @@ __global__ void __launch_bounds__(TcDecodeTraits<D>::kThreads)
 #pragma unroll
     for (int i = 0; i < Tr::kLoadsPerThread; ++i) {
       const int t = start + it * TPS + (tid + i * NT) / CH;
-      pages[i] = t < end ? p.indices[page_begin + PageOfToken(t, p.page_size, p.page_shift)] : 0;
+      pages[i] = t < end ? p.indices[page_begin + PageOfToken(t, p.page_div_m, p.page_div_s)] : 0;
     }
   };
   auto load_stage = [&](int it, int slot) {
@@ -163,7 +163,7 @@ __global__ void __launch_bounds__(TcDecodeTraits<D>::kThreads)
       const T* src_k = kv;
       if (valid) {
         src_k = kv + static_cast<int64_t>(pages[i]) * p.page_stride +
-                static_cast<int64_t>(RowInPage(t, p.page_size, p.page_shift)) * p.token_stride + head_off + ch * 8;
+                static_cast<int64_t>(t - PageOfToken(t, p.page_div_m, p.page_div_s) * p.page_size) * p.token_stride + head_off + ch * 8;
       }
       const T* src_v = valid ? src_k + p.kv_stride : kv;
       CpAsync16(sk + SwzOffset<D>(tok, ch), src_k, valid);
@@ -287,8 +287,9 @@ __global__ void __launch_bounds__(TcDecodeTraits<D>::kThreads)
       Mma<T>::Run(s[0], qa[ks], kb[0], kb[1]);
       Mma<T>::Run(s[1], qa[ks], kb[2], kb[3]);
     }
-    // Scale (or soft cap), mask, row max.
+    // Scale (or soft cap), mask (only in a warp slice that reaches past the end), row max.
     float mx[2] = {m[0], m[1]};
+    const bool partial = stage_start + wtok + Tr::kTokensPerWarp > end;
 #pragma unroll
     for (int n = 0; n < 2; ++n) {
 #pragma unroll
@@ -299,8 +300,10 @@ __global__ void __launch_bounds__(TcDecodeTraits<D>::kThreads)
         } else {
           x *= p.q_scale;
         }
-        const int t = stage_start + wtok + n * 8 + gc * 2 + (e & 1);
-        x = t < end ? x : -INFINITY;
+        if (partial) {
+          const int t = stage_start + wtok + n * 8 + gc * 2 + (e & 1);
+          x = t < end ? x : -INFINITY;
+        }
         s[n][e] = x;
         mx[e / 2] = fmaxf(mx[e / 2], x);
       }
@@ -332,13 +335,17 @@ __global__ void __launch_bounds__(TcDecodeTraits<D>::kThreads)
       pa[2] = Mma<T>::Pack(pv[1][0], pv[1][1]);
       pa[3] = Mma<T>::Pack(pv[1][2], pv[1][3]);
     }
-    // O = O * scale + P V (16 tokens x D dims, two n-tiles per ldmatrix).
+    // O = O * scale + P V (16 tokens x D dims, two n-tiles per ldmatrix). Once the running max
+    // settles (most stages of a long chunk), no row of the warp changes it: skip the 4 * D / 8
+    // multiplies (a warp-uniform branch).
+    if (__any_sync(0xffffffffu, scale[0] != 1.f || scale[1] != 1.f)) {
 #pragma unroll
-    for (int n = 0; n < NTILES_D; ++n) {
-      o[n][0] *= scale[0];
-      o[n][1] *= scale[0];
-      o[n][2] *= scale[1];
-      o[n][3] *= scale[1];
+      for (int n = 0; n < NTILES_D; ++n) {
+        o[n][0] *= scale[0];
+        o[n][1] *= scale[0];
+        o[n][2] *= scale[1];
+        o[n][3] *= scale[1];
+      }
     }
 #pragma unroll
     for (int dp = 0; dp < NTILES_D / 2; ++dp) {

@@ -74,12 +74,11 @@ struct Vec8<__nv_bfloat16> {
 };
 
 // ---- paged KV: token -> (page slot in the request's page list, row in the page) ------------
-// page_shift >= 0 (power-of-two pages, the usual case) replaces the integer division.
-__device__ __forceinline__ int PageOfToken(int t, int page_size, int page_shift) {
-  return page_shift >= 0 ? (t >> page_shift) : t / page_size;
-}
-__device__ __forceinline__ int RowInPage(int t, int page_size, int page_shift) {
-  return page_shift >= 0 ? (t & (page_size - 1)) : t % page_size;
+// Division by the page size with the host's magic numbers (DecodeKernelParams::page_div_m/_s):
+// three integer instructions and no branch, for any page size. 0 <= t < 2^31.
+__device__ __forceinline__ int PageOfToken(int t, uint32_t div_m, int div_s) {
+  const uint32_t u = static_cast<uint32_t>(t);
+  return static_cast<int>((__umulhi(u, div_m) + u) >> div_s);
 }
 
 // ---- RoPE ------------------------------------------------------------------------------------

@@ -41,7 +41,10 @@ struct DecodeKernelParams {
   int64_t token_stride = 0;
   int64_t head_stride = 0;
   int32_t page_size = 0;
-  int32_t page_shift = -1;  // log2(page_size) when it is a power of two (shift/mask), else -1
+  // token -> page by multiply-shift (no division, no branch): page = (umulhi(t, m) + t) >> s,
+  // valid for 0 <= t < 2^31 and any page_size >= 1 (m, s from the host, decode.cc).
+  uint32_t page_div_m = 1;
+  int32_t page_div_s = 0;
   const int32_t* indptr = nullptr;
   const int32_t* indices = nullptr;
   const int32_t* last_page_len = nullptr;
