@@ -12,6 +12,8 @@ debian_packages=(
   python3 python3-venv python3-pip
   # scripts/lint.sh: shellcheck, promtool (Debian ships it in prometheus), systemd-analyze, curl
   shellcheck prometheus systemd curl
+  # scripts/test-reliability.sh: clang (ASan/UBSan build, libFuzzer), openssl (TLS tests)
+  clang libclang-rt-14-dev openssl
 )
 missing=()
 for p in "${debian_packages[@]}"; do

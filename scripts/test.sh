@@ -21,4 +21,7 @@ if [ -x scripts/lint.sh ]; then
   echo "== lint (deploy manifests, scripts)"
   ./scripts/lint.sh
 fi
+echo "== reliability: sanitizers, fuzzing, soak (scripts/test-reliability.sh)"
+BUILD_DIR="$build_dir" ./scripts/test-reliability.sh
+
 echo "test: all passed"
