@@ -7,7 +7,7 @@
 // ldmatrix phase and every 16-byte cp.async store of a warp hit distinct bank groups):
 //   q_smem  [kCtaRows][D]                          (reused to stage O before the global store)
 //   kv_smem [kStages][2][kTileKv][D]               (index 0 = K, 1 = V)
-//   row_off [kStages][kTileKv] int64               (paged: K/V row offsets of upcoming tiles)
+//   row_ptr [kStages][kTileKv] 64-bit addresses    (paged: K row starts of upcoming tiles)
 //
 // MMA fragment layouts (PTX ISA, mma.m16n8k16 .row.col; lane = 4 * g + t, g = lane / 4,
 // t = lane % 4; each 32-bit A/B register holds 2 consecutive-k elements):
@@ -45,9 +45,9 @@ struct PrefillConfig {
   static constexpr int kChunks = kHeadDim / 8;  // 16-byte chunks per row
   static constexpr int kStages = Stages(kHeadDim_, kVariant);
   static constexpr int kSmemElems = kCtaRows * kHeadDim + kStages * 2 * kTileKv * kHeadDim;
-  // Paged only: the row offsets (int64 elements, page table applied) of the upcoming K/V
-  // tiles, [kStages][kTileKv], after the tiles.
-  static constexpr int kTableBytes = kStages * kTileKv * static_cast<int>(sizeof(int64_t));
+  // Paged only: the K row addresses (page table applied) of the upcoming K/V tiles,
+  // [kStages][kTileKv], after the tiles.
+  static constexpr int kTableBytes = kStages * kTileKv * static_cast<int>(sizeof(void*));
   static constexpr int kSmemBytes = kSmemElems * static_cast<int>(sizeof(T)) + kTableBytes;
   static_assert(kHeadDim % 64 == 0, "the swizzle needs at least 8 chunks per row");
   static_assert(kTileKv % 16 == 0);
@@ -80,6 +80,14 @@ __device__ __forceinline__ void CpAsyncCommit() {
 template <int kPending>
 __device__ __forceinline__ void CpAsyncWait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+}
+
+// CTA barrier that may sit at different instructions in different warps (the non-.aligned
+// form; __syncthreads is barrier.sync.aligned, undefined unless every thread executes that same
+// instruction): the K/V loop's barriers are in two loops whose trip counts differ per warp.
+// Same memory ordering among the CTA's threads as __syncthreads.
+__device__ __forceinline__ void CtaBarrierDivergent() {
+  asm volatile("barrier.sync 0;\n" ::: "memory");
 }
 
 __device__ __forceinline__ void LdMatrixX4(uint32_t addr, uint32_t (&r)[4]) {
@@ -276,13 +284,17 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   const T* v_g = static_cast<const T*>(p.v_base);
   const int64_t head_off = static_cast<int64_t>(kv_head) * p.head_stride + ld_chunk * 8;
   // Paged: the page table is applied once per row, not once per (row, thread): thread r < N
-  // turns row r of a tile into an element offset (page * page_stride + slot * token_stride) in
-  // the smem table row_off[tile % S][r] one iteration before the tile's copies are issued, from
-  // a page id it read from global memory one iteration before that (so neither the dependent
+  // turns row r of a tile into the global address of its K row for this CTA's KV head
+  // (k_base + page * page_stride + slot * token_stride + kv_head * head_stride) in the smem
+  // table row_ptr[tile % S][r] one iteration before the tile's copies are issued, from a page
+  // id it read from global memory one iteration before that (so neither the dependent
   // page-table load nor its arithmetic stalls the copy issue). All threads then read their
-  // rows' offsets from the table (a broadcast LDS.64 per row).
+  // rows' addresses from the table (a broadcast LDS.64 per row) and add only their chunk; the
+  // V row is at a fixed distance (v_base - k_base). Rows past kv_end get k_base (never read:
+  // their copies are zero-fills).
   constexpr int S = Cfg::kStages;
-  int64_t* row_off = reinterpret_cast<int64_t*>(kv_smem + S * 2 * N * D);
+  const T** row_ptr = reinterpret_cast<const T**>(kv_smem + S * 2 * N * D);
+  const int64_t v_minus_k = static_cast<const T*>(p.v_base) - static_cast<const T*>(p.k_base);
   int next_page = 0;  // page id of row tid of the tile whose offsets are written next
   auto fetch_page = [&](int tile_start) {
     if constexpr (kPaged) {
@@ -299,13 +311,15 @@ __global__ void __launch_bounds__(Cfg::kThreads)
       if (tid < N) {
         const int slot =
             p.page_shift >= 0 ? (pos & (p.page_size - 1)) : pos - (pos / p.page_size) * p.page_size;
-        row_off[slot_idx * N + tid] = static_cast<int64_t>(next_page) * p.page_stride +
-                                      static_cast<int64_t>(slot) * p.token_stride;
+        const int64_t off = static_cast<int64_t>(next_page) * p.page_stride +
+                            static_cast<int64_t>(slot) * p.token_stride +
+                            static_cast<int64_t>(kv_head) * p.head_stride;
+        row_ptr[slot_idx * N + tid] = pos < kv_end ? k_g + off : k_g;
       }
     }
   };
   // Issues the copies of one K/V tile (rows at or past kv_end are zero-filled). Paged: reads
-  // the offsets from row_off[table_idx] (written and made visible by a barrier before).
+  // the row addresses from row_ptr[table_idx] (written and made visible by a barrier before).
   auto load_tile = [&](int stage, int table_idx, int tile_start) {
     T* ks = kv_smem + stage * 2 * N * D;
     T* vs = ks + N * D;
@@ -315,16 +329,17 @@ __global__ void __launch_bounds__(Cfg::kThreads)
     for (int ps = 0; ps < PASSES; ++ps) {
       const int row = ld_row0 + ps * ROWS_PER_PASS;
       const bool valid = tile_start + row < kv_end;
-      int64_t off;
-      if constexpr (kPaged) {
-        off = row_off[table_idx * N + row] + head_off;
-      } else {
-        off = ragged_base + static_cast<int64_t>(row) * p.token_stride;
-      }
-      if (!valid) off = 0;
       const int s = Swz<D>(row, ld_chunk);
-      CpAsync16(SmemAddr(ks + s), k_g + off, valid);
-      CpAsync16(SmemAddr(vs + s), v_g + off, valid);
+      if constexpr (kPaged) {
+        const T* k_src = row_ptr[table_idx * N + row] + ld_chunk * 8;
+        CpAsync16(SmemAddr(ks + s), k_src, valid);
+        CpAsync16(SmemAddr(vs + s), k_src + v_minus_k, valid);
+      } else {
+        int64_t off = ragged_base + static_cast<int64_t>(row) * p.token_stride;
+        if (!valid) off = 0;
+        CpAsync16(SmemAddr(ks + s), k_g + off, valid);
+        CpAsync16(SmemAddr(vs + s), v_g + off, valid);
+      }
     }
   };
 
@@ -378,16 +393,36 @@ __global__ void __launch_bounds__(Cfg::kThreads)
 
   const int qpos_lo = delta + q_lo;
   const int qpos_hi = delta + q_hi;
+  // Causal: a K/V tile past this warp's last query position contributes exactly nothing to
+  // its rows (p = 0, the max and the sums unchanged), so the warp skips its MMAs and softmax
+  // there and only takes part in the loads and barriers. Matters on the diagonal: with 128-row
+  // tiles and 64 keys per step, half of the last tile's warp work of every causal item.
+  // warp_tiles: the tiles this warp computes (one register; the loop's other state is at the
+  // register cap). Paged kernels only: in the ragged ones the split loop measured 5-10% slower
+  // (H200 run c, NOTES.md), so they keep one loop over all tiles.
+  int warp_tiles = num_tiles;
+  if (kPaged && p.causal) {
+    const int warp_pk_hi = min(packed_start + (warp + 1) * Cfg::kWarpRows, packed_end) - 1;
+    const int warp_qpos_hi = delta + warp_pk_hi / group;
+    warp_tiles = warp_qpos_hi < kv_begin ? 0 : min(num_tiles, (warp_qpos_hi - kv_begin) / N + 1);
+  }
   const uint32_t q_base = SmemAddr(q_smem);
   // Logits to the log2 domain: p = 2^(s * logit_scale - m) with s raw (no soft cap) or already
   // capped and scaled (soft cap), so that the scale folds into the exponent's FFMA.
   const float logit_scale = p.soft_cap > 0.f ? 1.f : p.sm_scale_log2;
 
   int stage = 0;  // tile % S
-  for (int tile = 0; tile < num_tiles; ++tile) {
-    const int t0 = kv_begin + tile * N;
+  // The part of an iteration every warp runs (copies, table, barriers, RoPE of K): the main
+  // loop below for the tiles this warp computes, then (paged) the tail loop for the rest. (Two
+  // loops, not a branch around the compute: the branch cost ptxas 60-90 bytes of spills.)
+  // The barrier: with the tail loop, warps reach it at different instructions.
+  auto barrier = [] {
+    if constexpr (kPaged) CtaBarrierDivergent();
+    else __syncthreads();
+  };
+  auto begin_tile = [&](int tile, int t0) {
     CpAsyncWait<S - 2>();  // Q and tile `tile` (this thread's copies)
-    __syncthreads();       // everyone's copies; stage (tile - 1) % S and table slot `stage` free
+    barrier();             // everyone's copies; stage (tile - 1) % S, table slot `stage` free
     const int ahead = stage == 0 ? S - 1 : stage - 1;  // (tile + S - 1) % S
     if (tile + S - 1 < num_tiles) load_tile(ahead, ahead, t0 + (S - 1) * N);
     CpAsyncCommit();
@@ -399,8 +434,6 @@ __global__ void __launch_bounds__(Cfg::kThreads)
     }
 
     T* ks = kv_smem + stage * 2 * N * D;
-    T* vs = ks + N * D;
-
     if (p.rope) {
       for (int idx = tid; idx < N * (CPR / 2); idx += THREADS) {
         const int r = idx / (CPR / 2);
@@ -413,9 +446,16 @@ __global__ void __launch_bounds__(Cfg::kThreads)
         *reinterpret_cast<uint4*>(ks + Swz<D>(r, c)) = lo;
         *reinterpret_cast<uint4*>(ks + Swz<D>(r, c + CPR / 2)) = hi;
       }
-      __syncthreads();
+      barrier();
     }
+  };
 
+  int tile = 0;
+  for (; tile < warp_tiles; ++tile) {
+    const int t0 = kv_begin + tile * N;
+    begin_tile(tile, t0);
+    T* ks = kv_smem + stage * 2 * N * D;
+    T* vs = ks + N * D;
     // ---- S = Q K^T  (per warp: [16*MQ] x [N]) ----
     float s[MQ][N / 8][4];
 #pragma unroll
@@ -567,6 +607,12 @@ __global__ void __launch_bounds__(Cfg::kThreads)
       }
     }
     stage = stage + 1 == S ? 0 : stage + 1;
+  }
+  if constexpr (kPaged) {
+    for (; tile < num_tiles; ++tile) {  // tiles past this warp's rows (causal): copies only
+      begin_tile(tile, kv_begin + tile * N);
+      stage = stage + 1 == S ? 0 : stage + 1;
+    }
   }
   CpAsyncWait<0>();
   __syncthreads();  // Q smem is reused below (also when no tile ran)

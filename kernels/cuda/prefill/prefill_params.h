@@ -41,8 +41,8 @@ constexpr int Stages(int head_dim, TileVariant v = TileVariant::kDefault) {
   return IsWide(head_dim, v) && v == TileVariant::kWide3 ? 3 : 2;
 }
 // The variant PreparePrefill picks for head_dim 128 when ATTND_PREFILL_TILE is unset
-// (H200, 2026-11-21, run 2 of NOTES.md: wide64 was the fastest on 18 of 20 bench rows and
-// within 1% on the other two).
+// (H200, 2026-11-21, runs b and d of NOTES.md: wide64 was the fastest or within noise on
+// every bench row).
 constexpr TileVariant kDefaultVariant128 = TileVariant::kWide64;
 
 // One work item: a request and the first packed row of its tile.
