@@ -245,6 +245,7 @@ __global__ void __launch_bounds__(DecodeTraits<D, TILE>::kThreads, DecodeTraits<
       m = m_new;
     }
   }
+  GridDependencyTrigger();  // the merge grid (split requests) may be scheduled now
   CpAsyncWait<0>();
   __syncthreads();  // the pipeline buffer is free for the merge scratch
 

@@ -19,6 +19,7 @@
 
 #include <cstdint>
 
+#include "kernel_utils.cuh"
 #include "launch_internal.h"
 
 namespace attnd::kernels::cuda::internal {
@@ -79,6 +80,9 @@ __global__ void __launch_bounds__(kMergeThreads)
   static_assert(kMergeThreads % kCols == 0 && kGroups >= 1, "head_dim 64..512, multiple of 4");
   __shared__ float scratch[kMergeWarps];
   __shared__ float4 part[kGroups > 1 ? kGroups - 1 : 1][kCols];
+  // Launched as a programmatic dependent of the decode kernel (see Launch below): this CTA may
+  // start before the decode grid has finished; wait here until its writes are visible.
+  GridDependencyWait();
 
   const int r = blockIdx.x;
   const int h = blockIdx.y;
@@ -142,16 +146,37 @@ __global__ void __launch_bounds__(kMergeThreads)
   }
 }
 
-template <typename T>
-cudaError_t LaunchForType(const MergeKernelParams& p, cudaStream_t stream) {
-  const dim3 grid(p.num_rows, p.num_heads);
-  switch (p.head_dim) {
-    case 64: DecodeMergeKernel<T, 64><<<grid, kMergeThreads, 0, stream>>>(p); break;
-    case 128: DecodeMergeKernel<T, 128><<<grid, kMergeThreads, 0, stream>>>(p); break;
-    case 256: DecodeMergeKernel<T, 256><<<grid, kMergeThreads, 0, stream>>>(p); break;
-    default: return cudaErrorInvalidValue;
+// Programmatic dependent launch (sm_90): the merge grid is launched while the decode grid is
+// still running (each decode CTA signals after its main loop), so its launch latency (a few us,
+// ~5-10% of a B=1 GQA decode) overlaps the decode tail; GridDependencyWait orders the reads.
+template <typename T, int D>
+cudaError_t LaunchPdl(const MergeKernelParams& p, cudaStream_t stream) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(p.num_rows, p.num_heads);
+  cfg.blockDim = dim3(kMergeThreads);
+  cfg.dynamicSmemBytes = 0;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  cudaError_t e = cudaLaunchKernelEx(&cfg, DecodeMergeKernel<T, D>, p);
+  if (e != cudaSuccess) {  // no PDL here: a plain launch (the wait is then a no-op)
+    (void)cudaGetLastError();
+    DecodeMergeKernel<T, D><<<cfg.gridDim, cfg.blockDim, 0, stream>>>(p);
   }
   return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t LaunchForType(const MergeKernelParams& p, cudaStream_t stream) {
+  switch (p.head_dim) {
+    case 64: return LaunchPdl<T, 64>(p, stream);
+    case 128: return LaunchPdl<T, 128>(p, stream);
+    case 256: return LaunchPdl<T, 256>(p, stream);
+    default: return cudaErrorInvalidValue;
+  }
 }
 
 }  // namespace

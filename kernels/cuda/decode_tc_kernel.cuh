@@ -357,6 +357,7 @@ __global__ void __launch_bounds__(TcDecodeTraits<D>::kThreads)
       Mma<T>::Run(o[2 * dp + 1], pa, vb[2], vb[3]);
     }
   }
+  GridDependencyTrigger();  // the merge grid (split requests) may be scheduled now
   CpAsyncWait<0>();
   __syncthreads();  // pipeline buffers free: reuse them as merge scratch
 

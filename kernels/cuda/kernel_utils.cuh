@@ -29,6 +29,21 @@ __device__ __forceinline__ void CpAsyncWait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
 }
 
+// ---- programmatic dependent launch (sm_90) ---------------------------------------------------
+// The decode kernels signal once their main loop is done (the split-KV merge grid may then be
+// scheduled); the merge kernel waits for the decode grid's completion and memory flush before
+// reading partial states. Both are no-ops when the launch has no programmatic dependency.
+__device__ __forceinline__ void GridDependencyTrigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void GridDependencyWait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+
 // ---- 8 x 16-bit <-> 8 floats --------------------------------------------------------------
 template <typename T>
 struct Vec8;
