@@ -3,7 +3,8 @@
 # in .gpu/: every GPU test (run_all.sh: vs the CPU reference, then compute-sanitizer memcheck),
 # the kernel benchmarks and the torch SDPA peers on the same shapes. Prints one table at the end.
 #   scripts/gpu-host-run.sh [tests|bench|all]      (default all)
-# Results go to $OUT (the device tool's folder): device.txt, gpu_tests.txt, bench.txt, peer.txt,
+# Results go to $OUT (the device tool's folder): device.txt, gpu_tests.txt, python_gpu.txt,
+# bench.txt, peer.txt,
 # and every log in logs.tgz (the device tool returns at most 8 files).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -36,9 +37,19 @@ if [ "$mode" = bench ] || [ "$mode" = all ]; then
   PYTHONUNBUFFERED=1 timeout 300 python3 bench/torch_sdpa_peer.py > "$out/peer.txt" 2>&1 || status=1
 fi
 
+if [ "$mode" = tests ] || [ "$mode" = all ]; then
+  # The Python client's torch zero-copy test, with the host's torch. The package travels
+  # pre-installed in .gpu-py/ (the GPU host has no grpcio-tools to generate the stubs).
+  if [ -d .gpu-py ]; then
+    PYTHONPATH="$PWD/.gpu-py" ATTND_BIN="$PWD/.gpu/bin/attnd" PYTHONUNBUFFERED=1 timeout 300 \
+      python3 -m pytest -q -p no:cacheprovider tests/python/gpu_torch_test.py > "$out/python_gpu.txt" 2>&1 \
+      || status=1
+  fi
+fi
+
 tar czf "$out/logs.tgz" -C "$work" . 2>/dev/null
 echo
-for f in gpu_tests.txt bench.txt peer.txt; do
+for f in gpu_tests.txt python_gpu.txt bench.txt peer.txt; do
   [ -f "$out/$f" ] && { echo "######## $f"; grep -vE '^\{' "$out/$f" | tail -60; }
 done
 exit $status
