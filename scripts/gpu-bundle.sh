@@ -2,7 +2,7 @@
 # Builds everything that runs on the GPU host (GPU tests, benchmarks, the daemon and the example
 # client) for sm_90a with the static CUDA runtime, and gathers it in .gpu/ (git-ignored):
 #   .gpu/bin/   executables        .gpu/lib/   their shared libraries (gRPC, protobuf, abseil, ...)
-# The device call carries .gpu/ and runs scripts/gpu-host-run.sh there.
+# The device call carries .gpu/ and .gpu-py/ and runs scripts/gpu-host-run.sh there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build_dir=${BUILD_DIR:-build-gpu}
@@ -19,4 +19,7 @@ strip --strip-debug .gpu/bin/* 2>/dev/null || true
 # Compressed: the device tool carries at most 64 MiB; gpu-host-run.sh unpacks it.
 tar -C .gpu -cf - bin lib | xz -T0 -6 > .gpu/bundle.tar.xz
 rm -rf .gpu/bin .gpu/lib
-du -sh .gpu
+# The Python client with its generated stubs, for tests/python/gpu_torch_test.py on the host.
+rm -rf .gpu-py
+.venv/bin/python -m pip install -q --no-deps --target .gpu-py ./client/python
+du -sh .gpu .gpu-py
