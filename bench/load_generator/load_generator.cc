@@ -116,7 +116,9 @@ void Worker(int index, ac::Client& client, const std::string& pool_name, absl::T
   int64_t errors = 0, steps = 0, backpressure = 0, disconnects = 0;
   std::vector<std::string> messages;
   auto fail = [&](const std::string& what, const absl::Status& s) {
-    if (absl::GetFlag(FLAGS_tolerate_disconnect) && IsDisconnect(s)) {
+    // Once the daemon went away, what follows (e.g. "the session stream is closed") is the
+    // same disconnect, not a new error.
+    if (absl::GetFlag(FLAGS_tolerate_disconnect) && (IsDisconnect(s) || disconnects > 0)) {
       ++disconnects;
       return;
     }
