@@ -8,10 +8,12 @@
 #include <cuda.h>
 #include <cuda_runtime.h>
 
+#include <chrono>
 #include <cstring>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -150,18 +152,27 @@ cudaStream_t Native(Stream* s) {
   return s != nullptr ? static_cast<cudaStream_t>(s->native()) : nullptr;
 }
 
-// A plan's page table in device memory ([indptr | indices | last_page_len | qo_indptr |
+// A plan's page table in device memory ([indptr | qo_indptr | indices | last_page_len |
 // rope_offsets], one allocation) plus the decode or prefill schedule.
+//
+// Plan memory is stream-ordered (cudaMallocAsync / cudaFreeAsync from the device's memory pool,
+// on the stream the plan was prepared on), so creating and deleting plans neither calls
+// cudaMalloc nor synchronises the device the way cudaFree does. Hence: a plan must be destroyed
+// before the stream it was prepared on, and runs on other streams must be complete (or ordered
+// before that stream's current work) when it is destroyed. attnd runs every plan on its
+// session's stream, which outlives the session's plans.
 class CudaPlan final : public PreparedPlan {
  public:
   explicit CudaPlan(PlanSpec spec) : PreparedPlan(std::move(spec)) {}
   ~CudaPlan() override {
-    if (block_ != nullptr) {
-      cudaSetDevice(device_);
-      cudaFree(block_);
-    }
+    cudaSetDevice(device_);
+    // The schedules free their own memory in the same stream order (decode.cc, prefill_api.cu).
+    decode.reset();
+    prefill.reset();
+    if (block_ != nullptr) cudaFreeAsync(block_, stream_);
   }
   int device_ = 0;
+  cudaStream_t stream_ = nullptr;  // the plan's memory is allocated and freed in its order
   void* block_ = nullptr;
   int32_t* d_indptr = nullptr;
   int32_t* d_indices = nullptr;
@@ -184,6 +195,9 @@ class CudaPlan final : public PreparedPlan {
 
 size_t Align256(size_t x) { return (x + 255) / 256 * 256; }
 
+// Freed plan memory the device's default memory pool keeps for reuse (release threshold).
+constexpr uint64_t kPlanMemoryKeptBytes = uint64_t{256} << 20;
+
 class CudaBackend final : public Backend {
  public:
   static absl::StatusOr<std::unique_ptr<Backend>> Create(const CudaBackendOptions& options) {
@@ -204,6 +218,19 @@ class CudaBackend final : public Backend {
     if (e != cudaSuccess) {
       return absl::UnavailableError(absl::StrCat("cannot initialise CUDA device ", options.device,
                                                  ": ", cudaGetErrorString(e)));
+    }
+    // Plan memory comes from the device's default memory pool (cudaMallocAsync); keep what plans
+    // free cached in the pool instead of returning it to the driver at every synchronisation,
+    // so steady-state plan creation never reaches the driver's allocator.
+    cudaMemPool_t mem_pool = nullptr;
+    if (cudaDeviceGetDefaultMemPool(&mem_pool, options.device) == cudaSuccess) {
+      uint64_t keep = kPlanMemoryKeptBytes;
+      if (cudaMemPoolSetAttribute(mem_pool, cudaMemPoolAttrReleaseThreshold, &keep) !=
+          cudaSuccess) {
+        cudaGetLastError();  // not fatal: the pool then returns memory at synchronisations
+      }
+    } else {
+      cudaGetLastError();
     }
     auto backend = std::unique_ptr<CudaBackend>(new CudaBackend(options.device));
     absl::Status s = backend->FillInfo();
@@ -330,11 +357,27 @@ class CudaBackend final : public Backend {
     return sticky_.Check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, Native(stream)),
                          "cudaMemcpyAsync to host");
   }
+  // A stream is waited for by polling it (cudaStreamQuery, yielding the CPU between polls):
+  // a SYNC reply then leaves within a poll (~1-2 us) of the work's end, whatever the context's
+  // scheduling flags (cudaDeviceScheduleBlockingSync would wake the thread by interrupt, tens
+  // of us later).
   absl::Status Synchronize(Stream* stream) override {
     if (auto s = Enter(); !s.ok()) return s;
-    return sticky_.Check(stream != nullptr ? cudaStreamSynchronize(Native(stream))
-                                           : cudaDeviceSynchronize(),
-                         "synchronize");
+    if (stream == nullptr) return sticky_.Check(cudaDeviceSynchronize(), "synchronize");
+    const cudaStream_t st = Native(stream);
+    // Long work (a big prefill) is waited for by cudaStreamSynchronize after kPollFor, so a
+    // waiting thread does not keep a core busy for long.
+    constexpr auto kPollFor = std::chrono::milliseconds(20);
+    const auto poll_until = std::chrono::steady_clock::now() + kPollFor;
+    cudaError_t e;
+    for (uint32_t polls = 1; (e = cudaStreamQuery(st)) == cudaErrorNotReady; ++polls) {
+      if (polls % 64 == 0 && std::chrono::steady_clock::now() > poll_until) {
+        e = cudaStreamSynchronize(st);
+        break;
+      }
+      std::this_thread::yield();
+    }
+    return sticky_.Check(e, "synchronize");
   }
 
   absl::StatusOr<std::unique_ptr<PreparedPlan>> Prepare(PlanSpec spec, Stream* stream) override {
@@ -361,27 +404,37 @@ class CudaBackend final : public Backend {
     const size_t b_last = Align256(batch * sizeof(int32_t));
     const size_t b_rope = Align256(batch * sizeof(int32_t));
     const size_t total = 2 * b_indptr + b_indices + b_last + b_rope;
-    if (auto s = sticky_.Check(cudaMalloc(&plan->block_, total), "plan page table"); !s.ok()) {
-      cudaGetLastError();
-      return s;
+    // Stream-ordered: memory freed by an earlier plan on this stream is reused without a
+    // cudaMalloc, and nothing waits for the device.
+    if (const cudaError_t e = cudaMallocAsync(&plan->block_, total, st); e != cudaSuccess) {
+      plan->block_ = nullptr;
+      if (!IsStickyCudaError(e)) cudaGetLastError();
+      return sticky_.Check(e, "plan page table (cudaMallocAsync)");
     }
+    plan->stream_ = st;
+    const size_t o_qo = b_indptr, o_indices = 2 * b_indptr, o_last = o_indices + b_indices,
+                 o_rope = o_last + b_last;
     char* base = static_cast<char*>(plan->block_);
     plan->d_indptr = reinterpret_cast<int32_t*>(base);
-    plan->d_qo_indptr = reinterpret_cast<int32_t*>(base + b_indptr);
-    plan->d_indices = reinterpret_cast<int32_t*>(base + 2 * b_indptr);
-    plan->d_last_page_len = reinterpret_cast<int32_t*>(base + 2 * b_indptr + b_indices);
-    plan->d_rope_offsets = reinterpret_cast<int32_t*>(base + 2 * b_indptr + b_indices + b_last);
-    // The sources live in the plan's spec (owned by the plan), so async copies are safe.
-    auto upload = [&](int32_t* dst, const std::vector<int32_t>& src) {
-      if (src.empty()) return cudaSuccess;
-      return cudaMemcpyAsync(dst, src.data(), src.size() * sizeof(int32_t),
-                             cudaMemcpyHostToDevice, st);
+    plan->d_qo_indptr = reinterpret_cast<int32_t*>(base + o_qo);
+    plan->d_indices = reinterpret_cast<int32_t*>(base + o_indices);
+    plan->d_last_page_len = reinterpret_cast<int32_t*>(base + o_last);
+    plan->d_rope_offsets = reinterpret_cast<int32_t*>(base + o_rope);
+    // One upload of the whole table (rope_offsets excluded: Attention writes them) from a host
+    // image with the device layout. Pageable source: cudaMemcpyAsync stages it before returning.
+    std::vector<char> image(o_rope, 0);
+    auto place = [&](size_t offset, const std::vector<int32_t>& src) {
+      if (!src.empty()) std::memcpy(image.data() + offset, src.data(), src.size() * sizeof(int32_t));
     };
-    for (auto [dst, src] : {std::pair{plan->d_indptr, &ps.kv_indptr},
-                            std::pair{plan->d_qo_indptr, &ps.qo_indptr},
-                            std::pair{plan->d_indices, &ps.kv_indices},
-                            std::pair{plan->d_last_page_len, &ps.kv_last_page_len}}) {
-      if (auto s = sticky_.Check(upload(dst, *src), "plan upload"); !s.ok()) return s;
+    place(0, ps.kv_indptr);
+    place(o_qo, ps.qo_indptr);
+    place(o_indices, ps.kv_indices);
+    place(o_last, ps.kv_last_page_len);
+    if (auto s = sticky_.Check(
+            cudaMemcpyAsync(base, image.data(), image.size(), cudaMemcpyHostToDevice, st),
+            "plan upload");
+        !s.ok()) {
+      return s;
     }
 
     if (ps.kind == AttentionKind::kDecode) {

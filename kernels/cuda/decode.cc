@@ -17,8 +17,11 @@ using internal::DecodeWorkItem;
 
 class DecodeWork {
  public:
+  // Stream-ordered free on the stream the work was prepared on (no device-wide sync, unlike
+  // cudaFree): that stream must still exist, and runs on other streams must be complete or
+  // ordered before the destruction.
   ~DecodeWork() {
-    if (device_block_ != nullptr) cudaFree(device_block_);
+    if (device_block_ != nullptr) cudaFreeAsync(device_block_, stream_);
   }
 
   int32_t batch = 0;
@@ -36,6 +39,7 @@ class DecodeWork {
 
   // One device allocation: items | chunk_indptr | partial_lse | partial_o (256-byte aligned).
   void* device_block_ = nullptr;
+  cudaStream_t stream_ = nullptr;  // the block was allocated (and is freed) in this stream's order
   const DecodeWorkItem* d_items = nullptr;
   const int32_t* d_chunk_indptr = nullptr;
   float* d_partial_lse = nullptr;
@@ -266,7 +270,13 @@ absl::StatusOr<DecodeWorkPtr> PrepareDecode(std::span<const int32_t> kv_len, int
   const size_t lse_bytes = AlignUp(rows * sizeof(float));
   const size_t o_bytes = AlignUp(rows * head_dim * sizeof(float));
   const size_t total = items_bytes + indptr_bytes + lse_bytes + o_bytes;
-  ATTND_RETURN_IF_CUDA_ERROR(cudaMalloc(&work->device_block_, total), "decode workspace");
+  // Stream-ordered allocation from the device's memory pool: no cudaMalloc per plan.
+  if (const cudaError_t e = cudaMallocAsync(&work->device_block_, total, stream);
+      e != cudaSuccess) {
+    work->device_block_ = nullptr;
+    return CudaStatus(e, "decode workspace");
+  }
+  work->stream_ = stream;
   char* base = static_cast<char*>(work->device_block_);
   work->d_items = reinterpret_cast<const DecodeWorkItem*>(base);
   work->d_chunk_indptr = reinterpret_cast<const int32_t*>(base + items_bytes);

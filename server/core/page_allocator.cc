@@ -4,10 +4,13 @@
 
 namespace attnd::server {
 
-int64_t PageLedger::total_references() const {
-  int64_t total = 0;
-  for (const auto& [page, count] : counts_) total += count;
-  return total;
+std::vector<std::pair<int32_t, int32_t>> PageLedger::counts() const {
+  std::vector<std::pair<int32_t, int32_t>> out;
+  out.reserve(static_cast<size_t>(distinct_));
+  for (size_t page = 0; page < counts_.size(); ++page) {
+    if (counts_[page] > 0) out.emplace_back(static_cast<int32_t>(page), counts_[page]);
+  }
+  return out;
 }
 
 PageAllocator::PageAllocator(int32_t num_pages)
@@ -31,7 +34,7 @@ absl::StatusOr<std::vector<int32_t>> PageAllocator::Allocate(int32_t count, Page
     const int32_t page = free_list_.back();
     free_list_.pop_back();
     refcounts_[page] = 1;
-    holder.counts_[page] += 1;
+    holder.Add(page);
     pages.push_back(page);
   }
   return pages;
@@ -51,38 +54,40 @@ absl::Status PageAllocator::AddReferences(absl::Span<const int32_t> pages, PageL
   }
   for (const int32_t page : pages) {
     refcounts_[page] += 1;
-    holder.counts_[page] += 1;
+    holder.Add(page);
   }
   return absl::OkStatus();
 }
 
 absl::Status PageAllocator::Release(absl::Span<const int32_t> pages, PageLedger& holder) {
-  // Count what is asked per page first, so a list that drops more references than are held
-  // changes nothing.
-  absl::flat_hash_map<int32_t, int32_t> wanted;
+  // Takes the references out of the ledger one by one; a page the holder does not hold often
+  // enough puts back the ones taken so far, so a failed call changes nothing.
+  int64_t emptied = 0;  // pages whose count reached 0
   for (size_t i = 0; i < pages.size(); ++i) {
     const int32_t page = pages[i];
-    const int32_t want = ++wanted[page];
-    if (want > holder.count(page)) {
+    if (holder.count(page) <= 0) {
+      for (size_t j = 0; j < i; ++j) holder.counts_[pages[j]] += 1;
+      int32_t want = 0;
+      for (size_t j = 0; j <= i; ++j) want += pages[j] == page ? 1 : 0;
       return absl::FailedPreconditionError(absl::StrCat(
-          "page_ids[", i, "]=", page, ": ", holder.count(page),
-          " reference(s) held, ", want, " would be released"));
+          "page_ids[", i, "]=", page, ": ", holder.count(page), " reference(s) held, ", want,
+          " would be released"));
     }
+    if (--holder.counts_[page] == 0) ++emptied;
   }
-  for (const auto& [page, count] : wanted) {
-    auto it = holder.counts_.find(page);
-    it->second -= count;
-    if (it->second == 0) holder.counts_.erase(it);
-    for (int32_t c = 0; c < count; ++c) DropOne(page);
-  }
+  holder.distinct_ -= emptied;
+  holder.total_ -= static_cast<int64_t>(pages.size());
+  for (const int32_t page : pages) DropOne(page);
   return absl::OkStatus();
 }
 
 void PageAllocator::ReleaseAll(PageLedger& holder) {
-  for (const auto& [page, count] : holder.counts_) {
-    for (int32_t c = 0; c < count; ++c) DropOne(page);
+  for (size_t page = 0; page < holder.counts_.size(); ++page) {
+    for (int32_t c = 0; c < holder.counts_[page]; ++c) DropOne(static_cast<int32_t>(page));
   }
   holder.counts_.clear();
+  holder.distinct_ = 0;
+  holder.total_ = 0;
 }
 
 void PageAllocator::DropOne(int32_t page) {

@@ -7,30 +7,39 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
-#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 
 namespace attnd::server {
 
-// The references one holder owns in one pool: page id -> count (> 0; pages at 0 are erased).
+// The references one holder owns in one pool: a count per page id, stored densely (indexed by
+// page id, grown on demand) so that pinning and unpinning a plan's thousands of pages costs an
+// array access per page instead of a hash-map operation.
 class PageLedger {
  public:
   int32_t count(int32_t page) const {
-    auto it = counts_.find(page);
-    return it == counts_.end() ? 0 : it->second;
+    return page >= 0 && static_cast<size_t>(page) < counts_.size() ? counts_[page] : 0;
   }
-  bool empty() const { return counts_.empty(); }
-  int64_t distinct_pages() const { return static_cast<int64_t>(counts_.size()); }
-  int64_t total_references() const;
-  const absl::flat_hash_map<int32_t, int32_t>& counts() const { return counts_; }
+  bool empty() const { return distinct_ == 0; }
+  int64_t distinct_pages() const { return distinct_; }
+  int64_t total_references() const { return total_; }
+  // (page, count) for every page with count > 0, in ascending page order. O(largest page id).
+  std::vector<std::pair<int32_t, int32_t>> counts() const;
 
  private:
   friend class PageAllocator;
-  absl::flat_hash_map<int32_t, int32_t> counts_;
+  void Add(int32_t page) {
+    if (static_cast<size_t>(page) >= counts_.size()) counts_.resize(static_cast<size_t>(page) + 1, 0);
+    if (counts_[page]++ == 0) ++distinct_;
+    ++total_;
+  }
+  std::vector<int32_t> counts_;  // [largest page id seen + 1]
+  int64_t distinct_ = 0;         // pages with count > 0
+  int64_t total_ = 0;            // sum of the counts
 };
 
 class PageAllocator {

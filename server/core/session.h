@@ -37,10 +37,12 @@ struct Session {
 
   absl::Mutex mu;
   bool closed ABSL_GUARDED_BY(mu) = false;
+  // Declared before `plans`, so it is destroyed after them: CUDA plans free their memory in
+  // this stream's order (cuda_backend.cc).
+  std::unique_ptr<kernels::Stream> stream ABSL_GUARDED_BY(mu);  // created on first use
   absl::flat_hash_map<std::string, std::shared_ptr<Pool>> pools ABSL_GUARDED_BY(mu);  // by id
   absl::flat_hash_map<std::string, std::shared_ptr<Plan>> plans ABSL_GUARDED_BY(mu);
   absl::flat_hash_map<std::string, std::shared_ptr<RegisteredBuffer>> buffers ABSL_GUARDED_BY(mu);
-  std::unique_ptr<kernels::Stream> stream ABSL_GUARDED_BY(mu);  // created on first use
   StagingArea staging ABSL_GUARDED_BY(mu);
   // Async completion: the engine's events opened by RegisterEvent (by id), and the session's own
   // interprocess completion event (created by the first GetCompletionEvent or ASYNC command).

@@ -84,11 +84,15 @@ class PrefillWork {
   PrefillWork() = default;
   PrefillWork(const PrefillWork&) = delete;
   PrefillWork& operator=(const PrefillWork&) = delete;
+  // Stream-ordered free on the stream the work was prepared on (no device-wide sync, unlike
+  // cudaFree): that stream must still exist, and runs on other streams must be complete or
+  // ordered before the destruction.
   ~PrefillWork() {
-    if (items_ != nullptr) cudaFree(items_);
+    if (items_ != nullptr) cudaFreeAsync(items_, stream_);
   }
 
   prefill::PrefillItem* items_ = nullptr;  // device, [num_items_]
+  cudaStream_t stream_ = nullptr;          // items_ is allocated and freed in this stream's order
   int32_t num_items_ = 0;
   int32_t batch_size_ = 0;
   int32_t num_qo_heads_ = 0;
@@ -171,10 +175,13 @@ absl::StatusOr<PrefillWorkPtr> PreparePrefill(std::span<const int32_t> qo_indptr
   std::vector<prefill::PrefillItem> items(candidates.size());
   for (size_t i = 0; i < candidates.size(); ++i) items[i] = candidates[i].item;
   const size_t bytes = items.size() * sizeof(prefill::PrefillItem);
-  if (auto s = CudaStatus(cudaMalloc(&work->items_, bytes), "cudaMalloc(work items)"); !s.ok()) {
+  // Stream-ordered allocation from the device's memory pool: no cudaMalloc per plan.
+  if (auto s = CudaStatus(cudaMallocAsync(&work->items_, bytes, stream), "cudaMallocAsync(work items)");
+      !s.ok()) {
     work->items_ = nullptr;
     return s;
   }
+  work->stream_ = stream;
   // Wait for the copy: the work is then complete on return and usable from any stream (runs
   // are often issued on another stream than the plan's), and `items` may go.
   if (auto s = CudaStatus(cudaMemcpyAsync(work->items_, items.data(), bytes,
