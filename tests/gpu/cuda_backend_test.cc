@@ -1,7 +1,8 @@
 // GPU test of the CUDA Backend (CreateCudaBackend) against the CPU backend (CreateCpuBackend):
 // the same calls with the same bytes on both (Allocate, CopyToBackend, Prepare, Attention with
 // k_new/v_new appended first, rope_offsets_host, LSE, MergeStates, CopyToHost) for decode and
-// prefill/append plans; outputs and the KV pool after the append are compared. Plus the
+// prefill/append plans; outputs and the KV pool after the append are compared. Many plans
+// created and deleted back to back without synchronisation (PlanReuse). Plus the
 // backend's error paths: out-of-memory -> RESOURCE_EXHAUSTED, bad IPC handles, health.
 //   cuda_backend_test [--small] [--verbose] [--seed=N]
 #include <spawn.h>
@@ -172,6 +173,117 @@ void CompareStep(const std::string& name, const Step& s, Backend& cuda, Backend&
             s.dtype == DType::kBFloat16 ? 2e-3 : 5e-4);
   table.Add(name + " pool after append",
             Compare(DecodeFrom(g.pool, s.dtype), DecodeFrom(r.pool, s.dtype)), 0.0);
+}
+
+// One plan of PlanReuse: a sub-batch of the shared pool's requests, decode or prefill.
+struct ReuseCase {
+  PlanSpec spec;
+  std::vector<uint8_t> q;
+  std::vector<int32_t> rope_offsets;  // empty = no RoPE
+};
+
+// Runs every case on one stream, each plan destroyed right after its run was enqueued (no
+// synchronisation in between), then copies all outputs back. Plan memory is reused in stream
+// order: a plan freed too early would be overwritten by the next plan's page table while its run
+// still waits in the queue, and that run's output would be wrong.
+std::vector<std::vector<uint8_t>> RunReuseCases(Backend& be, const Step& base,
+                                                const std::vector<ReuseCase>& cases) {
+  auto stream = Unwrap(be.CreateStream(), "CreateStream");
+  const size_t es = ElemSize(base.dtype);
+  const int32_t hq = base.num_kv_heads * base.group;
+  auto pool = Unwrap(be.Allocate(base.pool.size()), "Allocate pool");
+  GT_STATUS_CHECK(be.CopyToBackend(pool->data(), base.pool.data(), base.pool.size(), stream.get()));
+  std::vector<std::unique_ptr<BackendMemory>> qs, os;
+  for (const ReuseCase& c : cases) {
+    qs.push_back(Unwrap(be.Allocate(c.q.size()), "Allocate q"));
+    os.push_back(Unwrap(be.Allocate(c.spec.qo_tokens() * hq * base.head_dim * es), "Allocate o"));
+    GT_STATUS_CHECK(be.CopyToBackend(qs.back()->data(), c.q.data(), c.q.size(), stream.get()));
+  }
+  GT_STATUS_CHECK(be.Synchronize(stream.get()));
+  PagedKV layer;
+  layer.dtype = base.dtype;
+  layer.num_pages = base.num_pages;
+  layer.page_size = base.page_size;
+  layer.num_kv_heads = base.num_kv_heads;
+  layer.head_dim = base.head_dim;
+  layer.SetNhdStrides();
+  layer.data = static_cast<char*>(pool->data()) + base.layer * layer.page_stride * base.num_pages * es;
+  for (size_t i = 0; i < cases.size(); ++i) {
+    auto plan = Unwrap(be.Prepare(cases[i].spec, stream.get()), "Prepare (reuse)");
+    RunArgs args;
+    args.plan = plan.get();
+    args.layer = layer;
+    args.q = qs[i]->data();
+    args.o = os[i]->data();
+    args.q_dtype = base.dtype;
+    args.options.causal = true;
+    if (!cases[i].rope_offsets.empty()) {
+      args.options.pos_encoding = PosEncoding::kRopeLlama;
+      args.rope_offsets_host = cases[i].rope_offsets.data();
+    }
+    args.stream = stream.get();
+    GT_STATUS_CHECK(be.Attention(args));
+    plan.reset();  // deleted while its run may still be queued
+  }
+  std::vector<std::vector<uint8_t>> out(cases.size());
+  for (size_t i = 0; i < cases.size(); ++i) {
+    out[i].resize(os[i]->size());
+    GT_STATUS_CHECK(be.CopyToHost(out[i].data(), os[i]->data(), out[i].size(), stream.get()));
+  }
+  GT_STATUS_CHECK(be.Synchronize(stream.get()));
+  return out;
+}
+
+// Many plans created and deleted back to back on one stream (decode, split decode and prefill
+// mixed, different batch sizes, RoPE on some): every output must match the CPU backend's.
+void PlanReuse(Backend& cuda, Backend& cpu, Rng& rng, ResultTable& table, bool small) {
+  const int32_t requests = 8;
+  Step base = MakeStep(rng, AttentionKind::kDecode, DType::kFloat16, requests, small ? 60 : 2500);
+  const int32_t hq = base.num_kv_heads * base.group;
+  std::vector<ReuseCase> cases;
+  std::vector<std::string> names;
+  const int iterations = small ? 6 : 24;
+  for (int it = 0; it < iterations; ++it) {
+    ReuseCase c;
+    c.spec.kind = it % 3 == 2 ? AttentionKind::kPrefill : AttentionKind::kDecode;
+    c.spec.num_qo_heads = hq;
+    c.spec.num_kv_heads = base.num_kv_heads;
+    c.spec.head_dim = base.head_dim;
+    c.spec.page_size = base.page_size;
+    c.spec.kv_dtype = base.dtype;
+    // A random non-empty subset of the pool's requests, in a random order.
+    std::vector<int32_t> pick;
+    for (int32_t b = 0; b < requests; ++b) {
+      if (rng.Int(0, 1) == 1) pick.push_back(b);
+    }
+    if (pick.empty()) pick.push_back(rng.Int(0, requests - 1));
+    for (size_t i = pick.size() - 1; i > 0; --i) std::swap(pick[i], pick[rng.Int(0, static_cast<int32_t>(i))]);
+    c.spec.kv_indptr.push_back(0);
+    c.spec.qo_indptr.push_back(0);
+    for (const int32_t b : pick) {
+      for (int32_t p = base.indptr[b]; p < base.indptr[b + 1]; ++p) c.spec.kv_indices.push_back(base.indices[p]);
+      c.spec.kv_indptr.push_back(static_cast<int32_t>(c.spec.kv_indices.size()));
+      c.spec.kv_last_page_len.push_back(base.last_page_len[b]);
+      const int32_t qo = c.spec.kind == AttentionKind::kDecode ? 1 : rng.Int(1, std::min(base.kv_len[b], 64));
+      c.spec.qo_indptr.push_back(c.spec.qo_indptr.back() + qo);
+    }
+    if (it % 2 == 1) {
+      for (size_t i = 0; i < pick.size(); ++i) c.rope_offsets.push_back(rng.Int(0, 100));
+    }
+    c.q = EncodeAs(rng.NormalVector(static_cast<size_t>(c.spec.qo_tokens()) * hq * base.head_dim),
+                   base.dtype);
+    names.push_back(absl::StrCat("plan reuse #", it, " ",
+                                 c.spec.kind == AttentionKind::kDecode ? "decode" : "prefill",
+                                 " B=", pick.size(), c.rope_offsets.empty() ? "" : " rope"));
+    cases.push_back(std::move(c));
+  }
+  std::vector<std::vector<uint8_t>> g = RunReuseCases(cuda, base, cases);
+  std::vector<std::vector<uint8_t>> r = RunReuseCases(cpu, base, cases);
+  for (size_t i = 0; i < cases.size(); ++i) {
+    std::vector<uint8_t> unw = UnwrittenMask(g[i], base.dtype);
+    table.Add(names[i], Compare(DecodeFrom(g[i], base.dtype), DecodeFrom(r[i], base.dtype), &unw),
+              2 * DefaultTolerance(base.dtype));
+  }
 }
 
 void ErrorPaths(Backend& cuda, ResultTable& table) {
@@ -395,6 +507,7 @@ int main(int argc, char** argv) {
     }
   }
   MergeThroughBackend(*cuda, *cpu, rng, table);
+  PlanReuse(*cuda, *cpu, rng, table, flags.small);
   if (!flags.small) {  // (a deliberate fault: not under compute-sanitizer)
     const int code = RunChild("--sticky-child", {});
     table.AddCheck("sticky error -> Health INTERNAL for good (child)", code == 0,
