@@ -7,7 +7,8 @@
 #      leaked pages, flat RSS, and a clean SIGTERM exit.
 # Figures go to $BUILD_DIR/reliability/figures.txt (docs/security.md quotes them).
 # Env: BUILD_DIR (release build, default build), SAN_BUILD_DIR (default build-san),
-# FUZZ_SECONDS (25), SOAK_SECONDS (60), SOAK_SESSIONS (8), SKIP_SANITIZERS=1, SKIP_FUZZ=1.
+# FUZZ_SECONDS (25), SOAK_SECONDS (60), SOAK_SESSIONS (8), SKIP_SANITIZERS=1, SKIP_FUZZ=1,
+# SAN_INTEGRATION=1 (also the reliability integration tests against an ASan+UBSan daemon).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -41,6 +42,7 @@ if [ "${SKIP_SANITIZERS:-0}" != 1 ]; then
   cmake --build "$san_dir" -j "$jobs" --target "${san_targets[@]}"
   echo "sanitizer build: $(( $(date +%s) - start )) s" | tee -a "$figures"
   export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:strict_string_checks=1
+  export LSAN_OPTIONS="suppressions=$repo/tests/reliability/lsan.supp"
   export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
   start=$(date +%s)
   for t in attnd_kernels_cpu_test attnd_core_test attnd_front_test attnd_front_daemon_test \
@@ -51,6 +53,18 @@ if [ "${SKIP_SANITIZERS:-0}" != 1 ]; then
     tail -2 "$out/san-$t.log"
   done
   echo "sanitizer tests: $(( $(date +%s) - start )) s" | tee -a "$figures"
+  # Optional (CI budget): the daemon, the load generator and the reliability integration tests
+  # (denials, isolation, TLS, faults, SIGTERM under load) under ASan+UBSan too.
+  if [ "${SAN_INTEGRATION:-0}" = 1 ]; then
+    start=$(date +%s)
+    cmake --build "$san_dir" -j "$jobs" --target attnd attnd_reliability_it_test load_generator
+    bin=$(find "$san_dir" -type f -name attnd_reliability_it_test -perm -u+x | head -1)
+    echo "-- attnd_reliability_it_test (ASan+UBSan daemon and clients)"
+    ATTND_BIN="$repo/$san_dir/bin/attnd" "$bin" --gtest_brief=1 >"$out/san-it.log" 2>&1 ||
+      { grep -v '^\[20' "$out/san-it.log" | tail -60; exit 1; }
+    grep -E '^FAULTS|PASSED' "$out/san-it.log"
+    echo "sanitizer integration: $(( $(date +%s) - start )) s" | tee -a "$figures"
+  fi
 fi
 
 # ---- 2. fuzzing ---------------------------------------------------------------------------------
