@@ -174,6 +174,9 @@ class CudaPlan final : public PreparedPlan {
   int device_ = 0;
   cudaStream_t stream_ = nullptr;  // the plan's memory is allocated and freed in its order
   void* block_ = nullptr;
+  // Host image of the page table, uploaded by one cudaMemcpyAsync; kept for the plan's lifetime
+  // so the copy never depends on when the driver reads a pageable source.
+  std::vector<char> upload_image_;
   int32_t* d_indptr = nullptr;
   int32_t* d_indices = nullptr;
   int32_t* d_last_page_len = nullptr;
@@ -421,8 +424,9 @@ class CudaBackend final : public Backend {
     plan->d_last_page_len = reinterpret_cast<int32_t*>(base + o_last);
     plan->d_rope_offsets = reinterpret_cast<int32_t*>(base + o_rope);
     // One upload of the whole table (rope_offsets excluded: Attention writes them) from a host
-    // image with the device layout. Pageable source: cudaMemcpyAsync stages it before returning.
-    std::vector<char> image(o_rope, 0);
+    // image with the device layout, owned by the plan.
+    std::vector<char>& image = plan->upload_image_;
+    image.assign(o_rope, 0);
     auto place = [&](size_t offset, const std::vector<int32_t>& src) {
       if (!src.empty()) std::memcpy(image.data() + offset, src.data(), src.size() * sizeof(int32_t));
     };
