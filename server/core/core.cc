@@ -58,6 +58,42 @@ class InflightScope {
   int64_t count_;
 };
 
+// NOT_FOUND for an id this session does not own: "<field>='<id>'<tail>". The id is cut to 80
+// characters so that a huge id does not flood the message.
+absl::Status NotOwnedError(std::string_view field, absl::string_view id, std::string_view tail) {
+  return absl::NotFoundError(absl::StrCat(Absl(field), "='", id.substr(0, 80), "'", Absl(tail)));
+}
+
+// The value under `id` in one of a session's maps (plans, buffers, events), or NotOwnedError.
+template <typename Map>
+absl::StatusOr<typename Map::mapped_type*> FindOwned(Map& map, absl::string_view id,
+                                                      std::string_view field,
+                                                      std::string_view tail) {
+  auto it = map.find(id);
+  if (it == map.end()) return NotOwnedError(field, id, tail);
+  return &it->second;
+}
+
+// Erases `id` from one of a session's maps, or NotOwnedError when it is not there.
+template <typename Map>
+absl::Status EraseOwned(Map& map, absl::string_view id, std::string_view field,
+                        std::string_view tail) {
+  auto it = map.find(id);
+  if (it == map.end()) return NotOwnedError(field, id, tail);
+  map.erase(it);
+  return absl::OkStatus();
+}
+
+// Stores `value` in one of a session's maps under a new random id starting with `prefix`.
+template <typename Map, typename Value>
+std::string InsertWithNewId(Map& map, absl::string_view prefix, Value value) {
+  std::string id = NewRandomId(prefix);
+  map[id] = std::move(value);
+  return id;
+}
+
+constexpr std::string_view kNoSuchEvent = ": no such event in this session";
+
 absl::Status SessionClosedError(const Session& session) {
   return absl::NotFoundError(
       absl::StrCat("session '", session.id, "' does not exist or has expired"));
@@ -111,8 +147,7 @@ struct Core::State {
           absl::StrCat("pool_id='", pool_id, "': this session is not attached to pool '",
                        pool->name(), "'; call AttachPool first"));
     }
-    return absl::NotFoundError(absl::StrCat("pool_id='", pool_id.substr(0, 80),
-                                            "' does not exist"));
+    return NotOwnedError("pool_id", pool_id, " does not exist");
   }
 
   // Page references the session's client holds over all its pools (max_pages_per_session).
@@ -128,13 +163,10 @@ struct Core::State {
 
   absl::StatusOr<std::shared_ptr<Plan>> FindPlan(Session& session, absl::string_view plan_id)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(session.mu) {
-    auto it = session.plans.find(plan_id);
-    if (it == session.plans.end()) {
-      // Plans of other sessions are not visible: the same answer as for an unknown id.
-      return absl::NotFoundError(absl::StrCat("plan_id='", plan_id.substr(0, 80),
-                                              "' is not a plan of this session"));
-    }
-    return it->second;
+    // Plans of other sessions are not visible: the same answer as for an unknown id.
+    auto plan = FindOwned(session.plans, plan_id, "plan_id", " is not a plan of this session");
+    if (!plan.ok()) return plan.status();
+    return **plan;
   }
 
   absl::StatusOr<kernels::Stream*> SessionStream(Session& session)
@@ -167,12 +199,10 @@ struct Core::State {
           absl::StrCat("completion=", static_cast<int>(completion), " is not a Completion value"));
     }
     if (wait_event_id.empty()) return absl::OkStatus();
-    auto it = session.events.find(wait_event_id);
-    if (it == session.events.end()) {
-      return absl::NotFoundError(absl::StrCat("wait_event_id='", wait_event_id.substr(0, 80),
-                                              "': no such event in this session"));
-    }
-    return backend->StreamWaitEvent(stream, *it->second);
+    auto event = FindOwned(session.events, wait_event_id, "wait_event_id", kNoSuchEvent);
+    if (!event.ok()) return event.status();
+    const std::unique_ptr<kernels::Event>& wait_on = **event;
+    return backend->StreamWaitEvent(stream, *wait_on);
   }
 
   // After an ASYNC command's work was enqueued: records the completion event behind it. Backends
@@ -183,6 +213,11 @@ struct Core::State {
     auto event = CompletionEvent(session);
     if (!event.ok()) return backend->Synchronize(stream);  // no event: complete synchronously
     return backend->RecordEvent(**event, stream);
+  }
+
+  void CountTransfers(const TransferCounts& counts) {
+    bytes_in.fetch_add(counts.bytes_in);
+    bytes_out.fetch_add(counts.bytes_out);
   }
 
   // Drops the session's plans on `pool`, releases its page references there and detaches it;
@@ -506,10 +541,11 @@ absl::StatusOr<v1::RegisterBufferResponse> Core::RegisterBuffer(
                                  request.cuda_ipc().device(), request.size_bytes());
     }
     if (!buffer.ok()) return buffer.status();
-    std::string id = NewRandomId("b-");
+    const RegisteredBuffer& registered = **buffer;
+    std::string id = InsertWithNewId(session.buffers, "b-",
+                                     std::shared_ptr<RegisteredBuffer>(*std::move(buffer)));
     spdlog::info("session {} registered buffer {}: {}, {} bytes", session.id, id,
-                 (*buffer)->description(), (*buffer)->size());
-    session.buffers[id] = std::shared_ptr<RegisteredBuffer>(*std::move(buffer));
+                 registered.description(), registered.size());
     st.buffers.fetch_add(1);
     v1::RegisterBufferResponse response;
     response.set_buffer_id(std::move(id));
@@ -521,12 +557,11 @@ absl::StatusOr<v1::UnregisterBufferResponse> Core::UnregisterBuffer(
     std::string_view session_id, const v1::UnregisterBufferRequest& request) {
   State& st = *state_;
   return st.WithSession(session_id, [&](Session& session) -> absl::StatusOr<v1::UnregisterBufferResponse> {
-    auto it = session.buffers.find(request.buffer_id());
-    if (it == session.buffers.end()) {
-      return absl::NotFoundError(absl::StrCat("buffer_id='", request.buffer_id().substr(0, 80),
-                                              "' is not a buffer of this session"));
+    if (auto s = EraseOwned(session.buffers, request.buffer_id(), "buffer_id",
+                            " is not a buffer of this session");
+        !s.ok()) {
+      return s;
     }
-    session.buffers.erase(it);
     st.buffers.fetch_sub(1);
     return v1::UnregisterBufferResponse();
   });
@@ -592,8 +627,7 @@ absl::StatusOr<v1::AppendKvResponse> Core::AppendKv(std::string_view session_id,
     const ExecContext ctx{*st.backend, *stream, session.staging, session.buffers, !async};
     absl::Status s = ExecuteAppendKv(**plan, request, ctx, &counts);
     if (s.ok() && async) s = st.FinishAsync(session, *stream);
-    st.bytes_in.fetch_add(counts.bytes_in);
-    st.bytes_out.fetch_add(counts.bytes_out);
+    st.CountTransfers(counts);
     if (spdlog::default_logger_raw()->should_log(spdlog::level::debug)) {
       spdlog::debug("session {} append_kv plan {} layer {}: {}", session.id, (*plan)->id,
                     request.layer(), s.ok() ? std::string("ok") : s.ToString());
@@ -638,8 +672,7 @@ absl::StatusOr<v1::RunResponse> Core::Run(std::string_view session_id,
     if (response.ok() && async) {
       if (auto s = st.FinishAsync(session, *stream); !s.ok()) response = s;
     }
-    st.bytes_in.fetch_add(counts.bytes_in);
-    st.bytes_out.fetch_add(counts.bytes_out);
+    st.CountTransfers(counts);
     if (spdlog::default_logger_raw()->should_log(spdlog::level::debug)) {
       spdlog::debug("session {} run plan {} layer {}{}: {}", session.id, (*plan)->id,
                     request.layer(), appends ? " (+append)" : "",
@@ -671,9 +704,8 @@ absl::StatusOr<v1::RegisterEventResponse> Core::RegisterEvent(
       return absl::Status(event.status().code(),
                           absl::StrCat("ipc_event_handle: ", event.status().message()));
     }
-    std::string id = NewRandomId("e-");
+    std::string id = InsertWithNewId(session.events, "e-", *std::move(event));
     spdlog::info("session {} registered event {} (device {})", session.id, id, request.device());
-    session.events[id] = *std::move(event);
     v1::RegisterEventResponse response;
     response.set_event_id(std::move(id));
     return response;
@@ -684,13 +716,11 @@ absl::StatusOr<v1::UnregisterEventResponse> Core::UnregisterEvent(
     std::string_view session_id, const v1::UnregisterEventRequest& request) {
   State& st = *state_;
   return st.WithSession(session_id, [&](Session& session) -> absl::StatusOr<v1::UnregisterEventResponse> {
-    auto it = session.events.find(request.event_id());
-    if (it == session.events.end()) {
-      return absl::NotFoundError(absl::StrCat("event_id='", request.event_id().substr(0, 80),
-                                              "': no such event in this session"));
-    }
     // Waits already enqueued on the event stay valid (CUDA defers the destruction).
-    session.events.erase(it);
+    if (auto s = EraseOwned(session.events, request.event_id(), "event_id", kNoSuchEvent);
+        !s.ok()) {
+      return s;
+    }
     return v1::UnregisterEventResponse();
   });
 }
