@@ -114,20 +114,21 @@ struct Timing {
   double median_ms = 0, min_ms = 0, max_ms = 0;
 };
 
-// Times fn(i) (which enqueues work on `stream`) once per iteration between two events.
-inline Timing TimeIt(const std::function<void(int)>& fn, cudaStream_t stream,
-                     const TimingOptions& opt = {}) {
-  static L2Flusher* flusher = new L2Flusher();  // one per process, never freed
-  for (int i = 0; i < opt.warmup; ++i) fn(i);
+// Times fn(i) (which enqueues work on `stream`) once per iteration between two events, after
+// `warmup` untimed calls; `flush(stream)`, when set, runs before every timed call, untimed.
+inline Timing TimeBetweenEvents(const std::function<void(int)>& fn, cudaStream_t stream,
+                                int warmup, int reps,
+                                const std::function<void(cudaStream_t)>& flush) {
+  for (int i = 0; i < warmup; ++i) fn(i);
   BENCH_CUDA_CHECK(cudaStreamSynchronize(stream));
   cudaEvent_t a, b;
   BENCH_CUDA_CHECK(cudaEventCreate(&a));
   BENCH_CUDA_CHECK(cudaEventCreate(&b));
   std::vector<double> ms;
-  for (int i = 0; i < opt.reps; ++i) {
-    if (opt.flush_l2) flusher->Flush(stream);
+  for (int i = 0; i < reps; ++i) {
+    if (flush) flush(stream);
     BENCH_CUDA_CHECK(cudaEventRecord(a, stream));
-    fn(opt.warmup + i);
+    fn(warmup + i);
     BENCH_CUDA_CHECK(cudaEventRecord(b, stream));
     BENCH_CUDA_CHECK(cudaEventSynchronize(b));
     float t = 0;
@@ -143,6 +144,15 @@ inline Timing TimeIt(const std::function<void(int)>& fn, cudaStream_t stream,
   r.min_ms = ms.front();
   r.max_ms = ms.back();
   return r;
+}
+
+// TimeBetweenEvents with the options, flushing L2 (L2Flusher) before every timed call by default.
+inline Timing TimeIt(const std::function<void(int)>& fn, cudaStream_t stream,
+                     const TimingOptions& opt = {}) {
+  static L2Flusher* flusher = new L2Flusher();  // one per process, never freed
+  std::function<void(cudaStream_t)> flush;
+  if (opt.flush_l2) flush = [](cudaStream_t s) { flusher->Flush(s); };
+  return TimeBetweenEvents(fn, stream, opt.warmup, opt.reps, flush);
 }
 
 // ---- copy ceiling ------------------------------------------------------------------------------

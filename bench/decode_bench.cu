@@ -89,31 +89,8 @@ class CleanFlusher {
 // Like TimeIt, but with CleanFlusher before every timed call.
 Timing TimeClean(const std::function<void(int)>& fn, cudaStream_t stream, int reps = 30) {
   static CleanFlusher* flusher = new CleanFlusher();
-  for (int i = 0; i < 3; ++i) fn(i);
-  BENCH_CUDA_CHECK(cudaStreamSynchronize(stream));
-  cudaEvent_t a, b;
-  BENCH_CUDA_CHECK(cudaEventCreate(&a));
-  BENCH_CUDA_CHECK(cudaEventCreate(&b));
-  std::vector<double> ms;
-  for (int i = 0; i < reps; ++i) {
-    flusher->Flush(stream);
-    BENCH_CUDA_CHECK(cudaEventRecord(a, stream));
-    fn(3 + i);
-    BENCH_CUDA_CHECK(cudaEventRecord(b, stream));
-    BENCH_CUDA_CHECK(cudaEventSynchronize(b));
-    float t = 0;
-    BENCH_CUDA_CHECK(cudaEventElapsedTime(&t, a, b));
-    ms.push_back(t);
-  }
-  BENCH_CUDA_CHECK(cudaGetLastError());
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  std::sort(ms.begin(), ms.end());
-  Timing r;
-  r.median_ms = ms[ms.size() / 2];
-  r.min_ms = ms.front();
-  r.max_ms = ms.back();
-  return r;
+  return TimeBetweenEvents(fn, stream, /*warmup=*/3, reps,
+                           [](cudaStream_t s) { flusher->Flush(s); });
 }
 
 struct Result {
