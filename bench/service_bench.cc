@@ -12,7 +12,6 @@
 // Prints a table and one JSON line per mode.
 #include <cuda_runtime.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -28,6 +27,7 @@
 #include "attnd/client/cuda_ipc.h"
 #include "attnd/client/session.h"
 #include "attnd/kernels/cuda_launch.h"
+#include "daemon_child.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 
@@ -37,30 +37,7 @@ namespace v1 = ::attnd::v1;
 namespace kn = ::attnd::kernels;
 using Clock = std::chrono::steady_clock;
 
-#define CK(expr)                                                                          \
-  do {                                                                                    \
-    cudaError_t e_ = (expr);                                                              \
-    if (e_ != cudaSuccess) {                                                              \
-      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr,                  \
-                   cudaGetErrorString(e_));                                               \
-      Die();                                                                              \
-    }                                                                                     \
-  } while (0)
-
-pid_t g_daemon = -1;  // killed on a fatal error, so no orphan daemon keeps our pipes open
-[[noreturn]] void Die() {
-  if (g_daemon > 0) kill(g_daemon, SIGKILL);
-  std::exit(2);
-}
-
-template <typename T>
-T Must(absl::StatusOr<T> v, const char* what) {
-  if (!v.ok()) {
-    std::fprintf(stderr, "FATAL %s: %s\n", what, v.status().ToString().c_str());
-    Die();
-  }
-  return *std::move(v);
-}
+using attnd::gpu_host::Must;
 
 constexpr int kBatch = 64, kKvLen = 4096, kQoHeads = 32, kKvHeads = 8, kHeadDim = 128;
 constexpr int kPageSize = 16, kLayers = 32, kWarmupSteps = 3, kSteps = 20;
@@ -105,25 +82,12 @@ int main(int argc, char** argv) {
   std::string attnd_bin;
   if (const char* env = std::getenv("ATTND_BIN")) attnd_bin = env;
   if (attnd_bin.empty()) {
-    std::string self = argv[0];
-    attnd_bin = self.substr(0, self.find_last_of('/') + 1) + "attnd";
+    attnd_bin = attnd::gpu_host::AttndNextTo(argv[0]);
   }
   (void)argc;
   char dir_template[] = "/tmp/attnd-bench-XXXXXX";
   const std::string socket = std::string(mkdtemp(dir_template)) + "/attnd.sock";
-  const pid_t daemon = fork();
-  if (daemon == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);  // the daemon dies with this process
-    const std::string listen = "--listen=unix://" + socket;
-    execl(attnd_bin.c_str(), attnd_bin.c_str(), "--backend=cuda", listen.c_str(),
-          "--http_listen=", "--log_level=warn", static_cast<char*>(nullptr));
-    std::perror("exec attnd");
-    _exit(127);
-  }
-  g_daemon = daemon;
-  for (int i = 0; i < 300 && access(socket.c_str(), F_OK) != 0; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
+  const pid_t daemon = attnd::gpu_host::SpawnCudaDaemon(attnd_bin, socket, "warn");
   attnd::client::SessionOptions so;
   so.client_name = "service-bench";
   auto session = Must(attnd::client::Session::Open(

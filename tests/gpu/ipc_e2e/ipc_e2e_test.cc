@@ -18,7 +18,6 @@
 //   ipc_e2e_test [--attnd PATH]      (default: `attnd` next to this program, or $ATTND_BIN)
 #include <cuda_runtime.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -38,6 +37,7 @@
 #include "attnd/kernels/cpu_reference.h"
 #include "attnd/kernels/float_convert.h"
 #include "grpcpp/create_channel.h"
+#include "daemon_child.h"
 #include "grpcpp/security/credentials.h"
 
 namespace {
@@ -46,36 +46,8 @@ namespace v1 = ::attnd::v1;
 namespace kn = ::attnd::kernels;
 using attnd::client::Session;
 
-#define CK(expr)                                                                          \
-  do {                                                                                    \
-    cudaError_t e_ = (expr);                                                              \
-    if (e_ != cudaSuccess) {                                                              \
-      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr,                  \
-                   cudaGetErrorString(e_));                                               \
-      Die();                                                                              \
-    }                                                                                     \
-  } while (0)
-
-pid_t g_daemon = -1;  // killed on a fatal error, so no orphan daemon keeps our pipes open
-[[noreturn]] void Die() {
-  if (g_daemon > 0) kill(g_daemon, SIGKILL);
-  std::exit(2);
-}
-
-template <typename T>
-T Must(absl::StatusOr<T> v, const char* what) {
-  if (!v.ok()) {
-    std::fprintf(stderr, "FATAL %s: %s\n", what, v.status().ToString().c_str());
-    Die();
-  }
-  return *std::move(v);
-}
-void MustOk(const absl::Status& s, const char* what) {
-  if (!s.ok()) {
-    std::fprintf(stderr, "FATAL %s: %s\n", what, s.ToString().c_str());
-    Die();
-  }
-}
+using attnd::gpu_host::Must;
+using attnd::gpu_host::MustOk;
 
 constexpr int kLayers = 4, kKvHeads = 8, kQoHeads = 32, kHeadDim = 128, kPageSize = 16;
 constexpr int kPoolPages = 96, kDecodeSteps = 32;
@@ -341,27 +313,14 @@ int main(int argc, char** argv) {
     if (std::string(argv[i]) == "--attnd") attnd_bin = argv[i + 1];
   }
   if (attnd_bin.empty()) {
-    std::string self = argv[0];
-    attnd_bin = self.substr(0, self.find_last_of('/') + 1) + "attnd";
+    attnd_bin = attnd::gpu_host::AttndNextTo(argv[0]);
   }
   char dir_template[] = "/tmp/attnd-e2e-XXXXXX";
   const std::string dir = mkdtemp(dir_template);
   const std::string socket = dir + "/attnd.sock";
 
   // The daemon, a child process. Started before this process touches CUDA.
-  const pid_t daemon = fork();
-  if (daemon == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);  // the daemon dies with this process
-    const std::string listen = "--listen=unix://" + socket;
-    execl(attnd_bin.c_str(), attnd_bin.c_str(), "--backend=cuda", listen.c_str(),
-          "--http_listen=", "--log_level=info", static_cast<char*>(nullptr));
-    std::perror("exec attnd");
-    _exit(127);
-  }
-  g_daemon = daemon;
-  for (int i = 0; i < 300 && access(socket.c_str(), F_OK) != 0; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
+  const pid_t daemon = attnd::gpu_host::SpawnCudaDaemon(attnd_bin, socket, "info");
   Report("daemon started (attnd --backend=cuda, unix socket)", access(socket.c_str(), F_OK) == 0,
          attnd_bin);
   if (access(socket.c_str(), F_OK) != 0) {
