@@ -13,23 +13,15 @@
 namespace attnd::server {
 namespace {
 
+using testing::AttachByName;
 using testing::CreatePool;
+using testing::HalfTensor;
 using testing::MakeCore;
 using testing::Open;
 using testing::PlanRequest;
 using testing::PoolSpec;
 
-v1::Tensor FilledHalf(std::vector<int64_t> shape) {
-  v1::Tensor t;
-  t.set_dtype(v1::DTYPE_FLOAT16);
-  int64_t n = 1;
-  for (int64_t d : shape) {
-    t.add_shape(d);
-    n *= d;
-  }
-  t.set_inline_data(std::string(static_cast<size_t>(n) * 2, '\1'));
-  return t;
-}
+v1::Tensor FilledHalf(const std::vector<int64_t>& shape) { return HalfTensor(shape, '\1'); }
 
 // One worker's loop: allocate, plan, append+run on both layers, delete, free. Stops at the first
 // error, which must be NOT_FOUND (its session was closed under it).
@@ -78,9 +70,7 @@ TEST(CoreConcurrencyTest, SessionsRunInParallelAndCloseUnderLoad) {
   std::vector<std::string> sessions;
   for (int w = 0; w < kWorkers; ++w) {
     sessions.push_back(Open(*core, w % 2 == 0 ? SessionBinding::kStream : SessionBinding::kLeased));
-    v1::AttachPoolRequest attach;
-    attach.set_name(spec.name);
-    ASSERT_TRUE(core->AttachPool(sessions.back(), attach).ok());
+    ASSERT_TRUE(AttachByName(*core, sessions.back(), spec.name).ok());
   }
   std::vector<absl::Status> results(kWorkers);
   std::vector<std::thread> threads;

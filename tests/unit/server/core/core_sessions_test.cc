@@ -14,8 +14,10 @@ namespace {
 using ::testing::AllOf;
 using ::testing::HasSubstr;
 using testing::Allocate;
+using testing::AttachByName;
 using testing::CreatePool;
 using testing::FreePagesOf;
+using testing::HalfTensor;
 using testing::MakeCore;
 using testing::Open;
 using testing::PlanRequest;
@@ -28,18 +30,6 @@ using testing::PoolSpec;
     EXPECT_EQ(_s.code(), absl::StatusCode::code_) << _s;                 \
     EXPECT_THAT(std::string(_s.message()), AllOf(__VA_ARGS__)) << _s;    \
   } while (0)
-
-v1::Tensor HalfTensor(std::vector<int64_t> shape) {
-  v1::Tensor t;
-  t.set_dtype(v1::DTYPE_FLOAT16);
-  int64_t n = 1;
-  for (int64_t d : shape) {
-    t.add_shape(d);
-    n *= d;
-  }
-  t.set_inline_data(std::string(static_cast<size_t>(n) * 2, '\0'));
-  return t;
-}
 
 TEST(CoreSessionsTest, OpenCloseAndUnknownSessions) {
   auto core = MakeCore();
@@ -187,9 +177,7 @@ TEST(CoreSessionsTest, ForkSharesPagesWithinAndAcrossSessions) {
   auto core = MakeCore();
   const std::string a = Open(*core), b = Open(*core), c = Open(*core);
   const v1::PoolInfo pool = CreatePool(*core, a);
-  v1::AttachPoolRequest attach;
-  attach.set_name("pool");
-  ASSERT_TRUE(core->AttachPool(b, attach).ok());
+  ASSERT_TRUE(AttachByName(*core, b).ok());
   const std::vector<int32_t> pages = Allocate(*core, a, pool.pool_id(), 2);
 
   v1::ForkPagesRequest fork;
@@ -229,9 +217,7 @@ TEST(CoreSessionsTest, SessionsCannotUseEachOthersPagesPlansOrBuffers) {
   auto core = MakeCore();
   const std::string a = Open(*core), b = Open(*core);
   const v1::PoolInfo pool = CreatePool(*core, a);
-  v1::AttachPoolRequest attach;
-  attach.set_name("pool");
-  ASSERT_TRUE(core->AttachPool(b, attach).ok());
+  ASSERT_TRUE(AttachByName(*core, b).ok());
   const std::vector<int32_t> a_pages = Allocate(*core, a, pool.pool_id(), 2);
   const std::vector<int32_t> b_pages = Allocate(*core, b, pool.pool_id(), 1);
 
@@ -271,9 +257,7 @@ TEST(CoreSessionsTest, ClosingASessionReleasesItsPagesAndPlans) {
   auto core = MakeCore();
   const std::string a = Open(*core), b = Open(*core);
   const v1::PoolInfo pool = CreatePool(*core, a);
-  v1::AttachPoolRequest attach;
-  attach.set_name("pool");
-  ASSERT_TRUE(core->AttachPool(b, attach).ok());
+  ASSERT_TRUE(AttachByName(*core, b).ok());
   const std::vector<int32_t> pages = Allocate(*core, a, pool.pool_id(), 5);
   ASSERT_TRUE(core->CreatePlan(a, PlanRequest(pool.pool_id(), v1::ATTENTION_KIND_DECODE, 2,
                                               {{pages[0], pages[1]}}, {2}, {}))
@@ -295,9 +279,7 @@ TEST(CoreSessionsTest, LeaseExpiryClosesIdleLeasedSessionsOnly) {
   const std::string leased = Open(*core, SessionBinding::kLeased);
   const std::string stream = Open(*core, SessionBinding::kStream);
   const v1::PoolInfo pool = CreatePool(*core, stream);
-  v1::AttachPoolRequest attach;
-  attach.set_name("pool");
-  ASSERT_TRUE(core->AttachPool(leased, attach).ok());
+  ASSERT_TRUE(AttachByName(*core, leased).ok());
   Allocate(*core, leased, pool.pool_id(), 6);
   EXPECT_EQ(FreePagesOf(*core, stream, pool.pool_id()), 10);
 
@@ -389,9 +371,7 @@ TEST(CoreSessionsTest, AppendsIntoSharedPagesAreRefused) {
   auto core = MakeCore();
   const std::string a = Open(*core), b = Open(*core);
   const v1::PoolInfo pool = CreatePool(*core, a);
-  v1::AttachPoolRequest attach;
-  attach.set_name("pool");
-  ASSERT_TRUE(core->AttachPool(b, attach).ok());
+  ASSERT_TRUE(AttachByName(*core, b).ok());
   // Prefix page p0 (full), tail page p1.
   const std::vector<int32_t> pages = Allocate(*core, a, pool.pool_id(), 2);
   v1::ForkPagesRequest fork;
@@ -521,9 +501,7 @@ TEST(CoreSessionsTest, ReallocatedPagesDoNotShowThePreviousOwnersData) {
   auto core = MakeCore();
   const std::string a = Open(*core), b = Open(*core);
   const v1::PoolInfo pool = CreatePool(*core, a);
-  v1::AttachPoolRequest attach;
-  attach.set_name("pool");
-  ASSERT_TRUE(core->AttachPool(b, attach).ok());
+  ASSERT_TRUE(AttachByName(*core, b).ok());
 
   // a fills one page (4 tokens, both layers) with V = 1.0 and frees it.
   const std::vector<int32_t> a_pages = Allocate(*core, a, pool.pool_id(), 1);

@@ -60,6 +60,27 @@ inline v1::PoolInfo CreatePool(Core& core, const std::string& session, const Poo
   return response->pool();
 }
 
+// Attaches `session` to the pool called `name` (AttachPool).
+inline absl::Status AttachByName(Core& core, const std::string& session,
+                                 const std::string& name = "pool") {
+  v1::AttachPoolRequest request;
+  request.set_name(name);
+  return core.AttachPool(session, request).status();
+}
+
+// An inline fp16 tensor of `shape` whose bytes are all `fill`.
+inline v1::Tensor HalfTensor(const std::vector<int64_t>& shape, char fill = '\0') {
+  v1::Tensor t;
+  t.set_dtype(v1::DTYPE_FLOAT16);
+  int64_t n = 1;
+  for (int64_t d : shape) {
+    t.add_shape(d);
+    n *= d;
+  }
+  t.set_inline_data(std::string(static_cast<size_t>(n) * 2, fill));
+  return t;
+}
+
 inline std::vector<int32_t> Allocate(Core& core, const std::string& session,
                                      const std::string& pool_id, int32_t count) {
   v1::AllocatePagesRequest request;
