@@ -10,6 +10,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -74,25 +75,19 @@ class StickyError {
 
 class CudaMemory final : public BackendMemory {
  public:
-  enum class Kind { kOwned, kIpcMapped };
-  CudaMemory(void* ptr, size_t size, int device, Kind kind)
-      : ptr_(ptr), size_(size), device_(device), kind_(kind) {}
+  CudaMemory(void* ptr, size_t size, int device) : ptr_(ptr), size_(size), device_(device) {}
   ~CudaMemory() override {
     if (ptr_ == nullptr) return;
     int prev = -1;
     cudaGetDevice(&prev);
     cudaSetDevice(device_);
-    if (kind_ == Kind::kOwned) {
-      cudaFree(ptr_);
-    } else {
-      cudaIpcCloseMemHandle(ptr_);
-    }
+    cudaFree(ptr_);
     if (prev >= 0 && prev != device_) cudaSetDevice(prev);
   }
   void* data() const override { return ptr_; }
   size_t size() const override { return size_; }
   std::string ipc_handle() const override {
-    if (kind_ != Kind::kOwned || ptr_ == nullptr) return {};
+    if (ptr_ == nullptr) return {};
     cudaIpcMemHandle_t h;
     if (cudaIpcGetMemHandle(&h, ptr_) != cudaSuccess) {
       cudaGetLastError();  // not sticky; clear it
@@ -105,7 +100,44 @@ class CudaMemory final : public BackendMemory {
   void* ptr_;
   size_t size_;
   int device_;
-  Kind kind_;
+};
+
+// One cudaIpcOpenMemHandle mapping of another process's allocation (range = its whole size),
+// shared by every registration of the same handle and closed with the last of them. A process
+// maps a handle once: opening it again and closing that copy (a registration refused for its
+// size, say) must not unmap what a live registration still reads.
+class IpcMapping {
+ public:
+  IpcMapping(void* ptr, size_t range, int device) : ptr_(ptr), range_(range), device_(device) {}
+  ~IpcMapping() {
+    int prev = -1;
+    cudaGetDevice(&prev);
+    cudaSetDevice(device_);
+    cudaIpcCloseMemHandle(ptr_);
+    if (prev >= 0 && prev != device_) cudaSetDevice(prev);
+  }
+  IpcMapping(const IpcMapping&) = delete;
+  IpcMapping& operator=(const IpcMapping&) = delete;
+  void* ptr() const { return ptr_; }
+  size_t range() const { return range_; }
+
+ private:
+  void* ptr_;
+  size_t range_;
+  int device_;
+};
+
+// A registered client buffer: the first size bytes of a shared IPC mapping.
+class IpcBuffer final : public BackendMemory {
+ public:
+  IpcBuffer(std::shared_ptr<IpcMapping> mapping, size_t size)
+      : mapping_(std::move(mapping)), size_(size) {}
+  void* data() const override { return mapping_->ptr(); }
+  size_t size() const override { return size_; }
+
+ private:
+  std::shared_ptr<IpcMapping> mapping_;
+  size_t size_;
 };
 
 class CudaStream final : public Stream {
@@ -258,7 +290,7 @@ class CudaBackend final : public Backend {
     }
     if (auto s = sticky_.Check(e, "cudaMalloc"); !s.ok()) return s;
     return std::unique_ptr<BackendMemory>(
-        new CudaMemory(p, bytes, device_, CudaMemory::Kind::kOwned));
+        new CudaMemory(p, bytes, device_));
   }
 
   absl::StatusOr<std::unique_ptr<BackendMemory>> OpenIpcBuffer(const std::string& handle,
@@ -271,25 +303,37 @@ class CudaBackend final : public Backend {
                                                      sizeof(cudaIpcMemHandle_t)));
     }
     (void)device;  // the exporter's ordinal; the mapping is made on this backend's device
-    cudaIpcMemHandle_t h;
-    std::memcpy(&h, handle.data(), sizeof(h));
-    void* p = nullptr;
-    cudaError_t e = cudaIpcOpenMemHandle(&p, h, cudaIpcMemLazyEnablePeerAccess);
-    if (e != cudaSuccess) {
-      if (!IsStickyCudaError(e)) cudaGetLastError();
-      absl::Status s = sticky_.Check(e, "cudaIpcOpenMemHandle");
-      return absl::FailedPreconditionError(s.message());
+    std::shared_ptr<IpcMapping> mapping;
+    {
+      // Held across the open: IPC registrations are rare, and one mapping per handle is the
+      // point of the cache.
+      std::lock_guard<std::mutex> lock(ipc_mutex_);
+      auto cached = ipc_mappings_.find(handle);
+      if (cached != ipc_mappings_.end()) mapping = cached->second.lock();
+      if (mapping == nullptr) {
+        cudaIpcMemHandle_t h;
+        std::memcpy(&h, handle.data(), sizeof(h));
+        void* p = nullptr;
+        cudaError_t e = cudaIpcOpenMemHandle(&p, h, cudaIpcMemLazyEnablePeerAccess);
+        if (e != cudaSuccess) {
+          if (!IsStickyCudaError(e)) cudaGetLastError();
+          absl::Status s = sticky_.Check(e, "cudaIpcOpenMemHandle");
+          return absl::FailedPreconditionError(s.message());
+        }
+        // The mapping covers the exporter's whole allocation.
+        size_t range = 0;
+        absl::Status ranged = AllocationSize(p, &range);
+        mapping = std::make_shared<IpcMapping>(p, range, device_);
+        if (!ranged.ok()) return ranged;
+        std::erase_if(ipc_mappings_, [](const auto& entry) { return entry.second.expired(); });
+        ipc_mappings_[handle] = mapping;
+      }
     }
-    auto mem = std::unique_ptr<BackendMemory>(
-        new CudaMemory(p, size_bytes, device_, CudaMemory::Kind::kIpcMapped));
-    // The mapping covers the exporter's whole allocation; it must hold size_bytes from p.
-    size_t range = 0;
-    if (absl::Status s = AllocationSize(p, &range); !s.ok()) return s;
-    if (range < size_bytes) {
-      return absl::OutOfRangeError(absl::StrCat("IPC buffer spans ", range,
+    if (mapping->range() < size_bytes) {
+      return absl::OutOfRangeError(absl::StrCat("IPC buffer spans ", mapping->range(),
                                                 " bytes, fewer than the declared ", size_bytes));
     }
-    return mem;
+    return std::unique_ptr<BackendMemory>(new IpcBuffer(std::move(mapping), size_bytes));
   }
 
   absl::StatusOr<std::unique_ptr<Stream>> CreateStream() override {
@@ -590,6 +634,9 @@ class CudaBackend final : public Backend {
   int device_;
   BackendInfo info_;
   mutable StickyError sticky_;
+  // IPC mappings by handle bytes (see IpcMapping); expired entries are dropped on the next open.
+  std::mutex ipc_mutex_;
+  std::map<std::string, std::weak_ptr<IpcMapping>> ipc_mappings_;
 };
 
 }  // namespace

@@ -100,8 +100,13 @@ def _torch_ipc_info(tensor) -> IpcInfo:
     storage = tensor.untyped_storage()
     shared = storage._share_cuda_()
     device, handle, storage_size_bytes, storage_offset_bytes = shared[:4]
+    handle = bytes(handle)
+    # Recent torch (2.11 seen) prefixes the 64-byte cudaIpcMemHandle_t with a 2-byte header
+    # (format and allocation kind): the handle itself is the last 64 bytes.
+    if len(handle) > CUDA_IPC_HANDLE_BYTES:
+        handle = handle[-CUDA_IPC_HANDLE_BYTES:]
     offset = int(storage_offset_bytes) + int(tensor.storage_offset()) * tensor.element_size()
-    return IpcInfo(handle=bytes(handle), device=int(device),
+    return IpcInfo(handle=handle, device=int(device),
                    size_bytes=int(storage_offset_bytes) + int(storage_size_bytes), offset_bytes=offset)
 
 
