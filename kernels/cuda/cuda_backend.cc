@@ -336,6 +336,12 @@ class CudaBackend final : public Backend {
     return std::unique_ptr<BackendMemory>(new IpcBuffer(std::move(mapping), size_bytes));
   }
 
+  absl::Status Zero(void* dst, size_t bytes, Stream* stream) override {
+    if (auto s = Enter(); !s.ok()) return s;
+    cudaStream_t st = stream != nullptr ? static_cast<cudaStream_t>(stream->native()) : nullptr;
+    return sticky_.Check(cudaMemsetAsync(dst, 0, bytes, st), "cudaMemsetAsync");
+  }
+
   absl::StatusOr<std::unique_ptr<Stream>> CreateStream() override {
     if (auto s = Enter(); !s.ok()) return s;
     cudaStream_t st = nullptr;

@@ -458,8 +458,21 @@ absl::StatusOr<v1::AllocatePagesResponse> Core::AllocatePages(
       response.set_free_pages(p.allocator.free_pages());
     }
     // The new pages are this session's alone (only it could share them, and it is busy here),
-    // so they are cleared outside the pool's lock.
-    p.ClearPages(response.page_ids());
+    // so they are cleared outside the pool's lock, and finished before the reply: nobody reads
+    // a page before its previous owner's K/V is gone.
+    absl::Status cleared = [&]() -> absl::Status {
+      auto stream = st.SessionStream(session);
+      if (!stream.ok()) return stream.status();
+      if (auto s = p.ClearPages(response.page_ids(), *st.backend, *stream); !s.ok()) return s;
+      return st.backend->Synchronize(*stream);
+    }();
+    if (!cleared.ok()) {
+      absl::MutexLock lock(&p.mu);
+      std::vector<int32_t> pages(response.page_ids().begin(), response.page_ids().end());
+      (void)p.allocator.Release(pages, p.attachments[session.id].held);
+      return absl::Status(cleared.code(), absl::StrCat("clearing the allocated pages failed: ",
+                                                       cleared.message()));
+    }
     spdlog::debug("session {} allocated {} page(s) of pool '{}'", session.id, request.count(),
                  p.name());
     return response;

@@ -1,5 +1,8 @@
 #include "server/core/pool.h"
 
+#include <algorithm>
+#include <vector>
+
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -24,30 +27,35 @@ absl::StatusOr<std::shared_ptr<Pool>> Pool::Create(std::string id, std::string n
   // Not cleared here: the CPU backend hands out zero-filled anonymous memory that takes physical
   // memory only when touched, and clearing a large pool would commit all of it up front.
   return std::shared_ptr<Pool>(new Pool(std::move(id), std::move(name), geometry,
-                                        *std::move(memory), backend.info().device_ordinal,
-                                        backend.host_accessible()));
+                                        *std::move(memory), backend.info().device_ordinal));
 }
 
 Pool::Pool(std::string id, std::string name, const PoolGeometry& geometry,
-           std::unique_ptr<kernels::BackendMemory> memory, int32_t device, bool host_accessible)
+           std::unique_ptr<kernels::BackendMemory> memory, int32_t device)
     : allocator(geometry.num_pages),
       id_(std::move(id)),
       name_(std::move(name)),
       geometry_(geometry),
       memory_(std::move(memory)),
-      device_(device),
-      host_accessible_(host_accessible) {}
+      device_(device) {}
 
-void Pool::ClearPages(absl::Span<const int32_t> pages) const {
-  if (!host_accessible_) return;
+absl::Status Pool::ClearPages(absl::Span<const int32_t> pages, kernels::Backend& backend,
+                              kernels::Stream* stream) const {
+  std::vector<int32_t> sorted(pages.begin(), pages.end());
+  std::sort(sorted.begin(), sorted.end());
   char* base = static_cast<char*>(memory_->data());
-  for (int32_t layer = 0; layer < geometry_.num_layers; ++layer) {
-    char* layer_base = base + static_cast<uint64_t>(layer) * geometry_.layer_bytes;
-    for (const int32_t page : pages) {
-      std::memset(layer_base + static_cast<uint64_t>(page) * geometry_.page_bytes, 0,
-                  geometry_.page_bytes);
+  for (size_t begin = 0; begin < sorted.size();) {
+    size_t end = begin + 1;
+    while (end < sorted.size() && sorted[end] == sorted[end - 1] + 1) ++end;
+    const uint64_t run_bytes = static_cast<uint64_t>(end - begin) * geometry_.page_bytes;
+    for (int32_t layer = 0; layer < geometry_.num_layers; ++layer) {
+      char* first = base + static_cast<uint64_t>(layer) * geometry_.layer_bytes +
+                    static_cast<uint64_t>(sorted[begin]) * geometry_.page_bytes;
+      if (absl::Status s = backend.Zero(first, run_bytes, stream); !s.ok()) return s;
     }
+    begin = end;
   }
+  return absl::OkStatus();
 }
 
 kernels::PagedKV Pool::LayerView(int32_t layer) const {

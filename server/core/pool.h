@@ -44,11 +44,12 @@ class Pool {
   // The view of one layer (data, dtype, geometry, NHD strides); page-table fields are unset.
   kernels::PagedKV LayerView(int32_t layer) const;
 
-  // Zeroes the listed pages in every layer, so a newly allocated page never shows the K/V of
-  // its previous owner. Only on host-accessible memory (a no-op otherwise; see clears_pages()).
-  // The caller must own the pages exclusively (just allocated) and not hold `mu`.
-  void ClearPages(absl::Span<const int32_t> pages) const;
-  bool clears_pages() const { return host_accessible_; }
+  // Zeroes the listed pages in every layer, in `stream`'s order, so a newly allocated page never
+  // shows the K/V of its previous owner (another session, or a deleted pool whose memory this
+  // pool reuses). Runs of consecutive page ids are cleared with one call per layer. The caller
+  // must own the pages exclusively (just allocated) and not hold `mu`.
+  absl::Status ClearPages(absl::Span<const int32_t> pages, kernels::Backend& backend,
+                          kernels::Stream* stream) const;
 
   // The wire description: geometry, byte strides, free pages, attached sessions, IPC handle.
   v1::PoolInfo Info() const ABSL_LOCKS_EXCLUDED(mu);
@@ -62,14 +63,13 @@ class Pool {
 
  private:
   Pool(std::string id, std::string name, const PoolGeometry& geometry,
-       std::unique_ptr<kernels::BackendMemory> memory, int32_t device, bool host_accessible);
+       std::unique_ptr<kernels::BackendMemory> memory, int32_t device);
 
   const std::string id_;
   const std::string name_;
   const PoolGeometry geometry_;
   const std::unique_ptr<kernels::BackendMemory> memory_;
   const int32_t device_;
-  const bool host_accessible_;
 };
 
 }  // namespace attnd::server

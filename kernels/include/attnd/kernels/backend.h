@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
@@ -122,6 +123,16 @@ class Backend {
   virtual absl::Status CopyToBackend(void* dst, const void* src, size_t bytes, Stream* stream) = 0;
   virtual absl::Status CopyToHost(void* dst, const void* src, size_t bytes, Stream* stream) = 0;
   virtual absl::Status Synchronize(Stream* stream) = 0;
+  // Sets `bytes` bytes of backend memory at dst to zero, in `stream`'s order. The default serves
+  // host-accessible backends (plain memset); device backends override it.
+  virtual absl::Status Zero(void* dst, size_t bytes, Stream* stream) {
+    (void)stream;
+    if (!host_accessible()) {
+      return absl::UnimplementedError("Zero: this backend's memory is not host-accessible");
+    }
+    std::memset(dst, 0, bytes);
+    return absl::OkStatus();
+  }
 
   // Uploads the page table and computes the backend's schedule.
   virtual absl::StatusOr<std::unique_ptr<PreparedPlan>> Prepare(PlanSpec spec, Stream* stream) = 0;

@@ -1,6 +1,7 @@
 // The path backends without host access (CUDA) take: inline tensors are copied into staging
 // memory and outputs copied back. A decorator over the CPU backend reports host_accessible() =
 // false and counts the copies; the results must equal those of the plain CPU backend.
+#include <algorithm>
 #include <memory>
 #include <random>
 #include <string>
@@ -47,6 +48,11 @@ class NoHostAccessBackend final : public kernels::Backend {
     bytes_to_host += bytes;
     return inner_->CopyToHost(dst, src, bytes, stream);
   }
+  // Like a device backend, it clears through the backend (the inner CPU backend's memset).
+  absl::Status Zero(void* dst, size_t bytes, kernels::Stream* stream) override {
+    ++zero_calls;
+    return inner_->Zero(dst, bytes, stream);
+  }
   absl::Status Synchronize(kernels::Stream* stream) override {
     ++synchronizations;
     return inner_->Synchronize(stream);
@@ -68,6 +74,7 @@ class NoHostAccessBackend final : public kernels::Backend {
   uint64_t bytes_to_backend = 0;
   uint64_t bytes_to_host = 0;
   int allocations = 0;
+  int zero_calls = 0;
   int synchronizations = 0;
 
  private:
@@ -172,6 +179,22 @@ TEST(CoreStagingTest, SharedMemoryNeedsHostAccess) {
   const absl::Status status = core->RegisterBuffer(s, request).status();
   EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition) << status;
   EXPECT_THAT(std::string(status.message()), ::testing::HasSubstr("cuda_ipc"));
+}
+
+// On a backend whose memory the core cannot touch (CUDA), newly allocated pages are still
+// cleared, through Backend::Zero: one call per layer per run of consecutive page ids.
+TEST(CoreStagingTest, AllocatedPagesAreClearedThroughTheBackend) {
+  auto fake = std::make_unique<NoHostAccessBackend>(CpuBackend());
+  NoHostAccessBackend* backend = fake.get();
+  auto core = CoreWith(std::move(fake));
+  const std::string s = Open(*core);
+  const v1::PoolInfo pool = CreatePool(*core, s);
+  const int before = backend->zero_calls;
+  std::vector<int32_t> pages = Allocate(*core, s, pool.pool_id(), 3);
+  std::sort(pages.begin(), pages.end());
+  int runs = 1;
+  for (size_t i = 1; i < pages.size(); ++i) runs += pages[i] != pages[i - 1] + 1;
+  EXPECT_EQ(backend->zero_calls - before, runs * pool.num_layers());
 }
 
 }  // namespace
