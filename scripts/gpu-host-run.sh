@@ -7,7 +7,7 @@
 # bench.txt, peer.txt,
 # and every log in logs.tgz (the device tool returns at most 8 files).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 mode=${1:-all}
 out=${OUT:-/tmp/attnd-gpu-out}
 mkdir -p "$out"

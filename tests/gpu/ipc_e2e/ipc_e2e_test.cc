@@ -98,6 +98,22 @@ int ChildMain(const std::string& socket, const std::string& pool_name, int pages
   auto session = OpenSession(socket, "e2e-doomed-child");
   auto pool = Must(session->AttachPool(pool_name), "child attach");
   auto grant = Must(session->AllocatePages(pool.pool_id(), pages), "child allocate");
+  {
+    // Leave K/V behind: fill the child's pages (every layer) with 0x5A through its own mapping
+    // of the pool; the parent checks that whoever gets these pages next reads zeros.
+    cudaIpcMemHandle_t h;
+    std::memcpy(&h, pool.cuda_ipc_handle().data(), sizeof(h));
+    void* map = nullptr;
+    CK(cudaIpcOpenMemHandle(&map, h, cudaIpcMemLazyEnablePeerAccess));
+    for (int l = 0; l < pool.num_layers(); ++l) {
+      for (int32_t page : grant.page_ids) {
+        CK(cudaMemset(static_cast<char*>(map) + pool.base_offset_bytes() +
+                          l * pool.layer_stride_bytes() + page * pool.page_stride_bytes(),
+                      0x5A, pool.page_stride_bytes()));
+      }
+    }
+    CK(cudaDeviceSynchronize());
+  }
   void* buf = nullptr;
   CK(cudaMalloc(&buf, 1 << 20));
   Must(attnd::client::cuda::RegisterDeviceBuffer(*session, buf, 1 << 20), "child register");
@@ -501,6 +517,25 @@ int main(int argc, char** argv) {
     }
     Report("daemon freed the dead client's pages", free_now == free_before,
            std::to_string(free_before) + " before, " + std::to_string(free_now) + " after");
+    // Whoever allocates pages next must not see the dead client's K/V (it wrote 0x5A): take every
+    // free page, which includes the dead client's, and read them all back.
+    auto again = Must(e.session->AllocatePages(e.pool.pool_id(), static_cast<int32_t>(free_now)),
+                      "allocate again");
+    std::vector<unsigned char> host(e.pool.page_stride_bytes());
+    int64_t nonzero = 0;
+    for (int l = 0; l < e.pool.num_layers(); ++l) {
+      for (int32_t page : again.page_ids) {
+        CK(cudaMemcpy(host.data(),
+                      static_cast<char*>(e.pool_map) + e.pool.base_offset_bytes() +
+                          l * e.pool.layer_stride_bytes() + page * e.pool.page_stride_bytes(),
+                      host.size(), cudaMemcpyDeviceToHost));
+        for (unsigned char byte : host) nonzero += byte != 0;
+      }
+    }
+    Report("reallocated pages read zero (the dead client's K/V is cleared)", nonzero == 0,
+           std::to_string(nonzero) + " nonzero bytes in " + std::to_string(again.page_ids.size()) +
+               " pages x " + std::to_string(e.pool.num_layers()) + " layers");
+    Must(e.session->FreePages(e.pool.pool_id(), again.page_ids), "free again");
   }
   // One more decode step after the kill: the daemon keeps serving, results still correct.
   {
