@@ -196,14 +196,7 @@ __global__ void __launch_bounds__(DecodeTraits<D, TILE>::kThreads, DecodeTraits<
         float lo[8], hi[8];
         Vec8<T>::ToFloat(*lo_ptr, lo);
         Vec8<T>::ToFloat(*hi_ptr, hi);
-#pragma unroll
-        for (int k = 0; k < 8; ++k) {
-          float cs, sn;
-          RopeCosSin(t + rope_offset, kfreq[k], &cs, &sn);
-          const float a = lo[k], bb = hi[k];
-          lo[k] = a * cs - bb * sn;
-          hi[k] = bb * cs + a * sn;
-        }
+        RotateHalfPairs8(lo, hi, t + rope_offset, kfreq);
         *lo_ptr = Vec8<T>::FromFloat(lo);
         *hi_ptr = Vec8<T>::FromFloat(hi);
       }

@@ -110,4 +110,18 @@ __device__ __forceinline__ void RopeCosSin(int position, RopeFreq f, float* c, f
   __sincosf(r, s, c);
 }
 
+// Rotates 8 "rotate half" pairs in place: lo[k] = x[i + k], hi[k] = x[i + D/2 + k], freq[k] their
+// frequencies; x'[i] = x[i] cos - x[i + D/2] sin, x'[i + D/2] = x[i + D/2] cos + x[i] sin.
+__device__ __forceinline__ void RotateHalfPairs8(float (&lo)[8], float (&hi)[8], int position,
+                                                 const RopeFreq* freq) {
+#pragma unroll
+  for (int k = 0; k < 8; ++k) {
+    float cs, sn;
+    RopeCosSin(position, freq[k], &cs, &sn);
+    const float a = lo[k], b = hi[k];
+    lo[k] = a * cs - b * sn;
+    hi[k] = b * cs + a * sn;
+  }
+}
+
 }  // namespace attnd::kernels::cuda::internal
