@@ -56,6 +56,10 @@ struct BackendInfo {
   std::vector<int32_t> head_dims;
   std::vector<int32_t> page_sizes;  // empty = any page size >= 1
   bool cuda_ipc = false;
+  // Byte alignment every tensor pointer handed to the backend must have (q, o, lse, new k/v,
+  // merge inputs and outputs); 0 = the element size is enough. The daemon checks buffer-slice
+  // offsets against it before anything runs (CUDA: 16, for the kernels' 16-byte vector accesses).
+  uint32_t tensor_alignment_bytes = 0;
 };
 
 // A batch's page table, already validated by the caller (indptr monotone, page ids in range,
@@ -174,6 +178,15 @@ class Backend {
 
   // OK while the backend can serve; a sticky device error makes it return that error for good.
   virtual absl::Status Health() const { return absl::OkStatus(); }
+
+  // Test hook: puts the device into a sticky error state the way a faulting kernel would (CUDA:
+  // a kernel that traps), so tests can see how the daemon reports it. Never called on a request
+  // path; the daemon reaches it only through its --testonly_device_fault_after_runs flag.
+  // UNIMPLEMENTED where the backend has no device to break (CPU).
+  virtual absl::Status InjectDeviceFaultForTesting() {
+    return absl::UnimplementedError(
+        absl::StrCat("backend '", info().name, "' cannot inject a device fault"));
+  }
 };
 
 struct CpuBackendOptions {
