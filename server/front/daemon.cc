@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <future>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -22,6 +23,7 @@ namespace attnd::server::front {
 absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config,
                                                       std::unique_ptr<kernels::Backend> backend) {
   std::unique_ptr<Daemon> daemon(new Daemon());
+  daemon->drain_timeout_ = config.drain_timeout;
 
   absl::StatusOr<ListenAddress> listen = ParseListenAddress(config.listen);
   if (!listen.ok()) return listen.status();
@@ -134,9 +136,9 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config
   return daemon;
 }
 
-void Daemon::Shutdown(absl::Duration drain) {
+bool Daemon::Shutdown(absl::Duration drain) {
   std::lock_guard<std::mutex> lock(shutdown_mutex_);
-  if (shut_down_) return;
+  if (shut_down_) return released_;
   shut_down_ = true;
   spdlog::info("shutting down: NOT_SERVING, draining in-flight calls for up to {}",
                absl::FormatDuration(drain));
@@ -152,19 +154,48 @@ void Daemon::Shutdown(absl::Duration drain) {
     spdlog::warn("drain deadline passed with {} command(s) still running; cancelling them",
                  runner_->in_flight().count());
   }
-  if (server_ != nullptr) {
-    server_->Shutdown(absl::ToChronoTime(std::min(deadline, absl::Now() + absl::Milliseconds(200))));
-    server_->Wait();
+  released_ = StopServer(deadline);
+  if (released_) {
+    if (core_ != nullptr) core_->CloseAll();
+  } else {
+    spdlog::warn("{} command(s) still running after the drain; their sessions stay open",
+                 runner_ != nullptr ? runner_->in_flight().count() : 0);
   }
-  if (core_ != nullptr) core_->CloseAll();
   if (http_ != nullptr) http_->Stop();
   if (listen_address_.is_unix()) unlink(listen_address_.unix_path.c_str());
   spdlog::info("shutdown complete");
+  return released_;
+}
+
+bool Daemon::StopServer(absl::Time deadline) {
+  if (server_ == nullptr) return true;
+  // After the grace gRPC cancels every call left; handler threads return as soon as their
+  // command does, which a command past the deadline does not (it cannot be interrupted).
+  const absl::Time grace = std::min(deadline, absl::Now() + absl::Milliseconds(200));
+  constexpr absl::Duration kHandlersReturn = absl::Milliseconds(300);
+  auto stopped = std::make_shared<std::promise<void>>();
+  std::future<void> done = stopped->get_future();
+  server_stopper_ = std::thread([server = server_.get(), grace, stopped] {
+    server->Shutdown(absl::ToChronoTime(grace));
+    server->Wait();
+    stopped->set_value();
+  });
+  const absl::Duration wait = std::max(deadline, grace) + kHandlersReturn - absl::Now();
+  if (done.wait_for(absl::ToChronoNanoseconds(std::max(wait, absl::ZeroDuration()))) !=
+      std::future_status::ready) {
+    return false;
+  }
+  server_stopper_.join();
+  return true;
 }
 
 Daemon::~Daemon() {
   // A Daemon that failed half-way through Start has no server; only a started one drains.
-  if (server_ != nullptr) Shutdown();
+  if (server_ != nullptr) Shutdown(drain_timeout_);
+  if (server_stopper_.joinable()) {
+    server_stopper_.join();  // the commands that outlived the drain have returned
+    if (core_ != nullptr) core_->CloseAll();
+  }
 }
 
 }  // namespace attnd::server::front

@@ -77,6 +77,10 @@ ABSL_FLAG(int64_t, max_plans_per_session, 65536,
 ABSL_FLAG(int64_t, max_inflight_per_session, 64,
           "Commands of one session executing or queued at once (parallel unary calls); beyond "
           "it RESOURCE_EXHAUSTED. Env: ATTND_MAX_INFLIGHT_PER_SESSION.");
+ABSL_FLAG(uint32_t, drain_timeout_ms, 10000,
+          "On SIGTERM/SIGINT: how long commands in flight may run before the daemon exits "
+          "without them (0..600000); the process is gone at most 1 s after it. Env: "
+          "ATTND_DRAIN_TIMEOUT_MS.");
 
 #ifndef ATTND_VERSION
 #define ATTND_VERSION "0.0.0-dev"
@@ -90,7 +94,8 @@ const std::vector<std::string>& DaemonFlagNames() {
       "session_lease_ms", "max_message_bytes", "log_level", "log_json", "socket_mode",
       "threads", "token_file", "tls_cert", "tls_key", "tls_client_ca",
       "allow_unauthenticated_tcp", "max_sessions", "max_pages_per_session",
-      "max_buffers_per_session", "max_plans_per_session", "max_inflight_per_session"};
+      "max_buffers_per_session", "max_plans_per_session", "max_inflight_per_session",
+      "drain_timeout_ms"};
   return names;
 }
 
@@ -192,6 +197,12 @@ absl::StatusOr<DaemonConfig> DaemonConfigFromFlags() {
           absl::StrCat("--", name, "=", value, " must be at least ", minimum));
     }
   }
+  const uint32_t drain_ms = absl::GetFlag(FLAGS_drain_timeout_ms);
+  if (drain_ms > 600000) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--drain_timeout_ms=", drain_ms, " is outside 0..600000"));
+  }
+  config.drain_timeout = absl::Milliseconds(drain_ms);
   return config;
 }
 

@@ -40,6 +40,8 @@ struct DaemonConfig {
   int64_t max_buffers_per_session = 1024;
   int64_t max_plans_per_session = 1 << 16;
   int64_t max_inflight_per_session = 64;
+  // Shutdown and faults.
+  absl::Duration drain_timeout = absl::Seconds(10);  // SIGTERM: longest wait for commands
 };
 
 // Names of the daemon's flags, in --help order.

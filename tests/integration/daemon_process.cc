@@ -153,14 +153,19 @@ std::string DaemonProcess::LogTail(size_t max_bytes) const {
   return text;
 }
 
+int DaemonProcess::WaitForExit(absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (IsRunning()) {
+    if (absl::Now() >= deadline) return -1;
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  return wait_status_;
+}
+
 int DaemonProcess::Stop(absl::Duration grace) {
   if (!IsRunning()) return wait_status_;
   kill(pid_, SIGTERM);
-  const absl::Time deadline = absl::Now() + grace;
-  while (absl::Now() < deadline) {
-    if (!IsRunning()) return wait_status_;
-    absl::SleepFor(absl::Milliseconds(20));
-  }
+  if (const int status = WaitForExit(grace); status != -1) return status;
   kill(pid_, SIGKILL);
   int status = 0;
   waitpid(pid_, &status, 0);

@@ -51,6 +51,9 @@ class DaemonProcess {
   std::string LogTail(size_t max_bytes = 4000) const;
   // SIGTERM, wait up to `grace`, then SIGKILL. Returns the wait status (or -1). Idempotent.
   int Stop(absl::Duration grace = absl::Seconds(10));
+  // Waits up to `timeout` for the daemon to exit by itself: its wait status, or -1 if it still
+  // runs.
+  int WaitForExit(absl::Duration timeout);
 
  private:
   DaemonProcess() = default;

@@ -30,6 +30,7 @@ TEST_F(FlagsTest, DefaultsMatchTheDocumentedConfig) {
   EXPECT_FALSE(config->log_json);
   EXPECT_EQ(config->socket_mode, 0660u);
   EXPECT_EQ(config->threads, 0);
+  EXPECT_EQ(config->drain_timeout, absl::Seconds(10));
 }
 
 TEST_F(FlagsTest, EnvironmentVariableNames) {
@@ -56,7 +57,8 @@ TEST_F(FlagsTest, EveryFlagCanBeSetFromTheEnvironment) {
       {"ATTND_TLS_KEY", ""},                  {"ATTND_TLS_CLIENT_CA", ""},
       {"ATTND_ALLOW_UNAUTHENTICATED_TCP", "true"}, {"ATTND_MAX_SESSIONS", "11"},
       {"ATTND_MAX_PAGES_PER_SESSION", "12"},  {"ATTND_MAX_BUFFERS_PER_SESSION", "13"},
-      {"ATTND_MAX_PLANS_PER_SESSION", "14"},  {"ATTND_MAX_INFLIGHT_PER_SESSION", "15"}};
+      {"ATTND_MAX_PLANS_PER_SESSION", "14"},  {"ATTND_MAX_INFLIGHT_PER_SESSION", "15"},
+      {"ATTND_DRAIN_TIMEOUT_MS", "2500"}};
   ASSERT_EQ(env.size(), DaemonFlagNames().size());
   const absl::Status applied = ApplyEnvironmentToFlags([&env](const char* name) -> const char* {
     auto it = env.find(name);
@@ -82,6 +84,7 @@ TEST_F(FlagsTest, EveryFlagCanBeSetFromTheEnvironment) {
   EXPECT_EQ(config->max_buffers_per_session, 13);
   EXPECT_EQ(config->max_plans_per_session, 14);
   EXPECT_EQ(config->max_inflight_per_session, 15);
+  EXPECT_EQ(config->drain_timeout, absl::Milliseconds(2500));
 }
 
 TEST_F(FlagsTest, BadEnvironmentValueNamesTheVariable) {
@@ -107,6 +110,7 @@ TEST_F(FlagsTest, InvalidValuesAreRefusedWithTheFlagNamed) {
       {"max_message_bytes", "99999999999", "--max_message_bytes=99999999999"},
       {"threads", "-1", "--threads=-1"},
       {"listen", "", "--listen is empty"},
+      {"drain_timeout_ms", "600001", "--drain_timeout_ms=600001"},
   };
   for (const Case& c : cases) {
     absl::FlagSaver scoped;
