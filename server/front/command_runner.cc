@@ -87,6 +87,10 @@ void CommandRunner::Finish(MethodId id, std::string_view session_id, const absl:
   metrics_by_method_[static_cast<size_t>(id)]->Record(status.code(), elapsed);
   if (!status.ok()) {
     spdlog::warn("{} failed (session '{}'): {}", MethodName(id), session_id, status.ToString());
+    // A sticky device error must not wait for the next periodic health check.
+    if (backend_error_handler_) {
+      if (const absl::Status health = core_.Health(); !health.ok()) backend_error_handler_(health);
+    }
   }
 }
 

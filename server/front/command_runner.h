@@ -6,6 +6,7 @@
 
 #include <array>
 #include <chrono>
+#include <functional>
 #include <string_view>
 
 #include "absl/status/status.h"
@@ -50,6 +51,12 @@ class CommandRunner {
   // Commands executing right now (graceful shutdown waits for them).
   const InFlightCalls& in_flight() const { return in_flight_; }
 
+  // Called with Core::Health() when it is not OK right after a command failed (a sticky device
+  // error; backend_health.h). Set before serving starts.
+  void set_backend_error_handler(std::function<void(const absl::Status& health)> handler) {
+    backend_error_handler_ = std::move(handler);
+  }
+
   // Records a call refused before it reached the Core (e.g. missing session metadata).
   void RecordRejected(MethodId id, const absl::Status& status);
 
@@ -67,6 +74,7 @@ class CommandRunner {
   Core& core_;
   const uint64_t max_response_bytes_;
   InFlightCalls in_flight_;
+  std::function<void(const absl::Status& health)> backend_error_handler_;
   std::array<MethodMetrics*, static_cast<size_t>(MethodId::kCount)> metrics_by_method_{};
 };
 

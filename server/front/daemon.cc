@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "server/front/fault_injection_backend.h"
 
 #ifdef ATTND_WITH_GRPC_REFLECTION
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
@@ -52,6 +53,13 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config
   core_options.max_buffers_per_session = config.max_buffers_per_session;
   core_options.max_plans_per_session = config.max_plans_per_session;
   core_options.max_inflight_per_session = config.max_inflight_per_session;
+  if (config.testonly_device_fault_after_runs > 0) {
+    spdlog::warn("TEST HOOK --testonly_device_fault_after_runs={}: the backend breaks after that "
+                 "many runs",
+                 config.testonly_device_fault_after_runs);
+    backend = InjectDeviceFaultAfterRuns(std::move(backend),
+                                         config.testonly_device_fault_after_runs);
+  }
   absl::StatusOr<std::unique_ptr<Core>> core = Core::Create(core_options, std::move(backend));
   if (!core.ok()) return core.status();
   daemon->core_ = *std::move(core);
@@ -59,6 +67,12 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config
 
   daemon->runner_ = std::make_unique<CommandRunner>(*daemon->core_, daemon->metrics_,
                                                     config.max_message_bytes);
+  daemon->health_ = std::make_unique<BackendHealthMonitor>(
+      daemon->serving_state_, daemon->metrics_, config.exit_on_device_error);
+  daemon->runner_->set_backend_error_handler(
+      [health = daemon->health_.get()](const absl::Status& status) {
+        health->CommandFailed(status);
+      });
   daemon->service_ = std::make_unique<AttndService>(*daemon->runner_, daemon->metrics_,
                                                    daemon->streams_);
   if (daemon->authenticator_->enabled()) {
@@ -97,7 +111,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config
   }
 
   daemon->serving_state_.AttachHealthService(daemon->server_->GetHealthCheckService());
-  daemon->serving_state_.UpdateBackendHealth(daemon->core_->Health());
+  daemon->health_->Polled(daemon->core_->Health());
 
   if (!config.http_listen.empty()) {
     Daemon* self = daemon.get();
@@ -119,7 +133,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config
   }
 
   daemon->maintenance_ =
-      std::make_unique<MaintenanceLoop>(*daemon->core_, daemon->serving_state_);
+      std::make_unique<MaintenanceLoop>(*daemon->core_, *daemon->health_);
 
   spdlog::info(
       "attnd {} serving: backend={} device='{}' pool memory={} bytes, gRPC on {}{}{}, HTTP on {}",

@@ -7,6 +7,7 @@
 
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include "absl/status/statusor.h"
@@ -15,6 +16,7 @@
 #include "server/core/core.h"
 #include "server/front/access_control.h"
 #include "server/front/attnd_service.h"
+#include "server/front/backend_health.h"
 #include "server/front/command_runner.h"
 #include "server/front/flags.h"
 #include "server/front/http_server.h"
@@ -54,6 +56,9 @@ class Daemon {
   const ListenAddress& listen_address() const { return listen_address_; }
   int http_port() const { return http_ != nullptr ? http_->port() : 0; }
   int grpc_port() const { return grpc_port_; }  // TCP only; 0 for unix sockets
+  // The sticky device error after which the process should exit (--exit_on_device_error), once
+  // one was seen.
+  std::optional<absl::Status> device_error() const { return health_->fatal_error(); }
   // Commands executing right now (unary and stream).
   int64_t commands_in_flight() const { return runner_ != nullptr ? runner_->in_flight().count() : 0; }
 
@@ -68,6 +73,7 @@ class Daemon {
   ServingState serving_state_;
   StreamRegistry streams_;
   std::unique_ptr<CommandRunner> runner_;
+  std::unique_ptr<BackendHealthMonitor> health_;
   std::unique_ptr<TokenAuthenticator> authenticator_;
   std::unique_ptr<AttndService> service_;
   std::unique_ptr<grpc::Server> server_;

@@ -42,6 +42,10 @@ struct DaemonConfig {
   int64_t max_inflight_per_session = 64;
   // Shutdown and faults.
   absl::Duration drain_timeout = absl::Seconds(10);  // SIGTERM: longest wait for commands
+  bool exit_on_device_error = true;  // a sticky device error ends the process (exit code 3)
+  // Test hook: after this many successful attention runs the backend fails the way a sticky
+  // device error does (fault_injection_backend.h); 0 = off.
+  int64_t testonly_device_fault_after_runs = 0;
 };
 
 // Names of the daemon's flags, in --help order.

@@ -4,8 +4,9 @@
 
 namespace attnd::server::front {
 
-MaintenanceLoop::MaintenanceLoop(Core& core, ServingState& state, absl::Duration interval)
-    : core_(core), state_(state), interval_(interval), thread_([this] { Loop(); }) {}
+MaintenanceLoop::MaintenanceLoop(Core& core, BackendHealthMonitor& health,
+                                 absl::Duration interval)
+    : core_(core), health_(health), interval_(interval), thread_([this] { Loop(); }) {}
 
 MaintenanceLoop::~MaintenanceLoop() { Stop(); }
 
@@ -21,7 +22,7 @@ void MaintenanceLoop::Stop() {
 void MaintenanceLoop::RunOnce() {
   const int expired = core_.ExpireIdleSessions(absl::Now());
   if (expired > 0) spdlog::info("expired {} idle leased session(s)", expired);
-  state_.UpdateBackendHealth(core_.Health());
+  health_.Polled(core_.Health());
 }
 
 void MaintenanceLoop::Loop() {

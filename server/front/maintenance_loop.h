@@ -1,5 +1,5 @@
 // The daemon's background thread: every interval it expires idle leased sessions
-// (Core::ExpireIdleSessions) and polls Core::Health() into the ServingState.
+// (Core::ExpireIdleSessions) and polls Core::Health() into the BackendHealthMonitor.
 #pragma once
 
 #include <condition_variable>
@@ -8,14 +8,15 @@
 
 #include "absl/time/time.h"
 #include "server/core/core.h"
-#include "server/front/serving_state.h"
+#include "server/front/backend_health.h"
 
 namespace attnd::server::front {
 
 class MaintenanceLoop {
  public:
-  // Starts the thread; `core` and `state` must outlive the loop.
-  MaintenanceLoop(Core& core, ServingState& state, absl::Duration interval = absl::Seconds(1));
+  // Starts the thread; `core` and `health` must outlive the loop.
+  MaintenanceLoop(Core& core, BackendHealthMonitor& health,
+                  absl::Duration interval = absl::Seconds(1));
   ~MaintenanceLoop();  // stops and joins
   MaintenanceLoop(const MaintenanceLoop&) = delete;
   MaintenanceLoop& operator=(const MaintenanceLoop&) = delete;
@@ -29,7 +30,7 @@ class MaintenanceLoop {
   void Loop();
 
   Core& core_;
-  ServingState& state_;
+  BackendHealthMonitor& health_;
   const absl::Duration interval_;
   std::mutex mutex_;
   std::condition_variable wake_;
