@@ -133,7 +133,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config
   }
 
   daemon->maintenance_ =
-      std::make_unique<MaintenanceLoop>(*daemon->core_, *daemon->health_);
+      std::make_unique<MaintenanceLoop>(*daemon->core_, *daemon->health_, *daemon->runner_);
 
   spdlog::info(
       "attnd {} serving: backend={} device='{}' pool memory={} bytes, gRPC on {}{}{}, HTTP on {}",

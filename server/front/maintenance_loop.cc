@@ -4,9 +4,13 @@
 
 namespace attnd::server::front {
 
-MaintenanceLoop::MaintenanceLoop(Core& core, BackendHealthMonitor& health,
+MaintenanceLoop::MaintenanceLoop(Core& core, BackendHealthMonitor& health, CommandRunner& runner,
                                  absl::Duration interval)
-    : core_(core), health_(health), interval_(interval), thread_([this] { Loop(); }) {}
+    : core_(core),
+      health_(health),
+      runner_(runner),
+      interval_(interval),
+      thread_([this] { Loop(); }) {}
 
 MaintenanceLoop::~MaintenanceLoop() { Stop(); }
 
@@ -23,6 +27,7 @@ void MaintenanceLoop::RunOnce() {
   const int expired = core_.ExpireIdleSessions(absl::Now());
   if (expired > 0) spdlog::info("expired {} idle leased session(s)", expired);
   health_.Polled(core_.Health());
+  runner_.ReportSuppressedFailures();
 }
 
 void MaintenanceLoop::Loop() {

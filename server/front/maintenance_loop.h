@@ -1,5 +1,6 @@
 // The daemon's background thread: every interval it expires idle leased sessions
-// (Core::ExpireIdleSessions) and polls Core::Health() into the BackendHealthMonitor.
+// (Core::ExpireIdleSessions), polls Core::Health() into the BackendHealthMonitor and reports the
+// failed-command log lines the CommandRunner's rate limit dropped.
 #pragma once
 
 #include <condition_variable>
@@ -9,13 +10,14 @@
 #include "absl/time/time.h"
 #include "server/core/core.h"
 #include "server/front/backend_health.h"
+#include "server/front/command_runner.h"
 
 namespace attnd::server::front {
 
 class MaintenanceLoop {
  public:
-  // Starts the thread; `core` and `health` must outlive the loop.
-  MaintenanceLoop(Core& core, BackendHealthMonitor& health,
+  // Starts the thread; `core`, `health` and `runner` must outlive the loop.
+  MaintenanceLoop(Core& core, BackendHealthMonitor& health, CommandRunner& runner,
                   absl::Duration interval = absl::Seconds(1));
   ~MaintenanceLoop();  // stops and joins
   MaintenanceLoop(const MaintenanceLoop&) = delete;
@@ -31,6 +33,7 @@ class MaintenanceLoop {
 
   Core& core_;
   BackendHealthMonitor& health_;
+  CommandRunner& runner_;
   const absl::Duration interval_;
   std::mutex mutex_;
   std::condition_variable wake_;
