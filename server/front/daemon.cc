@@ -53,6 +53,8 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config
   core_options.max_buffers_per_session = config.max_buffers_per_session;
   core_options.max_plans_per_session = config.max_plans_per_session;
   core_options.max_inflight_per_session = config.max_inflight_per_session;
+  // config.max_open_buffer_fds (the RLIMIT_NOFILE budget, fd_limits.h) is for the core's
+  // daemon-wide buffer fd limit; CoreOptions has no field for it yet.
   if (config.testonly_device_fault_after_runs > 0) {
     spdlog::warn("TEST HOOK --testonly_device_fault_after_runs={}: the backend breaks after that "
                  "many runs",

@@ -11,6 +11,7 @@
 
 #include "server/front/backend_select.h"
 #include "server/front/daemon.h"
+#include "server/front/fd_limits.h"
 #include "server/front/flags.h"
 #include "server/front/logging.h"
 #include "server/front/process_exit.h"
@@ -60,6 +61,9 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "attnd: %s\n", logging.ToString().c_str());
     return kExitUsage;
   }
+
+  // Before anything opens descriptors: every registered buffer and connection needs one.
+  config->max_open_buffer_fds = RaiseFdLimit().max_open_buffer_fds;
 
   auto backend = CreateBackend({config->backend, config->device, config->threads});
   if (!backend.ok()) {
