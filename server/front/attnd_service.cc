@@ -1,5 +1,7 @@
 #include "server/front/attnd_service.h"
 
+#include <grpcpp/support/method_handler.h>
+
 #include <utility>
 
 #include "server/front/status_convert.h"
@@ -22,7 +24,24 @@ std::optional<std::string> SessionIdFromMetadata(const grpc::ServerContext& cont
 }
 
 AttndService::AttndService(CommandRunner& runner, Metrics& metrics, StreamRegistry& streams)
-    : runner_(runner), session_stream_(runner, metrics, streams) {}
+    : runner_(runner), session_stream_(runner, metrics, streams) {
+  // The Session method gets a handler on serialized messages, so that SessionStream can tell a
+  // message that does not parse from the end of the stream. Methods are numbered in the order
+  // of the proto's service definition, as the generated constructor registers them.
+  const int session_method = v1::SessionRequest::descriptor()
+                                 ->file()
+                                 ->FindServiceByName("Attnd")
+                                 ->FindMethodByName("Session")
+                                 ->index();
+  MarkMethodStreamed(
+      session_method,
+      new grpc::internal::BidiStreamingHandler<AttndService, grpc::ByteBuffer, grpc::ByteBuffer>(
+          [](AttndService* service, grpc::ServerContext* context,
+             grpc::ServerReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>* stream) {
+            return service->SerializedSession(context, stream);
+          },
+          this));
+}
 
 grpc::Status AttndService::Authenticate(MethodId method, const grpc::ServerContext& context) {
   if (authenticator_ == nullptr) return grpc::Status::OK;
@@ -109,9 +128,15 @@ ATTND_UNARY_HANDLER(GetCompletionEvent)
 
 #undef ATTND_UNARY_HANDLER
 
-grpc::Status AttndService::Session(
+grpc::Status AttndService::Session(grpc::ServerContext*,
+                                   grpc::ServerReaderWriter<v1::SessionResponse,
+                                                            v1::SessionRequest>*) {
+  return grpc::Status(grpc::StatusCode::INTERNAL, "the typed Session handler is not in use");
+}
+
+grpc::Status AttndService::SerializedSession(
     grpc::ServerContext* context,
-    grpc::ServerReaderWriter<v1::SessionResponse, v1::SessionRequest>* stream) {
+    grpc::ServerReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>* stream) {
   // Checked before the first message is read: nothing of an unauthenticated stream is parsed.
   if (grpc::Status auth = Authenticate(MethodId::kOpenSession, *context); !auth.ok()) return auth;
   return session_stream_.Serve(*context, *stream);

@@ -77,6 +77,7 @@ class AttndService final : public v1::Attnd::Service {
                                   const v1::GetCompletionEventRequest* request,
                                   v1::GetCompletionEventResponse* response) override;
 
+  // Never called: the Session method is served raw (SerializedSession), see session_stream.h.
   grpc::Status Session(
       grpc::ServerContext* context,
       grpc::ServerReaderWriter<v1::SessionResponse, v1::SessionRequest>* stream) override;
@@ -87,6 +88,11 @@ class AttndService final : public v1::Attnd::Service {
   grpc::Status RunInSession(const SessionCommand<Request, Response>& command,
                             const grpc::ServerContext& context, const Request& request,
                             Response* response);
+
+  // The Session stream, on serialized messages.
+  grpc::Status SerializedSession(
+      grpc::ServerContext* context,
+      grpc::ServerReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>* stream);
 
   // OK or UNAUTHENTICATED (recorded in the metrics under `method`).
   grpc::Status Authenticate(MethodId method, const grpc::ServerContext& context);

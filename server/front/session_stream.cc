@@ -40,6 +40,37 @@ class SessionCloser {
   std::string session_id_;
 };
 
+// Reads the stream's next message as a SessionRequest.
+enum class ReadResult { kMessage, kEnd, kUnparsable };
+ReadResult ReadRequest(
+    grpc::ServerReaderWriterInterface<grpc::ByteBuffer, grpc::ByteBuffer>& stream,
+    v1::SessionRequest* request, size_t* bytes) {
+  grpc::ByteBuffer buffer;
+  if (!stream.Read(&buffer)) return ReadResult::kEnd;
+  *bytes = buffer.Length();
+  request->Clear();
+  return grpc::SerializationTraits<v1::SessionRequest>::Deserialize(&buffer, request).ok()
+             ? ReadResult::kMessage
+             : ReadResult::kUnparsable;
+}
+
+bool WriteResponse(grpc::ServerReaderWriterInterface<grpc::ByteBuffer, grpc::ByteBuffer>& stream,
+                   const v1::SessionResponse& response) {
+  grpc::ByteBuffer buffer;
+  bool own_buffer = false;
+  if (!grpc::SerializationTraits<v1::SessionResponse>::Serialize(response, &buffer, &own_buffer)
+           .ok()) {
+    return false;
+  }
+  return stream.Write(buffer);
+}
+
+absl::Status UnparsableError(int64_t index, size_t bytes) {
+  return absl::InvalidArgumentError(absl::StrCat(
+      "message ", index, " of the Session stream (", bytes,
+      " bytes) is not a valid attnd.v1.SessionRequest; the stream ends"));
+}
+
 class StreamGauge {
  public:
   explicit StreamGauge(Metrics& metrics) : metrics_(metrics) { metrics_.StreamOpened(); }
@@ -55,15 +86,25 @@ class StreamGauge {
 
 grpc::Status SessionStream::Serve(
     grpc::ServerContext& context,
-    grpc::ServerReaderWriterInterface<v1::SessionResponse, v1::SessionRequest>& stream) {
+    grpc::ServerReaderWriterInterface<grpc::ByteBuffer, grpc::ByteBuffer>& stream) {
   const grpc::Status shutting_down(grpc::StatusCode::UNAVAILABLE, "attnd is shutting down");
   const std::unique_ptr<StreamRegistry::Handle> registration = streams_.Register(&context);
   if (registration == nullptr) return shutting_down;
   StreamGauge gauge(metrics_);
   v1::SessionRequest request;
-  if (!stream.Read(&request)) {
-    // The client closed (or vanished) before sending anything: no session was opened.
-    return registration->closing() ? shutting_down : grpc::Status::OK;
+  size_t bytes = 0;
+  int64_t messages = 1;
+  switch (ReadRequest(stream, &request, &bytes)) {
+    case ReadResult::kEnd:
+      // The client closed (or vanished) before sending anything: no session was opened.
+      return registration->closing() ? shutting_down : grpc::Status::OK;
+    case ReadResult::kUnparsable: {
+      const absl::Status status = UnparsableError(messages, bytes);
+      runner_.RecordRejected(MethodId::kOpenSession, status);
+      return ToGrpcStatus(status);
+    }
+    case ReadResult::kMessage:
+      break;
   }
   if (!registration->BeginCommand()) return shutting_down;
   if (request.command_case() != v1::SessionRequest::kOpen) {
@@ -83,14 +124,24 @@ grpc::Status SessionStream::Serve(
   v1::SessionResponse response;
   response.set_request_id(request.request_id());
   *response.mutable_open() = *std::move(opened);
-  if (!stream.Write(response)) return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
+  if (!WriteResponse(stream, response)) {
+    return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
+  }
   if (!registration->EndCommand()) return shutting_down;
 
-  while (stream.Read(&request)) {
+  while (true) {
+    const ReadResult read = ReadRequest(stream, &request, &bytes);
+    ++messages;
+    if (read == ReadResult::kEnd) break;
+    if (read == ReadResult::kUnparsable) {
+      const absl::Status status = UnparsableError(messages, bytes);
+      spdlog::warn("Session stream of session '{}' ends: {}", session_id, status.ToString());
+      return ToGrpcStatus(status);
+    }
     if (!registration->BeginCommand()) break;
     response.Clear();
     runner_.Dispatch(session_id, request, &response);
-    const bool written = stream.Write(response);
+    const bool written = WriteResponse(stream, response);
     if (!registration->EndCommand() || !written) break;
   }
   if (registration->closing()) return shutting_down;

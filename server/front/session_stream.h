@@ -4,9 +4,16 @@
 // request_id, code and message. A failed command is answered and the stream goes on. However the
 // stream ends (client half-close, cancellation, crash, server shutdown), its session is closed,
 // which releases every page, buffer and plan it held.
+//
+// The stream carries raw bytes and this class parses them: a message that is not a
+// SessionRequest ends the stream with INVALID_ARGUMENT saying so. (With gRPC's typed stream, a
+// message that fails to parse makes Read() return false just like the client's half-close, and
+// the stream ended OK without a word.)
 #pragma once
 
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/impl/codegen/proto_utils.h>
+#include <grpcpp/support/byte_buffer.h>
 #include <grpcpp/support/sync_stream.h>
 
 #include "attnd/v1/attnd.pb.h"
@@ -22,13 +29,13 @@ class SessionStream {
   SessionStream(CommandRunner& runner, Metrics& metrics, StreamRegistry& streams)
       : runner_(runner), metrics_(metrics), streams_(streams) {}
 
-  // Serves one stream until it ends. Ends with FAILED_PRECONDITION when the first message is not
-  // `open` (naming what came instead), with the core's status when opening fails, UNAVAILABLE
-  // when the daemon shuts down (StreamRegistry::CloseAll), else OK (or CANCELLED when the client
-  // went away).
+  // Serves one stream of serialized SessionRequests / SessionResponses until it ends. Ends with
+  // FAILED_PRECONDITION when the first message is not `open` (naming what came instead),
+  // INVALID_ARGUMENT for a message that does not parse, with the core's status when opening
+  // fails, UNAVAILABLE when the daemon shuts down (StreamRegistry::CloseAll), else OK (or
+  // CANCELLED when the client went away).
   grpc::Status Serve(grpc::ServerContext& context,
-                     grpc::ServerReaderWriterInterface<v1::SessionResponse, v1::SessionRequest>&
-                         stream);
+                     grpc::ServerReaderWriterInterface<grpc::ByteBuffer, grpc::ByteBuffer>& stream);
 
  private:
   CommandRunner& runner_;

@@ -250,6 +250,46 @@ TEST_F(DaemonTest, StreamWhoseFirstMessageIsNotOpenFails) {
   EXPECT_NE(s.error_message().find("create_pool"), std::string::npos) << s.error_message();
 }
 
+// Bytes that are no SessionRequest end the stream with INVALID_ARGUMENT saying so, as the first
+// message and later (gRPC's typed stream took them for the client's half-close: OK, no message).
+TEST_F(DaemonTest, UnparsableStreamMessageEndsTheStreamWithInvalidArgument) {
+  using RawStream = grpc::ClientReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>;
+  const grpc::internal::RpcMethod method("/attnd.v1.Attnd/Session",
+                                         grpc::internal::RpcMethod::BIDI_STREAMING);
+  auto write = [](RawStream& stream, const std::string& bytes) {
+    grpc::Slice slice(bytes);
+    return stream.Write(grpc::ByteBuffer(&slice, 1));
+  };
+  // Field 2 (`open`, length-delimited) claiming 5 bytes of which 2 follow.
+  const std::string truncated("\x12\x05ab", 4);
+  for (const bool after_open : {false, true}) {
+    grpc::ClientContext ctx;
+    std::unique_ptr<RawStream> stream(
+        grpc::internal::ClientReaderWriterFactory<grpc::ByteBuffer, grpc::ByteBuffer>::Create(
+            channel_.get(), method, &ctx));
+    grpc::ByteBuffer answer;
+    if (after_open) {
+      v1::SessionRequest open;
+      open.set_request_id(1);
+      open.mutable_open()->set_client_name("raw");
+      ASSERT_TRUE(write(*stream, open.SerializeAsString()));
+      ASSERT_TRUE(stream->Read(&answer));
+    }
+    ASSERT_TRUE(write(*stream, truncated));
+    stream->WritesDone();
+    EXPECT_FALSE(stream->Read(&answer));
+    const grpc::Status status = stream->Finish();
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << after_open;
+    EXPECT_NE(status.error_message().find(after_open ? "message 2 of the Session stream (4 bytes)"
+                                                     : "message 1 of the Session stream (4 bytes)"),
+              std::string::npos)
+        << status.error_message();
+    EXPECT_NE(status.error_message().find("is not a valid attnd.v1.SessionRequest"),
+              std::string::npos);
+  }
+  EXPECT_EQ(daemon_->core().Stats().sessions, 0);  // the second stream's session was closed
+}
+
 TEST_F(DaemonTest, StreamErrorsKeepTheStreamAlive) {
   grpc::ClientContext ctx;
   auto stream = stub_->Session(&ctx);
