@@ -10,10 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "server/front/fault_injection_backend.h"
-
-#ifdef ATTND_WITH_GRPC_REFLECTION
-#include <grpcpp/ext/proto_server_reflection_plugin.h>
-#endif
+#include "server/front/grpc_reflection.h"
 
 #ifndef ATTND_VERSION
 #define ATTND_VERSION "0.0.0-dev"
@@ -88,10 +85,11 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config
   }
   // Process-wide switch, read when the server is built.
   grpc::EnableDefaultHealthCheckService(true);
-#ifdef ATTND_WITH_GRPC_REFLECTION
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-#endif
   grpc::ServerBuilder builder;
+  if (absl::Status reflection = ConfigureReflection(builder, config.grpc_reflection);
+      !reflection.ok()) {
+    return reflection;
+  }
   builder.AddListeningPort(listen->grpc_uri, *credentials, &daemon->grpc_port_);
   builder.RegisterService(daemon->service_.get());
   builder.SetMaxReceiveMessageSize(static_cast<int>(config.max_message_bytes));

@@ -1,5 +1,6 @@
-// The assembled daemon: Core + gRPC server (attnd.v1.Attnd, grpc.health.v1, reflection) + HTTP
-// endpoints + the maintenance thread, started from a DaemonConfig and shut down gracefully.
+// The assembled daemon: Core + gRPC server (attnd.v1.Attnd, grpc.health.v1, reflection with
+// --grpc_reflection) + HTTP endpoints + the maintenance thread, started from a DaemonConfig and
+// shut down gracefully.
 // main.cc wires it to flags and signals; the in-process tests start it directly.
 #pragma once
 

@@ -90,6 +90,10 @@ ABSL_FLAG(int64_t, testonly_device_fault_after_runs, 0,
           "TEST HOOK, not for production: after this many successful attention runs the backend "
           "is put into a sticky device error (CUDA: a trapping kernel; CPU: emulated), to test "
           "how the daemon reports it. 0 = off. Env: ATTND_TESTONLY_DEVICE_FAULT_AFTER_RUNS.");
+ABSL_FLAG(bool, grpc_reflection, false,
+          "Serve gRPC server reflection (grpc.reflection.v1alpha, for grpcurl and the like). It "
+          "answers without a token, so it is refused together with --token_file/ATTND_TOKEN. "
+          "Env: ATTND_GRPC_REFLECTION.");
 
 #ifndef ATTND_VERSION
 #define ATTND_VERSION "0.0.0-dev"
@@ -104,7 +108,8 @@ const std::vector<std::string>& DaemonFlagNames() {
       "threads", "token_file", "tls_cert", "tls_key", "tls_client_ca",
       "allow_unauthenticated_tcp", "max_sessions", "max_pages_per_session",
       "max_buffers_per_session", "max_plans_per_session", "max_inflight_per_session",
-      "drain_timeout_ms", "exit_on_device_error", "testonly_device_fault_after_runs"};
+      "drain_timeout_ms", "exit_on_device_error", "testonly_device_fault_after_runs",
+      "grpc_reflection"};
   return names;
 }
 
@@ -218,6 +223,12 @@ absl::StatusOr<DaemonConfig> DaemonConfigFromFlags() {
     return absl::InvalidArgumentError(absl::StrCat("--testonly_device_fault_after_runs=",
                                                    config.testonly_device_fault_after_runs,
                                                    " is negative"));
+  }
+  config.grpc_reflection = absl::GetFlag(FLAGS_grpc_reflection);
+  if (config.grpc_reflection && !config.token.empty()) {
+    return absl::InvalidArgumentError(
+        "--grpc_reflection cannot be combined with a token (--token_file or ATTND_TOKEN): "
+        "reflection answers without one, and only grpc.health.v1 is open to callers without it");
   }
   return config;
 }

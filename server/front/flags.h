@@ -46,6 +46,7 @@ struct DaemonConfig {
   // Test hook: after this many successful attention runs the backend fails the way a sticky
   // device error does (fault_injection_backend.h); 0 = off.
   int64_t testonly_device_fault_after_runs = 0;
+  bool grpc_reflection = false;  // serve grpc.reflection.v1alpha (never with a token)
   // File descriptors client buffers may hold open, daemon-wide: set by main from RLIMIT_NOFILE
   // (fd_limits.h BufferFdBudget), not a flag; 0 = no daemon-wide limit.
   int64_t max_open_buffer_fds = 0;

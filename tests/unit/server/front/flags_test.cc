@@ -6,7 +6,11 @@
 #include <string>
 #include <vector>
 
+#include "absl/flags/declare.h"
+#include "absl/flags/flag.h"
 #include "absl/flags/reflection.h"
+
+ABSL_DECLARE_FLAG(bool, grpc_reflection);
 
 namespace attnd::server::front {
 namespace {
@@ -33,6 +37,20 @@ TEST_F(FlagsTest, DefaultsMatchTheDocumentedConfig) {
   EXPECT_EQ(config->drain_timeout, absl::Seconds(10));
   EXPECT_TRUE(config->exit_on_device_error);
   EXPECT_EQ(config->testonly_device_fault_after_runs, 0);
+  EXPECT_FALSE(config->grpc_reflection);
+}
+
+// Reflection answers without a token: the two together are refused.
+TEST_F(FlagsTest, ReflectionIsRefusedWithAToken) {
+  absl::SetFlag(&FLAGS_grpc_reflection, true);
+  ASSERT_TRUE(DaemonConfigFromFlags().ok());
+  setenv("ATTND_TOKEN", "a-token-of-sixteen-bytes-or-more", 1);
+  absl::StatusOr<DaemonConfig> config = DaemonConfigFromFlags();
+  unsetenv("ATTND_TOKEN");
+  EXPECT_EQ(config.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(config.status().message().find("--grpc_reflection cannot be combined with a token"),
+            std::string::npos)
+      << config.status();
 }
 
 TEST_F(FlagsTest, EnvironmentVariableNames) {
@@ -61,7 +79,7 @@ TEST_F(FlagsTest, EveryFlagCanBeSetFromTheEnvironment) {
       {"ATTND_MAX_PAGES_PER_SESSION", "12"},  {"ATTND_MAX_BUFFERS_PER_SESSION", "13"},
       {"ATTND_MAX_PLANS_PER_SESSION", "14"},  {"ATTND_MAX_INFLIGHT_PER_SESSION", "15"},
       {"ATTND_DRAIN_TIMEOUT_MS", "2500"},     {"ATTND_EXIT_ON_DEVICE_ERROR", "false"},
-      {"ATTND_TESTONLY_DEVICE_FAULT_AFTER_RUNS", "9"}};
+      {"ATTND_TESTONLY_DEVICE_FAULT_AFTER_RUNS", "9"}, {"ATTND_GRPC_REFLECTION", "true"}};
   ASSERT_EQ(env.size(), DaemonFlagNames().size());
   const absl::Status applied = ApplyEnvironmentToFlags([&env](const char* name) -> const char* {
     auto it = env.find(name);
@@ -90,6 +108,7 @@ TEST_F(FlagsTest, EveryFlagCanBeSetFromTheEnvironment) {
   EXPECT_EQ(config->drain_timeout, absl::Milliseconds(2500));
   EXPECT_FALSE(config->exit_on_device_error);
   EXPECT_EQ(config->testonly_device_fault_after_runs, 9);
+  EXPECT_TRUE(config->grpc_reflection);
 }
 
 TEST_F(FlagsTest, BadEnvironmentValueNamesTheVariable) {
