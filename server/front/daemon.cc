@@ -97,7 +97,13 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config
   // gRPC sets SO_REUSEPORT on TCP listeners by default, which would let a second daemon bind
   // the same port and take half the connections; a taken port must fail the start instead.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
-  daemon->server_ = builder.BuildAndStart();
+  {
+    // The socket is born with --socket_mode: bind creates it with 0777 & ~umask, and the chmod
+    // below alone left it wider for a moment (0777 under umask 000). BuildAndStart binds.
+    std::optional<ScopedUmaskForMode> socket_umask;
+    if (listen->is_unix()) socket_umask.emplace(config.socket_mode);
+    daemon->server_ = builder.BuildAndStart();
+  }
   if (daemon->server_ == nullptr || (!listen->is_unix() && daemon->grpc_port_ == 0)) {
     return absl::UnavailableError(absl::StrCat(
         "gRPC cannot listen on '", config.listen, "' (address in use, bad host, or no access)"));

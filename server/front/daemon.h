@@ -31,9 +31,9 @@ namespace attnd::server::front {
 
 class Daemon {
  public:
-  // Creates the Core over `backend`, binds gRPC (removing a stale unix socket first and applying
-  // --socket_mode after) and HTTP, marks SERVING. Errors: the address cannot be bound, the core
-  // cannot be created.
+  // Creates the Core over `backend`, binds gRPC (removing a stale unix socket first and creating
+  // the new one with --socket_mode) and HTTP, marks SERVING. Errors: the address cannot be bound,
+  // the core cannot be created.
   static absl::StatusOr<std::unique_ptr<Daemon>> Start(const DaemonConfig& config,
                                                        std::unique_ptr<kernels::Backend> backend);
   // Shutdown(config.drain_timeout) if not done; then waits for commands that outlived it.

@@ -76,6 +76,11 @@ absl::Status RemoveStaleUnixSocket(const std::string& path) {
   return absl::OkStatus();
 }
 
+ScopedUmaskForMode::ScopedUmaskForMode(unsigned mode)
+    : previous_(::umask(static_cast<mode_t>(~mode & 0777))) {}
+
+ScopedUmaskForMode::~ScopedUmaskForMode() { ::umask(static_cast<mode_t>(previous_)); }
+
 absl::Status SetSocketPermissions(const std::string& path, unsigned mode) {
   if (chmod(path.c_str(), static_cast<mode_t>(mode)) != 0) {
     return absl::FailedPreconditionError(absl::StrFormat("chmod %04o on '%s' failed: %s", mode,

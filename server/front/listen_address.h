@@ -1,6 +1,6 @@
 // The --listen address: a unix socket ("unix:///abs/path", "unix:path") or TCP ("HOST:PORT"),
-// and the unix-socket chores: remove a stale socket file before binding, set its permissions
-// after.
+// and the unix-socket chores: remove a stale socket file before binding, create it with its
+// permissions (ScopedUmaskForMode) and set them exactly after.
 #pragma once
 
 #include <string>
@@ -34,5 +34,19 @@ absl::Status RemoveStaleUnixSocket(const std::string& path);
 
 // chmod(path, mode), with the error named.
 absl::Status SetSocketPermissions(const std::string& path, unsigned mode);
+
+// Sets the process's umask so that files created while it lives get at most `mode`'s
+// permissions (a socket is created by bind with 0777 & ~umask), and restores the previous umask
+// when destroyed. The umask is process-wide: hold it only around the bind.
+class ScopedUmaskForMode {
+ public:
+  explicit ScopedUmaskForMode(unsigned mode);
+  ~ScopedUmaskForMode();
+  ScopedUmaskForMode(const ScopedUmaskForMode&) = delete;
+  ScopedUmaskForMode& operator=(const ScopedUmaskForMode&) = delete;
+
+ private:
+  unsigned previous_;
+};
 
 }  // namespace attnd::server::front

@@ -98,6 +98,7 @@ absl::StatusOr<std::unique_ptr<DaemonProcess>> DaemonProcess::Start(const Daemon
     return absl::InternalError(absl::StrCat("posix_spawn(", argv[0], "): ", std::strerror(rc)));
   }
   daemon->pid_ = pid;
+  if (options.on_spawned) options.on_spawned(socket_path);
 
   // Wait for SERVING over grpc.health.v1.
   std::unique_ptr<client::Client> client = daemon->NewClient();

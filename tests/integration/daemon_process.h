@@ -8,6 +8,7 @@
 
 #include <sys/types.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -30,6 +31,8 @@ struct DaemonOptions {
   // Runs the daemon through this command, e.g. {"prlimit", "--nofile=64:4096", "--"} (it must
   // exec the daemon, so that the pid stays the daemon's). Looked up in PATH.
   std::vector<std::string> command_prefix;
+  // Called with the socket's path right after the process was spawned (before it is SERVING).
+  std::function<void(const std::string& socket_path)> on_spawned;
   absl::Duration start_timeout = absl::Seconds(30);
 };
 

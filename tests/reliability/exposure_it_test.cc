@@ -85,5 +85,39 @@ TEST(ReflectionTest, RefusedTogetherWithAToken) {
       << daemon.status();
 }
 
+// Started under umask 000, the socket must appear with --socket_mode (0660) already: a chmod
+// after the bind left it 0777 for a moment, in which any local user could connect. Each start
+// polls the path from the moment the process is spawned.
+TEST(SocketModeTest, TheSocketIsBornWithItsMode) {
+  for (int start = 0; start < 3; ++start) {
+    std::atomic<bool> stop{false};
+    std::atomic<int> first_mode{-1};
+    std::thread watcher;
+    DaemonOptions options;
+    options.on_spawned = [&](const std::string& socket_path) {
+      watcher = std::thread([&stop, &first_mode, socket_path] {
+        struct stat st {};
+        while (!stop.load(std::memory_order_relaxed)) {
+          if (lstat(socket_path.c_str(), &st) == 0) {
+            first_mode = static_cast<int>(st.st_mode & 07777);
+            return;
+          }
+        }
+      });
+    };
+    const mode_t previous_umask = umask(0);
+    auto daemon = DaemonProcess::Start(options);
+    umask(previous_umask);
+    stop = true;
+    if (watcher.joinable()) watcher.join();
+    ATTND_ASSERT_OK(daemon);
+    EXPECT_EQ(first_mode.load(), 0660) << "start " << start << ": the socket appeared with mode "
+                                       << std::oct << first_mode.load();
+    struct stat st {};
+    ASSERT_EQ(stat((*daemon)->target().substr(std::string("unix://").size()).c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 07777, 0660u);
+  }
+}
+
 }  // namespace
 }  // namespace attnd::testing
