@@ -1,6 +1,9 @@
 #include "server/front/metrics.h"
 
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
+#include <unordered_set>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -30,6 +33,27 @@ MethodMetrics& Metrics::ForMethod(std::string_view method) {
     if (m.method() == method) return m;
   }
   return methods_.emplace_back(std::string(method));
+}
+
+std::vector<std::pair<int64_t, const PoolStats*>> Metrics::NumberPools(
+    const std::vector<PoolStats>& pools) const {
+  std::vector<std::pair<int64_t, const PoolStats*>> numbered;
+  std::unordered_set<std::string> present;
+  std::lock_guard<std::mutex> lock(pool_numbers_mutex_);
+  for (const PoolStats& pool : pools) {
+    auto [it, added] = pool_numbers_.try_emplace(pool.pool_id, next_pool_number_);
+    if (added) {
+      ++next_pool_number_;
+      spdlog::info("metrics: pool '{}' ({}) is pool=\"{}\" in /metrics", pool.name, pool.pool_id,
+                   it->second);
+    }
+    numbered.emplace_back(it->second, &pool);
+    present.insert(pool.pool_id);
+  }
+  std::erase_if(pool_numbers_, [&](const auto& entry) { return !present.contains(entry.first); });
+  std::sort(numbered.begin(), numbered.end(),
+            [](const auto& a, const auto& b) { return a.first < b.first; });
+  return numbered;
 }
 
 std::string Metrics::Render(const MetricsSnapshot& snapshot) const {
@@ -88,21 +112,23 @@ std::string Metrics::Render(const MetricsSnapshot& snapshot) const {
   w.Family("attnd_buffers", "gauge", "Registered client buffers in all sessions.");
   w.Sample("attnd_buffers", {}, static_cast<double>(s.buffers));
 
-  w.Family("attnd_pool_pages", "gauge", "KV-cache pages per pool, used or free.");
-  for (const PoolStats& p : s.pools) {
-    w.Sample("attnd_pool_pages", {{"pool", p.name}, {"state", "used"}},
-             static_cast<double>(p.num_pages - p.free_pages));
-    w.Sample("attnd_pool_pages", {{"pool", p.name}, {"state", "free"}},
-             static_cast<double>(p.free_pages));
+  const std::vector<std::pair<int64_t, const PoolStats*>> pools = NumberPools(s.pools);
+  w.Family("attnd_pool_pages", "gauge", "KV-cache pages per pool (pool: its number), used or free.");
+  for (const auto& [number, p] : pools) {
+    const std::string pool = absl::StrCat(number);
+    w.Sample("attnd_pool_pages", {{"pool", pool}, {"state", "used"}},
+             static_cast<double>(p->num_pages - p->free_pages));
+    w.Sample("attnd_pool_pages", {{"pool", pool}, {"state", "free"}},
+             static_cast<double>(p->free_pages));
   }
   w.Family("attnd_pool_bytes", "gauge", "Bytes of each pool's allocation.");
-  for (const PoolStats& p : s.pools) {
-    w.Sample("attnd_pool_bytes", {{"pool", p.name}}, p.total_bytes);
+  for (const auto& [number, p] : pools) {
+    w.Sample("attnd_pool_bytes", {{"pool", absl::StrCat(number)}}, p->total_bytes);
   }
   w.Family("attnd_pool_attached_sessions", "gauge", "Sessions attached to each pool.");
-  for (const PoolStats& p : s.pools) {
-    w.Sample("attnd_pool_attached_sessions", {{"pool", p.name}},
-             static_cast<double>(p.attached_sessions));
+  for (const auto& [number, p] : pools) {
+    w.Sample("attnd_pool_attached_sessions", {{"pool", absl::StrCat(number)}},
+             static_cast<double>(p->attached_sessions));
   }
   w.Family("attnd_pool_memory_allocated_bytes", "gauge", "Backend memory given to all pools.");
   w.Sample("attnd_pool_memory_allocated_bytes", {}, s.pool_bytes_allocated);

@@ -10,6 +10,9 @@
 //   attnd_pool_pages{pool,state="used|free"}       gauge
 //   attnd_pool_bytes{pool}                         gauge     bytes of the pool's allocation
 //   attnd_pool_attached_sessions{pool}             gauge
+// where `pool` is a number the daemon gives each pool ("0", "1", ... in the order /metrics first
+// shows them, never reused), not its name or id: /metrics is unauthenticated, and a pool's name
+// is what AttachPool asks for. The first scrape that shows a pool logs its number, name and id.
 //   attnd_pool_memory_allocated_bytes              gauge     all pools together
 //   attnd_bytes_in_total, attnd_bytes_out_total    counter   tensor bytes read / written
 //   attnd_backend_healthy                          gauge     1 while Core::Health() is OK
@@ -24,6 +27,9 @@
 #include <mutex>
 #include <string>
 #include <string_view>
+#include <unordered_map>
+#include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
@@ -90,6 +96,14 @@ class Metrics {
   std::deque<MethodMetrics> methods_;    // deque: references stay valid as it grows
   std::atomic<int64_t> streams_active_{0};
   std::atomic<uint64_t> device_errors_{0};
+
+  // The pools of `pools` with their numbers (the `pool` label), by number; assigns numbers to
+  // new pools and forgets those gone.
+  std::vector<std::pair<int64_t, const PoolStats*>> NumberPools(
+      const std::vector<PoolStats>& pools) const;
+  mutable std::mutex pool_numbers_mutex_;
+  mutable std::unordered_map<std::string, int64_t> pool_numbers_;  // pool id -> number
+  mutable int64_t next_pool_number_ = 0;
 };
 
 }  // namespace attnd::server::front

@@ -111,10 +111,10 @@ TEST(MetricsTest, GaugesFromSnapshotWithEscapedLabels) {
   EXPECT_EQ(p.Get("attnd_sessions"), 3);
   EXPECT_EQ(p.Get("attnd_plans"), 5);
   EXPECT_EQ(p.Get("attnd_buffers"), 2);
-  EXPECT_EQ(p.Get("attnd_pool_pages", {{"pool", pool.name}, {"state", "used"}}), 63);
-  EXPECT_EQ(p.Get("attnd_pool_pages", {{"pool", pool.name}, {"state", "free"}}), 37);
-  EXPECT_EQ(p.Get("attnd_pool_bytes", {{"pool", pool.name}}), 4096000);
-  EXPECT_EQ(p.Get("attnd_pool_attached_sessions", {{"pool", pool.name}}), 2);
+  EXPECT_EQ(p.Get("attnd_pool_pages", {{"pool", "0"}, {"state", "used"}}), 63);
+  EXPECT_EQ(p.Get("attnd_pool_pages", {{"pool", "0"}, {"state", "free"}}), 37);
+  EXPECT_EQ(p.Get("attnd_pool_bytes", {{"pool", "0"}}), 4096000);
+  EXPECT_EQ(p.Get("attnd_pool_attached_sessions", {{"pool", "0"}}), 2);
   EXPECT_EQ(p.Get("attnd_pool_memory_allocated_bytes"), 1 << 20);
   EXPECT_EQ(p.Get("attnd_bytes_in_total"), 1234);
   EXPECT_EQ(p.Get("attnd_bytes_out_total"), 5678);
@@ -126,6 +126,38 @@ TEST(MetricsTest, GaugesFromSnapshotWithEscapedLabels) {
 
   snap.backend_healthy = false;
   EXPECT_EQ(RenderAndParse(metrics, snap).Get("attnd_backend_healthy"), 0);
+}
+
+// /metrics is unauthenticated and a pool's name is what AttachPool asks for: pools are exported
+// by a number, stable while the pool lives and never reused.
+TEST(MetricsTest, PoolsAreNumberedNotNamed) {
+  Metrics metrics;
+  MetricsSnapshot snap;
+  auto add_pool = [&snap](const std::string& id, const std::string& name, int64_t free_pages) {
+    PoolStats pool;
+    pool.pool_id = id;
+    pool.name = name;
+    pool.num_pages = 64;
+    pool.free_pages = free_pages;
+    snap.stats.pools.push_back(pool);
+  };
+  add_pool("p-0123456789abcdef0123456789abcdef", "llama-70b-prod", 10);
+  add_pool("p-fedcba9876543210fedcba9876543210", "mistral-shared", 20);
+  std::string text = metrics.Render(snap);
+  for (const char* secret : {"llama-70b-prod", "mistral-shared", "p-0123456789abcdef",
+                             "p-fedcba9876543210"}) {
+    EXPECT_EQ(text.find(secret), std::string::npos) << secret << " in:\n" << text;
+  }
+  ParsedExposition p = ParseExposition(text);
+  EXPECT_EQ(p.Get("attnd_pool_pages", {{"pool", "0"}, {"state", "free"}}), 10);
+  EXPECT_EQ(p.Get("attnd_pool_pages", {{"pool", "1"}, {"state", "free"}}), 20);
+  // The first pool goes, a third comes: the survivor keeps its number, the newcomer gets a new one.
+  snap.stats.pools.erase(snap.stats.pools.begin());
+  add_pool("p-00000000000000000000000000000003", "third", 30);
+  p = ParseExposition(metrics.Render(snap));
+  EXPECT_FALSE(p.Get("attnd_pool_pages", {{"pool", "0"}, {"state", "free"}}));
+  EXPECT_EQ(p.Get("attnd_pool_pages", {{"pool", "1"}, {"state", "free"}}), 20);
+  EXPECT_EQ(p.Get("attnd_pool_pages", {{"pool", "2"}, {"state", "free"}}), 30);
 }
 
 TEST(MetricsTest, ConcurrentRecordingLosesNothing) {
