@@ -87,13 +87,21 @@ grpc::Status SessionStream::Serve(
   response.set_request_id(request.request_id());
   *response.mutable_open() = *std::move(opened);
   if (!stream.Write(response)) return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
+  // The first message may have been large (a long client_name): do not keep it for the stream.
+  request = v1::SessionRequest();
+  response = v1::SessionResponse();
   if (!registration->EndCommand()) return shutting_down;
 
-  while (stream.Read(&request)) {
+  // A fresh request and response per command: protobuf's Clear() keeps the capacity of the
+  // inline tensors' strings, so reused messages would hold each stream's largest message (up to
+  // --max_message_bytes, twice) for the stream's lifetime.
+  for (;;) {
+    v1::SessionRequest next;
+    if (!stream.Read(&next)) break;
     if (!registration->BeginCommand()) break;
-    response.Clear();
-    runner_.Dispatch(session_id, request, &response);
-    const bool written = stream.Write(response);
+    v1::SessionResponse answer;
+    runner_.Dispatch(session_id, next, &answer);
+    const bool written = stream.Write(answer);
     if (!registration->EndCommand() || !written) break;
   }
   if (registration->closing()) return shutting_down;
