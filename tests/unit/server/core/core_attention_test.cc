@@ -391,6 +391,46 @@ TEST_F(CoreBufferTest, BadSlicesAndBuffersAreRefused) {
 // The client's memory must never fault the daemon: only memfds sealed against shrinking are
 // accepted, and a sealed one cannot be shrunk while the daemon reads it (the old name-based
 // registration let a client ftruncate its object mid-AppendKv and end the daemon with SIGBUS).
+// A Run refused for any of its fields changes nothing: k/v it carries are not appended first
+// (the CUDA backend used to append before checking the rest). Every field is checked before any
+// write, for every backend, by the executor.
+TEST_F(CoreBufferTest, ARefusedRunDoesNotAppendItsKv) {
+  v1::RunRequest read;
+  read.set_plan_id(plan_id_);
+  *read.mutable_q() = InlineTensor(kernels::DType::kFloat16, {7, 4, 64}, q_);
+  read.mutable_options()->set_causal(true);
+  auto before = core_->Run(session_, read);
+  ASSERT_TRUE(before.ok()) << before.status();
+
+  TestMemfd shm(4096);
+  const std::string buffer = Register(shm, 4096);
+  std::mt19937 rng(99);
+  v1::RunRequest bad = read;
+  *bad.mutable_k() = InlineTensor(kernels::DType::kFloat16, {7, 2, 64},
+                                  RandomBytes(rng, kernels::DType::kFloat16, 7 * 2 * 64));
+  *bad.mutable_v() = InlineTensor(kernels::DType::kFloat16, {7, 2, 64},
+                                  RandomBytes(rng, kernels::DType::kFloat16, 7 * 2 * 64));
+  // Each of these is refused after k and v passed their own checks.
+  std::vector<v1::RunRequest> refused;
+  refused.push_back(bad);
+  *refused.back().mutable_o() = Slice(v1::DTYPE_FLOAT16, {7, 4, 64}, buffer, 2048);  // past end
+  refused.push_back(bad);
+  *refused.back().mutable_o() = Slice(v1::DTYPE_FLOAT16, {7, 4, 64}, buffer, 1);  // misaligned
+  refused.push_back(bad);
+  refused.back().mutable_options()->set_return_lse(true);
+  *refused.back().mutable_lse() = Slice(v1::DTYPE_FLOAT32, {7, 4}, "b-nope", 0);  // unknown
+  refused.push_back(bad);
+  refused.back().mutable_options()->set_logits_soft_cap(-1.f);
+  refused.push_back(bad);
+  refused.back().set_layer(5);
+  for (const v1::RunRequest& r : refused) {
+    EXPECT_FALSE(core_->Run(session_, r).ok());
+  }
+  auto after = core_->Run(session_, read);
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ(after->o().inline_data(), before->o().inline_data()) << "the cache changed";
+}
+
 TEST_F(CoreBufferTest, OnlySealedMemfdsAreAcceptedAndTheyCannotShrinkUnderARun) {
   TestMemfd unsealed(8192, /*seal=*/false);
   auto refused = SendFd(*core_, peer_, unsealed.fd());

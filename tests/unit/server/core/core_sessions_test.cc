@@ -151,6 +151,21 @@ TEST(CoreSessionsTest, ClientNamesAreEscapedAndCut) {
   }
 }
 
+// ServerInfo says what CreatePool accepts: on the CPU backend any page size in
+// 1..max_page_size (page_sizes is empty), and tensors need only element alignment.
+TEST(CoreSessionsTest, ServerInfoSaysWhichPageSizesAndAlignmentsAreAccepted) {
+  auto core = MakeCore();
+  const v1::ServerInfo info = core->GetServerInfo();
+  EXPECT_EQ(info.page_sizes_size(), 0);
+  EXPECT_EQ(info.max_page_size(), 65536);
+  EXPECT_EQ(info.tensor_alignment_bytes(), 0u);
+  const std::string s = Open(*core);
+  EXPECT_TRUE(core->CreatePool(s, PoolRequest({.name = "p1", .page_size = 1})).ok());
+  EXPECT_TRUE(core->CreatePool(s, PoolRequest({.name = "p7", .page_size = 7, .num_pages = 4})).ok());
+  EXPECT_STATUS(core->CreatePool(s, PoolRequest({.name = "pbig", .page_size = 65537})).status(),
+                kInvalidArgument, HasSubstr("page_size=65537 must be in 1..65536"));
+}
+
 // Pools of another principal are attached with their attach token only.
 TEST(CoreSessionsTest, AttachingAnotherPrincipalsPoolNeedsItsToken) {
   auto core = MakeCore();
