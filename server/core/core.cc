@@ -141,7 +141,9 @@ struct Core::State {
         backend(std::move(backend_in)),
         pools(EffectivePoolBudget(options, backend->info())),
         host(EffectiveHostBudget(options), options.max_session_host_bytes),
-        peers(options.max_peers, options.max_fds_per_peer) {}
+        peers(options.max_peers, options.max_fds_per_peer,
+              options.max_pending_fds > 0 ? options.max_pending_fds
+                                          : options.max_peers * options.max_fds_per_peer) {}
 
   const CoreOptions options;
   const std::unique_ptr<kernels::Backend> backend;
@@ -899,9 +901,12 @@ absl::StatusOr<std::string> Core::AddPeer(const PeerCredentials& credentials) {
 
 void Core::RemovePeer(std::string_view key) {
   if (!state_->peers.Remove(Absl(key))) return;
-  std::vector<std::shared_ptr<Session>> orphans = state_->sessions.RemoveIf(
+  // Its unary sessions' leases end now; ExpireIdleSessions releases them on its next round. Not
+  // released here: that would wait for a command still running in one of them, and the peer
+  // socket's thread (which calls this) serves every client.
+  const int ended = state_->sessions.EndLeasesIf(
       [&](const Session& s) { return s.binding == SessionBinding::kLeased && s.owner.peer == key; });
-  for (const auto& session : orphans) state_->Release(*session, "its peer connection closed");
+  if (ended > 0) spdlog::info("a peer left: {} unary session(s) end with it", ended);
 }
 
 absl::StatusOr<Identity> Core::PeerIdentity(std::string_view key) const {

@@ -101,6 +101,9 @@ struct CoreOptions {
   // sent and not yet registered (each is an open file descriptor of the daemon).
   int64_t max_peers = 4096;
   int32_t max_fds_per_peer = 16;
+  // Descriptors sent and not yet registered, all peers together; 0 = max_peers *
+  // max_fds_per_peer. The daemon derives both from its RLIMIT_NOFILE budget.
+  int64_t max_pending_fds = 0;
   // Commands of one session executing or waiting for the session at once
   // (--max_inflight_per_session); a session's commands run one at a time, so more unary calls
   // in parallel only queue up on the daemon's threads.

@@ -80,6 +80,11 @@ absl::StatusOr<std::string> PeerRegistry::AddFd(absl::string_view key, ScopedFd 
         "quota: ", it->second.fds.size(), " descriptors sent and not yet registered (limit ",
         max_fds_per_peer_, "); register or drop them first"));
   }
+  if (pending_fds_ >= max_pending_fds_) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "quota: the daemon holds ", pending_fds_, " descriptors sent and not yet registered "
+        "(limit ", max_pending_fds_, ", from its file-descriptor budget); try again shortly"));
+  }
   std::string token = NewRandomId("fd-");
   it->second.fds.emplace(token, std::move(fd));
   ++pending_fds_;

@@ -3,8 +3,9 @@
 // its calls carry in the x-attnd-peer metadata, and the shared-memory file descriptors it sent
 // that no RegisterBuffer has taken yet. Everything of a peer goes when its connection closes.
 //
-// Bounded: at most max_peers peers and max_fds_per_peer pending descriptors each (each one is an
-// open fd of the daemon), RESOURCE_EXHAUSTED beyond. Thread-safe.
+// Bounded: at most max_peers peers, max_fds_per_peer pending descriptors each and
+// max_pending_fds in all (each one is an open fd of the daemon), RESOURCE_EXHAUSTED beyond.
+// Thread-safe.
 #pragma once
 
 #include <cstdint>
@@ -23,8 +24,10 @@ namespace attnd::server {
 
 class PeerRegistry {
  public:
-  PeerRegistry(int64_t max_peers, int32_t max_fds_per_peer)
-      : max_peers_(max_peers), max_fds_per_peer_(max_fds_per_peer) {}
+  PeerRegistry(int64_t max_peers, int32_t max_fds_per_peer, int64_t max_pending_fds)
+      : max_peers_(max_peers),
+        max_fds_per_peer_(max_fds_per_peer),
+        max_pending_fds_(max_pending_fds) {}
 
   // A new peer with these credentials; returns its key. RESOURCE_EXHAUSTED beyond max_peers.
   absl::StatusOr<std::string> Add(const PeerCredentials& credentials) ABSL_LOCKS_EXCLUDED(mu_);
@@ -54,6 +57,7 @@ class PeerRegistry {
   };
   const int64_t max_peers_;
   const int32_t max_fds_per_peer_;
+  const int64_t max_pending_fds_;
   mutable absl::Mutex mu_;
   absl::flat_hash_map<std::string, Peer> peers_ ABSL_GUARDED_BY(mu_);
   int64_t pending_fds_ ABSL_GUARDED_BY(mu_) = 0;

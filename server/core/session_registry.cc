@@ -55,18 +55,16 @@ std::vector<std::shared_ptr<Session>> SessionRegistry::RemoveExpired(absl::Time 
   return expired;
 }
 
-std::vector<std::shared_ptr<Session>> SessionRegistry::RemoveIf(const Filter& select) {
-  std::vector<std::shared_ptr<Session>> removed;
+int SessionRegistry::EndLeasesIf(const Filter& select) {
   absl::MutexLock lock(&mu_);
-  for (auto it = sessions_.begin(); it != sessions_.end();) {
-    if (select(*it->second.session)) {
-      removed.push_back(std::move(it->second.session));
-      sessions_.erase(it++);
-    } else {
-      ++it;
+  int ended = 0;
+  for (auto& [id, entry] : sessions_) {
+    if (select(*entry.session)) {
+      entry.deadline = absl::InfinitePast();
+      ++ended;
     }
   }
-  return removed;
+  return ended;
 }
 
 std::vector<std::shared_ptr<Session>> SessionRegistry::RemoveAll() {

@@ -32,8 +32,9 @@ class SessionRegistry {
   // releases it.
   std::shared_ptr<Session> Remove(absl::string_view id, const Filter& reachable)
       ABSL_LOCKS_EXCLUDED(mu_);
-  // Takes out every session `select` accepts.
-  std::vector<std::shared_ptr<Session>> RemoveIf(const Filter& select) ABSL_LOCKS_EXCLUDED(mu_);
+  // Ends the lease of every session `select` accepts (RemoveExpired takes them next); returns
+  // how many.
+  int EndLeasesIf(const Filter& select) ABSL_LOCKS_EXCLUDED(mu_);
   // Takes out every leased session whose deadline is before `now`.
   std::vector<std::shared_ptr<Session>> RemoveExpired(absl::Time now) ABSL_LOCKS_EXCLUDED(mu_);
   std::vector<std::shared_ptr<Session>> RemoveAll() ABSL_LOCKS_EXCLUDED(mu_);

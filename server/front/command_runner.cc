@@ -7,6 +7,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "server/core/ids.h"
+#include "server/front/bounded_text.h"
+#include "server/front/status_convert.h"
 
 namespace attnd::server::front {
 namespace {
@@ -14,9 +16,12 @@ namespace {
 using StreamHandler = void (*)(CommandRunner& runner, std::string_view session_id,
                                const v1::SessionRequest& request, v1::SessionResponse* response);
 
+// Lines of ReportSuppressedFailures beyond which the rest are summed up in one.
+constexpr size_t kMaxSuppressedReportLines = 10;
+
 void SetError(const absl::Status& status, v1::SessionResponse* response) {
   response->set_code(static_cast<int32_t>(status.code()));
-  response->set_message(std::string(status.message()));
+  response->set_message(StatusMessageForClient(status));
 }
 
 // The stream side of one table entry: unpack the oneof, execute, pack the oneof.
@@ -87,10 +92,42 @@ void CommandRunner::Finish(MethodId id, std::string_view session_id, const absl:
   const absl::Duration elapsed = absl::FromChrono(std::chrono::steady_clock::now() - start);
   metrics_by_method_[static_cast<size_t>(id)]->Record(status.code(), elapsed);
   if (!status.ok()) {
-    // Session ids are secrets of their clients: logs name the session by its tag only.
-    spdlog::warn("{} failed (session {}): {}", MethodName(id),
-                 session_id.empty() ? std::string("-") : SessionLogTag(session_id),
-                 status.ToString());
+    LogFailure(id, session_id, status);
+    // A sticky device error must not wait for the next periodic health check.
+    if (backend_error_handler_) {
+      if (const absl::Status health = core_.Health(); !health.ok()) backend_error_handler_(health);
+    }
+  }
+}
+
+void CommandRunner::LogFailure(MethodId id, std::string_view session_id,
+                               const absl::Status& status) {
+  const std::string_view method = MethodName(id);
+  // Session ids are secrets of their clients: logs name the session by its tag only ("s17").
+  const std::string source =
+      absl::StrCat(absl::string_view(method.data(), method.size()), " in session ",
+                   session_id.empty() ? std::string("-") : SessionLogTag(session_id));
+  uint64_t suppressed = 0;
+  if (!failure_log_limit_.Admit(source, absl::Now(), &suppressed)) return;
+  if (suppressed > 0) spdlog::warn("suppressed {} similar errors: {}", suppressed, source);
+  spdlog::warn("{} failed: {}: {}", source, StatusCodeName(status.code()),
+               StatusMessageForClient(status));
+}
+
+void CommandRunner::ReportSuppressedFailures() {
+  const auto unreported = failure_log_limit_.TakeUnreported(absl::Now());
+  uint64_t rest = 0;
+  for (size_t i = 0; i < unreported.size(); ++i) {
+    const auto& [source, count] = unreported[i];
+    if (i < kMaxSuppressedReportLines) {
+      spdlog::warn("suppressed {} similar errors: {}", count, source);
+    } else {
+      rest += count;
+    }
+  }
+  if (rest > 0) {
+    spdlog::warn("suppressed {} more errors of {} more sessions and methods", rest,
+                 unreported.size() - kMaxSuppressedReportLines);
   }
 }
 

@@ -1,11 +1,13 @@
 // Runs commands against the Core for both front paths (unary handlers and the Session stream):
 // times each call, records attnd_requests_total / attnd_request_duration_seconds, and logs
-// failures at warn with the method and status. Holds no business logic: every decision about a
-// request is the Core's.
+// failures at warn with the method and status (the message cut like the client's, at most 5
+// lines per second per session and method: log_rate_limiter.h). Holds no business logic: every
+// decision about a request is the Core's.
 #pragma once
 
 #include <array>
 #include <chrono>
+#include <functional>
 #include <string_view>
 
 #include "absl/status/status.h"
@@ -14,6 +16,7 @@
 #include "server/core/core.h"
 #include "server/front/command_table.h"
 #include "server/front/inflight_calls.h"
+#include "server/front/log_rate_limiter.h"
 #include "server/front/metrics.h"
 
 namespace attnd::server::front {
@@ -51,6 +54,16 @@ class CommandRunner {
   // Commands executing right now (graceful shutdown waits for them).
   const InFlightCalls& in_flight() const { return in_flight_; }
 
+  // Called with Core::Health() when it is not OK right after a command failed (a sticky device
+  // error; backend_health.h). Set before serving starts.
+  void set_backend_error_handler(std::function<void(const absl::Status& health)> handler) {
+    backend_error_handler_ = std::move(handler);
+  }
+
+  // Logs the failed-command lines the rate limit dropped ("suppressed N similar errors"); the
+  // maintenance loop calls it every second.
+  void ReportSuppressedFailures();
+
   // Records a call refused before it reached the Core (e.g. missing session metadata).
   void RecordRejected(MethodId id, const absl::Status& status);
 
@@ -64,10 +77,13 @@ class CommandRunner {
   absl::Status CheckResponseSize(MethodId id, size_t bytes) const;
   void Finish(MethodId id, std::string_view session_id, const absl::Status& status,
               std::chrono::steady_clock::time_point start);
+  void LogFailure(MethodId id, std::string_view session_id, const absl::Status& status);
 
   Core& core_;
   const uint64_t max_response_bytes_;
   InFlightCalls in_flight_;
+  std::function<void(const absl::Status& health)> backend_error_handler_;
+  LogRateLimiter failure_log_limit_;
   std::array<MethodMetrics*, static_cast<size_t>(MethodId::kCount)> metrics_by_method_{};
 };
 

@@ -5,9 +5,11 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <future>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "server/front/fault_injection_backend.h"
 
 #ifdef ATTND_WITH_GRPC_REFLECTION
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
@@ -22,6 +24,7 @@ namespace attnd::server::front {
 absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config,
                                                       std::unique_ptr<kernels::Backend> backend) {
   std::unique_ptr<Daemon> daemon(new Daemon());
+  daemon->drain_timeout_ = config.drain_timeout;
 
   absl::StatusOr<ListenAddress> listen = ParseListenAddress(config.listen);
   if (!listen.ok()) return listen.status();
@@ -53,9 +56,25 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config
   core_options.max_session_lease = config.max_session_lease;
   core_options.max_host_bytes = config.max_host_bytes;
   core_options.max_session_host_bytes = config.max_session_host_bytes;
-  core_options.max_peers = config.max_sessions;
   // Unary sessions are bound to their caller: on a unix socket that is its peer key.
   core_options.unary_sessions_need_identity = true;
+  // Registered shared memory holds no descriptor (a sealed memfd is mapped, then closed); what
+  // holds descriptors are the peer connections and the descriptors they sent and nobody
+  // registered yet: both come out of the RLIMIT_NOFILE budget (fd_limits.h).
+  core_options.max_peers = config.max_sessions;
+  if (config.max_open_buffer_fds > 0) {
+    core_options.max_peers =
+        std::clamp<int64_t>(config.max_open_buffer_fds / 2, 1, config.max_sessions);
+    core_options.max_pending_fds =
+        std::max<int64_t>(1, config.max_open_buffer_fds - core_options.max_peers);
+  }
+  if (config.testonly_device_fault_after_runs > 0) {
+    spdlog::warn("TEST HOOK --testonly_device_fault_after_runs={}: the backend breaks after that "
+                 "many runs",
+                 config.testonly_device_fault_after_runs);
+    backend = InjectDeviceFaultAfterRuns(std::move(backend),
+                                         config.testonly_device_fault_after_runs);
+  }
   absl::StatusOr<std::unique_ptr<Core>> core = Core::Create(core_options, std::move(backend));
   if (!core.ok()) return core.status();
   daemon->core_ = *std::move(core);
@@ -65,6 +84,12 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config
                                                     config.max_message_bytes);
   daemon->identifier_ = std::make_unique<CallerIdentifier>(
       *daemon->core_, !listen->is_unix(), daemon->authenticator_->enabled());
+  daemon->health_ = std::make_unique<BackendHealthMonitor>(
+      daemon->serving_state_, daemon->metrics_, config.exit_on_device_error);
+  daemon->runner_->set_backend_error_handler(
+      [health = daemon->health_.get()](const absl::Status& status) {
+        health->CommandFailed(status);
+      });
   daemon->service_ = std::make_unique<AttndService>(*daemon->runner_, daemon->metrics_,
                                                    daemon->streams_, *daemon->identifier_);
   if (daemon->authenticator_->enabled()) {
@@ -116,7 +141,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config
   daemon->info_ = daemon->core_->GetServerInfo();
 
   daemon->serving_state_.AttachHealthService(daemon->server_->GetHealthCheckService());
-  daemon->serving_state_.UpdateBackendHealth(daemon->core_->Health());
+  daemon->health_->Polled(daemon->core_->Health());
 
   if (!config.http_listen.empty()) {
     Daemon* self = daemon.get();
@@ -138,7 +163,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config
   }
 
   daemon->maintenance_ =
-      std::make_unique<MaintenanceLoop>(*daemon->core_, daemon->serving_state_);
+      std::make_unique<MaintenanceLoop>(*daemon->core_, *daemon->health_, *daemon->runner_);
 
   spdlog::info(
       "attnd {} serving: backend={} device='{}' pool memory={} bytes, gRPC on {}{}{}, HTTP on {}, "
@@ -157,9 +182,9 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config
   return daemon;
 }
 
-void Daemon::Shutdown(absl::Duration drain) {
+bool Daemon::Shutdown(absl::Duration drain) {
   std::lock_guard<std::mutex> lock(shutdown_mutex_);
-  if (shut_down_) return;
+  if (shut_down_) return released_;
   shut_down_ = true;
   spdlog::info("shutting down: NOT_SERVING, draining in-flight calls for up to {}",
                absl::FormatDuration(drain));
@@ -171,24 +196,54 @@ void Daemon::Shutdown(absl::Duration drain) {
   // answers still being written.
   const absl::Time deadline = absl::Now() + drain;
   streams_.CloseAll();
+  // No new peers; the unary sessions of those connected are released with the rest below.
+  if (peer_socket_ != nullptr) peer_socket_->Stop();
   if (runner_ != nullptr && !runner_->in_flight().WaitUntilIdle(deadline)) {
     spdlog::warn("drain deadline passed with {} command(s) still running; cancelling them",
                  runner_->in_flight().count());
   }
-  if (server_ != nullptr) {
-    server_->Shutdown(absl::ToChronoTime(std::min(deadline, absl::Now() + absl::Milliseconds(200))));
-    server_->Wait();
+  released_ = StopServer(deadline);
+  if (released_) {
+    if (core_ != nullptr) core_->CloseAll();
+  } else {
+    spdlog::warn("{} command(s) still running after the drain; their sessions stay open",
+                 runner_ != nullptr ? runner_->in_flight().count() : 0);
   }
-  if (peer_socket_ != nullptr) peer_socket_->Stop();
-  if (core_ != nullptr) core_->CloseAll();
   if (http_ != nullptr) http_->Stop();
   if (listen_address_.is_unix()) unlink(listen_address_.unix_path.c_str());
   spdlog::info("shutdown complete");
+  return released_;
+}
+
+bool Daemon::StopServer(absl::Time deadline) {
+  if (server_ == nullptr) return true;
+  // After the grace gRPC cancels every call left; handler threads return as soon as their
+  // command does, which a command past the deadline does not (it cannot be interrupted).
+  const absl::Time grace = std::min(deadline, absl::Now() + absl::Milliseconds(200));
+  constexpr absl::Duration kHandlersReturn = absl::Milliseconds(300);
+  auto stopped = std::make_shared<std::promise<void>>();
+  std::future<void> done = stopped->get_future();
+  server_stopper_ = std::thread([server = server_.get(), grace, stopped] {
+    server->Shutdown(absl::ToChronoTime(grace));
+    server->Wait();
+    stopped->set_value();
+  });
+  const absl::Duration wait = std::max(deadline, grace) + kHandlersReturn - absl::Now();
+  if (done.wait_for(absl::ToChronoNanoseconds(std::max(wait, absl::ZeroDuration()))) !=
+      std::future_status::ready) {
+    return false;
+  }
+  server_stopper_.join();
+  return true;
 }
 
 Daemon::~Daemon() {
   // A Daemon that failed half-way through Start has no server; only a started one drains.
-  if (server_ != nullptr) Shutdown();
+  if (server_ != nullptr) Shutdown(drain_timeout_);
+  if (server_stopper_.joinable()) {
+    server_stopper_.join();  // the commands that outlived the drain have returned
+    if (core_ != nullptr) core_->CloseAll();
+  }
 }
 
 }  // namespace attnd::server::front

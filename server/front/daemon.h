@@ -7,6 +7,8 @@
 
 #include <memory>
 #include <mutex>
+#include <optional>
+#include <thread>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -16,6 +18,7 @@
 #include "server/front/attnd_service.h"
 #include "server/front/caller_identity.h"
 #include "server/front/peer_socket.h"
+#include "server/front/backend_health.h"
 #include "server/front/command_runner.h"
 #include "server/front/flags.h"
 #include "server/front/http_server.h"
@@ -34,15 +37,20 @@ class Daemon {
   // cannot be created.
   static absl::StatusOr<std::unique_ptr<Daemon>> Start(const DaemonConfig& config,
                                                        std::unique_ptr<kernels::Backend> backend);
-  ~Daemon();  // Shutdown() if not done
+  // Shutdown(config.drain_timeout) if not done; then waits for commands that outlived it.
+  ~Daemon();
   Daemon(const Daemon&) = delete;
   Daemon& operator=(const Daemon&) = delete;
 
-  // Graceful stop: NOT_SERVING; Session streams end (idle ones at once, busy ones after their
-  // current command; their sessions close); stop accepting and let in-flight unary calls finish
-  // until `drain` runs out (then they are cancelled); Core::CloseAll; stop HTTP; remove the
-  // socket file. Idempotent.
-  void Shutdown(absl::Duration drain = absl::Seconds(10));
+  // Graceful stop, done within `drain` plus a few hundred milliseconds: NOT_SERVING; Session
+  // streams end (idle ones at once, busy ones after their current command; their sessions
+  // close); stop accepting and let commands in flight finish until `drain` runs out (then their
+  // calls are cancelled); Core::CloseAll; stop HTTP; remove the socket file. Idempotent.
+  // Returns false when a command was still running after the drain: a running command cannot be
+  // interrupted and grpc::Server's shutdown waits for its thread, so the server is left stopping
+  // on a thread of its own and the sessions open (their memory is in use); the destructor waits
+  // for that command and then releases them. A process on its way out exits instead (main.cc).
+  bool Shutdown(absl::Duration drain = absl::Seconds(10));
 
   Core& core() { return *core_; }
   Metrics& metrics() { return metrics_; }
@@ -54,17 +62,24 @@ class Daemon {
   std::string peer_socket_path() const {
     return peer_socket_ != nullptr ? peer_socket_->path() : std::string();
   }
+  // The sticky device error after which the process should exit (--exit_on_device_error), once
+  // one was seen.
+  std::optional<absl::Status> device_error() const { return health_->fatal_error(); }
   // Commands executing right now (unary and stream).
   int64_t commands_in_flight() const { return runner_ != nullptr ? runner_->in_flight().count() : 0; }
 
  private:
   Daemon() = default;
+  // grpc::Server::Shutdown + Wait on server_stopper_; true when they returned by `deadline`
+  // (plus a short margin for cancelled handlers to return).
+  bool StopServer(absl::Time deadline);
 
   std::unique_ptr<Core> core_;
   Metrics metrics_;
   ServingState serving_state_;
   StreamRegistry streams_;
   std::unique_ptr<CommandRunner> runner_;
+  std::unique_ptr<BackendHealthMonitor> health_;
   std::unique_ptr<TokenAuthenticator> authenticator_;
   std::unique_ptr<CallerIdentifier> identifier_;
   std::unique_ptr<PeerSocketServer> peer_socket_;
@@ -75,8 +90,11 @@ class Daemon {
   ListenAddress listen_address_;
   int grpc_port_ = 0;
   v1::ServerInfo info_;
+  absl::Duration drain_timeout_ = absl::Seconds(10);
+  std::thread server_stopper_;  // joinable while the server may still be stopping
   std::mutex shutdown_mutex_;
   bool shut_down_ = false;
+  bool released_ = false;  // what Shutdown returned
 };
 
 }  // namespace attnd::server::front

@@ -77,6 +77,19 @@ ABSL_FLAG(int64_t, max_plans_per_session, 65536,
 ABSL_FLAG(int64_t, max_inflight_per_session, 64,
           "Commands of one session executing or queued at once (parallel unary calls); beyond "
           "it RESOURCE_EXHAUSTED. Env: ATTND_MAX_INFLIGHT_PER_SESSION.");
+ABSL_FLAG(uint32_t, drain_timeout_ms, 10000,
+          "On SIGTERM/SIGINT: how long commands in flight may run before the daemon exits "
+          "without them (0..600000); the process is gone at most 1 s after it. Env: "
+          "ATTND_DRAIN_TIMEOUT_MS.");
+ABSL_FLAG(bool, exit_on_device_error, true,
+          "When the backend reports a sticky device error: go NOT_SERVING, end the streams and "
+          "exit with code 3 after a short clean-up, so that Kubernetes or systemd restarts the "
+          "daemon. false keeps it running NOT_SERVING (every GPU command fails) for debugging. "
+          "Env: ATTND_EXIT_ON_DEVICE_ERROR.");
+ABSL_FLAG(int64_t, testonly_device_fault_after_runs, 0,
+          "TEST HOOK, not for production: after this many successful attention runs the backend "
+          "is put into a sticky device error (CUDA: a trapping kernel; CPU: emulated), to test "
+          "how the daemon reports it. 0 = off. Env: ATTND_TESTONLY_DEVICE_FAULT_AFTER_RUNS.");
 
 ABSL_FLAG(uint32_t, max_session_lease_ms, 600000,
           "Longest lease a unary session may ask for (OpenSessionRequest.lease_ms is lowered to "
@@ -107,7 +120,8 @@ const std::vector<std::string>& DaemonFlagNames() {
       "threads", "token_file", "tls_cert", "tls_key", "tls_client_ca",
       "allow_unauthenticated_tcp", "max_sessions", "max_pages_per_session",
       "max_buffers_per_session", "max_plans_per_session", "max_inflight_per_session",
-      "max_session_lease_ms", "max_host_bytes", "max_session_host_bytes", "peer_socket"};
+      "max_session_lease_ms", "max_host_bytes", "max_session_host_bytes", "peer_socket",
+      "drain_timeout_ms", "exit_on_device_error", "testonly_device_fault_after_runs"};
   return names;
 }
 
@@ -218,6 +232,19 @@ absl::StatusOr<DaemonConfig> DaemonConfigFromFlags() {
       return absl::InvalidArgumentError(
           absl::StrCat("--", name, "=", value, " must be at least ", minimum));
     }
+  }
+  const uint32_t drain_ms = absl::GetFlag(FLAGS_drain_timeout_ms);
+  if (drain_ms > 600000) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--drain_timeout_ms=", drain_ms, " is outside 0..600000"));
+  }
+  config.drain_timeout = absl::Milliseconds(drain_ms);
+  config.exit_on_device_error = absl::GetFlag(FLAGS_exit_on_device_error);
+  config.testonly_device_fault_after_runs = absl::GetFlag(FLAGS_testonly_device_fault_after_runs);
+  if (config.testonly_device_fault_after_runs < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("--testonly_device_fault_after_runs=",
+                                                   config.testonly_device_fault_after_runs,
+                                                   " is negative"));
   }
   return config;
 }

@@ -46,6 +46,15 @@ struct DaemonConfig {
   // The peer socket (wire API "Identity"): "auto" = the unix --listen path + ".peer" (none for
   // TCP), "" = none, else a path.
   std::string peer_socket = "auto";
+  // Shutdown and faults.
+  absl::Duration drain_timeout = absl::Seconds(10);  // SIGTERM: longest wait for commands
+  bool exit_on_device_error = true;  // a sticky device error ends the process (exit code 3)
+  // Test hook: after this many successful attention runs the backend fails the way a sticky
+  // device error does (fault_injection_backend.h); 0 = off.
+  int64_t testonly_device_fault_after_runs = 0;
+  // File descriptors client buffers may hold open, daemon-wide: set by main from RLIMIT_NOFILE
+  // (fd_limits.h BufferFdBudget), not a flag; 0 = no daemon-wide limit.
+  int64_t max_open_buffer_fds = 0;
 };
 
 // Names of the daemon's flags, in --help order.

@@ -5,6 +5,8 @@
 
 #include <atomic>
 #include <chrono>
+#include <future>
+#include <shared_mutex>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -17,10 +19,15 @@ struct HttpServer::Impl {
   HttpHandlers handlers;
   int port = 0;
   std::thread thread;
+  std::future<void> thread_done;
   std::atomic<bool> stopped{false};
+  // Handlers run under a shared lock and check `handlers_stopped`: Stop() takes the lock
+  // exclusively, so after it no handler reaches what HttpHandlers point to.
+  std::shared_mutex handlers_mutex;
+  bool handlers_stopped = false;
 };
 
-HttpServer::HttpServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+HttpServer::HttpServer(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 HttpServer::~HttpServer() { Stop(); }
 
@@ -28,8 +35,18 @@ int HttpServer::port() const { return impl_->port; }
 
 void HttpServer::Stop() {
   if (impl_->stopped.exchange(true)) return;
+  {
+    std::unique_lock<std::shared_mutex> lock(impl_->handlers_mutex);
+    impl_->handlers_stopped = true;
+  }
   impl_->server.stop();
-  if (impl_->thread.joinable()) impl_->thread.join();
+  if (!impl_->thread.joinable()) return;
+  if (impl_->thread_done.wait_for(std::chrono::milliseconds(300)) == std::future_status::ready) {
+    impl_->thread.join();
+  } else {
+    spdlog::debug("HTTP: a connection is still being served; not waiting for it");
+    impl_->thread.detach();  // it holds a reference to impl_
+  }
 }
 
 absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOptions& options,
@@ -37,9 +54,19 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
   absl::StatusOr<HostPort> address = ParseHostPort(options.listen);
   if (!address.ok()) return address.status();
 
-  auto impl = std::make_unique<Impl>();
+  auto impl = std::make_shared<Impl>();
   impl->handlers = std::move(handlers);
   Impl* state = impl.get();
+  // Runs `handler` unless the server is stopping (then 503).
+  auto guarded = [state](httplib::Response& res, auto&& handler) {
+    std::shared_lock<std::shared_mutex> lock(state->handlers_mutex);
+    if (state->handlers_stopped) {
+      res.status = 503;
+      res.set_content("stopping\n", "text/plain; charset=utf-8");
+      return;
+    }
+    handler();
+  };
 
   // httplib's default sets SO_REUSEPORT too, which would let a second daemon bind the same port
   // silently and split the scrapes; keep only SO_REUSEADDR (fast restart after TIME_WAIT).
@@ -50,21 +77,25 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
   impl->server.Get("/healthz", [](const httplib::Request&, httplib::Response& res) {
     res.set_content("ok\n", "text/plain; charset=utf-8");
   });
-  impl->server.Get("/readyz", [state](const httplib::Request&, httplib::Response& res) {
-    const Readiness readiness = state->handlers.readiness
-                                    ? state->handlers.readiness()
-                                    : Readiness{false, "no readiness source"};
-    if (readiness.ready) {
-      res.set_content("ready\n", "text/plain; charset=utf-8");
-    } else {
-      res.status = 503;
-      res.set_content(absl::StrCat("not ready: ", readiness.reason, "\n"),
-                      "text/plain; charset=utf-8");
-    }
+  impl->server.Get("/readyz", [state, guarded](const httplib::Request&, httplib::Response& res) {
+    guarded(res, [&] {
+      const Readiness readiness = state->handlers.readiness
+                                      ? state->handlers.readiness()
+                                      : Readiness{false, "no readiness source"};
+      if (readiness.ready) {
+        res.set_content("ready\n", "text/plain; charset=utf-8");
+      } else {
+        res.status = 503;
+        res.set_content(absl::StrCat("not ready: ", readiness.reason, "\n"),
+                        "text/plain; charset=utf-8");
+      }
+    });
   });
-  impl->server.Get("/metrics", [state](const httplib::Request&, httplib::Response& res) {
-    res.set_content(state->handlers.metrics_text ? state->handlers.metrics_text() : "",
-                    "text/plain; version=0.0.4; charset=utf-8");
+  impl->server.Get("/metrics", [state, guarded](const httplib::Request&, httplib::Response& res) {
+    guarded(res, [&] {
+      res.set_content(state->handlers.metrics_text ? state->handlers.metrics_text() : "",
+                      "text/plain; version=0.0.4; charset=utf-8");
+    });
   });
 
   if (address->port == 0) {
@@ -80,10 +111,15 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
     }
     impl->port = address->port;
   }
-  impl->thread = std::thread([state] {
-    if (!state->server.listen_after_bind() && !state->stopped) {
+  auto done = std::make_shared<std::promise<void>>();
+  impl->thread_done = done->get_future();
+  // The thread owns a reference: Stop() may leave it finishing a connection after the
+  // HttpServer is gone.
+  impl->thread = std::thread([impl_ref = impl, done] {
+    if (!impl_ref->server.listen_after_bind() && !impl_ref->stopped) {
       spdlog::error("HTTP server stopped unexpectedly");
     }
+    done->set_value();
   });
   // httplib's stop() is a no-op until the listener runs; wait for it so Stop() cannot be lost.
   for (int i = 0; i < 2000 && !state->server.is_running(); ++i) {

@@ -33,12 +33,16 @@ class HttpServer {
   HttpServer& operator=(const HttpServer&) = delete;
 
   int port() const;  // the bound port
-  void Stop();       // idempotent
+  // Stops listening; from its return on no handler runs. Bounded: httplib's threads finish the
+  // connection they serve first (a scraper's idle keep-alive connection, a client sending half a
+  // request: up to its 5 s timeouts); they are waited for 300 ms at most and then left to end on
+  // their own (they keep what they use alive). Idempotent.
+  void Stop();
 
  private:
   struct Impl;
-  explicit HttpServer(std::unique_ptr<Impl> impl);
-  std::unique_ptr<Impl> impl_;
+  explicit HttpServer(std::shared_ptr<Impl> impl);
+  std::shared_ptr<Impl> impl_;
 };
 
 }  // namespace attnd::server::front

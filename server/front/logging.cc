@@ -4,52 +4,34 @@
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
 
-#include <cstdio>
 #include <memory>
 
 #include "absl/strings/str_cat.h"
+#include "server/front/bounded_text.h"
 
 namespace attnd::server::front {
 namespace {
 
-// %* in a pattern: the log message, JSON-escaped (spdlog's %v writes it raw).
-class JsonMessageFlag final : public spdlog::custom_flag_formatter {
+// A pattern flag writing the log message cut to kMaxLogMessageBytes and escaped (spdlog's %v
+// writes it raw).
+template <EscapeStyle kStyle>
+class BoundedMessageFlag final : public spdlog::custom_flag_formatter {
  public:
   void format(const spdlog::details::log_msg& msg, const std::tm&,
               spdlog::memory_buf_t& dest) override {
-    const std::string escaped =
-        JsonEscape(std::string_view(msg.payload.data(), msg.payload.size()));
+    const std::string escaped = EscapeText(
+        CutText(std::string_view(msg.payload.data(), msg.payload.size()), kMaxLogMessageBytes),
+        kStyle);
     dest.append(escaped.data(), escaped.data() + escaped.size());
   }
   std::unique_ptr<custom_flag_formatter> clone() const override {
-    return std::make_unique<JsonMessageFlag>();
+    return std::make_unique<BoundedMessageFlag>();
   }
 };
 
 }  // namespace
 
-std::string JsonEscape(std::string_view text) {
-  std::string out;
-  out.reserve(text.size() + 8);
-  for (unsigned char c : text) {
-    switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      default:
-        if (c < 0x20) {
-          char buf[8];
-          std::snprintf(buf, sizeof(buf), "\\u%04x", c);
-          out += buf;
-        } else {
-          out += static_cast<char>(c);
-        }
-    }
-  }
-  return out;
-}
+std::string JsonEscape(std::string_view text) { return EscapeText(text, EscapeStyle::kJson); }
 
 absl::Status SetUpLogging(const LoggingOptions& options) {
   const spdlog::level::level_enum level = spdlog::level::from_str(options.level);
@@ -61,15 +43,17 @@ absl::Status SetUpLogging(const LoggingOptions& options) {
   auto logger = std::make_shared<spdlog::logger>(
       "attnd", std::make_shared<spdlog::sinks::stderr_sink_mt>());
   logger->set_level(level);
+  auto formatter = std::make_unique<spdlog::pattern_formatter>(
+      options.json ? spdlog::pattern_time_type::utc : spdlog::pattern_time_type::local,
+      std::string("\n"));
   if (options.json) {
-    auto formatter = std::make_unique<spdlog::pattern_formatter>(
-        spdlog::pattern_time_type::utc, std::string("\n"));
-    formatter->add_flag<JsonMessageFlag>('*').set_pattern(
+    formatter->add_flag<BoundedMessageFlag<EscapeStyle::kJson>>('*').set_pattern(
         R"({"time":"%Y-%m-%dT%H:%M:%S.%fZ","level":"%l","thread":%t,"msg":"%*"})");
-    logger->set_formatter(std::move(formatter));
   } else {
-    logger->set_pattern("[%Y-%m-%d %H:%M:%S.%f] [%l] [%t] %v");
+    formatter->add_flag<BoundedMessageFlag<EscapeStyle::kLog>>('*').set_pattern(
+        "[%Y-%m-%d %H:%M:%S.%f] [%l] [%t] %*");
   }
+  logger->set_formatter(std::move(formatter));
   // Errors are flushed at once; the rest as the sink buffers (stderr is unbuffered anyway).
   logger->flush_on(spdlog::level::warn);
   spdlog::set_default_logger(std::move(logger));

@@ -1,21 +1,48 @@
 // attnd: the attention-offload daemon. Flags (flags.h) -> logging -> backend -> Daemon; then the
-// main thread waits for SIGTERM/SIGINT with sigwait (no work in a signal handler) and shuts the
-// daemon down gracefully.
+// main thread waits for SIGTERM/SIGINT with sigtimedwait (no work in a signal handler) or a
+// sticky device error (--exit_on_device_error), shuts the daemon down gracefully and exits
+// within the drain (process_exit.h): code 0 after a signal, 3 after a device error.
 #include <signal.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <cstdio>
+#include <ctime>
 
 #include "server/front/backend_select.h"
 #include "server/front/daemon.h"
+#include "server/front/fd_limits.h"
 #include "server/front/flags.h"
 #include "server/front/logging.h"
+#include "server/front/process_exit.h"
+
+namespace {
+
+using namespace attnd::server::front;
+
+// A device error ends the process after this much drain at most: commands on a broken device
+// fail fast, and the point is to be restarted.
+constexpr absl::Duration kDeviceErrorDrain = absl::Seconds(1);
+
+// Blocks until SIGTERM/SIGINT (then kExitOk) or a sticky device error the daemon wants to exit
+// for (then kExitDeviceError); the error is checked every 50 ms.
+int WaitForStop(const sigset_t& stop_signals, const Daemon& daemon) {
+  const timespec tick{0, 50 * 1000 * 1000};
+  while (true) {
+    const int signal_number = sigtimedwait(&stop_signals, nullptr, &tick);
+    if (signal_number == SIGTERM || signal_number == SIGINT) {
+      spdlog::info("received {}", signal_number == SIGTERM ? "SIGTERM" : "SIGINT");
+      return kExitOk;
+    }
+    if (daemon.device_error().has_value()) return kExitDeviceError;
+  }
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
-  using namespace attnd::server::front;
-
   // Block the stop signals before any thread exists, so every thread inherits the mask and only
-  // sigwait below receives them.
+  // sigtimedwait below receives them.
   sigset_t stop_signals;
   sigemptyset(&stop_signals);
   sigaddset(&stop_signals, SIGTERM);
@@ -23,35 +50,36 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
   // A client that disconnects mid-write must not kill the daemon.
   signal(SIGPIPE, SIG_IGN);
+  HoldGrpcLibrary();
 
   absl::StatusOr<DaemonConfig> config = ParseDaemonFlags(argc, argv);
   if (!config.ok()) {
     std::fprintf(stderr, "attnd: %s\n", config.status().ToString().c_str());
-    return 2;
+    return kExitUsage;
   }
   if (absl::Status logging = SetUpLogging({config->log_level, config->log_json}); !logging.ok()) {
     std::fprintf(stderr, "attnd: %s\n", logging.ToString().c_str());
-    return 2;
+    return kExitUsage;
   }
+
+  // Before anything opens descriptors: every registered buffer and connection needs one.
+  config->max_open_buffer_fds = RaiseFdLimit().max_open_buffer_fds;
 
   auto backend = CreateBackend({config->backend, config->device, config->threads});
   if (!backend.ok()) {
     spdlog::critical("cannot create the {} backend: {}", config->backend,
                      backend.status().ToString());
-    return 1;
+    return kExitFailure;
   }
   absl::StatusOr<std::unique_ptr<Daemon>> daemon = Daemon::Start(*config, *std::move(backend));
   if (!daemon.ok()) {
     spdlog::critical("cannot start: {}", daemon.status().ToString());
-    return 1;
+    return kExitFailure;
   }
 
-  int signal_number = 0;
-  while (sigwait(&stop_signals, &signal_number) != 0) {
-  }
-  spdlog::info("received {}", signal_number == SIGTERM ? "SIGTERM" : "SIGINT");
-  (*daemon)->Shutdown(absl::Seconds(10));
-  daemon->reset();
-  spdlog::default_logger()->flush();
-  return 0;
+  const int exit_code = WaitForStop(stop_signals, **daemon);
+  ShutdownAndExit(*std::move(daemon),
+                  exit_code == kExitOk ? config->drain_timeout
+                                       : std::min(config->drain_timeout, kDeviceErrorDrain),
+                  exit_code);
 }

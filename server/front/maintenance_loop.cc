@@ -5,8 +5,13 @@
 
 namespace attnd::server::front {
 
-MaintenanceLoop::MaintenanceLoop(Core& core, ServingState& state, absl::Duration interval)
-    : core_(core), state_(state), interval_(interval), thread_([this] { Loop(); }) {}
+MaintenanceLoop::MaintenanceLoop(Core& core, BackendHealthMonitor& health, CommandRunner& runner,
+                                 absl::Duration interval)
+    : core_(core),
+      health_(health),
+      runner_(runner),
+      interval_(interval),
+      thread_([this] { Loop(); }) {}
 
 MaintenanceLoop::~MaintenanceLoop() { Stop(); }
 
@@ -22,7 +27,8 @@ void MaintenanceLoop::Stop() {
 void MaintenanceLoop::RunOnce() {
   const int expired = core_.ExpireIdleSessions(absl::Now());
   if (expired > 0) spdlog::info("expired {} idle leased session(s)", expired);
-  state_.UpdateBackendHealth(core_.Health());
+  health_.Polled(core_.Health());
+  runner_.ReportSuppressedFailures();
   ReturnFreedHeapMemory();
 }
 

@@ -1,5 +1,6 @@
 // The daemon's background thread: every interval it expires idle leased sessions
-// (Core::ExpireIdleSessions) and polls Core::Health() into the ServingState.
+// (Core::ExpireIdleSessions), polls Core::Health() into the BackendHealthMonitor and reports the
+// failed-command log lines the CommandRunner's rate limit dropped.
 #pragma once
 
 #include <condition_variable>
@@ -8,14 +9,16 @@
 
 #include "absl/time/time.h"
 #include "server/core/core.h"
-#include "server/front/serving_state.h"
+#include "server/front/backend_health.h"
+#include "server/front/command_runner.h"
 
 namespace attnd::server::front {
 
 class MaintenanceLoop {
  public:
-  // Starts the thread; `core` and `state` must outlive the loop.
-  MaintenanceLoop(Core& core, ServingState& state, absl::Duration interval = absl::Seconds(1));
+  // Starts the thread; `core`, `health` and `runner` must outlive the loop.
+  MaintenanceLoop(Core& core, BackendHealthMonitor& health, CommandRunner& runner,
+                  absl::Duration interval = absl::Seconds(1));
   ~MaintenanceLoop();  // stops and joins
   MaintenanceLoop(const MaintenanceLoop&) = delete;
   MaintenanceLoop& operator=(const MaintenanceLoop&) = delete;
@@ -31,7 +34,8 @@ class MaintenanceLoop {
   static void ReturnFreedHeapMemory();
 
   Core& core_;
-  ServingState& state_;
+  BackendHealthMonitor& health_;
+  CommandRunner& runner_;
   const absl::Duration interval_;
   std::mutex mutex_;
   std::condition_variable wake_;

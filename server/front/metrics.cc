@@ -116,6 +116,11 @@ std::string Metrics::Render(const MetricsSnapshot& snapshot) const {
 
   w.Family("attnd_backend_healthy", "gauge", "1 while the attention backend can serve, else 0.");
   w.Sample("attnd_backend_healthy", {}, snapshot.backend_healthy ? 1.0 : 0.0);
+  w.Family("attnd_device_errors_total", "counter",
+           "Sticky device errors seen: commands that failed on a broken device, and health checks "
+           "that found it broken first.");
+  w.Sample("attnd_device_errors_total", {},
+           static_cast<double>(device_errors_.load(std::memory_order_relaxed)));
 
   w.Family("attnd_info", "gauge", "Build and device information; the value is always 1.");
   w.Sample("attnd_info",

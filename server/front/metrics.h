@@ -13,6 +13,7 @@
 //   attnd_pool_memory_allocated_bytes              gauge     all pools together
 //   attnd_bytes_in_total, attnd_bytes_out_total    counter   tensor bytes read / written
 //   attnd_backend_healthy                          gauge     1 while Core::Health() is OK
+//   attnd_device_errors_total                      counter   sticky device errors seen
 //   attnd_info{version,backend,device}             gauge     always 1
 #pragma once
 
@@ -78,6 +79,8 @@ class Metrics {
 
   void StreamOpened() { streams_active_.fetch_add(1, std::memory_order_relaxed); }
   void StreamClosed() { streams_active_.fetch_sub(1, std::memory_order_relaxed); }
+  // A command failed on a device in a sticky error, or a health check found one (backend_health.h).
+  void CountDeviceError() { device_errors_.fetch_add(1, std::memory_order_relaxed); }
 
   // The whole exposition, text format 0.0.4.
   std::string Render(const MetricsSnapshot& snapshot) const;
@@ -86,6 +89,7 @@ class Metrics {
   mutable std::mutex mutex_;             // guards methods_ (the list, not the counters)
   std::deque<MethodMetrics> methods_;    // deque: references stay valid as it grows
   std::atomic<int64_t> streams_active_{0};
+  std::atomic<uint64_t> device_errors_{0};
 };
 
 }  // namespace attnd::server::front

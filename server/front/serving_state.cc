@@ -13,17 +13,20 @@ void ServingState::AttachHealthService(grpc::HealthCheckServiceInterface* health
   PublishLocked();
 }
 
-void ServingState::UpdateBackendHealth(const absl::Status& backend_status) {
+bool ServingState::UpdateBackendHealth(const absl::Status& backend_status) {
   std::lock_guard<std::mutex> lock(mutex_);
-  if (backend_status.ok() != backend_status_.ok()) {
+  const bool was_unhealthy = checked_ && !backend_status_.ok();
+  if (!checked_ || backend_status.ok() != backend_status_.ok()) {
     if (backend_status.ok()) {
       spdlog::info("backend healthy");
     } else {
       spdlog::error("backend unhealthy, NOT_SERVING: {}", backend_status.ToString());
     }
   }
+  checked_ = true;
   backend_status_ = backend_status;
   PublishLocked();
+  return !backend_status.ok() && !was_unhealthy;
 }
 
 void ServingState::BeginShutdown() {

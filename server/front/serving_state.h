@@ -23,8 +23,9 @@ class ServingState {
  public:
   // Publishes to `health` from now on (may be null: HTTP-only, tests). Not owned.
   void AttachHealthService(grpc::HealthCheckServiceInterface* health);
-  // The result of the latest Core::Health() poll.
-  void UpdateBackendHealth(const absl::Status& backend_status);
+  // The latest Core::Health() result. True when it turned the backend from healthy (or not yet
+  // checked) to unhealthy.
+  bool UpdateBackendHealth(const absl::Status& backend_status);
   // Marks NOT_SERVING for good (health->Shutdown() also freezes gRPC's statuses).
   void BeginShutdown();
 
@@ -37,6 +38,7 @@ class ServingState {
   mutable std::mutex mutex_;
   grpc::HealthCheckServiceInterface* health_ = nullptr;
   absl::Status backend_status_ = absl::UnavailableError("backend health not checked yet");
+  bool checked_ = false;             // backend_status_ is a real check's result
   bool shutting_down_ = false;
   bool published_ = false;           // whether last_serving_ has been sent to health_
   bool last_serving_ = false;

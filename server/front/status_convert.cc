@@ -2,7 +2,14 @@
 
 #include <string>
 
+#include "server/front/bounded_text.h"
+
 namespace attnd::server::front {
+
+std::string StatusMessageForClient(const absl::Status& status) {
+  const absl::string_view message = status.message();
+  return CutText(std::string_view(message.data(), message.size()), kMaxStatusMessageBytes);
+}
 
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
@@ -13,7 +20,7 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
   const grpc::StatusCode grpc_code = (code >= 0 && code <= 16)
                                          ? static_cast<grpc::StatusCode>(code)
                                          : grpc::StatusCode::UNKNOWN;
-  return grpc::Status(grpc_code, std::string(status.message()));
+  return grpc::Status(grpc_code, StatusMessageForClient(status));
 }
 
 std::string_view StatusCodeName(absl::StatusCode code) {

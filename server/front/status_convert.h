@@ -1,17 +1,29 @@
 // absl::Status -> grpc::Status. The one place where the daemon's internal error model meets the
-// wire: every handler (unary and the Session stream) goes through ToGrpcStatus, so a status code
-// and message reach the client exactly as the core produced them.
+// wire: every handler (unary and the Session stream) goes through ToGrpcStatus, and the Session
+// stream's per-command errors through StatusMessageForClient, so a status code reaches the client
+// exactly as the core produced it and its message bounded (kMaxStatusMessageBytes).
 #pragma once
 
 #include <grpcpp/support/status.h>
 
+#include <cstddef>
+#include <string>
 #include <string_view>
 
 #include "absl/status/status.h"
 
 namespace attnd::server::front {
 
-// Same code (absl and gRPC share the canonical code numbering 0..16), same message.
+// The longest status message a client gets, and a failed command's log line carries, bytes.
+// Messages name the offending field and its value, and the value is the client's: a 64 MiB id
+// would otherwise come back as a 64 MiB message (gRPC carries it in trailing metadata, whose
+// limit then fails the call with RESOURCE_EXHAUSTED instead of the real code).
+inline constexpr size_t kMaxStatusMessageBytes = 1024;
+
+// `status`'s message cut to kMaxStatusMessageBytes (bounded_text.h CutText).
+std::string StatusMessageForClient(const absl::Status& status);
+
+// Same code (absl and gRPC share the canonical code numbering 0..16), StatusMessageForClient.
 grpc::Status ToGrpcStatus(const absl::Status& status);
 
 // The canonical name of a code, e.g. "INVALID_ARGUMENT"; used as the `code` metrics label.

@@ -80,6 +80,7 @@ absl::StatusOr<std::unique_ptr<DaemonProcess>> DaemonProcess::Start(const Daemon
       absl::StrCat("--log_level=", options.log_level),
   };
   args.insert(args.end(), options.extra_flags.begin(), options.extra_flags.end());
+  args.insert(args.begin(), options.command_prefix.begin(), options.command_prefix.end());
   std::vector<char*> argv;
   for (std::string& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
@@ -91,10 +92,10 @@ absl::StatusOr<std::unique_ptr<DaemonProcess>> DaemonProcess::Start(const Daemon
                                    O_WRONLY | O_CREAT | O_TRUNC, 0644);
   posix_spawn_file_actions_adddup2(&actions, STDOUT_FILENO, STDERR_FILENO);
   pid_t pid = -1;
-  const int rc = posix_spawn(&pid, binary.c_str(), &actions, nullptr, argv.data(), environ);
+  const int rc = posix_spawnp(&pid, argv[0], &actions, nullptr, argv.data(), environ);
   posix_spawn_file_actions_destroy(&actions);
   if (rc != 0) {
-    return absl::InternalError(absl::StrCat("posix_spawn(", binary, "): ", std::strerror(rc)));
+    return absl::InternalError(absl::StrCat("posix_spawn(", argv[0], "): ", std::strerror(rc)));
   }
   daemon->pid_ = pid;
 
@@ -153,14 +154,19 @@ std::string DaemonProcess::LogTail(size_t max_bytes) const {
   return text;
 }
 
+int DaemonProcess::WaitForExit(absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (IsRunning()) {
+    if (absl::Now() >= deadline) return -1;
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  return wait_status_;
+}
+
 int DaemonProcess::Stop(absl::Duration grace) {
   if (!IsRunning()) return wait_status_;
   kill(pid_, SIGTERM);
-  const absl::Time deadline = absl::Now() + grace;
-  while (absl::Now() < deadline) {
-    if (!IsRunning()) return wait_status_;
-    absl::SleepFor(absl::Milliseconds(20));
-  }
+  if (const int status = WaitForExit(grace); status != -1) return status;
   kill(pid_, SIGKILL);
   int status = 0;
   waitpid(pid_, &status, 0);

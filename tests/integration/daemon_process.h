@@ -27,6 +27,9 @@ struct DaemonOptions {
   uint64_t max_message_bytes = 64ull << 20;
   std::string log_level = "info";
   std::vector<std::string> extra_flags;  // e.g. "--threads=2"
+  // Runs the daemon through this command, e.g. {"prlimit", "--nofile=64:4096", "--"} (it must
+  // exec the daemon, so that the pid stays the daemon's). Looked up in PATH.
+  std::vector<std::string> command_prefix;
   absl::Duration start_timeout = absl::Seconds(30);
 };
 
@@ -51,6 +54,9 @@ class DaemonProcess {
   std::string LogTail(size_t max_bytes = 4000) const;
   // SIGTERM, wait up to `grace`, then SIGKILL. Returns the wait status (or -1). Idempotent.
   int Stop(absl::Duration grace = absl::Seconds(10));
+  // Waits up to `timeout` for the daemon to exit by itself: its wait status, or -1 if it still
+  // runs.
+  int WaitForExit(absl::Duration timeout);
 
  private:
   DaemonProcess() = default;

@@ -38,6 +38,23 @@ client::PoolSpec MakePoolSpec(const ModelShape& shape, const std::string& name) 
   return spec;
 }
 
+absl::StatusOr<DecodePlan> CreateDecodePlan(client::SessionApi& session, const ModelShape& shape,
+                                            const std::string& name, int num_pages) {
+  auto pool = session.CreatePool(MakePoolSpec(shape, name));
+  if (!pool.ok()) return pool.status();
+  auto grant = session.AllocatePages(pool->pool_id(), num_pages);
+  if (!grant.ok()) return grant.status();
+  client::PlanSpec spec;
+  spec.pool_id = pool->pool_id();
+  spec.num_qo_heads = shape.qo_heads;
+  spec.kv_indptr = {0, num_pages};
+  spec.kv_indices = grant->page_ids;
+  spec.kv_last_page_len = {3};
+  auto plan = session.CreatePlan(spec);
+  if (!plan.ok()) return plan.status();
+  return DecodePlan{pool->pool_id(), grant->page_ids, std::move(spec), plan->plan_id};
+}
+
 std::vector<float> RandomValues(std::mt19937& rng, size_t count, v1::DType dtype) {
   std::uniform_real_distribution<float> dist(-1.f, 1.f);
   std::vector<float> values(count);

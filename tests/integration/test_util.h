@@ -58,6 +58,17 @@ struct ModelShape {
 
 client::PoolSpec MakePoolSpec(const ModelShape& shape, const std::string& name);
 
+// In `session`: a pool `name` of `shape`, `num_pages` pages of it, and a decode plan of one
+// request over those pages (kv_last_page_len 3).
+struct DecodePlan {
+  std::string pool_id;
+  std::vector<int32_t> page_ids;
+  client::PlanSpec spec;
+  std::string plan_id;
+};
+absl::StatusOr<DecodePlan> CreateDecodePlan(client::SessionApi& session, const ModelShape& shape,
+                                            const std::string& name, int num_pages = 1);
+
 // Random values in [-1, 1], rounded to `dtype`.
 std::vector<float> RandomValues(std::mt19937& rng, size_t count, v1::DType dtype);
 

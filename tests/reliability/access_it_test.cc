@@ -153,33 +153,24 @@ TEST_F(TokenTest, AnotherSessionsObjectsAreInvisibleByIdAndUntouched) {
   ATTND_ASSERT_OK(intruder);
   ModelShape shape;
   const std::string name = UniqueName("isolated");
-  auto pool = (*owner)->CreatePool(MakePoolSpec(shape, name));
-  ATTND_ASSERT_OK(pool);
-  auto pages = (*owner)->AllocatePages(pool->pool_id(), 2);
-  ATTND_ASSERT_OK(pages);
-  client::PlanSpec plan;
-  plan.pool_id = pool->pool_id();
-  plan.num_qo_heads = shape.qo_heads;
-  plan.kv_indptr = {0, 2};
-  plan.kv_indices = pages->page_ids;
-  plan.kv_last_page_len = {3};
-  auto owner_plan = (*owner)->CreatePlan(plan);
+  auto owner_plan = CreateDecodePlan(**owner, shape, name, 2);
   ATTND_ASSERT_OK(owner_plan);
+  // What the intruder knows (or guessed): the pool id, page ids and a plan over them.
+  const std::string& pool_id = owner_plan->pool_id;
+  const std::vector<int32_t>& pages = owner_plan->page_ids;
+  const client::PlanSpec& plan = owner_plan->spec;
   auto region = client::SharedMemoryRegion::Create("attnd-rel-iso", 1 << 16);
   ATTND_ASSERT_OK(region);
   auto buffer = (*owner)->RegisterSharedMemory(**region, 1 << 16);
   ATTND_ASSERT_OK(buffer);
 
   // The pool by id, before attaching: PERMISSION_DENIED for every pool command.
-  EXPECT_TRUE(StatusIs((*intruder)->DescribePool(pool->pool_id()), StatusCode::kPermissionDenied));
-  EXPECT_TRUE(StatusIs((*intruder)->AllocatePages(pool->pool_id(), 1),
-                       StatusCode::kPermissionDenied));
-  EXPECT_TRUE(StatusIs((*intruder)->FreePages(pool->pool_id(), pages->page_ids),
-                       StatusCode::kPermissionDenied));
-  EXPECT_TRUE(StatusIs((*intruder)->ForkPages(pool->pool_id(), pages->page_ids),
-                       StatusCode::kPermissionDenied));
+  EXPECT_TRUE(StatusIs((*intruder)->DescribePool(pool_id), StatusCode::kPermissionDenied));
+  EXPECT_TRUE(StatusIs((*intruder)->AllocatePages(pool_id, 1), StatusCode::kPermissionDenied));
+  EXPECT_TRUE(StatusIs((*intruder)->FreePages(pool_id, pages), StatusCode::kPermissionDenied));
+  EXPECT_TRUE(StatusIs((*intruder)->ForkPages(pool_id, pages), StatusCode::kPermissionDenied));
   EXPECT_TRUE(StatusIs((*intruder)->CreatePlan(plan), StatusCode::kPermissionDenied));
-  EXPECT_TRUE(StatusIs((*intruder)->DeletePool(pool->pool_id()), StatusCode::kPermissionDenied));
+  EXPECT_TRUE(StatusIs((*intruder)->DeletePool(pool_id), StatusCode::kPermissionDenied));
   // The plan and buffer by id: not found (another session's ids are not even confirmed).
   EXPECT_TRUE(StatusIs((*intruder)->DeletePlan(owner_plan->plan_id), StatusCode::kNotFound));
   client::RunArgs run;
@@ -194,13 +185,11 @@ TEST_F(TokenTest, AnotherSessionsObjectsAreInvisibleByIdAndUntouched) {
   // Even attached to the same pool, the owner's pages are not the intruder's to free, fork or
   // plan over.
   ATTND_ASSERT_OK((*intruder)->AttachPool(name));
-  EXPECT_TRUE(StatusIs((*intruder)->FreePages(pool->pool_id(), pages->page_ids),
-                       StatusCode::kPermissionDenied));
-  EXPECT_TRUE(StatusIs((*intruder)->ForkPages(pool->pool_id(), pages->page_ids),
-                       StatusCode::kPermissionDenied));
+  EXPECT_TRUE(StatusIs((*intruder)->FreePages(pool_id, pages), StatusCode::kPermissionDenied));
+  EXPECT_TRUE(StatusIs((*intruder)->ForkPages(pool_id, pages), StatusCode::kPermissionDenied));
   EXPECT_FALSE((*intruder)->CreatePlan(plan).ok());
   // A run whose q names the owner's buffer.
-  auto own_pages = (*intruder)->AllocatePages(pool->pool_id(), 1);
+  auto own_pages = (*intruder)->AllocatePages(pool_id, 1);
   ATTND_ASSERT_OK(own_pages);
   client::PlanSpec own_plan = plan;
   own_plan.kv_indptr = {0, 1};
@@ -213,12 +202,12 @@ TEST_F(TokenTest, AnotherSessionsObjectsAreInvisibleByIdAndUntouched) {
   EXPECT_TRUE(StatusIs((*intruder)->Run(run), StatusCode::kNotFound, {*buffer}));
 
   // The owner's objects are untouched.
-  auto described = (*owner)->DescribePool(pool->pool_id());
+  auto described = (*owner)->DescribePool(pool_id);
   ATTND_ASSERT_OK(described);
   EXPECT_EQ(described->free_pages(), shape.num_pages - 3);
   ATTND_EXPECT_OK((*owner)->DeletePlan(owner_plan->plan_id));
   ATTND_EXPECT_OK((*owner)->UnregisterBuffer(*buffer));
-  ATTND_EXPECT_OK((*owner)->FreePages(pool->pool_id(), pages->page_ids));
+  ATTND_EXPECT_OK((*owner)->FreePages(pool_id, pages));
 }
 
 // ---- TCP and TLS: daemons started here (the fixture only knows unix sockets) --------------

@@ -113,6 +113,26 @@ class DaemonTest : public ::testing::Test {
     ctx.AddMetadata(kPeerMetadataKey, peer_->Key());
   }
 
+  // A grpc.health.v1 Watch of `service`; its first update must be SERVING.
+  std::unique_ptr<grpc::ClientReader<HealthCheckResponse>> WatchHealth(
+      grpc::ClientContext& ctx, const std::string& service = "") {
+    HealthCheckRequest req;
+    req.set_service(service);
+    auto watch = Health::NewStub(channel_)->Watch(&ctx, req);
+    HealthCheckResponse first;
+    EXPECT_TRUE(watch->Read(&first));
+    EXPECT_EQ(first.status(), HealthCheckResponse::SERVING);
+    return watch;
+  }
+  // Reads a watch's updates until NOT_SERVING (true) or its end (false).
+  static bool ReadUntilNotServing(grpc::ClientReader<HealthCheckResponse>& watch) {
+    HealthCheckResponse update;
+    while (watch.Read(&update)) {
+      if (update.status() == HealthCheckResponse::NOT_SERVING) return true;
+    }
+    return false;
+  }
+
   // /metrics through real HTTP, parsed.
   testing::ParsedExposition ScrapeMetrics() {
     httplib::Client http("127.0.0.1", daemon_->http_port());
@@ -486,23 +506,10 @@ TEST_F(DaemonTest, GrpcHealthSaysServing) {
 }
 
 TEST_F(DaemonTest, GrpcHealthWatchSeesNotServingOnShutdown) {
-  auto health = Health::NewStub(channel_);
   grpc::ClientContext ctx;
-  HealthCheckRequest req;
-  req.set_service("attnd.v1.Attnd");
-  auto watch = health->Watch(&ctx, req);
-  HealthCheckResponse resp;
-  ASSERT_TRUE(watch->Read(&resp));
-  EXPECT_EQ(resp.status(), HealthCheckResponse::SERVING);
-
+  auto watch = WatchHealth(ctx, "attnd.v1.Attnd");
   std::thread stopper([this] { daemon_->Shutdown(absl::Seconds(2)); });
-  bool saw_not_serving = false;
-  while (watch->Read(&resp)) {
-    if (resp.status() == HealthCheckResponse::NOT_SERVING) {
-      saw_not_serving = true;
-      break;
-    }
-  }
+  const bool saw_not_serving = ReadUntilNotServing(*watch);
   ctx.TryCancel();
   watch->Finish();
   stopper.join();
@@ -587,13 +594,8 @@ TEST_F(DaemonTest, ShutdownDrainsARunningCommand) {
 }
 
 TEST_F(DaemonTest, OpenHealthWatchDoesNotHoldShutdown) {
-  auto health = Health::NewStub(channel_);
   grpc::ClientContext ctx;
-  HealthCheckRequest req;
-  auto watch = health->Watch(&ctx, req);
-  HealthCheckResponse resp;
-  ASSERT_TRUE(watch->Read(&resp));
-  EXPECT_EQ(resp.status(), HealthCheckResponse::SERVING);
+  auto watch = WatchHealth(ctx);
   const auto start = std::chrono::steady_clock::now();
   daemon_->Shutdown(absl::Seconds(10));
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(3));
@@ -736,6 +738,137 @@ TEST_F(SmallMessagesDaemonTest, OversizedInlineOutputFailsOnlyThatCommand) {
 
   const auto m = ScrapeMetrics();
   EXPECT_EQ(m.Get("attnd_requests_total", {{"method", "Run"}, {"code", "RESOURCE_EXHAUSTED"}}), 1);
+}
+
+}  // namespace
+}  // namespace attnd::server::front
+
+namespace attnd::server::front {
+namespace {
+
+constexpr int kFaultAfterRuns = 2;
+
+// --testonly_device_fault_after_runs on the CPU backend: the decorator emulates a sticky device
+// error after kFaultAfterRuns successful runs.
+class DeviceFaultDaemonTest : public DaemonTest {
+ protected:
+  void Configure(DaemonConfig& config) override {
+    config.testonly_device_fault_after_runs = kFaultAfterRuns;
+    config.exit_on_device_error = exit_on_device_error_;
+  }
+
+  // A unary session with a one-request decode plan; the Run request over it.
+  v1::RunRequest DecodeRun() {
+    session_ = OpenUnarySession("device-fault");
+    grpc::ClientContext pool_ctx;
+    NameSession(pool_ctx, session_);
+    v1::CreatePoolResponse pool;
+    EXPECT_TRUE(stub_->CreatePool(&pool_ctx, PoolRequest("fault-pool", 2), &pool).ok());
+    grpc::ClientContext pages_ctx;
+    NameSession(pages_ctx, session_);
+    v1::AllocatePagesRequest pages_req;
+    pages_req.set_pool_id(pool.pool().pool_id());
+    pages_req.set_count(1);
+    v1::AllocatePagesResponse pages;
+    EXPECT_TRUE(stub_->AllocatePages(&pages_ctx, pages_req, &pages).ok());
+    grpc::ClientContext plan_ctx;
+    NameSession(plan_ctx, session_);
+    v1::CreatePlanRequest plan_req;
+    plan_req.set_pool_id(pool.pool().pool_id());
+    plan_req.set_kind(v1::ATTENTION_KIND_DECODE);
+    plan_req.set_num_qo_heads(1);
+    plan_req.add_kv_indptr(0);
+    plan_req.add_kv_indptr(1);
+    plan_req.add_kv_indices(pages.page_ids(0));
+    plan_req.add_kv_last_page_len(1);
+    v1::CreatePlanResponse plan;
+    const grpc::Status planned = stub_->CreatePlan(&plan_ctx, plan_req, &plan);
+    EXPECT_TRUE(planned.ok()) << planned.error_message();
+    v1::RunRequest run;
+    run.set_plan_id(plan.plan_id());
+    run.mutable_q()->set_dtype(static_cast<v1::DType>(kv_dtype_));
+    for (int dim : {1, 1, head_dim_}) run.mutable_q()->add_shape(dim);
+    const size_t element = kv_dtype_ == v1::DTYPE_FLOAT32 ? 4 : 2;
+    run.mutable_q()->set_inline_data(std::string(element * head_dim_, '\0'));
+    return run;
+  }
+
+  grpc::Status Run(const v1::RunRequest& run) {
+    grpc::ClientContext ctx;
+    NameSession(ctx, session_);
+    v1::RunResponse response;
+    return stub_->Run(&ctx, run, &response);
+  }
+
+  HealthCheckResponse::ServingStatus CheckHealth() {
+    auto health = Health::NewStub(channel_);
+    grpc::ClientContext ctx;
+    HealthCheckRequest req;
+    req.set_service("attnd.v1.Attnd");
+    HealthCheckResponse resp;
+    EXPECT_TRUE(health->Check(&ctx, req, &resp).ok());
+    return resp.status();
+  }
+
+  bool exit_on_device_error_ = true;
+  std::string session_;
+};
+
+TEST_F(DeviceFaultDaemonTest, FailedRunOnABrokenDeviceIsNotServingAtOnce) {
+  const v1::RunRequest run = DecodeRun();
+  grpc::ClientContext watch_ctx;
+  auto watch = WatchHealth(watch_ctx);
+
+  for (int i = 0; i < kFaultAfterRuns; ++i) {
+    const grpc::Status ok = Run(run);
+    ASSERT_TRUE(ok.ok()) << i << ": " << ok.error_message();
+  }
+  EXPECT_FALSE(daemon_->device_error().has_value());
+  const grpc::Status failed = Run(run);
+  EXPECT_EQ(failed.error_code(), grpc::StatusCode::INTERNAL);
+  EXPECT_NE(failed.error_message().find("sticky device error injected"), std::string::npos)
+      << failed.error_message();
+
+  // Seen when the failed command returned, not at the next periodic check (1 s away).
+  EXPECT_EQ(CheckHealth(), HealthCheckResponse::NOT_SERVING);
+  ASSERT_TRUE(daemon_->device_error().has_value());
+  EXPECT_NE(daemon_->device_error()->message().find("injected"), std::string::npos);
+  httplib::Client http("127.0.0.1", daemon_->http_port());
+  auto readyz = http.Get("/readyz");
+  ASSERT_TRUE(readyz);
+  EXPECT_EQ(readyz->status, 503);
+  EXPECT_NE(readyz->body.find("sticky device error injected"), std::string::npos) << readyz->body;
+  const auto m = ScrapeMetrics();
+  EXPECT_EQ(m.Get("attnd_backend_healthy"), 0);
+  EXPECT_EQ(m.Get("attnd_device_errors_total"), 1);
+  EXPECT_EQ(m.Get("attnd_requests_total", {{"method", "Run"}, {"code", "INTERNAL"}}), 1);
+  // The health watcher is told.
+  EXPECT_TRUE(ReadUntilNotServing(*watch));
+  watch_ctx.TryCancel();
+  watch->Finish();
+}
+
+class DeviceFaultStayUpDaemonTest : public DeviceFaultDaemonTest {
+ protected:
+  void Configure(DaemonConfig& config) override {
+    exit_on_device_error_ = false;
+    DeviceFaultDaemonTest::Configure(config);
+  }
+};
+
+TEST_F(DeviceFaultStayUpDaemonTest, WithoutExitOnDeviceErrorItStaysNotServing) {
+  const v1::RunRequest run = DecodeRun();
+  for (int i = 0; i < kFaultAfterRuns; ++i) ASSERT_TRUE(Run(run).ok());
+  EXPECT_EQ(Run(run).error_code(), grpc::StatusCode::INTERNAL);
+  EXPECT_EQ(Run(run).error_code(), grpc::StatusCode::INTERNAL);  // sticky
+  EXPECT_EQ(CheckHealth(), HealthCheckResponse::NOT_SERVING);
+  EXPECT_FALSE(daemon_->device_error().has_value());  // no exit requested
+  // The periodic check keeps it so and does not count the same error again.
+  std::this_thread::sleep_for(std::chrono::milliseconds(1200));
+  EXPECT_EQ(CheckHealth(), HealthCheckResponse::NOT_SERVING);
+  const auto m = ScrapeMetrics();
+  EXPECT_EQ(m.Get("attnd_backend_healthy"), 0);
+  EXPECT_EQ(m.Get("attnd_device_errors_total"), 2);
 }
 
 }  // namespace

@@ -30,6 +30,9 @@ TEST_F(FlagsTest, DefaultsMatchTheDocumentedConfig) {
   EXPECT_FALSE(config->log_json);
   EXPECT_EQ(config->socket_mode, 0660u);
   EXPECT_EQ(config->threads, 0);
+  EXPECT_EQ(config->drain_timeout, absl::Seconds(10));
+  EXPECT_TRUE(config->exit_on_device_error);
+  EXPECT_EQ(config->testonly_device_fault_after_runs, 0);
 }
 
 TEST_F(FlagsTest, EnvironmentVariableNames) {
@@ -58,7 +61,9 @@ TEST_F(FlagsTest, EveryFlagCanBeSetFromTheEnvironment) {
       {"ATTND_MAX_PAGES_PER_SESSION", "12"},  {"ATTND_MAX_BUFFERS_PER_SESSION", "13"},
       {"ATTND_MAX_PLANS_PER_SESSION", "14"},  {"ATTND_MAX_INFLIGHT_PER_SESSION", "15"},
       {"ATTND_MAX_SESSION_LEASE_MS", "60000"}, {"ATTND_MAX_HOST_BYTES", "1000000"},
-      {"ATTND_MAX_SESSION_HOST_BYTES", "100000"}, {"ATTND_PEER_SOCKET", "/run/x.peer"}};
+      {"ATTND_MAX_SESSION_HOST_BYTES", "100000"}, {"ATTND_PEER_SOCKET", "/run/x.peer"},
+      {"ATTND_DRAIN_TIMEOUT_MS", "2500"},     {"ATTND_EXIT_ON_DEVICE_ERROR", "false"},
+      {"ATTND_TESTONLY_DEVICE_FAULT_AFTER_RUNS", "9"}};
   ASSERT_EQ(env.size(), DaemonFlagNames().size());
   const absl::Status applied = ApplyEnvironmentToFlags([&env](const char* name) -> const char* {
     auto it = env.find(name);
@@ -88,6 +93,9 @@ TEST_F(FlagsTest, EveryFlagCanBeSetFromTheEnvironment) {
   EXPECT_EQ(config->max_buffers_per_session, 13);
   EXPECT_EQ(config->max_plans_per_session, 14);
   EXPECT_EQ(config->max_inflight_per_session, 15);
+  EXPECT_EQ(config->drain_timeout, absl::Milliseconds(2500));
+  EXPECT_FALSE(config->exit_on_device_error);
+  EXPECT_EQ(config->testonly_device_fault_after_runs, 9);
 }
 
 TEST_F(FlagsTest, BadEnvironmentValueNamesTheVariable) {
@@ -113,6 +121,8 @@ TEST_F(FlagsTest, InvalidValuesAreRefusedWithTheFlagNamed) {
       {"max_message_bytes", "99999999999", "--max_message_bytes=99999999999"},
       {"threads", "-1", "--threads=-1"},
       {"listen", "", "--listen is empty"},
+      {"drain_timeout_ms", "600001", "--drain_timeout_ms=600001"},
+      {"testonly_device_fault_after_runs", "-1", "--testonly_device_fault_after_runs=-1"},
   };
   for (const Case& c : cases) {
     absl::FlagSaver scoped;

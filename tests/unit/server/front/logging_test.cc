@@ -46,3 +46,40 @@ TEST(LoggingTest, JsonLinesAreOneObjectPerLine) {
 
 }  // namespace
 }  // namespace attnd::server::front
+
+namespace attnd::server::front {
+namespace {
+
+std::string CaptureOneLog(bool json, const std::string& message) {
+  EXPECT_TRUE(SetUpLogging({"info", json}).ok());
+  ::testing::internal::CaptureStderr();
+  spdlog::warn("session opened by '{}'", message);
+  spdlog::default_logger()->flush();
+  std::string out = ::testing::internal::GetCapturedStderr();
+  EXPECT_TRUE(SetUpLogging({"info", false}).ok());
+  return out;
+}
+
+// A client's name with a newline must not forge a log line of its own, in either format.
+TEST(LoggingTest, ClientTextCannotStartALine) {
+  const std::string forged = "engine\n[2026-01-01 00:00:00.000000] [critical] [1] fake\r\x1b[2K";
+  for (const bool json : {false, true}) {
+    const std::string out = CaptureOneLog(json, forged);
+    ASSERT_FALSE(out.empty());
+    EXPECT_EQ(out.find('\n'), out.size() - 1) << "one line only: " << out;
+    EXPECT_EQ(out.find('\r'), std::string::npos) << out;
+    EXPECT_EQ(out.find('\x1b'), std::string::npos) << out;
+    EXPECT_NE(out.find("engine\\n[2026-01-01"), std::string::npos) << out;
+  }
+}
+
+TEST(LoggingTest, LongMessagesAreCut) {
+  for (const bool json : {false, true}) {
+    const std::string out = CaptureOneLog(json, std::string(1 << 20, 'n'));
+    EXPECT_LT(out.size(), kMaxLogMessageBytes + 200) << json;
+    EXPECT_NE(out.find(" bytes cut)"), std::string::npos);
+  }
+}
+
+}  // namespace
+}  // namespace attnd::server::front

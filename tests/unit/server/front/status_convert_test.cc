@@ -43,3 +43,22 @@ TEST(StatusConvertTest, CodeNames) {
 
 }  // namespace
 }  // namespace attnd::server::front
+
+namespace attnd::server::front {
+namespace {
+
+// A message echoing a 4 MiB id keeps its code and comes out bounded (gRPC would otherwise fail
+// the call with RESOURCE_EXHAUSTED: the message travels in trailing metadata).
+TEST(StatusConvertTest, LongMessagesAreCutKeepingTheCode) {
+  const absl::Status in =
+      absl::NotFoundError("q.buffer.buffer_id='" + std::string(4 << 20, 'b') + "' not found");
+  const grpc::Status out = ToGrpcStatus(in);
+  EXPECT_EQ(out.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_LE(out.error_message().size(), kMaxStatusMessageBytes);
+  EXPECT_EQ(out.error_message().rfind("q.buffer.buffer_id='bbb", 0), 0u);
+  EXPECT_NE(out.error_message().find(" bytes cut)"), std::string::npos);
+  EXPECT_EQ(StatusMessageForClient(in), out.error_message());
+}
+
+}  // namespace
+}  // namespace attnd::server::front
