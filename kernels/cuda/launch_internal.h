@@ -123,4 +123,7 @@ struct AppendKernelParams {
 };
 cudaError_t LaunchAppendKernel(const AppendKernelParams& params, int num_sms, cudaStream_t stream);
 
+// One thread that executes __trap() (fault_kernel.cu): the context is unusable afterwards.
+cudaError_t LaunchTrapKernel(cudaStream_t stream);
+
 }  // namespace attnd::kernels::cuda::internal
