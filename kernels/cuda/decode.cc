@@ -311,27 +311,11 @@ absl::Status RunPagedDecode(const DecodeWork& work, const PagedAttentionParams& 
   p.items = work.d_items;
   p.partial_o = work.d_partial_o;
   p.partial_lse = work.d_partial_lse;
-  constexpr float kLog2e = 1.4426950408889634f;
-  const float sm_scale =
-      opt.sm_scale != 0.f ? opt.sm_scale : 1.f / std::sqrt(static_cast<float>(kv.head_dim));
-  if (opt.logits_soft_cap > 0.f) {
-    p.soft_cap = 1;
-    p.q_scale = sm_scale / opt.logits_soft_cap;
-    p.cap_log2 = opt.logits_soft_cap * kLog2e;
-  } else {
-    p.q_scale = sm_scale * kLog2e;
-  }
+  p.logit = internal::MakeLogitScale(opt, kv.head_dim);
   p.window_left = opt.window_left;
   p.rope = opt.pos_encoding == PosEncoding::kRopeLlama ? 1 : 0;
   p.rope_offsets = p.rope ? opt.rope_offsets : nullptr;
-  if (p.rope) {
-    for (int i = 0; i < kv.head_dim / 2; ++i) {
-      const double f = std::pow(static_cast<double>(opt.rope_theta), -2.0 * i / kv.head_dim) /
-                       static_cast<double>(opt.rope_scale);
-      p.rope_freq[i].hi = static_cast<float>(f);
-      p.rope_freq[i].lo = static_cast<float>(f - static_cast<double>(p.rope_freq[i].hi));
-    }
-  }
+  if (p.rope) internal::FillRopeFreqs(opt, kv.head_dim, p.rope_freq);
 
   const int num_items = static_cast<int>(work.items.size());
   cudaError_t e;

@@ -156,19 +156,18 @@ void FillCommon(const PrefillWork& work, const QueryOutput& qo, const AttentionO
   p.group = work.num_qo_heads_ / work.num_kv_heads_;
   p.items = work.items_;
   p.num_items = work.num_items_;
-  constexpr float kLog2e = 1.4426950408889634f;
-  const float sm_scale =
-      opt.sm_scale != 0.f ? opt.sm_scale : 1.f / std::sqrt(static_cast<float>(head_dim));
-  p.sm_scale_log2 = sm_scale * kLog2e;
-  p.soft_cap = opt.logits_soft_cap > 0.f ? opt.logits_soft_cap : 0.f;
-  p.sm_scale_over_cap = p.soft_cap > 0.f ? sm_scale / p.soft_cap : 0.f;
-  p.cap_log2 = p.soft_cap * kLog2e;
+  p.item_rows = prefill::CtaRows(head_dim, work.variant_);
+  p.sub_items = 1;
+  p.logit = internal::MakeLogitScale(opt, head_dim);
   p.causal = opt.causal;
   p.window_left = opt.window_left >= 0 ? opt.window_left : -1;
   p.rope = opt.pos_encoding == PosEncoding::kRopeLlama;
-  p.rope_log2_theta = std::log2(opt.rope_theta);
-  p.rope_rcp_scale = opt.rope_scale != 0.f ? 1.f / opt.rope_scale : 1.f;
-  p.rope_offsets = opt.rope_offsets;
+  if (p.rope) {
+    internal::FillRopeFreqs(opt, head_dim, p.rope_freq);
+    // The RoPE kernels have the default tile: several CTAs per item of a wider plan.
+    p.sub_items = p.item_rows / prefill::CtaRows(head_dim, prefill::TileVariant::kDefault);
+  }
+  p.rope_offsets = p.rope ? opt.rope_offsets : nullptr;
 }
 
 template <bool kPaged>
@@ -177,14 +176,23 @@ cudaError_t Dispatch(int32_t head_dim, DType dtype, prefill::TileVariant variant
   using prefill::LaunchPrefill;
   using prefill::TileVariant;
   const bool bf16 = dtype == DType::kBFloat16;
+  constexpr TileVariant kDef = TileVariant::kDefault;
   switch (head_dim) {
 #ifdef ATTND_PREFILL_HD64
     case 64:
+      if (p.rope) {
+        return bf16 ? LaunchPrefill<64, __nv_bfloat16, kPaged, kDef, true>(p, stream)
+                    : LaunchPrefill<64, __half, kPaged, kDef, true>(p, stream);
+      }
       return bf16 ? LaunchPrefill<64, __nv_bfloat16, kPaged>(p, stream)
                   : LaunchPrefill<64, __half, kPaged>(p, stream);
 #endif
 #ifdef ATTND_PREFILL_HD128
     case 128:
+      if (p.rope) {
+        return bf16 ? LaunchPrefill<128, __nv_bfloat16, kPaged, kDef, true>(p, stream)
+                    : LaunchPrefill<128, __half, kPaged, kDef, true>(p, stream);
+      }
       if (variant == TileVariant::kWide) {
         return bf16 ? LaunchPrefill<128, __nv_bfloat16, kPaged, TileVariant::kWide>(p, stream)
                     : LaunchPrefill<128, __half, kPaged, TileVariant::kWide>(p, stream);
@@ -202,6 +210,10 @@ cudaError_t Dispatch(int32_t head_dim, DType dtype, prefill::TileVariant variant
 #endif
 #ifdef ATTND_PREFILL_HD256
     case 256:
+      if (p.rope) {
+        return bf16 ? LaunchPrefill<256, __nv_bfloat16, kPaged, kDef, true>(p, stream)
+                    : LaunchPrefill<256, __half, kPaged, kDef, true>(p, stream);
+      }
       return bf16 ? LaunchPrefill<256, __nv_bfloat16, kPaged>(p, stream)
                   : LaunchPrefill<256, __half, kPaged>(p, stream);
 #endif
