@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "server/core/ids.h"
 
 namespace attnd::server::front {
 namespace {
@@ -86,7 +87,10 @@ void CommandRunner::Finish(MethodId id, std::string_view session_id, const absl:
   const absl::Duration elapsed = absl::FromChrono(std::chrono::steady_clock::now() - start);
   metrics_by_method_[static_cast<size_t>(id)]->Record(status.code(), elapsed);
   if (!status.ok()) {
-    spdlog::warn("{} failed (session '{}'): {}", MethodName(id), session_id, status.ToString());
+    // Session ids are secrets of their clients: logs name the session by its tag only.
+    spdlog::warn("{} failed (session {}): {}", MethodName(id),
+                 session_id.empty() ? std::string("-") : SessionLogTag(session_id),
+                 status.ToString());
   }
 }
 
@@ -103,19 +107,19 @@ v1::ServerInfo CommandRunner::GetServerInfo() {
 }
 
 absl::StatusOr<v1::OpenSessionResponse> CommandRunner::OpenSession(
-    const v1::OpenSessionRequest& request, SessionBinding binding) {
+    const v1::OpenSessionRequest& request, SessionBinding binding, const Identity& owner) {
   InFlightCalls::Scope in_flight(in_flight_);
   const auto start = std::chrono::steady_clock::now();
-  auto result = core_.OpenSession(request, binding);
+  auto result = core_.OpenSession(request, binding, owner);
   Finish(MethodId::kOpenSession, result.ok() ? result->session_id() : "", result.status(), start);
   return result;
 }
 
-absl::Status CommandRunner::CloseSession(std::string_view session_id) {
+absl::Status CommandRunner::CloseSession(SessionRef session) {
   InFlightCalls::Scope in_flight(in_flight_);
   const auto start = std::chrono::steady_clock::now();
-  absl::Status status = core_.CloseSession(session_id);
-  Finish(MethodId::kCloseSession, session_id, status, start);
+  absl::Status status = core_.CloseSession(session);
+  Finish(MethodId::kCloseSession, session.id, status, start);
   return status;
 }
 

@@ -50,6 +50,12 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config
   core_options.max_buffers_per_session = config.max_buffers_per_session;
   core_options.max_plans_per_session = config.max_plans_per_session;
   core_options.max_inflight_per_session = config.max_inflight_per_session;
+  core_options.max_session_lease = config.max_session_lease;
+  core_options.max_host_bytes = config.max_host_bytes;
+  core_options.max_session_host_bytes = config.max_session_host_bytes;
+  core_options.max_peers = config.max_sessions;
+  // Unary sessions are bound to their caller: on a unix socket that is its peer key.
+  core_options.unary_sessions_need_identity = true;
   absl::StatusOr<std::unique_ptr<Core>> core = Core::Create(core_options, std::move(backend));
   if (!core.ok()) return core.status();
   daemon->core_ = *std::move(core);
@@ -57,8 +63,10 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config
 
   daemon->runner_ = std::make_unique<CommandRunner>(*daemon->core_, daemon->metrics_,
                                                     config.max_message_bytes);
+  daemon->identifier_ = std::make_unique<CallerIdentifier>(
+      *daemon->core_, !listen->is_unix(), daemon->authenticator_->enabled());
   daemon->service_ = std::make_unique<AttndService>(*daemon->runner_, daemon->metrics_,
-                                                   daemon->streams_);
+                                                   daemon->streams_, *daemon->identifier_);
   if (daemon->authenticator_->enabled()) {
     daemon->service_->set_authenticator(daemon->authenticator_.get());
   }
@@ -94,6 +102,19 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config
     }
   }
 
+  const std::string peer_path = config.peer_socket == "auto"
+                                    ? DefaultPeerSocketPath(listen->unix_path)
+                                    : config.peer_socket;
+  if (!peer_path.empty()) {
+    absl::StatusOr<std::unique_ptr<PeerSocketServer>> peers = PeerSocketServer::Start(
+        {.path = peer_path, .mode = config.socket_mode, .max_connections = config.max_sessions},
+        *daemon->core_);
+    if (!peers.ok()) return peers.status();
+    daemon->peer_socket_ = *std::move(peers);
+  }
+  daemon->core_->SetPeerSocketPath(peer_path);
+  daemon->info_ = daemon->core_->GetServerInfo();
+
   daemon->serving_state_.AttachHealthService(daemon->server_->GetHealthCheckService());
   daemon->serving_state_.UpdateBackendHealth(daemon->core_->Health());
 
@@ -120,7 +141,8 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config
       std::make_unique<MaintenanceLoop>(*daemon->core_, daemon->serving_state_);
 
   spdlog::info(
-      "attnd {} serving: backend={} device='{}' pool memory={} bytes, gRPC on {}{}{}, HTTP on {}",
+      "attnd {} serving: backend={} device='{}' pool memory={} bytes, gRPC on {}{}{}, HTTP on {}, "
+      "peer socket {}",
       daemon->info_.version(), daemon->info_.backend(), daemon->info_.device(),
       daemon->info_.memory_total_bytes(), config.listen,
       listen->is_unix() ? absl::StrFormat(" (mode %04o)", config.socket_mode)
@@ -130,7 +152,8 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config
                    config.token.empty() ? "" : ", bearer token required"),
       daemon->http_ != nullptr
           ? absl::StrCat(config.http_listen, " (port ", daemon->http_->port(), ")")
-          : std::string("(disabled)"));
+          : std::string("(disabled)"),
+      peer_path.empty() ? std::string("(none)") : peer_path);
   return daemon;
 }
 
@@ -156,6 +179,7 @@ void Daemon::Shutdown(absl::Duration drain) {
     server_->Shutdown(absl::ToChronoTime(std::min(deadline, absl::Now() + absl::Milliseconds(200))));
     server_->Wait();
   }
+  if (peer_socket_ != nullptr) peer_socket_->Stop();
   if (core_ != nullptr) core_->CloseAll();
   if (http_ != nullptr) http_->Stop();
   if (listen_address_.is_unix()) unlink(listen_address_.unix_path.c_str());

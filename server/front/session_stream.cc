@@ -5,6 +5,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "server/core/ids.h"
 #include "server/front/status_convert.h"
 
 namespace attnd::server::front {
@@ -29,7 +30,8 @@ class SessionCloser {
     const absl::Status status = runner_.CloseSession(session_id_);
     // NOT_FOUND: already closed, e.g. by Core::CloseAll during shutdown; nothing left to free.
     if (!status.ok() && !absl::IsNotFound(status)) {
-      spdlog::warn("closing stream session '{}' failed: {}", session_id_, status.ToString());
+      spdlog::warn("closing stream session {} failed: {}", SessionLogTag(session_id_),
+                   status.ToString());
     }
   }
   SessionCloser(const SessionCloser&) = delete;
@@ -55,7 +57,8 @@ class StreamGauge {
 
 grpc::Status SessionStream::Serve(
     grpc::ServerContext& context,
-    grpc::ServerReaderWriterInterface<v1::SessionResponse, v1::SessionRequest>& stream) {
+    grpc::ServerReaderWriterInterface<v1::SessionResponse, v1::SessionRequest>& stream,
+    const Identity& owner) {
   const grpc::Status shutting_down(grpc::StatusCode::UNAVAILABLE, "attnd is shutting down");
   const std::unique_ptr<StreamRegistry::Handle> registration = streams_.Register(&context);
   if (registration == nullptr) return shutting_down;
@@ -75,7 +78,7 @@ grpc::Status SessionStream::Serve(
   }
 
   absl::StatusOr<v1::OpenSessionResponse> opened =
-      runner_.OpenSession(request.open(), SessionBinding::kStream);
+      runner_.OpenSession(request.open(), SessionBinding::kStream, owner);
   if (!opened.ok()) return ToGrpcStatus(opened.status());
   SessionCloser closer(runner_, opened->session_id());
   const std::string session_id = opened->session_id();

@@ -26,9 +26,11 @@ class SessionStream {
   // `open` (naming what came instead), with the core's status when opening fails, UNAVAILABLE
   // when the daemon shuts down (StreamRegistry::CloseAll), else OK (or CANCELLED when the client
   // went away).
+  // `owner`: the identity of the stream's client (owns the session).
   grpc::Status Serve(grpc::ServerContext& context,
                      grpc::ServerReaderWriterInterface<v1::SessionResponse, v1::SessionRequest>&
-                         stream);
+                         stream,
+                     const Identity& owner = {});
 
  private:
   CommandRunner& runner_;

@@ -90,24 +90,17 @@ TEST(CoreQuotaTest, MaxBuffersPerSession) {
   CoreOptions options;
   options.max_buffers_per_session = 2;
   auto core = MakeCore(options);
-  const std::string s = Open(*core);
-  const std::string name = absl::StrCat("/attnd-quota-", getpid());
-  const int fd = shm_open(name.c_str(), O_CREAT | O_EXCL | O_RDWR, 0600);
-  ASSERT_GE(fd, 0);
-  ASSERT_EQ(ftruncate(fd, 4096), 0);
-  close(fd);
-  v1::RegisterBufferRequest request;
-  request.mutable_shared_memory()->set_name(name);
-  request.set_size_bytes(4096);
-  auto first = core->RegisterBuffer(s, request);
+  const Identity peer = AddTestPeer(*core);
+  const std::string s = Open(*core, SessionBinding::kStream, "test", 0, peer);
+  TestMemfd memfd(4096);
+  auto first = RegisterMemfd(*core, s, peer, memfd, 4096);
   ASSERT_TRUE(first.ok()) << first.status();
-  ASSERT_TRUE(core->RegisterBuffer(s, request).ok());
-  ExpectQuota(core->RegisterBuffer(s, request).status(), "max_buffers_per_session");
+  ASSERT_TRUE(RegisterMemfd(*core, s, peer, memfd, 4096).ok());
+  ExpectQuota(RegisterMemfd(*core, s, peer, memfd, 4096).status(), "max_buffers_per_session");
   v1::UnregisterBufferRequest unregister;
-  unregister.set_buffer_id(first->buffer_id());
+  unregister.set_buffer_id(*first);
   ASSERT_TRUE(core->UnregisterBuffer(s, unregister).ok());
-  EXPECT_TRUE(core->RegisterBuffer(s, request).ok());
-  shm_unlink(name.c_str());
+  EXPECT_TRUE(RegisterMemfd(*core, s, peer, memfd, 4096).ok());
 }
 
 TEST(CoreQuotaTest, MaxInflightPerSessionRefusesCommandsBeyondTheLimit) {
