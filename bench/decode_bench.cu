@@ -7,9 +7,11 @@
 // it leaves ~L2-size of DIRTY lines that are written back while the kernel reads, e.g. ~60 MB of
 // writes on top of the 134 MB read at B=1 GQA), and "ms_clean" after a read-only pass over
 // another 2x-L2 buffer (L2 holds clean, unrelated lines: cold KV without the write-back).
-//   decode_bench [--quick] [--sweep] [--only B,KV_LEN,NUM_KV_HEADS]
+//   decode_bench [--quick] [--sweep] [--rope] [--only B,KV_LEN,NUM_KV_HEADS]
 //     --sweep: also split-KV grids of other sizes (DecodeScheduleOptions::waves: 0.5-4 waves at
 //     B=1; 2-8 waves at larger batches, where splitting trims the tail of the last wave).
+//     --rope: every row with RoPE on the fly (the kernels' RoPE variants: K rotated in fp32,
+//     hi + lo operands on tensor cores, kernels/cuda/NUMERICS.md); JSON "rope":true.
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
@@ -105,6 +107,8 @@ struct Result {
 
 using Kernel = kcuda::DecodeScheduleOptions::Kernel;
 
+bool g_rope = false;  // --rope
+
 Result RunOne(DType dt, Shape s, Kernel kernel, float waves, double ceiling, bool clean,
               cudaStream_t stream) {
   const int hq = 32, d = 128, ps = 16;
@@ -156,6 +160,7 @@ Result RunOne(DType dt, Shape s, Kernel kernel, float waves, double ceiling, boo
   p.qo.q_dtype = dt;
   p.qo.num_qo_heads = hq;
   p.qo.batch_size = s.batch;
+  if (g_rope) p.options.pos_encoding = attnd::kernels::PosEncoding::kRopeLlama;
   auto call = [&](int) { BENCH_STATUS_CHECK(kcuda::RunPagedDecode(**work, p, stream)); };
   const Timing t = TimeIt(call, stream);
   const double bytes = 2.0 * s.batch * s.kv_len * s.num_kv_heads * d * 2;
@@ -183,6 +188,7 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     quick = quick || std::strcmp(argv[i], "--quick") == 0;
     sweep = sweep || std::strcmp(argv[i], "--sweep") == 0;
+    g_rope = g_rope || std::strcmp(argv[i], "--rope") == 0;
     if (std::strcmp(argv[i], "--only") == 0 && i + 1 < argc) {
       if (std::sscanf(argv[++i], "%d,%d,%d", &only.batch, &only.kv_len, &only.num_kv_heads) != 3) {
         std::fprintf(stderr, "--only B,KV_LEN,NUM_KV_HEADS\n");
@@ -218,10 +224,11 @@ int main(int argc, char** argv) {
           std::printf(
               "JSON {\"bench\":\"decode\",\"dtype\":\"%s\",\"batch\":%d,\"kv_len\":%d,"
               "\"num_qo_heads\":32,\"num_kv_heads\":%d,\"head_dim\":128,\"page_size\":16,"
-              "\"kernel\":\"%s\",\"waves\":%.2f,\"ms\":%.5f,\"tbps\":%.4f,\"pct_copy\":%.2f,\"chunks\":%d,"
-              "\"ms_clean\":%.5f,\"tbps_clean\":%.4f}\n",
+              "\"kernel\":\"%s\",\"rope\":%s,\"waves\":%.2f,\"ms\":%.5f,\"tbps\":%.4f,"
+              "\"pct_copy\":%.2f,\"chunks\":%d,\"ms_clean\":%.5f,\"tbps_clean\":%.4f}\n",
               r.dtype.c_str(), s.batch, s.kv_len, s.num_kv_heads, r.tc ? "tensor" : "cuda-core",
-              r.waves, r.ms, r.tbps, r.pct, r.chunks, r.ms_clean, r.tbps_clean);
+              g_rope ? "true" : "false", r.waves, r.ms, r.tbps, r.pct, r.chunks, r.ms_clean,
+              r.tbps_clean);
           std::fflush(stdout);
           results.push_back(r);
         }

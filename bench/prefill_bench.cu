@@ -7,10 +7,12 @@
 // 10, more for short kernels, bounded at ~0.25 s per case). Inputs are random (never zeros).
 // Output: a table, then one JSON object per line (prefix "JSON ").
 //
-// Usage: prefill_bench [--quick] [--wide]
+// Usage: prefill_bench [--quick] [--wide] [--rope]
 //   --quick: fewer repetitions; --wide: also time each head_dim 128 tile variant
 //   (ATTND_PREFILL_TILE=default|wide|wide3|wide64, see kernels/cuda/prefill/prefill_params.h); the
 //   first table ("auto") is the variant PreparePrefill picks with the variable unset.
+//   --rope: also time the paged workloads with RoPE on the fly (tile "rope": the RoPE kernels,
+//   q and k rotated in fp32 and kept exact as hi + lo parts, kernels/cuda/NUMERICS.md).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -97,6 +99,7 @@ struct Workload {
   int num_kv_heads;
   bool paged;
   bool pages_in_order = false;  // diagnostic: page table 0, 1, 2, ... instead of shuffled
+  bool rope = false;            // RoPE LLaMA on the fly (theta 1e4)
 };
 
 constexpr int kHeads = 32;
@@ -148,6 +151,7 @@ void RunWorkload(const Workload& w, bool quick, const char* tile, std::vector<st
   qo.qo_indptr = d_qo->as<int32_t>();
   attnd::kernels::AttentionOptions opt;
   opt.causal = true;
+  if (w.rope) opt.pos_encoding = attnd::kernels::PosEncoding::kRopeLlama;
 
   PagedAttentionParams pp;
   RaggedAttentionParams rp;
@@ -222,11 +226,12 @@ void RunWorkload(const Workload& w, bool quick, const char* tile, std::vector<st
   char buf[512];
   std::snprintf(buf, sizeof(buf),
                 "{\"bench\":\"prefill\",\"workload\":\"%s\",\"kv\":\"%s\",\"tile\":\"%s\",\"dtype\":\"bf16\","
-                "\"head_dim\":%d,\"causal\":true,\"batch\":%d,\"qo_len\":%d,\"kv_len\":%d,"
-                "\"num_qo_heads\":%d,\"num_kv_heads\":%d,\"page_size\":%d,\"median_us\":%.2f,"
-                "\"tflops\":%.2f,\"reps\":%zu}",
-                w.name.c_str(), w.paged ? "paged" : "ragged", tile, D, B, w.qo_len, w.kv_len, Hq, Hkv,
-                w.paged ? kPageSize : 0, med * 1e3, tflops, ms.size());
+                "\"head_dim\":%d,\"causal\":true,\"rope\":%s,\"batch\":%d,\"qo_len\":%d,"
+                "\"kv_len\":%d,\"num_qo_heads\":%d,\"num_kv_heads\":%d,\"page_size\":%d,"
+                "\"median_us\":%.2f,\"tflops\":%.2f,\"reps\":%zu}",
+                w.name.c_str(), w.paged ? "paged" : "ragged", tile, D, w.rope ? "true" : "false", B,
+                w.qo_len, w.kv_len, Hq, Hkv, w.paged ? kPageSize : 0, med * 1e3, tflops,
+                ms.size());
   json.push_back(buf);
   BENCH_CHECK(cudaEventDestroy(e0));
   BENCH_CHECK(cudaEventDestroy(e1));
@@ -235,10 +240,11 @@ void RunWorkload(const Workload& w, bool quick, const char* tile, std::vector<st
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool quick = false, wide = false;
+  bool quick = false, wide = false, rope = false;
   for (int i = 1; i < argc; ++i) {
     quick = quick || std::string(argv[i]) == "--quick";
     wide = wide || std::string(argv[i]) == "--wide";
+    rope = rope || std::string(argv[i]) == "--rope";
   }
   int dev = 0;
   BENCH_CHECK(cudaGetDevice(&dev));
@@ -267,6 +273,13 @@ int main(int argc, char** argv) {
                 json);
     RunWorkload({"[pages in order] B16 L1024", 16, 1024, 1024, hkv, true, true}, quick, "auto",
                 json);
+  }
+  if (rope) {
+    for (Workload w : ws) {
+      if (!w.paged) continue;
+      w.rope = true;
+      RunWorkload(w, quick, "rope", json);
+    }
   }
   if (wide) {
     for (const char* variant : {"default", "wide", "wide3", "wide64"}) {

@@ -3,40 +3,16 @@
 //   row new_indptr[b] + i  ->  kv position kv_len(b) - new_len(b) + i of request b.
 #include <cstring>
 
-#include "absl/strings/str_cat.h"
 #include "attnd/kernels/cpu_reference.h"
 #include "validation.h"
 
 namespace attnd::kernels::cpu {
 
 absl::Status AppendKv(const AppendKvParams& params) {
+  if (auto s = ValidateAppendKv(params); !s.ok()) return s;
   const PagedKV& kv = params.kv;
-  if (auto s = ValidatePagedKV(kv); !s.ok()) return s;
   const int32_t batch = kv.batch_size;
   auto new_begin = [&](int32_t b) -> int64_t { return params.new_indptr ? params.new_indptr[b] : b; };
-  if (params.new_indptr != nullptr) {
-    if (params.new_indptr[0] < 0) {
-      return absl::InvalidArgumentError(absl::StrCat("new_indptr[0] must be >= 0, got ",
-                                                     params.new_indptr[0]));
-    }
-    for (int32_t b = 0; b < batch; ++b) {
-      if (params.new_indptr[b + 1] < params.new_indptr[b]) {
-        return absl::InvalidArgumentError(absl::StrCat("new_indptr decreases at ", b + 1));
-      }
-    }
-  }
-  for (int32_t b = 0; b < batch; ++b) {
-    const int64_t new_len = new_begin(b + 1) - new_begin(b);
-    if (new_len > PagedKvLen(kv, b)) {
-      return absl::InvalidArgumentError(absl::StrCat("request ", b, " appends ", new_len,
-                                                     " tokens but its pages hold only ",
-                                                     PagedKvLen(kv, b)));
-    }
-  }
-  if (new_begin(batch) > new_begin(0) && (params.k == nullptr || params.v == nullptr)) {
-    return absl::InvalidArgumentError("k or v is null");
-  }
-
   const size_t elem = DTypeSize(kv.dtype);
   const size_t row_bytes = static_cast<size_t>(kv.head_dim) * elem;
   char* const k_cache = static_cast<char*>(kv.data);

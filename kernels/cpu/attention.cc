@@ -250,10 +250,8 @@ absl::Status RunAttention(const QueryOutput& qo, const Keys& keys, DType kv_dtyp
 }  // namespace
 
 absl::Status PagedAttention(const PagedAttentionParams& params, int num_threads) {
+  if (auto s = ValidatePagedAttention(params); !s.ok()) return s;
   const PagedKV& kv = params.kv;
-  if (auto s = ValidatePagedKV(kv); !s.ok()) return s;
-  if (auto s = ValidateQueryOutput(params.qo, kv.batch_size, kv.num_kv_heads); !s.ok()) return s;
-  if (auto s = ValidateOptions(params.options, kv.head_dim); !s.ok()) return s;
   try {
     return RunAttention(params.qo, PagedKeys(kv), kv.dtype, kv.num_kv_heads, kv.head_dim,
                         params.options, num_threads);
@@ -263,10 +261,8 @@ absl::Status PagedAttention(const PagedAttentionParams& params, int num_threads)
 }
 
 absl::Status RaggedAttention(const RaggedAttentionParams& params, int num_threads) {
+  if (auto s = ValidateRaggedAttention(params); !s.ok()) return s;
   const RaggedKV& kv = params.kv;
-  if (auto s = ValidateRaggedKV(kv); !s.ok()) return s;
-  if (auto s = ValidateQueryOutput(params.qo, kv.batch_size, kv.num_kv_heads); !s.ok()) return s;
-  if (auto s = ValidateOptions(params.options, kv.head_dim); !s.ok()) return s;
   try {
     return RunAttention(params.qo, RaggedKeys(kv), kv.dtype, kv.num_kv_heads, kv.head_dim,
                         params.options, num_threads);

@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "attnd/kernels/backend.h"
+#include "attnd/kernels/backend_checks.h"
 #include "attnd/kernels/cpu_reference.h"
 #include "parallel_for.h"
 #include "validation.h"
@@ -61,68 +62,33 @@ class InlineStream final : public Stream {
 // The CPU plan is the validated page table itself; kernels read it from the spec's vectors.
 class CpuPlan final : public PreparedPlan {
  public:
-  explicit CpuPlan(PlanSpec spec) : PreparedPlan(std::move(spec)) {}
+  explicit CpuPlan(PlanSpec spec) : PreparedPlan(std::move(spec)), max_page_id(MaxPageId(this->spec())) {}
+  const int32_t max_page_id;
 };
 
-absl::Status CheckPlanSpec(const PlanSpec& spec) {
-  const int64_t batch = spec.batch_size();
-  if (spec.num_kv_heads <= 0 || spec.num_qo_heads <= 0 ||
-      spec.num_qo_heads % spec.num_kv_heads != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("plan num_qo_heads ", spec.num_qo_heads,
-                                                   " must be a positive multiple of num_kv_heads ",
-                                                   spec.num_kv_heads));
-  }
-  if (spec.head_dim <= 0 || spec.head_dim > cpu::kMaxHeadDim) {
-    return absl::InvalidArgumentError(absl::StrCat("plan head_dim ", spec.head_dim,
-                                                   " is outside 1..", cpu::kMaxHeadDim));
-  }
-  if (spec.page_size <= 0) {
-    return absl::InvalidArgumentError(absl::StrCat("plan page_size must be > 0, got ",
-                                                   spec.page_size));
-  }
-  if (static_cast<int64_t>(spec.kv_indptr.size()) != batch + 1 ||
-      static_cast<int64_t>(spec.qo_indptr.size()) != batch + 1) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "plan has ", batch, " requests (kv_last_page_len) but kv_indptr has ",
-        spec.kv_indptr.size(), " and qo_indptr ", spec.qo_indptr.size(), " entries"));
-  }
-  if (spec.kv_indptr[0] != 0 || spec.qo_indptr[0] != 0) {
-    return absl::InvalidArgumentError("plan kv_indptr and qo_indptr must start at 0");
-  }
-  for (int64_t b = 0; b < batch; ++b) {
-    if (spec.kv_indptr[b + 1] < spec.kv_indptr[b] || spec.qo_indptr[b + 1] < spec.qo_indptr[b]) {
-      return absl::InvalidArgumentError(absl::StrCat("plan indptr decreases at request ", b));
-    }
-    if (spec.kind == AttentionKind::kDecode && spec.qo_indptr[b + 1] - spec.qo_indptr[b] != 1) {
-      return absl::InvalidArgumentError(absl::StrCat("decode plan must have one query row per "
-                                                     "request; request ", b, " has ",
-                                                     spec.qo_indptr[b + 1] - spec.qo_indptr[b]));
-    }
-  }
-  if (static_cast<int64_t>(spec.kv_indices.size()) != spec.kv_indptr[batch]) {
-    return absl::InvalidArgumentError(absl::StrCat("plan kv_indices has ", spec.kv_indices.size(),
-                                                   " entries, kv_indptr ends at ",
-                                                   spec.kv_indptr[batch]));
-  }
-  return absl::OkStatus();
-}
-
 // The layer view with the plan's page table filled in; checks that geometry and plan agree.
-absl::StatusOr<PagedKV> LayerWithPageTable(const PlanSpec& spec, const PagedKV& layer) {
-  if (layer.num_kv_heads != spec.num_kv_heads || layer.head_dim != spec.head_dim ||
-      layer.page_size != spec.page_size || layer.dtype != spec.kv_dtype) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "layer (kv heads ", layer.num_kv_heads, ", head_dim ", layer.head_dim, ", page_size ",
-        layer.page_size, ", dtype ", DTypeName(layer.dtype), ") does not match the plan (",
-        spec.num_kv_heads, ", ", spec.head_dim, ", ", spec.page_size, ", ",
-        DTypeName(spec.kv_dtype), ")"));
-  }
+absl::StatusOr<PagedKV> LayerWithPageTable(const PreparedPlan& plan, const PagedKV& layer) {
+  const auto* cp = dynamic_cast<const CpuPlan*>(&plan);
+  if (cp == nullptr) return absl::InvalidArgumentError("plan is not a CPU plan");
+  const PlanSpec& spec = plan.spec();
+  if (auto s = CheckLayerMatchesPlan(spec, cp->max_page_id, layer); !s.ok()) return s;
   PagedKV kv = layer;
   kv.batch_size = spec.batch_size();
   kv.indptr = spec.kv_indptr.data();
   kv.indices = spec.kv_indices.data();
   kv.last_page_len = spec.kv_last_page_len.data();
   return kv;
+}
+
+// New K/V rows of the plan's query tokens (qo_indptr) into the layer.
+AppendKvParams AppendParams(const PreparedPlan& plan, const PagedKV& kv, const void* k,
+                            const void* v) {
+  AppendKvParams params;
+  params.kv = kv;
+  params.k = k;
+  params.v = v;
+  params.new_indptr = plan.spec().qo_indptr.data();
+  return params;
 }
 
 class CpuBackend final : public Backend {
@@ -166,30 +132,23 @@ class CpuBackend final : public Backend {
   absl::Status Synchronize(Stream*) override { return absl::OkStatus(); }
 
   absl::StatusOr<std::unique_ptr<PreparedPlan>> Prepare(PlanSpec spec, Stream*) override {
-    if (auto s = CheckPlanSpec(spec); !s.ok()) return s;
+    if (auto s = CheckPlanSpec(spec, cpu::kMaxHeadDim); !s.ok()) return s;
     return std::unique_ptr<PreparedPlan>(new CpuPlan(std::move(spec)));
   }
 
   absl::Status AppendKv(const PreparedPlan& plan, const PagedKV& layer, const void* k,
                         const void* v, Stream*) override {
-    absl::StatusOr<PagedKV> kv = LayerWithPageTable(plan.spec(), layer);
+    absl::StatusOr<PagedKV> kv = LayerWithPageTable(plan, layer);
     if (!kv.ok()) return kv.status();
-    AppendKvParams params;
-    params.kv = *kv;
-    params.k = k;
-    params.v = v;
-    params.new_indptr = plan.spec().qo_indptr.data();
-    return cpu::AppendKv(params);
+    return cpu::AppendKv(AppendParams(plan, *kv, k, v));
   }
 
   absl::Status Attention(const RunArgs& args) override {
-    if (args.plan == nullptr) return absl::InvalidArgumentError("RunArgs.plan is null");
+    if (auto s = CheckRunArgs(args); !s.ok()) return s;
     const PlanSpec& spec = args.plan->spec();
-    if ((args.k_new == nullptr) != (args.v_new == nullptr)) {
-      return absl::InvalidArgumentError("k_new and v_new must be given together");
-    }
-    absl::StatusOr<PagedKV> kv = LayerWithPageTable(spec, args.layer);
+    absl::StatusOr<PagedKV> kv = LayerWithPageTable(*args.plan, args.layer);
     if (!kv.ok()) return kv.status();
+    const AppendKvParams append = AppendParams(*args.plan, *kv, args.k_new, args.v_new);
     PagedAttentionParams params;
     params.kv = *kv;
     params.qo.q = args.q;
@@ -201,21 +160,11 @@ class CpuBackend final : public Backend {
     params.qo.qo_indptr = spec.qo_indptr.data();  // decode plans have 0, 1, ..., B here
     params.options = args.options;
     params.options.rope_offsets = args.rope_offsets_host;
-    if (args.k_new != nullptr) {
-      // Check the attention parameters before the cache is modified, so a rejected call has no
-      // side effects (AppendKv checks its own before writing).
-      if (auto s = cpu::ValidatePagedKV(params.kv); !s.ok()) return s;
-      if (auto s = cpu::ValidateQueryOutput(params.qo, params.kv.batch_size,
-                                            params.kv.num_kv_heads);
-          !s.ok()) {
-        return s;
-      }
-      if (auto s = cpu::ValidateOptions(params.options, params.kv.head_dim); !s.ok()) return s;
-      if (auto s = AppendKv(*args.plan, args.layer, args.k_new, args.v_new, args.stream); !s.ok()) {
-        return s;
-      }
-    }
-    return cpu::PagedAttention(params, num_threads_);
+    return AppendThenAttend(
+        args.k_new != nullptr, [&] { return cpu::ValidateAppendKv(append); },
+        [&] { return cpu::ValidatePagedAttention(params); },
+        [&] { return cpu::AppendKv(append); },
+        [&] { return cpu::PagedAttention(params, num_threads_); });
   }
 
   absl::Status MergeStates(const MergeStatesParams& params, Stream*) override {

@@ -181,4 +181,48 @@ absl::Status ValidateOptions(const AttentionOptions& options, int32_t head_dim) 
   return absl::OkStatus();
 }
 
+absl::Status ValidateAppendKv(const AppendKvParams& params) {
+  const PagedKV& kv = params.kv;
+  if (auto s = ValidatePagedKV(kv); !s.ok()) return s;
+  const int32_t batch = kv.batch_size;
+  auto new_begin = [&](int32_t b) -> int64_t { return params.new_indptr ? params.new_indptr[b] : b; };
+  if (params.new_indptr != nullptr) {
+    if (params.new_indptr[0] < 0) {
+      return absl::InvalidArgumentError(absl::StrCat("new_indptr[0] must be >= 0, got ",
+                                                     params.new_indptr[0]));
+    }
+    for (int32_t b = 0; b < batch; ++b) {
+      if (params.new_indptr[b + 1] < params.new_indptr[b]) {
+        return absl::InvalidArgumentError(absl::StrCat("new_indptr decreases at ", b + 1));
+      }
+    }
+  }
+  for (int32_t b = 0; b < batch; ++b) {
+    const int64_t new_len = new_begin(b + 1) - new_begin(b);
+    if (new_len > PagedKvLen(kv, b)) {
+      return absl::InvalidArgumentError(absl::StrCat("request ", b, " appends ", new_len,
+                                                     " tokens but its pages hold only ",
+                                                     PagedKvLen(kv, b)));
+    }
+  }
+  if (new_begin(batch) > new_begin(0) && (params.k == nullptr || params.v == nullptr)) {
+    return absl::InvalidArgumentError("k or v is null");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidatePagedAttention(const PagedAttentionParams& params) {
+  const PagedKV& kv = params.kv;
+  if (auto s = ValidatePagedKV(kv); !s.ok()) return s;
+  if (auto s = ValidateQueryOutput(params.qo, kv.batch_size, kv.num_kv_heads); !s.ok()) return s;
+  return ValidateOptions(params.options, kv.head_dim);
+}
+
+absl::Status ValidateRaggedAttention(const RaggedAttentionParams& params) {
+  const RaggedKV& kv = params.kv;
+  if (auto s = ValidateRaggedKV(kv); !s.ok()) return s;
+  if (auto s = ValidateQueryOutput(params.qo, kv.batch_size, kv.num_kv_heads); !s.ok()) return s;
+  return ValidateOptions(params.options, kv.head_dim);
+}
+
 }  // namespace attnd::kernels::cpu

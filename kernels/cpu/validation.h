@@ -25,4 +25,9 @@ absl::Status ValidateQueryOutput(const QueryOutput& qo, int32_t kv_batch_size,
 // window_left >= -1.
 absl::Status ValidateOptions(const AttentionOptions& options, int32_t head_dim);
 
+// Everything AppendKv, PagedAttention and RaggedAttention check before they write anything.
+absl::Status ValidateAppendKv(const AppendKvParams& params);
+absl::Status ValidatePagedAttention(const PagedAttentionParams& params);
+absl::Status ValidateRaggedAttention(const RaggedAttentionParams& params);
+
 }  // namespace attnd::kernels::cpu

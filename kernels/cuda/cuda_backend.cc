@@ -10,6 +10,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <limits>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -22,9 +23,12 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "attnd/kernels/backend.h"
+#include "attnd/kernels/backend_checks.h"
 #include "attnd/kernels/cuda_launch.h"
 #include "attnd/kernels/cuda_prefill.h"
 #include "cuda_status.h"
+#include "launch_checks.h"
+#include "launch_internal.h"
 
 namespace attnd::kernels {
 namespace {
@@ -195,7 +199,8 @@ cudaStream_t Native(Stream* s) {
 // session's stream, which outlives the session's plans.
 class CudaPlan final : public PreparedPlan {
  public:
-  explicit CudaPlan(PlanSpec spec) : PreparedPlan(std::move(spec)) {}
+  explicit CudaPlan(PlanSpec spec)
+      : PreparedPlan(std::move(spec)), max_page_id(MaxPageId(this->spec())) {}
   ~CudaPlan() override {
     cudaSetDevice(device_);
     // The schedules free their own memory in the same stream order (decode.cc, prefill_api.cu).
@@ -203,6 +208,7 @@ class CudaPlan final : public PreparedPlan {
     prefill.reset();
     if (block_ != nullptr) cudaFreeAsync(block_, stream_);
   }
+  const int32_t max_page_id;  // checked against the layer of every run and append
   int device_ = 0;
   cudaStream_t stream_ = nullptr;  // the plan's memory is allocated and freed in its order
   void* block_ = nullptr;
@@ -225,6 +231,15 @@ class CudaPlan final : public PreparedPlan {
     kv.indices = d_indices;
     kv.last_page_len = d_last_page_len;
     return kv;
+  }
+  // New K/V rows of the plan's query tokens (qo_indptr) into the layer.
+  AppendKvParams AppendParams(const PagedKV& layer, const void* k, const void* v) const {
+    AppendKvParams p;
+    p.kv = WithPageTable(layer);
+    p.k = k;
+    p.v = v;
+    p.new_indptr = d_qo_indptr;
+    return p;
   }
 };
 
@@ -435,17 +450,25 @@ class CudaBackend final : public Backend {
 
   absl::StatusOr<std::unique_ptr<PreparedPlan>> Prepare(PlanSpec spec, Stream* stream) override {
     if (auto s = Enter(); !s.ok()) return s;
+    // Head dims: the decode and prefill plans below check what is compiled.
+    if (auto s = CheckPlanSpec(spec, std::numeric_limits<int32_t>::max()); !s.ok()) return s;
     const int32_t batch = spec.batch_size();
-    if (batch <= 0 || static_cast<int32_t>(spec.kv_indptr.size()) != batch + 1 ||
-        static_cast<int32_t>(spec.qo_indptr.size()) != batch + 1) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("plan: batch ", batch, " with kv_indptr of ", spec.kv_indptr.size(),
-                       " and qo_indptr of ", spec.qo_indptr.size(), " entries"));
-    }
+    if (batch <= 0) return absl::InvalidArgumentError("plan: empty batch");
     std::vector<int32_t> kv_len(batch);
     for (int32_t b = 0; b < batch; ++b) {
       const int32_t pages = spec.kv_indptr[b + 1] - spec.kv_indptr[b];
       kv_len[b] = pages == 0 ? 0 : (pages - 1) * spec.page_size + spec.kv_last_page_len[b];
+    }
+    // The schedule's preconditions before any device memory is taken (PrepareDecode and
+    // PreparePrefill check them again).
+    if (auto s = spec.kind == AttentionKind::kDecode
+                     ? cuda::checks::DecodePlan(kv_len, spec.num_qo_heads, spec.num_kv_heads,
+                                                spec.head_dim, spec.page_size,
+                                                /*tensor_cores_forced=*/false)
+                     : cuda::checks::PrefillPlan(spec.qo_indptr, kv_len, spec.num_qo_heads,
+                                                 spec.num_kv_heads, spec.head_dim);
+        !s.ok()) {
+      return s;
     }
     auto plan = std::make_unique<CudaPlan>(std::move(spec));
     const PlanSpec& ps = plan->spec();
@@ -508,67 +531,76 @@ class CudaBackend final : public Backend {
   absl::Status AppendKv(const PreparedPlan& plan, const PagedKV& layer, const void* k,
                         const void* v, Stream* stream) override {
     if (auto s = Enter(); !s.ok()) return s;
-    const auto* cp = dynamic_cast<const CudaPlan*>(&plan);
-    if (cp == nullptr) return absl::InvalidArgumentError("append_kv: plan is not a CUDA plan");
-    AppendKvParams p;
-    p.kv = cp->WithPageTable(layer);
-    p.k = k;
-    p.v = v;
-    p.new_indptr = cp->d_qo_indptr;
-    absl::Status s = cuda::LaunchAppendKv(p, Native(stream));
-    return s.ok() ? s : sticky_.AfterFailure(s);
+    absl::StatusOr<const CudaPlan*> cp = CheckedPlan(&plan, layer);
+    if (!cp.ok()) return cp.status();
+    return Launched(cuda::LaunchAppendKv((*cp)->AppendParams(layer, k, v), Native(stream)));
   }
 
   absl::Status Attention(const RunArgs& args) override {
     if (auto s = Enter(); !s.ok()) return s;
-    const auto* cp = dynamic_cast<const CudaPlan*>(args.plan);
-    if (cp == nullptr) return absl::InvalidArgumentError("attention: plan is not a CUDA plan");
-    const PlanSpec& ps = cp->spec();
+    if (auto s = CheckRunArgs(args); !s.ok()) return s;
+    absl::StatusOr<const CudaPlan*> checked = CheckedPlan(args.plan, args.layer);
+    if (!checked.ok()) return checked.status();
+    const CudaPlan& cp = **checked;
+    const PlanSpec& ps = cp.spec();
     const cudaStream_t st = Native(args.stream);
-    if ((args.k_new == nullptr) != (args.v_new == nullptr)) {
-      return absl::InvalidArgumentError("attention: k_new and v_new must be given together");
-    }
-    if (args.k_new != nullptr) {
-      if (auto s = AppendKv(*cp, args.layer, args.k_new, args.v_new, args.stream); !s.ok()) {
-        return s;
-      }
-    }
+    const AppendKvParams append = cp.AppendParams(args.layer, args.k_new, args.v_new);
+    const bool decode = ps.kind == AttentionKind::kDecode;
+    const bool upload_offsets =
+        args.rope_offsets_host != nullptr && args.options.pos_encoding == PosEncoding::kRopeLlama;
     PagedAttentionParams p;
-    p.kv = cp->WithPageTable(args.layer);
+    p.kv = cp.WithPageTable(args.layer);
     p.qo.q = args.q;
     p.qo.o = args.o;
     p.qo.lse = args.lse;
     p.qo.q_dtype = args.q_dtype;
     p.qo.num_qo_heads = ps.num_qo_heads;
     p.qo.batch_size = ps.batch_size();
+    p.qo.qo_indptr = decode ? nullptr : cp.d_qo_indptr;
     p.options = args.options;
-    p.options.rope_offsets = nullptr;
-    if (args.rope_offsets_host != nullptr) {
-      // Pageable source: the copy is staged before cudaMemcpyAsync returns.
-      if (auto s = sticky_.Check(
-              cudaMemcpyAsync(cp->d_rope_offsets, args.rope_offsets_host,
-                              ps.batch_size() * sizeof(int32_t), cudaMemcpyHostToDevice, st),
-              "rope_offsets upload");
-          !s.ok()) {
-        return s;
-      }
-      p.options.rope_offsets = cp->d_rope_offsets;
-    }
-    absl::Status s;
-    if (ps.kind == AttentionKind::kDecode) {
-      p.qo.qo_indptr = nullptr;
-      s = cuda::RunPagedDecode(*cp->decode, p, st);
-    } else {
-      p.qo.qo_indptr = cp->d_qo_indptr;
-      s = cuda::RunPagedPrefill(*cp->prefill, p, st);
-    }
-    return s.ok() ? s : sticky_.AfterFailure(s);
+    p.options.rope_offsets = upload_offsets ? cp.d_rope_offsets : nullptr;
+    return AppendThenAttend(
+        args.k_new != nullptr, [&] { return cuda::CheckAppendKv(append); },
+        [&] {
+          return decode ? cuda::CheckPagedDecode(*cp.decode, p)
+                        : cuda::CheckPagedPrefill(*cp.prefill, p);
+        },
+        [&] { return Launched(cuda::LaunchAppendKv(append, st)); },
+        [&] {
+          if (upload_offsets) {
+            // Pageable source: the copy is staged before cudaMemcpyAsync returns.
+            if (auto s = sticky_.Check(cudaMemcpyAsync(cp.d_rope_offsets, args.rope_offsets_host,
+                                                       ps.batch_size() * sizeof(int32_t),
+                                                       cudaMemcpyHostToDevice, st),
+                                       "rope_offsets upload");
+                !s.ok()) {
+              return s;
+            }
+          }
+          return Launched(decode ? cuda::RunPagedDecode(*cp.decode, p, st)
+                                 : cuda::RunPagedPrefill(*cp.prefill, p, st));
+        });
   }
 
   absl::Status MergeStates(const MergeStatesParams& params, Stream* stream) override {
     if (auto s = Enter(); !s.ok()) return s;
-    absl::Status s = cuda::LaunchMergeStates(params, Native(stream));
-    return s.ok() ? s : sticky_.AfterFailure(s);
+    return Launched(cuda::LaunchMergeStates(params, Native(stream)));
+  }
+
+  // Launches a kernel that traps and waits for it: the context then carries a sticky error
+  // (cudaErrorLaunchFailure or cudaErrorIllegalInstruction), which StickyError records, so
+  // Health() and every later call report it. OK when the fault was injected and recorded.
+  absl::Status InjectDeviceFaultForTesting() override {
+    if (auto s = Enter(); !s.ok()) return s;
+    cudaError_t e = cuda::internal::LaunchTrapKernel(nullptr);
+    if (e == cudaSuccess) e = cudaDeviceSynchronize();
+    const absl::Status fault = sticky_.Check(e, "injected device fault (trap kernel)");
+    if (sticky_.Get().ok()) {
+      return absl::InternalError(absl::StrCat(
+          "InjectDeviceFaultForTesting: the trap kernel left no sticky error (", fault.ToString(),
+          ")"));
+    }
+    return absl::OkStatus();
   }
 
   absl::Status Health() const override {
@@ -578,6 +610,18 @@ class CudaBackend final : public Backend {
 
  private:
   explicit CudaBackend(int device) : device_(device) {}
+
+  // The plan as a CUDA plan, checked against the layer it is used with.
+  static absl::StatusOr<const CudaPlan*> CheckedPlan(const PreparedPlan* plan,
+                                                     const PagedKV& layer) {
+    const auto* cp = dynamic_cast<const CudaPlan*>(plan);
+    if (cp == nullptr) return absl::InvalidArgumentError("plan is not a CUDA plan");
+    if (auto s = CheckLayerMatchesPlan(cp->spec(), cp->max_page_id, layer); !s.ok()) return s;
+    return cp;
+  }
+
+  // A launcher's status; a failure that left a sticky error is recorded.
+  absl::Status Launched(absl::Status s) { return s.ok() ? s : sticky_.AfterFailure(std::move(s)); }
 
   // Every entry point: fail fast after a sticky error; make this thread use our device.
   absl::Status Enter() {
@@ -608,6 +652,7 @@ class CudaBackend final : public Backend {
 #endif
     info_.page_sizes = {};
     info_.cuda_ipc = true;
+    info_.tensor_alignment_bytes = cuda::checks::kVectorBytes;
     return absl::OkStatus();
   }
 

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "attnd/kernels/cuda_launch.h"
 #include "cuda_status.h"
+#include "launch_checks.h"
 #include "launch_internal.h"
 
 namespace attnd::kernels::cuda {
@@ -62,21 +63,6 @@ namespace {
 constexpr size_t kAlign = 256;
 size_t AlignUp(size_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
 
-bool HeadDimInstantiated(int32_t head_dim) {
-  switch (head_dim) {
-#ifdef ATTND_CUDA_HD64
-    case 64: return true;
-#endif
-#ifdef ATTND_CUDA_HD128
-    case 128: return true;
-#endif
-#ifdef ATTND_CUDA_HD256
-    case 256: return true;
-#endif
-    default: return false;
-  }
-}
-
 template <DType kDType>
 cudaError_t DispatchHeadDim(int32_t head_dim, const DecodeKernelParams& params, int num_items,
                             int num_kv_heads, int head_tile, cudaStream_t stream) {
@@ -116,7 +102,7 @@ cudaError_t DispatchTcHeadDim(int32_t head_dim, const DecodeKernelParams& params
   }
 }
 
-bool TcHeadDim(int32_t head_dim) { return HeadDimInstantiated(head_dim) && head_dim <= 128; }
+bool TcHeadDim(int32_t head_dim) { return checks::HeadDimBuilt(head_dim) && head_dim <= 128; }
 
 cudaError_t Occupancy(int32_t head_dim, bool tensor_cores, int head_tile, int* ctas) {
   if (tensor_cores) {
@@ -150,8 +136,6 @@ int64_t CountChunks(std::span<const int32_t> kv_len, int64_t chunk) {
   return n;
 }
 
-bool Aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
-
 }  // namespace
 
 absl::StatusOr<DecodeWorkPtr> PrepareDecode(std::span<const int32_t> kv_len, int32_t num_qo_heads,
@@ -159,22 +143,11 @@ absl::StatusOr<DecodeWorkPtr> PrepareDecode(std::span<const int32_t> kv_len, int
                                             int32_t page_size,
                                             const DecodeScheduleOptions& options,
                                             cudaStream_t stream) {
-  if (kv_len.empty()) return absl::InvalidArgumentError("PrepareDecode: empty batch");
-  if (num_kv_heads <= 0 || num_qo_heads <= 0 || num_qo_heads % num_kv_heads != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("PrepareDecode: num_qo_heads ", num_qo_heads,
-                                                   " is not a multiple of num_kv_heads ",
-                                                   num_kv_heads));
-  }
-  if (!HeadDimInstantiated(head_dim)) {
-    return absl::UnimplementedError(
-        absl::StrCat("decode: head_dim ", head_dim, " is not built (ATTND_CUDA_HEAD_DIMS)"));
-  }
-  if (page_size <= 0) return absl::InvalidArgumentError("PrepareDecode: page_size must be > 0");
-  for (size_t b = 0; b < kv_len.size(); ++b) {
-    if (kv_len[b] < 1) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("PrepareDecode: kv_len[", b, "] = ", kv_len[b], " (must be >= 1)"));
-    }
+  using Kernel = DecodeScheduleOptions::Kernel;
+  if (auto s = checks::DecodePlan(kv_len, num_qo_heads, num_kv_heads, head_dim, page_size,
+                                  options.kernel == Kernel::kTensorCores);
+      !s.ok()) {
+    return s;
   }
 
   DecodeWorkPtr work(new DecodeWork());
@@ -183,21 +156,13 @@ absl::StatusOr<DecodeWorkPtr> PrepareDecode(std::span<const int32_t> kv_len, int
   work->num_kv_heads = num_kv_heads;
   work->head_dim = head_dim;
   work->group = num_qo_heads / num_kv_heads;
-  using Kernel = DecodeScheduleOptions::Kernel;
-  if (options.kernel == Kernel::kTensorCores && !TcHeadDim(head_dim)) {
-    return absl::UnimplementedError(
-        absl::StrCat("decode: no tensor-core kernel for head_dim ", head_dim));
-  }
   work->tensor_cores = options.kernel == Kernel::kTensorCores ||
                        (options.kernel == Kernel::kAuto && work->group >= 4 && TcHeadDim(head_dim));
   work->head_tile =
       work->tensor_cores ? internal::kTcHeadTile : internal::DecodeHeadTile(work->group);
   work->head_tiles = (work->group + work->head_tile - 1) / work->head_tile;
+  // <= num_qo_heads <= 65535 (checks::DecodePlan): the grid's y dimension.
   const int64_t head_ctas = static_cast<int64_t>(num_kv_heads) * work->head_tiles;
-  if (head_ctas > 65535) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("decode: ", head_ctas, " CTAs along the head axis (max 65535)"));
-  }
 
   // ---- the split-KV schedule ----
   int64_t chunk = 0;  // 0 = no split
@@ -308,39 +273,17 @@ DecodeScheduleInfo GetDecodeScheduleInfo(const DecodeWork& work) {
   return info;
 }
 
+absl::Status CheckPagedDecode(const DecodeWork& work, const PagedAttentionParams& params) {
+  return checks::DecodeRun({work.batch, work.num_qo_heads, work.num_kv_heads, work.head_dim},
+                           params);
+}
+
 absl::Status RunPagedDecode(const DecodeWork& work, const PagedAttentionParams& params,
                             cudaStream_t stream) {
+  if (auto s = CheckPagedDecode(work, params); !s.ok()) return s;
   const QueryOutput& qo = params.qo;
   const PagedKV& kv = params.kv;
   const AttentionOptions& opt = params.options;
-  if (qo.q_dtype != kv.dtype) {
-    return absl::UnimplementedError(absl::StrCat("decode: q dtype ", DTypeSize(qo.q_dtype) * 8,
-                                                 "-bit differs from the kv dtype"));
-  }
-  if (kv.dtype != DType::kFloat16 && kv.dtype != DType::kBFloat16) {
-    return absl::UnimplementedError("decode: the CUDA kernels support fp16 and bf16 only");
-  }
-  if (kv.head_dim != work.head_dim || qo.num_qo_heads != work.num_qo_heads ||
-      kv.num_kv_heads != work.num_kv_heads || kv.batch_size != work.batch ||
-      qo.batch_size != work.batch) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "decode: params (batch ", kv.batch_size, ", qo heads ", qo.num_qo_heads, ", kv heads ",
-        kv.num_kv_heads, ", head_dim ", kv.head_dim, ") differ from the prepared work (batch ",
-        work.batch, ", ", work.num_qo_heads, ", ", work.num_kv_heads, ", ", work.head_dim, ")"));
-  }
-  if (qo.q == nullptr || qo.o == nullptr || kv.data == nullptr || kv.indptr == nullptr ||
-      kv.indices == nullptr || kv.last_page_len == nullptr) {
-    return absl::InvalidArgumentError("decode: null q, o, kv data or page table");
-  }
-  const int64_t vec = 8;  // 16-bit elements per 16-byte vector
-  if (!Aligned16(qo.q) || !Aligned16(qo.o) || !Aligned16(kv.data) || kv.page_stride % vec ||
-      kv.kv_stride % vec || kv.token_stride % vec || kv.head_stride % vec) {
-    return absl::InvalidArgumentError(
-        "decode: q, o, kv data and kv strides must be 16-byte aligned");
-  }
-  if (opt.pos_encoding != PosEncoding::kNone && opt.pos_encoding != PosEncoding::kRopeLlama) {
-    return absl::UnimplementedError("decode: unknown pos_encoding");
-  }
 
   DecodeKernelParams p;
   p.q = qo.q;
@@ -368,30 +311,11 @@ absl::Status RunPagedDecode(const DecodeWork& work, const PagedAttentionParams& 
   p.items = work.d_items;
   p.partial_o = work.d_partial_o;
   p.partial_lse = work.d_partial_lse;
-  constexpr float kLog2e = 1.4426950408889634f;
-  const float sm_scale =
-      opt.sm_scale != 0.f ? opt.sm_scale : 1.f / std::sqrt(static_cast<float>(kv.head_dim));
-  if (opt.logits_soft_cap > 0.f) {
-    p.soft_cap = 1;
-    p.q_scale = sm_scale / opt.logits_soft_cap;
-    p.cap_log2 = opt.logits_soft_cap * kLog2e;
-  } else {
-    p.q_scale = sm_scale * kLog2e;
-  }
+  p.logit = internal::MakeLogitScale(opt, kv.head_dim);
   p.window_left = opt.window_left;
   p.rope = opt.pos_encoding == PosEncoding::kRopeLlama ? 1 : 0;
-  p.rope_offsets = opt.rope_offsets;
-  if (p.rope) {
-    if (!(opt.rope_theta > 0.f) || !(opt.rope_scale > 0.f)) {
-      return absl::InvalidArgumentError("decode: rope_theta and rope_scale must be > 0");
-    }
-    for (int i = 0; i < kv.head_dim / 2; ++i) {
-      const double f = std::pow(static_cast<double>(opt.rope_theta), -2.0 * i / kv.head_dim) /
-                       static_cast<double>(opt.rope_scale);
-      p.rope_freq[i].hi = static_cast<float>(f);
-      p.rope_freq[i].lo = static_cast<float>(f - static_cast<double>(p.rope_freq[i].hi));
-    }
-  }
+  p.rope_offsets = p.rope ? opt.rope_offsets : nullptr;
+  if (p.rope) internal::FillRopeFreqs(opt, kv.head_dim, p.rope_freq);
 
   const int num_items = static_cast<int>(work.items.size());
   cudaError_t e;

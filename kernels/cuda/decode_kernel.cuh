@@ -12,7 +12,9 @@
 // (cp.async, 16 bytes per copy, zero-filled past the end). Each (ty, tz) keeps an online-softmax
 // state (m, d in base 2; o[8] per tx), merged across tz at the end. A request cut into several
 // chunks writes per-chunk partial states (o normalised, fp32; lse) that a merge kernel combines.
-// With RoPE, K rows are rotated in shared memory once per stage (not once per query head).
+// With RoPE (kRope), K rows are rotated once per stage (not once per query head) into an fp32
+// copy of the stage's K, and q is rotated in fp32 registers: no rotated value is rounded to the
+// 16-bit type (NUMERICS.md). Logits, soft cap and LSE: numerics.cuh.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -23,6 +25,7 @@
 
 #include "kernel_utils.cuh"
 #include "launch_internal.h"
+#include "numerics.cuh"
 
 namespace attnd::kernels::cuda::internal {
 
@@ -49,7 +52,7 @@ struct DecodeTraits {
   static_assert((kBdz * kBdy * (D + 2)) * 4 <= kSmemElems * 2, "merge scratch fits");
 };
 
-template <typename T, int D, int TILE>
+template <typename T, int D, int TILE, bool kRope>
 __global__ void __launch_bounds__(DecodeTraits<D, TILE>::kThreads, DecodeTraits<D, TILE>::kMinBlocks)
     BatchDecodeKernel(const __grid_constant__ DecodeKernelParams p) {
   using Tr = DecodeTraits<D, TILE>;
@@ -61,9 +64,10 @@ __global__ void __launch_bounds__(DecodeTraits<D, TILE>::kThreads, DecodeTraits<
   constexpr int TPS = Tr::kTokensPerStage;
   constexpr int STAGES = Tr::kStages;
   constexpr int HALF_CH = BDX / 2;  // 16-byte vectors in half a head (RoPE pairs)
-  constexpr float kLn2 = 0.69314718055994531f;
 
   __shared__ __align__(16) T smem[Tr::kSmemElems];  // [STAGES][2 (K, V)][TPS][D]
+  // kRope: the current stage's K rows, rotated, in fp32 ([TPS][D]).
+  __shared__ __align__(16) float krot[kRope ? TPS * D : 4];
 
   const int tid = threadIdx.x;
   const int tx = tid % BDX;
@@ -83,9 +87,9 @@ __global__ void __launch_bounds__(DecodeTraits<D, TILE>::kThreads, DecodeTraits<
   int start = item.chunk_start;
   const int end = min(item.chunk_end, kv_len);
   if (p.window_left >= 0) start = max(start, q_pos - p.window_left);
-  const int rope_offset = p.rope_offsets != nullptr ? p.rope_offsets[b] : 0;
+  const int rope_offset = kRope && p.rope_offsets != nullptr ? p.rope_offsets[b] : 0;
 
-  // ---- q: load, rotate, scale (registers: 8 floats of one head) ----
+  // ---- q: load, rotate (registers: 8 floats of one head) ----
   float q[8];
   {
     const T* q_row = static_cast<const T*>(p.q) +
@@ -93,7 +97,7 @@ __global__ void __launch_bounds__(DecodeTraits<D, TILE>::kThreads, DecodeTraits<
     uint4 raw = make_uint4(0, 0, 0, 0);
     if (head_valid) raw = *reinterpret_cast<const uint4*>(q_row + tx * 8);
     Vec8<T>::ToFloat(raw, q);
-    if (p.rope) {
+    if constexpr (kRope) {
       const int partner_tx = tx < HALF_CH ? tx + HALF_CH : tx - HALF_CH;
       uint4 praw = make_uint4(0, 0, 0, 0);
       if (head_valid) praw = *reinterpret_cast<const uint4*>(q_row + partner_tx * 8);
@@ -108,14 +112,12 @@ __global__ void __launch_bounds__(DecodeTraits<D, TILE>::kThreads, DecodeTraits<
         q[k] = q[k] * c + sign * partner[k] * s;
       }
     }
-#pragma unroll
-    for (int k = 0; k < 8; ++k) q[k] *= p.q_scale;
   }
 
   // RoPE frequencies of the K pairs this thread rotates in shared memory (pair chunk
   // tid % HALF_CH is the same for all of its items because NT % HALF_CH == 0).
   RopeFreq kfreq[8];
-  if (p.rope) {
+  if constexpr (kRope) {
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
       kfreq[k] = p.rope_freq[(tid % HALF_CH) * 8 + k];
@@ -185,20 +187,22 @@ __global__ void __launch_bounds__(DecodeTraits<D, TILE>::kThreads, DecodeTraits<
     const T* sv = smem + (slot * 2 + 1) * TPS * D;
     const int stage_start = start + it * TPS;
 
-    if (p.rope) {  // rotate this stage's K rows in place, once for all query heads
+    if constexpr (kRope) {  // rotate this stage's K rows into krot, once for all query heads
       for (int i = tid; i < TPS * HALF_CH; i += NT) {
         const int tok = i / HALF_CH;
         const int c = i % HALF_CH;
         const int t = stage_start + tok;
-        if (t >= end) continue;
-        uint4* lo_ptr = reinterpret_cast<uint4*>(sk + tok * D + c * 8);
-        uint4* hi_ptr = reinterpret_cast<uint4*>(sk + tok * D + D / 2 + c * 8);
+        if (t >= end) continue;  // its logit is masked below; krot keeps stale finite values
         float lo[8], hi[8];
-        Vec8<T>::ToFloat(*lo_ptr, lo);
-        Vec8<T>::ToFloat(*hi_ptr, hi);
+        Vec8<T>::ToFloat(*reinterpret_cast<const uint4*>(sk + tok * D + c * 8), lo);
+        Vec8<T>::ToFloat(*reinterpret_cast<const uint4*>(sk + tok * D + D / 2 + c * 8), hi);
         RotateHalfPairs8(lo, hi, t + rope_offset, kfreq);
-        *lo_ptr = Vec8<T>::FromFloat(lo);
-        *hi_ptr = Vec8<T>::FromFloat(hi);
+        float4* lo_dst = reinterpret_cast<float4*>(krot + tok * D + c * 8);
+        float4* hi_dst = reinterpret_cast<float4*>(krot + tok * D + D / 2 + c * 8);
+        lo_dst[0] = make_float4(lo[0], lo[1], lo[2], lo[3]);
+        lo_dst[1] = make_float4(lo[4], lo[5], lo[6], lo[7]);
+        hi_dst[0] = make_float4(hi[0], hi[1], hi[2], hi[3]);
+        hi_dst[1] = make_float4(hi[4], hi[5], hi[6], hi[7]);
       }
       __syncthreads();
     }
@@ -209,26 +213,32 @@ __global__ void __launch_bounds__(DecodeTraits<D, TILE>::kThreads, DecodeTraits<
     for (int j = 0; j < TZ; ++j) {
       const int tok = tz * TZ + j;
       float kf[8];
-      Vec8<T>::ToFloat(*reinterpret_cast<const uint4*>(sk + tok * D + tx * 8), kf);
+      if constexpr (kRope) {
+        const float4* src = reinterpret_cast<const float4*>(krot + tok * D + tx * 8);
+        const float4 a = src[0], b = src[1];
+        kf[0] = a.x, kf[1] = a.y, kf[2] = a.z, kf[3] = a.w;
+        kf[4] = b.x, kf[5] = b.y, kf[6] = b.z, kf[7] = b.w;
+      } else {
+        Vec8<T>::ToFloat(*reinterpret_cast<const uint4*>(sk + tok * D + tx * 8), kf);
+      }
       float acc = 0.f;
 #pragma unroll
       for (int k = 0; k < 8; ++k) acc = fmaf(q[k], kf[k], acc);
 #pragma unroll
       for (int off = BDX / 2; off > 0; off /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, off);
-      if (p.soft_cap) acc = p.cap_log2 * tanhf(acc);
-      s[j] = (stage_start + tok < end) ? acc : -INFINITY;
+      s[j] = (stage_start + tok < end) ? Log2Logit(acc, p.logit) : -INFINITY;
     }
     float m_new = m;
 #pragma unroll
     for (int j = 0; j < TZ; ++j) m_new = fmaxf(m_new, s[j]);
     if (m_new != -INFINITY) {  // else every token so far is masked: nothing to add
-      const float scale = exp2f(m - m_new);  // m = -inf -> 0
+      const float scale = Exp2(m - m_new);  // m = -inf -> 0
       d *= scale;
 #pragma unroll
       for (int k = 0; k < 8; ++k) o[k] *= scale;
 #pragma unroll
       for (int j = 0; j < TZ; ++j) {
-        const float pj = exp2f(s[j] - m_new);  // masked: exp2(-inf) = 0
+        const float pj = Exp2(s[j] - m_new);  // masked: exp2(-inf) = 0
         d += pj;
         float vf[8];
         Vec8<T>::ToFloat(*reinterpret_cast<const uint4*>(sv + (tz * TZ + j) * D + tx * 8), vf);
@@ -268,7 +278,7 @@ __global__ void __launch_bounds__(DecodeTraits<D, TILE>::kThreads, DecodeTraits<
       for (int z = 0; z < BDZ; ++z) {
         const float mz = smd[(z * BDY + ty) * 2];
         if (mz == -INFINITY) continue;
-        const float w = exp2f(mz - m_all);
+        const float w = Exp2(mz - m_all);
         d = fmaf(w, smd[(z * BDY + ty) * 2 + 1], d);
         const float* oz = so + (z * BDY + ty) * D + tx * 8;
 #pragma unroll
@@ -284,7 +294,7 @@ __global__ void __launch_bounds__(DecodeTraits<D, TILE>::kThreads, DecodeTraits<
   const float inv_d = empty ? 0.f : 1.f / d;
 #pragma unroll
   for (int k = 0; k < 8; ++k) o[k] *= inv_d;
-  const float lse = empty ? -INFINITY : (m + log2f(d)) * kLn2;
+  const float lse = LseFromBase2(m, d);
   if (!item.split) {
     const int64_t row = static_cast<int64_t>(b) * p.num_qo_heads + qo_head;
     *reinterpret_cast<uint4*>(static_cast<T*>(p.o) + row * D + tx * 8) = Vec8<T>::FromFloat(o);
@@ -298,25 +308,34 @@ __global__ void __launch_bounds__(DecodeTraits<D, TILE>::kThreads, DecodeTraits<
   }
 }
 
-template <typename T, int D, int TILE>
-cudaError_t LaunchDecodeTile(const DecodeKernelParams& params, int num_items, int num_kv_heads,
-                             cudaStream_t stream) {
+template <typename T, int D, int TILE, bool kRope>
+cudaError_t LaunchDecodeTileVariant(const DecodeKernelParams& params, int num_items,
+                                    int num_kv_heads, cudaStream_t stream) {
   using Tr = DecodeTraits<D, TILE>;
   // Largest shared-memory carveout: the occupancy the schedule assumes (several 32 KB CTAs).
   static const cudaError_t carveout = cudaFuncSetAttribute(
-      BatchDecodeKernel<T, D, TILE>, cudaFuncAttributePreferredSharedMemoryCarveout,
+      BatchDecodeKernel<T, D, TILE, kRope>, cudaFuncAttributePreferredSharedMemoryCarveout,
       cudaSharedmemCarveoutMaxShared);
   if (carveout != cudaSuccess) return carveout;
   const dim3 grid(num_items, num_kv_heads * params.head_tiles);
-  BatchDecodeKernel<T, D, TILE><<<grid, Tr::kThreads, 0, stream>>>(params);
+  BatchDecodeKernel<T, D, TILE, kRope><<<grid, Tr::kThreads, 0, stream>>>(params);
   return cudaGetLastError();
 }
+template <typename T, int D, int TILE>
+cudaError_t LaunchDecodeTile(const DecodeKernelParams& params, int num_items, int num_kv_heads,
+                             cudaStream_t stream) {
+  return params.rope
+             ? LaunchDecodeTileVariant<T, D, TILE, true>(params, num_items, num_kv_heads, stream)
+             : LaunchDecodeTileVariant<T, D, TILE, false>(params, num_items, num_kv_heads, stream);
+}
 
+// The schedule's occupancy is that of the kernel without RoPE (a plan does not know whether its
+// runs rotate; the RoPE kernel's 8 KB of fp32 K costs at most one CTA per SM).
 template <typename T, int D, int TILE>
 cudaError_t DecodeTileOccupancy(int* ctas_per_sm) {
   using Tr = DecodeTraits<D, TILE>;
   return cudaOccupancyMaxActiveBlocksPerMultiprocessor(ctas_per_sm,
-                                                       BatchDecodeKernel<T, D, TILE>,
+                                                       BatchDecodeKernel<T, D, TILE, false>,
                                                        Tr::kThreads, 0);
 }
 

@@ -21,6 +21,7 @@
 
 #include "kernel_utils.cuh"
 #include "launch_internal.h"
+#include "numerics.cuh"
 
 namespace attnd::kernels::cuda::internal {
 namespace {
@@ -101,7 +102,7 @@ __global__ void __launch_bounds__(kMergeThreads)
   float sum = 0.f;
   if (m != -INFINITY) {
     for (int i = threadIdx.x; i < count; i += kMergeThreads) {
-      sum += __expf(lse[static_cast<int64_t>(first + i) * H + h] - m);  // -inf -> 0
+      sum += StateWeight(lse[static_cast<int64_t>(first + i) * H + h], m);
     }
   }
   sum = BlockSum(sum, scratch);  // uniform: every thread takes the same branch below
@@ -113,7 +114,7 @@ __global__ void __launch_bounds__(kMergeThreads)
 #pragma unroll 4
     for (int i = group; i < count; i += kGroups) {
       const int64_t row = static_cast<int64_t>(first + i) * H + h;
-      const float w = __expf(lse[row] - m);
+      const float w = StateWeight(lse[row], m);
       const float4 v = reinterpret_cast<const float4*>(v_in + row * D)[col];
       acc.x = fmaf(w, v.x, acc.x);
       acc.y = fmaf(w, v.y, acc.y);
@@ -142,7 +143,7 @@ __global__ void __launch_bounds__(kMergeThreads)
   const int64_t out_row = static_cast<int64_t>(r) * H + h;
   Store4<T>(static_cast<T*>(p.v_out) + out_row * D + col * 4, acc);
   if (p.s_out != nullptr && threadIdx.x == 0) {
-    p.s_out[out_row] = sum > 0.f ? m + logf(sum) : -INFINITY;
+    p.s_out[out_row] = MergedLse(m, sum);
   }
 }
 

@@ -11,6 +11,12 @@
 // states are merged through shared memory at the end; a split request writes a partial state
 // (normalised o in fp32, lse) for the merge kernel, as in decode_kernel.cuh.
 //
+// RoPE (kRope): q is rotated in fp32 and stored as a hi/lo pair of 16-bit tiles; every warp
+// rotates the K fragments of its own 16 tokens in registers right after ldmatrix (dimension i and
+// its partner i + D/2 of one lane sit in k-steps ks and ks + KSTEPS/2 of the same registers) and
+// splits them into hi/lo too; S = Qhi Khi + Qlo Khi + Qhi Klo, so no rotated value is rounded to
+// the 16-bit type (NUMERICS.md). Logits, soft cap and LSE: numerics.cuh.
+//
 // Fragment layouts (PTX ISA, mma.m16n8k16, lane T, g = T / 4, c = T % 4):
 //   A (16 x 16, row): a0 (g, 2c..2c+1), a1 (g+8, 2c..), a2 (g, 2c+8..), a3 (g+8, 2c+8..)
 //   B (16 x 8, col):  b0 (k 2c..2c+1, n g), b1 (k 2c+8.., n g)
@@ -25,10 +31,11 @@
 
 #include "kernel_utils.cuh"
 #include "launch_internal.h"
+#include "numerics.cuh"
 
 namespace attnd::kernels::cuda::internal {
 
-template <int D>
+template <int D, bool kRope = false>
 struct TcDecodeTraits {
   static_assert(D == 64 || D == 128, "tensor-core decode: head_dim 64 or 128");
   static constexpr int kWarps = 4;
@@ -39,7 +46,11 @@ struct TcDecodeTraits {
   static constexpr int kStages = 3;
   static constexpr int kChunks = D / 8;  // 16-byte chunks per row
   static constexpr int kStageElems = 2 * kTPS * D;
-  static constexpr int kSmemBytes = (kStages * kStageElems + kRows * D) * 2;
+  // kRope: the q tile is a hi and a lo tile, and the RoPE frequencies follow ([D/2] RopeFreq).
+  static constexpr int kQTiles = kRope ? 2 : 1;
+  static constexpr int kFreqOffsetBytes = (kStages * kStageElems + kQTiles * kRows * D) * 2;
+  static constexpr int kSmemBytes =
+      kFreqOffsetBytes + (kRope ? D / 2 * static_cast<int>(sizeof(RopeFreq)) : 0);
   static constexpr int kLoadsPerThread = kTPS * kChunks / kThreads;
   static_assert(kTPS * kChunks % kThreads == 0, "whole copies per thread");
   // merge scratch (fp32): O [warps][16][D], m and d [warps][16]
@@ -77,10 +88,6 @@ struct Mma<__half> {
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
   }
-  static __device__ __forceinline__ uint32_t Pack(float x, float y) {
-    __half2 h = __floats2half2_rn(x, y);
-    return *reinterpret_cast<uint32_t*>(&h);
-  }
 };
 template <>
 struct Mma<__nv_bfloat16> {
@@ -92,16 +99,12 @@ struct Mma<__nv_bfloat16> {
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
   }
-  static __device__ __forceinline__ uint32_t Pack(float x, float y) {
-    __nv_bfloat162 h = __floats2bfloat162_rn(x, y);
-    return *reinterpret_cast<uint32_t*>(&h);
-  }
 };
 
-template <typename T, int D>
-__global__ void __launch_bounds__(TcDecodeTraits<D>::kThreads)
+template <typename T, int D, bool kRope>
+__global__ void __launch_bounds__(TcDecodeTraits<D, kRope>::kThreads)
     BatchDecodeTcKernel(const __grid_constant__ DecodeKernelParams p) {
-  using Tr = TcDecodeTraits<D>;
+  using Tr = TcDecodeTraits<D, kRope>;
   constexpr int NT = Tr::kThreads;
   constexpr int TPS = Tr::kTPS;
   constexpr int STAGES = Tr::kStages;
@@ -109,11 +112,12 @@ __global__ void __launch_bounds__(TcDecodeTraits<D>::kThreads)
   constexpr int HALF_CH = CH / 2;
   constexpr int KSTEPS = D / 16;
   constexpr int NTILES_D = D / 8;
-  constexpr float kLn2 = 0.69314718055994531f;
 
   extern __shared__ __align__(128) unsigned char smem_raw[];
   T* smem = reinterpret_cast<T*>(smem_raw);            // [STAGES][2][TPS][D] swizzled
-  T* q_smem = smem + STAGES * Tr::kStageElems;         // [16][D] swizzled
+  T* q_smem = smem + STAGES * Tr::kStageElems;         // [16][D] swizzled (kRope: the hi part)
+  T* q_lo_smem = q_smem + Tr::kRows * D;               // kRope: [16][D] the lo part
+  RopeFreq* freq_smem = reinterpret_cast<RopeFreq*>(smem_raw + Tr::kFreqOffsetBytes);  // kRope
 
   const int tid = threadIdx.x;
   const int warp = tid / 32;
@@ -133,7 +137,7 @@ __global__ void __launch_bounds__(TcDecodeTraits<D>::kThreads)
   int start = item.chunk_start;
   const int end = min(item.chunk_end, kv_len);
   if (p.window_left >= 0) start = max(start, q_pos - p.window_left);
-  const int rope_offset = p.rope_offsets != nullptr ? p.rope_offsets[b] : 0;
+  const int rope_offset = kRope && p.rope_offsets != nullptr ? p.rope_offsets[b] : 0;
 
   const int n_tokens = max(end - start, 0);
   const int iters = (n_tokens + TPS - 1) / TPS;
@@ -180,11 +184,10 @@ __global__ void __launch_bounds__(TcDecodeTraits<D>::kThreads)
   }
   fetch_pages(STAGES - 1);
 
-  // ---- q tile [16][D] in shared memory (RoPE applied in fp32, unscaled) ----
+  // ---- q tile [16][D] in shared memory (RoPE applied in fp32, split into hi + lo; unscaled) ----
   for (int i = tid; i < Tr::kRows * HALF_CH; i += NT) {
     const int r = i / HALF_CH;
     const int c = i % HALF_CH;
-    float lo[8], hi[8];
     uint4 rlo = make_uint4(0, 0, 0, 0), rhi = make_uint4(0, 0, 0, 0);
     if (r < rows_valid) {
       const T* q_row = static_cast<const T*>(p.q) +
@@ -193,30 +196,33 @@ __global__ void __launch_bounds__(TcDecodeTraits<D>::kThreads)
       rlo = *reinterpret_cast<const uint4*>(q_row + c * 8);
       rhi = *reinterpret_cast<const uint4*>(q_row + D / 2 + c * 8);
     }
-    if (p.rope && r < rows_valid) {
+    if constexpr (kRope) {
+      float lo[8], hi[8];
       Vec8<T>::ToFloat(rlo, lo);
       Vec8<T>::ToFloat(rhi, hi);
       RotateHalfPairs8(lo, hi, q_pos + rope_offset, p.rope_freq + c * 8);
-      rlo = Vec8<T>::FromFloat(lo);
-      rhi = Vec8<T>::FromFloat(hi);
+      uint4 lo_lo, hi_lo;
+      SplitHiLo8<T>(lo, &rlo, &lo_lo);
+      SplitHiLo8<T>(hi, &rhi, &hi_lo);
+      *reinterpret_cast<uint4*>(q_lo_smem + SwzOffset<D>(r, c)) = lo_lo;
+      *reinterpret_cast<uint4*>(q_lo_smem + SwzOffset<D>(r, c + HALF_CH)) = hi_lo;
     }
     *reinterpret_cast<uint4*>(q_smem + SwzOffset<D>(r, c)) = rlo;
     *reinterpret_cast<uint4*>(q_smem + SwzOffset<D>(r, c + HALF_CH)) = rhi;
   }
-  RopeFreq kfreq[8];
-  if (p.rope) {
-#pragma unroll
-    for (int k = 0; k < 8; ++k) {
-      kfreq[k] = p.rope_freq[(tid % HALF_CH) * 8 + k];
-    }
+  if constexpr (kRope) {
+    for (int i = tid; i < D / 2; i += NT) freq_smem[i] = p.rope_freq[i];
   }
   __syncthreads();
-  uint32_t qa[KSTEPS][4];
+  // The q fragments (A operands) of the k-steps: held in registers without RoPE; with RoPE the hi
+  // and lo fragments are read from shared memory where they are used.
+  const int q_frag_row = (lane % 8) + ((lane / 8) % 2) * 8;
+  uint32_t qa[kRope ? 1 : KSTEPS][4];
+  if constexpr (!kRope) {
 #pragma unroll
-  for (int ks = 0; ks < KSTEPS; ++ks) {
-    const int r = (lane % 8) + ((lane / 8) % 2) * 8;
-    const int ch = ks * 2 + lane / 16;
-    LdMatrixX4(qa[ks], q_smem + SwzOffset<D>(r, ch));
+    for (int ks = 0; ks < KSTEPS; ++ks) {
+      LdMatrixX4(qa[ks], q_smem + SwzOffset<D>(q_frag_row, ks * 2 + lane / 16));
+    }
   }
 
   float m[2] = {-INFINITY, -INFINITY};  // rows gr and gr + 8, base-2 logits
@@ -238,39 +244,63 @@ __global__ void __launch_bounds__(TcDecodeTraits<D>::kThreads)
     const T* sv = sk + TPS * D;
     const int stage_start = start + it * TPS;
 
-    if (p.rope) {  // rotate the stage's K rows in place, once for all heads
-      for (int i = tid; i < TPS * HALF_CH; i += NT) {
-        const int tok = i / HALF_CH;
-        const int c = i % HALF_CH;
-        const int t = stage_start + tok;
-        if (t >= end) continue;
-        uint4* lo_ptr = reinterpret_cast<uint4*>(sk + SwzOffset<D>(tok, c));
-        uint4* hi_ptr = reinterpret_cast<uint4*>(sk + SwzOffset<D>(tok, c + HALF_CH));
-        float lo[8], hi[8];
-        Vec8<T>::ToFloat(*lo_ptr, lo);
-        Vec8<T>::ToFloat(*hi_ptr, hi);
-        RotateHalfPairs8(lo, hi, t + rope_offset, kfreq);
-        *lo_ptr = Vec8<T>::FromFloat(lo);
-        *hi_ptr = Vec8<T>::FromFloat(hi);
-      }
-      __syncthreads();
-    }
-
     const int wtok = warp * Tr::kTokensPerWarp;  // this warp's first token in the stage
     if (stage_start + wtok >= end) continue;     // nothing of this warp's slice is valid
 
-    // S = Q K^T for 16 rows x 16 tokens (two n-tiles of 8 tokens).
+    // S = Q K^T for 16 rows x 16 tokens (two n-tiles of 8 tokens). K fragments: kb[0], kb[1] are
+    // b0, b1 of n-tile 0 (token wtok + gr; dims 16 ks + 2 gc (+1) and 16 ks + 8 + 2 gc (+1)),
+    // kb[2], kb[3] the same of n-tile 1 (token wtok + 8 + gr).
     float s[2][4];
 #pragma unroll
     for (int n = 0; n < 2; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+    const int k_frag_tok = wtok + (lane % 8) + (lane / 16) * 8;
+    if constexpr (!kRope) {
 #pragma unroll
-    for (int ks = 0; ks < KSTEPS; ++ks) {
-      uint32_t kb[4];
-      const int tok = wtok + (lane % 8) + (lane / 16) * 8;
-      const int ch = ks * 2 + (lane / 8) % 2;
-      LdMatrixX4(kb, sk + SwzOffset<D>(tok, ch));
-      Mma<T>::Run(s[0], qa[ks], kb[0], kb[1]);
-      Mma<T>::Run(s[1], qa[ks], kb[2], kb[3]);
+      for (int ks = 0; ks < KSTEPS; ++ks) {
+        uint32_t kb[4];
+        LdMatrixX4(kb, sk + SwzOffset<D>(k_frag_tok, ks * 2 + (lane / 8) % 2));
+        Mma<T>::Run(s[0], qa[ks], kb[0], kb[1]);
+        Mma<T>::Run(s[1], qa[ks], kb[2], kb[3]);
+      }
+    } else {
+      constexpr int HK = KSTEPS / 2;  // k-steps of the first half of the dims
+#pragma unroll
+      for (int ks = 0; ks < HK; ++ks) {
+        // Dims 16 ks + .. (first half) and their RoPE partners + D/2 (k-step ks + HK).
+        uint32_t kx[4], ky[4];
+        LdMatrixX4(kx, sk + SwzOffset<D>(k_frag_tok, ks * 2 + (lane / 8) % 2));
+        LdMatrixX4(ky, sk + SwzOffset<D>(k_frag_tok, (ks + HK) * 2 + (lane / 8) % 2));
+        uint32_t x_hi[4], x_lo[4], y_hi[4], y_lo[4];
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+          const int position = stage_start + wtok + gr + (r >= 2 ? 8 : 0) + rope_offset;
+          const int i0 = ks * 16 + (r & 1) * 8 + 2 * gc;
+          const float2 x = Unpack2<T>(kx[r]);
+          const float2 y = Unpack2<T>(ky[r]);
+          float c0, s0, c1, s1;
+          RopeCosSin(position, freq_smem[i0], &c0, &s0);
+          RopeCosSin(position, freq_smem[i0 + 1], &c1, &s1);
+          SplitHiLo2<T>(x.x * c0 - y.x * s0, x.y * c1 - y.y * s1, &x_hi[r], &x_lo[r]);
+          SplitHiLo2<T>(y.x * c0 + x.x * s0, y.y * c1 + x.y * s1, &y_hi[r], &y_lo[r]);
+        }
+        uint32_t q_hi[4], q_lo[4];
+        LdMatrixX4(q_hi, q_smem + SwzOffset<D>(q_frag_row, ks * 2 + lane / 16));
+        LdMatrixX4(q_lo, q_lo_smem + SwzOffset<D>(q_frag_row, ks * 2 + lane / 16));
+#pragma unroll
+        for (int n = 0; n < 2; ++n) {
+          Mma<T>::Run(s[n], q_hi, x_hi[2 * n], x_hi[2 * n + 1]);
+          Mma<T>::Run(s[n], q_lo, x_hi[2 * n], x_hi[2 * n + 1]);
+          Mma<T>::Run(s[n], q_hi, x_lo[2 * n], x_lo[2 * n + 1]);
+        }
+        LdMatrixX4(q_hi, q_smem + SwzOffset<D>(q_frag_row, (ks + HK) * 2 + lane / 16));
+        LdMatrixX4(q_lo, q_lo_smem + SwzOffset<D>(q_frag_row, (ks + HK) * 2 + lane / 16));
+#pragma unroll
+        for (int n = 0; n < 2; ++n) {
+          Mma<T>::Run(s[n], q_hi, y_hi[2 * n], y_hi[2 * n + 1]);
+          Mma<T>::Run(s[n], q_lo, y_hi[2 * n], y_hi[2 * n + 1]);
+          Mma<T>::Run(s[n], q_hi, y_lo[2 * n], y_lo[2 * n + 1]);
+        }
+      }
     }
     // Scale (or soft cap), mask (only in a warp slice that reaches past the end), row max.
     float mx[2] = {m[0], m[1]};
@@ -279,12 +309,7 @@ __global__ void __launch_bounds__(TcDecodeTraits<D>::kThreads)
     for (int n = 0; n < 2; ++n) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        float x = s[n][e];
-        if (p.soft_cap) {
-          x = p.cap_log2 * tanhf(x * p.q_scale);
-        } else {
-          x *= p.q_scale;
-        }
+        float x = Log2Logit(s[n][e], p.logit);
         if (partial) {
           const int t = stage_start + wtok + n * 8 + gc * 2 + (e & 1);
           x = t < end ? x : -INFINITY;
@@ -299,7 +324,7 @@ __global__ void __launch_bounds__(TcDecodeTraits<D>::kThreads)
       mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
       mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
       const float m_use = mx[r] == -INFINITY ? 0.f : mx[r];
-      scale[r] = exp2f(m[r] - m_use);  // m = -inf -> 0
+      scale[r] = Exp2(m[r] - m_use);  // m = -inf -> 0
       dsum[r] *= scale[r];             // d = d * scale + sum(p), p added below
       m[r] = mx[r];
       mx[r] = m_use;
@@ -311,14 +336,14 @@ __global__ void __launch_bounds__(TcDecodeTraits<D>::kThreads)
       for (int n = 0; n < 2; ++n) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          pv[n][e] = exp2f(s[n][e] - mx[e / 2]);
+          pv[n][e] = Exp2(s[n][e] - mx[e / 2]);
           dsum[e / 2] += pv[n][e];
         }
       }
-      pa[0] = Mma<T>::Pack(pv[0][0], pv[0][1]);
-      pa[1] = Mma<T>::Pack(pv[0][2], pv[0][3]);
-      pa[2] = Mma<T>::Pack(pv[1][0], pv[1][1]);
-      pa[3] = Mma<T>::Pack(pv[1][2], pv[1][3]);
+      pa[0] = Pack2<T>(pv[0][0], pv[0][1]);
+      pa[1] = Pack2<T>(pv[0][2], pv[0][3]);
+      pa[2] = Pack2<T>(pv[1][0], pv[1][1]);
+      pa[3] = Pack2<T>(pv[1][2], pv[1][3]);
     }
     // O = O * scale + P V (16 tokens x D dims, two n-tiles per ldmatrix). Once the running max
     // settles (most stages of a long chunk), no row of the warp changes it: skip the 4 * D / 8
@@ -381,12 +406,12 @@ __global__ void __launch_bounds__(TcDecodeTraits<D>::kThreads)
 #pragma unroll
   for (int w = 0; w < Tr::kWarps; ++w) {
     const float mw = sm[w * Tr::kRows + row];
-    wgt[w] = (m_all == -INFINITY || mw == -INFINITY) ? 0.f : exp2f(mw - m_all);
+    wgt[w] = (m_all == -INFINITY || mw == -INFINITY) ? 0.f : Exp2(mw - m_all);
     d_all = fmaf(wgt[w], sd[w * Tr::kRows + row], d_all);
   }
   const bool empty = !(d_all > 0.f);
   const float inv_d = empty ? 0.f : 1.f / d_all;
-  const float lse = empty ? -INFINITY : (m_all + log2f(d_all)) * kLn2;
+  const float lse = LseFromBase2(m_all, d_all);
   const int qo_head = kv_head * p.group + row_base + row;
 #pragma unroll
   for (int v = 0; v < NTILES_D / 8; ++v) {
@@ -421,38 +446,47 @@ __global__ void __launch_bounds__(TcDecodeTraits<D>::kThreads)
   }
 }
 
-template <typename T, int D>
+template <typename T, int D, bool kRope>
 cudaError_t PrepareTcKernel() {
   // Raise the dynamic shared-memory limit once per instantiation.
   // The carveout asks for the largest shared-memory split, so that both CTAs of an SM fit
   // (2 x ~100 KB) whatever the driver would pick by default.
   static const cudaError_t once = [] {
-    cudaError_t e = cudaFuncSetAttribute(BatchDecodeTcKernel<T, D>,
+    cudaError_t e = cudaFuncSetAttribute(BatchDecodeTcKernel<T, D, kRope>,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         TcDecodeTraits<D>::kSmemBytes);
+                                         TcDecodeTraits<D, kRope>::kSmemBytes);
     if (e != cudaSuccess) return e;
-    return cudaFuncSetAttribute(BatchDecodeTcKernel<T, D>,
+    return cudaFuncSetAttribute(BatchDecodeTcKernel<T, D, kRope>,
                                 cudaFuncAttributePreferredSharedMemoryCarveout,
                                 cudaSharedmemCarveoutMaxShared);
   }();
   return once;
 }
 
+template <typename T, int D, bool kRope>
+cudaError_t LaunchDecodeTcVariant(const DecodeKernelParams& params, int num_items,
+                                  int num_kv_heads, cudaStream_t stream) {
+  if (cudaError_t e = PrepareTcKernel<T, D, kRope>(); e != cudaSuccess) return e;
+  const dim3 grid(num_items, num_kv_heads * params.head_tiles);
+  BatchDecodeTcKernel<T, D, kRope>
+      <<<grid, TcDecodeTraits<D, kRope>::kThreads, TcDecodeTraits<D, kRope>::kSmemBytes,
+         stream>>>(params);
+  return cudaGetLastError();
+}
 template <typename T, int D>
 cudaError_t LaunchDecodeTc(const DecodeKernelParams& params, int num_items, int num_kv_heads,
                            cudaStream_t stream) {
-  if (cudaError_t e = PrepareTcKernel<T, D>(); e != cudaSuccess) return e;
-  const dim3 grid(num_items, num_kv_heads * params.head_tiles);
-  BatchDecodeTcKernel<T, D><<<grid, TcDecodeTraits<D>::kThreads, TcDecodeTraits<D>::kSmemBytes,
-                              stream>>>(params);
-  return cudaGetLastError();
+  return params.rope
+             ? LaunchDecodeTcVariant<T, D, true>(params, num_items, num_kv_heads, stream)
+             : LaunchDecodeTcVariant<T, D, false>(params, num_items, num_kv_heads, stream);
 }
 
+// The schedule's occupancy: the kernel without RoPE (the RoPE one has the same, 2 CTAs per SM).
 template <typename T, int D>
 cudaError_t DecodeTcOccupancy(int* ctas_per_sm) {
-  if (cudaError_t e = PrepareTcKernel<T, D>(); e != cudaSuccess) return e;
+  if (cudaError_t e = PrepareTcKernel<T, D, false>(); e != cudaSuccess) return e;
   return cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-      ctas_per_sm, BatchDecodeTcKernel<T, D>, TcDecodeTraits<D>::kThreads,
+      ctas_per_sm, BatchDecodeTcKernel<T, D, false>, TcDecodeTraits<D>::kThreads,
       TcDecodeTraits<D>::kSmemBytes);
 }
 

@@ -1,5 +1,5 @@
-// Small device helpers shared by the attnd CUDA kernels: cp.async, 8-wide dtype conversions,
-// accurate RoPE angles.
+// Small device helpers shared by the attnd CUDA kernels: cp.async, programmatic dependent
+// launch, 8-wide dtype conversions, paged token -> page. (The attention numerics: numerics.cuh.)
 #pragma once
 
 #include <cuda_bf16.h>
@@ -94,34 +94,6 @@ struct Vec8<__nv_bfloat16> {
 __device__ __forceinline__ int PageOfToken(int t, uint32_t div_m, int div_s) {
   const uint32_t u = static_cast<uint32_t>(t);
   return static_cast<int>((__umulhi(u, div_m) + u) >> div_s);
-}
-
-// ---- RoPE ------------------------------------------------------------------------------------
-// cos/sin of position * freq, with the product kept exact (two-product) and a two-constant
-// reduction modulo 2*pi before the fast hardware sine/cosine (accurate on [-pi, pi]).
-__device__ __forceinline__ void RopeCosSin(int position, RopeFreq f, float* c, float* s) {
-  const float pos = static_cast<float>(position);  // exact for |position| < 2^24
-  const float p = pos * f.hi;
-  const float e = fmaf(pos, f.hi, -p) + pos * f.lo;
-  const float k = rintf(p * 0.15915494309189535f);  // 1 / (2 pi)
-  float r = fmaf(-k, 6.28318548202514648f, p);      // 2 pi, high part (float)
-  r = fmaf(-k, -1.7484556000744487e-07f, r);         // 2 pi - high part
-  r += e;
-  __sincosf(r, s, c);
-}
-
-// Rotates 8 "rotate half" pairs in place: lo[k] = x[i + k], hi[k] = x[i + D/2 + k], freq[k] their
-// frequencies; x'[i] = x[i] cos - x[i + D/2] sin, x'[i + D/2] = x[i + D/2] cos + x[i] sin.
-__device__ __forceinline__ void RotateHalfPairs8(float (&lo)[8], float (&hi)[8], int position,
-                                                 const RopeFreq* freq) {
-#pragma unroll
-  for (int k = 0; k < 8; ++k) {
-    float cs, sn;
-    RopeCosSin(position, freq[k], &cs, &sn);
-    const float a = lo[k], b = hi[k];
-    lo[k] = a * cs - b * sn;
-    hi[k] = b * cs + a * sn;
-  }
 }
 
 }  // namespace attnd::kernels::cuda::internal

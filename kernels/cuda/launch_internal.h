@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "attnd/kernels/types.h"
+#include "numerics.h"
 
 namespace attnd::kernels::cuda::internal {
 
@@ -19,15 +20,6 @@ struct DecodeWorkItem {
   int32_t chunk_end;
   int32_t split;  // 1: the request has several chunks; write a partial state at the item index
 };
-
-// RoPE frequency of one dimension pair, inv_freq_i / rope_scale = theta^(-2i/D) / scale,
-// computed in float64 on the host and split into hi + lo floats, so that angles at positions
-// ~1e5 keep ~1e-7 rad accuracy (a float product alone is off by ~1e-2 rad there).
-struct RopeFreq {
-  float hi;
-  float lo;
-};
-inline constexpr int kMaxRopePairs = 128;  // head_dim <= 256
 
 // Parameters of the batch decode kernel (passed as a __grid_constant__ struct).
 struct DecodeKernelParams {
@@ -57,14 +49,9 @@ struct DecodeKernelParams {
   float* partial_o = nullptr;             // [num_items, num_qo_heads, head_dim]
   float* partial_lse = nullptr;           // [num_items, num_qo_heads] natural log
 
-  // Logits in base 2: without soft cap, s2 = (q*q_scale).k with q_scale = sm_scale*log2(e);
-  // with soft cap, s2 = cap_log2 * tanh((q*q_scale).k), q_scale = sm_scale/cap,
-  // cap_log2 = cap*log2(e).
-  float q_scale = 0.f;
-  float cap_log2 = 0.f;
-  int32_t soft_cap = 0;
+  LogitScale logit;  // raw q.k -> base-2 logit (numerics.h)
   int32_t window_left = -1;
-  int32_t rope = 0;
+  int32_t rope = 0;  // RoPE LLaMA: the kernels' kRope instantiation runs
   const int32_t* rope_offsets = nullptr;  // [batch] or null
   RopeFreq rope_freq[kMaxRopePairs];      // pairs 0 .. head_dim/2 - 1, filled when rope
 };
@@ -122,5 +109,8 @@ struct AppendKernelParams {
   int32_t elem_size = 2;
 };
 cudaError_t LaunchAppendKernel(const AppendKernelParams& params, int num_sms, cudaStream_t stream);
+
+// One thread that executes __trap() (fault_kernel.cu): the context is unusable afterwards.
+cudaError_t LaunchTrapKernel(cudaStream_t stream);
 
 }  // namespace attnd::kernels::cuda::internal

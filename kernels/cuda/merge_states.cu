@@ -8,6 +8,7 @@
 #include <cuda_runtime.h>
 
 #include "launch_internal.h"
+#include "numerics.cuh"
 
 namespace attnd::kernels::cuda::internal {
 namespace {
@@ -82,7 +83,7 @@ __global__ void __launch_bounds__(32 * kHeadsPerBlock)
   if (m != -INFINITY) {
     for (int i = 0; i < count; ++i) {
       const float s = p.s_in[static_cast<int64_t>(first + i) * H + h];
-      sum += s == -INFINITY ? 0.f : __expf(s - m);
+      sum += StateWeight(s, m);
     }
   }
   const float inv = sum > 0.f ? 1.f / sum : 0.f;
@@ -95,7 +96,7 @@ __global__ void __launch_bounds__(32 * kHeadsPerBlock)
         const int64_t row = static_cast<int64_t>(first + i) * H + h;
         const float s = p.s_in[row];
         if (s == -INFINITY) continue;
-        const float w = __expf(s - m) * inv;
+        const float w = StateWeight(s, m) * inv;
         const float4 v = Vec4<TIn>::Load(v_in + row * D + d0);
         acc.x = fmaf(w, v.x, acc.x);
         acc.y = fmaf(w, v.y, acc.y);
@@ -106,7 +107,7 @@ __global__ void __launch_bounds__(32 * kHeadsPerBlock)
     Vec4<TOut>::Store(v_out + (static_cast<int64_t>(r) * H + h) * D + d0, acc);
   }
   if (p.s_out != nullptr && lane == 0) {
-    p.s_out[static_cast<int64_t>(r) * H + h] = sum > 0.f ? m + logf(sum) : -INFINITY;
+    p.s_out[static_cast<int64_t>(r) * H + h] = MergedLse(m, sum);
   }
 }
 

@@ -14,51 +14,16 @@
 namespace attnd::server {
 namespace {
 
-// Closes a file descriptor on scope exit.
-class ScopedFd {
- public:
-  explicit ScopedFd(int fd) : fd_(fd) {}
-  ~ScopedFd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  ScopedFd(const ScopedFd&) = delete;
-  ScopedFd& operator=(const ScopedFd&) = delete;
-  int get() const { return fd_; }
-  int release() {
-    const int fd = fd_;
-    fd_ = -1;
-    return fd;
-  }
-
- private:
-  int fd_;
-};
-
 class SharedMemoryBuffer final : public RegisteredBuffer {
  public:
-  // Takes ownership of the descriptor (kept open to re-check the object's size) and the mapping.
-  SharedMemoryBuffer(std::string name, int fd, void* addr, uint64_t size)
-      : name_(std::move(name)), fd_(fd), addr_(addr), size_(size) {}
-  ~SharedMemoryBuffer() override {
-    ::munmap(addr_, size_);
-    ::close(fd_);
-  }
+  // Owns the mapping (the descriptor was closed once mapped).
+  SharedMemoryBuffer(void* addr, uint64_t size) : addr_(addr), size_(size) {}
+  ~SharedMemoryBuffer() override { ::munmap(addr_, size_); }
   void* data() const override { return addr_; }
   uint64_t size() const override { return size_; }
-  std::string description() const override { return absl::StrCat("shared_memory '", name_, "'"); }
-  absl::Status CheckUsable(absl::string_view field) const override {
-    struct stat st {};
-    if (::fstat(fd_, &st) != 0 || st.st_size < 0 || static_cast<uint64_t>(st.st_size) < size_) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          field, ": shared memory object '", name_, "' is now ", st.st_size,
-          " bytes, smaller than the registered ", size_, "; register it again"));
-    }
-    return absl::OkStatus();
-  }
+  std::string description() const override { return "shared memory (sealed memfd)"; }
 
  private:
-  std::string name_;
-  int fd_;
   void* addr_;
   uint64_t size_;
 };
@@ -96,11 +61,9 @@ absl::Status ErrnoStatus(int err, const std::string& what) {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<RegisteredBuffer>> OpenSharedMemoryBuffer(const std::string& name,
-                                                                         uint64_t size_bytes) {
-  const std::string field = absl::StrCat("shared_memory.name='", name, "'");
-  ScopedFd fd(::shm_open(name.c_str(), O_RDWR, 0));
-  if (fd.get() < 0) return ErrnoStatus(errno, absl::StrCat(field, ": shm_open"));
+absl::StatusOr<std::unique_ptr<RegisteredBuffer>> OpenSharedMemoryFdBuffer(ScopedFd fd,
+                                                                           uint64_t size_bytes) {
+  const std::string field = "shared_memory_fd";
   struct stat st {};
   if (::fstat(fd.get(), &st) != 0) return ErrnoStatus(errno, absl::StrCat(field, ": fstat"));
   if (st.st_size < 0 || static_cast<uint64_t>(st.st_size) < size_bytes) {
@@ -109,7 +72,7 @@ absl::StatusOr<std::unique_ptr<RegisteredBuffer>> OpenSharedMemoryBuffer(const s
   }
   void* addr = ::mmap(nullptr, size_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
   if (addr == MAP_FAILED) return ErrnoStatus(errno, absl::StrCat(field, ": mmap"));
-  return std::make_unique<SharedMemoryBuffer>(name, fd.release(), addr, size_bytes);
+  return std::make_unique<SharedMemoryBuffer>(addr, size_bytes);
 }
 
 absl::StatusOr<std::unique_ptr<RegisteredBuffer>> OpenCudaIpcBuffer(kernels::Backend& backend,

@@ -10,6 +10,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "attnd/kernels/backend.h"
+#include "server/core/scoped_fd.h"
 
 namespace attnd::server {
 
@@ -21,20 +22,15 @@ class RegisteredBuffer {
   virtual void* data() const = 0;
   // Bytes the client may address (its size_bytes; the real object is at least this big).
   virtual uint64_t size() const = 0;
-  // "shared_memory '/x'" / "cuda_ipc (device 0)", for logs.
+  // "shared memory (memfd)" / "cuda_ipc (device 0)", for logs.
   virtual std::string description() const = 0;
-  // Checked before each use: a shared memory object that its owner shrank below size() would
-  // fault (SIGBUS) when touched, so it is refused instead. FAILED_PRECONDITION naming `field`.
-  virtual absl::Status CheckUsable(absl::string_view field) const {
-    (void)field;
-    return absl::OkStatus();
-  }
 };
 
-// Maps the POSIX shared memory object `name` read/write. NOT_FOUND when it does not exist,
-// PERMISSION_DENIED when it may not be opened, OUT_OF_RANGE when it is smaller than size_bytes.
-absl::StatusOr<std::unique_ptr<RegisteredBuffer>> OpenSharedMemoryBuffer(const std::string& name,
-                                                                         uint64_t size_bytes);
+// Maps the first size_bytes of a sealed memfd (PeerRegistry::AddFd checked the seal) read/write
+// and closes the descriptor: the mapping keeps the memory, and since the file can never shrink,
+// touching the mapping can never fault. OUT_OF_RANGE when the file is smaller than size_bytes.
+absl::StatusOr<std::unique_ptr<RegisteredBuffer>> OpenSharedMemoryFdBuffer(ScopedFd fd,
+                                                                           uint64_t size_bytes);
 
 // Maps another process's CUDA allocation through the backend (FAILED_PRECONDITION, with the
 // backend's message, on backends without IPC).

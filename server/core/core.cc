@@ -2,6 +2,8 @@
 // looks the session up (renewing its lease), takes the session's mutex, validates, and acts.
 #include "server/core/core.h"
 
+#include <unistd.h>
+
 #include <atomic>
 #include <tuple>
 #include <utility>
@@ -11,7 +13,9 @@
 #include "server/core/buffer.h"
 #include "server/core/dtype_convert.h"
 #include "server/core/executor.h"
+#include "server/core/host_budget.h"
 #include "server/core/ids.h"
+#include "server/core/peers.h"
 #include "server/core/plan.h"
 #include "server/core/pool.h"
 #include "server/core/pool_registry.h"
@@ -27,6 +31,19 @@ uint64_t EffectivePoolBudget(const CoreOptions& options, const kernels::BackendI
   if (options.max_pool_bytes != 0) return options.max_pool_bytes;
   return info.memory_total_bytes / 10 * 9;
 }
+
+uint64_t EffectiveHostBudget(const CoreOptions& options) {
+  if (options.max_host_bytes != 0) return options.max_host_bytes;
+  const long pages = sysconf(_SC_PHYS_PAGES);
+  const long page_size = sysconf(_SC_PAGESIZE);
+  if (pages <= 0 || page_size <= 0) return uint64_t{4} << 30;
+  return static_cast<uint64_t>(pages) * static_cast<uint64_t>(page_size) / 4;
+}
+
+// Room a reply needs around its payload (field tags, lengths, the Session stream's envelope).
+constexpr uint64_t kReplyOverheadBytes = 256;
+// Bytes of a packed repeated int32 entry at most (a varint of a value < 2^31).
+constexpr uint64_t kVarint32Bytes = 5;
 
 // Async completion: events per session (engine events opened by RegisterEvent).
 constexpr size_t kMaxEventsPerSession = 1 << 10;
@@ -61,7 +78,7 @@ class InflightScope {
 // NOT_FOUND for an id this session does not own: "<field>='<id>'<tail>". The id is cut to 80
 // characters so that a huge id does not flood the message.
 absl::Status NotOwnedError(std::string_view field, absl::string_view id, std::string_view tail) {
-  return absl::NotFoundError(absl::StrCat(Absl(field), "='", id.substr(0, 80), "'", Absl(tail)));
+  return absl::NotFoundError(absl::StrCat(Absl(field), "='", Echo(id), "'", Absl(tail)));
 }
 
 // The value under `id` in one of a session's maps (plans, buffers, events), or NotOwnedError.
@@ -94,9 +111,26 @@ std::string InsertWithNewId(Map& map, absl::string_view prefix, Value value) {
 
 constexpr std::string_view kNoSuchEvent = ": no such event in this session";
 
-absl::Status SessionClosedError(const Session& session) {
-  return absl::NotFoundError(
-      absl::StrCat("session '", session.id, "' does not exist or has expired"));
+// The one answer for a session that cannot be reached: unknown, closed, expired, or named by a
+// caller that may not use it (so an id is never confirmed). Names the session by its log tag.
+absl::Status NoSuchSessionError(absl::string_view session_id) {
+  return absl::NotFoundError(absl::StrCat("session ",
+                                          SessionLogTag({session_id.data(), session_id.size()}),
+                                          " does not exist, has expired, or is not this "
+                                          "caller's"));
+}
+
+// Whether `ref` may reach `session`: its own stream (or an in-process caller) always; a unary
+// call only a leased session of the same identity.
+bool Reachable(const Session& session, const SessionRef& ref) {
+  if (ref.unary_caller == nullptr) return true;
+  return session.binding == SessionBinding::kLeased && session.owner == *ref.unary_caller;
+}
+
+// Client names go into log lines: printable ASCII only, at most 256 bytes.
+std::string SanitizeClientName(absl::string_view name) {
+  std::string out = Echo(name, 256);
+  return out;
 }
 
 }  // namespace
@@ -105,12 +139,19 @@ struct Core::State {
   State(const CoreOptions& options, std::unique_ptr<kernels::Backend> backend_in)
       : options(options),
         backend(std::move(backend_in)),
-        pools(EffectivePoolBudget(options, backend->info())) {}
+        pools(EffectivePoolBudget(options, backend->info())),
+        host(EffectiveHostBudget(options), options.max_session_host_bytes),
+        peers(options.max_peers, options.max_fds_per_peer,
+              options.max_pending_fds > 0 ? options.max_pending_fds
+                                          : options.max_peers * options.max_fds_per_peer) {}
 
   const CoreOptions options;
   const std::unique_ptr<kernels::Backend> backend;
   SessionRegistry sessions;
   PoolRegistry pools;
+  HostBudget host;
+  PeerRegistry peers;
+  std::string peer_socket_path;  // set once at start, before serving
   std::atomic<int64_t> plans{0};
   std::atomic<int64_t> buffers{0};
   std::atomic<uint64_t> bytes_in{0};
@@ -118,22 +159,45 @@ struct Core::State {
   // Serialises OpenSession's check of max_sessions with the registration.
   absl::Mutex open_mu;
 
-  // Runs `fn(session)` with the session's mutex held; NOT_FOUND for unknown or closed sessions.
+  // Runs `fn(session)` with the session's mutex held; NOT_FOUND for unknown or closed sessions
+  // and for sessions `ref` may not reach (whose lease is then not renewed either).
   template <typename Fn>
-  auto WithSession(std::string_view session_id, Fn&& fn) -> decltype(fn(std::declval<Session&>())) {
-    auto session = sessions.FindAndRenew(Absl(session_id), absl::Now());
-    if (!session.ok()) return session.status();
+  auto WithSession(const SessionRef& ref, Fn&& fn) -> decltype(fn(std::declval<Session&>())) {
+    auto session = sessions.FindAndRenew(
+        Absl(ref.id), absl::Now(), [&](const Session& s) { return Reachable(s, ref); });
+    if (!session.ok()) return NoSuchSessionError(Absl(ref.id));
     Session& s = **session;
     const InflightScope inflight(s);
     if (inflight.count() > options.max_inflight_per_session) {
-      return QuotaError(absl::StrCat("session '", s.id, "' has ", inflight.count() - 1,
+      return QuotaError(absl::StrCat("session ", s.tag, " has ", inflight.count() - 1,
                                      " commands in flight"),
                         options.max_inflight_per_session, "max_inflight_per_session",
                         "wait for answers before sending more, or use the Session stream");
     }
     absl::MutexLock lock(&s.mu);
-    if (s.closed) return SessionClosedError(s);
+    if (s.closed) return NoSuchSessionError(Absl(ref.id));
     return fn(s);
+  }
+
+  // A reply of up to `bytes` must fit the gRPC send limit (--max_message_bytes). Checked before
+  // the command acts, so a command refused for its reply's size changed nothing.
+  absl::Status CheckReplyFits(std::string_view what, uint64_t bytes, std::string_view advice) const {
+    const uint64_t limit = options.max_message_bytes;
+    if (limit == 0 || bytes + kReplyOverheadBytes <= limit) return absl::OkStatus();
+    return absl::ResourceExhaustedError(
+        absl::StrCat(Absl(what), ": the reply would be up to ", bytes + kReplyOverheadBytes,
+                     " bytes, over --max_message_bytes=", limit, "; ", Absl(advice)));
+  }
+
+  // The attachment of `session` to `pool` (it is attached: AttachedPool checked).
+  static PoolAttachment& AttachmentOf(Pool& pool, const Session& session)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(pool.mu) {
+    return pool.Attach(session.id, session.usage);
+  }
+
+  // The pool's wire description as `session` sees it (with its fork grant).
+  static v1::PoolInfo InfoFor(const Pool& pool, const Session& session) {
+    return pool.Info(session.id);
   }
 
   // The pool `pool_id` if this session is attached to it. NOT_FOUND for an unknown id,
@@ -150,15 +214,16 @@ struct Core::State {
     return NotOwnedError("pool_id", pool_id, " does not exist");
   }
 
-  // Page references the session's client holds over all its pools (max_pages_per_session).
-  int64_t PagesHeld(Session& session) ABSL_EXCLUSIVE_LOCKS_REQUIRED(session.mu) {
-    int64_t total = 0;
-    for (const auto& [id, pool] : session.pools) {
-      absl::MutexLock lock(&pool->mu);
-      auto it = pool->attachments.find(session.id);
-      if (it != pool->attachments.end()) total += it->second.held.total_references();
+  // Reserves `count` page references of `usage` against --max_pages_per_session (released by
+  // the caller with fetch_sub if the command then fails).
+  absl::Status ReservePageReferences(SessionUsage& usage, int64_t count, std::string_view who) {
+    if (TryReserve(usage.page_references, count, options.max_pages_per_session)) {
+      return absl::OkStatus();
     }
-    return total;
+    return QuotaError(absl::StrCat(Absl(who), " holds ", usage.page_references.load(),
+                                   " page references and would receive ", count, " more"),
+                      options.max_pages_per_session, "max_pages_per_session",
+                      "free pages it no longer uses (FreePages)");
   }
 
   absl::StatusOr<std::shared_ptr<Plan>> FindPlan(Session& session, absl::string_view plan_id)
@@ -234,17 +299,12 @@ struct Core::State {
     }
     {
       absl::MutexLock lock(&pool->mu);
-      auto it = pool->attachments.find(session.id);
-      if (it != pool->attachments.end()) {
-        pool->allocator.ReleaseAll(it->second.held);
-        pool->allocator.ReleaseAll(it->second.pinned);
-        pool->attachments.erase(it);
-      }
+      pool->Detach(session.id);
     }
     session.pools.erase(pool->id());
     if (pools.RemoveIfUnused(pool)) {
       spdlog::info("pool '{}' ({}) released: its last session ({}) detached", pool->name(),
-                   pool->id(), session.id);
+                   pool->id(), session.tag);
     }
   }
 
@@ -269,7 +329,7 @@ struct Core::State {
     session.completion_event.reset();
     session.stream.reset();
     session.staging = StagingArea();
-    spdlog::info("session {} ('{}') closed ({}): released {} plan(s), {} buffer(s)", session.id,
+    spdlog::info("session {} ('{}') closed ({}): released {} plan(s), {} buffer(s)", session.tag,
                  session.client_name, reason, num_plans, num_buffers);
   }
 };
@@ -286,11 +346,19 @@ absl::StatusOr<std::unique_ptr<Core>> Core::Create(const CoreOptions& options,
         {"max_pages_per_session", options.max_pages_per_session, 0},
         {"max_buffers_per_session", options.max_buffers_per_session, 1},
         {"max_plans_per_session", options.max_plans_per_session, 1},
-        {"max_inflight_per_session", options.max_inflight_per_session, 1}}) {
+        {"max_inflight_per_session", options.max_inflight_per_session, 1},
+        {"max_references_per_page", options.max_references_per_page, 2},
+        {"max_peers", options.max_peers, 1},
+        {"max_fds_per_peer", options.max_fds_per_peer, 1}}) {
     if (value < minimum) {
       return absl::InvalidArgumentError(
           absl::StrCat(name, "=", value, " must be at least ", minimum));
     }
+  }
+  if (options.max_session_lease < options.session_lease) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "max_session_lease=", absl::FormatDuration(options.max_session_lease),
+        " is shorter than session_lease=", absl::FormatDuration(options.session_lease)));
   }
   const uint64_t budget = EffectivePoolBudget(options, backend->info());
   if (budget == 0) {
@@ -298,8 +366,10 @@ absl::StatusOr<std::unique_ptr<Core>> Core::Create(const CoreOptions& options,
         "the pool budget is 0: set max_pool_bytes (the backend reports no memory)");
   }
   auto state = std::make_unique<State>(options, std::move(backend));
-  spdlog::info("attnd core {}: backend {} on {}, pool budget {} bytes", options.version,
-               state->backend->info().name, state->backend->info().device, budget);
+  spdlog::info("attnd core {}: backend {} on {}, pool budget {} bytes, host budget {} bytes "
+               "({} per session)",
+               options.version, state->backend->info().name, state->backend->info().device,
+               budget, state->host.max_host_bytes(), options.max_session_host_bytes);
   return std::unique_ptr<Core>(new Core(std::move(state)));
 }
 
@@ -319,18 +389,34 @@ v1::ServerInfo Core::GetServerInfo() const {
   for (kernels::DType t : info.q_dtypes) out.add_q_dtypes(ToProtoDType(t));
   for (int32_t d : info.head_dims) out.add_head_dims(d);
   for (int32_t p : info.page_sizes) out.add_page_sizes(p);
+  out.set_max_page_size(kMaxPageSize);
+  out.set_tensor_alignment_bytes(info.tensor_alignment_bytes);
   out.set_cuda_ipc(info.cuda_ipc);
   out.set_shared_memory(state_->backend->host_accessible());
   out.set_max_message_bytes(state_->options.max_message_bytes);
+  out.set_peer_socket(state_->peer_socket_path);
   return out;
 }
 
+void Core::SetPeerSocketPath(std::string path) { state_->peer_socket_path = std::move(path); }
+
 absl::StatusOr<v1::OpenSessionResponse> Core::OpenSession(const v1::OpenSessionRequest& request,
-                                                          SessionBinding binding) {
-  const absl::Duration lease = request.lease_ms() > 0 ? absl::Milliseconds(request.lease_ms())
-                                                      : state_->options.session_lease;
-  auto session = std::make_shared<Session>(NewRandomId("s-"), request.client_name().substr(0, 256),
-                                           binding, lease);
+                                                          SessionBinding binding,
+                                                          const Identity& owner) {
+  const CoreOptions& options = state_->options;
+  if (binding == SessionBinding::kLeased && options.unary_sessions_need_identity &&
+      owner.principal.empty() && owner.peer.empty()) {
+    return absl::UnauthenticatedError(
+        "a unary session needs the caller's identity: on a unix socket, connect to the "
+        "daemon's peer socket and send its key in x-attnd-peer (the attnd clients do), or use "
+        "the Session stream");
+  }
+  const absl::Duration lease =
+      request.lease_ms() > 0
+          ? std::min(absl::Milliseconds(request.lease_ms()), options.max_session_lease)
+          : options.session_lease;
+  auto session = std::make_shared<Session>(NewSessionId(), SanitizeClientName(request.client_name()),
+                                           binding, lease, owner);
   v1::OpenSessionResponse response;
   response.set_session_id(session->id);
   if (binding == SessionBinding::kLeased) {
@@ -342,89 +428,96 @@ absl::StatusOr<v1::OpenSessionResponse> Core::OpenSession(const v1::OpenSessionR
                       state_->options.max_sessions, "max_sessions",
                       "close unused sessions (CloseSession, or end their streams)");
   }
-  spdlog::info("session {} opened by '{}' ({})", session->id, session->client_name,
+  spdlog::info("session {} opened by '{}' ({}, {})", session->tag, session->client_name,
                binding == SessionBinding::kLeased
                    ? absl::StrCat("leased, ", absl::FormatDuration(lease))
-                   : std::string("stream"));
+                   : std::string("stream"),
+               owner.principal.empty() ? std::string("no principal") : owner.principal);
   state_->sessions.Add(std::move(session), absl::Now());
   return response;
 }
 
-absl::Status Core::CloseSession(std::string_view session_id) {
-  std::shared_ptr<Session> session = state_->sessions.Remove(Absl(session_id));
-  if (session == nullptr) {
-    return absl::NotFoundError(absl::StrCat("session '", Absl(session_id).substr(0, 80),
-                                            "' does not exist or has expired"));
-  }
+absl::Status Core::CloseSession(SessionRef ref) {
+  std::shared_ptr<Session> session = state_->sessions.Remove(
+      Absl(ref.id), [&](const Session& s) { return Reachable(s, ref); });
+  if (session == nullptr) return NoSuchSessionError(Absl(ref.id));
   state_->Release(*session, "closed by the client");
   return absl::OkStatus();
 }
 
-absl::StatusOr<v1::CreatePoolResponse> Core::CreatePool(std::string_view session_id,
+absl::StatusOr<v1::CreatePoolResponse> Core::CreatePool(SessionRef session_ref,
                                                         const v1::CreatePoolRequest& request) {
   State& st = *state_;
-  return st.WithSession(session_id, [&](Session& session) -> absl::StatusOr<v1::CreatePoolResponse> {
+  return st.WithSession(session_ref, [&](Session& session) -> absl::StatusOr<v1::CreatePoolResponse> {
     auto geometry = ValidateCreatePool(request, st.backend->info());
     if (!geometry.ok()) return geometry.status();
+    auto bookkeeping = st.host.Charge(session.usage, Pool::BookkeepingBytes(*geometry),
+                                      absl::StrCat("the page bookkeeping of pool '",
+                                                   request.name(), "' (", geometry->num_pages,
+                                                   " pages)"));
+    if (!bookkeeping.ok()) return bookkeeping.status();
     if (auto s = st.pools.Reserve(request.name(), geometry->total_bytes); !s.ok()) return s;
-    auto pool = Pool::Create(NewRandomId("p-"), request.name(), *geometry, *st.backend);
+    auto pool = Pool::Create(NewRandomId("p-"), request.name(), *geometry, *st.backend,
+                             session.owner.principal, st.options.max_references_per_page,
+                             *std::move(bookkeeping));
     if (!pool.ok()) {
       st.pools.CancelReservation(request.name(), geometry->total_bytes);
       return pool.status();
     }
     {
       absl::MutexLock lock(&(*pool)->mu);
-      (*pool)->attachments.try_emplace(session.id);
+      (*pool)->Attach(session.id, session.usage);
     }
     st.pools.Insert(*pool);
     session.pools[(*pool)->id()] = *pool;
     spdlog::info("pool '{}' ({}) created by session {}: {} layers x {} pages x {} tokens, "
                  "{} kv heads, head_dim {}, {}, {} bytes",
-                 (*pool)->name(), (*pool)->id(), session.id, geometry->num_layers,
+                 (*pool)->name(), (*pool)->id(), session.tag, geometry->num_layers,
                  geometry->num_pages, geometry->page_size, geometry->num_kv_heads,
                  geometry->head_dim, kernels::DTypeName(geometry->kv_dtype),
                  geometry->total_bytes);
     v1::CreatePoolResponse response;
-    *response.mutable_pool() = (*pool)->Info();
+    *response.mutable_pool() = State::InfoFor(**pool, session);
     return response;
   });
 }
 
-absl::StatusOr<v1::AttachPoolResponse> Core::AttachPool(std::string_view session_id,
+absl::StatusOr<v1::AttachPoolResponse> Core::AttachPool(SessionRef session_ref,
                                                         const v1::AttachPoolRequest& request) {
   State& st = *state_;
-  return st.WithSession(session_id, [&](Session& session) -> absl::StatusOr<v1::AttachPoolResponse> {
+  return st.WithSession(session_ref, [&](Session& session) -> absl::StatusOr<v1::AttachPoolResponse> {
     if (auto s = ValidatePoolName(request.name()); !s.ok()) return s;
-    auto pool = st.pools.AttachByName(request.name(), session.id);
+    auto pool = st.pools.AttachByName(request.name(), session.id, session.usage,
+                                      session.owner.principal, request.attach_token());
     if (!pool.ok()) return pool.status();
     session.pools[(*pool)->id()] = *pool;
-    spdlog::info("session {} attached to pool '{}' ({})", session.id, (*pool)->name(),
+    spdlog::info("session {} attached to pool '{}' ({})", session.tag, (*pool)->name(),
                  (*pool)->id());
     v1::AttachPoolResponse response;
-    *response.mutable_pool() = (*pool)->Info();
+    *response.mutable_pool() = State::InfoFor(**pool, session);
     return response;
   });
 }
 
 absl::StatusOr<v1::DescribePoolResponse> Core::DescribePool(
-    std::string_view session_id, const v1::DescribePoolRequest& request) {
+    SessionRef session_ref, const v1::DescribePoolRequest& request) {
   State& st = *state_;
-  return st.WithSession(session_id, [&](Session& session) -> absl::StatusOr<v1::DescribePoolResponse> {
+  return st.WithSession(session_ref, [&](Session& session) -> absl::StatusOr<v1::DescribePoolResponse> {
     auto pool = st.AttachedPool(session, request.pool_id());
     if (!pool.ok()) return pool.status();
     v1::DescribePoolResponse response;
-    *response.mutable_pool() = (*pool)->Info();
+    *response.mutable_pool() = State::InfoFor(**pool, session);
     return response;
   });
 }
 
-absl::StatusOr<v1::DeletePoolResponse> Core::DeletePool(std::string_view session_id,
+absl::StatusOr<v1::DeletePoolResponse> Core::DeletePool(SessionRef session_ref,
                                                         const v1::DeletePoolRequest& request) {
   State& st = *state_;
-  return st.WithSession(session_id, [&](Session& session) -> absl::StatusOr<v1::DeletePoolResponse> {
+  return st.WithSession(session_ref, [&](Session& session) -> absl::StatusOr<v1::DeletePoolResponse> {
     auto pool = st.AttachedPool(session, request.pool_id());
     if (!pool.ok()) return pool.status();
-    spdlog::info("session {} detaches from pool '{}' ({})", session.id, (*pool)->name(),
+    spdlog::info("session {} detaches from pool '{}' ({})", session.tag, (*pool)->name(),
                  (*pool)->id());
     st.Detach(session, *pool);
     return v1::DeletePoolResponse();
@@ -432,28 +525,34 @@ absl::StatusOr<v1::DeletePoolResponse> Core::DeletePool(std::string_view session
 }
 
 absl::StatusOr<v1::AllocatePagesResponse> Core::AllocatePages(
-    std::string_view session_id, const v1::AllocatePagesRequest& request) {
+    SessionRef session_ref, const v1::AllocatePagesRequest& request) {
   State& st = *state_;
-  return st.WithSession(session_id, [&](Session& session) -> absl::StatusOr<v1::AllocatePagesResponse> {
+  return st.WithSession(session_ref, [&](Session& session) -> absl::StatusOr<v1::AllocatePagesResponse> {
     auto pool = st.AttachedPool(session, request.pool_id());
     if (!pool.ok()) return pool.status();
     if (auto s = ValidatePageCount(request.count()); !s.ok()) return s;
-    if (st.options.max_pages_per_session > 0) {
-      const int64_t held = st.PagesHeld(session);
-      if (held + request.count() > st.options.max_pages_per_session) {
-        return QuotaError(absl::StrCat("this session holds ", held, " page references and asks "
-                                       "for ", request.count(), " more"),
-                          st.options.max_pages_per_session, "max_pages_per_session",
-                          "free pages it no longer uses (FreePages)");
-      }
+    if (auto s = st.CheckReplyFits(absl::StrCat("AllocatePages count=", request.count()),
+                                   kVarint32Bytes * static_cast<uint64_t>(request.count()),
+                                   "allocate in smaller batches");
+        !s.ok()) {
+      return s;
     }
     Pool& p = **pool;
+    SessionUsage& usage = *session.usage;
+    if (auto s = st.ReservePageReferences(usage, request.count(), "this session"); !s.ok()) {
+      return s;
+    }
     v1::AllocatePagesResponse response;
     {
       absl::MutexLock lock(&p.mu);
-      PoolAttachment& mine = p.attachments[session.id];
-      auto pages = p.allocator.Allocate(request.count(), mine.held, p.name());
-      if (!pages.ok()) return pages.status();
+      PoolAttachment& mine = State::AttachmentOf(p, session);
+      absl::Status sized = p.SizeLedgers(mine, st.host);
+      auto pages = sized.ok() ? p.allocator.Allocate(request.count(), mine.held, p.name())
+                              : absl::StatusOr<std::vector<int32_t>>(sized);
+      if (!pages.ok()) {
+        usage.page_references.fetch_sub(request.count());
+        return pages.status();
+      }
       response.mutable_page_ids()->Add(pages->begin(), pages->end());
       response.set_free_pages(p.allocator.free_pages());
     }
@@ -469,20 +568,21 @@ absl::StatusOr<v1::AllocatePagesResponse> Core::AllocatePages(
     if (!cleared.ok()) {
       absl::MutexLock lock(&p.mu);
       std::vector<int32_t> pages(response.page_ids().begin(), response.page_ids().end());
-      (void)p.allocator.Release(pages, p.attachments[session.id].held);
+      (void)p.allocator.Release(pages, State::AttachmentOf(p, session).held);
+      usage.page_references.fetch_sub(request.count());
       return absl::Status(cleared.code(), absl::StrCat("clearing the allocated pages failed: ",
                                                        cleared.message()));
     }
-    spdlog::debug("session {} allocated {} page(s) of pool '{}'", session.id, request.count(),
+    spdlog::debug("session {} allocated {} page(s) of pool '{}'", session.tag, request.count(),
                  p.name());
     return response;
   });
 }
 
-absl::StatusOr<v1::FreePagesResponse> Core::FreePages(std::string_view session_id,
+absl::StatusOr<v1::FreePagesResponse> Core::FreePages(SessionRef session_ref,
                                                       const v1::FreePagesRequest& request) {
   State& st = *state_;
-  return st.WithSession(session_id, [&](Session& session) -> absl::StatusOr<v1::FreePagesResponse> {
+  return st.WithSession(session_ref, [&](Session& session) -> absl::StatusOr<v1::FreePagesResponse> {
     auto pool = st.AttachedPool(session, request.pool_id());
     if (!pool.ok()) return pool.status();
     Pool& p = **pool;
@@ -491,19 +591,20 @@ absl::StatusOr<v1::FreePagesResponse> Core::FreePages(std::string_view session_i
       return s;
     }
     absl::MutexLock lock(&p.mu);
-    PoolAttachment& mine = p.attachments[session.id];
+    PoolAttachment& mine = State::AttachmentOf(p, session);
     if (auto s = CheckPagesHeld(ids, "page_ids", mine.held, p.name()); !s.ok()) return s;
     if (auto s = p.allocator.Release(ids, mine.held); !s.ok()) return s;
+    session.usage->page_references.fetch_sub(static_cast<int64_t>(ids.size()));
     v1::FreePagesResponse response;
     response.set_free_pages(p.allocator.free_pages());
     return response;
   });
 }
 
-absl::StatusOr<v1::ForkPagesResponse> Core::ForkPages(std::string_view session_id,
+absl::StatusOr<v1::ForkPagesResponse> Core::ForkPages(SessionRef session_ref,
                                                       const v1::ForkPagesRequest& request) {
   State& st = *state_;
-  return st.WithSession(session_id, [&](Session& session) -> absl::StatusOr<v1::ForkPagesResponse> {
+  return st.WithSession(session_ref, [&](Session& session) -> absl::StatusOr<v1::ForkPagesResponse> {
     auto pool = st.AttachedPool(session, request.pool_id());
     if (!pool.ok()) return pool.status();
     Pool& p = **pool;
@@ -511,19 +612,41 @@ absl::StatusOr<v1::ForkPagesResponse> Core::ForkPages(std::string_view session_i
     if (auto s = ValidatePageIds(ids, "page_ids", p.geometry().num_pages, p.name()); !s.ok()) {
       return s;
     }
-    const std::string& target_id =
-        request.target_session_id().empty() ? session.id : request.target_session_id();
-    absl::MutexLock lock(&p.mu);
-    PoolAttachment& mine = p.attachments[session.id];
-    if (auto s = CheckPagesHeld(ids, "page_ids", mine.held, p.name()); !s.ok()) return s;
-    auto target = p.attachments.find(target_id);
-    if (target == p.attachments.end()) {
-      // Same answer whether or not such a session exists elsewhere.
+    if (!request.target_session_id().empty() &&
+        !ConstantTimeEquals(request.target_session_id(), session.id)) {
       return absl::FailedPreconditionError(
-          absl::StrCat("target_session_id='", target_id.substr(0, 80),
-                       "' is not a session attached to pool '", p.name(), "'"));
+          "target_session_id names another session: references go to another session only "
+          "through its fork grant (set target_grant to the receiver's PoolInfo.fork_grant)");
     }
-    if (auto s = p.allocator.AddReferences(ids, target->second.held); !s.ok()) return s;
+    if (auto s = st.CheckReplyFits(absl::StrCat("ForkPages of ", ids.size(), " pages"),
+                                   kVarint32Bytes * ids.size(), "fork in smaller batches");
+        !s.ok()) {
+      return s;
+    }
+    absl::MutexLock lock(&p.mu);
+    PoolAttachment& mine = State::AttachmentOf(p, session);
+    if (auto s = CheckPagesHeld(ids, "page_ids", mine.held, p.name()); !s.ok()) return s;
+    PoolAttachment* target = &mine;
+    if (!request.target_grant().empty()) {
+      target = p.FindByGrant(request.target_grant(), nullptr);
+      if (target == nullptr) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "target_grant is not the fork grant of a session attached to pool '", p.name(),
+            "' (grants end when their session detaches)"));
+      }
+    }
+    const bool to_self = target == &mine;
+    if (auto s = st.ReservePageReferences(*target->usage, static_cast<int64_t>(ids.size()),
+                                          to_self ? "this session" : "the receiving session");
+        !s.ok()) {
+      return s;
+    }
+    absl::Status added = p.SizeLedgers(*target, st.host);
+    if (added.ok()) added = p.allocator.AddReferences(ids, target->held);
+    if (!added.ok()) {
+      target->usage->page_references.fetch_sub(static_cast<int64_t>(ids.size()));
+      return added;
+    }
     v1::ForkPagesResponse response;
     for (const int32_t page : ids) response.add_refcounts(p.allocator.refcount(page));
     return response;
@@ -531,9 +654,9 @@ absl::StatusOr<v1::ForkPagesResponse> Core::ForkPages(std::string_view session_i
 }
 
 absl::StatusOr<v1::RegisterBufferResponse> Core::RegisterBuffer(
-    std::string_view session_id, const v1::RegisterBufferRequest& request) {
+    SessionRef session_ref, const v1::RegisterBufferRequest& request) {
   State& st = *state_;
-  return st.WithSession(session_id, [&](Session& session) -> absl::StatusOr<v1::RegisterBufferResponse> {
+  return st.WithSession(session_ref, [&](Session& session) -> absl::StatusOr<v1::RegisterBufferResponse> {
     if (auto s = ValidateRegisterBuffer(request); !s.ok()) return s;
     if (static_cast<int64_t>(session.buffers.size()) >= st.options.max_buffers_per_session) {
       return QuotaError(absl::StrCat("this session has ", session.buffers.size(),
@@ -542,13 +665,15 @@ absl::StatusOr<v1::RegisterBufferResponse> Core::RegisterBuffer(
                         "unregister buffers it no longer uses");
     }
     absl::StatusOr<std::unique_ptr<RegisteredBuffer>> buffer;
-    if (request.has_shared_memory()) {
+    if (request.has_shared_memory_fd()) {
       if (!st.backend->host_accessible()) {
         return absl::FailedPreconditionError(absl::StrCat(
-            "shared_memory buffers need a backend that reads host memory; the ",
+            "shared_memory_fd buffers need a backend that reads host memory; the ",
             st.backend->info().name, " backend takes cuda_ipc buffers"));
       }
-      buffer = OpenSharedMemoryBuffer(request.shared_memory().name(), request.size_bytes());
+      auto fd = st.peers.TakeFd(session.owner, request.shared_memory_fd().fd_token());
+      if (!fd.ok()) return fd.status();
+      buffer = OpenSharedMemoryFdBuffer(*std::move(fd), request.size_bytes());
     } else {
       buffer = OpenCudaIpcBuffer(*st.backend, request.cuda_ipc().ipc_handle(),
                                  request.cuda_ipc().device(), request.size_bytes());
@@ -557,7 +682,7 @@ absl::StatusOr<v1::RegisterBufferResponse> Core::RegisterBuffer(
     const RegisteredBuffer& registered = **buffer;
     std::string id = InsertWithNewId(session.buffers, "b-",
                                      std::shared_ptr<RegisteredBuffer>(*std::move(buffer)));
-    spdlog::info("session {} registered buffer {}: {}, {} bytes", session.id, id,
+    spdlog::info("session {} registered buffer {}: {}, {} bytes", session.tag, id,
                  registered.description(), registered.size());
     st.buffers.fetch_add(1);
     v1::RegisterBufferResponse response;
@@ -567,9 +692,9 @@ absl::StatusOr<v1::RegisterBufferResponse> Core::RegisterBuffer(
 }
 
 absl::StatusOr<v1::UnregisterBufferResponse> Core::UnregisterBuffer(
-    std::string_view session_id, const v1::UnregisterBufferRequest& request) {
+    SessionRef session_ref, const v1::UnregisterBufferRequest& request) {
   State& st = *state_;
-  return st.WithSession(session_id, [&](Session& session) -> absl::StatusOr<v1::UnregisterBufferResponse> {
+  return st.WithSession(session_ref, [&](Session& session) -> absl::StatusOr<v1::UnregisterBufferResponse> {
     if (auto s = EraseOwned(session.buffers, request.buffer_id(), "buffer_id",
                             " is not a buffer of this session");
         !s.ok()) {
@@ -580,10 +705,10 @@ absl::StatusOr<v1::UnregisterBufferResponse> Core::UnregisterBuffer(
   });
 }
 
-absl::StatusOr<v1::CreatePlanResponse> Core::CreatePlan(std::string_view session_id,
+absl::StatusOr<v1::CreatePlanResponse> Core::CreatePlan(SessionRef session_ref,
                                                         const v1::CreatePlanRequest& request) {
   State& st = *state_;
-  return st.WithSession(session_id, [&](Session& session) -> absl::StatusOr<v1::CreatePlanResponse> {
+  return st.WithSession(session_ref, [&](Session& session) -> absl::StatusOr<v1::CreatePlanResponse> {
     auto pool = st.AttachedPool(session, request.pool_id());
     if (!pool.ok()) return pool.status();
     if (static_cast<int64_t>(session.plans.size()) >= st.options.max_plans_per_session) {
@@ -591,16 +716,21 @@ absl::StatusOr<v1::CreatePlanResponse> Core::CreatePlan(std::string_view session
                         st.options.max_plans_per_session, "max_plans_per_session",
                         "delete plans it no longer uses (DeletePlan)");
     }
+    auto charge = st.host.Charge(session.usage, PlanHostBytes(request),
+                                 absl::StrCat("a plan of ", request.kv_indices_size(),
+                                              " page entries"));
+    if (!charge.ok()) return charge.status();
     auto stream = st.SessionStream(session);
     if (!stream.ok()) return stream.status();
-    auto plan = BuildPlan(request, *pool, session.id, *st.backend, *stream, NewRandomId("plan-"));
+    auto plan = BuildPlan(request, *pool, session.id, *st.backend, *stream, NewRandomId("plan-"),
+                          *std::move(charge), st.host);
     if (!plan.ok()) return plan.status();
     v1::CreatePlanResponse response;
     response.set_plan_id((*plan)->id);
     response.set_batch_size((*plan)->batch_size);
     response.set_qo_tokens((*plan)->qo_tokens);
     response.set_kv_tokens((*plan)->kv_tokens);
-    spdlog::debug("session {} created plan {}: batch {}, {} query / {} kv tokens", session.id,
+    spdlog::debug("session {} created plan {}: batch {}, {} query / {} kv tokens", session.tag,
                  (*plan)->id, (*plan)->batch_size, (*plan)->qo_tokens, (*plan)->kv_tokens);
     session.plans[(*plan)->id] = *std::move(plan);
     st.plans.fetch_add(1);
@@ -608,10 +738,10 @@ absl::StatusOr<v1::CreatePlanResponse> Core::CreatePlan(std::string_view session
   });
 }
 
-absl::StatusOr<v1::DeletePlanResponse> Core::DeletePlan(std::string_view session_id,
+absl::StatusOr<v1::DeletePlanResponse> Core::DeletePlan(SessionRef session_ref,
                                                         const v1::DeletePlanRequest& request) {
   State& st = *state_;
-  return st.WithSession(session_id, [&](Session& session) -> absl::StatusOr<v1::DeletePlanResponse> {
+  return st.WithSession(session_ref, [&](Session& session) -> absl::StatusOr<v1::DeletePlanResponse> {
     auto plan = st.FindPlan(session, request.plan_id());
     if (!plan.ok()) return plan.status();
     UnpinPlan(**plan, session.id);
@@ -621,10 +751,10 @@ absl::StatusOr<v1::DeletePlanResponse> Core::DeletePlan(std::string_view session
   });
 }
 
-absl::StatusOr<v1::AppendKvResponse> Core::AppendKv(std::string_view session_id,
+absl::StatusOr<v1::AppendKvResponse> Core::AppendKv(SessionRef session_ref,
                                                     const v1::AppendKvRequest& request) {
   State& st = *state_;
-  return st.WithSession(session_id, [&](Session& session) -> absl::StatusOr<v1::AppendKvResponse> {
+  return st.WithSession(session_ref, [&](Session& session) -> absl::StatusOr<v1::AppendKvResponse> {
     auto plan = st.FindPlan(session, request.plan_id());
     if (!plan.ok()) return plan.status();
     if (auto s = CheckPlanWritable(**plan, session.id); !s.ok()) return s;
@@ -642,7 +772,7 @@ absl::StatusOr<v1::AppendKvResponse> Core::AppendKv(std::string_view session_id,
     if (s.ok() && async) s = st.FinishAsync(session, *stream);
     st.CountTransfers(counts);
     if (spdlog::default_logger_raw()->should_log(spdlog::level::debug)) {
-      spdlog::debug("session {} append_kv plan {} layer {}: {}", session.id, (*plan)->id,
+      spdlog::debug("session {} append_kv plan {} layer {}: {}", session.tag, (*plan)->id,
                     request.layer(), s.ok() ? std::string("ok") : s.ToString());
     }
     if (!s.ok()) return s;
@@ -650,10 +780,10 @@ absl::StatusOr<v1::AppendKvResponse> Core::AppendKv(std::string_view session_id,
   });
 }
 
-absl::StatusOr<v1::RunResponse> Core::Run(std::string_view session_id,
+absl::StatusOr<v1::RunResponse> Core::Run(SessionRef session_ref,
                                           const v1::RunRequest& request) {
   State& st = *state_;
-  return st.WithSession(session_id, [&](Session& session) -> absl::StatusOr<v1::RunResponse> {
+  return st.WithSession(session_ref, [&](Session& session) -> absl::StatusOr<v1::RunResponse> {
     auto plan = st.FindPlan(session, request.plan_id());
     if (!plan.ok()) return plan.status();
     const bool appends = request.k().data_case() != v1::Tensor::DATA_NOT_SET ||
@@ -674,6 +804,12 @@ absl::StatusOr<v1::RunResponse> Core::Run(std::string_view session_id,
       return absl::InvalidArgumentError(
           "completion=COMPLETION_ASYNC with options.return_lse needs lse in a registered buffer");
     }
+    if (auto s = st.CheckReplyFits("Run", InlineReplyBytes(**plan, request),
+                                   "write o and lse to registered buffers instead of receiving "
+                                   "them inline");
+        !s.ok()) {
+      return s;
+    }
     if (auto s = st.PrepareCompletion(session, *stream, request.wait_event_id(),
                                       request.completion());
         !s.ok()) {
@@ -687,7 +823,7 @@ absl::StatusOr<v1::RunResponse> Core::Run(std::string_view session_id,
     }
     st.CountTransfers(counts);
     if (spdlog::default_logger_raw()->should_log(spdlog::level::debug)) {
-      spdlog::debug("session {} run plan {} layer {}{}: {}", session.id, (*plan)->id,
+      spdlog::debug("session {} run plan {} layer {}{}: {}", session.tag, (*plan)->id,
                     request.layer(), appends ? " (+append)" : "",
                     response.ok() ? std::string("ok") : response.status().ToString());
     }
@@ -696,9 +832,9 @@ absl::StatusOr<v1::RunResponse> Core::Run(std::string_view session_id,
 }
 
 absl::StatusOr<v1::RegisterEventResponse> Core::RegisterEvent(
-    std::string_view session_id, const v1::RegisterEventRequest& request) {
+    SessionRef session_ref, const v1::RegisterEventRequest& request) {
   State& st = *state_;
-  return st.WithSession(session_id, [&](Session& session) -> absl::StatusOr<v1::RegisterEventResponse> {
+  return st.WithSession(session_ref, [&](Session& session) -> absl::StatusOr<v1::RegisterEventResponse> {
     if (request.ipc_event_handle().size() != kCudaIpcEventHandleBytes) {
       return absl::InvalidArgumentError(
           absl::StrCat("ipc_event_handle has ", request.ipc_event_handle().size(),
@@ -718,7 +854,7 @@ absl::StatusOr<v1::RegisterEventResponse> Core::RegisterEvent(
                           absl::StrCat("ipc_event_handle: ", event.status().message()));
     }
     std::string id = InsertWithNewId(session.events, "e-", *std::move(event));
-    spdlog::info("session {} registered event {} (device {})", session.id, id, request.device());
+    spdlog::info("session {} registered event {} (device {})", session.tag, id, request.device());
     v1::RegisterEventResponse response;
     response.set_event_id(std::move(id));
     return response;
@@ -726,9 +862,9 @@ absl::StatusOr<v1::RegisterEventResponse> Core::RegisterEvent(
 }
 
 absl::StatusOr<v1::UnregisterEventResponse> Core::UnregisterEvent(
-    std::string_view session_id, const v1::UnregisterEventRequest& request) {
+    SessionRef session_ref, const v1::UnregisterEventRequest& request) {
   State& st = *state_;
-  return st.WithSession(session_id, [&](Session& session) -> absl::StatusOr<v1::UnregisterEventResponse> {
+  return st.WithSession(session_ref, [&](Session& session) -> absl::StatusOr<v1::UnregisterEventResponse> {
     // Waits already enqueued on the event stay valid (CUDA defers the destruction).
     if (auto s = EraseOwned(session.events, request.event_id(), "event_id", kNoSuchEvent);
         !s.ok()) {
@@ -739,10 +875,10 @@ absl::StatusOr<v1::UnregisterEventResponse> Core::UnregisterEvent(
 }
 
 absl::StatusOr<v1::GetCompletionEventResponse> Core::GetCompletionEvent(
-    std::string_view session_id, const v1::GetCompletionEventRequest& request) {
+    SessionRef session_ref, const v1::GetCompletionEventRequest& request) {
   (void)request;
   State& st = *state_;
-  return st.WithSession(session_id, [&](Session& session) -> absl::StatusOr<v1::GetCompletionEventResponse> {
+  return st.WithSession(session_ref, [&](Session& session) -> absl::StatusOr<v1::GetCompletionEventResponse> {
     auto event = st.CompletionEvent(session);
     if (!event.ok()) return event.status();
     std::string handle = (*event)->ipc_handle();
@@ -752,6 +888,33 @@ absl::StatusOr<v1::GetCompletionEventResponse> Core::GetCompletionEvent(
     response.set_device(st.backend->info().device_ordinal);
     return response;
   });
+}
+
+absl::StatusOr<std::string> Core::AddPeer(const PeerCredentials& credentials) {
+  auto key = state_->peers.Add(credentials);
+  if (key.ok()) {
+    spdlog::info("peer connected: pid {} uid {} gid {}", credentials.pid, credentials.uid,
+                 credentials.gid);
+  }
+  return key;
+}
+
+void Core::RemovePeer(std::string_view key) {
+  if (!state_->peers.Remove(Absl(key))) return;
+  // Its unary sessions' leases end now; ExpireIdleSessions releases them on its next round. Not
+  // released here: that would wait for a command still running in one of them, and the peer
+  // socket's thread (which calls this) serves every client.
+  const int ended = state_->sessions.EndLeasesIf(
+      [&](const Session& s) { return s.binding == SessionBinding::kLeased && s.owner.peer == key; });
+  if (ended > 0) spdlog::info("a peer left: {} unary session(s) end with it", ended);
+}
+
+absl::StatusOr<Identity> Core::PeerIdentity(std::string_view key) const {
+  return state_->peers.Lookup(Absl(key));
+}
+
+absl::StatusOr<std::string> Core::AddPeerFd(std::string_view key, int fd) {
+  return state_->peers.AddFd(Absl(key), ScopedFd(fd));
 }
 
 int Core::ExpireIdleSessions(absl::Time now) {
@@ -768,6 +931,8 @@ CoreStats Core::Stats() const {
   stats.pool_bytes_allocated = state_->pools.allocated_bytes();
   stats.bytes_in = state_->bytes_in.load();
   stats.bytes_out = state_->bytes_out.load();
+  stats.host_bytes = state_->host.used_bytes();
+  stats.peers = state_->peers.size();
   for (const auto& pool : state_->pools.Snapshot()) {
     PoolStats p;
     p.pool_id = pool->id();

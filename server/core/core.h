@@ -22,11 +22,55 @@ namespace attnd::server {
 
 namespace v1 = ::attnd::v1;
 
+// Who is calling, as the front established it from the connection (peer credentials, token,
+// client certificate); never taken from a request field. See the wire API's "Identity".
+struct Identity {
+  // "uid:1000" (unix peer credentials), "token:NAME" (bearer token), "tls:SUBJECT" (client
+  // certificate), "tcp-anonymous" (TCP without a token); empty = nothing known about the caller.
+  std::string principal;
+  // The caller's peer key (unix socket peer connection); empty otherwise. Unary sessions opened
+  // with one are reachable only with the same key.
+  std::string peer;
+  bool operator==(const Identity&) const = default;
+};
+
+// What the kernel reported about a process connected to the peer socket (SO_PEERCRED).
+struct PeerCredentials {
+  int32_t pid = 0;
+  uint32_t uid = 0;
+  uint32_t gid = 0;
+};
+
+// How a command names its session.
+//   * SessionRef(id): the session's own handle, used by the Session stream that opened it (the
+//     id comes from the daemon itself, never from the client) and by in-process callers.
+//   * SessionRef::Unary(id, caller): a unary call naming the session by the id in its
+//     x-attnd-session header, made by `caller`: it reaches only a leased session opened by the
+//     same identity; anything else is NOT_FOUND, as for an id that does not exist.
+struct SessionRef {
+  SessionRef(std::string_view session_id) : id(session_id) {}  // NOLINT: implicit by design
+  SessionRef(const std::string& session_id) : id(session_id) {}  // NOLINT
+  SessionRef(const char* session_id) : id(session_id) {}  // NOLINT
+  static SessionRef Unary(std::string_view session_id, const Identity& caller) {
+    SessionRef ref(session_id);
+    ref.unary_caller = &caller;
+    return ref;
+  }
+  std::string_view id;
+  const Identity* unary_caller = nullptr;  // not owned; outlives the call
+};
+
 struct CoreOptions {
   // Pool memory the daemon may hand out in total, bytes. 0 = 90% of the backend's memory.
   uint64_t max_pool_bytes = 0;
   // Default lease of unary sessions: released after this long without a call naming them.
   absl::Duration session_lease = absl::Seconds(30);
+  // Longest lease a client may ask for (OpenSessionRequest.lease_ms is lowered to it), so that
+  // abandoned sessions cannot hold their quota for days (--max_session_lease_ms).
+  absl::Duration max_session_lease = absl::Minutes(10);
+  // Unary sessions need a caller identity (a principal or a peer key): true on the daemon, whose
+  // unix-socket callers present their peer key (UNAUTHENTICATED without one).
+  bool unary_sessions_need_identity = false;
   // Largest request message accepted (reported in ServerInfo; enforced by the gRPC server).
   uint64_t max_message_bytes = 64ull << 20;
   std::string version = "0.1.0";
@@ -35,14 +79,31 @@ struct CoreOptions {
   // client, buggy or hostile, from starving the others or exhausting the daemon's host memory.
   // Live sessions of the whole daemon (--max_sessions).
   int64_t max_sessions = 4096;
-  // Page references one session may hold through AllocatePages, over all its pools
-  // (--max_pages_per_session); 0 = no limit beyond the pools' size. Forks received from another
-  // session do not count against the receiver's AllocatePages (they take no free page).
+  // Page references one session may hold over all its pools, however it got them: AllocatePages
+  // and ForkPages (also references given to it by another session through its fork grant) are
+  // refused before they would exceed it (--max_pages_per_session). 0 = no per-session limit:
+  // the pools' sizes and max_references_per_page bound what a session can hold.
   int64_t max_pages_per_session = 0;
+  // References one page may have in total (client references and plan pins), so that counts
+  // can never wrap; ForkPages and CreatePlan beyond it are refused before anything is added.
+  int32_t max_references_per_page = 1 << 20;
   // Registered buffers per session (--max_buffers_per_session).
   int64_t max_buffers_per_session = 1024;
   // Plans per session (--max_plans_per_session); every plan pins its pages and host memory.
   int64_t max_plans_per_session = 1 << 16;
+  // Host memory the daemon spends on its clients' bookkeeping (plan page tables, pool page
+  // bookkeeping, page ledgers), charged before it is allocated (HostBudget): in total
+  // (--max_host_bytes; 0 = a quarter of the machine's physical memory) and per session
+  // (--max_session_host_bytes).
+  uint64_t max_host_bytes = 0;
+  uint64_t max_session_host_bytes = 1ull << 30;
+  // Processes connected to the peer socket at once, and shared-memory descriptors each may have
+  // sent and not yet registered (each is an open file descriptor of the daemon).
+  int64_t max_peers = 4096;
+  int32_t max_fds_per_peer = 16;
+  // Descriptors sent and not yet registered, all peers together; 0 = max_peers *
+  // max_fds_per_peer. The daemon derives both from its RLIMIT_NOFILE budget.
+  int64_t max_pending_fds = 0;
   // Commands of one session executing or waiting for the session at once
   // (--max_inflight_per_session); a session's commands run one at a time, so more unary calls
   // in parallel only queue up on the daemon's threads.
@@ -71,6 +132,8 @@ struct CoreStats {
   uint64_t pool_bytes_allocated = 0;
   uint64_t bytes_in = 0;   // tensor bytes read from requests and client buffers since start
   uint64_t bytes_out = 0;  // tensor bytes written to responses and client buffers since start
+  uint64_t host_bytes = 0;  // host memory charged for clients' bookkeeping (HostBudget)
+  int64_t peers = 0;        // processes connected to the peer socket
   std::vector<PoolStats> pools;
 };
 
@@ -83,47 +146,66 @@ class Core {
   Core& operator=(const Core&) = delete;
 
   v1::ServerInfo GetServerInfo() const;
+  // Where the front serves the peer socket (ServerInfo.peer_socket); set once at start.
+  void SetPeerSocketPath(std::string path);
 
+  // Opens a session owned by `owner` (the identity of the caller, or of the stream's client).
   absl::StatusOr<v1::OpenSessionResponse> OpenSession(const v1::OpenSessionRequest& request,
-                                                      SessionBinding binding);
+                                                      SessionBinding binding,
+                                                      const Identity& owner = {});
   // Releases everything the session holds. NOT_FOUND for an unknown id.
-  absl::Status CloseSession(std::string_view session_id);
+  absl::Status CloseSession(SessionRef session);
 
-  // Each command runs in a session; NOT_FOUND if it does not exist (or expired). A leased
-  // session's lease is renewed by every call that names it.
-  absl::StatusOr<v1::CreatePoolResponse> CreatePool(std::string_view session_id,
+  // Each command runs in a session; NOT_FOUND if it does not exist (or expired, or `session` is
+  // a unary reference of another identity). A leased session's lease is renewed by every call
+  // that names it.
+  absl::StatusOr<v1::CreatePoolResponse> CreatePool(SessionRef session,
                                                     const v1::CreatePoolRequest& request);
-  absl::StatusOr<v1::AttachPoolResponse> AttachPool(std::string_view session_id,
+  absl::StatusOr<v1::AttachPoolResponse> AttachPool(SessionRef session,
                                                     const v1::AttachPoolRequest& request);
-  absl::StatusOr<v1::DescribePoolResponse> DescribePool(std::string_view session_id,
+  absl::StatusOr<v1::DescribePoolResponse> DescribePool(SessionRef session,
                                                         const v1::DescribePoolRequest& request);
-  absl::StatusOr<v1::DeletePoolResponse> DeletePool(std::string_view session_id,
+  absl::StatusOr<v1::DeletePoolResponse> DeletePool(SessionRef session,
                                                     const v1::DeletePoolRequest& request);
-  absl::StatusOr<v1::AllocatePagesResponse> AllocatePages(std::string_view session_id,
+  absl::StatusOr<v1::AllocatePagesResponse> AllocatePages(SessionRef session,
                                                           const v1::AllocatePagesRequest& request);
-  absl::StatusOr<v1::FreePagesResponse> FreePages(std::string_view session_id,
+  absl::StatusOr<v1::FreePagesResponse> FreePages(SessionRef session,
                                                   const v1::FreePagesRequest& request);
-  absl::StatusOr<v1::ForkPagesResponse> ForkPages(std::string_view session_id,
+  absl::StatusOr<v1::ForkPagesResponse> ForkPages(SessionRef session,
                                                   const v1::ForkPagesRequest& request);
   absl::StatusOr<v1::RegisterBufferResponse> RegisterBuffer(
-      std::string_view session_id, const v1::RegisterBufferRequest& request);
+      SessionRef session, const v1::RegisterBufferRequest& request);
   absl::StatusOr<v1::UnregisterBufferResponse> UnregisterBuffer(
-      std::string_view session_id, const v1::UnregisterBufferRequest& request);
-  absl::StatusOr<v1::CreatePlanResponse> CreatePlan(std::string_view session_id,
+      SessionRef session, const v1::UnregisterBufferRequest& request);
+  absl::StatusOr<v1::CreatePlanResponse> CreatePlan(SessionRef session,
                                                     const v1::CreatePlanRequest& request);
-  absl::StatusOr<v1::DeletePlanResponse> DeletePlan(std::string_view session_id,
+  absl::StatusOr<v1::DeletePlanResponse> DeletePlan(SessionRef session,
                                                     const v1::DeletePlanRequest& request);
-  absl::StatusOr<v1::AppendKvResponse> AppendKv(std::string_view session_id,
+  absl::StatusOr<v1::AppendKvResponse> AppendKv(SessionRef session,
                                                 const v1::AppendKvRequest& request);
-  absl::StatusOr<v1::RunResponse> Run(std::string_view session_id, const v1::RunRequest& request);
+  absl::StatusOr<v1::RunResponse> Run(SessionRef session, const v1::RunRequest& request);
 
   // Async completion (interprocess events; FAILED_PRECONDITION on backends without them).
-  absl::StatusOr<v1::RegisterEventResponse> RegisterEvent(std::string_view session_id,
+  absl::StatusOr<v1::RegisterEventResponse> RegisterEvent(SessionRef session,
                                                           const v1::RegisterEventRequest& request);
   absl::StatusOr<v1::UnregisterEventResponse> UnregisterEvent(
-      std::string_view session_id, const v1::UnregisterEventRequest& request);
+      SessionRef session, const v1::UnregisterEventRequest& request);
   absl::StatusOr<v1::GetCompletionEventResponse> GetCompletionEvent(
-      std::string_view session_id, const v1::GetCompletionEventRequest& request);
+      SessionRef session, const v1::GetCompletionEventRequest& request);
+
+  // Peers (the wire API's "Identity"): processes connected to the peer socket, which the front
+  // serves (server/front/peer_socket.h).
+  // A new peer with the kernel's credentials of its connection; returns its secret key.
+  absl::StatusOr<std::string> AddPeer(const PeerCredentials& credentials);
+  // The peer's connection closed: its key stops working, the descriptors it sent and nobody
+  // registered are closed, and every unary session opened with its key is released.
+  void RemovePeer(std::string_view key);
+  // The identity of a caller presenting `key` (x-attnd-peer); UNAUTHENTICATED when unknown.
+  absl::StatusOr<Identity> PeerIdentity(std::string_view key) const;
+  // A shared-memory descriptor the peer sent (ownership taken, closed on error); returns the
+  // one-time token that RegisterBuffer's shared_memory_fd takes. FAILED_PRECONDITION for a
+  // descriptor that is not a memfd sealed against shrinking.
+  absl::StatusOr<std::string> AddPeerFd(std::string_view key, int fd);
 
   // Closes leased sessions whose lease ran out before `now`; returns how many. The front calls
   // it periodically.

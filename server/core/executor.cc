@@ -33,6 +33,22 @@ absl::Status AddKv(TensorBindings& bindings, const Plan& plan, const v1::Tensor&
 
 }  // namespace
 
+uint64_t InlineReplyBytes(const Plan& plan, const v1::RunRequest& request) {
+  const uint64_t rows = static_cast<uint64_t>(plan.qo_tokens) *
+                        static_cast<uint64_t>(plan.num_qo_heads);
+  uint64_t bytes = 0;
+  if (!HasData(request.o())) {
+    // o has q's dtype (an unknown one is refused later; count it as the widest).
+    const uint64_t elem = request.q().dtype() == v1::DTYPE_FLOAT16 ||
+                                  request.q().dtype() == v1::DTYPE_BFLOAT16
+                              ? 2
+                              : 4;
+    bytes += rows * static_cast<uint64_t>(plan.pool->geometry().head_dim) * elem;
+  }
+  if (request.options().return_lse() && !HasData(request.lse())) bytes += rows * sizeof(float);
+  return bytes;
+}
+
 absl::StatusOr<v1::RunResponse> ExecuteRun(const Plan& plan, const v1::RunRequest& request,
                                            const ExecContext& ctx, TransferCounts* counts) {
   const PoolGeometry& g = plan.pool->geometry();

@@ -19,6 +19,10 @@ struct TransferCounts {
   uint64_t bytes_out = 0;
 };
 
+// Bytes of the tensors a Run returns inline (o when it names no buffer, lse likewise when asked
+// for), from the plan's shapes: what the reply will carry, known before anything runs.
+uint64_t InlineReplyBytes(const Plan& plan, const v1::RunRequest& request);
+
 absl::StatusOr<v1::RunResponse> ExecuteRun(const Plan& plan, const v1::RunRequest& request,
                                            const ExecContext& ctx, TransferCounts* counts);
 

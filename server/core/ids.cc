@@ -1,5 +1,7 @@
 #include "server/core/ids.h"
 
+#include <algorithm>
+#include <atomic>
 #include <cstdint>
 
 #include "absl/random/random.h"
@@ -20,6 +22,32 @@ std::string NewRandomId(absl::string_view prefix) {
     lo = absl::Uniform<uint64_t>(*gen);
   }
   return absl::StrCat(prefix, absl::Hex(hi, absl::kZeroPad16), absl::Hex(lo, absl::kZeroPad16));
+}
+
+std::string NewSessionId() {
+  static std::atomic<uint64_t> serial{0};
+  return NewRandomId(absl::StrCat("s", serial.fetch_add(1) + 1, "-"));
+}
+
+std::string SessionLogTag(std::string_view session_id) {
+  const size_t dash = session_id.find('-');
+  const bool ok = dash != std::string_view::npos && dash >= 2 && dash <= 21 &&
+                  session_id[0] == 's' &&
+                  std::all_of(session_id.begin() + 1, session_id.begin() + dash,
+                              [](char c) { return c >= '0' && c <= '9'; });
+  return ok ? std::string(session_id.substr(0, dash)) : std::string("s?");
+}
+
+bool ConstantTimeEquals(absl::string_view a, absl::string_view b) {
+  // Walk the whole expected value whatever the input; differences accumulate without branches.
+  size_t diff = a.size() ^ b.size();
+  for (size_t i = 0; i < a.size(); ++i) {
+    const unsigned char other = i < b.size() ? static_cast<unsigned char>(b[i]) : 0;
+    diff |= static_cast<unsigned char>(a[i]) ^ other;
+  }
+  // volatile: keep the compiler from turning the loop into an early-exit memcmp.
+  volatile size_t result = diff;
+  return result == 0;
 }
 
 }  // namespace attnd::server

@@ -1,5 +1,7 @@
 #include "server/core/page_allocator.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 
 namespace attnd::server {
@@ -13,8 +15,10 @@ std::vector<std::pair<int32_t, int32_t>> PageLedger::counts() const {
   return out;
 }
 
-PageAllocator::PageAllocator(int32_t num_pages)
-    : num_pages_(num_pages), refcounts_(static_cast<size_t>(num_pages), 0) {
+PageAllocator::PageAllocator(int32_t num_pages, int32_t max_references)
+    : num_pages_(num_pages),
+      max_references_(std::clamp<int32_t>(max_references, 1, 1 << 30)),
+      refcounts_(static_cast<size_t>(num_pages), 0) {
   free_list_.reserve(static_cast<size_t>(num_pages));
   for (int32_t p = num_pages - 1; p >= 0; --p) free_list_.push_back(p);
 }
@@ -40,22 +44,34 @@ absl::StatusOr<std::vector<int32_t>> PageAllocator::Allocate(int32_t count, Page
   return pages;
 }
 
-absl::Status PageAllocator::AddReferences(absl::Span<const int32_t> pages, PageLedger& holder) {
+absl::Status PageAllocator::AddReferences(absl::Span<const int32_t> pages, PageLedger& holder,
+                                          absl::string_view field) {
+  // Counts go up one by one, each checked against the limit before it moves (so nothing can
+  // wrap, whatever the request repeats); a refused page takes back the ones added so far.
+  auto undo = [&](size_t added) {
+    for (size_t j = 0; j < added; ++j) refcounts_[pages[j]] -= 1;
+  };
   for (size_t i = 0; i < pages.size(); ++i) {
     const int32_t page = pages[i];
     if (page < 0 || page >= num_pages_) {
+      undo(i);
       return absl::OutOfRangeError(
-          absl::StrCat("page_ids[", i, "]=", page, " is outside 0..", num_pages_ - 1));
+          absl::StrCat(field, "[", i, "]=", page, " is outside 0..", num_pages_ - 1));
     }
     if (refcounts_[page] == 0) {
+      undo(i);
       return absl::FailedPreconditionError(
-          absl::StrCat("page_ids[", i, "]=", page, ": page ", page, " is free"));
+          absl::StrCat(field, "[", i, "]=", page, ": page ", page, " is free"));
     }
-  }
-  for (const int32_t page : pages) {
+    if (refcounts_[page] >= max_references_) {
+      undo(i);
+      return absl::ResourceExhaustedError(absl::StrCat(
+          field, "[", i, "]=", page, ": page ", page, " would have more than ", max_references_,
+          " references (the limit per page)"));
+    }
     refcounts_[page] += 1;
-    holder.Add(page);
   }
+  for (const int32_t page : pages) holder.Add(page);
   return absl::OkStatus();
 }
 
@@ -67,7 +83,7 @@ absl::Status PageAllocator::Release(absl::Span<const int32_t> pages, PageLedger&
     const int32_t page = pages[i];
     if (holder.count(page) <= 0) {
       for (size_t j = 0; j < i; ++j) holder.counts_[pages[j]] += 1;
-      int32_t want = 0;
+      int64_t want = 0;
       for (size_t j = 0; j <= i; ++j) want += pages[j] == page ? 1 : 0;
       return absl::FailedPreconditionError(absl::StrCat(
           "page_ids[", i, "]=", page, ": ", holder.count(page), " reference(s) held, ", want,
@@ -85,7 +101,7 @@ void PageAllocator::ReleaseAll(PageLedger& holder) {
   for (size_t page = 0; page < holder.counts_.size(); ++page) {
     for (int32_t c = 0; c < holder.counts_[page]; ++c) DropOne(static_cast<int32_t>(page));
   }
-  holder.counts_.clear();
+  std::fill(holder.counts_.begin(), holder.counts_.end(), 0);
   holder.distinct_ = 0;
   holder.total_ = 0;
 }

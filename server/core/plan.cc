@@ -5,11 +5,22 @@
 
 namespace attnd::server {
 
+uint64_t PlanHostBytes(const v1::CreatePlanRequest& request) {
+  // int32 entries: the spec (indices + indptr + last_page_len + qo_indptr), the backend's copy
+  // (the CUDA upload image, the CPU plan's spec), the distinct and written page lists.
+  const uint64_t indices = static_cast<uint64_t>(request.kv_indices_size());
+  const uint64_t per_request = static_cast<uint64_t>(request.kv_indptr_size()) +
+                               static_cast<uint64_t>(request.kv_last_page_len_size()) +
+                               static_cast<uint64_t>(request.qo_indptr_size());
+  return sizeof(int32_t) * (4 * indices + 3 * per_request) + 4096;
+}
+
 absl::StatusOr<std::shared_ptr<Plan>> BuildPlan(const v1::CreatePlanRequest& request,
                                                 std::shared_ptr<Pool> pool,
                                                 const std::string& session_id,
                                                 kernels::Backend& backend,
-                                                kernels::Stream* stream, std::string plan_id) {
+                                                kernels::Stream* stream, std::string plan_id,
+                                                HostCharge host_charge, HostBudget& budget) {
   auto validated = ValidatePlan(request, pool->geometry(), pool->name());
   if (!validated.ok()) return validated.status();
 
@@ -20,6 +31,7 @@ absl::StatusOr<std::shared_ptr<Plan>> BuildPlan(const v1::CreatePlanRequest& req
   plan->qo_tokens = validated->spec.qo_tokens();
   plan->kv_tokens = validated->kv_tokens;
   plan->written_pages = validated->written_pages;
+  plan->host_charge = std::move(host_charge);
 
   {
     absl::MutexLock lock(&pool->mu);
@@ -38,9 +50,13 @@ absl::StatusOr<std::shared_ptr<Plan>> BuildPlan(const v1::CreatePlanRequest& req
         !s.ok()) {
       return s;
     }
-    // Every page is held by this session, so none is free and pinning cannot fail.
-    if (auto s = pool->allocator.AddReferences(validated->distinct_pages, mine.pinned); !s.ok()) {
-      return absl::InternalError(absl::StrCat("pinning plan pages: ", s.message()));
+    if (auto s = pool->SizeLedgers(mine, budget); !s.ok()) return s;
+    // Every page is held by this session, so none is free; a page at its reference limit
+    // refuses the pin (RESOURCE_EXHAUSTED) and nothing is pinned.
+    if (auto s = pool->allocator.AddReferences(validated->distinct_pages, mine.pinned,
+                                               "kv_indices (distinct pages)");
+        !s.ok()) {
+      return s;
     }
     plan->pinned_pages = std::move(validated->distinct_pages);
   }

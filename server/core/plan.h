@@ -25,16 +25,23 @@ struct Plan {
   int32_t num_qo_heads = 0;
   int64_t qo_tokens = 0;
   int64_t kv_tokens = 0;
+  HostCharge host_charge;  // the host memory of the page table and its copies
 };
 
+// Host memory a plan of this request takes (the validated page table, the backend's copy, the
+// pinned and written page lists), charged before it is built.
+uint64_t PlanHostBytes(const v1::CreatePlanRequest& request);
+
 // Validates `request` against the pool and the session's page references, pins the plan's
-// pages and prepares it on the backend. On any error nothing stays pinned.
+// pages and prepares it on the backend; `host_charge` (PlanHostBytes, already charged) moves
+// into the plan. On any error nothing stays pinned.
 //   NOT_FOUND-free: the caller has already resolved the pool and checked the attachment.
 absl::StatusOr<std::shared_ptr<Plan>> BuildPlan(const v1::CreatePlanRequest& request,
                                                 std::shared_ptr<Pool> pool,
                                                 const std::string& session_id,
                                                 kernels::Backend& backend,
-                                                kernels::Stream* stream, std::string plan_id);
+                                                kernels::Stream* stream, std::string plan_id,
+                                                HostCharge host_charge, HostBudget& budget);
 
 // Drops the plan's pins (if the session is still attached to the pool).
 void UnpinPlan(const Plan& plan, const std::string& session_id);

@@ -7,12 +7,24 @@
 
 #include "absl/strings/str_cat.h"
 #include "server/core/dtype_convert.h"
+#include "server/core/ids.h"
 
 namespace attnd::server {
 
+bool TryReserve(std::atomic<int64_t>& counter, int64_t n, int64_t limit) {
+  int64_t current = counter.load();
+  do {
+    if (limit > 0 && (n > limit || current > limit - n)) return false;
+  } while (!counter.compare_exchange_weak(current, current + n));
+  return true;
+}
+
 absl::StatusOr<std::shared_ptr<Pool>> Pool::Create(std::string id, std::string name,
                                                    const PoolGeometry& geometry,
-                                                   kernels::Backend& backend) {
+                                                   kernels::Backend& backend,
+                                                   std::string creator_principal,
+                                                   int32_t max_references_per_page,
+                                                   HostCharge bookkeeping) {
   auto memory = backend.Allocate(geometry.total_bytes);
   if (!memory.ok()) {
     return absl::Status(memory.status().code(),
@@ -27,17 +39,76 @@ absl::StatusOr<std::shared_ptr<Pool>> Pool::Create(std::string id, std::string n
   // Not cleared here: the CPU backend hands out zero-filled anonymous memory that takes physical
   // memory only when touched, and clearing a large pool would commit all of it up front.
   return std::shared_ptr<Pool>(new Pool(std::move(id), std::move(name), geometry,
-                                        *std::move(memory), backend.info().device_ordinal));
+                                        *std::move(memory), backend.info().device_ordinal,
+                                        std::move(creator_principal), max_references_per_page,
+                                        std::move(bookkeeping)));
+}
+
+uint64_t Pool::BookkeepingBytes(const PoolGeometry& geometry) {
+  // refcounts_ and free_list_: one int32 each per page.
+  return 2 * sizeof(int32_t) * static_cast<uint64_t>(geometry.num_pages) + 4096;
+}
+
+absl::Status Pool::SizeLedgers(PoolAttachment& attachment, HostBudget& budget) {
+  if (attachment.ledger_charge.bytes() != 0) return absl::OkStatus();
+  auto charge = budget.Charge(attachment.usage,
+                              2 * sizeof(int32_t) * static_cast<uint64_t>(geometry_.num_pages),
+                              absl::StrCat("the page ledgers of pool '", name_, "'"));
+  if (!charge.ok()) return charge.status();
+  attachment.held.Reserve(geometry_.num_pages);
+  attachment.pinned.Reserve(geometry_.num_pages);
+  attachment.ledger_charge = *std::move(charge);
+  return absl::OkStatus();
 }
 
 Pool::Pool(std::string id, std::string name, const PoolGeometry& geometry,
-           std::unique_ptr<kernels::BackendMemory> memory, int32_t device)
-    : allocator(geometry.num_pages),
+           std::unique_ptr<kernels::BackendMemory> memory, int32_t device,
+           std::string creator_principal, int32_t max_references_per_page,
+           HostCharge bookkeeping)
+    : allocator(geometry.num_pages, max_references_per_page),
       id_(std::move(id)),
       name_(std::move(name)),
+      creator_principal_(std::move(creator_principal)),
+      attach_token_(NewRandomId("at-")),
       geometry_(geometry),
       memory_(std::move(memory)),
-      device_(device) {}
+      device_(device),
+      bookkeeping_(std::move(bookkeeping)) {}
+
+bool Pool::MayAttach(const std::string& principal, absl::string_view attach_token) const {
+  if (!creator_principal_.empty() && principal == creator_principal_) return true;
+  return !attach_token.empty() && ConstantTimeEquals(attach_token_, attach_token);
+}
+
+PoolAttachment& Pool::Attach(const std::string& session_id, std::shared_ptr<SessionUsage> usage) {
+  auto [it, inserted] = attachments.try_emplace(session_id);
+  if (inserted) {
+    it->second.usage = std::move(usage);
+    it->second.fork_grant = NewRandomId("fg-");
+    grants[it->second.fork_grant] = session_id;
+  }
+  return it->second;
+}
+
+PoolAttachment* Pool::FindByGrant(absl::string_view grant, std::string* session_id) {
+  auto it = grants.find(grant);
+  if (it == grants.end()) return nullptr;
+  auto attachment = attachments.find(it->second);
+  if (attachment == attachments.end()) return nullptr;
+  if (session_id != nullptr) *session_id = it->second;
+  return &attachment->second;
+}
+
+void Pool::Detach(const std::string& session_id) {
+  auto it = attachments.find(session_id);
+  if (it == attachments.end()) return;
+  PoolAttachment& attachment = it->second;
+  attachment.usage->page_references.fetch_sub(attachment.held.total_references());
+  allocator.ReleaseAll(attachment.held);
+  allocator.ReleaseAll(attachment.pinned);
+  grants.erase(attachment.fork_grant);
+  attachments.erase(it);
+}
 
 absl::Status Pool::ClearPages(absl::Span<const int32_t> pages, kernels::Backend& backend,
                               kernels::Stream* stream) const {
@@ -70,7 +141,7 @@ kernels::PagedKV Pool::LayerView(int32_t layer) const {
   return kv;
 }
 
-v1::PoolInfo Pool::Info() const {
+v1::PoolInfo Pool::Info(const std::string& session_id) const {
   const uint64_t elem = kernels::DTypeSize(geometry_.kv_dtype);
   const uint64_t head = static_cast<uint64_t>(geometry_.head_dim) * elem;
   const uint64_t token = head * static_cast<uint64_t>(geometry_.num_kv_heads);
@@ -94,7 +165,11 @@ v1::PoolInfo Pool::Info() const {
   info.set_cuda_ipc_handle(memory_->ipc_handle());
   info.set_device(device_);
   info.set_base_offset_bytes(0);
+  info.set_attach_token(attach_token_);
   absl::MutexLock lock(&mu);
+  if (auto it = attachments.find(session_id); it != attachments.end()) {
+    info.set_fork_grant(it->second.fork_grant);
+  }
   info.set_free_pages(allocator.free_pages());
   info.set_attached_sessions(static_cast<int32_t>(attachments.size()));
   return info;

@@ -39,17 +39,25 @@ std::shared_ptr<Pool> PoolRegistry::FindById(absl::string_view id) const {
   return it == by_id_.end() ? nullptr : it->second;
 }
 
-absl::StatusOr<std::shared_ptr<Pool>> PoolRegistry::AttachByName(absl::string_view name,
-                                                                 const std::string& session_id) {
+absl::StatusOr<std::shared_ptr<Pool>> PoolRegistry::AttachByName(
+    absl::string_view name, const std::string& session_id, std::shared_ptr<SessionUsage> usage,
+    const std::string& principal, absl::string_view attach_token) {
   absl::MutexLock lock(&mu_);
   auto it = by_name_.find(name);
   if (it == by_name_.end()) {
     return absl::NotFoundError(absl::StrCat("pool '", name.substr(0, 80), "' does not exist"));
   }
   Pool& pool = *it->second;
+  if (!pool.MayAttach(principal, attach_token)) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "pool '", pool.name(), "' was created by another principal",
+        principal.empty() ? " (this caller presented no identity)" : "",
+        ": attaching needs its attach_token (PoolInfo.attach_token, from a session attached to "
+        "it)", attach_token.empty() ? "" : "; the one given is not it"));
+  }
   absl::MutexLock pool_lock(&pool.mu);
   // A pool in the registry is never closed: RemoveIfUnused closes and removes under mu_.
-  pool.attachments.try_emplace(session_id);
+  pool.Attach(session_id, std::move(usage));
   return it->second;
 }
 

@@ -33,10 +33,14 @@ class PoolRegistry {
 
   // Null when unknown.
   std::shared_ptr<Pool> FindById(absl::string_view id) const ABSL_LOCKS_EXCLUDED(mu_);
-  // Attaches `session_id` to the pool named `name` (a no-op if attached already).
-  // NOT_FOUND "pool 'x' does not exist".
+  // Attaches `session_id` (of `principal`) to the pool named `name` (a no-op if attached
+  // already), when Pool::MayAttach allows it. NOT_FOUND "pool 'x' does not exist";
+  // PERMISSION_DENIED for another principal's pool without its attach token.
   absl::StatusOr<std::shared_ptr<Pool>> AttachByName(absl::string_view name,
-                                                     const std::string& session_id)
+                                                     const std::string& session_id,
+                                                     std::shared_ptr<SessionUsage> usage,
+                                                     const std::string& principal,
+                                                     absl::string_view attach_token)
       ABSL_LOCKS_EXCLUDED(mu_);
   // Removes the pool and returns its bytes to the budget if no session is attached any more.
   // Returns whether it was removed. The memory is freed when the last reference drops.

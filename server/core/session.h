@@ -17,6 +17,7 @@
 #include "absl/time/time.h"
 #include "attnd/kernels/backend.h"
 #include "server/core/buffer.h"
+#include "server/core/ids.h"
 #include "server/core/core.h"
 #include "server/core/plan.h"
 #include "server/core/pool.h"
@@ -25,13 +26,22 @@
 namespace attnd::server {
 
 struct Session {
-  Session(std::string id, std::string client_name, SessionBinding binding, absl::Duration lease)
-      : id(std::move(id)), client_name(std::move(client_name)), binding(binding), lease(lease) {}
+  Session(std::string id, std::string client_name, SessionBinding binding, absl::Duration lease,
+          Identity owner)
+      : id(std::move(id)),
+        tag(SessionLogTag(this->id)),
+        client_name(std::move(client_name)),
+        binding(binding),
+        lease(lease),
+        owner(std::move(owner)) {}
 
-  const std::string id;
-  const std::string client_name;
+  const std::string id;      // secret for leased sessions: never logged
+  const std::string tag;     // what logs show ("s17")
+  const std::string client_name;  // escaped (no control characters), at most 256 bytes
   const SessionBinding binding;
   const absl::Duration lease;  // leased sessions only
+  const Identity owner;        // who opened it (unary calls must come from the same identity)
+  const std::shared_ptr<SessionUsage> usage = std::make_shared<SessionUsage>();
   // Commands of this session executing or waiting for `mu` (CoreOptions::max_inflight_per_session).
   std::atomic<int64_t> inflight{0};
 

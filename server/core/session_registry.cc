@@ -21,21 +21,21 @@ void SessionRegistry::Add(std::shared_ptr<Session> session, absl::Time now) {
 }
 
 absl::StatusOr<std::shared_ptr<Session>> SessionRegistry::FindAndRenew(absl::string_view id,
-                                                                       absl::Time now) {
+                                                                       absl::Time now,
+                                                                       const Filter& reachable) {
   absl::MutexLock lock(&mu_);
   auto it = sessions_.find(id);
-  if (it == sessions_.end()) {
-    return absl::NotFoundError(
-        absl::StrCat("session '", id.substr(0, 80), "' does not exist or has expired"));
+  if (it == sessions_.end() || !reachable(*it->second.session)) {
+    return absl::NotFoundError("no such session");
   }
   it->second.deadline = DeadlineFor(*it->second.session, now);
   return it->second.session;
 }
 
-std::shared_ptr<Session> SessionRegistry::Remove(absl::string_view id) {
+std::shared_ptr<Session> SessionRegistry::Remove(absl::string_view id, const Filter& reachable) {
   absl::MutexLock lock(&mu_);
   auto it = sessions_.find(id);
-  if (it == sessions_.end()) return nullptr;
+  if (it == sessions_.end() || !reachable(*it->second.session)) return nullptr;
   std::shared_ptr<Session> session = std::move(it->second.session);
   sessions_.erase(it);
   return session;
@@ -53,6 +53,18 @@ std::vector<std::shared_ptr<Session>> SessionRegistry::RemoveExpired(absl::Time 
     }
   }
   return expired;
+}
+
+int SessionRegistry::EndLeasesIf(const Filter& select) {
+  absl::MutexLock lock(&mu_);
+  int ended = 0;
+  for (auto& [id, entry] : sessions_) {
+    if (select(*entry.session)) {
+      entry.deadline = absl::InfinitePast();
+      ++ended;
+    }
+  }
+  return ended;
 }
 
 std::vector<std::shared_ptr<Session>> SessionRegistry::RemoveAll() {

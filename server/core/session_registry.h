@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include "absl/strings/string_view.h"
@@ -19,12 +20,21 @@ namespace attnd::server {
 class SessionRegistry {
  public:
   void Add(std::shared_ptr<Session> session, absl::Time now) ABSL_LOCKS_EXCLUDED(mu_);
-  // The session, with its lease renewed to now + lease (leased sessions). NOT_FOUND
-  // "session 'x' does not exist or has expired".
-  absl::StatusOr<std::shared_ptr<Session>> FindAndRenew(absl::string_view id, absl::Time now)
+  // Whether a caller may reach a session (Core's Reachable); checked before anything changes.
+  using Filter = std::function<bool(const Session&)>;
+
+  // The session, with its lease renewed to now + lease (leased sessions), if `reachable`
+  // accepts it. NOT_FOUND otherwise (unknown, or not reachable: neither is renewed).
+  absl::StatusOr<std::shared_ptr<Session>> FindAndRenew(absl::string_view id, absl::Time now,
+                                                        const Filter& reachable)
       ABSL_LOCKS_EXCLUDED(mu_);
-  // Takes the session out of the registry; null when unknown. The caller releases it.
-  std::shared_ptr<Session> Remove(absl::string_view id) ABSL_LOCKS_EXCLUDED(mu_);
+  // Takes the session out of the registry if `reachable` accepts it; null otherwise. The caller
+  // releases it.
+  std::shared_ptr<Session> Remove(absl::string_view id, const Filter& reachable)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // Ends the lease of every session `select` accepts (RemoveExpired takes them next); returns
+  // how many.
+  int EndLeasesIf(const Filter& select) ABSL_LOCKS_EXCLUDED(mu_);
   // Takes out every leased session whose deadline is before `now`.
   std::vector<std::shared_ptr<Session>> RemoveExpired(absl::Time now) ABSL_LOCKS_EXCLUDED(mu_);
   std::vector<std::shared_ptr<Session>> RemoveAll() ABSL_LOCKS_EXCLUDED(mu_);

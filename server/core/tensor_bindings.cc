@@ -12,14 +12,15 @@ absl::StatusOr<std::shared_ptr<RegisteredBuffer>> TensorBindings::FindBuffer(
   auto it = ctx_.buffers.find(slice.buffer_id());
   if (it == ctx_.buffers.end()) {
     // Another session's buffer ids are unknown here too: never say whether the id exists.
-    return absl::NotFoundError(absl::StrCat(name, ".buffer.buffer_id='", slice.buffer_id(),
+    return absl::NotFoundError(absl::StrCat(name, ".buffer.buffer_id='", Echo(slice.buffer_id()),
                                             "' is not a buffer of this session"));
   }
-  if (auto s = ValidateSlice(name, slice, bytes, kernels::DTypeSize(dtype), it->second->size());
+  if (auto s = ValidateSlice(name, slice, bytes, kernels::DTypeSize(dtype),
+                             ctx_.backend.info().tensor_alignment_bytes, it->second->data(),
+                             it->second->size());
       !s.ok()) {
     return s;
   }
-  if (auto s = it->second->CheckUsable(absl::StrCat(name, ".buffer")); !s.ok()) return s;
   return it->second;
 }
 

@@ -35,13 +35,32 @@ bool CheckedMul(uint64_t x, uint64_t y, uint64_t* out) {
   return !__builtin_mul_overflow(x, y, out);
 }
 
+std::string Echo(absl::string_view value, size_t max_bytes) {
+  std::string out;
+  const size_t shown = std::min(value.size(), max_bytes);
+  out.reserve(shown + 24);
+  for (size_t i = 0; i < shown; ++i) {
+    const unsigned char c = static_cast<unsigned char>(value[i]);
+    if (c >= 0x20 && c < 0x7f && c != '\\') {
+      out += static_cast<char>(c);
+    } else {
+      absl::StrAppend(&out, "\\x", absl::Hex(c, absl::kZeroPad2));
+    }
+  }
+  if (shown < value.size()) absl::StrAppend(&out, "...(", value.size(), " bytes)");
+  return out;
+}
+
 std::string ShapeString(absl::Span<const int64_t> shape) {
-  return absl::StrCat("[", absl::StrJoin(shape, ","), "]");
+  constexpr size_t kShown = 8;
+  if (shape.size() <= kShown) return absl::StrCat("[", absl::StrJoin(shape, ","), "]");
+  return absl::StrCat("[", absl::StrJoin(shape.subspan(0, kShown), ","), ",...] (", shape.size(),
+                      " dims)");
 }
 
 absl::Status ValidatePoolName(absl::string_view name, absl::string_view field) {
   if (name.empty() || name.size() > 64) {
-    return InvalidArg(field, "='", name.substr(0, 80), "' must be 1..64 characters of [A-Za-z0-9_.-]");
+    return InvalidArg(field, "='", Echo(name), "' must be 1..64 characters of [A-Za-z0-9_.-]");
   }
   for (size_t i = 0; i < name.size(); ++i) {
     const char c = name[i];
@@ -391,17 +410,26 @@ absl::StatusOr<kernels::DType> ValidateQueryDType(const v1::Tensor& q,
 }
 
 absl::Status ValidateSlice(absl::string_view name, const v1::BufferSlice& slice, uint64_t bytes,
-                           uint64_t elem_size, uint64_t buffer_size) {
+                           uint64_t elem_size, uint32_t alignment, const void* base,
+                           uint64_t buffer_size) {
   const uint64_t offset = slice.offset_bytes();
   if (elem_size > 0 && offset % elem_size != 0) {
     return InvalidArg(name, ".buffer.offset_bytes=", offset,
                       " is not a multiple of the element size (", elem_size, " bytes)");
   }
+  // The kernels' vector loads need aligned addresses: a misaligned one would fault the device
+  // for every session, so it is refused here, before anything is enqueued.
+  if (alignment > 1 && (reinterpret_cast<uintptr_t>(base) + offset) % alignment != 0) {
+    return InvalidArg(name, ".buffer.offset_bytes=", offset, " is not a multiple of ", alignment,
+                      " bytes: the ", alignment == 16 ? "CUDA " : "",
+                      "backend needs tensors aligned to ServerInfo.tensor_alignment_bytes (",
+                      alignment, ")");
+  }
   uint64_t end = 0;
   if (__builtin_add_overflow(offset, bytes, &end) || end > buffer_size) {
     return absl::OutOfRangeError(absl::StrCat(
         name, ".buffer: offset_bytes=", offset, " + ", bytes, " bytes exceeds the size of buffer '",
-        slice.buffer_id(), "' (", buffer_size, " bytes)"));
+        Echo(slice.buffer_id()), "' (", buffer_size, " bytes)"));
   }
   return absl::OkStatus();
 }
@@ -439,9 +467,9 @@ absl::StatusOr<kernels::AttentionOptions> ValidateOptions(const v1::AttentionOpt
   }
   out.logits_soft_cap = options.logits_soft_cap();
   if (options.window_left_set()) {
-    if (options.window_left() < 0) {
+    if (options.window_left() < -1) {
       return InvalidArg("options.window_left=", options.window_left(),
-                        " must be >= 0 when window_left_set is true");
+                        " must be >= 0, or -1 for no window");
     }
     out.window_left = options.window_left();
   } else {
@@ -455,15 +483,17 @@ absl::Status ValidateRegisterBuffer(const v1::RegisterBufferRequest& request) {
     return InvalidArg("size_bytes=", request.size_bytes(), " must be >= 1");
   }
   switch (request.source_case()) {
-    case v1::RegisterBufferRequest::kSharedMemory: {
-      const std::string& name = request.shared_memory().name();
-      if (name.size() < 2 || name.size() > 255 || name[0] != '/' ||
-          name.find('/', 1) != std::string::npos || name.find('\0') != std::string::npos) {
-        return InvalidArg("shared_memory.name='", name.substr(0, 260),
-                          "' must be '/' followed by 1..254 characters without '/'");
+    case v1::RegisterBufferRequest::kSharedMemory:
+      return absl::FailedPreconditionError(absl::StrCat(
+          "shared_memory.name='", Echo(request.shared_memory().name()),
+          "': shared memory is no longer registered by name (anyone with the daemon's "
+          "permissions could name it, and an object shrunk while attnd reads it would fault the "
+          "daemon); send a sealed memfd over the peer socket and register shared_memory_fd"));
+    case v1::RegisterBufferRequest::kSharedMemoryFd:
+      if (request.shared_memory_fd().fd_token().empty()) {
+        return InvalidArg("shared_memory_fd.fd_token is empty");
       }
       return absl::OkStatus();
-    }
     case v1::RegisterBufferRequest::kCudaIpc:
       if (request.cuda_ipc().ipc_handle().size() != kCudaIpcHandleBytes) {
         return InvalidArg("cuda_ipc.ipc_handle has ", request.cuda_ipc().ipc_handle().size(),
@@ -474,7 +504,7 @@ absl::Status ValidateRegisterBuffer(const v1::RegisterBufferRequest& request) {
       }
       return absl::OkStatus();
     default:
-      return InvalidArg("source is not set: give cuda_ipc or shared_memory");
+      return InvalidArg("source is not set: give cuda_ipc or shared_memory_fd");
   }
 }
 

@@ -42,6 +42,11 @@ struct PoolGeometry {
   uint64_t total_bytes = 0;  // num_layers * layer_bytes
 };
 
+// A client-supplied value as error messages echo it: at most `max_bytes` bytes, control and
+// non-ASCII bytes escaped (\xNN), and "...(N bytes)" when cut, so that no message (and no log
+// line made from one) grows with the request or forges lines.
+std::string Echo(absl::string_view value, size_t max_bytes = 64);
+
 // x * y, or nullopt-like false on overflow (unsigned 64-bit).
 bool CheckedMul(uint64_t x, uint64_t y, uint64_t* out);
 
@@ -98,23 +103,25 @@ absl::StatusOr<uint64_t> ValidateTensor(const v1::Tensor& tensor, absl::string_v
 absl::StatusOr<kernels::DType> ValidateQueryDType(const v1::Tensor& q,
                                                   const kernels::BackendInfo& backend);
 
-// A slice [offset, offset + bytes) of a registered buffer of `buffer_size` bytes:
-// INVALID_ARGUMENT when offset is not a multiple of the element size, OUT_OF_RANGE when the
-// slice does not fit.
+// A slice [offset, offset + bytes) of a registered buffer mapped at `base`, `buffer_size` bytes:
+// INVALID_ARGUMENT when offset is not a multiple of the element size or base + offset is not
+// aligned to `alignment` bytes (the backend's tensor_alignment_bytes; 0 = none), OUT_OF_RANGE
+// when the slice does not fit.
 absl::Status ValidateSlice(absl::string_view name, const v1::BufferSlice& slice, uint64_t bytes,
-                           uint64_t elem_size, uint64_t buffer_size);
+                           uint64_t elem_size, uint32_t alignment, const void* base,
+                           uint64_t buffer_size);
 
 // Attention options: defaults filled in (rope_theta 0 -> 1e4, rope_scale 0 -> 1), ranges checked
-// (finite, non-negative soft cap, window_left >= 0 when set, rope_offsets empty or batch_size
-// long). The returned options carry no rope_offsets pointer; the caller passes them separately.
+// (finite, non-negative soft cap, window_left >= -1 when set (-1 = no window), rope_offsets
+// empty or batch_size long). The returned options carry no rope_offsets pointer; the caller passes them separately.
 absl::StatusOr<kernels::AttentionOptions> ValidateOptions(const v1::AttentionOptions& options,
                                                           int32_t batch_size);
 
-// RegisterBuffer: exactly one source, size_bytes >= 1, a valid shared-memory name
-// ("/name", no other '/', <= 255 chars) or a 64-byte CUDA IPC handle.
+// RegisterBuffer: exactly one source, size_bytes >= 1, a shared_memory_fd token or a 64-byte CUDA
+// IPC handle; shared memory by name is refused (FAILED_PRECONDITION).
 absl::Status ValidateRegisterBuffer(const v1::RegisterBufferRequest& request);
 
-// "[4,32,128]"
+// "[4,32,128]"; at most 8 dimensions are shown ("[1,2,...] (4000000 dims)").
 std::string ShapeString(absl::Span<const int64_t> shape);
 
 }  // namespace attnd::server

@@ -22,18 +22,6 @@ constexpr char kBearerPrefix[] = "Bearer ";
 
 }  // namespace
 
-bool ConstantTimeEquals(std::string_view a, std::string_view b) {
-  // Walk the whole expected value whatever the input; differences accumulate without branches.
-  size_t diff = a.size() ^ b.size();
-  for (size_t i = 0; i < a.size(); ++i) {
-    const unsigned char other = i < b.size() ? static_cast<unsigned char>(b[i]) : 0;
-    diff |= static_cast<unsigned char>(a[i]) ^ other;
-  }
-  // volatile: keep the compiler from turning the loop into an early-exit memcmp.
-  volatile size_t result = diff;
-  return result == 0;
-}
-
 bool IsLoopbackListen(std::string_view address) {
   absl::StatusOr<HostPort> host_port = ParseHostPort(address);
   if (!host_port.ok()) return false;
@@ -100,7 +88,8 @@ absl::Status TokenAuthenticator::Check(
   if (!absl::StartsWith(absl::string_view(value.data(), value.size()), kBearerPrefix)) {
     return absl::UnauthenticatedError("the authorization metadata is not 'Bearer <token>'");
   }
-  if (!ConstantTimeEquals(token_, value.substr(sizeof(kBearerPrefix) - 1))) {
+  const std::string_view presented = value.substr(sizeof(kBearerPrefix) - 1);
+  if (!ConstantTimeEquals(token_, absl::string_view(presented.data(), presented.size()))) {
     return absl::UnauthenticatedError("the bearer token is not valid");
   }
   return absl::OkStatus();

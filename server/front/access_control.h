@@ -17,13 +17,14 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "server/core/ids.h"
 
 namespace attnd::server::front {
 
 inline constexpr char kAuthorizationMetadataKey[] = "authorization";
 
-// True iff a == b; the time depends only on the lengths, not on the contents.
-bool ConstantTimeEquals(std::string_view a, std::string_view b);
+// True iff a == b in time that depends only on the lengths (server/core/ids.h).
+using ::attnd::server::ConstantTimeEquals;
 
 // The daemon's token: the contents of `token_file` (trailing whitespace and newlines dropped)
 // when it is set, else the value of the environment variable ATTND_TOKEN (via `getenv`), else

@@ -23,8 +23,9 @@ std::optional<std::string> SessionIdFromMetadata(const grpc::ServerContext& cont
   return std::string(it->second.data(), it->second.size());
 }
 
-AttndService::AttndService(CommandRunner& runner, Metrics& metrics, StreamRegistry& streams)
-    : runner_(runner), session_stream_(runner, metrics, streams) {
+AttndService::AttndService(CommandRunner& runner, Metrics& metrics, StreamRegistry& streams,
+                           const CallerIdentifier& identifier)
+    : runner_(runner), identifier_(identifier), session_stream_(runner, metrics, streams) {
   // The Session method gets a handler on serialized messages, so that SessionStream can tell a
   // message that does not parse from the end of the stream. Methods are numbered in the order
   // of the proto's service definition, as the generated constructor registers them.
@@ -41,6 +42,13 @@ AttndService::AttndService(CommandRunner& runner, Metrics& metrics, StreamRegist
             return service->SerializedSession(context, stream);
           },
           this));
+}
+
+absl::StatusOr<Identity> AttndService::Identify(MethodId method,
+                                                const grpc::ServerContext& context) {
+  absl::StatusOr<Identity> identity = identifier_.Identify(context);
+  if (!identity.ok()) runner_.RecordRejected(method, identity.status());
+  return identity;
 }
 
 grpc::Status AttndService::Authenticate(MethodId method, const grpc::ServerContext& context) {
@@ -62,7 +70,10 @@ grpc::Status AttndService::RunInSession(const SessionCommand<Request, Response>&
     runner_.RecordRejected(command.id, status);
     return ToGrpcStatus(status);
   }
-  absl::StatusOr<Response> result = runner_.Execute(command, *session_id, request);
+  const absl::StatusOr<Identity> caller = Identify(command.id, context);
+  if (!caller.ok()) return ToGrpcStatus(caller.status());
+  absl::StatusOr<Response> result =
+      runner_.Execute(command, SessionRef::Unary(*session_id, *caller), request);
   if (!result.ok()) return ToGrpcStatus(result.status());
   *response = *std::move(result);
   return grpc::Status::OK;
@@ -82,8 +93,10 @@ grpc::Status AttndService::OpenSession(grpc::ServerContext* context,
                                        const v1::OpenSessionRequest* request,
                                        v1::OpenSessionResponse* response) {
   if (grpc::Status auth = Authenticate(MethodId::kOpenSession, *context); !auth.ok()) return auth;
+  const absl::StatusOr<Identity> caller = Identify(MethodId::kOpenSession, *context);
+  if (!caller.ok()) return ToGrpcStatus(caller.status());
   absl::StatusOr<v1::OpenSessionResponse> result =
-      runner_.OpenSession(*request, SessionBinding::kLeased);
+      runner_.OpenSession(*request, SessionBinding::kLeased, *caller);
   if (!result.ok()) return ToGrpcStatus(result.status());
   *response = *std::move(result);
   return grpc::Status::OK;
@@ -99,7 +112,9 @@ grpc::Status AttndService::CloseSession(grpc::ServerContext* context,
     runner_.RecordRejected(MethodId::kCloseSession, status);
     return ToGrpcStatus(status);
   }
-  return ToGrpcStatus(runner_.CloseSession(*session_id));
+  const absl::StatusOr<Identity> caller = Identify(MethodId::kCloseSession, *context);
+  if (!caller.ok()) return ToGrpcStatus(caller.status());
+  return ToGrpcStatus(runner_.CloseSession(SessionRef::Unary(*session_id, *caller)));
 }
 
 #define ATTND_UNARY_HANDLER(Name)                                                          \
@@ -139,7 +154,9 @@ grpc::Status AttndService::SerializedSession(
     grpc::ServerReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>* stream) {
   // Checked before the first message is read: nothing of an unauthenticated stream is parsed.
   if (grpc::Status auth = Authenticate(MethodId::kOpenSession, *context); !auth.ok()) return auth;
-  return session_stream_.Serve(*context, *stream);
+  const absl::StatusOr<Identity> caller = Identify(MethodId::kOpenSession, *context);
+  if (!caller.ok()) return ToGrpcStatus(caller.status());
+  return session_stream_.Serve(*context, *stream, *caller);
 }
 
 }  // namespace attnd::server::front

@@ -11,6 +11,7 @@
 
 #include "attnd/v1/attnd.grpc.pb.h"
 #include "server/front/access_control.h"
+#include "server/front/caller_identity.h"
 #include "server/front/command_runner.h"
 #include "server/front/session_stream.h"
 
@@ -23,8 +24,9 @@ std::optional<std::string> SessionIdFromMetadata(const grpc::ServerContext& cont
 
 class AttndService final : public v1::Attnd::Service {
  public:
-  // `runner`, `metrics` and `streams` must outlive the service.
-  AttndService(CommandRunner& runner, Metrics& metrics, StreamRegistry& streams);
+  // `runner`, `metrics`, `streams` and `identifier` must outlive the service.
+  AttndService(CommandRunner& runner, Metrics& metrics, StreamRegistry& streams,
+               const CallerIdentifier& identifier);
 
   // Every call is refused with UNAUTHENTICATED unless `authenticator` accepts its metadata.
   // Null (the default) = no check. Set before the server starts; must outlive the service.
@@ -97,7 +99,11 @@ class AttndService final : public v1::Attnd::Service {
   // OK or UNAUTHENTICATED (recorded in the metrics under `method`).
   grpc::Status Authenticate(MethodId method, const grpc::ServerContext& context);
 
+  // The caller's identity, or UNAUTHENTICATED (recorded under `method`).
+  absl::StatusOr<Identity> Identify(MethodId method, const grpc::ServerContext& context);
+
   CommandRunner& runner_;
+  const CallerIdentifier& identifier_;
   SessionStream session_stream_;
   const TokenAuthenticator* authenticator_ = nullptr;
 };

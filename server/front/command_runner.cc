@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "server/core/ids.h"
 #include "server/front/bounded_text.h"
 #include "server/front/status_convert.h"
 
@@ -15,9 +16,6 @@ namespace {
 using StreamHandler = void (*)(CommandRunner& runner, std::string_view session_id,
                                const v1::SessionRequest& request, v1::SessionResponse* response);
 
-// A session id in a log line: its first bytes are enough to find it (ids are 34 bytes), and a
-// client-chosen one from metadata is kept short.
-constexpr size_t kMaxLoggedSessionIdBytes = 128;
 // Lines of ReportSuppressedFailures beyond which the rest are summed up in one.
 constexpr size_t kMaxSuppressedReportLines = 10;
 
@@ -105,9 +103,10 @@ void CommandRunner::Finish(MethodId id, std::string_view session_id, const absl:
 void CommandRunner::LogFailure(MethodId id, std::string_view session_id,
                                const absl::Status& status) {
   const std::string_view method = MethodName(id);
+  // Session ids are secrets of their clients: logs name the session by its tag only ("s17").
   const std::string source =
-      absl::StrCat(absl::string_view(method.data(), method.size()), " in session '",
-                   CutText(session_id, kMaxLoggedSessionIdBytes), "'");
+      absl::StrCat(absl::string_view(method.data(), method.size()), " in session ",
+                   session_id.empty() ? std::string("-") : SessionLogTag(session_id));
   uint64_t suppressed = 0;
   if (!failure_log_limit_.Admit(source, absl::Now(), &suppressed)) return;
   if (suppressed > 0) spdlog::warn("suppressed {} similar errors: {}", suppressed, source);
@@ -145,19 +144,19 @@ v1::ServerInfo CommandRunner::GetServerInfo() {
 }
 
 absl::StatusOr<v1::OpenSessionResponse> CommandRunner::OpenSession(
-    const v1::OpenSessionRequest& request, SessionBinding binding) {
+    const v1::OpenSessionRequest& request, SessionBinding binding, const Identity& owner) {
   InFlightCalls::Scope in_flight(in_flight_);
   const auto start = std::chrono::steady_clock::now();
-  auto result = core_.OpenSession(request, binding);
+  auto result = core_.OpenSession(request, binding, owner);
   Finish(MethodId::kOpenSession, result.ok() ? result->session_id() : "", result.status(), start);
   return result;
 }
 
-absl::Status CommandRunner::CloseSession(std::string_view session_id) {
+absl::Status CommandRunner::CloseSession(SessionRef session) {
   InFlightCalls::Scope in_flight(in_flight_);
   const auto start = std::chrono::steady_clock::now();
-  absl::Status status = core_.CloseSession(session_id);
-  Finish(MethodId::kCloseSession, session_id, status, start);
+  absl::Status status = core_.CloseSession(session);
+  Finish(MethodId::kCloseSession, session.id, status, start);
   return status;
 }
 

@@ -32,23 +32,24 @@ class CommandRunner {
   // One session command (see command_table.h).
   template <typename Request, typename Response>
   absl::StatusOr<Response> Execute(const SessionCommand<Request, Response>& command,
-                                   std::string_view session_id, const Request& request) {
+                                   SessionRef session, const Request& request) {
     InFlightCalls::Scope in_flight(in_flight_);
     const auto start = std::chrono::steady_clock::now();
-    absl::StatusOr<Response> result = (core_.*command.call)(session_id, request);
+    absl::StatusOr<Response> result = (core_.*command.call)(session, request);
     if (result.ok()) {
       if (absl::Status size = CheckResponseSize(command.id, result->ByteSizeLong()); !size.ok()) {
         result = size;
       }
     }
-    Finish(command.id, session_id, result.status(), start);
+    Finish(command.id, session.id, result.status(), start);
     return result;
   }
 
   v1::ServerInfo GetServerInfo();
   absl::StatusOr<v1::OpenSessionResponse> OpenSession(const v1::OpenSessionRequest& request,
-                                                      SessionBinding binding);
-  absl::Status CloseSession(std::string_view session_id);
+                                                      SessionBinding binding,
+                                                      const Identity& owner = {});
+  absl::Status CloseSession(SessionRef session);
 
   // Commands executing right now (graceful shutdown waits for them).
   const InFlightCalls& in_flight() const { return in_flight_; }

@@ -41,14 +41,14 @@ enum class MethodId : int {
 
 std::string_view MethodName(MethodId id);
 
-// A command that runs inside a session: Core::<call>(session_id, request) -> StatusOr<Response>.
+// A command that runs inside a session: Core::<call>(session, request) -> StatusOr<Response>.
 template <typename Request, typename Response>
 struct SessionCommand {
   using RequestType = Request;
   using ResponseType = Response;
 
   MethodId id;
-  absl::StatusOr<Response> (Core::*call)(std::string_view session_id, const Request& request);
+  absl::StatusOr<Response> (Core::*call)(SessionRef session, const Request& request);
   v1::SessionRequest::CommandCase stream_case;
   const Request& (v1::SessionRequest::*stream_request)() const;
   Response* (v1::SessionResponse::*stream_response)();

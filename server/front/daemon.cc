@@ -50,8 +50,21 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config
   core_options.max_buffers_per_session = config.max_buffers_per_session;
   core_options.max_plans_per_session = config.max_plans_per_session;
   core_options.max_inflight_per_session = config.max_inflight_per_session;
-  // config.max_open_buffer_fds (the RLIMIT_NOFILE budget, fd_limits.h) is for the core's
-  // daemon-wide buffer fd limit; CoreOptions has no field for it yet.
+  core_options.max_session_lease = config.max_session_lease;
+  core_options.max_host_bytes = config.max_host_bytes;
+  core_options.max_session_host_bytes = config.max_session_host_bytes;
+  // Unary sessions are bound to their caller: on a unix socket that is its peer key.
+  core_options.unary_sessions_need_identity = true;
+  // Registered shared memory holds no descriptor (a sealed memfd is mapped, then closed); what
+  // holds descriptors are the peer connections and the descriptors they sent and nobody
+  // registered yet: both come out of the RLIMIT_NOFILE budget (fd_limits.h).
+  core_options.max_peers = config.max_sessions;
+  if (config.max_open_buffer_fds > 0) {
+    core_options.max_peers =
+        std::clamp<int64_t>(config.max_open_buffer_fds / 2, 1, config.max_sessions);
+    core_options.max_pending_fds =
+        std::max<int64_t>(1, config.max_open_buffer_fds - core_options.max_peers);
+  }
   if (config.testonly_device_fault_after_runs > 0) {
     spdlog::warn("TEST HOOK --testonly_device_fault_after_runs={}: the backend breaks after that "
                  "many runs",
@@ -66,6 +79,8 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config
 
   daemon->runner_ = std::make_unique<CommandRunner>(*daemon->core_, daemon->metrics_,
                                                     config.max_message_bytes);
+  daemon->identifier_ = std::make_unique<CallerIdentifier>(
+      *daemon->core_, !listen->is_unix(), daemon->authenticator_->enabled());
   daemon->health_ = std::make_unique<BackendHealthMonitor>(
       daemon->serving_state_, daemon->metrics_, config.exit_on_device_error);
   daemon->runner_->set_backend_error_handler(
@@ -73,7 +88,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config
         health->CommandFailed(status);
       });
   daemon->service_ = std::make_unique<AttndService>(*daemon->runner_, daemon->metrics_,
-                                                   daemon->streams_);
+                                                   daemon->streams_, *daemon->identifier_);
   if (daemon->authenticator_->enabled()) {
     daemon->service_->set_authenticator(daemon->authenticator_.get());
   }
@@ -116,6 +131,19 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config
     }
   }
 
+  const std::string peer_path = config.peer_socket == "auto"
+                                    ? DefaultPeerSocketPath(listen->unix_path)
+                                    : config.peer_socket;
+  if (!peer_path.empty()) {
+    absl::StatusOr<std::unique_ptr<PeerSocketServer>> peers = PeerSocketServer::Start(
+        {.path = peer_path, .mode = config.socket_mode, .max_connections = config.max_sessions},
+        *daemon->core_);
+    if (!peers.ok()) return peers.status();
+    daemon->peer_socket_ = *std::move(peers);
+  }
+  daemon->core_->SetPeerSocketPath(peer_path);
+  daemon->info_ = daemon->core_->GetServerInfo();
+
   daemon->serving_state_.AttachHealthService(daemon->server_->GetHealthCheckService());
   daemon->health_->Polled(daemon->core_->Health());
 
@@ -142,7 +170,8 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config
       std::make_unique<MaintenanceLoop>(*daemon->core_, *daemon->health_, *daemon->runner_);
 
   spdlog::info(
-      "attnd {} serving: backend={} device='{}' pool memory={} bytes, gRPC on {}{}{}, HTTP on {}",
+      "attnd {} serving: backend={} device='{}' pool memory={} bytes, gRPC on {}{}{}, HTTP on {}, "
+      "peer socket {}",
       daemon->info_.version(), daemon->info_.backend(), daemon->info_.device(),
       daemon->info_.memory_total_bytes(), config.listen,
       listen->is_unix() ? absl::StrFormat(" (mode %04o)", config.socket_mode)
@@ -152,7 +181,8 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config
                    config.token.empty() ? "" : ", bearer token required"),
       daemon->http_ != nullptr
           ? absl::StrCat(config.http_listen, " (port ", daemon->http_->port(), ")")
-          : std::string("(disabled)"));
+          : std::string("(disabled)"),
+      peer_path.empty() ? std::string("(none)") : peer_path);
   return daemon;
 }
 
@@ -170,6 +200,8 @@ bool Daemon::Shutdown(absl::Duration drain) {
   // answers still being written.
   const absl::Time deadline = absl::Now() + drain;
   streams_.CloseAll();
+  // No new peers; the unary sessions of those connected are released with the rest below.
+  if (peer_socket_ != nullptr) peer_socket_->Stop();
   if (runner_ != nullptr && !runner_->in_flight().WaitUntilIdle(deadline)) {
     spdlog::warn("drain deadline passed with {} command(s) still running; cancelling them",
                  runner_->in_flight().count());

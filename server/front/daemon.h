@@ -17,6 +17,8 @@
 #include "server/core/core.h"
 #include "server/front/access_control.h"
 #include "server/front/attnd_service.h"
+#include "server/front/caller_identity.h"
+#include "server/front/peer_socket.h"
 #include "server/front/backend_health.h"
 #include "server/front/command_runner.h"
 #include "server/front/flags.h"
@@ -57,6 +59,10 @@ class Daemon {
   const ListenAddress& listen_address() const { return listen_address_; }
   int http_port() const { return http_ != nullptr ? http_->port() : 0; }
   int grpc_port() const { return grpc_port_; }  // TCP only; 0 for unix sockets
+  // The peer socket's path; empty when there is none (TCP, or --peer_socket='').
+  std::string peer_socket_path() const {
+    return peer_socket_ != nullptr ? peer_socket_->path() : std::string();
+  }
   // The sticky device error after which the process should exit (--exit_on_device_error), once
   // one was seen.
   std::optional<absl::Status> device_error() const { return health_->fatal_error(); }
@@ -76,6 +82,8 @@ class Daemon {
   std::unique_ptr<CommandRunner> runner_;
   std::unique_ptr<BackendHealthMonitor> health_;
   std::unique_ptr<TokenAuthenticator> authenticator_;
+  std::unique_ptr<CallerIdentifier> identifier_;
+  std::unique_ptr<PeerSocketServer> peer_socket_;
   std::unique_ptr<AttndService> service_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<HttpServer> http_;

@@ -95,6 +95,22 @@ ABSL_FLAG(bool, grpc_reflection, false,
           "answers without a token, so it is refused together with --token_file/ATTND_TOKEN. "
           "Env: ATTND_GRPC_REFLECTION.");
 
+ABSL_FLAG(uint32_t, max_session_lease_ms, 600000,
+          "Longest lease a unary session may ask for (OpenSessionRequest.lease_ms is lowered to "
+          "it), so abandoned sessions cannot keep their quota for long. Env: "
+          "ATTND_MAX_SESSION_LEASE_MS.");
+ABSL_FLAG(uint64_t, max_host_bytes, 0,
+          "Host memory the daemon may spend on its clients' bookkeeping (plan page tables, pool "
+          "page bookkeeping, page ledgers) in total; beyond it RESOURCE_EXHAUSTED. 0 = a quarter "
+          "of the machine's physical memory. Env: ATTND_MAX_HOST_BYTES.");
+ABSL_FLAG(uint64_t, max_session_host_bytes, 1ull << 30,
+          "Host memory of that kind one session may use. Env: ATTND_MAX_SESSION_HOST_BYTES.");
+ABSL_FLAG(std::string, peer_socket, "auto",
+          "The peer socket where client processes present their kernel credentials and pass "
+          "shared-memory descriptors (see the wire API's \"Identity\"): auto = the unix --listen "
+          "path + \".peer\" (none with TCP), empty = none, else a path. Its permissions are "
+          "--socket_mode. Env: ATTND_PEER_SOCKET.");
+
 #ifndef ATTND_VERSION
 #define ATTND_VERSION "0.0.0-dev"
 #endif
@@ -108,6 +124,7 @@ const std::vector<std::string>& DaemonFlagNames() {
       "threads", "token_file", "tls_cert", "tls_key", "tls_client_ca",
       "allow_unauthenticated_tcp", "max_sessions", "max_pages_per_session",
       "max_buffers_per_session", "max_plans_per_session", "max_inflight_per_session",
+      "max_session_lease_ms", "max_host_bytes", "max_session_host_bytes", "peer_socket",
       "drain_timeout_ms", "exit_on_device_error", "testonly_device_fault_after_runs",
       "grpc_reflection"};
   return names;
@@ -200,6 +217,16 @@ absl::StatusOr<DaemonConfig> DaemonConfigFromFlags() {
   config.max_buffers_per_session = absl::GetFlag(FLAGS_max_buffers_per_session);
   config.max_plans_per_session = absl::GetFlag(FLAGS_max_plans_per_session);
   config.max_inflight_per_session = absl::GetFlag(FLAGS_max_inflight_per_session);
+  const uint32_t max_lease_ms = absl::GetFlag(FLAGS_max_session_lease_ms);
+  if (max_lease_ms < lease_ms) {
+    return absl::InvalidArgumentError(absl::StrCat("--max_session_lease_ms=", max_lease_ms,
+                                                   " is shorter than --session_lease_ms=",
+                                                   lease_ms));
+  }
+  config.max_session_lease = absl::Milliseconds(max_lease_ms);
+  config.max_host_bytes = absl::GetFlag(FLAGS_max_host_bytes);
+  config.max_session_host_bytes = absl::GetFlag(FLAGS_max_session_host_bytes);
+  config.peer_socket = absl::GetFlag(FLAGS_peer_socket);
   for (const auto& [name, value, minimum] :
        {std::tuple<const char*, int64_t, int64_t>{"max_sessions", config.max_sessions, 1},
         {"max_pages_per_session", config.max_pages_per_session, 0},

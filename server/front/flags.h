@@ -40,6 +40,12 @@ struct DaemonConfig {
   int64_t max_buffers_per_session = 1024;
   int64_t max_plans_per_session = 1 << 16;
   int64_t max_inflight_per_session = 64;
+  absl::Duration max_session_lease = absl::Minutes(10);  // longest lease a client may ask for
+  uint64_t max_host_bytes = 0;                     // 0 = a quarter of physical memory
+  uint64_t max_session_host_bytes = 1ull << 30;
+  // The peer socket (wire API "Identity"): "auto" = the unix --listen path + ".peer" (none for
+  // TCP), "" = none, else a path.
+  std::string peer_socket = "auto";
   // Shutdown and faults.
   absl::Duration drain_timeout = absl::Seconds(10);  // SIGTERM: longest wait for commands
   bool exit_on_device_error = true;  // a sticky device error ends the process (exit code 3)

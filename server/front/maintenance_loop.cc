@@ -1,5 +1,6 @@
 #include "server/front/maintenance_loop.h"
 
+#include <malloc.h>
 #include <spdlog/spdlog.h>
 
 namespace attnd::server::front {
@@ -28,6 +29,17 @@ void MaintenanceLoop::RunOnce() {
   if (expired > 0) spdlog::info("expired {} idle leased session(s)", expired);
   health_.Polled(core_.Health());
   runner_.ReportSuppressedFailures();
+  ReturnFreedHeapMemory();
+}
+
+void MaintenanceLoop::ReturnFreedHeapMemory() {
+  // Large inline messages are assembled from many slices that malloc serves from per-thread
+  // arenas; once freed, glibc keeps those pages mapped (only the main heap's top is trimmed on
+  // its own). After a flood of big requests that is hundreds of MB per daemon, held for ever.
+  // Hand free arena memory back when enough of it accumulated.
+  constexpr size_t kTrimAboveBytes = size_t{32} << 20;
+  const struct mallinfo2 info = mallinfo2();
+  if (info.fordblks > kTrimAboveBytes) malloc_trim(0);
 }
 
 void MaintenanceLoop::Loop() {

@@ -30,6 +30,8 @@ class MaintenanceLoop {
 
  private:
   void Loop();
+  // Gives free heap memory back to the system when much of it has accumulated.
+  static void ReturnFreedHeapMemory();
 
   Core& core_;
   BackendHealthMonitor& health_;

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "server/core/ids.h"
 #include "server/front/status_convert.h"
 
 namespace attnd::server::front {
@@ -29,7 +30,8 @@ class SessionCloser {
     const absl::Status status = runner_.CloseSession(session_id_);
     // NOT_FOUND: already closed, e.g. by Core::CloseAll during shutdown; nothing left to free.
     if (!status.ok() && !absl::IsNotFound(status)) {
-      spdlog::warn("closing stream session '{}' failed: {}", session_id_, status.ToString());
+      spdlog::warn("closing stream session {} failed: {}", SessionLogTag(session_id_),
+                   status.ToString());
     }
   }
   SessionCloser(const SessionCloser&) = delete;
@@ -48,7 +50,6 @@ ReadResult ReadRequest(
   grpc::ByteBuffer buffer;
   if (!stream.Read(&buffer)) return ReadResult::kEnd;
   *bytes = buffer.Length();
-  request->Clear();
   return grpc::SerializationTraits<v1::SessionRequest>::Deserialize(&buffer, request).ok()
              ? ReadResult::kMessage
              : ReadResult::kUnparsable;
@@ -86,7 +87,8 @@ class StreamGauge {
 
 grpc::Status SessionStream::Serve(
     grpc::ServerContext& context,
-    grpc::ServerReaderWriterInterface<grpc::ByteBuffer, grpc::ByteBuffer>& stream) {
+    grpc::ServerReaderWriterInterface<grpc::ByteBuffer, grpc::ByteBuffer>& stream,
+    const Identity& owner) {
   const grpc::Status shutting_down(grpc::StatusCode::UNAVAILABLE, "attnd is shutting down");
   const std::unique_ptr<StreamRegistry::Handle> registration = streams_.Register(&context);
   if (registration == nullptr) return shutting_down;
@@ -116,7 +118,7 @@ grpc::Status SessionStream::Serve(
   }
 
   absl::StatusOr<v1::OpenSessionResponse> opened =
-      runner_.OpenSession(request.open(), SessionBinding::kStream);
+      runner_.OpenSession(request.open(), SessionBinding::kStream, owner);
   if (!opened.ok()) return ToGrpcStatus(opened.status());
   SessionCloser closer(runner_, opened->session_id());
   const std::string session_id = opened->session_id();
@@ -127,10 +129,17 @@ grpc::Status SessionStream::Serve(
   if (!WriteResponse(stream, response)) {
     return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
   }
+  // The first message may have been large (a long client_name): do not keep it for the stream.
+  request = v1::SessionRequest();
+  response = v1::SessionResponse();
   if (!registration->EndCommand()) return shutting_down;
 
-  while (true) {
-    const ReadResult read = ReadRequest(stream, &request, &bytes);
+  // A fresh request and response per command: protobuf's Clear() keeps the capacity of the
+  // inline tensors' strings, so reused messages would hold each stream's largest message (up to
+  // --max_message_bytes, twice) for the stream's lifetime.
+  for (;;) {
+    v1::SessionRequest next;
+    const ReadResult read = ReadRequest(stream, &next, &bytes);
     ++messages;
     if (read == ReadResult::kEnd) break;
     if (read == ReadResult::kUnparsable) {
@@ -139,9 +148,9 @@ grpc::Status SessionStream::Serve(
       return ToGrpcStatus(status);
     }
     if (!registration->BeginCommand()) break;
-    response.Clear();
-    runner_.Dispatch(session_id, request, &response);
-    const bool written = WriteResponse(stream, response);
+    v1::SessionResponse answer;
+    runner_.Dispatch(session_id, next, &answer);
+    const bool written = WriteResponse(stream, answer);
     if (!registration->EndCommand() || !written) break;
   }
   if (registration->closing()) return shutting_down;

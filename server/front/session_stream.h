@@ -34,8 +34,10 @@ class SessionStream {
   // INVALID_ARGUMENT for a message that does not parse, with the core's status when opening
   // fails, UNAVAILABLE when the daemon shuts down (StreamRegistry::CloseAll), else OK (or
   // CANCELLED when the client went away).
+  // `owner`: the identity of the stream's client (owns the session).
   grpc::Status Serve(grpc::ServerContext& context,
-                     grpc::ServerReaderWriterInterface<grpc::ByteBuffer, grpc::ByteBuffer>& stream);
+                     grpc::ServerReaderWriterInterface<grpc::ByteBuffer, grpc::ByteBuffer>& stream,
+                     const Identity& owner = {});
 
  private:
   CommandRunner& runner_;

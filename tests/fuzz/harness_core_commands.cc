@@ -17,7 +17,12 @@ namespace {
 
 namespace v1 = ::attnd::v1;
 using server::Core;
+using server::Identity;
 using server::SessionBinding;
+
+// Every session of the harness has one principal, so fuzzed sessions attach to the shared pool
+// by name as sessions of one user do.
+Identity FuzzOwner() { return Identity{"uid:fuzz", ""}; }
 
 constexpr int64_t kPoolPages = 32;
 constexpr int32_t kKvHeads = 2, kQoHeads = 4, kHeadDim = 64, kPageSize = 4, kLayers = 2;
@@ -27,6 +32,8 @@ struct World {
   std::unique_ptr<server::front::Metrics> metrics;
   std::unique_ptr<server::front::CommandRunner> runner;
   std::string holder;
+  std::string holder_grant;  // the holder's fork grant for the shared pool
+  uint64_t baseline_host_bytes = 0;  // the shared pool's bookkeeping
   std::string pool_id;
 };
 
@@ -51,7 +58,8 @@ World& TheWorld() {
     w->core = *std::move(core);
     w->metrics = std::make_unique<server::front::Metrics>();
     w->runner = std::make_unique<server::front::CommandRunner>(*w->core, *w->metrics);
-    auto holder = w->core->OpenSession(v1::OpenSessionRequest(), SessionBinding::kStream);
+    auto holder = w->core->OpenSession(v1::OpenSessionRequest(), SessionBinding::kStream,
+                                       FuzzOwner());
     Check(holder.ok(), "holder session");
     w->holder = holder->session_id();
     v1::CreatePoolRequest pool;
@@ -65,6 +73,8 @@ World& TheWorld() {
     auto created = w->core->CreatePool(w->holder, pool);
     Check(created.ok(), "shared pool", created.status().ToString());
     w->pool_id = created->pool().pool_id();
+    w->holder_grant = created->pool().fork_grant();
+    w->baseline_host_bytes = w->core->Stats().host_bytes;
     return w;
   }();
   return *world;
@@ -76,7 +86,7 @@ void Substitute(std::string* id, const std::string& real) {
 
 // Ids a fuzzer cannot guess (random) are swapped in for short placeholders.
 void SubstituteIds(v1::SessionRequest& request, const std::string& pool_id,
-                   const std::string& plan_id) {
+                   const std::string& plan_id, const std::string& holder_grant) {
   switch (request.command_case()) {
     case v1::SessionRequest::kDescribePool:
       Substitute(request.mutable_describe_pool()->mutable_pool_id(), pool_id); break;
@@ -87,7 +97,12 @@ void SubstituteIds(v1::SessionRequest& request, const std::string& pool_id,
     case v1::SessionRequest::kFreePages:
       Substitute(request.mutable_free_pages()->mutable_pool_id(), pool_id); break;
     case v1::SessionRequest::kForkPages:
-      Substitute(request.mutable_fork_pages()->mutable_pool_id(), pool_id); break;
+      Substitute(request.mutable_fork_pages()->mutable_pool_id(), pool_id);
+      // A one-character grant stands for the holder's (references given to another session).
+      if (request.fork_pages().target_grant().size() == 1) {
+        *request.mutable_fork_pages()->mutable_target_grant() = holder_grant;
+      }
+      break;
     case v1::SessionRequest::kCreatePlan:
       Substitute(request.mutable_create_plan()->mutable_pool_id(), pool_id); break;
     case v1::SessionRequest::kDeletePlan:
@@ -108,7 +123,7 @@ void RunCoreCommand(const uint8_t* data, size_t size) {
   if (!request.ParseFromArray(data, static_cast<int>(size))) return;
   if (request.command_case() == v1::SessionRequest::kOpen) return;  // the stream's job
 
-  auto opened = w.core->OpenSession(v1::OpenSessionRequest(), SessionBinding::kStream);
+  auto opened = w.core->OpenSession(v1::OpenSessionRequest(), SessionBinding::kStream, FuzzOwner());
   Check(opened.ok(), "open", opened.status().ToString());
   const std::string session = opened->session_id();
   v1::AttachPoolRequest attach;
@@ -130,7 +145,7 @@ void RunCoreCommand(const uint8_t* data, size_t size) {
   auto created = w.core->CreatePlan(session, plan);
   Check(created.ok(), "plan", created.status().ToString());
 
-  SubstituteIds(request, w.pool_id, created->plan_id());
+  SubstituteIds(request, w.pool_id, created->plan_id(), w.holder_grant);
   v1::SessionResponse response;
   w.runner->Dispatch(session, request, &response);
   Check(response.request_id() == request.request_id(), "request_id echoed");
@@ -140,12 +155,22 @@ void RunCoreCommand(const uint8_t* data, size_t size) {
         response.ShortDebugString().substr(0, 400));
 
   Check(w.core->CloseSession(session).ok(), "close");
+  // References the input gave the holder (a fork through its grant) go back.
+  if (response.code() == 0 && request.command_case() == v1::SessionRequest::kForkPages &&
+      request.fork_pages().target_grant() == w.holder_grant) {
+    v1::FreePagesRequest free;
+    free.set_pool_id(w.pool_id);
+    *free.mutable_page_ids() = request.fork_pages().page_ids();
+    Check(w.core->FreePages(w.holder, free).ok(), "holder frees forked references");
+  }
   // Everything the session held is back: pages, plans, buffers, pools it created.
   const server::CoreStats stats = w.core->Stats();
   Check(stats.sessions == 1, "only the holder left", absl::StrCat(stats.sessions));
   Check(stats.plans == 0 && stats.buffers == 0, "no plan or buffer left",
         absl::StrCat(stats.plans, " plans, ", stats.buffers, " buffers"));
   Check(stats.pools.size() == 1, "only the shared pool left", absl::StrCat(stats.pools.size()));
+  Check(stats.host_bytes == w.baseline_host_bytes, "host memory charges returned",
+        absl::StrCat(stats.host_bytes, " bytes charged, ", w.baseline_host_bytes, " at start"));
   Check(stats.pools[0].free_pages == kPoolPages, "every page free after close",
         absl::StrCat(stats.pools[0].free_pages, " of ", kPoolPages,
                      " free; request: ", request.ShortDebugString().substr(0, 400)));

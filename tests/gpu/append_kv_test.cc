@@ -2,10 +2,15 @@
 // of decode (one per request, with and without new_indptr) and prefill/append (many per request)
 // are written into randomly ordered pages of every page size; the whole pool is compared, so a
 // row written to the wrong slot, or a page that should not change, fails. Exact equality.
+// Misaligned k, v, kv data, strides and new_indptr are refused with INVALID_ARGUMENT before any
+// launch, and the pool is then byte-for-byte unchanged.
 //   append_kv_test [--small] [--verbose] [--seed=N]
 #include <cstdio>
+#include <functional>
 #include <string>
 #include <vector>
+
+#include "absl/status/status.h"
 
 #include "absl/strings/str_cat.h"
 #include "attnd/kernels/cpu_reference.h"
@@ -71,6 +76,43 @@ void RunCase(const AppendCase& c, Rng& rng, ResultTable& table) {
   table.Add(name + " pool", Compare(got, cache.values), 0.0);
 }
 
+void MisalignedInputs(Rng& rng, ResultTable& table) {
+  const std::vector<int32_t> kv_len = {9, 30};
+  HostPagedCache cache = MakeRandomPagedCache(rng, kv_len, 16, 2, 64, DType::kFloat16);
+  DevicePagedCache dcache(cache);
+  const std::vector<uint8_t> before = dcache.data.Download();
+  DeviceBuffer dind = DeviceBuffer::From(std::vector<int32_t>{0, 3, 7, 0, 0});  // 3 + 4 new rows
+  DeviceBuffer dk = DeviceBuffer::From(EncodeAs(rng.NormalVector(7 * 2 * 64 + 8), DType::kFloat16));
+  DeviceBuffer dv = DeviceBuffer::From(EncodeAs(rng.NormalVector(7 * 2 * 64 + 8), DType::kFloat16));
+  attnd::kernels::AppendKvParams good;
+  good.kv = dcache.view;
+  good.k = dk.get();
+  good.v = dv.get();
+  good.new_indptr = dind.as<int32_t>();
+  auto plus2 = [](const void* p) { return static_cast<char*>(const_cast<void*>(p)) + 2; };
+  const std::vector<std::pair<std::string, std::function<void(attnd::kernels::AppendKvParams&)>>>
+      bad = {
+          {"k=0x", [&](attnd::kernels::AppendKvParams& p) { p.k = plus2(p.k); }},
+          {"v=0x", [&](attnd::kernels::AppendKvParams& p) { p.v = plus2(p.v); }},
+          {"kv.data=0x", [&](attnd::kernels::AppendKvParams& p) { p.kv.data = plus2(p.kv.data); }},
+          {"kv.page_stride", [&](attnd::kernels::AppendKvParams& p) { p.kv.page_stride += 1; }},
+          {"new_indptr=0x",
+           [&](attnd::kernels::AppendKvParams& p) {
+             p.new_indptr = reinterpret_cast<const int32_t*>(plus2(p.new_indptr));
+           }},
+      };
+  for (const auto& [field, corrupt] : bad) {
+    attnd::kernels::AppendKvParams p = good;
+    corrupt(p);
+    const absl::Status st = kcuda::LaunchAppendKv(p, nullptr);
+    const cudaError_t sync = cudaDeviceSynchronize();
+    const std::string name = "append_kv refuses " + field;
+    AddRefusal(table, name, st, absl::StatusCode::kInvalidArgument, field);
+    table.AddCheck(name + ": pool unchanged, context fine",
+                   dcache.data.Download() == before && sync == cudaSuccess, cudaGetErrorName(sync));
+  }
+}
+
 }  // namespace
 }  // namespace attnd::gpu_test
 
@@ -111,6 +153,7 @@ int main(int argc, char** argv) {
     c.new_len.clear();
     cases.push_back(c);
   }
+  MisalignedInputs(rng, table);
   for (const AppendCase& c : cases) RunCase(c, rng, table);
   table.Print(stdout);
   return table.ExitCode();

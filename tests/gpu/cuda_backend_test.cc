@@ -2,8 +2,13 @@
 // the same calls with the same bytes on both (Allocate, CopyToBackend, Prepare, Attention with
 // k_new/v_new appended first, rope_offsets_host, LSE, MergeStates, CopyToHost) for decode and
 // prefill/append plans; outputs and the KV pool after the append are compared. Many plans
-// created and deleted back to back without synchronisation (PlanReuse). Plus the
-// backend's error paths: out-of-memory -> RESOURCE_EXHAUSTED, bad IPC handles, health.
+// created and deleted back to back without synchronisation (PlanReuse; outputs poisoned, every
+// element checked). Plus the backend's error paths: out-of-memory -> RESOURCE_EXHAUSTED, bad IPC
+// handles, health; misaligned q, o, lse, k_new, v_new and layer data refused with
+// INVALID_ARGUMENT by every kernel's run (decode on CUDA cores and on tensor cores, prefill,
+// append + attention in one Run, AppendKv, MergeStates), with the cache byte-for-byte unchanged,
+// Health() OK and a normal run matching the CPU backend afterwards; non-causal prefill with a
+// window (FlashInfer semantics) against the CPU backend.
 //   cuda_backend_test [--small] [--verbose] [--seed=N]
 #include <spawn.h>
 #include <sys/wait.h>
@@ -14,6 +19,8 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -32,22 +39,52 @@ using attnd::kernels::PlanSpec;
 using attnd::kernels::PosEncoding;
 using attnd::kernels::RunArgs;
 
+// The head_dim of the tests: 128, or the first compiled one of a trimmed build.
+int32_t TestHeadDim() {
+  for (int32_t d : {128, 64, 256}) {
+    if (attnd::kernels::cuda::HeadDimCompiled(d)) return d;
+  }
+  return 0;
+}
+
 // Inputs of one attention step, identical for both backends.
 struct Step {
   AttentionKind kind = AttentionKind::kDecode;
   DType dtype = DType::kFloat16;
   int32_t num_layers = 2, layer = 1;
-  int32_t num_kv_heads = 2, group = 4, head_dim = 128, page_size = 16;
+  int32_t num_kv_heads = 2, group = 4, head_dim = TestHeadDim(), page_size = 16;
   std::vector<int32_t> kv_len, qo_len;
   std::vector<int32_t> indptr, indices, last_page_len, qo_indptr, rope_offsets;
   int32_t num_pages = 0;
   std::vector<uint8_t> pool, q, k_new, v_new;  // raw bytes in dtype
   bool causal = true;
   bool rope = true;
+  int32_t window_left = -1;
+  float soft_cap = 0.f;
 };
 
 struct StepOutput {
+  absl::Status status;  // of the Attention call
   std::vector<uint8_t> o, lse, pool;
+};
+
+// What RunStep spoils on purpose: a pointer 2 bytes past its (16-byte aligned) allocation, an
+// option the kernels refuse, or a layer with fewer pages than the plan uses.
+enum class Bad { kNone, kQ, kO, kLse, kKNew, kVNew, kLayerData, kRopeTheta, kFewPages };
+struct BadCase {
+  Bad bad;
+  const char* what;   // for the row name
+  const char* field;  // must appear in the error message
+};
+constexpr BadCase kBadCases[] = {
+    {Bad::kQ, "q misaligned", "q=0x"},
+    {Bad::kO, "o misaligned", "o=0x"},
+    {Bad::kLse, "lse misaligned", "lse=0x"},
+    {Bad::kKNew, "k_new misaligned", "k=0x"},
+    {Bad::kVNew, "v_new misaligned", "v=0x"},
+    {Bad::kLayerData, "layer data misaligned", "kv.data=0x"},
+    {Bad::kRopeTheta, "rope_theta -1", "rope_theta"},
+    {Bad::kFewPages, "layer with too few pages", "outside the layer"},
 };
 
 template <typename T>
@@ -59,10 +96,12 @@ T Unwrap(absl::StatusOr<T> s, const char* what) {
   return std::move(*s);
 }
 
-Step MakeStep(Rng& rng, AttentionKind kind, DType dtype, int32_t batch, int32_t max_kv) {
+Step MakeStep(Rng& rng, AttentionKind kind, DType dtype, int32_t batch, int32_t max_kv,
+              int32_t group = 4) {
   Step s;
   s.kind = kind;
   s.dtype = dtype;
+  s.group = group;
   for (int32_t b = 0; b < batch; ++b) {
     const int32_t kv = rng.Int(1, max_kv);
     s.kv_len.push_back(kv);
@@ -88,30 +127,11 @@ Step MakeStep(Rng& rng, AttentionKind kind, DType dtype, int32_t batch, int32_t 
   return s;
 }
 
-// Runs the step through the Backend interface only.
-StepOutput RunStep(Backend& be, const Step& s) {
-  auto stream = Unwrap(be.CreateStream(), "CreateStream");
-  const size_t es = ElemSize(s.dtype);
-  auto pool = Unwrap(be.Allocate(s.pool.size()), "Allocate pool");
-  auto q = Unwrap(be.Allocate(s.q.size()), "Allocate q");
-  auto kn = Unwrap(be.Allocate(s.k_new.size()), "Allocate k_new");
-  auto vn = Unwrap(be.Allocate(s.v_new.size()), "Allocate v_new");
-  const int32_t hq = s.num_kv_heads * s.group;
-  const size_t rows = s.qo_indptr.back();
-  auto o = Unwrap(be.Allocate(rows * hq * s.head_dim * es), "Allocate o");
-  auto lse = Unwrap(be.Allocate(rows * hq * sizeof(float)), "Allocate lse");
-  GT_STATUS_CHECK(be.CopyToBackend(pool->data(), s.pool.data(), s.pool.size(), stream.get()));
-  GT_STATUS_CHECK(be.CopyToBackend(q->data(), s.q.data(), s.q.size(), stream.get()));
-  GT_STATUS_CHECK(be.CopyToBackend(kn->data(), s.k_new.data(), s.k_new.size(), stream.get()));
-  GT_STATUS_CHECK(be.CopyToBackend(vn->data(), s.v_new.data(), s.v_new.size(), stream.get()));
-  std::vector<uint8_t> poison_o(rows * hq * s.head_dim * es, 0xFF);
-  std::vector<uint8_t> poison_lse(rows * hq * sizeof(float), 0xFF);
-  GT_STATUS_CHECK(be.CopyToBackend(o->data(), poison_o.data(), poison_o.size(), stream.get()));
-  GT_STATUS_CHECK(be.CopyToBackend(lse->data(), poison_lse.data(), poison_lse.size(), stream.get()));
-
+// The step's page table as a plan, and layer `layer` of a pool of its layers at `pool`.
+PlanSpec SpecOf(const Step& s) {
   PlanSpec spec;
   spec.kind = s.kind;
-  spec.num_qo_heads = hq;
+  spec.num_qo_heads = s.num_kv_heads * s.group;
   spec.num_kv_heads = s.num_kv_heads;
   spec.head_dim = s.head_dim;
   spec.page_size = s.page_size;
@@ -120,8 +140,9 @@ StepOutput RunStep(Backend& be, const Step& s) {
   spec.kv_indices = s.indices;
   spec.kv_last_page_len = s.last_page_len;
   spec.qo_indptr = s.qo_indptr;
-  auto plan = Unwrap(be.Prepare(spec, stream.get()), "Prepare");
-
+  return spec;
+}
+PagedKV LayerOf(const Step& s, void* pool, int32_t layer_index) {
   PagedKV layer;
   layer.dtype = s.dtype;
   layer.num_pages = s.num_pages;
@@ -129,32 +150,73 @@ StepOutput RunStep(Backend& be, const Step& s) {
   layer.num_kv_heads = s.num_kv_heads;
   layer.head_dim = s.head_dim;
   layer.SetNhdStrides();
-  layer.data = static_cast<char*>(pool->data()) + s.layer * layer.page_stride * s.num_pages * es;
+  layer.data = static_cast<char*>(pool) +
+               static_cast<size_t>(layer_index) * layer.page_stride * s.num_pages * ElemSize(s.dtype);
+  return layer;
+}
+
+// Runs the step through the Backend interface only. Every buffer has 16 bytes of slack, so that
+// `bad` can move a pointer 2 bytes past its 16-byte aligned start.
+StepOutput RunStep(Backend& be, const Step& s, Bad bad = Bad::kNone) {
+  auto stream = Unwrap(be.CreateStream(), "CreateStream");
+  const size_t es = ElemSize(s.dtype);
+  constexpr size_t kSlack = 16;
+  auto pool = Unwrap(be.Allocate(s.pool.size() + kSlack), "Allocate pool");
+  auto q = Unwrap(be.Allocate(s.q.size() + kSlack), "Allocate q");
+  auto kn = Unwrap(be.Allocate(s.k_new.size() + kSlack), "Allocate k_new");
+  auto vn = Unwrap(be.Allocate(s.v_new.size() + kSlack), "Allocate v_new");
+  const int32_t hq = s.num_kv_heads * s.group;
+  const size_t rows = s.qo_indptr.back();
+  auto o = Unwrap(be.Allocate(rows * hq * s.head_dim * es + kSlack), "Allocate o");
+  auto lse = Unwrap(be.Allocate(rows * hq * sizeof(float) + kSlack), "Allocate lse");
+  auto at = [&](const std::unique_ptr<BackendMemory>& m, Bad which) {
+    return static_cast<char*>(m->data()) + (bad == which ? 2 : 0);
+  };
+  char* const pool_base = at(pool, Bad::kLayerData);
+  GT_STATUS_CHECK(be.CopyToBackend(pool_base, s.pool.data(), s.pool.size(), stream.get()));
+  GT_STATUS_CHECK(be.CopyToBackend(at(q, Bad::kQ), s.q.data(), s.q.size(), stream.get()));
+  GT_STATUS_CHECK(be.CopyToBackend(at(kn, Bad::kKNew), s.k_new.data(), s.k_new.size(), stream.get()));
+  GT_STATUS_CHECK(be.CopyToBackend(at(vn, Bad::kVNew), s.v_new.data(), s.v_new.size(), stream.get()));
+  std::vector<uint8_t> poison_o(rows * hq * s.head_dim * es, 0xFF);
+  std::vector<uint8_t> poison_lse(rows * hq * sizeof(float), 0xFF);
+  GT_STATUS_CHECK(be.CopyToBackend(at(o, Bad::kO), poison_o.data(), poison_o.size(), stream.get()));
+  GT_STATUS_CHECK(
+      be.CopyToBackend(at(lse, Bad::kLse), poison_lse.data(), poison_lse.size(), stream.get()));
+
+  auto plan = Unwrap(be.Prepare(SpecOf(s), stream.get()), "Prepare");
+  PagedKV layer = LayerOf(s, pool_base, s.layer);
+  if (bad == Bad::kFewPages) layer.num_pages = 1;  // the plan uses more pages
 
   RunArgs args;
   args.plan = plan.get();
   args.layer = layer;
-  args.q = q->data();
-  args.o = o->data();
-  args.lse = static_cast<float*>(lse->data());
+  args.q = at(q, Bad::kQ);
+  args.o = at(o, Bad::kO);
+  args.lse = reinterpret_cast<float*>(at(lse, Bad::kLse));
   args.q_dtype = s.dtype;
-  args.k_new = kn->data();
-  args.v_new = vn->data();
+  args.k_new = at(kn, Bad::kKNew);
+  args.v_new = at(vn, Bad::kVNew);
   args.options.causal = s.causal;
+  args.options.window_left = s.window_left;
+  args.options.logits_soft_cap = s.soft_cap;
   if (s.rope) {
     args.options.pos_encoding = PosEncoding::kRopeLlama;
     args.rope_offsets_host = s.rope_offsets.data();
   }
+  if (bad == Bad::kRopeTheta) {
+    args.options.pos_encoding = PosEncoding::kRopeLlama;
+    args.options.rope_theta = -1.f;
+  }
   args.stream = stream.get();
-  GT_STATUS_CHECK(be.Attention(args));
-
   StepOutput out;
+  out.status = be.Attention(args);
+
   out.o.resize(poison_o.size());
   out.lse.resize(poison_lse.size());
   out.pool.resize(s.pool.size());
-  GT_STATUS_CHECK(be.CopyToHost(out.o.data(), o->data(), out.o.size(), stream.get()));
-  GT_STATUS_CHECK(be.CopyToHost(out.lse.data(), lse->data(), out.lse.size(), stream.get()));
-  GT_STATUS_CHECK(be.CopyToHost(out.pool.data(), pool->data(), out.pool.size(), stream.get()));
+  GT_STATUS_CHECK(be.CopyToHost(out.o.data(), at(o, Bad::kO), out.o.size(), stream.get()));
+  GT_STATUS_CHECK(be.CopyToHost(out.lse.data(), at(lse, Bad::kLse), out.lse.size(), stream.get()));
+  GT_STATUS_CHECK(be.CopyToHost(out.pool.data(), pool_base, out.pool.size(), stream.get()));
   GT_STATUS_CHECK(be.Synchronize(stream.get()));
   return out;
 }
@@ -163,6 +225,10 @@ void CompareStep(const std::string& name, const Step& s, Backend& cuda, Backend&
                  ResultTable& table) {
   StepOutput g = RunStep(cuda, s);
   StepOutput r = RunStep(cpu, s);
+  if (!table.AddCheck(name + " runs on both backends", g.status.ok() && r.status.ok(),
+                      absl::StrCat(g.status.ToString(), " / ", r.status.ToString()))) {
+    return;
+  }
   std::vector<uint8_t> unw = UnwrittenMask(g.o, s.dtype);
   // The CPU backend rounds o to the dtype too: allow the reference's own rounding twice.
   table.Add(name + " o", Compare(DecodeFrom(g.o, s.dtype), DecodeFrom(r.o, s.dtype), &unw),
@@ -196,18 +262,15 @@ std::vector<std::vector<uint8_t>> RunReuseCases(Backend& be, const Step& base,
   std::vector<std::unique_ptr<BackendMemory>> qs, os;
   for (const ReuseCase& c : cases) {
     qs.push_back(Unwrap(be.Allocate(c.q.size()), "Allocate q"));
-    os.push_back(Unwrap(be.Allocate(c.spec.qo_tokens() * hq * base.head_dim * es), "Allocate o"));
+    const size_t o_bytes = c.spec.qo_tokens() * hq * base.head_dim * es;
+    os.push_back(Unwrap(be.Allocate(o_bytes), "Allocate o"));
     GT_STATUS_CHECK(be.CopyToBackend(qs.back()->data(), c.q.data(), c.q.size(), stream.get()));
+    // Poisoned (0xFF, NaN) before the run: an element the run does not write never passes.
+    const std::vector<uint8_t> poison(o_bytes, 0xFF);
+    GT_STATUS_CHECK(be.CopyToBackend(os.back()->data(), poison.data(), o_bytes, stream.get()));
   }
   GT_STATUS_CHECK(be.Synchronize(stream.get()));
-  PagedKV layer;
-  layer.dtype = base.dtype;
-  layer.num_pages = base.num_pages;
-  layer.page_size = base.page_size;
-  layer.num_kv_heads = base.num_kv_heads;
-  layer.head_dim = base.head_dim;
-  layer.SetNhdStrides();
-  layer.data = static_cast<char*>(pool->data()) + base.layer * layer.page_stride * base.num_pages * es;
+  const PagedKV layer = LayerOf(base, pool->data(), base.layer);
   for (size_t i = 0; i < cases.size(); ++i) {
     auto plan = Unwrap(be.Prepare(cases[i].spec, stream.get()), "Prepare (reuse)");
     RunArgs args;
@@ -280,6 +343,7 @@ void PlanReuse(Backend& cuda, Backend& cpu, Rng& rng, ResultTable& table, bool s
   std::vector<std::vector<uint8_t>> g = RunReuseCases(cuda, base, cases);
   std::vector<std::vector<uint8_t>> r = RunReuseCases(cpu, base, cases);
   for (size_t i = 0; i < cases.size(); ++i) {
+    // Every element written: the poison is NaN, which Compare counts (nan, unwritten) as a fail.
     std::vector<uint8_t> unw = UnwrittenMask(g[i], base.dtype);
     table.Add(names[i], Compare(DecodeFrom(g[i], base.dtype), DecodeFrom(r[i], base.dtype), &unw),
               2 * DefaultTolerance(base.dtype));
@@ -289,7 +353,8 @@ void PlanReuse(Backend& cuda, Backend& cpu, Rng& rng, ResultTable& table, bool s
 void ErrorPaths(Backend& cuda, ResultTable& table) {
   const auto& info = cuda.info();
   table.AddCheck("info", info.name == "cuda" && !info.head_dims.empty() &&
-                             info.memory_total_bytes > 0 && info.cuda_ipc,
+                             info.memory_total_bytes > 0 && info.cuda_ipc &&
+                             info.tensor_alignment_bytes == 16,
                  absl::StrCat(info.name, " / ", info.device, " / ", info.memory_total_bytes,
                               " bytes / ", info.head_dims.size(), " head dims"));
   auto huge = cuda.Allocate(size_t{1} << 50);
@@ -342,6 +407,77 @@ void MergeThroughBackend(Backend& cuda, Backend& cpu, Rng& rng, ResultTable& tab
             Compare(DecodeFrom(outs[0], DType::kFloat16), DecodeFrom(outs[1], DType::kFloat16),
                     &unw),
             2 * DefaultTolerance(DType::kFloat16));
+}
+
+// Every kernel refuses what would fault it, before anything is written: for decode on CUDA cores
+// (GQA 1), decode on tensor cores (GQA 4) and prefill/append, each bad input of kBadCases is
+// refused (INVALID_ARGUMENT naming the field), the cache is byte-for-byte what it was, o is still
+// poisoned, the backend is healthy; then the same step runs and matches the CPU backend.
+void RefusedRunsChangeNothing(Backend& cuda, Backend& cpu, Rng& rng, ResultTable& table) {
+  struct Kernel {
+    const char* name;
+    AttentionKind kind;
+    int32_t group;
+  };
+  for (const Kernel& k : {Kernel{"decode cuda-cores", AttentionKind::kDecode, 1},
+                          Kernel{"decode tensor-cores", AttentionKind::kDecode, 4},
+                          Kernel{"prefill/append", AttentionKind::kPrefill, 4}}) {
+    if (k.kind == AttentionKind::kDecode && k.group == 4 && TestHeadDim() > 128) {
+      table.AddSkip(k.name, "no tensor-core decode for head_dim > 128 (trimmed build)");
+      continue;
+    }
+    const Step s = MakeStep(rng, k.kind, DType::kBFloat16, 3, 70, k.group);
+    for (const BadCase& b : kBadCases) {
+      const StepOutput r = RunStep(cuda, s, b.bad);
+      const std::string name = absl::StrCat(k.name, ": ", b.what, " (k_new/v_new given)");
+      AddRefusal(table, name + " -> INVALID_ARGUMENT", r.status,
+                 absl::StatusCode::kInvalidArgument, b.field);
+      bool o_untouched = true;
+      for (uint8_t x : r.o) o_untouched = o_untouched && x == 0xFF;
+      const absl::Status health = cuda.Health();
+      table.AddCheck(name + ": cache unchanged, o untouched, healthy",
+                     r.pool == s.pool && o_untouched && health.ok(),
+                     absl::StrCat(r.pool == s.pool ? "cache same" : "CACHE CHANGED", ", ",
+                                  o_untouched ? "o poisoned" : "O WRITTEN", ", ",
+                                  health.ToString()));
+    }
+    CompareStep(absl::StrCat(k.name, " after the refusals"), s, cuda, cpu, table);
+  }
+
+  // AppendKv and MergeStates through the backend.
+  const Step s = MakeStep(rng, AttentionKind::kPrefill, DType::kFloat16, 2, 40);
+  auto pool = Unwrap(cuda.Allocate(s.pool.size()), "Allocate");
+  auto kn = Unwrap(cuda.Allocate(s.k_new.size() + 16), "Allocate");
+  GT_STATUS_CHECK(cuda.CopyToBackend(pool->data(), s.pool.data(), s.pool.size(), nullptr));
+  GT_STATUS_CHECK(cuda.CopyToBackend(kn->data(), s.k_new.data(), s.k_new.size(), nullptr));
+  auto plan = Unwrap(cuda.Prepare(SpecOf(s), nullptr), "Prepare");
+  const PagedKV layer = LayerOf(s, pool->data(), /*layer=*/0);
+  char* k = static_cast<char*>(kn->data());
+  for (const auto& [what, kp, vp, field] :
+       {std::tuple{"k", k + 2, k, "k=0x"}, std::tuple{"v", k, k + 2, "v=0x"}}) {
+    const absl::Status st = cuda.AppendKv(*plan, layer, kp, vp, nullptr);
+    std::vector<uint8_t> after(s.pool.size());
+    GT_STATUS_CHECK(cuda.CopyToHost(after.data(), pool->data(), after.size(), nullptr));
+    GT_STATUS_CHECK(cuda.Synchronize(nullptr));
+    const std::string name = absl::StrCat("AppendKv: ", what, " misaligned");
+    AddRefusal(table, name + " -> INVALID_ARGUMENT", st, absl::StatusCode::kInvalidArgument,
+               field);
+    table.AddCheck(name + ": cache unchanged, healthy", after == s.pool && cuda.Health().ok(),
+                   std::string(cuda.Health().ToString()));
+  }
+  attnd::kernels::MergeStatesParams m;
+  m.v_in = k + 2;
+  m.s_in = reinterpret_cast<const float*>(pool->data());
+  m.v_out = pool->data();
+  m.dtype = DType::kFloat16;
+  m.num_rows = 1;
+  m.num_states = 1;
+  m.num_heads = 1;
+  m.head_dim = 64;
+  AddRefusal(table, "MergeStates: v_in misaligned -> INVALID_ARGUMENT", cuda.MergeStates(m, nullptr),
+             absl::StatusCode::kInvalidArgument, "v_in=0x");
+  table.AddCheck("healthy after the refusals", cuda.Health().ok(),
+                 std::string(cuda.Health().ToString()));
 }
 
 // Runs this executable again with `mode` and `extra` arguments; returns its exit code.
@@ -426,22 +562,25 @@ void IpcTwoProcesses(Backend& cuda, ResultTable& table) {
 }
 
 // ---- sticky errors -----------------------------------------------------------------------------
-// In a child process (the context is unusable afterwards): a decode whose page table points far
-// outside the layer's memory faults (illegal address); Synchronize must fail, Health() must turn
-// INTERNAL and stay so, and later calls must fail instead of touching the device.
+// In a child process (the context is unusable afterwards): a decode over a layer that claims far
+// more pages than its memory holds (the backend checks page ids against the layer's num_pages,
+// not against the allocation behind it: that is the caller's contract) faults with an illegal
+// address; Synchronize must fail, Health() must turn INTERNAL and stay so, and later calls must
+// fail instead of touching the device. (cuda_fault_test covers InjectDeviceFaultForTesting.)
 int StickyChild() {
   auto cuda = attnd::kernels::CreateCudaBackend({});
   if (!cuda.ok()) return 10;
   Backend& be = **cuda;
   if (!be.Health().ok()) return 11;
   auto layer_mem = Unwrap(be.Allocate(1 << 20), "Allocate");
-  auto q = Unwrap(be.Allocate(32 * 128 * 2), "Allocate");
-  auto o = Unwrap(be.Allocate(32 * 128 * 2), "Allocate");
+  const int32_t hd = TestHeadDim();
+  auto q = Unwrap(be.Allocate(32 * hd * 2), "Allocate");
+  auto o = Unwrap(be.Allocate(32 * hd * 2), "Allocate");
   PlanSpec spec;
   spec.kind = AttentionKind::kDecode;
   spec.num_qo_heads = 32;
   spec.num_kv_heads = 8;
-  spec.head_dim = 128;
+  spec.head_dim = hd;
   spec.page_size = 16;
   spec.kv_indptr = {0, 1};
   spec.kv_indices = {200000000};  // ~6.5 TB past the layer: not mapped
@@ -451,10 +590,10 @@ int StickyChild() {
   RunArgs args;
   args.plan = plan.get();
   args.layer.dtype = DType::kFloat16;
-  args.layer.num_pages = 1;
+  args.layer.num_pages = 200000001;  // a lie: the memory holds 1 MiB
   args.layer.page_size = 16;
   args.layer.num_kv_heads = 8;
-  args.layer.head_dim = 128;
+  args.layer.head_dim = hd;
   args.layer.SetNhdStrides();
   args.layer.data = layer_mem->data();
   args.q = q->data();
@@ -488,7 +627,12 @@ int main(int argc, char** argv) {
   table.set_verbose(flags.verbose);
   auto cuda = Unwrap(attnd::kernels::CreateCudaBackend({}), "CreateCudaBackend");
   auto cpu = Unwrap(attnd::kernels::CreateCpuBackend({}), "CreateCpuBackend");
-  std::printf("cuda backend: %s\n", cuda->info().device.c_str());
+  std::printf("cuda backend: %s, steps at head_dim %d\n", cuda->info().device.c_str(),
+              TestHeadDim());
+  if (TestHeadDim() != 128) {
+    table.AddSkip("the steps at head_dim 128", "head_dim 128 not built; they run at head_dim " +
+                                                   std::to_string(TestHeadDim()));
+  }
 
   ErrorPaths(*cuda, table);
   IpcTwoProcesses(*cuda, table);
@@ -505,7 +649,19 @@ int main(int argc, char** argv) {
       Step pre = MakeStep(rng, AttentionKind::kPrefill, dt, 4, 700);
       CompareStep(absl::StrCat("prefill ", dn, " causal rope"), pre, *cuda, *cpu, table);
     }
+    // FlashInfer's window: window_left bounds from below only; non-causal rows also see the
+    // keys after their position.
+    Step win = MakeStep(rng, AttentionKind::kPrefill, dt, 3, flags.small ? 60 : 500);
+    win.causal = false;
+    win.window_left = 17;
+    win.soft_cap = 20.f;
+    CompareStep(absl::StrCat("prefill ", dn, " non-causal window 17 cap"), win, *cuda, *cpu,
+                table);
+    Step dwin = MakeStep(rng, AttentionKind::kDecode, dt, 4, flags.small ? 60 : 900);
+    dwin.window_left = 33;
+    CompareStep(absl::StrCat("decode ", dn, " window 33"), dwin, *cuda, *cpu, table);
   }
+  RefusedRunsChangeNothing(*cuda, *cpu, rng, table);
   MergeThroughBackend(*cuda, *cpu, rng, table);
   PlanReuse(*cuda, *cpu, rng, table, flags.small);
   if (!flags.small) {  // (a deliberate fault: not under compute-sanitizer)

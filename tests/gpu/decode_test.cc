@@ -2,9 +2,13 @@
 // (attnd::kernels::cpu::PagedAttention) over awkward sizes: kv_len 1..33000, page sizes 1/16/64,
 // GQA 1/3/4/8/16, batch 1..256, head_dim 64/128/256, fp16/bf16, RoPE (with offsets), soft cap,
 // sliding window, custom sm_scale, LSE, forced and automatic split-KV. Pages are in random order,
-// outputs are poisoned (NaN) before each run; NaN or unwritten elements never pass.
+// outputs are poisoned (NaN) before each run; NaN or unwritten elements never pass. Both kernels
+// (CUDA cores, tensor cores) refuse misaligned q, o, lse, kv data, strides and rope offsets with
+// INVALID_ARGUMENT before launching anything (o stays poisoned, the context stays usable).
+// A head_dim trimmed from the build is a SKIP row; UNIMPLEMENTED for a built one is a FAIL.
 //   decode_test [--small] [--verbose] [--seed=N]
 #include <cstdio>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -96,10 +100,7 @@ void RunCase(const DecodeCase& c, Rng& rng, ResultTable& table) {
   sched.allow_split = c.allow_split;
   sched.kernel = c.kernel;
   auto work = kcuda::PrepareDecode(c.kv_len, hq, c.num_kv_heads, d, c.page_size, sched, nullptr);
-  if (work.status().code() == absl::StatusCode::kUnimplemented) {  // trimmed ATTND_CUDA_HEAD_DIMS
-    table.AddCheck(Describe(c) + " skipped", true, std::string(work.status().message()));
-    return;
-  }
+  if (SkipIfNotBuilt(table, Describe(c), work.status(), d)) return;
   GT_STATUS_CHECK(work.status());
   const auto info = kcuda::GetDecodeScheduleInfo(**work);
 
@@ -153,6 +154,76 @@ AttentionOptions Rope(float theta = 1e4f, float scale = 1.f) {
   o.rope_theta = theta;
   o.rope_scale = scale;
   return o;
+}
+
+// Misaligned pointers (2 bytes past a 16-byte aligned allocation) and strides that break the
+// 16-byte vectors: refused by both kernels before any launch; then the same case runs normally.
+void MisalignedInputs(Rng& rng, ResultTable& table, kcuda::DecodeScheduleOptions::Kernel kernel) {
+  const int32_t d = kcuda::HeadDimCompiled(128) ? 128 : kcuda::HeadDimCompiled(64) ? 64 : 0;
+  const char* kname =
+      kernel == kcuda::DecodeScheduleOptions::Kernel::kTensorCores ? "tc" : "cc";
+  if (d == 0) {
+    table.AddSkip(absl::StrCat("misaligned decode inputs (", kname, ")"),
+                  "head_dims 64 and 128 not built");
+    return;
+  }
+  DecodeCase c;
+  c.kv_len = {5, 40};
+  c.group = 4;
+  c.head_dim = d;
+  c.kernel = kernel;
+  c.options = AttentionOptions();
+  c.options.pos_encoding = PosEncoding::kRopeLlama;
+  c.rope_offsets = true;
+  const int32_t batch = 2, hq = c.num_kv_heads * c.group;
+  HostPagedCache cache = MakeRandomPagedCache(rng, c.kv_len, c.page_size, c.num_kv_heads, d,
+                                              c.dtype);
+  DevicePagedCache dcache(cache);
+  const size_t q_bytes = static_cast<size_t>(batch) * hq * d * 2;
+  DeviceBuffer dq = DeviceBuffer::From(EncodeAs(rng.NormalVector(batch * hq * d + 8), c.dtype));
+  DeviceBuffer dout(q_bytes + 16), dlse(batch * hq * 4 + 16), doff(4 * batch + 16);
+  GT_CUDA_CHECK(cudaMemset(doff.get(), 0, doff.bytes()));
+  kcuda::DecodeScheduleOptions sched;
+  sched.kernel = kernel;
+  auto work = kcuda::PrepareDecode(c.kv_len, hq, c.num_kv_heads, d, c.page_size, sched, nullptr);
+  GT_STATUS_CHECK(work.status());
+  PagedAttentionParams good;
+  good.kv = dcache.view;
+  good.qo.q = dq.get();
+  good.qo.o = dout.get();
+  good.qo.lse = dlse.as<float>();
+  good.qo.q_dtype = c.dtype;
+  good.qo.num_qo_heads = hq;
+  good.qo.batch_size = batch;
+  good.options = c.options;
+  good.options.rope_offsets = doff.as<int32_t>();
+  auto plus2 = [](const void* p) { return static_cast<char*>(const_cast<void*>(p)) + 2; };
+  const std::vector<std::pair<std::string, std::function<void(PagedAttentionParams&)>>> bad = {
+      {"q=0x", [&](PagedAttentionParams& p) { p.qo.q = plus2(p.qo.q); }},
+      {"o=0x", [&](PagedAttentionParams& p) { p.qo.o = plus2(p.qo.o); }},
+      {"lse=0x", [&](PagedAttentionParams& p) { p.qo.lse = reinterpret_cast<float*>(plus2(p.qo.lse)); }},
+      {"kv.data=0x", [&](PagedAttentionParams& p) { p.kv.data = plus2(p.kv.data); }},
+      {"kv.token_stride", [&](PagedAttentionParams& p) { p.kv.token_stride += 1; }},
+      {"kv.head_stride", [&](PagedAttentionParams& p) { p.kv.head_stride += 4; }},
+      {"rope_offsets=0x", [&](PagedAttentionParams& p) {
+         p.options.rope_offsets = reinterpret_cast<const int32_t*>(plus2(p.options.rope_offsets));
+       }},
+  };
+  for (const auto& [field, corrupt] : bad) {
+    PagedAttentionParams p = good;
+    corrupt(p);
+    dout.Poison();
+    const absl::Status st = kcuda::RunPagedDecode(**work, p, nullptr);
+    const cudaError_t sync = cudaDeviceSynchronize();
+    const std::vector<uint8_t> o = dout.Download();
+    bool untouched = true;
+    for (uint8_t x : o) untouched = untouched && x == 0xFF;
+    const std::string name = absl::StrCat("decode ", kname, " D", d, " refuses ", field);
+    AddRefusal(table, name, st, absl::StatusCode::kInvalidArgument, field);
+    table.AddCheck(name + ": nothing launched, context fine", untouched && sync == cudaSuccess,
+                   cudaGetErrorName(sync));
+  }
+  RunCase(c, rng, table);  // the same case, aligned: matches the CPU reference
 }
 
 std::vector<DecodeCase> SmallCases() {
@@ -289,6 +360,8 @@ int main(int argc, char** argv) {
   table.set_verbose(flags.verbose);
   std::vector<DecodeCase> cases = flags.small ? SmallCases() : FullCases(rng);
   using Kernel = attnd::kernels::cuda::DecodeScheduleOptions::Kernel;
+  MisalignedInputs(rng, table, Kernel::kCudaCores);
+  MisalignedInputs(rng, table, Kernel::kTensorCores);
   for (const DecodeCase& c : cases) {
     RunCase(c, rng, table);
     // Both kernels on every case small enough: the automatic choice above, and the other one

@@ -1,10 +1,12 @@
 // Shared harness of the GPU tests (tests/gpu/*_test.cu): device RAII buffers, random fills,
-// output poisoning, error metrics and a PASS/FAIL table.
+// output poisoning, error metrics and a PASS/FAIL/SKIP table.
 //
 // Method (see tests/gpu/README in run_all.sh): every output buffer is filled with 0xFF bytes
 // before the kernel runs; 0xFFFF (fp16/bf16) and 0xFFFFFFFF (fp32) are NaN bit patterns, so an
 // element the kernel never wrote is both "unwritten" and NaN and can never pass. Results are
 // compared with the CPU reference by relative L2 error ||got - ref|| / ||ref|| in float64.
+// A case whose head_dim the build trimmed (ATTND_CUDA_HEAD_DIMS) is a SKIP line, counted in the
+// SUMMARY ("skipped N"); UNIMPLEMENTED for a head_dim that is compiled is a FAIL.
 //
 // Header-only, host code only (usable from .cu and .cc test files). Tests are programs, not
 // request paths: a failing CUDA call prints where and exits with status 2.
@@ -25,6 +27,8 @@
 #include <string_view>
 #include <vector>
 
+#include "absl/status/status.h"
+#include "attnd/kernels/cuda_launch.h"
 #include "attnd/kernels/types.h"
 
 namespace attnd::gpu_test {
@@ -301,6 +305,23 @@ struct DevicePagedCache {
   }
 };
 
+// Ragged K/V of dense rows [tokens][num_kv_heads][head_dim] (k and v in separate buffers).
+inline attnd::kernels::RaggedKV DenseRaggedKv(const void* k, const void* v, DType dtype,
+                                              int32_t num_kv_heads, int32_t head_dim,
+                                              int32_t batch, const int32_t* indptr) {
+  attnd::kernels::RaggedKV kv;
+  kv.k = k;
+  kv.v = v;
+  kv.dtype = dtype;
+  kv.num_kv_heads = num_kv_heads;
+  kv.head_dim = head_dim;
+  kv.stride_n = static_cast<int64_t>(num_kv_heads) * head_dim;
+  kv.stride_h = head_dim;
+  kv.batch_size = batch;
+  kv.indptr = indptr;
+  return kv;
+}
+
 // ---- comparison ------------------------------------------------------------------------------
 struct Comparison {
   double rel_l2 = 0;     // ||got - ref||_2 / max(||ref||_2, tiny), over finite reference values
@@ -377,6 +398,20 @@ class ResultTable {
     if (verbose_ || !pass) PrintRow(stdout, rows_.back());
     return pass;
   }
+  // Records a measured error against its bound: passes when value is finite and <= bound.
+  bool AddBound(const std::string& name, double value, double bound, const std::string& detail) {
+    const bool pass = std::isfinite(value) && value <= bound;
+    char buf[96];
+    std::snprintf(buf, sizeof(buf), "%.3e (bound %.1e) ", value, bound);
+    return AddCheck(name, pass, buf + detail);
+  }
+  // Records a case that did not run (a head_dim trimmed from the build). Printed always.
+  void AddSkip(const std::string& name, const std::string& reason) {
+    ++skipped_;
+    std::printf("SKIP   %-64s %s\n", name.c_str(), reason.c_str());
+    skip_rows_.push_back(name + ": " + reason);
+  }
+  int skipped() const { return skipped_; }
 
   void set_verbose(bool v) { verbose_ = v; }
   int failures() const { return failures_; }
@@ -391,8 +426,14 @@ class ResultTable {
       if (only_failures && r.pass) continue;
       PrintRow(f, r);
     }
-    std::fprintf(f, "SUMMARY %s %s (%zu checks, %d failed)\n", suite_.c_str(),
-                 failures_ == 0 ? "PASS" : "FAIL", rows_.size(), failures_);
+    for (const auto& r : skip_rows_) std::fprintf(f, "SKIP   %s\n", r.c_str());
+    if (skipped_ > 0) {
+      std::fprintf(f, "SUMMARY %s %s (%zu checks, %d failed, skipped %d)\n", suite_.c_str(),
+                   failures_ == 0 ? "PASS" : "FAIL", rows_.size(), failures_, skipped_);
+    } else {
+      std::fprintf(f, "SUMMARY %s %s (%zu checks, %d failed)\n", suite_.c_str(),
+                   failures_ == 0 ? "PASS" : "FAIL", rows_.size(), failures_);
+    }
   }
   int ExitCode() const { return failures_ == 0 ? 0 : 1; }
 
@@ -415,9 +456,58 @@ class ResultTable {
   }
   std::string suite_;
   std::vector<Row> rows_;
+  std::vector<std::string> skip_rows_;
   int failures_ = 0;
+  int skipped_ = 0;
   bool verbose_ = false;
 };
+
+// After a call that may fail for a head_dim the build trimmed: returns true when the case is to
+// be skipped (UNIMPLEMENTED and head_dim not compiled: a SKIP row) and records a FAIL when it
+// says UNIMPLEMENTED although head_dim is compiled (a full build skips nothing).
+inline bool SkipIfNotBuilt(ResultTable& table, const std::string& name, const absl::Status& s,
+                           int32_t head_dim) {
+  if (s.code() != absl::StatusCode::kUnimplemented) return false;
+  if (!attnd::kernels::cuda::HeadDimCompiled(head_dim)) {
+    table.AddSkip(name, "head_dim " + std::to_string(head_dim) + " not built");
+  } else {
+    table.AddCheck(name + " (UNIMPLEMENTED although head_dim is built)", false,
+                   std::string(s.ToString()));
+  }
+  return true;
+}
+
+// An expected refusal: the status has `code` and its message contains `field` (the name of the
+// offending parameter).
+inline bool AddRefusal(ResultTable& table, const std::string& name, const absl::Status& s,
+                       absl::StatusCode code, const std::string& field) {
+  const bool pass =
+      s.code() == code && std::string(s.message()).find(field) != std::string::npos;
+  return table.AddCheck(name, pass, std::string(s.ToString()));
+}
+
+// The element-wise view of an error: max |got - ref| / max(|ref|, floor) and max |got - ref| over
+// elements with a finite reference (NaN in got, or an inf mismatch, makes it infinite).
+struct MaxError {
+  double rel = 0;
+  double abs = 0;
+};
+inline MaxError MaxElementError(const std::vector<float>& got, const std::vector<double>& ref,
+                                double floor) {
+  MaxError e;
+  if (got.size() != ref.size() || got.empty()) return {INFINITY, INFINITY};
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (std::isnan(got[i])) return {INFINITY, INFINITY};
+    if (std::isinf(ref[i]) || std::isinf(got[i])) {
+      if (static_cast<double>(got[i]) != ref[i]) return {INFINITY, INFINITY};
+      continue;
+    }
+    const double d = std::fabs(static_cast<double>(got[i]) - ref[i]);
+    e.abs = std::max(e.abs, d);
+    e.rel = std::max(e.rel, d / std::max(std::fabs(ref[i]), floor));
+  }
+  return e;
+}
 
 // ---- command line ----------------------------------------------------------------------------
 // Flags every GPU test understands: --small (a few tiny cases, for compute-sanitizer),

@@ -1,11 +1,15 @@
 // GPU test of merge_states (LaunchMergeStates) against the CPU reference (cpu::MergeStates):
 // random states with some empty (-inf) ones and rows where every state is empty (o = 0,
 // lse = -inf expected), fp32/fp16/bf16, several head dims and state counts, s_out null or not.
+// Misaligned v_in, s_in, v_out and s_out are refused with INVALID_ARGUMENT before any launch.
 //   merge_states_test [--small] [--verbose] [--seed=N]
 #include <cmath>
 #include <cstdio>
+#include <functional>
 #include <string>
 #include <vector>
+
+#include "absl/status/status.h"
 
 #include "absl/strings/str_cat.h"
 #include "attnd/kernels/cpu_reference.h"
@@ -74,6 +78,45 @@ void RunCase(int32_t rows, int32_t states, int32_t heads, int32_t dim, DType dt,
   }
 }
 
+void MisalignedInputs(Rng& rng, ResultTable& table) {
+  const int32_t rows = 3, states = 2, heads = 4, dim = 64;
+  DeviceBuffer dv = DeviceBuffer::From(
+      EncodeAs(rng.NormalVector(rows * states * heads * dim + 8), DType::kBFloat16));
+  DeviceBuffer ds = DeviceBuffer::From(rng.NormalVector(rows * states * heads + 4));
+  DeviceBuffer dout(rows * heads * dim * 2 + 16), dsout(rows * heads * 4 + 16);
+  attnd::kernels::MergeStatesParams good;
+  good.v_in = dv.get();
+  good.s_in = ds.as<float>();
+  good.v_out = dout.get();
+  good.s_out = dsout.as<float>();
+  good.dtype = DType::kBFloat16;
+  good.num_rows = rows;
+  good.num_states = states;
+  good.num_heads = heads;
+  good.head_dim = dim;
+  auto plus2 = [](const void* p) { return static_cast<char*>(const_cast<void*>(p)) + 2; };
+  using P = attnd::kernels::MergeStatesParams;
+  const std::vector<std::pair<std::string, std::function<void(P&)>>> bad = {
+      {"v_in=0x", [&](P& p) { p.v_in = plus2(p.v_in); }},
+      {"s_in=0x", [&](P& p) { p.s_in = reinterpret_cast<const float*>(plus2(p.s_in)); }},
+      {"v_out=0x", [&](P& p) { p.v_out = plus2(p.v_out); }},
+      {"s_out=0x", [&](P& p) { p.s_out = reinterpret_cast<float*>(plus2(p.s_out)); }},
+  };
+  for (const auto& [field, corrupt] : bad) {
+    P p = good;
+    corrupt(p);
+    dout.Poison();
+    const absl::Status st = kcuda::LaunchMergeStates(p, nullptr);
+    const cudaError_t sync = cudaDeviceSynchronize();
+    bool untouched = true;
+    for (uint8_t x : dout.Download()) untouched = untouched && x == 0xFF;
+    const std::string name = "merge_states refuses " + field;
+    AddRefusal(table, name, st, absl::StatusCode::kInvalidArgument, field);
+    table.AddCheck(name + ": nothing launched, context fine", untouched && sync == cudaSuccess,
+                   cudaGetErrorName(sync));
+  }
+}
+
 }  // namespace
 }  // namespace attnd::gpu_test
 
@@ -84,6 +127,7 @@ int main(int argc, char** argv) {
   Rng rng(flags.seed);
   ResultTable table("merge_states_test");
   table.set_verbose(flags.verbose);
+  MisalignedInputs(rng, table);
   for (DType dt : {DType::kFloat32, DType::kFloat16, DType::kBFloat16}) {
     for (int32_t dim : {64, 128, 256, 100}) {
       for (int32_t states : {1, 2, 7}) {

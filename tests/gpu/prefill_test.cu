@@ -10,7 +10,11 @@
 // reference as a one-row request over the first p+1 keys (same result for a causal row).
 //
 // Also reruns the smaller head_dim 128 cases with each tile variant (ATTND_PREFILL_TILE=default,
-// wide, wide3, wide64).
+// wide, wide3, wide64). Misaligned q, o, lse, K/V pointers and strides are refused with
+// INVALID_ARGUMENT before any launch (o stays poisoned, the context stays usable). Windows follow
+// FlashInfer: window_left bounds only from below; the upper bound is the causal mask or, without
+// it, the end of the sequence (non-causal + window cases, paged and ragged). A head_dim trimmed
+// from the build is a SKIP row; UNIMPLEMENTED for a built one is a FAIL.
 // Usage: prefill_test [--small] [--verbose] [--seed=N]     (exit status 0 = all passed)
 #include <cuda_runtime.h>
 
@@ -19,8 +23,11 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <string>
 #include <vector>
+
+#include "absl/status/status.h"
 
 #include "attnd/kernels/cpu_reference.h"
 #include "attnd/kernels/cuda_prefill.h"
@@ -184,6 +191,7 @@ void RunCase(const Case& c, gt::Rng& rng, gt::ResultTable& table) {
   dopt.rope_offsets = d_rope.as<int32_t>();
 
   auto work = kcuda::PreparePrefill(qo_indptr, kv_len, Hq, Hkv, D, nullptr);
+  if (gt::SkipIfNotBuilt(table, Describe(c), work.status(), D)) return;
   GT_STATUS_CHECK(work.status());
   if (paged) {
     PagedAttentionParams p;
@@ -364,6 +372,10 @@ std::vector<Case> BuildCases(gt::Rng& rng, bool small) {
       Case w{.name = "noncausal", .head_dim = 256, .dtype = dt, .num_qo_heads = 2,
              .num_kv_heads = 2, .page_size = 64, .causal = false, .lens = {{20, 75}}};
       cases.push_back(w);
+      Case nw{.name = "noncausal window", .head_dim = 64, .dtype = dt, .num_qo_heads = 4,
+              .num_kv_heads = 2, .page_size = 16, .causal = false, .window_left = 5,
+              .lens = {{12, 40}}};
+      cases.push_back(nw);
     }
     return cases;
   }
@@ -389,6 +401,11 @@ std::vector<Case> BuildCases(gt::Rng& rng, bool small) {
       cases.push_back({.name = "window noncausal", .head_dim = hd, .dtype = dt,
                        .num_qo_heads = 8, .num_kv_heads = 1, .page_size = 0, .causal = false,
                        .window_left = 64, .lens = {{200, 700}, {1, 50}}});
+      // Paged, non-causal, window: rows see [p - window_left, kv_len), also keys after p.
+      cases.push_back({.name = "window noncausal paged", .head_dim = hd, .dtype = dt,
+                       .num_qo_heads = 8, .num_kv_heads = 2, .page_size = 16, .causal = false,
+                       .rope = true, .soft_cap = 20.f, .window_left = 30, .q_std = 2.f,
+                       .lens = {{90, 400}, {7, 7}, {60, 61}}});
     }
     // head_dim 128 only: bigger and odder cases.
     cases.push_back({.name = "prefill kv4096", .head_dim = 128, .dtype = dt, .page_size = 16,
@@ -421,6 +438,7 @@ void CheckErrors(gt::ResultTable& table) {
   table.AddCheck("PreparePrefill heads 6/4 -> error", !bad_heads.ok(),
                  bad_heads.ok() ? "ok?" : bad_heads.status().ToString());
   auto work = kcuda::PreparePrefill(qo, kv, 4, 4, 128, nullptr);
+  if (gt::SkipIfNotBuilt(table, "PreparePrefill head_dim 128", work.status(), 128)) return;
   GT_STATUS_CHECK(work.status());
   RaggedAttentionParams p;
   p.qo.q_dtype = DType::kFloat32;
@@ -434,6 +452,87 @@ void CheckErrors(gt::ResultTable& table) {
   table.AddCheck("RunRaggedPrefill fp32 -> error", !st.ok(), st.ToString());
 }
 
+// Misaligned pointers (2 bytes past a 16-byte aligned allocation) and strides that break the
+// 16-byte vectors, paged and ragged: refused before any launch, o untouched, no CUDA error.
+void MisalignedInputs(gt::Rng& rng, gt::ResultTable& table) {
+  const int D = kcuda::HeadDimCompiled(128) ? 128 : kcuda::HeadDimCompiled(64) ? 64 : 0;
+  if (D == 0) {
+    table.AddSkip("misaligned prefill inputs", "head_dims 64 and 128 not built");
+    return;
+  }
+  const int Hq = 4, Hkv = 2, B = 1, L = 37;
+  const DType dt = DType::kBFloat16;
+  const std::vector<int32_t> qo_indptr = {0, L}, kv_len = {L};
+  gt::HostPagedCache cache = gt::MakeRandomPagedCache(rng, kv_len, 16, Hkv, D, dt);
+  gt::DevicePagedCache dcache(cache);
+  gt::DeviceBuffer dq = gt::DeviceBuffer::From(gt::EncodeAs(rng.NormalVector(L * Hq * D + 8), dt));
+  gt::DeviceBuffer dout(static_cast<size_t>(L) * Hq * D * 2 + 16), dlse(L * Hq * 4 + 16);
+  gt::DeviceBuffer dqo = gt::DeviceBuffer::From(qo_indptr);
+  const std::vector<int32_t> rows = {0, L};
+  gt::DeviceBuffer drows = gt::DeviceBuffer::From(rows);
+  gt::DeviceBuffer dk = gt::DeviceBuffer::From(gt::EncodeAs(rng.NormalVector(L * Hkv * D + 8), dt));
+  gt::DeviceBuffer dv = gt::DeviceBuffer::From(gt::EncodeAs(rng.NormalVector(L * Hkv * D + 8), dt));
+  auto work = kcuda::PreparePrefill(qo_indptr, kv_len, Hq, Hkv, D, nullptr);
+  GT_STATUS_CHECK(work.status());
+  QueryOutput qo;
+  qo.q = dq.get();
+  qo.o = dout.get();
+  qo.lse = dlse.as<float>();
+  qo.q_dtype = dt;
+  qo.num_qo_heads = Hq;
+  qo.batch_size = B;
+  qo.qo_indptr = dqo.as<int32_t>();
+  PagedAttentionParams paged;
+  paged.qo = qo;
+  paged.kv = dcache.view;
+  paged.options.causal = true;
+  RaggedAttentionParams ragged;
+  ragged.qo = qo;
+  ragged.kv = gt::DenseRaggedKv(dk.get(), dv.get(), dt, Hkv, D, B, drows.as<int32_t>());
+  ragged.options.causal = true;
+  auto plus2 = [](const void* p) { return static_cast<char*>(const_cast<void*>(p)) + 2; };
+  auto check = [&](const std::string& name, const std::string& field, auto run) {
+    dout.Poison();
+    const absl::Status st = run();
+    const cudaError_t sync = cudaDeviceSynchronize();
+    bool untouched = true;
+    for (uint8_t x : dout.Download()) untouched = untouched && x == 0xFF;
+    gt::AddRefusal(table, name, st, absl::StatusCode::kInvalidArgument, field);
+    table.AddCheck(name + ": nothing launched, context fine", untouched && sync == cudaSuccess,
+                   cudaGetErrorName(sync));
+  };
+  const std::vector<std::pair<std::string, std::function<void(QueryOutput&)>>> bad_qo = {
+      {"q=0x", [&](QueryOutput& o) { o.q = plus2(o.q); }},
+      {"o=0x", [&](QueryOutput& o) { o.o = plus2(o.o); }},
+      {"lse=0x", [&](QueryOutput& o) { o.lse = reinterpret_cast<float*>(plus2(o.lse)); }},
+  };
+  for (const auto& [field, corrupt] : bad_qo) {
+    PagedAttentionParams p = paged;
+    corrupt(p.qo);
+    check("paged prefill refuses " + field, field, [&] { return kcuda::RunPagedPrefill(**work, p, nullptr); });
+    RaggedAttentionParams r = ragged;
+    corrupt(r.qo);
+    check("ragged prefill refuses " + field, field, [&] { return kcuda::RunRaggedPrefill(**work, r, nullptr); });
+  }
+  {
+    PagedAttentionParams p = paged;
+    p.kv.data = plus2(p.kv.data);
+    check("paged prefill refuses kv.data=0x", "kv.data=0x", [&] { return kcuda::RunPagedPrefill(**work, p, nullptr); });
+    p = paged;
+    p.kv.kv_stride += 1;
+    check("paged prefill refuses kv.kv_stride", "kv.kv_stride", [&] { return kcuda::RunPagedPrefill(**work, p, nullptr); });
+    RaggedAttentionParams r = ragged;
+    r.kv.k = plus2(r.kv.k);
+    check("ragged prefill refuses kv.k=0x", "kv.k=0x", [&] { return kcuda::RunRaggedPrefill(**work, r, nullptr); });
+    r = ragged;
+    r.kv.v = plus2(r.kv.v);
+    check("ragged prefill refuses kv.v=0x", "kv.v=0x", [&] { return kcuda::RunRaggedPrefill(**work, r, nullptr); });
+    r = ragged;
+    r.kv.stride_n += 2;
+    check("ragged prefill refuses kv.stride_n", "kv.stride_n", [&] { return kcuda::RunRaggedPrefill(**work, r, nullptr); });
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -443,6 +542,7 @@ int main(int argc, char** argv) {
   gt::ResultTable table("prefill");
   table.set_verbose(flags.verbose);
   CheckErrors(table);
+  MisalignedInputs(rng, table);
   const std::vector<Case> cases = BuildCases(rng, flags.small);
   unsetenv("ATTND_PREFILL_TILE");
   for (const Case& c : cases) RunCase(c, rng, table);

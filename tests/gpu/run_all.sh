@@ -45,7 +45,7 @@ for t in "${tests[@]}"; do
   [ -z "$summary" ] && summary=$(tail -2 "$logdir/$name.log" | tr '\n' ' ')
   if [ $rc -eq 0 ]; then record "$name" PASS "$secs" "$summary"
   else record "$name" FAIL "$secs" "rc=$rc $summary"; fi
-  echo "--- $name (rc=$rc, ${secs}s)"; grep -E '^(FAIL|SUMMARY)' "$logdir/$name.log" | head -40
+  echo "--- $name (rc=$rc, ${secs}s)"; grep -E '^(FAIL|SKIP|SUMMARY)' "$logdir/$name.log" | head -40
 done
 
 if [ "${NO_SANITIZER:-0}" != 1 ]; then

@@ -142,8 +142,9 @@ TEST_F(BadInputTest, UnknownPoolPlanBufferAndSession) {
   v1::DescribePoolRequest request;
   request.set_pool_id(pool_id_);
   v1::DescribePoolResponse response;
+  // (Messages name sessions by their log tag, never echo an id: "s?" for a malformed one.)
   EXPECT_TRUE(StatusIs(client::FromGrpcStatus(stub->DescribePool(&context, request, &response)),
-                       StatusCode::kNotFound, {"session-does-not-exist"}));
+                       StatusCode::kNotFound, {"session s? does not exist"}));
   // No session header at all: refused, naming the header.
   grpc::ClientContext bare;
   const absl::Status no_header =
@@ -325,11 +326,21 @@ TEST_F(BadInputTest, BufferSlicesOutOfBounds) {
                                                    kShmBytes);
   ATTND_ASSERT_OK(region);
   // Registering more than the object holds, or an object that does not exist.
-  EXPECT_TRUE(StatusIs(attacker_->RegisterSharedMemory((*region)->name(), kShmBytes * 2),
+  EXPECT_TRUE(StatusIs(attacker_->RegisterSharedMemory(**region, kShmBytes * 2),
                        StatusCode::kOutOfRange, {absl::StrCat("size_bytes=", kShmBytes * 2)}));
-  EXPECT_TRUE(StatusIs(attacker_->RegisterSharedMemory("/attnd-no-such-object", 64),
-                       StatusCode::kNotFound, {"/attnd-no-such-object"}));
-  auto buffer = attacker_->RegisterSharedMemory((*region)->name(), kShmBytes);
+  // Shared memory by name is refused (anyone with the daemon's permissions could name another
+  // user's object), and a descriptor token this caller never sent is unknown.
+  v1::RegisterBufferRequest by_name;
+  by_name.mutable_shared_memory()->set_name("/attnd-no-such-object");
+  by_name.set_size_bytes(64);
+  EXPECT_TRUE(StatusIs(attacker_->RegisterBuffer(by_name), StatusCode::kFailedPrecondition,
+                       {"/attnd-no-such-object", "memfd"}));
+  v1::RegisterBufferRequest unknown_fd;
+  unknown_fd.mutable_shared_memory_fd()->set_fd_token("fd-0123456789abcdef");
+  unknown_fd.set_size_bytes(64);
+  EXPECT_TRUE(StatusIs(attacker_->RegisterBuffer(unknown_fd), StatusCode::kNotFound,
+                       {"fd_token='fd-0123456789abcdef'"}));
+  auto buffer = attacker_->RegisterSharedMemory(**region, kShmBytes);
   ATTND_ASSERT_OK(buffer);
 
   auto plan = attacker_->CreatePlan(ValidPlan());
@@ -428,7 +439,7 @@ TEST_F(BadInputTest, OversizedInlineOutputIsResourceExhausted) {
   auto region = client::SharedMemoryRegion::Create(absl::StrCat("/", UniqueName("attnd-bigq")),
                                                    q_bytes);
   ATTND_ASSERT_OK(region);
-  auto buffer = attacker_->RegisterSharedMemory((*region)->name(), q_bytes);
+  auto buffer = attacker_->RegisterSharedMemory(**region, q_bytes);
   ATTND_ASSERT_OK(buffer);
   client::RunArgs run;
   run.plan_id = plan->plan_id;
@@ -446,7 +457,7 @@ TEST_F(BadInputTest, OversizedInlineOutputIsResourceExhausted) {
     unary_spec.kv_indices = own->page_ids;
     auto unary_plan = (*unary)->CreatePlan(unary_spec);
     ATTND_ASSERT_OK(unary_plan);
-    auto unary_buffer = (*unary)->RegisterSharedMemory((*region)->name(), q_bytes);
+    auto unary_buffer = (*unary)->RegisterSharedMemory(**region, q_bytes);
     ATTND_ASSERT_OK(unary_buffer);
     client::RunArgs unary_run = run;
     unary_run.plan_id = unary_plan->plan_id;

@@ -116,7 +116,7 @@ TEST_F(ConcurrentSessionsTest, SessionsAreIsolatedAndCorrectInParallel) {
   ATTND_EXPECT_OK(work_a.DecodeStep());
 }
 
-// A shares a prefix with B through ForkPages(target_session_id): B attends over A's pages plus
+// A shares a prefix with B through ForkPages to B's fork grant: B attends over A's pages plus
 // its own, cannot append into the shared pages, and the pages live until both dropped them.
 TEST_F(ConcurrentSessionsTest, ForkPagesSharesAPrefixAcrossSessions) {
   ModelShape shape;
@@ -137,10 +137,18 @@ TEST_F(ConcurrentSessionsTest, ForkPagesSharesAPrefixAcrossSessions) {
   const std::vector<int32_t> prefix = work_a.AllPages();
   ASSERT_EQ(prefix.size(), 2u);
 
-  // B is not attached yet: forking to it is refused.
-  EXPECT_FALSE((*a)->ForkPages(pool_id, prefix, (*b)->session_id()).ok());
-  ATTND_ASSERT_OK((*b)->AttachPool(name));
-  auto refcounts = (*a)->ForkPages(pool_id, prefix, (*b)->session_id());
+  // B's session id is no way to reach it (ids are not credentials) ...
+  v1::ForkPagesRequest by_id;
+  by_id.set_pool_id(pool_id);
+  by_id.mutable_page_ids()->Add(prefix.begin(), prefix.end());
+  by_id.set_target_session_id((*b)->session_id());
+  EXPECT_TRUE(StatusIs((*a)->ForkPages(by_id), absl::StatusCode::kFailedPrecondition, {"target_grant"}));
+  // ... its fork grant is, once it is attached (the grant comes with its attachment).
+  auto b_view = (*b)->AttachPool(name);
+  ATTND_ASSERT_OK(b_view);
+  ASSERT_FALSE(b_view->fork_grant().empty());
+  EXPECT_NE(b_view->fork_grant(), pool->fork_grant());
+  auto refcounts = (*a)->ForkPages(pool_id, prefix, b_view->fork_grant());
   ATTND_ASSERT_OK(refcounts);
   EXPECT_EQ(*refcounts, (std::vector<int32_t>{2, 2}));
 

@@ -193,7 +193,7 @@ TEST_F(PrefillDecodeTest, SharedMemoryBuffersCarryQAndOutputs) {
   auto region =
       client::SharedMemoryRegion::Create(absl::StrCat("/", UniqueName("attnd-it")), 64 * 1024);
   ATTND_ASSERT_OK(region);
-  auto buffer_id = s.RegisterSharedMemory((*region)->name(), (*region)->size());
+  auto buffer_id = s.RegisterSharedMemory(**region, (*region)->size());
   ATTND_ASSERT_OK(buffer_id);
 
   std::mt19937 rng(5);

@@ -90,9 +90,9 @@ def test_permission_denied_pool_not_attached(client, pool):
 def test_failed_precondition(pool):
     pages = pool.allocate(1)
     with pytest.raises(attnd.FailedPrecondition) as e:
-        pool.fork(pages, target_session_id="not-a-session")
+        pool.fork(pages, "fg-not-a-grant")
     _assert_error(e, attnd.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION,
-                  "target_session_id")
+                  "target_grant")
     # releasing more references than held: one held, two released in one call
     with pytest.raises(attnd.FailedPrecondition) as e:
         pool.free(pages * 2)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import attnd
+from attnd.v1 import attnd_pb2
 from paged_helpers import PagedBatch
 from attention_reference import reference_batch
 
@@ -78,7 +79,13 @@ def test_second_session_attaches_and_shares_a_prefix(client, unique_name):
         pre.delete()
 
         shared = prefix.pages[0]
-        assert pa.fork(shared, target_session_id=sb.id) == [2, 2]
+        # b's session id is no credential: references reach it through its fork grant
+        with pytest.raises(attnd.FailedPrecondition) as e:
+            sa.call("fork_pages", attnd_pb2.ForkPagesRequest(
+                pool_id=pa.pool_id, page_ids=shared, target_session_id=sb.id))
+        assert "target_grant" in e.value.message
+        assert pb_.fork_grant and pb_.fork_grant != pa.fork_grant
+        assert pa.fork(shared, pb_.fork_grant) == [2, 2]
         own = pb_.allocate(1)
         dec = attnd.BatchDecodeWrapper(pb_).plan([0, 3], shared + own, [1], num_qo_heads=1)
         q = rng.standard_normal((1, 1, 64)).astype(np.float32)

@@ -22,7 +22,12 @@ def test_shared_memory_decode(client, unique_name, stream):
                                 page_size=16, kv_dtype="float16", num_pages=8)
         pages = pool.allocate(3)
         buf = sess.shared_buffer(1 << 20)
-        assert buf.buffer_id and buf.name.startswith("/")
+        assert buf.buffer_id and buf.fd >= 0
+        # a sealed memfd: nobody can shrink it under the daemon
+        import fcntl, os
+        assert fcntl.fcntl(buf.fd, fcntl.F_GET_SEALS) & fcntl.F_SEAL_SHRINK
+        with pytest.raises(PermissionError):
+            os.ftruncate(buf.fd, 0)
         # staging layout in the buffer: q | k | v | o | lse
         q = buf.array((B, hq, d), np.float16)
         k = buf.array((B, hkv, d), np.float16, offset=q.nbytes)

@@ -159,12 +159,9 @@ TEST_F(TokenTest, AnotherSessionsObjectsAreInvisibleByIdAndUntouched) {
   const std::string& pool_id = owner_plan->pool_id;
   const std::vector<int32_t>& pages = owner_plan->page_ids;
   const client::PlanSpec& plan = owner_plan->spec;
-  const std::string shm = absl::StrCat("/attnd-rel-iso-", getpid());
-  const int fd = shm_open(shm.c_str(), O_CREAT | O_EXCL | O_RDWR, 0600);
-  ASSERT_GE(fd, 0);
-  ASSERT_EQ(ftruncate(fd, 1 << 16), 0);
-  close(fd);
-  auto buffer = (*owner)->RegisterSharedMemory(shm, 1 << 16);
+  auto region = client::SharedMemoryRegion::Create("attnd-rel-iso", 1 << 16);
+  ATTND_ASSERT_OK(region);
+  auto buffer = (*owner)->RegisterSharedMemory(**region, 1 << 16);
   ATTND_ASSERT_OK(buffer);
 
   // The pool by id, before attaching: PERMISSION_DENIED for every pool command.
@@ -211,7 +208,6 @@ TEST_F(TokenTest, AnotherSessionsObjectsAreInvisibleByIdAndUntouched) {
   ATTND_EXPECT_OK((*owner)->DeletePlan(owner_plan->plan_id));
   ATTND_EXPECT_OK((*owner)->UnregisterBuffer(*buffer));
   ATTND_EXPECT_OK((*owner)->FreePages(pool_id, pages));
-  shm_unlink(shm.c_str());
 }
 
 // ---- TCP and TLS: daemons started here (the fixture only knows unix sockets) --------------

@@ -1,8 +1,9 @@
-// File descriptors against a real daemon started under a low RLIMIT_NOFILE (prlimit): every
-// registered shared-memory buffer holds one. The daemon raises its soft limit to the hard limit
-// at start, so one session's buffers within quota do not keep new clients out; and where the
-// limit cannot be raised, running out of descriptors fails the commands that need one (cleanly:
-// RESOURCE_EXHAUSTED) and the daemon recovers once they are released.
+// File descriptors against a real daemon started under a low RLIMIT_NOFILE (prlimit). A
+// registered shared-memory buffer holds none (its sealed memfd is mapped, then closed); what
+// holds descriptors are connections and the memfds clients sent and have not registered yet,
+// both bounded by the budget derived from the limit. The daemon raises its soft limit to the
+// hard limit at start; one session's buffers within quota never keep new clients out, and what
+// would pass the budget is refused cleanly (RESOURCE_EXHAUSTED) while the daemon serves on.
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -48,21 +49,18 @@ class FdLimitTest : public ::testing::Test {
     auto session = client_->OpenSession("many-buffers");
     ATTND_ASSERT_OK(session);
     session_ = *std::move(session);
-    shm_name_ = absl::StrCat("/attnd-fd-test-", getpid());
-    const int fd = shm_open(shm_name_.c_str(), O_CREAT | O_EXCL | O_RDWR, 0600);
-    ASSERT_GE(fd, 0);
-    ASSERT_EQ(ftruncate(fd, kBufferBytes), 0);
-    close(fd);
+    auto region = client::SharedMemoryRegion::Create("attnd-fd-test", kBufferBytes);
+    ATTND_ASSERT_OK(region);
+    region_ = *std::move(region);
   }
   void TearDown() override {
-    if (!shm_name_.empty()) shm_unlink(shm_name_.c_str());
     if (HasFailure() && daemon_ != nullptr) std::cerr << daemon_->LogTail() << "\n";
   }
 
-  // Registers the shared-memory object up to `count` times; the ids, and the first error.
+  // Registers the shared-memory region up to `count` times; the ids, and the first error.
   absl::Status RegisterBuffers(int count) {
     for (int i = 0; i < count; ++i) {
-      auto id = session_->RegisterSharedMemory(shm_name_, kBufferBytes);
+      auto id = session_->RegisterSharedMemory(*region_, kBufferBytes);
       if (!id.ok()) return id.status();
       buffer_ids_.push_back(*id);
     }
@@ -80,7 +78,7 @@ class FdLimitTest : public ::testing::Test {
   std::unique_ptr<DaemonProcess> daemon_;
   std::unique_ptr<client::Client> client_;
   std::unique_ptr<client::Session> session_;
-  std::string shm_name_;
+  std::unique_ptr<client::SharedMemoryRegion> region_;
   std::vector<std::string> buffer_ids_;
 };
 
@@ -96,29 +94,37 @@ TEST_F(FdLimitTest, SoftLimitIsRaisedAndBuffersWithinQuotaKeepNewClientsWelcome)
   EXPECT_TRUE(daemon_->IsRunning());
 }
 
-TEST_F(FdLimitTest, RunningOutOfDescriptorsFailsCleanlyAndRecovers) {
-  // Soft = hard: nothing to raise. The buffers take what is left, until shm_open fails.
+TEST_F(FdLimitTest, BuffersHoldNoDescriptorsAndPendingOnesAreBounded) {
+  // Soft = hard: nothing to raise; the budget for clients is 80 descriptors.
   ASSERT_NO_FATAL_FAILURE(Start("160:160"));
   EXPECT_NE(daemon_->LogTail(1 << 16).find("client buffers may hold 80 file descriptors"),
             std::string::npos);
-  const absl::Status exhausted = RegisterBuffers(200);
-  EXPECT_TRUE(StatusIs(exhausted, absl::StatusCode::kResourceExhausted, {"shm_open"}))
-      << "after " << buffer_ids_.size() << " buffers";
-  ASSERT_GT(buffer_ids_.size(), 50u);
-  // No descriptor left: a new client may not get in, but the daemon lives and the session works.
-  (void)NewClientServes();
-  ASSERT_TRUE(daemon_->IsRunning()) << daemon_->LogTail();
-  ATTND_ASSERT_OK(session_->GetServerInfo());
-  // Releasing buffers gives the descriptors back: new clients are served again.
-  for (size_t i = 0; i < buffer_ids_.size() / 2; ++i) {
-    ATTND_ASSERT_OK(session_->UnregisterBuffer(buffer_ids_[i]));
+  // Far more registered buffers than the limit has descriptors: each memfd was mapped and
+  // closed, so new clients still get in.
+  ATTND_ASSERT_OK(RegisterBuffers(300));
+  ATTND_EXPECT_OK(NewClientServes());
+  // Descriptors sent and never registered are what holds the daemon's descriptors: bounded per
+  // process, refused beyond (the daemon closes what it refuses), and the daemon serves on.
+  std::vector<std::string> tokens;
+  absl::Status refused;
+  for (int i = 0; i < 100 && refused.ok(); ++i) {
+    auto token = session_->peer_link()->SendFd(region_->fd());
+    if (token.ok()) {
+      tokens.push_back(*token);
+    } else {
+      refused = token.status();
+    }
   }
-  absl::Status newcomer = absl::UnknownError("not tried");
-  for (int attempt = 0; attempt < 50 && !newcomer.ok(); ++attempt) {
-    newcomer = NewClientServes();
-    if (!newcomer.ok()) absl::SleepFor(absl::Milliseconds(100));
-  }
-  ATTND_EXPECT_OK(newcomer);
+  EXPECT_TRUE(StatusIs(refused, absl::StatusCode::kFailedPrecondition, {"quota"})) << refused;
+  EXPECT_GE(tokens.size(), 1u);
+  EXPECT_LE(tokens.size(), 40u);
+  ATTND_EXPECT_OK(NewClientServes());
+  // Registering one of them frees its slot.
+  v1::RegisterBufferRequest request;
+  request.mutable_shared_memory_fd()->set_fd_token(tokens.back());
+  request.set_size_bytes(kBufferBytes);
+  ATTND_ASSERT_OK(session_->RegisterBuffer(request));
+  ATTND_EXPECT_OK(session_->peer_link()->SendFd(region_->fd()));
   EXPECT_TRUE(daemon_->IsRunning());
 }
 

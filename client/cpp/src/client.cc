@@ -84,6 +84,37 @@ class BearerTokenInterceptorFactory final
   const std::string header_;  // outlives the interceptors: the channel owns the factory
 };
 
+// Adds "x-attnd-peer: <key>" (the process's peer key) to the initial metadata of every call.
+class PeerKeyInterceptor final : public grpc::experimental::Interceptor {
+ public:
+  explicit PeerKeyInterceptor(PeerLink& link) : link_(link) {}
+  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+    if (methods->QueryInterceptionHookPoint(
+            grpc::experimental::InterceptionHookPoints::PRE_SEND_INITIAL_METADATA)) {
+      key_ = link_.Key();
+      if (!key_.empty()) methods->GetSendInitialMetadata()->insert({"x-attnd-peer", key_});
+    }
+    methods->Proceed();
+  }
+
+ private:
+  PeerLink& link_;
+  std::string key_;  // the metadata map refers to it until the call ends
+};
+
+class PeerKeyInterceptorFactory final
+    : public grpc::experimental::ClientInterceptorFactoryInterface {
+ public:
+  explicit PeerKeyInterceptorFactory(std::shared_ptr<PeerLink> link) : link_(std::move(link)) {}
+  grpc::experimental::Interceptor* CreateClientInterceptor(
+      grpc::experimental::ClientRpcInfo*) override {
+    return new PeerKeyInterceptor(*link_);
+  }
+
+ private:
+  const std::shared_ptr<PeerLink> link_;
+};
+
 }  // namespace
 
 const char* HealthStatusName(HealthStatus status) {
@@ -96,8 +127,11 @@ const char* HealthStatusName(HealthStatus status) {
   return "UNKNOWN";
 }
 
-Client::Client(ClientOptions options, std::shared_ptr<grpc::Channel> channel)
-    : options_(std::move(options)), channel_(std::move(channel)) {}
+Client::Client(ClientOptions options, std::shared_ptr<grpc::Channel> channel,
+               std::shared_ptr<PeerLink> peer_link)
+    : options_(std::move(options)),
+      channel_(std::move(channel)),
+      peer_link_(std::move(peer_link)) {}
 
 absl::StatusOr<std::unique_ptr<Client>> Client::Create(const ClientOptions& options) {
   if (options.target.empty()) return absl::InvalidArgumentError("ClientOptions.target is empty");
@@ -129,13 +163,22 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(const ClientOptions& opti
   if (!options.token.empty()) {
     interceptors.push_back(std::make_unique<BearerTokenInterceptorFactory>(options.token));
   }
+  const std::string peer_path = options.peer_socket == "none" ? std::string()
+                                : options.peer_socket.empty()
+                                    ? PeerLink::DefaultPathFor(options.target)
+                                    : options.peer_socket;
+  std::shared_ptr<PeerLink> peer_link;
+  if (!peer_path.empty()) {
+    peer_link = std::make_shared<PeerLink>(peer_path);
+    interceptors.push_back(std::make_unique<PeerKeyInterceptorFactory>(peer_link));
+  }
   std::shared_ptr<grpc::Channel> channel = grpc::experimental::CreateCustomChannelWithInterceptors(
       options.target, credentials, args, std::move(interceptors));
   if (channel == nullptr) {
     return absl::InvalidArgumentError(
         absl::StrCat("could not create a channel to target=", options.target));
   }
-  return std::unique_ptr<Client>(new Client(options, std::move(channel)));
+  return std::unique_ptr<Client>(new Client(options, std::move(channel), std::move(peer_link)));
 }
 
 absl::Status Client::WaitForConnected(absl::Duration timeout) {
@@ -182,7 +225,9 @@ absl::StatusOr<std::unique_ptr<Session>> Client::OpenSession(const std::string& 
   SessionOptions options;
   options.client_name = client_name.empty() ? options_.client_name : client_name;
   options.command_timeout = options_.default_deadline;
-  return Session::Open(channel_, options);
+  absl::StatusOr<std::unique_ptr<Session>> session = Session::Open(channel_, options);
+  if (session.ok()) (*session)->set_peer_link(peer_link_);
+  return session;
 }
 
 absl::StatusOr<std::unique_ptr<UnarySession>> Client::OpenUnarySession(
@@ -191,7 +236,9 @@ absl::StatusOr<std::unique_ptr<UnarySession>> Client::OpenUnarySession(
   options.client_name = client_name.empty() ? options_.client_name : client_name;
   options.lease_ms = lease_ms;
   options.call_timeout = options_.default_deadline;
-  return UnarySession::Open(channel_, options);
+  absl::StatusOr<std::unique_ptr<UnarySession>> session = UnarySession::Open(channel_, options);
+  if (session.ok()) (*session)->set_peer_link(peer_link_);
+  return session;
 }
 
 }  // namespace attnd::client

@@ -87,9 +87,11 @@ absl::StatusOr<v1::PoolInfo> SessionApi::CreatePool(const PoolSpec& spec) {
   return std::move(*response->mutable_pool());
 }
 
-absl::StatusOr<v1::PoolInfo> SessionApi::AttachPool(const std::string& name) {
+absl::StatusOr<v1::PoolInfo> SessionApi::AttachPool(const std::string& name,
+                                                   const std::string& attach_token) {
   v1::AttachPoolRequest request;
   request.set_name(name);
+  request.set_attach_token(attach_token);
   absl::StatusOr<v1::AttachPoolResponse> response = AttachPool(request);
   if (!response.ok()) return response.status();
   return std::move(*response->mutable_pool());
@@ -133,20 +135,27 @@ absl::StatusOr<int64_t> SessionApi::FreePages(const std::string& pool_id,
 
 absl::StatusOr<std::vector<int32_t>> SessionApi::ForkPages(const std::string& pool_id,
                                                            const std::vector<int32_t>& page_ids,
-                                                           const std::string& target_session_id) {
+                                                           const std::string& target_grant) {
   v1::ForkPagesRequest request;
   request.set_pool_id(pool_id);
   request.mutable_page_ids()->Add(page_ids.begin(), page_ids.end());
-  request.set_target_session_id(target_session_id);
+  request.set_target_grant(target_grant);
   absl::StatusOr<v1::ForkPagesResponse> response = ForkPages(request);
   if (!response.ok()) return response.status();
   return std::vector<int32_t>(response->refcounts().begin(), response->refcounts().end());
 }
 
-absl::StatusOr<std::string> SessionApi::RegisterSharedMemory(const std::string& shm_name,
+absl::StatusOr<std::string> SessionApi::RegisterSharedMemory(const SharedMemoryRegion& region,
                                                              uint64_t size_bytes) {
+  if (peer_link_ == nullptr) {
+    return absl::FailedPreconditionError(
+        "this session has no peer connection to pass shared memory over (open it through a "
+        "Client on a unix socket)");
+  }
+  absl::StatusOr<std::string> token = peer_link_->SendFd(region.fd());
+  if (!token.ok()) return token.status();
   v1::RegisterBufferRequest request;
-  request.mutable_shared_memory()->set_name(shm_name);
+  request.mutable_shared_memory_fd()->set_fd_token(*token);
   request.set_size_bytes(size_bytes);
   absl::StatusOr<v1::RegisterBufferResponse> response = RegisterBuffer(request);
   if (!response.ok()) return response.status();

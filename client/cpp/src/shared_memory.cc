@@ -14,38 +14,30 @@ namespace attnd::client {
 
 absl::StatusOr<std::unique_ptr<SharedMemoryRegion>> SharedMemoryRegion::Create(
     const std::string& name, size_t size_bytes) {
-  if (name.size() < 2 || name[0] != '/' || name.find('/', 1) != std::string::npos) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("shared memory name=\"", name, "\" must be \"/name\" without other '/'"));
-  }
   if (size_bytes == 0) return absl::InvalidArgumentError("shared memory size_bytes=0");
-  const int fd = shm_open(name.c_str(), O_CREAT | O_EXCL | O_RDWR, 0600);
+  const std::string label = name.empty() ? std::string("attnd-buffer") : name;
+  const int fd = memfd_create(label.c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING);
   if (fd < 0) {
-    const int err = errno;
-    const std::string text = absl::StrCat("shm_open(", name, "): ", std::strerror(err));
-    return err == EEXIST ? absl::AlreadyExistsError(text) : absl::InternalError(text);
+    return absl::InternalError(absl::StrCat("memfd_create(", label, "): ", std::strerror(errno)));
   }
-  if (ftruncate(fd, static_cast<off_t>(size_bytes)) != 0) {
+  auto fail = [&](const char* what) {
     const int err = errno;
     close(fd);
-    shm_unlink(name.c_str());
-    return absl::InternalError(absl::StrCat("ftruncate(", name, ", ", size_bytes,
+    return absl::InternalError(absl::StrCat(what, "(", label, ", ", size_bytes,
                                             "): ", std::strerror(err)));
-  }
+  };
+  if (ftruncate(fd, static_cast<off_t>(size_bytes)) != 0) return fail("ftruncate");
+  // Sealed before it is shared: from here on nobody can make it shorter than what is mapped.
+  if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_SEAL) != 0) return fail("F_ADD_SEALS");
   void* data = mmap(nullptr, size_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  const int err = errno;
-  close(fd);  // the mapping keeps the object alive
-  if (data == MAP_FAILED) {
-    shm_unlink(name.c_str());
-    return absl::InternalError(absl::StrCat("mmap(", name, "): ", std::strerror(err)));
-  }
+  if (data == MAP_FAILED) return fail("mmap");
   return std::unique_ptr<SharedMemoryRegion>(
-      new SharedMemoryRegion(name, static_cast<char*>(data), size_bytes));
+      new SharedMemoryRegion(label, fd, static_cast<char*>(data), size_bytes));
 }
 
 SharedMemoryRegion::~SharedMemoryRegion() {
   munmap(data_, size_);
-  shm_unlink(name_.c_str());
+  close(fd_);
 }
 
 }  // namespace attnd::client

@@ -33,7 +33,9 @@ def process_b(target: str, pool_name: str, conn) -> None:
     """The second process: attach by name, decode on the shared prefix."""
     with attnd.Client(target) as client, client.session("process-b") as sess:
         pool = sess.attach_pool(pool_name)
-        conn.send(sess.id)
+        # The fork grant lets A give this session page references, and nothing else (a session
+        # id would be no credential; only B's own connection can use B's session).
+        conn.send(pool.fork_grant)
         shared_pages, k_prefix, v_prefix = conn.recv()
         # The prompt fills whole pages, so the new token goes into a page of B's own (pages
         # shared with another session are read-only for appends).
@@ -84,9 +86,9 @@ def main() -> int:
                     raise RuntimeError(f"process B exited with {child.exitcode}")
             return conn_a.recv()
 
-        b_session = recv()
-        refcounts = pool.fork(pages, target_session_id=b_session)
-        print(f"A: forked pages to session {b_session}: refcounts {refcounts}")
+        b_grant = recv()
+        refcounts = pool.fork(pages, b_grant)
+        print(f"A: forked pages to process B's session (through its fork grant): refcounts {refcounts}")
         conn_a.send((pages, k, v))
         kv_len, err, attached = recv()
         child.join()

@@ -15,6 +15,8 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "attnd/kernels/cuda_prefill.h"
+#include "cuda_status.h"
+#include "launch_checks.h"
 #include "prefill_params.h"
 
 // Which head dims are compiled: sources.cmake defines ATTND_PREFILL_HEAD_DIMS_FILTERED and
@@ -39,43 +41,6 @@
 #endif
 
 namespace attnd::kernels::cuda {
-
-namespace {
-
-bool HeadDimCompiled(int32_t head_dim) {
-  switch (head_dim) {
-#ifdef ATTND_PREFILL_HD64
-    case 64: return true;
-#endif
-#ifdef ATTND_PREFILL_HD128
-    case 128: return true;
-#endif
-#ifdef ATTND_PREFILL_HD256
-    case 256: return true;
-#endif
-    default: return false;
-  }
-}
-
-// Local copy of the dtype names: attnd_kernels_cuda does not link kernels/common (benches link
-// only attnd_kernels_cuda).
-const char* DtypeLabel(DType t) {
-  switch (t) {
-    case DType::kFloat32: return "float32";
-    case DType::kFloat16: return "float16";
-    case DType::kBFloat16: return "bfloat16";
-    case DType::kFloat8E4M3: return "float8_e4m3";
-  }
-  return "unknown";
-}
-
-absl::Status CudaStatus(cudaError_t err, const char* what) {
-  if (err == cudaSuccess) return absl::OkStatus();
-  return absl::InternalError(absl::StrCat("prefill: ", what, ": ", cudaGetErrorName(err), " (",
-                                          cudaGetErrorString(err), ")"));
-}
-
-}  // namespace
 
 // Owns the device array of work items (one cudaMalloc), and remembers the shape it was planned
 // for so that runs can be checked against it.
@@ -107,21 +72,11 @@ absl::StatusOr<PrefillWorkPtr> PreparePrefill(std::span<const int32_t> qo_indptr
                                               std::span<const int32_t> kv_len,
                                               int32_t num_qo_heads, int32_t num_kv_heads,
                                               int32_t head_dim, cudaStream_t stream) {
-  if (qo_indptr.empty()) return absl::InvalidArgumentError("prefill: qo_indptr is empty");
+  if (auto s = checks::PrefillPlan(qo_indptr, kv_len, num_qo_heads, num_kv_heads, head_dim);
+      !s.ok()) {
+    return s;
+  }
   const size_t batch = qo_indptr.size() - 1;
-  if (kv_len.size() != batch) {
-    return absl::InvalidArgumentError(absl::StrCat("prefill: kv_len has ", kv_len.size(),
-                                                   " entries, qo_indptr implies ", batch));
-  }
-  if (num_kv_heads <= 0 || num_qo_heads <= 0 || num_qo_heads % num_kv_heads != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("prefill: num_qo_heads ", num_qo_heads,
-                                                   " is not a multiple of num_kv_heads ",
-                                                   num_kv_heads));
-  }
-  if (!HeadDimCompiled(head_dim)) {
-    return absl::UnimplementedError(
-        absl::StrCat("prefill: head_dim ", head_dim, " is not compiled (ATTND_CUDA_HEAD_DIMS)"));
-  }
   const int64_t group = num_qo_heads / num_kv_heads;
   // Tile variant (see prefill_params.h): kDefaultVariant128 for head_dim 128; the environment
   // variable ATTND_PREFILL_TILE (default | wide | wide64) overrides it for experiments.
@@ -143,14 +98,6 @@ absl::StatusOr<PrefillWorkPtr> PreparePrefill(std::span<const int32_t> qo_indptr
   std::vector<Candidate> candidates;
   for (size_t b = 0; b < batch; ++b) {
     const int64_t qo_len = static_cast<int64_t>(qo_indptr[b + 1]) - qo_indptr[b];
-    if (qo_len < 0) {
-      return absl::InvalidArgumentError(absl::StrCat("prefill: qo_indptr decreases at ", b));
-    }
-    // kv_len < qo_len is allowed (as in the CPU reference): the earliest rows then sit at
-    // negative positions and, when causal, see nothing (o = 0, lse = -inf).
-    if (kv_len[b] < 0) {
-      return absl::InvalidArgumentError(absl::StrCat("prefill: kv_len[", b, "] = ", kv_len[b]));
-    }
     const int64_t packed = qo_len * group;
     for (int64_t start = 0; start < packed; start += cta_rows) {
       if (start > 0x7fffffff) return absl::InvalidArgumentError("prefill: too many query rows");
@@ -176,7 +123,7 @@ absl::StatusOr<PrefillWorkPtr> PreparePrefill(std::span<const int32_t> qo_indptr
   for (size_t i = 0; i < candidates.size(); ++i) items[i] = candidates[i].item;
   const size_t bytes = items.size() * sizeof(prefill::PrefillItem);
   // Stream-ordered allocation from the device's memory pool: no cudaMalloc per plan.
-  if (auto s = CudaStatus(cudaMallocAsync(&work->items_, bytes, stream), "cudaMallocAsync(work items)");
+  if (auto s = CudaStatus(cudaMallocAsync(&work->items_, bytes, stream), "prefill: cudaMallocAsync(work items)");
       !s.ok()) {
     work->items_ = nullptr;
     return s;
@@ -186,45 +133,17 @@ absl::StatusOr<PrefillWorkPtr> PreparePrefill(std::span<const int32_t> qo_indptr
   // are often issued on another stream than the plan's), and `items` may go.
   if (auto s = CudaStatus(cudaMemcpyAsync(work->items_, items.data(), bytes,
                                           cudaMemcpyHostToDevice, stream),
-                          "upload work items");
+                          "prefill: upload work items");
       !s.ok()) {
     return s;
   }
-  if (auto s = CudaStatus(cudaStreamSynchronize(stream), "upload work items (sync)"); !s.ok()) {
+  if (auto s = CudaStatus(cudaStreamSynchronize(stream), "prefill: upload work items (sync)"); !s.ok()) {
     return s;
   }
   return work;
 }
 
 namespace {
-
-absl::Status CheckCommon(const PrefillWork& work, const QueryOutput& qo, DType kv_dtype,
-                         int32_t num_kv_heads, int32_t head_dim) {
-  if (qo.q_dtype != DType::kFloat16 && qo.q_dtype != DType::kBFloat16) {
-    return absl::UnimplementedError(
-        absl::StrCat("prefill: q dtype ", DtypeLabel(qo.q_dtype), " (fp16 and bf16 only)"));
-  }
-  if (kv_dtype != qo.q_dtype) {
-    return absl::UnimplementedError(absl::StrCat("prefill: kv dtype ", DtypeLabel(kv_dtype),
-                                                 " differs from q dtype ",
-                                                 DtypeLabel(qo.q_dtype)));
-  }
-  if (head_dim != work.head_dim_ || num_kv_heads != work.num_kv_heads_ ||
-      qo.num_qo_heads != work.num_qo_heads_ || qo.batch_size != work.batch_size_) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "prefill: call shape (batch ", qo.batch_size, ", qo heads ", qo.num_qo_heads,
-        ", kv heads ", num_kv_heads, ", head_dim ", head_dim, ") differs from the plan's (",
-        work.batch_size_, ", ", work.num_qo_heads_, ", ", work.num_kv_heads_, ", ",
-        work.head_dim_, ")"));
-  }
-  if (qo.qo_indptr == nullptr) {
-    return absl::InvalidArgumentError("prefill: qo_indptr is null");
-  }
-  if (!HeadDimCompiled(head_dim)) {
-    return absl::UnimplementedError(absl::StrCat("prefill: head_dim ", head_dim, " not compiled"));
-  }
-  return absl::OkStatus();
-}
 
 void FillCommon(const PrefillWork& work, const QueryOutput& qo, const AttentionOptions& opt,
                 int32_t head_dim, prefill::PrefillParams& p) {
@@ -237,19 +156,18 @@ void FillCommon(const PrefillWork& work, const QueryOutput& qo, const AttentionO
   p.group = work.num_qo_heads_ / work.num_kv_heads_;
   p.items = work.items_;
   p.num_items = work.num_items_;
-  constexpr float kLog2e = 1.4426950408889634f;
-  const float sm_scale =
-      opt.sm_scale != 0.f ? opt.sm_scale : 1.f / std::sqrt(static_cast<float>(head_dim));
-  p.sm_scale_log2 = sm_scale * kLog2e;
-  p.soft_cap = opt.logits_soft_cap > 0.f ? opt.logits_soft_cap : 0.f;
-  p.sm_scale_over_cap = p.soft_cap > 0.f ? sm_scale / p.soft_cap : 0.f;
-  p.cap_log2 = p.soft_cap * kLog2e;
+  p.item_rows = prefill::CtaRows(head_dim, work.variant_);
+  p.sub_items = 1;
+  p.logit = internal::MakeLogitScale(opt, head_dim);
   p.causal = opt.causal;
   p.window_left = opt.window_left >= 0 ? opt.window_left : -1;
   p.rope = opt.pos_encoding == PosEncoding::kRopeLlama;
-  p.rope_log2_theta = std::log2(opt.rope_theta);
-  p.rope_rcp_scale = opt.rope_scale != 0.f ? 1.f / opt.rope_scale : 1.f;
-  p.rope_offsets = opt.rope_offsets;
+  if (p.rope) {
+    internal::FillRopeFreqs(opt, head_dim, p.rope_freq);
+    // The RoPE kernels have the default tile: several CTAs per item of a wider plan.
+    p.sub_items = p.item_rows / prefill::CtaRows(head_dim, prefill::TileVariant::kDefault);
+  }
+  p.rope_offsets = p.rope ? opt.rope_offsets : nullptr;
 }
 
 template <bool kPaged>
@@ -258,14 +176,23 @@ cudaError_t Dispatch(int32_t head_dim, DType dtype, prefill::TileVariant variant
   using prefill::LaunchPrefill;
   using prefill::TileVariant;
   const bool bf16 = dtype == DType::kBFloat16;
+  constexpr TileVariant kDef = TileVariant::kDefault;
   switch (head_dim) {
 #ifdef ATTND_PREFILL_HD64
     case 64:
+      if (p.rope) {
+        return bf16 ? LaunchPrefill<64, __nv_bfloat16, kPaged, kDef, true>(p, stream)
+                    : LaunchPrefill<64, __half, kPaged, kDef, true>(p, stream);
+      }
       return bf16 ? LaunchPrefill<64, __nv_bfloat16, kPaged>(p, stream)
                   : LaunchPrefill<64, __half, kPaged>(p, stream);
 #endif
 #ifdef ATTND_PREFILL_HD128
     case 128:
+      if (p.rope) {
+        return bf16 ? LaunchPrefill<128, __nv_bfloat16, kPaged, kDef, true>(p, stream)
+                    : LaunchPrefill<128, __half, kPaged, kDef, true>(p, stream);
+      }
       if (variant == TileVariant::kWide) {
         return bf16 ? LaunchPrefill<128, __nv_bfloat16, kPaged, TileVariant::kWide>(p, stream)
                     : LaunchPrefill<128, __half, kPaged, TileVariant::kWide>(p, stream);
@@ -283,33 +210,36 @@ cudaError_t Dispatch(int32_t head_dim, DType dtype, prefill::TileVariant variant
 #endif
 #ifdef ATTND_PREFILL_HD256
     case 256:
+      if (p.rope) {
+        return bf16 ? LaunchPrefill<256, __nv_bfloat16, kPaged, kDef, true>(p, stream)
+                    : LaunchPrefill<256, __half, kPaged, kDef, true>(p, stream);
+      }
       return bf16 ? LaunchPrefill<256, __nv_bfloat16, kPaged>(p, stream)
                   : LaunchPrefill<256, __half, kPaged>(p, stream);
 #endif
     default:
-      return cudaErrorInvalidValue;  // excluded by CheckCommon
+      return cudaErrorInvalidValue;  // excluded by checks::PagedPrefillRun / RaggedPrefillRun
   }
+}
+
+checks::PlanShape Shape(const PrefillWork& work) {
+  return {work.batch_size_, work.num_qo_heads_, work.num_kv_heads_, work.head_dim_};
 }
 
 }  // namespace
 
+absl::Status CheckPagedPrefill(const PrefillWork& work, const PagedAttentionParams& params) {
+  return checks::PagedPrefillRun(Shape(work), params);
+}
+
+absl::Status CheckRaggedPrefill(const PrefillWork& work, const RaggedAttentionParams& params) {
+  return checks::RaggedPrefillRun(Shape(work), params);
+}
+
 absl::Status RunPagedPrefill(const PrefillWork& work, const PagedAttentionParams& params,
                              cudaStream_t stream) {
+  if (auto s = CheckPagedPrefill(work, params); !s.ok()) return s;
   const PagedKV& kv = params.kv;
-  if (auto s = CheckCommon(work, params.qo, kv.dtype, kv.num_kv_heads, kv.head_dim); !s.ok()) {
-    return s;
-  }
-  if (kv.page_size <= 0) {
-    return absl::InvalidArgumentError(absl::StrCat("prefill: page_size ", kv.page_size));
-  }
-  if (kv.batch_size != params.qo.batch_size) {
-    return absl::InvalidArgumentError(absl::StrCat("prefill: kv batch ", kv.batch_size,
-                                                   " != qo batch ", params.qo.batch_size));
-  }
-  if (kv.head_stride % 8 != 0 || kv.token_stride % 8 != 0 || kv.page_stride % 8 != 0 ||
-      kv.kv_stride % 8 != 0) {
-    return absl::UnimplementedError("prefill: K/V strides must be multiples of 8 elements");
-  }
   if (work.num_items_ == 0) return absl::OkStatus();
   prefill::PrefillParams p;
   FillCommon(work, params.qo, params.options, kv.head_dim, p);
@@ -327,22 +257,14 @@ absl::Status RunPagedPrefill(const PrefillWork& work, const PagedAttentionParams
   p.kv_indptr = kv.indptr;
   p.kv_indices = kv.indices;
   p.last_page_len = kv.last_page_len;
-  return CudaStatus(Dispatch<true>(kv.head_dim, kv.dtype, work.variant_, p, stream), "paged prefill launch");
+  return CudaStatus(Dispatch<true>(kv.head_dim, kv.dtype, work.variant_, p, stream),
+                    "prefill: paged prefill launch");
 }
 
 absl::Status RunRaggedPrefill(const PrefillWork& work, const RaggedAttentionParams& params,
                               cudaStream_t stream) {
+  if (auto s = CheckRaggedPrefill(work, params); !s.ok()) return s;
   const RaggedKV& kv = params.kv;
-  if (auto s = CheckCommon(work, params.qo, kv.dtype, kv.num_kv_heads, kv.head_dim); !s.ok()) {
-    return s;
-  }
-  if (kv.batch_size != params.qo.batch_size) {
-    return absl::InvalidArgumentError(absl::StrCat("prefill: kv batch ", kv.batch_size,
-                                                   " != qo batch ", params.qo.batch_size));
-  }
-  if (kv.stride_n % 8 != 0 || kv.stride_h % 8 != 0) {
-    return absl::UnimplementedError("prefill: K/V strides must be multiples of 8 elements");
-  }
   if (work.num_items_ == 0) return absl::OkStatus();
   prefill::PrefillParams p;
   FillCommon(work, params.qo, params.options, kv.head_dim, p);
@@ -351,7 +273,8 @@ absl::Status RunRaggedPrefill(const PrefillWork& work, const RaggedAttentionPara
   p.token_stride = kv.stride_n;
   p.head_stride = kv.stride_h;
   p.kv_indptr = kv.indptr;
-  return CudaStatus(Dispatch<false>(kv.head_dim, kv.dtype, work.variant_, p, stream), "ragged prefill launch");
+  return CudaStatus(Dispatch<false>(kv.head_dim, kv.dtype, work.variant_, p, stream),
+                    "prefill: ragged prefill launch");
 }
 
 }  // namespace attnd::kernels::cuda

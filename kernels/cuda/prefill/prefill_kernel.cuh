@@ -19,6 +19,13 @@
 // stored (ldmatrix.x4, no transpose). O += P V: A = P, built in registers from the S
 // accumulators (the C layout of two adjacent n8 fragments is exactly the A layout of one k16
 // step), B[k=kv][n=d] = V[kv][d] (ldmatrix.x4.trans).
+//
+// RoPE (kRope, always the kDefault tile): Q is rotated in fp32 on its way into shared memory and
+// every K tile in place once it has landed; both are kept as a hi part (in the tiles above) and a
+// lo part (q_lo [kCtaRows][D], k_lo [kTileKv][D] for the current tile), x = hi + lo, and
+// S = Qhi Khi + Qlo Khi + Qhi Klo: no rotated value is rounded to the 16-bit type (NUMERICS.md).
+// A plan made for a wider tile runs here with kSubItems CTAs per planned item. Logits, soft cap,
+// exp2 and LSE: numerics.cuh.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -28,11 +35,13 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "numerics.cuh"
 #include "prefill_params.h"
 
 namespace attnd::kernels::cuda::prefill {
 
-template <int kHeadDim_, typename T_, TileVariant kVariant = TileVariant::kDefault>
+template <int kHeadDim_, typename T_, TileVariant kVariant = TileVariant::kDefault,
+          bool kRope_ = false>
 struct PrefillConfig {
   using T = T_;
   static constexpr int kHeadDim = kHeadDim_;
@@ -44,11 +53,19 @@ struct PrefillConfig {
   static constexpr int kTileKv = TileKv(kHeadDim, kVariant);
   static constexpr int kChunks = kHeadDim / 8;  // 16-byte chunks per row
   static constexpr int kStages = Stages(kHeadDim_, kVariant);
-  static constexpr int kSmemElems = kCtaRows * kHeadDim + kStages * 2 * kTileKv * kHeadDim;
+  static constexpr bool kRope = kRope_;
+  static_assert(!kRope || kVariant == TileVariant::kDefault, "RoPE runs on the default tile");
+  static constexpr int kTilesElems = kCtaRows * kHeadDim + kStages * 2 * kTileKv * kHeadDim;
+  // kRope: the lo parts of the rotated Q tile and of the current K tile, after the tiles.
+  static constexpr int kQLoOffset = kTilesElems;
+  static constexpr int kKLoOffset = kQLoOffset + kCtaRows * kHeadDim;
+  static constexpr int kSmemElems = kRope ? kKLoOffset + kTileKv * kHeadDim : kTilesElems;
   // Paged only: the K row addresses (page table applied) of the upcoming K/V tiles,
   // [kStages][kTileKv], after the tiles.
   static constexpr int kTableBytes = kStages * kTileKv * static_cast<int>(sizeof(void*));
   static constexpr int kSmemBytes = kSmemElems * static_cast<int>(sizeof(T)) + kTableBytes;
+  // kRope: the RoPE pairs a thread rotates are the same for all of its (row, pair) items.
+  static_assert(kThreads % (kChunks / 2) == 0, "fixed RoPE pair chunk per thread");
   static_assert(kHeadDim % 64 == 0, "the swizzle needs at least 8 chunks per row");
   static_assert(kTileKv % 16 == 0);
   static_assert(kThreads % kChunks == 0 && kTileKv % (kThreads / kChunks) == 0);
@@ -120,63 +137,6 @@ __device__ __forceinline__ void Mma16816(float (&d)[4], const uint32_t (&a)[4], 
   }
 }
 
-// Two floats -> one 32-bit register of two T (lo = first).
-template <typename T>
-__device__ __forceinline__ uint32_t Pack2(float lo, float hi) {
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&v);
-  } else {
-    __half2 v = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&v);
-  }
-}
-
-template <typename T>
-__device__ __forceinline__ float ToFloat(T x) {
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) return __bfloat162float(x);
-  else return __half2float(x);
-}
-template <typename T>
-__device__ __forceinline__ T FromFloat(float x) {
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) return __float2bfloat16_rn(x);
-  else return __float2half_rn(x);
-}
-
-// 2^x, fast (ex2.approx: rel. error ~2^-22; ex2(-inf) = +0).
-__device__ __forceinline__ float FastExp2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
-
-// RoPE (LLaMA, rotate half) of one 16-byte chunk pair: lo holds dims i0..i0+7 (i0 < D/2) and hi
-// holds dims i0+D/2..; pos is the absolute position (kv position + rope offset).
-template <typename T, int kHeadDim>
-__device__ __forceinline__ void RotateChunkPair(uint4& lo, uint4& hi, int i0, float pos,
-                                                const PrefillParams& p) {
-  T* x1 = reinterpret_cast<T*>(&lo);
-  T* x2 = reinterpret_cast<T*>(&hi);
-  const float scaled_pos = pos * p.rope_rcp_scale;
-#pragma unroll
-  for (int e = 0; e < 8; ++e) {
-    const int i = i0 + e;
-    // freq_i = theta^(-2i/D)
-    const float inv_freq = exp2f(-p.rope_log2_theta * (2.f * i / kHeadDim));
-    // Cody-Waite reduction to [-pi, pi], then the fast sincos (no local-memory slow path).
-    const float angle = scaled_pos * inv_freq;
-    const float k = rintf(angle * 0.15915494309189535f);
-    float r = fmaf(-k, 6.28125f, angle);             // 2*pi, high part (exact product)
-    r = fmaf(-k, 1.9353071795864769e-3f, r);        // 2*pi - 6.28125
-    float sn, cs;
-    __sincosf(r, &sn, &cs);
-    const float a = ToFloat(x1[e]);
-    const float b = ToFloat(x2[e]);
-    x1[e] = FromFloat<T>(a * cs - b * sn);
-    x2[e] = FromFloat<T>(b * cs + a * sn);
-  }
-}
-
 // ---- the kernel -----------------------------------------------------------------------------
 
 template <class Cfg, bool kPaged>
@@ -189,11 +149,15 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   constexpr int CTA_M = Cfg::kCtaRows;
   constexpr int CPR = Cfg::kChunks;
   constexpr int THREADS = Cfg::kThreads;
-  constexpr float kLn2 = 0.6931471805599453f;
+  constexpr bool kRope = Cfg::kRope;
+  constexpr int HALF_CPR = CPR / 2;  // 16-byte chunks in half a row (RoPE pairs)
+  using internal::RopeFreq;
 
   extern __shared__ __align__(128) uint8_t smem_raw[];
   T* q_smem = reinterpret_cast<T*>(smem_raw);
   T* kv_smem = q_smem + CTA_M * D;
+  T* q_lo_smem = q_smem + Cfg::kQLoOffset;  // kRope
+  T* k_lo_smem = q_smem + Cfg::kKLoOffset;  // kRope
 
   const int tid = threadIdx.x;
   const int warp = tid / 32;
@@ -205,8 +169,12 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   // all heads (the grid's tail is made of the shortest tiles). KV-head-major (FA2's order, for
   // L2 reuse) was measured worse (H200, 2026-11-21): B1 L4096 lost ~10% to the tail, as a
   // list-scheduling simulation predicts (88% vs 99.5% efficiency with 64-row tiles).
-  const int item = blockIdx.x / p.num_kv_heads;
-  const int kv_head = blockIdx.x - item * p.num_kv_heads;
+  // kRope: p.sub_items CTAs of CTA_M rows share a planned item of p.item_rows rows (a plan made
+  // for a wider tile); the other kernels have the plan's tile (one CTA per item and KV head).
+  const int item_sub = blockIdx.x / p.num_kv_heads;
+  const int kv_head = blockIdx.x - item_sub * p.num_kv_heads;
+  const int item = kRope ? item_sub / p.sub_items : item_sub;
+  const int sub = kRope ? item_sub - item * p.sub_items : 0;
   const PrefillItem it = p.items[item];
   const int b = it.request;
   const int group = p.group;
@@ -224,9 +192,10 @@ __global__ void __launch_bounds__(Cfg::kThreads)
     kv_len = p.kv_indptr[b + 1] - kv_row_begin;
   }
 
-  const int packed_start = it.packed_start;
-  const int packed_end = min(packed_start + CTA_M, qo_len * group);
-  if (packed_start >= packed_end) return;  // defensive: the planner makes no empty items
+  const int packed_start = it.packed_start + sub * CTA_M;
+  const int item_end = kRope ? min(it.packed_start + p.item_rows, qo_len * group) : qo_len * group;
+  const int packed_end = min(packed_start + CTA_M, item_end);
+  if (packed_start >= packed_end) return;  // the last sub-item of a short item
   const int q_lo = packed_start / group;
   const int q_hi = (packed_end - 1) / group;
   const int delta = kv_len - qo_len;  // query row i sits at kv position delta + i
@@ -236,12 +205,19 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   int kv_end = kv_len;
   if (p.causal) kv_end = min(kv_len, delta + q_hi + 1);
   if (p.window_left >= 0) kv_begin = max(0, delta + q_lo - p.window_left);
-  const int rope_offset = (p.rope && p.rope_offsets != nullptr) ? p.rope_offsets[b] : 0;
+  const int rope_offset = (kRope && p.rope_offsets != nullptr) ? p.rope_offsets[b] : 0;
+  // kRope: the frequencies of the 8 pairs of the chunk this thread rotates (tid % HALF_CPR, the
+  // same for every (row, chunk) item of the thread: THREADS % HALF_CPR == 0).
+  RopeFreq kfreq[kRope ? 8 : 1];
+  if constexpr (kRope) {
+#pragma unroll
+    for (int k = 0; k < 8; ++k) kfreq[k] = p.rope_freq[(tid % HALF_CPR) * 8 + k];
+  }
 
   const T* q_g = static_cast<const T*>(p.q);
 
   // ---- Q tile -> smem (packed rows; rows past the end are zero) ----
-  if (!p.rope) {
+  if constexpr (!kRope) {
     for (int idx = tid; idx < CTA_M * CPR; idx += THREADS) {
       const int r = idx / CPR;
       const int c = idx % CPR;
@@ -253,23 +229,30 @@ __global__ void __launch_bounds__(Cfg::kThreads)
       CpAsync16(SmemAddr(q_smem + Swz<D>(r, c)), src, valid);
     }
   } else {
-    // Rotated on the way in: each thread owns a (dim chunk, chunk + D/2) pair of one row.
-    for (int idx = tid; idx < CTA_M * (CPR / 2); idx += THREADS) {
-      const int r = idx / (CPR / 2);
-      const int c = idx % (CPR / 2);
+    // Rotated on the way in (fp32, split into hi + lo): each thread owns a (dim chunk,
+    // chunk + D/2) pair of one row.
+    for (int idx = tid; idx < CTA_M * HALF_CPR; idx += THREADS) {
+      const int r = idx / HALF_CPR;
+      const int c = idx % HALF_CPR;
       const int pk = packed_start + r;
-      uint4 lo = make_uint4(0, 0, 0, 0);
-      uint4 hi = make_uint4(0, 0, 0, 0);
+      float lo[8], hi[8];
+#pragma unroll
+      for (int k = 0; k < 8; ++k) lo[k] = hi[k] = 0.f;
       if (pk < packed_end) {
         const int qi = pk / group;
         const int h = kv_head * group + pk % group;
         const T* row = q_g + (static_cast<int64_t>(qo_begin + qi) * p.num_qo_heads + h) * D;
-        lo = *reinterpret_cast<const uint4*>(row + c * 8);
-        hi = *reinterpret_cast<const uint4*>(row + c * 8 + D / 2);
-        RotateChunkPair<T, D>(lo, hi, c * 8, static_cast<float>(delta + qi + rope_offset), p);
+        internal::Vec8<T>::ToFloat(*reinterpret_cast<const uint4*>(row + c * 8), lo);
+        internal::Vec8<T>::ToFloat(*reinterpret_cast<const uint4*>(row + c * 8 + D / 2), hi);
+        internal::RotateHalfPairs8(lo, hi, delta + qi + rope_offset, kfreq);
       }
-      *reinterpret_cast<uint4*>(q_smem + Swz<D>(r, c)) = lo;
-      *reinterpret_cast<uint4*>(q_smem + Swz<D>(r, c + CPR / 2)) = hi;
+      uint4 lo_hi, lo_lo, hi_hi, hi_lo;
+      internal::SplitHiLo8<T>(lo, &lo_hi, &lo_lo);
+      internal::SplitHiLo8<T>(hi, &hi_hi, &hi_lo);
+      *reinterpret_cast<uint4*>(q_smem + Swz<D>(r, c)) = lo_hi;
+      *reinterpret_cast<uint4*>(q_smem + Swz<D>(r, c + HALF_CPR)) = hi_hi;
+      *reinterpret_cast<uint4*>(q_lo_smem + Swz<D>(r, c)) = lo_lo;
+      *reinterpret_cast<uint4*>(q_lo_smem + Swz<D>(r, c + HALF_CPR)) = hi_lo;
     }
   }
   CpAsyncCommit();
@@ -293,7 +276,7 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   // V row is at a fixed distance (v_base - k_base). Rows past kv_end get k_base (never read:
   // their copies are zero-fills).
   constexpr int S = Cfg::kStages;
-  const T** row_ptr = reinterpret_cast<const T**>(kv_smem + S * 2 * N * D);
+  const T** row_ptr = reinterpret_cast<const T**>(q_smem + Cfg::kSmemElems);
   const int64_t v_minus_k = static_cast<const T*>(p.v_base) - static_cast<const T*>(p.k_base);
   int next_page = 0;  // page id of row tid of the tile whose offsets are written next
   auto fetch_page = [&](int tile_start) {
@@ -407,9 +390,11 @@ __global__ void __launch_bounds__(Cfg::kThreads)
     warp_tiles = warp_qpos_hi < kv_begin ? 0 : min(num_tiles, (warp_qpos_hi - kv_begin) / N + 1);
   }
   const uint32_t q_base = SmemAddr(q_smem);
-  // Logits to the log2 domain: p = 2^(s * logit_scale - m) with s raw (no soft cap) or already
-  // capped and scaled (soft cap), so that the scale folds into the exponent's FFMA.
-  const float logit_scale = p.soft_cap > 0.f ? 1.f : p.sm_scale_log2;
+  const uint32_t q_lo_base = SmemAddr(q_lo_smem);  // kRope
+  const uint32_t k_lo_addr = SmemAddr(k_lo_smem);  // kRope
+  // Logits to the base-2 domain (numerics.h): p = 2^(CapLogit(s) * post - m), the scale folded
+  // into the exponent's FFMA; m is kept scaled.
+  const internal::LogitScale& ls = p.logit;
 
   int stage = 0;  // tile % S
   // The part of an iteration every warp runs (copies, table, barriers, RoPE of K): the main
@@ -434,17 +419,24 @@ __global__ void __launch_bounds__(Cfg::kThreads)
     }
 
     T* ks = kv_smem + stage * 2 * N * D;
-    if (p.rope) {
-      for (int idx = tid; idx < N * (CPR / 2); idx += THREADS) {
-        const int r = idx / (CPR / 2);
-        const int c = idx % (CPR / 2);
+    if constexpr (kRope) {  // rotate the tile's K rows: hi in place, lo into k_lo
+      for (int idx = tid; idx < N * HALF_CPR; idx += THREADS) {
+        const int r = idx / HALF_CPR;
+        const int c = idx % HALF_CPR;
         const int pos = t0 + r;
-        if (pos >= kv_end) continue;  // zero rows stay zero
-        uint4 lo = *reinterpret_cast<uint4*>(ks + Swz<D>(r, c));
-        uint4 hi = *reinterpret_cast<uint4*>(ks + Swz<D>(r, c + CPR / 2));
-        RotateChunkPair<T, D>(lo, hi, c * 8, static_cast<float>(pos + rope_offset), p);
-        *reinterpret_cast<uint4*>(ks + Swz<D>(r, c)) = lo;
-        *reinterpret_cast<uint4*>(ks + Swz<D>(r, c + CPR / 2)) = hi;
+        uint4* lo_ptr = reinterpret_cast<uint4*>(ks + Swz<D>(r, c));
+        uint4* hi_ptr = reinterpret_cast<uint4*>(ks + Swz<D>(r, c + HALF_CPR));
+        uint4 lo_lo = make_uint4(0, 0, 0, 0), hi_lo = make_uint4(0, 0, 0, 0);
+        if (pos < kv_end) {  // rows past the end are zero (hi) and get zero lo parts
+          float lo[8], hi[8];
+          internal::Vec8<T>::ToFloat(*lo_ptr, lo);
+          internal::Vec8<T>::ToFloat(*hi_ptr, hi);
+          internal::RotateHalfPairs8(lo, hi, pos + rope_offset, kfreq);
+          internal::SplitHiLo8<T>(lo, lo_ptr, &lo_lo);
+          internal::SplitHiLo8<T>(hi, hi_ptr, &hi_lo);
+        }
+        *reinterpret_cast<uint4*>(k_lo_smem + Swz<D>(r, c)) = lo_lo;
+        *reinterpret_cast<uint4*>(k_lo_smem + Swz<D>(r, c + HALF_CPR)) = hi_lo;
       }
       barrier();
     }
@@ -473,11 +465,13 @@ __global__ void __launch_bounds__(Cfg::kThreads)
 #pragma unroll kKkUnroll
     for (int kk = 0; kk < D / 16; ++kk) {
       uint32_t a[MQ][4];
+      uint32_t a_lo[kRope ? MQ : 1][4];  // kRope: the lo part of Q
 #pragma unroll
       for (int mq = 0; mq < MQ; ++mq) {
         // lanes 0-15 -> rows 0-15 at chunk 2kk; lanes 16-31 -> rows 0-15 at chunk 2kk+1
         const int r = warp * Cfg::kWarpRows + mq * 16 + (lane % 16);
         LdMatrixX4(q_base + 2 * Swz<D>(r, 2 * kk + lane / 16), a[mq]);
+        if constexpr (kRope) LdMatrixX4(q_lo_base + 2 * Swz<D>(r, 2 * kk + lane / 16), a_lo[mq]);
       }
 #pragma unroll
       for (int nn = 0; nn < N / 16; ++nn) {
@@ -491,20 +485,30 @@ __global__ void __launch_bounds__(Cfg::kThreads)
           Mma16816<T>(s[mq][2 * nn], a[mq], bk[0], bk[1]);
           Mma16816<T>(s[mq][2 * nn + 1], a[mq], bk[2], bk[3]);
         }
+        if constexpr (kRope) {  // + Qlo Khi + Qhi Klo
+          uint32_t bk_lo[4];
+          LdMatrixX4(k_lo_addr + 2 * Swz<D>(r, 2 * kk + (lane / 8) % 2), bk_lo);
+#pragma unroll
+          for (int mq = 0; mq < MQ; ++mq) {
+            Mma16816<T>(s[mq][2 * nn], a_lo[mq], bk[0], bk[1]);
+            Mma16816<T>(s[mq][2 * nn + 1], a_lo[mq], bk[2], bk[3]);
+            Mma16816<T>(s[mq][2 * nn], a[mq], bk_lo[0], bk_lo[1]);
+            Mma16816<T>(s[mq][2 * nn + 1], a[mq], bk_lo[2], bk_lo[3]);
+          }
+        }
       }
     }
 
     // ---- logits (log2 domain), mask ----
     const bool needs_mask = (t0 + N > kv_end) || (p.causal && t0 + N - 1 > qpos_lo) ||
                             (p.window_left >= 0 && t0 < qpos_hi - p.window_left);
-    if (p.soft_cap > 0.f) {
+    if (ls.soft_cap) {
 #pragma unroll
       for (int mq = 0; mq < MQ; ++mq)
 #pragma unroll
         for (int j = 0; j < N / 8; ++j)
 #pragma unroll
-          for (int e = 0; e < 4; ++e)
-            s[mq][j][e] = p.cap_log2 * tanhf(s[mq][j][e] * p.sm_scale_over_cap);
+          for (int e = 0; e < 4; ++e) s[mq][j][e] = internal::CapLogit(s[mq][j][e], ls);
     }
     if (needs_mask) {
 #pragma unroll
@@ -541,17 +545,17 @@ __global__ void __launch_bounds__(Cfg::kThreads)
         }
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        // mx: max of the unscaled logits (logit_scale > 0, so scaling keeps the order).
-        const float m_new = fmaxf(m_run[mq][h], mx * logit_scale);
+        // mx: max of the unscaled logits (post > 0, so scaling keeps the order).
+        const float m_new = fmaxf(m_run[mq][h], mx * ls.post);
         // All visible logits so far -inf (nothing visible yet): subtract 0 so no inf - inf.
         const float base = (m_new == -INFINITY) ? 0.f : m_new;
-        const float scale = FastExp2(m_run[mq][h] - base);
+        const float scale = internal::Exp2(m_run[mq][h] - base);
         m_run[mq][h] = m_new;
         float sum = 0.f;
 #pragma unroll
         for (int j = 0; j < N / 8; ++j) {
-          const float p0 = FastExp2(fmaf(s[mq][j][2 * h], logit_scale, -base));
-          const float p1 = FastExp2(fmaf(s[mq][j][2 * h + 1], logit_scale, -base));
+          const float p0 = internal::Exp2(fmaf(s[mq][j][2 * h], ls.post, -base));
+          const float p1 = internal::Exp2(fmaf(s[mq][j][2 * h + 1], ls.post, -base));
           s[mq][j][2 * h] = p0;
           s[mq][j][2 * h + 1] = p1;
           sum += p0 + p1;
@@ -587,10 +591,10 @@ __global__ void __launch_bounds__(Cfg::kThreads)
       uint32_t pa[MQ][1][4];
 #pragma unroll
       for (int mq = 0; mq < MQ; ++mq) {
-        pa[mq][0][0] = Pack2<T>(s[mq][2 * nn][0], s[mq][2 * nn][1]);
-        pa[mq][0][1] = Pack2<T>(s[mq][2 * nn][2], s[mq][2 * nn][3]);
-        pa[mq][0][2] = Pack2<T>(s[mq][2 * nn + 1][0], s[mq][2 * nn + 1][1]);
-        pa[mq][0][3] = Pack2<T>(s[mq][2 * nn + 1][2], s[mq][2 * nn + 1][3]);
+        pa[mq][0][0] = internal::Pack2<T>(s[mq][2 * nn][0], s[mq][2 * nn][1]);
+        pa[mq][0][1] = internal::Pack2<T>(s[mq][2 * nn][2], s[mq][2 * nn][3]);
+        pa[mq][0][2] = internal::Pack2<T>(s[mq][2 * nn + 1][0], s[mq][2 * nn + 1][1]);
+        pa[mq][0][3] = internal::Pack2<T>(s[mq][2 * nn + 1][2], s[mq][2 * nn + 1][3]);
       }
 #pragma unroll
       for (int dd = 0; dd < D / 16; ++dd) {
@@ -631,7 +635,7 @@ __global__ void __launch_bounds__(Cfg::kThreads)
 #pragma unroll
       for (int j = 0; j < D / 8; ++j) {
         *reinterpret_cast<uint32_t*>(q_smem + Swz<D>(r, j) + 2 * t4) =
-            Pack2<T>(o_acc[mq][j][2 * h] * inv, o_acc[mq][j][2 * h + 1] * inv);
+            internal::Pack2<T>(o_acc[mq][j][2 * h] * inv, o_acc[mq][j][2 * h + 1] * inv);
       }
       if (p.lse != nullptr && t4 == 0) {
         const int pk = packed_start + r;
@@ -639,7 +643,7 @@ __global__ void __launch_bounds__(Cfg::kThreads)
           const int qi = pk / group;
           const int head = kv_head * group + pk % group;
           p.lse[static_cast<int64_t>(qo_begin + qi) * p.num_qo_heads + head] =
-              d > 0.f ? (m_run[mq][h] + __log2f(d)) * kLn2 : -INFINITY;
+              internal::LseFromBase2(m_run[mq][h], d);
         }
       }
     }
@@ -660,17 +664,25 @@ __global__ void __launch_bounds__(Cfg::kThreads)
 
 // ---- launcher ---------------------------------------------------------------------------------
 
-template <int kHeadDim, typename T, bool kPaged, TileVariant kVariant>
+template <int kHeadDim, typename T, bool kPaged, TileVariant kVariant, bool kRope>
 cudaError_t LaunchPrefill(const PrefillParams& params, cudaStream_t stream) {
-  using Cfg = PrefillConfig<kHeadDim, T, kVariant>;
+  using Cfg = PrefillConfig<kHeadDim, T, kVariant, kRope>;
   if (params.num_items == 0 || params.num_kv_heads == 0) return cudaSuccess;
+  if (params.item_rows != params.sub_items * Cfg::kCtaRows) return cudaErrorInvalidValue;
   auto kernel = PrefillKernel<Cfg, kPaged>;
   // Raise the dynamic shared-memory limit (> 48 KB needs it). Cheap; done every launch so that
-  // it also holds on every device the process uses.
+  // it also holds on every device the process uses. The RoPE kernels (~113 KB at head_dim 128)
+  // fit twice per SM only with the largest shared-memory carveout.
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          Cfg::kSmemBytes);
   if (err != cudaSuccess) return err;
-  const int64_t blocks = static_cast<int64_t>(params.num_items) * params.num_kv_heads;
+  if constexpr (kRope) {
+    err = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                               cudaSharedmemCarveoutMaxShared);
+    if (err != cudaSuccess) return err;
+  }
+  const int64_t blocks =
+      static_cast<int64_t>(params.num_items) * params.sub_items * params.num_kv_heads;
   if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
   kernel<<<static_cast<unsigned>(blocks), Cfg::kThreads, Cfg::kSmemBytes, stream>>>(params);
   return cudaGetLastError();

@@ -7,6 +7,8 @@
 
 #include <cstdint>
 
+#include "numerics.h"
+
 namespace attnd::kernels::cuda::prefill {
 
 // --- Tile shapes ---------------------------------------------------------------------------
@@ -81,23 +83,25 @@ struct PrefillParams {
 
   const PrefillItem* items = nullptr;  // [num_items]
   int32_t num_items = 0;
+  // Rows of a planned item (CtaRows of the plan's variant) and the CTAs that share one: the
+  // kernel's tile is item_rows / sub_items rows (sub_items > 1: a RoPE run of a wide-tile plan).
+  int32_t item_rows = 0;
+  int32_t sub_items = 1;
 
   // Variant options (already resolved on the host).
-  float sm_scale_log2 = 0.f;     // sm_scale * log2(e)  (used when soft_cap == 0)
-  float soft_cap = 0.f;          // > 0: s = cap * tanh(raw * sm_scale / cap)
-  float sm_scale_over_cap = 0.f; // sm_scale / cap
-  float cap_log2 = 0.f;          // cap * log2(e)
+  internal::LogitScale logit;  // raw q.k -> base-2 logit (numerics.h)
   bool causal = false;
-  int32_t window_left = -1;
-  bool rope = false;
-  float rope_log2_theta = 0.f;   // log2(rope_theta)
-  float rope_rcp_scale = 1.f;    // 1 / rope_scale
+  int32_t window_left = -1;    // -1: no window
+  bool rope = false;           // RoPE LLaMA: the kRope instantiation runs
   const int32_t* rope_offsets = nullptr;  // [batch] or null
+  internal::RopeFreq rope_freq[internal::kMaxRopePairs];  // pairs 0 .. head_dim/2 - 1 (rope)
 };
 
-// Launchers, explicitly instantiated in prefill_hd<D>_<dtype>.cu.
-// T is __half or __nv_bfloat16; kPaged selects the K/V addressing above.
-template <int kHeadDim, typename T, bool kPaged, TileVariant kVariant = TileVariant::kDefault>
+// Launchers, explicitly instantiated in prefill_hd<D>_<dtype>*.cu.
+// T is __half or __nv_bfloat16; kPaged selects the K/V addressing above; kRope the kernel that
+// rotates q and k (the default tile only).
+template <int kHeadDim, typename T, bool kPaged, TileVariant kVariant = TileVariant::kDefault,
+          bool kRope = false>
 cudaError_t LaunchPrefill(const PrefillParams& params, cudaStream_t stream);
 
 }  // namespace attnd::kernels::cuda::prefill

@@ -77,6 +77,25 @@ OPTION_NAMES = ("causal", "sm_scale", "pos_encoding", "rope_theta", "rope_scale"
                 "logits_soft_cap", "window_left")
 
 
+def register_buffer_request(client, size_bytes: int, cuda_ipc_handle: Optional[bytes] = None,
+                            device: int = 0,
+                            shared_memory_fd: Optional[int] = None) -> pb.RegisterBufferRequest:
+    """A RegisterBufferRequest for a CUDA allocation (IPC handle + device) or for shared memory
+    passed as a file descriptor: the fd goes to the daemon over the client's peer connection
+    (attnd.peer), which answers with the one-time token the request names."""
+    req = pb.RegisterBufferRequest(size_bytes=int(size_bytes))
+    if cuda_ipc_handle is not None:
+        req.cuda_ipc.ipc_handle = bytes(cuda_ipc_handle)
+        req.cuda_ipc.device = int(device)
+    elif shared_memory_fd is not None:
+        peer = getattr(client, "_peer", None)
+        if peer is None:
+            raise ValueError("shared memory travels over the peer socket, and this client has "
+                             "none (a TCP target, or peer_socket='')")
+        req.shared_memory_fd.fd_token = peer.send_fd(int(shared_memory_fd))
+    return req
+
+
 def attention_options(causal: bool = False, sm_scale: Optional[float] = None,
                       pos_encoding: Any = "none", rope_theta: Optional[float] = None,
                       rope_scale: Optional[float] = None, rope_offsets: Any = None,

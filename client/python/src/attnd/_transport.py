@@ -70,12 +70,17 @@ def channel_options(extra: Sequence[Tuple[str, object]] = ()) -> List[Tuple[str,
     return list(opts.items())
 
 
-def call_metadata(token: Optional[str], session_id: Optional[str] = None) -> List[Tuple[str, str]]:
+def call_metadata(token: Optional[str], session_id: Optional[str] = None,
+                  peer_key: str = "") -> List[Tuple[str, str]]:
+    """The metadata of a call: bearer token, the session a unary call names, and the process's
+    peer key (attnd.peer) that proves who is calling."""
     md = []
     if token:
         md.append(("authorization", "Bearer " + token))
     if session_id:
         md.append((SESSION_METADATA_KEY, session_id))
+    if peer_key:
+        md.append(("x-attnd-peer", peer_key))
     return md
 
 

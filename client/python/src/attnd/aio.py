@@ -28,6 +28,7 @@ import grpc.aio
 
 from attnd import _requests as _rq
 from attnd import _transport as _tr
+from attnd.peer import PeerLink, default_peer_path
 from attnd.client import _RESPONSE_TYPES, _require_events, _stream_error
 from attnd.errors import (AttndError, DeadlineExceeded, Internal, Unavailable, error_from_code,
                           error_from_rpc)
@@ -48,8 +49,11 @@ class AsyncClient:
                  timeout: Optional[float] = 30.0, retries: int = 5, backoff: float = 0.1,
                  max_backoff: float = 2.0, credentials: Optional[grpc.ChannelCredentials] = None,
                  device_map: Optional[Dict[int, int]] = None,
-                 options: Sequence[Tuple[str, Any]] = ()):
+                 options: Sequence[Tuple[str, Any]] = (), peer_socket: Optional[str] = None):
         self.target = _tr.normalize_target(target)
+        # The peer connection (attnd.peer): None = "<unix socket path>.peer"; "" = none.
+        path = default_peer_path(self.target) if peer_socket is None else peer_socket
+        self._peer: Optional[PeerLink] = PeerLink(path) if path else None
         self.token = token
         self.timeout = timeout
         self.retry = _tr.RetryPolicy(retries, backoff, max_backoff)
@@ -65,7 +69,8 @@ class AsyncClient:
         self._closed = False
 
     def _metadata(self, session_id: Optional[str] = None):
-        return _tr.call_metadata(self.token, session_id)
+        return _tr.call_metadata(self.token, session_id,
+                                 self._peer.key() if self._peer is not None else "")
 
     async def _with_retry(self, method: str, make_call):
         attempt = 0
@@ -137,6 +142,8 @@ class AsyncClient:
             except AttndError:
                 pass
         await self._channel.close()
+        if self._peer is not None:
+            self._peer.close()  # the daemon releases whatever unary sessions are left
 
     async def __aenter__(self) -> "AsyncClient":
         return self
@@ -205,8 +212,9 @@ class AsyncSession:
                                       kv_dtype, num_pages, memory_budget_bytes)
         return AsyncPool(self, (await self.call("create_pool", req)).pool)
 
-    async def attach_pool(self, name: str) -> "AsyncPool":
-        return AsyncPool(self, (await self.call("attach_pool", pb.AttachPoolRequest(name=name))).pool)
+    async def attach_pool(self, name: str, attach_token: str = "") -> "AsyncPool":
+        return AsyncPool(self, (await self.call("attach_pool", pb.AttachPoolRequest(
+            name=name, attach_token=attach_token))).pool)
 
     async def describe_pool(self, pool_id: str) -> pb.PoolInfo:
         return (await self.call("describe_pool", pb.DescribePoolRequest(pool_id=pool_id))).pool
@@ -225,20 +233,17 @@ class AsyncSession:
         return int(r.free_pages)
 
     async def fork_pages(self, pool_id: str, page_ids: Sequence[int],
-                         target_session_id: str = "") -> List[int]:
+                         target_grant: str = "") -> List[int]:
         r = await self.call("fork_pages", pb.ForkPagesRequest(
             pool_id=pool_id, page_ids=_rq.int32_list("page_ids", page_ids),
-            target_session_id=target_session_id or ""))
+            target_grant=target_grant or ""))
         return list(r.refcounts)
 
     async def register_buffer(self, size_bytes: int, *, cuda_ipc_handle: Optional[bytes] = None,
-                              device: int = 0, shared_memory_name: Optional[str] = None) -> str:
-        req = pb.RegisterBufferRequest(size_bytes=int(size_bytes))
-        if cuda_ipc_handle is not None:
-            req.cuda_ipc.ipc_handle = bytes(cuda_ipc_handle)
-            req.cuda_ipc.device = int(device)
-        elif shared_memory_name is not None:
-            req.shared_memory.name = shared_memory_name
+                              device: int = 0, shared_memory_fd: Optional[int] = None) -> str:
+        """See attnd.Session.register_buffer."""
+        req = _rq.register_buffer_request(self.client, size_bytes, cuda_ipc_handle, device,
+                                          shared_memory_fd)
         return (await self.call("register_buffer", req)).buffer_id
 
     async def unregister_buffer(self, buffer_id: str) -> None:
@@ -250,7 +255,7 @@ class AsyncSession:
 
         buf = SharedBuffer(nbytes, mode)
         try:
-            buf.buffer_id = await self.register_buffer(buf.nbytes, shared_memory_name=buf.name)
+            buf.buffer_id = await self.register_buffer(buf.nbytes, shared_memory_fd=buf.fd)
         except BaseException:
             buf._release()
             raise
@@ -451,8 +456,8 @@ class AsyncPool(Pool):
         return self.free_pages
 
     async def fork(self, page_ids: Sequence[int],  # type: ignore[override]
-                   target_session_id: str = "") -> List[int]:
-        return await self.session.fork_pages(self.pool_id, page_ids, target_session_id)
+                   target_grant: str = "") -> List[int]:
+        return await self.session.fork_pages(self.pool_id, page_ids, target_grant)
 
     async def delete(self) -> None:  # type: ignore[override]
         if not self._deleted:

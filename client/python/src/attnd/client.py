@@ -27,6 +27,7 @@ import grpc
 
 from attnd import _requests as _rq
 from attnd import _transport as _tr
+from attnd.peer import PeerLink, default_peer_path
 from attnd.errors import (AttndError, DeadlineExceeded, Internal, Unavailable, Unimplemented,
                           error_from_code, error_from_rpc)
 from attnd.ipc import BufferCache
@@ -60,14 +61,20 @@ class Client:
         device_map: client CUDA ordinal -> daemon CUDA ordinal, for CUDA IPC registration when the
             two processes see different CUDA_VISIBLE_DEVICES (default: identity).
         options: extra grpc channel options.
+        peer_socket: the daemon's peer socket (attnd.peer); None = the unix socket's path +
+            ".peer" (none for TCP), "" = do not use one. Unary sessions on a unix socket and
+            shared-memory buffers need it.
     """
 
     def __init__(self, target: Optional[str] = None, *, token: Optional[str] = None,
                  timeout: Optional[float] = 30.0, retries: int = 5, backoff: float = 0.1,
                  max_backoff: float = 2.0, credentials: Optional[grpc.ChannelCredentials] = None,
                  device_map: Optional[Dict[int, int]] = None,
-                 options: Sequence[Tuple[str, Any]] = ()):
+                 options: Sequence[Tuple[str, Any]] = (), peer_socket: Optional[str] = None):
         self.target = _tr.normalize_target(target)
+        # The peer connection (attnd.peer): None = "<unix socket path>.peer"; "" = none.
+        path = default_peer_path(self.target) if peer_socket is None else peer_socket
+        self._peer: Optional[PeerLink] = PeerLink(path) if path else None
         self.token = token
         self.timeout = timeout
         self.retry = _tr.RetryPolicy(retries, backoff, max_backoff)
@@ -84,7 +91,8 @@ class Client:
 
     # -- plumbing ------------------------------------------------------------------------------
     def _metadata(self, session_id: Optional[str] = None):
-        return _tr.call_metadata(self.token, session_id)
+        return _tr.call_metadata(self.token, session_id,
+                                 self._peer.key() if self._peer is not None else "")
 
     def _with_retry(self, method: str, fn, *args, **kwargs):
         attempt = 0
@@ -169,6 +177,8 @@ class Client:
             except AttndError:
                 pass
         self._channel.close()
+        if self._peer is not None:
+            self._peer.close()  # the daemon releases whatever unary sessions are left
 
     def __enter__(self) -> "Client":
         return self
@@ -241,11 +251,14 @@ class Session:
                                       kv_dtype, num_pages, memory_budget_bytes)
         return Pool(self, self.call("create_pool", req).pool)
 
-    def attach_pool(self, name: str) -> "Pool":
-        """Attaches to a pool another session created (by its name)."""
+    def attach_pool(self, name: str, attach_token: str = "") -> "Pool":
+        """Attaches to a pool another session created, by its name: sessions of the creator's
+        principal (the same user on a unix socket) need nothing else, others the pool's
+        ``attach_token`` (``Pool.attach_token`` of a session attached to it)."""
         from attnd.pool import Pool
 
-        return Pool(self, self.call("attach_pool", pb.AttachPoolRequest(name=name)).pool)
+        return Pool(self, self.call("attach_pool", pb.AttachPoolRequest(
+            name=name, attach_token=attach_token)).pool)
 
     def describe_pool(self, pool_id: str) -> pb.PoolInfo:
         return self.call("describe_pool", pb.DescribePoolRequest(pool_id=pool_id)).pool
@@ -266,25 +279,23 @@ class Session:
         return int(r.free_pages)
 
     def fork_pages(self, pool_id: str, page_ids: Sequence[int],
-                   target_session_id: str = "") -> List[int]:
-        """Adds one reference per listed page (to ``target_session_id`` if given); returns the
-        new reference counts."""
+                   target_grant: str = "") -> List[int]:
+        """Adds one reference per listed page, held by this session, or given to the session
+        whose fork grant ``target_grant`` is (its ``Pool.fork_grant``); returns the new
+        reference counts."""
         r = self.call("fork_pages", pb.ForkPagesRequest(
             pool_id=pool_id, page_ids=_rq.int32_list("page_ids", page_ids),
-            target_session_id=target_session_id or ""))
+            target_grant=target_grant or ""))
         return list(r.refcounts)
 
     # -- buffers ------------------------------------------------------------------------------
     def register_buffer(self, size_bytes: int, *, cuda_ipc_handle: Optional[bytes] = None,
-                        device: int = 0, shared_memory_name: Optional[str] = None) -> str:
+                        device: int = 0, shared_memory_fd: Optional[int] = None) -> str:
         """Registers client memory the daemon may read and write: a CUDA allocation by its IPC
-        handle (64 bytes) and device, or a POSIX shared memory object by name. Returns its id."""
-        req = pb.RegisterBufferRequest(size_bytes=int(size_bytes))
-        if cuda_ipc_handle is not None:
-            req.cuda_ipc.ipc_handle = bytes(cuda_ipc_handle)
-            req.cuda_ipc.device = int(device)
-        elif shared_memory_name is not None:
-            req.shared_memory.name = shared_memory_name
+        handle (64 bytes) and device, or shared memory by file descriptor (a memfd sealed
+        against shrinking, sent over the peer socket). Returns its id."""
+        req = _rq.register_buffer_request(self.client, size_bytes, cuda_ipc_handle, device,
+                                          shared_memory_fd)
         return self.call("register_buffer", req).buffer_id
 
     def unregister_buffer(self, buffer_id: str) -> None:
@@ -298,7 +309,7 @@ class Session:
 
         buf = SharedBuffer(nbytes, mode)
         try:
-            buf.buffer_id = self.register_buffer(buf.nbytes, shared_memory_name=buf.name)
+            buf.buffer_id = self.register_buffer(buf.nbytes, shared_memory_fd=buf.fd)
         except BaseException:
             buf._release()
             raise

@@ -5,7 +5,8 @@
     pages = pool.allocate(3)                # -> [page ids]; RESOURCE_EXHAUSTED when full
     pool.fork(pages[:2])                    # share a prefix (refcount + 1)
     pool.free(pages)                        # drop this session's references
-    other = sess2.attach_pool("llama-7b")   # another session / process, by name
+    other = sess2.attach_pool("llama-7b")   # another session / process of the same user, by name
+    pool.fork(pages[:2], other.fork_grant)  # give `other` references to a shared prefix
 
 Layout per layer (NHD): [num_pages][2][page_size][num_kv_heads][head_dim], K at index 0; the pool
 is num_layers such layers back to back (``info`` carries the byte strides).
@@ -38,8 +39,8 @@ class Pool:
                                    num_pages, memory_budget_bytes)
 
     @classmethod
-    def attach(cls, session, name: str) -> "Pool":
-        return session.attach_pool(name)
+    def attach(cls, session, name: str, attach_token: str = "") -> "Pool":
+        return session.attach_pool(name, attach_token)
 
     # -- geometry -------------------------------------------------------------------------------
     @property
@@ -49,6 +50,17 @@ class Pool:
     @property
     def name(self) -> str:
         return self.info.name
+
+    @property
+    def fork_grant(self) -> str:
+        """This session's fork grant: hand it to the session that should give this one page
+        references (``pool.fork(pages, grant)`` there); it allows nothing else."""
+        return self.info.fork_grant
+
+    @property
+    def attach_token(self) -> str:
+        """The pool's attach token: lets sessions of another principal attach to it."""
+        return self.info.attach_token
 
     @property
     def num_layers(self) -> int:
@@ -98,10 +110,11 @@ class Pool:
         self.free_pages = self.session.free_pages(self.pool_id, page_ids)
         return self.free_pages
 
-    def fork(self, page_ids: Sequence[int], target_session_id: str = "") -> List[int]:
-        """Adds a reference per listed page (held by this session, or given to
-        ``target_session_id``); returns the new reference counts."""
-        return self.session.fork_pages(self.pool_id, page_ids, target_session_id)
+    def fork(self, page_ids: Sequence[int], target_grant: str = "") -> List[int]:
+        """Adds a reference per listed page, held by this session, or given to the session whose
+        fork grant ``target_grant`` is (its ``Pool.fork_grant``); returns the new reference
+        counts."""
+        return self.session.fork_pages(self.pool_id, page_ids, target_grant)
 
     def delete(self) -> None:
         """Detaches this session (drops its pages and plans here); the pool's memory is released

@@ -1,5 +1,9 @@
-"""Zero-copy numpy arrays through POSIX shared memory (daemons whose backend reads host memory,
-i.e. ``ServerInfo.shared_memory``; the CPU backend).
+"""Zero-copy numpy arrays through shared memory (daemons whose backend reads host memory, i.e.
+``ServerInfo.shared_memory``; the CPU backend).
+
+The memory is a memfd sealed against shrinking before anything maps it, and it reaches the daemon
+as a file descriptor over the peer socket (attnd.peer), never by name: no other process can
+register it, and nobody can shrink it under the daemon (which would fault it).
 
     buf = sess.shared_buffer(64 << 20)                  # created, mapped, registered once
     q = buf.array((batch, num_qo_heads, head_dim), np.float16)          # a view into it
@@ -9,12 +13,13 @@ i.e. ``ServerInfo.shared_memory``; the CPU backend).
 
 An array passed to run()/append_kv() that lies inside one of the session's shared buffers is sent
 as a BufferSlice (buffer id + byte offset) instead of inline bytes; ``out=``/``lse_out=`` may name
-arrays in a shared buffer. Arrays must be C-contiguous. The buffer is unregistered and unlinked by
+arrays in a shared buffer. Arrays must be C-contiguous. The buffer is unregistered and closed by
 ``close()`` (or when the session closes it).
 """
 
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
 import uuid
@@ -26,28 +31,27 @@ __all__ = ["SharedBuffer", "find_in_shared"]
 
 
 class SharedBuffer:
-    """A POSIX shared memory object of ``nbytes`` bytes, registered with the daemon.
+    """A sealed memfd of ``nbytes`` bytes, registered with the daemon.
 
-    Made by ``Session.shared_buffer(nbytes)``. Created with permissions ``mode`` (0600: the daemon
-    must run as the same user; widen it when it does not). Attributes: ``buffer_id``, ``name`` (the POSIX
-    name, with the leading slash), ``nbytes``, ``buf`` (a memoryview of the mapping)."""
+    Made by ``Session.shared_buffer(nbytes)``. Attributes: ``buffer_id``, ``name`` (a label only),
+    ``nbytes``, ``fd`` (the memfd), ``buf`` (a memoryview of the mapping). ``mode`` is accepted
+    for compatibility and ignored: a memfd has no path anyone could open."""
 
     def __init__(self, nbytes: int, mode: int = 0o600):
         if nbytes <= 0:
             raise ValueError("nbytes must be > 0")
+        del mode
         self.nbytes = int(nbytes)
-        self.name = f"/attnd-{os.getpid()}-{uuid.uuid4().hex[:16]}"
-        # POSIX shared memory objects live in /dev/shm on Linux (what shm_open uses).
-        self._path = "/dev/shm" + self.name
-        fd = os.open(self._path, os.O_CREAT | os.O_EXCL | os.O_RDWR, mode)
+        self.name = f"attnd-{os.getpid()}-{uuid.uuid4().hex[:16]}"
+        self.fd = os.memfd_create(self.name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
-            os.ftruncate(fd, self.nbytes)
-            self._mm: Optional[mmap.mmap] = mmap.mmap(fd, self.nbytes)
+            os.ftruncate(self.fd, self.nbytes)
+            # Sealed before it is shared: nobody can make it shorter than what is mapped.
+            fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL)
+            self._mm: Optional[mmap.mmap] = mmap.mmap(self.fd, self.nbytes)
         except BaseException:
-            os.close(fd)
-            os.unlink(self._path)
+            os.close(self.fd)
             raise
-        os.close(fd)
         self.buffer_id: Optional[str] = None
         self._base = np.frombuffer(self._mm, dtype=np.uint8, count=self.nbytes)
         self._addr = self._base.__array_interface__["data"][0]
@@ -80,12 +84,11 @@ class SharedBuffer:
         return off
 
     def _release(self) -> None:
-        """Unlinks the object; the mapping goes away with the last numpy view of it."""
+        """Closes the memfd; the mapping goes away with the last numpy view of it."""
         self._base = None
-        try:
-            os.unlink(self._path)
-        except FileNotFoundError:
-            pass
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
         if self._mm is not None:
             try:
                 self._mm.close()

@@ -30,7 +30,8 @@ written them. k/v are converted to the pool's kv dtype on the client.
 Attention options (plan() sets defaults, run() may override any of them):
     causal (prefill), sm_scale (None = 1/sqrt(head_dim)), pos_encoding ("none" | "rope_llama"),
     rope_theta (None = 1e4), rope_scale (None = 1), rope_offsets ([batch] ints added to positions),
-    logits_soft_cap (None/0 = off), window_left (None/-1 = no window).
+    logits_soft_cap (None/0 = off), window_left (None/-1 = no window; a lower bound only, as in
+    FlashInfer: keys below position p - window_left are hidden, the upper bound is causal's).
 """
 
 from __future__ import annotations

@@ -17,12 +17,16 @@ compile() {  # src obj
   if [[ ! -f $obj || $src -nt $obj || $ROOT/kernels/cuda/prefill/prefill_kernel.cuh -nt $obj ]]; then
     case $src in
       *.cu) "$NVCC" "${NVFLAGS[@]}" -Xptxas -v -c "$src" -o "$obj" 2> "$obj.log" || { cat "$obj.log"; exit 1; } ;;
-      *.cc) g++ -std=c++20 -O2 -I"$ROOT/kernels/include" -I"$ROOT/kernels/cpu" -c "$src" -o "$obj" ;;
+      *.cc) g++ -std=c++20 -O2 -DATTND_CUDA_HD64=1 -DATTND_CUDA_HD128=1 -DATTND_CUDA_HD256=1 \
+              -I"$ROOT/kernels/include" -I"$ROOT/kernels/cpu" -I"$ROOT/kernels/cuda" \
+              -I/usr/local/cuda/include -c "$src" -o "$obj" ;;
     esac
   fi
 }
 srcs=("$ROOT"/kernels/cuda/prefill/*.cu "$ROOT"/kernels/cpu/attention.cc "$ROOT"/kernels/cpu/validation.cc
-      "$ROOT"/kernels/common/dtype.cc "$ROOT"/tests/gpu/prefill_test.cu "$ROOT"/bench/prefill_bench.cu)
+      "$ROOT"/kernels/cuda/launch_checks.cc "$ROOT"/kernels/cuda/launch.cc
+      "$ROOT"/kernels/cuda/append_kv.cu "$ROOT"/kernels/cuda/merge_states.cu
+      "$ROOT"/tests/gpu/prefill_test.cu "$ROOT"/bench/prefill_bench.cu)
 running=0
 for s in "${srcs[@]}"; do
   o="$OUT_DIR/obj/$(basename "$s").o"
@@ -41,8 +45,11 @@ done
 ABSL+=(-Xlinker --end-group)
 O=$OUT_DIR/obj
 "$NVCC" -gencode=arch=compute_90a,code=sm_90a -o "$OUT_DIR/prefill_test" "$O/prefill_test.cu.o" \
-  "$O"/prefill_api.cu.o "$O"/prefill_hd*.cu.o "$O/attention.cc.o" "$O/validation.cc.o" "$O/dtype.cc.o" "${ABSL[@]}" -lpthread
+  "$O"/prefill_api.cu.o "$O"/prefill_hd*.cu.o "$O/attention.cc.o" "$O/validation.cc.o" \
+  "$O/launch_checks.cc.o" "$O/launch.cc.o" "$O/append_kv.cu.o" "$O/merge_states.cu.o" "${ABSL[@]}" \
+  -lpthread
 "$NVCC" -gencode=arch=compute_90a,code=sm_90a -o "$OUT_DIR/prefill_bench" "$O/prefill_bench.cu.o" \
-  "$O"/prefill_api.cu.o "$O"/prefill_hd*.cu.o "${ABSL[@]}"
+  "$O"/prefill_api.cu.o "$O"/prefill_hd*.cu.o "$O/launch_checks.cc.o" "$O/launch.cc.o" \
+  "$O/append_kv.cu.o" "$O/merge_states.cu.o" "${ABSL[@]}"
 grep -h -E "registers|spill" "$O"/prefill_hd*.log | sort | uniq -c
 echo "built $OUT_DIR/prefill_test $OUT_DIR/prefill_bench"

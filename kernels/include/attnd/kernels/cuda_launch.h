@@ -5,6 +5,13 @@
 // dtypes the kernels do not support, INTERNAL for a failed launch (cudaGetLastError is checked
 // after every launch).
 //
+// Preconditions (checked before anything is launched, so that no parameter can fault the device;
+// the Check* functions run the same checks without launching): tensors accessed with 16-byte
+// vectors (q, o, new k/v, the paged cache, merge v_in/v_out) need 16-byte aligned pointers and
+// strides that are multiples of 16 bytes; lse and merge s_in/s_out need 4-byte alignment; page
+// tables and indptr arrays must be set. INVALID_ARGUMENT names the field and its value, e.g.
+// "decode: q=0x7f0000000002 is not 16-byte aligned".
+//
 // Decode uses a plan/run split like prefill (cuda_prefill.h): PrepareDecode computes, from host
 // copies of the kv lengths, the split-KV schedule of a batch (which request is cut into how many
 // chunks so that the grid fills the GPU) and allocates the workspace for the partial states;
@@ -26,12 +33,18 @@
 
 namespace attnd::kernels::cuda {
 
+// True when the kernels for head_dim were compiled (ATTND_CUDA_HEAD_DIMS); the others give
+// UNIMPLEMENTED.
+bool HeadDimCompiled(int32_t head_dim);
+
 // Writes new tokens' K/V into their pages (see AppendKvParams). Any dtype, any page size, any
 // strides with head_dim * sizeof(dtype) a multiple of 16 bytes and 16-byte aligned rows.
 absl::Status LaunchAppendKv(const AppendKvParams& params, cudaStream_t stream);
+absl::Status CheckAppendKv(const AppendKvParams& params);
 
 // Merges attention states (see MergeStatesParams); dtype fp32, fp16 or bf16, head_dim % 4 == 0.
 absl::Status LaunchMergeStates(const MergeStatesParams& params, cudaStream_t stream);
+absl::Status CheckMergeStates(const MergeStatesParams& params);
 
 // How PrepareDecode cuts long sequences into chunks (split-KV). Defaults fit H100/H200.
 struct DecodeScheduleOptions {
@@ -85,5 +98,7 @@ DecodeScheduleInfo GetDecodeScheduleInfo(const DecodeWork& work);
 // a device pointer or null); writes lse when params.qo.lse is set.
 absl::Status RunPagedDecode(const DecodeWork& work, const PagedAttentionParams& params,
                             cudaStream_t stream);
+// The checks RunPagedDecode makes before it launches anything.
+absl::Status CheckPagedDecode(const DecodeWork& work, const PagedAttentionParams& params);
 
 }  // namespace attnd::kernels::cuda

@@ -40,5 +40,8 @@ absl::Status RunPagedPrefill(const PrefillWork& work, const PagedAttentionParams
                              cudaStream_t stream);
 absl::Status RunRaggedPrefill(const PrefillWork& work, const RaggedAttentionParams& params,
                               cudaStream_t stream);
+// The checks the two run functions make before they launch anything (see cuda_launch.h).
+absl::Status CheckPagedPrefill(const PrefillWork& work, const PagedAttentionParams& params);
+absl::Status CheckRaggedPrefill(const PrefillWork& work, const RaggedAttentionParams& params);
 
 }  // namespace attnd::kernels::cuda

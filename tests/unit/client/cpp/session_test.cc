@@ -1,6 +1,8 @@
 // The client's session mechanics against an in-process fake attnd service (no daemon): the
 // `open` handshake, request ids, per-command error codes, typed-call packing, the command timeout,
 // the unary path's metadata and close, and grpc.health.v1 through the generic stub.
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -393,22 +395,34 @@ TEST(ClientTest, CreateValidatesOptionsAndFailsFastWithoutADaemon) {
   EXPECT_EQ((*client)->GetServerInfo().status().code(), absl::StatusCode::kUnavailable);
 }
 
-TEST(SharedMemoryTest, CreateMapsAndUnlinks) {
-  const std::string name = absl::StrCat("/attnd-client-unit-", getpid());
-  {
-    auto region = SharedMemoryRegion::Create(name, 4096);
-    ASSERT_TRUE(region.ok()) << region.status();
-    EXPECT_EQ((*region)->size(), 4096u);
-    (*region)->data()[4095] = 42;
-    EXPECT_TRUE(std::filesystem::exists("/dev/shm" + name));
-    EXPECT_EQ(SharedMemoryRegion::Create(name, 4096).status().code(),
-              absl::StatusCode::kAlreadyExists);
-  }
-  EXPECT_FALSE(std::filesystem::exists("/dev/shm" + name));
-  EXPECT_EQ(SharedMemoryRegion::Create("no-slash", 16).status().code(),
-            absl::StatusCode::kInvalidArgument);
+// A region is a memfd sealed against shrinking before anything maps it: nobody (not even its
+// creator) can make it shorter than what the daemon maps, so touching it never faults.
+TEST(SharedMemoryTest, CreatesASealedMemfdNothingCanShrink) {
+  auto region = SharedMemoryRegion::Create("attnd-client-unit", 4096);
+  ASSERT_TRUE(region.ok()) << region.status();
+  EXPECT_EQ((*region)->size(), 4096u);
+  (*region)->data()[4095] = 42;
+  const int seals = fcntl((*region)->fd(), F_GET_SEALS);
+  EXPECT_NE(seals & F_SEAL_SHRINK, 0);
+  EXPECT_NE(seals & F_SEAL_SEAL, 0);
+  EXPECT_NE(ftruncate((*region)->fd(), 0), 0);
+  EXPECT_EQ(errno, EPERM);
+  struct stat st {};
+  ASSERT_EQ(fstat((*region)->fd(), &st), 0);
+  EXPECT_EQ(st.st_size, 4096);
+  EXPECT_EQ((*region)->data()[4095], 42);
   EXPECT_EQ(SharedMemoryRegion::Create("/x", 0).status().code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+TEST(PeerLinkTest, DefaultPathFollowsTheUnixTarget) {
+  EXPECT_EQ(PeerLink::DefaultPathFor("unix:///tmp/attnd.sock"), "/tmp/attnd.sock.peer");
+  EXPECT_EQ(PeerLink::DefaultPathFor("unix:run/a.sock"), "run/a.sock.peer");
+  EXPECT_EQ(PeerLink::DefaultPathFor("localhost:9400"), "");
+  // No daemon there: no key (calls then go without one), and descriptors cannot be sent.
+  PeerLink link("/nonexistent/attnd.sock.peer");
+  EXPECT_EQ(link.Key(), "");
+  EXPECT_EQ(link.SendFd(0).status().code(), absl::StatusCode::kUnavailable);
 }
 
 }  // namespace

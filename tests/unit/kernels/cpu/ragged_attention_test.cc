@@ -1,5 +1,6 @@
 // RaggedAttention: equal (bit for bit) to PagedAttention on the same data, correct against the
 // naive reference, and honest about strides (K and V interleaved in one packed buffer).
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -123,6 +124,53 @@ TEST(RaggedAttention, EmptyRequestAndValidation) {
   std::vector<int32_t> indptr = {0, 3, 2};
   bad.kv.indptr = indptr.data();
   EXPECT_EQ(RaggedAttention(bad).code(), absl::StatusCode::kInvalidArgument);
+}
+
+// The window semantics of the wire API (FlashInfer's): window_left bounds only from below (a row
+// at position p sees keys >= p - window_left); the upper bound comes from `causal` (p), or is the
+// end of the sequence without it; window_left = -1 is no window. Equal logits (q = k = 0) and
+// one-hot values make o the indicator of the visible keys divided by their count.
+TEST(RaggedAttention, WindowLeftBoundsOnlyFromBelow) {
+  constexpr int kKeys = 10, kDim = 16;
+  std::vector<float> k(kKeys * kDim, 0.f), v(kKeys * kDim, 0.f), q(3 * kDim, 0.f);
+  for (int t = 0; t < kKeys; ++t) v[t * kDim + t] = 1.f;
+  const std::vector<int32_t> kv_indptr = {0, kKeys}, qo_indptr = {0, 3};
+  RaggedAttentionParams p;
+  p.kv.k = k.data();
+  p.kv.v = v.data();
+  p.kv.dtype = DType::kFloat32;
+  p.kv.num_kv_heads = 1;
+  p.kv.head_dim = kDim;
+  p.kv.stride_n = kDim;
+  p.kv.stride_h = kDim;
+  p.kv.batch_size = 1;
+  p.kv.indptr = kv_indptr.data();
+  p.qo.q = q.data();
+  p.qo.q_dtype = DType::kFloat32;
+  p.qo.num_qo_heads = 1;
+  p.qo.batch_size = 1;
+  p.qo.qo_indptr = qo_indptr.data();  // 3 rows at positions 7, 8, 9
+  struct Expect {
+    bool causal;
+    int window_left;
+    int first, last;  // visible keys of the row at position 7
+  };
+  for (const Expect& e : {Expect{false, 2, 5, 9}, Expect{true, 2, 5, 7}, Expect{false, -1, 0, 9},
+                          Expect{true, -1, 0, 7}, Expect{false, 0, 7, 9}, Expect{true, 0, 7, 7}}) {
+    std::vector<float> o(3 * kDim, -1.f), lse(3, 0.f);
+    p.qo.o = o.data();
+    p.qo.lse = lse.data();
+    p.options.causal = e.causal;
+    p.options.window_left = e.window_left;
+    ASSERT_TRUE(RaggedAttention(p).ok());
+    const float share = 1.f / static_cast<float>(e.last - e.first + 1);
+    for (int t = 0; t < kDim; ++t) {
+      const float want = t >= e.first && t <= e.last ? share : 0.f;
+      EXPECT_NEAR(o[t], want, 1e-6f) << "causal " << e.causal << " window " << e.window_left
+                                     << " key " << t;
+    }
+    EXPECT_NEAR(lse[0], std::log(static_cast<float>(e.last - e.first + 1)), 1e-5f);
+  }
 }
 
 }  // namespace

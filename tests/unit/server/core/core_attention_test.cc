@@ -7,7 +7,10 @@
 
 #include <cmath>
 #include <cstring>
+#include <atomic>
 #include <random>
+#include <sys/stat.h>
+#include <thread>
 #include <string>
 #include <vector>
 
@@ -29,6 +32,10 @@ using testing::MakeCore;
 using testing::Open;
 using testing::PlanRequest;
 using testing::PoolSpec;
+using testing::AddTestPeer;
+using testing::RegisterMemfd;
+using testing::SendFd;
+using testing::TestMemfd;
 
 // Random tensor bytes of `dtype`, values uniform in [-1, 1] (rounded to the dtype).
 std::string RandomBytes(std::mt19937& rng, kernels::DType dtype, int64_t count) {
@@ -272,37 +279,12 @@ INSTANTIATE_TEST_SUITE_P(
     [](const ::testing::TestParamInfo<Scenario>& info) { return info.param.name; });
 
 // A POSIX shared memory object created (and unlinked) by the test.
-class ScopedShm {
- public:
-  explicit ScopedShm(size_t size)
-      : name_("/attnd-core-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter_++)),
-        size_(size) {
-    const int fd = ::shm_open(name_.c_str(), O_CREAT | O_EXCL | O_RDWR, 0600);
-    EXPECT_GE(fd, 0) << std::strerror(errno);
-    EXPECT_EQ(::ftruncate(fd, static_cast<off_t>(size)), 0);
-    addr_ = static_cast<char*>(::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0));
-    EXPECT_NE(addr_, MAP_FAILED);
-    ::close(fd);
-  }
-  ~ScopedShm() {
-    ::munmap(addr_, size_);
-    ::shm_unlink(name_.c_str());
-  }
-  const std::string& name() const { return name_; }
-  char* data() { return addr_; }
-
- private:
-  static inline int counter_ = 0;
-  std::string name_;
-  size_t size_;
-  char* addr_ = nullptr;
-};
-
 class CoreBufferTest : public ::testing::Test {
  protected:
   void SetUp() override {
     core_ = MakeCore();
-    session_ = Open(*core_);
+    peer_ = AddTestPeer(*core_);
+    session_ = Open(*core_, SessionBinding::kStream, "test", 0, peer_);
     pool_ = CreatePool(*core_, session_);  // fp16, 2 kv heads, head_dim 64, page_size 4
     pages_ = Allocate(*core_, session_, pool_.pool_id(), 2);
     auto plan = core_->CreatePlan(session_, PlanRequest(pool_.pool_id(), v1::ATTENTION_KIND_PREFILL,
@@ -323,13 +305,10 @@ class CoreBufferTest : public ::testing::Test {
     q_ = RandomBytes(rng, kernels::DType::kFloat16, 7 * 4 * 64);
   }
 
-  std::string Register(const std::string& name, uint64_t size) {
-    v1::RegisterBufferRequest request;
-    request.mutable_shared_memory()->set_name(name);
-    request.set_size_bytes(size);
-    auto response = core_->RegisterBuffer(session_, request);
-    EXPECT_TRUE(response.ok()) << response.status();
-    return response.ok() ? response->buffer_id() : "";
+  std::string Register(const TestMemfd& memfd, uint64_t size) {
+    auto buffer = RegisterMemfd(*core_, session_, peer_, memfd, size);
+    EXPECT_TRUE(buffer.ok()) << buffer.status();
+    return buffer.ok() ? *buffer : "";
   }
 
   static v1::Tensor Slice(v1::DType dtype, std::vector<int64_t> shape, const std::string& buffer,
@@ -343,6 +322,7 @@ class CoreBufferTest : public ::testing::Test {
   }
 
   std::unique_ptr<Core> core_;
+  Identity peer_;
   std::string session_;
   v1::PoolInfo pool_;
   std::vector<int32_t> pages_;
@@ -353,10 +333,10 @@ class CoreBufferTest : public ::testing::Test {
 TEST_F(CoreBufferTest, RunReadsQAndWritesOAndLseThroughSharedMemory) {
   const size_t q_bytes = q_.size(), lse_bytes = 7 * 4 * sizeof(float);
   const uint64_t q_off = 128, o_off = q_off + q_bytes + 64, lse_off = o_off + q_bytes;
-  ScopedShm shm(lse_off + lse_bytes + 100);
+  TestMemfd shm(lse_off + lse_bytes + 100);
   std::memcpy(shm.data() + q_off, q_.data(), q_bytes);
   std::memset(shm.data() + o_off, 0x55, q_bytes + lse_bytes);  // poison
-  const std::string buffer = Register(shm.name(), lse_off + lse_bytes + 100);
+  const std::string buffer = Register(shm, lse_off + lse_bytes + 100);
   ASSERT_FALSE(buffer.empty());
 
   v1::RunRequest by_buffer;
@@ -383,8 +363,8 @@ TEST_F(CoreBufferTest, RunReadsQAndWritesOAndLseThroughSharedMemory) {
 }
 
 TEST_F(CoreBufferTest, BadSlicesAndBuffersAreRefused) {
-  ScopedShm shm(4096);
-  const std::string buffer = Register(shm.name(), 4096);
+  TestMemfd shm(4096);
+  const std::string buffer = Register(shm, 4096);
   v1::RunRequest run;
   run.set_plan_id(plan_id_);
   *run.mutable_q() = Slice(v1::DTYPE_FLOAT16, {7, 4, 64}, buffer, 0);  // 3584 bytes: fits
@@ -408,41 +388,128 @@ TEST_F(CoreBufferTest, BadSlicesAndBuffersAreRefused) {
   EXPECT_EQ(core_->Stats().buffers, 0);
 }
 
-TEST_F(CoreBufferTest, AShrunkObjectIsRefusedInsteadOfFaulting) {
-  ScopedShm shm(8192);
-  const std::string buffer = Register(shm.name(), 8192);
-  v1::RunRequest run;
-  run.set_plan_id(plan_id_);
-  *run.mutable_q() = Slice(v1::DTYPE_FLOAT16, {7, 4, 64}, buffer, 4096);
-  ASSERT_TRUE(core_->Run(session_, run).ok());
-  // The owner truncates it: touching the mapping now would raise SIGBUS.
-  const int fd = ::shm_open(shm.name().c_str(), O_RDWR, 0);
-  ASSERT_GE(fd, 0);
-  ASSERT_EQ(::ftruncate(fd, 1024), 0);
-  ::close(fd);
-  const absl::Status s = core_->Run(session_, run).status();
-  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
-  EXPECT_THAT(std::string(s.message()), HasSubstr("q.buffer"));
-  EXPECT_THAT(std::string(s.message()), HasSubstr("now 1024 bytes"));
+// The client's memory must never fault the daemon: only memfds sealed against shrinking are
+// accepted, and a sealed one cannot be shrunk while the daemon reads it (the old name-based
+// registration let a client ftruncate its object mid-AppendKv and end the daemon with SIGBUS).
+// A Run refused for any of its fields changes nothing: k/v it carries are not appended first
+// (the CUDA backend used to append before checking the rest). Every field is checked before any
+// write, for every backend, by the executor.
+TEST_F(CoreBufferTest, ARefusedRunDoesNotAppendItsKv) {
+  v1::RunRequest read;
+  read.set_plan_id(plan_id_);
+  *read.mutable_q() = InlineTensor(kernels::DType::kFloat16, {7, 4, 64}, q_);
+  read.mutable_options()->set_causal(true);
+  auto before = core_->Run(session_, read);
+  ASSERT_TRUE(before.ok()) << before.status();
+
+  TestMemfd shm(4096);
+  const std::string buffer = Register(shm, 4096);
+  std::mt19937 rng(99);
+  v1::RunRequest bad = read;
+  *bad.mutable_k() = InlineTensor(kernels::DType::kFloat16, {7, 2, 64},
+                                  RandomBytes(rng, kernels::DType::kFloat16, 7 * 2 * 64));
+  *bad.mutable_v() = InlineTensor(kernels::DType::kFloat16, {7, 2, 64},
+                                  RandomBytes(rng, kernels::DType::kFloat16, 7 * 2 * 64));
+  // Each of these is refused after k and v passed their own checks.
+  std::vector<v1::RunRequest> refused;
+  refused.push_back(bad);
+  *refused.back().mutable_o() = Slice(v1::DTYPE_FLOAT16, {7, 4, 64}, buffer, 2048);  // past end
+  refused.push_back(bad);
+  *refused.back().mutable_o() = Slice(v1::DTYPE_FLOAT16, {7, 4, 64}, buffer, 1);  // misaligned
+  refused.push_back(bad);
+  refused.back().mutable_options()->set_return_lse(true);
+  *refused.back().mutable_lse() = Slice(v1::DTYPE_FLOAT32, {7, 4}, "b-nope", 0);  // unknown
+  refused.push_back(bad);
+  refused.back().mutable_options()->set_logits_soft_cap(-1.f);
+  refused.push_back(bad);
+  refused.back().set_layer(5);
+  for (const v1::RunRequest& r : refused) {
+    EXPECT_FALSE(core_->Run(session_, r).ok());
+  }
+  auto after = core_->Run(session_, read);
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ(after->o().inline_data(), before->o().inline_data()) << "the cache changed";
 }
 
-TEST_F(CoreBufferTest, RegistrationChecksTheRealObject) {
-  ScopedShm shm(1000);
+TEST_F(CoreBufferTest, OnlySealedMemfdsAreAcceptedAndTheyCannotShrinkUnderARun) {
+  TestMemfd unsealed(8192, /*seal=*/false);
+  auto refused = SendFd(*core_, peer_, unsealed.fd());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition) << refused.status();
+  EXPECT_THAT(std::string(refused.status().message()), HasSubstr("F_SEAL_SHRINK"));
+  int pipe_fds[2];
+  ASSERT_EQ(::pipe(pipe_fds), 0);
+  ::close(pipe_fds[1]);
+  refused = core_->AddPeerFd(peer_.peer, pipe_fds[0]);  // taken and closed
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition) << refused.status();
+  EXPECT_THAT(std::string(refused.status().message()), HasSubstr("not a regular file"));
+
+  TestMemfd shm(8192);
+  std::memcpy(shm.data(), q_.data(), q_.size());
+  const std::string buffer = Register(shm, 8192);
+  v1::RunRequest run;
+  run.set_plan_id(plan_id_);
+  *run.mutable_q() = Slice(v1::DTYPE_FLOAT16, {7, 4, 64}, buffer, 0);
+  *run.mutable_k() = Slice(v1::DTYPE_FLOAT16, {7, 2, 64}, buffer, 4096);
+  *run.mutable_v() = Slice(v1::DTYPE_FLOAT16, {7, 2, 64}, buffer, 4096 + 1792);
+  // The owner keeps trying to shrink it to 0 while runs (appending k/v) read it.
+  std::atomic<bool> stop{false};
+  std::atomic<int> refusals{0};
+  std::thread shrinker([&] {
+    while (!stop.load()) {
+      if (::ftruncate(shm.fd(), 0) != 0 && errno == EPERM) refusals.fetch_add(1);
+    }
+  });
+  for (int i = 0; i < 200; ++i) ASSERT_TRUE(core_->Run(session_, run).ok());
+  stop = true;
+  shrinker.join();
+  EXPECT_GT(refusals.load(), 0);
+  struct stat st {};
+  ASSERT_EQ(::fstat(shm.fd(), &st), 0);
+  EXPECT_EQ(st.st_size, 8192);
+}
+
+TEST_F(CoreBufferTest, RegistrationChecksTheDescriptorAndWhoSentIt) {
+  TestMemfd shm(1000);
   v1::RegisterBufferRequest request;
-  request.mutable_shared_memory()->set_name(shm.name());
+  auto token = SendFd(*core_, peer_, shm.fd());
+  ASSERT_TRUE(token.ok()) << token.status();
+  request.mutable_shared_memory_fd()->set_fd_token(*token);
   request.set_size_bytes(1001);
   auto s = core_->RegisterBuffer(session_, request).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kOutOfRange) << s;
   EXPECT_THAT(std::string(s.message()), HasSubstr("size_bytes=1001"));
   EXPECT_THAT(std::string(s.message()), HasSubstr("(1000 bytes)"));
-
-  request.mutable_shared_memory()->set_name("/attnd-core-test-does-not-exist");
+  // A token is good once: the refused registration used it up.
+  request.set_size_bytes(1000);
   EXPECT_EQ(core_->RegisterBuffer(session_, request).status().code(), absl::StatusCode::kNotFound);
+
+  // Another process's descriptor cannot be registered by a session that is not its own, even
+  // knowing the token.
+  const Identity other_peer = AddTestPeer(*core_);
+  token = SendFd(*core_, other_peer, shm.fd());
+  ASSERT_TRUE(token.ok()) << token.status();
+  request.mutable_shared_memory_fd()->set_fd_token(*token);
+  s = core_->RegisterBuffer(session_, request).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kNotFound) << s;
+  // ... while its own session can.
+  const std::string theirs = Open(*core_, SessionBinding::kStream, "other", 0, other_peer);
+  EXPECT_TRUE(core_->RegisterBuffer(theirs, request).ok());
+
+  // By name: refused, whatever the name.
+  request.mutable_shared_memory()->set_name("/attnd-core-test-does-not-exist");
+  EXPECT_EQ(core_->RegisterBuffer(session_, request).status().code(),
+            absl::StatusCode::kFailedPrecondition);
 
   request.mutable_cuda_ipc()->set_ipc_handle(std::string(64, '\1'));
   s = core_->RegisterBuffer(session_, request).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
-  EXPECT_EQ(core_->Stats().buffers, 0);
+  EXPECT_EQ(core_->Stats().buffers, 1);  // theirs
+  // A peer that leaves takes its unregistered descriptors with it.
+  token = SendFd(*core_, other_peer, shm.fd());
+  ASSERT_TRUE(token.ok());
+  core_->RemovePeer(other_peer.peer);
+  request.mutable_shared_memory_fd()->set_fd_token(*token);
+  EXPECT_FALSE(core_->RegisterBuffer(theirs, request).ok());
 }
 
 }  // namespace

@@ -24,9 +24,11 @@ class CoreEventsTest : public ::testing::Test {
  protected:
   void SetUp() override {
     core_ = MakeCore();
-    session_ = Open(*core_);
+    peer_ = AddTestPeer(*core_);
+    session_ = Open(*core_, SessionBinding::kStream, "test", 0, peer_);
   }
   std::unique_ptr<Core> core_;
+  Identity peer_;  // the session's owner, a peer that can pass shared memory
   std::string session_;
 };
 
@@ -151,16 +153,14 @@ TEST_F(CoreAsyncRunTest, UnknownCompletionValueIsRejected) {
 // On the CPU backend ASYNC completes before the reply: o in a shared-memory buffer equals the
 // SYNC run's inline o, and AppendKv ASYNC is accepted.
 TEST_F(CoreAsyncRunTest, AsyncOnCpuCompletesBeforeTheReply) {
-  const std::string name = "/attnd-events-test-" + std::to_string(getpid());
   const size_t bytes = 4 * 64 * 2;
-  const int fd = shm_open(name.c_str(), O_CREAT | O_RDWR, 0600);
-  ASSERT_GE(fd, 0);
-  ASSERT_EQ(ftruncate(fd, bytes), 0);
-  void* map = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  ASSERT_NE(map, MAP_FAILED);
+  TestMemfd memfd(bytes);
+  char* map = memfd.data();
   std::memset(map, 0xFF, bytes);  // NaN poison: an unwritten o cannot match
+  auto token = SendFd(*core_, peer_, memfd.fd());
+  ASSERT_TRUE(token.ok()) << token.status();
   v1::RegisterBufferRequest reg;
-  reg.mutable_shared_memory()->set_name(name);
+  reg.mutable_shared_memory_fd()->set_fd_token(*token);
   reg.set_size_bytes(bytes);
   auto buffer = core_->RegisterBuffer(session_, reg);
   ASSERT_TRUE(buffer.ok()) << buffer.status();
@@ -186,10 +186,6 @@ TEST_F(CoreAsyncRunTest, AsyncOnCpuCompletesBeforeTheReply) {
   ASSERT_TRUE(async.ok()) << async.status();
   EXPECT_FALSE(async->has_o());
   EXPECT_EQ(std::memcmp(map, sync->o().inline_data().data(), bytes), 0);
-
-  munmap(map, bytes);
-  close(fd);
-  shm_unlink(name.c_str());
 }
 
 }  // namespace

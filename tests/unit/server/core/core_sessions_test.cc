@@ -1,5 +1,7 @@
 // Sessions, pools, pages, plans and buffers through Core: lifetimes, isolation between sessions,
 // clean-up, and the status codes of bad requests.
+#include <limits>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -7,6 +9,8 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/core/core.h"
+#include "spdlog/sinks/ostream_sink.h"
+#include "spdlog/spdlog.h"
 
 namespace attnd::server {
 namespace {
@@ -16,6 +20,7 @@ using ::testing::HasSubstr;
 using testing::Allocate;
 using testing::AttachByName;
 using testing::CreatePool;
+using testing::ForkGrantOf;
 using testing::FreePagesOf;
 using testing::HalfTensor;
 using testing::MakeCore;
@@ -23,6 +28,7 @@ using testing::Open;
 using testing::PlanRequest;
 using testing::PoolRequest;
 using testing::PoolSpec;
+using testing::TestOwner;
 
 #define EXPECT_STATUS(expr, code_, ...)                                  \
   do {                                                                   \
@@ -41,10 +47,150 @@ TEST(CoreSessionsTest, OpenCloseAndUnknownSessions) {
 
   ASSERT_TRUE(core->CloseSession(a).ok());
   EXPECT_EQ(core->Stats().sessions, 1);
-  EXPECT_STATUS(core->CloseSession(a), kNotFound, HasSubstr(a));
-  EXPECT_STATUS(core->CreatePool(a, PoolRequest({})).status(), kNotFound, HasSubstr(a));
+  // Errors name the session by its log tag ("s12"), never by the id itself (a secret).
+  const std::string tag = a.substr(0, a.find('-'));
+  EXPECT_STATUS(core->CloseSession(a), kNotFound, HasSubstr("session " + tag + " "));
+  EXPECT_STATUS(core->CreatePool(a, PoolRequest({})).status(), kNotFound,
+                HasSubstr("does not exist"));
+  EXPECT_THAT(std::string(core->CreatePool(a, PoolRequest({})).status().message()),
+              ::testing::Not(HasSubstr(a)));
   EXPECT_STATUS(core->CreatePool("s-nonexistent", PoolRequest({})).status(), kNotFound,
-                HasSubstr("s-nonexistent"));
+                HasSubstr("session s? does not exist"));
+}
+
+// A stream-bound session is reachable only from its stream: a unary call naming its id gets the
+// same NOT_FOUND as an unknown id, and nothing happens to it. A unary session answers only to
+// the identity that opened it.
+TEST(CoreSessionsTest, SessionIdsAreNotCredentials) {
+  auto core = MakeCore();
+  const Identity alice{"uid:1000", "pk-alice"}, mallory{"uid:1001", "pk-mallory"};
+  const std::string stream = Open(*core, SessionBinding::kStream, "engine", 0, alice);
+  const v1::PoolInfo pool = CreatePool(*core, stream);
+  const std::vector<int32_t> pages = Allocate(*core, stream, pool.pool_id(), 2);
+  v1::FreePagesRequest free;
+  free.set_pool_id(pool.pool_id());
+  free.add_page_ids(pages[0]);
+  v1::DescribePoolRequest describe;
+  describe.set_pool_id(pool.pool_id());
+  for (const Identity* caller : {&alice, &mallory}) {
+    EXPECT_STATUS(core->FreePages(SessionRef::Unary(stream, *caller), free).status(), kNotFound,
+                  HasSubstr("does not exist"));
+    EXPECT_STATUS(core->DescribePool(SessionRef::Unary(stream, *caller), describe).status(),
+                  kNotFound, HasSubstr("does not exist"));
+    EXPECT_STATUS(core->CloseSession(SessionRef::Unary(stream, *caller)), kNotFound,
+                  HasSubstr("does not exist"));
+  }
+  EXPECT_EQ(FreePagesOf(*core, stream, pool.pool_id()), 14);  // untouched, still open
+
+  const std::string leased = Open(*core, SessionBinding::kLeased, "unary", 0, alice);
+  ASSERT_TRUE(AttachByName(*core, leased).ok());
+  EXPECT_STATUS(core->DescribePool(SessionRef::Unary(leased, mallory), describe).status(),
+                kNotFound, HasSubstr("does not exist"));
+  EXPECT_STATUS(core->CloseSession(SessionRef::Unary(leased, mallory)), kNotFound,
+                HasSubstr("does not exist"));
+  // The same uid from another process (another peer key) is another caller too.
+  EXPECT_EQ(core->DescribePool(SessionRef::Unary(leased, Identity{"uid:1000", "pk-other"}),
+                               describe)
+                .status()
+                .code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_TRUE(core->DescribePool(SessionRef::Unary(leased, alice), describe).ok());
+  EXPECT_TRUE(core->CloseSession(SessionRef::Unary(leased, alice)).ok());
+}
+
+// On the daemon (unary_sessions_need_identity), a unary session needs a caller identity.
+TEST(CoreSessionsTest, UnarySessionsNeedAnIdentityOnTheDaemon) {
+  CoreOptions options;
+  options.unary_sessions_need_identity = true;
+  auto core = MakeCore(options);
+  auto anonymous = core->OpenSession(v1::OpenSessionRequest(), SessionBinding::kLeased, {});
+  EXPECT_STATUS(anonymous.status(), kUnauthenticated, HasSubstr("x-attnd-peer"));
+  EXPECT_TRUE(core->OpenSession(v1::OpenSessionRequest(), SessionBinding::kStream, {}).ok());
+  EXPECT_TRUE(core->OpenSession(v1::OpenSessionRequest(), SessionBinding::kLeased,
+                                Identity{"uid:1000", "pk-1"})
+                  .ok());
+}
+
+// The lease a client asks for is capped (--max_session_lease_ms): 4,096 sessions with a lease
+// of 2^32-1 ms would hold the daemon's session quota for seven weeks.
+TEST(CoreSessionsTest, RequestedLeasesAreCapped) {
+  CoreOptions options;
+  options.max_session_lease = absl::Seconds(90);
+  auto core = MakeCore(options);
+  v1::OpenSessionRequest request;
+  request.set_lease_ms(std::numeric_limits<uint32_t>::max());
+  auto leased = core->OpenSession(request, SessionBinding::kLeased, TestOwner());
+  ASSERT_TRUE(leased.ok()) << leased.status();
+  EXPECT_EQ(leased->lease_ms(), 90000u);
+  request.set_lease_ms(5000);
+  leased = core->OpenSession(request, SessionBinding::kLeased, TestOwner());
+  EXPECT_EQ(leased->lease_ms(), 5000u);
+}
+
+// Client names go to log lines: control characters are escaped, so "\n[fake] ..." cannot forge
+// a line, and the name is cut.
+TEST(CoreSessionsTest, ClientNamesAreEscapedAndCut) {
+  std::ostringstream captured;
+  auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(captured);
+  auto previous = spdlog::default_logger();
+  spdlog::set_default_logger(std::make_shared<spdlog::logger>("capture", sink));
+  {
+    auto core = MakeCore();
+    v1::OpenSessionRequest request;
+    request.set_client_name("engine\n[2026-12-01 00:00:00.000] [info] forged" +
+                            std::string(500, 'x'));
+    ASSERT_TRUE(core->OpenSession(request, SessionBinding::kStream).ok());
+  }
+  spdlog::set_default_logger(previous);
+  const std::string log = captured.str();
+  EXPECT_THAT(log, HasSubstr("engine\\x0a[2026-12-01"));
+  EXPECT_THAT(log, HasSubstr("...(546 bytes)"));
+  std::istringstream lines(log);
+  for (std::string line; std::getline(lines, line);) {
+    EXPECT_FALSE(line.rfind("[2026-12-01 00:00:00.000] [info] forged", 0) == 0) << line;
+  }
+}
+
+// ServerInfo says what CreatePool accepts: on the CPU backend any page size in
+// 1..max_page_size (page_sizes is empty), and tensors need only element alignment.
+TEST(CoreSessionsTest, ServerInfoSaysWhichPageSizesAndAlignmentsAreAccepted) {
+  auto core = MakeCore();
+  const v1::ServerInfo info = core->GetServerInfo();
+  EXPECT_EQ(info.page_sizes_size(), 0);
+  EXPECT_EQ(info.max_page_size(), 65536);
+  EXPECT_EQ(info.tensor_alignment_bytes(), 0u);
+  const std::string s = Open(*core);
+  EXPECT_TRUE(core->CreatePool(s, PoolRequest({.name = "p1", .page_size = 1})).ok());
+  EXPECT_TRUE(core->CreatePool(s, PoolRequest({.name = "p7", .page_size = 7, .num_pages = 4})).ok());
+  EXPECT_STATUS(core->CreatePool(s, PoolRequest({.name = "pbig", .page_size = 65537})).status(),
+                kInvalidArgument, HasSubstr("page_size=65537 must be in 1..65536"));
+}
+
+// Pools of another principal are attached with their attach token only.
+TEST(CoreSessionsTest, AttachingAnotherPrincipalsPoolNeedsItsToken) {
+  auto core = MakeCore();
+  const std::string mine = Open(*core, SessionBinding::kStream, "a", 0, Identity{"uid:1000", ""});
+  const std::string same_user = Open(*core, SessionBinding::kStream, "b", 0, Identity{"uid:1000", ""});
+  const std::string other = Open(*core, SessionBinding::kStream, "c", 0, Identity{"uid:1001", ""});
+  const std::string nobody = Open(*core, SessionBinding::kStream, "d", 0, Identity{});
+  const v1::PoolInfo pool = CreatePool(*core, mine);
+  ASSERT_FALSE(pool.attach_token().empty());
+  EXPECT_TRUE(AttachByName(*core, same_user).ok());
+  v1::AttachPoolRequest attach;
+  attach.set_name("pool");
+  EXPECT_STATUS(core->AttachPool(other, attach).status(), kPermissionDenied,
+                HasSubstr("another principal"), HasSubstr("attach_token"));
+  EXPECT_EQ(core->AttachPool(nobody, attach).status().code(), absl::StatusCode::kPermissionDenied);
+  attach.set_attach_token("at-00000000000000000000000000000000");
+  EXPECT_STATUS(core->AttachPool(other, attach).status(), kPermissionDenied,
+                HasSubstr("not it"));
+  attach.set_attach_token(pool.attach_token());
+  EXPECT_TRUE(core->AttachPool(other, attach).ok());
+  EXPECT_TRUE(core->AttachPool(nobody, attach).ok());
+  // A pool created without a principal is attachable with its token only.
+  const v1::PoolInfo anonymous = CreatePool(*core, nobody, {.name = "anon"});
+  const std::string nobody_too = Open(*core, SessionBinding::kStream, "e", 0, Identity{});
+  EXPECT_EQ(AttachByName(*core, nobody_too, "anon").code(), absl::StatusCode::kPermissionDenied);
 }
 
 TEST(CoreSessionsTest, LeaseInForceIsReported) {
@@ -187,17 +333,30 @@ TEST(CoreSessionsTest, ForkSharesPagesWithinAndAcrossSessions) {
   ASSERT_TRUE(forked.ok()) << forked.status();
   EXPECT_EQ(forked->refcounts(0), 2);
 
+  // Another session is reached through its fork grant, not its id (which is no credential).
   fork.set_target_session_id(b);
+  EXPECT_STATUS(core->ForkPages(a, fork).status(), kFailedPrecondition,
+                HasSubstr("target_grant"));
+  fork.clear_target_session_id();
+  fork.set_target_grant(ForkGrantOf(*core, b, pool.pool_id()));
   forked = core->ForkPages(a, fork);
   ASSERT_TRUE(forked.ok()) << forked.status();
   EXPECT_EQ(forked->refcounts(0), 3);
-
-  // c is not attached: same answer as for a session that does not exist.
-  fork.set_target_session_id(c);
-  EXPECT_STATUS(core->ForkPages(a, fork).status(), kFailedPrecondition,
-                HasSubstr("is not a session attached to pool 'pool'"));
-  // b cannot fork a page it does not hold.
+  // Naming oneself by id is still fine.
+  fork.clear_target_grant();
+  fork.set_target_session_id(a);
+  forked = core->ForkPages(a, fork);
+  ASSERT_TRUE(forked.ok()) << forked.status();
+  EXPECT_EQ(forked->refcounts(0), 4);
   fork.clear_target_session_id();
+
+  // c is not attached: it has no grant for the pool; a made-up grant is refused.
+  (void)c;
+  fork.set_target_grant("fg-00000000000000000000000000000000");
+  EXPECT_STATUS(core->ForkPages(a, fork).status(), kFailedPrecondition,
+                HasSubstr("is not the fork grant of a session attached to pool 'pool'"));
+  // b cannot fork a page it does not hold.
+  fork.clear_target_grant();
   fork.set_page_ids(0, pages[1]);
   EXPECT_STATUS(core->ForkPages(b, fork).status(), kPermissionDenied,
                 HasSubstr("not held by this session"));
@@ -377,7 +536,7 @@ TEST(CoreSessionsTest, AppendsIntoSharedPagesAreRefused) {
   v1::ForkPagesRequest fork;
   fork.set_pool_id(pool.pool_id());
   fork.add_page_ids(pages[0]);
-  fork.set_target_session_id(b);
+  fork.set_target_grant(ForkGrantOf(*core, b, pool.pool_id()));
   ASSERT_TRUE(core->ForkPages(a, fork).ok());
 
   // Decode over [p0, p1] writes only p1 (unshared): fine.

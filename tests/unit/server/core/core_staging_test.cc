@@ -20,6 +20,9 @@ using testing::Allocate;
 using testing::CreatePool;
 using testing::Open;
 using testing::PlanRequest;
+using testing::AddTestPeer;
+using testing::SendFd;
+using testing::TestMemfd;
 
 class NoHostAccessBackend final : public kernels::Backend {
  public:
@@ -172,9 +175,13 @@ TEST(CoreStagingTest, StagedTensorsGiveTheSameResultsAsDirectHostAccess) {
 TEST(CoreStagingTest, SharedMemoryNeedsHostAccess) {
   auto core = CoreWith(std::make_unique<NoHostAccessBackend>(CpuBackend()));
   EXPECT_FALSE(core->GetServerInfo().shared_memory());
-  const std::string s = Open(*core);
+  const Identity peer = AddTestPeer(*core);
+  const std::string s = Open(*core, SessionBinding::kStream, "test", 0, peer);
+  TestMemfd memfd(64);
+  auto token = SendFd(*core, peer, memfd.fd());
+  ASSERT_TRUE(token.ok()) << token.status();
   v1::RegisterBufferRequest request;
-  request.mutable_shared_memory()->set_name("/whatever");
+  request.mutable_shared_memory_fd()->set_fd_token(*token);
   request.set_size_bytes(64);
   const absl::Status status = core->RegisterBuffer(s, request).status();
   EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition) << status;

@@ -2,6 +2,10 @@
 // commands whose setup every test needs.
 #pragma once
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <memory>
 #include <string>
 #include <vector>
@@ -22,12 +26,17 @@ inline std::unique_ptr<Core> MakeCore(CoreOptions options = {}) {
   return *std::move(core);
 }
 
+// The identity test sessions have unless a test says otherwise: one principal, so that they
+// may attach to each other's pools by name as sessions of one user do.
+inline Identity TestOwner() { return Identity{"uid:test", ""}; }
+
 inline std::string Open(Core& core, SessionBinding binding = SessionBinding::kStream,
-                        const std::string& client = "test", uint32_t lease_ms = 0) {
+                        const std::string& client = "test", uint32_t lease_ms = 0,
+                        const Identity& owner = TestOwner()) {
   v1::OpenSessionRequest request;
   request.set_client_name(client);
   request.set_lease_ms(lease_ms);
-  auto response = core.OpenSession(request, binding);
+  auto response = core.OpenSession(request, binding, owner);
   EXPECT_TRUE(response.ok()) << response.status();
   return response->session_id();
 }
@@ -100,6 +109,15 @@ inline int64_t FreePagesOf(Core& core, const std::string& session, const std::st
   return response.ok() ? response->pool().free_pages() : -1;
 }
 
+// `session`'s fork grant for the pool (what another session names to give it references).
+inline std::string ForkGrantOf(Core& core, const std::string& session, const std::string& pool_id) {
+  v1::DescribePoolRequest request;
+  request.set_pool_id(pool_id);
+  auto response = core.DescribePool(session, request);
+  EXPECT_TRUE(response.ok()) << response.status();
+  return response.ok() ? response->pool().fork_grant() : "";
+}
+
 // A plan over one request per entry of `pages`, with last_page_len and qo_len per request.
 inline v1::CreatePlanRequest PlanRequest(const std::string& pool_id, v1::AttentionKind kind,
                                          int32_t num_qo_heads,
@@ -121,6 +139,62 @@ inline v1::CreatePlanRequest PlanRequest(const std::string& pool_id, v1::Attenti
     for (int32_t len : qo_len) request.add_qo_indptr(request.qo_indptr(request.qo_indptr_size() - 1) + len);
   }
   return request;
+}
+
+// A memfd of `size` bytes mapped here, sealed against shrinking unless `seal` is false: the
+// client side of a shared-memory buffer.
+class TestMemfd {
+ public:
+  explicit TestMemfd(size_t size, bool seal = true) : size_(size) {
+    fd_ = ::memfd_create("attnd-core-test", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    EXPECT_GE(fd_, 0);
+    EXPECT_EQ(::ftruncate(fd_, static_cast<off_t>(size)), 0);
+    if (seal) EXPECT_EQ(::fcntl(fd_, F_ADD_SEALS, F_SEAL_SHRINK), 0);
+    data_ = static_cast<char*>(::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0));
+    EXPECT_NE(data_, MAP_FAILED);
+  }
+  ~TestMemfd() {
+    ::munmap(data_, size_);
+    ::close(fd_);
+  }
+  TestMemfd(const TestMemfd&) = delete;
+  TestMemfd& operator=(const TestMemfd&) = delete;
+  int fd() const { return fd_; }
+  char* data() const { return data_; }
+  size_t size() const { return size_; }
+
+ private:
+  size_t size_;
+  int fd_ = -1;
+  char* data_ = nullptr;
+};
+
+// A peer of the core, as a process connected to the peer socket would be.
+inline Identity AddTestPeer(Core& core) {
+  auto key = core.AddPeer({static_cast<int32_t>(::getpid()), ::getuid(), ::getgid()});
+  EXPECT_TRUE(key.ok()) << key.status();
+  auto identity = core.PeerIdentity(key.ok() ? *key : "");
+  EXPECT_TRUE(identity.ok()) << identity.status();
+  return identity.ok() ? *identity : Identity{};
+}
+
+// Sends (a duplicate of) `memfd` as `peer`'s descriptor; the token, or the refusal.
+inline absl::StatusOr<std::string> SendFd(Core& core, const Identity& peer, int fd) {
+  return core.AddPeerFd(peer.peer, ::fcntl(fd, F_DUPFD_CLOEXEC, 0));
+}
+
+// Registers `size` bytes of `memfd` in `session` (owned by `peer`): descriptor, then token.
+inline absl::StatusOr<std::string> RegisterMemfd(Core& core, const std::string& session,
+                                                 const Identity& peer, const TestMemfd& memfd,
+                                                 uint64_t size) {
+  auto token = SendFd(core, peer, memfd.fd());
+  if (!token.ok()) return token.status();
+  v1::RegisterBufferRequest request;
+  request.mutable_shared_memory_fd()->set_fd_token(*token);
+  request.set_size_bytes(size);
+  auto response = core.RegisterBuffer(session, request);
+  if (!response.ok()) return response.status();
+  return response->buffer_id();
 }
 
 }  // namespace attnd::server::testing

@@ -132,5 +132,27 @@ TEST(PageAllocatorTest, FreedPagesAreReused) {
   }
 }
 
+// A count stops at max_references: the refused call adds nothing (not even to the pages before
+// the one that would pass it), so no sequence of calls can make a count wrap.
+TEST(PageAllocatorTest, ReferencesStopAtTheLimitAndARefusalChangesNothing) {
+  PageAllocator allocator(4, /*max_references=*/3);
+  PageLedger a, b;
+  auto pages = allocator.Allocate(2, a, "p");
+  ASSERT_TRUE(pages.ok());
+  const int32_t p0 = (*pages)[0], p1 = (*pages)[1];
+  ASSERT_TRUE(allocator.AddReferences({p0, p0}, b).ok());  // p0 at 3
+  const absl::Status refused = allocator.AddReferences({p1, p0}, b);
+  EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted) << refused;
+  EXPECT_NE(refused.message().find("page_ids[1]"), std::string::npos) << refused;
+  EXPECT_EQ(allocator.refcount(p0), 3);
+  EXPECT_EQ(allocator.refcount(p1), 1);  // the p1 added before the refusal was taken back
+  EXPECT_EQ(b.count(p1), 0);
+  EXPECT_EQ(b.total_references(), 2);
+  EXPECT_EQ(allocator.max_references(), 3);
+  // Limits outside 1..2^30 are clamped, so nothing can configure a wrap either.
+  EXPECT_EQ(PageAllocator(1, 0).max_references(), 1);
+  EXPECT_EQ(PageAllocator(1, std::numeric_limits<int32_t>::max()).max_references(), 1 << 30);
+}
+
 }  // namespace
 }  // namespace attnd::server

@@ -346,17 +346,49 @@ TEST(ValidateTensorTest, QueryDtypeMustBeSupported) {
 }
 
 TEST(ValidateSliceTest, BoundsAndAlignment) {
+  alignas(256) static char base[256];
   v1::BufferSlice slice;
   slice.set_buffer_id("b-1");
   slice.set_offset_bytes(64);
-  EXPECT_TRUE(ValidateSlice("o", slice, 64, 4, 128).ok());
-  EXPECT_STATUS(ValidateSlice("o", slice, 65, 4, 128), kOutOfRange,
+  EXPECT_TRUE(ValidateSlice("o", slice, 64, 4, 0, base, 128).ok());
+  EXPECT_STATUS(ValidateSlice("o", slice, 65, 4, 0, base, 128), kOutOfRange,
                 HasSubstr("o.buffer: offset_bytes=64 + 65 bytes"), HasSubstr("'b-1' (128 bytes)"));
   slice.set_offset_bytes(std::numeric_limits<uint64_t>::max() - 3);  // offset + bytes overflows
-  EXPECT_EQ(ValidateSlice("o", slice, 8, 4, 128).code(), absl::StatusCode::kOutOfRange);
+  EXPECT_EQ(ValidateSlice("o", slice, 8, 4, 0, base, 128).code(), absl::StatusCode::kOutOfRange);
   slice.set_offset_bytes(6);
-  EXPECT_STATUS(ValidateSlice("q", slice, 8, 4, 128), kInvalidArgument,
+  EXPECT_STATUS(ValidateSlice("q", slice, 8, 4, 0, base, 128), kInvalidArgument,
                 HasSubstr("q.buffer.offset_bytes=6"));
+}
+
+// The CUDA kernels read 16-byte vectors: an element-aligned but not 16-byte aligned slice
+// (offset 2 of an fp16 tensor) is refused before anything runs, naming the field and value.
+TEST(ValidateSliceTest, BackendAlignmentRefusesElementAlignedOffsets) {
+  alignas(256) static char base[256];
+  v1::BufferSlice slice;
+  slice.set_buffer_id("b-1");
+  slice.set_offset_bytes(2);
+  EXPECT_TRUE(ValidateSlice("q", slice, 8, 2, 0, base, 128).ok());  // CPU: element alignment
+  EXPECT_STATUS(ValidateSlice("q", slice, 8, 2, 16, base, 128), kInvalidArgument,
+                HasSubstr("q.buffer.offset_bytes=2 is not a multiple of 16"),
+                HasSubstr("tensor_alignment_bytes"));
+  slice.set_offset_bytes(32);
+  EXPECT_TRUE(ValidateSlice("q", slice, 8, 2, 16, base, 128).ok());
+  // The address counts, not only the offset: a mapping that itself starts misaligned.
+  EXPECT_EQ(ValidateSlice("q", slice, 8, 2, 16, base + 2, 128).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(EchoTest, CutsAndEscapesClientValues) {
+  EXPECT_EQ(Echo("b-12"), "b-12");
+  EXPECT_EQ(Echo("a\nb\x01"), "a\\x0ab\\x01");
+  const std::string huge(64 << 20, 'x');
+  const std::string echoed = Echo(huge);
+  EXPECT_LT(echoed.size(), 100u);
+  EXPECT_THAT(echoed, HasSubstr("...(67108864 bytes)"));
+  std::vector<int64_t> dims(4'000'000, 1);
+  EXPECT_LT(ShapeString(dims).size(), 60u);
+  EXPECT_THAT(ShapeString(dims), HasSubstr("(4000000 dims)"));
+  EXPECT_EQ(ShapeString(std::vector<int64_t>{4, 32, 128}), "[4,32,128]");
 }
 
 TEST(ValidateLayerTest, Range) {
@@ -378,9 +410,13 @@ TEST(ValidateOptionsTest, DefaultsAndRanges) {
   EXPECT_EQ(ValidateOptions(o, 3)->window_left, -1);
   o.set_window_left_set(true);
   EXPECT_EQ(ValidateOptions(o, 3)->window_left, 0);
+  // -1 with window_left_set reads as "no window", as the wire API says.
+  o.set_window_left(-1);
+  ASSERT_TRUE(ValidateOptions(o, 3).ok()) << ValidateOptions(o, 3).status();
+  EXPECT_EQ(ValidateOptions(o, 3)->window_left, -1);
   o.set_window_left(-2);
   EXPECT_STATUS(ValidateOptions(o, 3).status(), kInvalidArgument,
-                HasSubstr("options.window_left=-2"));
+                HasSubstr("options.window_left=-2"), HasSubstr("-1 for no window"));
 
   o = v1::AttentionOptions();
   o.set_rope_theta(5e5f);
@@ -414,10 +450,13 @@ TEST(ValidateRegisterBufferTest, Sources) {
   v1::RegisterBufferRequest r;
   r.set_size_bytes(16);
   EXPECT_STATUS(ValidateRegisterBuffer(r), kInvalidArgument, HasSubstr("source is not set"));
-  r.mutable_shared_memory()->set_name("no-slash");
-  EXPECT_STATUS(ValidateRegisterBuffer(r), kInvalidArgument,
-                HasSubstr("shared_memory.name='no-slash'"));
-  r.mutable_shared_memory()->set_name("/ok");
+  // Shared memory by name is refused whatever the name: a name is no proof of ownership.
+  r.mutable_shared_memory()->set_name("/engine0-staging");
+  EXPECT_STATUS(ValidateRegisterBuffer(r), kFailedPrecondition,
+                HasSubstr("shared_memory.name='/engine0-staging'"), HasSubstr("memfd"));
+  r.mutable_shared_memory_fd()->set_fd_token("");
+  EXPECT_STATUS(ValidateRegisterBuffer(r), kInvalidArgument, HasSubstr("fd_token is empty"));
+  r.mutable_shared_memory_fd()->set_fd_token("fd-1");
   EXPECT_TRUE(ValidateRegisterBuffer(r).ok());
   r.set_size_bytes(0);
   EXPECT_STATUS(ValidateRegisterBuffer(r), kInvalidArgument, HasSubstr("size_bytes=0"));

@@ -17,6 +17,8 @@
 #include <string>
 #include <thread>
 
+#include "attnd/client/peer_link.h"
+#include "attnd/client/shared_memory.h"
 #include "attnd/v1/attnd.grpc.pb.h"
 #include "health.grpc.pb.h"
 #include "prometheus_text_parser.h"
@@ -51,6 +53,7 @@ class DaemonTest : public ::testing::Test {
     ASSERT_TRUE(daemon.ok()) << daemon.status();
     daemon_ = *std::move(daemon);
 
+    peer_ = std::make_unique<client::PeerLink>(daemon_->peer_socket_path());
     channel_ = grpc::CreateChannel("unix://" + socket_path_, grpc::InsecureChannelCredentials());
     stub_ = v1::Attnd::NewStub(channel_);
     const v1::ServerInfo info = ServerInfo();
@@ -65,6 +68,7 @@ class DaemonTest : public ::testing::Test {
   virtual void Configure(DaemonConfig& config) {}
 
   void TearDown() override {
+    peer_.reset();
     stub_.reset();
     channel_.reset();
     if (daemon_ != nullptr) daemon_->Shutdown(absl::Seconds(2));
@@ -82,6 +86,7 @@ class DaemonTest : public ::testing::Test {
 
   std::string OpenUnarySession(const std::string& name) {
     grpc::ClientContext ctx;
+    ctx.AddMetadata(kPeerMetadataKey, peer_->Key());
     v1::OpenSessionRequest req;
     req.set_client_name(name);
     v1::OpenSessionResponse resp;
@@ -102,8 +107,10 @@ class DaemonTest : public ::testing::Test {
     return req;
   }
 
-  static void NameSession(grpc::ClientContext& ctx, const std::string& session_id) {
+  // Names the session of a unary call, as this process (its peer key) would.
+  void NameSession(grpc::ClientContext& ctx, const std::string& session_id) {
     ctx.AddMetadata(kSessionMetadataKey, session_id);
+    ctx.AddMetadata(kPeerMetadataKey, peer_->Key());
   }
 
   // A grpc.health.v1 Watch of `service`; its first update must be SERVING.
@@ -141,6 +148,7 @@ class DaemonTest : public ::testing::Test {
   std::string dir_;
   std::string socket_path_;
   std::unique_ptr<Daemon> daemon_;
+  std::unique_ptr<client::PeerLink> peer_;  // this process's peer connection
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Attnd::Stub> stub_;
   int head_dim_ = 0;
@@ -190,6 +198,84 @@ TEST_F(DaemonTest, UnaryCallsWithoutSessionMetadataFailCleanly) {
   EXPECT_EQ(m.Get("attnd_requests_total", {{"method", "CreatePool"}, {"code", "FAILED_PRECONDITION"}}),
             1);
   EXPECT_EQ(m.Get("attnd_requests_total", {{"method", "DescribePool"}, {"code", "NOT_FOUND"}}), 1);
+}
+
+// Session ids are no credentials: a unary call needs the caller's peer key, cannot reach a
+// stream's session (however it learnt the id), and a process's unary sessions end with its peer
+// connection.
+TEST_F(DaemonTest, UnarySessionsAreBoundToTheCallersPeerConnection) {
+  {
+    grpc::ClientContext ctx;  // no x-attnd-peer
+    v1::OpenSessionResponse resp;
+    const grpc::Status s = stub_->OpenSession(&ctx, v1::OpenSessionRequest(), &resp);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAUTHENTICATED) << s.error_message();
+    EXPECT_NE(s.error_message().find("x-attnd-peer"), std::string::npos) << s.error_message();
+  }
+  {
+    grpc::ClientContext ctx;
+    ctx.AddMetadata(kPeerMetadataKey, "pk-made-up");
+    v1::OpenSessionResponse resp;
+    EXPECT_EQ(stub_->OpenSession(&ctx, v1::OpenSessionRequest(), &resp).error_code(),
+              grpc::StatusCode::UNAUTHENTICATED);
+  }
+  // A stream's session, by id, from a unary call of the same process: not found, untouched.
+  grpc::ClientContext stream_ctx;
+  auto stream = stub_->Session(&stream_ctx);
+  v1::SessionRequest open;
+  open.mutable_open()->set_client_name("stream-owner");
+  ASSERT_TRUE(stream->Write(open));
+  v1::SessionResponse opened;
+  ASSERT_TRUE(stream->Read(&opened));
+  const std::string stream_session = opened.open().session_id();
+  v1::SessionRequest create;
+  *create.mutable_create_pool() = PoolRequest("stream-pool", 4);
+  ASSERT_TRUE(stream->Write(create));
+  v1::SessionResponse created;
+  ASSERT_TRUE(stream->Read(&created));
+  ASSERT_EQ(created.code(), 0) << created.message();
+  {
+    grpc::ClientContext ctx;
+    NameSession(ctx, stream_session);
+    v1::CloseSessionResponse resp;
+    EXPECT_EQ(stub_->CloseSession(&ctx, v1::CloseSessionRequest(), &resp).error_code(),
+              grpc::StatusCode::NOT_FOUND);
+  }
+  {
+    grpc::ClientContext ctx;
+    NameSession(ctx, stream_session);
+    v1::DescribePoolRequest req;
+    req.set_pool_id(created.create_pool().pool().pool_id());
+    v1::DescribePoolResponse resp;
+    EXPECT_EQ(stub_->DescribePool(&ctx, req, &resp).error_code(), grpc::StatusCode::NOT_FOUND);
+  }
+  v1::SessionRequest describe;
+  describe.mutable_describe_pool()->set_pool_id(created.create_pool().pool().pool_id());
+  ASSERT_TRUE(stream->Write(describe));
+  v1::SessionResponse described;
+  ASSERT_TRUE(stream->Read(&described));
+  EXPECT_EQ(described.code(), 0) << described.message();  // the stream's session lives on
+  stream->WritesDone();
+  EXPECT_TRUE(stream->Finish().ok());
+
+  // A unary session of another process (another peer connection) is not reachable either, and
+  // this process's sessions are released as soon as its peer connection closes.
+  const std::string mine = OpenUnarySession("mine");
+  ASSERT_FALSE(mine.empty());
+  client::PeerLink other(daemon_->peer_socket_path());
+  {
+    grpc::ClientContext ctx;
+    ctx.AddMetadata(kSessionMetadataKey, mine);
+    ctx.AddMetadata(kPeerMetadataKey, other.Key());
+    v1::CreatePoolResponse resp;
+    EXPECT_EQ(stub_->CreatePool(&ctx, PoolRequest("theirs", 4), &resp).error_code(),
+              grpc::StatusCode::NOT_FOUND);
+  }
+  const int64_t sessions_before = daemon_->core().Stats().sessions;
+  peer_ = std::make_unique<client::PeerLink>(daemon_->peer_socket_path());  // the old one closes
+  for (int i = 0; i < 200 && daemon_->core().Stats().sessions >= sessions_before; ++i) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_EQ(daemon_->core().Stats().sessions, sessions_before - 1);
 }
 
 TEST_F(DaemonTest, UnarySessionLifecycle) {
@@ -375,6 +461,8 @@ TEST_F(DaemonTest, StreamErrorsKeepTheStreamAlive) {
 TEST_F(DaemonTest, CancelledStreamReleasesItsPages) {
   constexpr int kPages = 6;
   auto ctx = std::make_unique<grpc::ClientContext>();
+  // The stream presents the process's peer key, so its pools belong to this uid's principal.
+  ctx->AddMetadata(kPeerMetadataKey, peer_->Key());
   auto stream = stub_->Session(ctx.get());
   v1::SessionRequest req;
   v1::SessionResponse resp;
@@ -623,13 +711,13 @@ TEST_F(SmallMessagesDaemonTest, OversizedInlineOutputFailsOnlyThatCommand) {
   constexpr int kTokens = 384, kQoHeads = 8, kHeadDim = 128, kPageSize = 16;
   constexpr int kPages = kTokens / kPageSize;
   constexpr size_t kQBytes = size_t{4} * kTokens * kQoHeads * kHeadDim;  // 1.5 MiB
-  const std::string shm_name = "/attnd-front-test-" + std::to_string(getpid());
-  const int fd = shm_open(shm_name.c_str(), O_CREAT | O_RDWR | O_EXCL, 0600);
-  ASSERT_GE(fd, 0);
-  ASSERT_EQ(ftruncate(fd, kQBytes), 0);
-  close(fd);
+  auto region = client::SharedMemoryRegion::Create("attnd-front-test", kQBytes);
+  ASSERT_TRUE(region.ok()) << region.status();
+  auto fd_token = peer_->SendFd((*region)->fd());
+  ASSERT_TRUE(fd_token.ok()) << fd_token.status();
 
   grpc::ClientContext ctx;
+  ctx.AddMetadata(kPeerMetadataKey, peer_->Key());  // the stream's session owns the descriptor
   auto stream = stub_->Session(&ctx);
   v1::SessionRequest req;
   v1::SessionResponse resp;
@@ -666,11 +754,9 @@ TEST_F(SmallMessagesDaemonTest, OversizedInlineOutputFailsOnlyThatCommand) {
   plan->add_qo_indptr(kTokens);
   ASSERT_EQ(roundtrip(4), 0) << resp.message();
   const std::string plan_id = resp.create_plan().plan_id();
-  req.mutable_register_buffer()->mutable_shared_memory()->set_name(shm_name);
+  req.mutable_register_buffer()->mutable_shared_memory_fd()->set_fd_token(*fd_token);
   req.mutable_register_buffer()->set_size_bytes(kQBytes);
-  const int registered = roundtrip(5);
-  shm_unlink(shm_name.c_str());
-  ASSERT_EQ(registered, 0) << resp.message();
+  ASSERT_EQ(roundtrip(5), 0) << resp.message();
   const std::string buffer_id = resp.register_buffer().buffer_id();
 
   v1::RunRequest* run = req.mutable_run();

@@ -78,6 +78,8 @@ TEST_F(FlagsTest, EveryFlagCanBeSetFromTheEnvironment) {
       {"ATTND_ALLOW_UNAUTHENTICATED_TCP", "true"}, {"ATTND_MAX_SESSIONS", "11"},
       {"ATTND_MAX_PAGES_PER_SESSION", "12"},  {"ATTND_MAX_BUFFERS_PER_SESSION", "13"},
       {"ATTND_MAX_PLANS_PER_SESSION", "14"},  {"ATTND_MAX_INFLIGHT_PER_SESSION", "15"},
+      {"ATTND_MAX_SESSION_LEASE_MS", "60000"}, {"ATTND_MAX_HOST_BYTES", "1000000"},
+      {"ATTND_MAX_SESSION_HOST_BYTES", "100000"}, {"ATTND_PEER_SOCKET", "/run/x.peer"},
       {"ATTND_DRAIN_TIMEOUT_MS", "2500"},     {"ATTND_EXIT_ON_DEVICE_ERROR", "false"},
       {"ATTND_TESTONLY_DEVICE_FAULT_AFTER_RUNS", "9"}, {"ATTND_GRPC_REFLECTION", "true"}};
   ASSERT_EQ(env.size(), DaemonFlagNames().size());
@@ -101,6 +103,10 @@ TEST_F(FlagsTest, EveryFlagCanBeSetFromTheEnvironment) {
   EXPECT_EQ(config->threads, 7);
   EXPECT_TRUE(config->allow_unauthenticated_tcp);
   EXPECT_EQ(config->max_sessions, 11);
+  EXPECT_EQ(config->max_session_lease, absl::Milliseconds(60000));
+  EXPECT_EQ(config->max_host_bytes, 1000000u);
+  EXPECT_EQ(config->max_session_host_bytes, 100000u);
+  EXPECT_EQ(config->peer_socket, "/run/x.peer");
   EXPECT_EQ(config->max_pages_per_session, 12);
   EXPECT_EQ(config->max_buffers_per_session, 13);
   EXPECT_EQ(config->max_plans_per_session, 14);

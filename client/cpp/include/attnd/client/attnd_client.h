@@ -2,6 +2,7 @@
 #pragma once
 
 #include "attnd/client/client.h"          // IWYU pragma: export
+#include "attnd/client/peer_link.h"       // IWYU pragma: export
 #include "attnd/client/session.h"         // IWYU pragma: export
 #include "attnd/client/session_api.h"     // IWYU pragma: export
 #include "attnd/client/shared_memory.h"   // IWYU pragma: export

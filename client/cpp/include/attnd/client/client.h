@@ -17,6 +17,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "attnd/client/peer_link.h"
 #include "attnd/client/session.h"
 #include "attnd/client/unary_session.h"
 #include "attnd/v1/attnd.pb.h"
@@ -46,6 +47,10 @@ struct ClientOptions {
   std::string tls_client_cert_pem;
   std::string tls_client_key_pem;
   std::string tls_server_name;
+  // The daemon's peer socket (attnd.proto "Identity"; peer_link.h): "" = the unix target's path
+  // + ".peer" (none for TCP targets), "none" = do not use one, else a path. Unary sessions on a
+  // unix socket and shared-memory buffers need it.
+  std::string peer_socket;
 };
 
 // grpc.health.v1 serving states.
@@ -80,11 +85,15 @@ class Client {
 
   const ClientOptions& options() const { return options_; }
   const std::shared_ptr<grpc::Channel>& channel() const { return channel_; }
+  // The peer connection (null without a peer socket).
+  const std::shared_ptr<PeerLink>& peer_link() const { return peer_link_; }
 
  private:
-  Client(ClientOptions options, std::shared_ptr<grpc::Channel> channel);
+  Client(ClientOptions options, std::shared_ptr<grpc::Channel> channel,
+         std::shared_ptr<PeerLink> peer_link);
   ClientOptions options_;
   std::shared_ptr<grpc::Channel> channel_;
+  std::shared_ptr<PeerLink> peer_link_;
 };
 
 }  // namespace attnd::client

@@ -16,12 +16,15 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "attnd/client/peer_link.h"
+#include "attnd/client/shared_memory.h"
 #include "attnd/v1/attnd.pb.h"
 
 namespace attnd::client {
@@ -95,6 +98,10 @@ class SessionApi {
  public:
   virtual ~SessionApi() = default;
 
+  // The process's peer connection (shared memory travels over it); the Client sets it.
+  void set_peer_link(std::shared_ptr<PeerLink> link) { peer_link_ = std::move(link); }
+  const std::shared_ptr<PeerLink>& peer_link() const { return peer_link_; }
+
   // The server's id of this session.
   virtual const std::string& session_id() const = 0;
 
@@ -128,7 +135,9 @@ class SessionApi {
 
   // ---- Typed calls ---------------------------------------------------------------------------
   absl::StatusOr<v1::PoolInfo> CreatePool(const PoolSpec& spec);
-  absl::StatusOr<v1::PoolInfo> AttachPool(const std::string& name);
+  // attach_token: the pool's PoolInfo.attach_token, needed when another principal created it.
+  absl::StatusOr<v1::PoolInfo> AttachPool(const std::string& name,
+                                          const std::string& attach_token = "");
   absl::StatusOr<v1::PoolInfo> DescribePool(const std::string& pool_id);
   absl::Status DeletePool(const std::string& pool_id);
 
@@ -136,14 +145,16 @@ class SessionApi {
   // Returns the pool's free page count afterwards.
   absl::StatusOr<int64_t> FreePages(const std::string& pool_id,
                                     const std::vector<int32_t>& page_ids);
-  // Returns the new reference count of each page. target_session_id empty = this session.
+  // Returns the new reference count of each page. target_grant empty = this session; else the
+  // receiving session's fork grant (its PoolInfo.fork_grant for this pool).
   absl::StatusOr<std::vector<int32_t>> ForkPages(const std::string& pool_id,
                                                  const std::vector<int32_t>& page_ids,
-                                                 const std::string& target_session_id = "");
+                                                 const std::string& target_grant = "");
 
-  // Registers a POSIX shared-memory object (e.g. "/engine0-staging") of which the client will
-  // address `size_bytes`; returns the buffer id.
-  absl::StatusOr<std::string> RegisterSharedMemory(const std::string& shm_name,
+  // Registers `size_bytes` of a shared-memory region: its descriptor goes to the daemon over the
+  // peer socket (set_peer_link; the Client sets it), then RegisterBuffer names the token.
+  // Returns the buffer id.
+  absl::StatusOr<std::string> RegisterSharedMemory(const SharedMemoryRegion& region,
                                                    uint64_t size_bytes);
   // Registers device memory by CUDA IPC handle (64 bytes of cudaIpcMemHandle_t).
   absl::StatusOr<std::string> RegisterCudaIpc(const std::string& ipc_handle, int32_t device,
@@ -158,6 +169,9 @@ class SessionApi {
   absl::StatusOr<v1::RunResponse> Run(RunArgs args);
   // Run, with the inline o (and lse) decoded to float.
   absl::StatusOr<RunOutput> RunAndDecode(RunArgs args);
+
+ private:
+  std::shared_ptr<PeerLink> peer_link_;
 };
 
 }  // namespace attnd::client

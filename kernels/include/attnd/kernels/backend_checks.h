@@ -1,0 +1,129 @@
+// What the Backend implementations (CPU and CUDA) share: the consistency checks of a plan and of
+// the layer a run uses it with, and the order of work of Backend::Attention (every check before
+// the first write, so that a refused call changes nothing). Header-only: the CPU and the CUDA
+// libraries both use it and neither links the other.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "attnd/kernels/backend.h"
+#include "attnd/kernels/types.h"
+
+namespace attnd::kernels {
+
+// A plan's page table: head counts, head_dim in 1..max_head_dim, page_size >= 1, one kv_indptr
+// and qo_indptr entry per request plus one, both starting at 0 and never decreasing, one query
+// row per request for decode, as many kv_indices as kv_indptr ends at, page ids >= 0 and
+// last_page_len in 1..page_size for every request with pages.
+inline absl::Status CheckPlanSpec(const PlanSpec& spec, int32_t max_head_dim) {
+  const int64_t batch = spec.batch_size();
+  if (spec.num_kv_heads <= 0 || spec.num_qo_heads <= 0 ||
+      spec.num_qo_heads % spec.num_kv_heads != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("plan num_qo_heads ", spec.num_qo_heads,
+                                                   " must be a positive multiple of num_kv_heads ",
+                                                   spec.num_kv_heads));
+  }
+  if (spec.head_dim <= 0 || spec.head_dim > max_head_dim) {
+    return absl::InvalidArgumentError(absl::StrCat("plan head_dim ", spec.head_dim,
+                                                   " is outside 1..", max_head_dim));
+  }
+  if (spec.page_size <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("plan page_size must be > 0, got ",
+                                                   spec.page_size));
+  }
+  if (static_cast<int64_t>(spec.kv_indptr.size()) != batch + 1 ||
+      static_cast<int64_t>(spec.qo_indptr.size()) != batch + 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "plan has ", batch, " requests (kv_last_page_len) but kv_indptr has ",
+        spec.kv_indptr.size(), " and qo_indptr ", spec.qo_indptr.size(), " entries"));
+  }
+  if (spec.kv_indptr[0] != 0 || spec.qo_indptr[0] != 0) {
+    return absl::InvalidArgumentError("plan kv_indptr and qo_indptr must start at 0");
+  }
+  for (int64_t b = 0; b < batch; ++b) {
+    if (spec.kv_indptr[b + 1] < spec.kv_indptr[b] || spec.qo_indptr[b + 1] < spec.qo_indptr[b]) {
+      return absl::InvalidArgumentError(absl::StrCat("plan indptr decreases at request ", b));
+    }
+    if (spec.kind == AttentionKind::kDecode && spec.qo_indptr[b + 1] - spec.qo_indptr[b] != 1) {
+      return absl::InvalidArgumentError(absl::StrCat("decode plan must have one query row per "
+                                                     "request; request ", b, " has ",
+                                                     spec.qo_indptr[b + 1] - spec.qo_indptr[b]));
+    }
+    if (spec.kv_indptr[b + 1] > spec.kv_indptr[b] &&
+        (spec.kv_last_page_len[b] < 1 || spec.kv_last_page_len[b] > spec.page_size)) {
+      return absl::InvalidArgumentError(absl::StrCat("plan kv_last_page_len[", b, "] = ",
+                                                     spec.kv_last_page_len[b], " is outside 1..",
+                                                     spec.page_size));
+    }
+  }
+  if (static_cast<int64_t>(spec.kv_indices.size()) != spec.kv_indptr[batch]) {
+    return absl::InvalidArgumentError(absl::StrCat("plan kv_indices has ", spec.kv_indices.size(),
+                                                   " entries, kv_indptr ends at ",
+                                                   spec.kv_indptr[batch]));
+  }
+  for (size_t i = 0; i < spec.kv_indices.size(); ++i) {
+    if (spec.kv_indices[i] < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("plan kv_indices[", i, "] = ", spec.kv_indices[i], " is negative"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// The largest page id of a plan (-1 without pages): every run checks it against its layer.
+inline int32_t MaxPageId(const PlanSpec& spec) {
+  int32_t max_page = -1;
+  for (const int32_t p : spec.kv_indices) max_page = std::max(max_page, p);
+  return max_page;
+}
+
+// The layer a run or an append uses a plan with: the plan's geometry and dtype, and pages for
+// every page id of the plan.
+inline absl::Status CheckLayerMatchesPlan(const PlanSpec& spec, int32_t max_page_id,
+                                          const PagedKV& layer) {
+  if (layer.num_kv_heads != spec.num_kv_heads || layer.head_dim != spec.head_dim ||
+      layer.page_size != spec.page_size || layer.dtype != spec.kv_dtype) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "layer (kv heads ", layer.num_kv_heads, ", head_dim ", layer.head_dim, ", page_size ",
+        layer.page_size, ", dtype ", DTypeName(layer.dtype), ") does not match the plan (",
+        spec.num_kv_heads, ", ", spec.head_dim, ", ", spec.page_size, ", ",
+        DTypeName(spec.kv_dtype), ")"));
+  }
+  if (max_page_id >= layer.num_pages) {
+    return absl::InvalidArgumentError(absl::StrCat("plan page id ", max_page_id,
+                                                   " is outside the layer's ", layer.num_pages,
+                                                   " pages"));
+  }
+  return absl::OkStatus();
+}
+
+// RunArgs before anything else: a plan, and k_new with v_new or neither.
+inline absl::Status CheckRunArgs(const RunArgs& args) {
+  if (args.plan == nullptr) return absl::InvalidArgumentError("RunArgs.plan is null");
+  if ((args.k_new == nullptr) != (args.v_new == nullptr)) {
+    return absl::InvalidArgumentError("k_new and v_new must be given together");
+  }
+  return absl::OkStatus();
+}
+
+// The order of work of Backend::Attention on every backend: the append's checks (when k_new/v_new
+// are given) and the attention's checks first, then the writes (append, attention). A call that
+// a check refuses has no side effect, in the cache or anywhere else.
+template <typename CheckAppend, typename CheckAttention, typename Append, typename Attend>
+absl::Status AppendThenAttend(bool with_append, CheckAppend&& check_append,
+                              CheckAttention&& check_attention, Append&& append,
+                              Attend&& attend) {
+  if (with_append) {
+    if (absl::Status s = check_append(); !s.ok()) return s;
+  }
+  if (absl::Status s = check_attention(); !s.ok()) return s;
+  if (with_append) {
+    if (absl::Status s = append(); !s.ok()) return s;
+  }
+  return attend();
+}
+
+}  // namespace attnd::kernels
