@@ -347,7 +347,7 @@ TEST_F(DaemonTest, UnparsableStreamMessageEndsTheStreamWithInvalidArgument) {
     return stream.Write(grpc::ByteBuffer(&slice, 1));
   };
   // Field 2 (`open`, length-delimited) claiming 5 bytes of which 2 follow.
-  const std::string truncated("\x12\x05ab", 4);
+  const std::string truncated("\x12\x05" "ab", 4);
   for (const bool after_open : {false, true}) {
     grpc::ClientContext ctx;
     std::unique_ptr<RawStream> stream(
