@@ -200,14 +200,15 @@ bool Daemon::Shutdown(absl::Duration drain) {
   // answers still being written.
   const absl::Time deadline = absl::Now() + drain;
   streams_.CloseAll();
-  // No new peers; the unary sessions of those connected are released with the rest below.
-  if (peer_socket_ != nullptr) peer_socket_->Stop();
   if (runner_ != nullptr && !runner_->in_flight().WaitUntilIdle(deadline)) {
     spdlog::warn("drain deadline passed with {} command(s) still running; cancelling them",
                  runner_->in_flight().count());
   }
   released_ = StopServer(deadline);
   if (released_) {
+    // Only now: stopping the peer socket drops the peers and with them their unary sessions,
+    // which calls during the drain still used.
+    if (peer_socket_ != nullptr) peer_socket_->Stop();
     if (core_ != nullptr) core_->CloseAll();
   } else {
     spdlog::warn("{} command(s) still running after the drain; their sessions stay open",
@@ -246,6 +247,7 @@ Daemon::~Daemon() {
   if (server_ != nullptr) Shutdown(drain_timeout_);
   if (server_stopper_.joinable()) {
     server_stopper_.join();  // the commands that outlived the drain have returned
+    if (peer_socket_ != nullptr) peer_socket_->Stop();
     if (core_ != nullptr) core_->CloseAll();
   }
 }

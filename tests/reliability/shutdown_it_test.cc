@@ -15,6 +15,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "attnd/client/attnd_client.h"
 #include "daemon_process.h"
@@ -147,6 +148,23 @@ TEST_F(BigRunTest, SigtermWithALongRunInFlightExitsWithinTheDrain) {
   runner.join();
   EXPECT_TRUE(in_flight) << "the Run finished before SIGTERM; make it longer";
   EXPECT_FALSE(run_status.ok()) << "the Run completed within the drain; make it longer";
+}
+
+// While the drain waits for a running command, other sessions' calls are still served (or end
+// UNAVAILABLE / CANCELLED once the server stops): their identity stays valid until then.
+TEST_F(BigRunTest, CallsDuringTheDrainAreServedOrUnavailable) {
+  ASSERT_NO_FATAL_FAILURE(StartWithRun(v1::ATTENTION_KIND_PREFILL, 8192, 8));
+  auto other = client_->OpenUnarySession("during-the-drain");
+  ATTND_ASSERT_OK(other);
+  std::thread runner([&] { (void)session_->Run(big_.run); });
+  absl::SleepFor(absl::Milliseconds(300));
+  ASSERT_EQ(kill(daemon_->pid(), SIGTERM), 0);
+  absl::SleepFor(absl::Milliseconds(300));  // draining: the Run holds it
+  ModelShape shape;
+  const absl::Status during = (*other)->CreatePool(MakePoolSpec(shape, "during-drain")).status();
+  EXPECT_TRUE(during.ok() || absl::IsUnavailable(during) || absl::IsCancelled(during)) << during;
+  ExpectSigtermExitsCleanlyInTime(*daemon_);
+  runner.join();
 }
 
 // A TCP connection to the daemon's HTTP port on 127.0.0.1.
