@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <vector>
 #include <thread>
 
 #include "absl/status/status.h"
@@ -49,22 +50,26 @@ inline std::string AttndNextTo(const std::string& argv0) {
   return argv0.substr(0, argv0.find_last_of('/') + 1) + "attnd";
 }
 
-// Forks `attnd_bin --backend=cuda --listen=unix://<socket> --http_listen= --log_level=<level>`;
-// the child dies with this process. Records it in g_daemon, then waits up to 30 s for the
-// socket file to appear (the caller checks that it did). Returns the daemon's pid.
+// Forks `attnd_bin --backend=cuda --listen=unix://<socket> --http_listen= --log_level=<level>`
+// plus `extra` flags; the child dies with this process. Records it in g_daemon (the first one
+// only), then waits up to 30 s for the socket file to appear (the caller checks that it did).
+// Returns the daemon's pid.
 inline pid_t SpawnCudaDaemon(const std::string& attnd_bin, const std::string& socket,
-                             const char* log_level) {
+                             const char* log_level, const std::vector<std::string>& extra = {}) {
   const pid_t daemon = fork();
   if (daemon == 0) {
     prctl(PR_SET_PDEATHSIG, SIGKILL);  // the daemon dies with this process
-    const std::string listen = "--listen=unix://" + socket;
-    const std::string level = std::string("--log_level=") + log_level;
-    execl(attnd_bin.c_str(), attnd_bin.c_str(), "--backend=cuda", listen.c_str(),
-          "--http_listen=", level.c_str(), static_cast<char*>(nullptr));
+    std::vector<std::string> args = {attnd_bin, "--backend=cuda", "--listen=unix://" + socket,
+                                     "--http_listen=", std::string("--log_level=") + log_level};
+    args.insert(args.end(), extra.begin(), extra.end());
+    std::vector<char*> argv;
+    for (std::string& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    execv(attnd_bin.c_str(), argv.data());
     std::perror("exec attnd");
     _exit(127);
   }
-  g_daemon = daemon;
+  if (g_daemon <= 0) g_daemon = daemon;
   for (int i = 0; i < 300 && access(socket.c_str(), F_OK) != 0; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
