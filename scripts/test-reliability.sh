@@ -60,7 +60,9 @@ if [ "${SKIP_SANITIZERS:-0}" != 1 ]; then
     cmake --build "$san_dir" -j "$jobs" --target attnd attnd_reliability_it_test load_generator
     bin=$(find "$san_dir" -type f -name attnd_reliability_it_test -perm -u+x | head -1)
     echo "-- attnd_reliability_it_test (ASan+UBSan daemon and clients)"
-    ATTND_BIN="$repo/$san_dir/bin/attnd" "$bin" --gtest_brief=1 >"$out/san-it.log" 2>&1 ||
+    # The RSS flood test is left out: ASan's quarantine and shadow memory make RSS meaningless.
+    ATTND_BIN="$repo/$san_dir/bin/attnd" "$bin" --gtest_brief=1 \
+      --gtest_filter=-MemoryTest.AFloodOfLargeMessagesIsNotKept >"$out/san-it.log" 2>&1 ||
       { grep -v '^\[20' "$out/san-it.log" | tail -60; exit 1; }
     grep -E '^FAULTS|PASSED' "$out/san-it.log"
     echo "sanitizer integration: $(( $(date +%s) - start )) s" | tee -a "$figures"
