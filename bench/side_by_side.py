@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""Turns the files of one GPU-host call into the side-by-side JSONL of ../shared/gpu/SIDE_BY_SIDE.md.
+
+    bench/side_by_side.py --date 2026-12-01 --commit abc1234 --device "NVIDIA H200" \
+        --fi fi_peer_decode.jsonl --fi fi_peer_prefill.jsonl \
+        --attnd bench_decode.txt --attnd bench_prefill.txt > docs/bench-runs/<date>-h200-side-by-side.jsonl
+
+Inputs: FlashInfer's fi_peer.jsonl ("timing" rows), and the output of decode_bench /
+prefill_bench ("JSON {...}" lines) and service_bench ("{"bench":"service",...}" lines) as
+scripts/gpu-host-bench.sh writes them. A "== <label>" line names what follows; labels containing
+"(before" mark the tree before the change (impl "attnd@<rev>"). attnd rows are the kernel the
+planner picks by default (decode: tensor cores for a GQA group >= 4 at head_dim <= 128, else CUDA
+cores; prefill: paged, tile "auto"). Rows measured twice (service rounds) are averaged; the
+single values go in "runs".
+"""
+import argparse
+import collections
+import json
+import re
+import sys
+
+
+def fi_rows(path):
+    for line in open(path):
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        r = json.loads(line)
+        if r.get("kind") != "timing" or r.get("metric") is None:
+            continue
+        dt = {"float16": "fp16", "bfloat16": "bf16"}.get(r["dtype"], r["dtype"])
+        if r["op"] == "decode":
+            name = f"decode-{dt}-hd{r['head_dim']}-b{r['B']}-kv{r['kv_len']}-hkv{r['hk']}"
+        elif r["op"] == "prefill":
+            name = f"prefill-{dt}-hd{r['head_dim']}-causal-b{r['B']}-L{r['qo_len']}-hkv{r['hk']}"
+        else:  # append: kv_len counts the prefix and the new tokens
+            prefix = r["kv_len"] - r["qo_len"]
+            name = f"append-{dt}-hd{r['head_dim']}-b{r['B']}-q{r['qo_len']}-kv{prefix}-hkv{r['hk']}"
+        yield name, f"flashinfer-{r['backend']}", r["unit"], r["metric"], {
+            "median_us": r["median_us"], "reps": r.get("reps")}
+
+
+def default_decode_kernel(hq, hkv, head_dim):
+    return "tensor" if hq // hkv >= 4 and head_dim <= 128 else "cuda-core"
+
+
+def attnd_rows(path):
+    impl = "attnd"
+    for line in open(path):
+        if line.startswith("== "):
+            m = re.search(r"before[ ,(]+([0-9a-f]{7})", line)
+            impl = f"attnd@{m.group(1)}" if m else "attnd"
+            continue
+        text = line[5:] if line.startswith("JSON ") else line
+        if not text.startswith("{"):
+            continue
+        try:
+            r = json.loads(text)
+        except json.JSONDecodeError:
+            continue
+        b = r.get("bench")
+        if b == "decode":
+            if r["kernel"] != default_decode_kernel(r["num_qo_heads"], r["num_kv_heads"], r["head_dim"]):
+                continue
+            name = (f"decode-{r['dtype']}-hd{r['head_dim']}-b{r['batch']}-kv{r['kv_len']}"
+                    f"-hkv{r['num_kv_heads']}" + ("-rope" if r.get("rope") else ""))
+            yield name, impl, "TB/s", r["tbps"], {"kernel": r["kernel"], "ms": r["ms"],
+                                                  "tbps_clean_l2": r.get("tbps_clean")}
+        elif b == "prefill":
+            if r["kv"] != "paged" or r["tile"] not in ("auto", "rope") or r["workload"].startswith("["):
+                continue
+            suffix = "-rope" if r.get("rope") else ""
+            if r["workload"].startswith("append"):
+                prefix = r["kv_len"]  # prefill_bench names the prefix: "append 128 onto 4096"
+                name = (f"append-{r['dtype']}-hd{r['head_dim']}-b{r['batch']}-q{r['qo_len']}"
+                        f"-kv{prefix}-hkv{r['num_kv_heads']}{suffix}")
+            else:
+                name = (f"prefill-{r['dtype']}-hd{r['head_dim']}-causal-b{r['batch']}"
+                        f"-L{r['qo_len']}-hkv{r['num_kv_heads']}{suffix}")
+            yield name, impl, "TFLOP/s", r["tflops"], {"median_us": r["median_us"],
+                                                       "reps": r.get("reps")}
+        elif b == "service":
+            base = "service-decode-b64-kv4096-hkv8-32layers-step"
+            mode = r["mode"]
+            if mode.startswith("in-process"):
+                name, who = base, ("in-process" if impl == "attnd" else f"in-process{impl[5:]}")
+            elif "ASYNC" in mode:
+                name, who = base, impl
+            else:
+                name, who = base + "-sync", impl
+            yield name, who, "us", r["step_p50_us"], {"p99_us": r["step_p99_us"],
+                                                      "layer_p50_us": r["layer_p50_us"],
+                                                      "plan_p50_us": r["plan_p50_us"],
+                                                      "mode": mode}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--date", required=True)
+    ap.add_argument("--commit", required=True)
+    ap.add_argument("--device", default="NVIDIA H200")
+    ap.add_argument("--fi", action="append", default=[])
+    ap.add_argument("--attnd", action="append", default=[])
+    args = ap.parse_args()
+    rows = collections.OrderedDict()
+    sources = [(p, fi_rows) for p in args.fi] + [(p, attnd_rows) for p in args.attnd]
+    for path, reader in sources:
+        for name, impl, unit, value, extra in reader(path):
+            rows.setdefault((name, impl), []).append((unit, value, extra))
+    for (name, impl), runs in rows.items():
+        unit = runs[0][0]
+        value = sum(v for _, v, _ in runs) / len(runs)
+        out = {"workload": name, "impl": impl, "metric": unit, "value": round(value, 4),
+               "device": args.device, "commit": args.commit, "date": args.date}
+        out.update({k: v for k, v in runs[0][2].items() if v is not None})
+        if len(runs) > 1:
+            out["runs"] = [round(v, 4) for _, v, _ in runs]
+        print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
