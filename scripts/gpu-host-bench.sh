@@ -5,7 +5,8 @@
 #            shapes (also with --rope), and the decode_bench of the tree before the change when
 #            .gpu-before/ carries one (old and new kernels in the same call);
 #   prefill: FlashInfer's prefill and append rows, then attnd's prefill_bench (also --rope), then
-#            service_bench of this tree and of the tree before the change, twice each.
+#            service_bench of this tree and of the tree before the change, twice each (and the
+#            before tree's prefill_bench when .gpu-before/ carries one).
 # FlashInfer: ../shared/gpu/flashinfer-peer, carried as .fi-peer/flashinfer_peer.tar.xz; its JIT
 # cache (/tmp/fi_peer_cache) is reused by a second call on the same warm machine.
 # Results go to $OUT: device.txt, fi_peer_<phase>.jsonl, fi_peer_<phase>.txt, bench_<phase>.txt,
@@ -21,6 +22,8 @@ if [ -f .gpu-before/before.tar.xz ] && [ ! -d .gpu-before/bin ]; then
   tar -C .gpu-before -xJf .gpu-before/before.tar.xz
 fi
 export LD_LIBRARY_PATH="$PWD/.gpu/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# The commit the "before" binaries were built from (.gpu-before/COMMIT, written when packed).
+before=$(cat .gpu-before/COMMIT 2>/dev/null || echo before)
 status=0
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,temperature.gpu \
   --format=csv | tee "$out/device.txt"
@@ -50,15 +53,23 @@ bench() {  # label, command...
 }
 : > "$work/bench.txt"
 if [ "$phase" = decode ]; then
-  bench "decode_bench (this tree)" .gpu/bin/decode_bench
-  [ -x .gpu-before/bin/decode_bench ] && bench "decode_bench (before, ee63b7e)" .gpu-before/bin/decode_bench
+  # Two rounds each, alternating: the spread between rounds is what "same speed" is judged by.
+  for round in 1 2; do
+    bench "decode_bench (this tree), round $round" .gpu/bin/decode_bench
+    [ -x .gpu-before/bin/decode_bench ] &&
+      bench "decode_bench (before, $before), round $round" .gpu-before/bin/decode_bench
+  done
   bench "decode_bench --rope --quick" .gpu/bin/decode_bench --rope --quick
 else
-  bench "prefill_bench (this tree)" .gpu/bin/prefill_bench
+  for round in 1 2; do
+    bench "prefill_bench (this tree), round $round" .gpu/bin/prefill_bench
+    [ -x .gpu-before/bin/prefill_bench ] &&
+      bench "prefill_bench (before, $before), round $round" .gpu-before/bin/prefill_bench
+  done
   bench "prefill_bench --rope --quick" .gpu/bin/prefill_bench --rope --quick
   for round in 1 2; do
     bench "service_bench after (this tree), round $round" .gpu/bin/service_bench
-    [ -x .gpu-before/bin/service_bench ] && bench "service_bench before (ee63b7e), round $round" \
+    [ -x .gpu-before/bin/service_bench ] && bench "service_bench before ($before), round $round" \
       env ATTND_BIN="$PWD/.gpu-before/bin/attnd" .gpu-before/bin/service_bench
   done
 fi
