@@ -1,9 +1,12 @@
 // The daemon's core: sessions, pools, pages, buffers, plans and runs, on top of a kernels::Backend.
 //
 // Every method validates its request completely before touching backend memory and returns an
-// absl::Status whose message names the offending field and value. The gRPC front (server/service)
+// absl::Status whose message names the offending field and value. The gRPC front (server/front)
 // is a thin adapter over this class: it parses, calls one method, converts the status in one place
 // and records metrics. Thread-safe: methods may be called concurrently from many gRPC threads.
+//
+// Where the code is: core.cc (creation, stats, health, shutdown) and core_state.h (the State:
+// registries, budgets, locking) are the hub; each command's body is in commands/<topic>.cc.
 #pragma once
 
 #include <cstdint>
