@@ -17,9 +17,6 @@ uint64_t EffectiveHostBudget(const CoreOptions& options) {
   return static_cast<uint64_t>(pages) * static_cast<uint64_t>(page_size) / 4;
 }
 
-// Room a reply needs around its payload (field tags, lengths, the Session stream's envelope).
-constexpr uint64_t kReplyOverheadBytes = 256;
-
 }  // namespace
 
 uint64_t EffectivePoolBudget(const CoreOptions& options, const kernels::BackendInfo& info) {
@@ -29,12 +26,8 @@ uint64_t EffectivePoolBudget(const CoreOptions& options, const kernels::BackendI
 
 absl::Status QuotaError(std::string_view what, int64_t limit, std::string_view flag,
                         std::string_view advice) {
-  return absl::ResourceExhaustedError(absl::StrCat("quota: ", Absl(what), " (limit ", limit,
-                                                   ", --", Absl(flag), "); ", Absl(advice)));
-}
-
-absl::Status NotOwnedError(std::string_view field, absl::string_view id, std::string_view tail) {
-  return absl::NotFoundError(absl::StrCat(Absl(field), "='", Echo(id), "'", Absl(tail)));
+  return absl::ResourceExhaustedError(absl::StrCat("quota: ", Absl(what), " (limit ", limit, ", --",
+                                                   Absl(flag), "); ", Absl(advice)));
 }
 
 absl::Status NoSuchSessionError(absl::string_view session_id) {
@@ -65,23 +58,14 @@ absl::Status Core::State::InflightQuotaError(const Session& session, int64_t inf
       "wait for answers before sending more, or use the Session stream");
 }
 
-absl::Status Core::State::CheckReplyFits(std::string_view what, uint64_t bytes,
-                                         std::string_view advice) const {
-  const uint64_t limit = options.max_message_bytes;
-  if (limit == 0 || bytes + kReplyOverheadBytes <= limit) return absl::OkStatus();
-  return absl::ResourceExhaustedError(
-      absl::StrCat(Absl(what), ": the reply would be up to ", bytes + kReplyOverheadBytes,
-                   " bytes, over --max_message_bytes=", limit, "; ", Absl(advice)));
-}
-
 absl::StatusOr<std::shared_ptr<Pool>> Core::State::AttachedPool(Session& session,
-                                                              absl::string_view pool_id) {
+                                                                absl::string_view pool_id) {
   auto it = session.pools.find(pool_id);
   if (it != session.pools.end()) return it->second;
   if (std::shared_ptr<Pool> pool = pools.FindById(pool_id)) {
-    return absl::PermissionDeniedError(
-        absl::StrCat("pool_id='", pool_id, "': this session is not attached to pool '",
-                     pool->name(), "'; call AttachPool first"));
+    return absl::PermissionDeniedError(absl::StrCat("pool_id='", pool_id,
+                                                    "': this session is not attached to pool '",
+                                                    pool->name(), "'; call AttachPool first"));
   }
   return NotOwnedError("pool_id", pool_id, " does not exist");
 }
@@ -98,7 +82,7 @@ absl::Status Core::State::ReservePageReferences(SessionUsage& usage, int64_t cou
 }
 
 absl::StatusOr<std::shared_ptr<Plan>> Core::State::FindPlan(Session& session,
-                                                          absl::string_view plan_id) {
+                                                            absl::string_view plan_id) {
   auto plan = FindOwned(session.plans, plan_id, "plan_id", " is not a plan of this session");
   if (!plan.ok()) return plan.status();
   return **plan;
@@ -113,6 +97,15 @@ absl::StatusOr<kernels::Stream*> Core::State::SessionStream(Session& session) {
   return session.stream.get();
 }
 
+absl::StatusOr<Core::State::LayerTarget> Core::State::FindLayerTarget(Session& session,
+                                                                   absl::string_view plan_id) {
+  auto plan = FindPlan(session, plan_id);
+  if (!plan.ok()) return plan.status();
+  auto stream = SessionStream(session);
+  if (!stream.ok()) return stream.status();
+  return LayerTarget{*std::move(plan), *stream};
+}
+
 absl::StatusOr<kernels::Event*> Core::State::CompletionEvent(Session& session) {
   if (session.completion_event == nullptr) {
     auto event = backend->CreateIpcEvent();
@@ -122,27 +115,12 @@ absl::StatusOr<kernels::Event*> Core::State::CompletionEvent(Session& session) {
   return session.completion_event.get();
 }
 
-absl::Status Core::State::PrepareCompletion(Session& session, kernels::Stream* stream,
-                                            const std::string& wait_event_id,
-                                            v1::Completion completion) {
-  if (completion != v1::COMPLETION_SYNC && completion != v1::COMPLETION_ASYNC) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("completion=", static_cast<int>(completion), " is not a Completion value"));
-  }
-  if (wait_event_id.empty()) return absl::OkStatus();
-  auto event = FindOwned(session.events, wait_event_id, "wait_event_id", kNoSuchEvent);
-  if (!event.ok()) return event.status();
-  const std::unique_ptr<kernels::Event>& wait_on = **event;
-  return backend->StreamWaitEvent(stream, *wait_on);
-}
-
 absl::Status Core::State::FinishAsync(Session& session, kernels::Stream* stream) {
   if (backend->host_accessible()) return backend->Synchronize(stream);
   auto event = CompletionEvent(session);
   if (!event.ok()) return backend->Synchronize(stream);  // no event: complete synchronously
   return backend->RecordEvent(**event, stream);
 }
-
 
 void Core::State::Detach(Session& session, const std::shared_ptr<Pool>& pool) {
   for (auto it = session.plans.begin(); it != session.plans.end();) {

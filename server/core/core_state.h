@@ -30,6 +30,7 @@
 #include "server/core/plan.h"
 #include "server/core/pool.h"
 #include "server/core/pool_registry.h"
+#include "server/core/request_rules.h"
 #include "server/core/session.h"
 #include "server/core/session_registry.h"
 #include "server/core/validation.h"
@@ -46,10 +47,6 @@ inline absl::string_view Absl(std::string_view s) { return absl::string_view(s.d
 absl::Status QuotaError(std::string_view what, int64_t limit, std::string_view flag,
                         std::string_view advice);
 
-// NOT_FOUND for an id this session does not own: "<field>='<id>'<tail>". The id is cut to 80
-// characters so that a huge id does not flood the message.
-absl::Status NotOwnedError(std::string_view field, absl::string_view id, std::string_view tail);
-
 // The one answer for a session that cannot be reached: unknown, closed, expired, or named by a
 // caller that may not use it (so an id is never confirmed). Names the session by its log tag.
 absl::Status NoSuchSessionError(absl::string_view session_id);
@@ -58,13 +55,11 @@ absl::Status NoSuchSessionError(absl::string_view session_id);
 // call only a leased session of the same identity.
 bool Reachable(const Session& session, const SessionRef& ref);
 
-inline constexpr std::string_view kNoSuchEvent = ": no such event in this session";
-
 // The value under `id` in one of a session's maps (plans, buffers, events), or NotOwnedError.
 template <typename Map>
 absl::StatusOr<typename Map::mapped_type*> FindOwned(Map& map, absl::string_view id,
-                                                      std::string_view field,
-                                                      std::string_view tail) {
+                                                     absl::string_view field,
+                                                     absl::string_view tail) {
   auto it = map.find(id);
   if (it == map.end()) return NotOwnedError(field, id, tail);
   return &it->second;
@@ -72,8 +67,8 @@ absl::StatusOr<typename Map::mapped_type*> FindOwned(Map& map, absl::string_view
 
 // Erases `id` from one of a session's maps, or NotOwnedError when it is not there.
 template <typename Map>
-absl::Status EraseOwned(Map& map, absl::string_view id, std::string_view field,
-                        std::string_view tail) {
+absl::Status EraseOwned(Map& map, absl::string_view id, absl::string_view field,
+                        absl::string_view tail) {
   auto it = map.find(id);
   if (it == map.end()) return NotOwnedError(field, id, tail);
   map.erase(it);
@@ -128,8 +123,8 @@ struct Core::State {
   // and for sessions `ref` may not reach (whose lease is then not renewed either).
   template <typename Fn>
   auto WithSession(const SessionRef& ref, Fn&& fn) -> decltype(fn(std::declval<Session&>())) {
-    auto session = sessions.FindAndRenew(
-        Absl(ref.id), absl::Now(), [&](const Session& s) { return Reachable(s, ref); });
+    auto session = sessions.FindAndRenew(Absl(ref.id), absl::Now(),
+                                         [&](const Session& s) { return Reachable(s, ref); });
     if (!session.ok()) return NoSuchSessionError(Absl(ref.id));
     Session& s = **session;
     const InflightScope inflight(s);
@@ -141,11 +136,6 @@ struct Core::State {
     return fn(s);
   }
   absl::Status InflightQuotaError(const Session& session, int64_t inflight) const;
-
-  // A reply of up to `bytes` must fit the gRPC send limit (--max_message_bytes). Checked before
-  // the command acts, so a command refused for its reply's size changed nothing.
-  absl::Status CheckReplyFits(std::string_view what, uint64_t bytes,
-                              std::string_view advice) const;
 
   // The attachment of `session` to `pool` (it is attached: AttachedPool checked).
   static PoolAttachment& AttachmentOf(Pool& pool, const Session& session)
@@ -171,16 +161,23 @@ struct Core::State {
   absl::StatusOr<std::shared_ptr<Plan>> FindPlan(Session& session, absl::string_view plan_id)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(session.mu);
 
+  // What a layer command (AppendKv, Run) runs on: its plan and the session's stream.
+  struct LayerTarget {
+    std::shared_ptr<Plan> plan;
+    kernels::Stream* stream = nullptr;
+  };
+  absl::StatusOr<LayerTarget> FindLayerTarget(Session& session, absl::string_view plan_id)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(session.mu);
+
+  // What the request rules (request_rules.h) know about `session` and the daemon.
+  RequestScope ScopeFor(Session& session) ABSL_EXCLUSIVE_LOCKS_REQUIRED(session.mu) {
+    return RequestScope{session.id, session.events, backend->info(), options.max_message_bytes};
+  }
+
   // The session's stream (created on first use) and interprocess completion event.
   absl::StatusOr<kernels::Stream*> SessionStream(Session& session)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(session.mu);
   absl::StatusOr<kernels::Event*> CompletionEvent(Session& session)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(session.mu);
-
-  // Before a Run/AppendKv: checks `completion` and `wait_event_id`, and makes the session's
-  // stream wait on the named event. Nothing is enqueued when a check fails.
-  absl::Status PrepareCompletion(Session& session, kernels::Stream* stream,
-                                 const std::string& wait_event_id, v1::Completion completion)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(session.mu);
 
   // After an ASYNC command's work was enqueued: records the completion event behind it. Backends

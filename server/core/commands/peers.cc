@@ -1,8 +1,7 @@
 // Peer calls of the front's peer socket: AddPeer, RemovePeer (ends the peer's unary sessions'
 // leases), PeerIdentity and AddPeerFd.
-#include "server/core/scoped_fd.h"
-
 #include "server/core/core_state.h"
+#include "server/core/scoped_fd.h"
 #include "spdlog/spdlog.h"
 
 namespace attnd::server {
@@ -21,8 +20,9 @@ void Core::RemovePeer(std::string_view key) {
   // Its unary sessions' leases end now; ExpireIdleSessions releases them on its next round. Not
   // released here: that would wait for a command still running in one of them, and the peer
   // socket's thread (which calls this) serves every client.
-  const int ended = state_->sessions.EndLeasesIf(
-      [&](const Session& s) { return s.binding == SessionBinding::kLeased && s.owner.peer == key; });
+  const int ended = state_->sessions.EndLeasesIf([&](const Session& s) {
+    return s.binding == SessionBinding::kLeased && s.owner.peer == key;
+  });
   if (ended > 0) spdlog::info("a peer left: {} unary session(s) end with it", ended);
 }
 

@@ -29,8 +29,8 @@ absl::StatusOr<v1::OpenSessionResponse> Core::OpenSession(const v1::OpenSessionR
       request.lease_ms() > 0
           ? std::min(absl::Milliseconds(request.lease_ms()), options.max_session_lease)
           : options.session_lease;
-  auto session = std::make_shared<Session>(NewSessionId(), SanitizeClientName(request.client_name()),
-                                           binding, lease, owner);
+  auto session = std::make_shared<Session>(
+      NewSessionId(), SanitizeClientName(request.client_name()), binding, lease, owner);
   v1::OpenSessionResponse response;
   response.set_session_id(session->id);
   if (binding == SessionBinding::kLeased) {
@@ -52,8 +52,8 @@ absl::StatusOr<v1::OpenSessionResponse> Core::OpenSession(const v1::OpenSessionR
 }
 
 absl::Status Core::CloseSession(SessionRef ref) {
-  std::shared_ptr<Session> session = state_->sessions.Remove(
-      Absl(ref.id), [&](const Session& s) { return Reachable(s, ref); });
+  std::shared_ptr<Session> session =
+      state_->sessions.Remove(Absl(ref.id), [&](const Session& s) { return Reachable(s, ref); });
   if (session == nullptr) return NoSuchSessionError(Absl(ref.id));
   state_->Release(*session, "closed by the client");
   return absl::OkStatus();
