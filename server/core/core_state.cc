@@ -97,13 +97,15 @@ absl::StatusOr<kernels::Stream*> Core::State::SessionStream(Session& session) {
   return session.stream.get();
 }
 
-absl::StatusOr<Core::State::LayerTarget> Core::State::FindLayerTarget(Session& session,
-                                                                   absl::string_view plan_id) {
+absl::StatusOr<Core::State::LayerTarget> Core::State::FindLayerTarget(
+    Session& session, absl::string_view plan_id, v1::Completion completion) {
   auto plan = FindPlan(session, plan_id);
   if (!plan.ok()) return plan.status();
   auto stream = SessionStream(session);
   if (!stream.ok()) return stream.status();
-  return LayerTarget{*std::move(plan), *stream};
+  const bool synchronize = completion != v1::COMPLETION_ASYNC;
+  return LayerTarget{*std::move(plan), *stream,
+                     ExecContext{*backend, *stream, session.staging, session.buffers, synchronize}};
 }
 
 absl::StatusOr<kernels::Event*> Core::State::CompletionEvent(Session& session) {

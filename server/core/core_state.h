@@ -161,12 +161,15 @@ struct Core::State {
   absl::StatusOr<std::shared_ptr<Plan>> FindPlan(Session& session, absl::string_view plan_id)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(session.mu);
 
-  // What a layer command (AppendKv, Run) runs on: its plan and the session's stream.
+  // What a layer command (AppendKv, Run) runs on: its plan, the session's stream, and the
+  // execution context over them (synchronous unless `completion` is COMPLETION_ASYNC).
   struct LayerTarget {
     std::shared_ptr<Plan> plan;
-    kernels::Stream* stream = nullptr;
+    kernels::Stream* stream;
+    ExecContext ctx;
   };
-  absl::StatusOr<LayerTarget> FindLayerTarget(Session& session, absl::string_view plan_id)
+  absl::StatusOr<LayerTarget> FindLayerTarget(Session& session, absl::string_view plan_id,
+                                              v1::Completion completion)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(session.mu);
 
   // What the request rules (request_rules.h) know about `session` and the daemon.

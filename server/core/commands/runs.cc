@@ -13,12 +13,11 @@ absl::StatusOr<v1::AppendKvResponse> Core::AppendKv(SessionRef session_ref,
                                                     const v1::AppendKvRequest& request) {
   State& st = *state_;
   return st.WithSession(session_ref, [&](Session& session) -> absl::StatusOr<v1::AppendKvResponse> {
-    auto target = st.FindLayerTarget(session, request.plan_id());
+    auto target = st.FindLayerTarget(session, request.plan_id(), request.completion());
     if (!target.ok()) return target.status();
     const Plan& plan = *target->plan;
     kernels::Stream* stream = target->stream;
-    const bool async = request.completion() == v1::COMPLETION_ASYNC;
-    const ExecContext ctx{*st.backend, stream, session.staging, session.buffers, !async};
+    const ExecContext& ctx = target->ctx;
     TensorBindings bindings(ctx);
     absl::Status s;
     TransferCounts counts;
@@ -42,12 +41,11 @@ absl::StatusOr<v1::AppendKvResponse> Core::AppendKv(SessionRef session_ref,
 absl::StatusOr<v1::RunResponse> Core::Run(SessionRef session_ref, const v1::RunRequest& request) {
   State& st = *state_;
   return st.WithSession(session_ref, [&](Session& session) -> absl::StatusOr<v1::RunResponse> {
-    auto target = st.FindLayerTarget(session, request.plan_id());
+    auto target = st.FindLayerTarget(session, request.plan_id(), request.completion());
     if (!target.ok()) return target.status();
     const Plan& plan = *target->plan;
     kernels::Stream* stream = target->stream;
-    const bool async = request.completion() == v1::COMPLETION_ASYNC;
-    const ExecContext ctx{*st.backend, stream, session.staging, session.buffers, !async};
+    const ExecContext& ctx = target->ctx;
     // Declared before the bindings, which may point into it: it outlives them.
     v1::RunResponse response;
     TensorBindings bindings(ctx);

@@ -1,27 +1,16 @@
 // The Core hub through its public API (server/core/core.cc): server info and shutdown.
-#include <limits>
-#include <sstream>
 #include <string>
-#include <vector>
 
 #include "core_test_util.h"
 #include "expect_status.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/core/core.h"
-#include "spdlog/sinks/ostream_sink.h"
-#include "spdlog/spdlog.h"
 
-namespace attnd::server {
+namespace attnd::server::testing {
 namespace {
 
 using ::testing::HasSubstr;
-using testing::CreatePool;
-using testing::MakeCore;
-using testing::Open;
-using testing::PoolRequest;
-using testing::PoolSpec;
-
 
 TEST(CoreSessionsTest, ServerInfoSaysWhichPageSizesAndAlignmentsAreAccepted) {
   auto core = MakeCore();
@@ -67,4 +56,4 @@ TEST(CoreSessionsTest, CloseAllReleasesEverything) {
 }
 
 }  // namespace
-}  // namespace attnd::server
+}  // namespace attnd::server::testing

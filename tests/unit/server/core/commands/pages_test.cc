@@ -1,7 +1,5 @@
 // Page commands through Core (server/core/commands/pages.cc): allocate, free, fork within and
 // across sessions, and cleared reallocated pages.
-#include <limits>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -10,23 +8,11 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/core/core.h"
-#include "spdlog/sinks/ostream_sink.h"
-#include "spdlog/spdlog.h"
 
-namespace attnd::server {
+namespace attnd::server::testing {
 namespace {
 
 using ::testing::HasSubstr;
-using testing::Allocate;
-using testing::AttachByName;
-using testing::CreatePool;
-using testing::ForkGrantOf;
-using testing::FreePagesOf;
-using testing::HalfTensor;
-using testing::MakeCore;
-using testing::Open;
-using testing::PlanRequest;
-
 
 TEST(CoreSessionsTest, AllocateFreeAndExhaustion) {
   auto core = MakeCore();
@@ -162,4 +148,4 @@ TEST(CoreSessionsTest, ReallocatedPagesDoNotShowThePreviousOwnersData) {
 }
 
 }  // namespace
-}  // namespace attnd::server
+}  // namespace attnd::server::testing

@@ -1,7 +1,5 @@
 // Plan commands through Core (server/core/commands/plans.cc): page pins and the status codes of
 // bad plan requests.
-#include <limits>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -10,21 +8,11 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/core/core.h"
-#include "spdlog/sinks/ostream_sink.h"
-#include "spdlog/spdlog.h"
 
-namespace attnd::server {
+namespace attnd::server::testing {
 namespace {
 
 using ::testing::HasSubstr;
-using testing::Allocate;
-using testing::CreatePool;
-using testing::FreePagesOf;
-using testing::HalfTensor;
-using testing::MakeCore;
-using testing::Open;
-using testing::PlanRequest;
-
 
 TEST(CoreSessionsTest, PlansPinTheirPages) {
   auto core = MakeCore();
@@ -80,4 +68,4 @@ TEST(CoreSessionsTest, PlanRequestsAreValidatedThroughCore) {
 }
 
 }  // namespace
-}  // namespace attnd::server
+}  // namespace attnd::server::testing

@@ -1,30 +1,17 @@
 // Pool commands through Core (server/core/commands/pools.cc): create, attach (tokens), describe,
 // budgets, and the pool's release with its last session.
-#include <limits>
-#include <sstream>
 #include <string>
-#include <vector>
 
 #include "core_test_util.h"
 #include "expect_status.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/core/core.h"
-#include "spdlog/sinks/ostream_sink.h"
-#include "spdlog/spdlog.h"
 
-namespace attnd::server {
+namespace attnd::server::testing {
 namespace {
 
 using ::testing::HasSubstr;
-using testing::Allocate;
-using testing::AttachByName;
-using testing::CreatePool;
-using testing::MakeCore;
-using testing::Open;
-using testing::PoolRequest;
-using testing::PoolSpec;
-
 
 TEST(CoreSessionsTest, AttachingAnotherPrincipalsPoolNeedsItsToken) {
   auto core = MakeCore();
@@ -145,4 +132,4 @@ TEST(CoreSessionsTest, PoolIsFreedWhenItsLastSessionDetaches) {
 }
 
 }  // namespace
-}  // namespace attnd::server
+}  // namespace attnd::server::testing

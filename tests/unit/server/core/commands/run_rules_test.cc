@@ -1,7 +1,5 @@
 // The rules of AppendKv and Run through Core (server/core/request_rules.h, commands/runs.cc):
 // appends into shared pages and the status codes of bad run requests.
-#include <limits>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -10,22 +8,11 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/core/core.h"
-#include "spdlog/sinks/ostream_sink.h"
-#include "spdlog/spdlog.h"
 
-namespace attnd::server {
+namespace attnd::server::testing {
 namespace {
 
 using ::testing::HasSubstr;
-using testing::Allocate;
-using testing::AttachByName;
-using testing::CreatePool;
-using testing::ForkGrantOf;
-using testing::HalfTensor;
-using testing::MakeCore;
-using testing::Open;
-using testing::PlanRequest;
-
 
 TEST(CoreSessionsTest, AppendsIntoSharedPagesAreRefused) {
   auto core = MakeCore();
@@ -142,4 +129,4 @@ TEST(CoreSessionsTest, RunRequestsAreValidatedThroughCore) {
 }
 
 }  // namespace
-}  // namespace attnd::server
+}  // namespace attnd::server::testing

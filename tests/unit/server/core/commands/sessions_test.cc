@@ -13,21 +13,10 @@
 #include "spdlog/sinks/ostream_sink.h"
 #include "spdlog/spdlog.h"
 
-namespace attnd::server {
+namespace attnd::server::testing {
 namespace {
 
 using ::testing::HasSubstr;
-using testing::Allocate;
-using testing::AttachByName;
-using testing::CreatePool;
-using testing::FreePagesOf;
-using testing::HalfTensor;
-using testing::MakeCore;
-using testing::Open;
-using testing::PlanRequest;
-using testing::PoolRequest;
-using testing::TestOwner;
-
 
 TEST(CoreSessionsTest, OpenCloseAndUnknownSessions) {
   auto core = MakeCore();
@@ -257,4 +246,4 @@ TEST(CoreSessionsTest, CallsRenewTheLease) {
 }
 
 }  // namespace
-}  // namespace attnd::server
+}  // namespace attnd::server::testing
