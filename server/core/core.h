@@ -1,9 +1,12 @@
 // The daemon's core: sessions, pools, pages, buffers, plans and runs, on top of a kernels::Backend.
 //
 // Every method validates its request completely before touching backend memory and returns an
-// absl::Status whose message names the offending field and value. The gRPC front (server/service)
+// absl::Status whose message names the offending field and value. The gRPC front (server/front)
 // is a thin adapter over this class: it parses, calls one method, converts the status in one place
 // and records metrics. Thread-safe: methods may be called concurrently from many gRPC threads.
+//
+// Where the code is: core.cc (creation, stats, health, shutdown) and core_state.h (the State:
+// registries, budgets, locking) are the hub; each command's body is in commands/<topic>.cc.
 #pragma once
 
 #include <cstdint>
@@ -17,6 +20,7 @@
 #include "absl/time/time.h"
 #include "attnd/kernels/backend.h"
 #include "attnd/v1/attnd.pb.h"
+#include "attnd/v1/session_commands.h"
 
 namespace attnd::server {
 
@@ -156,42 +160,17 @@ class Core {
   // Releases everything the session holds. NOT_FOUND for an unknown id.
   absl::Status CloseSession(SessionRef session);
 
-  // Each command runs in a session; NOT_FOUND if it does not exist (or expired, or `session` is
-  // a unary reference of another identity). A leased session's lease is renewed by every call
-  // that names it.
-  absl::StatusOr<v1::CreatePoolResponse> CreatePool(SessionRef session,
-                                                    const v1::CreatePoolRequest& request);
-  absl::StatusOr<v1::AttachPoolResponse> AttachPool(SessionRef session,
-                                                    const v1::AttachPoolRequest& request);
-  absl::StatusOr<v1::DescribePoolResponse> DescribePool(SessionRef session,
-                                                        const v1::DescribePoolRequest& request);
-  absl::StatusOr<v1::DeletePoolResponse> DeletePool(SessionRef session,
-                                                    const v1::DeletePoolRequest& request);
-  absl::StatusOr<v1::AllocatePagesResponse> AllocatePages(SessionRef session,
-                                                          const v1::AllocatePagesRequest& request);
-  absl::StatusOr<v1::FreePagesResponse> FreePages(SessionRef session,
-                                                  const v1::FreePagesRequest& request);
-  absl::StatusOr<v1::ForkPagesResponse> ForkPages(SessionRef session,
-                                                  const v1::ForkPagesRequest& request);
-  absl::StatusOr<v1::RegisterBufferResponse> RegisterBuffer(
-      SessionRef session, const v1::RegisterBufferRequest& request);
-  absl::StatusOr<v1::UnregisterBufferResponse> UnregisterBuffer(
-      SessionRef session, const v1::UnregisterBufferRequest& request);
-  absl::StatusOr<v1::CreatePlanResponse> CreatePlan(SessionRef session,
-                                                    const v1::CreatePlanRequest& request);
-  absl::StatusOr<v1::DeletePlanResponse> DeletePlan(SessionRef session,
-                                                    const v1::DeletePlanRequest& request);
-  absl::StatusOr<v1::AppendKvResponse> AppendKv(SessionRef session,
-                                                const v1::AppendKvRequest& request);
-  absl::StatusOr<v1::RunResponse> Run(SessionRef session, const v1::RunRequest& request);
-
-  // Async completion (interprocess events; FAILED_PRECONDITION on backends without them).
-  absl::StatusOr<v1::RegisterEventResponse> RegisterEvent(SessionRef session,
-                                                          const v1::RegisterEventRequest& request);
-  absl::StatusOr<v1::UnregisterEventResponse> UnregisterEvent(
-      SessionRef session, const v1::UnregisterEventRequest& request);
-  absl::StatusOr<v1::GetCompletionEventResponse> GetCompletionEvent(
-      SessionRef session, const v1::GetCompletionEventRequest& request);
+  // Each command of ATTND_SESSION_COMMANDS (attnd/v1/session_commands.h) runs in a session:
+  //   absl::StatusOr<v1::NameResponse> Name(SessionRef session, const v1::NameRequest& request);
+  // NOT_FOUND if the session does not exist (or expired, or `session` is a unary reference of
+  // another identity). A leased session's lease is renewed by every call that names it. The
+  // async completion commands (RegisterEvent, UnregisterEvent, GetCompletionEvent) are
+  // FAILED_PRECONDITION on backends without interprocess events.
+#define ATTND_CORE_DECLARE_COMMAND(Name, field)            \
+  absl::StatusOr<v1::Name##Response> Name(SessionRef session, \
+                                          const v1::Name##Request& request);
+  ATTND_SESSION_COMMANDS(ATTND_CORE_DECLARE_COMMAND)
+#undef ATTND_CORE_DECLARE_COMMAND
 
   // Peers (the wire API's "Identity"): processes connected to the peer socket, which the front
   // serves (server/front/peer_socket.h).

@@ -1,15 +1,15 @@
-// Runs one layer of a plan: AppendKv and Run (optionally appending k/v first). Validates the
-// request's layer, tensors and options completely, binds the tensors (see TensorBindings), calls
-// the backend and builds the response. The caller holds the session's mutex and has already
-// checked that the plan's written pages are unshared when k/v are given.
+// Launches one layer of a plan: AppendKv and Run (optionally appending k/v first), on requests
+// that request_rules.h checked already (CheckRun / CheckAppendKv): maps the bound tensors (see
+// TensorBindings), calls the backend and completes the response. Decides nothing about the
+// request. The caller holds the session's mutex.
 #pragma once
 
 #include <cstdint>
 
 #include "absl/status/status.h"
-#include "absl/status/statusor.h"
 #include "attnd/v1/attnd.pb.h"
 #include "server/core/plan.h"
+#include "server/core/request_rules.h"
 #include "server/core/tensor_bindings.h"
 
 namespace attnd::server {
@@ -19,14 +19,14 @@ struct TransferCounts {
   uint64_t bytes_out = 0;
 };
 
-// Bytes of the tensors a Run returns inline (o when it names no buffer, lse likewise when asked
-// for), from the plan's shapes: what the reply will carry, known before anything runs.
-uint64_t InlineReplyBytes(const Plan& plan, const v1::RunRequest& request);
+// Runs `call` (from CheckRun, which filled `bindings` and shaped `response`).
+absl::Status ExecuteRun(const Plan& plan, const v1::RunRequest& request, const RunCall& call,
+                        TensorBindings& bindings, const ExecContext& ctx,
+                        v1::RunResponse* response, TransferCounts* counts);
 
-absl::StatusOr<v1::RunResponse> ExecuteRun(const Plan& plan, const v1::RunRequest& request,
-                                           const ExecContext& ctx, TransferCounts* counts);
-
+// Appends `call`'s k and v (from CheckAppendKv) into the plan's pages.
 absl::Status ExecuteAppendKv(const Plan& plan, const v1::AppendKvRequest& request,
+                             const AppendKvCall& call, TensorBindings& bindings,
                              const ExecContext& ctx, TransferCounts* counts);
 
 }  // namespace attnd::server

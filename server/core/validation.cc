@@ -31,6 +31,10 @@ absl::Status InvalidArg(auto&&... parts) {
 
 }  // namespace
 
+absl::Status NotOwnedError(absl::string_view field, absl::string_view id, absl::string_view tail) {
+  return absl::NotFoundError(absl::StrCat(field, "='", Echo(id), "'", tail));
+}
+
 bool CheckedMul(uint64_t x, uint64_t y, uint64_t* out) {
   return !__builtin_mul_overflow(x, y, out);
 }

@@ -47,6 +47,11 @@ struct PoolGeometry {
 // line made from one) grows with the request or forges lines.
 std::string Echo(absl::string_view value, size_t max_bytes = 64);
 
+// NOT_FOUND for an id this session does not own: "<field>='<id>'<tail>" (the id Echo'ed), e.g.
+// "plan_id='x' is not a plan of this session". Ids of other sessions get the same answer.
+absl::Status NotOwnedError(absl::string_view field, absl::string_view id, absl::string_view tail);
+inline constexpr absl::string_view kNoSuchEvent = ": no such event in this session";
+
 // x * y, or nullopt-like false on overflow (unsigned 64-bit).
 bool CheckedMul(uint64_t x, uint64_t y, uint64_t* out);
 

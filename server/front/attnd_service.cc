@@ -117,36 +117,19 @@ grpc::Status AttndService::CloseSession(grpc::ServerContext* context,
   return ToGrpcStatus(runner_.CloseSession(SessionRef::Unary(*session_id, *caller)));
 }
 
-#define ATTND_UNARY_HANDLER(Name)                                                          \
-  grpc::Status AttndService::Name(grpc::ServerContext* context,                            \
-                                  const v1::Name##Request* request,                        \
-                                  v1::Name##Response* response) {                          \
-    return RunInSession(commands::k##Name, *context, *request, response);                  \
+#define ATTND_UNARY_HANDLER(Name, field)                                          \
+  grpc::Status AttndService::Name(grpc::ServerContext* context,                  \
+                                  const v1::Name##Request* request,              \
+                                  v1::Name##Response* response) {                \
+    return RunInSession(commands::k##Name, *context, *request, response);        \
   }
-
-ATTND_UNARY_HANDLER(CreatePool)
-ATTND_UNARY_HANDLER(AttachPool)
-ATTND_UNARY_HANDLER(DescribePool)
-ATTND_UNARY_HANDLER(DeletePool)
-ATTND_UNARY_HANDLER(AllocatePages)
-ATTND_UNARY_HANDLER(FreePages)
-ATTND_UNARY_HANDLER(ForkPages)
-ATTND_UNARY_HANDLER(RegisterBuffer)
-ATTND_UNARY_HANDLER(UnregisterBuffer)
-ATTND_UNARY_HANDLER(CreatePlan)
-ATTND_UNARY_HANDLER(DeletePlan)
-ATTND_UNARY_HANDLER(AppendKv)
-ATTND_UNARY_HANDLER(Run)
-ATTND_UNARY_HANDLER(RegisterEvent)
-ATTND_UNARY_HANDLER(UnregisterEvent)
-ATTND_UNARY_HANDLER(GetCompletionEvent)
-
+ATTND_SESSION_COMMANDS(ATTND_UNARY_HANDLER)
 #undef ATTND_UNARY_HANDLER
 
 grpc::Status AttndService::Session(grpc::ServerContext*,
                                    grpc::ServerReaderWriter<v1::SessionResponse,
                                                             v1::SessionRequest>*) {
-  return grpc::Status(grpc::StatusCode::INTERNAL, "the typed Session handler is not in use");
+  return ToGrpcStatus(absl::InternalError("the typed Session handler is not in use"));
 }
 
 grpc::Status AttndService::SerializedSession(

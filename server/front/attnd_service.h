@@ -41,43 +41,13 @@ class AttndService final : public v1::Attnd::Service {
   grpc::Status CloseSession(grpc::ServerContext* context, const v1::CloseSessionRequest* request,
                             v1::CloseSessionResponse* response) override;
 
-  grpc::Status CreatePool(grpc::ServerContext* context, const v1::CreatePoolRequest* request,
-                          v1::CreatePoolResponse* response) override;
-  grpc::Status AttachPool(grpc::ServerContext* context, const v1::AttachPoolRequest* request,
-                          v1::AttachPoolResponse* response) override;
-  grpc::Status DescribePool(grpc::ServerContext* context, const v1::DescribePoolRequest* request,
-                            v1::DescribePoolResponse* response) override;
-  grpc::Status DeletePool(grpc::ServerContext* context, const v1::DeletePoolRequest* request,
-                          v1::DeletePoolResponse* response) override;
-  grpc::Status AllocatePages(grpc::ServerContext* context,
-                             const v1::AllocatePagesRequest* request,
-                             v1::AllocatePagesResponse* response) override;
-  grpc::Status FreePages(grpc::ServerContext* context, const v1::FreePagesRequest* request,
-                         v1::FreePagesResponse* response) override;
-  grpc::Status ForkPages(grpc::ServerContext* context, const v1::ForkPagesRequest* request,
-                         v1::ForkPagesResponse* response) override;
-  grpc::Status RegisterBuffer(grpc::ServerContext* context,
-                              const v1::RegisterBufferRequest* request,
-                              v1::RegisterBufferResponse* response) override;
-  grpc::Status UnregisterBuffer(grpc::ServerContext* context,
-                                const v1::UnregisterBufferRequest* request,
-                                v1::UnregisterBufferResponse* response) override;
-  grpc::Status CreatePlan(grpc::ServerContext* context, const v1::CreatePlanRequest* request,
-                          v1::CreatePlanResponse* response) override;
-  grpc::Status DeletePlan(grpc::ServerContext* context, const v1::DeletePlanRequest* request,
-                          v1::DeletePlanResponse* response) override;
-  grpc::Status AppendKv(grpc::ServerContext* context, const v1::AppendKvRequest* request,
-                        v1::AppendKvResponse* response) override;
-  grpc::Status Run(grpc::ServerContext* context, const v1::RunRequest* request,
-                   v1::RunResponse* response) override;
-  grpc::Status RegisterEvent(grpc::ServerContext* context, const v1::RegisterEventRequest* request,
-                             v1::RegisterEventResponse* response) override;
-  grpc::Status UnregisterEvent(grpc::ServerContext* context,
-                               const v1::UnregisterEventRequest* request,
-                               v1::UnregisterEventResponse* response) override;
-  grpc::Status GetCompletionEvent(grpc::ServerContext* context,
-                                  const v1::GetCompletionEventRequest* request,
-                                  v1::GetCompletionEventResponse* response) override;
+  // One unary handler per command of ATTND_SESSION_COMMANDS (attnd/v1/session_commands.h):
+  //   grpc::Status Name(grpc::ServerContext*, const v1::NameRequest*, v1::NameResponse*);
+#define ATTND_DECLARE_UNARY_HANDLER(Name, field)                                   \
+  grpc::Status Name(grpc::ServerContext* context, const v1::Name##Request* request, \
+                    v1::Name##Response* response) override;
+  ATTND_SESSION_COMMANDS(ATTND_DECLARE_UNARY_HANDLER)
+#undef ATTND_DECLARE_UNARY_HANDLER
 
   // Never called: the Session method is served raw (SerializedSession), see session_stream.h.
   grpc::Status Session(

@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -19,11 +20,6 @@ using StreamHandler = void (*)(CommandRunner& runner, std::string_view session_i
 // Lines of ReportSuppressedFailures beyond which the rest are summed up in one.
 constexpr size_t kMaxSuppressedReportLines = 10;
 
-void SetError(const absl::Status& status, v1::SessionResponse* response) {
-  response->set_code(static_cast<int32_t>(status.code()));
-  response->set_message(StatusMessageForClient(status));
-}
-
 // The stream side of one table entry: unpack the oneof, execute, pack the oneof.
 template <const auto& command>
 void RunFromStream(CommandRunner& runner, std::string_view session_id,
@@ -32,12 +28,20 @@ void RunFromStream(CommandRunner& runner, std::string_view session_id,
   if (result.ok()) {
     *(response->*command.stream_response)() = *std::move(result);
   } else {
-    SetError(result.status(), response);
+    SetCommandStatus(result.status(), response);
   }
 }
 
-// Field numbers of SessionRequest.command run from 2 (open) to 19 (get_completion_event).
-constexpr size_t kStreamTableSize = v1::SessionRequest::kGetCompletionEvent + 1;
+// Indexed by SessionRequest.command's field number (2 = open, 3 = get_server_info, then the
+// session commands); sized by the largest field number of the command list.
+constexpr size_t kStreamTableSize = [] {
+  size_t size = 0;
+#define ATTND_STREAM_CASE_SIZE(Name, field) \
+  size = std::max(size, static_cast<size_t>(v1::SessionRequest::k##Name) + 1);
+  ATTND_SESSION_COMMANDS(ATTND_STREAM_CASE_SIZE)
+#undef ATTND_STREAM_CASE_SIZE
+  return size;
+}();
 using StreamTable = std::array<StreamHandler, kStreamTableSize>;
 
 template <const auto& command>
@@ -47,22 +51,9 @@ constexpr void Register(StreamTable& table) {
 
 constexpr StreamTable kStreamTable = [] {
   StreamTable table{};
-  Register<commands::kCreatePool>(table);
-  Register<commands::kAttachPool>(table);
-  Register<commands::kDescribePool>(table);
-  Register<commands::kDeletePool>(table);
-  Register<commands::kAllocatePages>(table);
-  Register<commands::kFreePages>(table);
-  Register<commands::kForkPages>(table);
-  Register<commands::kRegisterBuffer>(table);
-  Register<commands::kUnregisterBuffer>(table);
-  Register<commands::kCreatePlan>(table);
-  Register<commands::kDeletePlan>(table);
-  Register<commands::kAppendKv>(table);
-  Register<commands::kRun>(table);
-  Register<commands::kRegisterEvent>(table);
-  Register<commands::kUnregisterEvent>(table);
-  Register<commands::kGetCompletionEvent>(table);
+#define ATTND_REGISTER_STREAM_COMMAND(Name, field) Register<commands::k##Name>(table);
+  ATTND_SESSION_COMMANDS(ATTND_REGISTER_STREAM_COMMAND)
+#undef ATTND_REGISTER_STREAM_COMMAND
   return table;
 }();
 
@@ -173,23 +164,24 @@ void CommandRunner::Dispatch(std::string_view session_id, const v1::SessionReque
           "`open` is only allowed as the Session stream's first message; this stream's session "
           "is already open");
       RecordRejected(MethodId::kOpenSession, status);
-      SetError(status, response);
+      SetCommandStatus(status, response);
       return;
     }
     case v1::SessionRequest::COMMAND_NOT_SET:
-      SetError(absl::InvalidArgumentError(absl::StrCat(
-                   "SessionRequest request_id=", request.request_id(),
-                   " has no command set (or one this server does not know)")),
-               response);
+      SetCommandStatus(absl::InvalidArgumentError(absl::StrCat(
+                           "SessionRequest request_id=", request.request_id(),
+                           " has no command set (or one this server does not know)")),
+                       response);
       return;
     default:
       break;
   }
   const size_t index = static_cast<size_t>(command_case);
   if (index >= kStreamTable.size() || kStreamTable[index] == nullptr) {
-    SetError(absl::UnimplementedError(absl::StrCat("SessionRequest command field ", index,
-                                                   " is not supported on the Session stream")),
-             response);
+    SetCommandStatus(
+        absl::UnimplementedError(absl::StrCat("SessionRequest command field ", index,
+                                              " is not supported on the Session stream")),
+        response);
     return;
   }
   kStreamTable[index](*this, session_id, request, response);

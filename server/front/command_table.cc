@@ -7,22 +7,11 @@ std::string_view MethodName(MethodId id) {
     case MethodId::kGetServerInfo: return "GetServerInfo";
     case MethodId::kOpenSession: return "OpenSession";
     case MethodId::kCloseSession: return "CloseSession";
-    case MethodId::kCreatePool: return "CreatePool";
-    case MethodId::kAttachPool: return "AttachPool";
-    case MethodId::kDescribePool: return "DescribePool";
-    case MethodId::kDeletePool: return "DeletePool";
-    case MethodId::kAllocatePages: return "AllocatePages";
-    case MethodId::kFreePages: return "FreePages";
-    case MethodId::kForkPages: return "ForkPages";
-    case MethodId::kRegisterBuffer: return "RegisterBuffer";
-    case MethodId::kUnregisterBuffer: return "UnregisterBuffer";
-    case MethodId::kCreatePlan: return "CreatePlan";
-    case MethodId::kDeletePlan: return "DeletePlan";
-    case MethodId::kAppendKv: return "AppendKv";
-    case MethodId::kRun: return "Run";
-    case MethodId::kRegisterEvent: return "RegisterEvent";
-    case MethodId::kUnregisterEvent: return "UnregisterEvent";
-    case MethodId::kGetCompletionEvent: return "GetCompletionEvent";
+#define ATTND_METHOD_NAME(Name, field) \
+  case MethodId::k##Name:              \
+    return #Name;
+    ATTND_SESSION_COMMANDS(ATTND_METHOD_NAME)
+#undef ATTND_METHOD_NAME
     case MethodId::kCount: break;
   }
   return "Unknown";

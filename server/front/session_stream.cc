@@ -89,7 +89,8 @@ grpc::Status SessionStream::Serve(
     grpc::ServerContext& context,
     grpc::ServerReaderWriterInterface<grpc::ByteBuffer, grpc::ByteBuffer>& stream,
     const Identity& owner) {
-  const grpc::Status shutting_down(grpc::StatusCode::UNAVAILABLE, "attnd is shutting down");
+  const grpc::Status shutting_down =
+      ToGrpcStatus(absl::UnavailableError("attnd is shutting down"));
   const std::unique_ptr<StreamRegistry::Handle> registration = streams_.Register(&context);
   if (registration == nullptr) return shutting_down;
   StreamGauge gauge(metrics_);
@@ -127,7 +128,7 @@ grpc::Status SessionStream::Serve(
   response.set_request_id(request.request_id());
   *response.mutable_open() = *std::move(opened);
   if (!WriteResponse(stream, response)) {
-    return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
+    return ToGrpcStatus(absl::CancelledError("client went away"));
   }
   // The first message may have been large (a long client_name): do not keep it for the stream.
   request = v1::SessionRequest();
@@ -155,7 +156,7 @@ grpc::Status SessionStream::Serve(
   }
   if (registration->closing()) return shutting_down;
   if (context.IsCancelled()) {
-    return grpc::Status(grpc::StatusCode::CANCELLED, "Session stream cancelled");
+    return ToGrpcStatus(absl::CancelledError("Session stream cancelled"));
   }
   return grpc::Status::OK;
 }

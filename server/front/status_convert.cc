@@ -23,6 +23,12 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
   return grpc::Status(grpc_code, StatusMessageForClient(status));
 }
 
+void SetCommandStatus(const absl::Status& status, ::attnd::v1::SessionResponse* response) {
+  const grpc::Status wire = ToGrpcStatus(status);
+  response->set_code(static_cast<int32_t>(wire.error_code()));
+  response->set_message(wire.error_message());
+}
+
 std::string_view StatusCodeName(absl::StatusCode code) {
   switch (code) {
     case absl::StatusCode::kOk: return "OK";

@@ -1,7 +1,8 @@
 // absl::Status -> grpc::Status. The one place where the daemon's internal error model meets the
-// wire: every handler (unary and the Session stream) goes through ToGrpcStatus, and the Session
-// stream's per-command errors through StatusMessageForClient, so a status code reaches the client
-// exactly as the core produced it and its message bounded (kMaxStatusMessageBytes).
+// wire: ToGrpcStatus is the one conversion. Every handler's status (unary calls, the Session
+// stream's end) is ToGrpcStatus's, and each Session stream command's code and message are too
+// (SetCommandStatus), so a status code reaches the client exactly as the core produced it, on
+// either path, and its message bounded (kMaxStatusMessageBytes).
 #pragma once
 
 #include <grpcpp/support/status.h>
@@ -11,6 +12,7 @@
 #include <string_view>
 
 #include "absl/status/status.h"
+#include "attnd/v1/attnd.pb.h"
 
 namespace attnd::server::front {
 
@@ -25,6 +27,9 @@ std::string StatusMessageForClient(const absl::Status& status);
 
 // Same code (absl and gRPC share the canonical code numbering 0..16), StatusMessageForClient.
 grpc::Status ToGrpcStatus(const absl::Status& status);
+
+// A Session stream command's answer: `status` through ToGrpcStatus into response.code/message.
+void SetCommandStatus(const absl::Status& status, ::attnd::v1::SessionResponse* response);
 
 // The canonical name of a code, e.g. "INVALID_ARGUMENT"; used as the `code` metrics label.
 std::string_view StatusCodeName(absl::StatusCode code);

@@ -23,41 +23,16 @@ absl::Status ExpectResult(const Response& response, Response::ResultCase expecte
 }  // namespace
 
 // Each raw call: wrap the request into its oneof slot, execute, unwrap the matching result.
-#define ATTND_RAW_CALL(Method, field, Req, Resp, ResultCaseName)                       \
-  absl::StatusOr<v1::Resp> SessionApi::Method(const v1::Req& request) {               \
-    v1::SessionRequest wrapped;                                                       \
-    *wrapped.mutable_##field() = request;                                             \
-    absl::StatusOr<Response> response = Execute(std::move(wrapped));                  \
-    if (!response.ok()) return response.status();                                     \
-    if (auto s = ExpectResult(*response, Response::ResultCaseName, #Method); !s.ok()) \
-      return s;                                                                       \
-    return std::move(*response->mutable_##field());                                   \
+#define ATTND_RAW_CALL(Name, field)                                                     \
+  absl::StatusOr<v1::Name##Response> SessionApi::Name(const v1::Name##Request& request) { \
+    v1::SessionRequest wrapped;                                                         \
+    *wrapped.mutable_##field() = request;                                               \
+    absl::StatusOr<Response> response = Execute(std::move(wrapped));                    \
+    if (!response.ok()) return response.status();                                       \
+    if (auto s = ExpectResult(*response, Response::k##Name, #Name); !s.ok()) return s;   \
+    return std::move(*response->mutable_##field());                                     \
   }
-
-ATTND_RAW_CALL(CreatePool, create_pool, CreatePoolRequest, CreatePoolResponse, kCreatePool)
-ATTND_RAW_CALL(AttachPool, attach_pool, AttachPoolRequest, AttachPoolResponse, kAttachPool)
-ATTND_RAW_CALL(DescribePool, describe_pool, DescribePoolRequest, DescribePoolResponse,
-               kDescribePool)
-ATTND_RAW_CALL(DeletePool, delete_pool, DeletePoolRequest, DeletePoolResponse, kDeletePool)
-ATTND_RAW_CALL(AllocatePages, allocate_pages, AllocatePagesRequest, AllocatePagesResponse,
-               kAllocatePages)
-ATTND_RAW_CALL(FreePages, free_pages, FreePagesRequest, FreePagesResponse, kFreePages)
-ATTND_RAW_CALL(ForkPages, fork_pages, ForkPagesRequest, ForkPagesResponse, kForkPages)
-ATTND_RAW_CALL(RegisterBuffer, register_buffer, RegisterBufferRequest, RegisterBufferResponse,
-               kRegisterBuffer)
-ATTND_RAW_CALL(UnregisterBuffer, unregister_buffer, UnregisterBufferRequest,
-               UnregisterBufferResponse, kUnregisterBuffer)
-ATTND_RAW_CALL(CreatePlan, create_plan, CreatePlanRequest, CreatePlanResponse, kCreatePlan)
-ATTND_RAW_CALL(DeletePlan, delete_plan, DeletePlanRequest, DeletePlanResponse, kDeletePlan)
-ATTND_RAW_CALL(AppendKv, append_kv, AppendKvRequest, AppendKvResponse, kAppendKv)
-ATTND_RAW_CALL(Run, run, RunRequest, RunResponse, kRun)
-ATTND_RAW_CALL(RegisterEvent, register_event, RegisterEventRequest, RegisterEventResponse,
-               kRegisterEvent)
-ATTND_RAW_CALL(UnregisterEvent, unregister_event, UnregisterEventRequest,
-               UnregisterEventResponse, kUnregisterEvent)
-ATTND_RAW_CALL(GetCompletionEvent, get_completion_event, GetCompletionEventRequest,
-               GetCompletionEventResponse, kGetCompletionEvent)
-
+ATTND_SESSION_COMMANDS(ATTND_RAW_CALL)
 #undef ATTND_RAW_CALL
 
 absl::StatusOr<v1::ServerInfo> SessionApi::GetServerInfo() {

@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "attnd/client/status.h"
 #include "attnd/v1/attnd.grpc.pb.h"
+#include "attnd/v1/session_commands.h"
 
 namespace attnd::client {
 
@@ -91,69 +92,12 @@ absl::StatusOr<v1::SessionResponse> UnarySession::Execute(v1::SessionRequest req
       status = CallUnary(*this, stub, &Stub::GetServerInfo, request.get_server_info(),
                          response.mutable_server_info());
       break;
-    case R::kCreatePool:
-      status = CallUnary(*this, stub, &Stub::CreatePool, request.create_pool(),
-                         response.mutable_create_pool());
-      break;
-    case R::kAttachPool:
-      status = CallUnary(*this, stub, &Stub::AttachPool, request.attach_pool(),
-                         response.mutable_attach_pool());
-      break;
-    case R::kDescribePool:
-      status = CallUnary(*this, stub, &Stub::DescribePool, request.describe_pool(),
-                         response.mutable_describe_pool());
-      break;
-    case R::kDeletePool:
-      status = CallUnary(*this, stub, &Stub::DeletePool, request.delete_pool(),
-                         response.mutable_delete_pool());
-      break;
-    case R::kAllocatePages:
-      status = CallUnary(*this, stub, &Stub::AllocatePages, request.allocate_pages(),
-                         response.mutable_allocate_pages());
-      break;
-    case R::kFreePages:
-      status = CallUnary(*this, stub, &Stub::FreePages, request.free_pages(),
-                         response.mutable_free_pages());
-      break;
-    case R::kForkPages:
-      status = CallUnary(*this, stub, &Stub::ForkPages, request.fork_pages(),
-                         response.mutable_fork_pages());
-      break;
-    case R::kRegisterBuffer:
-      status = CallUnary(*this, stub, &Stub::RegisterBuffer, request.register_buffer(),
-                         response.mutable_register_buffer());
-      break;
-    case R::kUnregisterBuffer:
-      status = CallUnary(*this, stub, &Stub::UnregisterBuffer, request.unregister_buffer(),
-                         response.mutable_unregister_buffer());
-      break;
-    case R::kCreatePlan:
-      status = CallUnary(*this, stub, &Stub::CreatePlan, request.create_plan(),
-                         response.mutable_create_plan());
-      break;
-    case R::kDeletePlan:
-      status = CallUnary(*this, stub, &Stub::DeletePlan, request.delete_plan(),
-                         response.mutable_delete_plan());
-      break;
-    case R::kAppendKv:
-      status = CallUnary(*this, stub, &Stub::AppendKv, request.append_kv(),
-                         response.mutable_append_kv());
-      break;
-    case R::kRun:
-      status = CallUnary(*this, stub, &Stub::Run, request.run(), response.mutable_run());
-      break;
-    case R::kRegisterEvent:
-      status = CallUnary(*this, stub, &Stub::RegisterEvent, request.register_event(),
-                         response.mutable_register_event());
-      break;
-    case R::kUnregisterEvent:
-      status = CallUnary(*this, stub, &Stub::UnregisterEvent, request.unregister_event(),
-                         response.mutable_unregister_event());
-      break;
-    case R::kGetCompletionEvent:
-      status = CallUnary(*this, stub, &Stub::GetCompletionEvent, request.get_completion_event(),
-                         response.mutable_get_completion_event());
-      break;
+#define ATTND_UNARY_CASE(Name, field)                                                      \
+  case R::k##Name:                                                                         \
+    status = CallUnary(*this, stub, &Stub::Name, request.field(), response.mutable_##field()); \
+    break;
+    ATTND_SESSION_COMMANDS(ATTND_UNARY_CASE)
+#undef ATTND_UNARY_CASE
     case R::kOpen:
       return absl::InvalidArgumentError(
           "`open` is a Session-stream command; a unary session is opened by OpenSession");

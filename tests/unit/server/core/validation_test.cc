@@ -4,6 +4,7 @@
 #include <limits>
 #include <string>
 
+#include "expect_status.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -34,13 +35,6 @@ v1::CreatePoolRequest GoodPool() {
   r.set_num_pages(10);
   return r;
 }
-
-#define EXPECT_STATUS(expr, code_, ...)                                  \
-  do {                                                                   \
-    const absl::Status _s = (expr);                                      \
-    EXPECT_EQ(_s.code(), absl::StatusCode::code_) << _s;                 \
-    EXPECT_THAT(std::string(_s.message()), AllOf(__VA_ARGS__)) << _s;    \
-  } while (0)
 
 TEST(ValidatePoolTest, GoodRequestGivesGeometry) {
   auto g = ValidateCreatePool(GoodPool(), TestBackendInfo());

@@ -26,6 +26,7 @@
 #include "attnd/client/peer_link.h"
 #include "attnd/client/shared_memory.h"
 #include "attnd/v1/attnd.pb.h"
+#include "attnd/v1/session_commands.h"
 
 namespace attnd::client {
 
@@ -111,27 +112,14 @@ class SessionApi {
 
   // ---- Raw calls: wire messages in and out -------------------------------------------------
   absl::StatusOr<v1::ServerInfo> GetServerInfo();
-  absl::StatusOr<v1::CreatePoolResponse> CreatePool(const v1::CreatePoolRequest& request);
-  absl::StatusOr<v1::AttachPoolResponse> AttachPool(const v1::AttachPoolRequest& request);
-  absl::StatusOr<v1::DescribePoolResponse> DescribePool(const v1::DescribePoolRequest& request);
-  absl::StatusOr<v1::DeletePoolResponse> DeletePool(const v1::DeletePoolRequest& request);
-  absl::StatusOr<v1::AllocatePagesResponse> AllocatePages(const v1::AllocatePagesRequest& request);
-  absl::StatusOr<v1::FreePagesResponse> FreePages(const v1::FreePagesRequest& request);
-  absl::StatusOr<v1::ForkPagesResponse> ForkPages(const v1::ForkPagesRequest& request);
-  absl::StatusOr<v1::RegisterBufferResponse> RegisterBuffer(
-      const v1::RegisterBufferRequest& request);
-  absl::StatusOr<v1::UnregisterBufferResponse> UnregisterBuffer(
-      const v1::UnregisterBufferRequest& request);
-  absl::StatusOr<v1::CreatePlanResponse> CreatePlan(const v1::CreatePlanRequest& request);
-  absl::StatusOr<v1::DeletePlanResponse> DeletePlan(const v1::DeletePlanRequest& request);
-  absl::StatusOr<v1::AppendKvResponse> AppendKv(const v1::AppendKvRequest& request);
-  absl::StatusOr<v1::RunResponse> Run(const v1::RunRequest& request);
-  // Async completion (CUDA daemons; see attnd/client/cuda_ipc.h for the CUDA-side helpers).
-  absl::StatusOr<v1::RegisterEventResponse> RegisterEvent(const v1::RegisterEventRequest& request);
-  absl::StatusOr<v1::UnregisterEventResponse> UnregisterEvent(
-      const v1::UnregisterEventRequest& request);
-  absl::StatusOr<v1::GetCompletionEventResponse> GetCompletionEvent(
-      const v1::GetCompletionEventRequest& request);
+  // One per command of ATTND_SESSION_COMMANDS (attnd/v1/session_commands.h):
+  //   absl::StatusOr<v1::NameResponse> Name(const v1::NameRequest& request);
+  // The async completion commands (RegisterEvent, UnregisterEvent, GetCompletionEvent) need a
+  // CUDA daemon; see attnd/client/cuda_ipc.h for the CUDA-side helpers.
+#define ATTND_CLIENT_DECLARE_RAW_CALL(Name, field) \
+  absl::StatusOr<v1::Name##Response> Name(const v1::Name##Request& request);
+  ATTND_SESSION_COMMANDS(ATTND_CLIENT_DECLARE_RAW_CALL)
+#undef ATTND_CLIENT_DECLARE_RAW_CALL
 
   // ---- Typed calls ---------------------------------------------------------------------------
   absl::StatusOr<v1::PoolInfo> CreatePool(const PoolSpec& spec);

@@ -1,0 +1,58 @@
+// Plan commands: CreatePlan (quota, host charge, then BuildPlan: validation, page pins, backend
+// preparation) and DeletePlan.
+#include <utility>
+
+#include "server/core/core_state.h"
+#include "spdlog/spdlog.h"
+
+namespace attnd::server {
+
+absl::StatusOr<v1::CreatePlanResponse> Core::CreatePlan(SessionRef session_ref,
+                                                        const v1::CreatePlanRequest& request) {
+  State& st = *state_;
+  return st.WithSession(
+      session_ref, [&](Session& session) -> absl::StatusOr<v1::CreatePlanResponse> {
+        auto pool = st.AttachedPool(session, request.pool_id());
+        if (!pool.ok()) return pool.status();
+        if (static_cast<int64_t>(session.plans.size()) >= st.options.max_plans_per_session) {
+          return QuotaError(absl::StrCat("this session has ", session.plans.size(), " plans"),
+                            st.options.max_plans_per_session, "max_plans_per_session",
+                            "delete plans it no longer uses (DeletePlan)");
+        }
+        auto charge =
+            st.host.Charge(session.usage, PlanHostBytes(request),
+                           absl::StrCat("a plan of ", request.kv_indices_size(), " page entries"));
+        if (!charge.ok()) return charge.status();
+        auto stream = st.SessionStream(session);
+        if (!stream.ok()) return stream.status();
+        auto plan = BuildPlan(request, *pool, session.id, *st.backend, *stream,
+                              NewRandomId("plan-"), *std::move(charge), st.host);
+        if (!plan.ok()) return plan.status();
+        v1::CreatePlanResponse response;
+        response.set_plan_id((*plan)->id);
+        response.set_batch_size((*plan)->batch_size);
+        response.set_qo_tokens((*plan)->qo_tokens);
+        response.set_kv_tokens((*plan)->kv_tokens);
+        spdlog::debug("session {} created plan {}: batch {}, {} query / {} kv tokens", session.tag,
+                      (*plan)->id, (*plan)->batch_size, (*plan)->qo_tokens, (*plan)->kv_tokens);
+        session.plans[(*plan)->id] = *std::move(plan);
+        st.plans.fetch_add(1);
+        return response;
+      });
+}
+
+absl::StatusOr<v1::DeletePlanResponse> Core::DeletePlan(SessionRef session_ref,
+                                                        const v1::DeletePlanRequest& request) {
+  State& st = *state_;
+  return st.WithSession(session_ref,
+                        [&](Session& session) -> absl::StatusOr<v1::DeletePlanResponse> {
+                          auto plan = st.FindPlan(session, request.plan_id());
+                          if (!plan.ok()) return plan.status();
+                          UnpinPlan(**plan, session.id);
+                          session.plans.erase((*plan)->id);
+                          st.plans.fetch_sub(1);
+                          return v1::DeletePlanResponse();
+                        });
+}
+
+}  // namespace attnd::server

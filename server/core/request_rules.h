@@ -1,0 +1,72 @@
+// The rules of the requests that write pages or launch kernels, one entry point per request:
+// CheckRun and CheckAppendKv decide everything about a request (fields, completion and the event
+// to wait on, page writability, tensor dtypes, shapes, inline sizes, buffer slices and their
+// alignment, attention options, the reply's size) and return what the launch needs. Core calls
+// them before anything is enqueued, written or launched, so a refused request changed nothing.
+// CreatePlan's field rules are ValidatePlan (validation.h); its page ownership is checked in
+// BuildPlan under the pool's lock, together with the pins it takes (plan.h).
+//
+// validation.h holds the field-level checks these rules are made of; tensor_bindings.h checks one
+// tensor (Add*) and later maps it (Materialize). The executor (executor.h) only launches.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "attnd/kernels/backend.h"
+#include "attnd/v1/attnd.pb.h"
+#include "server/core/plan.h"
+#include "server/core/tensor_bindings.h"
+
+namespace attnd::server {
+
+using EventMap = absl::flat_hash_map<std::string, std::unique_ptr<kernels::Event>>;
+
+// What the rules know about the caller: the session and the daemon's limits.
+struct RequestScope {
+  const std::string& session_id;
+  EventMap& events;                   // the session's registered events (wait_event_id)
+  const kernels::BackendInfo& backend;
+  uint64_t max_message_bytes = 0;     // gRPC send limit (--max_message_bytes); 0 = none
+};
+
+// A reply of up to `bytes` must fit `max_message_bytes` (0 = no limit): RESOURCE_EXHAUSTED
+// "<what>: the reply would be up to N bytes, over --max_message_bytes=M; <advice>".
+absl::Status CheckReplyFits(uint64_t max_message_bytes, std::string_view what, uint64_t bytes,
+                            std::string_view advice);
+
+// A checked Run: what the launch needs. Binding indices refer to the TensorBindings the check
+// filled (-1 = not bound).
+struct RunCall {
+  bool appends = false;                // k and v given: appended before attention
+  bool async = false;                  // COMPLETION_ASYNC
+  kernels::Event* wait_on = nullptr;   // the session's stream waits on it first (wait_event_id)
+  kernels::DType q_dtype = kernels::DType::kFloat16;
+  kernels::AttentionOptions options;
+  int q = -1, k = -1, v = -1, o = -1, lse = -1;
+};
+
+// Every rule of a Run on `plan` (a plan of this session). Binds q, k, v, o and lse into
+// `bindings` (checked, not yet mapped) and shapes the inline outputs in `response`.
+absl::StatusOr<RunCall> CheckRun(const RequestScope& scope, const Plan& plan,
+                                 const v1::RunRequest& request, TensorBindings& bindings,
+                                 v1::RunResponse* response);
+
+// A checked AppendKv.
+struct AppendKvCall {
+  bool async = false;
+  kernels::Event* wait_on = nullptr;
+  int k = -1, v = -1;
+};
+
+// Every rule of an AppendKv on `plan`; binds k and v into `bindings`.
+absl::StatusOr<AppendKvCall> CheckAppendKv(const RequestScope& scope, const Plan& plan,
+                                           const v1::AppendKvRequest& request,
+                                           TensorBindings& bindings);
+
+}  // namespace attnd::server
