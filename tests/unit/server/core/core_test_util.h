@@ -149,7 +149,9 @@ class TestMemfd {
     fd_ = ::memfd_create("attnd-core-test", MFD_CLOEXEC | MFD_ALLOW_SEALING);
     EXPECT_GE(fd_, 0);
     EXPECT_EQ(::ftruncate(fd_, static_cast<off_t>(size)), 0);
-    if (seal) EXPECT_EQ(::fcntl(fd_, F_ADD_SEALS, F_SEAL_SHRINK), 0);
+    if (seal) {
+      EXPECT_EQ(::fcntl(fd_, F_ADD_SEALS, F_SEAL_SHRINK), 0);
+    }
     data_ = static_cast<char*>(::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0));
     EXPECT_NE(data_, MAP_FAILED);
   }

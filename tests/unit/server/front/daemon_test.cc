@@ -65,7 +65,7 @@ class DaemonTest : public ::testing::Test {
   }
 
   // Derived fixtures adjust the daemon's configuration here.
-  virtual void Configure(DaemonConfig& config) {}
+  virtual void Configure(DaemonConfig& /*config*/) {}
 
   void TearDown() override {
     peer_.reset();
