@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <mutex>
 #include <random>
@@ -211,7 +212,7 @@ void Worker(int index, ac::Client& client, const std::string& pool_name, absl::T
 
 double Percentile(std::vector<double>& v, double p) {
   if (v.empty()) return 0;
-  const size_t k = std::min(v.size() - 1, static_cast<size_t>(p * (v.size() - 1) + 0.5));
+  const size_t k = std::min(v.size() - 1, static_cast<size_t>(std::llround(p * (v.size() - 1))));
   std::nth_element(v.begin(), v.begin() + k, v.end());
   return v[k];
 }

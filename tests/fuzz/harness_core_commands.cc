@@ -220,7 +220,7 @@ std::vector<std::string> CoreCommandSeeds() {
     for (int x : {0, 7}) p->add_qo_indptr(x);
   });
   add([](auto& r) { r.mutable_delete_plan()->set_plan_id("L"); });
-  auto tensor = [](v1::Tensor* t, v1::DType dtype, std::vector<int64_t> shape) {
+  auto tensor = [](v1::Tensor* t, v1::DType dtype, const std::vector<int64_t>& shape) {
     t->set_dtype(dtype);
     int64_t n = 1;
     for (int64_t d : shape) {

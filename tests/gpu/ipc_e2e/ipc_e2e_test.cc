@@ -78,7 +78,7 @@ std::unique_ptr<Session> OpenSession(const std::string& socket, const char* name
   return Must(client->OpenSession(name), "open session");
 }
 
-v1::Tensor Slice(const std::string& buffer, uint64_t offset, std::vector<int64_t> shape,
+v1::Tensor Slice(const std::string& buffer, uint64_t offset, const std::vector<int64_t>& shape,
                  v1::DType dtype = v1::DTYPE_FLOAT16) {
   v1::Tensor t;
   t.set_dtype(dtype);
