@@ -61,7 +61,7 @@ Stats Summarize(std::vector<double> v) {
 
 struct ModeResult {
   std::string mode;
-  Stats layer, step;
+  Stats layer{}, step{};
   double plan_p50 = 0;
 };
 

@@ -140,8 +140,6 @@ void RunCase(const DecodeCase& c, Rng& rng, ResultTable& table) {
   }
 }
 
-std::vector<int32_t> Lengths(int32_t batch, int32_t len) { return std::vector<int32_t>(batch, len); }
-
 std::vector<int32_t> RandomLengths(Rng& rng, int32_t batch, int32_t lo, int32_t hi) {
   std::vector<int32_t> v(batch);
   for (int32_t& x : v) x = rng.Int(lo, hi);

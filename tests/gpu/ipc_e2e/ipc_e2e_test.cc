@@ -66,15 +66,19 @@ void Report(const std::string& name, bool ok, const std::string& detail) {
   std::fflush(stdout);
 }
 
-std::shared_ptr<grpc::Channel> Connect(const std::string& socket) {
-  return grpc::CreateChannel("unix://" + socket, grpc::InsecureChannelCredentials());
+// Client options for the daemon on a unix socket (assigned, not designated: GCC's
+// -Wmissing-field-initializers counts the members a designated initializer leaves out).
+attnd::client::ClientOptions UnixTarget(const std::string& socket) {
+  attnd::client::ClientOptions options;
+  options.target = "unix://" + socket;
+  return options;
 }
 
 // A session through a Client, as an engine opens one: the client keeps this process's peer
 // connection (its uid as the daemon sees it), so sessions of this process attach to each
 // other's pools by name.
 std::unique_ptr<Session> OpenSession(const std::string& socket, const char* name) {
-  auto client = Must(attnd::client::Client::Create({.target = "unix://" + socket}), "client");
+  auto client = Must(attnd::client::Client::Create(UnixTarget(socket)), "client");
   return Must(client->OpenSession(name), "open session");
 }
 
@@ -627,7 +631,7 @@ int main(int argc, char** argv) {
     for (int l = 0; l < kLayers; ++l) changed += PoolLayer(e, l) != before[l];
     Report("refused runs and appends left the pool unchanged", changed == 0,
            std::to_string(changed) + " layers changed");
-    auto health = Must(attnd::client::Client::Create({.target = "unix://" + socket}), "client")
+    auto health = Must(attnd::client::Client::Create(UnixTarget(socket)), "client")
                       ->CheckHealth();
     Report("health still SERVING after the refusals",
            health.ok() && *health == attnd::client::HealthStatus::kServing,
@@ -672,7 +676,7 @@ int main(int argc, char** argv) {
       std::vector<std::string> flags = {"--testonly_device_fault_after_runs=2"};
       if (!exit_on_error) flags.push_back("--exit_on_device_error=false");
       const pid_t faulty = attnd::gpu_host::SpawnCudaDaemon(attnd_bin, sock, "warn", flags);
-      auto client = Must(attnd::client::Client::Create({.target = "unix://" + sock}), "client");
+      auto client = Must(attnd::client::Client::Create(UnixTarget(sock)), "client");
       auto s = Must(client->OpenSession("fault"), "fault session");
       attnd::client::PoolSpec small_pool = spec;
       small_pool.name = "fault";
