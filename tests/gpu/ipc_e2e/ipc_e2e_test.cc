@@ -631,8 +631,7 @@ int main(int argc, char** argv) {
     for (int l = 0; l < kLayers; ++l) changed += PoolLayer(e, l) != before[l];
     Report("refused runs and appends left the pool unchanged", changed == 0,
            std::to_string(changed) + " layers changed");
-    auto health = Must(attnd::client::Client::Create(UnixTarget(socket)), "client")
-                      ->CheckHealth();
+    auto health = Must(attnd::client::Client::Create(UnixTarget(socket)), "client")->CheckHealth();
     Report("health still SERVING after the refusals",
            health.ok() && *health == attnd::client::HealthStatus::kServing,
            health.ok() ? attnd::client::HealthStatusName(*health) : health.status().ToString());
