@@ -61,7 +61,7 @@ Stats Summarize(std::vector<double> v) {
 
 struct ModeResult {
   std::string mode;
-  Stats layer, step;
+  Stats layer{}, step{};
   double plan_p50 = 0;
 };
 
@@ -90,10 +90,10 @@ int main(int argc, char** argv) {
   const pid_t daemon = attnd::gpu_host::SpawnCudaDaemon(attnd_bin, socket, "warn");
   attnd::client::SessionOptions so;
   so.client_name = "service-bench";
-  auto session = Must(attnd::client::Session::Open(
-                          grpc::CreateChannel("unix://" + socket, grpc::InsecureChannelCredentials()),
-                          so),
-                      "open session");
+  auto session =
+      Must(attnd::client::Session::Open(
+               grpc::CreateChannel("unix://" + socket, grpc::InsecureChannelCredentials()), so),
+           "open session");
   auto info = Must(session->GetServerInfo(), "info");
   attnd::client::PoolSpec spec;
   spec.name = "bench";
@@ -106,7 +106,8 @@ int main(int argc, char** argv) {
   auto grant = Must(session->AllocatePages(pool.pool_id(), kBatch * kPagesPerSeq), "allocate");
   // Pages in a shuffled order (as a serving engine's would be).
   std::vector<int32_t> pages = grant.page_ids;
-  for (size_t i = pages.size() - 1; i > 0; --i) std::swap(pages[i], pages[(i * 2654435761u) % (i + 1)]);
+  for (size_t i = pages.size() - 1; i > 0; --i)
+    std::swap(pages[i], pages[(i * 2654435761u) % (i + 1)]);
 
   CK(cudaSetDevice(0));
   cudaStream_t stream;
@@ -125,10 +126,10 @@ int main(int argc, char** argv) {
   CK(cudaMalloc(&d_q, qo_layer_bytes * kLayers));
   CK(cudaMalloc(&d_o, qo_layer_bytes * kLayers));
   CK(cudaMemset(d_q, 0x2A, qo_layer_bytes * kLayers));
-  auto b_q = Must(attnd::client::cuda::RegisterDeviceBuffer(*session, d_q, qo_layer_bytes * kLayers),
-                  "reg q");
-  auto b_o = Must(attnd::client::cuda::RegisterDeviceBuffer(*session, d_o, qo_layer_bytes * kLayers),
-                  "reg o");
+  auto b_q = Must(
+      attnd::client::cuda::RegisterDeviceBuffer(*session, d_q, qo_layer_bytes * kLayers), "reg q");
+  auto b_o = Must(
+      attnd::client::cuda::RegisterDeviceBuffer(*session, d_o, qo_layer_bytes * kLayers), "reg o");
 
   std::vector<int32_t> indptr{0}, last(kBatch, kPageSize), kv_len(kBatch, kKvLen);
   for (int b = 0; b < kBatch; ++b) indptr.push_back((b + 1) * kPagesPerSeq);
@@ -162,8 +163,8 @@ int main(int argc, char** argv) {
       CK(cudaEventRecord(ev[0], stream));
       for (int l = 0; l < kLayers; ++l) {
         kn::PagedAttentionParams p;
-        p.kv.data = static_cast<char*>(pool_map) + pool.base_offset_bytes() +
-                    l * pool.layer_stride_bytes();
+        p.kv.data =
+            static_cast<char*>(pool_map) + pool.base_offset_bytes() + l * pool.layer_stride_bytes();
         p.kv.dtype = kn::DType::kFloat16;
         p.kv.num_pages = static_cast<int32_t>(pool.num_pages());
         p.kv.page_size = kPageSize;
@@ -246,10 +247,11 @@ int main(int argc, char** argv) {
     results.push_back(r);
   }
 
-  std::printf("service_bench on %s: decode B=%d kv=%d, %d q / %d kv heads, head_dim %d, page %d,"
-              " fp16, %d layers; %d steps after %d warm-up\n",
-              info.device().c_str(), kBatch, kKvLen, kQoHeads, kKvHeads, kHeadDim, kPageSize,
-              kLayers, kSteps, kWarmupSteps);
+  std::printf(
+      "service_bench on %s: decode B=%d kv=%d, %d q / %d kv heads, head_dim %d, page %d,"
+      " fp16, %d layers; %d steps after %d warm-up\n",
+      info.device().c_str(), kBatch, kKvLen, kQoHeads, kKvHeads, kHeadDim, kPageSize, kLayers,
+      kSteps, kWarmupSteps);
   std::printf("%-28s %12s %12s %14s %14s %12s\n", "mode", "layer p50 us", "layer p99 us",
               "step p50 us", "step p99 us", "plan p50 us");
   for (const auto& r : results) {
@@ -262,9 +264,10 @@ int main(int argc, char** argv) {
                 100.0 * (results[i].step.p50 - base) / base);
   }
   for (const auto& r : results) {
-    std::printf("{\"bench\":\"service\",\"mode\":\"%s\",\"layer_p50_us\":%.2f,\"layer_p99_us\":%.2f,"
-                "\"step_p50_us\":%.2f,\"step_p99_us\":%.2f,\"plan_p50_us\":%.2f}\n",
-                r.mode.c_str(), r.layer.p50, r.layer.p99, r.step.p50, r.step.p99, r.plan_p50);
+    std::printf(
+        "{\"bench\":\"service\",\"mode\":\"%s\",\"layer_p50_us\":%.2f,\"layer_p99_us\":%.2f,"
+        "\"step_p50_us\":%.2f,\"step_p99_us\":%.2f,\"plan_p50_us\":%.2f}\n",
+        r.mode.c_str(), r.layer.p50, r.layer.p99, r.step.p50, r.step.p99, r.plan_p50);
   }
   cudaIpcCloseMemHandle(pool_map);
   (void)session->Close();

@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
-# Lint of everything under deploy/, the Dockerfile, the shell scripts, and the container's
-# entrypoint path. Exits non-zero on any finding. scripts/test.sh runs it after the build;
+# Lint of the C++/CUDA sources changed against a base, everything under deploy/, the Dockerfile,
+# the shell scripts, and the container's entrypoint path. Exits non-zero on any finding. scripts/test.sh runs it after the build;
 # standalone it needs scripts/setup.sh to have run (the tools live in .venv and Debian packages).
 #
+#   clang-format    the C++/CUDA files (*.h *.cc *.cu *.cuh) changed against the base: any change
+#                   clang-format (.clang-format) would make fails; scripts/format.sh fixes them
+#   clang-tidy      the changed .cc files that ${BUILD_DIR:-build}/compile_commands.json compiles
+#                   (.clang-tidy; any finding fails; CUDA .cu files are not tidied), 2 at a time
+#                   The base: $LINT_BASE, else the merge-base with `main` when that ref exists
+#                   and is not HEAD, else HEAD~1 (CI's fresh clone: the last commit's files)
 #   ShellCheck      scripts/*.sh, .ci/run, deploy/**/*.sh, tests/**/*.sh
 #   yamllint        deploy/**, tests/deploy/** (config deploy/.yamllint.yaml)
 #   kubernetes      deploy/k8s/*.yaml against the bundled Kubernetes schemas (kubernetes-validate,
@@ -15,6 +21,7 @@
 #                   of its RUN lines, sidecar, probes, namespaces, volumes, GPU, flags that exist)
 #   entrypoint      tests/deploy/entrypoint_test.sh: attnd started as the image starts it
 #                   (needs ${BUILD_DIR:-build}/bin/attnd; missing binary fails under CI=true)
+# LINT_STEPS="NAME..." runs only the named steps (the names above, as printed by "-- lint:").
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 repo=$PWD
@@ -26,6 +33,10 @@ failures=()
 step() {  # step NAME COMMAND...: runs one check, records a failure, never stops the others
   local name=$1
   shift
+  # LINT_STEPS="clang-format clang-tidy": only the steps named there.
+  if [ -n "${LINT_STEPS:-}" ] && [[ " $LINT_STEPS " != *" $name "* ]]; then
+    return 0
+  fi
   echo "-- lint: $name"
   if ! "$@"; then
     failures+=("$name")
@@ -37,6 +48,99 @@ need() {  # need TOOL HINT: a missing tool is a finding, not a skip
     echo "lint: $1 not found ($2)" >&2
     return 1
   fi
+}
+
+# ---- C++/CUDA: clang-format and clang-tidy on the files changed against a base ---------------
+lint_base() {  # the commit the changed files are taken against (empty: none, take all files)
+  if [ -n "${LINT_BASE:-}" ]; then
+    git rev-parse --verify -q "$LINT_BASE^{commit}" || { echo "lint: LINT_BASE=$LINT_BASE is not a commit" >&2; return 1; }
+    return 0
+  fi
+  local head base
+  head=$(git rev-parse HEAD) || return 1
+  if git rev-parse --verify -q main >/dev/null; then
+    base=$(git merge-base main HEAD 2>/dev/null) || base=
+    if [ -n "$base" ] && [ "$base" != "$head" ]; then
+      echo "$base"
+      return 0
+    fi
+  fi
+  git rev-parse --verify -q "HEAD~1^{commit}" || true
+}
+changed_files() {  # changed_files PATHSPEC...: tracked files changed (added, modified) since the base
+  local base
+  base=$(lint_base) || return 1
+  if [ -n "$base" ]; then
+    git diff --name-only --diff-filter=ACMR "$base" -- "$@"
+  else
+    git ls-files -- "$@"
+  fi
+}
+
+run_clang_format() {
+  need clang-format "Debian package clang-format; scripts/setup.sh installs it" || return 1
+  local files=()
+  mapfile -t files < <(changed_files '*.h' '*.cc' '*.cu' '*.cuh') || return 1
+  echo "lint: clang-format: ${#files[@]} changed file(s) against ${LINT_BASE:-$(lint_base)}"
+  ((${#files[@]})) || return 0
+  # --dry-run --Werror: each change it would make is printed as an error; scripts/format.sh fixes.
+  clang-format --style=file --dry-run --Werror "${files[@]}"
+}
+
+run_clang_tidy() {
+  need clang-tidy "Debian package clang-tidy; scripts/setup.sh installs it" || return 1
+  local db=$build_dir/compile_commands.json
+  if [ ! -f "$db" ]; then
+    echo "lint: $db not found (scripts/build.sh writes it)" >&2
+    return 1
+  fi
+  local files=()
+  mapfile -t files < <(changed_files '*.cc') || return 1
+  echo "lint: clang-tidy: ${#files[@]} changed .cc file(s) against ${LINT_BASE:-$(lint_base)}"
+  ((${#files[@]})) || return 0
+  # A copy of the compile database without GCC's precompiled headers (clang cannot read them;
+  # every source includes what it uses) and with the files to check: those the build compiles.
+  local tmp status=0
+  tmp=$(mktemp -d)
+  python3 - "$db" "$tmp" "$repo" "${files[@]}" <<'PY' || status=1
+import json, os, shlex, sys
+db, out, repo, files = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+entries = json.load(open(db))
+wanted = {os.path.join(repo, f) for f in files}
+kept, seen = [], set()
+for e in entries:
+    path = os.path.normpath(os.path.join(e["directory"], e["file"]))
+    if path not in wanted or path in seen:
+        continue
+    seen.add(path)
+    args = shlex.split(e["command"]) if "command" in e else e["arguments"]
+    # Drop "-include <...>/cmake_pch.hxx" (GCC's .gch) and the GCC-only PCH warning.
+    res, i = [], 0
+    while i < len(args):
+        if args[i] == "-include" and i + 1 < len(args) and "cmake_pch" in args[i + 1]:
+            i += 2
+            continue
+        if args[i] != "-Winvalid-pch":
+            res.append(args[i])
+        i += 1
+    kept.append({"directory": e["directory"], "file": path, "arguments": res})
+json.dump(kept, open(os.path.join(out, "compile_commands.json"), "w"))
+open(os.path.join(out, "files"), "w").write("".join(k["file"] + "\0" for k in kept))
+for f in sorted(wanted - seen):
+    print("lint: clang-tidy: not in the compile database (not built in this configuration): "
+          + os.path.relpath(f, repo))
+PY
+  if [ "$status" -eq 0 ] && [ -s "$tmp/files" ]; then
+    # Two at a time (CI has 2 cores), each file's output printed whole; a finding fails the file.
+    # shellcheck disable=SC2016  # expanded by the inner sh
+    xargs -0 -P "${JOBS:-2}" -n 1 sh -c \
+      'out=$(clang-tidy --quiet -p "$0" --warnings-as-errors="*" \
+         --header-filter="^$1/(server|kernels|client/cpp|tests|bench)/" "$2" 2>&1); rc=$?
+       [ "$rc" -eq 0 ] || printf "%s\n" "$out"; exit "$rc"' \
+      "$tmp" "$repo" <"$tmp/files" || status=1
+  fi
+  rm -rf "$tmp"
+  return "$status"
 }
 
 run_shellcheck() {
@@ -126,6 +230,8 @@ run_entrypoint_test() {
 }
 
 start=$(date +%s)
+step clang-format run_clang_format
+step clang-tidy run_clang_tidy
 step shellcheck run_shellcheck
 step yamllint run_yamllint
 step kubernetes-validate run_kubernetes_validate

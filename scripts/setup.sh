@@ -10,8 +10,9 @@ debian_packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libspdlog-dev libgtest-dev libgmock-dev libcpp-httplib-dev
   python3 python3-venv python3-pip
-  # scripts/lint.sh: shellcheck, promtool (Debian ships it in prometheus), systemd-analyze, curl
-  shellcheck prometheus systemd curl
+  # scripts/lint.sh: clang-format and clang-tidy (14 on Debian 12: the style and checks are set
+  # for that version), shellcheck, promtool (Debian ships it in prometheus), systemd-analyze, curl
+  clang-format clang-tidy shellcheck prometheus systemd curl
   # scripts/test-reliability.sh: clang (ASan/UBSan build, libFuzzer), openssl (TLS tests)
   clang libclang-rt-14-dev openssl
 )

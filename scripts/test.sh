@@ -15,7 +15,7 @@ ctest --test-dir "$build_dir" --output-on-failure -j "${JOBS:-$(nproc)}" --timeo
 
 echo "== Python client tests (pytest)"
 .venv/bin/python -m pip install -q "./client/python[test]"
-ATTND_BIN="$repo/$build_dir/bin/attnd" .venv/bin/python -m pytest -q tests/python
+ATTND_BIN="$repo/$build_dir/bin/attnd" .venv/bin/python -m pytest -q -p no:cacheprovider tests/python
 
 if [ -x scripts/lint.sh ]; then
   echo "== lint (deploy manifests, scripts)"

@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <mutex>
 #include <random>
@@ -72,8 +73,7 @@ class TimedSession final : public ac::SessionApi {
   absl::StatusOr<v1::SessionResponse> Execute(v1::SessionRequest request) override {
     const auto start = Clock::now();
     auto response = inner_->Execute(std::move(request));
-    latencies_us.push_back(
-        std::chrono::duration<double, std::micro>(Clock::now() - start).count());
+    latencies_us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - start).count());
     return response;
   }
   std::vector<double> latencies_us;
@@ -100,8 +100,8 @@ bool IsDisconnect(const absl::Status& s) {
 void Worker(int index, ac::Client& client, const std::string& pool_name, absl::Time end,
             Totals& totals) {
   std::mt19937 rng(absl::GetFlag(FLAGS_seed) * 7919u + index);
-  const bool unary = std::uniform_real_distribution<double>(0, 1)(rng) <
-                     absl::GetFlag(FLAGS_unary_fraction);
+  const bool unary =
+      std::uniform_real_distribution<double>(0, 1)(rng) < absl::GetFlag(FLAGS_unary_fraction);
   std::unique_ptr<ac::SessionApi> session;
   absl::Status opened;
   if (unary) {
@@ -123,8 +123,8 @@ void Worker(int index, ac::Client& client, const std::string& pool_name, absl::T
       return;
     }
     ++errors;
-    if (messages.size() < 3) messages.push_back(absl::StrCat("session ", index, " ", what, ": ",
-                                                             s.ToString()));
+    if (messages.size() < 3)
+      messages.push_back(absl::StrCat("session ", index, " ", what, ": ", s.ToString()));
   };
   TimedSession timed(session.get());
   double max_o_error = 0;
@@ -141,7 +141,8 @@ void Worker(int index, ac::Client& client, const std::string& pool_name, absl::T
         at::Workload workload(&timed, shape, pool->pool_id(), rng(), 5e-3);
         std::vector<int> lens;
         const int batch = std::uniform_int_distribution<int>(1, 3)(rng);
-        for (int b = 0; b < batch; ++b) lens.push_back(std::uniform_int_distribution<int>(1, 40)(rng));
+        for (int b = 0; b < batch; ++b)
+          lens.push_back(std::uniform_int_distribution<int>(1, 40)(rng));
         absl::Status s = workload.Prefill(lens);
         if (absl::IsResourceExhausted(s)) {
           ++backpressure;
@@ -171,12 +172,14 @@ void Worker(int index, ac::Client& client, const std::string& pool_name, absl::T
         }
         // Churn: allocate a few pages and free them again (allocator under contention).
         if (round++ % 2 == 0) {
-          auto grant = timed.AllocatePages(pool->pool_id(),
-                                           std::uniform_int_distribution<int>(1, 4)(rng));
+          auto grant =
+              timed.AllocatePages(pool->pool_id(), std::uniform_int_distribution<int>(1, 4)(rng));
           if (grant.ok()) {
             auto freed = timed.FreePages(pool->pool_id(), grant->page_ids);
-            if (!freed.ok()) fail("churn free", freed.status());
-            else ++steps;
+            if (!freed.ok())
+              fail("churn free", freed.status());
+            else
+              ++steps;
           } else if (absl::IsResourceExhausted(grant.status())) {
             ++backpressure;
           } else {
@@ -211,7 +214,7 @@ void Worker(int index, ac::Client& client, const std::string& pool_name, absl::T
 
 double Percentile(std::vector<double>& v, double p) {
   if (v.empty()) return 0;
-  const size_t k = std::min(v.size() - 1, static_cast<size_t>(p * (v.size() - 1) + 0.5));
+  const size_t k = std::min(v.size() - 1, static_cast<size_t>(std::llround(p * (v.size() - 1))));
   std::nth_element(v.begin(), v.begin() + k, v.end());
   return v[k];
 }
@@ -257,10 +260,15 @@ int main(int argc, char** argv) {
       return absl::IsUnauthenticated(s.status()) ? 2 : 1;
     }
     holder = *std::move(s);
-    pool_pages = absl::GetFlag(FLAGS_pool_pages) > 0 ? absl::GetFlag(FLAGS_pool_pages)
-                                                      : 48 * sessions;
+    pool_pages =
+        absl::GetFlag(FLAGS_pool_pages) > 0 ? absl::GetFlag(FLAGS_pool_pages) : 48 * sessions;
     auto pool = holder->CreatePool(at::MakePoolSpec(
-        [&] { at::ModelShape m = Model(); m.num_pages = pool_pages; return m; }(), pool_name));
+        [&] {
+          at::ModelShape m = Model();
+          m.num_pages = pool_pages;
+          return m;
+        }(),
+        pool_name));
     if (!pool.ok()) {
       std::fprintf(stderr, "load_generator: create pool: %s\n", pool.status().ToString().c_str());
       return 1;
@@ -285,8 +293,7 @@ int main(int argc, char** argv) {
     if (!described.ok()) {
       if (!(absl::GetFlag(FLAGS_tolerate_disconnect) && IsDisconnect(described.status()))) {
         ++totals.errors;
-        totals.first_errors.push_back("describe pool at the end: " +
-                                      described.status().ToString());
+        totals.first_errors.push_back("describe pool at the end: " + described.status().ToString());
       }
     } else {
       leaked = pool_pages - described->free_pages();

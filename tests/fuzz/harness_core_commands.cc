@@ -32,7 +32,7 @@ struct World {
   std::unique_ptr<server::front::Metrics> metrics;
   std::unique_ptr<server::front::CommandRunner> runner;
   std::string holder;
-  std::string holder_grant;  // the holder's fork grant for the shared pool
+  std::string holder_grant;          // the holder's fork grant for the shared pool
   uint64_t baseline_host_bytes = 0;  // the shared pool's bookkeeping
   std::string pool_id;
 };
@@ -58,8 +58,8 @@ World& TheWorld() {
     w->core = *std::move(core);
     w->metrics = std::make_unique<server::front::Metrics>();
     w->runner = std::make_unique<server::front::CommandRunner>(*w->core, *w->metrics);
-    auto holder = w->core->OpenSession(v1::OpenSessionRequest(), SessionBinding::kStream,
-                                       FuzzOwner());
+    auto holder =
+        w->core->OpenSession(v1::OpenSessionRequest(), SessionBinding::kStream, FuzzOwner());
     Check(holder.ok(), "holder session");
     w->holder = holder->session_id();
     v1::CreatePoolRequest pool;
@@ -89,13 +89,17 @@ void SubstituteIds(v1::SessionRequest& request, const std::string& pool_id,
                    const std::string& plan_id, const std::string& holder_grant) {
   switch (request.command_case()) {
     case v1::SessionRequest::kDescribePool:
-      Substitute(request.mutable_describe_pool()->mutable_pool_id(), pool_id); break;
+      Substitute(request.mutable_describe_pool()->mutable_pool_id(), pool_id);
+      break;
     case v1::SessionRequest::kDeletePool:
-      Substitute(request.mutable_delete_pool()->mutable_pool_id(), pool_id); break;
+      Substitute(request.mutable_delete_pool()->mutable_pool_id(), pool_id);
+      break;
     case v1::SessionRequest::kAllocatePages:
-      Substitute(request.mutable_allocate_pages()->mutable_pool_id(), pool_id); break;
+      Substitute(request.mutable_allocate_pages()->mutable_pool_id(), pool_id);
+      break;
     case v1::SessionRequest::kFreePages:
-      Substitute(request.mutable_free_pages()->mutable_pool_id(), pool_id); break;
+      Substitute(request.mutable_free_pages()->mutable_pool_id(), pool_id);
+      break;
     case v1::SessionRequest::kForkPages:
       Substitute(request.mutable_fork_pages()->mutable_pool_id(), pool_id);
       // A one-character grant stands for the holder's (references given to another session).
@@ -104,13 +108,17 @@ void SubstituteIds(v1::SessionRequest& request, const std::string& pool_id,
       }
       break;
     case v1::SessionRequest::kCreatePlan:
-      Substitute(request.mutable_create_plan()->mutable_pool_id(), pool_id); break;
+      Substitute(request.mutable_create_plan()->mutable_pool_id(), pool_id);
+      break;
     case v1::SessionRequest::kDeletePlan:
-      Substitute(request.mutable_delete_plan()->mutable_plan_id(), plan_id); break;
+      Substitute(request.mutable_delete_plan()->mutable_plan_id(), plan_id);
+      break;
     case v1::SessionRequest::kAppendKv:
-      Substitute(request.mutable_append_kv()->mutable_plan_id(), plan_id); break;
+      Substitute(request.mutable_append_kv()->mutable_plan_id(), plan_id);
+      break;
     case v1::SessionRequest::kRun:
-      Substitute(request.mutable_run()->mutable_plan_id(), plan_id); break;
+      Substitute(request.mutable_run()->mutable_plan_id(), plan_id);
+      break;
     default: break;
   }
 }
@@ -220,7 +228,7 @@ std::vector<std::string> CoreCommandSeeds() {
     for (int x : {0, 7}) p->add_qo_indptr(x);
   });
   add([](auto& r) { r.mutable_delete_plan()->set_plan_id("L"); });
-  auto tensor = [](v1::Tensor* t, v1::DType dtype, std::vector<int64_t> shape) {
+  auto tensor = [](v1::Tensor* t, v1::DType dtype, const std::vector<int64_t>& shape) {
     t->set_dtype(dtype);
     int64_t n = 1;
     for (int64_t d : shape) {

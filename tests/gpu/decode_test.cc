@@ -36,7 +36,7 @@ struct DecodeCase {
   AttentionOptions options;
   bool rope_offsets = false;
   bool lse = true;
-  int32_t fixed_chunk = 0;   // > 0 forces split-KV with this chunk size
+  int32_t fixed_chunk = 0;  // > 0 forces split-KV with this chunk size
   bool allow_split = true;
   kcuda::DecodeScheduleOptions::Kernel kernel = kcuda::DecodeScheduleOptions::Kernel::kAuto;
 };
@@ -44,8 +44,8 @@ struct DecodeCase {
 std::string Describe(const DecodeCase& c) {
   int32_t lo = c.kv_len[0], hi = c.kv_len[0];
   for (int32_t l : c.kv_len) lo = std::min(lo, l), hi = std::max(hi, l);
-  std::string s = absl::StrCat(c.dtype == DType::kFloat16 ? "f16" : "bf16", " D", c.head_dim,
-                               " B", c.kv_len.size(), " kv", lo);
+  std::string s = absl::StrCat(c.dtype == DType::kFloat16 ? "f16" : "bf16", " D", c.head_dim, " B",
+                               c.kv_len.size(), " kv", lo);
   if (hi != lo) absl::StrAppend(&s, "-", hi);
   absl::StrAppend(&s, " ps", c.page_size, " Hkv", c.num_kv_heads, " g", c.group);
   if (c.options.pos_encoding == PosEncoding::kRopeLlama) {
@@ -140,8 +140,6 @@ void RunCase(const DecodeCase& c, Rng& rng, ResultTable& table) {
   }
 }
 
-std::vector<int32_t> Lengths(int32_t batch, int32_t len) { return std::vector<int32_t>(batch, len); }
-
 std::vector<int32_t> RandomLengths(Rng& rng, int32_t batch, int32_t lo, int32_t hi) {
   std::vector<int32_t> v(batch);
   for (int32_t& x : v) x = rng.Int(lo, hi);
@@ -160,8 +158,7 @@ AttentionOptions Rope(float theta = 1e4f, float scale = 1.f) {
 // 16-byte vectors: refused by both kernels before any launch; then the same case runs normally.
 void MisalignedInputs(Rng& rng, ResultTable& table, kcuda::DecodeScheduleOptions::Kernel kernel) {
   const int32_t d = kcuda::HeadDimCompiled(128) ? 128 : kcuda::HeadDimCompiled(64) ? 64 : 0;
-  const char* kname =
-      kernel == kcuda::DecodeScheduleOptions::Kernel::kTensorCores ? "tc" : "cc";
+  const char* kname = kernel == kcuda::DecodeScheduleOptions::Kernel::kTensorCores ? "tc" : "cc";
   if (d == 0) {
     table.AddSkip(absl::StrCat("misaligned decode inputs (", kname, ")"),
                   "head_dims 64 and 128 not built");
@@ -176,8 +173,8 @@ void MisalignedInputs(Rng& rng, ResultTable& table, kcuda::DecodeScheduleOptions
   c.options.pos_encoding = PosEncoding::kRopeLlama;
   c.rope_offsets = true;
   const int32_t batch = 2, hq = c.num_kv_heads * c.group;
-  HostPagedCache cache = MakeRandomPagedCache(rng, c.kv_len, c.page_size, c.num_kv_heads, d,
-                                              c.dtype);
+  HostPagedCache cache =
+      MakeRandomPagedCache(rng, c.kv_len, c.page_size, c.num_kv_heads, d, c.dtype);
   DevicePagedCache dcache(cache);
   const size_t q_bytes = static_cast<size_t>(batch) * hq * d * 2;
   DeviceBuffer dq = DeviceBuffer::From(EncodeAs(rng.NormalVector(batch * hq * d + 8), c.dtype));
@@ -201,11 +198,13 @@ void MisalignedInputs(Rng& rng, ResultTable& table, kcuda::DecodeScheduleOptions
   const std::vector<std::pair<std::string, std::function<void(PagedAttentionParams&)>>> bad = {
       {"q=0x", [&](PagedAttentionParams& p) { p.qo.q = plus2(p.qo.q); }},
       {"o=0x", [&](PagedAttentionParams& p) { p.qo.o = plus2(p.qo.o); }},
-      {"lse=0x", [&](PagedAttentionParams& p) { p.qo.lse = reinterpret_cast<float*>(plus2(p.qo.lse)); }},
+      {"lse=0x",
+       [&](PagedAttentionParams& p) { p.qo.lse = reinterpret_cast<float*>(plus2(p.qo.lse)); }},
       {"kv.data=0x", [&](PagedAttentionParams& p) { p.kv.data = plus2(p.kv.data); }},
       {"kv.token_stride", [&](PagedAttentionParams& p) { p.kv.token_stride += 1; }},
       {"kv.head_stride", [&](PagedAttentionParams& p) { p.kv.head_stride += 4; }},
-      {"rope_offsets=0x", [&](PagedAttentionParams& p) {
+      {"rope_offsets=0x",
+       [&](PagedAttentionParams& p) {
          p.options.rope_offsets = reinterpret_cast<const int32_t*>(plus2(p.options.rope_offsets));
        }},
   };
@@ -272,12 +271,23 @@ std::vector<DecodeCase> FullCases(Rng& rng) {
         c.group = variant % 3 == 0 ? 1 : (variant % 3 == 1 ? 4 : 8);
         switch (variant) {
           case 0: break;
-          case 1: c.options = Rope(); c.rope_offsets = true; break;
+          case 1:
+            c.options = Rope();
+            c.rope_offsets = true;
+            break;
           case 2: c.options.logits_soft_cap = 30.f; break;
           case 3: c.options.window_left = 31; break;
-          case 4: c.options = Rope(5e5f, 2.f); c.options.logits_soft_cap = 15.f;
-                  c.options.window_left = 100; c.options.sm_scale = 0.05f; break;
-          case 5: c.lse = false; c.fixed_chunk = 48; c.options.window_left = 0; break;
+          case 4:
+            c.options = Rope(5e5f, 2.f);
+            c.options.logits_soft_cap = 15.f;
+            c.options.window_left = 100;
+            c.options.sm_scale = 0.05f;
+            break;
+          case 5:
+            c.lse = false;
+            c.fixed_chunk = 48;
+            c.options.window_left = 0;
+            break;
         }
         v.push_back(c);
       }

@@ -36,8 +36,8 @@
 #include "attnd/client/session.h"
 #include "attnd/kernels/cpu_reference.h"
 #include "attnd/kernels/float_convert.h"
-#include "grpcpp/create_channel.h"
 #include "daemon_child.h"
+#include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 
 namespace {
@@ -51,7 +51,7 @@ using attnd::gpu_host::MustOk;
 
 constexpr int kLayers = 4, kKvHeads = 8, kQoHeads = 32, kHeadDim = 128, kPageSize = 16;
 constexpr int kPoolPages = 96, kDecodeSteps = 32;
-constexpr int kTokenElems = kKvHeads * kHeadDim;   // one token's K (or V) per layer
+constexpr int kTokenElems = kKvHeads * kHeadDim;  // one token's K (or V) per layer
 constexpr int kQRowElems = kQoHeads * kHeadDim;
 
 struct Result {
@@ -66,19 +66,23 @@ void Report(const std::string& name, bool ok, const std::string& detail) {
   std::fflush(stdout);
 }
 
-std::shared_ptr<grpc::Channel> Connect(const std::string& socket) {
-  return grpc::CreateChannel("unix://" + socket, grpc::InsecureChannelCredentials());
+// Client options for the daemon on a unix socket (assigned, not designated: GCC's
+// -Wmissing-field-initializers counts the members a designated initializer leaves out).
+attnd::client::ClientOptions UnixTarget(const std::string& socket) {
+  attnd::client::ClientOptions options;
+  options.target = "unix://" + socket;
+  return options;
 }
 
 // A session through a Client, as an engine opens one: the client keeps this process's peer
 // connection (its uid as the daemon sees it), so sessions of this process attach to each
 // other's pools by name.
 std::unique_ptr<Session> OpenSession(const std::string& socket, const char* name) {
-  auto client = Must(attnd::client::Client::Create({.target = "unix://" + socket}), "client");
+  auto client = Must(attnd::client::Client::Create(UnixTarget(socket)), "client");
   return Must(client->OpenSession(name), "open session");
 }
 
-v1::Tensor Slice(const std::string& buffer, uint64_t offset, std::vector<int64_t> shape,
+v1::Tensor Slice(const std::string& buffer, uint64_t offset, const std::vector<int64_t>& shape,
                  v1::DType dtype = v1::DTYPE_FLOAT16) {
   v1::Tensor t;
   t.set_dtype(dtype);
@@ -419,12 +423,13 @@ int main(int argc, char** argv) {
     }
     const std::string m = async ? "async" : "sync";
     Report(std::to_string(kDecodeSteps / 2 - mode) + " decode steps x4 layers (" + m +
-               "): pool holds the sent K/V", bad == 0,
-           std::to_string(bad) + " mismatches");
+               "): pool holds the sent K/V",
+           bad == 0, std::to_string(bad) + " mismatches");
     char d[64];
     std::snprintf(d, sizeof d, "max rel L2 err %.2e", err);
     Report(std::to_string(kDecodeSteps / 2 - mode) + " decode steps x4 layers (" + m +
-               "): o vs CPU reference", err < kTol, d);
+               "): o vs CPU reference",
+           err < kTol, d);
   }
 
   // Two sessions sharing one pool: B attaches, A forks request 0's pages to B, B decodes over
@@ -432,8 +437,8 @@ int main(int argc, char** argv) {
   {
     auto b = OpenSession(socket, "e2e-second");
     auto pool_b = Must(b->AttachPool("e2e"), "attach");
-    Report("second session attaches to the pool", pool_b.pool_id() == e.pool.pool_id() &&
-                                                      pool_b.attached_sessions() == 2,
+    Report("second session attaches to the pool",
+           pool_b.pool_id() == e.pool.pool_id() && pool_b.attached_sessions() == 2,
            "attached_sessions=" + std::to_string(pool_b.attached_sessions()));
     // Prefix sharing: B gets request 0's full pages (forked, read-only) plus one page of its
     // own, appends one token there and decodes over prefix + token.
@@ -482,13 +487,14 @@ int main(int argc, char** argv) {
         bad += layer[at + e.pool.kv_stride_bytes() / 2 + i] != v[i];
       }
       const int one = 1;
-      worst = std::max(worst, ReferenceError(e, {&sb}, &one, false, layer, q.data(), o.data(), 1,
-                                             true));
+      worst = std::max(worst,
+                       ReferenceError(e, {&sb}, &one, false, layer, q.data(), o.data(), 1, true));
     }
     char d[96];
     std::snprintf(d, sizeof d, "max rel L2 err %.2e, %lld kv mismatches", worst,
                   static_cast<long long>(bad));
-    Report("second session: own token appended after a forked shared prefix", worst < kTol && bad == 0, d);
+    Report("second session: own token appended after a forked shared prefix",
+           worst < kTol && bad == 0, d);
     MustOk(b->Close(), "close b");
     const int64_t free_after = FreePages(*e.session, e.pool.pool_id());
     Report("closing the second session frees only its own page", free_after == free_before,
@@ -603,10 +609,10 @@ int main(int argc, char** argv) {
         *run.mutable_v() = Slice(e.b_v, at("v"), {rows, kKvHeads, kHeadDim});
       }
       const auto refused = e.session->Run(run);
-      const bool named = !refused.ok() &&
-                         refused.status().code() == absl::StatusCode::kInvalidArgument &&
-                         std::string(refused.status().message()).find(c.field + ".buffer.offset_bytes=") !=
-                             std::string::npos;
+      const bool named =
+          !refused.ok() && refused.status().code() == absl::StatusCode::kInvalidArgument &&
+          std::string(refused.status().message()).find(c.field + ".buffer.offset_bytes=") !=
+              std::string::npos;
       Report("misaligned " + c.name + " slice refused (INVALID_ARGUMENT)", named,
              refused.ok() ? "accepted" : refused.status().ToString().substr(0, 90));
     }
@@ -625,8 +631,7 @@ int main(int argc, char** argv) {
     for (int l = 0; l < kLayers; ++l) changed += PoolLayer(e, l) != before[l];
     Report("refused runs and appends left the pool unchanged", changed == 0,
            std::to_string(changed) + " layers changed");
-    auto health = Must(attnd::client::Client::Create({.target = "unix://" + socket}), "client")
-                      ->CheckHealth();
+    auto health = Must(attnd::client::Client::Create(UnixTarget(socket)), "client")->CheckHealth();
     Report("health still SERVING after the refusals",
            health.ok() && *health == attnd::client::HealthStatus::kServing,
            health.ok() ? attnd::client::HealthStatusName(*health) : health.status().ToString());
@@ -670,7 +675,7 @@ int main(int argc, char** argv) {
       std::vector<std::string> flags = {"--testonly_device_fault_after_runs=2"};
       if (!exit_on_error) flags.push_back("--exit_on_device_error=false");
       const pid_t faulty = attnd::gpu_host::SpawnCudaDaemon(attnd_bin, sock, "warn", flags);
-      auto client = Must(attnd::client::Client::Create({.target = "unix://" + sock}), "client");
+      auto client = Must(attnd::client::Client::Create(UnixTarget(sock)), "client");
       auto s = Must(client->OpenSession("fault"), "fault session");
       attnd::client::PoolSpec small_pool = spec;
       small_pool.name = "fault";
@@ -719,8 +724,8 @@ int main(int argc, char** argv) {
           kill(faulty, SIGKILL);
           waitpid(faulty, &fst, 0);
         }
-        Report("the daemon ends itself with exit code 3 within 10 s", done == faulty &&
-                   WIFEXITED(fst) && WEXITSTATUS(fst) == 3,
+        Report("the daemon ends itself with exit code 3 within 10 s",
+               done == faulty && WIFEXITED(fst) && WEXITSTATUS(fst) == 3,
                "status " + std::to_string(fst));
       }
     }

@@ -136,7 +136,8 @@ inline v1::CreatePlanRequest PlanRequest(const std::string& pool_id, v1::Attenti
   for (int32_t len : last_page_len) request.add_kv_last_page_len(len);
   if (!qo_len.empty()) {
     request.add_qo_indptr(0);
-    for (int32_t len : qo_len) request.add_qo_indptr(request.qo_indptr(request.qo_indptr_size() - 1) + len);
+    for (int32_t len : qo_len)
+      request.add_qo_indptr(request.qo_indptr(request.qo_indptr_size() - 1) + len);
   }
   return request;
 }

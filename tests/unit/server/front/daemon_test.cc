@@ -3,10 +3,10 @@
 // an httplib client.
 #include "server/front/daemon.h"
 
+#include <fcntl.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 #include <httplib.h>
-#include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -65,7 +65,7 @@ class DaemonTest : public ::testing::Test {
   }
 
   // Derived fixtures adjust the daemon's configuration here.
-  virtual void Configure(DaemonConfig& config) {}
+  virtual void Configure(DaemonConfig& /*config*/) {}
 
   void TearDown() override {
     peer_.reset();
@@ -195,8 +195,9 @@ TEST_F(DaemonTest, UnaryCallsWithoutSessionMetadataFailCleanly) {
   // The daemon still serves, and the refusals were counted.
   EXPECT_EQ(ServerInfo().backend(), "cpu");
   const auto m = ScrapeMetrics();
-  EXPECT_EQ(m.Get("attnd_requests_total", {{"method", "CreatePool"}, {"code", "FAILED_PRECONDITION"}}),
-            1);
+  EXPECT_EQ(
+      m.Get("attnd_requests_total", {{"method", "CreatePool"}, {"code", "FAILED_PRECONDITION"}}),
+      1);
   EXPECT_EQ(m.Get("attnd_requests_total", {{"method", "DescribePool"}, {"code", "NOT_FOUND"}}), 1);
 }
 
@@ -347,7 +348,10 @@ TEST_F(DaemonTest, UnparsableStreamMessageEndsTheStreamWithInvalidArgument) {
     return stream.Write(grpc::ByteBuffer(&slice, 1));
   };
   // Field 2 (`open`, length-delimited) claiming 5 bytes of which 2 follow.
-  const std::string truncated("\x12\x05" "ab", 4);
+  const std::string truncated(
+      "\x12\x05"
+      "ab",
+      4);
   for (const bool after_open : {false, true}) {
     grpc::ClientContext ctx;
     std::unique_ptr<RawStream> stream(
