@@ -89,7 +89,7 @@ grpc::Status SessionStream::Serve(
     grpc::ServerContext& context,
     grpc::ServerReaderWriterInterface<grpc::ByteBuffer, grpc::ByteBuffer>& stream,
     const Identity& owner) {
-  const grpc::Status shutting_down =
+  grpc::Status shutting_down =  // not const: each return may move from it
       ToGrpcStatus(absl::UnavailableError("attnd is shutting down"));
   const std::unique_ptr<StreamRegistry::Handle> registration = streams_.Register(&context);
   if (registration == nullptr) return shutting_down;

@@ -178,7 +178,7 @@ absl::StatusOr<std::vector<uint16_t>> TensorToBits16(const v1::Tensor& tensor) {
 }
 
 v1::Tensor MakeBufferTensor(const std::string& buffer_id, uint64_t offset_bytes,
-                            std::vector<int64_t> shape, v1::DType dtype) {
+                            const std::vector<int64_t>& shape, v1::DType dtype) {
   v1::Tensor tensor;
   tensor.set_dtype(dtype);
   for (int64_t d : shape) tensor.add_shape(d);

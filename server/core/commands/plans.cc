@@ -35,7 +35,8 @@ absl::StatusOr<v1::CreatePlanResponse> Core::CreatePlan(SessionRef session_ref,
         response.set_kv_tokens((*plan)->kv_tokens);
         spdlog::debug("session {} created plan {}: batch {}, {} query / {} kv tokens", session.tag,
                       (*plan)->id, (*plan)->batch_size, (*plan)->qo_tokens, (*plan)->kv_tokens);
-        session.plans[(*plan)->id] = *std::move(plan);
+        const std::string plan_id = (*plan)->id;
+        session.plans[plan_id] = *std::move(plan);
         st.plans.fetch_add(1);
         return response;
       });

@@ -53,7 +53,7 @@ absl::StatusOr<std::vector<uint16_t>> TensorToBits16(const v1::Tensor& tensor);
 // A tensor that refers to `shape` x `dtype` bytes at `offset_bytes` of registered buffer
 // `buffer_id`.
 v1::Tensor MakeBufferTensor(const std::string& buffer_id, uint64_t offset_bytes,
-                            std::vector<int64_t> shape, v1::DType dtype);
+                            const std::vector<int64_t>& shape, v1::DType dtype);
 
 // The elements of an inline tensor as float. INVALID_ARGUMENT if it is not inline, its dtype is
 // unknown or its byte count does not match its shape.
