@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Builds prefill_test and prefill_bench with nvcc directly (no CMake), abseil linked statically
 # so that the binaries run on the GPU host (which has no abseil). Output: $OUT_DIR (default
-# /work/main/build-prefill/manual). Usage: kernels/cuda/prefill/tools/build_manual.sh [-j N]
+# /work/main/build-prefill/manual). Usage: scripts/prefill/build_manual.sh [-j N]
 set -euo pipefail
-ROOT=$(cd "$(dirname "$0")/../../../.." && pwd)
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 OUT_DIR=${OUT_DIR:-$ROOT/build-prefill/manual}
 JOBS=2
 if [[ "${1:-}" == "-j" ]]; then JOBS=$2; fi
