@@ -23,9 +23,11 @@ compile() {  # src obj
     esac
   fi
 }
-srcs=("$ROOT"/kernels/cuda/prefill/*.cu "$ROOT"/kernels/cpu/attention.cc "$ROOT"/kernels/cpu/validation.cc
-      "$ROOT"/kernels/cuda/launch_checks.cc "$ROOT"/kernels/cuda/launch.cc
-      "$ROOT"/kernels/cuda/append_kv.cu "$ROOT"/kernels/cuda/merge_states.cu
+srcs=("$ROOT"/kernels/cuda/prefill/*.cu "$ROOT"/kernels/cuda/generated/prefill_*.cu
+      "$ROOT"/kernels/cpu/attention.cc "$ROOT"/kernels/cpu/validation.cc
+      "$ROOT"/kernels/cuda/backend/launch_checks.cc "$ROOT"/kernels/cuda/backend/launch.cc
+      "$ROOT"/kernels/cuda/planning/prefill_tiling.cc "$ROOT"/kernels/cuda/planning/page_table.cc
+      "$ROOT"/kernels/cuda/append/append_kv.cu "$ROOT"/kernels/cuda/merge/merge_states.cu
       "$ROOT"/tests/gpu/prefill_test.cu "$ROOT"/bench/prefill_bench.cu)
 running=0
 for s in "${srcs[@]}"; do
