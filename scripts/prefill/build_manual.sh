@@ -47,11 +47,11 @@ done
 ABSL+=(-Xlinker --end-group)
 O=$OUT_DIR/obj
 "$NVCC" -gencode=arch=compute_90a,code=sm_90a -o "$OUT_DIR/prefill_test" "$O/prefill_test.cu.o" \
-  "$O"/prefill_api.cu.o "$O"/prefill_hd*.cu.o "$O/attention.cc.o" "$O/validation.cc.o" \
+  "$O"/prefill.cu.o "$O"/prefill_hd*.cu.o "$O/prefill_tiling.cc.o" "$O/page_table.cc.o" "$O/attention.cc.o" "$O/validation.cc.o" \
   "$O/launch_checks.cc.o" "$O/launch.cc.o" "$O/append_kv.cu.o" "$O/merge_states.cu.o" "${ABSL[@]}" \
   -lpthread
 "$NVCC" -gencode=arch=compute_90a,code=sm_90a -o "$OUT_DIR/prefill_bench" "$O/prefill_bench.cu.o" \
-  "$O"/prefill_api.cu.o "$O"/prefill_hd*.cu.o "$O/launch_checks.cc.o" "$O/launch.cc.o" \
+  "$O"/prefill.cu.o "$O"/prefill_hd*.cu.o "$O/prefill_tiling.cc.o" "$O/page_table.cc.o" "$O/launch_checks.cc.o" "$O/launch.cc.o" \
   "$O/append_kv.cu.o" "$O/merge_states.cu.o" "${ABSL[@]}"
 grep -h -E "registers|spill" "$O"/prefill_hd*.log | sort | uniq -c
 echo "built $OUT_DIR/prefill_test $OUT_DIR/prefill_bench"

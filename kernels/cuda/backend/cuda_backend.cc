@@ -204,7 +204,7 @@ class CudaPlan final : public PreparedPlan {
       : PreparedPlan(std::move(spec)), max_page_id(MaxPageId(this->spec())) {}
   ~CudaPlan() override {
     cudaSetDevice(device_);
-    // The schedules free their own memory in the same stream order (decode.cc, prefill_api.cu).
+    // The schedules free their own memory in the same stream order (decode/decode.cc, prefill/prefill.cu).
     decode.reset();
     prefill.reset();
     if (block_ != nullptr) cudaFreeAsync(block_, stream_);

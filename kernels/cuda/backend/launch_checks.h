@@ -14,7 +14,7 @@
 // Errors: INVALID_ARGUMENT (a field with a bad value; the message names the field and the value,
 // e.g. "prefill: q=0x7f0000000002 is not 16-byte aligned") or UNIMPLEMENTED (a supported kind of
 // value the build does not have: a dtype or head_dim without kernels).
-// Host code only (absl); compiled by the host compiler and by nvcc (prefill_api.cu).
+// Host code only (absl); compiled by the host compiler and by nvcc (prefill/prefill.cu).
 #pragma once
 
 #include <cstdint>

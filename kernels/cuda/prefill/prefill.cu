@@ -204,13 +204,11 @@ namespace {
 // One run: checks, the common params, the K/V addressing of the layout, the launch.
 template <bool kPaged, typename Params>
 absl::Status RunPrefill(const PrefillWork& work, const Params& params, cudaStream_t stream) {
-  absl::Status checked;
   if constexpr (kPaged) {
-    checked = CheckPagedPrefill(work, params);
+    if (auto s = CheckPagedPrefill(work, params); !s.ok()) return s;
   } else {
-    checked = CheckRaggedPrefill(work, params);
+    if (auto s = CheckRaggedPrefill(work, params); !s.ok()) return s;
   }
-  if (!checked.ok()) return checked;
   const auto& kv = params.kv;
   if (work.num_items_ == 0) return absl::OkStatus();
   internal::PrefillParams p = CommonParams(work, params.qo, params.options, kv.head_dim);
