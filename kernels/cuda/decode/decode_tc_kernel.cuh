@@ -34,7 +34,6 @@
 #include "blocks/vec.cuh"
 #include "decode/decode_item.cuh"
 #include "decode/decode_params.h"
-#include "planning/decode_schedule.h"
 
 namespace attnd::kernels::cuda::internal {
 
@@ -54,7 +53,7 @@ struct TcDecodeTraits {
   static constexpr int kFreqOffsetBytes = (kStages * kStageElems + kQTiles * kRows * D) * 2;
   static constexpr int kSmemBytes =
       kFreqOffsetBytes + (kRope ? D / 2 * static_cast<int>(sizeof(RopeFreq)) : 0);
-    // merge scratch (fp32): O [warps][16][D], m and d [warps][16]
+  // merge scratch (fp32): O [warps][16][D], m and d [warps][16]
   static_assert((kWarps * kRows * (D + 2)) * 4 <= kSmemBytes, "merge scratch fits");
 };
 
@@ -92,8 +91,6 @@ __global__ void __launch_bounds__(TcDecodeTraits<D, kRope>::kThreads)
 
   const int n_tokens = max(end - start, 0);
   const int iters = (n_tokens + TPS - 1) / TPS;
-  // K/V stages: [STAGES][2 (K, V)][TPS][D] swizzled, slot `it % STAGES` for stage `it`. Start
-  // the K/V stream first, then build the q tile while it is in flight.
   const T* kv = static_cast<const T*>(p.kv.data);
   const int64_t head_off = static_cast<int64_t>(kv_head) * p.kv.head_stride;
   // K/V stages: [STAGES][2 (K, V)][TPS][D] swizzled, slot `it % STAGES` for stage `it`; the
@@ -168,9 +165,9 @@ __global__ void __launch_bounds__(TcDecodeTraits<D, kRope>::kThreads)
     __syncthreads();
     {
       const int next = it + STAGES - 1;
-      if (next < iters) load_stage(next, next % STAGES);
+      if (next < iters) load_stage(next, next % STAGES);  // pages[] were fetched last iteration
       CpAsyncCommit();
-      fetch_pages(next + 1);
+      fetch_pages(next + 1);  // in flight while this stage is computed
     }
     T* sk = smem + (it % STAGES) * Tr::kStageElems;
     const T* sv = sk + TPS * D;
