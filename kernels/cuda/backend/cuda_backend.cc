@@ -1,6 +1,7 @@
 // The CUDA Backend (backend.h): device memory and IPC mappings (RAII), non-blocking streams,
-// copies, plans (page table upload + decode split-KV schedule or prefill tiling) and the kernel
-// launches of cuda_launch.h / cuda_prefill.h. Host code only (compiled by the host compiler).
+// copies, plans (CudaPlan, cuda_plan.h: page table upload + decode split-KV schedule or prefill
+// tiling) and the kernel launches of cuda_launch.h / cuda_prefill.h: an adapter of the Backend
+// interface onto them. Host code only (compiled by the host compiler).
 //
 // Sticky errors: after an error that leaves the CUDA context unusable (illegal address, launch
 // failure, ...) every later call fails the same way; the backend remembers the first one and
@@ -26,6 +27,7 @@
 #include "attnd/kernels/backend_checks.h"
 #include "attnd/kernels/cuda_launch.h"
 #include "attnd/kernels/cuda_prefill.h"
+#include "backend/cuda_plan.h"
 #include "backend/cuda_status.h"
 #include "backend/fault_kernel.h"
 #include "backend/launch_checks.h"
@@ -188,61 +190,6 @@ class CudaEvent final : public Event {
 cudaStream_t Native(Stream* s) {
   return s != nullptr ? static_cast<cudaStream_t>(s->native()) : nullptr;
 }
-
-// A plan's page table in device memory ([indptr | qo_indptr | indices | last_page_len |
-// rope_offsets], one allocation) plus the decode or prefill schedule.
-//
-// Plan memory is stream-ordered (cudaMallocAsync / cudaFreeAsync from the device's memory pool,
-// on the stream the plan was prepared on), so creating and deleting plans neither calls
-// cudaMalloc nor synchronises the device the way cudaFree does. Hence: a plan must be destroyed
-// before the stream it was prepared on, and runs on other streams must be complete (or ordered
-// before that stream's current work) when it is destroyed. attnd runs every plan on its
-// session's stream, which outlives the session's plans.
-class CudaPlan final : public PreparedPlan {
- public:
-  explicit CudaPlan(PlanSpec spec)
-      : PreparedPlan(std::move(spec)), max_page_id(MaxPageId(this->spec())) {}
-  ~CudaPlan() override {
-    cudaSetDevice(device_);
-    // The schedules free their own memory in the same stream order (decode/decode.cc, prefill/prefill.cu).
-    decode.reset();
-    prefill.reset();
-    if (block_ != nullptr) cudaFreeAsync(block_, stream_);
-  }
-  const int32_t max_page_id;  // checked against the layer of every run and append
-  int device_ = 0;
-  cudaStream_t stream_ = nullptr;  // the plan's memory is allocated and freed in its order
-  void* block_ = nullptr;
-  // Host image of the page table, uploaded by one cudaMemcpyAsync; kept for the plan's lifetime
-  // so the copy never depends on when the driver reads a pageable source.
-  std::vector<char> upload_image_;
-  int32_t* d_indptr = nullptr;
-  int32_t* d_indices = nullptr;
-  int32_t* d_last_page_len = nullptr;
-  int32_t* d_qo_indptr = nullptr;
-  // Written by Attention() from rope_offsets_host: runs of one plan must be stream-ordered.
-  int32_t* d_rope_offsets = nullptr;
-  cuda::DecodeWorkPtr decode;
-  cuda::PrefillWorkPtr prefill;
-
-  PagedKV WithPageTable(const PagedKV& layer) const {
-    PagedKV kv = layer;
-    kv.batch_size = spec().batch_size();
-    kv.indptr = d_indptr;
-    kv.indices = d_indices;
-    kv.last_page_len = d_last_page_len;
-    return kv;
-  }
-  // New K/V rows of the plan's query tokens (qo_indptr) into the layer.
-  AppendKvParams AppendParams(const PagedKV& layer, const void* k, const void* v) const {
-    AppendKvParams p;
-    p.kv = WithPageTable(layer);
-    p.k = k;
-    p.v = v;
-    p.new_indptr = d_qo_indptr;
-    return p;
-  }
-};
 
 // Freed plan memory the device's default memory pool keeps for reuse (release threshold).
 constexpr uint64_t kPlanMemoryKeptBytes = uint64_t{256} << 20;
@@ -465,58 +412,15 @@ class CudaBackend final : public Backend {
         !s.ok()) {
       return s;
     }
-    auto plan = std::make_unique<CudaPlan>(std::move(spec));
-    const PlanSpec& ps = plan->spec();
-    plan->device_ = device_;
-    const cudaStream_t st = Native(stream);
-
-    // The page table's device layout and upload image: planning/page_table.h.
-    const cuda::internal::PageTableLayout layout =
-        cuda::internal::LayoutPageTable(batch, ps.kv_indices.size());
-    // Stream-ordered: memory freed by an earlier plan on this stream is reused without a
-    // cudaMalloc, and nothing waits for the device.
-    if (const cudaError_t e = cudaMallocAsync(&plan->block_, layout.total_bytes, st);
-        e != cudaSuccess) {
-      plan->block_ = nullptr;
-      if (!IsStickyCudaError(e)) cudaGetLastError();
-      return sticky_.Check(e, "plan page table (cudaMallocAsync)");
-    }
-    plan->stream_ = st;
-    char* base = static_cast<char*>(plan->block_);
-    plan->d_indptr = reinterpret_cast<int32_t*>(base + layout.kv_indptr);
-    plan->d_qo_indptr = reinterpret_cast<int32_t*>(base + layout.qo_indptr);
-    plan->d_indices = reinterpret_cast<int32_t*>(base + layout.kv_indices);
-    plan->d_last_page_len = reinterpret_cast<int32_t*>(base + layout.last_page_len);
-    plan->d_rope_offsets = reinterpret_cast<int32_t*>(base + layout.rope_offsets);
-    // One upload of the whole table (rope_offsets excluded: Attention writes them) from a host
-    // image with the device layout, owned by the plan.
-    plan->upload_image_ = cuda::internal::PageTableImage(ps, layout);
-    const std::vector<char>& image = plan->upload_image_;
-    if (auto s = sticky_.Check(
-            cudaMemcpyAsync(base, image.data(), image.size(), cudaMemcpyHostToDevice, st),
-            "plan upload");
-        !s.ok()) {
-      return s;
-    }
-
-    if (ps.kind == AttentionKind::kDecode) {
-      auto work = cuda::PrepareDecode(kv_len, ps.num_qo_heads, ps.num_kv_heads, ps.head_dim,
-                                      ps.page_size, cuda::DecodeScheduleOptions(), st);
-      if (!work.ok()) return sticky_.AfterFailure(work.status());
-      plan->decode = std::move(*work);
-    } else {
-      auto work = cuda::PreparePrefill(ps.qo_indptr, kv_len, ps.num_qo_heads, ps.num_kv_heads,
-                                       ps.head_dim, st);
-      if (!work.ok()) return sticky_.AfterFailure(work.status());
-      plan->prefill = std::move(*work);
-    }
-    return std::unique_ptr<PreparedPlan>(std::move(plan));
+    auto plan = cuda::CudaPlan::Create(std::move(spec), kv_len, device_, Native(stream));
+    if (!plan.ok()) return sticky_.AfterFailure(plan.status());
+    return std::unique_ptr<PreparedPlan>(*std::move(plan));
   }
 
   absl::Status AppendKv(const PreparedPlan& plan, const PagedKV& layer, const void* k,
                         const void* v, Stream* stream) override {
     if (auto s = Enter(); !s.ok()) return s;
-    absl::StatusOr<const CudaPlan*> cp = CheckedPlan(&plan, layer);
+    absl::StatusOr<const cuda::CudaPlan*> cp = CheckedPlan(&plan, layer);
     if (!cp.ok()) return cp.status();
     return Launched(cuda::LaunchAppendKv((*cp)->AppendParams(layer, k, v), Native(stream)));
   }
@@ -524,9 +428,9 @@ class CudaBackend final : public Backend {
   absl::Status Attention(const RunArgs& args) override {
     if (auto s = Enter(); !s.ok()) return s;
     if (auto s = CheckRunArgs(args); !s.ok()) return s;
-    absl::StatusOr<const CudaPlan*> checked = CheckedPlan(args.plan, args.layer);
+    absl::StatusOr<const cuda::CudaPlan*> checked = CheckedPlan(args.plan, args.layer);
     if (!checked.ok()) return checked.status();
-    const CudaPlan& cp = **checked;
+    const cuda::CudaPlan& cp = **checked;
     const PlanSpec& ps = cp.spec();
     const cudaStream_t st = Native(args.stream);
     const AppendKvParams append = cp.AppendParams(args.layer, args.k_new, args.v_new);
@@ -597,9 +501,9 @@ class CudaBackend final : public Backend {
   explicit CudaBackend(int device) : device_(device) {}
 
   // The plan as a CUDA plan, checked against the layer it is used with.
-  static absl::StatusOr<const CudaPlan*> CheckedPlan(const PreparedPlan* plan,
+  static absl::StatusOr<const cuda::CudaPlan*> CheckedPlan(const PreparedPlan* plan,
                                                      const PagedKV& layer) {
-    const auto* cp = dynamic_cast<const CudaPlan*>(plan);
+    const auto* cp = dynamic_cast<const cuda::CudaPlan*>(plan);
     if (cp == nullptr) return absl::InvalidArgumentError("plan is not a CUDA plan");
     if (auto s = CheckLayerMatchesPlan(cp->spec(), cp->max_page_id, layer); !s.ok()) return s;
     return cp;
