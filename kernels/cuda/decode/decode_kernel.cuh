@@ -129,10 +129,23 @@ __global__ void __launch_bounds__(DecodeTraits<D, TILE>::kThreads, DecodeTraits<
   const int n_tokens = max(end - start, 0);
   const int iters = (n_tokens + TPS - 1) / TPS;
   // K/V stages: [STAGES][2 (K, V)][TPS][D] in smem, slot `it % STAGES` for stage `it`.
-  PagedKvStageLoader<T, D, TPS, NT, /*kSwizzle=*/false> loader(p.kv, page_begin, kv_head, start,
-                                                               end, tid);
-  auto stage_k = [&](int slot) { return smem + slot * 2 * TPS * D; };
-  loader.template Prologue<STAGES>(p.kv, iters, stage_k);
+  const T* kv = static_cast<const T*>(p.kv.data);
+  const int64_t head_off = static_cast<int64_t>(kv_head) * p.kv.head_stride;
+  using Stage = PagedKvStage<T, D, TPS, NT, /*kSwizzle=*/false, /*kTokenMajor=*/true>;
+  int pages[Stage::kLoads];  // page ids of the next stage to issue (fetched a stage ahead)
+  auto fetch_pages = [&](int it) {
+    Stage::Fetch(pages, p.kv, page_begin, start + it * TPS, end, tid);
+  };
+  auto load_stage = [&](int it, int slot) {
+    Stage::Copy(smem + slot * 2 * TPS * D, pages, p.kv, kv, head_off, start + it * TPS, end, tid);
+  };
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) {
+    fetch_pages(s);
+    if (s < iters) load_stage(s, s);
+    CpAsyncCommit();
+  }
+  fetch_pages(STAGES - 1);
 
   float m = -INFINITY;  // running max of s2 (base-2 logits)
   float d = 0.f;        // running sum of exp2(s2 - m)
@@ -143,7 +156,12 @@ __global__ void __launch_bounds__(DecodeTraits<D, TILE>::kThreads, DecodeTraits<
   for (int it = 0; it < iters; ++it) {
     CpAsyncWait<STAGES - 2>();
     __syncthreads();  // stage `it` landed for every thread; stage it-1 is no longer read
-    loader.template Advance<STAGES>(p.kv, it, iters, stage_k);
+    {
+      const int next = it + STAGES - 1;
+      if (next < iters) load_stage(next, next % STAGES);  // pages[] were fetched last iteration
+      CpAsyncCommit();
+      fetch_pages(next + 1);  // in flight while this stage is computed
+    }
     const int slot = it % STAGES;
     T* sk = smem + (slot * 2 + 0) * TPS * D;
     const T* sv = smem + (slot * 2 + 1) * TPS * D;
