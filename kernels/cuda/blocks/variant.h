@@ -14,9 +14,11 @@ namespace attnd::kernels::cuda::internal {
 
 struct VariantParams {
   LogitScale logit;          // raw q.k -> base-2 logit, soft cap included (numerics.h)
-  int32_t causal = 0;        // prefill/append: key position <= query position (decode: implied)
+  // bool, not int32_t: the prefill RoPE kernel at head_dim 256 takes one register more with an
+  // int32_t flag (ptxas, 2026-12-01).
+  bool causal = false;       // prefill/append: key position <= query position (decode: implied)
   int32_t window_left = -1;  // >= 0: keys older than q_pos - window_left are masked; -1: none
-  int32_t rope = 0;          // 1: RoPE LLaMA, the kernels' kRope instantiations run
+  bool rope = false;         // RoPE LLaMA: the kernels' kRope instantiations run
   const int32_t* rope_offsets = nullptr;  // [batch] device, or null (rope only)
   RopeFreq rope_freq[kMaxRopePairs];      // pairs 0 .. head_dim/2 - 1, filled when rope
 };
@@ -26,9 +28,9 @@ struct VariantParams {
 inline VariantParams ResolveVariant(const AttentionOptions& o, int32_t head_dim) {
   VariantParams v;
   v.logit = MakeLogitScale(o, head_dim);
-  v.causal = o.causal ? 1 : 0;
+  v.causal = o.causal;
   v.window_left = o.window_left >= 0 ? o.window_left : -1;
-  v.rope = o.pos_encoding == PosEncoding::kRopeLlama ? 1 : 0;
+  v.rope = o.pos_encoding == PosEncoding::kRopeLlama;
   v.rope_offsets = v.rope ? o.rope_offsets : nullptr;
   if (v.rope) FillRopeFreqs(o, head_dim, v.rope_freq);
   return v;
