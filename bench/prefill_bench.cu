@@ -7,10 +7,11 @@
 // 10, more for short kernels, bounded at ~0.25 s per case). Inputs are random (never zeros).
 // Output: a table, then one JSON object per line (prefix "JSON ").
 //
-// Usage: prefill_bench [--quick] [--wide] [--rope]
+// Usage: prefill_bench [--quick] [--wide] [--rope] [--tile=auto|default|wide|wide3|wide64]
 //   --quick: fewer repetitions; --wide: also time each head_dim 128 tile variant
-//   (ATTND_PREFILL_TILE=default|wide|wide3|wide64, see kernels/cuda/prefill/prefill_params.h); the
-//   first table ("auto") is the variant PreparePrefill picks with the variable unset.
+//   (PrefillScheduleOptions::tile = default|wide|wide3|wide64, kernels/cuda/planning/
+//   prefill_tiling.h); the first table is the tile of --tile (default "auto": the variant
+//   PreparePrefill picks by default).
 //   --rope: also time the paged workloads with RoPE on the fly (tile "rope": the RoPE kernels,
 //   q and k rotated in fp32 and kept exact as hi + lo parts, kernels/cuda/NUMERICS.md).
 #include <cuda_bf16.h>
@@ -111,6 +112,16 @@ double Median(std::vector<float> v) {
   return v[v.size() / 2];
 }
 
+// The plan's tile option named on the command line or in a table ("auto", "rope": the default).
+kcuda::PrefillScheduleOptions::Tile TileOption(const std::string& tile) {
+  using Tile = kcuda::PrefillScheduleOptions::Tile;
+  if (tile == "default") return Tile::kDefault;
+  if (tile == "wide") return Tile::kWide;
+  if (tile == "wide3") return Tile::kWide3;
+  if (tile == "wide64") return Tile::kWide64;
+  return Tile::kAuto;
+}
+
 void RunWorkload(const Workload& w, bool quick, const char* tile, std::vector<std::string>& json) {
   const int B = w.batch, Hq = kHeads, Hkv = w.num_kv_heads, D = kHeadDim;
   std::vector<int32_t> qo_indptr(B + 1), kv_len(B, w.kv_len), kv_indptr(B + 1), last(B);
@@ -138,7 +149,9 @@ void RunWorkload(const Workload& w, bool quick, const char* tile, std::vector<st
   auto d_idx = Upload(indices);
   auto d_last = Upload(last);
 
-  auto work = kcuda::PreparePrefill(qo_indptr, kv_len, Hq, Hkv, D, nullptr);
+  kcuda::PrefillScheduleOptions sched;
+  sched.tile = TileOption(tile);
+  auto work = kcuda::PreparePrefill(qo_indptr, kv_len, Hq, Hkv, D, sched, nullptr);
   BENCH_STATUS(work.status());
 
   attnd::kernels::QueryOutput qo;
@@ -241,7 +254,10 @@ void RunWorkload(const Workload& w, bool quick, const char* tile, std::vector<st
 
 int main(int argc, char** argv) {
   bool quick = false, wide = false, rope = false;
+  std::string main_tile = "auto";
   for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg.rfind("--tile=", 0) == 0) main_tile = arg.substr(7);
     quick = quick || std::string(argv[i]) == "--quick";
     wide = wide || std::string(argv[i]) == "--wide";
     rope = rope || std::string(argv[i]) == "--rope";
@@ -264,15 +280,14 @@ int main(int argc, char** argv) {
     }
   }
   std::vector<std::string> json;
-  unsetenv("ATTND_PREFILL_TILE");
-  for (const auto& w : ws) RunWorkload(w, quick, "auto", json);
+  for (const auto& w : ws) RunWorkload(w, quick, main_tile.c_str(), json);
   // Diagnostic: the same paged shapes with the pages in order (isolates the cost of scattered
   // pages in the memory system, TLB and DRAM, from the kernel's own paged-address work).
   for (int hkv : {32, 8}) {
-    RunWorkload({"[pages in order] B1 L16384", 1, 16384, 16384, hkv, true, true}, quick, "auto",
-                json);
-    RunWorkload({"[pages in order] B16 L1024", 16, 1024, 1024, hkv, true, true}, quick, "auto",
-                json);
+    RunWorkload({"[pages in order] B1 L16384", 1, 16384, 16384, hkv, true, true}, quick,
+                main_tile.c_str(), json);
+    RunWorkload({"[pages in order] B16 L1024", 16, 1024, 1024, hkv, true, true}, quick,
+                main_tile.c_str(), json);
   }
   if (rope) {
     for (Workload w : ws) {
@@ -283,10 +298,8 @@ int main(int argc, char** argv) {
   }
   if (wide) {
     for (const char* variant : {"default", "wide", "wide3", "wide64"}) {
-      setenv("ATTND_PREFILL_TILE", variant, 1);
       for (const auto& w : ws) RunWorkload(w, quick, variant, json);
     }
-    unsetenv("ATTND_PREFILL_TILE");
   }
   for (const auto& j : json) std::printf("JSON %s\n", j.c_str());
   return 0;

@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <map>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -50,10 +51,21 @@ struct AccCase {
   int32_t window_left = -1;
   Kernel kernel = Kernel::kAuto;  // decode
   int32_t fixed_chunk = 0;        // decode: > 0 forces split-KV
-  const char* tile = nullptr;     // prefill: ATTND_PREFILL_TILE for the plan
+  const char* tile = nullptr;     // prefill: the plan's tile (TileOption), null = automatic
 };
 
 double LseBound(DType t) { return t == DType::kBFloat16 ? 2e-3 : 5e-4; }
+
+// The plan's tile option named by a case (null: automatic).
+kcuda::PrefillScheduleOptions::Tile TileOption(const char* tile) {
+  using Tile = kcuda::PrefillScheduleOptions::Tile;
+  const std::string_view t = tile != nullptr ? tile : "";
+  if (t == "default") return Tile::kDefault;
+  if (t == "wide") return Tile::kWide;
+  if (t == "wide3") return Tile::kWide3;
+  if (t == "wide64") return Tile::kWide64;
+  return Tile::kAuto;
+}
 
 std::string Describe(const AccCase& c) {
   std::string s = absl::StrCat(c.family, " ", c.dtype == DType::kBFloat16 ? "bf16" : "f16", " D",
@@ -261,9 +273,9 @@ void RunCase(const AccCase& c, Rng& rng, ResultTable& table) {
     p.options = opt;
     run = kcuda::RunPagedDecode(**work, p, nullptr);
   } else {
-    if (c.tile != nullptr) setenv("ATTND_PREFILL_TILE", c.tile, 1);
-    auto work = kcuda::PreparePrefill(qo_indptr, c.kv_len, hq, hkv, d, nullptr);
-    unsetenv("ATTND_PREFILL_TILE");
+    kcuda::PrefillScheduleOptions sched;
+    sched.tile = TileOption(c.tile);
+    auto work = kcuda::PreparePrefill(qo_indptr, c.kv_len, hq, hkv, d, sched, nullptr);
     if (SkipIfNotBuilt(table, name, work.status(), d)) return;
     GT_STATUS_CHECK(work.status());
     if (c.kind == Kind::kPrefillPaged) {

@@ -9,8 +9,8 @@
 // Long cases check a sample of rows: each sampled causal row at position p is recomputed by the
 // reference as a one-row request over the first p+1 keys (same result for a causal row).
 //
-// Also reruns the smaller head_dim 128 cases with each tile variant (ATTND_PREFILL_TILE=default,
-// wide, wide3, wide64). Misaligned q, o, lse, K/V pointers and strides are refused with
+// Also reruns the smaller head_dim 128 cases with each tile variant (PrefillScheduleOptions::tile
+// = default, wide, wide3, wide64). Misaligned q, o, lse, K/V pointers and strides are refused with
 // INVALID_ARGUMENT before any launch (o stays poisoned, the context stays usable). Windows follow
 // FlashInfer: window_left bounds only from below; the upper bound is the causal mask or, without
 // it, the end of the sequence (non-causal + window cases, paged and ragged). A head_dim trimmed
@@ -64,6 +64,7 @@ struct Case {
   float q_std = 1.f;
   std::vector<std::pair<int, int>> lens;  // (qo_len, kv_len) per request
   int sample_rows = 0;                    // > 0: check this many sampled rows (causal only)
+  kcuda::PrefillScheduleOptions::Tile tile = kcuda::PrefillScheduleOptions::Tile::kAuto;
 };
 
 std::string Describe(const Case& c) {
@@ -190,7 +191,9 @@ void RunCase(const Case& c, gt::Rng& rng, gt::ResultTable& table) {
   AttentionOptions dopt = opt;
   dopt.rope_offsets = d_rope.as<int32_t>();
 
-  auto work = kcuda::PreparePrefill(qo_indptr, kv_len, Hq, Hkv, D, nullptr);
+  kcuda::PrefillScheduleOptions sched;
+  sched.tile = c.tile;
+  auto work = kcuda::PreparePrefill(qo_indptr, kv_len, Hq, Hkv, D, sched, nullptr);
   if (gt::SkipIfNotBuilt(table, Describe(c), work.status(), D)) return;
   GT_STATUS_CHECK(work.status());
   if (paged) {
@@ -544,21 +547,23 @@ int main(int argc, char** argv) {
   CheckErrors(table);
   MisalignedInputs(rng, table);
   const std::vector<Case> cases = BuildCases(rng, flags.small);
-  unsetenv("ATTND_PREFILL_TILE");
   for (const Case& c : cases) RunCase(c, rng, table);
-  // The other head_dim 128 tile variants (see prefill_params.h) on the smaller cases; the
+  // The other head_dim 128 tile variants (planning/prefill_tiling.h) on the smaller cases; the
   // default variant ran above (and is named again here, so whichever is the default, all run).
-  for (const char* variant : {"default", "wide", "wide3", "wide64"}) {
-    setenv("ATTND_PREFILL_TILE", variant, 1);
+  using Tile = kcuda::PrefillScheduleOptions::Tile;
+  const std::pair<const char*, Tile> variants[] = {
+      {"default", Tile::kDefault}, {"wide", Tile::kWide}, {"wide3", Tile::kWide3},
+      {"wide64", Tile::kWide64}};
+  for (const auto& [variant, tile] : variants) {
     for (Case c : cases) {
       int64_t keys = 0;
       for (const auto& l : c.lens) keys += l.second;
       if (c.head_dim != 128 || c.sample_rows > 0 || keys > 5000) continue;
       c.name += std::string(" [") + variant + "]";
+      c.tile = tile;
       RunCase(c, rng, table);
     }
   }
-  unsetenv("ATTND_PREFILL_TILE");
   table.Print(stdout);
   return table.ExitCode();
 }

@@ -24,8 +24,10 @@
 // every K tile in place once it has landed; both are kept as a hi part (in the tiles above) and a
 // lo part (q_lo [kCtaRows][D], k_lo [kTileKv][D] for the current tile), x = hi + lo, and
 // S = Qhi Khi + Qlo Khi + Qhi Klo: no rotated value is rounded to the 16-bit type (NUMERICS.md).
-// A plan made for a wider tile runs here with kSubItems CTAs per planned item. Logits, soft cap,
-// exp2 and LSE: numerics.cuh.
+// A plan made for a wider tile runs here with kSubItems CTAs per planned item. Building blocks:
+// cp.async, ldmatrix, mma and the swizzle (blocks/ptx.cuh), the softmax state (softmax_state.cuh),
+// logits, soft cap and window (variant.cuh), RoPE and the hi/lo split (rope.cuh), paged rows
+// (paged_kv.cuh).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -35,17 +37,22 @@
 #include <cstdint>
 #include <type_traits>
 
-#include "numerics.cuh"
-#include "prefill_params.h"
+#include "blocks/paged_kv.cuh"
+#include "blocks/ptx.cuh"
+#include "blocks/rope.cuh"
+#include "blocks/softmax_state.cuh"
+#include "blocks/variant.cuh"
+#include "blocks/vec.cuh"
+#include "prefill/prefill_params.h"
 
-namespace attnd::kernels::cuda::prefill {
+namespace attnd::kernels::cuda::internal {
 
 template <int kHeadDim_, typename T_, TileVariant kVariant = TileVariant::kDefault,
           bool kRope_ = false>
 struct PrefillConfig {
   using T = T_;
   static constexpr int kHeadDim = kHeadDim_;
-  static constexpr int kWarps = prefill::kWarps;
+  static constexpr int kWarps = kPrefillWarps;
   static constexpr int kThreads = kWarps * 32;
   static constexpr int kMmaQ = MmaQ(kHeadDim, kVariant);
   static constexpr int kWarpRows = 16 * kMmaQ;
@@ -71,72 +78,6 @@ struct PrefillConfig {
   static_assert(kThreads % kChunks == 0 && kTileKv % (kThreads / kChunks) == 0);
 };
 
-// ---- small device helpers -------------------------------------------------------------------
-
-__device__ __forceinline__ uint32_t SmemAddr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// Element offset of (row, 16-byte chunk) in a swizzled [rows][D] tile.
-template <int kHeadDim>
-__device__ __forceinline__ int Swz(int row, int chunk) {
-  return row * kHeadDim + ((chunk ^ (row & 7)) << 3);
-}
-
-// 16-byte async copy global -> shared; when !valid the destination is zero-filled and nothing
-// is read.
-__device__ __forceinline__ void CpAsync16(uint32_t smem, const void* gmem, bool valid) {
-  const int src_size = valid ? 16 : 0;
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem), "l"(gmem),
-               "r"(src_size)
-               : "memory");
-}
-__device__ __forceinline__ void CpAsyncCommit() {
-  asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-template <int kPending>
-__device__ __forceinline__ void CpAsyncWait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
-}
-
-// CTA barrier that may sit at different instructions in different warps (the non-.aligned
-// form; __syncthreads is barrier.sync.aligned, undefined unless every thread executes that same
-// instruction): the K/V loop's barriers are in two loops whose trip counts differ per warp.
-// Same memory ordering among the CTA's threads as __syncthreads.
-__device__ __forceinline__ void CtaBarrierDivergent() {
-  asm volatile("barrier.sync 0;\n" ::: "memory");
-}
-
-__device__ __forceinline__ void LdMatrixX4(uint32_t addr, uint32_t (&r)[4]) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-__device__ __forceinline__ void LdMatrixX4Trans(uint32_t addr, uint32_t (&r)[4]) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-
-// d += a * b  (m16n8k16, fp32 accumulate)
-template <typename T>
-__device__ __forceinline__ void Mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
-                                         uint32_t b1) {
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
-        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  } else {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
-        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-}
-
 // ---- the kernel -----------------------------------------------------------------------------
 
 template <class Cfg, bool kPaged>
@@ -151,7 +92,6 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   constexpr int THREADS = Cfg::kThreads;
   constexpr bool kRope = Cfg::kRope;
   constexpr int HALF_CPR = CPR / 2;  // 16-byte chunks in half a row (RoPE pairs)
-  using internal::RopeFreq;
 
   extern __shared__ __align__(128) uint8_t smem_raw[];
   T* q_smem = reinterpret_cast<T*>(smem_raw);
@@ -186,7 +126,7 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   if constexpr (kPaged) {
     kv_row_begin = p.kv_indptr[b];
     const int num_pages = p.kv_indptr[b + 1] - kv_row_begin;
-    kv_len = num_pages > 0 ? (num_pages - 1) * p.page_size + p.last_page_len[b] : 0;
+    kv_len = num_pages > 0 ? KvLengthOfPages(num_pages, p.page_size, p.last_page_len[b]) : 0;
   } else {
     kv_row_begin = p.kv_indptr[b];
     kv_len = p.kv_indptr[b + 1] - kv_row_begin;
@@ -201,17 +141,16 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   const int delta = kv_len - qo_len;  // query row i sits at kv position delta + i
 
   // KV range any row of this tile can see; tiles outside it are never loaded.
-  int kv_begin = 0;
+  const int kv_begin = FirstVisibleKv(p.variant, delta + q_lo, 0);
   int kv_end = kv_len;
-  if (p.causal) kv_end = min(kv_len, delta + q_hi + 1);
-  if (p.window_left >= 0) kv_begin = max(0, delta + q_lo - p.window_left);
-  const int rope_offset = (kRope && p.rope_offsets != nullptr) ? p.rope_offsets[b] : 0;
+  if (p.variant.causal) kv_end = min(kv_len, delta + q_hi + 1);
+  const int rope_offset = (kRope && p.variant.rope_offsets != nullptr) ? p.variant.rope_offsets[b] : 0;
   // kRope: the frequencies of the 8 pairs of the chunk this thread rotates (tid % HALF_CPR, the
   // same for every (row, chunk) item of the thread: THREADS % HALF_CPR == 0).
   RopeFreq kfreq[kRope ? 8 : 1];
   if constexpr (kRope) {
 #pragma unroll
-    for (int k = 0; k < 8; ++k) kfreq[k] = p.rope_freq[(tid % HALF_CPR) * 8 + k];
+    for (int k = 0; k < 8; ++k) kfreq[k] = p.variant.rope_freq[(tid % HALF_CPR) * 8 + k];
   }
 
   const T* q_g = static_cast<const T*>(p.q);
@@ -242,13 +181,13 @@ __global__ void __launch_bounds__(Cfg::kThreads)
         const int qi = pk / group;
         const int h = kv_head * group + pk % group;
         const T* row = q_g + (static_cast<int64_t>(qo_begin + qi) * p.num_qo_heads + h) * D;
-        internal::Vec8<T>::ToFloat(*reinterpret_cast<const uint4*>(row + c * 8), lo);
-        internal::Vec8<T>::ToFloat(*reinterpret_cast<const uint4*>(row + c * 8 + D / 2), hi);
-        internal::RotateHalfPairs8(lo, hi, delta + qi + rope_offset, kfreq);
+        Vec8<T>::ToFloat(*reinterpret_cast<const uint4*>(row + c * 8), lo);
+        Vec8<T>::ToFloat(*reinterpret_cast<const uint4*>(row + c * 8 + D / 2), hi);
+        RotateHalfPairs8(lo, hi, delta + qi + rope_offset, kfreq);
       }
       uint4 lo_hi, lo_lo, hi_hi, hi_lo;
-      internal::SplitHiLo8<T>(lo, &lo_hi, &lo_lo);
-      internal::SplitHiLo8<T>(hi, &hi_hi, &hi_lo);
+      SplitHiLo8<T>(lo, &lo_hi, &lo_lo);
+      SplitHiLo8<T>(hi, &hi_hi, &hi_lo);
       *reinterpret_cast<uint4*>(q_smem + Swz<D>(r, c)) = lo_hi;
       *reinterpret_cast<uint4*>(q_smem + Swz<D>(r, c + HALF_CPR)) = hi_hi;
       *reinterpret_cast<uint4*>(q_lo_smem + Swz<D>(r, c)) = lo_lo;
@@ -294,8 +233,7 @@ __global__ void __launch_bounds__(Cfg::kThreads)
       if (tid < N) {
         const int slot =
             p.page_shift >= 0 ? (pos & (p.page_size - 1)) : pos - (pos / p.page_size) * p.page_size;
-        const int64_t off = static_cast<int64_t>(next_page) * p.page_stride +
-                            static_cast<int64_t>(slot) * p.token_stride +
+        const int64_t off = PagedRowOffset(next_page, slot, p.page_stride, p.token_stride) +
                             static_cast<int64_t>(kv_head) * p.head_stride;
         row_ptr[slot_idx * N + tid] = pos < kv_end ? k_g + off : k_g;
       }
@@ -384,7 +322,7 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   // register cap). Paged kernels only: in the ragged ones the split loop measured 5-10% slower
   // (H200 run c, NOTES.md), so they keep one loop over all tiles.
   int warp_tiles = num_tiles;
-  if (kPaged && p.causal) {
+  if (kPaged && p.variant.causal) {
     const int warp_pk_hi = min(packed_start + (warp + 1) * Cfg::kWarpRows, packed_end) - 1;
     const int warp_qpos_hi = delta + warp_pk_hi / group;
     warp_tiles = warp_qpos_hi < kv_begin ? 0 : min(num_tiles, (warp_qpos_hi - kv_begin) / N + 1);
@@ -394,7 +332,7 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   const uint32_t k_lo_addr = SmemAddr(k_lo_smem);  // kRope
   // Logits to the base-2 domain (numerics.h): p = 2^(CapLogit(s) * post - m), the scale folded
   // into the exponent's FFMA; m is kept scaled.
-  const internal::LogitScale& ls = p.logit;
+  const LogitScale& ls = p.variant.logit;
 
   int stage = 0;  // tile % S
   // The part of an iteration every warp runs (copies, table, barriers, RoPE of K): the main
@@ -429,11 +367,11 @@ __global__ void __launch_bounds__(Cfg::kThreads)
         uint4 lo_lo = make_uint4(0, 0, 0, 0), hi_lo = make_uint4(0, 0, 0, 0);
         if (pos < kv_end) {  // rows past the end are zero (hi) and get zero lo parts
           float lo[8], hi[8];
-          internal::Vec8<T>::ToFloat(*lo_ptr, lo);
-          internal::Vec8<T>::ToFloat(*hi_ptr, hi);
-          internal::RotateHalfPairs8(lo, hi, pos + rope_offset, kfreq);
-          internal::SplitHiLo8<T>(lo, lo_ptr, &lo_lo);
-          internal::SplitHiLo8<T>(hi, hi_ptr, &hi_lo);
+          Vec8<T>::ToFloat(*lo_ptr, lo);
+          Vec8<T>::ToFloat(*hi_ptr, hi);
+          RotateHalfPairs8(lo, hi, pos + rope_offset, kfreq);
+          SplitHiLo8<T>(lo, lo_ptr, &lo_lo);
+          SplitHiLo8<T>(hi, hi_ptr, &hi_lo);
         }
         *reinterpret_cast<uint4*>(k_lo_smem + Swz<D>(r, c)) = lo_lo;
         *reinterpret_cast<uint4*>(k_lo_smem + Swz<D>(r, c + HALF_CPR)) = hi_lo;
@@ -470,8 +408,8 @@ __global__ void __launch_bounds__(Cfg::kThreads)
       for (int mq = 0; mq < MQ; ++mq) {
         // lanes 0-15 -> rows 0-15 at chunk 2kk; lanes 16-31 -> rows 0-15 at chunk 2kk+1
         const int r = warp * Cfg::kWarpRows + mq * 16 + (lane % 16);
-        LdMatrixX4(q_base + 2 * Swz<D>(r, 2 * kk + lane / 16), a[mq]);
-        if constexpr (kRope) LdMatrixX4(q_lo_base + 2 * Swz<D>(r, 2 * kk + lane / 16), a_lo[mq]);
+        LdMatrixX4(a[mq], q_base + 2 * Swz<D>(r, 2 * kk + lane / 16));
+        if constexpr (kRope) LdMatrixX4(a_lo[mq], q_lo_base + 2 * Swz<D>(r, 2 * kk + lane / 16));
       }
 #pragma unroll
       for (int nn = 0; nn < N / 16; ++nn) {
@@ -479,7 +417,7 @@ __global__ void __launch_bounds__(Cfg::kThreads)
         // = b0, b1 of n-fragment 2nn, then b0, b1 of n-fragment 2nn+1
         uint32_t bk[4];
         const int r = nn * 16 + (lane % 8) + (lane / 16) * 8;
-        LdMatrixX4(ks_addr + 2 * Swz<D>(r, 2 * kk + (lane / 8) % 2), bk);
+        LdMatrixX4(bk, ks_addr + 2 * Swz<D>(r, 2 * kk + (lane / 8) % 2));
 #pragma unroll
         for (int mq = 0; mq < MQ; ++mq) {
           Mma16816<T>(s[mq][2 * nn], a[mq], bk[0], bk[1]);
@@ -487,7 +425,7 @@ __global__ void __launch_bounds__(Cfg::kThreads)
         }
         if constexpr (kRope) {  // + Qlo Khi + Qhi Klo
           uint32_t bk_lo[4];
-          LdMatrixX4(k_lo_addr + 2 * Swz<D>(r, 2 * kk + (lane / 8) % 2), bk_lo);
+          LdMatrixX4(bk_lo, k_lo_addr + 2 * Swz<D>(r, 2 * kk + (lane / 8) % 2));
 #pragma unroll
           for (int mq = 0; mq < MQ; ++mq) {
             Mma16816<T>(s[mq][2 * nn], a_lo[mq], bk[0], bk[1]);
@@ -500,15 +438,15 @@ __global__ void __launch_bounds__(Cfg::kThreads)
     }
 
     // ---- logits (log2 domain), mask ----
-    const bool needs_mask = (t0 + N > kv_end) || (p.causal && t0 + N - 1 > qpos_lo) ||
-                            (p.window_left >= 0 && t0 < qpos_hi - p.window_left);
+    const bool needs_mask = (t0 + N > kv_end) || (p.variant.causal && t0 + N - 1 > qpos_lo) ||
+                            (p.variant.window_left >= 0 && t0 < qpos_hi - p.variant.window_left);
     if (ls.soft_cap) {
 #pragma unroll
       for (int mq = 0; mq < MQ; ++mq)
 #pragma unroll
         for (int j = 0; j < N / 8; ++j)
 #pragma unroll
-          for (int e = 0; e < 4; ++e) s[mq][j][e] = internal::CapLogit(s[mq][j][e], ls);
+          for (int e = 0; e < 4; ++e) s[mq][j][e] = CapLogit(s[mq][j][e], ls);
     }
     if (needs_mask) {
 #pragma unroll
@@ -518,8 +456,8 @@ __global__ void __launch_bounds__(Cfg::kThreads)
           const int pk = min(my_packed0 + mq * 16 + 8 * h, packed_end - 1);
           const int qpos = delta + pk / group;
           // visible: pos in [lo, hi]
-          const int lo = p.window_left >= 0 ? qpos - p.window_left : INT_MIN;
-          const int hi = p.causal ? min(qpos, kv_end - 1) : kv_end - 1;
+          const int lo = p.variant.window_left >= 0 ? qpos - p.variant.window_left : INT_MIN;
+          const int hi = p.variant.causal ? min(qpos, kv_end - 1) : kv_end - 1;
 #pragma unroll
           for (int j = 0; j < N / 8; ++j) {
 #pragma unroll
@@ -548,14 +486,14 @@ __global__ void __launch_bounds__(Cfg::kThreads)
         // mx: max of the unscaled logits (post > 0, so scaling keeps the order).
         const float m_new = fmaxf(m_run[mq][h], mx * ls.post);
         // All visible logits so far -inf (nothing visible yet): subtract 0 so no inf - inf.
-        const float base = (m_new == -INFINITY) ? 0.f : m_new;
-        const float scale = internal::Exp2(m_run[mq][h] - base);
+        const float base = SoftmaxBase(m_new);
+        const float scale = Exp2(m_run[mq][h] - base);  // SoftmaxRescale(m_run, m_new)
         m_run[mq][h] = m_new;
         float sum = 0.f;
 #pragma unroll
         for (int j = 0; j < N / 8; ++j) {
-          const float p0 = internal::Exp2(fmaf(s[mq][j][2 * h], ls.post, -base));
-          const float p1 = internal::Exp2(fmaf(s[mq][j][2 * h + 1], ls.post, -base));
+          const float p0 = Exp2(fmaf(s[mq][j][2 * h], ls.post, -base));
+          const float p1 = Exp2(fmaf(s[mq][j][2 * h + 1], ls.post, -base));
           s[mq][j][2 * h] = p0;
           s[mq][j][2 * h + 1] = p1;
           sum += p0 + p1;
@@ -591,10 +529,10 @@ __global__ void __launch_bounds__(Cfg::kThreads)
       uint32_t pa[MQ][1][4];
 #pragma unroll
       for (int mq = 0; mq < MQ; ++mq) {
-        pa[mq][0][0] = internal::Pack2<T>(s[mq][2 * nn][0], s[mq][2 * nn][1]);
-        pa[mq][0][1] = internal::Pack2<T>(s[mq][2 * nn][2], s[mq][2 * nn][3]);
-        pa[mq][0][2] = internal::Pack2<T>(s[mq][2 * nn + 1][0], s[mq][2 * nn + 1][1]);
-        pa[mq][0][3] = internal::Pack2<T>(s[mq][2 * nn + 1][2], s[mq][2 * nn + 1][3]);
+        pa[mq][0][0] = Pack2<T>(s[mq][2 * nn][0], s[mq][2 * nn][1]);
+        pa[mq][0][1] = Pack2<T>(s[mq][2 * nn][2], s[mq][2 * nn][3]);
+        pa[mq][0][2] = Pack2<T>(s[mq][2 * nn + 1][0], s[mq][2 * nn + 1][1]);
+        pa[mq][0][3] = Pack2<T>(s[mq][2 * nn + 1][2], s[mq][2 * nn + 1][3]);
       }
 #pragma unroll
       for (int dd = 0; dd < D / 16; ++dd) {
@@ -602,7 +540,7 @@ __global__ void __launch_bounds__(Cfg::kThreads)
         // (n0+8.., 2dd+1) = b0, b1 of d-fragment 2dd, then b0, b1 of d-fragment 2dd+1
         uint32_t bv[4];
         const int r = nn * 16 + (lane % 8) + ((lane / 8) % 2) * 8;
-        LdMatrixX4Trans(vs_addr + 2 * Swz<D>(r, 2 * dd + lane / 16), bv);
+        LdMatrixX4Trans(bv, vs_addr + 2 * Swz<D>(r, 2 * dd + lane / 16));
 #pragma unroll
         for (int mq = 0; mq < MQ; ++mq) {
           Mma16816<T>(o_acc[mq][2 * dd], pa[mq][0], bv[0], bv[1]);
@@ -630,12 +568,12 @@ __global__ void __launch_bounds__(Cfg::kThreads)
       float d = d_run[mq][h];
       d += __shfl_xor_sync(0xffffffffu, d, 1);
       d += __shfl_xor_sync(0xffffffffu, d, 2);
-      const float inv = d > 0.f ? 1.f / d : 0.f;
+      const float inv = InvSum(d);
       const int r = warp * Cfg::kWarpRows + mq * 16 + g + 8 * h;
 #pragma unroll
       for (int j = 0; j < D / 8; ++j) {
         *reinterpret_cast<uint32_t*>(q_smem + Swz<D>(r, j) + 2 * t4) =
-            internal::Pack2<T>(o_acc[mq][j][2 * h] * inv, o_acc[mq][j][2 * h + 1] * inv);
+            Pack2<T>(o_acc[mq][j][2 * h] * inv, o_acc[mq][j][2 * h + 1] * inv);
       }
       if (p.lse != nullptr && t4 == 0) {
         const int pk = packed_start + r;
@@ -643,7 +581,7 @@ __global__ void __launch_bounds__(Cfg::kThreads)
           const int qi = pk / group;
           const int head = kv_head * group + pk % group;
           p.lse[static_cast<int64_t>(qo_begin + qi) * p.num_qo_heads + head] =
-              internal::LseFromBase2(m_run[mq][h], d);
+              LseFromBase2(m_run[mq][h], d);
         }
       }
     }
@@ -688,4 +626,4 @@ cudaError_t LaunchPrefill(const PrefillParams& params, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-}  // namespace attnd::kernels::cuda::prefill
+}  // namespace attnd::kernels::cuda::internal

@@ -29,6 +29,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "attnd/kernels/cuda_prefill.h"
+#include "attnd/kernels/schedule_options.h"
 #include "attnd/kernels/types.h"
 
 namespace attnd::kernels::cuda {
@@ -46,28 +47,7 @@ absl::Status CheckAppendKv(const AppendKvParams& params);
 absl::Status LaunchMergeStates(const MergeStatesParams& params, cudaStream_t stream);
 absl::Status CheckMergeStates(const MergeStatesParams& params);
 
-// How PrepareDecode cuts long sequences into chunks (split-KV). Defaults fit H100/H200.
-struct DecodeScheduleOptions {
-  // SMs to fill; 0 = read from the current device.
-  int32_t num_sms = 0;
-  // Resident CTAs per SM assumed when sizing the grid; 0 = the decode kernel's occupancy.
-  int32_t ctas_per_sm = 0;
-  // Grid size that split-KV aims at, in waves of num_sms * ctas_per_sm CTAs (the benchmark
-  // sweeps it; 1 = every CTA resident at once).
-  float waves = 1.f;
-  // Chunks are at least this many tokens (splitting shorter pieces costs more in merging than
-  // it gains in parallelism).
-  int32_t min_chunk_tokens = 256;
-  // > 0: every request is cut into chunks of exactly this many tokens (tests of the merge
-  // path); 0 = automatic.
-  int32_t fixed_chunk_tokens = 0;
-  // false: never split (one CTA per request and KV head group).
-  bool allow_split = true;
-  // Which kernel: automatic (tensor cores for GQA groups >= 4 at head_dim <= 128, CUDA cores
-  // otherwise), or forced (tests and benchmarks compare both).
-  enum class Kernel : int32_t { kAuto = 0, kCudaCores = 1, kTensorCores = 2 };
-  Kernel kernel = Kernel::kAuto;
-};
+// DecodeScheduleOptions (how PrepareDecode cuts long sequences into chunks): schedule_options.h.
 
 class DecodeWork;  // opaque; owns its device arrays and workspace (RAII)
 struct DecodeWorkDeleter { void operator()(DecodeWork* w) const; };

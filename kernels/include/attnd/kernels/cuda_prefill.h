@@ -14,6 +14,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "attnd/kernels/schedule_options.h"
 #include "attnd/kernels/types.h"
 
 namespace attnd::kernels::cuda {
@@ -26,9 +27,18 @@ using PrefillWorkPtr = std::unique_ptr<PrefillWork, PrefillWorkDeleter>;
 // is smaller, the earliest query rows sit at negative kv positions, as in cpu_reference.h).
 // The work is valid for any run whose batch has these lengths and head counts, whatever its
 // options (causal, window, RoPE, soft cap) and KV layout (paged, any page size, or ragged).
+// options.tile picks the tile shape (PrefillScheduleOptions; default: the measured best).
 // Errors: INVALID_ARGUMENT for inconsistent sizes, UNIMPLEMENTED for a head_dim that is not
-// compiled (ATTND_CUDA_HEAD_DIMS), INTERNAL for a failed allocation/copy. The upload is issued
-// on `stream` and waited for, so the returned work may be used from any stream.
+// compiled (ATTND_CUDA_HEAD_DIMS), RESOURCE_EXHAUSTED / INTERNAL for a failed allocation/copy.
+// The upload is issued on `stream` and not waited for (no host synchronisation): runs on
+// `stream` are ordered after it, runs on another stream wait for it on the device (an event).
+absl::StatusOr<PrefillWorkPtr> PreparePrefill(std::span<const int32_t> qo_indptr,
+                                              std::span<const int32_t> kv_len,
+                                              int32_t num_qo_heads, int32_t num_kv_heads,
+                                              int32_t head_dim,
+                                              const PrefillScheduleOptions& options,
+                                              cudaStream_t stream);
+// The same with the default PrefillScheduleOptions.
 absl::StatusOr<PrefillWorkPtr> PreparePrefill(std::span<const int32_t> qo_indptr,
                                               std::span<const int32_t> kv_len,
                                               int32_t num_qo_heads, int32_t num_kv_heads,

@@ -1,0 +1,75 @@
+// The plan of the CUDA backend (PreparedPlan): a batch's page table in device memory plus its
+// decode split-KV schedule or prefill tiling. Created by CudaBackend::Prepare; host code only.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "attnd/kernels/backend.h"
+#include "attnd/kernels/backend_checks.h"
+#include "attnd/kernels/cuda_launch.h"
+#include "attnd/kernels/cuda_prefill.h"
+
+namespace attnd::kernels::cuda {
+
+// A plan's page table in device memory ([indptr | qo_indptr | indices | last_page_len |
+// rope_offsets], one allocation) plus the decode or prefill schedule.
+//
+// Plan memory is stream-ordered (cudaMallocAsync / cudaFreeAsync from the device's memory pool,
+// on the stream the plan was prepared on), so creating and deleting plans neither calls
+// cudaMalloc nor synchronises the device the way cudaFree does. Hence: a plan must be destroyed
+// before the stream it was prepared on, and runs on other streams must be complete (or ordered
+// before that stream's current work) when it is destroyed. attnd runs every plan on its
+// session's stream, which outlives the session's plans.
+class CudaPlan final : public PreparedPlan {
+ public:
+  // spec: checked (CheckPlanSpec, batch >= 1, the schedule's preconditions); kv_len: its
+  // KvLengths. Uploads the page table (layout and image: planning/page_table.h) and prepares the
+  // decode schedule or the prefill tiling, all in `stream`'s order on `device` (current).
+  static absl::StatusOr<std::unique_ptr<CudaPlan>> Create(PlanSpec spec,
+                                                          std::span<const int32_t> kv_len,
+                                                          int device, cudaStream_t stream);
+  explicit CudaPlan(PlanSpec spec)
+      : PreparedPlan(std::move(spec)), max_page_id(MaxPageId(this->spec())) {}
+  ~CudaPlan() override;
+  const int32_t max_page_id;  // checked against the layer of every run and append
+  int device_ = 0;
+  cudaStream_t stream_ = nullptr;  // the plan's memory is allocated and freed in its order
+  void* block_ = nullptr;
+  // Host image of the page table, uploaded by one cudaMemcpyAsync; kept for the plan's lifetime
+  // so the copy never depends on when the driver reads a pageable source.
+  std::vector<char> upload_image_;
+  int32_t* d_indptr = nullptr;
+  int32_t* d_indices = nullptr;
+  int32_t* d_last_page_len = nullptr;
+  int32_t* d_qo_indptr = nullptr;
+  // Written by Attention() from rope_offsets_host: runs of one plan must be stream-ordered.
+  int32_t* d_rope_offsets = nullptr;
+  DecodeWorkPtr decode;
+  PrefillWorkPtr prefill;
+
+  PagedKV WithPageTable(const PagedKV& layer) const {
+    PagedKV kv = layer;
+    kv.batch_size = spec().batch_size();
+    kv.indptr = d_indptr;
+    kv.indices = d_indices;
+    kv.last_page_len = d_last_page_len;
+    return kv;
+  }
+  // New K/V rows of the plan's query tokens (qo_indptr) into the layer.
+  AppendKvParams AppendParams(const PagedKV& layer, const void* k, const void* v) const {
+    AppendKvParams p;
+    p.kv = WithPageTable(layer);
+    p.k = k;
+    p.v = v;
+    p.new_indptr = d_qo_indptr;
+    return p;
+  }
+};
+
+}  // namespace attnd::kernels::cuda

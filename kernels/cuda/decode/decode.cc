@@ -1,0 +1,261 @@
+// Host side of batch decode: PrepareDecode (the schedule from planning/decode_schedule.h, its
+// upload, the workspace), the DecodeWork that owns its device memory, and RunPagedDecode
+// (checks, kernel params, dispatch by head_dim/dtype, merge pass).
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "attnd/kernels/cuda_launch.h"
+#include "backend/cuda_status.h"
+#include "backend/launch_checks.h"
+#include "blocks/paged_kv.h"
+#include "blocks/variant.h"
+#include "decode/decode_params.h"
+#include "merge/merge_params.h"
+#include "planning/decode_schedule.h"
+
+namespace attnd::kernels::cuda {
+
+using internal::DecodeKernelParams;
+using internal::DecodeWorkItem;
+
+class DecodeWork {
+ public:
+  // Stream-ordered free on the stream the work was prepared on (no device-wide sync, unlike
+  // cudaFree): that stream must still exist, and runs on other streams must be complete or
+  // ordered before the destruction.
+  ~DecodeWork() {
+    if (device_block_ != nullptr) cudaFreeAsync(device_block_, stream_);
+  }
+
+  checks::PlanShape shape;  // batch, head counts, head_dim the work was planned for
+  int32_t group = 1;        // query heads per KV head
+  int32_t head_tile = 1;    // query heads per CTA
+  int32_t head_tiles = 1;   // CTAs per KV head
+  bool tensor_cores = false;
+  internal::DecodeSchedule schedule;  // host copy of what the device block holds
+
+  // One device allocation (internal::LayoutDecodeWorkspace): items | chunk_indptr | partial_lse
+  // | partial_o.
+  void* device_block_ = nullptr;
+  cudaStream_t stream_ = nullptr;  // the block was allocated (and is freed) in this stream's order
+  const DecodeWorkItem* d_items = nullptr;
+  const int32_t* d_chunk_indptr = nullptr;
+  float* d_partial_lse = nullptr;
+  float* d_partial_o = nullptr;
+};
+
+void DecodeWorkDeleter::operator()(DecodeWork* w) const { delete w; }
+
+namespace {
+
+template <DType kDType>
+cudaError_t DispatchHeadDim(int32_t head_dim, const DecodeKernelParams& params, int num_items,
+                            int num_kv_heads, int head_tile, cudaStream_t stream) {
+  switch (head_dim) {
+#ifdef ATTND_CUDA_HD64
+    case 64:
+      return internal::LaunchDecodeKernel<kDType, 64>(params, num_items, num_kv_heads, head_tile,
+                                                      stream);
+#endif
+#ifdef ATTND_CUDA_HD128
+    case 128:
+      return internal::LaunchDecodeKernel<kDType, 128>(params, num_items, num_kv_heads,
+                                                       head_tile, stream);
+#endif
+#ifdef ATTND_CUDA_HD256
+    case 256:
+      return internal::LaunchDecodeKernel<kDType, 256>(params, num_items, num_kv_heads,
+                                                       head_tile, stream);
+#endif
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+template <DType kDType>
+cudaError_t DispatchTcHeadDim(int32_t head_dim, const DecodeKernelParams& params, int num_items,
+                              int num_kv_heads, cudaStream_t stream) {
+  switch (head_dim) {
+#ifdef ATTND_CUDA_HD64
+    case 64:
+      return internal::LaunchDecodeTcKernel<kDType, 64>(params, num_items, num_kv_heads, stream);
+#endif
+#ifdef ATTND_CUDA_HD128
+    case 128:
+      return internal::LaunchDecodeTcKernel<kDType, 128>(params, num_items, num_kv_heads, stream);
+#endif
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+bool TcHeadDim(int32_t head_dim) { return checks::HeadDimBuilt(head_dim) && head_dim <= 128; }
+
+cudaError_t Occupancy(int32_t head_dim, bool tensor_cores, int head_tile, int* ctas) {
+  if (tensor_cores) {
+    switch (head_dim) {
+#ifdef ATTND_CUDA_HD64
+      case 64: return internal::DecodeTcKernelOccupancy<DType::kFloat16, 64>(ctas);
+#endif
+#ifdef ATTND_CUDA_HD128
+      case 128: return internal::DecodeTcKernelOccupancy<DType::kFloat16, 128>(ctas);
+#endif
+      default: return cudaErrorInvalidValue;
+    }
+  }
+  switch (head_dim) {
+#ifdef ATTND_CUDA_HD64
+    case 64: return internal::DecodeKernelOccupancy<DType::kFloat16, 64>(head_tile, ctas);
+#endif
+#ifdef ATTND_CUDA_HD128
+    case 128: return internal::DecodeKernelOccupancy<DType::kFloat16, 128>(head_tile, ctas);
+#endif
+#ifdef ATTND_CUDA_HD256
+    case 256: return internal::DecodeKernelOccupancy<DType::kFloat16, 256>(head_tile, ctas);
+#endif
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+// The device facts the automatic split needs: SMs (options.num_sms or the current device's) and
+// resident CTAs per SM (options.ctas_per_sm or the chosen kernel's occupancy).
+absl::StatusOr<internal::DeviceFill> ResolveDeviceFill(const DecodeScheduleOptions& options,
+                                                       int32_t head_dim, bool tensor_cores,
+                                                       int head_tile) {
+  internal::DeviceFill fill;
+  fill.num_sms = options.num_sms;
+  if (fill.num_sms <= 0) {
+    int dev = 0;
+    ATTND_RETURN_IF_CUDA_ERROR(cudaGetDevice(&dev), "cudaGetDevice");
+    ATTND_RETURN_IF_CUDA_ERROR(
+        cudaDeviceGetAttribute(&fill.num_sms, cudaDevAttrMultiProcessorCount, dev),
+        "cudaDeviceGetAttribute(multiProcessorCount)");
+  }
+  fill.ctas_per_sm = options.ctas_per_sm;
+  if (fill.ctas_per_sm <= 0) {
+    ATTND_RETURN_IF_CUDA_ERROR(Occupancy(head_dim, tensor_cores, head_tile, &fill.ctas_per_sm),
+                               "decode occupancy");
+    fill.ctas_per_sm = std::max(fill.ctas_per_sm, 1);
+  }
+  return fill;
+}
+
+}  // namespace
+
+absl::StatusOr<DecodeWorkPtr> PrepareDecode(std::span<const int32_t> kv_len, int32_t num_qo_heads,
+                                            int32_t num_kv_heads, int32_t head_dim,
+                                            int32_t page_size,
+                                            const DecodeScheduleOptions& options,
+                                            cudaStream_t stream) {
+  using Kernel = DecodeScheduleOptions::Kernel;
+  if (auto s = checks::DecodePlan(kv_len, num_qo_heads, num_kv_heads, head_dim, page_size,
+                                  options.kernel == Kernel::kTensorCores);
+      !s.ok()) {
+    return s;
+  }
+
+  DecodeWorkPtr work(new DecodeWork());
+  work->shape = {static_cast<int32_t>(kv_len.size()), num_qo_heads, num_kv_heads, head_dim};
+  work->group = num_qo_heads / num_kv_heads;
+  work->tensor_cores =
+      internal::UseTensorCoreDecode(options.kernel, work->group, TcHeadDim(head_dim));
+  work->head_tile =
+      work->tensor_cores ? internal::kTcHeadTile : internal::DecodeHeadTile(work->group);
+  work->head_tiles = (work->group + work->head_tile - 1) / work->head_tile;
+  // <= num_qo_heads <= 65535 (checks::DecodePlan): the grid's y dimension.
+  const int64_t head_ctas = static_cast<int64_t>(num_kv_heads) * work->head_tiles;
+
+  internal::DeviceFill fill;
+  if (internal::NeedsDeviceFill(options)) {
+    auto f = ResolveDeviceFill(options, head_dim, work->tensor_cores, work->head_tile);
+    if (!f.ok()) return f.status();
+    fill = *f;
+  }
+  auto schedule = internal::PlanDecodeSchedule(kv_len, head_ctas, page_size, options, fill);
+  if (!schedule.ok()) return schedule.status();
+  work->schedule = *std::move(schedule);
+  const internal::DecodeSchedule& sch = work->schedule;
+
+  // ---- device arrays ----
+  const internal::DecodeWorkspaceLayout layout =
+      internal::LayoutDecodeWorkspace(sch, num_qo_heads, head_dim);
+  // Stream-ordered allocation from the device's memory pool: no cudaMalloc per plan.
+  if (const cudaError_t e = cudaMallocAsync(&work->device_block_, layout.total_bytes, stream);
+      e != cudaSuccess) {
+    work->device_block_ = nullptr;
+    return CudaStatus(e, "decode workspace");
+  }
+  work->stream_ = stream;
+  char* base = static_cast<char*>(work->device_block_);
+  work->d_items = reinterpret_cast<const DecodeWorkItem*>(base + layout.items);
+  work->d_chunk_indptr = reinterpret_cast<const int32_t*>(base + layout.chunk_indptr);
+  if (sch.split) {
+    work->d_partial_lse = reinterpret_cast<float*>(base + layout.partial_lse);
+    work->d_partial_o = reinterpret_cast<float*>(base + layout.partial_o);
+  }
+  // Pageable sources: cudaMemcpyAsync returns after staging them, so the host vectors may
+  // change afterwards (they do not; they stay as the work's host copy).
+  ATTND_RETURN_IF_CUDA_ERROR(
+      cudaMemcpyAsync(base + layout.items, sch.items.data(),
+                      sch.items.size() * sizeof(DecodeWorkItem), cudaMemcpyHostToDevice, stream),
+      "decode schedule upload");
+  ATTND_RETURN_IF_CUDA_ERROR(
+      cudaMemcpyAsync(base + layout.chunk_indptr, sch.chunk_indptr.data(),
+                      sch.chunk_indptr.size() * sizeof(int32_t), cudaMemcpyHostToDevice, stream),
+      "decode schedule upload");
+  return work;
+}
+
+DecodeScheduleInfo GetDecodeScheduleInfo(const DecodeWork& work) {
+  DecodeScheduleInfo info;
+  info.batch_size = work.shape.batch_size;
+  info.num_chunks = static_cast<int32_t>(work.schedule.items.size());
+  info.chunk_tokens = work.schedule.chunk_tokens;
+  info.head_groups = work.shape.num_kv_heads * work.head_tiles;
+  info.split = work.schedule.split;
+  info.tensor_cores = work.tensor_cores;
+  return info;
+}
+
+absl::Status CheckPagedDecode(const DecodeWork& work, const PagedAttentionParams& params) {
+  return checks::DecodeRun(work.shape, params);
+}
+
+absl::Status RunPagedDecode(const DecodeWork& work, const PagedAttentionParams& params,
+                            cudaStream_t stream) {
+  if (auto s = CheckPagedDecode(work, params); !s.ok()) return s;
+  const QueryOutput& qo = params.qo;
+  const PagedKV& kv = params.kv;
+
+  const DecodeKernelParams p{.q = qo.q, .o = qo.o, .lse = qo.lse,
+                             .kv = internal::MakePagedKvParams(kv),
+                             .num_qo_heads = work.shape.num_qo_heads, .group = work.group,
+                             .head_tiles = work.head_tiles, .items = work.d_items,
+                             .partial_o = work.d_partial_o, .partial_lse = work.d_partial_lse,
+                             .variant = internal::ResolveVariant(params.options, kv.head_dim)};
+  const int num_items = static_cast<int>(work.schedule.items.size());
+  const int32_t hd = kv.head_dim, hkv = work.shape.num_kv_heads;
+  const bool fp16 = kv.dtype == DType::kFloat16;
+  constexpr DType kF16 = DType::kFloat16, kBF16 = DType::kBFloat16;
+  const cudaError_t e =
+      work.tensor_cores
+          ? (fp16 ? DispatchTcHeadDim<kF16>(hd, p, num_items, hkv, stream)
+                  : DispatchTcHeadDim<kBF16>(hd, p, num_items, hkv, stream))
+          : (fp16 ? DispatchHeadDim<kF16>(hd, p, num_items, hkv, work.head_tile, stream)
+                  : DispatchHeadDim<kBF16>(hd, p, num_items, hkv, work.head_tile, stream));
+  ATTND_RETURN_IF_CUDA_ERROR(e, absl::StrCat("decode kernel launch (head_dim ", kv.head_dim, ")"));
+  if (work.schedule.split) {
+    // The partial states of the split requests -> o, lse (single-chunk requests were written).
+    const internal::MergeKernelParams m{
+        .v_in = work.d_partial_o, .s_in = work.d_partial_lse, .v_out = qo.o, .s_out = qo.lse,
+        .num_rows = work.shape.batch_size, .num_heads = work.shape.num_qo_heads,
+        .head_dim = work.shape.head_dim, .state_indptr = work.d_chunk_indptr, .skip_single = 1};
+    ATTND_RETURN_IF_CUDA_ERROR(
+        internal::LaunchDecodeMergeKernel(m, kv.dtype, stream),
+        "decode merge kernel launch");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace attnd::kernels::cuda

@@ -1,0 +1,36 @@
+// What a decode CTA derives from its work item, written once for both decode kernels: the
+// request's page list and kv length, the query position (the last kv position), the kv range
+// the chunk covers after the sliding window, and the request's RoPE position offset.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "blocks/paged_kv.cuh"
+#include "blocks/variant.cuh"
+#include "decode/decode_params.h"
+
+namespace attnd::kernels::cuda::internal {
+
+struct DecodeItemRange {
+  int page_begin;   // first slot of the request's page list in kv.indices
+  int q_pos;        // kv_len - 1: the query row is the newest token
+  int start, end;   // kv positions [start, end) this CTA reads (start may be >= end)
+  int rope_offset;  // added to every RoPE position of the request (0 without kRope)
+};
+
+template <bool kRope>
+__device__ __forceinline__ DecodeItemRange ResolveDecodeItem(const DecodeKernelParams& p,
+                                                             const DecodeWorkItem& item) {
+  const int b = item.request;
+  DecodeItemRange r;
+  r.page_begin = p.kv.indptr[b];
+  const int kv_len =
+      KvLengthOfPages(p.kv.indptr[b + 1] - r.page_begin, p.kv.page_size, p.kv.last_page_len[b]);
+  r.q_pos = kv_len - 1;
+  r.start = FirstVisibleKv(p.variant, r.q_pos, item.chunk_start);
+  r.end = min(item.chunk_end, kv_len);
+  r.rope_offset = kRope && p.variant.rope_offsets != nullptr ? p.variant.rope_offsets[b] : 0;
+  return r;
+}
+
+}  // namespace attnd::kernels::cuda::internal

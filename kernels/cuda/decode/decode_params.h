@@ -1,0 +1,54 @@
+// Internal interface between the decode host code (decode.cc: plan and run, absl statuses) and
+// the decode kernels (decode_kernel.cuh on CUDA cores, decode_tc_kernel.cuh on tensor cores,
+// instantiated per (dtype, head_dim) in generated/decode_hd*_*.cu). Kernel side returns
+// cudaError_t; the host turns it into a status.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "attnd/kernels/types.h"
+#include "blocks/paged_kv.h"
+#include "blocks/variant.h"
+#include "planning/work_items.h"
+
+namespace attnd::kernels::cuda::internal {
+
+// Parameters of the batch decode kernels (passed as a __grid_constant__ struct).
+struct DecodeKernelParams {
+  const void* q = nullptr;  // [batch, num_qo_heads, head_dim]
+  void* o = nullptr;        // [batch, num_qo_heads, head_dim]
+  float* lse = nullptr;     // [batch, num_qo_heads] natural log, or null
+
+  PagedKvParams kv;  // one layer and the plan's page table
+
+  int32_t num_qo_heads = 0;
+  int32_t group = 1;       // query heads per KV head
+  int32_t head_tiles = 1;  // CTAs per KV head along the head axis: ceil(group / tile)
+
+  const DecodeWorkItem* items = nullptr;  // [gridDim.x]
+  float* partial_o = nullptr;             // [num_items, num_qo_heads, head_dim]
+  float* partial_lse = nullptr;           // [num_items, num_qo_heads] natural log
+
+  VariantParams variant;  // soft cap, window, RoPE (ResolveVariant)
+};
+
+// Instantiated per (T, HEAD_DIM) in generated/decode_hd*_*.cu. T is __half or __nv_bfloat16;
+// declared here with the DType so that host code needs no CUDA half types. head_tile: query
+// heads per CTA (DecodeHeadTile, planning/decode_schedule.h).
+template <DType kDType, int kHeadDim>
+cudaError_t LaunchDecodeKernel(const DecodeKernelParams& params, int num_items, int num_kv_heads,
+                               int head_tile, cudaStream_t stream);
+template <DType kDType, int kHeadDim>
+cudaError_t DecodeKernelOccupancy(int head_tile, int* ctas_per_sm);
+
+// The tensor-core decode kernel (decode_tc_kernel.cuh): kTcHeadTile = 16 query heads per CTA,
+// head_dim 64 and 128; instantiated next to LaunchDecodeKernel.
+template <DType kDType, int kHeadDim>
+cudaError_t LaunchDecodeTcKernel(const DecodeKernelParams& params, int num_items,
+                                 int num_kv_heads, cudaStream_t stream);
+template <DType kDType, int kHeadDim>
+cudaError_t DecodeTcKernelOccupancy(int* ctas_per_sm);
+
+}  // namespace attnd::kernels::cuda::internal

@@ -1,0 +1,65 @@
+// Planning of batch decode (CPU only, no CUDA calls): which kernel runs, how many query heads a
+// CTA takes, the split-KV schedule (which request is cut into how many chunks so that the grid
+// fills the GPU) and the layout of the plan's device workspace. decode.cc resolves the device
+// facts (SM count, occupancy) and uploads; tests/unit/kernels/planning tests this on the CPU.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "attnd/kernels/schedule_options.h"
+#include "planning/work_items.h"
+
+namespace attnd::kernels::cuda::internal {
+
+// Query heads per CTA of the CUDA-core kernel (it is instantiated for tiles 1, 2, 4, 8): the
+// smallest tile >= group, 8 for larger groups (several CTAs per KV head).
+int DecodeHeadTile(int group);
+// Query heads per CTA of the tensor-core kernel (the 16 rows of an mma.m16n8k16 A tile).
+inline constexpr int kTcHeadTile = 16;
+
+// Whether the tensor-core kernel runs: forced by options, or (kAuto) for GQA groups >= 4 when it
+// is compiled for the head dim (tc_built: head_dim 64 or 128 in ATTND_CUDA_HEAD_DIMS).
+bool UseTensorCoreDecode(DecodeScheduleOptions::Kernel kernel, int32_t group, bool tc_built);
+
+// What the split-KV schedule needs to know about the device: SMs and resident CTAs per SM of
+// the chosen kernel. Only read when the schedule may split automatically (NeedsDeviceFill).
+struct DeviceFill {
+  int32_t num_sms = 1;
+  int32_t ctas_per_sm = 1;
+};
+bool NeedsDeviceFill(const DecodeScheduleOptions& options);
+
+struct DecodeSchedule {
+  int32_t chunk_tokens = 0;  // 0: no request was split
+  bool split = false;        // some request has more than one chunk (the merge pass runs)
+  std::vector<DecodeWorkItem> items;  // [num_items]
+  std::vector<int32_t> chunk_indptr;  // [batch + 1]: request b's items are [indptr[b], [b+1])
+};
+
+// kv_len: [batch] (each >= 1, checked by checks::DecodePlan). head_ctas: CTAs per chunk along the
+// head axis (num_kv_heads * head tiles). Automatic chunks: the smallest multiple of
+// max(16, page_size) tokens (>= options.min_chunk_tokens) whose grid still fits in
+// options.waves waves of resident CTAs; no split when the unsplit grid already fills them.
+absl::StatusOr<DecodeSchedule> PlanDecodeSchedule(std::span<const int32_t> kv_len,
+                                                  int64_t head_ctas, int32_t page_size,
+                                                  const DecodeScheduleOptions& options,
+                                                  const DeviceFill& fill);
+
+// The plan's one device allocation: items | chunk_indptr | partial_lse | partial_o, each section
+// 256-byte aligned. partial_lse: [num_items, num_qo_heads] fp32, partial_o: [num_items,
+// num_qo_heads, head_dim] fp32, both empty unless the schedule splits.
+struct DecodeWorkspaceLayout {
+  size_t items = 0;  // byte offsets
+  size_t chunk_indptr = 0;
+  size_t partial_lse = 0;
+  size_t partial_o = 0;
+  size_t total_bytes = 0;
+};
+DecodeWorkspaceLayout LayoutDecodeWorkspace(const DecodeSchedule& schedule, int32_t num_qo_heads,
+                                            int32_t head_dim);
+
+}  // namespace attnd::kernels::cuda::internal

@@ -1,0 +1,35 @@
+// Planning of the page table a plan uploads (CPU only, no CUDA calls): its device layout, the
+// host image that one cudaMemcpyAsync copies, the kv lengths it implies. The page arithmetic
+// constants: page_divisor.h.
+//
+// Device layout of a plan's page table (one allocation, sections 256-byte aligned, int32):
+//   kv_indptr [B + 1] | qo_indptr [B + 1] | kv_indices [max(1, nnz)] | last_page_len [B] |
+//   rope_offsets [B] (written per run, not part of the upload image)
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "attnd/kernels/backend.h"
+#include "planning/page_divisor.h"
+
+namespace attnd::kernels::cuda::internal {
+
+struct PageTableLayout {
+  size_t kv_indptr = 0;  // byte offsets
+  size_t qo_indptr = 0;
+  size_t kv_indices = 0;
+  size_t last_page_len = 0;
+  size_t rope_offsets = 0;  // == the size of the upload image
+  size_t total_bytes = 0;
+};
+PageTableLayout LayoutPageTable(int32_t batch, size_t num_indices);
+
+// The upload image of spec's table in `layout` (rope_offsets excluded), zero padded.
+std::vector<char> PageTableImage(const PlanSpec& spec, const PageTableLayout& layout);
+
+// kv_len[b] = (pages - 1) * page_size + last_page_len[b], 0 for a request without pages.
+std::vector<int32_t> KvLengths(const PlanSpec& spec);
+
+}  // namespace attnd::kernels::cuda::internal

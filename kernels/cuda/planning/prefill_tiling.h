@@ -1,0 +1,62 @@
+// Planning of batch prefill/append (CPU only, no CUDA calls): the tile shapes per head dim and
+// tile variant (shared with the kernel, which is instantiated per shape), the variant a plan uses,
+// and the tiling of every request's packed query rows into CTA work items.
+//
+// A CTA owns kWarps warps; each warp owns MmaQ 16-row MMA fragments of "packed" query rows, so
+// a CTA tile holds CtaRows(D) packed rows. GQA fuses a KV head's query heads into M: packed row
+// p of request b and KV head hk is (query row p / group, query head hk * group + p % group).
+// The KV loop walks TileKv(D) keys per step.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "attnd/kernels/schedule_options.h"
+#include "planning/work_items.h"
+
+namespace attnd::kernels::cuda::internal {
+
+inline constexpr int kPrefillWarps = 4;
+// Tile variants. kDefault: 16 rows per warp (MmaQ 1) for D >= 128, no register spills.
+// kWide (D = 128 only; other head dims fall back to kDefault): 32 rows per warp and 32 keys per
+// step, halving the shared-memory reads per MMA; kWide3: the same with a 3-stage K/V pipeline.
+// kWide64 (D = 128 only): 32 rows per warp and 64 keys per step (the FA2 shape: 128-row CTA,
+// 128 x 64 tiles). Chosen per plan by ResolvePrefillTile (PrefillScheduleOptions::tile).
+enum class TileVariant : int { kDefault = 0, kWide = 1, kWide64 = 2, kWide3 = 3 };
+constexpr bool IsWide(int head_dim, TileVariant v) {
+  return (v == TileVariant::kWide || v == TileVariant::kWide64 || v == TileVariant::kWide3) &&
+         head_dim == 128;
+}
+constexpr int MmaQ(int head_dim, TileVariant v = TileVariant::kDefault) {
+  return IsWide(head_dim, v) ? 2 : (head_dim <= 64 ? 2 : 1);
+}
+constexpr int CtaRows(int head_dim, TileVariant v = TileVariant::kDefault) {
+  return kPrefillWarps * 16 * MmaQ(head_dim, v);
+}
+constexpr int TileKv(int head_dim, TileVariant v = TileVariant::kDefault) {
+  return IsWide(head_dim, v) ? (v == TileVariant::kWide64 ? 64 : 32)
+                             : (head_dim <= 128 ? 64 : 16);
+}
+// K/V pipeline depth (cp.async stages).
+constexpr int Stages(int head_dim, TileVariant v = TileVariant::kDefault) {
+  return IsWide(head_dim, v) && v == TileVariant::kWide3 ? 3 : 2;
+}
+// The variant kAuto picks for head_dim 128 (H200, 2026-11-21, runs b and d of
+// docs/prefill-notes.md: wide64 was the fastest or within noise on every bench row).
+inline constexpr TileVariant kDefaultVariant128 = TileVariant::kWide64;
+
+// The plan's tile variant: the option, kAuto resolved per head dim; a wide tile asked for at a
+// head dim other than 128 is kDefault (the wide kernels exist at 128 only).
+TileVariant ResolvePrefillTile(int32_t head_dim, PrefillScheduleOptions::Tile tile);
+
+// Work items of CtaRows(head_dim, variant) = cta_rows packed rows each, longest first (the cost
+// of a tile is the number of keys a causal tile scans, an upper bound of its work; the tail of
+// the grid is then made of short tiles). qo_indptr: [batch + 1], kv_len: [batch] (checked by
+// checks::PrefillPlan). INVALID_ARGUMENT when a packed row index does not fit in int32.
+absl::StatusOr<std::vector<PrefillItem>> PlanPrefillItems(std::span<const int32_t> qo_indptr,
+                                                          std::span<const int32_t> kv_len,
+                                                          int32_t group, int32_t cta_rows);
+
+}  // namespace attnd::kernels::cuda::internal

@@ -1,0 +1,43 @@
+// Options of the CUDA backend's planning (split-KV decode schedule, prefill tiling). Plain structs
+// without CUDA types, so that the planning layer (kernels/cuda/planning) and its CPU tests can use
+// them; cuda_launch.h and cuda_prefill.h re-export them with the launchers.
+#pragma once
+
+#include <cstdint>
+
+namespace attnd::kernels::cuda {
+
+// How PrepareDecode cuts long sequences into chunks (split-KV). Defaults fit H100/H200.
+struct DecodeScheduleOptions {
+  // SMs to fill; 0 = read from the current device.
+  int32_t num_sms = 0;
+  // Resident CTAs per SM assumed when sizing the grid; 0 = the decode kernel's occupancy.
+  int32_t ctas_per_sm = 0;
+  // Grid size that split-KV aims at, in waves of num_sms * ctas_per_sm CTAs (the benchmark
+  // sweeps it; 1 = every CTA resident at once).
+  float waves = 1.f;
+  // Chunks are at least this many tokens (splitting shorter pieces costs more in merging than
+  // it gains in parallelism).
+  int32_t min_chunk_tokens = 256;
+  // > 0: every request is cut into chunks of exactly this many tokens (tests of the merge
+  // path); 0 = automatic.
+  int32_t fixed_chunk_tokens = 0;
+  // false: never split (one CTA per request and KV head group).
+  bool allow_split = true;
+  // Which kernel: automatic (tensor cores for GQA groups >= 4 at head_dim <= 128, CUDA cores
+  // otherwise), or forced (tests and benchmarks compare both).
+  enum class Kernel : int32_t { kAuto = 0, kCudaCores = 1, kTensorCores = 2 };
+  Kernel kernel = Kernel::kAuto;
+};
+
+// How PreparePrefill tiles the query rows. The tile is a property of the plan (its work items
+// are CtaRows(tile) packed rows each); runs follow it.
+struct PrefillScheduleOptions {
+  // kAuto: the measured best per head dim (kWide64 at head_dim 128, H200 2026-11-21, see
+  // docs/prefill-notes.md; kDefault elsewhere). The wide tiles exist at head_dim 128 only; asked
+  // for at another head dim they fall back to kDefault.
+  enum class Tile : int32_t { kAuto = 0, kDefault = 1, kWide = 2, kWide3 = 3, kWide64 = 4 };
+  Tile tile = Tile::kAuto;
+};
+
+}  // namespace attnd::kernels::cuda
