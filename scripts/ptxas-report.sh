@@ -69,7 +69,7 @@ if n == 0:
     sys.exit("ptxas-report: no .cu of attnd_kernels_cuda in " + db)
 PY
 
-ls "$tmp"/*.sh | xargs -P "$jobs" -n 1 bash
+find "$tmp" -maxdepth 1 -name "*.sh" -print0 | xargs -0 -P "$jobs" -n 1 bash
 
 # ptxas -v prints, per entry:  Compiling entry function '<name>' ... / N bytes stack frame,
 # S bytes spill stores, L bytes spill loads / Used R registers, ... B bytes smem ...

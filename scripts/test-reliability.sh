@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Reliability CI steps (issue 7), run by scripts/test.sh after the normal build and tests:
-#   1. sanitizers: a clang ASan+UBSan build (-O1, CPU only, separate dir) of the unit tests of
-#      kernels/cpu, server/core, server/front, the reliability unit tests and the fuzz regressions;
+#   1. sanitizers: a clang ASan+UBSan build (-O0 -g0: CI's compile budget; CPU only, separate
+#      dir) of the unit tests of kernels/cpu, server/core, server/front, the reliability unit tests
+#      and the fuzz regressions;
 #   2. fuzzing: each libFuzzer harness (tests/fuzz) for FUZZ_SECONDS from generated seeds;
 #   3. soak: the load generator against the release daemon for SOAK_SECONDS; zero errors, zero
 #      leaked pages, flat RSS, and a clean SIGTERM exit.
@@ -32,7 +33,7 @@ if [ "${SKIP_SANITIZERS:-0}" != 1 ]; then
   cmake -S . -B "$san_dir" -G Ninja -DCMAKE_BUILD_TYPE=Debug -DATTND_CUDA=OFF \
     -DATTND_BUILD_BENCH=OFF -DATTND_FUZZ=ON \
     -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ \
-    -DCMAKE_CXX_FLAGS_DEBUG="-O1 -g1" -DCMAKE_C_FLAGS_DEBUG="-O1 -g1" \
+    -DCMAKE_CXX_FLAGS_DEBUG="-O0 -g0" -DCMAKE_C_FLAGS_DEBUG="-O0 -g0" \
     -DCMAKE_CXX_FLAGS="$san_flags -fsanitize=fuzzer-no-link" \
     -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=address,undefined" >"$out/san-configure.log"
   san_targets=(attnd_kernels_cpu_test attnd_core_test attnd_front_test attnd_front_daemon_test
