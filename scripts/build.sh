@@ -14,7 +14,8 @@ cmake -S . -B "$build_dir" -G Ninja \
   -DATTND_CUDA="${ATTND_CUDA:-AUTO}" \
   -DATTND_WERROR="$werror" \
   ${ATTND_CUDA_ARCHS:+-DATTND_CUDA_ARCHS="$ATTND_CUDA_ARCHS"} \
-  ${ATTND_CUDA_HEAD_DIMS:+-DATTND_CUDA_HEAD_DIMS="$ATTND_CUDA_HEAD_DIMS"}
+  ${ATTND_CUDA_HEAD_DIMS:+-DATTND_CUDA_HEAD_DIMS="$ATTND_CUDA_HEAD_DIMS"} \
+  ${ATTND_BUILD_BENCH:+-DATTND_BUILD_BENCH="$ATTND_BUILD_BENCH"}
 start=$(date +%s)
 cmake --build "$build_dir" -j "${JOBS:-$(nproc)}"
 echo "build: done in $(( $(date +%s) - start )) s -> $build_dir/bin/attnd"
