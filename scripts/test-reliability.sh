@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Reliability CI steps (issue 7), run by scripts/test.sh after the normal build and tests:
 #   1. sanitizers: a clang ASan+UBSan build (-O0 -g0: CI's compile budget; CPU only, separate
-#      dir) of the unit tests of kernels/cpu, server/core, server/front, the reliability unit tests
-#      and the fuzz regressions;
+#      dir) of every unit test binary (kernels/cpu, the CUDA planning layer, server/core,
+#      server/front, the C++ client, the reliability unit tests, the fuzz regressions), run;
 #   2. fuzzing: each libFuzzer harness (tests/fuzz) for FUZZ_SECONDS from generated seeds;
 #   3. soak: the load generator against the release daemon for SOAK_SECONDS; zero errors, zero
 #      leaked pages, flat RSS, and a clean SIGTERM exit.
@@ -31,14 +31,16 @@ if [ "${SKIP_SANITIZERS:-0}" != 1 ]; then
   san_flags="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
   # The fuzz harnesses need coverage instrumentation in the code they exercise.
   cmake -S . -B "$san_dir" -G Ninja -DCMAKE_BUILD_TYPE=Debug -DATTND_CUDA=OFF \
-    -DATTND_BUILD_BENCH=OFF -DATTND_FUZZ=ON \
+    -DATTND_BUILD_BENCH=OFF -DATTND_BUILD_UNIT_TESTS=ON -DATTND_FUZZ=ON \
     -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ \
     -DCMAKE_CXX_FLAGS_DEBUG="-O0 -g0" -DCMAKE_C_FLAGS_DEBUG="-O0 -g0" \
     -DCMAKE_CXX_FLAGS="$san_flags -fsanitize=fuzzer-no-link" \
     -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=address,undefined" >"$out/san-configure.log"
-  san_targets=(attnd_kernels_cpu_test attnd_core_test attnd_front_test attnd_front_daemon_test
-               attnd_reliability_unit_test attnd_fuzz_regression_test
-               fuzz_core_commands fuzz_page_table fuzz_seed_generator)
+  # Every unit test binary (CI builds them only here: .ci/run, ATTND_BUILD_UNIT_TESTS=OFF).
+  san_tests=(attnd_kernels_cpu_test attnd_kernels_planning_test attnd_core_test attnd_front_test
+             attnd_front_daemon_test attnd_client_unit_tests attnd_reliability_unit_test
+             attnd_fuzz_regression_test)
+  san_targets=("${san_tests[@]}" fuzz_core_commands fuzz_page_table fuzz_seed_generator)
   start=$(date +%s)
   cmake --build "$san_dir" -j "$jobs" --target "${san_targets[@]}"
   echo "sanitizer build: $(( $(date +%s) - start )) s" | tee -a "$figures"
@@ -46,8 +48,7 @@ if [ "${SKIP_SANITIZERS:-0}" != 1 ]; then
   export LSAN_OPTIONS="suppressions=$repo/tests/reliability/lsan.supp"
   export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
   start=$(date +%s)
-  for t in attnd_kernels_cpu_test attnd_core_test attnd_front_test attnd_front_daemon_test \
-           attnd_reliability_unit_test attnd_fuzz_regression_test; do
+  for t in "${san_tests[@]}"; do
     bin=$(find "$san_dir" -type f -name "$t" -perm -u+x | head -1)
     echo "-- $t (ASan+UBSan)"
     "$bin" --gtest_brief=1 >"$out/san-$t.log" 2>&1 || { tail -60 "$out/san-$t.log"; exit 1; }
