@@ -16,7 +16,8 @@ cmake -S . -B "$build_dir" -G Ninja \
   ${ATTND_CUDA_ARCHS:+-DATTND_CUDA_ARCHS="$ATTND_CUDA_ARCHS"} \
   ${ATTND_CUDA_HEAD_DIMS:+-DATTND_CUDA_HEAD_DIMS="$ATTND_CUDA_HEAD_DIMS"} \
   ${ATTND_BUILD_BENCH:+-DATTND_BUILD_BENCH="$ATTND_BUILD_BENCH"} \
-  ${ATTND_BUILD_UNIT_TESTS:+-DATTND_BUILD_UNIT_TESTS="$ATTND_BUILD_UNIT_TESTS"}
+  ${ATTND_BUILD_UNIT_TESTS:+-DATTND_BUILD_UNIT_TESTS="$ATTND_BUILD_UNIT_TESTS"} \
+  ${ATTND_BUILD_GPU_TESTS:+-DATTND_BUILD_GPU_TESTS="$ATTND_BUILD_GPU_TESTS"}
 start=$(date +%s)
 cmake --build "$build_dir" -j "${JOBS:-$(nproc)}"
 echo "build: done in $(( $(date +%s) - start )) s -> $build_dir/bin/attnd"

@@ -6,7 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build_dir=${BUILD_DIR:-build-gpu}
-BUILD_DIR=$build_dir ATTND_CUDA=ON ./scripts/build.sh
+# Everything the GPU host runs, whatever a CI-like environment says (.ci/run trims these).
+BUILD_DIR=$build_dir ATTND_CUDA=ON ATTND_CUDA_HEAD_DIMS="64;128;256" ATTND_BUILD_BENCH=ON \
+  ATTND_BUILD_GPU_TESTS=ON ./scripts/build.sh
 bundle_libs=${BUNDLE_LIBS:-../shared/gpu/bundle-libs.sh}
 rm -rf .gpu && mkdir -p .gpu/bin .gpu/lib
 cp "$build_dir"/gpu/* .gpu/bin/

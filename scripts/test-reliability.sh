@@ -77,21 +77,33 @@ if [ "${SKIP_SANITIZERS:-0}" != 1 ] && [ "${SKIP_FUZZ:-0}" != 1 ]; then
   corpus="$out/fuzz-corpus"
   rm -rf "$corpus"
   "$(find "$san_dir" -type f -name fuzz_seed_generator | head -1)" "$corpus"
-  for h in core_commands page_table; do
+  # The harnesses run side by side (one core each; each is single-threaded).
+  fuzz_one() {
+    local h=$1 bin
     bin=$(find "$san_dir" -type f -name "fuzz_$h" | head -1)
     mkdir -p "$out/fuzz-artifacts/$h"
-    if ! ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 "$bin" "$corpus/$h" \
-        "$repo/tests/fuzz/regressions/$h" -max_total_time="$fuzz_seconds" -max_len=4096 \
-        -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
-        -artifact_prefix="$out/fuzz-artifacts/$h/" >"$out/fuzz-$h.log" 2>&1; then
+    ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 "$bin" "$corpus/$h" \
+      "$repo/tests/fuzz/regressions/$h" -max_total_time="$fuzz_seconds" -max_len=4096 \
+      -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+      -artifact_prefix="$out/fuzz-artifacts/$h/" >"$out/fuzz-$h.log" 2>&1
+  }
+  harnesses=(core_commands page_table)
+  pids=()
+  for h in "${harnesses[@]}"; do fuzz_one "$h" & pids+=($!); done
+  failed=0
+  for i in "${!harnesses[@]}"; do
+    h=${harnesses[$i]}
+    if ! wait "${pids[$i]}"; then
       tail -40 "$out/fuzz-$h.log"
       echo "fuzz_$h found a crash: $(ls "$out/fuzz-artifacts/$h")"
       echo "add it to tests/fuzz/regressions/$h/ and fix the bug (the regression test replays it)"
-      exit 1
+      failed=1
+      continue
     fi
     runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$out/fuzz-$h.log" | grep -o '[0-9]*$' || echo 0)
     echo "fuzz_$h: $runs inputs in ${fuzz_seconds} s, no crash" | tee -a "$figures"
   done
+  [ "$failed" = 0 ] || exit 1
 fi
 
 # ---- 3. soak -------------------------------------------------------------------------------------
