@@ -38,23 +38,22 @@ using attnd::kernels::PagedKV;
 using attnd::kernels::RaggedAttentionParams;
 namespace kcuda = attnd::kernels::cuda;
 
-#define BENCH_CHECK(expr)                                                                \
-  do {                                                                                   \
-    cudaError_t e_ = (expr);                                                             \
-    if (e_ != cudaSuccess) {                                                             \
-      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr,                 \
-                   cudaGetErrorString(e_));                                              \
-      std::exit(2);                                                                      \
-    }                                                                                    \
+#define BENCH_CHECK(expr)                                                                         \
+  do {                                                                                            \
+    cudaError_t e_ = (expr);                                                                      \
+    if (e_ != cudaSuccess) {                                                                      \
+      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(e_)); \
+      std::exit(2);                                                                               \
+    }                                                                                             \
   } while (0)
-#define BENCH_STATUS(expr)                                                               \
-  do {                                                                                   \
-    auto s_ = (expr);                                                                    \
-    if (!s_.ok()) {                                                                      \
-      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr,                 \
-                   std::string(s_.ToString()).c_str());                                  \
-      std::exit(2);                                                                      \
-    }                                                                                    \
+#define BENCH_STATUS(expr)                                               \
+  do {                                                                   \
+    auto s_ = (expr);                                                    \
+    if (!s_.ok()) {                                                      \
+      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr, \
+                   std::string(s_.ToString()).c_str());                  \
+      std::exit(2);                                                      \
+    }                                                                    \
   } while (0)
 
 // Fills n bf16 values with a hash of the index, uniform in [-scale, scale).
@@ -77,13 +76,17 @@ struct DeviceMem {
   ~DeviceMem() { cudaFree(p); }
   DeviceMem(const DeviceMem&) = delete;
   DeviceMem& operator=(const DeviceMem&) = delete;
-  template <typename T> T* as() const { return static_cast<T*>(p); }
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(p);
+  }
 };
 
 template <typename T>
 std::unique_ptr<DeviceMem> Upload(const std::vector<T>& v) {
   auto m = std::make_unique<DeviceMem>(v.size() * sizeof(T));
-  if (!v.empty()) BENCH_CHECK(cudaMemcpy(m->p, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice));
+  if (!v.empty())
+    BENCH_CHECK(cudaMemcpy(m->p, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice));
   return m;
 }
 
@@ -101,6 +104,7 @@ struct Workload {
   bool paged;
   bool pages_in_order = false;  // diagnostic: page table 0, 1, 2, ... instead of shuffled
   bool rope = false;            // RoPE LLaMA on the fly (theta 1e4)
+  bool no_split = false;        // PrefillScheduleOptions::allow_split = false
 };
 
 constexpr int kHeads = 32;
@@ -151,6 +155,7 @@ void RunWorkload(const Workload& w, bool quick, const char* tile, std::vector<st
 
   kcuda::PrefillScheduleOptions sched;
   sched.tile = TileOption(tile);
+  sched.allow_split = !w.no_split;
   auto work = kcuda::PreparePrefill(qo_indptr, kv_len, Hq, Hkv, D, sched, nullptr);
   BENCH_STATUS(work.status());
 
@@ -197,8 +202,10 @@ void RunWorkload(const Workload& w, bool quick, const char* tile, std::vector<st
     rp.kv.indptr = d_kvi->as<int32_t>();
   }
   auto launch = [&]() {
-    if (w.paged) BENCH_STATUS(kcuda::RunPagedPrefill(**work, pp, nullptr));
-    else BENCH_STATUS(kcuda::RunRaggedPrefill(**work, rp, nullptr));
+    if (w.paged)
+      BENCH_STATUS(kcuda::RunPagedPrefill(**work, pp, nullptr));
+    else
+      BENCH_STATUS(kcuda::RunRaggedPrefill(**work, rp, nullptr));
   };
 
   // Visible (query, key) pairs; causal prefill uses the half-square convention.
@@ -237,14 +244,14 @@ void RunWorkload(const Workload& w, bool quick, const char* tile, std::vector<st
               w.paged ? "paged" : "ragged", tile, B, w.qo_len, w.kv_len, Hq, Hkv, med * 1e3,
               tflops);
   char buf[512];
-  std::snprintf(buf, sizeof(buf),
-                "{\"bench\":\"prefill\",\"workload\":\"%s\",\"kv\":\"%s\",\"tile\":\"%s\",\"dtype\":\"bf16\","
-                "\"head_dim\":%d,\"causal\":true,\"rope\":%s,\"batch\":%d,\"qo_len\":%d,"
-                "\"kv_len\":%d,\"num_qo_heads\":%d,\"num_kv_heads\":%d,\"page_size\":%d,"
-                "\"median_us\":%.2f,\"tflops\":%.2f,\"reps\":%zu}",
-                w.name.c_str(), w.paged ? "paged" : "ragged", tile, D, w.rope ? "true" : "false", B,
-                w.qo_len, w.kv_len, Hq, Hkv, w.paged ? kPageSize : 0, med * 1e3, tflops,
-                ms.size());
+  std::snprintf(
+      buf, sizeof(buf),
+      "{\"bench\":\"prefill\",\"workload\":\"%s\",\"kv\":\"%s\",\"tile\":\"%s\",\"dtype\":\"bf16\","
+      "\"head_dim\":%d,\"causal\":true,\"rope\":%s,\"batch\":%d,\"qo_len\":%d,"
+      "\"kv_len\":%d,\"num_qo_heads\":%d,\"num_kv_heads\":%d,\"page_size\":%d,"
+      "\"median_us\":%.2f,\"tflops\":%.2f,\"reps\":%zu}",
+      w.name.c_str(), w.paged ? "paged" : "ragged", tile, D, w.rope ? "true" : "false", B, w.qo_len,
+      w.kv_len, Hq, Hkv, w.paged ? kPageSize : 0, med * 1e3, tflops, ms.size());
   json.push_back(buf);
   BENCH_CHECK(cudaEventDestroy(e0));
   BENCH_CHECK(cudaEventDestroy(e1));
@@ -277,10 +284,19 @@ int main(int argc, char** argv) {
       ws.push_back({"prefill causal B1 L16384", 1, 16384, 16384, hkv, paged});
       ws.push_back({"prefill causal B16 L1024", 16, 1024, 1024, hkv, paged});
       ws.push_back({"append 128 onto 4096 B16", 16, 128, 4096, hkv, paged});
+      // Short queries on a long cache: split-KV's case (unsplit, num_kv_heads CTAs).
+      ws.push_back({"append 16 onto 32768 B1", 1, 16, 32768, hkv, paged});
+      ws.push_back({"append 128 onto 32768 B2", 2, 128, 32768, hkv, paged});
     }
   }
   std::vector<std::string> json;
   for (const auto& w : ws) RunWorkload(w, quick, main_tile.c_str(), json);
+  // The split-KV shapes with splitting off (the same kernel on num_kv_heads x tiles CTAs).
+  for (int hkv : {32, 8}) {
+    Workload w{"[no split] append 16 onto 32768 B1", 1, 16, 32768, hkv, true};
+    w.no_split = true;
+    RunWorkload(w, quick, main_tile.c_str(), json);
+  }
   // Diagnostic: the same paged shapes with the pages in order (isolates the cost of scattered
   // pages in the memory system, TLB and DRAM, from the kernel's own paged-address work).
   for (int hkv : {32, 8}) {

@@ -1,6 +1,7 @@
 #include "server/core/plan.h"
 
 #include "absl/strings/str_cat.h"
+#include "server/core/request_rules.h"
 #include "server/core/validation.h"
 
 namespace attnd::server {
@@ -15,22 +16,18 @@ uint64_t PlanHostBytes(const v1::CreatePlanRequest& request) {
   return sizeof(int32_t) * (4 * indices + 3 * per_request) + 4096;
 }
 
-absl::StatusOr<std::shared_ptr<Plan>> BuildPlan(const v1::CreatePlanRequest& request,
-                                                std::shared_ptr<Pool> pool,
+absl::StatusOr<std::shared_ptr<Plan>> BuildPlan(ValidatedPlan validated, std::shared_ptr<Pool> pool,
                                                 const std::string& session_id,
-                                                kernels::Backend& backend,
-                                                kernels::Stream* stream, std::string plan_id,
-                                                HostCharge host_charge, HostBudget& budget) {
-  auto validated = ValidatePlan(request, pool->geometry(), pool->name());
-  if (!validated.ok()) return validated.status();
-
+                                                kernels::Backend& backend, kernels::Stream* stream,
+                                                std::string plan_id, HostCharge host_charge,
+                                                HostBudget& budget) {
   auto plan = std::make_shared<Plan>();
   plan->id = std::move(plan_id);
-  plan->batch_size = validated->spec.batch_size();
-  plan->num_qo_heads = validated->spec.num_qo_heads;
-  plan->qo_tokens = validated->spec.qo_tokens();
-  plan->kv_tokens = validated->kv_tokens;
-  plan->written_pages = validated->written_pages;
+  plan->batch_size = validated.spec.batch_size();
+  plan->num_qo_heads = validated.spec.num_qo_heads;
+  plan->qo_tokens = validated.spec.qo_tokens();
+  plan->kv_tokens = validated.kv_tokens;
+  plan->written_pages = validated.written_pages;
   plan->host_charge = std::move(host_charge);
 
   {
@@ -41,28 +38,22 @@ absl::StatusOr<std::shared_ptr<Plan>> BuildPlan(const v1::CreatePlanRequest& req
           absl::StrCat("this session is not attached to pool '", pool->name(), "'"));
     }
     PoolAttachment& mine = it->second;
-    if (auto s = CheckPagesHeld(validated->spec.kv_indices, "kv_indices", mine.held, pool->name());
-        !s.ok()) {
-      return s;
-    }
-    if (auto s = CheckPagesUnshared(validated->written_pages, pool->allocator, mine.held,
-                                    mine.pinned);
-        !s.ok()) {
+    if (auto s = CheckPlanPages(validated, mine, pool->allocator, pool->name()); !s.ok()) {
       return s;
     }
     if (auto s = pool->SizeLedgers(mine, budget); !s.ok()) return s;
     // Every page is held by this session, so none is free; a page at its reference limit
     // refuses the pin (RESOURCE_EXHAUSTED) and nothing is pinned.
-    if (auto s = pool->allocator.AddReferences(validated->distinct_pages, mine.pinned,
+    if (auto s = pool->allocator.AddReferences(validated.distinct_pages, mine.pinned,
                                                "kv_indices (distinct pages)");
         !s.ok()) {
       return s;
     }
-    plan->pinned_pages = std::move(validated->distinct_pages);
+    plan->pinned_pages = std::move(validated.distinct_pages);
   }
   plan->pool = std::move(pool);
 
-  auto prepared = backend.Prepare(std::move(validated->spec), stream);
+  auto prepared = backend.Prepare(std::move(validated.spec), stream);
   if (!prepared.ok()) {
     UnpinPlan(*plan, session_id);
     return absl::Status(prepared.status().code(),
@@ -85,9 +76,9 @@ absl::Status CheckPlanWritable(const Plan& plan, const std::string& session_id) 
   absl::MutexLock lock(&plan.pool->mu);
   auto it = plan.pool->attachments.find(session_id);
   if (it == plan.pool->attachments.end()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "plan '", plan.id, "': this session is no longer attached to pool '", plan.pool->name(),
-        "'"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("plan '", plan.id, "': this session is no longer attached to pool '",
+                     plan.pool->name(), "'"));
   }
   return CheckPagesUnshared(plan.written_pages, plan.pool->allocator, it->second.held,
                             it->second.pinned);

@@ -11,6 +11,7 @@
 #include "attnd/kernels/backend.h"
 #include "attnd/v1/attnd.pb.h"
 #include "server/core/pool.h"
+#include "server/core/validation.h"
 
 namespace attnd::server {
 
@@ -32,16 +33,15 @@ struct Plan {
 // pinned and written page lists), charged before it is built.
 uint64_t PlanHostBytes(const v1::CreatePlanRequest& request);
 
-// Validates `request` against the pool and the session's page references, pins the plan's
-// pages and prepares it on the backend; `host_charge` (PlanHostBytes, already charged) moves
-// into the plan. On any error nothing stays pinned.
-//   NOT_FOUND-free: the caller has already resolved the pool and checked the attachment.
-absl::StatusOr<std::shared_ptr<Plan>> BuildPlan(const v1::CreatePlanRequest& request,
-                                                std::shared_ptr<Pool> pool,
+// Builds the plan of a checked request (CheckCreatePlan, request_rules.h): checks its pages
+// against the session's references (CheckPlanPages) and pins them under the pool's lock, then
+// prepares it on the backend; `host_charge` (PlanHostBytes, already charged) moves into the plan.
+// On any error nothing stays pinned. The caller has resolved the pool and the attachment.
+absl::StatusOr<std::shared_ptr<Plan>> BuildPlan(ValidatedPlan validated, std::shared_ptr<Pool> pool,
                                                 const std::string& session_id,
-                                                kernels::Backend& backend,
-                                                kernels::Stream* stream, std::string plan_id,
-                                                HostCharge host_charge, HostBudget& budget);
+                                                kernels::Backend& backend, kernels::Stream* stream,
+                                                std::string plan_id, HostCharge host_charge,
+                                                HostBudget& budget);
 
 // Drops the plan's pins (if the session is still attached to the pool).
 void UnpinPlan(const Plan& plan, const std::string& session_id);

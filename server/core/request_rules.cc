@@ -6,6 +6,19 @@
 #include "server/core/validation.h"
 
 namespace attnd::server {
+
+absl::StatusOr<ValidatedPlan> CheckCreatePlan(const v1::CreatePlanRequest& request,
+                                              const Pool& pool) {
+  return ValidatePlan(request, pool.geometry(), pool.name());
+}
+
+absl::Status CheckPlanPages(const ValidatedPlan& plan, const PoolAttachment& mine,
+                            const PageAllocator& allocator, absl::string_view pool_name) {
+  if (auto s = CheckPagesHeld(plan.spec.kv_indices, "kv_indices", mine.held, pool_name); !s.ok()) {
+    return s;
+  }
+  return CheckPagesUnshared(plan.written_pages, allocator, mine.held, mine.pinned);
+}
 namespace {
 
 // Room a reply needs around its payload (field tags, lengths, the Session stream's envelope).
@@ -32,15 +45,14 @@ absl::StatusOr<kernels::Event*> CheckCompletion(EventMap& events, const std::str
 // Bytes of the tensors a Run returns inline (o when it names no buffer, lse likewise when asked
 // for), from the plan's shapes: what the reply will carry, known before anything runs.
 uint64_t InlineReplyBytes(const Plan& plan, const v1::RunRequest& request) {
-  const uint64_t rows = static_cast<uint64_t>(plan.qo_tokens) *
-                        static_cast<uint64_t>(plan.num_qo_heads);
+  const uint64_t rows =
+      static_cast<uint64_t>(plan.qo_tokens) * static_cast<uint64_t>(plan.num_qo_heads);
   uint64_t bytes = 0;
   if (!HasData(request.o())) {
     // o has q's dtype (an unknown one is refused later; count it as the widest).
-    const uint64_t elem = request.q().dtype() == v1::DTYPE_FLOAT16 ||
-                                  request.q().dtype() == v1::DTYPE_BFLOAT16
-                              ? 2
-                              : 4;
+    const uint64_t elem =
+        request.q().dtype() == v1::DTYPE_FLOAT16 || request.q().dtype() == v1::DTYPE_BFLOAT16 ? 2
+                                                                                              : 4;
     bytes += rows * static_cast<uint64_t>(plan.pool->geometry().head_dim) * elem;
   }
   if (request.options().return_lse() && !HasData(request.lse())) bytes += rows * sizeof(float);
@@ -133,8 +145,8 @@ absl::StatusOr<RunCall> CheckRun(const RequestScope& scope, const Plan& plan,
   auto q_index = bindings.AddInput(request.q(), "q", call.q_dtype, q_shape);
   if (!q_index.ok()) return q_index.status();
   call.q = *q_index;
-  if (auto s = BindKv(bindings, plan, request.k(), request.v(), /*required=*/false, &call.k,
-                      &call.v);
+  if (auto s =
+          BindKv(bindings, plan, request.k(), request.v(), /*required=*/false, &call.k, &call.v);
       !s.ok()) {
     return s;
   }
@@ -165,8 +177,8 @@ absl::StatusOr<AppendKvCall> CheckAppendKv(const RequestScope& scope, const Plan
   if (auto s = ValidateLayer(request.layer(), plan.pool->geometry().num_layers); !s.ok()) {
     return s;
   }
-  if (auto s = BindKv(bindings, plan, request.k(), request.v(), /*required=*/true, &call.k,
-                      &call.v);
+  if (auto s =
+          BindKv(bindings, plan, request.k(), request.v(), /*required=*/true, &call.k, &call.v);
       !s.ok()) {
     return s;
   }

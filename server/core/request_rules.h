@@ -3,8 +3,8 @@
 // to wait on, page writability, tensor dtypes, shapes, inline sizes, buffer slices and their
 // alignment, attention options, the reply's size) and return what the launch needs. Core calls
 // them before anything is enqueued, written or launched, so a refused request changed nothing.
-// CreatePlan's field rules are ValidatePlan (validation.h); its page ownership is checked in
-// BuildPlan under the pool's lock, together with the pins it takes (plan.h).
+// CreatePlan's rules are CheckCreatePlan (fields, before anything is charged) and CheckPlanPages
+// (page ownership and writability, under the pool's lock right before the pins: BuildPlan).
 //
 // validation.h holds the field-level checks these rules are made of; tensor_bindings.h checks one
 // tensor (Add*) and later maps it (Materialize). The executor (executor.h) only launches.
@@ -21,7 +21,9 @@
 #include "attnd/kernels/backend.h"
 #include "attnd/v1/attnd.pb.h"
 #include "server/core/plan.h"
+#include "server/core/pool.h"
 #include "server/core/tensor_bindings.h"
+#include "server/core/validation.h"
 
 namespace attnd::server {
 
@@ -30,9 +32,9 @@ using EventMap = absl::flat_hash_map<std::string, std::unique_ptr<kernels::Event
 // What the rules know about the caller: the session and the daemon's limits.
 struct RequestScope {
   const std::string& session_id;
-  EventMap& events;                   // the session's registered events (wait_event_id)
+  EventMap& events;  // the session's registered events (wait_event_id)
   const kernels::BackendInfo& backend;
-  uint64_t max_message_bytes = 0;     // gRPC send limit (--max_message_bytes); 0 = none
+  uint64_t max_message_bytes = 0;  // gRPC send limit (--max_message_bytes); 0 = none
 };
 
 // A reply of up to `bytes` must fit `max_message_bytes` (0 = no limit): RESOURCE_EXHAUSTED
@@ -40,12 +42,23 @@ struct RequestScope {
 absl::Status CheckReplyFits(uint64_t max_message_bytes, std::string_view what, uint64_t bytes,
                             std::string_view advice);
 
+// CreatePlan, in two steps. CheckCreatePlan: every field against the pool's geometry (kind,
+// heads, the page table's shape and page ids, lengths), before any quota is charged.
+// CheckPlanPages: every page the plan reads is held by this session (PERMISSION_DENIED) and every
+// page its appends write is not shared with another session (FAILED_PRECONDITION); BuildPlan
+// calls it under the pool's lock right before it pins the pages, so no FreePages or ForkPages
+// can come between the check and the pins.
+absl::StatusOr<ValidatedPlan> CheckCreatePlan(const v1::CreatePlanRequest& request,
+                                              const Pool& pool);
+absl::Status CheckPlanPages(const ValidatedPlan& plan, const PoolAttachment& mine,
+                            const PageAllocator& allocator, absl::string_view pool_name);
+
 // A checked Run: what the launch needs. Binding indices refer to the TensorBindings the check
 // filled (-1 = not bound).
 struct RunCall {
-  bool appends = false;                // k and v given: appended before attention
-  bool async = false;                  // COMPLETION_ASYNC
-  kernels::Event* wait_on = nullptr;   // the session's stream waits on it first (wait_event_id)
+  bool appends = false;               // k and v given: appended before attention
+  bool async = false;                 // COMPLETION_ASYNC
+  kernels::Event* wait_on = nullptr;  // the session's stream waits on it first (wait_event_id)
   kernels::DType q_dtype = kernels::DType::kFloat16;
   kernels::AttentionOptions options;
   int q = -1, k = -1, v = -1, o = -1, lse = -1;

@@ -10,7 +10,8 @@
 // reference as a one-row request over the first p+1 keys (same result for a causal row).
 //
 // Also reruns the smaller head_dim 128 cases with each tile variant (PrefillScheduleOptions::tile
-// = default, wide, wide3, wide64). Misaligned q, o, lse, K/V pointers and strides are refused with
+// = default, wide, wide3, wide64), and the smaller cases with split-KV forced (fixed chunks) and
+// off. Misaligned q, o, lse, K/V pointers and strides are refused with
 // INVALID_ARGUMENT before any launch (o stays poisoned, the context stays usable). Windows follow
 // FlashInfer: window_left bounds only from below; the upper bound is the causal mask or, without
 // it, the end of the sequence (non-causal + window cases, paged and ragged). A head_dim trimmed
@@ -65,6 +66,11 @@ struct Case {
   std::vector<std::pair<int, int>> lens;  // (qo_len, kv_len) per request
   int sample_rows = 0;                    // > 0: check this many sampled rows (causal only)
   kcuda::PrefillScheduleOptions::Tile tile = kcuda::PrefillScheduleOptions::Tile::kAuto;
+  // Split-KV: > 0 cuts every request longer than this into chunks of this many keys (rounded to
+  // the tile's); allow_split = false never splits. Defaults: automatic (the planner splits a
+  // grid that under-fills the device, which is most of the cases here).
+  int fixed_chunk = 0;
+  bool allow_split = true;
 };
 
 std::string Describe(const Case& c) {
@@ -72,9 +78,8 @@ std::string Describe(const Case& c) {
   std::snprintf(buf, sizeof(buf), "%s %s hd%d h%d/%d %s%s%s%s%s%s", c.name.c_str(),
                 DTypeName(c.dtype), c.head_dim, c.num_qo_heads, c.num_kv_heads,
                 c.page_size == 0 ? "ragged" : ("ps" + std::to_string(c.page_size)).c_str(),
-                c.causal ? " causal" : "", c.rope ? " rope" : "",
-                c.soft_cap > 0 ? " cap" : "", c.window_left >= 0 ? " win" : "",
-                c.lse ? " lse" : "");
+                c.causal ? " causal" : "", c.rope ? " rope" : "", c.soft_cap > 0 ? " cap" : "",
+                c.window_left >= 0 ? " win" : "", c.lse ? " lse" : "");
   return buf;
 }
 
@@ -193,6 +198,8 @@ void RunCase(const Case& c, gt::Rng& rng, gt::ResultTable& table) {
 
   kcuda::PrefillScheduleOptions sched;
   sched.tile = c.tile;
+  sched.fixed_chunk_tokens = c.fixed_chunk;
+  sched.allow_split = c.allow_split;
   auto work = kcuda::PreparePrefill(qo_indptr, kv_len, Hq, Hkv, D, sched, nullptr);
   if (gt::SkipIfNotBuilt(table, Describe(c), work.status(), D)) return;
   GT_STATUS_CHECK(work.status());
@@ -279,8 +286,8 @@ void RunCase(const Case& c, gt::Rng& rng, gt::ResultTable& table) {
       cpu_paged(kv_indptr.data(), kv_indices.data(), last_page_len.data(), B, q_host.data(),
                 qo_indptr.data(), o_ref.data(), lse_ref.data(), rope_offsets.data());
     } else {
-      cpu_ragged(kv_f, kv_f + ragged_v_offset, kv_indptr.data(), B, q_host.data(),
-                 qo_indptr.data(), o_ref.data(), lse_ref.data(), rope_offsets.data());
+      cpu_ragged(kv_f, kv_f + ragged_v_offset, kv_indptr.data(), B, q_host.data(), qo_indptr.data(),
+                 o_ref.data(), lse_ref.data(), rope_offsets.data());
     }
   } else {
     skip_o.assign(o_got.size(), 1);
@@ -302,8 +309,7 @@ void RunCase(const Case& c, gt::Rng& rng, gt::ResultTable& table) {
           const int ps = c.page_size;
           const int32_t ind[2] = {0, (pos + 1 + ps - 1) / ps};
           const int32_t last[1] = {pos % ps + 1};
-          cpu_paged(ind, &kv_indices[kv_indptr[b]], last, 1, q, one_qo, o, lse,
-                    &rope_offsets[b]);
+          cpu_paged(ind, &kv_indices[kv_indptr[b]], last, 1, q, one_qo, o, lse, &rope_offsets[b]);
         } else {
           const int32_t ind[2] = {0, pos + 1};
           const int64_t base = static_cast<int64_t>(kv_indptr[b]) * rkv.stride_n;
@@ -363,20 +369,47 @@ std::vector<Case> BuildCases(gt::Rng& rng, bool small) {
   const DType dtypes[2] = {DType::kFloat16, DType::kBFloat16};
   if (small) {
     for (DType dt : dtypes) {
-      Case a{.name = "prefill kv97", .head_dim = 128, .dtype = dt, .page_size = 16,
+      Case a{.name = "prefill kv97",
+             .head_dim = 128,
+             .dtype = dt,
+             .page_size = 16,
              .lens = {{97, 97}}};
       cases.push_back(a);
-      Case b{.name = "append rope", .head_dim = 128, .dtype = dt, .num_qo_heads = 4,
-             .num_kv_heads = 1, .page_size = 1, .rope = true, .lens = {{13, 70}, {1, 5}}};
+      Case b{.name = "append rope",
+             .head_dim = 128,
+             .dtype = dt,
+             .num_qo_heads = 4,
+             .num_kv_heads = 1,
+             .page_size = 1,
+             .rope = true,
+             .lens = {{13, 70}, {1, 5}}};
       cases.push_back(b);
-      Case r{.name = "ragged cap win", .head_dim = 64, .dtype = dt, .page_size = 0,
-             .soft_cap = 5.f, .window_left = 20, .q_std = 3.f, .lens = {{40, 90}}};
+      Case r{.name = "ragged cap win",
+             .head_dim = 64,
+             .dtype = dt,
+             .page_size = 0,
+             .soft_cap = 5.f,
+             .window_left = 20,
+             .q_std = 3.f,
+             .lens = {{40, 90}}};
       cases.push_back(r);
-      Case w{.name = "noncausal", .head_dim = 256, .dtype = dt, .num_qo_heads = 2,
-             .num_kv_heads = 2, .page_size = 64, .causal = false, .lens = {{20, 75}}};
+      Case w{.name = "noncausal",
+             .head_dim = 256,
+             .dtype = dt,
+             .num_qo_heads = 2,
+             .num_kv_heads = 2,
+             .page_size = 64,
+             .causal = false,
+             .lens = {{20, 75}}};
       cases.push_back(w);
-      Case nw{.name = "noncausal window", .head_dim = 64, .dtype = dt, .num_qo_heads = 4,
-              .num_kv_heads = 2, .page_size = 16, .causal = false, .window_left = 5,
+      Case nw{.name = "noncausal window",
+              .head_dim = 64,
+              .dtype = dt,
+              .num_qo_heads = 4,
+              .num_kv_heads = 2,
+              .page_size = 16,
+              .causal = false,
+              .window_left = 5,
               .lens = {{12, 40}}};
       cases.push_back(nw);
     }
@@ -385,48 +418,121 @@ std::vector<Case> BuildCases(gt::Rng& rng, bool small) {
   const int head_dims[3] = {64, 128, 256};
   for (DType dt : dtypes) {
     for (int hd : head_dims) {
-      cases.push_back({.name = "kv1", .head_dim = hd, .dtype = dt, .num_qo_heads = 2,
-                       .num_kv_heads = 2, .page_size = 1, .lens = {{1, 1}}});
-      cases.push_back({.name = "prefill kv7", .head_dim = hd, .dtype = dt, .page_size = 16,
-                       .lse = false, .lens = {{7, 7}}});
-      cases.push_back({.name = "prefill kv97", .head_dim = hd, .dtype = dt, .num_qo_heads = 8,
-                       .num_kv_heads = 1, .page_size = 0, .lens = {{97, 97}}});
-      cases.push_back({.name = "append 97/1000", .head_dim = hd, .dtype = dt, .page_size = 64,
-                       .rope = true, .lens = {{97, 1000}}});
-      cases.push_back({.name = "noncausal 300/1000", .head_dim = hd, .dtype = dt,
-                       .num_qo_heads = 4, .num_kv_heads = 4, .page_size = 16, .causal = false,
+      cases.push_back({.name = "kv1",
+                       .head_dim = hd,
+                       .dtype = dt,
+                       .num_qo_heads = 2,
+                       .num_kv_heads = 2,
+                       .page_size = 1,
+                       .lens = {{1, 1}}});
+      cases.push_back({.name = "prefill kv7",
+                       .head_dim = hd,
+                       .dtype = dt,
+                       .page_size = 16,
+                       .lse = false,
+                       .lens = {{7, 7}}});
+      cases.push_back({.name = "prefill kv97",
+                       .head_dim = hd,
+                       .dtype = dt,
+                       .num_qo_heads = 8,
+                       .num_kv_heads = 1,
+                       .page_size = 0,
+                       .lens = {{97, 97}}});
+      cases.push_back({.name = "append 97/1000",
+                       .head_dim = hd,
+                       .dtype = dt,
+                       .page_size = 64,
+                       .rope = true,
+                       .lens = {{97, 1000}}});
+      cases.push_back({.name = "noncausal 300/1000",
+                       .head_dim = hd,
+                       .dtype = dt,
+                       .num_qo_heads = 4,
+                       .num_kv_heads = 4,
+                       .page_size = 16,
+                       .causal = false,
                        .lens = {{300, 1000}}});
-      cases.push_back({.name = "mixed b16", .head_dim = hd, .dtype = dt, .page_size = 16,
-                       .rope = true, .lens = MixedBatch(rng, 16, 600)});
-      cases.push_back({.name = "cap+window", .head_dim = hd, .dtype = dt, .page_size = 16,
-                       .soft_cap = 5.f, .window_left = 128, .q_std = 3.f,
+      cases.push_back({.name = "mixed b16",
+                       .head_dim = hd,
+                       .dtype = dt,
+                       .page_size = 16,
+                       .rope = true,
+                       .lens = MixedBatch(rng, 16, 600)});
+      cases.push_back({.name = "cap+window",
+                       .head_dim = hd,
+                       .dtype = dt,
+                       .page_size = 16,
+                       .soft_cap = 5.f,
+                       .window_left = 128,
+                       .q_std = 3.f,
                        .lens = {{500, 500}, {33, 800}}});
-      cases.push_back({.name = "window noncausal", .head_dim = hd, .dtype = dt,
-                       .num_qo_heads = 8, .num_kv_heads = 1, .page_size = 0, .causal = false,
-                       .window_left = 64, .lens = {{200, 700}, {1, 50}}});
+      cases.push_back({.name = "window noncausal",
+                       .head_dim = hd,
+                       .dtype = dt,
+                       .num_qo_heads = 8,
+                       .num_kv_heads = 1,
+                       .page_size = 0,
+                       .causal = false,
+                       .window_left = 64,
+                       .lens = {{200, 700}, {1, 50}}});
       // Paged, non-causal, window: rows see [p - window_left, kv_len), also keys after p.
-      cases.push_back({.name = "window noncausal paged", .head_dim = hd, .dtype = dt,
-                       .num_qo_heads = 8, .num_kv_heads = 2, .page_size = 16, .causal = false,
-                       .rope = true, .soft_cap = 20.f, .window_left = 30, .q_std = 2.f,
+      cases.push_back({.name = "window noncausal paged",
+                       .head_dim = hd,
+                       .dtype = dt,
+                       .num_qo_heads = 8,
+                       .num_kv_heads = 2,
+                       .page_size = 16,
+                       .causal = false,
+                       .rope = true,
+                       .soft_cap = 20.f,
+                       .window_left = 30,
+                       .q_std = 2.f,
                        .lens = {{90, 400}, {7, 7}, {60, 61}}});
     }
     // head_dim 128 only: bigger and odder cases.
-    cases.push_back({.name = "prefill kv4096", .head_dim = 128, .dtype = dt, .page_size = 16,
+    cases.push_back({.name = "prefill kv4096",
+                     .head_dim = 128,
+                     .dtype = dt,
+                     .page_size = 16,
                      .lens = {{4096, 4096}}});
-    cases.push_back({.name = "append 128/4096 b4", .head_dim = 128, .dtype = dt,
-                     .num_qo_heads = 4, .num_kv_heads = 4, .page_size = 1, .rope = true,
+    cases.push_back({.name = "append 128/4096 b4",
+                     .head_dim = 128,
+                     .dtype = dt,
+                     .num_qo_heads = 4,
+                     .num_kv_heads = 4,
+                     .page_size = 1,
+                     .rope = true,
                      .lens = {{128, 4096}, {128, 4000}, {128, 130}, {128, 2049}}});
-    cases.push_back({.name = "mixed b9 ps64 gqa8", .head_dim = 128, .dtype = dt,
-                     .num_qo_heads = 16, .num_kv_heads = 2, .page_size = 64,
+    cases.push_back({.name = "mixed b9 ps64 gqa8",
+                     .head_dim = 128,
+                     .dtype = dt,
+                     .num_qo_heads = 16,
+                     .num_kv_heads = 2,
+                     .page_size = 64,
                      .lens = MixedBatch(rng, 9, 1500)});
-    cases.push_back({.name = "qo>kv (rows see nothing)", .head_dim = 128, .dtype = dt,
-                     .page_size = 16, .lens = {{5, 3}, {70, 40}}});
-    cases.push_back({.name = "long kv32768 sampled", .head_dim = 128, .dtype = dt,
-                     .num_qo_heads = 8, .num_kv_heads = 2, .page_size = 16, .rope = dt ==
-                     DType::kBFloat16, .lens = {{32768, 32768}}, .sample_rows = 24});
-    cases.push_back({.name = "long ragged append sampled", .head_dim = 128, .dtype = dt,
-                     .num_qo_heads = 4, .num_kv_heads = 1, .page_size = 0, .window_left = 3000,
-                     .lens = {{6000, 20000}}, .sample_rows = 24});
+    cases.push_back({.name = "qo>kv (rows see nothing)",
+                     .head_dim = 128,
+                     .dtype = dt,
+                     .page_size = 16,
+                     .lens = {{5, 3}, {70, 40}}});
+    cases.push_back({.name = "long kv32768 sampled",
+                     .head_dim = 128,
+                     .dtype = dt,
+                     .num_qo_heads = 8,
+                     .num_kv_heads = 2,
+                     .page_size = 16,
+                     .rope = dt == DType::kBFloat16,
+                     .lens = {{32768, 32768}},
+                     .sample_rows = 24});
+    cases.push_back({.name = "long ragged append sampled",
+                     .head_dim = 128,
+                     .dtype = dt,
+                     .num_qo_heads = 4,
+                     .num_kv_heads = 1,
+                     .page_size = 0,
+                     .window_left = 3000,
+                     .lens = {{6000, 20000}},
+                     .sample_rows = 24});
   }
   return cases;
 }
@@ -512,27 +618,34 @@ void MisalignedInputs(gt::Rng& rng, gt::ResultTable& table) {
   for (const auto& [field, corrupt] : bad_qo) {
     PagedAttentionParams p = paged;
     corrupt(p.qo);
-    check("paged prefill refuses " + field, field, [&] { return kcuda::RunPagedPrefill(**work, p, nullptr); });
+    check("paged prefill refuses " + field, field,
+          [&] { return kcuda::RunPagedPrefill(**work, p, nullptr); });
     RaggedAttentionParams r = ragged;
     corrupt(r.qo);
-    check("ragged prefill refuses " + field, field, [&] { return kcuda::RunRaggedPrefill(**work, r, nullptr); });
+    check("ragged prefill refuses " + field, field,
+          [&] { return kcuda::RunRaggedPrefill(**work, r, nullptr); });
   }
   {
     PagedAttentionParams p = paged;
     p.kv.data = plus2(p.kv.data);
-    check("paged prefill refuses kv.data=0x", "kv.data=0x", [&] { return kcuda::RunPagedPrefill(**work, p, nullptr); });
+    check("paged prefill refuses kv.data=0x", "kv.data=0x",
+          [&] { return kcuda::RunPagedPrefill(**work, p, nullptr); });
     p = paged;
     p.kv.kv_stride += 1;
-    check("paged prefill refuses kv.kv_stride", "kv.kv_stride", [&] { return kcuda::RunPagedPrefill(**work, p, nullptr); });
+    check("paged prefill refuses kv.kv_stride", "kv.kv_stride",
+          [&] { return kcuda::RunPagedPrefill(**work, p, nullptr); });
     RaggedAttentionParams r = ragged;
     r.kv.k = plus2(r.kv.k);
-    check("ragged prefill refuses kv.k=0x", "kv.k=0x", [&] { return kcuda::RunRaggedPrefill(**work, r, nullptr); });
+    check("ragged prefill refuses kv.k=0x", "kv.k=0x",
+          [&] { return kcuda::RunRaggedPrefill(**work, r, nullptr); });
     r = ragged;
     r.kv.v = plus2(r.kv.v);
-    check("ragged prefill refuses kv.v=0x", "kv.v=0x", [&] { return kcuda::RunRaggedPrefill(**work, r, nullptr); });
+    check("ragged prefill refuses kv.v=0x", "kv.v=0x",
+          [&] { return kcuda::RunRaggedPrefill(**work, r, nullptr); });
     r = ragged;
     r.kv.stride_n += 2;
-    check("ragged prefill refuses kv.stride_n", "kv.stride_n", [&] { return kcuda::RunRaggedPrefill(**work, r, nullptr); });
+    check("ragged prefill refuses kv.stride_n", "kv.stride_n",
+          [&] { return kcuda::RunRaggedPrefill(**work, r, nullptr); });
   }
 }
 
@@ -551,9 +664,10 @@ int main(int argc, char** argv) {
   // The other head_dim 128 tile variants (planning/prefill_tiling.h) on the smaller cases; the
   // default variant ran above (and is named again here, so whichever is the default, all run).
   using Tile = kcuda::PrefillScheduleOptions::Tile;
-  const std::pair<const char*, Tile> variants[] = {
-      {"default", Tile::kDefault}, {"wide", Tile::kWide}, {"wide3", Tile::kWide3},
-      {"wide64", Tile::kWide64}};
+  const std::pair<const char*, Tile> variants[] = {{"default", Tile::kDefault},
+                                                   {"wide", Tile::kWide},
+                                                   {"wide3", Tile::kWide3},
+                                                   {"wide64", Tile::kWide64}};
   for (const auto& [variant, tile] : variants) {
     for (Case c : cases) {
       int64_t keys = 0;
@@ -561,6 +675,25 @@ int main(int argc, char** argv) {
       if (c.head_dim != 128 || c.sample_rows > 0 || keys > 5000) continue;
       c.name += std::string(" [") + variant + "]";
       c.tile = tile;
+      RunCase(c, rng, table);
+    }
+  }
+  // Split-KV (planning/prefill_tiling.h): the smaller cases with fixed 64- and 192-key chunks
+  // (many chunks, chunks past a causal row's end, windows, RoPE, GQA, both layouts: every
+  // partial state merged), and with splitting off (the automatic schedule above splits most of
+  // them: the unsplit path).
+  const std::pair<const char*, int> splits[] = {
+      {"split64", 64}, {"split192", 192}, {"nosplit", -1}};
+  for (const auto& [label, chunk] : splits) {
+    for (Case c : cases) {
+      int64_t keys = 0;
+      for (const auto& l : c.lens) keys += l.second;
+      if (c.sample_rows > 0 || keys > 20000) continue;
+      c.name += std::string(" [") + label + "]";
+      if (chunk > 0)
+        c.fixed_chunk = chunk;
+      else
+        c.allow_split = false;
       RunCase(c, rng, table);
     }
   }

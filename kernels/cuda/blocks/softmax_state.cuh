@@ -4,8 +4,9 @@
 // State of one query row over a set of keys, in the base-2 domain of the logits (numerics.h):
 //   m = max_j l2_j,  d = sum_j 2^(l2_j - m),  o = sum_j 2^(l2_j - m) v_j   (o / d is the output)
 // and, once normalised, the natural-log LSE = (m + log2 d) ln 2. A kernel keeps (m, d, o) per
-// row in registers (o as 8 floats per thread, or MMA C fragments) and merges partial states of
-// the same row (token slices, warps, KV chunks) with the weights below.
+// row in registers (o as 8 floats per thread: SoftmaxState, or MMA C fragments: MmaRowsSoftmax)
+// and merges partial states of the same row (token slices, warps, KV chunks) with the weights
+// below.
 //
 // One convention for empty rows (no visible key: masked, window, kv_len 0): m = -inf, d = 0,
 // o = 0. Exponents are taken relative to SoftmaxBase(m), which is 0 for an empty row, so no
@@ -49,6 +50,117 @@ __device__ __forceinline__ float InvSum(float d) { return d > 0.f ? 1.f / d : 0.
 // for d >= 1) is as exact as the fp32 sum it is taken of.
 __device__ __forceinline__ float LseFromBase2(float m2, float d) {
   return d > 0.f ? (m2 + __log2f(d)) * kLn2 : -INFINITY;
+}
+
+// ---- value types: the state of rows, held in registers -------------------------------------
+
+// SoftmaxState<kVec>: one row's state over a set of keys, as a thread of a CUDA-core kernel holds
+// it: (m, d) and its kVec dims of o (the other threads of the row hold the other dims and the
+// same m, d). Used by the CUDA-core decode kernel (kVec = 8: 16 bytes of K/V per thread).
+template <int kVec>
+struct SoftmaxState {
+  float m = -INFINITY;  // running max of the base-2 logits
+  float d = 0.f;        // sum of 2^(l2 - m)
+  float o[kVec] = {};   // sum of 2^(l2 - m) v (this thread's dims)
+
+  // Moves the running max to m_new (>= m, finite) and rescales d and o to it.
+  __device__ __forceinline__ void MoveMax(float m_new) {
+    const float scale = SoftmaxRescale(m, m_new);  // m = -inf -> 0
+    d *= scale;
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) o[k] *= scale;
+    m = m_new;
+  }
+  // Adds one key with base-2 logit l2 (<= m; -inf adds nothing) and value dims v.
+  __device__ __forceinline__ void Add(float l2, const float (&v)[kVec]) {
+    const float w = Exp2(l2 - m);
+    d += w;
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) o[k] = fmaf(w, v[k], o[k]);
+  }
+  // Starts a merge of partial states of this row whose largest max is m_all: the state becomes
+  // empty at max m_all; AddPart then adds each part.
+  __device__ __forceinline__ void BeginMerge(float m_all) {
+    m = m_all;
+    d = 0.f;
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) o[k] = 0.f;
+  }
+  // Adds a partial state (m_i, d_i, o_i) of the same row (m_i <= m; an empty part weighs 0).
+  __device__ __forceinline__ void AddPart(float m_i, float d_i, const float* o_i) {
+    const float w = Base2StateWeight(m_i, m);
+    d = fmaf(w, d_i, d);
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) o[k] = fmaf(w, o_i[k], o[k]);
+  }
+  // o / d in place (0 for an empty row); Lse() stays valid afterwards.
+  __device__ __forceinline__ void Normalize() {
+    const float inv = InvSum(d);
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) o[k] *= inv;
+  }
+  __device__ __forceinline__ float Lse() const { return LseFromBase2(m, d); }
+};
+
+// MmaRowsSoftmax: the state of the two rows (g = lane / 4 and g + 8) a thread holds of m16n8k16
+// MMA C fragments (tensor-core kernels). o stays in the kernel's accumulator fragments
+// ([n][4]: elements 0, 1 in row g, 2, 3 in row g + 8), which the kernel rescales by the factors
+// Update returns (RescaleRows); d is this thread's part of each row sum (its columns), the quad
+// (4 lanes of a row) adds its parts at the end (RowSum).
+struct MmaRowsSoftmax {
+  float m[2] = {-INFINITY, -INFINITY};  // running max, base-2 domain
+  float d[2] = {0.f, 0.f};              // this thread's part of sum 2^(l2 - m)
+
+  // One tile of logits s ([kN][4] C fragments of this thread, kN n8 tiles; masked = -inf),
+  // base-2 after multiplying by `post` (> 0; 1 when s is base-2 already): turns s into the
+  // probabilities 2^(s * post - m) in place, moves m and d, and returns in scale[h] the factor
+  // by which row h's accumulators must be multiplied (exactly 1 when its max did not move).
+  template <int kN>
+  __device__ __forceinline__ void Update(float (&s)[kN][4], float post, float (&scale)[2]) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int j = 0; j < kN; ++j) mx = fmaxf(mx, fmaxf(s[j][2 * h], s[j][2 * h + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float m_new = fmaxf(m[h], mx * post);
+      // Nothing visible yet (m_new = -inf): subtract 0, so no inf - inf.
+      const float base = SoftmaxBase(m_new);
+      scale[h] = Exp2(m[h] - base);  // SoftmaxRescale(m, m_new)
+      m[h] = m_new;
+      float sum = 0.f;
+#pragma unroll
+      for (int j = 0; j < kN; ++j) {
+        const float p0 = Exp2(fmaf(s[j][2 * h], post, -base));
+        const float p1 = Exp2(fmaf(s[j][2 * h + 1], post, -base));
+        s[j][2 * h] = p0;
+        s[j][2 * h + 1] = p1;
+        sum += p0 + p1;
+      }
+      d[h] = d[h] * scale[h] + sum;
+    }
+  }
+  // The whole sum of row h (the quad's parts added; every lane of the quad gets it).
+  __device__ __forceinline__ float RowSum(int h) const {
+    float sum = d[h];
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    return sum;
+  }
+};
+
+// Multiplies the accumulator fragments o ([kN][4], rows as in MmaRowsSoftmax) by the rows'
+// factors.
+template <int kN>
+__device__ __forceinline__ void RescaleRows(float (&o)[kN][4], const float (&scale)[2]) {
+#pragma unroll
+  for (int j = 0; j < kN; ++j) {
+    o[j][0] *= scale[0];
+    o[j][1] *= scale[0];
+    o[j][2] *= scale[1];
+    o[j][3] *= scale[1];
+  }
 }
 
 // ---- natural-log states (between kernels: partial o normalised, lse) -------------------------

@@ -60,7 +60,8 @@ struct DecodeTraits {
 };
 
 template <typename T, int D, int TILE, bool kRope>
-__global__ void __launch_bounds__(DecodeTraits<D, TILE>::kThreads, DecodeTraits<D, TILE>::kMinBlocks)
+__global__ void __launch_bounds__(DecodeTraits<D, TILE>::kThreads,
+                                  DecodeTraits<D, TILE>::kMinBlocks)
     BatchDecodeKernel(const __grid_constant__ DecodeKernelParams p) {
   using Tr = DecodeTraits<D, TILE>;
   constexpr int BDX = Tr::kBdx;
@@ -93,8 +94,8 @@ __global__ void __launch_bounds__(DecodeTraits<D, TILE>::kThreads, DecodeTraits<
   // ---- q: load, rotate (registers: 8 floats of one head) ----
   float q[8];
   {
-    const T* q_row = static_cast<const T*>(p.q) +
-                     (static_cast<int64_t>(b) * p.num_qo_heads + qo_head) * D;
+    const T* q_row =
+        static_cast<const T*>(p.q) + (static_cast<int64_t>(b) * p.num_qo_heads + qo_head) * D;
     uint4 raw = make_uint4(0, 0, 0, 0);
     if (head_valid) raw = *reinterpret_cast<const uint4*>(q_row + tx * 8);
     Vec8<T>::ToFloat(raw, q);
@@ -147,11 +148,7 @@ __global__ void __launch_bounds__(DecodeTraits<D, TILE>::kThreads, DecodeTraits<
   }
   fetch_pages(STAGES - 1);
 
-  float m = -INFINITY;  // running max of s2 (base-2 logits)
-  float d = 0.f;        // running sum of exp2(s2 - m)
-  float o[8];
-#pragma unroll
-  for (int k = 0; k < 8; ++k) o[k] = 0.f;
+  SoftmaxState<8> st;  // this head's row over the chunk; o: dims tx * 8 .. + 7
 
   for (int it = 0; it < iters; ++it) {
     CpAsyncWait<STAGES - 2>();
@@ -208,24 +205,17 @@ __global__ void __launch_bounds__(DecodeTraits<D, TILE>::kThreads, DecodeTraits<
       for (int off = BDX / 2; off > 0; off /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, off);
       s[j] = (stage_start + tok < end) ? Log2Logit(acc, p.variant.logit) : -INFINITY;
     }
-    float m_new = m;
+    float m_new = st.m;
 #pragma unroll
     for (int j = 0; j < TZ; ++j) m_new = fmaxf(m_new, s[j]);
     if (m_new != -INFINITY) {  // else every token so far is masked: nothing to add
-      const float scale = SoftmaxRescale(m, m_new);  // m = -inf -> 0
-      d *= scale;
-#pragma unroll
-      for (int k = 0; k < 8; ++k) o[k] *= scale;
+      st.MoveMax(m_new);
 #pragma unroll
       for (int j = 0; j < TZ; ++j) {
-        const float pj = Exp2(s[j] - m_new);  // masked: exp2(-inf) = 0
-        d += pj;
         float vf[8];
         Vec8<T>::ToFloat(*reinterpret_cast<const uint4*>(sv + (tz * TZ + j) * D + tx * 8), vf);
-#pragma unroll
-        for (int k = 0; k < 8; ++k) o[k] = fmaf(pj, vf[k], o[k]);
+        st.Add(s[j], vf);  // masked: exp2(-inf) = 0
       }
-      m = m_new;
     }
   }
   GridDependencyTrigger();  // the merge grid (split requests) may be scheduled now
@@ -238,11 +228,11 @@ __global__ void __launch_bounds__(DecodeTraits<D, TILE>::kThreads, DecodeTraits<
     float* smd = so + BDZ * BDY * D;             // [BDZ][BDY][2]
     {
       float4* dst = reinterpret_cast<float4*>(so + (tz * BDY + ty) * D + tx * 8);
-      dst[0] = make_float4(o[0], o[1], o[2], o[3]);
-      dst[1] = make_float4(o[4], o[5], o[6], o[7]);
+      dst[0] = make_float4(st.o[0], st.o[1], st.o[2], st.o[3]);
+      dst[1] = make_float4(st.o[4], st.o[5], st.o[6], st.o[7]);
       if (tx == 0) {
-        smd[(tz * BDY + ty) * 2 + 0] = m;
-        smd[(tz * BDY + ty) * 2 + 1] = d;
+        smd[(tz * BDY + ty) * 2 + 0] = st.m;
+        smd[(tz * BDY + ty) * 2 + 1] = st.d;
       }
     }
     __syncthreads();
@@ -250,30 +240,22 @@ __global__ void __launch_bounds__(DecodeTraits<D, TILE>::kThreads, DecodeTraits<
     float m_all = -INFINITY;
 #pragma unroll
     for (int z = 0; z < BDZ; ++z) m_all = fmaxf(m_all, smd[(z * BDY + ty) * 2]);
-    d = 0.f;
-#pragma unroll
-    for (int k = 0; k < 8; ++k) o[k] = 0.f;
+    st.BeginMerge(m_all);
     if (m_all != -INFINITY) {
 #pragma unroll
       for (int z = 0; z < BDZ; ++z) {
         const float mz = smd[(z * BDY + ty) * 2];
         if (mz == -INFINITY) continue;  // an empty slice weighs 0
-        const float w = Base2StateWeight(mz, m_all);
-        d = fmaf(w, smd[(z * BDY + ty) * 2 + 1], d);
-        const float* oz = so + (z * BDY + ty) * D + tx * 8;
-#pragma unroll
-        for (int k = 0; k < 8; ++k) o[k] = fmaf(w, oz[k], o[k]);
+        st.AddPart(mz, smd[(z * BDY + ty) * 2 + 1], so + (z * BDY + ty) * D + tx * 8);
       }
     }
-    m = m_all;
   }
 
   // ---- write: final output (unsplit request) or a partial state ----
   if (!head_valid) return;
-  const float inv_d = InvSum(d);
-#pragma unroll
-  for (int k = 0; k < 8; ++k) o[k] *= inv_d;
-  const float lse = LseFromBase2(m, d);
+  st.Normalize();
+  const float lse = st.Lse();
+  const float(&o)[8] = st.o;
   if (!item.split) {
     const int64_t row = static_cast<int64_t>(b) * p.num_qo_heads + qo_head;
     *reinterpret_cast<uint4*>(static_cast<T*>(p.o) + row * D + tx * 8) = Vec8<T>::FromFloat(o);
@@ -313,15 +295,14 @@ cudaError_t LaunchDecodeTile(const DecodeKernelParams& params, int num_items, in
 template <typename T, int D, int TILE>
 cudaError_t DecodeTileOccupancy(int* ctas_per_sm) {
   using Tr = DecodeTraits<D, TILE>;
-  return cudaOccupancyMaxActiveBlocksPerMultiprocessor(ctas_per_sm,
-                                                       BatchDecodeKernel<T, D, TILE, false>,
-                                                       Tr::kThreads, 0);
+  return cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+      ctas_per_sm, BatchDecodeKernel<T, D, TILE, false>, Tr::kThreads, 0);
 }
 
 // Dispatch over the head tiles the kernel is instantiated for (1, 2, 4, 8).
 template <typename T, int D>
-cudaError_t LaunchDecodeAnyTile(const DecodeKernelParams& params, int num_items,
-                                int num_kv_heads, int head_tile, cudaStream_t stream) {
+cudaError_t LaunchDecodeAnyTile(const DecodeKernelParams& params, int num_items, int num_kv_heads,
+                                int head_tile, cudaStream_t stream) {
   switch (head_tile) {
     case 1: return LaunchDecodeTile<T, D, 1>(params, num_items, num_kv_heads, stream);
     case 2: return LaunchDecodeTile<T, D, 2>(params, num_items, num_kv_heads, stream);
@@ -340,7 +321,6 @@ cudaError_t DecodeAnyTileOccupancy(int head_tile, int* ctas_per_sm) {
     default: return cudaErrorInvalidValue;
   }
 }
-
 
 // Explicitly instantiated per (dtype, head_dim) in generated/decode_hd*_*.cu.
 template <DType kDType, int kHeadDim>

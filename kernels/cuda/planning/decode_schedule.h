@@ -11,6 +11,7 @@
 
 #include "absl/status/statusor.h"
 #include "attnd/kernels/schedule_options.h"
+#include "planning/device_fill.h"
 #include "planning/work_items.h"
 
 namespace attnd::kernels::cuda::internal {
@@ -25,17 +26,13 @@ inline constexpr int kTcHeadTile = 16;
 // is compiled for the head dim (tc_built: head_dim 64 or 128 in ATTND_CUDA_HEAD_DIMS).
 bool UseTensorCoreDecode(DecodeScheduleOptions::Kernel kernel, int32_t group, bool tc_built);
 
-// What the split-KV schedule needs to know about the device: SMs and resident CTAs per SM of
-// the chosen kernel. Only read when the schedule may split automatically (NeedsDeviceFill).
-struct DeviceFill {
-  int32_t num_sms = 1;
-  int32_t ctas_per_sm = 1;
-};
+// The device facts the split-KV schedule needs (device_fill.h); only read when the schedule may
+// split automatically (NeedsDeviceFill).
 bool NeedsDeviceFill(const DecodeScheduleOptions& options);
 
 struct DecodeSchedule {
-  int32_t chunk_tokens = 0;  // 0: no request was split
-  bool split = false;        // some request has more than one chunk (the merge pass runs)
+  int32_t chunk_tokens = 0;           // 0: no request was split
+  bool split = false;                 // some request has more than one chunk (the merge pass runs)
   std::vector<DecodeWorkItem> items;  // [num_items]
   std::vector<int32_t> chunk_indptr;  // [batch + 1]: request b's items are [indptr[b], [b+1])
 };

@@ -1,6 +1,7 @@
 // Planning of batch prefill/append (CPU only, no CUDA calls): the tile shapes per head dim and
 // tile variant (shared with the kernel, which is instantiated per shape), the variant a plan uses,
-// and the tiling of every request's packed query rows into CTA work items.
+// the tiling of every request's packed query rows into CTA work items, and split-KV for short
+// query rows on long K/V.
 //
 // A CTA owns kWarps warps; each warp owns MmaQ 16-row MMA fragments of "packed" query rows, so
 // a CTA tile holds CtaRows(D) packed rows. GQA fuses a KV head's query heads into M: packed row
@@ -14,6 +15,7 @@
 
 #include "absl/status/statusor.h"
 #include "attnd/kernels/schedule_options.h"
+#include "planning/device_fill.h"
 #include "planning/work_items.h"
 
 namespace attnd::kernels::cuda::internal {
@@ -36,8 +38,7 @@ constexpr int CtaRows(int head_dim, TileVariant v = TileVariant::kDefault) {
   return kPrefillWarps * 16 * MmaQ(head_dim, v);
 }
 constexpr int TileKv(int head_dim, TileVariant v = TileVariant::kDefault) {
-  return IsWide(head_dim, v) ? (v == TileVariant::kWide64 ? 64 : 32)
-                             : (head_dim <= 128 ? 64 : 16);
+  return IsWide(head_dim, v) ? (v == TileVariant::kWide64 ? 64 : 32) : (head_dim <= 128 ? 64 : 16);
 }
 // K/V pipeline depth (cp.async stages).
 constexpr int Stages(int head_dim, TileVariant v = TileVariant::kDefault) {
@@ -58,5 +59,29 @@ TileVariant ResolvePrefillTile(int32_t head_dim, PrefillScheduleOptions::Tile ti
 absl::StatusOr<std::vector<PrefillItem>> PlanPrefillItems(std::span<const int32_t> qo_indptr,
                                                           std::span<const int32_t> kv_len,
                                                           int32_t group, int32_t cta_rows);
+
+// The whole schedule of a plan. Split-KV: when the unsplit grid (tiles x num_kv_heads CTAs) does
+// not fill options.waves waves of resident CTAs (a few short queries on long K/V: qo 16 on kv
+// 32768 runs on num_kv_heads CTAs), every request's K/V is cut into chunks of chunk_tokens keys
+// (a multiple of the kernel's tile_kv, at least options.min_chunk_tokens: the smallest whose
+// grid still fits the waves) and every tile runs once per chunk, writing partial states that the
+// merge pass (merge/merge_states.cu over state_indptr) combines into o and lse. A request no
+// longer than one chunk is not split (its tiles write o directly).
+struct PrefillSchedule {
+  std::vector<PrefillItem> items;  // [num_items]: tiles x chunks, longest first
+  int32_t chunk_tokens = 0;        // 0: no request was split
+  // Split only (else empty / 0): query row r (qo_indptr order) has the state rows
+  // [state_indptr[r], state_indptr[r + 1]), one per chunk of its request; a row of an unsplit
+  // request has one (never written: the merge skips rows with a single state). [qo_nnz + 1].
+  std::vector<int32_t> state_indptr;
+  int64_t num_states = 0;  // partial_o [num_states, num_qo_heads, D] fp32, lse [num_states, H]
+};
+bool PrefillNeedsDeviceFill(const PrefillScheduleOptions& options);
+absl::StatusOr<PrefillSchedule> PlanPrefillSchedule(std::span<const int32_t> qo_indptr,
+                                                    std::span<const int32_t> kv_len, int32_t group,
+                                                    int32_t num_kv_heads, int32_t cta_rows,
+                                                    int32_t tile_kv,
+                                                    const PrefillScheduleOptions& options,
+                                                    const DeviceFill& fill);
 
 }  // namespace attnd::kernels::cuda::internal

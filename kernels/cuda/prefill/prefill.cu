@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -16,6 +17,7 @@
 #include "backend/cuda_status.h"
 #include "backend/launch_checks.h"
 #include "blocks/variant.h"
+#include "merge/merge_params.h"
 #include "planning/page_table.h"
 #include "planning/prefill_tiling.h"
 #include "prefill/prefill_params.h"
@@ -34,12 +36,21 @@ class PrefillWork {
   // cudaFree): that stream must still exist, and runs on other streams must be complete or
   // ordered before the destruction.
   ~PrefillWork() {
-    if (items_ != nullptr) cudaFreeAsync(items_, stream_);
+    if (device_ != nullptr) cudaFreeAsync(device_, stream_);
     if (uploaded_ != nullptr) cudaEventDestroy(uploaded_);
   }
 
+  // One stream-ordered device allocation: items | state_indptr | partial_lse | partial_o (each
+  // 256-byte aligned; the last three only when the schedule splits).
+  void* device_ = nullptr;
   internal::PrefillItem* items_ = nullptr;  // device, [num_items_]
-  cudaStream_t stream_ = nullptr;  // items_ is allocated, uploaded and freed in this stream's order
+  int32_t* state_indptr_ = nullptr;         // device, [qo_nnz + 1] (split)
+  float* partial_lse_ = nullptr;            // device, [num_states, num_qo_heads] (split)
+  void* partial_o_ =
+      nullptr;           // device, [num_states, num_qo_heads, head_dim], o's 16-bit type (split)
+  int32_t qo_rows_ = 0;  // qo_nnz (split: the merge's rows)
+  cudaStream_t stream_ =
+      nullptr;  // device_ is allocated, uploaded and freed in this stream's order
   cudaEvent_t uploaded_ = nullptr;  // recorded on stream_ after the upload
   int32_t num_items_ = 0;
   int32_t batch_size_ = 0;
@@ -47,15 +58,39 @@ class PrefillWork {
   int32_t num_kv_heads_ = 0;
   int32_t head_dim_ = 0;
   internal::TileVariant variant_ = internal::TileVariant::kDefault;
-  std::vector<internal::PrefillItem> host_items_;  // the upload's source, kept with the work
+  std::vector<unsigned char> host_image_;  // the upload's source (items | state_indptr), kept
+  size_t split_bytes_ = 0;                 // partial_lse | partial_o, after the image
 };
+
+namespace {
+
+constexpr size_t kAlign = 256;
+size_t AlignUp(size_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
+
+// The device facts split-KV needs: the current device's SMs (or the options'), two resident
+// CTAs per SM unless the options say otherwise (PrefillScheduleOptions).
+absl::StatusOr<internal::DeviceFill> ResolvePrefillFill(const PrefillScheduleOptions& options) {
+  internal::DeviceFill fill;
+  fill.ctas_per_sm = options.ctas_per_sm > 0 ? options.ctas_per_sm : 2;
+  if (options.num_sms > 0) {
+    fill.num_sms = options.num_sms;
+    return fill;
+  }
+  int device = 0;
+  ATTND_RETURN_IF_CUDA_ERROR(cudaGetDevice(&device), "prefill: cudaGetDevice");
+  ATTND_RETURN_IF_CUDA_ERROR(
+      cudaDeviceGetAttribute(&fill.num_sms, cudaDevAttrMultiProcessorCount, device),
+      "prefill: SM count");
+  return fill;
+}
+
+}  // namespace
 
 void PrefillWorkDeleter::operator()(PrefillWork* w) const { delete w; }
 
 absl::StatusOr<PrefillWorkPtr> PreparePrefill(std::span<const int32_t> qo_indptr,
-                                              std::span<const int32_t> kv_len,
-                                              int32_t num_qo_heads, int32_t num_kv_heads,
-                                              int32_t head_dim,
+                                              std::span<const int32_t> kv_len, int32_t num_qo_heads,
+                                              int32_t num_kv_heads, int32_t head_dim,
                                               const PrefillScheduleOptions& options,
                                               cudaStream_t stream) {
   if (auto s = checks::PrefillPlan(qo_indptr, kv_len, num_qo_heads, num_kv_heads, head_dim);
@@ -63,9 +98,17 @@ absl::StatusOr<PrefillWorkPtr> PreparePrefill(std::span<const int32_t> qo_indptr
     return s;
   }
   const internal::TileVariant variant = internal::ResolvePrefillTile(head_dim, options.tile);
-  auto items = internal::PlanPrefillItems(qo_indptr, kv_len, num_qo_heads / num_kv_heads,
-                                          internal::CtaRows(head_dim, variant));
-  if (!items.ok()) return items.status();
+  internal::DeviceFill fill;
+  if (internal::PrefillNeedsDeviceFill(options)) {
+    auto f = ResolvePrefillFill(options);
+    if (!f.ok()) return f.status();
+    fill = *f;
+  }
+  const int32_t group = num_qo_heads / num_kv_heads;
+  auto schedule = internal::PlanPrefillSchedule(qo_indptr, kv_len, group, num_kv_heads,
+                                                internal::CtaRows(head_dim, variant),
+                                                internal::TileKv(head_dim, variant), options, fill);
+  if (!schedule.ok()) return schedule.status();
 
   auto work = PrefillWorkPtr(new PrefillWork());
   work->batch_size_ = static_cast<int32_t>(qo_indptr.size() - 1);
@@ -73,24 +116,45 @@ absl::StatusOr<PrefillWorkPtr> PreparePrefill(std::span<const int32_t> qo_indptr
   work->num_kv_heads_ = num_kv_heads;
   work->head_dim_ = head_dim;
   work->variant_ = variant;
-  work->num_items_ = static_cast<int32_t>(items->size());
-  work->host_items_ = *std::move(items);
-  if (work->host_items_.empty()) return work;
+  work->num_items_ = static_cast<int32_t>(schedule->items.size());
+  if (schedule->items.empty()) return work;
 
-  const size_t bytes = work->host_items_.size() * sizeof(internal::PrefillItem);
+  // The host image of the upload: items, then (split) state_indptr.
+  const size_t items_bytes = AlignUp(schedule->items.size() * sizeof(internal::PrefillItem));
+  const size_t indptr_bytes = AlignUp(schedule->state_indptr.size() * sizeof(int32_t));
+  const size_t states = static_cast<size_t>(schedule->num_states) * num_qo_heads;
+  const size_t lse_bytes = AlignUp(states * sizeof(float));
+  // Partial o in o's type: fp16 or bf16 (the only prefill outputs, checks::PagedPrefillRun).
+  const size_t o_bytes = states * static_cast<size_t>(head_dim) * sizeof(uint16_t);
+  work->host_image_.assign(items_bytes + indptr_bytes, 0);
+  std::memcpy(work->host_image_.data(), schedule->items.data(),
+              schedule->items.size() * sizeof(internal::PrefillItem));
+  std::memcpy(work->host_image_.data() + items_bytes, schedule->state_indptr.data(),
+              schedule->state_indptr.size() * sizeof(int32_t));
+  work->split_bytes_ = schedule->chunk_tokens > 0 ? lse_bytes + o_bytes : 0;
+  const size_t bytes = work->host_image_.size() + work->split_bytes_;
   // Stream-ordered allocation from the device's memory pool: no cudaMalloc per plan.
-  if (auto s = CudaStatus(cudaMallocAsync(&work->items_, bytes, stream),
-                          "prefill: cudaMallocAsync(work items)");
+  if (auto s = CudaStatus(cudaMallocAsync(&work->device_, bytes, stream),
+                          "prefill: cudaMallocAsync(work items and split-KV states)");
       !s.ok()) {
-    work->items_ = nullptr;
+    work->device_ = nullptr;
     return s;
   }
   work->stream_ = stream;
+  auto* base = static_cast<unsigned char*>(work->device_);
+  work->items_ = reinterpret_cast<internal::PrefillItem*>(base);
+  if (schedule->chunk_tokens > 0) {
+    work->state_indptr_ = reinterpret_cast<int32_t*>(base + items_bytes);
+    work->partial_lse_ = reinterpret_cast<float*>(base + items_bytes + indptr_bytes);
+    work->partial_o_ = base + items_bytes + indptr_bytes + lse_bytes;
+    work->qo_rows_ = qo_indptr.back();
+  }
   // In stream order, not waited for: runs on `stream` follow the upload; runs on another stream
   // wait for the event first (RunPagedPrefill / RunRaggedPrefill).
-  ATTND_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(work->items_, work->host_items_.data(), bytes,
-                                             cudaMemcpyHostToDevice, stream),
-                             "prefill: upload work items");
+  ATTND_RETURN_IF_CUDA_ERROR(
+      cudaMemcpyAsync(work->device_, work->host_image_.data(), work->host_image_.size(),
+                      cudaMemcpyHostToDevice, stream),
+      "prefill: upload work items");
   ATTND_RETURN_IF_CUDA_ERROR(cudaEventCreateWithFlags(&work->uploaded_, cudaEventDisableTiming),
                              "prefill: cudaEventCreate(upload)");
   ATTND_RETURN_IF_CUDA_ERROR(cudaEventRecord(work->uploaded_, stream),
@@ -99,9 +163,9 @@ absl::StatusOr<PrefillWorkPtr> PreparePrefill(std::span<const int32_t> qo_indptr
 }
 
 absl::StatusOr<PrefillWorkPtr> PreparePrefill(std::span<const int32_t> qo_indptr,
-                                              std::span<const int32_t> kv_len,
-                                              int32_t num_qo_heads, int32_t num_kv_heads,
-                                              int32_t head_dim, cudaStream_t stream) {
+                                              std::span<const int32_t> kv_len, int32_t num_qo_heads,
+                                              int32_t num_kv_heads, int32_t head_dim,
+                                              cudaStream_t stream) {
   return PreparePrefill(qo_indptr, kv_len, num_qo_heads, num_kv_heads, head_dim,
                         PrefillScheduleOptions(), stream);
 }
@@ -111,13 +175,20 @@ namespace {
 internal::PrefillParams CommonParams(const PrefillWork& work, const QueryOutput& qo,
                                      const AttentionOptions& opt, int32_t head_dim) {
   const int32_t item_rows = internal::CtaRows(head_dim, work.variant_);
-  internal::PrefillParams p{.q = qo.q, .o = qo.o, .lse = qo.lse, .qo_indptr = qo.qo_indptr,
+  internal::PrefillParams p{.q = qo.q,
+                            .o = qo.o,
+                            .lse = qo.lse,
+                            .qo_indptr = qo.qo_indptr,
                             .num_qo_heads = work.num_qo_heads_,
                             .num_kv_heads = work.num_kv_heads_,
                             .group = work.num_qo_heads_ / work.num_kv_heads_,
-                            .items = work.items_, .num_items = work.num_items_,
-                            .item_rows = item_rows, .sub_items = 1,
-                            .variant = internal::ResolveVariant(opt, head_dim)};
+                            .items = work.items_,
+                            .num_items = work.num_items_,
+                            .item_rows = item_rows,
+                            .sub_items = 1,
+                            .variant = internal::ResolveVariant(opt, head_dim),
+                            .partial_o = work.partial_o_,
+                            .partial_lse = work.partial_lse_};
   // The RoPE kernels have the default tile: several CTAs per item of a wider plan.
   if (p.variant.rope) {
     p.sub_items = item_rows / internal::CtaRows(head_dim, internal::TileVariant::kDefault);
@@ -181,8 +252,22 @@ template <bool kPaged>
 absl::Status Launch(const PrefillWork& work, int32_t head_dim, DType dtype,
                     const internal::PrefillParams& p, cudaStream_t stream) {
   if (auto s = WaitForUpload(work, stream); !s.ok()) return s;
-  return CudaStatus(Dispatch<kPaged>(head_dim, dtype, work.variant_, p, stream),
-                    kPaged ? "prefill: paged prefill launch" : "prefill: ragged prefill launch");
+  ATTND_RETURN_IF_CUDA_ERROR(
+      Dispatch<kPaged>(head_dim, dtype, work.variant_, p, stream),
+      kPaged ? "prefill: paged prefill launch" : "prefill: ragged prefill launch");
+  if (work.state_indptr_ == nullptr) return absl::OkStatus();
+  // Split-KV: the chunks' partial states -> o, lse (rows of unsplit requests were written).
+  const internal::MergeKernelParams m{.v_in = work.partial_o_,
+                                      .s_in = work.partial_lse_,
+                                      .v_out = p.o,
+                                      .s_out = p.lse,
+                                      .num_rows = work.qo_rows_,
+                                      .num_heads = work.num_qo_heads_,
+                                      .head_dim = head_dim,
+                                      .state_indptr = work.state_indptr_,
+                                      .skip_single = 1};
+  return CudaStatus(internal::LaunchMergeKernel(m, dtype, dtype, stream),
+                    "prefill: split-KV merge launch");
 }
 
 checks::PlanShape Shape(const PrefillWork& work) {

@@ -50,6 +50,12 @@ struct PrefillParams {
   int32_t sub_items = 1;
 
   VariantParams variant;  // soft cap, causal, window, RoPE (ResolveVariant)
+
+  // Split-KV (items with state_base >= 0, PrefillItem): the partial states, state row s of query
+  // head h at partial_lse[s * num_qo_heads + h] (fp32) and partial_o[(s * num_qo_heads + h) *
+  // head_dim] (o normalised, in o's 16-bit type). Null when the plan does not split.
+  void* partial_o = nullptr;
+  float* partial_lse = nullptr;
 };
 
 // Launchers, explicitly instantiated in generated/prefill_hd<D>_<dtype>*.cu.

@@ -1,8 +1,10 @@
-// Plan commands: CreatePlan (quota, host charge, then BuildPlan: validation, page pins, backend
-// preparation) and DeletePlan.
+// Plan commands: CreatePlan (its field rules, CheckCreatePlan; the quotas and the host charge;
+// then BuildPlan: the page rules and pins under the pool's lock, backend preparation) and
+// DeletePlan.
 #include <utility>
 
 #include "server/core/core_state.h"
+#include "server/core/request_rules.h"
 #include "spdlog/spdlog.h"
 
 namespace attnd::server {
@@ -14,6 +16,8 @@ absl::StatusOr<v1::CreatePlanResponse> Core::CreatePlan(SessionRef session_ref,
       session_ref, [&](Session& session) -> absl::StatusOr<v1::CreatePlanResponse> {
         auto pool = st.AttachedPool(session, request.pool_id());
         if (!pool.ok()) return pool.status();
+        auto validated = CheckCreatePlan(request, **pool);
+        if (!validated.ok()) return validated.status();
         if (static_cast<int64_t>(session.plans.size()) >= st.options.max_plans_per_session) {
           return QuotaError(absl::StrCat("this session has ", session.plans.size(), " plans"),
                             st.options.max_plans_per_session, "max_plans_per_session",
@@ -25,7 +29,7 @@ absl::StatusOr<v1::CreatePlanResponse> Core::CreatePlan(SessionRef session_ref,
         if (!charge.ok()) return charge.status();
         auto stream = st.SessionStream(session);
         if (!stream.ok()) return stream.status();
-        auto plan = BuildPlan(request, *pool, session.id, *st.backend, *stream,
+        auto plan = BuildPlan(*std::move(validated), *pool, session.id, *st.backend, *stream,
                               NewRandomId("plan-"), *std::move(charge), st.host);
         if (!plan.ok()) return plan.status();
         v1::CreatePlanResponse response;

@@ -38,6 +38,20 @@ struct PrefillScheduleOptions {
   // for at another head dim they fall back to kDefault.
   enum class Tile : int32_t { kAuto = 0, kDefault = 1, kWide = 2, kWide3 = 3, kWide64 = 4 };
   Tile tile = Tile::kAuto;
+  // Split-KV (short query rows on long K/V; planning/prefill_tiling.h): when the unsplit grid
+  // does not fill `waves` waves of num_sms * ctas_per_sm CTAs, the K/V of every request is cut
+  // into chunks (the smallest multiple of the tile's keys, >= min_chunk_tokens, whose grid still
+  // fits) and the partial states are merged. num_sms 0: the current device's; ctas_per_sm 0: 2
+  // (the prefill kernels' occupancy at head_dim 128: two CTAs of ~100 KB shared memory per SM).
+  int32_t num_sms = 0;
+  int32_t ctas_per_sm = 0;
+  float waves = 1.f;
+  int32_t min_chunk_tokens = 512;
+  // > 0: every request longer than this is cut into chunks of this many keys (rounded up to the
+  // tile's; tests of the merge path); 0 = automatic.
+  int32_t fixed_chunk_tokens = 0;
+  // false: never split.
+  bool allow_split = true;
 };
 
 }  // namespace attnd::kernels::cuda
