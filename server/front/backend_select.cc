@@ -18,8 +18,7 @@ absl::StatusOr<std::unique_ptr<kernels::Backend>> CreateBackend(const BackendCho
     return absl::InvalidArgumentError(
         absl::StrCat("backend '", choice.kind, "' is not one of auto, cpu, cuda"));
   }
-  absl::StatusOr<std::unique_ptr<kernels::Backend>> cuda =
-      kernels::CreateCudaBackend(cuda_options);
+  absl::StatusOr<std::unique_ptr<kernels::Backend>> cuda = kernels::CreateCudaBackend(cuda_options);
   if (cuda.ok()) return cuda;
   spdlog::warn("backend auto: CUDA device {} unavailable ({}); using the cpu backend",
                choice.device, cuda.status().ToString());

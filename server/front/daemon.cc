@@ -29,7 +29,8 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config
   if (!listen->is_unix() && config.token.empty()) {
     if (!IsLoopbackListen(config.listen) && !config.allow_unauthenticated_tcp) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "--listen='", config.listen, "' is reachable from the network and no token is set: "
+          "--listen='", config.listen,
+          "' is reachable from the network and no token is set: "
           "set --token_file or ATTND_TOKEN (or --allow_unauthenticated_tcp on a trusted network)"));
     }
     spdlog::warn("gRPC on TCP '{}' without a token: every local user can reach every pool",
@@ -66,29 +67,30 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config
         std::max<int64_t>(1, config.max_open_buffer_fds - core_options.max_peers);
   }
   if (config.testonly_device_fault_after_runs > 0) {
-    spdlog::warn("TEST HOOK --testonly_device_fault_after_runs={}: the backend breaks after that "
-                 "many runs",
-                 config.testonly_device_fault_after_runs);
-    backend = InjectDeviceFaultAfterRuns(std::move(backend),
-                                         config.testonly_device_fault_after_runs);
+    spdlog::warn(
+        "TEST HOOK --testonly_device_fault_after_runs={}: the backend breaks after that "
+        "many runs",
+        config.testonly_device_fault_after_runs);
+    backend =
+        InjectDeviceFaultAfterRuns(std::move(backend), config.testonly_device_fault_after_runs);
   }
   absl::StatusOr<std::unique_ptr<Core>> core = Core::Create(core_options, std::move(backend));
   if (!core.ok()) return core.status();
   daemon->core_ = *std::move(core);
   daemon->info_ = daemon->core_->GetServerInfo();
 
-  daemon->runner_ = std::make_unique<CommandRunner>(*daemon->core_, daemon->metrics_,
-                                                    config.max_message_bytes);
-  daemon->identifier_ = std::make_unique<CallerIdentifier>(
-      *daemon->core_, !listen->is_unix(), daemon->authenticator_->enabled());
-  daemon->health_ = std::make_unique<BackendHealthMonitor>(
-      daemon->serving_state_, daemon->metrics_, config.exit_on_device_error);
+  daemon->runner_ =
+      std::make_unique<CommandRunner>(*daemon->core_, daemon->metrics_, config.max_message_bytes);
+  daemon->identifier_ = std::make_unique<CallerIdentifier>(*daemon->core_, !listen->is_unix(),
+                                                           daemon->authenticator_->enabled());
+  daemon->health_ = std::make_unique<BackendHealthMonitor>(daemon->serving_state_, daemon->metrics_,
+                                                           config.exit_on_device_error);
   daemon->runner_->set_backend_error_handler(
       [health = daemon->health_.get()](const absl::Status& status) {
         health->CommandFailed(status);
       });
   daemon->service_ = std::make_unique<AttndService>(*daemon->runner_, daemon->metrics_,
-                                                   daemon->streams_, *daemon->identifier_);
+                                                    daemon->streams_, *daemon->identifier_);
   if (daemon->authenticator_->enabled()) {
     daemon->service_->set_authenticator(daemon->authenticator_.get());
   }
@@ -120,8 +122,8 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config
     daemon->server_ = builder.BuildAndStart();
   }
   if (daemon->server_ == nullptr || (!listen->is_unix() && daemon->grpc_port_ == 0)) {
-    return absl::UnavailableError(absl::StrCat(
-        "gRPC cannot listen on '", config.listen, "' (address in use, bad host, or no access)"));
+    return absl::UnavailableError(absl::StrCat("gRPC cannot listen on '", config.listen,
+                                               "' (address in use, bad host, or no access)"));
   }
   if (listen->is_unix()) {
     daemon->grpc_port_ = 0;
@@ -131,9 +133,8 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config
     }
   }
 
-  const std::string peer_path = config.peer_socket == "auto"
-                                    ? DefaultPeerSocketPath(listen->unix_path)
-                                    : config.peer_socket;
+  const std::string peer_path =
+      config.peer_socket == "auto" ? DefaultPeerSocketPath(listen->unix_path) : config.peer_socket;
   if (!peer_path.empty()) {
     absl::StatusOr<std::unique_ptr<PeerSocketServer>> peers = PeerSocketServer::Start(
         {.path = peer_path, .mode = config.socket_mode, .max_connections = config.max_sessions},
@@ -176,9 +177,9 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config
       daemon->info_.memory_total_bytes(), config.listen,
       listen->is_unix() ? absl::StrFormat(" (mode %04o)", config.socket_mode)
                         : absl::StrCat(" (port ", daemon->grpc_port_, ")"),
-      absl::StrCat(config.tls_cert.empty() ? "" : (config.tls_client_ca.empty() ? ", TLS"
-                                                                                : ", mutual TLS"),
-                   config.token.empty() ? "" : ", bearer token required"),
+      absl::StrCat(
+          config.tls_cert.empty() ? "" : (config.tls_client_ca.empty() ? ", TLS" : ", mutual TLS"),
+          config.token.empty() ? "" : ", bearer token required"),
       daemon->http_ != nullptr
           ? absl::StrCat(config.http_listen, " (port ", daemon->http_->port(), ")")
           : std::string("(disabled)"),

@@ -11,8 +11,8 @@
 #include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
 #include "absl/flags/usage_config.h"
-#include "absl/strings/match.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -41,8 +41,9 @@ ABSL_FLAG(uint64_t, max_message_bytes, 64ull << 20,
           "Env: ATTND_MAX_MESSAGE_BYTES.");
 ABSL_FLAG(std::string, log_level, "info",
           "Log level: trace, debug, info, warn or error. Env: ATTND_LOG_LEVEL.");
-ABSL_FLAG(bool, log_json, false,
-          "Write logs as one JSON object per line (time, level, thread, msg). Env: ATTND_LOG_JSON.");
+ABSL_FLAG(
+    bool, log_json, false,
+    "Write logs as one JSON object per line (time, level, thread, msg). Env: ATTND_LOG_JSON.");
 ABSL_FLAG(std::string, socket_mode, "0660",
           "Octal permissions of the unix socket file (the socket's access control). "
           "Env: ATTND_SOCKET_MODE.");
@@ -118,15 +119,35 @@ ABSL_FLAG(std::string, peer_socket, "auto",
 namespace attnd::server::front {
 
 const std::vector<std::string>& DaemonFlagNames() {
-  static const std::vector<std::string> names = {
-      "listen",     "http_listen",  "backend",   "device",     "max_pool_bytes",
-      "session_lease_ms", "max_message_bytes", "log_level", "log_json", "socket_mode",
-      "threads", "token_file", "tls_cert", "tls_key", "tls_client_ca",
-      "allow_unauthenticated_tcp", "max_sessions", "max_pages_per_session",
-      "max_buffers_per_session", "max_plans_per_session", "max_inflight_per_session",
-      "max_session_lease_ms", "max_host_bytes", "max_session_host_bytes", "peer_socket",
-      "drain_timeout_ms", "exit_on_device_error", "testonly_device_fault_after_runs",
-      "grpc_reflection"};
+  static const std::vector<std::string> names = {"listen",
+                                                 "http_listen",
+                                                 "backend",
+                                                 "device",
+                                                 "max_pool_bytes",
+                                                 "session_lease_ms",
+                                                 "max_message_bytes",
+                                                 "log_level",
+                                                 "log_json",
+                                                 "socket_mode",
+                                                 "threads",
+                                                 "token_file",
+                                                 "tls_cert",
+                                                 "tls_key",
+                                                 "tls_client_ca",
+                                                 "allow_unauthenticated_tcp",
+                                                 "max_sessions",
+                                                 "max_pages_per_session",
+                                                 "max_buffers_per_session",
+                                                 "max_plans_per_session",
+                                                 "max_inflight_per_session",
+                                                 "max_session_lease_ms",
+                                                 "max_host_bytes",
+                                                 "max_session_host_bytes",
+                                                 "peer_socket",
+                                                 "drain_timeout_ms",
+                                                 "exit_on_device_error",
+                                                 "testonly_device_fault_after_runs",
+                                                 "grpc_reflection"};
   return names;
 }
 
@@ -177,8 +198,7 @@ absl::StatusOr<DaemonConfig> DaemonConfigFromFlags() {
   config.session_lease = absl::Milliseconds(lease_ms);
   // gRPC takes the limit as an int.
   if (config.max_message_bytes < 4096 || config.max_message_bytes > INT_MAX) {
-    return absl::InvalidArgumentError(absl::StrCat("--max_message_bytes=",
-                                                   config.max_message_bytes,
+    return absl::InvalidArgumentError(absl::StrCat("--max_message_bytes=", config.max_message_bytes,
                                                    " is outside 4096..", INT_MAX));
   }
   static const char* const kLevels[] = {"trace", "debug", "info", "warn", "error"};
@@ -190,7 +210,8 @@ absl::StatusOr<DaemonConfig> DaemonConfigFromFlags() {
   }
   const std::string mode_text = absl::GetFlag(FLAGS_socket_mode);
   char* end = nullptr;
-  const unsigned long mode = mode_text.empty() ? ULONG_MAX : std::strtoul(mode_text.c_str(), &end, 8);
+  const unsigned long mode =
+      mode_text.empty() ? ULONG_MAX : std::strtoul(mode_text.c_str(), &end, 8);
   if (mode_text.empty() || *end != '\0' || mode > 07777) {
     return absl::InvalidArgumentError(
         absl::StrCat("--socket_mode='", mode_text, "' is not an octal mode like 0660"));
@@ -219,9 +240,8 @@ absl::StatusOr<DaemonConfig> DaemonConfigFromFlags() {
   config.max_inflight_per_session = absl::GetFlag(FLAGS_max_inflight_per_session);
   const uint32_t max_lease_ms = absl::GetFlag(FLAGS_max_session_lease_ms);
   if (max_lease_ms < lease_ms) {
-    return absl::InvalidArgumentError(absl::StrCat("--max_session_lease_ms=", max_lease_ms,
-                                                   " is shorter than --session_lease_ms=",
-                                                   lease_ms));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--max_session_lease_ms=", max_lease_ms, " is shorter than --session_lease_ms=", lease_ms));
   }
   config.max_session_lease = absl::Milliseconds(max_lease_ms);
   config.max_host_bytes = absl::GetFlag(FLAGS_max_host_bytes);
@@ -247,9 +267,9 @@ absl::StatusOr<DaemonConfig> DaemonConfigFromFlags() {
   config.exit_on_device_error = absl::GetFlag(FLAGS_exit_on_device_error);
   config.testonly_device_fault_after_runs = absl::GetFlag(FLAGS_testonly_device_fault_after_runs);
   if (config.testonly_device_fault_after_runs < 0) {
-    return absl::InvalidArgumentError(absl::StrCat("--testonly_device_fault_after_runs=",
-                                                   config.testonly_device_fault_after_runs,
-                                                   " is negative"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--testonly_device_fault_after_runs=", config.testonly_device_fault_after_runs,
+                     " is negative"));
   }
   config.grpc_reflection = absl::GetFlag(FLAGS_grpc_reflection);
   if (config.grpc_reflection && !config.token.empty()) {
@@ -282,8 +302,9 @@ absl::StatusOr<DaemonConfig> ParseDaemonFlags(int argc, char** argv) {
   std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
   if (positional.size() > 1) {
     std::vector<std::string> extra(positional.begin() + 1, positional.end());
-    return absl::InvalidArgumentError(absl::StrCat(
-        "unexpected positional arguments: ", absl::StrJoin(extra, " "), " (flags are --name=value)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("unexpected positional arguments: ", absl::StrJoin(extra, " "),
+                     " (flags are --name=value)"));
   }
   return DaemonConfigFromFlags();
 }

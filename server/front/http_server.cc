@@ -106,8 +106,8 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
     }
   } else {
     if (!impl->server.bind_to_port(address->host, address->port)) {
-      return absl::UnavailableError(absl::StrCat("HTTP: cannot bind ", options.listen,
-                                                 " (address in use or not local?)"));
+      return absl::UnavailableError(
+          absl::StrCat("HTTP: cannot bind ", options.listen, " (address in use or not local?)"));
     }
     impl->port = address->port;
   }

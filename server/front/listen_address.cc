@@ -26,9 +26,9 @@ absl::StatusOr<ListenAddress> ParseListenAddress(std::string_view address_in) {
           absl::StrCat("listen address '", address, "' names no socket path"));
     }
     if (path.size() >= sizeof(sockaddr_un::sun_path)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("unix socket path '", path, "' is ", path.size(),
-                       " bytes; at most ", sizeof(sockaddr_un::sun_path) - 1, " fit"));
+      return absl::InvalidArgumentError(absl::StrCat("unix socket path '", path, "' is ",
+                                                     path.size(), " bytes; at most ",
+                                                     sizeof(sockaddr_un::sun_path) - 1, " fit"));
     }
     return ListenAddress{std::string(address), std::string(path)};
   }
@@ -41,8 +41,8 @@ absl::StatusOr<HostPort> ParseHostPort(std::string_view address_in) {
   const absl::string_view address(address_in.data(), address_in.size());
   const size_t colon = address.rfind(':');
   if (colon == absl::string_view::npos) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "address '", address, "' is neither unix:PATH nor HOST:PORT (no ':PORT')"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("address '", address, "' is neither unix:PATH nor HOST:PORT (no ':PORT')"));
   }
   absl::string_view host = address.substr(0, colon);
   const absl::string_view port_text = address.substr(colon + 1);
@@ -83,8 +83,8 @@ ScopedUmaskForMode::~ScopedUmaskForMode() { ::umask(static_cast<mode_t>(previous
 
 absl::Status SetSocketPermissions(const std::string& path, unsigned mode) {
   if (chmod(path.c_str(), static_cast<mode_t>(mode)) != 0) {
-    return absl::FailedPreconditionError(absl::StrFormat("chmod %04o on '%s' failed: %s", mode,
-                                                         path, std::strerror(errno)));
+    return absl::FailedPreconditionError(
+        absl::StrFormat("chmod %04o on '%s' failed: %s", mode, path, std::strerror(errno)));
   }
   return absl::OkStatus();
 }

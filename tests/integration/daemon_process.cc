@@ -113,15 +113,14 @@ absl::StatusOr<std::unique_ptr<DaemonProcess>> DaemonProcess::Start(const Daemon
     if (access(socket_path.c_str(), F_OK) == 0) {
       absl::StatusOr<client::HealthStatus> health = client->CheckHealth();
       if (health.ok() && *health == client::HealthStatus::kServing) return daemon;
-      last = health.ok() ? absl::UnavailableError(client::HealthStatusName(*health))
-                         : health.status();
+      last =
+          health.ok() ? absl::UnavailableError(client::HealthStatusName(*health)) : health.status();
     }
     absl::SleepFor(absl::Milliseconds(50));
   }
-  return absl::DeadlineExceededError(absl::StrCat("attnd not SERVING after ",
-                                                  absl::FormatDuration(options.start_timeout),
-                                                  " (last: ", last.ToString(), "); log:\n",
-                                                  daemon->LogTail()));
+  return absl::DeadlineExceededError(
+      absl::StrCat("attnd not SERVING after ", absl::FormatDuration(options.start_timeout),
+                   " (last: ", last.ToString(), "); log:\n", daemon->LogTail()));
 }
 
 std::unique_ptr<client::Client> DaemonProcess::NewClient() const {
