@@ -16,12 +16,14 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "server/front/access_control.h"
 
 ABSL_FLAG(std::string, listen, "unix:///tmp/attnd.sock",
           "gRPC listen address: unix:///ABSOLUTE/PATH or unix:PATH for a unix socket (a stale "
-          "socket file there is removed at start; its permissions are --socket_mode), or "
-          "HOST:PORT for TCP. Env: ATTND_LISTEN.");
+          "socket file there is removed at start, one a process listens on is an error; its "
+          "permissions are --socket_mode), or HOST:PORT for TCP. Env: ATTND_LISTEN.");
 ABSL_FLAG(std::string, http_listen, "127.0.0.1:9401",
           "HTTP HOST:PORT for /healthz, /readyz and /metrics (Prometheus); empty disables HTTP. "
           "Env: ATTND_HTTP_LISTEN.");
@@ -280,6 +282,85 @@ absl::StatusOr<DaemonConfig> DaemonConfigFromFlags() {
   return config;
 }
 
+namespace {
+
+constexpr const char kProgramDescription[] =
+    "GPU attention-offload daemon (paged KV-cache pools + attention kernels over gRPC).";
+constexpr const char kEnvironmentNote[] =
+    "Every flag can also be set by an environment variable ATTND_<FLAG> (e.g. "
+    "ATTND_LISTEN=unix:///run/attnd.sock, ATTND_BACKEND=cpu); the command line wins.";
+
+// `text` wrapped at `width` columns, every line indented by `indent`, ending in a newline.
+std::string Wrapped(std::string_view text, size_t indent, size_t width) {
+  std::string out;
+  std::string line;
+  for (absl::string_view word :
+       absl::StrSplit(absl::string_view(text.data(), text.size()), ' ', absl::SkipEmpty())) {
+    if (!line.empty() && indent + line.size() + 1 + word.size() > width) {
+      absl::StrAppend(&out, std::string(indent, ' '), line, "\n");
+      line.clear();
+    }
+    absl::StrAppend(&line, line.empty() ? "" : " ", word);
+  }
+  if (!line.empty()) absl::StrAppend(&out, std::string(indent, ' '), line, "\n");
+  return out;
+}
+
+}  // namespace
+
+std::string DaemonUsage(std::string_view filter) {
+  constexpr size_t kWidth = 100;
+  std::string out =
+      Wrapped(absl::StrCat("attnd ", ATTND_VERSION, ": ", kProgramDescription), 0, kWidth);
+  absl::StrAppend(&out, "\nUsage: attnd [--flag=value ...]\n\n",
+                  Wrapped(kEnvironmentNote, 0, kWidth), "\nFlags:\n");
+  const absl::string_view wanted(filter.data(), filter.size());
+  int listed = 0;
+  for (const std::string& name : DaemonFlagNames()) {
+    if (!wanted.empty() && !absl::StrContains(name, wanted)) continue;
+    const absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
+    if (flag == nullptr) continue;
+    const std::string default_value = flag->DefaultValue();
+    absl::StrAppend(&out, "  --", name,
+                    " (default: ", default_value.empty() ? "empty" : default_value, ")\n",
+                    Wrapped(flag->Help(), 6, kWidth));
+    ++listed;
+  }
+  if (listed == 0) absl::StrAppend(&out, "  (no flag name contains '", wanted, "')\n");
+  absl::StrAppend(
+      &out, "\n",
+      Wrapped("Also: --flagfile=FILE reads flags from FILE (one --flag=value per line); --version "
+              "prints the version; --help=SUBSTRING lists the flags whose name contains it.",
+              0, kWidth),
+      Wrapped(
+          "Exit codes: 0 stopped by SIGTERM or SIGINT (and --help), 1 could not start (backend, "
+          "listen address), 2 bad flags or environment, 3 sticky device error "
+          "(--exit_on_device_error).",
+          0, kWidth));
+  return out;
+}
+
+std::optional<std::string> HelpRequested(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    absl::string_view arg = argv[i];
+    if (arg == "--") break;
+    if (!absl::ConsumePrefix(&arg, "-")) continue;
+    absl::ConsumePrefix(&arg, "-");
+    const size_t equals = arg.find('=');
+    const absl::string_view name = arg.substr(0, equals);
+    const absl::string_view value =
+        equals == absl::string_view::npos ? absl::string_view() : arg.substr(equals + 1);
+    if (name == "help" || name == "helpmatch") {
+      return DaemonUsage(std::string_view(value.data(), value.size()));
+    }
+    if (name == "h" || name == "helpfull" || name == "helpshort" || name == "helpon" ||
+        name == "helppackage") {
+      return DaemonUsage();
+    }
+  }
+  return std::nullopt;
+}
+
 absl::StatusOr<DaemonConfig> ParseDaemonFlags(int argc, char** argv) {
   // absl refuses a second SetProgramUsageMessage; configure usage once per process.
   static std::once_flag usage_once;
@@ -291,12 +372,15 @@ absl::StatusOr<DaemonConfig> ParseDaemonFlags(int argc, char** argv) {
     };
     usage.contains_helpshort_flags = usage.contains_help_flags;
     usage.version_string = [] { return std::string("attnd ") + ATTND_VERSION + "\n"; };
+    // Abseil's own listing is only a fallback (main answers --help through HelpRequested): shown
+    // without the build machine's source paths.
+    usage.normalize_filename = [](absl::string_view file) {
+      const size_t server = file.rfind("server/front/");
+      return std::string(server == absl::string_view::npos ? file : file.substr(server));
+    };
     absl::SetFlagsUsageConfig(usage);
-    absl::SetProgramUsageMessage(
-        "GPU attention-offload daemon (paged KV-cache pools + attention kernels over "
-        "gRPC).\n\nEvery flag below can also be set by an environment variable ATTND_<FLAG> "
-        "(e.g. ATTND_LISTEN=unix:///run/attnd.sock, ATTND_BACKEND=cpu); the command line wins.\n\n"
-        "Usage: attnd [--flag=value ...]");
+    absl::SetProgramUsageMessage(absl::StrCat(kProgramDescription, "\n\n", kEnvironmentNote,
+                                              "\n\nUsage: attnd [--flag=value ...]"));
   });
   if (absl::Status env = ApplyEnvironmentToFlags(); !env.ok()) return env;
   std::vector<char*> positional = absl::ParseCommandLine(argc, argv);

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -73,8 +74,20 @@ absl::Status ApplyEnvironmentToFlags(
 // Reads and validates the current flag values.
 absl::StatusOr<DaemonConfig> DaemonConfigFromFlags();
 
+// The usage `attnd --help` prints: what attnd is, how flags and ATTND_* variables combine, and
+// every daemon flag (DaemonFlagNames order) with its default and help text; no source paths.
+// A non-empty `filter` keeps the flags whose name contains it.
+std::string DaemonUsage(std::string_view filter = "");
+
+// The usage text when the command line asks for help: --help, -h, --helpfull, --helpshort (each
+// also with one dash), --help=SUBSTRING / --helpmatch=SUBSTRING (only the flags whose name has
+// it), --helpon=... and --helppackage (all flags). Arguments after "--" are not looked at.
+// Handled here rather than by Abseil, whose --help exits 1 and prints the build's source paths.
+std::optional<std::string> HelpRequested(int argc, char** argv);
+
 // The whole start-up sequence: usage message, environment, then the command line (which wins;
-// --help and friends print and exit here), then validation. Positional arguments are refused.
+// --version prints and exits here; main answers --help first, HelpRequested), then validation.
+// Positional arguments are refused.
 absl::StatusOr<DaemonConfig> ParseDaemonFlags(int argc, char** argv);
 
 }  // namespace attnd::server::front

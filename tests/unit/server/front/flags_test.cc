@@ -2,7 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -186,6 +188,58 @@ TEST_F(FlagsTest, CommandLineWinsOverEnvironment) {
   EXPECT_EQ(config->backend, "cpu");            // command line over env
   EXPECT_EQ(config->listen, "127.0.0.1:7777");  // command line over env
   EXPECT_EQ(config->threads, 5);                // env over default
+}
+
+// `attnd --help`: every flag with its default and help, nothing of the build machine.
+TEST_F(FlagsTest, UsageListsEveryFlagWithoutSourcePaths) {
+  const std::string usage = DaemonUsage();
+  EXPECT_NE(usage.find("Usage: attnd [--flag=value ...]"), std::string::npos) << usage;
+  EXPECT_NE(usage.find("ATTND_<FLAG>"), std::string::npos);
+  for (const std::string& name : DaemonFlagNames()) {
+    EXPECT_NE(usage.find("\n  --" + name + " (default: "), std::string::npos) << name;
+  }
+  EXPECT_NE(usage.find("  --listen (default: unix:///tmp/attnd.sock)\n      gRPC listen address"),
+            std::string::npos)
+      << usage;
+  EXPECT_NE(usage.find("  --token_file (default: empty)"), std::string::npos);
+  EXPECT_EQ(usage.find(".cc"), std::string::npos) << usage;
+  EXPECT_EQ(usage.find("Flags from"), std::string::npos);
+  size_t start = 0;
+  while (start < usage.size()) {
+    const size_t end = std::min(usage.find('\n', start), usage.size());
+    EXPECT_LE(end - start, 100u) << usage.substr(start, end - start);
+    start = end + 1;
+  }
+}
+
+TEST_F(FlagsTest, UsageFilterKeepsTheMatchingFlags) {
+  const std::string usage = DaemonUsage("lease");
+  EXPECT_NE(usage.find("  --session_lease_ms "), std::string::npos) << usage;
+  EXPECT_NE(usage.find("  --max_session_lease_ms "), std::string::npos) << usage;
+  EXPECT_EQ(usage.find("  --listen "), std::string::npos) << usage;
+  EXPECT_NE(DaemonUsage("nothing-like-it").find("(no flag name contains 'nothing-like-it')"),
+            std::string::npos);
+}
+
+TEST_F(FlagsTest, HelpRequestedRecognisesTheHelpFlags) {
+  auto help = [](std::vector<std::string> args) {
+    args.insert(args.begin(), "attnd");
+    std::vector<char*> argv;
+    for (std::string& a : args) argv.push_back(a.data());
+    return HelpRequested(static_cast<int>(argv.size()), argv.data());
+  };
+  for (const char* flag : {"--help", "-help", "-h", "--helpfull", "-helpfull", "--helpshort",
+                           "--helppackage", "--helpon=flags"}) {
+    const std::optional<std::string> usage = help({"--backend=cpu", flag});
+    ASSERT_TRUE(usage.has_value()) << flag;
+    EXPECT_EQ(*usage, DaemonUsage()) << flag;
+  }
+  EXPECT_EQ(help({"--help=lease"}), DaemonUsage("lease"));
+  EXPECT_EQ(help({"--helpmatch=lease"}), DaemonUsage("lease"));
+  EXPECT_FALSE(help({}).has_value());
+  EXPECT_FALSE(help({"--listen=unix:///tmp/help.sock", "--backend=cpu"}).has_value());
+  EXPECT_FALSE(help({"--", "--help"}).has_value());  // after "--": not a flag
+  EXPECT_FALSE(help({"--helper"}).has_value());
 }
 
 }  // namespace
