@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <future>
+#include <string>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -17,6 +18,27 @@
 #endif
 
 namespace attnd::server::front {
+
+namespace {
+
+// What to do when an address cannot be used: the flag (and variable) that chooses another.
+constexpr char kListenHint[] =
+    "choose another address with --listen=unix:///PATH or --listen=HOST:PORT (env ATTND_LISTEN)";
+constexpr char kHttpListenHint[] =
+    "choose another port with --http_listen=HOST:PORT (port 0: any free port), or disable HTTP "
+    "with --http_listen= (env ATTND_HTTP_LISTEN)";
+constexpr char kPeerSocketHint[] =
+    "choose another path with --peer_socket=PATH, or none with --peer_socket= (env "
+    "ATTND_PEER_SOCKET)";
+
+// `status` (its code) as "--FLAG=VALUE: MESSAGE; HINT".
+absl::Status ForFlag(const absl::Status& status, absl::string_view flag, absl::string_view value,
+                     absl::string_view hint) {
+  return absl::Status(status.code(),
+                      absl::StrCat("--", flag, "=", value, ": ", status.message(), "; ", hint));
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config,
                                                       std::unique_ptr<kernels::Backend> backend) {
@@ -96,8 +118,17 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config
   }
 
   if (listen->is_unix()) {
+    if (absl::Status dir = CheckUnixSocketDirectory(listen->unix_path); !dir.ok()) {
+      return ForFlag(dir, "listen", config.listen,
+                     absl::StrCat(dir.code() == absl::StatusCode::kNotFound ? "create it, or " : "",
+                                  kListenHint));
+    }
     if (absl::Status removed = RemoveStaleUnixSocket(listen->unix_path); !removed.ok()) {
-      return removed;
+      // UNAVAILABLE: another process listens there.
+      return ForFlag(
+          removed, "listen", config.listen,
+          absl::StrCat(removed.code() == absl::StatusCode::kUnavailable ? "stop it, or " : "",
+                       kListenHint));
     }
   }
   // Process-wide switch, read when the server is built.
@@ -122,8 +153,18 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config
     daemon->server_ = builder.BuildAndStart();
   }
   if (daemon->server_ == nullptr || (!listen->is_unix() && daemon->grpc_port_ == 0)) {
-    return absl::UnavailableError(absl::StrCat("gRPC cannot listen on '", config.listen,
-                                               "' (address in use, bad host, or no access)"));
+    // gRPC says why only in its own log: for TCP a test bind finds the reason.
+    std::string problem;
+    if (!listen->is_unix()) {
+      if (absl::StatusOr<HostPort> address = ParseHostPort(config.listen); address.ok()) {
+        problem = TcpBindProblem(*address);
+      }
+    }
+    return ForFlag(
+        absl::UnavailableError(absl::StrCat(
+            "gRPC cannot listen: ",
+            problem.empty() ? "the server did not start (see gRPC's log above)" : problem)),
+        "listen", config.listen, kListenHint);
   }
   if (listen->is_unix()) {
     daemon->grpc_port_ = 0;
@@ -139,7 +180,8 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config
     absl::StatusOr<std::unique_ptr<PeerSocketServer>> peers = PeerSocketServer::Start(
         {.path = peer_path, .mode = config.socket_mode, .max_connections = config.max_sessions},
         *daemon->core_);
-    if (!peers.ok()) return peers.status();
+    if (!peers.ok())
+      return ForFlag(peers.status(), "peer_socket", config.peer_socket, kPeerSocketHint);
     daemon->peer_socket_ = *std::move(peers);
   }
   daemon->core_->SetPeerSocketPath(peer_path);
@@ -163,7 +205,8 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config
     };
     absl::StatusOr<std::unique_ptr<HttpServer>> http =
         HttpServer::Start(HttpServerOptions{config.http_listen}, std::move(handlers));
-    if (!http.ok()) return http.status();
+    if (!http.ok())
+      return ForFlag(http.status(), "http_listen", config.http_listen, kHttpListenHint);
     daemon->http_ = *std::move(http);
   }
 
