@@ -6,6 +6,8 @@
 # or benchmarks), and the CUDA kernels only when a GPU is visible (`nvidia-smi -L` lists one):
 # without one the daemon runs on the cpu backend and the kernels would be compiled for nothing.
 # ATTND_CUDA=AUTO|ON|OFF decides instead (AUTO: whenever nvcc is found, as scripts/build.sh).
+# Without CUDA it is a unity build (UNITY_BUILD=ON, scripts/build.sh): half the compile time; a
+# later scripts/build.sh in the same build directory compiles the usual way again, once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SETUP=build ./scripts/setup.sh
@@ -19,9 +21,15 @@ if [ -z "${ATTND_CUDA:-}" ]; then
       "attnd runs on the cpu backend (ATTND_CUDA=AUTO ./scripts/demo.sh builds them anyway)"
   fi
 fi
+# A unity build only without CUDA: the configuration it is checked in (with CUDA the kernels'
+# nvcc time dominates anyway).
+unity=OFF
+[ "$ATTND_CUDA" = "OFF" ] && unity=ON
+UNITY_BUILD=${UNITY_BUILD:-$unity}
 start=$(date +%s)
-ATTND_CUDA=$ATTND_CUDA BUILD_TARGETS="attnd attnd_example_client" ./scripts/build.sh
-echo "== built in $(($(date +%s) - start)) s (ATTND_CUDA=$ATTND_CUDA)"
+ATTND_CUDA=$ATTND_CUDA UNITY_BUILD=$UNITY_BUILD BUILD_TARGETS="attnd attnd_example_client" \
+  ./scripts/build.sh
+echo "== built in $(($(date +%s) - start)) s (ATTND_CUDA=$ATTND_CUDA UNITY_BUILD=$UNITY_BUILD)"
 
 run_dir=$(mktemp -d /tmp/attnd-demo.XXXXXX)
 socket="$run_dir/attnd.sock"
