@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <future>
+#include <string>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -18,6 +19,27 @@
 
 namespace attnd::server::front {
 
+namespace {
+
+// What to do when an address cannot be used: the flag (and variable) that chooses another.
+constexpr char kListenHint[] =
+    "choose another address with --listen=unix:///PATH or --listen=HOST:PORT (env ATTND_LISTEN)";
+constexpr char kHttpListenHint[] =
+    "choose another port with --http_listen=HOST:PORT (port 0: any free port), or disable HTTP "
+    "with --http_listen= (env ATTND_HTTP_LISTEN)";
+constexpr char kPeerSocketHint[] =
+    "choose another path with --peer_socket=PATH, or none with --peer_socket= (env "
+    "ATTND_PEER_SOCKET)";
+
+// `status` (its code) as "--FLAG=VALUE: MESSAGE; HINT".
+absl::Status ForFlag(const absl::Status& status, absl::string_view flag, absl::string_view value,
+                     absl::string_view hint) {
+  return absl::Status(status.code(),
+                      absl::StrCat("--", flag, "=", value, ": ", status.message(), "; ", hint));
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config,
                                                       std::unique_ptr<kernels::Backend> backend) {
   std::unique_ptr<Daemon> daemon(new Daemon());
@@ -29,7 +51,8 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config
   if (!listen->is_unix() && config.token.empty()) {
     if (!IsLoopbackListen(config.listen) && !config.allow_unauthenticated_tcp) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "--listen='", config.listen, "' is reachable from the network and no token is set: "
+          "--listen='", config.listen,
+          "' is reachable from the network and no token is set: "
           "set --token_file or ATTND_TOKEN (or --allow_unauthenticated_tcp on a trusted network)"));
     }
     spdlog::warn("gRPC on TCP '{}' without a token: every local user can reach every pool",
@@ -66,36 +89,46 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config
         std::max<int64_t>(1, config.max_open_buffer_fds - core_options.max_peers);
   }
   if (config.testonly_device_fault_after_runs > 0) {
-    spdlog::warn("TEST HOOK --testonly_device_fault_after_runs={}: the backend breaks after that "
-                 "many runs",
-                 config.testonly_device_fault_after_runs);
-    backend = InjectDeviceFaultAfterRuns(std::move(backend),
-                                         config.testonly_device_fault_after_runs);
+    spdlog::warn(
+        "TEST HOOK --testonly_device_fault_after_runs={}: the backend breaks after that "
+        "many runs",
+        config.testonly_device_fault_after_runs);
+    backend =
+        InjectDeviceFaultAfterRuns(std::move(backend), config.testonly_device_fault_after_runs);
   }
   absl::StatusOr<std::unique_ptr<Core>> core = Core::Create(core_options, std::move(backend));
   if (!core.ok()) return core.status();
   daemon->core_ = *std::move(core);
   daemon->info_ = daemon->core_->GetServerInfo();
 
-  daemon->runner_ = std::make_unique<CommandRunner>(*daemon->core_, daemon->metrics_,
-                                                    config.max_message_bytes);
-  daemon->identifier_ = std::make_unique<CallerIdentifier>(
-      *daemon->core_, !listen->is_unix(), daemon->authenticator_->enabled());
-  daemon->health_ = std::make_unique<BackendHealthMonitor>(
-      daemon->serving_state_, daemon->metrics_, config.exit_on_device_error);
+  daemon->runner_ =
+      std::make_unique<CommandRunner>(*daemon->core_, daemon->metrics_, config.max_message_bytes);
+  daemon->identifier_ = std::make_unique<CallerIdentifier>(*daemon->core_, !listen->is_unix(),
+                                                           daemon->authenticator_->enabled());
+  daemon->health_ = std::make_unique<BackendHealthMonitor>(daemon->serving_state_, daemon->metrics_,
+                                                           config.exit_on_device_error);
   daemon->runner_->set_backend_error_handler(
       [health = daemon->health_.get()](const absl::Status& status) {
         health->CommandFailed(status);
       });
   daemon->service_ = std::make_unique<AttndService>(*daemon->runner_, daemon->metrics_,
-                                                   daemon->streams_, *daemon->identifier_);
+                                                    daemon->streams_, *daemon->identifier_);
   if (daemon->authenticator_->enabled()) {
     daemon->service_->set_authenticator(daemon->authenticator_.get());
   }
 
   if (listen->is_unix()) {
+    if (absl::Status dir = CheckUnixSocketDirectory(listen->unix_path); !dir.ok()) {
+      return ForFlag(dir, "listen", config.listen,
+                     absl::StrCat(dir.code() == absl::StatusCode::kNotFound ? "create it, or " : "",
+                                  kListenHint));
+    }
     if (absl::Status removed = RemoveStaleUnixSocket(listen->unix_path); !removed.ok()) {
-      return removed;
+      // UNAVAILABLE: another process listens there.
+      return ForFlag(
+          removed, "listen", config.listen,
+          absl::StrCat(removed.code() == absl::StatusCode::kUnavailable ? "stop it, or " : "",
+                       kListenHint));
     }
   }
   // Process-wide switch, read when the server is built.
@@ -120,8 +153,18 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config
     daemon->server_ = builder.BuildAndStart();
   }
   if (daemon->server_ == nullptr || (!listen->is_unix() && daemon->grpc_port_ == 0)) {
-    return absl::UnavailableError(absl::StrCat(
-        "gRPC cannot listen on '", config.listen, "' (address in use, bad host, or no access)"));
+    // gRPC says why only in its own log: for TCP a test bind finds the reason.
+    std::string problem;
+    if (!listen->is_unix()) {
+      if (absl::StatusOr<HostPort> address = ParseHostPort(config.listen); address.ok()) {
+        problem = TcpBindProblem(*address);
+      }
+    }
+    return ForFlag(
+        absl::UnavailableError(absl::StrCat(
+            "gRPC cannot listen: ",
+            problem.empty() ? "the server did not start (see gRPC's log above)" : problem)),
+        "listen", config.listen, kListenHint);
   }
   if (listen->is_unix()) {
     daemon->grpc_port_ = 0;
@@ -131,14 +174,14 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config
     }
   }
 
-  const std::string peer_path = config.peer_socket == "auto"
-                                    ? DefaultPeerSocketPath(listen->unix_path)
-                                    : config.peer_socket;
+  const std::string peer_path =
+      config.peer_socket == "auto" ? DefaultPeerSocketPath(listen->unix_path) : config.peer_socket;
   if (!peer_path.empty()) {
     absl::StatusOr<std::unique_ptr<PeerSocketServer>> peers = PeerSocketServer::Start(
         {.path = peer_path, .mode = config.socket_mode, .max_connections = config.max_sessions},
         *daemon->core_);
-    if (!peers.ok()) return peers.status();
+    if (!peers.ok())
+      return ForFlag(peers.status(), "peer_socket", config.peer_socket, kPeerSocketHint);
     daemon->peer_socket_ = *std::move(peers);
   }
   daemon->core_->SetPeerSocketPath(peer_path);
@@ -162,7 +205,8 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config
     };
     absl::StatusOr<std::unique_ptr<HttpServer>> http =
         HttpServer::Start(HttpServerOptions{config.http_listen}, std::move(handlers));
-    if (!http.ok()) return http.status();
+    if (!http.ok())
+      return ForFlag(http.status(), "http_listen", config.http_listen, kHttpListenHint);
     daemon->http_ = *std::move(http);
   }
 
@@ -176,9 +220,9 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config
       daemon->info_.memory_total_bytes(), config.listen,
       listen->is_unix() ? absl::StrFormat(" (mode %04o)", config.socket_mode)
                         : absl::StrCat(" (port ", daemon->grpc_port_, ")"),
-      absl::StrCat(config.tls_cert.empty() ? "" : (config.tls_client_ca.empty() ? ", TLS"
-                                                                                : ", mutual TLS"),
-                   config.token.empty() ? "" : ", bearer token required"),
+      absl::StrCat(
+          config.tls_cert.empty() ? "" : (config.tls_client_ca.empty() ? ", TLS" : ", mutual TLS"),
+          config.token.empty() ? "" : ", bearer token required"),
       daemon->http_ != nullptr
           ? absl::StrCat(config.http_listen, " (port ", daemon->http_->port(), ")")
           : std::string("(disabled)"),

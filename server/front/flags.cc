@@ -11,17 +11,19 @@
 #include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
 #include "absl/flags/usage_config.h"
-#include "absl/strings/match.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "server/front/access_control.h"
 
 ABSL_FLAG(std::string, listen, "unix:///tmp/attnd.sock",
           "gRPC listen address: unix:///ABSOLUTE/PATH or unix:PATH for a unix socket (a stale "
-          "socket file there is removed at start; its permissions are --socket_mode), or "
-          "HOST:PORT for TCP. Env: ATTND_LISTEN.");
+          "socket file there is removed at start, one a process listens on is an error; its "
+          "permissions are --socket_mode), or HOST:PORT for TCP. Env: ATTND_LISTEN.");
 ABSL_FLAG(std::string, http_listen, "127.0.0.1:9401",
           "HTTP HOST:PORT for /healthz, /readyz and /metrics (Prometheus); empty disables HTTP. "
           "Env: ATTND_HTTP_LISTEN.");
@@ -41,8 +43,9 @@ ABSL_FLAG(uint64_t, max_message_bytes, 64ull << 20,
           "Env: ATTND_MAX_MESSAGE_BYTES.");
 ABSL_FLAG(std::string, log_level, "info",
           "Log level: trace, debug, info, warn or error. Env: ATTND_LOG_LEVEL.");
-ABSL_FLAG(bool, log_json, false,
-          "Write logs as one JSON object per line (time, level, thread, msg). Env: ATTND_LOG_JSON.");
+ABSL_FLAG(
+    bool, log_json, false,
+    "Write logs as one JSON object per line (time, level, thread, msg). Env: ATTND_LOG_JSON.");
 ABSL_FLAG(std::string, socket_mode, "0660",
           "Octal permissions of the unix socket file (the socket's access control). "
           "Env: ATTND_SOCKET_MODE.");
@@ -118,15 +121,35 @@ ABSL_FLAG(std::string, peer_socket, "auto",
 namespace attnd::server::front {
 
 const std::vector<std::string>& DaemonFlagNames() {
-  static const std::vector<std::string> names = {
-      "listen",     "http_listen",  "backend",   "device",     "max_pool_bytes",
-      "session_lease_ms", "max_message_bytes", "log_level", "log_json", "socket_mode",
-      "threads", "token_file", "tls_cert", "tls_key", "tls_client_ca",
-      "allow_unauthenticated_tcp", "max_sessions", "max_pages_per_session",
-      "max_buffers_per_session", "max_plans_per_session", "max_inflight_per_session",
-      "max_session_lease_ms", "max_host_bytes", "max_session_host_bytes", "peer_socket",
-      "drain_timeout_ms", "exit_on_device_error", "testonly_device_fault_after_runs",
-      "grpc_reflection"};
+  static const std::vector<std::string> names = {"listen",
+                                                 "http_listen",
+                                                 "backend",
+                                                 "device",
+                                                 "max_pool_bytes",
+                                                 "session_lease_ms",
+                                                 "max_message_bytes",
+                                                 "log_level",
+                                                 "log_json",
+                                                 "socket_mode",
+                                                 "threads",
+                                                 "token_file",
+                                                 "tls_cert",
+                                                 "tls_key",
+                                                 "tls_client_ca",
+                                                 "allow_unauthenticated_tcp",
+                                                 "max_sessions",
+                                                 "max_pages_per_session",
+                                                 "max_buffers_per_session",
+                                                 "max_plans_per_session",
+                                                 "max_inflight_per_session",
+                                                 "max_session_lease_ms",
+                                                 "max_host_bytes",
+                                                 "max_session_host_bytes",
+                                                 "peer_socket",
+                                                 "drain_timeout_ms",
+                                                 "exit_on_device_error",
+                                                 "testonly_device_fault_after_runs",
+                                                 "grpc_reflection"};
   return names;
 }
 
@@ -177,8 +200,7 @@ absl::StatusOr<DaemonConfig> DaemonConfigFromFlags() {
   config.session_lease = absl::Milliseconds(lease_ms);
   // gRPC takes the limit as an int.
   if (config.max_message_bytes < 4096 || config.max_message_bytes > INT_MAX) {
-    return absl::InvalidArgumentError(absl::StrCat("--max_message_bytes=",
-                                                   config.max_message_bytes,
+    return absl::InvalidArgumentError(absl::StrCat("--max_message_bytes=", config.max_message_bytes,
                                                    " is outside 4096..", INT_MAX));
   }
   static const char* const kLevels[] = {"trace", "debug", "info", "warn", "error"};
@@ -190,7 +212,8 @@ absl::StatusOr<DaemonConfig> DaemonConfigFromFlags() {
   }
   const std::string mode_text = absl::GetFlag(FLAGS_socket_mode);
   char* end = nullptr;
-  const unsigned long mode = mode_text.empty() ? ULONG_MAX : std::strtoul(mode_text.c_str(), &end, 8);
+  const unsigned long mode =
+      mode_text.empty() ? ULONG_MAX : std::strtoul(mode_text.c_str(), &end, 8);
   if (mode_text.empty() || *end != '\0' || mode > 07777) {
     return absl::InvalidArgumentError(
         absl::StrCat("--socket_mode='", mode_text, "' is not an octal mode like 0660"));
@@ -219,9 +242,8 @@ absl::StatusOr<DaemonConfig> DaemonConfigFromFlags() {
   config.max_inflight_per_session = absl::GetFlag(FLAGS_max_inflight_per_session);
   const uint32_t max_lease_ms = absl::GetFlag(FLAGS_max_session_lease_ms);
   if (max_lease_ms < lease_ms) {
-    return absl::InvalidArgumentError(absl::StrCat("--max_session_lease_ms=", max_lease_ms,
-                                                   " is shorter than --session_lease_ms=",
-                                                   lease_ms));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--max_session_lease_ms=", max_lease_ms, " is shorter than --session_lease_ms=", lease_ms));
   }
   config.max_session_lease = absl::Milliseconds(max_lease_ms);
   config.max_host_bytes = absl::GetFlag(FLAGS_max_host_bytes);
@@ -247,9 +269,9 @@ absl::StatusOr<DaemonConfig> DaemonConfigFromFlags() {
   config.exit_on_device_error = absl::GetFlag(FLAGS_exit_on_device_error);
   config.testonly_device_fault_after_runs = absl::GetFlag(FLAGS_testonly_device_fault_after_runs);
   if (config.testonly_device_fault_after_runs < 0) {
-    return absl::InvalidArgumentError(absl::StrCat("--testonly_device_fault_after_runs=",
-                                                   config.testonly_device_fault_after_runs,
-                                                   " is negative"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--testonly_device_fault_after_runs=", config.testonly_device_fault_after_runs,
+                     " is negative"));
   }
   config.grpc_reflection = absl::GetFlag(FLAGS_grpc_reflection);
   if (config.grpc_reflection && !config.token.empty()) {
@@ -258,6 +280,85 @@ absl::StatusOr<DaemonConfig> DaemonConfigFromFlags() {
         "reflection answers without one, and only grpc.health.v1 is open to callers without it");
   }
   return config;
+}
+
+namespace {
+
+constexpr const char kProgramDescription[] =
+    "GPU attention-offload daemon (paged KV-cache pools + attention kernels over gRPC).";
+constexpr const char kEnvironmentNote[] =
+    "Every flag can also be set by an environment variable ATTND_<FLAG> (e.g. "
+    "ATTND_LISTEN=unix:///run/attnd.sock, ATTND_BACKEND=cpu); the command line wins.";
+
+// `text` wrapped at `width` columns, every line indented by `indent`, ending in a newline.
+std::string Wrapped(std::string_view text, size_t indent, size_t width) {
+  std::string out;
+  std::string line;
+  for (absl::string_view word :
+       absl::StrSplit(absl::string_view(text.data(), text.size()), ' ', absl::SkipEmpty())) {
+    if (!line.empty() && indent + line.size() + 1 + word.size() > width) {
+      absl::StrAppend(&out, std::string(indent, ' '), line, "\n");
+      line.clear();
+    }
+    absl::StrAppend(&line, line.empty() ? "" : " ", word);
+  }
+  if (!line.empty()) absl::StrAppend(&out, std::string(indent, ' '), line, "\n");
+  return out;
+}
+
+}  // namespace
+
+std::string DaemonUsage(std::string_view filter) {
+  constexpr size_t kWidth = 100;
+  std::string out =
+      Wrapped(absl::StrCat("attnd ", ATTND_VERSION, ": ", kProgramDescription), 0, kWidth);
+  absl::StrAppend(&out, "\nUsage: attnd [--flag=value ...]\n\n",
+                  Wrapped(kEnvironmentNote, 0, kWidth), "\nFlags:\n");
+  const absl::string_view wanted(filter.data(), filter.size());
+  int listed = 0;
+  for (const std::string& name : DaemonFlagNames()) {
+    if (!wanted.empty() && !absl::StrContains(name, wanted)) continue;
+    const absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
+    if (flag == nullptr) continue;
+    const std::string default_value = flag->DefaultValue();
+    absl::StrAppend(&out, "  --", name,
+                    " (default: ", default_value.empty() ? "empty" : default_value, ")\n",
+                    Wrapped(flag->Help(), 6, kWidth));
+    ++listed;
+  }
+  if (listed == 0) absl::StrAppend(&out, "  (no flag name contains '", wanted, "')\n");
+  absl::StrAppend(
+      &out, "\n",
+      Wrapped("Also: --flagfile=FILE reads flags from FILE (one --flag=value per line); --version "
+              "prints the version; --help=SUBSTRING lists the flags whose name contains it.",
+              0, kWidth),
+      Wrapped(
+          "Exit codes: 0 stopped by SIGTERM or SIGINT (and --help), 1 could not start (backend, "
+          "listen address), 2 bad flags or environment, 3 sticky device error "
+          "(--exit_on_device_error).",
+          0, kWidth));
+  return out;
+}
+
+std::optional<std::string> HelpRequested(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    absl::string_view arg = argv[i];
+    if (arg == "--") break;
+    if (!absl::ConsumePrefix(&arg, "-")) continue;
+    absl::ConsumePrefix(&arg, "-");
+    const size_t equals = arg.find('=');
+    const absl::string_view name = arg.substr(0, equals);
+    const absl::string_view value =
+        equals == absl::string_view::npos ? absl::string_view() : arg.substr(equals + 1);
+    if (name == "help" || name == "helpmatch") {
+      return DaemonUsage(std::string_view(value.data(), value.size()));
+    }
+    if (name == "h" || name == "helpfull" || name == "helpshort" || name == "helpon" ||
+        name == "helppackage") {
+      return DaemonUsage();
+    }
+  }
+  return std::nullopt;
 }
 
 absl::StatusOr<DaemonConfig> ParseDaemonFlags(int argc, char** argv) {
@@ -271,19 +372,23 @@ absl::StatusOr<DaemonConfig> ParseDaemonFlags(int argc, char** argv) {
     };
     usage.contains_helpshort_flags = usage.contains_help_flags;
     usage.version_string = [] { return std::string("attnd ") + ATTND_VERSION + "\n"; };
+    // Abseil's own listing is only a fallback (main answers --help through HelpRequested): shown
+    // without the build machine's source paths.
+    usage.normalize_filename = [](absl::string_view file) {
+      const size_t server = file.rfind("server/front/");
+      return std::string(server == absl::string_view::npos ? file : file.substr(server));
+    };
     absl::SetFlagsUsageConfig(usage);
-    absl::SetProgramUsageMessage(
-        "GPU attention-offload daemon (paged KV-cache pools + attention kernels over "
-        "gRPC).\n\nEvery flag below can also be set by an environment variable ATTND_<FLAG> "
-        "(e.g. ATTND_LISTEN=unix:///run/attnd.sock, ATTND_BACKEND=cpu); the command line wins.\n\n"
-        "Usage: attnd [--flag=value ...]");
+    absl::SetProgramUsageMessage(absl::StrCat(kProgramDescription, "\n\n", kEnvironmentNote,
+                                              "\n\nUsage: attnd [--flag=value ...]"));
   });
   if (absl::Status env = ApplyEnvironmentToFlags(); !env.ok()) return env;
   std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
   if (positional.size() > 1) {
     std::vector<std::string> extra(positional.begin() + 1, positional.end());
-    return absl::InvalidArgumentError(absl::StrCat(
-        "unexpected positional arguments: ", absl::StrJoin(extra, " "), " (flags are --name=value)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("unexpected positional arguments: ", absl::StrJoin(extra, " "),
+                     " (flags are --name=value)"));
   }
   return DaemonConfigFromFlags();
 }

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -17,23 +18,23 @@ namespace attnd::server::front {
 // The validated configuration the flags describe.
 struct DaemonConfig {
   std::string listen = "unix:///tmp/attnd.sock";  // gRPC: unix:///PATH, unix:PATH or HOST:PORT
-  std::string http_listen = "127.0.0.1:9401";      // HTTP HOST:PORT; empty disables
-  std::string backend = "auto";                    // auto | cpu | cuda
-  int32_t device = 0;                              // CUDA device ordinal
-  uint64_t max_pool_bytes = 0;                     // 0 = 90% of the backend's memory
+  std::string http_listen = "127.0.0.1:9401";     // HTTP HOST:PORT; empty disables
+  std::string backend = "auto";                   // auto | cpu | cuda
+  int32_t device = 0;                             // CUDA device ordinal
+  uint64_t max_pool_bytes = 0;                    // 0 = 90% of the backend's memory
   absl::Duration session_lease = absl::Seconds(30);
-  uint64_t max_message_bytes = 64ull << 20;        // gRPC receive and send limit
-  std::string log_level = "info";                  // trace | debug | info | warn | error
-  bool log_json = false;                           // one JSON object per log line
-  uint32_t socket_mode = 0660;                     // permissions of the unix socket file
-  int32_t threads = 0;                             // CPU backend threads; 0 = all cores
+  uint64_t max_message_bytes = 64ull << 20;  // gRPC receive and send limit
+  std::string log_level = "info";            // trace | debug | info | warn | error
+  bool log_json = false;                     // one JSON object per log line
+  uint32_t socket_mode = 0660;               // permissions of the unix socket file
+  int32_t threads = 0;                       // CPU backend threads; 0 = all cores
   // Access control (access_control.h). The token itself is not a flag: it comes from
   // --token_file or the environment variable ATTND_TOKEN, so it never shows in `ps`.
-  std::string token;                               // "" = no token required
-  std::string tls_cert;                            // PEM files; empty = plaintext
+  std::string token;     // "" = no token required
+  std::string tls_cert;  // PEM files; empty = plaintext
   std::string tls_key;
-  std::string tls_client_ca;                       // set = mutual TLS
-  bool allow_unauthenticated_tcp = false;          // TCP beyond loopback without a token
+  std::string tls_client_ca;               // set = mutual TLS
+  bool allow_unauthenticated_tcp = false;  // TCP beyond loopback without a token
   // Quotas (CoreOptions has the meaning of each).
   int64_t max_sessions = 4096;
   int64_t max_pages_per_session = 0;
@@ -41,7 +42,7 @@ struct DaemonConfig {
   int64_t max_plans_per_session = 1 << 16;
   int64_t max_inflight_per_session = 64;
   absl::Duration max_session_lease = absl::Minutes(10);  // longest lease a client may ask for
-  uint64_t max_host_bytes = 0;                     // 0 = a quarter of physical memory
+  uint64_t max_host_bytes = 0;                           // 0 = a quarter of physical memory
   uint64_t max_session_host_bytes = 1ull << 30;
   // The peer socket (wire API "Identity"): "auto" = the unix --listen path + ".peer" (none for
   // TCP), "" = none, else a path.
@@ -73,8 +74,20 @@ absl::Status ApplyEnvironmentToFlags(
 // Reads and validates the current flag values.
 absl::StatusOr<DaemonConfig> DaemonConfigFromFlags();
 
+// The usage `attnd --help` prints: what attnd is, how flags and ATTND_* variables combine, and
+// every daemon flag (DaemonFlagNames order) with its default and help text; no source paths.
+// A non-empty `filter` keeps the flags whose name contains it.
+std::string DaemonUsage(std::string_view filter = "");
+
+// The usage text when the command line asks for help: --help, -h, --helpfull, --helpshort (each
+// also with one dash), --help=SUBSTRING / --helpmatch=SUBSTRING (only the flags whose name has
+// it), --helpon=... and --helppackage (all flags). Arguments after "--" are not looked at.
+// Handled here rather than by Abseil, whose --help exits 1 and prints the build's source paths.
+std::optional<std::string> HelpRequested(int argc, char** argv);
+
 // The whole start-up sequence: usage message, environment, then the command line (which wins;
-// --help and friends print and exit here), then validation. Positional arguments are refused.
+// --version prints and exits here; main answers --help first, HelpRequested), then validation.
+// Positional arguments are refused.
 absl::StatusOr<DaemonConfig> ParseDaemonFlags(int argc, char** argv);
 
 }  // namespace attnd::server::front

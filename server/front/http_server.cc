@@ -101,13 +101,16 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
   if (address->port == 0) {
     impl->port = impl->server.bind_to_any_port(address->host);
     if (impl->port <= 0) {
-      return absl::UnavailableError(
-          absl::StrCat("HTTP: cannot bind any port on '", address->host, "'"));
+      const std::string problem = TcpBindProblem(*address);
+      return absl::UnavailableError(absl::StrCat("HTTP cannot listen on ", options.listen, ": ",
+                                                 problem.empty() ? "bind failed" : problem));
     }
   } else {
     if (!impl->server.bind_to_port(address->host, address->port)) {
-      return absl::UnavailableError(absl::StrCat("HTTP: cannot bind ", options.listen,
-                                                 " (address in use or not local?)"));
+      // httplib keeps no errno: a test bind finds the reason.
+      const std::string problem = TcpBindProblem(*address);
+      return absl::UnavailableError(absl::StrCat("HTTP cannot listen on ", options.listen, ": ",
+                                                 problem.empty() ? "bind failed" : problem));
     }
     impl->port = address->port;
   }

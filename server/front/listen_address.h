@@ -29,8 +29,19 @@ struct HostPort {
 absl::StatusOr<HostPort> ParseHostPort(std::string_view address);
 
 // Removes `path` if it is a socket left by an earlier run; FAILED_PRECONDITION if something
-// that is not a socket is there (we never delete a regular file).
+// that is not a socket is there (we never delete a regular file); UNAVAILABLE if a process still
+// listens on the socket (another attnd: taking its path would leave it unreachable).
 absl::Status RemoveStaleUnixSocket(const std::string& path);
+
+// OK when a unix socket can be created at `path` as far as its directory goes; else, naming the
+// directory, NOT_FOUND when it does not exist, FAILED_PRECONDITION when it is not a directory or
+// this process may not create files in it.
+absl::Status CheckUnixSocketDirectory(const std::string& path);
+
+// Why a TCP listener cannot be bound on HOST:PORT right now, found by binding a test socket the
+// way the daemon's listeners bind (SO_REUSEADDR, no SO_REUSEPORT), e.g. "port 9401 of 127.0.0.1
+// is in use (another attnd?)"; empty when the test socket binds (the failure lies elsewhere).
+std::string TcpBindProblem(const HostPort& address);
 
 // chmod(path, mode), with the error named.
 absl::Status SetSocketPermissions(const std::string& path, unsigned mode);

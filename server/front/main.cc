@@ -1,13 +1,16 @@
-// attnd: the attention-offload daemon. Flags (flags.h) -> logging -> backend -> Daemon; then the
-// main thread waits for SIGTERM/SIGINT with sigtimedwait (no work in a signal handler) or a
-// sticky device error (--exit_on_device_error), shuts the daemon down gracefully and exits
-// within the drain (process_exit.h): code 0 after a signal, 3 after a device error.
+// attnd: the attention-offload daemon. --help (flags.h HelpRequested) -> flags -> logging ->
+// backend -> Daemon; then the main thread waits for SIGTERM/SIGINT with sigtimedwait (no work in
+// a signal handler) or a sticky device error (--exit_on_device_error), shuts the daemon down
+// gracefully and exits within the drain (process_exit.h): code 0 after a signal, 3 after a device
+// error.
 #include <signal.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <cstdio>
 #include <ctime>
+#include <optional>
+#include <string>
 
 #include "server/front/backend_select.h"
 #include "server/front/daemon.h"
@@ -18,7 +21,19 @@
 
 namespace {
 
-using namespace attnd::server::front;
+using attnd::server::front::CreateBackend;
+using attnd::server::front::Daemon;
+using attnd::server::front::DaemonConfig;
+using attnd::server::front::HelpRequested;
+using attnd::server::front::HoldGrpcLibrary;
+using attnd::server::front::kExitDeviceError;
+using attnd::server::front::kExitFailure;
+using attnd::server::front::kExitOk;
+using attnd::server::front::kExitUsage;
+using attnd::server::front::ParseDaemonFlags;
+using attnd::server::front::RaiseFdLimit;
+using attnd::server::front::SetUpLogging;
+using attnd::server::front::ShutdownAndExit;
 
 // A device error ends the process after this much drain at most: commands on a broken device
 // fail fast, and the point is to be restarted.
@@ -41,6 +56,11 @@ int WaitForStop(const sigset_t& stop_signals, const Daemon& daemon) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // --help and friends: the usage on stdout, exit 0, before anything starts.
+  if (const std::optional<std::string> usage = HelpRequested(argc, argv)) {
+    std::fputs(usage->c_str(), stdout);
+    return kExitOk;
+  }
   // Block the stop signals before any thread exists, so every thread inherits the mask and only
   // sigtimedwait below receives them.
   sigset_t stop_signals;

@@ -51,6 +51,79 @@ absl::StatusOr<int> PickFreePort() {
   return ntohs(addr.sin_port);
 }
 
+namespace {
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  return buffer.str();
+}
+
+// Spawns `args` (args[0] looked up in PATH) with stdin /dev/null, stdout into `out_path` and
+// stderr into `err_path` (both into one file when they are the same path).
+absl::StatusOr<pid_t> Spawn(std::vector<std::string> args, const std::string& out_path,
+                            const std::string& err_path) {
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, out_path.c_str(),
+                                   O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (err_path == out_path) {
+    posix_spawn_file_actions_adddup2(&actions, STDOUT_FILENO, STDERR_FILENO);
+  } else {
+    posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, err_path.c_str(),
+                                     O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  }
+  pid_t pid = -1;
+  const int rc = posix_spawnp(&pid, argv[0], &actions, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  if (rc != 0) {
+    return absl::InternalError(absl::StrCat("posix_spawn(", argv[0], "): ", std::strerror(rc)));
+  }
+  return pid;
+}
+
+}  // namespace
+
+absl::StatusOr<AttndRun> RunAttndToExit(const std::vector<std::string>& args,
+                                        absl::Duration timeout) {
+  char dir_template[] = "/tmp/attnd-run-XXXXXX";
+  if (mkdtemp(dir_template) == nullptr) {
+    return absl::InternalError(absl::StrCat("mkdtemp: ", std::strerror(errno)));
+  }
+  const std::string dir = dir_template;
+  const std::string out_path = dir + "/stdout";
+  const std::string err_path = dir + "/stderr";
+  std::vector<std::string> all = {DaemonBinaryPath()};
+  all.insert(all.end(), args.begin(), args.end());
+  absl::StatusOr<pid_t> spawned = Spawn(std::move(all), out_path, err_path);
+  if (!spawned.ok()) {
+    std::filesystem::remove_all(dir);
+    return spawned.status();
+  }
+  const pid_t pid = *spawned;
+  const absl::Time deadline = absl::Now() + timeout;
+  int status = 0;
+  while (waitpid(pid, &status, WNOHANG) == 0) {
+    if (absl::Now() >= deadline) {
+      kill(pid, SIGKILL);
+      waitpid(pid, &status, 0);
+      break;
+    }
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  AttndRun run;
+  run.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  run.out = ReadFile(out_path);
+  run.err = ReadFile(err_path);
+  std::filesystem::remove_all(dir);
+  return run;
+}
+
 absl::StatusOr<std::unique_ptr<DaemonProcess>> DaemonProcess::Start(const DaemonOptions& options) {
   std::unique_ptr<DaemonProcess> daemon(new DaemonProcess());
   char dir_template[] = "/tmp/attnd-it-XXXXXX";
@@ -81,23 +154,9 @@ absl::StatusOr<std::unique_ptr<DaemonProcess>> DaemonProcess::Start(const Daemon
   };
   args.insert(args.end(), options.extra_flags.begin(), options.extra_flags.end());
   args.insert(args.begin(), options.command_prefix.begin(), options.command_prefix.end());
-  std::vector<char*> argv;
-  for (std::string& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, daemon->log_path_.c_str(),
-                                   O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_adddup2(&actions, STDOUT_FILENO, STDERR_FILENO);
-  pid_t pid = -1;
-  const int rc = posix_spawnp(&pid, argv[0], &actions, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  if (rc != 0) {
-    return absl::InternalError(absl::StrCat("posix_spawn(", argv[0], "): ", std::strerror(rc)));
-  }
-  daemon->pid_ = pid;
+  absl::StatusOr<pid_t> pid = Spawn(std::move(args), daemon->log_path_, daemon->log_path_);
+  if (!pid.ok()) return pid.status();
+  daemon->pid_ = *pid;
   if (options.on_spawned) options.on_spawned(socket_path);
 
   // Wait for SERVING over grpc.health.v1.
@@ -113,15 +172,14 @@ absl::StatusOr<std::unique_ptr<DaemonProcess>> DaemonProcess::Start(const Daemon
     if (access(socket_path.c_str(), F_OK) == 0) {
       absl::StatusOr<client::HealthStatus> health = client->CheckHealth();
       if (health.ok() && *health == client::HealthStatus::kServing) return daemon;
-      last = health.ok() ? absl::UnavailableError(client::HealthStatusName(*health))
-                         : health.status();
+      last =
+          health.ok() ? absl::UnavailableError(client::HealthStatusName(*health)) : health.status();
     }
     absl::SleepFor(absl::Milliseconds(50));
   }
-  return absl::DeadlineExceededError(absl::StrCat("attnd not SERVING after ",
-                                                  absl::FormatDuration(options.start_timeout),
-                                                  " (last: ", last.ToString(), "); log:\n",
-                                                  daemon->LogTail()));
+  return absl::DeadlineExceededError(
+      absl::StrCat("attnd not SERVING after ", absl::FormatDuration(options.start_timeout),
+                   " (last: ", last.ToString(), "); log:\n", daemon->LogTail()));
 }
 
 std::unique_ptr<client::Client> DaemonProcess::NewClient() const {

@@ -71,6 +71,16 @@ class DaemonProcess {
   int wait_status_ = -1;
 };
 
+// A run of the attnd binary that is expected to end by itself (--help, a start that fails).
+struct AttndRun {
+  int exit_code = -1;  // -1: killed by a signal, or killed after the timeout
+  std::string out;     // stdout
+  std::string err;     // stderr
+};
+// Runs DaemonBinaryPath() with `args` (stdin /dev/null) until it exits, SIGKILL after `timeout`.
+absl::StatusOr<AttndRun> RunAttndToExit(const std::vector<std::string>& args,
+                                        absl::Duration timeout = absl::Seconds(30));
+
 // The backend the tests ask for: $ATTND_IT_BACKEND or "cpu".
 std::string TestBackend();
 

@@ -9,7 +9,7 @@ a prefix the first one prefilled (shared pages, no copy).
   B: allocates one page of its own, decodes a token over prefix + own page, checks the result
      against a numpy reference, reports back.
 
-    attnd --listen=unix:///tmp/attnd.sock --backend=cpu &
+    build/bin/attnd --listen=unix:///tmp/attnd.sock --backend=cpu &   # from the repository root
     python client/python/examples/attach_pool.py --target unix:///tmp/attnd.sock
 """
 

@@ -7,7 +7,7 @@ token; every layer's attention (with RoPE) is done by the daemon through BatchPr
 BatchDecodeWrapper over a paged KV-cache pool. Each attention output is checked against
 attnd.reference (float64 numpy), and so is the final hidden state of every step.
 
-    attnd --listen=unix:///tmp/attnd.sock --backend=cpu &
+    build/bin/attnd --listen=unix:///tmp/attnd.sock --backend=cpu &   # from the repository root
     python client/python/examples/decode_loop.py --target unix:///tmp/attnd.sock
 """
 

@@ -2,7 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -65,23 +67,37 @@ TEST_F(FlagsTest, EnvironmentVariableNames) {
 
 TEST_F(FlagsTest, EveryFlagCanBeSetFromTheEnvironment) {
   const std::map<std::string, std::string> env = {
-      {"ATTND_LISTEN", "unix:/run/x.sock"},   {"ATTND_HTTP_LISTEN", ""},
-      {"ATTND_BACKEND", "cpu"},               {"ATTND_DEVICE", "3"},
-      {"ATTND_MAX_POOL_BYTES", "123456789"},  {"ATTND_SESSION_LEASE_MS", "1500"},
-      {"ATTND_MAX_MESSAGE_BYTES", "1048576"}, {"ATTND_LOG_LEVEL", "debug"},
-      {"ATTND_LOG_JSON", "true"},             {"ATTND_SOCKET_MODE", "0600"},
+      {"ATTND_LISTEN", "unix:/run/x.sock"},
+      {"ATTND_HTTP_LISTEN", ""},
+      {"ATTND_BACKEND", "cpu"},
+      {"ATTND_DEVICE", "3"},
+      {"ATTND_MAX_POOL_BYTES", "123456789"},
+      {"ATTND_SESSION_LEASE_MS", "1500"},
+      {"ATTND_MAX_MESSAGE_BYTES", "1048576"},
+      {"ATTND_LOG_LEVEL", "debug"},
+      {"ATTND_LOG_JSON", "true"},
+      {"ATTND_SOCKET_MODE", "0600"},
       {"ATTND_THREADS", "7"},
       // Access control and quotas (files left empty: a real token file is tested in
       // access_control_test.cc).
-      {"ATTND_TOKEN_FILE", ""},               {"ATTND_TLS_CERT", ""},
-      {"ATTND_TLS_KEY", ""},                  {"ATTND_TLS_CLIENT_CA", ""},
-      {"ATTND_ALLOW_UNAUTHENTICATED_TCP", "true"}, {"ATTND_MAX_SESSIONS", "11"},
-      {"ATTND_MAX_PAGES_PER_SESSION", "12"},  {"ATTND_MAX_BUFFERS_PER_SESSION", "13"},
-      {"ATTND_MAX_PLANS_PER_SESSION", "14"},  {"ATTND_MAX_INFLIGHT_PER_SESSION", "15"},
-      {"ATTND_MAX_SESSION_LEASE_MS", "60000"}, {"ATTND_MAX_HOST_BYTES", "1000000"},
-      {"ATTND_MAX_SESSION_HOST_BYTES", "100000"}, {"ATTND_PEER_SOCKET", "/run/x.peer"},
-      {"ATTND_DRAIN_TIMEOUT_MS", "2500"},     {"ATTND_EXIT_ON_DEVICE_ERROR", "false"},
-      {"ATTND_TESTONLY_DEVICE_FAULT_AFTER_RUNS", "9"}, {"ATTND_GRPC_REFLECTION", "true"}};
+      {"ATTND_TOKEN_FILE", ""},
+      {"ATTND_TLS_CERT", ""},
+      {"ATTND_TLS_KEY", ""},
+      {"ATTND_TLS_CLIENT_CA", ""},
+      {"ATTND_ALLOW_UNAUTHENTICATED_TCP", "true"},
+      {"ATTND_MAX_SESSIONS", "11"},
+      {"ATTND_MAX_PAGES_PER_SESSION", "12"},
+      {"ATTND_MAX_BUFFERS_PER_SESSION", "13"},
+      {"ATTND_MAX_PLANS_PER_SESSION", "14"},
+      {"ATTND_MAX_INFLIGHT_PER_SESSION", "15"},
+      {"ATTND_MAX_SESSION_LEASE_MS", "60000"},
+      {"ATTND_MAX_HOST_BYTES", "1000000"},
+      {"ATTND_MAX_SESSION_HOST_BYTES", "100000"},
+      {"ATTND_PEER_SOCKET", "/run/x.peer"},
+      {"ATTND_DRAIN_TIMEOUT_MS", "2500"},
+      {"ATTND_EXIT_ON_DEVICE_ERROR", "false"},
+      {"ATTND_TESTONLY_DEVICE_FAULT_AFTER_RUNS", "9"},
+      {"ATTND_GRPC_REFLECTION", "true"}};
   ASSERT_EQ(env.size(), DaemonFlagNames().size());
   const absl::Status applied = ApplyEnvironmentToFlags([&env](const char* name) -> const char* {
     auto it = env.find(name);
@@ -163,14 +179,67 @@ TEST_F(FlagsTest, CommandLineWinsOverEnvironment) {
   std::vector<std::string> args = {"attnd", "--backend=cpu", "--listen=127.0.0.1:7777"};
   std::vector<char*> argv;
   for (std::string& a : args) argv.push_back(a.data());
-  absl::StatusOr<DaemonConfig> config = ParseDaemonFlags(static_cast<int>(argv.size()), argv.data());
+  absl::StatusOr<DaemonConfig> config =
+      ParseDaemonFlags(static_cast<int>(argv.size()), argv.data());
   unsetenv("ATTND_BACKEND");
   unsetenv("ATTND_THREADS");
   unsetenv("ATTND_LISTEN");
   ASSERT_TRUE(config.ok()) << config.status();
-  EXPECT_EQ(config->backend, "cpu");             // command line over env
-  EXPECT_EQ(config->listen, "127.0.0.1:7777");   // command line over env
-  EXPECT_EQ(config->threads, 5);                 // env over default
+  EXPECT_EQ(config->backend, "cpu");            // command line over env
+  EXPECT_EQ(config->listen, "127.0.0.1:7777");  // command line over env
+  EXPECT_EQ(config->threads, 5);                // env over default
+}
+
+// `attnd --help`: every flag with its default and help, nothing of the build machine.
+TEST_F(FlagsTest, UsageListsEveryFlagWithoutSourcePaths) {
+  const std::string usage = DaemonUsage();
+  EXPECT_NE(usage.find("Usage: attnd [--flag=value ...]"), std::string::npos) << usage;
+  EXPECT_NE(usage.find("ATTND_<FLAG>"), std::string::npos);
+  for (const std::string& name : DaemonFlagNames()) {
+    EXPECT_NE(usage.find("\n  --" + name + " (default: "), std::string::npos) << name;
+  }
+  EXPECT_NE(usage.find("  --listen (default: unix:///tmp/attnd.sock)\n      gRPC listen address"),
+            std::string::npos)
+      << usage;
+  EXPECT_NE(usage.find("  --token_file (default: empty)"), std::string::npos);
+  EXPECT_EQ(usage.find(".cc"), std::string::npos) << usage;
+  EXPECT_EQ(usage.find("Flags from"), std::string::npos);
+  size_t start = 0;
+  while (start < usage.size()) {
+    const size_t end = std::min(usage.find('\n', start), usage.size());
+    EXPECT_LE(end - start, 100u) << usage.substr(start, end - start);
+    start = end + 1;
+  }
+}
+
+TEST_F(FlagsTest, UsageFilterKeepsTheMatchingFlags) {
+  const std::string usage = DaemonUsage("lease");
+  EXPECT_NE(usage.find("  --session_lease_ms "), std::string::npos) << usage;
+  EXPECT_NE(usage.find("  --max_session_lease_ms "), std::string::npos) << usage;
+  EXPECT_EQ(usage.find("  --listen "), std::string::npos) << usage;
+  EXPECT_NE(DaemonUsage("nothing-like-it").find("(no flag name contains 'nothing-like-it')"),
+            std::string::npos);
+}
+
+TEST_F(FlagsTest, HelpRequestedRecognisesTheHelpFlags) {
+  auto help = [](std::vector<std::string> args) {
+    args.insert(args.begin(), "attnd");
+    std::vector<char*> argv;
+    for (std::string& a : args) argv.push_back(a.data());
+    return HelpRequested(static_cast<int>(argv.size()), argv.data());
+  };
+  for (const char* flag : {"--help", "-help", "-h", "--helpfull", "-helpfull", "--helpshort",
+                           "--helppackage", "--helpon=flags"}) {
+    const std::optional<std::string> usage = help({"--backend=cpu", flag});
+    ASSERT_TRUE(usage.has_value()) << flag;
+    EXPECT_EQ(*usage, DaemonUsage()) << flag;
+  }
+  EXPECT_EQ(help({"--help=lease"}), DaemonUsage("lease"));
+  EXPECT_EQ(help({"--helpmatch=lease"}), DaemonUsage("lease"));
+  EXPECT_FALSE(help({}).has_value());
+  EXPECT_FALSE(help({"--listen=unix:///tmp/help.sock", "--backend=cpu"}).has_value());
+  EXPECT_FALSE(help({"--", "--help"}).has_value());  // after "--": not a flag
+  EXPECT_FALSE(help({"--helper"}).has_value());
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 #include "server/front/listen_address.h"
 
 #include <gtest/gtest.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -68,13 +69,21 @@ class SocketFileTest : public ::testing::Test {
     unlink(path_.c_str());
     rmdir(dir_.c_str());
   }
-  void MakeSocketFile() {
+  // A socket bound at path_ (-1 on failure, which the test then reports).
+  int BindSocketFile() {
     const int fd = socket(AF_UNIX, SOCK_STREAM, 0);
-    ASSERT_GE(fd, 0);
     sockaddr_un addr{};
     addr.sun_family = AF_UNIX;
     std::strncpy(addr.sun_path, path_.c_str(), sizeof(addr.sun_path) - 1);
-    ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+    if (fd >= 0 && bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+      close(fd);
+      return -1;
+    }
+    return fd;
+  }
+  void MakeSocketFile() {
+    const int fd = BindSocketFile();
+    ASSERT_GE(fd, 0);
     close(fd);  // the file stays: a stale socket
   }
   std::string dir_;
@@ -96,6 +105,56 @@ TEST_F(SocketFileTest, RemovesStaleSocketAndSetsMode) {
   ASSERT_TRUE(SetSocketPermissions(path_, 0660).ok());
   ASSERT_EQ(stat(path_.c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 07777, 0660u);
+}
+
+// A socket some process still listens on is another daemon's: never taken over.
+TEST_F(SocketFileTest, NeverRemovesASocketAProcessListensOn) {
+  const int fd = BindSocketFile();
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(listen(fd, 1), 0);
+  const absl::Status s = RemoveStaleUnixSocket(path_);
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable);
+  EXPECT_NE(s.message().find("is in use: a process listens on it"), std::string::npos) << s;
+  EXPECT_EQ(access(path_.c_str(), F_OK), 0);
+  close(fd);  // now stale
+  EXPECT_TRUE(RemoveStaleUnixSocket(path_).ok());
+  EXPECT_NE(access(path_.c_str(), F_OK), 0);
+}
+
+TEST_F(SocketFileTest, SocketDirectoryMustExistAndBeADirectory) {
+  EXPECT_TRUE(CheckUnixSocketDirectory(path_).ok());
+  const absl::Status missing = CheckUnixSocketDirectory(dir_ + "/no-such-dir/s.sock");
+  EXPECT_EQ(missing.code(), absl::StatusCode::kNotFound);
+  EXPECT_NE(missing.message().find("the directory '" + dir_ + "/no-such-dir' of unix socket '" +
+                                   dir_ + "/no-such-dir/s.sock' does not exist"),
+            std::string::npos)
+      << missing;
+  { std::ofstream(path_) << "a file"; }
+  const absl::Status file = CheckUnixSocketDirectory(path_ + "/s.sock");
+  EXPECT_EQ(file.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(file.message().find("'" + path_ + "' (of unix socket '" + path_ +
+                                "/s.sock') is not a directory"),
+            std::string::npos)
+      << file;
+}
+
+TEST(TcpBindProblemTest, NamesAPortInUse) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  ASSERT_EQ(listen(fd, 1), 0);
+  ASSERT_EQ(getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  const int port = ntohs(addr.sin_port);
+  EXPECT_EQ(TcpBindProblem({"127.0.0.1", port}),
+            "port " + std::to_string(port) + " of 127.0.0.1 is in use (another attnd?)");
+  close(fd);
+  EXPECT_EQ(TcpBindProblem({"127.0.0.1", port}), "");  // free again
+  // TEST-NET-1 (RFC 5737): no machine has it.
+  EXPECT_EQ(TcpBindProblem({"192.0.2.1", port}), "192.0.2.1 is not an address of this machine");
 }
 
 TEST_F(SocketFileTest, NeverRemovesARegularFile) {
