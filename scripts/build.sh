@@ -6,10 +6,10 @@
 # Warnings (cmake/AttndWarnings.cmake) are errors in CI: ATTND_WERROR=ON when CI=true (env
 # ATTND_WERROR=ON|OFF overrides either way).
 # BUILD_TARGETS="attnd attnd_example_client" builds only those targets (scripts/demo.sh).
-# UNITY_BUILD=ON compiles the C++ sources in batches of 8 (CMake's unity build): about half the
-# time of a first build on 2 cores, but an edit recompiles its whole batch and clang-tidy
-# (scripts/lint.sh) finds no per-file compile commands, so it is for one-off builds
-# (scripts/demo.sh without CUDA); always passed to CMake, default OFF, so it never sticks.
+# UNITY_BUILD=ON compiles the C++ sources outside tests/ in batches of 8 (CMake's unity build):
+# about half their time on 2 cores, but an edit recompiles its whole batch, so it is for one-off
+# builds (scripts/demo.sh without CUDA, .ci/run); scripts/lint.sh maps each source to its batch's
+# compile command for clang-tidy. Always passed to CMake, default OFF, so it never sticks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build_dir=${BUILD_DIR:-build}

@@ -111,12 +111,26 @@ run_clang_tidy() {
   local tmp status=0
   tmp=$(mktemp -d)
   python3 - "$db" "$tmp" "$repo" "${files[@]}" <<'PY' || status=1
-import json, os, shlex, sys
+import json, os, re, shlex, sys
 db, out, repo, files = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
 entries = json.load(open(db))
 wanted = {os.path.join(repo, f) for f in files}
-kept, seen = [], set()
+# A unity build (UNITY_BUILD=ON) compiles generated unity_<n>_cxx.cxx files that #include the
+# real sources: each source gets its unity file's command, with the source in its place.
+unity_include = re.compile(r'^#include "([^"]+)"', re.M)
+expanded = []
 for e in entries:
+    path = os.path.normpath(os.path.join(e["directory"], e["file"]))
+    if re.search(r"/Unity/unity_[0-9]+_cxx\.cxx$", path) and os.path.exists(path):
+        args = shlex.split(e["command"]) if "command" in e else list(e["arguments"])
+        for src in unity_include.findall(open(path).read()):
+            src = os.path.normpath(src)
+            expanded.append({"directory": e["directory"], "file": src,
+                             "arguments": [src if a in (e["file"], path) else a for a in args]})
+    else:
+        expanded.append(e)
+kept, seen = [], set()
+for e in expanded:
     path = os.path.normpath(os.path.join(e["directory"], e["file"]))
     if path not in wanted or path in seen:
         continue

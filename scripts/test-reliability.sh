@@ -32,6 +32,7 @@ if [ "${SKIP_SANITIZERS:-0}" != 1 ]; then
   # The fuzz harnesses need coverage instrumentation in the code they exercise.
   cmake -S . -B "$san_dir" -G Ninja -DCMAKE_BUILD_TYPE=Debug -DATTND_CUDA=OFF \
     -DATTND_BUILD_BENCH=OFF -DATTND_BUILD_UNIT_TESTS=ON -DATTND_FUZZ=ON \
+    -DCMAKE_UNITY_BUILD="${UNITY_BUILD:-OFF}" \
     -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ \
     -DCMAKE_CXX_FLAGS_DEBUG="-O0 -g0" -DCMAKE_C_FLAGS_DEBUG="-O0 -g0" \
     -DCMAKE_CXX_FLAGS="$san_flags -fsanitize=fuzzer-no-link" \
