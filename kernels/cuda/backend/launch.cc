@@ -2,25 +2,14 @@
 // kernels (append/append_kv.cu, merge/merge_states.cu).
 #include <cstdint>
 
-#include "attnd/kernels/cuda_launch.h"
 #include "append/append_params.h"
+#include "attnd/kernels/cuda_launch.h"
 #include "backend/cuda_status.h"
+#include "backend/device_query.h"
 #include "backend/launch_checks.h"
 #include "merge/merge_params.h"
 
 namespace attnd::kernels::cuda {
-namespace {
-
-absl::StatusOr<int> CurrentSmCount() {
-  int dev = 0, sms = 0;
-  ATTND_RETURN_IF_CUDA_ERROR(cudaGetDevice(&dev), "cudaGetDevice");
-  ATTND_RETURN_IF_CUDA_ERROR(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev),
-                             "cudaDeviceGetAttribute");
-  return sms;
-}
-
-}  // namespace
-
 bool HeadDimCompiled(int32_t head_dim) { return checks::HeadDimBuilt(head_dim); }
 
 absl::Status CheckAppendKv(const AppendKvParams& params) { return checks::AppendKv(params); }

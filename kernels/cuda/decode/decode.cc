@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "attnd/kernels/cuda_launch.h"
 #include "backend/cuda_status.h"
+#include "backend/device_query.h"
 #include "backend/launch_checks.h"
 #include "blocks/paged_kv.h"
 #include "blocks/variant.h"
@@ -62,13 +63,13 @@ cudaError_t DispatchHeadDim(int32_t head_dim, const DecodeKernelParams& params, 
 #endif
 #ifdef ATTND_CUDA_HD128
     case 128:
-      return internal::LaunchDecodeKernel<kDType, 128>(params, num_items, num_kv_heads,
-                                                       head_tile, stream);
+      return internal::LaunchDecodeKernel<kDType, 128>(params, num_items, num_kv_heads, head_tile,
+                                                       stream);
 #endif
 #ifdef ATTND_CUDA_HD256
     case 256:
-      return internal::LaunchDecodeKernel<kDType, 256>(params, num_items, num_kv_heads,
-                                                       head_tile, stream);
+      return internal::LaunchDecodeKernel<kDType, 256>(params, num_items, num_kv_heads, head_tile,
+                                                       stream);
 #endif
     default: return cudaErrorInvalidValue;
   }
@@ -126,11 +127,9 @@ absl::StatusOr<internal::DeviceFill> ResolveDeviceFill(const DecodeScheduleOptio
   internal::DeviceFill fill;
   fill.num_sms = options.num_sms;
   if (fill.num_sms <= 0) {
-    int dev = 0;
-    ATTND_RETURN_IF_CUDA_ERROR(cudaGetDevice(&dev), "cudaGetDevice");
-    ATTND_RETURN_IF_CUDA_ERROR(
-        cudaDeviceGetAttribute(&fill.num_sms, cudaDevAttrMultiProcessorCount, dev),
-        "cudaDeviceGetAttribute(multiProcessorCount)");
+    auto sms = CurrentSmCount();
+    if (!sms.ok()) return sms.status();
+    fill.num_sms = *sms;
   }
   fill.ctas_per_sm = options.ctas_per_sm;
   if (fill.ctas_per_sm <= 0) {
@@ -145,8 +144,7 @@ absl::StatusOr<internal::DeviceFill> ResolveDeviceFill(const DecodeScheduleOptio
 
 absl::StatusOr<DecodeWorkPtr> PrepareDecode(std::span<const int32_t> kv_len, int32_t num_qo_heads,
                                             int32_t num_kv_heads, int32_t head_dim,
-                                            int32_t page_size,
-                                            const DecodeScheduleOptions& options,
+                                            int32_t page_size, const DecodeScheduleOptions& options,
                                             cudaStream_t stream) {
   using Kernel = DecodeScheduleOptions::Kernel;
   if (auto s = checks::DecodePlan(kv_len, num_qo_heads, num_kv_heads, head_dim, page_size,
@@ -228,11 +226,16 @@ absl::Status RunPagedDecode(const DecodeWork& work, const PagedAttentionParams& 
   const QueryOutput& qo = params.qo;
   const PagedKV& kv = params.kv;
 
-  const DecodeKernelParams p{.q = qo.q, .o = qo.o, .lse = qo.lse,
+  const DecodeKernelParams p{.q = qo.q,
+                             .o = qo.o,
+                             .lse = qo.lse,
                              .kv = internal::MakePagedKvParams(kv),
-                             .num_qo_heads = work.shape.num_qo_heads, .group = work.group,
-                             .head_tiles = work.head_tiles, .items = work.d_items,
-                             .partial_o = work.d_partial_o, .partial_lse = work.d_partial_lse,
+                             .num_qo_heads = work.shape.num_qo_heads,
+                             .group = work.group,
+                             .head_tiles = work.head_tiles,
+                             .items = work.d_items,
+                             .partial_o = work.d_partial_o,
+                             .partial_lse = work.d_partial_lse,
                              .variant = internal::ResolveVariant(params.options, kv.head_dim)};
   const int num_items = static_cast<int>(work.schedule.items.size());
   const int32_t hd = kv.head_dim, hkv = work.shape.num_kv_heads;
@@ -247,13 +250,17 @@ absl::Status RunPagedDecode(const DecodeWork& work, const PagedAttentionParams& 
   ATTND_RETURN_IF_CUDA_ERROR(e, absl::StrCat("decode kernel launch (head_dim ", kv.head_dim, ")"));
   if (work.schedule.split) {
     // The partial states of the split requests -> o, lse (single-chunk requests were written).
-    const internal::MergeKernelParams m{
-        .v_in = work.d_partial_o, .s_in = work.d_partial_lse, .v_out = qo.o, .s_out = qo.lse,
-        .num_rows = work.shape.batch_size, .num_heads = work.shape.num_qo_heads,
-        .head_dim = work.shape.head_dim, .state_indptr = work.d_chunk_indptr, .skip_single = 1};
-    ATTND_RETURN_IF_CUDA_ERROR(
-        internal::LaunchDecodeMergeKernel(m, kv.dtype, stream),
-        "decode merge kernel launch");
+    const internal::MergeKernelParams m{.v_in = work.d_partial_o,
+                                        .s_in = work.d_partial_lse,
+                                        .v_out = qo.o,
+                                        .s_out = qo.lse,
+                                        .num_rows = work.shape.batch_size,
+                                        .num_heads = work.shape.num_qo_heads,
+                                        .head_dim = work.shape.head_dim,
+                                        .state_indptr = work.d_chunk_indptr,
+                                        .skip_single = 1};
+    ATTND_RETURN_IF_CUDA_ERROR(internal::LaunchDecodeMergeKernel(m, kv.dtype, stream),
+                               "decode merge kernel launch");
   }
   return absl::OkStatus();
 }

@@ -9,9 +9,6 @@
 namespace attnd::kernels::cuda::internal {
 namespace {
 
-constexpr size_t kAlign = 256;
-size_t AlignUp(size_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
-
 // Work items of a schedule with chunks of `chunk` tokens (a request gets at least one).
 int64_t CountChunks(std::span<const int32_t> kv_len, int64_t chunk) {
   int64_t n = 0;
@@ -48,26 +45,12 @@ absl::StatusOr<DecodeSchedule> PlanDecodeSchedule(std::span<const int32_t> kv_le
   if (options.fixed_chunk_tokens > 0) {
     chunk = options.fixed_chunk_tokens;
   } else if (options.allow_split) {
-    const int64_t target = std::max<int64_t>(
-        1, static_cast<int64_t>(static_cast<double>(fill.num_sms) * fill.ctas_per_sm *
-                                std::max(0.01f, options.waves)));
+    const int64_t target = TargetCtas(fill, options.waves);
     if (batch * head_ctas < target) {
-      // The smallest chunk (a multiple of the granule) whose grid still fits in one full wave:
-      // all CTAs run concurrently and finish together; fewer, longer chunks merge less.
-      const int64_t granule = std::max<int64_t>(16, page_size);
-      const int64_t lo =
-          std::max<int64_t>(granule, (options.min_chunk_tokens + granule - 1) / granule * granule);
-      const int64_t hi = std::max<int64_t>(lo, (max_len + granule - 1) / granule * granule);
-      int64_t a = lo / granule, z = hi / granule;  // binary search over multiples of the granule
-      while (a < z) {
-        const int64_t mid = (a + z) / 2;
-        if (CountChunks(kv_len, mid * granule) * head_ctas <= target) {
-          z = mid;
-        } else {
-          a = mid + 1;
-        }
-      }
-      chunk = a * granule;
+      // The smallest chunk (a multiple of the granule) whose grid still fits the waves.
+      chunk = SmallestFittingChunk(
+          options.min_chunk_tokens, max_len, std::max<int64_t>(16, page_size),
+          [&](int64_t c) { return CountChunks(kv_len, c) * head_ctas <= target; });
       if (chunk >= max_len) chunk = 0;
     }
   }
@@ -97,11 +80,11 @@ absl::StatusOr<DecodeSchedule> PlanDecodeSchedule(std::span<const int32_t> kv_le
 DecodeWorkspaceLayout LayoutDecodeWorkspace(const DecodeSchedule& schedule, int32_t num_qo_heads,
                                             int32_t head_dim) {
   const size_t n_items = schedule.items.size();
-  const size_t items_bytes = AlignUp(n_items * sizeof(DecodeWorkItem));
-  const size_t indptr_bytes = AlignUp(schedule.chunk_indptr.size() * sizeof(int32_t));
+  const size_t items_bytes = AlignWorkspace(n_items * sizeof(DecodeWorkItem));
+  const size_t indptr_bytes = AlignWorkspace(schedule.chunk_indptr.size() * sizeof(int32_t));
   const size_t rows = schedule.split ? n_items * static_cast<size_t>(num_qo_heads) : 0;
-  const size_t lse_bytes = AlignUp(rows * sizeof(float));
-  const size_t o_bytes = AlignUp(rows * static_cast<size_t>(head_dim) * sizeof(float));
+  const size_t lse_bytes = AlignWorkspace(rows * sizeof(float));
+  const size_t o_bytes = AlignWorkspace(rows * static_cast<size_t>(head_dim) * sizeof(float));
   DecodeWorkspaceLayout l;
   l.items = 0;
   l.chunk_indptr = items_bytes;

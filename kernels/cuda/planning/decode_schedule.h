@@ -11,7 +11,7 @@
 
 #include "absl/status/statusor.h"
 #include "attnd/kernels/schedule_options.h"
-#include "planning/device_fill.h"
+#include "planning/split_kv.h"
 #include "planning/work_items.h"
 
 namespace attnd::kernels::cuda::internal {
@@ -26,7 +26,7 @@ inline constexpr int kTcHeadTile = 16;
 // is compiled for the head dim (tc_built: head_dim 64 or 128 in ATTND_CUDA_HEAD_DIMS).
 bool UseTensorCoreDecode(DecodeScheduleOptions::Kernel kernel, int32_t group, bool tc_built);
 
-// The device facts the split-KV schedule needs (device_fill.h); only read when the schedule may
+// The device facts the split-KV schedule needs (split_kv.h); only read when the schedule may
 // split automatically (NeedsDeviceFill).
 bool NeedsDeviceFill(const DecodeScheduleOptions& options);
 

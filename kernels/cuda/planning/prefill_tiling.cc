@@ -82,9 +82,7 @@ absl::StatusOr<PrefillSchedule> PlanPrefillSchedule(std::span<const int32_t> qo_
   if (options.fixed_chunk_tokens > 0) {
     chunk = (options.fixed_chunk_tokens + tile_kv - 1) / tile_kv * tile_kv;
   } else if (options.allow_split && !tiles->empty()) {
-    const int64_t target = std::max<int64_t>(
-        1, static_cast<int64_t>(static_cast<double>(fill.num_sms) * fill.ctas_per_sm *
-                                std::max(0.01f, options.waves)));
+    const int64_t target = TargetCtas(fill, options.waves);
     auto ctas = [&](int64_t c) {
       int64_t n = 0;
       for (size_t b = 0; b < batch; ++b) {
@@ -94,22 +92,9 @@ absl::StatusOr<PrefillSchedule> PlanPrefillSchedule(std::span<const int32_t> qo_
       return n * num_kv_heads;
     };
     if (ctas(0) < target) {
-      // The smallest chunk (a multiple of tile_kv) whose grid still fits the waves: all CTAs run
-      // at once; fewer, longer chunks merge less.
-      const int64_t lo =
-          std::max<int64_t>(tile_kv, (options.min_chunk_tokens + tile_kv - 1) / tile_kv * tile_kv);
-      const int64_t hi =
-          std::max<int64_t>(lo, (int64_t{max_len} + tile_kv - 1) / tile_kv * tile_kv);
-      int64_t a = lo / tile_kv, z = hi / tile_kv;
-      while (a < z) {
-        const int64_t mid = (a + z) / 2;
-        if (ctas(mid * tile_kv) <= target) {
-          z = mid;
-        } else {
-          a = mid + 1;
-        }
-      }
-      chunk = a * tile_kv;
+      // The smallest chunk (a multiple of tile_kv) whose grid still fits the waves.
+      chunk = SmallestFittingChunk(options.min_chunk_tokens, max_len, tile_kv,
+                                   [&](int64_t c) { return ctas(c) <= target; });
     }
   }
   if (chunk >= max_len) chunk = 0;  // no request is longer than one chunk
@@ -166,6 +151,20 @@ absl::StatusOr<PrefillSchedule> PlanPrefillSchedule(std::span<const int32_t> qo_
   s.items.resize(candidates.size());
   for (size_t i = 0; i < candidates.size(); ++i) s.items[i] = candidates[i].item;
   return s;
+}
+
+PrefillWorkspaceLayout LayoutPrefillWorkspace(const PrefillSchedule& schedule, int32_t num_qo_heads,
+                                              int32_t head_dim) {
+  const bool split = schedule.chunk_tokens > 0;
+  const size_t states = split ? static_cast<size_t>(schedule.num_states) * num_qo_heads : 0;
+  PrefillWorkspaceLayout l;
+  l.items = 0;
+  l.state_indptr = AlignWorkspace(schedule.items.size() * sizeof(PrefillItem));
+  l.partial_lse = l.state_indptr + AlignWorkspace(schedule.state_indptr.size() * sizeof(int32_t));
+  l.upload_bytes = l.partial_lse;
+  l.partial_o = l.partial_lse + AlignWorkspace(states * sizeof(float));
+  l.total_bytes = l.partial_o + states * static_cast<size_t>(head_dim) * sizeof(uint16_t);
+  return l;
 }
 
 }  // namespace attnd::kernels::cuda::internal

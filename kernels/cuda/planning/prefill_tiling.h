@@ -15,7 +15,7 @@
 
 #include "absl/status/statusor.h"
 #include "attnd/kernels/schedule_options.h"
-#include "planning/device_fill.h"
+#include "planning/split_kv.h"
 #include "planning/work_items.h"
 
 namespace attnd::kernels::cuda::internal {
@@ -83,5 +83,22 @@ absl::StatusOr<PrefillSchedule> PlanPrefillSchedule(std::span<const int32_t> qo_
                                                     int32_t tile_kv,
                                                     const PrefillScheduleOptions& options,
                                                     const DeviceFill& fill);
+
+// The prefill plan's one device allocation: items | state_indptr | partial_lse | partial_o, each
+// section 256-byte aligned (AlignWorkspace), the last three empty unless the schedule splits.
+// partial_lse: [num_states, num_qo_heads] fp32; partial_o: [num_states, num_qo_heads, head_dim]
+// in o's 16-bit type (fp16 or bf16, the only prefill outputs). The first upload_bytes (items and
+// state_indptr) are uploaded from a host image with this layout; the partial states are written
+// by the kernels.
+struct PrefillWorkspaceLayout {
+  size_t items = 0;  // byte offsets
+  size_t state_indptr = 0;
+  size_t partial_lse = 0;
+  size_t partial_o = 0;
+  size_t upload_bytes = 0;
+  size_t total_bytes = 0;
+};
+PrefillWorkspaceLayout LayoutPrefillWorkspace(const PrefillSchedule& schedule, int32_t num_qo_heads,
+                                              int32_t head_dim);
 
 }  // namespace attnd::kernels::cuda::internal

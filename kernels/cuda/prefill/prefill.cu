@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "attnd/kernels/cuda_prefill.h"
 #include "backend/cuda_status.h"
+#include "backend/device_query.h"
 #include "backend/launch_checks.h"
 #include "blocks/variant.h"
 #include "merge/merge_params.h"
@@ -59,28 +60,21 @@ class PrefillWork {
   int32_t head_dim_ = 0;
   internal::TileVariant variant_ = internal::TileVariant::kDefault;
   std::vector<unsigned char> host_image_;  // the upload's source (items | state_indptr), kept
-  size_t split_bytes_ = 0;                 // partial_lse | partial_o, after the image
 };
 
 namespace {
-
-constexpr size_t kAlign = 256;
-size_t AlignUp(size_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
 
 // The device facts split-KV needs: the current device's SMs (or the options'), two resident
 // CTAs per SM unless the options say otherwise (PrefillScheduleOptions).
 absl::StatusOr<internal::DeviceFill> ResolvePrefillFill(const PrefillScheduleOptions& options) {
   internal::DeviceFill fill;
   fill.ctas_per_sm = options.ctas_per_sm > 0 ? options.ctas_per_sm : 2;
-  if (options.num_sms > 0) {
-    fill.num_sms = options.num_sms;
-    return fill;
+  fill.num_sms = options.num_sms;
+  if (fill.num_sms <= 0) {
+    auto sms = CurrentSmCount();
+    if (!sms.ok()) return sms.status();
+    fill.num_sms = *sms;
   }
-  int device = 0;
-  ATTND_RETURN_IF_CUDA_ERROR(cudaGetDevice(&device), "prefill: cudaGetDevice");
-  ATTND_RETURN_IF_CUDA_ERROR(
-      cudaDeviceGetAttribute(&fill.num_sms, cudaDevAttrMultiProcessorCount, device),
-      "prefill: SM count");
   return fill;
 }
 
@@ -119,20 +113,15 @@ absl::StatusOr<PrefillWorkPtr> PreparePrefill(std::span<const int32_t> qo_indptr
   work->num_items_ = static_cast<int32_t>(schedule->items.size());
   if (schedule->items.empty()) return work;
 
-  // The host image of the upload: items, then (split) state_indptr.
-  const size_t items_bytes = AlignUp(schedule->items.size() * sizeof(internal::PrefillItem));
-  const size_t indptr_bytes = AlignUp(schedule->state_indptr.size() * sizeof(int32_t));
-  const size_t states = static_cast<size_t>(schedule->num_states) * num_qo_heads;
-  const size_t lse_bytes = AlignUp(states * sizeof(float));
-  // Partial o in o's type: fp16 or bf16 (the only prefill outputs, checks::PagedPrefillRun).
-  const size_t o_bytes = states * static_cast<size_t>(head_dim) * sizeof(uint16_t);
-  work->host_image_.assign(items_bytes + indptr_bytes, 0);
-  std::memcpy(work->host_image_.data(), schedule->items.data(),
+  // The host image of the upload (items, then, split, state_indptr) in the device layout.
+  const internal::PrefillWorkspaceLayout layout =
+      internal::LayoutPrefillWorkspace(*schedule, num_qo_heads, head_dim);
+  work->host_image_.assign(layout.upload_bytes, 0);
+  std::memcpy(work->host_image_.data() + layout.items, schedule->items.data(),
               schedule->items.size() * sizeof(internal::PrefillItem));
-  std::memcpy(work->host_image_.data() + items_bytes, schedule->state_indptr.data(),
+  std::memcpy(work->host_image_.data() + layout.state_indptr, schedule->state_indptr.data(),
               schedule->state_indptr.size() * sizeof(int32_t));
-  work->split_bytes_ = schedule->chunk_tokens > 0 ? lse_bytes + o_bytes : 0;
-  const size_t bytes = work->host_image_.size() + work->split_bytes_;
+  const size_t bytes = layout.total_bytes;
   // Stream-ordered allocation from the device's memory pool: no cudaMalloc per plan.
   if (auto s = CudaStatus(cudaMallocAsync(&work->device_, bytes, stream),
                           "prefill: cudaMallocAsync(work items and split-KV states)");
@@ -142,11 +131,11 @@ absl::StatusOr<PrefillWorkPtr> PreparePrefill(std::span<const int32_t> qo_indptr
   }
   work->stream_ = stream;
   auto* base = static_cast<unsigned char*>(work->device_);
-  work->items_ = reinterpret_cast<internal::PrefillItem*>(base);
+  work->items_ = reinterpret_cast<internal::PrefillItem*>(base + layout.items);
   if (schedule->chunk_tokens > 0) {
-    work->state_indptr_ = reinterpret_cast<int32_t*>(base + items_bytes);
-    work->partial_lse_ = reinterpret_cast<float*>(base + items_bytes + indptr_bytes);
-    work->partial_o_ = base + items_bytes + indptr_bytes + lse_bytes;
+    work->state_indptr_ = reinterpret_cast<int32_t*>(base + layout.state_indptr);
+    work->partial_lse_ = reinterpret_cast<float*>(base + layout.partial_lse);
+    work->partial_o_ = base + layout.partial_o;
     work->qo_rows_ = qo_indptr.back();
   }
   // In stream order, not waited for: runs on `stream` follow the upload; runs on another stream

@@ -164,5 +164,30 @@ TEST(PlanPrefillSchedule, FixedChunksSplitOnlyTheLongRequests) {
   ExpectCoversStates(*s, qo_indptr, kv_len, 2, 64);
 }
 
+TEST(LayoutPrefillWorkspace, SectionsAreAlignedAndSizedAndEmptyWithoutASplit) {
+  const std::vector<int32_t> qo_indptr = {0, 5, 205, 205};
+  const std::vector<int32_t> kv_len = {40, 300, 77};
+  PrefillScheduleOptions o;
+  o.fixed_chunk_tokens = 100;
+  auto split = PlanPrefillSchedule(qo_indptr, kv_len, 2, 2, 64, 64, o, DeviceFill{});
+  ASSERT_TRUE(split.ok());
+  const PrefillWorkspaceLayout l = LayoutPrefillWorkspace(*split, 4, 128);
+  EXPECT_EQ(l.items, 0u);
+  EXPECT_GE(l.state_indptr, split->items.size() * sizeof(PrefillItem));
+  EXPECT_GE(l.partial_lse - l.state_indptr, split->state_indptr.size() * sizeof(int32_t));
+  EXPECT_EQ(l.upload_bytes, l.partial_lse);
+  EXPECT_GE(l.partial_o - l.partial_lse, 605u * 4 * sizeof(float));
+  EXPECT_EQ(l.total_bytes - l.partial_o, 605u * 4 * 128 * sizeof(uint16_t));
+  for (size_t offset : {l.state_indptr, l.partial_lse, l.partial_o}) EXPECT_EQ(offset % 256, 0u);
+
+  o.fixed_chunk_tokens = 0;
+  o.allow_split = false;
+  auto unsplit = PlanPrefillSchedule(qo_indptr, kv_len, 2, 2, 64, 64, o, DeviceFill{});
+  ASSERT_TRUE(unsplit.ok());
+  const PrefillWorkspaceLayout u = LayoutPrefillWorkspace(*unsplit, 4, 128);
+  EXPECT_EQ(u.total_bytes, u.upload_bytes);  // no partial states
+  EXPECT_EQ(u.upload_bytes, AlignWorkspace(unsplit->items.size() * sizeof(PrefillItem)));
+}
+
 }  // namespace
 }  // namespace attnd::kernels::cuda::internal
