@@ -38,12 +38,16 @@ if [ "$mode" = bench ] || [ "$mode" = all ]; then
 fi
 
 if [ "$mode" = tests ] || [ "$mode" = all ]; then
-  # The Python client's torch zero-copy test, with the host's torch. The package travels
-  # pre-installed in .gpu-py/ (the GPU host has no grpcio-tools to generate the stubs).
+  # The Python GPU tests (tests/python/gpu_*_test.py: torch zero-copy, the FlashInfer drop-in,
+  # the model example), with the host's torch. The package travels pre-installed in .gpu-py/ (the
+  # GPU host has no grpcio-tools to generate the stubs). FlashInfer, where a test compares with
+  # it, is the peer bundle unpacked in $FI_PEER_DIR (fi_peer.py's JIT cache is reused).
   if [ -d .gpu-py ]; then
-    PYTHONPATH="$PWD/.gpu-py" ATTND_BIN="$PWD/.gpu/bin/attnd" PYTHONUNBUFFERED=1 timeout 300 \
-      python3 -m pytest -q -p no:cacheprovider tests/python/gpu_torch_test.py > "$out/python_gpu.txt" 2>&1 \
-      || status=1
+    fi_dir=${FI_PEER_DIR:-/tmp/fi}
+    PYTHONPATH="$PWD/.gpu-py${FI_PEER_DIR:+:$fi_dir}" ATTND_BIN="$PWD/.gpu/bin/attnd" \
+      PYTHONUNBUFFERED=1 timeout "${PY_TEST_TIMEOUT:-420}" \
+      python3 -m pytest -q -rs -p no:cacheprovider tests/python/gpu_*_test.py \
+      > "$out/python_gpu.txt" 2>&1 || status=1
   fi
 fi
 
