@@ -73,8 +73,8 @@ class _Mapping:
         with torch.cuda.device(self.device):
             torch.zeros(1, device=f"cuda:{self.device}")  # the primary context exists and is current
             ptr = ctypes.c_uint64(0)
-            raw = _CUipcMemHandle()
-            raw.reserved = bytes(handle)
+            raw = _CUipcMemHandle.from_buffer_copy(bytes(handle))  # (field assignment would
+            # stop at the first NUL byte)
             rc = lib._attnd_open(ctypes.byref(ptr), raw, _CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS)
             if rc != 0:
                 raise RuntimeError(
@@ -478,6 +478,12 @@ def get_context() -> Context:
         if _default is None or _default.closed:
             _default = Context()
         return _default
+
+
+def peek_context() -> Optional[Context]:
+    """The default context if one is open, else None (makes nothing)."""
+    with _default_lock:
+        return _default if _default is not None and not _default.closed else None
 
 
 def allocate_paged_kv_cache(num_layers: int, num_pages: int, page_size: int, num_kv_heads: int,

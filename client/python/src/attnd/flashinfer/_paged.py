@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any, Dict, NamedTuple, Optional
 
 from attnd.flashinfer import _mapping as _m
-from attnd.flashinfer._context import Context, get_context
+from attnd.flashinfer._context import Context, get_context, peek_context
 
 
 class Spec(NamedTuple):
@@ -86,11 +86,18 @@ class PagedWrapperBase:
     def _set_spec(self, spec: Spec) -> None:
         self._drop_inner()
         self._spec = spec
-        ctx = self.attnd_context
+        ctx = self._context or self._context_arg or peek_context()
+        if ctx is None:  # no context yet, so no pool either: the plan is made at run()
+            return
         found = ctx.candidates(spec.num_kv_heads, spec.head_dim, spec.table.page_size,
                                spec.kv_dtype)
         if len(found) == 1:  # only one pool fits: plan now, so a bad table fails in plan()
-            self._inner_for(found[0])
+            self._context = ctx
+            try:
+                self._inner_for(found[0])
+            except BaseException:
+                self._spec = None
+                raise
 
     def _inner_for(self, view):
         key = view.layout.key
@@ -101,6 +108,10 @@ class PagedWrapperBase:
 
         spec = self._spec
         t = spec.table
+        if t.max_page >= view.layout.num_pages:
+            raise _m.AttndFlashInferError(
+                f"{self._api}: the plan names page {t.max_page}, the pool has "
+                f"{view.layout.num_pages} pages")
         ctx = self.attnd_context
         if spec.kind == "decode":
             inner = attnd.BatchDecodeWrapper(view.pool, ipc_method=ctx.ipc_method)
@@ -132,10 +143,10 @@ class PagedWrapperBase:
     def _run(self, q, paged_kv_cache, *, out=None, lse=None, return_lse: bool = False,
              lse_base: str = "log2", lse_layout: str = "NH", q_scale=None, k_scale=None,
              v_scale=None, window_left=None):
-        import torch
-
         spec = self._require_spec()
         _m.check_lse_options(lse_base, lse_layout)
+        import torch
+
         if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
             raise RuntimeError(f"{self._api}.run() cannot be captured in a CUDA graph: it is a call "
                                "to the attnd daemon")

@@ -1,0 +1,604 @@
+"""attnd.flashinfer without torch or a GPU: signature parity with FlashInfer 0.7.4, argument
+checks, and the pure logic the drop-in runs on (page tables, options, KV-cache resolution, LSE
+base, the merge formula). The GPU half is tests/python/gpu_flashinfer_dropin_test.py.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import attnd
+import attnd.flashinfer as fi
+from attnd.flashinfer import _mapping as m
+from attnd.flashinfer import cascade, decode, page, prefill
+
+REPO = Path(__file__).resolve().parents[2]
+REQ = inspect.Parameter.empty
+
+# FlashInfer 0.7.4's documented signatures: (name, default) in order; "*" marks the start of
+# keyword-only parameters, "*args" a var-positional. Taken from its API reference / docstrings.
+FI_SIGNATURES = {
+    "BatchDecodeWithPagedKVCacheWrapper.__init__": [
+        ("float_workspace_buffer", REQ), ("kv_layout", "NHD"), ("use_cuda_graph", False),
+        ("use_tensor_cores", False), ("paged_kv_indptr_buffer", None),
+        ("paged_kv_indices_buffer", None), ("paged_kv_last_page_len_buffer", None),
+        ("backend", "auto"), ("jit_args", None), ("jit_kwargs", None)],
+    # plan(indptr, ..., page_size, *deprecated_positional_args, **kwargs) in 0.7.4, whose
+    # positional order (_BATCH_DECODE_PLAN_LEGACY_POS_ARGS) is that of earlier releases.
+    "BatchDecodeWithPagedKVCacheWrapper.plan": [
+        ("indptr", REQ), ("indices", REQ), ("last_page_len", REQ), ("num_qo_heads", REQ),
+        ("num_kv_heads", REQ), ("head_dim", REQ), ("page_size", REQ),
+        ("pos_encoding_mode", "NONE"), ("window_left", -1), ("logits_soft_cap", None),
+        ("q_data_type", "float16"), ("kv_data_type", None), ("o_data_type", None),
+        ("data_type", None), ("sm_scale", None), ("rope_scale", None), ("rope_theta", None),
+        ("non_blocking", True), ("block_tables", None), ("seq_lens", None),
+        ("fixed_split_size", None), ("disable_split_kv", False), ("q_len_per_req", 1), "*",
+        ("window_right", 0), ("is_causal", None), ("use_token_head_sf", False)],
+    "BatchDecodeWithPagedKVCacheWrapper.run": [
+        ("q", REQ), ("paged_kv_cache", REQ), "*args", ("q_scale", None), ("k_scale", None),
+        ("v_scale", None), ("out", None), ("lse", None), ("return_lse", False),
+        ("enable_pdl", None), ("window_left", None), ("sinks", None), ("q_len_per_req", None),
+        ("skip_softmax_threshold_scale_factor", None), ("kv_cache_sf", None)],
+    "BatchPrefillWithPagedKVCacheWrapper.__init__": [
+        ("float_workspace_buffer", REQ), ("kv_layout", "NHD"), ("use_cuda_graph", False),
+        ("qo_indptr_buf", None), ("paged_kv_indptr_buf", None), ("paged_kv_indices_buf", None),
+        ("paged_kv_last_page_len_buf", None), ("custom_mask_buf", None),
+        ("mask_indptr_buf", None), ("backend", "auto"), ("jit_args", None), ("jit_kwargs", None),
+        ("variant_owns_mask", False), ("max_total_num_rows", None)],
+    "BatchPrefillWithPagedKVCacheWrapper.plan": [
+        ("qo_indptr", REQ), ("paged_kv_indptr", REQ), ("paged_kv_indices", REQ),
+        ("paged_kv_last_page_len", REQ), ("num_qo_heads", REQ), ("num_kv_heads", REQ),
+        ("head_dim_qk", REQ), ("page_size", REQ), ("head_dim_vo", None), ("custom_mask", None),
+        ("packed_custom_mask", None), ("causal", False), ("pos_encoding_mode", "NONE"),
+        ("use_fp16_qk_reduction", False), ("sm_scale", None), ("window_left", -1),
+        ("logits_soft_cap", None), ("rope_scale", None), ("rope_theta", None),
+        ("q_data_type", "float16"), ("kv_data_type", None), ("o_data_type", None),
+        ("non_blocking", True), ("prefix_len_ptr", None), ("token_pos_in_items_ptr", None),
+        ("token_pos_in_items_len", 0), ("max_item_len_ptr", None), ("seq_lens", None),
+        ("seq_lens_q", None), ("block_tables", None), ("max_token_per_sequence", None),
+        ("max_sequence_kv", None), ("fixed_split_size", None), ("disable_split_kv", False),
+        ("uniform_q_len", None), ("use_token_head_sf", False)],
+    "BatchPrefillWithPagedKVCacheWrapper.run": [
+        ("q", REQ), ("paged_kv_cache", REQ), "*args", ("q_scale", None), ("k_scale", None),
+        ("v_scale", None), ("out", None), ("lse", None), ("return_lse", False),
+        ("lse_base", "log2"), ("lse_layout", "NH"), ("enable_pdl", None), ("window_left", None),
+        ("sinks", None), ("kv_cache_sf", None), ("skip_softmax_threshold_scale_factor", None),
+        ("use_fp16_softmax", None), ("uses_spcompress", None)],
+    "BatchPrefillWithRaggedKVCacheWrapper.__init__": [
+        ("float_workspace_buffer", REQ), ("kv_layout", "NHD"), ("use_cuda_graph", False),
+        ("qo_indptr_buf", None), ("kv_indptr_buf", None), ("custom_mask_buf", None),
+        ("mask_indptr_buf", None), ("backend", "auto"), ("jit_args", None), ("jit_kwargs", None),
+        ("variant_owns_mask", False)],
+    "BatchPrefillWithRaggedKVCacheWrapper.plan": [
+        ("qo_indptr", REQ), ("kv_indptr", REQ), ("num_qo_heads", REQ), ("num_kv_heads", REQ),
+        ("head_dim_qk", REQ), ("head_dim_vo", None), ("custom_mask", None),
+        ("packed_custom_mask", None), ("causal", False), ("pos_encoding_mode", "NONE"),
+        ("use_fp16_qk_reduction", False), ("window_left", -1), ("logits_soft_cap", None),
+        ("sm_scale", None), ("rope_scale", None), ("rope_theta", None),
+        ("q_data_type", "float16"), ("kv_data_type", None), ("o_data_type", None),
+        ("non_blocking", True), ("prefix_len_ptr", None), ("token_pos_in_items_ptr", None),
+        ("token_pos_in_items_len", 0), ("max_item_len_ptr", None), ("fixed_split_size", None),
+        ("disable_split_kv", False), ("seq_lens", None), ("seq_lens_q", None),
+        ("max_token_per_sequence", None), ("max_sequence_kv", None), ("v_indptr", None),
+        ("o_indptr", None), ("qo_indptr_cpu", None), ("kv_indptr_cpu", None),
+        ("uniform_q_len", None), ("use_token_head_sf", False)],
+    "BatchPrefillWithRaggedKVCacheWrapper.run": [
+        ("q", REQ), ("k", REQ), ("v", REQ), "*args", ("q_scale", None), ("k_scale", None),
+        ("v_scale", None), ("o_scale", None), ("out", None), ("lse", None),
+        ("return_lse", False), ("lse_base", "log2"), ("lse_layout", "NH"), ("enable_pdl", None),
+        ("kv_cache_sf", None)],
+    "single_decode_with_kv_cache": [
+        ("q", REQ), ("k", REQ), ("v", REQ), ("kv_layout", "NHD"), ("pos_encoding_mode", "NONE"),
+        ("use_tensor_cores", False), ("q_scale", None), ("k_scale", None), ("v_scale", None),
+        ("window_left", -1), ("logits_soft_cap", None), ("sm_scale", None), ("rope_scale", None),
+        ("rope_theta", None), ("return_lse", False)],
+    "single_prefill_with_kv_cache": [
+        ("q", REQ), ("k", REQ), ("v", REQ), ("scale_q", None), ("scale_k", None),
+        ("scale_v", None), ("o_dtype", None), ("custom_mask", None), ("packed_custom_mask", None),
+        ("causal", False), ("kv_layout", "NHD"), ("pos_encoding_mode", "NONE"),
+        ("use_fp16_qk_reduction", False), ("sm_scale", None), ("window_left", -1),
+        ("logits_soft_cap", None), ("rope_scale", None), ("rope_theta", None),
+        ("backend", "auto"), ("return_lse", False), ("kv_cache_sf", None), ("k_scale", None),
+        ("v_scale", None)],
+    "merge_state": [("v_a", REQ), ("s_a", REQ), ("v_b", REQ), ("s_b", REQ)],
+    "merge_state_in_place": [("v", REQ), ("s", REQ), ("v_other", REQ), ("s_other", REQ),
+                             ("mask", None)],
+    "merge_states": [("v", REQ), ("s", REQ)],
+    "append_paged_kv_cache": [
+        ("append_key", REQ), ("append_value", REQ), ("batch_indices", REQ), ("positions", REQ),
+        ("paged_kv_cache", REQ), ("kv_indices", REQ), ("kv_indptr", REQ),
+        ("kv_last_page_len", REQ), ("kv_layout", "NHD")],
+    "get_seq_lens": [("kv_indptr", REQ), ("kv_last_page_len", REQ), ("page_size", REQ)],
+    "get_batch_indices_positions": [("append_indptr", REQ), ("seq_lens", REQ), ("nnz", REQ),
+                                    ("batch_indices", None), ("positions", None)],
+}
+
+# FlashInfer's module for each name (attnd.flashinfer mirrors flashinfer.<module>).
+FI_MODULES = {
+    "BatchDecodeWithPagedKVCacheWrapper": decode, "single_decode_with_kv_cache": decode,
+    "BatchPrefillWithPagedKVCacheWrapper": prefill, "BatchPrefillWithRaggedKVCacheWrapper": prefill,
+    "single_prefill_with_kv_cache": prefill, "merge_state": cascade,
+    "merge_state_in_place": cascade, "merge_states": cascade, "append_paged_kv_cache": page,
+    "get_seq_lens": page, "get_batch_indices_positions": page,
+}
+
+
+def ours(qualname: str):
+    top, _, method = qualname.partition(".")
+    obj = getattr(FI_MODULES[top], top)
+    assert getattr(fi, top) is obj, f"attnd.flashinfer.{top} is not {FI_MODULES[top].__name__}'s"
+    return getattr(obj, method) if method else obj
+
+
+def expected_params(spec):
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    out = []
+    for item in spec:
+        if item == "*":
+            kind = inspect.Parameter.KEYWORD_ONLY
+        elif item == "*args":
+            out.append(("args", inspect.Parameter.VAR_POSITIONAL, REQ))
+            kind = inspect.Parameter.KEYWORD_ONLY
+        else:
+            out.append((item[0], kind, item[1]))
+    return out
+
+
+@pytest.mark.parametrize("qualname", sorted(FI_SIGNATURES))
+def test_signature_matches_flashinfer(qualname):
+    """Same parameter names, order, kinds and defaults as FlashInfer 0.7.4; attnd's additions are
+    keyword-only, after them, and named attnd_*."""
+    params = [p for p in inspect.signature(ours(qualname)).parameters.values()
+              if p.name != "self"]
+    extra = [p for p in params if p.name.startswith("attnd_")]
+    core = [p for p in params if not p.name.startswith("attnd_")]
+    assert [(p.name, p.kind, p.default) for p in core] == expected_params(FI_SIGNATURES[qualname])
+    assert params[len(core):] == extra, "attnd extensions must come last"
+    for p in extra:
+        assert p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is None
+
+
+def test_public_names_and_aliases():
+    for name in ("BatchDecodeWithPagedKVCacheWrapper", "BatchPrefillWithPagedKVCacheWrapper",
+                 "BatchPrefillWithRaggedKVCacheWrapper", "MultiLevelCascadeAttentionWrapper",
+                 "single_decode_with_kv_cache", "single_prefill_with_kv_cache",
+                 "single_prefill_with_kv_cache_return_lse", "merge_state", "merge_states",
+                 "merge_state_in_place", "append_paged_kv_cache", "get_seq_lens",
+                 "get_batch_indices_positions", "CUDAGraphBatchDecodeWithPagedKVCacheWrapper"):
+        assert name in fi.__all__ and hasattr(fi, name)
+    for cls in (fi.BatchDecodeWithPagedKVCacheWrapper, fi.BatchPrefillWithPagedKVCacheWrapper,
+                fi.BatchPrefillWithRaggedKVCacheWrapper):
+        assert cls.begin_forward is cls.plan
+        assert cls.__dict__["run_return_lse"].keywords == {"return_lse": True}
+    assert fi.single_prefill_with_kv_cache_return_lse.keywords == {"return_lse": True}
+
+
+def test_import_needs_no_torch():
+    """Importing attnd.flashinfer imports neither torch nor anything heavy."""
+    code = ("import sys, attnd.flashinfer; "
+            "bad = [m for m in ('torch', 'flashinfer') if m in sys.modules]; "
+            "sys.exit(1 if bad else 0)")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0
+
+
+def test_package_includes_the_module():
+    """The installed attnd (what gpu-bundle.sh puts in .gpu-py) carries attnd/flashinfer."""
+    here = Path(fi.__file__).parent
+    assert here.parent == Path(attnd.__file__).parent
+    for name in ("__init__", "_context", "_mapping", "_paged", "_single", "decode", "prefill",
+                 "cascade", "page"):
+        assert (here / f"{name}.py").is_file(), name
+
+
+# --- options -----------------------------------------------------------------------------------
+
+def test_pos_encoding_mode():
+    assert m.pos_encoding("NONE") == "none"
+    assert m.pos_encoding("ROPE_LLAMA") == "rope_llama"
+    assert m.pos_encoding("rope_llama") == "rope_llama"
+
+    class Mode:  # FlashInfer's PosEncodingMode members have a .name
+        name = "ROPE_LLAMA"
+
+    assert m.pos_encoding(Mode()) == "rope_llama"
+    with pytest.raises(NotImplementedError, match="ALiBi"):
+        m.pos_encoding("ALIBI")
+    with pytest.raises(ValueError, match="pos_encoding_mode"):
+        m.pos_encoding("ROPE")
+
+
+def test_kv_layout():
+    assert m.check_kv_layout("NHD") == "NHD"
+    with pytest.raises(NotImplementedError, match="NHD only"):
+        m.check_kv_layout("HND")
+    with pytest.raises(ValueError):
+        m.check_kv_layout("nhd")
+
+
+def test_window_soft_cap_scales():
+    assert [m.window(w) for w in (None, -1, -5, 0, 7)] == [None, None, None, 0, 7]
+    assert [m.soft_cap(c) for c in (None, 0, 0.0, -3.0, 30)] == [None, None, None, None, 30.0]
+    assert m.sm_scale_for(None, 128) == pytest.approx(1 / math.sqrt(128))
+    assert m.sm_scale_for(0.5, 128) == 0.5
+    assert m.sm_scale_for(None, 64, q_scale=2.0, k_scale=0.25) == pytest.approx(0.5 / 8)
+    assert m.v_scale_for(None) is None and m.v_scale_for(1.0) is None
+    assert m.v_scale_for(0.5) == 0.5
+
+    class FakeTensor:
+        shape = (8,)
+
+    with pytest.raises(NotImplementedError, match="q_scale as a tensor"):
+        m.sm_scale_for(None, 64, q_scale=FakeTensor())
+
+
+def test_lse_base():
+    assert m.LOG2E * m.LN2 == pytest.approx(1.0, abs=1e-15)
+    assert m.LOG2E == pytest.approx(1 / math.log(2), abs=1e-15)
+    assert m.lse_factor("log2") == m.LOG2E
+    assert m.lse_factor("ln") is None
+    with pytest.raises(ValueError, match="lse_base"):
+        m.lse_factor("e")
+    with pytest.raises(ValueError, match="lse_layout"):
+        m.check_lse_options("log2", "HND")
+    # base 2 of FlashInfer: log2(sum 2^(s * log2 e)) = ln(sum e^s) * log2 e
+    s = np.array([0.3, -1.2, 2.5])
+    lse2 = np.log2(np.sum(np.exp2(s * m.LOG2E)))
+    assert lse2 == pytest.approx(np.log(np.sum(np.exp(s))) * m.LOG2E)
+
+
+def test_dtypes():
+    assert m.dtype_name("float16") == "float16"
+    assert m.dtype_name("bfloat16") == "bfloat16"
+    assert m.dtype_name("torch.bfloat16") == "bfloat16"
+    assert m.dtype_name(None) == "float16"
+    assert m.dtype_name(None, default="bfloat16") == "bfloat16"
+    with pytest.raises(ValueError, match="unsupported dtype"):
+        m.dtype_name("int8")
+
+
+def test_reject_unsupported():
+    defaults = dict(custom_mask=None, token_pos_in_items_len=0, use_token_head_sf=False)
+    m.reject_unsupported("api", dict(custom_mask=None, token_pos_in_items_len=0), defaults)
+    with pytest.raises(NotImplementedError, match="custom_mask=.*not supported"):
+        m.reject_unsupported("api", dict(custom_mask=[True, False]), defaults)
+    with pytest.raises(NotImplementedError, match="token_pos_in_items_len=4"):
+        m.reject_unsupported("api", dict(token_pos_in_items_len=4), defaults)
+    with pytest.raises(NotImplementedError, match="use_token_head_sf=True"):
+        m.reject_unsupported("api", dict(use_token_head_sf=True), defaults)
+
+
+# --- page tables -------------------------------------------------------------------------------
+
+def test_page_table_decode_and_prefill():
+    t = m.page_table([0, 2, 3], [4, 1, 7, 99], [5, 16], 16)  # entries past indptr[-1] ignored
+    assert t.kv_indices == [4, 1, 7] and t.kv_lens == [21, 16] and t.batch_size == 2
+    assert t.qo_indptr == [0, 1, 2] and t.max_page == 7
+    t = m.page_table(np.array([0, 1]), np.array([3], np.int32), [1], 1, [0, 1])
+    assert t.kv_lens == [1] and t.qo_tokens == 1
+    t = m.page_table([0, 2, 4], [0, 1, 2, 3], [3, 16], 16, q_len_per_req=3)
+    assert t.qo_indptr == [0, 3, 6]
+    t = m.page_table([0, 2, 4], [0, 1, 2, 3], [3, 16], 16, [0, 0, 10])
+    assert t.qo_tokens == 10  # a request without queries is fine
+
+
+@pytest.mark.parametrize("args,match", [
+    (([0, 1], [0], [], 16), "batch is empty"),
+    (([0, 1, 2], [0, 1], [1], 16), "indptr has 3 entries"),
+    (([1, 2], [0, 1], [1], 16), r"indptr\[0\]=1"),
+    (([0, 0, 1], [0], [1, 1], 16), "request 0 has 0 pages"),
+    (([0, 1], [0], [0], 16), r"last_page_len\[0\]=0 is outside 1..page_size \(16\)"),
+    (([0, 1], [0], [17], 16), r"last_page_len\[0\]=17"),
+    (([0, 3], [0, 1], [1], 16), "indices has 2 entries"),
+    (([0, 1], [-2], [1], 16), r"indices\[0\]=-2"),
+    (([0, 1], [0], [1], 0), "page_size must be >= 1"),
+    (([0, 1], [0.5], [1], 16), "integers"),
+])
+def test_page_table_errors(args, match):
+    with pytest.raises(m.AttndFlashInferError, match=match):
+        m.page_table(*args)
+
+
+@pytest.mark.parametrize("qo,match", [
+    ([0, 5, 4], "non-decreasing"),
+    ([1, 2, 3], r"qo_indptr\[0\]=1"),
+    ([0, 1], "qo_indptr has 2 entries"),
+    ([0, 0, 0], "no query tokens"),
+    ([0, 6, 7], "qo_len=6 > kv_len=5"),
+])
+def test_page_table_query_errors(qo, match):
+    with pytest.raises(ValueError, match=match):
+        m.page_table([0, 1, 2], [0, 1], [5, 3], 16, qo)
+
+
+def test_heads_and_seq_lens():
+    assert m.check_heads(32, 8, 128) == (32, 8, 128)
+    with pytest.raises(ValueError, match="multiple of num_kv_heads=3"):
+        m.check_heads(8, 3, 128)
+    with pytest.raises(ValueError, match="positive"):
+        m.check_heads(8, 0, 128)
+    assert m.seq_lens([0, 3, 3, 4], [5, 2, 16], 16) == [37, 2, 16]
+
+
+# --- the KV cache tensor -> (pool, layer) -------------------------------------------------------
+
+def layout(**kw):
+    d = dict(key="pool-1", base_ptr=0x7F0000000000, num_layers=3, num_pages=10, page_size=16,
+             num_kv_heads=2, head_dim=64, dtype="float16", itemsize=2, head_stride=128,
+             token_stride=256, kv_stride=16 * 256, page_stride=2 * 16 * 256,
+             layer_stride=10 * 2 * 16 * 256, device=0)
+    d.update(kw)
+    return m.PoolLayout(**d)
+
+
+def layer_meta(lay, layer, pages=None, dtype="float16"):
+    e = lay.itemsize
+    return m.TensorMeta(lay.base_ptr + layer * lay.layer_stride,
+                        (pages or lay.num_pages, 2, lay.page_size, lay.num_kv_heads, lay.head_dim),
+                        tuple(s // e for s in (lay.page_stride, lay.kv_stride, lay.token_stride,
+                                               lay.head_stride)) + (1,), e, dtype, lay.device)
+
+
+def halves(meta, lay):
+    s = meta.strides
+    shape = (meta.shape[0],) + meta.shape[2:]
+    k = m.TensorMeta(meta.ptr, shape, (s[0],) + s[2:], meta.itemsize, meta.dtype, meta.device)
+    v = k._replace(ptr=meta.ptr + lay.kv_stride)
+    return k, v
+
+
+def test_resolve_single_tensor_and_halves():
+    lay = layout()
+    other = layout(key="pool-2", base_ptr=0x7E0000000000)
+    r = m.resolve_kv_cache(layer_meta(lay, 2), [other, lay])
+    assert (r.layout.key, r.layer, r.num_pages) == ("pool-1", 2, 10)
+    r = m.resolve_kv_cache(halves(layer_meta(lay, 1), lay), [lay])
+    assert (r.layer, r.num_pages) == (1, 10)
+    r = m.resolve_kv_cache(layer_meta(lay, 0, pages=4), [lay])  # cache[layer][:4]
+    assert r.num_pages == 4
+
+
+def test_resolve_page_size_one_ignores_size_one_strides():
+    lay = layout(page_size=1, kv_stride=256, page_stride=512, layer_stride=5120)
+    meta = layer_meta(lay, 1)
+    odd = meta._replace(strides=meta.strides[:2] + (12345,) + meta.strides[3:])
+    assert m.resolve_kv_cache(odd, [lay]).layer == 1
+
+
+def test_resolve_refusals():
+    lay = layout()
+    meta = layer_meta(lay, 1)
+    elsewhere = meta._replace(ptr=0x100000)
+    with pytest.raises(m.AttndFlashInferError, match="not memory of an attnd pool"):
+        m.resolve_kv_cache(elsewhere, [lay])
+    with pytest.raises(m.AttndFlashInferError, match="not memory of an attnd pool"):
+        m.resolve_kv_cache(meta._replace(device=1), [lay])
+    with pytest.raises(m.AttndFlashInferError, match="bytes into layer 1"):
+        m.resolve_kv_cache(meta._replace(ptr=meta.ptr + lay.page_stride), [lay])  # cache[l][1:]
+    with pytest.raises(m.AttndFlashInferError, match="dtype bfloat16"):
+        m.resolve_kv_cache(layer_meta(lay, 1, dtype="bfloat16"), [lay])
+    hnd = meta._replace(shape=(10, 2, 2, 16, 64))
+    with pytest.raises(m.AttndFlashInferError, match="expected"):
+        m.resolve_kv_cache(hnd, [lay])
+    k, v = halves(meta, lay)
+    with pytest.raises(m.AttndFlashInferError, match="not the V half"):
+        m.resolve_kv_cache((k, v._replace(ptr=v.ptr + lay.layer_stride)), [lay])
+    with pytest.raises(m.AttndFlashInferError, match="k_cache, v_cache"):
+        m.resolve_kv_cache((k, v, v), [lay])
+    with pytest.raises(m.AttndFlashInferError, match="strides"):
+        m.resolve_kv_cache(meta._replace(strides=(2048, 1024, 64, 32, 1)), [lay])
+    with pytest.raises(m.AttndFlashInferError, match="not memory of an attnd pool"):
+        m.resolve_kv_cache(meta, [])
+
+
+def test_plan_must_match_the_cache():
+    lay = layout()
+    r = m.resolve_kv_cache(layer_meta(lay, 0, pages=4), [lay])
+    t = m.page_table([0, 2], [0, 3], [5], 16)
+    m.check_plan_against_cache("api", t, 2, 64, "float16", r)
+    with pytest.raises(ValueError, match="planned num_kv_heads=4"):
+        m.check_plan_against_cache("api", t, 4, 64, "float16", r)
+    with pytest.raises(ValueError, match="planned kv_data_type=bfloat16"):
+        m.check_plan_against_cache("api", t, 2, 64, "bfloat16", r)
+    with pytest.raises(ValueError, match="planned page_size=8"):
+        m.check_plan_against_cache("api", m.page_table([0, 2], [0, 3], [5], 8), 2, 64,
+                                   "float16", r)
+    with pytest.raises(ValueError, match="names page 4, paged_kv_cache has 4 pages"):
+        m.check_plan_against_cache("api", m.page_table([0, 2], [0, 4], [5], 16), 2, 64,
+                                   "float16", r)
+
+
+# --- merging (numpy twin of the torch code path) -------------------------------------------------
+
+def segment_state(logits, values, lo, hi):
+    """Attention over keys lo..hi-1 of one row: (v, base-2 lse); empty -> (nan, -inf)."""
+    if hi <= lo:
+        return np.full(values.shape[-1], np.nan), -np.inf
+    s = logits[lo:hi]
+    w = np.exp(s - s.max())
+    return (w[:, None] * values[lo:hi]).sum(0) / w.sum(), (s.max() + np.log(w.sum())) * m.LOG2E
+
+
+def test_merge_math_equals_attention_over_the_union():
+    rng = np.random.default_rng(7)
+    seq, heads, dim, keys = 3, 2, 8, 50
+    cuts = [0, 0, 13, 13, 31, 50]  # two empty segments among them
+    n = len(cuts) - 1
+    v = np.zeros((seq, n, heads, dim))
+    s = np.zeros((seq, n, heads))
+    ref_v = np.zeros((seq, heads, dim))
+    ref_s = np.zeros((seq, heads))
+    for r in range(seq):
+        for h in range(heads):
+            logits = rng.normal(size=keys) * 3
+            values = rng.normal(size=(keys, dim))
+            for i in range(n):
+                v[r, i, h], s[r, i, h] = segment_state(logits, values, cuts[i], cuts[i + 1])
+            ref_v[r, h], ref_s[r, h] = segment_state(logits, values, 0, keys)
+    mv, ms = m.merge_math(m.NumpyOps(), v, s)
+    assert not np.isnan(mv).any()
+    np.testing.assert_allclose(mv, ref_v, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ms, ref_s, rtol=1e-5, atol=1e-5)
+    # two at a time gives the same (merge_state over a stack of two)
+    a = m.merge_math(m.NumpyOps(), v[:, :3], s[:, :3])
+    b = m.merge_math(m.NumpyOps(), v[:, 3:], s[:, 3:])
+    mv2, ms2 = m.merge_math(m.NumpyOps(), np.stack([a[0], b[0]], 1), np.stack([a[1], b[1]], 1))
+    np.testing.assert_allclose(mv2, ref_v, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ms2, ref_s, rtol=1e-5, atol=1e-5)
+
+
+def test_merge_math_all_empty():
+    v = np.full((2, 3, 1, 4), np.nan)
+    s = np.full((2, 3, 1), -np.inf)
+    mv, ms = m.merge_math(m.NumpyOps(), v, s)
+    assert (mv == 0).all() and np.isneginf(ms).all()
+
+
+# --- wrappers without torch --------------------------------------------------------------------
+
+def test_constructors_refuse_what_attnd_cannot_do():
+    with pytest.raises(NotImplementedError, match="CUDA graph"):
+        fi.BatchDecodeWithPagedKVCacheWrapper(None, "NHD", use_cuda_graph=True)
+    with pytest.raises(NotImplementedError, match="NHD only"):
+        fi.BatchPrefillWithPagedKVCacheWrapper(None, "HND")
+    with pytest.raises(NotImplementedError, match="JIT"):
+        fi.BatchDecodeWithPagedKVCacheWrapper(None, jit_args=["x"])
+    with pytest.raises(NotImplementedError, match="custom masks"):
+        fi.BatchPrefillWithPagedKVCacheWrapper(None, custom_mask_buf=object())
+    with pytest.raises(NotImplementedError, match="cascade"):
+        fi.MultiLevelCascadeAttentionWrapper(2, None, "NHD")
+    with pytest.raises(NotImplementedError, match="CUDA graph"):
+        fi.CUDAGraphBatchDecodeWithPagedKVCacheWrapper(None, 8)
+    w = fi.BatchDecodeWithPagedKVCacheWrapper(None, "NHD", use_tensor_cores=True, backend="fa2")
+    assert w.use_tensor_cores and not w.is_cuda_graph_enabled
+
+
+def test_decode_plan_checks_and_records():
+    w = fi.BatchDecodeWithPagedKVCacheWrapper(None, "NHD")
+    w.plan([0, 2, 3], [5, 6, 7], [3, 16], 32, 8, 128, 16, pos_encoding_mode="ROPE_LLAMA",
+           window_left=63, logits_soft_cap=30.0, q_data_type="bfloat16", sm_scale=0.1,
+           rope_theta=5e5)
+    sp = w._spec
+    assert (sp.kind, sp.num_qo_heads, sp.num_kv_heads, sp.head_dim) == ("decode", 32, 8, 128)
+    assert (sp.q_dtype, sp.kv_dtype, sp.pos_encoding) == ("bfloat16", "bfloat16", "rope_llama")
+    assert (sp.window_left, sp.logits_soft_cap, sp.sm_scale, sp.rope_theta) == (63, 30.0, 0.1,
+                                                                                 5e5)
+    assert sp.table.kv_lens == [19, 16] and not sp.causal
+    w.plan([0, 1], [0], [1], 8, 8, 64, 16, data_type="float16", q_data_type=None)
+    assert (w._spec.q_dtype, w._spec.window_left, w._spec.pos_encoding) == ("float16", None,
+                                                                           "none")
+    w.plan([0, 1, 2], [0, 1], [4, 4], 8, 2, 64, 16, q_len_per_req=3)  # speculative verify
+    assert (w._spec.kind, w._spec.causal, w._spec.table.qo_indptr) == ("prefill", True,
+                                                                       [0, 3, 6])
+    with pytest.raises(ValueError, match="qo_len=5 > kv_len=4"):
+        w.plan([0, 1], [0], [4], 8, 2, 64, 16, q_len_per_req=5)
+    with pytest.raises(ValueError, match="multiple of num_kv_heads"):
+        w.plan([0, 1], [0], [1], 6, 4, 64, 16)
+    with pytest.raises(NotImplementedError, match="ALiBi"):
+        w.plan([0, 1], [0], [1], 8, 8, 64, 16, pos_encoding_mode="ALIBI")
+    with pytest.raises(NotImplementedError, match="window_right=-1"):
+        w.plan([0, 1], [0], [1], 8, 8, 64, 16, window_right=-1)
+    with pytest.raises(NotImplementedError, match="kv_data_type=float8_e4m3fn"):
+        w.plan([0, 1], [0], [1], 8, 8, 64, 16, kv_data_type="float8_e4m3fn")
+    with pytest.raises(NotImplementedError, match="o_data_type=float32"):
+        w.plan([0, 1], [0], [1], 8, 8, 64, 16, o_data_type="float32")
+    with pytest.raises(ValueError, match=r"last_page_len\[0\]=17"):
+        w.plan([0, 1], [0], [17], 8, 8, 64, 16)
+
+
+def test_prefill_plan_checks_and_records():
+    w = fi.BatchPrefillWithPagedKVCacheWrapper(None, "NHD", backend="fa3")
+    w.plan([0, 3, 20], [0, 1, 3], [0, 9, 2], [4, 16], 16, 4, 128, 16, causal=True,
+           use_fp16_qk_reduction=True, seq_lens=[20, 32], fixed_split_size=4)
+    sp = w._spec
+    assert (sp.kind, sp.causal, sp.table.qo_indptr, sp.table.kv_lens) == (
+        "prefill", True, [0, 3, 20], [4, 32])
+    with pytest.raises(ValueError, match="qo_len=5 > kv_len=4"):
+        w.plan([0, 5, 6], [0, 1, 3], [0, 9, 2], [4, 16], 16, 4, 128, 16)
+    with pytest.raises(NotImplementedError, match="head_dim_vo=64"):
+        w.plan([0, 1], [0, 1], [0], [4], 16, 4, 128, 16, head_dim_vo=64)
+    with pytest.raises(NotImplementedError, match="custom_mask"):
+        w.plan([0, 1], [0, 1], [0], [4], 16, 4, 128, 16, custom_mask=[True] * 4)
+    with pytest.raises(NotImplementedError, match="prefix_len_ptr"):
+        w.plan([0, 1], [0, 1], [0], [4], 16, 4, 128, 16, prefix_len_ptr=[0])
+
+
+def test_runs_refused_before_torch_is_needed():
+    w = fi.BatchDecodeWithPagedKVCacheWrapper(None)
+    with pytest.raises(RuntimeError, match="before plan"):
+        w.run(None, None)
+    w.plan([0, 1], [0], [1], 8, 8, 64, 16)
+    with pytest.raises(NotImplementedError, match="custom JIT"):
+        w.run(None, None, 1.0)
+    with pytest.raises(NotImplementedError, match="sinks"):
+        w.run(None, None, sinks=[0.0])
+    with pytest.raises(ValueError, match="q_len_per_req=2, planned 1"):
+        w.run(None, None, q_len_per_req=2)
+    p = fi.BatchPrefillWithPagedKVCacheWrapper(None)
+    p.plan([0, 1], [0, 1], [0], [4], 8, 8, 64, 16)
+    with pytest.raises(ValueError, match="lse_base"):
+        p.run(None, None, return_lse=True, lse_base="e")
+    r = fi.BatchPrefillWithRaggedKVCacheWrapper(None, "NHD")
+    r.plan([0, 4], [0, 9], 8, 2, 128, causal=True)
+    with pytest.raises(NotImplementedError, match="ragged"):
+        r.run(None, None, None)
+    with pytest.raises(ValueError, match="kv_indptr"):
+        r.plan([0, 4], [0, 4, 9], 8, 2, 128)
+    with pytest.raises(NotImplementedError, match="custom_mask"):
+        fi.single_prefill_with_kv_cache(None, None, None, custom_mask=[True])
+
+
+def test_readme_documents_every_name_and_ignored_argument():
+    text = (REPO / "client" / "python" / "README.md").read_text()
+    section = text.split("## FlashInfer drop-in", 1)
+    assert len(section) == 2, "client/python/README.md has no 'FlashInfer drop-in' section"
+    body = section[1].split("\n## ", 1)[0]
+    for name in fi.__all__:
+        assert name in body, f"{name} is not in the README's FlashInfer section"
+    for name in m.IGNORED_ARGUMENTS:
+        assert f"`{name}`" in body, f"ignored argument {name} is not documented"
+    assert "attnd.flashinfer" in (REPO / "README.md").read_text()
+
+
+# --- with the CPU daemon of the test run ---------------------------------------------------------
+
+def test_context_needs_a_cuda_daemon(daemon):
+    with fi.Context(daemon.target) as ctx:
+        assert ctx.session.server_info().backend == "cpu"
+        with pytest.raises(RuntimeError, match="needs a CUDA daemon on this host"):
+            ctx.allocate_paged_kv_cache(1, 4, 16, 2, 64, "float16")
+        with pytest.raises(NotImplementedError, match="NHD only"):
+            ctx.allocate_paged_kv_cache(1, 4, 16, 2, 64, "float16", kv_layout="HND")
+        w = fi.BatchDecodeWithPagedKVCacheWrapper(None, attnd_context=ctx)
+        w.plan([0, 1], [0], [1], 8, 8, 64, 16)  # no pool of that geometry: planned at run()
+        assert w._inner == {}
+    assert ctx.closed
+    with pytest.raises(RuntimeError, match="closed"):
+        ctx.session  # noqa: B018
+
+
+def test_default_context(daemon, monkeypatch):
+    from attnd.flashinfer import _context
+
+    monkeypatch.setattr(_context, "_default", None)
+    assert _context.peek_context() is None
+    monkeypatch.setenv("ATTND_TARGET", daemon.target)
+    ctx = fi.get_context()
+    try:
+        assert fi.get_context() is ctx and _context.peek_context() is ctx
+        assert ctx.session.server_info().backend == "cpu"
+        other = fi.connect(daemon.target)
+        assert fi.get_context() is other
+        other.close()
+        assert _context.peek_context() is None
+    finally:
+        ctx.close()
+        fi.set_context(None)
