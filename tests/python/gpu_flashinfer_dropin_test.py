@@ -511,7 +511,8 @@ def test_append_paged_kv_cache_then_prefill(be):
         w.plan(append_indptr, batch.indptr, batch.indices, batch.last, hq, hkv, d, page,
                causal=True, q_data_type=dtype)
         q = _randn(batch.gen, 41, hq, d, dtype=dtype)
-        o, lse = w.run(q, batch.cache, out=poisoned((41, hq, d), dtype), return_lse=True)
+        o, lse = w.run(q, batch.cache, out=poisoned((41, hq, d), dtype),
+                       lse=poisoned((41, hq), torch.float32), return_lse=True)
         torch.cuda.synchronize()
         qo = append_indptr.tolist()
         for b in range(3):

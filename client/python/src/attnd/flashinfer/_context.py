@@ -115,6 +115,38 @@ class _Mapping:
         self.close()
 
 
+def pool_tensor(flat, pool, device: int):
+    """The pool's [num_layers, num_pages, 2, page_size, H, D] tensor (and its layout) inside
+    ``flat``, a uint8 tensor over the pool's whole allocation, from PoolInfo's offset and
+    strides."""
+    import torch
+
+    info = pool.info
+    dtype = _torch_dtype(pool.kv_dtype)
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    base = int(info.base_offset_bytes)
+    total = int(info.total_bytes)
+    if base + total > flat.numel():
+        raise RuntimeError(f"pool {pool.name!r}: {base} + {total} bytes exceed its mapping "
+                           f"({flat.numel()} bytes)")
+    strides = [int(info.layer_stride_bytes), int(info.page_stride_bytes),
+               int(info.kv_stride_bytes), int(info.token_stride_bytes),
+               int(info.head_stride_bytes)]
+    if base % itemsize or any(s % itemsize for s in strides):
+        raise RuntimeError(f"pool {pool.name!r}: strides {strides} / offset {base} are not "
+                           f"multiples of the element size {itemsize}")
+    elems = flat[base:base + total].view(dtype)
+    shape = (pool.num_layers, pool.num_pages, 2, pool.page_size, pool.num_kv_heads, pool.head_dim)
+    tensor = elems.as_strided(shape, [s // itemsize for s in strides] + [1])
+    layout = _m.PoolLayout(
+        key=pool.pool_id, base_ptr=int(tensor.data_ptr()), num_layers=pool.num_layers,
+        num_pages=pool.num_pages, page_size=pool.page_size, num_kv_heads=pool.num_kv_heads,
+        head_dim=pool.head_dim, dtype=pool.kv_dtype, itemsize=itemsize,
+        layer_stride=strides[0], page_stride=strides[1], kv_stride=strides[2],
+        token_stride=strides[3], head_stride=strides[4], device=int(device))
+    return tensor, layout
+
+
 class PoolView:
     """An attnd pool mapped into this process.
 
@@ -303,34 +335,11 @@ class Context:
     def _view_of(pool, mapping: _Mapping, owned: bool) -> PoolView:
         import torch
 
-        info = pool.info
-        dtype = _torch_dtype(pool.kv_dtype)
-        itemsize = torch.empty((), dtype=dtype).element_size()
-        base = int(info.base_offset_bytes)
-        total = int(info.total_bytes)
-        if base + total > mapping.size:
-            raise RuntimeError(f"pool {pool.name!r}: {base} + {total} bytes exceed its mapping "
-                               f"({mapping.size} bytes)")
-        strides = [int(info.layer_stride_bytes), int(info.page_stride_bytes),
-                   int(info.kv_stride_bytes), int(info.token_stride_bytes),
-                   int(info.head_stride_bytes)]
-        if base % itemsize or any(s % itemsize for s in strides):
-            raise RuntimeError(f"pool {pool.name!r}: strides {strides} / offset {base} are not "
-                               f"multiples of the element size {itemsize}")
         with torch.cuda.device(mapping.device):
             flat = torch.as_tensor(mapping)
         if flat.data_ptr() != mapping.ptr or flat.device.index != mapping.device:
             raise RuntimeError("torch did not map the pool's memory in place")
-        elems = flat[base:base + total].view(dtype)
-        shape = (pool.num_layers, pool.num_pages, 2, pool.page_size, pool.num_kv_heads,
-                 pool.head_dim)
-        tensor = elems.as_strided(shape, [s // itemsize for s in strides] + [1])
-        layout = _m.PoolLayout(
-            key=pool.pool_id, base_ptr=int(tensor.data_ptr()), num_layers=pool.num_layers,
-            num_pages=pool.num_pages, page_size=pool.page_size, num_kv_heads=pool.num_kv_heads,
-            head_dim=pool.head_dim, dtype=pool.kv_dtype, itemsize=itemsize,
-            layer_stride=strides[0], page_stride=strides[1], kv_stride=strides[2],
-            token_stride=strides[3], head_stride=strides[4], device=mapping.device)
+        tensor, layout = pool_tensor(flat, pool, mapping.device)
         return PoolView(pool, mapping, tensor, layout, owned)
 
     def release(self, cache) -> None:
