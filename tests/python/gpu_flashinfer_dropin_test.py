@@ -10,8 +10,8 @@ PYTHONPATH, which scripts/gpu-host-run.sh adds when FI_PEER_DIR is set). FlashIn
 the JIT cache fi_peer.py built ($FI_PEER_CACHE, default /tmp/fi_peer_cache; run fi_peer.py with
 FI_PEER_SET=min first in the same device call): cases whose kernels that cache lacks (the min set
 is head_dim 128, fp16/bf16, default options) skip with the module's name instead of compiling;
-ATTND_FI_JIT=1 lets FlashInfer compile them (minutes). Skips with the reason: without torch / CUDA, without the daemon binary, and
-the "flashinfer" params when it cannot be imported.
+ATTND_FI_JIT=1 lets FlashInfer compile them (minutes). Skips with the reason: without torch /
+CUDA, without the daemon binary, and the "flashinfer" params when it cannot be imported.
 
 Outputs and LSE are poisoned (NaN) before every run; the caches are filled with random data
 (unused slots included) before the real K/V are written, so a wrong page or slot shows.
@@ -37,7 +37,6 @@ torch = pytest.importorskip("torch", reason="torch is not installed")
 if not torch.cuda.is_available():
     pytest.skip("torch has no CUDA device", allow_module_level=True)
 
-import attnd  # noqa: E402
 import attnd.flashinfer as afi  # noqa: E402
 from conftest import make_daemon  # noqa: E402
 
@@ -293,6 +292,10 @@ def poisoned(shape, dtype):
     return torch.full(shape, float("nan"), dtype=dtype, device=DEV)
 
 
+def _seed(case):
+    return zlib.crc32(case["id"].encode()) % 1000
+
+
 def _randn(gen, *shape, dtype, scale=1.0):
     return (torch.randn(*shape, generator=gen, device=DEV) * scale).to(dtype)
 
@@ -329,7 +332,7 @@ def _skip_fi(be, case):
 def test_batch_decode(be, case):
     _skip_fi(be, case)
     dtype, hq, hkv, d = case["dtype"], case["hq"], case["hkv"], 128
-    batch = Batch(be, case["kv"], case["page"], hkv, d, dtype, seed=zlib.crc32(case["id"].encode()) % 1000,
+    batch = Batch(be, case["kv"], case["page"], hkv, d, dtype, seed=_seed(case),
                   layers=case.get("layers", 1))
 
     def body():
@@ -394,7 +397,7 @@ PREFILL = [
 def test_batch_prefill(be, case):
     _skip_fi(be, case)
     dtype, hq, hkv, d = case["dtype"], case["hq"], case["hkv"], 128
-    batch = Batch(be, case["kv"], case["page"], hkv, d, dtype, seed=zlib.crc32(case["id"].encode()) % 1000,
+    batch = Batch(be, case["kv"], case["page"], hkv, d, dtype, seed=_seed(case),
                   layers=case.get("layers", 1))
 
     def body():

@@ -71,7 +71,7 @@ class _Mapping:
         self._lock = threading.Lock()
         lib = _Driver.lib()
         with torch.cuda.device(self.device):
-            torch.zeros(1, device=f"cuda:{self.device}")  # the primary context exists and is current
+            torch.zeros(1, device=f"cuda:{self.device}")  # the primary context exists, current
             ptr = ctypes.c_uint64(0)
             raw = _CUipcMemHandle.from_buffer_copy(bytes(handle))  # (field assignment would
             # stop at the first NUL byte)

@@ -37,7 +37,7 @@ def check_dtypes(api: str, q_data_type: Any, kv_data_type: Any, o_data_type: Any
                                   "writes o in q's dtype")
     if kv != q:
         raise NotImplementedError(f"{api}: kv_data_type={kv} differs from q_data_type={q}; attnd's "
-                                  "CUDA kernels take q in the KV cache's dtype (float16 or bfloat16)")
+                                  "CUDA kernels take q in the KV cache's dtype (fp16 or bf16)")
     return q, kv
 
 
@@ -148,8 +148,8 @@ class PagedWrapperBase:
         import torch
 
         if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
-            raise RuntimeError(f"{self._api}.run() cannot be captured in a CUDA graph: it is a call "
-                               "to the attnd daemon")
+            raise RuntimeError(f"{self._api}.run() cannot be captured in a CUDA graph: it is a "
+                               "call to the attnd daemon")
         ctx = self.attnd_context
         view, resolved = ctx.resolve(paged_kv_cache)
         _m.check_plan_against_cache(self._api, spec.table, spec.num_kv_heads, spec.head_dim,

@@ -8,7 +8,7 @@ commands; these functions do not need them.)
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Any, Optional, Tuple
 
 from attnd.flashinfer import _mapping as _m
 
@@ -56,7 +56,7 @@ def _check(name: str, v, s, v_dims: int) -> None:
                          "head_dim], s without head_dim)")
 
 
-def merge_state(v_a, s_a, v_b, s_b) -> Tuple["object", "object"]:
+def merge_state(v_a, s_a, v_b, s_b) -> Tuple[Any, Any]:
     """Merges the states (v_a, s_a) and (v_b, s_b) of two disjoint KV segments.
 
     v_*: [seq_len, num_heads, head_dim]; s_*: [seq_len, num_heads] float32, base-2 LSE (what
@@ -74,7 +74,7 @@ def merge_state(v_a, s_a, v_b, s_b) -> Tuple["object", "object"]:
     return v.to(v_a.dtype), s
 
 
-def merge_state_in_place(v, s, v_other, s_other, mask: Optional[object] = None) -> None:
+def merge_state_in_place(v, s, v_other, s_other, mask: Optional[Any] = None) -> None:
     """Merges (v_other, s_other) into (v, s) in place; with ``mask`` ([seq_len] bool), only the
     rows where it is True."""
     import torch
@@ -92,7 +92,7 @@ def merge_state_in_place(v, s, v_other, s_other, mask: Optional[object] = None) 
     s.copy_(torch.where(keep[:, None], ms.to(s.dtype), s))
 
 
-def merge_states(v, s) -> Tuple["object", "object"]:
+def merge_states(v, s) -> Tuple[Any, Any]:
     """Merges num_states states per row and head: v [seq_len, num_states, num_heads, head_dim],
     s [seq_len, num_states, num_heads] float32 base-2 LSE -> (v [seq_len, num_heads, head_dim]
     in v's dtype, s [seq_len, num_heads] float32)."""
