@@ -219,7 +219,8 @@ class AttndKV:
         layout = self.book.advance(new_tokens)
         if kind == "prefill":
             self._prefill.plan(layout.kv_indptr, layout.kv_indices, layout.kv_last_page_len,
-                               layout.qo_indptr, self.num_qo_heads, causal=True, pos_encoding="none")
+                               layout.qo_indptr, self.num_qo_heads, causal=True,
+                               pos_encoding="none")
             self._wrapper = self._prefill
         else:
             self._decode.plan(layout.kv_indptr, layout.kv_indices, layout.kv_last_page_len,
@@ -246,10 +247,11 @@ class AttndKV:
             _ACTIVE = None
         if sorted(self.layers_called) != list(range(self.num_layers)):
             raise AttentionRoutingError(
-                f"transformers {_transformers_version()}: one forward of this {self.num_layers}-layer "
-                f"model called attnd attention for layers {self.layers_called}: the model does not "
-                "dispatch its attention through transformers' attention interface (needs "
-                f"transformers >= {MIN_TRANSFORMERS} and a model that uses ALL_ATTENTION_FUNCTIONS)")
+                f"transformers {_transformers_version()}: one forward of this "
+                f"{self.num_layers}-layer model called attnd attention for layers "
+                f"{self.layers_called}: the model does not dispatch its attention through "
+                f"transformers' attention interface (needs transformers >= {MIN_TRANSFORMERS} and "
+                "a model that uses ALL_ATTENTION_FUNCTIONS)")
 
     def attend(self, module, query, key, value, scaling, dropout, kwargs):
         """One layer's attention of the running step (see attnd_attention_forward)."""

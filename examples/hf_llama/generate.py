@@ -287,8 +287,9 @@ def run(target: str, *, spec: Optional[ModelSpec] = None, prompt_lengths=(17, 10
     t = time.perf_counter()
     model = build_model(spec, torch_dtype, device)
     prompts = make_prompts(prompt_lengths, spec.vocab, spec.seed)
+    on_cuda = torch.device(device).type == "cuda"
     say(f"transformers {transformers.__version__}, torch {torch.__version__}, device {device}"
-        + (f" ({torch.cuda.get_device_name(device)})" if torch.device(device).type == "cuda" else ""))
+        + (f" ({torch.cuda.get_device_name(device)})" if on_cuda else ""))
     say(f"model: LlamaForCausalLM, {spec.describe()}, {dtype} (built in "
         f"{time.perf_counter() - t:.1f} s)")
     say(f"prompts: {', '.join(str(n) for n in prompt_lengths)} tokens; {steps} greedy tokens each; "
@@ -296,8 +297,8 @@ def run(target: str, *, spec: Optional[ModelSpec] = None, prompt_lengths=(17, 10
 
     with attnd.Client(target, timeout=120) as client, client.session("hf-llama") as sess:
         info = client.server_info()
-        say(f"attnd: backend {info.backend} ({info.device}), zero-copy CUDA IPC "
-            f"{bool(info.cuda_ipc) and torch.device(device).type == 'cuda'}")
+        zero_copy = bool(info.cuda_ipc) and on_cuda
+        say(f"attnd: backend {info.backend} ({info.device}), zero-copy CUDA IPC {zero_copy}")
 
         def with_attnd(n_steps: int):
             """(Decoded, how the model was switched to attnd)."""
@@ -318,12 +319,20 @@ def run(target: str, *, spec: Optional[ModelSpec] = None, prompt_lengths=(17, 10
                   for b, p in enumerate(prompts)]
         rep.attnd, how_selected = with_attnd(steps)
         got = rep.attnd
-        say(f"attention: attn_implementation={attnd_hf.ATTN_NAME!r} registered via {how_registered}, "
-            f"selected via {how_selected}; every forward called attnd once per layer ({spec.layers} "
-            f"layers, checked at each of the {steps} steps)")
+        shared = len(getattr(sess, "buffers", ()))
+        if zero_copy:
+            say(f"zero copy: {shared} CUDA allocations of this process registered with attnd "
+                "(q, k, v and o travel as buffer slices)")
+            if not shared:
+                rep.failures.append("the daemon takes CUDA IPC but no buffer was registered: "
+                                    "the tensors went through the host")
+        say(f"attention: attn_implementation={attnd_hf.ATTN_NAME!r} registered via "
+            f"{how_registered}, selected via {how_selected}; every forward called attnd once per "
+            f"layer ({spec.layers} layers, checked at each of the {steps} steps)")
         tf_attnd = [teacher_forced(model, p, got.tokens[b], device) for b, p in enumerate(prompts)]
 
-    noise = max(greedy_check.noise_floor(single[b].logits[0], tf_ref[b]) for b in range(len(prompts)))
+    noise = max(greedy_check.noise_floor(single[b].logits[0], tf_ref[b])
+                for b in range(len(prompts)))
     tol = greedy_check.tolerance(dtype, noise)
     say(f"tolerance: SDPA against itself (incremental decode vs one causal forward) differs by "
         f"{noise:.3g}; tol = max({greedy_check.ABS_TOL[dtype]}, {greedy_check.NOISE_FACTOR:g} x "
@@ -350,7 +359,8 @@ def run(target: str, *, spec: Optional[ModelSpec] = None, prompt_lengths=(17, 10
     say(f"  SDPA batched   {batched.rates()}")
     say(f"  SDPA per prompt one after another: overall {seq_rate:8.1f} tok/s")
     for b in range(len(prompts)):
-        say(f"  attnd tokens of prompt {b}: {' '.join(str(int(x)) for x in got.tokens[b][:16])} ...")
+        head = " ".join(str(int(x)) for x in got.tokens[b][:16])
+        say(f"  attnd tokens of prompt {b}: {head} ...")
     return rep
 
 
@@ -365,7 +375,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default=None, help="torch device (default cuda if available)")
     ap.add_argument("--page-size", type=int, default=16)
     d = ModelSpec()
-    for name in ("layers", "hidden", "intermediate", "heads", "kv_heads", "head_dim", "vocab", "seed"):
+    for name in ("layers", "hidden", "intermediate", "heads", "kv_heads", "head_dim", "vocab",
+                 "seed"):
         ap.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
     args = ap.parse_args(argv)
     spec = ModelSpec(layers=args.layers, hidden=args.hidden, intermediate=args.intermediate,

@@ -1,4 +1,5 @@
-"""Page bookkeeping and token positions of a batch of sequences in one attnd pool (no I/O, no torch).
+"""Page bookkeeping and token positions of a batch of sequences in one attnd pool (no I/O, no
+torch).
 
 A batch is a list of sequences. Sequence ``b`` holds ``lengths[b]`` tokens, token ``i`` at KV
 position ``i`` in page ``pages[b][i // page_size]``, slot ``i % page_size``. Every forward pass of
@@ -43,7 +44,8 @@ def pack_rows(new_tokens: Sequence[int], start_lengths: Sequence[int]):
     positions: List[int] = []
     for b, (n, start) in enumerate(zip(new_tokens, start_lengths)):
         if n <= 0:
-            raise ValueError(f"sequence {b}: new_tokens={n} must be >= 1 (attnd plans need qo_len >= 1)")
+            raise ValueError(f"sequence {b}: new_tokens={n} must be >= 1 (attnd plans need "
+                             "qo_len >= 1)")
         positions.extend(range(start, start + n))
         qo_indptr.append(qo_indptr[-1] + n)
     last_rows = [end - 1 for end in qo_indptr[1:]]
@@ -142,7 +144,8 @@ class PagedBatch:
         self._check_counts(new_tokens)
         short = [b for b, n in enumerate(self.plan_step(new_tokens)) if n]
         if short:
-            raise ValueError(f"sequences {short} lack pages for this step (plan_step/give_pages first)")
+            raise ValueError(f"sequences {short} lack pages for this step (plan_step/give_pages "
+                             "first)")
         qo_indptr, positions, last_rows = pack_rows(new_tokens, self.lengths)
         self.lengths = [n + int(k) for n, k in zip(self.lengths, new_tokens)]
         kv_indptr, kv_indices, last_len = [0], [], []

@@ -333,7 +333,8 @@ def test_register_adapts_to_the_installed_interface(monkeypatch):
     assert attnd_hf.register() == "ALL_ATTENTION_FUNCTIONS[...]"
     assert reg["attnd"] is attnd_hf.attnd_attention_forward
     _fake_transformers(monkeypatch, interface=False, table=False)
-    with pytest.raises(RuntimeError, match=r"transformers 0.test has no attention interface.*>= 4.48"):
+    with pytest.raises(RuntimeError,
+                       match=r"transformers 0.test has no attention interface.*>= 4.48"):
         attnd_hf.register()
 
 
