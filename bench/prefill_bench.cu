@@ -7,7 +7,7 @@
 // 10, more for short kernels, bounded at ~0.25 s per case). Inputs are random (never zeros).
 // Output: a table, then one JSON object per line (prefix "JSON ").
 //
-// Usage: prefill_bench [--quick] [--wide] [--rope] [--tile=auto|default|wide|wide3|wide64]
+// Usage: prefill_bench [--quick] [--wide] [--rope] [--tile=auto|default|wide|wide3|wide64|sm90]
 //   --quick: fewer repetitions; --wide: also time each head_dim 128 tile variant
 //   (PrefillScheduleOptions::tile = default|wide|wide3|wide64, kernels/cuda/planning/
 //   prefill_tiling.h); the first table is the tile of --tile (default "auto": the variant
@@ -123,6 +123,7 @@ kcuda::PrefillScheduleOptions::Tile TileOption(const std::string& tile) {
   if (tile == "wide") return Tile::kWide;
   if (tile == "wide3") return Tile::kWide3;
   if (tile == "wide64") return Tile::kWide64;
+  if (tile == "sm90") return Tile::kHopper;
   return Tile::kAuto;
 }
 
@@ -240,18 +241,21 @@ void RunWorkload(const Workload& w, bool quick, const char* tile, std::vector<st
   BENCH_CHECK(cudaGetLastError());
   const double med = Median(ms);
   const double tflops = flops / (med * 1e-3) / 1e12;
-  std::printf("%-34s %6s %7s %3d %6d %6d %4d/%-3d %10.3f %9.1f\n", w.name.c_str(),
-              w.paged ? "paged" : "ragged", tile, B, w.qo_len, w.kv_len, Hq, Hkv, med * 1e3,
+  // The kernel that ran: the plan's (PrefillKernelName), or the RoPE kernel.
+  const char* kernel = w.rope ? "fa2-rope" : kcuda::PrefillKernelName(**work);
+  std::printf("%-34s %6s %10s %3d %6d %6d %4d/%-3d %10.3f %9.1f\n", w.name.c_str(),
+              w.paged ? "paged" : "ragged", kernel, B, w.qo_len, w.kv_len, Hq, Hkv, med * 1e3,
               tflops);
   char buf[512];
   std::snprintf(
       buf, sizeof(buf),
-      "{\"bench\":\"prefill\",\"workload\":\"%s\",\"kv\":\"%s\",\"tile\":\"%s\",\"dtype\":\"bf16\","
+      "{\"bench\":\"prefill\",\"workload\":\"%s\",\"kv\":\"%s\",\"tile\":\"%s\",\"kernel\":\"%s\","
+      "\"dtype\":\"bf16\","
       "\"head_dim\":%d,\"causal\":true,\"rope\":%s,\"batch\":%d,\"qo_len\":%d,"
       "\"kv_len\":%d,\"num_qo_heads\":%d,\"num_kv_heads\":%d,\"page_size\":%d,"
       "\"median_us\":%.2f,\"tflops\":%.2f,\"reps\":%zu}",
-      w.name.c_str(), w.paged ? "paged" : "ragged", tile, D, w.rope ? "true" : "false", B, w.qo_len,
-      w.kv_len, Hq, Hkv, w.paged ? kPageSize : 0, med * 1e3, tflops, ms.size());
+      w.name.c_str(), w.paged ? "paged" : "ragged", tile, kernel, D, w.rope ? "true" : "false", B,
+      w.qo_len, w.kv_len, Hq, Hkv, w.paged ? kPageSize : 0, med * 1e3, tflops, ms.size());
   json.push_back(buf);
   BENCH_CHECK(cudaEventDestroy(e0));
   BENCH_CHECK(cudaEventDestroy(e1));
@@ -274,7 +278,7 @@ int main(int argc, char** argv) {
   cudaDeviceProp prop{};
   BENCH_CHECK(cudaGetDeviceProperties(&prop, dev));
   std::printf("device: %s (%d SMs)\n", prop.name, prop.multiProcessorCount);
-  std::printf("%-34s %6s %7s %3s %6s %6s %8s %10s %9s\n", "workload", "kv", "tile", "B", "qo",
+  std::printf("%-34s %6s %10s %3s %6s %6s %8s %10s %9s\n", "workload", "kv", "kernel", "B", "qo",
               "kv_len", "Hq/Hkv", "median_us", "TFLOP/s");
   std::vector<Workload> ws;
   for (bool paged : {true, false}) {
@@ -313,7 +317,7 @@ int main(int argc, char** argv) {
     }
   }
   if (wide) {
-    for (const char* variant : {"default", "wide", "wide3", "wide64"}) {
+    for (const char* variant : {"default", "wide", "wide3", "wide64", "sm90"}) {
       for (const auto& w : ws) RunWorkload(w, quick, variant, json);
     }
   }

@@ -325,7 +325,10 @@ void RunCase(const Case& c, gt::Rng& rng, gt::ResultTable& table) {
   const bool bf16 = c.dtype == DType::kBFloat16;
   const double o_tol = (bf16 ? 1.2e-2 : 2e-3) * (c.rope ? 1.5 : 1.0);
   const double lse_tol = (bf16 ? 5e-3 : 1e-3) * (c.rope ? 1.5 : 1.0);
-  const std::string name = Describe(c);
+  // The kernel that ran (the plan's; RoPE runs take the FA2 RoPE kernel): "sm90" rows are the
+  // wgmma kernel's.
+  const std::string name =
+      Describe(c) + " {" + (c.rope ? "fa2-rope" : kcuda::PrefillKernelName(**work)) + "}";
   const bool sampled = c.sample_rows > 0;
   table.Add(name + " o", gt::Compare(o_got, o_ref, &o_unwritten, sampled ? &skip_o : nullptr),
             o_tol);
@@ -649,6 +652,30 @@ void MisalignedInputs(gt::Rng& rng, gt::ResultTable& table) {
   }
 }
 
+// On a compute capability 9.0 device the automatic plan at head_dim 64 and 128 takes the sm90
+// kernel (else the rows above would test only the FA2 kernels there), and 256 the FA2 one.
+void AutoPicksTheSm90KernelOnSm90(gt::ResultTable& table) {
+  int dev = 0, major = 0, minor = 0;
+  GT_CUDA_CHECK(cudaGetDevice(&dev));
+  GT_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+  GT_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
+  const bool sm90 = major == 9 && minor == 0;
+  const std::vector<int32_t> qo_indptr = {0, 300}, kv_len = {300};
+  for (int hd : {64, 128, 256}) {
+    const std::string name = "auto plan kernel at hd" + std::to_string(hd);
+    if (!kcuda::HeadDimCompiled(hd)) {
+      table.AddSkip(name, "head_dim not built");
+      continue;
+    }
+    auto work = kcuda::PreparePrefill(qo_indptr, kv_len, 8, 2, hd, nullptr);
+    GT_STATUS_CHECK(work.status());
+    const std::string got = kcuda::PrefillKernelName(**work);
+    const std::string want =
+        sm90 && hd != 256 ? "sm90" : (hd == 128 ? "fa2-wide64" : "fa2-default");
+    table.AddCheck(name, got == want, "got " + got + ", want " + want);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -659,20 +686,26 @@ int main(int argc, char** argv) {
   table.set_verbose(flags.verbose);
   CheckErrors(table);
   MisalignedInputs(rng, table);
+  AutoPicksTheSm90KernelOnSm90(table);
   const std::vector<Case> cases = BuildCases(rng, flags.small);
   for (const Case& c : cases) RunCase(c, rng, table);
-  // The other head_dim 128 tile variants (planning/prefill_tiling.h) on the smaller cases; the
-  // default variant ran above (and is named again here, so whichever is the default, all run).
+  // The other tile variants (planning/prefill_tiling.h) on the smaller cases: the FA2-class tiles
+  // at head_dim 128 (and the default one at 64), which kAuto above does not pick on an sm_90
+  // device, and the sm90 kernel named explicitly (so whichever is the default, all run). Every
+  // row names the kernel that ran ({...}).
   using Tile = kcuda::PrefillScheduleOptions::Tile;
   const std::pair<const char*, Tile> variants[] = {{"default", Tile::kDefault},
                                                    {"wide", Tile::kWide},
                                                    {"wide3", Tile::kWide3},
-                                                   {"wide64", Tile::kWide64}};
+                                                   {"wide64", Tile::kWide64},
+                                                   {"sm90", Tile::kHopper}};
   for (const auto& [variant, tile] : variants) {
     for (Case c : cases) {
       int64_t keys = 0;
       for (const auto& l : c.lens) keys += l.second;
-      if (c.head_dim != 128 || c.sample_rows > 0 || keys > 5000) continue;
+      const bool at_dim = c.head_dim == 128 ||
+                          (c.head_dim == 64 && (tile == Tile::kDefault || tile == Tile::kHopper));
+      if (!at_dim || c.sample_rows > 0 || keys > 5000) continue;
       c.name += std::string(" [") + variant + "]";
       c.tile = tile;
       RunCase(c, rng, table);

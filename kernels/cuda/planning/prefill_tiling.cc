@@ -7,17 +7,20 @@
 
 namespace attnd::kernels::cuda::internal {
 
-TileVariant ResolvePrefillTile(int32_t head_dim, PrefillScheduleOptions::Tile tile) {
+TileVariant ResolvePrefillTile(int32_t head_dim, PrefillScheduleOptions::Tile tile, bool sm90) {
   using Tile = PrefillScheduleOptions::Tile;
-  if (head_dim != 128) return TileVariant::kDefault;
-  switch (tile) {
-    case Tile::kDefault: return TileVariant::kDefault;
-    case Tile::kWide: return TileVariant::kWide;
-    case Tile::kWide3: return TileVariant::kWide3;
-    case Tile::kWide64: return TileVariant::kWide64;
-    case Tile::kAuto: break;
+  const bool hopper = sm90 && IsHopper(head_dim, TileVariant::kHopper);
+  if (tile == Tile::kDefault) return TileVariant::kDefault;
+  if (head_dim == 128) {
+    switch (tile) {
+      case Tile::kWide: return TileVariant::kWide;
+      case Tile::kWide3: return TileVariant::kWide3;
+      case Tile::kWide64: return TileVariant::kWide64;
+      default: break;
+    }
   }
-  return kDefaultVariant128;
+  if (hopper) return TileVariant::kHopper;
+  return head_dim == 128 ? kDefaultVariant128 : TileVariant::kDefault;
 }
 
 absl::StatusOr<std::vector<PrefillItem>> PlanPrefillItems(std::span<const int32_t> qo_indptr,

@@ -26,18 +26,25 @@ inline constexpr int kPrefillWarps = 4;
 // step, halving the shared-memory reads per MMA; kWide3: the same with a 3-stage K/V pipeline.
 // kWide64 (D = 128 only): 32 rows per warp and 64 keys per step (the FA2 shape: 128-row CTA,
 // 128 x 64 tiles). Chosen per plan by ResolvePrefillTile (PrefillScheduleOptions::tile).
-enum class TileVariant : int { kDefault = 0, kWide = 1, kWide64 = 2, kWide3 = 3 };
+// kHopper (head_dim 64 and 128, sm_90 devices): the warp-specialized wgmma kernel
+// (prefill/prefill_sm90_kernel.cuh): 128-row CTAs (two consumer warpgroups of 64 rows), 128 keys
+// per step. Its plans run RoPE on the default-tile FA2 kernel (CtaRows(kDefault) rows per CTA).
+enum class TileVariant : int { kDefault = 0, kWide = 1, kWide64 = 2, kWide3 = 3, kHopper = 4 };
 constexpr bool IsWide(int head_dim, TileVariant v) {
   return (v == TileVariant::kWide || v == TileVariant::kWide64 || v == TileVariant::kWide3) &&
          head_dim == 128;
+}
+constexpr bool IsHopper(int head_dim, TileVariant v) {
+  return v == TileVariant::kHopper && (head_dim == 64 || head_dim == 128);
 }
 constexpr int MmaQ(int head_dim, TileVariant v = TileVariant::kDefault) {
   return IsWide(head_dim, v) ? 2 : (head_dim <= 64 ? 2 : 1);
 }
 constexpr int CtaRows(int head_dim, TileVariant v = TileVariant::kDefault) {
-  return kPrefillWarps * 16 * MmaQ(head_dim, v);
+  return IsHopper(head_dim, v) ? 128 : kPrefillWarps * 16 * MmaQ(head_dim, v);
 }
 constexpr int TileKv(int head_dim, TileVariant v = TileVariant::kDefault) {
+  if (IsHopper(head_dim, v)) return 128;
   return IsWide(head_dim, v) ? (v == TileVariant::kWide64 ? 64 : 32) : (head_dim <= 128 ? 64 : 16);
 }
 // K/V pipeline depth (cp.async stages).
@@ -48,9 +55,11 @@ constexpr int Stages(int head_dim, TileVariant v = TileVariant::kDefault) {
 // docs/prefill-notes.md: wide64 was the fastest or within noise on every bench row).
 inline constexpr TileVariant kDefaultVariant128 = TileVariant::kWide64;
 
-// The plan's tile variant: the option, kAuto resolved per head dim; a wide tile asked for at a
-// head dim other than 128 is kDefault (the wide kernels exist at 128 only).
-TileVariant ResolvePrefillTile(int32_t head_dim, PrefillScheduleOptions::Tile tile);
+// The plan's tile variant: the option, kAuto resolved per head dim and device (sm90: the device
+// runs the sm_90a kernels, compute capability 9.0); kAuto is kHopper on sm90 at head_dim 64 and
+// 128, else kWide64 at 128 and kDefault elsewhere. A tile asked for where its kernel does not
+// exist (wide at a head dim other than 128, kHopper off sm90 or at 256) resolves as kAuto does.
+TileVariant ResolvePrefillTile(int32_t head_dim, PrefillScheduleOptions::Tile tile, bool sm90);
 
 // Work items of CtaRows(head_dim, variant) = cta_rows packed rows each, longest first (the cost
 // of a tile is the number of keys a causal tile scans, an upper bound of its work; the tail of

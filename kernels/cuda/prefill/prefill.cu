@@ -91,7 +91,9 @@ absl::StatusOr<PrefillWorkPtr> PreparePrefill(std::span<const int32_t> qo_indptr
       !s.ok()) {
     return s;
   }
-  const internal::TileVariant variant = internal::ResolvePrefillTile(head_dim, options.tile);
+  auto sm90 = CurrentDeviceIsSm90();
+  if (!sm90.ok()) return sm90.status();
+  const internal::TileVariant variant = internal::ResolvePrefillTile(head_dim, options.tile, *sm90);
   internal::DeviceFill fill;
   if (internal::PrefillNeedsDeviceFill(options)) {
     auto f = ResolvePrefillFill(options);
@@ -206,12 +208,19 @@ cudaError_t LaunchHeadDim(bool bf16, internal::TileVariant variant,
                           const internal::PrefillParams& p, cudaStream_t stream) {
   using V = internal::TileVariant;
   if (p.variant.rope) return LaunchTyped<D, kPaged, V::kDefault, true>(bf16, p, stream);
+  if constexpr (D == 64 || D == 128) {
+    if (variant == V::kHopper) {
+      return bf16 ? internal::LaunchPrefillSm90<D, __nv_bfloat16, kPaged>(p, stream)
+                  : internal::LaunchPrefillSm90<D, __half, kPaged>(p, stream);
+    }
+  }
   if constexpr (D == 128) {
     switch (variant) {
       case V::kWide: return LaunchTyped<D, kPaged, V::kWide, false>(bf16, p, stream);
       case V::kWide3: return LaunchTyped<D, kPaged, V::kWide3, false>(bf16, p, stream);
       case V::kWide64: return LaunchTyped<D, kPaged, V::kWide64, false>(bf16, p, stream);
-      case V::kDefault: break;
+      case V::kDefault:
+      case V::kHopper: break;
     }
   }
   return LaunchTyped<D, kPaged, V::kDefault, false>(bf16, p, stream);
@@ -258,6 +267,21 @@ absl::Status Launch(const PrefillWork& work, int32_t head_dim, DType dtype,
   return CudaStatus(internal::LaunchMergeKernel(m, dtype, dtype, stream),
                     "prefill: split-KV merge launch");
 }
+
+}  // namespace
+
+const char* PrefillKernelName(const PrefillWork& work) {
+  switch (work.variant_) {
+    case internal::TileVariant::kHopper: return "sm90";
+    case internal::TileVariant::kWide64: return "fa2-wide64";
+    case internal::TileVariant::kWide: return "fa2-wide";
+    case internal::TileVariant::kWide3: return "fa2-wide3";
+    case internal::TileVariant::kDefault: break;
+  }
+  return "fa2-default";
+}
+
+namespace {
 
 checks::PlanShape Shape(const PrefillWork& work) {
   return {work.batch_size_, work.num_qo_heads_, work.num_kv_heads_, work.head_dim_};

@@ -1,5 +1,6 @@
 // Internal interface between the prefill host code (prefill.cu: plan and run) and the prefill
-// kernel (prefill_kernel.cuh, instantiated per (head_dim, dtype, tile) in generated/prefill_*.cu):
+// kernels (prefill_kernel.cuh, the FA2-class kernel, and prefill_sm90_kernel.cuh, the sm_90a one;
+// instantiated per (head_dim, dtype, tile) in generated/prefill_*.cu):
 // the kernel's parameter block and the launcher declarations. Tile shapes and work items: the
 // planning layer (planning/prefill_tiling.h, planning/work_items.h).
 #pragma once
@@ -64,5 +65,10 @@ struct PrefillParams {
 template <int kHeadDim, typename T, bool kPaged, TileVariant kVariant = TileVariant::kDefault,
           bool kRope = false>
 cudaError_t LaunchPrefill(const PrefillParams& params, cudaStream_t stream);
+
+// The sm_90a kernel (prefill_sm90_kernel.cuh, TileVariant::kHopper: head_dim 64 and 128, no
+// RoPE), explicitly instantiated in generated/prefill_hd<D>_<dtype>_sm90.cu.
+template <int kHeadDim, typename T, bool kPaged>
+cudaError_t LaunchPrefillSm90(const PrefillParams& params, cudaStream_t stream);
 
 }  // namespace attnd::kernels::cuda::internal

@@ -20,7 +20,9 @@
 namespace attnd::kernels::cuda {
 
 class PrefillWork;  // opaque; owns its device arrays (RAII)
-struct PrefillWorkDeleter { void operator()(PrefillWork* w) const; };
+struct PrefillWorkDeleter {
+  void operator()(PrefillWork* w) const;
+};
 using PrefillWorkPtr = std::unique_ptr<PrefillWork, PrefillWorkDeleter>;
 
 // qo_indptr: [batch + 1] host; kv_len: [batch] host (normally kv_len[b] >= qo_len[b]; when it
@@ -33,16 +35,15 @@ using PrefillWorkPtr = std::unique_ptr<PrefillWork, PrefillWorkDeleter>;
 // The upload is issued on `stream` and not waited for (no host synchronisation): runs on
 // `stream` are ordered after it, runs on another stream wait for it on the device (an event).
 absl::StatusOr<PrefillWorkPtr> PreparePrefill(std::span<const int32_t> qo_indptr,
-                                              std::span<const int32_t> kv_len,
-                                              int32_t num_qo_heads, int32_t num_kv_heads,
-                                              int32_t head_dim,
+                                              std::span<const int32_t> kv_len, int32_t num_qo_heads,
+                                              int32_t num_kv_heads, int32_t head_dim,
                                               const PrefillScheduleOptions& options,
                                               cudaStream_t stream);
 // The same with the default PrefillScheduleOptions.
 absl::StatusOr<PrefillWorkPtr> PreparePrefill(std::span<const int32_t> qo_indptr,
-                                              std::span<const int32_t> kv_len,
-                                              int32_t num_qo_heads, int32_t num_kv_heads,
-                                              int32_t head_dim, cudaStream_t stream);
+                                              std::span<const int32_t> kv_len, int32_t num_qo_heads,
+                                              int32_t num_kv_heads, int32_t head_dim,
+                                              cudaStream_t stream);
 
 // params: device pointers (q, o, lse, qo_indptr, page table). Errors (unsupported head_dim or
 // dtype, launch failure) come back as a status; nothing aborts.
@@ -50,6 +51,11 @@ absl::Status RunPagedPrefill(const PrefillWork& work, const PagedAttentionParams
                              cudaStream_t stream);
 absl::Status RunRaggedPrefill(const PrefillWork& work, const RaggedAttentionParams& params,
                               cudaStream_t stream);
+// The kernel a run of this plan without RoPE launches: "sm90" (the warp-specialized wgmma
+// kernel, head_dim 64/128 on compute capability 9.0), "fa2-wide64", "fa2-wide", "fa2-wide3" or
+// "fa2-default". Runs with RoPE on the fly take the FA2 default-tile RoPE kernel whatever the
+// plan ("fa2-rope"). For tests, benchmarks and logs.
+const char* PrefillKernelName(const PrefillWork& work);
 // The checks the two run functions make before they launch anything (see cuda_launch.h).
 absl::Status CheckPagedPrefill(const PrefillWork& work, const PagedAttentionParams& params);
 absl::Status CheckRaggedPrefill(const PrefillWork& work, const RaggedAttentionParams& params);

@@ -33,10 +33,18 @@ struct DecodeScheduleOptions {
 // How PreparePrefill tiles the query rows. The tile is a property of the plan (its work items
 // are CtaRows(tile) packed rows each); runs follow it.
 struct PrefillScheduleOptions {
-  // kAuto: the measured best per head dim (kWide64 at head_dim 128, H200 2026-11-21, see
-  // docs/prefill-notes.md; kDefault elsewhere). The wide tiles exist at head_dim 128 only; asked
-  // for at another head dim they fall back to kDefault.
-  enum class Tile : int32_t { kAuto = 0, kDefault = 1, kWide = 2, kWide3 = 3, kWide64 = 4 };
+  // kAuto: on an sm_90 device (H100/H200) at head_dim 64 and 128, kHopper (the warp-specialized
+  // wgmma kernel); else the measured best FA2-class tile (kWide64 at head_dim 128, H200
+  // 2026-11-21, see docs/prefill-notes.md; kDefault elsewhere). The wide tiles exist at head_dim
+  // 128 only and kHopper at 64 and 128 on sm_90; asked for elsewhere they resolve as kAuto.
+  enum class Tile : int32_t {
+    kAuto = 0,
+    kDefault = 1,
+    kWide = 2,
+    kWide3 = 3,
+    kWide64 = 4,
+    kHopper = 5
+  };
   Tile tile = Tile::kAuto;
   // Split-KV (short query rows on long K/V; planning/prefill_tiling.h): when the unsplit grid
   // does not fill `waves` waves of num_sms * ctas_per_sm CTAs, the K/V of every request is cut

@@ -28,15 +28,35 @@ TEST(PrefillTileShapes, PerHeadDimAndVariant) {
   EXPECT_EQ(CtaRows(256, TileVariant::kWide64), CtaRows(256));
 }
 
-TEST(ResolvePrefillTile, AutoIsWide64AtHeadDim128AndDefaultElsewhere) {
-  EXPECT_EQ(ResolvePrefillTile(128, Tile::kAuto), TileVariant::kWide64);
-  EXPECT_EQ(ResolvePrefillTile(64, Tile::kAuto), TileVariant::kDefault);
-  EXPECT_EQ(ResolvePrefillTile(256, Tile::kAuto), TileVariant::kDefault);
-  EXPECT_EQ(ResolvePrefillTile(128, Tile::kDefault), TileVariant::kDefault);
-  EXPECT_EQ(ResolvePrefillTile(128, Tile::kWide), TileVariant::kWide);
-  EXPECT_EQ(ResolvePrefillTile(128, Tile::kWide3), TileVariant::kWide3);
-  EXPECT_EQ(ResolvePrefillTile(128, Tile::kWide64), TileVariant::kWide64);
-  EXPECT_EQ(ResolvePrefillTile(64, Tile::kWide64), TileVariant::kDefault);
+TEST(ResolvePrefillTile, AutoIsWide64AtHeadDim128AndDefaultElsewhereOffSm90) {
+  EXPECT_EQ(ResolvePrefillTile(128, Tile::kAuto, false), TileVariant::kWide64);
+  EXPECT_EQ(ResolvePrefillTile(64, Tile::kAuto, false), TileVariant::kDefault);
+  EXPECT_EQ(ResolvePrefillTile(256, Tile::kAuto, false), TileVariant::kDefault);
+  EXPECT_EQ(ResolvePrefillTile(128, Tile::kDefault, false), TileVariant::kDefault);
+  EXPECT_EQ(ResolvePrefillTile(128, Tile::kWide, false), TileVariant::kWide);
+  EXPECT_EQ(ResolvePrefillTile(128, Tile::kWide3, false), TileVariant::kWide3);
+  EXPECT_EQ(ResolvePrefillTile(128, Tile::kWide64, false), TileVariant::kWide64);
+  EXPECT_EQ(ResolvePrefillTile(64, Tile::kWide64, false), TileVariant::kDefault);
+  // kHopper asked for off sm90 resolves as kAuto.
+  EXPECT_EQ(ResolvePrefillTile(128, Tile::kHopper, false), TileVariant::kWide64);
+  EXPECT_EQ(ResolvePrefillTile(64, Tile::kHopper, false), TileVariant::kDefault);
+}
+
+TEST(ResolvePrefillTile, AutoIsHopperOnSm90AtHeadDims64And128) {
+  EXPECT_EQ(ResolvePrefillTile(128, Tile::kAuto, true), TileVariant::kHopper);
+  EXPECT_EQ(ResolvePrefillTile(64, Tile::kAuto, true), TileVariant::kHopper);
+  EXPECT_EQ(ResolvePrefillTile(128, Tile::kHopper, true), TileVariant::kHopper);
+  // No sm90 kernel at 256; the FA2 tiles stay reachable on sm90.
+  EXPECT_EQ(ResolvePrefillTile(256, Tile::kAuto, true), TileVariant::kDefault);
+  EXPECT_EQ(ResolvePrefillTile(256, Tile::kHopper, true), TileVariant::kDefault);
+  EXPECT_EQ(ResolvePrefillTile(128, Tile::kWide64, true), TileVariant::kWide64);
+  EXPECT_EQ(ResolvePrefillTile(128, Tile::kDefault, true), TileVariant::kDefault);
+  EXPECT_EQ(ResolvePrefillTile(64, Tile::kWide64, true), TileVariant::kHopper);
+  // The sm90 tile: 128 rows, 128 keys per step.
+  EXPECT_EQ(CtaRows(128, TileVariant::kHopper), 128);
+  EXPECT_EQ(TileKv(128, TileVariant::kHopper), 128);
+  EXPECT_EQ(CtaRows(64, TileVariant::kHopper), 128);
+  EXPECT_EQ(CtaRows(256, TileVariant::kHopper), CtaRows(256));
 }
 
 TEST(PlanPrefillItems, CoversEveryPackedRowOnceLongestFirst) {
