@@ -53,7 +53,8 @@ def test_llama_generates_through_attnd_like_sdpa(cuda_daemon, capsys):
                            steps=STEPS, dtype="float16", device="cuda", log=lines.append)
     except Exception:
         with capsys.disabled():
-            print("\n".join(["", "gpu_model_test: the run stopped after:"] + lines))
+            print("\n".join(["", "gpu_model_test: the run stopped after:"] + lines
+                            + ["--- attnd log (tail) ---", cuda_daemon.log()]))
         raise
     text = rep.text() + f"\n(gpu_model_test took {time.perf_counter() - start:.1f} s)"
     with capsys.disabled():  # the report reaches the log also when the test passes

@@ -195,6 +195,7 @@ def test_judge_refuses_non_finite_and_mismatched_shapes():
 def test_tolerance_and_noise_floor():
     assert gc.tolerance("float16", 0.0) == gc.ABS_TOL["float16"]
     assert gc.tolerance("float16", 0.1) == pytest.approx(gc.NOISE_FACTOR * 0.1)
+    assert gc.tolerance("float16", 0.01, 0.2) == pytest.approx(gc.IMPL_FACTOR * 0.2)
     with pytest.raises(ValueError):
         gc.tolerance("int8", 0.0)
     a = _logits()
