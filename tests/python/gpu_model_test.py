@@ -14,6 +14,7 @@ transformers; fails, saying why, when the installed transformers has no attentio
 from __future__ import annotations
 
 import importlib.util
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +32,7 @@ from conftest import REPO, make_daemon  # noqa: E402
 _spec = importlib.util.spec_from_file_location(
     "attnd_hf_llama_generate", REPO / "examples" / "hf_llama" / "generate.py")
 generate = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = generate  # dataclasses look their module up there
 _spec.loader.exec_module(generate)
 
 PROMPTS = (17, 100, 333)
