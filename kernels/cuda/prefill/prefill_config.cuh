@@ -4,6 +4,7 @@
 // come from the planning layer (planning/prefill_tiling.h), so host and device agree.
 #pragma once
 
+#include "blocks/ptx.cuh"
 #include "prefill/prefill_params.h"
 
 namespace attnd::kernels::cuda::internal {
@@ -32,6 +33,10 @@ struct PrefillConfig {
   // [kStages][kTileKv], after the tiles.
   static constexpr int kTableBytes = kStages * kTileKv * static_cast<int>(sizeof(void*));
   static constexpr int kSmemBytes = kSmemElems * static_cast<int>(sizeof(T)) + kTableBytes;
+  // Element offset of (row, 16-byte chunk) in the Q tile (the epilogue's staging).
+  static __device__ __forceinline__ int StagingOffset(int row, int chunk) {
+    return Swz<kHeadDim>(row, chunk);
+  }
   // kRope: the RoPE pairs a thread rotates are the same for all of its (row, pair) items.
   static_assert(kThreads % (kChunks / 2) == 0, "fixed RoPE pair chunk per thread");
   static_assert(kHeadDim % 64 == 0, "the swizzle needs at least 8 chunks per row");

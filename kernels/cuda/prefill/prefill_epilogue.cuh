@@ -13,13 +13,17 @@
 
 namespace attnd::kernels::cuda::internal {
 
-// o_acc: this thread's accumulators ([kMmaQ][D / 8][4]); rows: their softmax states. q_smem is
-// the CTA's Q tile, reused as staging (the caller has synchronized the CTA after the mainloop).
+// o_acc: this thread's accumulators ([kMmaQ][D / 8][4]); rows: their softmax states. q_smem:
+// the Q tile, [kCtaRows][D] in the kernel's Q layout (Cfg::StagingOffset: element offset of
+// (row, 16-byte chunk)), reused as staging: this warp writes and reads only its own rows, whose Q
+// the caller's MMAs are done with. work: the tile's work unit (blockIdx.x unless the kernel is
+// persistent).
 template <class Cfg>
 __device__ __forceinline__ void StorePrefillOutput(
     const PrefillParams& p, const PrefillTile& t,
     const float (&o_acc)[Cfg::kMmaQ][Cfg::kHeadDim / 8][4],
-    const MmaRowsSoftmax (&rows)[Cfg::kMmaQ], typename Cfg::T* q_smem, int warp, int lane) {
+    const MmaRowsSoftmax (&rows)[Cfg::kMmaQ], typename Cfg::T* q_smem, int warp, int lane,
+    int work) {
   using T = typename Cfg::T;
   constexpr int D = Cfg::kHeadDim;
   constexpr int MQ = Cfg::kMmaQ;
@@ -32,7 +36,7 @@ __device__ __forceinline__ void StorePrefillOutput(
   // tile's first read of the item). A split tile writes its chunk's partial state through the
   // same staging as o: o normalised in the 16-bit type (as FlashInfer's split-KV prefill), lse in
   // fp32; a separate fp32 store path cost ptxas 56-60 bytes of spills in the wide64 kernels.
-  const volatile PrefillItem& item = p.items[PrefillItemIndex<Cfg::kRope>(p)];
+  const volatile PrefillItem& item = p.items[PrefillItemIndex<Cfg::kRope>(p, work)];
   const int state_base = item.state_base;
   const bool split = state_base >= 0;
   const int state0 = state_base + item.chunk;
@@ -49,7 +53,7 @@ __device__ __forceinline__ void StorePrefillOutput(
       const int pk = t.packed_start + r;
 #pragma unroll
       for (int j = 0; j < D / 8; ++j) {
-        *reinterpret_cast<uint32_t*>(q_smem + Swz<D>(r, j) + 2 * t4) =
+        *reinterpret_cast<uint32_t*>(q_smem + Cfg::StagingOffset(r, j) + 2 * t4) =
             Pack2<T>(o_acc[mq][j][2 * h] * inv, o_acc[mq][j][2 * h + 1] * inv);
       }
       float* lse = split ? p.partial_lse : p.lse;
@@ -70,7 +74,8 @@ __device__ __forceinline__ void StorePrefillOutput(
       const int qi = pk / group;
       const int head = t.kv_head * group + pk % group;
       T* dst = o_g + (static_cast<int64_t>(out_row(qi)) * p.num_qo_heads + head) * D + c * 8;
-      *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(q_smem + Swz<D>(r, c));
+      *reinterpret_cast<uint4*>(dst) =
+          *reinterpret_cast<const uint4*>(q_smem + Cfg::StagingOffset(r, c));
     }
   }
 }

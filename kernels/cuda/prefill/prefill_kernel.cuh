@@ -225,7 +225,7 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   CpAsyncWait<0>();
   __syncthreads();  // Q smem is reused below (also when no tile ran)
 
-  StorePrefillOutput<Cfg>(p, t, o_acc, rows, q_smem, warp, lane);
+  StorePrefillOutput<Cfg>(p, t, o_acc, rows, q_smem, warp, lane, blockIdx.x);
 }
 
 // ---- launcher ---------------------------------------------------------------------------------

@@ -32,25 +32,30 @@ struct PrefillTile {
   int rope_offset;  // kRope: the request's position offset
 };
 
-// The planned item of this CTA (blockIdx.x: item-major, KV head fastest; kRope: p.sub_items CTAs
-// per item).
+// The planned item of work unit `work` (item-major, KV head fastest; kRope: p.sub_items units per
+// item). One CTA per unit: work = blockIdx.x; the persistent sm90 kernel loops over units.
 template <bool kRope>
-__device__ __forceinline__ int PrefillItemIndex(const PrefillParams& p) {
-  const int item_sub = blockIdx.x / p.num_kv_heads;
+__device__ __forceinline__ int PrefillItemIndex(const PrefillParams& p, int work) {
+  const int item_sub = work / p.num_kv_heads;
   return kRope ? item_sub / p.sub_items : item_sub;
 }
+template <bool kRope>
+__device__ __forceinline__ int PrefillItemIndex(const PrefillParams& p) {
+  return PrefillItemIndex<kRope>(p, blockIdx.x);
+}
 
-// The tile of this CTA (blockIdx.x). kRope: p.sub_items CTAs of Cfg::kCtaRows rows share a
-// planned item of p.item_rows rows (a plan made for a wider tile); the other kernels have the
-// plan's tile (one CTA per item and KV head). False when the CTA has no rows (the last sub-item
+// The tile of work unit `work` (a CTA: blockIdx.x). kRope: p.sub_items CTAs of Cfg::kCtaRows rows
+// share a planned item of p.item_rows rows (a plan made for a wider tile); the other kernels have
+// the plan's tile (one CTA per item and KV head). False when the CTA has no rows (the last sub-item
 // of a short item).
 template <class Cfg, bool kPaged>
-__device__ __forceinline__ bool ResolvePrefillTile(const PrefillParams& p, PrefillTile& t) {
+__device__ __forceinline__ bool ResolvePrefillTile(const PrefillParams& p, PrefillTile& t,
+                                                   int work) {
   constexpr bool kRope = Cfg::kRope;
   constexpr int CTA_M = Cfg::kCtaRows;
-  const int item_sub = blockIdx.x / p.num_kv_heads;
-  t.kv_head = blockIdx.x - item_sub * p.num_kv_heads;
-  const int item = PrefillItemIndex<kRope>(p);
+  const int item_sub = work / p.num_kv_heads;
+  t.kv_head = work - item_sub * p.num_kv_heads;
+  const int item = PrefillItemIndex<kRope>(p, work);
   const int sub = kRope ? item_sub - item * p.sub_items : 0;
   const PrefillItem it = p.items[item];
   t.b = it.request;
@@ -81,6 +86,10 @@ __device__ __forceinline__ bool ResolvePrefillTile(const PrefillParams& p, Prefi
   if (p.variant.causal) t.kv_end = min(t.kv_end, t.delta + t.q_hi + 1);
   t.rope_offset = (kRope && p.variant.rope_offsets != nullptr) ? p.variant.rope_offsets[t.b] : 0;
   return true;
+}
+template <class Cfg, bool kPaged>
+__device__ __forceinline__ bool ResolvePrefillTile(const PrefillParams& p, PrefillTile& t) {
+  return ResolvePrefillTile<Cfg, kPaged>(p, t, blockIdx.x);
 }
 
 }  // namespace attnd::kernels::cuda::internal
