@@ -97,15 +97,23 @@ absl::StatusOr<kernels::Stream*> Core::State::SessionStream(Session& session) {
   return session.stream.get();
 }
 
-absl::StatusOr<Core::State::LayerTarget> Core::State::FindLayerTarget(
-    Session& session, absl::string_view plan_id, v1::Completion completion) {
-  auto plan = FindPlan(session, plan_id);
-  if (!plan.ok()) return plan.status();
+absl::StatusOr<Core::State::StreamTarget> Core::State::FindStreamTarget(Session& session,
+                                                                        v1::Completion completion) {
   auto stream = SessionStream(session);
   if (!stream.ok()) return stream.status();
   const bool synchronize = completion != v1::COMPLETION_ASYNC;
-  return LayerTarget{*std::move(plan), *stream,
-                     ExecContext{*backend, *stream, session.staging, session.buffers, synchronize}};
+  return StreamTarget{
+      *stream, ExecContext{*backend, *stream, session.staging, session.buffers, synchronize}};
+}
+
+absl::StatusOr<Core::State::LayerTarget> Core::State::FindLayerTarget(Session& session,
+                                                                      absl::string_view plan_id,
+                                                                      v1::Completion completion) {
+  auto plan = FindPlan(session, plan_id);
+  if (!plan.ok()) return plan.status();
+  auto target = FindStreamTarget(session, completion);
+  if (!target.ok()) return target.status();
+  return LayerTarget{*std::move(plan), target->stream, target->ctx};
 }
 
 absl::StatusOr<kernels::Event*> Core::State::CompletionEvent(Session& session) {

@@ -161,8 +161,16 @@ struct Core::State {
   absl::StatusOr<std::shared_ptr<Plan>> FindPlan(Session& session, absl::string_view plan_id)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(session.mu);
 
-  // What a layer command (AppendKv, Run) runs on: its plan, the session's stream, and the
-  // execution context over them (synchronous unless `completion` is COMPLETION_ASYNC).
+  // What a command that launches work (AppendKv, Run, MergeState, MergeStates) runs on: the
+  // session's stream and the execution context over it (synchronous unless `completion` is
+  // COMPLETION_ASYNC).
+  struct StreamTarget {
+    kernels::Stream* stream;
+    ExecContext ctx;
+  };
+  absl::StatusOr<StreamTarget> FindStreamTarget(Session& session, v1::Completion completion)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(session.mu);
+  // What a layer command (AppendKv, Run) runs on: its plan and the session's stream.
   struct LayerTarget {
     std::shared_ptr<Plan> plan;
     kernels::Stream* stream;

@@ -3,8 +3,8 @@
 namespace attnd::server {
 
 absl::Status ExecuteRun(const Plan& plan, const v1::RunRequest& request, const RunCall& call,
-                        TensorBindings& bindings, const ExecContext& ctx,
-                        v1::RunResponse* response, TransferCounts* counts) {
+                        TensorBindings& bindings, const ExecContext& ctx, v1::RunResponse* response,
+                        TransferCounts* counts) {
   if (auto s = bindings.Materialize(); !s.ok()) return s;
   kernels::RunArgs args;
   args.plan = plan.prepared.get();
@@ -35,13 +35,31 @@ absl::Status ExecuteAppendKv(const Plan& plan, const v1::AppendKvRequest& reques
                              const ExecContext& ctx, TransferCounts* counts) {
   if (auto s = bindings.Materialize(); !s.ok()) return s;
   if (auto s = ctx.backend.AppendKv(*plan.prepared, plan.pool->LayerView(request.layer()),
-                                    bindings.pointer(call.k), bindings.pointer(call.v),
-                                    ctx.stream);
+                                    bindings.pointer(call.k), bindings.pointer(call.v), ctx.stream);
       !s.ok()) {
     return s;
   }
   if (auto s = bindings.Complete(); !s.ok()) return s;
   counts->bytes_in += bindings.bytes_in();
+  return absl::OkStatus();
+}
+
+absl::Status ExecuteMerge(const MergeCall& call, TensorBindings& bindings, const ExecContext& ctx,
+                          TransferCounts* counts) {
+  if (auto s = bindings.Materialize(); !s.ok()) return s;
+  kernels::MergeStatesParams params = call.params;
+  params.v_in = bindings.pointer(call.v_in);
+  params.s_in = static_cast<const float*>(bindings.pointer(call.s_in));
+  if (call.v_in_b >= 0) {
+    params.v_in_b = bindings.pointer(call.v_in_b);
+    params.s_in_b = static_cast<const float*>(bindings.pointer(call.s_in_b));
+  }
+  params.v_out = bindings.pointer(call.v_out);
+  params.s_out = call.s_out >= 0 ? static_cast<float*>(bindings.pointer(call.s_out)) : nullptr;
+  if (auto s = ctx.backend.MergeStates(params, ctx.stream); !s.ok()) return s;
+  if (auto s = bindings.Complete(); !s.ok()) return s;
+  counts->bytes_in += bindings.bytes_in();
+  counts->bytes_out += bindings.bytes_out();
   return absl::OkStatus();
 }
 

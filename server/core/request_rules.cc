@@ -1,5 +1,6 @@
 #include "server/core/request_rules.h"
 
+#include <span>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -82,6 +83,140 @@ absl::Status BindKv(TensorBindings& bindings, const Plan& plan, const v1::Tensor
   *k_index = *ki;
   *v_index = *vi;
   return absl::OkStatus();
+}
+
+// A tensor of a merge, by its field name, and its binding.
+struct MergeTensor {
+  absl::string_view name;
+  const v1::Tensor* tensor;
+  int index = -1;
+};
+
+std::string Placement(const MergeTensor& t, uint64_t bytes) {
+  return absl::StrCat(t.name, " (buffer '", Echo(t.tensor->buffer().buffer_id()),
+                      "', offset_bytes=", t.tensor->buffer().offset_bytes(), ", ", bytes,
+                      " bytes)");
+}
+
+// An output of a merge shares no byte with an input, unless it is exactly that input's bytes (in
+// place: every row reads its inputs before it writes), nor with another output.
+absl::Status CheckMergeOverlaps(const TensorBindings& bindings,
+                                std::span<const MergeTensor> outputs,
+                                std::span<const MergeTensor> inputs) {
+  const auto overlap = [](const TensorBindings::SliceBytes& a,
+                          const TensorBindings::SliceBytes& b) {
+    return a.first != nullptr && b.first != nullptr && a.bytes > 0 && b.bytes > 0 &&
+           a.first < b.first + b.bytes && b.first < a.first + a.bytes;
+  };
+  for (size_t o = 0; o < outputs.size(); ++o) {
+    if (outputs[o].index < 0) continue;
+    const TensorBindings::SliceBytes out = bindings.slice_bytes(outputs[o].index);
+    for (const MergeTensor& in : inputs) {
+      const TensorBindings::SliceBytes other = bindings.slice_bytes(in.index);
+      if (!overlap(out, other) || (out.first == other.first && out.bytes == other.bytes)) {
+        continue;
+      }
+      return absl::InvalidArgumentError(absl::StrCat(
+          Placement(outputs[o], out.bytes), " overlaps ", Placement(in, other.bytes),
+          ": an output must be exactly an input's bytes (in place) or share none with it"));
+    }
+    for (size_t p = o + 1; p < outputs.size(); ++p) {
+      if (outputs[p].index < 0) continue;
+      const TensorBindings::SliceBytes other = bindings.slice_bytes(outputs[p].index);
+      if (!overlap(out, other)) continue;
+      return absl::InvalidArgumentError(absl::StrCat(Placement(outputs[o], out.bytes), " overlaps ",
+                                                     Placement(outputs[p], other.bytes)));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// The rules MergeState and MergeStates share. `inputs` are (v, s) pairs in order: v_a, s_a, v_b,
+// s_b for MergeState (the pair form), v, s for MergeStates (with_states).
+template <typename Request, typename Response>
+absl::StatusOr<MergeCall> CheckMerge(const RequestScope& scope, std::string_view command,
+                                     const Request& request, std::span<MergeTensor> inputs,
+                                     bool with_states, TensorBindings& bindings,
+                                     Response* response) {
+  MergeCall call;
+  auto wait_on = CheckCompletion(scope.events, request.wait_event_id(), request.completion());
+  if (!wait_on.ok()) return wait_on.status();
+  call.wait_on = *wait_on;
+  call.async = request.completion() == v1::COMPLETION_ASYNC;
+  const bool want_s = !request.omit_s();
+  if (!want_s && HasData(request.s_out())) {
+    return absl::InvalidArgumentError("s_out is set but omit_s is true: unset one of them");
+  }
+  if (call.async && request.v_out().data_case() != v1::Tensor::kBuffer) {
+    return absl::InvalidArgumentError(
+        "completion=COMPLETION_ASYNC needs v_out in a registered buffer (inline outputs would "
+        "need a synchronous copy); set v_out.buffer or use COMPLETION_SYNC");
+  }
+  if (call.async && want_s && request.s_out().data_case() != v1::Tensor::kBuffer) {
+    return absl::InvalidArgumentError(
+        "completion=COMPLETION_ASYNC needs s_out in a registered buffer, or omit_s");
+  }
+
+  auto shape = ValidateMergeInput(*inputs[0].tensor, inputs[0].name, with_states);
+  if (!shape.ok()) return shape.status();
+  const int64_t rows = shape->seq_len, heads = shape->num_heads, dim = shape->head_dim;
+  const uint64_t cells = static_cast<uint64_t>(rows) * static_cast<uint64_t>(heads);
+  uint64_t inline_bytes = 0;
+  if (!HasData(request.v_out())) {
+    inline_bytes += cells * static_cast<uint64_t>(dim) * kernels::DTypeSize(shape->dtype);
+  }
+  if (want_s && !HasData(request.s_out())) inline_bytes += cells * sizeof(float);
+  if (auto s = CheckReplyFits(scope.max_message_bytes, command, inline_bytes,
+                              "write v_out and s_out to registered buffers instead of receiving "
+                              "them inline");
+      !s.ok()) {
+    return s;
+  }
+
+  std::vector<int64_t> v_shape = {rows, heads, dim}, s_shape = {rows, heads};
+  if (with_states) {
+    v_shape.insert(v_shape.begin() + 1, shape->num_states);
+    s_shape.insert(s_shape.begin() + 1, shape->num_states);
+  }
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const bool is_v = i % 2 == 0;
+    auto index =
+        bindings.AddInput(*inputs[i].tensor, inputs[i].name,
+                          is_v ? shape->dtype : kernels::DType::kFloat32, is_v ? v_shape : s_shape);
+    if (!index.ok()) return index.status();
+    inputs[i].index = *index;
+  }
+  MergeTensor outputs[2] = {{"v_out", &request.v_out()}, {"s_out", &request.s_out()}};
+  auto v_out = bindings.AddOutput(HasData(request.v_out()) ? &request.v_out() : nullptr, "v_out",
+                                  shape->dtype, {rows, heads, dim}, response->mutable_v());
+  if (!v_out.ok()) return v_out.status();
+  if (HasData(request.v_out())) outputs[0].index = *v_out;
+  if (want_s) {
+    auto s_out = bindings.AddOutput(HasData(request.s_out()) ? &request.s_out() : nullptr, "s_out",
+                                    kernels::DType::kFloat32, {rows, heads}, response->mutable_s());
+    if (!s_out.ok()) return s_out.status();
+    call.s_out = *s_out;
+    if (HasData(request.s_out())) outputs[1].index = *s_out;
+  }
+  if (auto s = CheckMergeOverlaps(bindings, outputs, inputs); !s.ok()) return s;
+  // Outputs that go to the client's buffers are not in the reply.
+  if (HasData(request.v_out())) response->clear_v();
+  if (!want_s || HasData(request.s_out())) response->clear_s();
+
+  call.v_in = inputs[0].index;
+  call.s_in = inputs[1].index;
+  if (!with_states) {
+    call.v_in_b = inputs[2].index;
+    call.s_in_b = inputs[3].index;
+  }
+  call.v_out = *v_out;
+  kernels::MergeStatesParams& p = call.params;
+  p.dtype = shape->dtype;
+  p.num_rows = static_cast<int32_t>(rows);
+  p.num_states = static_cast<int32_t>(shape->num_states);
+  p.num_heads = static_cast<int32_t>(heads);
+  p.head_dim = static_cast<int32_t>(dim);
+  return call;
 }
 
 }  // namespace
@@ -183,6 +318,27 @@ absl::StatusOr<AppendKvCall> CheckAppendKv(const RequestScope& scope, const Plan
     return s;
   }
   return call;
+}
+
+absl::StatusOr<MergeCall> CheckMergeState(const RequestScope& scope,
+                                          const v1::MergeStateRequest& request,
+                                          TensorBindings& bindings,
+                                          v1::MergeStateResponse* response) {
+  MergeTensor inputs[4] = {{"v_a", &request.v_a()},
+                           {"s_a", &request.s_a()},
+                           {"v_b", &request.v_b()},
+                           {"s_b", &request.s_b()}};
+  return CheckMerge(scope, "MergeState", request, inputs, /*with_states=*/false, bindings,
+                    response);
+}
+
+absl::StatusOr<MergeCall> CheckMergeStates(const RequestScope& scope,
+                                           const v1::MergeStatesRequest& request,
+                                           TensorBindings& bindings,
+                                           v1::MergeStatesResponse* response) {
+  MergeTensor inputs[2] = {{"v", &request.v()}, {"s", &request.s()}};
+  return CheckMerge(scope, "MergeStates", request, inputs, /*with_states=*/true, bindings,
+                    response);
 }
 
 }  // namespace attnd::server

@@ -5,6 +5,7 @@
 // them before anything is enqueued, written or launched, so a refused request changed nothing.
 // CreatePlan's rules are CheckCreatePlan (fields, before anything is charged) and CheckPlanPages
 // (page ownership and writability, under the pool's lock right before the pins: BuildPlan).
+// MergeState and MergeStates (no plan, no pool) are CheckMergeState and CheckMergeStates.
 //
 // validation.h holds the field-level checks these rules are made of; tensor_bindings.h checks one
 // tensor (Add*) and later maps it (Materialize). The executor (executor.h) only launches.
@@ -81,5 +82,30 @@ struct AppendKvCall {
 absl::StatusOr<AppendKvCall> CheckAppendKv(const RequestScope& scope, const Plan& plan,
                                            const v1::AppendKvRequest& request,
                                            TensorBindings& bindings);
+
+// A checked MergeState or MergeStates: the backend's parameters without their pointers (dtype,
+// shape, the pair form's second state) and the bindings of the tensors (-1 = not bound: the
+// pair form's v_in_b and s_in_b for MergeStates; s_out with omit_s).
+struct MergeCall {
+  bool async = false;
+  kernels::Event* wait_on = nullptr;
+  kernels::MergeStatesParams params;  // pointers are null; ExecuteMerge fills them in
+  int v_in = -1, s_in = -1, v_in_b = -1, s_in_b = -1, v_out = -1, s_out = -1;
+};
+
+// Every rule of a MergeState (the attnd.proto section "Merging attention states"): completion
+// and the event to wait on, v_a's dtype and shape, v_b, s_a, s_b of the same shape, the outputs
+// (buffer slices, or inline in `response`, whose size must fit the reply), and that an output
+// overlaps no input or other output unless it is exactly that input's bytes (in place). Binds
+// the tensors into `bindings` (checked, not yet mapped) and shapes the inline outputs.
+absl::StatusOr<MergeCall> CheckMergeState(const RequestScope& scope,
+                                          const v1::MergeStateRequest& request,
+                                          TensorBindings& bindings,
+                                          v1::MergeStateResponse* response);
+// The same for a MergeStates: v [seq_len, num_states, num_heads, head_dim] and s.
+absl::StatusOr<MergeCall> CheckMergeStates(const RequestScope& scope,
+                                           const v1::MergeStatesRequest& request,
+                                           TensorBindings& bindings,
+                                           v1::MergeStatesResponse* response);
 
 }  // namespace attnd::server

@@ -48,9 +48,9 @@ absl::StatusOr<int> TensorBindings::AddOutput(const v1::Tensor* tensor, absl::st
   Binding binding;
   binding.output = true;
   if (tensor != nullptr && tensor->data_case() == v1::Tensor::kInlineData) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        name, ".inline_data is set: outputs are returned inline when ", name,
-        " is unset; give a buffer slice or nothing"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(name, ".inline_data is set: outputs are returned inline when ", name,
+                     " is unset; give a buffer slice or nothing"));
   }
   if (tensor != nullptr && tensor->data_case() == v1::Tensor::kBuffer) {
     auto bytes = ValidateTensor(*tensor, name, dtype, shape);
@@ -75,6 +75,12 @@ absl::StatusOr<int> TensorBindings::AddOutput(const v1::Tensor* tensor, absl::st
   }
   bindings_.push_back(std::move(binding));
   return static_cast<int>(bindings_.size()) - 1;
+}
+
+TensorBindings::SliceBytes TensorBindings::slice_bytes(int index) const {
+  const Binding& b = bindings_[index];
+  if (b.buffer == nullptr) return {};
+  return {static_cast<const char*>(b.buffer->data()) + b.offset, b.bytes};
 }
 
 TensorBindings::~TensorBindings() {

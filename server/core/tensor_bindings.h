@@ -4,14 +4,15 @@
 //   2. Materialize: point at request bytes / buffer slices, or (backends that cannot read host
 //      memory) copy inline inputs into the session's staging area;
 //   3. Complete: copy staged outputs into the response and wait for the stream.
-// Inline outputs are written straight into the response's bytes when the backend is host-accessible.
+// Inline outputs are written straight into the response's bytes when the backend is
+// host-accessible.
 #pragma once
 
 #include <cstdint>
 #include <memory>
 #include <string>
-#include "absl/strings/string_view.h"
 #include <vector>
+#include "absl/strings/string_view.h"
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
@@ -53,6 +54,15 @@ class TensorBindings {
                                 kernels::DType dtype, std::vector<int64_t> shape,
                                 v1::Tensor* response);
 
+  // The memory binding `index` covers when it is a slice of a registered buffer: its first byte
+  // (in the daemon's mapping of the buffer) and its size. first is null for an inline tensor,
+  // whose bytes are the request's or the response's own and overlap nothing else.
+  struct SliceBytes {
+    const char* first = nullptr;
+    uint64_t bytes = 0;
+  };
+  SliceBytes slice_bytes(int index) const;
+
   absl::Status Materialize();
   void* pointer(int index) const { return bindings_[index].ptr; }
   absl::Status Complete();
@@ -64,17 +74,17 @@ class TensorBindings {
   struct Binding {
     bool output = false;
     uint64_t bytes = 0;
-    const std::string* inline_in = nullptr;   // input bytes in the request
-    v1::Tensor* inline_out = nullptr;         // response tensor receiving the output
+    const std::string* inline_in = nullptr;    // input bytes in the request
+    v1::Tensor* inline_out = nullptr;          // response tensor receiving the output
     std::shared_ptr<RegisteredBuffer> buffer;  // or a slice of this buffer
     uint64_t offset = 0;
     bool staged = false;
     void* ptr = nullptr;
   };
   absl::StatusOr<std::shared_ptr<RegisteredBuffer>> FindBuffer(const v1::Tensor& tensor,
-                                                                absl::string_view name,
-                                                                uint64_t bytes,
-                                                                kernels::DType dtype) const;
+                                                               absl::string_view name,
+                                                               uint64_t bytes,
+                                                               kernels::DType dtype) const;
 
   const ExecContext& ctx_;
   std::vector<Binding> bindings_;

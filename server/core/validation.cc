@@ -96,9 +96,8 @@ absl::StatusOr<PoolGeometry> ValidateCreatePool(const v1::CreatePoolRequest& req
     return InvalidArg("page_size=", request.page_size(), " must be in 1..", kMaxPageSize);
   }
   if (!backend.page_sizes.empty() && !Contains(backend.page_sizes, request.page_size())) {
-    return InvalidArg("page_size=", request.page_size(), " is not supported by the ",
-                      backend.name, " backend (supported: ",
-                      absl::StrJoin(backend.page_sizes, ", "), ")");
+    return InvalidArg("page_size=", request.page_size(), " is not supported by the ", backend.name,
+                      " backend (supported: ", absl::StrJoin(backend.page_sizes, ", "), ")");
   }
   auto kv_dtype = FromProtoDType(request.kv_dtype(), "kv_dtype");
   if (!kv_dtype.ok()) return kv_dtype.status();
@@ -107,7 +106,8 @@ absl::StatusOr<PoolGeometry> ValidateCreatePool(const v1::CreatePoolRequest& req
                       backend.name, " backend (supported: ", DTypeList(backend.kv_dtypes), ")");
   }
   if (request.layout() != v1::KV_LAYOUT_UNSPECIFIED && request.layout() != v1::KV_LAYOUT_NHD) {
-    return InvalidArg("layout=", static_cast<int>(request.layout()), " is not supported (NHD only)");
+    return InvalidArg("layout=", static_cast<int>(request.layout()),
+                      " is not supported (NHD only)");
   }
   g.num_layers = request.num_layers();
   g.num_kv_heads = request.num_kv_heads();
@@ -216,8 +216,7 @@ absl::StatusOr<ValidatedPlan> ValidatePlan(const v1::CreatePlanRequest& request,
   // len(kv_indices).
   const auto& kv_indptr = request.kv_indptr();
   if (kv_indptr.size() < 2) {
-    return InvalidArg("kv_indptr has ", kv_indptr.size(),
-                      " entries; it needs batch_size + 1 >= 2");
+    return InvalidArg("kv_indptr has ", kv_indptr.size(), " entries; it needs batch_size + 1 >= 2");
   }
   const int64_t batch64 = static_cast<int64_t>(kv_indptr.size()) - 1;
   if (batch64 > max_batch_size) {
@@ -228,12 +227,12 @@ absl::StatusOr<ValidatedPlan> ValidatePlan(const v1::CreatePlanRequest& request,
   if (kv_indptr[0] != 0) return InvalidArg("kv_indptr[0]=", kv_indptr[0], " must be 0");
   for (int32_t b = 0; b < batch; ++b) {
     if (kv_indptr[b + 1] < kv_indptr[b]) {
-      return InvalidArg("kv_indptr[", b + 1, "]=", kv_indptr[b + 1], " is less than kv_indptr[",
-                        b, "]=", kv_indptr[b], "; kv_indptr must be non-decreasing");
+      return InvalidArg("kv_indptr[", b + 1, "]=", kv_indptr[b + 1], " is less than kv_indptr[", b,
+                        "]=", kv_indptr[b], "; kv_indptr must be non-decreasing");
     }
     if (kv_indptr[b + 1] == kv_indptr[b]) {
-      return InvalidArg("kv_indptr[", b, "]=kv_indptr[", b + 1, "]=", kv_indptr[b],
-                        ": request ", b, " has no pages; every request needs >= 1 page");
+      return InvalidArg("kv_indptr[", b, "]=kv_indptr[", b + 1, "]=", kv_indptr[b], ": request ", b,
+                        " has no pages; every request needs >= 1 page");
     }
   }
   if (kv_indptr[batch] != request.kv_indices_size()) {
@@ -243,15 +242,15 @@ absl::StatusOr<ValidatedPlan> ValidatePlan(const v1::CreatePlanRequest& request,
   const auto& kv_indices = request.kv_indices();
   for (int i = 0; i < kv_indices.size(); ++i) {
     if (kv_indices[i] < 0 || kv_indices[i] >= pool.num_pages) {
-      return absl::OutOfRangeError(absl::StrCat(
-          "kv_indices[", i, "]=", kv_indices[i], " is outside 0..", pool.num_pages - 1,
-          " (pool '", pool_name, "' has ", pool.num_pages, " pages)"));
+      return absl::OutOfRangeError(absl::StrCat("kv_indices[", i, "]=", kv_indices[i],
+                                                " is outside 0..", pool.num_pages - 1, " (pool '",
+                                                pool_name, "' has ", pool.num_pages, " pages)"));
     }
   }
   const auto& last_len = request.kv_last_page_len();
   if (last_len.size() != batch) {
-    return InvalidArg("kv_last_page_len has ", last_len.size(), " entries, expected batch_size=",
-                      batch);
+    return InvalidArg("kv_last_page_len has ", last_len.size(),
+                      " entries, expected batch_size=", batch);
   }
   std::vector<int64_t> kv_len(static_cast<size_t>(batch));
   for (int32_t b = 0; b < batch; ++b) {
@@ -275,8 +274,8 @@ absl::StatusOr<ValidatedPlan> ValidatePlan(const v1::CreatePlanRequest& request,
     for (int32_t b = 0; b <= batch; ++b) spec.qo_indptr[b] = b;
   } else {
     if (qo_indptr.size() != batch + 1) {
-      return InvalidArg("qo_indptr has ", qo_indptr.size(), " entries, expected batch_size + 1 = ",
-                        batch + 1);
+      return InvalidArg("qo_indptr has ", qo_indptr.size(),
+                        " entries, expected batch_size + 1 = ", batch + 1);
     }
     if (qo_indptr[0] != 0) return InvalidArg("qo_indptr[0]=", qo_indptr[0], " must be 0");
     for (int32_t b = 0; b < batch; ++b) {
@@ -358,7 +357,8 @@ absl::Status CheckPagesUnshared(absl::Span<const int32_t> written_pages,
     const int64_t mine = static_cast<int64_t>(held.count(page)) + pinned.count(page);
     if (allocator.refcount(page) > mine) {
       return absl::FailedPreconditionError(
-          absl::StrCat("page ", page, " is shared with another session; appends need an "
+          absl::StrCat("page ", page,
+                       " is shared with another session; appends need an "
                        "unshared page"));
     }
   }
@@ -367,8 +367,7 @@ absl::Status CheckPagesUnshared(absl::Span<const int32_t> written_pages,
 
 absl::Status ValidateLayer(int32_t layer, int32_t num_layers) {
   if (layer < 0 || layer >= num_layers) {
-    return absl::OutOfRangeError(
-        absl::StrCat("layer=", layer, " is outside 0..", num_layers - 1));
+    return absl::OutOfRangeError(absl::StrCat("layer=", layer, " is outside 0..", num_layers - 1));
   }
   return absl::OkStatus();
 }
@@ -396,8 +395,8 @@ absl::StatusOr<uint64_t> ValidateTensor(const v1::Tensor& tensor, absl::string_v
   }
   if (tensor.data_case() == v1::Tensor::kInlineData && tensor.inline_data().size() != bytes) {
     return InvalidArg(name, ".inline_data has ", tensor.inline_data().size(), " bytes, expected ",
-                      bytes, " (shape ", ShapeString(shape), " x ", kernels::DTypeSize(expected_dtype),
-                      " bytes)");
+                      bytes, " (shape ", ShapeString(shape), " x ",
+                      kernels::DTypeSize(expected_dtype), " bytes)");
   }
   return bytes;
 }
@@ -407,8 +406,9 @@ absl::StatusOr<kernels::DType> ValidateQueryDType(const v1::Tensor& q,
   auto dtype = FromProtoDType(q.dtype(), "q.dtype");
   if (!dtype.ok()) return dtype.status();
   if (!Contains(backend.q_dtypes, *dtype)) {
-    return InvalidArg("q.dtype=", ProtoDTypeName(q.dtype()), " is not supported for queries by the ",
-                      backend.name, " backend (supported: ", DTypeList(backend.q_dtypes), ")");
+    return InvalidArg("q.dtype=", ProtoDTypeName(q.dtype()),
+                      " is not supported for queries by the ", backend.name,
+                      " backend (supported: ", DTypeList(backend.q_dtypes), ")");
   }
   return *dtype;
 }
@@ -436,6 +436,50 @@ absl::Status ValidateSlice(absl::string_view name, const v1::BufferSlice& slice,
         Echo(slice.buffer_id()), "' (", buffer_size, " bytes)"));
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<MergeShape> ValidateMergeInput(const v1::Tensor& v, absl::string_view name,
+                                              bool with_states) {
+  if (v.data_case() == v1::Tensor::DATA_NOT_SET) {
+    return InvalidArg(name, " has no data: set inline_data or buffer");
+  }
+  MergeShape shape;
+  const v1::DType dtype = v.dtype();
+  if (dtype != v1::DTYPE_FLOAT16 && dtype != v1::DTYPE_BFLOAT16 && dtype != v1::DTYPE_FLOAT32) {
+    return InvalidArg(name, ".dtype=", ProtoDTypeName(dtype),
+                      " cannot be merged (DTYPE_FLOAT16, DTYPE_BFLOAT16 or DTYPE_FLOAT32)");
+  }
+  auto kdtype = FromProtoDType(dtype, absl::StrCat(name, ".dtype"));
+  if (!kdtype.ok()) return kdtype.status();
+  shape.dtype = *kdtype;
+  const absl::Span<const int64_t> dims(v.shape().data(), v.shape_size());
+  const size_t rank = with_states ? 4 : 3;
+  if (dims.size() != rank) {
+    return InvalidArg(name, ".shape=", ShapeString(dims), " must be [seq_len, ",
+                      with_states ? "num_states, " : "", "num_heads, head_dim]");
+  }
+  shape.seq_len = dims[0];
+  const int64_t states = with_states ? dims[1] : 1;  // rows of states per row of the output
+  shape.num_states = with_states ? states : 2;
+  shape.num_heads = dims[rank - 2];
+  shape.head_dim = dims[rank - 1];
+  // Each factor is checked before the product, which then cannot overflow.
+  if (shape.seq_len < 0 || states < 0 || shape.seq_len > kMaxMergeStateRows ||
+      states > kMaxMergeStateRows || shape.seq_len * states > kMaxMergeStateRows) {
+    return InvalidArg(
+        name, ".shape=", ShapeString(dims), ": seq_len",
+        with_states ? " and num_states must be >= 0 and seq_len * num_states" : " must be >= 0 and",
+        " at most ", kMaxMergeStateRows);
+  }
+  if (shape.num_heads < 1 || shape.num_heads > kMaxMergeHeads) {
+    return InvalidArg(name, ".shape=", ShapeString(dims), ": num_heads=", shape.num_heads,
+                      " must be in 1..", kMaxMergeHeads);
+  }
+  if (shape.head_dim < 4 || shape.head_dim > kMaxMergeHeadDim || shape.head_dim % 4 != 0) {
+    return InvalidArg(name, ".shape=", ShapeString(dims), ": head_dim=", shape.head_dim,
+                      " must be a multiple of 4 in 4..", kMaxMergeHeadDim);
+  }
+  return shape;
 }
 
 absl::StatusOr<kernels::AttentionOptions> ValidateOptions(const v1::AttentionOptions& options,
@@ -507,8 +551,7 @@ absl::Status ValidateRegisterBuffer(const v1::RegisterBufferRequest& request) {
         return InvalidArg("cuda_ipc.device=", request.cuda_ipc().device(), " must be >= 0");
       }
       return absl::OkStatus();
-    default:
-      return InvalidArg("source is not set: give cuda_ipc or shared_memory_fd");
+    default: return InvalidArg("source is not set: give cuda_ipc or shared_memory_fd");
   }
 }
 

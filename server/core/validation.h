@@ -9,8 +9,8 @@
 
 #include <cstdint>
 #include <string>
-#include "absl/strings/string_view.h"
 #include <vector>
+#include "absl/strings/string_view.h"
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -37,7 +37,7 @@ struct PoolGeometry {
   int32_t page_size = 0;
   kernels::DType kv_dtype = kernels::DType::kFloat16;
   int32_t num_pages = 0;
-  uint64_t page_bytes = 0;   // one page of one layer: 2 * page_size * num_kv_heads * head_dim * elem
+  uint64_t page_bytes = 0;  // one page of one layer: 2 * page_size * num_kv_heads * head_dim * elem
   uint64_t layer_bytes = 0;  // num_pages * page_bytes
   uint64_t total_bytes = 0;  // num_layers * layer_bytes
 };
@@ -66,7 +66,8 @@ absl::StatusOr<PoolGeometry> ValidateCreatePool(const v1::CreatePoolRequest& req
 // AllocatePages.count: >= 1.
 absl::Status ValidatePageCount(int32_t count);
 
-// Every id in [0, num_pages): OUT_OF_RANGE "page_ids[2]=40 is outside 0..15 (pool 'p' has 16 pages)".
+// Every id in [0, num_pages): OUT_OF_RANGE "page_ids[2]=40 is outside 0..15 (pool 'p' has 16
+// pages)".
 absl::Status ValidatePageIds(absl::Span<const int32_t> ids, absl::string_view field,
                              int32_t num_pages, absl::string_view pool_name);
 
@@ -77,10 +78,10 @@ absl::Status CheckPagesHeld(absl::Span<const int32_t> ids, absl::string_view fie
 
 // A plan request checked against the pool's geometry (not yet against page ownership).
 struct ValidatedPlan {
-  kernels::PlanSpec spec;              // qo_indptr always filled (decode: 0, 1, ..., B)
-  std::vector<int32_t> distinct_pages; // every page the plan reads, sorted, once each
-  std::vector<int32_t> written_pages;  // pages holding the last qo_len tokens of some request
-  int64_t kv_tokens = 0;               // sum of kv_len
+  kernels::PlanSpec spec;               // qo_indptr always filled (decode: 0, 1, ..., B)
+  std::vector<int32_t> distinct_pages;  // every page the plan reads, sorted, once each
+  std::vector<int32_t> written_pages;   // pages holding the last qo_len tokens of some request
+  int64_t kv_tokens = 0;                // sum of kv_len
 };
 absl::StatusOr<ValidatedPlan> ValidatePlan(const v1::CreatePlanRequest& request,
                                            const PoolGeometry& pool, absl::string_view pool_name,
@@ -118,9 +119,30 @@ absl::Status ValidateSlice(absl::string_view name, const v1::BufferSlice& slice,
 
 // Attention options: defaults filled in (rope_theta 0 -> 1e4, rope_scale 0 -> 1), ranges checked
 // (finite, non-negative soft cap, window_left >= -1 when set (-1 = no window), rope_offsets
-// empty or batch_size long). The returned options carry no rope_offsets pointer; the caller passes them separately.
+// empty or batch_size long). The returned options carry no rope_offsets pointer; the caller passes
+// them separately.
 absl::StatusOr<kernels::AttentionOptions> ValidateOptions(const v1::AttentionOptions& options,
                                                           int32_t batch_size);
+
+// The shape of a MergeState / MergeStates, as its first v tensor gives it.
+inline constexpr int64_t kMaxMergeHeads = 1 << 16;
+inline constexpr int64_t kMaxMergeHeadDim = 1024;
+inline constexpr int64_t kMaxMergeStateRows = (int64_t{1} << 31) - 1;  // seq_len * num_states
+struct MergeShape {
+  kernels::DType dtype = kernels::DType::kFloat16;
+  int64_t seq_len = 0;
+  int64_t num_states = 2;  // MergeState: 2 (v_a and v_b)
+  int64_t num_heads = 0;
+  int64_t head_dim = 0;
+};
+// The dtype (float16, bfloat16 or float32) and shape of the v a merge starts from: `name` is
+// [seq_len, num_heads, head_dim] (MergeState, with_states false) or [seq_len, num_states,
+// num_heads, head_dim] (MergeStates), with seq_len >= 0, num_states >= 0, seq_len (MergeStates:
+// seq_len * num_states) at most kMaxMergeStateRows, num_heads in 1..kMaxMergeHeads and head_dim a
+// multiple of 4 in 4..kMaxMergeHeadDim. INVALID_ARGUMENT naming the field and its value otherwise,
+// e.g. "v_a.shape=[4,8,66]: head_dim=66 must be a multiple of 4 in 4..1024".
+absl::StatusOr<MergeShape> ValidateMergeInput(const v1::Tensor& v, absl::string_view name,
+                                              bool with_states);
 
 // RegisterBuffer: exactly one source, size_bytes >= 1, a shared_memory_fd token or a 64-byte CUDA
 // IPC handle; shared memory by name is refused (FAILED_PRECONDITION).

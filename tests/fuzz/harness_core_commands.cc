@@ -258,6 +258,19 @@ std::vector<std::string> CoreCommandSeeds() {
     o->add_rope_offsets(5);
   });
   add([&](auto& r) {
+    auto* m = r.mutable_merge_state();
+    tensor(m->mutable_v_a(), v1::DTYPE_FLOAT16, {3, kQoHeads, kHeadDim});
+    tensor(m->mutable_s_a(), v1::DTYPE_FLOAT32, {3, kQoHeads});
+    tensor(m->mutable_v_b(), v1::DTYPE_FLOAT16, {3, kQoHeads, kHeadDim});
+    tensor(m->mutable_s_b(), v1::DTYPE_FLOAT32, {3, kQoHeads});
+  });
+  add([&](auto& r) {
+    auto* m = r.mutable_merge_states();
+    tensor(m->mutable_v(), v1::DTYPE_BFLOAT16, {2, 3, kQoHeads, kHeadDim});
+    tensor(m->mutable_s(), v1::DTYPE_FLOAT32, {2, 3, kQoHeads});
+    m->set_omit_s(true);
+  });
+  add([&](auto& r) {
     auto* a = r.mutable_append_kv();
     a->set_plan_id("L");
     tensor(a->mutable_k(), v1::DTYPE_FLOAT16, {1, kKvHeads, kHeadDim});

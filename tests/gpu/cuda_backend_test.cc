@@ -150,8 +150,8 @@ PagedKV LayerOf(const Step& s, void* pool, int32_t layer_index) {
   layer.num_kv_heads = s.num_kv_heads;
   layer.head_dim = s.head_dim;
   layer.SetNhdStrides();
-  layer.data = static_cast<char*>(pool) +
-               static_cast<size_t>(layer_index) * layer.page_stride * s.num_pages * ElemSize(s.dtype);
+  layer.data = static_cast<char*>(pool) + static_cast<size_t>(layer_index) * layer.page_stride *
+                                              s.num_pages * ElemSize(s.dtype);
   return layer;
 }
 
@@ -175,8 +175,10 @@ StepOutput RunStep(Backend& be, const Step& s, Bad bad = Bad::kNone) {
   char* const pool_base = at(pool, Bad::kLayerData);
   GT_STATUS_CHECK(be.CopyToBackend(pool_base, s.pool.data(), s.pool.size(), stream.get()));
   GT_STATUS_CHECK(be.CopyToBackend(at(q, Bad::kQ), s.q.data(), s.q.size(), stream.get()));
-  GT_STATUS_CHECK(be.CopyToBackend(at(kn, Bad::kKNew), s.k_new.data(), s.k_new.size(), stream.get()));
-  GT_STATUS_CHECK(be.CopyToBackend(at(vn, Bad::kVNew), s.v_new.data(), s.v_new.size(), stream.get()));
+  GT_STATUS_CHECK(
+      be.CopyToBackend(at(kn, Bad::kKNew), s.k_new.data(), s.k_new.size(), stream.get()));
+  GT_STATUS_CHECK(
+      be.CopyToBackend(at(vn, Bad::kVNew), s.v_new.data(), s.v_new.size(), stream.get()));
   std::vector<uint8_t> poison_o(rows * hq * s.head_dim * es, 0xFF);
   std::vector<uint8_t> poison_lse(rows * hq * sizeof(float), 0xFF);
   GT_STATUS_CHECK(be.CopyToBackend(at(o, Bad::kO), poison_o.data(), poison_o.size(), stream.get()));
@@ -320,14 +322,17 @@ void PlanReuse(Backend& cuda, Backend& cpu, Rng& rng, ResultTable& table, bool s
       if (rng.Int(0, 1) == 1) pick.push_back(b);
     }
     if (pick.empty()) pick.push_back(rng.Int(0, requests - 1));
-    for (size_t i = pick.size() - 1; i > 0; --i) std::swap(pick[i], pick[rng.Int(0, static_cast<int32_t>(i))]);
+    for (size_t i = pick.size() - 1; i > 0; --i)
+      std::swap(pick[i], pick[rng.Int(0, static_cast<int32_t>(i))]);
     c.spec.kv_indptr.push_back(0);
     c.spec.qo_indptr.push_back(0);
     for (const int32_t b : pick) {
-      for (int32_t p = base.indptr[b]; p < base.indptr[b + 1]; ++p) c.spec.kv_indices.push_back(base.indices[p]);
+      for (int32_t p = base.indptr[b]; p < base.indptr[b + 1]; ++p)
+        c.spec.kv_indices.push_back(base.indices[p]);
       c.spec.kv_indptr.push_back(static_cast<int32_t>(c.spec.kv_indices.size()));
       c.spec.kv_last_page_len.push_back(base.last_page_len[b]);
-      const int32_t qo = c.spec.kind == AttentionKind::kDecode ? 1 : rng.Int(1, std::min(base.kv_len[b], 64));
+      const int32_t qo =
+          c.spec.kind == AttentionKind::kDecode ? 1 : rng.Int(1, std::min(base.kv_len[b], 64));
       c.spec.qo_indptr.push_back(c.spec.qo_indptr.back() + qo);
     }
     if (it % 2 == 1) {
@@ -352,9 +357,9 @@ void PlanReuse(Backend& cuda, Backend& cpu, Rng& rng, ResultTable& table, bool s
 
 void ErrorPaths(Backend& cuda, ResultTable& table) {
   const auto& info = cuda.info();
-  table.AddCheck("info", info.name == "cuda" && !info.head_dims.empty() &&
-                             info.memory_total_bytes > 0 && info.cuda_ipc &&
-                             info.tensor_alignment_bytes == 16,
+  table.AddCheck("info",
+                 info.name == "cuda" && !info.head_dims.empty() && info.memory_total_bytes > 0 &&
+                     info.cuda_ipc && info.tensor_alignment_bytes == 16,
                  absl::StrCat(info.name, " / ", info.device, " / ", info.memory_total_bytes,
                               " bytes / ", info.head_dims.size(), " head dims"));
   auto huge = cuda.Allocate(size_t{1} << 50);
@@ -403,10 +408,56 @@ void MergeThroughBackend(Backend& cuda, Backend& cpu, Rng& rng, ResultTable& tab
     outs.push_back(h);
   }
   std::vector<uint8_t> unw = UnwrittenMask(outs[0], DType::kFloat16);
-  table.Add("MergeStates via backend",
-            Compare(DecodeFrom(outs[0], DType::kFloat16), DecodeFrom(outs[1], DType::kFloat16),
-                    &unw),
-            2 * DefaultTolerance(DType::kFloat16));
+  table.Add(
+      "MergeStates via backend",
+      Compare(DecodeFrom(outs[0], DType::kFloat16), DecodeFrom(outs[1], DType::kFloat16), &unw),
+      2 * DefaultTolerance(DType::kFloat16));
+
+  // The pair form (the wire's MergeState), in place into the first state as the daemon runs
+  // merge_state_in_place: (v_a, s_a) <- merge((v_a, s_a), (v_b, s_b)).
+  const size_t cells = static_cast<size_t>(rows) * heads, pair_v = cells * dim * 2;
+  std::vector<uint8_t> va = EncodeAs(rng.NormalVector(cells * dim), DType::kBFloat16);
+  std::vector<uint8_t> vb = EncodeAs(rng.NormalVector(cells * dim), DType::kBFloat16);
+  std::vector<float> sa(cells), sb(cells);
+  for (size_t c = 0; c < cells; ++c) {
+    sa[c] = c % 5 == 0 ? -INFINITY : rng.Uniform(-8.f, 8.f);
+    sb[c] = c % 7 == 0 ? -INFINITY : rng.Uniform(-8.f, 8.f);
+  }
+  std::vector<std::vector<uint8_t>> pair_v_out;
+  std::vector<std::vector<float>> pair_s_out;
+  for (Backend* be : {&cuda, &cpu}) {
+    auto dva = Unwrap(be->Allocate(pair_v), "Allocate");
+    auto dvb = Unwrap(be->Allocate(pair_v), "Allocate");
+    auto dsa = Unwrap(be->Allocate(cells * 4), "Allocate");
+    auto dsb = Unwrap(be->Allocate(cells * 4), "Allocate");
+    GT_STATUS_CHECK(be->CopyToBackend(dva->data(), va.data(), pair_v, nullptr));
+    GT_STATUS_CHECK(be->CopyToBackend(dvb->data(), vb.data(), pair_v, nullptr));
+    GT_STATUS_CHECK(be->CopyToBackend(dsa->data(), sa.data(), cells * 4, nullptr));
+    GT_STATUS_CHECK(be->CopyToBackend(dsb->data(), sb.data(), cells * 4, nullptr));
+    attnd::kernels::MergeStatesParams p;
+    p.v_in = p.v_out = dva->data();
+    p.s_in = p.s_out = static_cast<float*>(dsa->data());
+    p.v_in_b = dvb->data();
+    p.s_in_b = static_cast<float*>(dsb->data());
+    p.dtype = DType::kBFloat16;
+    p.num_rows = rows;
+    p.num_states = 2;
+    p.num_heads = heads;
+    p.head_dim = dim;
+    GT_STATUS_CHECK(be->MergeStates(p, nullptr));
+    std::vector<uint8_t> hv(pair_v);
+    std::vector<float> hs(cells);
+    GT_STATUS_CHECK(be->CopyToHost(hv.data(), dva->data(), pair_v, nullptr));
+    GT_STATUS_CHECK(be->CopyToHost(hs.data(), dsa->data(), cells * 4, nullptr));
+    GT_STATUS_CHECK(be->Synchronize(nullptr));
+    pair_v_out.push_back(hv);
+    pair_s_out.push_back(hs);
+  }
+  table.Add("MergeState in place via backend v",
+            Compare(DecodeFrom(pair_v_out[0], DType::kBFloat16),
+                    DecodeFrom(pair_v_out[1], DType::kBFloat16)),
+            2 * DefaultTolerance(DType::kBFloat16));
+  table.Add("MergeState in place via backend s", Compare(pair_s_out[0], pair_s_out[1]), 1e-5);
 }
 
 // Every kernel refuses what would fault it, before anything is written: for decode on CUDA cores
@@ -430,16 +481,16 @@ void RefusedRunsChangeNothing(Backend& cuda, Backend& cpu, Rng& rng, ResultTable
     for (const BadCase& b : kBadCases) {
       const StepOutput r = RunStep(cuda, s, b.bad);
       const std::string name = absl::StrCat(k.name, ": ", b.what, " (k_new/v_new given)");
-      AddRefusal(table, name + " -> INVALID_ARGUMENT", r.status,
-                 absl::StatusCode::kInvalidArgument, b.field);
+      AddRefusal(table, name + " -> INVALID_ARGUMENT", r.status, absl::StatusCode::kInvalidArgument,
+                 b.field);
       bool o_untouched = true;
       for (uint8_t x : r.o) o_untouched = o_untouched && x == 0xFF;
       const absl::Status health = cuda.Health();
-      table.AddCheck(name + ": cache unchanged, o untouched, healthy",
-                     r.pool == s.pool && o_untouched && health.ok(),
-                     absl::StrCat(r.pool == s.pool ? "cache same" : "CACHE CHANGED", ", ",
-                                  o_untouched ? "o poisoned" : "O WRITTEN", ", ",
-                                  health.ToString()));
+      table.AddCheck(
+          name + ": cache unchanged, o untouched, healthy",
+          r.pool == s.pool && o_untouched && health.ok(),
+          absl::StrCat(r.pool == s.pool ? "cache same" : "CACHE CHANGED", ", ",
+                       o_untouched ? "o poisoned" : "O WRITTEN", ", ", health.ToString()));
     }
     CompareStep(absl::StrCat(k.name, " after the refusals"), s, cuda, cpu, table);
   }
@@ -460,8 +511,7 @@ void RefusedRunsChangeNothing(Backend& cuda, Backend& cpu, Rng& rng, ResultTable
     GT_STATUS_CHECK(cuda.CopyToHost(after.data(), pool->data(), after.size(), nullptr));
     GT_STATUS_CHECK(cuda.Synchronize(nullptr));
     const std::string name = absl::StrCat("AppendKv: ", what, " misaligned");
-    AddRefusal(table, name + " -> INVALID_ARGUMENT", st, absl::StatusCode::kInvalidArgument,
-               field);
+    AddRefusal(table, name + " -> INVALID_ARGUMENT", st, absl::StatusCode::kInvalidArgument, field);
     table.AddCheck(name + ": cache unchanged, healthy", after == s.pool && cuda.Health().ok(),
                    std::string(cuda.Health().ToString()));
   }
@@ -474,8 +524,8 @@ void RefusedRunsChangeNothing(Backend& cuda, Backend& cpu, Rng& rng, ResultTable
   m.num_states = 1;
   m.num_heads = 1;
   m.head_dim = 64;
-  AddRefusal(table, "MergeStates: v_in misaligned -> INVALID_ARGUMENT", cuda.MergeStates(m, nullptr),
-             absl::StatusCode::kInvalidArgument, "v_in=0x");
+  AddRefusal(table, "MergeStates: v_in misaligned -> INVALID_ARGUMENT",
+             cuda.MergeStates(m, nullptr), absl::StatusCode::kInvalidArgument, "v_in=0x");
   table.AddCheck("healthy after the refusals", cuda.Health().ok(),
                  std::string(cuda.Health().ToString()));
 }
@@ -630,16 +680,16 @@ int main(int argc, char** argv) {
   std::printf("cuda backend: %s, steps at head_dim %d\n", cuda->info().device.c_str(),
               TestHeadDim());
   if (TestHeadDim() != 128) {
-    table.AddSkip("the steps at head_dim 128", "head_dim 128 not built; they run at head_dim " +
-                                                   std::to_string(TestHeadDim()));
+    table.AddSkip("the steps at head_dim 128",
+                  "head_dim 128 not built; they run at head_dim " + std::to_string(TestHeadDim()));
   }
 
   ErrorPaths(*cuda, table);
   IpcTwoProcesses(*cuda, table);
   for (DType dt : {DType::kFloat16, DType::kBFloat16}) {
     const char* dn = dt == DType::kFloat16 ? "f16" : "bf16";
-    Step dec = MakeStep(rng, AttentionKind::kDecode, dt, flags.small ? 3 : 17,
-                        flags.small ? 50 : 3000);
+    Step dec =
+        MakeStep(rng, AttentionKind::kDecode, dt, flags.small ? 3 : 17, flags.small ? 50 : 3000);
     CompareStep(absl::StrCat("decode ", dn, " rope"), dec, *cuda, *cpu, table);
     dec.rope = false;
     dec = MakeStep(rng, AttentionKind::kDecode, dt, 2, flags.small ? 40 : 20000);
@@ -655,8 +705,7 @@ int main(int argc, char** argv) {
     win.causal = false;
     win.window_left = 17;
     win.soft_cap = 20.f;
-    CompareStep(absl::StrCat("prefill ", dn, " non-causal window 17 cap"), win, *cuda, *cpu,
-                table);
+    CompareStep(absl::StrCat("prefill ", dn, " non-causal window 17 cap"), win, *cuda, *cpu, table);
     Step dwin = MakeStep(rng, AttentionKind::kDecode, dt, 4, flags.small ? 60 : 900);
     dwin.window_left = 33;
     CompareStep(absl::StrCat("decode ", dn, " window 33"), dwin, *cuda, *cpu, table);

@@ -166,3 +166,59 @@ def test_async_completion_matches_sync(gclient, unique_name):
         torch.cuda.synchronize()
         assert not torch.isnan(check).any()
         assert torch.equal(check, out_sync)
+
+
+def _naive_merge(v, s):
+    """float64 merge over axis 1 of v [n, states, h, d], s [n, states, h] (natural-log LSE)."""
+    v, s = _f64(v), _f64(s)
+    m = s.max(axis=1)
+    finite = np.isfinite(m)
+    base = np.where(finite, m, 0.0)[:, None, :]
+    w = np.where(np.isfinite(s), np.exp(s - base), 0.0)
+    total = w.sum(axis=1)
+    safe = np.where(finite, total, 1.0)
+    out_s = np.where(finite, np.where(finite, m, 0.0) + np.log(safe), -np.inf)
+    wn = w / safe[:, None, :]
+    out_v = np.einsum("nih,nihd->nhd", wn, np.where(np.isfinite(s)[..., None], v, 0.0))
+    return out_v, out_s
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32],
+                         ids=["fp16", "bf16", "fp32"])
+def test_zero_copy_merges(gclient, dtype):
+    """MergeState / MergeStates / in place on CUDA tensors (the daemon's merge kernel through
+    CUDA IPC), against a float64 merge; empty states (-inf) and rows with no finite state."""
+    dev = torch.device("cuda", 0)
+    gen = torch.Generator(device=dev).manual_seed(3)
+    n, h, d = 37, 8, 128
+    tol = TOL[dtype] if dtype != torch.float32 else 1e-5
+    with gclient.session() as sess:
+        va = torch.randn(n, h, d, device=dev, dtype=dtype, generator=gen)
+        vb = torch.randn(n, h, d, device=dev, dtype=dtype, generator=gen)
+        sa = torch.rand(n, h, device=dev, generator=gen) * 40 - 20
+        sb = torch.rand(n, h, device=dev, generator=gen) * 40 - 20
+        sa[0, 0] = float("-inf")
+        sa[1, :] = sb[1, :] = float("-inf")
+        vb[2, 3] = float("nan")  # an empty state's v is never read
+        sb[2, 3] = float("-inf")
+        ref_v, ref_s = _naive_merge(torch.stack([va, vb], 1), torch.stack([sa, sb], 1))
+        v_out = torch.full_like(va, float("nan"))
+        s_out = torch.full_like(sa, float("nan"))
+        got_v, got_s = sess.merge_state(va, sa, vb, sb, v_out=v_out, s_out=s_out)
+        assert got_v is v_out and got_s is s_out
+        np.testing.assert_allclose(_f64(got_v), ref_v, atol=tol, rtol=tol)
+        np.testing.assert_allclose(_f64(got_s), ref_s, atol=1e-4, rtol=1e-5)
+        assert torch.all(got_v[1] == 0) and torch.all(torch.isinf(got_s[1]))
+        # New outputs, MergeStates of the same states: the same result.
+        mv, ms = sess.merge_states(torch.stack([va, vb], 1), torch.stack([sa, sb], 1))
+        assert mv.is_cuda and torch.equal(mv, got_v) and torch.equal(ms, got_s)
+        # In place (merge_state_in_place): (va, sa) become the merge.
+        sess.merge_state_in_place(va, sa, vb, sb)
+        assert torch.equal(va, got_v) and torch.equal(sa, got_s)
+        # Async completion: a kernel queued after the call on the stream sees the result.
+        out = torch.full_like(vb, float("nan"))
+        sess.merge_state(vb, sb, vb, sb, v_out=out, return_s=False, completion="async")
+        check = out * 1
+        torch.cuda.synchronize()
+        same = torch.where(torch.isinf(sb)[..., None], torch.zeros_like(vb), vb)
+        np.testing.assert_allclose(_f64(check), _f64(same), atol=tol, rtol=tol)

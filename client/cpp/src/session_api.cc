@@ -16,21 +16,48 @@ absl::Status ExpectResult(const Response& response, Response::ResultCase expecte
   if (response.result_case() == expected) return absl::OkStatus();
   return absl::InternalError(absl::StrCat("attnd returned result case ",
                                           static_cast<int>(response.result_case()), " for ",
-                                          command, " (expected ", static_cast<int>(expected),
-                                          ")"));
+                                          command, " (expected ", static_cast<int>(expected), ")"));
+}
+
+// `*out` = the elements of `tensor` when it came back inline (left empty otherwise).
+absl::Status DecodeInline(const v1::Tensor& tensor, std::vector<float>* out) {
+  if (tensor.data_case() != v1::Tensor::kInlineData) return absl::OkStatus();
+  absl::StatusOr<std::vector<float>> values = TensorToFloats(tensor);
+  if (!values.ok()) return values.status();
+  *out = std::move(*values);
+  return absl::OkStatus();
+}
+
+// The fields every merge request has besides its inputs.
+template <typename Request, typename Args>
+void SetMergeOutputs(Args& args, Request& request) {
+  if (args.v_out) *request.mutable_v_out() = std::move(*args.v_out);
+  if (args.s_out) *request.mutable_s_out() = std::move(*args.s_out);
+  request.set_omit_s(args.omit_s);
+  request.set_wait_event_id(std::move(args.wait_event_id));
+  request.set_completion(args.completion);
+}
+
+template <typename Response>
+absl::StatusOr<MergeOutput> DecodeMerge(absl::StatusOr<Response> response) {
+  if (!response.ok()) return response.status();
+  MergeOutput output;
+  if (auto s = DecodeInline(response->v(), &output.v); !s.ok()) return s;
+  if (auto s = DecodeInline(response->s(), &output.s); !s.ok()) return s;
+  return output;
 }
 
 }  // namespace
 
 // Each raw call: wrap the request into its oneof slot, execute, unwrap the matching result.
-#define ATTND_RAW_CALL(Name, field)                                                     \
+#define ATTND_RAW_CALL(Name, field)                                                       \
   absl::StatusOr<v1::Name##Response> SessionApi::Name(const v1::Name##Request& request) { \
-    v1::SessionRequest wrapped;                                                         \
-    *wrapped.mutable_##field() = request;                                               \
-    absl::StatusOr<Response> response = Execute(std::move(wrapped));                    \
-    if (!response.ok()) return response.status();                                       \
-    if (auto s = ExpectResult(*response, Response::k##Name, #Name); !s.ok()) return s;   \
-    return std::move(*response->mutable_##field());                                     \
+    v1::SessionRequest wrapped;                                                           \
+    *wrapped.mutable_##field() = request;                                                 \
+    absl::StatusOr<Response> response = Execute(std::move(wrapped));                      \
+    if (!response.ok()) return response.status();                                         \
+    if (auto s = ExpectResult(*response, Response::k##Name, #Name); !s.ok()) return s;    \
+    return std::move(*response->mutable_##field());                                       \
   }
 ATTND_SESSION_COMMANDS(ATTND_RAW_CALL)
 #undef ATTND_RAW_CALL
@@ -63,7 +90,7 @@ absl::StatusOr<v1::PoolInfo> SessionApi::CreatePool(const PoolSpec& spec) {
 }
 
 absl::StatusOr<v1::PoolInfo> SessionApi::AttachPool(const std::string& name,
-                                                   const std::string& attach_token) {
+                                                    const std::string& attach_token) {
   v1::AttachPoolRequest request;
   request.set_name(name);
   request.set_attach_token(attach_token);
@@ -209,17 +236,52 @@ absl::StatusOr<RunOutput> SessionApi::RunAndDecode(RunArgs args) {
   absl::StatusOr<v1::RunResponse> response = Run(std::move(args));
   if (!response.ok()) return response.status();
   RunOutput output;
-  if (response->o().data_case() == v1::Tensor::kInlineData) {
-    absl::StatusOr<std::vector<float>> o = TensorToFloats(response->o());
-    if (!o.ok()) return o.status();
-    output.o = std::move(*o);
-  }
-  if (response->lse().data_case() == v1::Tensor::kInlineData) {
-    absl::StatusOr<std::vector<float>> lse = TensorToFloats(response->lse());
-    if (!lse.ok()) return lse.status();
-    output.lse = std::move(*lse);
-  }
+  if (auto s = DecodeInline(response->o(), &output.o); !s.ok()) return s;
+  if (auto s = DecodeInline(response->lse(), &output.lse); !s.ok()) return s;
   return output;
+}
+
+absl::StatusOr<v1::MergeStateResponse> SessionApi::MergeState(MergeStateArgs args) {
+  v1::MergeStateRequest request;
+  *request.mutable_v_a() = std::move(args.v_a);
+  *request.mutable_s_a() = std::move(args.s_a);
+  *request.mutable_v_b() = std::move(args.v_b);
+  *request.mutable_s_b() = std::move(args.s_b);
+  SetMergeOutputs(args, request);
+  return MergeState(request);
+}
+
+absl::StatusOr<MergeOutput> SessionApi::MergeStateAndDecode(MergeStateArgs args) {
+  return DecodeMerge(MergeState(std::move(args)));
+}
+
+absl::Status SessionApi::MergeStateInPlace(v1::Tensor v, v1::Tensor s, v1::Tensor v_other,
+                                           v1::Tensor s_other) {
+  if (v.data_case() != v1::Tensor::kBuffer || s.data_case() != v1::Tensor::kBuffer) {
+    return absl::InvalidArgumentError(
+        "MergeStateInPlace: v and s must be buffer slices (they receive the merged state); use "
+        "MergeState for inline tensors");
+  }
+  MergeStateArgs args;
+  args.v_out = v;
+  args.s_out = s;
+  args.v_a = std::move(v);
+  args.s_a = std::move(s);
+  args.v_b = std::move(v_other);
+  args.s_b = std::move(s_other);
+  return MergeState(std::move(args)).status();
+}
+
+absl::StatusOr<v1::MergeStatesResponse> SessionApi::MergeStates(MergeStatesArgs args) {
+  v1::MergeStatesRequest request;
+  *request.mutable_v() = std::move(args.v);
+  *request.mutable_s() = std::move(args.s);
+  SetMergeOutputs(args, request);
+  return MergeStates(request);
+}
+
+absl::StatusOr<MergeOutput> SessionApi::MergeStatesAndDecode(MergeStatesArgs args) {
+  return DecodeMerge(MergeStates(std::move(args)));
 }
 
 }  // namespace attnd::client

@@ -47,6 +47,8 @@ absl::Status LaunchMergeStates(const MergeStatesParams& params, cudaStream_t str
   p.num_states = params.num_states;
   p.num_heads = params.num_heads;
   p.head_dim = params.head_dim;
+  p.v_in_b = params.v_in_b;
+  p.s_in_b = params.s_in_b;
   ATTND_RETURN_IF_CUDA_ERROR(internal::LaunchMergeKernel(p, params.dtype, params.dtype, stream),
                              "merge_states kernel launch");
   return absl::OkStatus();

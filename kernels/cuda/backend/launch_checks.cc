@@ -60,9 +60,9 @@ absl::Status VectorStride(absl::string_view op, absl::string_view field, int64_t
 
 absl::Status HeadCounts(absl::string_view op, int32_t num_qo_heads, int32_t num_kv_heads) {
   if (num_kv_heads <= 0 || num_qo_heads <= 0 || num_qo_heads % num_kv_heads != 0) {
-    return InvalidArgumentError(StrCat(op, ": num_qo_heads=", num_qo_heads,
-                                       " is not a positive multiple of num_kv_heads=",
-                                       num_kv_heads));
+    return InvalidArgumentError(
+        StrCat(op, ": num_qo_heads=", num_qo_heads,
+               " is not a positive multiple of num_kv_heads=", num_kv_heads));
   }
   return absl::OkStatus();
 }
@@ -106,8 +106,7 @@ absl::Status Options(absl::string_view op, const AttentionOptions& o) {
         StrCat(op, ": window_left=", o.window_left, " must be >= -1 (-1 = no window)"));
   }
   switch (o.pos_encoding) {
-    case PosEncoding::kNone:
-      return absl::OkStatus();
+    case PosEncoding::kNone: return absl::OkStatus();
     case PosEncoding::kRopeLlama:
       if (!(o.rope_theta > 0.f) || !std::isfinite(o.rope_theta) || !(o.rope_scale > 0.f) ||
           !std::isfinite(o.rope_scale)) {
@@ -133,10 +132,10 @@ absl::Status MatchesPlan(absl::string_view op, const PlanShape& plan, int32_t ba
       num_kv_heads == plan.num_kv_heads && head_dim == plan.head_dim) {
     return absl::OkStatus();
   }
-  return InvalidArgumentError(StrCat(
-      op, ": call shape (batch ", batch_size, ", qo heads ", num_qo_heads, ", kv heads ",
-      num_kv_heads, ", head_dim ", head_dim, ") differs from the plan's (", plan.batch_size, ", ",
-      plan.num_qo_heads, ", ", plan.num_kv_heads, ", ", plan.head_dim, ")"));
+  return InvalidArgumentError(
+      StrCat(op, ": call shape (batch ", batch_size, ", qo heads ", num_qo_heads, ", kv heads ",
+             num_kv_heads, ", head_dim ", head_dim, ") differs from the plan's (", plan.batch_size,
+             ", ", plan.num_qo_heads, ", ", plan.num_kv_heads, ", ", plan.head_dim, ")"));
 }
 
 // The paged cache as the attention and append kernels read it: 16-byte rows at 16-byte strides,
@@ -195,8 +194,8 @@ absl::Status AttentionCall(absl::string_view op, const PlanShape& plan, const Qu
 absl::Status PagedAttention(absl::string_view op, const PlanShape& plan,
                             const PagedAttentionParams& p) {
   const PagedKV& kv = p.kv;
-  if (auto s = AttentionCall(op, plan, p.qo, kv.dtype, kv.num_kv_heads, kv.head_dim,
-                             kv.batch_size, p.options);
+  if (auto s = AttentionCall(op, plan, p.qo, kv.dtype, kv.num_kv_heads, kv.head_dim, kv.batch_size,
+                             p.options);
       !s.ok()) {
     return s;
   }
@@ -220,9 +219,8 @@ bool HeadDimBuilt(int32_t head_dim) {
   }
 }
 
-absl::Status DecodePlan(std::span<const int32_t> kv_len, int32_t num_qo_heads,
-                        int32_t num_kv_heads, int32_t head_dim, int32_t page_size,
-                        bool tensor_cores_forced) {
+absl::Status DecodePlan(std::span<const int32_t> kv_len, int32_t num_qo_heads, int32_t num_kv_heads,
+                        int32_t head_dim, int32_t page_size, bool tensor_cores_forced) {
   constexpr absl::string_view op = "PrepareDecode";
   if (kv_len.empty()) return InvalidArgumentError("PrepareDecode: empty batch");
   if (static_cast<int64_t>(kv_len.size()) > kMaxGridX) {
@@ -235,16 +233,14 @@ absl::Status DecodePlan(std::span<const int32_t> kv_len, int32_t num_qo_heads,
   }
   if (auto s = HeadDim(op, head_dim); !s.ok()) return s;
   if (tensor_cores_forced && head_dim != 64 && head_dim != 128) {
-    return UnimplementedError(
-        StrCat(op, ": no tensor-core decode kernel for head_dim=", head_dim));
+    return UnimplementedError(StrCat(op, ": no tensor-core decode kernel for head_dim=", head_dim));
   }
   if (page_size <= 0) {
     return InvalidArgumentError(StrCat(op, ": page_size=", page_size, " must be > 0"));
   }
   for (size_t b = 0; b < kv_len.size(); ++b) {
     if (kv_len[b] < 1) {
-      return InvalidArgumentError(
-          StrCat(op, ": kv_len[", b, "]=", kv_len[b], " (must be >= 1)"));
+      return InvalidArgumentError(StrCat(op, ": kv_len[", b, "]=", kv_len[b], " (must be >= 1)"));
     }
   }
   return absl::OkStatus();
@@ -266,8 +262,8 @@ absl::Status PrefillPlan(std::span<const int32_t> qo_indptr, std::span<const int
   }
   for (size_t b = 0; b < batch; ++b) {
     if (qo_indptr[b + 1] < qo_indptr[b]) {
-      return InvalidArgumentError(StrCat(op, ": qo_indptr decreases at ", b + 1, ": ",
-                                         qo_indptr[b], " -> ", qo_indptr[b + 1]));
+      return InvalidArgumentError(StrCat(op, ": qo_indptr decreases at ", b + 1, ": ", qo_indptr[b],
+                                         " -> ", qo_indptr[b + 1]));
     }
     // kv_len < qo_len is allowed (as in the CPU reference): the earliest rows then sit at
     // negative positions and, when causal, see nothing (o = 0, lse = -inf).
@@ -292,8 +288,8 @@ absl::Status RaggedPrefillRun(const PlanShape& plan, const RaggedAttentionParams
   constexpr absl::string_view op = "prefill (ragged)";
   const QueryOutput& qo = params.qo;
   const RaggedKV& kv = params.kv;
-  if (auto s = AttentionCall(op, plan, qo, kv.dtype, kv.num_kv_heads, kv.head_dim,
-                             kv.batch_size, params.options);
+  if (auto s = AttentionCall(op, plan, qo, kv.dtype, kv.num_kv_heads, kv.head_dim, kv.batch_size,
+                             params.options);
       !s.ok()) {
     return s;
   }
@@ -329,22 +325,35 @@ absl::Status MergeStates(const MergeStatesParams& p) {
     return InvalidArgumentError(StrCat(op, ": num_rows=", p.num_rows, ", num_heads=", p.num_heads,
                                        ", num_states=", p.num_states, " must be >= 0"));
   }
-  if (p.num_rows == 0 || p.num_heads == 0) return absl::OkStatus();  // nothing to launch
-  if (p.num_states == 0) {
-    return InvalidArgumentError(StrCat(op, ": num_states=0 with ", p.num_rows, " rows"));
+  if (p.pair() && p.num_states != 2) {
+    return InvalidArgumentError(
+        StrCat(op, ": the pair form (v_in_b, s_in_b) has 2 states, not num_states=", p.num_states));
   }
+  if (p.num_rows == 0 || p.num_heads == 0) return absl::OkStatus();  // nothing to launch
   if (p.head_dim <= 0 || p.head_dim % 4 != 0) {
     return InvalidArgumentError(
         StrCat(op, ": head_dim=", p.head_dim, " must be a positive multiple of 4"));
   }
   if ((p.num_heads + 3) / 4 > kMaxGridYZ) {
-    return InvalidArgumentError(StrCat(op, ": num_heads=", p.num_heads, " (at most ",
-                                       4 * kMaxGridYZ, ")"));
+    return InvalidArgumentError(
+        StrCat(op, ": num_heads=", p.num_heads, " (at most ", 4 * kMaxGridYZ, ")"));
   }
-  // Rows are read and written 4 elements at a time.
+  // The kernel indexes the states of all rows with 32-bit ints (the pair form: by row).
+  if (!p.pair() && static_cast<int64_t>(p.num_rows) * p.num_states > kMaxGridX) {
+    return InvalidArgumentError(StrCat(op, ": num_rows=", p.num_rows, " x num_states=",
+                                       p.num_states, " is over ", kMaxGridX, " states"));
+  }
+  // Rows are read and written 4 elements at a time. Without states (num_states = 0: every row
+  // gets v = 0, s = -inf) the inputs are never read and may be null.
   const uint32_t vec = 4 * static_cast<uint32_t>(DTypeSize(p.dtype));
-  if (auto s = Tensor(op, "v_in", p.v_in, vec); !s.ok()) return s;
-  if (auto s = Tensor(op, "s_in", p.s_in, sizeof(float)); !s.ok()) return s;
+  if (p.num_states > 0) {
+    if (auto s = Tensor(op, "v_in", p.v_in, vec); !s.ok()) return s;
+    if (auto s = Tensor(op, "s_in", p.s_in, sizeof(float)); !s.ok()) return s;
+  }
+  if (p.pair()) {
+    if (auto s = Tensor(op, "v_in_b", p.v_in_b, vec); !s.ok()) return s;
+    if (auto s = Tensor(op, "s_in_b", p.s_in_b, sizeof(float)); !s.ok()) return s;
+  }
   if (auto s = Tensor(op, "v_out", p.v_out, vec); !s.ok()) return s;
   return Aligned(op, "s_out", p.s_out, sizeof(float));
 }

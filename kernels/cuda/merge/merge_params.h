@@ -13,7 +13,10 @@ namespace attnd::kernels::cuda::internal {
 // Merging of attention states: the public MergeStatesParams layout when state_indptr is null;
 // with state_indptr, row r's states are rows state_indptr[r] .. state_indptr[r+1) of v_in/s_in
 // ([total_states, num_heads, head_dim] / [total_states, num_heads]) and rows with a single state
-// are skipped when skip_single (they were written directly by the decode kernel).
+// are skipped when skip_single (they were written directly by the decode kernel). The pair form
+// (v_in_b set, num_states 2, no state_indptr): row r's states are row r of v_in/s_in and row r
+// of v_in_b/s_in_b, each [num_rows, num_heads, head_dim] / [num_rows, num_heads]. Outputs may be
+// exactly an input's memory (in place): a (row, head) reads all its inputs before it writes.
 struct MergeKernelParams {
   const void* v_in = nullptr;
   const float* s_in = nullptr;
@@ -25,6 +28,8 @@ struct MergeKernelParams {
   int32_t head_dim = 0;
   const int32_t* state_indptr = nullptr;
   int32_t skip_single = 0;
+  const void* v_in_b = nullptr;  // the pair form's second state, or null
+  const float* s_in_b = nullptr;
 };
 // in_dtype: fp32/fp16/bf16; out_dtype: fp32/fp16/bf16 (in == out, or in == fp32).
 cudaError_t LaunchMergeKernel(const MergeKernelParams& params, DType in_dtype, DType out_dtype,

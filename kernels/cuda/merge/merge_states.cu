@@ -1,6 +1,7 @@
-// Merging of attention states (o_i, lse_i) -> (o, lse): the public MergeStates operation and the
-// second pass of split-KV decode. Grid (rows, heads / 4), one warp per (row, head); each lane
-// owns 4 consecutive dims (head_dim % 4 == 0), strided by 128 dims. Weights: softmax_state.cuh.
+// Merging of attention states (o_i, lse_i) -> (o, lse): the public MergeStates operation (also
+// its pair form, MergeState, and in place) and the split-KV merge of prefill. Grid (rows,
+// heads / 4), one warp per (row, head); each lane owns 4 consecutive dims (head_dim % 4 == 0),
+// strided by 128 dims. Weights: softmax_state.cuh.
 //   lse = log(sum_i exp(lse_i)),  o = sum_i exp(lse_i - lse) * o_i;  all lse_i = -inf -> o = 0.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -22,8 +23,12 @@ __global__ void __launch_bounds__(32 * kHeadsPerBlock)
   const int h = blockIdx.y * kHeadsPerBlock + threadIdx.y;
   const int r = blockIdx.x;
   if (h >= p.num_heads) return;
+  const bool pair = p.v_in_b != nullptr;
   int first, count;
-  if (p.state_indptr != nullptr) {
+  if (pair) {
+    first = r;
+    count = 2;
+  } else if (p.state_indptr != nullptr) {
     first = p.state_indptr[r];
     count = p.state_indptr[r + 1] - first;
   } else {
@@ -32,36 +37,42 @@ __global__ void __launch_bounds__(32 * kHeadsPerBlock)
   }
   if (p.skip_single && count == 1) return;
   const int H = p.num_heads, D = p.head_dim;
+  const TIn* v_in = static_cast<const TIn*>(p.v_in);
+  const TIn* v_in_b = static_cast<const TIn*>(p.v_in_b);
+  // State i of this (row, head): its row of s and of v (pair form: row r of the i-th tensor).
+  const auto row_of = [&](int i) -> int64_t {
+    return static_cast<int64_t>(pair ? r : first + i) * H + h;
+  };
+  const auto s_of = [&](int i) -> float { return (pair && i == 1 ? p.s_in_b : p.s_in)[row_of(i)]; };
 
   float m = -INFINITY;
-  for (int i = 0; i < count; ++i) m = fmaxf(m, p.s_in[static_cast<int64_t>(first + i) * H + h]);
+  for (int i = 0; i < count; ++i) m = fmaxf(m, s_of(i));
   float sum = 0.f;
   if (m != -INFINITY) {
-    for (int i = 0; i < count; ++i) {
-      const float s = p.s_in[static_cast<int64_t>(first + i) * H + h];
-      sum += StateWeight(s, m);
-    }
+    for (int i = 0; i < count; ++i) sum += StateWeight(s_of(i), m);
   }
   const float inv = InvSum(sum);
-  const TIn* v_in = static_cast<const TIn*>(p.v_in);
   TOut* v_out = static_cast<TOut*>(p.v_out);
   for (int d0 = lane * 4; d0 < D; d0 += 128) {
     float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
     if (m != -INFINITY) {
       for (int i = 0; i < count; ++i) {
-        const int64_t row = static_cast<int64_t>(first + i) * H + h;
-        const float s = p.s_in[row];
+        const float s = s_of(i);
         if (s == -INFINITY) continue;
         const float w = StateWeight(s, m) * inv;
-        const float4 v = Vec4<TIn>::Load(v_in + row * D + d0);
+        const float4 v = Vec4<TIn>::Load((pair && i == 1 ? v_in_b : v_in) + row_of(i) * D + d0);
         acc.x = fmaf(w, v.x, acc.x);
         acc.y = fmaf(w, v.y, acc.y);
         acc.z = fmaf(w, v.z, acc.z);
         acc.w = fmaf(w, v.w, acc.w);
       }
     }
+    // In place, v_out is v_in (or v_in_b): this lane read these dims of every state above.
     Vec4<TOut>::Store(v_out + (static_cast<int64_t>(r) * H + h) * D + d0, acc);
   }
+  // In place, s_out is s_in (or s_in_b), which every lane reads in its loop: write it after all
+  // lanes of the warp are done (the early returns above are warp-uniform).
+  __syncwarp();
   if (p.s_out != nullptr && lane == 0) {
     p.s_out[static_cast<int64_t>(r) * H + h] = MergedLse(m, sum);
   }

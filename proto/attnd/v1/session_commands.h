@@ -18,20 +18,22 @@
 // tests/unit/server/front/command_table_test.cc checks that the list and the proto agree.
 #pragma once
 
-#define ATTND_SESSION_COMMANDS(X)           \
-  X(CreatePool, create_pool)                \
-  X(AttachPool, attach_pool)                \
-  X(DescribePool, describe_pool)            \
-  X(DeletePool, delete_pool)                \
-  X(AllocatePages, allocate_pages)          \
-  X(FreePages, free_pages)                  \
-  X(ForkPages, fork_pages)                  \
-  X(RegisterBuffer, register_buffer)        \
-  X(UnregisterBuffer, unregister_buffer)    \
-  X(CreatePlan, create_plan)                \
-  X(DeletePlan, delete_plan)                \
-  X(AppendKv, append_kv)                    \
-  X(Run, run)                               \
-  X(RegisterEvent, register_event)          \
-  X(UnregisterEvent, unregister_event)      \
-  X(GetCompletionEvent, get_completion_event)
+#define ATTND_SESSION_COMMANDS(X)             \
+  X(CreatePool, create_pool)                  \
+  X(AttachPool, attach_pool)                  \
+  X(DescribePool, describe_pool)              \
+  X(DeletePool, delete_pool)                  \
+  X(AllocatePages, allocate_pages)            \
+  X(FreePages, free_pages)                    \
+  X(ForkPages, fork_pages)                    \
+  X(RegisterBuffer, register_buffer)          \
+  X(UnregisterBuffer, unregister_buffer)      \
+  X(CreatePlan, create_plan)                  \
+  X(DeletePlan, delete_plan)                  \
+  X(AppendKv, append_kv)                      \
+  X(Run, run)                                 \
+  X(RegisterEvent, register_event)            \
+  X(UnregisterEvent, unregister_event)        \
+  X(GetCompletionEvent, get_completion_event) \
+  X(MergeState, merge_state)                  \
+  X(MergeStates, merge_states)

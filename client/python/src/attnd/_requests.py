@@ -285,17 +285,19 @@ class TensorPlan:
         req.v.CopyFrom(self.wire("v"))
         return req
 
+    def _lead(self):
+        """The tensor that decides the device: q, or k for AppendKv."""
+        return self._tensors.get("q", self._tensors.get("k"))
+
     def device_index(self) -> int:
-        lead = self._tensors.get("q", self._tensors.get("k"))
-        return int(lead.device.index or 0)
+        return int(self._lead().device.index or 0)
 
     def before_send(self) -> None:
         """Makes the CUDA tensors' contents visible to the daemon (their writers finished)."""
         if self.cuda:
             import torch
 
-            lead = self._tensors.get("q", self._tensors.get("k"))
-            torch.cuda.current_stream(lead.device).synchronize()
+            torch.cuda.current_stream(self._lead().device).synchronize()
 
     def outputs(self, resp: pb.RunResponse):
         """o (and lse when asked): where they were written (CUDA tensors, shared-memory arrays), or
@@ -320,6 +322,191 @@ class TensorPlan:
         if self.q_is_torch:
             return _numpy_to_torch(arr, msg.dtype, self.q_device)
         return arr
+
+
+class MergePlan(TensorPlan):
+    """The tensors of one MergeState / MergeStates and how each travels, as for runs: numpy arrays
+    and CPU torch tensors inline (or as buffer slices when they lie in a SharedBuffer of the
+    session), CUDA torch tensors as buffer slices when the daemon takes CUDA IPC handles.
+
+    Args:
+        inputs: (field, tensor) in wire order, ("v_a", .), ("s_a", .), ("v_b", .), ("s_b", .) or
+            ("v", .), ("s", .). v fields: float32/float16/bfloat16 (numpy: bfloat16 as uint16
+            bits with ``dtype="bfloat16"``); s fields: natural-log LSEs, sent as float32.
+        out_shape: the merged v's shape, [seq_len, num_heads, head_dim].
+        v_out, s_out: where the daemon writes the merged v and s (CUDA tensors, or arrays inside
+            a SharedBuffer of the session); None: new CUDA tensors, or inline results.
+        return_s: False asks for no merged s (omit_s).
+        in_place: v_out and s_out are the first state's v and s, which receive the result (as
+            buffer slices when they are ones, else copied into them from the inline reply).
+    """
+
+    def __init__(self, inputs, *, out_shape, v_out: Any = None, s_out: Any = None,
+                 return_s: bool = True, dtype: Any = None, zero_copy: bool = True,
+                 ipc_method: str = "driver", shared_buffers=(), in_place: bool = False):
+        self.return_lse = bool(return_s)
+        self.ipc_method = ipc_method
+        self.shared_buffers = list(shared_buffers)
+        self.slices: Dict[str, pb.BufferSlice] = {}
+        self._tensors: Dict[str, Any] = {}
+        self.lead_name = inputs[0][0]
+        lead = inputs[0][1]
+        self.q_is_torch = is_torch_tensor(lead)
+        self.q_device = lead.device if self.q_is_torch else None
+        self.cuda = is_cuda_tensor(lead) and bool(zero_copy)
+        self.out_shape = [int(d) for d in out_shape]
+        self.q_dtype_enum: Optional[int] = None
+        self.copy_back = None  # (v, s) that receive an inline in-place result
+        for i, (name, x) in enumerate(inputs):
+            self._tensors[name] = self._prepare_merge(name, x, dtype, in_place and i < 2)
+        self.v_dtype_enum = self.q_dtype_enum
+        if in_place:
+            v_in, s_in = inputs[0][1], inputs[1][1]
+            v_wire, s_wire = self._tensors[inputs[0][0]], self._tensors[inputs[1][0]]
+            if self.cuda or (isinstance(v_wire, _SharedRef) and isinstance(s_wire, _SharedRef)):
+                v_out, s_out = v_wire, s_wire
+            else:
+                self.copy_back = (v_in, s_in)
+        if self.cuda:
+            import torch
+
+            v0 = self._tensors[self.lead_name]
+            if v_out is None:
+                v_out = torch.empty(self.out_shape, dtype=v0.dtype, device=v0.device)
+            if return_s and s_out is None:
+                s_out = torch.empty(self.out_shape[:2], dtype=torch.float32, device=v0.device)
+            for key, t in (("v_out", v_out), ("s_out", s_out)):
+                if t is not None and not is_cuda_tensor(t):
+                    raise ValueError(f"{key} must be a CUDA tensor when the inputs are")
+        elif v_out is not None or s_out is not None:
+            for key, arr, want in (("v_out", v_out, self.v_dtype_enum),
+                                   ("s_out", s_out, pb.DTYPE_FLOAT32)):
+                if arr is None or isinstance(arr, _SharedRef):
+                    continue
+                ref = self._shared_ref(arr, want)
+                if ref is None:
+                    raise ValueError(f"{key}= must be a C-contiguous array inside a SharedBuffer of "
+                                     "this session (CPU daemons) or a CUDA tensor (CUDA daemons); "
+                                     "inline merges return new arrays")
+                if key == "v_out":
+                    v_out = ref
+                else:
+                    s_out = ref
+        if s_out is not None and not return_s:
+            raise ValueError("s_out= needs return_s=True")
+        if v_out is not None:
+            self._tensors["v_out"] = v_out
+        if s_out is not None:
+            self._tensors["s_out"] = s_out
+
+    def _prepare_merge(self, name: str, x: Any, dtype: Any, in_place: bool):
+        is_v = name.startswith("v")
+        if self.cuda:
+            if not is_cuda_tensor(x):
+                raise ValueError(f"{name} must be a CUDA tensor when {self.lead_name} is one")
+            import torch
+
+            if not is_v and x.dtype != torch.float32:
+                if in_place:
+                    raise ValueError(f"{name} must be float32 to be merged into in place")
+                x = x.float()
+            if in_place and not x.is_contiguous():
+                raise ValueError(f"{name} must be contiguous to be merged into in place")
+            x = x.contiguous()
+            if is_v:
+                self._check_v_dtype(name, _t.dtype_enum(x.dtype))
+            return x
+        if is_torch_tensor(x):
+            x, dtype_from_torch = _torch_cpu_to_numpy(x.detach().cpu())
+            if is_v:
+                dtype = dtype or dtype_from_torch
+        arr = np.asarray(x)
+        if is_v:
+            if arr.dtype == np.float64 and dtype is None:
+                arr = arr.astype(np.float32)
+            enum = _t.array_dtype_enum(arr, dtype)
+            self._check_v_dtype(name, enum)
+        else:
+            if arr.dtype != np.float32:
+                if arr.dtype.kind != "f":
+                    raise ValueError(f"{name} must hold float LSEs, got {arr.dtype}")
+                arr = arr.astype(np.float32)
+            enum = pb.DTYPE_FLOAT32
+        return self._shared_ref(arr, enum) or (arr, enum)
+
+    def _check_v_dtype(self, name: str, enum: int) -> None:
+        if self.q_dtype_enum is None:
+            self.q_dtype_enum = enum
+        elif enum != self.q_dtype_enum:
+            raise ValueError(f"{name} is {_t.DTYPE_NAMES.get(enum, enum)}, the first v is "
+                             f"{_t.DTYPE_NAMES.get(self.q_dtype_enum, self.q_dtype_enum)}")
+
+    def _lead(self):
+        return self._tensors[self.lead_name]
+
+    def request(self, message, **fields):
+        """``message`` (MergeStateRequest or MergeStatesRequest) with every tensor of the plan."""
+        req = message(omit_s=not self.return_lse, **fields)
+        for name in self._tensors:
+            getattr(req, name).CopyFrom(self.wire(name))
+        return req
+
+    def merged(self, resp):
+        """(v, s), or v without return_s: where the daemon wrote them, else new arrays from the
+        inline reply (numpy for numpy input, torch tensors for torch input); in place: None,
+        after the inline result was copied into the first state's v and s."""
+        out = []
+        for key, field in (("v_out", "v"), ("s_out", "s")):
+            if key == "s_out" and not self.return_lse:
+                continue
+            x = self._tensors.get(key)
+            if isinstance(x, _SharedRef):
+                out.append(x.array)
+            elif x is not None:
+                out.append(x)
+            elif not resp.HasField(field):
+                raise RuntimeError(f"the daemon returned no inline {field}")
+            else:
+                arr = _t.tensor_to_numpy(getattr(resp, field))
+                if self.q_is_torch:
+                    arr = _numpy_to_torch(arr, getattr(resp, field).dtype, self.q_device)
+                out.append(arr)
+        if self.copy_back is not None:
+            for dst, src in zip(self.copy_back, out):
+                if is_torch_tensor(dst):
+                    dst.copy_(src)
+                elif dst.dtype.name == "bfloat16":  # ml_dtypes: the reply holds its bits
+                    np.copyto(dst.view(np.uint16), src)
+                else:
+                    np.copyto(dst, src.astype(dst.dtype, copy=False))
+            return None
+        return tuple(out) if self.return_lse else out[0]
+
+
+def _shape_of(x: Any) -> List[int]:
+    return [int(d) for d in (x.shape if hasattr(x, "shape") else np.asarray(x).shape)]
+
+
+def merge_state_plan(session, v_a, s_a, v_b, s_b, *, v_out, s_out, return_s, dtype, cuda_ipc,
+                     in_place: bool = False) -> MergePlan:
+    """The MergePlan of a MergeState (``cuda_ipc``: whether the daemon takes CUDA IPC handles)."""
+    shape = _shape_of(v_a)
+    if len(shape) != 3:
+        raise ValueError(f"v_a must be [seq_len, num_heads, head_dim], got shape {shape}")
+    return MergePlan([("v_a", v_a), ("s_a", s_a), ("v_b", v_b), ("s_b", s_b)], out_shape=shape,
+                     v_out=v_out, s_out=s_out, return_s=return_s, dtype=dtype,
+                     zero_copy=cuda_ipc, shared_buffers=getattr(session, "shared_buffers", ()),
+                     in_place=in_place)
+
+
+def merge_states_plan(session, v, s, *, v_out, s_out, return_s, dtype, cuda_ipc) -> MergePlan:
+    """The MergePlan of a MergeStates."""
+    shape = _shape_of(v)
+    if len(shape) != 4:
+        raise ValueError(f"v must be [seq_len, num_states, num_heads, head_dim], got shape {shape}")
+    return MergePlan([("v", v), ("s", s)], out_shape=[shape[0], shape[2], shape[3]], v_out=v_out,
+                     s_out=s_out, return_s=return_s, dtype=dtype, zero_copy=cuda_ipc,
+                     shared_buffers=getattr(session, "shared_buffers", ()))
 
 
 class _SharedRef:

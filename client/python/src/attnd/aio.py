@@ -328,6 +328,57 @@ class AsyncSession:
     async def delete_plan(self, plan_id: str) -> None:
         await self.call("delete_plan", pb.DeletePlanRequest(plan_id=plan_id))
 
+    async def merge_state(self, v_a, s_a, v_b, s_b, *, v_out=None, s_out=None,
+                          return_s: bool = True, dtype: Any = None, completion: str = "sync"):
+        """See attnd.Session.merge_state (natural-log LSE)."""
+        ipc = await self.cuda_ipc() if _rq.is_cuda_tensor(v_a) else False
+        mp = _rq.merge_state_plan(self, v_a, s_a, v_b, s_b, v_out=v_out, s_out=s_out,
+                                  return_s=return_s, dtype=dtype, cuda_ipc=ipc)
+        await self._resolve_slices(mp)
+        return mp.merged(await self._send_tensors(
+            "merge_state", mp.request(pb.MergeStateRequest), mp, completion))
+
+    async def merge_state_in_place(self, v, s, v_other, s_other, *, dtype: Any = None,
+                                   completion: str = "sync") -> None:
+        """See attnd.Session.merge_state_in_place."""
+        ipc = await self.cuda_ipc() if _rq.is_cuda_tensor(v) else False
+        mp = _rq.merge_state_plan(self, v, s, v_other, s_other, v_out=None, s_out=None,
+                                  return_s=True, dtype=dtype, cuda_ipc=ipc, in_place=True)
+        await self._resolve_slices(mp)
+        mp.merged(await self._send_tensors("merge_state", mp.request(pb.MergeStateRequest), mp,
+                                           completion))
+
+    async def merge_states(self, v, s, *, v_out=None, s_out=None, return_s: bool = True,
+                           dtype: Any = None, completion: str = "sync"):
+        """See attnd.Session.merge_states."""
+        ipc = await self.cuda_ipc() if _rq.is_cuda_tensor(v) else False
+        mp = _rq.merge_states_plan(self, v, s, v_out=v_out, s_out=s_out, return_s=return_s,
+                                   dtype=dtype, cuda_ipc=ipc)
+        await self._resolve_slices(mp)
+        return mp.merged(await self._send_tensors(
+            "merge_states", mp.request(pb.MergeStatesRequest), mp, completion))
+
+    async def _send_tensors(self, command: str, req, tp, completion: str):
+        """See attnd.Session._send_tensors."""
+        if completion == "sync":
+            tp.before_send()
+            return await self.call(command, req)
+        if completion != "async":
+            raise ValueError(f"completion must be 'sync' or 'async', not {completion!r}")
+        if not tp.cuda:
+            raise ValueError("completion='async' needs CUDA tensors and a daemon with CUDA IPC")
+        import torch
+
+        device = tp.device_index()
+        mine, event_id, done = await self._async_events(device)
+        stream = torch.cuda.current_stream(device)
+        mine.record(stream)
+        req.wait_event_id = event_id
+        req.completion = pb.COMPLETION_ASYNC
+        resp = await self.call(command, req)
+        stream.wait_event(done)
+        return resp
+
 
 class AsyncStreamSession(AsyncSession):
     """A session bound to one Session stream (commands in order, one at a time)."""
@@ -503,25 +554,8 @@ class _AsyncWrapper(PlanState):
         return tp.outputs(await self._send("run", req, tp, completion))
 
     async def _send(self, command: str, req, tp, completion: str):
-        """See attnd.wrappers._SyncWrapper._send."""
-        if completion == "sync":
-            tp.before_send()
-            return await self.session.call(command, req)
-        if completion != "async":
-            raise ValueError(f"completion must be 'sync' or 'async', not {completion!r}")
-        if not tp.cuda:
-            raise ValueError("completion='async' needs CUDA tensors and a daemon with CUDA IPC")
-        import torch
-
-        device = tp.device_index()
-        mine, event_id, done = await self.session._async_events(device)
-        stream = torch.cuda.current_stream(device)
-        mine.record(stream)
-        req.wait_event_id = event_id
-        req.completion = pb.COMPLETION_ASYNC
-        resp = await self.session.call(command, req)
-        stream.wait_event(done)
-        return resp
+        """See attnd.Session._send_tensors."""
+        return await self.session._send_tensors(command, req, tp, completion)
 
     async def append_kv(self, k, v, layer: int, *, completion: str = "sync") -> None:
         plan_id = self._require_plan()

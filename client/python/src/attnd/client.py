@@ -397,6 +397,86 @@ class Session:
     def delete_plan(self, plan_id: str) -> None:
         self.call("delete_plan", pb.DeletePlanRequest(plan_id=plan_id))
 
+    # -- merging attention states --------------------------------------------------------------
+    def merge_state(self, v_a, s_a, v_b, s_b, *, v_out=None, s_out=None, return_s: bool = True,
+                    dtype: Any = None, completion: str = "sync"):
+        """Merges two attention states of each row and head (FlashInfer's ``merge_state``):
+        ``(v_a, s_a)`` over one set of keys and ``(v_b, s_b)`` over another give ``(v, s)`` over
+        both, ``s = ln(exp(s_a) + exp(s_b))``, ``v = exp(s_a - s) v_a + exp(s_b - s) v_b``.
+
+        Args:
+            v_a, v_b: [seq_len, num_heads, head_dim] float32/float16/bfloat16 (numpy bfloat16 as
+                uint16 bits with ``dtype="bfloat16"``), the same dtype.
+            s_a, s_b: [seq_len, num_heads] log-sum-exps in the NATURAL log, as run(...,
+                return_lse=True) returns them (sent as float32). FlashInfer's are base 2:
+                multiply them by ln(2) first. -inf marks an empty state (it weighs 0).
+            v_out, s_out: preallocated outputs for the daemon to write: CUDA tensors, or numpy
+                arrays inside a session.shared_buffer(). An output may be exactly an input.
+            return_s: False: no merged s (returns v only).
+            completion: "sync", or "async" for CUDA tensors (see BatchDecodeWrapper.run).
+
+        Returns:
+            (v, s), or v without return_s; v in v_a's dtype, s float32 [seq_len, num_heads].
+        """
+        ipc = self.cuda_ipc if _rq.is_cuda_tensor(v_a) else False
+        mp = _rq.merge_state_plan(self, v_a, s_a, v_b, s_b, v_out=v_out, s_out=s_out,
+                                  return_s=return_s, dtype=dtype, cuda_ipc=ipc)
+        self._resolve_slices(mp)
+        return mp.merged(self._send_tensors("merge_state", mp.request(pb.MergeStateRequest),
+                                            mp, completion))
+
+    def merge_state_in_place(self, v, s, v_other, s_other, *, dtype: Any = None,
+                             completion: str = "sync") -> None:
+        """FlashInfer's ``merge_state_in_place``: ``(v, s)`` becomes the merge of ``(v, s)`` and
+        ``(v_other, s_other)`` (shapes and LSE convention as merge_state). CUDA tensors and arrays
+        inside a session.shared_buffer() are written by the daemon; other arrays and CPU
+        tensors receive the inline result (they must be writable)."""
+        ipc = self.cuda_ipc if _rq.is_cuda_tensor(v) else False
+        mp = _rq.merge_state_plan(self, v, s, v_other, s_other, v_out=None, s_out=None,
+                                  return_s=True, dtype=dtype, cuda_ipc=ipc, in_place=True)
+        self._resolve_slices(mp)
+        mp.merged(self._send_tensors("merge_state", mp.request(pb.MergeStateRequest), mp,
+                                     completion))
+
+    def merge_states(self, v, s, *, v_out=None, s_out=None, return_s: bool = True,
+                     dtype: Any = None, completion: str = "sync"):
+        """Merges ``num_states`` attention states of each row and head (FlashInfer's
+        ``merge_states``): v [seq_len, num_states, num_heads, head_dim], s [seq_len, num_states,
+        num_heads] natural-log LSEs -> (v [seq_len, num_heads, head_dim], s [seq_len, num_heads]).
+        A row whose states are all empty (s = -inf), or num_states = 0, merges to v = 0,
+        s = -inf. Other arguments as merge_state."""
+        ipc = self.cuda_ipc if _rq.is_cuda_tensor(v) else False
+        mp = _rq.merge_states_plan(self, v, s, v_out=v_out, s_out=s_out, return_s=return_s,
+                                   dtype=dtype, cuda_ipc=ipc)
+        self._resolve_slices(mp)
+        return mp.merged(self._send_tensors("merge_states", mp.request(pb.MergeStatesRequest),
+                                            mp, completion))
+
+    def _send_tensors(self, command: str, req, tp, completion: str):
+        """Sends a command whose tensors ``tp`` (a TensorPlan) describes. completion="sync": the
+        client waits for its CUDA stream before sending and the reply means done. "async" (CUDA
+        zero-copy only): the daemon's stream waits on an event recorded on the caller's current
+        stream, the reply comes once the work is enqueued, and the caller's current stream waits
+        on the daemon's completion event."""
+        if completion == "sync":
+            tp.before_send()
+            return self.call(command, req)
+        if completion != "async":
+            raise ValueError(f"completion must be 'sync' or 'async', not {completion!r}")
+        if not tp.cuda:
+            raise ValueError("completion='async' needs CUDA tensors and a daemon with CUDA IPC")
+        import torch
+
+        device = tp.device_index()
+        mine, event_id, done = self._async_events(device)
+        stream = torch.cuda.current_stream(device)
+        mine.record(stream)
+        req.wait_event_id = event_id
+        req.completion = pb.COMPLETION_ASYNC
+        resp = self.call(command, req)
+        stream.wait_event(done)
+        return resp
+
 
 _EOF = object()
 

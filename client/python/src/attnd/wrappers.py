@@ -161,28 +161,8 @@ class _SyncWrapper(PlanState):
         return tp.outputs(self._send("run", req, tp, completion))
 
     def _send(self, command: str, req, tp, completion: str):
-        """Sends a Run/AppendKv. completion="sync": the client waits for its CUDA stream before
-        sending and the reply means done. "async" (CUDA zero-copy only): the daemon's stream
-        waits on an event recorded on the caller's current stream, the reply comes once the work
-        is enqueued, and the caller's current stream waits on the daemon's completion event."""
-        if completion == "sync":
-            tp.before_send()
-            return self.session.call(command, req)
-        if completion != "async":
-            raise ValueError(f"completion must be 'sync' or 'async', not {completion!r}")
-        if not tp.cuda:
-            raise ValueError("completion='async' needs CUDA tensors and a daemon with CUDA IPC")
-        import torch
-
-        device = tp.device_index()
-        mine, event_id, done = self.session._async_events(device)
-        stream = torch.cuda.current_stream(device)
-        mine.record(stream)
-        req.wait_event_id = event_id
-        req.completion = pb.COMPLETION_ASYNC
-        resp = self.session.call(command, req)
-        stream.wait_event(done)
-        return resp
+        """Sends a Run/AppendKv (see attnd.Session._send_tensors for ``completion``)."""
+        return self.session._send_tensors(command, req, tp, completion)
 
     def append_kv(self, k, v, layer: int, *, completion: str = "sync") -> None:
         """Writes the new tokens' k, v [qo_tokens, num_kv_heads, head_dim] into the planned

@@ -50,11 +50,11 @@ enum class AttentionKind : int32_t {
 
 // Variant options of one attention call. Defaults reproduce plain softmax attention.
 struct AttentionOptions {
-  float sm_scale = 0.f;         // 0 = 1/sqrt(head_dim)
-  bool causal = false;          // prefill only; decode is causal by construction
+  float sm_scale = 0.f;  // 0 = 1/sqrt(head_dim)
+  bool causal = false;   // prefill only; decode is causal by construction
   PosEncoding pos_encoding = PosEncoding::kNone;
   float rope_theta = 1e4f;
-  float rope_scale = 1.f;       // positions are divided by rope_scale
+  float rope_scale = 1.f;                 // positions are divided by rope_scale
   const int32_t* rope_offsets = nullptr;  // [batch] added to q and k positions; null = 0
   float logits_soft_cap = 0.f;  // > 0: s = cap * tanh(s / cap), applied to the scaled logit
   int32_t window_left = -1;     // >= 0: query at position p sees kv positions [p - window_left, p]
@@ -152,7 +152,16 @@ struct AppendKvParams {
 // (v: [num_rows, num_heads, head_dim] in dtype, s: [num_rows, num_heads] float32 natural-log LSE)
 // laid out as v_in[r][i][h][:] and s_in[r][i][h], are combined into v_out[r][h][:], s_out[r][h].
 //   s = log(sum_i exp(s_i)),  v = sum_i exp(s_i - s) * v_i
-// A state with s_i = -inf contributes nothing (an empty partition).
+// A state with s_i = -inf contributes nothing (an empty partition); a row whose states are all
+// empty, or that has none (num_states = 0: v_in and s_in may be null), gets v = 0 and s = -inf.
+//
+// The pair form (FlashInfer's merge_state(v_a, s_a, v_b, s_b)): with v_in_b and s_in_b set,
+// num_states is 2 and the two states of row r are (v_in[r], s_in[r]) and (v_in_b[r], s_in_b[r]),
+// each [num_rows, num_heads, head_dim] / [num_rows, num_heads].
+//
+// In place: v_out may be exactly the memory of an input laid out as it is (v_in with
+// num_states = 1, or v_in / v_in_b of the pair form), and s_out likewise of s_in / s_in_b: each
+// (row, head) reads all of its inputs before it writes its outputs. Other overlaps are undefined.
 struct MergeStatesParams {
   const void* v_in = nullptr;   // [num_rows, num_states, num_heads, head_dim]
   const float* s_in = nullptr;  // [num_rows, num_states, num_heads]
@@ -163,6 +172,10 @@ struct MergeStatesParams {
   int32_t num_states = 0;
   int32_t num_heads = 0;
   int32_t head_dim = 0;
+  const void* v_in_b = nullptr;   // pair form: [num_rows, num_heads, head_dim], or null
+  const float* s_in_b = nullptr;  // pair form: [num_rows, num_heads], or null
+
+  constexpr bool pair() const { return v_in_b != nullptr || s_in_b != nullptr; }
 };
 
 }  // namespace attnd::kernels

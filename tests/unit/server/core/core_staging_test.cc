@@ -2,6 +2,7 @@
 // memory and outputs copied back. A decorator over the CPU backend reports host_accessible() =
 // false and counts the copies; the results must equal those of the plain CPU backend.
 #include <algorithm>
+#include <cmath>
 #include <memory>
 #include <random>
 #include <string>
@@ -16,17 +17,18 @@
 namespace attnd::server {
 namespace {
 
+using testing::AddTestPeer;
 using testing::Allocate;
 using testing::CreatePool;
 using testing::Open;
 using testing::PlanRequest;
-using testing::AddTestPeer;
 using testing::SendFd;
 using testing::TestMemfd;
 
 class NoHostAccessBackend final : public kernels::Backend {
  public:
-  explicit NoHostAccessBackend(std::unique_ptr<kernels::Backend> inner) : inner_(std::move(inner)) {}
+  explicit NoHostAccessBackend(std::unique_ptr<kernels::Backend> inner)
+      : inner_(std::move(inner)) {}
   const kernels::BackendInfo& info() const override { return inner_->info(); }
   bool host_accessible() const override { return false; }
   absl::StatusOr<std::unique_ptr<kernels::BackendMemory>> Allocate(size_t bytes) override {
@@ -108,7 +110,8 @@ v1::Tensor RandomHalf(std::mt19937& rng, std::vector<int64_t> shape) {
     n *= d;
   }
   std::string bytes(static_cast<size_t>(n) * 2, '\0');
-  for (int64_t i = 0; i < n; ++i) kernels::StoreFromFloat(bytes.data(), kernels::DType::kFloat16, i, dist(rng));
+  for (int64_t i = 0; i < n; ++i)
+    kernels::StoreFromFloat(bytes.data(), kernels::DType::kFloat16, i, dist(rng));
   t.set_inline_data(std::move(bytes));
   return t;
 }
@@ -170,6 +173,50 @@ TEST(CoreStagingTest, StagedTensorsGiveTheSameResultsAsDirectHostAccess) {
   EXPECT_GE(staged_ptr->synchronizations, 2);
   // One pool + a staging area that is reused by the second run (it needs less).
   EXPECT_EQ(staged_ptr->allocations, 2);
+}
+
+// Merges copy their inline inputs in and the merged v and s back, as runs do; a merge without
+// states (zero-byte inputs) stages nothing but its outputs.
+TEST(CoreStagingTest, StagedMergesGiveTheSameResultsAsDirectHostAccess) {
+  std::mt19937 rng(4);
+  v1::MergeStateRequest pair;
+  *pair.mutable_v_a() = RandomHalf(rng, {3, 2, 8});
+  *pair.mutable_v_b() = RandomHalf(rng, {3, 2, 8});
+  for (v1::Tensor* s : {pair.mutable_s_a(), pair.mutable_s_b()}) {
+    s->set_dtype(v1::DTYPE_FLOAT32);
+    s->add_shape(3);
+    s->add_shape(2);
+    std::vector<float> lse = {0.f, 1.f, -INFINITY, 2.f, -3.f, 0.5f};
+    s->set_inline_data(std::string(reinterpret_cast<const char*>(lse.data()), 24));
+  }
+  v1::MergeStatesRequest none;
+  *none.mutable_v() = RandomHalf(rng, {3, 0, 2, 8});
+  none.mutable_s()->set_dtype(v1::DTYPE_FLOAT32);
+  for (int64_t d : {3, 0, 2}) none.mutable_s()->add_shape(d);
+  none.mutable_s()->set_inline_data("");
+
+  auto direct_core = CoreWith(CpuBackend());
+  auto staged_backend = std::make_unique<NoHostAccessBackend>(CpuBackend());
+  NoHostAccessBackend* staged_ptr = staged_backend.get();
+  auto staged_core = CoreWith(std::move(staged_backend));
+  const std::string d = Open(*direct_core), s = Open(*staged_core);
+  auto direct = direct_core->MergeState(d, pair);
+  auto staged = staged_core->MergeState(s, pair);
+  ASSERT_TRUE(direct.ok()) << direct.status();
+  ASSERT_TRUE(staged.ok()) << staged.status();
+  EXPECT_TRUE(staged->v().inline_data() == direct->v().inline_data());
+  EXPECT_TRUE(staged->s().inline_data() == direct->s().inline_data());
+  const uint64_t v = 3 * 2 * 8 * 2, lse = 3 * 2 * 4;
+  EXPECT_EQ(staged_ptr->bytes_to_backend, 2 * (v + lse));
+  EXPECT_EQ(staged_ptr->bytes_to_host, v + lse);
+
+  auto empty = staged_core->MergeStates(s, none);
+  ASSERT_TRUE(empty.ok()) << empty.status();
+  EXPECT_EQ(empty->v().inline_data(), std::string(v, '\0'));
+  const std::vector<float> minus_inf(6, -INFINITY);
+  EXPECT_EQ(empty->s().inline_data(),
+            std::string(reinterpret_cast<const char*>(minus_inf.data()), lse));
+  EXPECT_EQ(staged_ptr->bytes_to_backend, 2 * (v + lse));  // nothing more copied in
 }
 
 TEST(CoreStagingTest, SharedMemoryNeedsHostAccess) {

@@ -34,11 +34,11 @@ namespace v1 = ::attnd::v1;
 
 // What CreatePool needs. Exactly one of num_pages / memory_budget_bytes is > 0.
 struct PoolSpec {
-  std::string name;                      // unique per daemon, [A-Za-z0-9_.-]{1,64}
+  std::string name;  // unique per daemon, [A-Za-z0-9_.-]{1,64}
   int32_t num_layers = 1;
   int32_t num_kv_heads = 1;
   int32_t head_dim = 128;
-  int32_t page_size = 16;                // tokens per page
+  int32_t page_size = 16;  // tokens per page
   v1::DType kv_dtype = v1::DTYPE_FLOAT16;
   int64_t num_pages = 0;
   uint64_t memory_budget_bytes = 0;
@@ -76,11 +76,11 @@ struct PlanInfo {
 struct RunArgs {
   std::string plan_id;
   int32_t layer = 0;
-  v1::Tensor q;                    // [qo_tokens, num_qo_heads, head_dim]
-  std::optional<v1::Tensor> k;     // [qo_tokens, num_kv_heads, head_dim], pool's kv_dtype
+  v1::Tensor q;                 // [qo_tokens, num_qo_heads, head_dim]
+  std::optional<v1::Tensor> k;  // [qo_tokens, num_kv_heads, head_dim], pool's kv_dtype
   std::optional<v1::Tensor> v;
-  std::optional<v1::Tensor> o;     // output slice [qo_tokens, num_qo_heads, head_dim], q's dtype
-  std::optional<v1::Tensor> lse;   // output slice [qo_tokens, num_qo_heads] float32
+  std::optional<v1::Tensor> o;    // output slice [qo_tokens, num_qo_heads, head_dim], q's dtype
+  std::optional<v1::Tensor> lse;  // output slice [qo_tokens, num_qo_heads] float32
   v1::AttentionOptions options;
   // Async completion (CUDA backend, see attnd.proto "Async completion"): an event registered with
   // RegisterEvent that the daemon's stream waits on before reading inputs, and how to reply.
@@ -93,6 +93,37 @@ struct RunArgs {
 struct RunOutput {
   std::vector<float> o;    // [qo_tokens, num_qo_heads, head_dim]
   std::vector<float> lse;  // [qo_tokens, num_qo_heads]
+};
+
+// A merge of attention states (attnd.proto, "Merging attention states": FlashInfer's
+// merge_state / merge_states; s is the natural-log LSE, as Run's lse). Inputs inline or buffer
+// slices; v_out and s_out name output buffer slices, or are left empty to receive the results
+// inline. An output may be exactly one of the inputs (in place).
+struct MergeStateArgs {
+  v1::Tensor v_a;  // [seq_len, num_heads, head_dim] float16/bfloat16/float32
+  v1::Tensor s_a;  // [seq_len, num_heads] float32
+  v1::Tensor v_b;  // v_a's shape and dtype
+  v1::Tensor s_b;
+  std::optional<v1::Tensor> v_out;  // [seq_len, num_heads, head_dim], v_a's dtype
+  std::optional<v1::Tensor> s_out;  // [seq_len, num_heads] float32
+  bool omit_s = false;              // no merged s at all
+  std::string wait_event_id;        // as in RunArgs
+  v1::Completion completion = v1::COMPLETION_SYNC;
+};
+struct MergeStatesArgs {
+  v1::Tensor v;  // [seq_len, num_states, num_heads, head_dim] float16/bfloat16/float32
+  v1::Tensor s;  // [seq_len, num_states, num_heads] float32
+  std::optional<v1::Tensor> v_out;
+  std::optional<v1::Tensor> s_out;
+  bool omit_s = false;
+  std::string wait_event_id;
+  v1::Completion completion = v1::COMPLETION_SYNC;
+};
+// Inline results of a merge, decoded to float; v is empty when v_out was named, s when s_out was
+// named or omit_s set.
+struct MergeOutput {
+  std::vector<float> v;  // [seq_len, num_heads, head_dim]
+  std::vector<float> s;  // [seq_len, num_heads]
 };
 
 class SessionApi {
@@ -157,6 +188,17 @@ class SessionApi {
   absl::StatusOr<v1::RunResponse> Run(RunArgs args);
   // Run, with the inline o (and lse) decoded to float.
   absl::StatusOr<RunOutput> RunAndDecode(RunArgs args);
+
+  // Merges two attention states per row and head: (v_a, s_a) + (v_b, s_b) -> (v, s).
+  absl::StatusOr<v1::MergeStateResponse> MergeState(MergeStateArgs args);
+  absl::StatusOr<MergeOutput> MergeStateAndDecode(MergeStateArgs args);
+  // FlashInfer's merge_state_in_place: (v, s) becomes the merge of (v, s) and (v_other,
+  // s_other). v and s must be buffer slices (they receive the result); INVALID_ARGUMENT else.
+  absl::Status MergeStateInPlace(v1::Tensor v, v1::Tensor s, v1::Tensor v_other,
+                                 v1::Tensor s_other);
+  // Merges num_states states per row and head: v [seq_len, num_states, num_heads, head_dim].
+  absl::StatusOr<v1::MergeStatesResponse> MergeStates(MergeStatesArgs args);
+  absl::StatusOr<MergeOutput> MergeStatesAndDecode(MergeStatesArgs args);
 
  private:
   std::shared_ptr<PeerLink> peer_link_;
