@@ -25,7 +25,8 @@ absl::StatusOr<std::shared_ptr<RegisteredBuffer>> TensorBindings::FindBuffer(
 }
 
 absl::StatusOr<int> TensorBindings::AddInput(const v1::Tensor& tensor, absl::string_view name,
-                                             kernels::DType dtype, std::vector<int64_t> shape) {
+                                             kernels::DType dtype,
+                                             const std::vector<int64_t>& shape) {
   auto bytes = ValidateTensor(tensor, name, dtype, shape);
   if (!bytes.ok()) return bytes.status();
   Binding binding;
@@ -43,7 +44,8 @@ absl::StatusOr<int> TensorBindings::AddInput(const v1::Tensor& tensor, absl::str
 }
 
 absl::StatusOr<int> TensorBindings::AddOutput(const v1::Tensor* tensor, absl::string_view name,
-                                              kernels::DType dtype, std::vector<int64_t> shape,
+                                              kernels::DType dtype,
+                                              const std::vector<int64_t>& shape,
                                               v1::Tensor* response) {
   Binding binding;
   binding.output = true;

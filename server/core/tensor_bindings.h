@@ -47,11 +47,11 @@ class TensorBindings {
 
   // An input tensor (inline or buffer slice). Returns its index for pointer().
   absl::StatusOr<int> AddInput(const v1::Tensor& tensor, absl::string_view name,
-                               kernels::DType dtype, std::vector<int64_t> shape);
+                               kernels::DType dtype, const std::vector<int64_t>& shape);
   // An output: into the buffer slice `tensor` names, or, when `tensor` is null or has no data,
   // inline into `*response` (dtype and shape are filled in).
   absl::StatusOr<int> AddOutput(const v1::Tensor* tensor, absl::string_view name,
-                                kernels::DType dtype, std::vector<int64_t> shape,
+                                kernels::DType dtype, const std::vector<int64_t>& shape,
                                 v1::Tensor* response);
 
   // The memory binding `index` covers when it is a slice of a registered buffer: its first byte

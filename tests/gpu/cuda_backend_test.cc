@@ -502,7 +502,7 @@ void RefusedRunsChangeNothing(Backend& cuda, Backend& cpu, Rng& rng, ResultTable
   GT_STATUS_CHECK(cuda.CopyToBackend(pool->data(), s.pool.data(), s.pool.size(), nullptr));
   GT_STATUS_CHECK(cuda.CopyToBackend(kn->data(), s.k_new.data(), s.k_new.size(), nullptr));
   auto plan = Unwrap(cuda.Prepare(SpecOf(s), nullptr), "Prepare");
-  const PagedKV layer = LayerOf(s, pool->data(), /*layer=*/0);
+  const PagedKV layer = LayerOf(s, pool->data(), /*layer_index=*/0);
   char* k = static_cast<char*>(kn->data());
   for (const auto& [what, kp, vp, field] :
        {std::tuple{"k", k + 2, k, "k=0x"}, std::tuple{"v", k, k + 2, "v=0x"}}) {
@@ -665,7 +665,7 @@ int StickyChild() {
 }  // namespace attnd::gpu_test
 
 int main(int argc, char** argv) {
-  using namespace attnd::gpu_test;
+  using namespace attnd::gpu_test;  // NOLINT(google-build-using-namespace): the whole test
   if (argc == 4 && std::strcmp(argv[1], "--ipc-child") == 0) {
     return IpcChild(argv[2], std::strtoull(argv[3], nullptr, 10));
   }

@@ -275,7 +275,7 @@ void MisalignedInputs(Rng& rng, ResultTable& table) {
 }  // namespace attnd::gpu_test
 
 int main(int argc, char** argv) {
-  using namespace attnd::gpu_test;
+  using namespace attnd::gpu_test;  // NOLINT(google-build-using-namespace): the whole test
   TestFlags flags = ParseFlags(argc, argv);
   PrintDevice();
   Rng rng(flags.seed);

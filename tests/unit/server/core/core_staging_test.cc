@@ -100,7 +100,7 @@ std::unique_ptr<Core> CoreWith(std::unique_ptr<kernels::Backend> backend) {
   return *std::move(core);
 }
 
-v1::Tensor RandomHalf(std::mt19937& rng, std::vector<int64_t> shape) {
+v1::Tensor RandomHalf(std::mt19937& rng, const std::vector<int64_t>& shape) {
   std::uniform_real_distribution<float> dist(-1.f, 1.f);
   v1::Tensor t;
   t.set_dtype(v1::DTYPE_FLOAT16);

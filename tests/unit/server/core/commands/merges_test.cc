@@ -29,7 +29,8 @@ using test_support::NaiveMergeStates;
 using ::testing::HasSubstr;
 
 // An inline tensor of `values` stored as `dtype`.
-v1::Tensor Inline(DType dtype, std::vector<int64_t> shape, const std::vector<float>& values) {
+v1::Tensor Inline(DType dtype, const std::vector<int64_t>& shape,
+                  const std::vector<float>& values) {
   v1::Tensor t;
   t.set_dtype(ToProtoDType(dtype));
   for (int64_t d : shape) t.add_shape(d);
@@ -251,7 +252,7 @@ class CoreMergeBufferTest : public ::testing::Test {
     return std::string(shm_.data() + offset, size);
   }
 
-  v1::Tensor Slice(v1::DType dtype, std::vector<int64_t> shape, uint64_t offset) const {
+  v1::Tensor Slice(v1::DType dtype, const std::vector<int64_t>& shape, uint64_t offset) const {
     v1::Tensor t;
     t.set_dtype(dtype);
     for (int64_t d : shape) t.add_shape(d);
