@@ -23,7 +23,6 @@ Outputs and LSE are poisoned (NaN) before every run; the caches are filled with 
 from __future__ import annotations
 
 import importlib
-
 import inspect
 import math
 import os
