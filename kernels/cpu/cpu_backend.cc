@@ -31,14 +31,16 @@ class HostMemory final : public BackendMemory {
   static absl::StatusOr<std::unique_ptr<BackendMemory>> Create(size_t bytes) {
     const uint64_t physical = PhysicalMemoryBytes();
     if (physical != 0 && bytes > physical) {
-      return absl::ResourceExhaustedError(absl::StrCat("cannot allocate ", bytes,
-                                                       " bytes: the host has ", physical));
+      return absl::ResourceExhaustedError(
+          absl::StrCat("cannot allocate ", bytes, " bytes: the host has ", physical));
     }
     const size_t mapped = bytes == 0 ? 1 : bytes;  // mmap rejects length 0
     void* p = mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) {
-      return absl::ResourceExhaustedError(absl::StrCat("cannot allocate ", bytes, " bytes of host "
-                                                       "memory: ", std::strerror(errno)));
+      return absl::ResourceExhaustedError(absl::StrCat("cannot allocate ", bytes,
+                                                       " bytes of host "
+                                                       "memory: ",
+                                                       std::strerror(errno)));
     }
     return std::unique_ptr<BackendMemory>(new HostMemory(p, bytes, mapped));
   }
@@ -62,7 +64,8 @@ class InlineStream final : public Stream {
 // The CPU plan is the validated page table itself; kernels read it from the spec's vectors.
 class CpuPlan final : public PreparedPlan {
  public:
-  explicit CpuPlan(PlanSpec spec) : PreparedPlan(std::move(spec)), max_page_id(MaxPageId(this->spec())) {}
+  explicit CpuPlan(PlanSpec spec)
+      : PreparedPlan(std::move(spec)), max_page_id(MaxPageId(this->spec())) {}
   const int32_t max_page_id;
 };
 
@@ -162,13 +165,21 @@ class CpuBackend final : public Backend {
     params.options.rope_offsets = args.rope_offsets_host;
     return AppendThenAttend(
         args.k_new != nullptr, [&] { return cpu::ValidateAppendKv(append); },
-        [&] { return cpu::ValidatePagedAttention(params); },
-        [&] { return cpu::AppendKv(append); },
+        [&] { return cpu::ValidatePagedAttention(params); }, [&] { return cpu::AppendKv(append); },
         [&] { return cpu::PagedAttention(params, num_threads_); });
   }
 
   absl::Status MergeStates(const MergeStatesParams& params, Stream*) override {
     return cpu::MergeStates(params, num_threads_);
+  }
+
+  absl::Status RaggedAttention(const RaggedRunArgs& args) override {
+    if (auto s = CheckRaggedRunArgs(args); !s.ok()) return s;
+    const PlanSpec& spec = args.plan->spec();
+    RaggedAttentionParams params =
+        RaggedParamsOf(args, spec.qo_indptr.data(), spec.kv_indptr.data());
+    params.options.rope_offsets = args.rope_offsets_host;
+    return cpu::RaggedAttention(params, num_threads_);
   }
 
  private:
@@ -189,8 +200,8 @@ class CpuBackend final : public Backend {
 
 absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(const CpuBackendOptions& options) {
   if (options.num_threads < 0) {
-    return absl::InvalidArgumentError(absl::StrCat("num_threads must be >= 0, got ",
-                                                   options.num_threads));
+    return absl::InvalidArgumentError(
+        absl::StrCat("num_threads must be >= 0, got ", options.num_threads));
   }
   return std::unique_ptr<Backend>(new CpuBackend(options));
 }

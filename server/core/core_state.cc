@@ -166,6 +166,8 @@ void Core::State::Release(Session& session, const char* reason) {
   }
   plans.fetch_sub(static_cast<int64_t>(session.plans.size()));
   session.plans.clear();
+  session.ragged_plan.reset();
+  session.ragged_charge = HostCharge();
   buffers.fetch_sub(static_cast<int64_t>(session.buffers.size()));
   session.buffers.clear();
   session.events.clear();

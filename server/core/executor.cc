@@ -44,6 +44,33 @@ absl::Status ExecuteAppendKv(const Plan& plan, const v1::AppendKvRequest& reques
   return absl::OkStatus();
 }
 
+absl::Status ExecuteRunRagged(const kernels::PreparedPlan& plan,
+                              const v1::RunRaggedRequest& request, const RaggedRunCall& call,
+                              TensorBindings& bindings, const ExecContext& ctx,
+                              v1::RunRaggedResponse* response, TransferCounts* counts) {
+  if (auto s = bindings.Materialize(); !s.ok()) return s;
+  kernels::RaggedRunArgs args;
+  args.plan = &plan;
+  args.q = bindings.pointer(call.q);
+  args.o = bindings.pointer(call.o);
+  args.lse = call.lse >= 0 ? static_cast<float*>(bindings.pointer(call.lse)) : nullptr;
+  args.q_dtype = call.shape.dtype;
+  args.k = bindings.pointer(call.k);
+  args.v = bindings.pointer(call.v);
+  args.options = call.options;
+  args.rope_offsets_host =
+      request.options().rope_offsets_size() > 0 ? request.options().rope_offsets().data() : nullptr;
+  args.stream = ctx.stream;
+  if (auto s = ctx.backend.RaggedAttention(args); !s.ok()) return s;
+  if (auto s = bindings.Complete(); !s.ok()) return s;
+  if (call.lse >= 0 && request.lse().data_case() != v1::Tensor::DATA_NOT_SET) {
+    response->clear_lse();  // lse went to the client's buffer
+  }
+  counts->bytes_in += bindings.bytes_in();
+  counts->bytes_out += bindings.bytes_out();
+  return absl::OkStatus();
+}
+
 absl::Status ExecuteMerge(const MergeCall& call, TensorBindings& bindings, const ExecContext& ctx,
                           TransferCounts* counts) {
   if (auto s = bindings.Materialize(); !s.ok()) return s;

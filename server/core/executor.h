@@ -30,6 +30,12 @@ absl::Status ExecuteAppendKv(const Plan& plan, const v1::AppendKvRequest& reques
                              const AppendKvCall& call, TensorBindings& bindings,
                              const ExecContext& ctx, TransferCounts* counts);
 
+// Runs `call` (from CheckRunRagged) over `plan`, the prepared RaggedPlanOf(call).
+absl::Status ExecuteRunRagged(const kernels::PreparedPlan& plan,
+                              const v1::RunRaggedRequest& request, const RaggedRunCall& call,
+                              TensorBindings& bindings, const ExecContext& ctx,
+                              v1::RunRaggedResponse* response, TransferCounts* counts);
+
 // Merges `call`'s states (from CheckMergeState / CheckMergeStates, which filled `bindings` and
 // shaped the response's inline outputs).
 absl::Status ExecuteMerge(const MergeCall& call, TensorBindings& bindings, const ExecContext& ctx,

@@ -43,21 +43,67 @@ absl::StatusOr<kernels::Event*> CheckCompletion(EventMap& events, const std::str
   return it->second.get();
 }
 
-// Bytes of the tensors a Run returns inline (o when it names no buffer, lse likewise when asked
-// for), from the plan's shapes: what the reply will carry, known before anything runs.
-uint64_t InlineReplyBytes(const Plan& plan, const v1::RunRequest& request) {
-  const uint64_t rows =
-      static_cast<uint64_t>(plan.qo_tokens) * static_cast<uint64_t>(plan.num_qo_heads);
+// Bytes of the tensors a Run or RunRagged returns inline (o when it names no buffer, lse likewise
+// when asked for), from the shapes its plan or its q gives: what the reply will carry, known
+// before anything runs.
+template <typename Request>
+uint64_t InlineOutputBytes(const Request& request, int64_t qo_tokens, int64_t num_qo_heads,
+                           int64_t head_dim) {
+  const uint64_t rows = static_cast<uint64_t>(qo_tokens) * static_cast<uint64_t>(num_qo_heads);
   uint64_t bytes = 0;
   if (!HasData(request.o())) {
     // o has q's dtype (an unknown one is refused later; count it as the widest).
     const uint64_t elem =
         request.q().dtype() == v1::DTYPE_FLOAT16 || request.q().dtype() == v1::DTYPE_BFLOAT16 ? 2
                                                                                               : 4;
-    bytes += rows * static_cast<uint64_t>(plan.pool->geometry().head_dim) * elem;
+    bytes += rows * static_cast<uint64_t>(head_dim) * elem;
   }
   if (request.options().return_lse() && !HasData(request.lse())) bytes += rows * sizeof(float);
   return bytes;
+}
+
+constexpr std::string_view kInlineOutputsAdvice =
+    "write o and lse to registered buffers instead of receiving them inline";
+
+// COMPLETION_ASYNC replies before the work is done: o (and lse when asked for) must go to
+// registered buffers.
+template <typename Request>
+absl::Status CheckAsyncOutputs(const Request& request, bool async) {
+  if (async && request.o().data_case() != v1::Tensor::kBuffer) {
+    return absl::InvalidArgumentError(
+        "completion=COMPLETION_ASYNC needs o in a registered buffer (inline outputs would need "
+        "a synchronous copy); set o.buffer or use COMPLETION_SYNC");
+  }
+  if (async && request.options().return_lse() && request.lse().data_case() != v1::Tensor::kBuffer) {
+    return absl::InvalidArgumentError(
+        "completion=COMPLETION_ASYNC with options.return_lse needs lse in a registered buffer");
+  }
+  return absl::OkStatus();
+}
+
+// o (and lse with options.return_lse) of a Run or RunRagged: buffer slices of q's shape and
+// dtype, or inline in `response`; lse given without return_lse is refused.
+template <typename Request, typename Response>
+absl::Status BindAttentionOutputs(TensorBindings& bindings, const Request& request,
+                                  kernels::DType q_dtype, const std::vector<int64_t>& q_shape,
+                                  Response* response, int* o_index, int* lse_index) {
+  const bool want_lse = request.options().return_lse();
+  if (!want_lse && HasData(request.lse())) {
+    return absl::InvalidArgumentError("lse is set but options.return_lse is false");
+  }
+  auto o = bindings.AddOutput(HasData(request.o()) ? &request.o() : nullptr, "o", q_dtype, q_shape,
+                              response->mutable_o());
+  if (!o.ok()) return o.status();
+  *o_index = *o;
+  if (want_lse) {
+    auto lse = bindings.AddOutput(HasData(request.lse()) ? &request.lse() : nullptr, "lse",
+                                  kernels::DType::kFloat32, {q_shape[0], q_shape[1]},
+                                  response->mutable_lse());
+    if (!lse.ok()) return lse.status();
+    *lse_index = *lse;
+  }
+  if (HasData(request.o())) response->clear_o();  // o goes to the client's buffer
+  return absl::OkStatus();
 }
 
 // k and v: both or neither, [qo_tokens, num_kv_heads, head_dim] in the pool's kv dtype.
@@ -240,19 +286,11 @@ absl::StatusOr<RunCall> CheckRun(const RequestScope& scope, const Plan& plan,
     if (auto s = CheckPlanWritable(plan, scope.session_id); !s.ok()) return s;
   }
   call.async = request.completion() == v1::COMPLETION_ASYNC;
-  if (call.async && request.o().data_case() != v1::Tensor::kBuffer) {
-    return absl::InvalidArgumentError(
-        "completion=COMPLETION_ASYNC needs o in a registered buffer (inline outputs would need "
-        "a synchronous copy); set o.buffer or use COMPLETION_SYNC");
-  }
-  if (call.async && request.options().return_lse() &&
-      request.lse().data_case() != v1::Tensor::kBuffer) {
-    return absl::InvalidArgumentError(
-        "completion=COMPLETION_ASYNC with options.return_lse needs lse in a registered buffer");
-  }
-  if (auto s = CheckReplyFits(scope.max_message_bytes, "Run", InlineReplyBytes(plan, request),
-                              "write o and lse to registered buffers instead of receiving "
-                              "them inline");
+  if (auto s = CheckAsyncOutputs(request, call.async); !s.ok()) return s;
+  if (auto s = CheckReplyFits(scope.max_message_bytes, "Run",
+                              InlineOutputBytes(request, plan.qo_tokens, plan.num_qo_heads,
+                                                plan.pool->geometry().head_dim),
+                              kInlineOutputsAdvice);
       !s.ok()) {
     return s;
   }
@@ -271,10 +309,6 @@ absl::StatusOr<RunCall> CheckRun(const RequestScope& scope, const Plan& plan,
   auto options = ValidateOptions(request.options(), plan.batch_size);
   if (!options.ok()) return options.status();
   call.options = *options;
-  const bool want_lse = request.options().return_lse();
-  if (!want_lse && HasData(request.lse())) {
-    return absl::InvalidArgumentError("lse is set but options.return_lse is false");
-  }
 
   const std::vector<int64_t> q_shape = {plan.qo_tokens, plan.num_qo_heads, g.head_dim};
   auto q_index = bindings.AddInput(request.q(), "q", call.q_dtype, q_shape);
@@ -285,18 +319,11 @@ absl::StatusOr<RunCall> CheckRun(const RequestScope& scope, const Plan& plan,
       !s.ok()) {
     return s;
   }
-  auto o_index = bindings.AddOutput(HasData(request.o()) ? &request.o() : nullptr, "o",
-                                    call.q_dtype, q_shape, response->mutable_o());
-  if (!o_index.ok()) return o_index.status();
-  call.o = *o_index;
-  if (want_lse) {
-    auto index = bindings.AddOutput(HasData(request.lse()) ? &request.lse() : nullptr, "lse",
-                                    kernels::DType::kFloat32, {plan.qo_tokens, plan.num_qo_heads},
-                                    response->mutable_lse());
-    if (!index.ok()) return index.status();
-    call.lse = *index;
+  if (auto s = BindAttentionOutputs(bindings, request, call.q_dtype, q_shape, response, &call.o,
+                                    &call.lse);
+      !s.ok()) {
+    return s;
   }
-  if (HasData(request.o())) response->clear_o();  // o goes to the client's buffer
   return call;
 }
 
@@ -339,6 +366,70 @@ absl::StatusOr<MergeCall> CheckMergeStates(const RequestScope& scope,
   MergeTensor inputs[2] = {{"v", &request.v()}, {"s", &request.s()}};
   return CheckMerge(scope, "MergeStates", request, inputs, /*with_states=*/true, bindings,
                     response);
+}
+
+absl::StatusOr<RaggedRunCall> CheckRunRagged(const RequestScope& scope,
+                                             const v1::RunRaggedRequest& request,
+                                             TensorBindings& bindings,
+                                             v1::RunRaggedResponse* response) {
+  RaggedRunCall call;
+  call.async = request.completion() == v1::COMPLETION_ASYNC;
+  if (auto s = CheckAsyncOutputs(request, call.async); !s.ok()) return s;
+  auto wait_on = CheckCompletion(scope.events, request.wait_event_id(), request.completion());
+  if (!wait_on.ok()) return wait_on.status();
+  call.wait_on = *wait_on;
+
+  auto shape = ValidateRaggedShape(request.q(), request.k(), scope.backend);
+  if (!shape.ok()) return shape.status();
+  call.shape = *shape;
+  const absl::Span<const int32_t> qo_indptr(request.qo_indptr().data(), request.qo_indptr_size());
+  const absl::Span<const int32_t> kv_indptr(request.kv_indptr().data(), request.kv_indptr_size());
+  if (auto s = ValidateRaggedIndptrs(qo_indptr, kv_indptr, *shape); !s.ok()) return s;
+  call.batch_size = static_cast<int32_t>(qo_indptr.size()) - 1;
+  auto options = ValidateOptions(request.options(), call.batch_size);
+  if (!options.ok()) return options.status();
+  call.options = *options;
+  if (auto s = CheckReplyFits(
+          scope.max_message_bytes, "RunRagged",
+          InlineOutputBytes(request, shape->qo_tokens, shape->num_qo_heads, shape->head_dim),
+          kInlineOutputsAdvice);
+      !s.ok()) {
+    return s;
+  }
+
+  const std::vector<int64_t> q_shape = {shape->qo_tokens, shape->num_qo_heads, shape->head_dim};
+  const std::vector<int64_t> kv_shape = {shape->kv_tokens, shape->num_kv_heads, shape->head_dim};
+  auto q = bindings.AddInput(request.q(), "q", shape->dtype, q_shape);
+  if (!q.ok()) return q.status();
+  call.q = *q;
+  auto k = bindings.AddInput(request.k(), "k", shape->dtype, kv_shape);
+  if (!k.ok()) return k.status();
+  call.k = *k;
+  auto v = bindings.AddInput(request.v(), "v", shape->dtype, kv_shape);
+  if (!v.ok()) return v.status();
+  call.v = *v;
+  if (auto s = BindAttentionOutputs(bindings, request, shape->dtype, q_shape, response, &call.o,
+                                    &call.lse);
+      !s.ok()) {
+    return s;
+  }
+  return call;
+}
+
+kernels::PlanSpec RaggedPlanOf(const RaggedRunCall& call, const v1::RunRaggedRequest& request) {
+  return kernels::RaggedPlanSpec({request.qo_indptr().begin(), request.qo_indptr().end()},
+                                 {request.kv_indptr().begin(), request.kv_indptr().end()},
+                                 static_cast<int32_t>(call.shape.num_qo_heads),
+                                 static_cast<int32_t>(call.shape.num_kv_heads),
+                                 static_cast<int32_t>(call.shape.head_dim), call.shape.dtype);
+}
+
+uint64_t RaggedPlanHostBytes(const RaggedRunCall& call) {
+  // kv_indices (one per K/V row), kv_last_page_len, kv_indptr and qo_indptr, held by the plan
+  // and once more by its backend's upload image.
+  const uint64_t ints =
+      static_cast<uint64_t>(call.shape.kv_tokens) + 3 * static_cast<uint64_t>(call.batch_size) + 2;
+  return 2 * ints * sizeof(int32_t);
 }
 
 }  // namespace attnd::server

@@ -5,7 +5,8 @@
 // them before anything is enqueued, written or launched, so a refused request changed nothing.
 // CreatePlan's rules are CheckCreatePlan (fields, before anything is charged) and CheckPlanPages
 // (page ownership and writability, under the pool's lock right before the pins: BuildPlan).
-// MergeState and MergeStates (no plan, no pool) are CheckMergeState and CheckMergeStates.
+// MergeState and MergeStates (no plan, no pool) are CheckMergeState and CheckMergeStates; a
+// RunRagged (K/V as tensors, no pool) is CheckRunRagged.
 //
 // validation.h holds the field-level checks these rules are made of; tensor_bindings.h checks one
 // tensor (Add*) and later maps it (Materialize). The executor (executor.h) only launches.
@@ -70,6 +71,29 @@ struct RunCall {
 absl::StatusOr<RunCall> CheckRun(const RequestScope& scope, const Plan& plan,
                                  const v1::RunRequest& request, TensorBindings& bindings,
                                  v1::RunResponse* response);
+
+// A checked RunRagged: its shape and the bindings of its tensors.
+struct RaggedRunCall {
+  bool async = false;
+  kernels::Event* wait_on = nullptr;
+  kernels::AttentionOptions options;
+  RaggedShape shape;
+  int32_t batch_size = 0;
+  int q = -1, k = -1, v = -1, o = -1, lse = -1;
+};
+// The batch's plan (kernels::RaggedPlanSpec: one page per K/V row), to Prepare, and the host
+// memory it and its backend copy take, which the caller charges before it builds it.
+kernels::PlanSpec RaggedPlanOf(const RaggedRunCall& call, const v1::RunRaggedRequest& request);
+uint64_t RaggedPlanHostBytes(const RaggedRunCall& call);
+
+// Every rule of a RunRagged (attnd.proto RunRaggedRequest): completion and the event to wait on,
+// q's dtype and shape against the backend, k and v, qo_indptr and kv_indptr against them, the
+// options, the outputs (buffer slices, or inline in `response`, whose size must fit the reply).
+// Binds q, k, v, o and lse into `bindings` and shapes the inline outputs.
+absl::StatusOr<RaggedRunCall> CheckRunRagged(const RequestScope& scope,
+                                             const v1::RunRaggedRequest& request,
+                                             TensorBindings& bindings,
+                                             v1::RunRaggedResponse* response);
 
 // A checked AppendKv.
 struct AppendKvCall {

@@ -17,8 +17,9 @@
 #include "absl/time/time.h"
 #include "attnd/kernels/backend.h"
 #include "server/core/buffer.h"
-#include "server/core/ids.h"
 #include "server/core/core.h"
+#include "server/core/host_budget.h"
+#include "server/core/ids.h"
 #include "server/core/plan.h"
 #include "server/core/pool.h"
 #include "server/core/staging.h"
@@ -35,8 +36,8 @@ struct Session {
         lease(lease),
         owner(std::move(owner)) {}
 
-  const std::string id;      // secret for leased sessions: never logged
-  const std::string tag;     // what logs show ("s17")
+  const std::string id;           // secret for leased sessions: never logged
+  const std::string tag;          // what logs show ("s17")
   const std::string client_name;  // escaped (no control characters), at most 256 bytes
   const SessionBinding binding;
   const absl::Duration lease;  // leased sessions only
@@ -52,6 +53,10 @@ struct Session {
   std::unique_ptr<kernels::Stream> stream ABSL_GUARDED_BY(mu);  // created on first use
   absl::flat_hash_map<std::string, std::shared_ptr<Pool>> pools ABSL_GUARDED_BY(mu);  // by id
   absl::flat_hash_map<std::string, std::shared_ptr<Plan>> plans ABSL_GUARDED_BY(mu);
+  // The plan of the last RunRagged, kept (and charged) until the next one or the session's end:
+  // work enqueued with COMPLETION_ASYNC may still read it. Destroyed before `stream`, too.
+  std::unique_ptr<kernels::PreparedPlan> ragged_plan ABSL_GUARDED_BY(mu);
+  HostCharge ragged_charge ABSL_GUARDED_BY(mu);
   absl::flat_hash_map<std::string, std::shared_ptr<RegisteredBuffer>> buffers ABSL_GUARDED_BY(mu);
   StagingArea staging ABSL_GUARDED_BY(mu);
   // Async completion: the engine's events opened by RegisterEvent (by id), and the session's own

@@ -482,6 +482,102 @@ absl::StatusOr<MergeShape> ValidateMergeInput(const v1::Tensor& v, absl::string_
   return shape;
 }
 
+absl::StatusOr<RaggedShape> ValidateRaggedShape(const v1::Tensor& q, const v1::Tensor& k,
+                                                const kernels::BackendInfo& backend) {
+  if (q.data_case() == v1::Tensor::DATA_NOT_SET) {
+    return InvalidArg("q has no data: set inline_data or buffer");
+  }
+  auto dtype = ValidateQueryDType(q, backend);
+  if (!dtype.ok()) return dtype.status();
+  RaggedShape shape;
+  shape.dtype = *dtype;
+  const absl::Span<const int64_t> qd(q.shape().data(), q.shape_size());
+  if (qd.size() != 3) {
+    return InvalidArg("q.shape=", ShapeString(qd), " must be [qo_tokens, num_qo_heads, head_dim]");
+  }
+  shape.qo_tokens = qd[0];
+  shape.num_qo_heads = qd[1];
+  shape.head_dim = qd[2];
+  if (shape.qo_tokens < 0 || shape.qo_tokens > kMaxRaggedTokens) {
+    return InvalidArg("q.shape=", ShapeString(qd), ": qo_tokens must be in 0..", kMaxRaggedTokens);
+  }
+  if (shape.num_qo_heads < 1 || shape.num_qo_heads > kMaxRaggedQoHeads) {
+    return InvalidArg("q.shape=", ShapeString(qd), ": num_qo_heads=", shape.num_qo_heads,
+                      " must be in 1..", kMaxRaggedQoHeads);
+  }
+  const bool head_dim_known = shape.head_dim > 0 &&
+                              shape.head_dim <= std::numeric_limits<int32_t>::max() &&
+                              Contains(backend.head_dims, static_cast<int32_t>(shape.head_dim));
+  if (!head_dim_known) {
+    return InvalidArg("q.shape=", ShapeString(qd), ": head_dim=", shape.head_dim,
+                      " is not supported by the ", backend.name,
+                      " backend (supported: ", absl::StrJoin(backend.head_dims, ", "), ")");
+  }
+  if (k.data_case() == v1::Tensor::DATA_NOT_SET) {
+    return InvalidArg("k has no data: set inline_data or buffer");
+  }
+  if (k.dtype() != q.dtype()) {
+    return InvalidArg("k.dtype=", ProtoDTypeName(k.dtype()), ", expected q's dtype ",
+                      ProtoDTypeName(q.dtype()));
+  }
+  const absl::Span<const int64_t> kd(k.shape().data(), k.shape_size());
+  if (kd.size() != 3 || kd[2] != shape.head_dim) {
+    return InvalidArg("k.shape=", ShapeString(kd), " must be [kv_tokens, num_kv_heads, ",
+                      shape.head_dim, "] (q's head_dim)");
+  }
+  shape.kv_tokens = kd[0];
+  shape.num_kv_heads = kd[1];
+  if (shape.kv_tokens < 0 || shape.kv_tokens > kMaxRaggedTokens) {
+    return InvalidArg("k.shape=", ShapeString(kd), ": kv_tokens must be in 0..", kMaxRaggedTokens);
+  }
+  if (shape.num_kv_heads < 1 || shape.num_kv_heads > kMaxKvHeads) {
+    return InvalidArg("k.shape=", ShapeString(kd), ": num_kv_heads=", shape.num_kv_heads,
+                      " must be in 1..", kMaxKvHeads);
+  }
+  if (shape.num_qo_heads % shape.num_kv_heads != 0) {
+    return InvalidArg("k.shape=", ShapeString(kd), ": num_kv_heads=", shape.num_kv_heads,
+                      " does not divide num_qo_heads=", shape.num_qo_heads, " (q.shape)");
+  }
+  return shape;
+}
+
+absl::Status ValidateRaggedIndptrs(absl::Span<const int32_t> qo_indptr,
+                                   absl::Span<const int32_t> kv_indptr, const RaggedShape& shape) {
+  if (qo_indptr.size() < 2 || qo_indptr.size() - 1 > static_cast<size_t>(kMaxBatchSize)) {
+    return InvalidArg("qo_indptr has ", qo_indptr.size(),
+                      " entries; it needs batch_size + 1 with batch_size in 1..", kMaxBatchSize);
+  }
+  if (kv_indptr.size() != qo_indptr.size()) {
+    return InvalidArg("kv_indptr has ", kv_indptr.size(), " entries, qo_indptr ", qo_indptr.size(),
+                      ": both are batch_size + 1 long");
+  }
+  const struct {
+    absl::string_view field;
+    absl::Span<const int32_t> indptr;
+    int64_t rows;
+    absl::string_view rows_field;
+  } arrays[2] = {{"qo_indptr", qo_indptr, shape.qo_tokens, "q.shape[0]"},
+                 {"kv_indptr", kv_indptr, shape.kv_tokens, "k.shape[0]"}};
+  for (const auto& a : arrays) {
+    if (a.indptr[0] != 0) return InvalidArg(a.field, "[0]=", a.indptr[0], " must be 0");
+    for (size_t b = 0; b + 1 < a.indptr.size(); ++b) {
+      if (a.indptr[b + 1] < a.indptr[b]) {
+        return InvalidArg(a.field, "[", b + 1, "]=", a.indptr[b + 1], " is less than ", a.field,
+                          "[", b, "]=", a.indptr[b], "; it must be non-decreasing");
+      }
+    }
+    const size_t last = a.indptr.size() - 1;
+    if (a.indptr[last] != a.rows) {
+      return InvalidArg(a.field, "[", last, "]=", a.indptr[last], " must equal ", a.rows_field, "=",
+                        a.rows);
+    }
+  }
+  if (shape.qo_tokens < 1) {
+    return InvalidArg("q.shape[0]=0: the batch has no query rows");
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<kernels::AttentionOptions> ValidateOptions(const v1::AttentionOptions& options,
                                                           int32_t batch_size) {
   kernels::AttentionOptions out;

@@ -144,6 +144,30 @@ struct MergeShape {
 absl::StatusOr<MergeShape> ValidateMergeInput(const v1::Tensor& v, absl::string_view name,
                                               bool with_states);
 
+// The shape of a RunRagged, as its q and k give it.
+inline constexpr int64_t kMaxRaggedQoHeads = 1 << 16;
+inline constexpr int64_t kMaxRaggedTokens = (int64_t{1} << 31) - 1;
+struct RaggedShape {
+  kernels::DType dtype = kernels::DType::kFloat16;
+  int64_t qo_tokens = 0;
+  int64_t num_qo_heads = 0;
+  int64_t head_dim = 0;
+  int64_t kv_tokens = 0;
+  int64_t num_kv_heads = 0;
+};
+// q [qo_tokens, num_qo_heads, head_dim] in one of the backend's q dtypes, head_dim one of its
+// head_dims; k [kv_tokens, num_kv_heads, head_dim] in q's dtype, num_kv_heads in
+// 1..kMaxKvHeads and dividing num_qo_heads (at most kMaxRaggedQoHeads); token counts at most
+// kMaxRaggedTokens. (v is k's shape: the caller binds it with k's.) INVALID_ARGUMENT naming the
+// field, e.g. "k.shape=[9,3,64]: num_kv_heads=3 does not divide num_qo_heads=8 (q.shape)".
+absl::StatusOr<RaggedShape> ValidateRaggedShape(const v1::Tensor& q, const v1::Tensor& k,
+                                                const kernels::BackendInfo& backend);
+// A ragged run's qo_indptr and kv_indptr: batch_size + 1 entries each, batch_size in
+// 1..kMaxBatchSize, from 0, never decreasing, ending at qo_tokens >= 1 (q.shape[0]) and at
+// kv_tokens (k.shape[0]).
+absl::Status ValidateRaggedIndptrs(absl::Span<const int32_t> qo_indptr,
+                                   absl::Span<const int32_t> kv_indptr, const RaggedShape& shape);
+
 // RegisterBuffer: exactly one source, size_bytes >= 1, a shared_memory_fd token or a 64-byte CUDA
 // IPC handle; shared memory by name is refused (FAILED_PRECONDITION).
 absl::Status ValidateRegisterBuffer(const v1::RegisterBufferRequest& request);

@@ -64,6 +64,9 @@ class FaultInjectionBackend final : public k::Backend {
   absl::Status MergeStates(const k::MergeStatesParams& params, k::Stream* stream) override {
     return Forward([&] { return real_->MergeStates(params, stream); });
   }
+  absl::Status RaggedAttention(const k::RaggedRunArgs& args) override {
+    return Forward([&] { return real_->RaggedAttention(args); });
+  }
   absl::StatusOr<std::unique_ptr<k::Event>> CreateIpcEvent() override {
     return Forward([&] { return real_->CreateIpcEvent(); });
   }

@@ -258,6 +258,16 @@ std::vector<std::string> CoreCommandSeeds() {
     o->add_rope_offsets(5);
   });
   add([&](auto& r) {
+    auto* g = r.mutable_run_ragged();
+    tensor(g->mutable_q(), v1::DTYPE_FLOAT16, {3, kQoHeads, kHeadDim});
+    tensor(g->mutable_k(), v1::DTYPE_FLOAT16, {5, kKvHeads, kHeadDim});
+    tensor(g->mutable_v(), v1::DTYPE_FLOAT16, {5, kKvHeads, kHeadDim});
+    for (int x : {0, 1, 3}) g->add_qo_indptr(x);
+    for (int x : {0, 2, 5}) g->add_kv_indptr(x);
+    g->mutable_options()->set_causal(true);
+    g->mutable_options()->set_return_lse(true);
+  });
+  add([&](auto& r) {
     auto* m = r.mutable_merge_state();
     tensor(m->mutable_v_a(), v1::DTYPE_FLOAT16, {3, kQoHeads, kHeadDim});
     tensor(m->mutable_s_a(), v1::DTYPE_FLOAT32, {3, kQoHeads});

@@ -460,6 +460,90 @@ void MergeThroughBackend(Backend& cuda, Backend& cpu, Rng& rng, ResultTable& tab
   table.Add("MergeState in place via backend s", Compare(pair_s_out[0], pair_s_out[1]), 1e-5);
 }
 
+// RaggedAttention (the wire's RunRagged): a prepared RaggedPlanSpec and K/V as tensors, through
+// the CUDA backend (RunRaggedPrefill) against the CPU backend, causal with RoPE offsets, soft cap
+// and LSE, for a prefill, an append and a request without keys; a misaligned k and a paged run
+// on the ragged plan are refused with nothing written.
+void RaggedThroughBackend(Backend& cuda, Backend& cpu, Rng& rng, ResultTable& table) {
+  const int32_t hq = 8, hkv = 2, dim = TestHeadDim();
+  const std::vector<int32_t> qo_indptr = {0, 37, 41, 42}, kv_indptr = {0, 37, 141, 141};
+  const int32_t qo = qo_indptr.back(), kv = kv_indptr.back();
+  for (DType dt : {DType::kFloat16, DType::kBFloat16}) {
+    const std::vector<uint8_t> q =
+        EncodeAs(rng.NormalVector(static_cast<size_t>(qo) * hq * dim), dt);
+    const std::vector<uint8_t> k =
+        EncodeAs(rng.NormalVector(static_cast<size_t>(kv) * hkv * dim), dt);
+    const std::vector<uint8_t> v =
+        EncodeAs(rng.NormalVector(static_cast<size_t>(kv) * hkv * dim), dt);
+    const std::vector<int32_t> offsets = {5, 0, 9};
+    std::vector<std::vector<uint8_t>> o_out;
+    std::vector<std::vector<float>> lse_out;
+    for (Backend* be : {&cuda, &cpu}) {
+      auto plan =
+          Unwrap(be->Prepare(attnd::kernels::RaggedPlanSpec(qo_indptr, kv_indptr, hq, hkv, dim, dt),
+                             nullptr),
+                 "Prepare(RaggedPlanSpec)");
+      auto dq = Unwrap(be->Allocate(q.size()), "Allocate");
+      auto dk = Unwrap(be->Allocate(k.size() + 16), "Allocate");
+      auto dv = Unwrap(be->Allocate(v.size()), "Allocate");
+      auto dout = Unwrap(be->Allocate(q.size()), "Allocate");
+      auto dlse = Unwrap(be->Allocate(static_cast<size_t>(qo) * hq * 4), "Allocate");
+      GT_STATUS_CHECK(be->CopyToBackend(dq->data(), q.data(), q.size(), nullptr));
+      GT_STATUS_CHECK(be->CopyToBackend(dk->data(), k.data(), k.size(), nullptr));
+      GT_STATUS_CHECK(be->CopyToBackend(dv->data(), v.data(), v.size(), nullptr));
+      const std::vector<uint8_t> poison(q.size(), 0xFF);
+      GT_STATUS_CHECK(be->CopyToBackend(dout->data(), poison.data(), poison.size(), nullptr));
+      attnd::kernels::RaggedRunArgs a;
+      a.plan = plan.get();
+      a.q = dq->data();
+      a.o = dout->data();
+      a.lse = static_cast<float*>(dlse->data());
+      a.q_dtype = dt;
+      a.k = dk->data();
+      a.v = dv->data();
+      a.options.causal = true;
+      a.options.pos_encoding = attnd::kernels::PosEncoding::kRopeLlama;
+      a.options.logits_soft_cap = 30.f;
+      a.rope_offsets_host = offsets.data();
+      if (be == &cuda) {
+        attnd::kernels::RaggedRunArgs bad = a;
+        bad.k = static_cast<char*>(dk->data()) + 2;
+        const absl::Status st = cuda.RaggedAttention(bad);
+        std::vector<uint8_t> after(q.size());
+        GT_STATUS_CHECK(cuda.CopyToHost(after.data(), dout->data(), after.size(), nullptr));
+        GT_STATUS_CHECK(cuda.Synchronize(nullptr));
+        const std::string name =
+            absl::StrCat("RaggedAttention ", attnd::kernels::DTypeName(dt), ": k misaligned");
+        AddRefusal(table, name + " -> INVALID_ARGUMENT", st, absl::StatusCode::kInvalidArgument,
+                   "k=0x");
+        table.AddCheck(name + ": o untouched, healthy", after == poison && cuda.Health().ok(),
+                       std::string(cuda.Health().ToString()));
+        attnd::kernels::RunArgs paged;
+        paged.plan = plan.get();
+        paged.q = dq->data();
+        paged.o = dout->data();
+        paged.q_dtype = dt;
+        AddRefusal(table, name + ": a paged run on the ragged plan is refused",
+                   cuda.Attention(paged), absl::StatusCode::kInvalidArgument, "ragged plan");
+      }
+      GT_STATUS_CHECK(be->RaggedAttention(a));
+      std::vector<uint8_t> ho(q.size());
+      std::vector<float> hl(static_cast<size_t>(qo) * hq);
+      GT_STATUS_CHECK(be->CopyToHost(ho.data(), dout->data(), ho.size(), nullptr));
+      GT_STATUS_CHECK(be->CopyToHost(hl.data(), dlse->data(), hl.size() * 4, nullptr));
+      GT_STATUS_CHECK(be->Synchronize(nullptr));
+      o_out.push_back(std::move(ho));
+      lse_out.push_back(std::move(hl));
+    }
+    const std::string name =
+        absl::StrCat("RaggedAttention ", attnd::kernels::DTypeName(dt), " D", dim);
+    std::vector<uint8_t> unw = UnwrittenMask(o_out[0], dt);
+    table.Add(name + " o", Compare(DecodeFrom(o_out[0], dt), DecodeFrom(o_out[1], dt), &unw),
+              2 * DefaultTolerance(dt));
+    table.Add(name + " lse", Compare(lse_out[0], lse_out[1]), 1e-4);
+  }
+}
+
 // Every kernel refuses what would fault it, before anything is written: for decode on CUDA cores
 // (GQA 1), decode on tensor cores (GQA 4) and prefill/append, each bad input of kBadCases is
 // refused (INVALID_ARGUMENT naming the field), the cache is byte-for-byte what it was, o is still
@@ -712,6 +796,7 @@ int main(int argc, char** argv) {
   }
   RefusedRunsChangeNothing(*cuda, *cpu, rng, table);
   MergeThroughBackend(*cuda, *cpu, rng, table);
+  RaggedThroughBackend(*cuda, *cpu, rng, table);
   PlanReuse(*cuda, *cpu, rng, table, flags.small);
   if (!flags.small) {  // (a deliberate fault: not under compute-sanitizer)
     const int code = RunChild("--sticky-child", {});

@@ -41,7 +41,8 @@ class DaemonTest : public ::testing::Test {
 
   void TearDown() override {
     if (daemon_ != nullptr && ::testing::Test::HasFailure()) {
-      std::cerr << "---- attnd log tail ----\n" << daemon_->LogTail() << "\n------------------------\n";
+      std::cerr << "---- attnd log tail ----\n"
+                << daemon_->LogTail() << "\n------------------------\n";
     }
   }
 
@@ -59,6 +60,19 @@ class DaemonTest : public ::testing::Test {
     absl::StatusOr<client::HealthStatus> health = client_->CheckHealth();
     ASSERT_TRUE(health.ok()) << health.status();
     EXPECT_EQ(*health, client::HealthStatus::kServing);
+  }
+
+  // A session on the Session stream, or a unary one (`unary`); null (with a failure) if the
+  // daemon refuses it.
+  std::unique_ptr<client::SessionApi> OpenSessionOn(bool unary, const std::string& name) {
+    if (unary) {
+      auto session = client_->OpenUnarySession(name);
+      EXPECT_TRUE(session.ok()) << session.status();
+      return session.ok() ? std::move(*session) : nullptr;
+    }
+    auto session = client_->OpenSession(name);
+    EXPECT_TRUE(session.ok()) << session.status();
+    return session.ok() ? std::move(*session) : nullptr;
   }
 
   std::unique_ptr<client::Client> client_;

@@ -30,14 +30,7 @@ class MergeStatesTest : public DaemonTest, public ::testing::WithParamInterface<
  protected:
   // A stream-bound session, or a unary one (GetParam() true).
   std::unique_ptr<client::SessionApi> OpenSession(const std::string& name) {
-    if (GetParam()) {
-      auto unary = client_->OpenUnarySession(name);
-      EXPECT_TRUE(unary.ok()) << unary.status();
-      return unary.ok() ? std::move(*unary) : nullptr;
-    }
-    auto stream = client_->OpenSession(name);
-    EXPECT_TRUE(stream.ok()) << stream.status();
-    return stream.ok() ? std::move(*stream) : nullptr;
+    return OpenSessionOn(GetParam(), name);
   }
 };
 

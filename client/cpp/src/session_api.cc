@@ -38,6 +38,16 @@ void SetMergeOutputs(Args& args, Request& request) {
   request.set_completion(args.completion);
 }
 
+// The inline o and lse of a Run or RunRagged.
+template <typename Response>
+absl::StatusOr<RunOutput> DecodeRun(absl::StatusOr<Response> response) {
+  if (!response.ok()) return response.status();
+  RunOutput output;
+  if (auto s = DecodeInline(response->o(), &output.o); !s.ok()) return s;
+  if (auto s = DecodeInline(response->lse(), &output.lse); !s.ok()) return s;
+  return output;
+}
+
 template <typename Response>
 absl::StatusOr<MergeOutput> DecodeMerge(absl::StatusOr<Response> response) {
   if (!response.ok()) return response.status();
@@ -233,12 +243,26 @@ absl::StatusOr<v1::RunResponse> SessionApi::Run(RunArgs args) {
 }
 
 absl::StatusOr<RunOutput> SessionApi::RunAndDecode(RunArgs args) {
-  absl::StatusOr<v1::RunResponse> response = Run(std::move(args));
-  if (!response.ok()) return response.status();
-  RunOutput output;
-  if (auto s = DecodeInline(response->o(), &output.o); !s.ok()) return s;
-  if (auto s = DecodeInline(response->lse(), &output.lse); !s.ok()) return s;
-  return output;
+  return DecodeRun(Run(std::move(args)));
+}
+
+absl::StatusOr<v1::RunRaggedResponse> SessionApi::RunRagged(RunRaggedArgs args) {
+  v1::RunRaggedRequest request;
+  *request.mutable_q() = std::move(args.q);
+  *request.mutable_k() = std::move(args.k);
+  *request.mutable_v() = std::move(args.v);
+  request.mutable_qo_indptr()->Add(args.qo_indptr.begin(), args.qo_indptr.end());
+  request.mutable_kv_indptr()->Add(args.kv_indptr.begin(), args.kv_indptr.end());
+  if (args.o) *request.mutable_o() = std::move(*args.o);
+  if (args.lse) *request.mutable_lse() = std::move(*args.lse);
+  *request.mutable_options() = std::move(args.options);
+  request.set_wait_event_id(std::move(args.wait_event_id));
+  request.set_completion(args.completion);
+  return RunRagged(request);
+}
+
+absl::StatusOr<RunOutput> SessionApi::RunRaggedAndDecode(RunRaggedArgs args) {
+  return DecodeRun(RunRagged(std::move(args)));
 }
 
 absl::StatusOr<v1::MergeStateResponse> SessionApi::MergeState(MergeStateArgs args) {

@@ -72,8 +72,8 @@ class StickyError {
   void Record(const absl::Status& s) {
     std::lock_guard<std::mutex> lock(mu_);
     if (status_.ok()) {
-      status_ = absl::InternalError(absl::StrCat("sticky CUDA error, the device is unusable: ",
-                                                 s.message()));
+      status_ = absl::InternalError(
+          absl::StrCat("sticky CUDA error, the device is unusable: ", s.message()));
     }
   }
   mutable std::mutex mu_;
@@ -201,13 +201,13 @@ class CudaBackend final : public Backend {
     cudaError_t e = cudaGetDeviceCount(&count);
     if (e != cudaSuccess || count == 0) {
       cudaGetLastError();
-      return absl::UnavailableError(absl::StrCat(
-          "no usable CUDA device: ",
-          e != cudaSuccess ? cudaGetErrorString(e) : "cudaGetDeviceCount returned 0"));
+      return absl::UnavailableError(
+          absl::StrCat("no usable CUDA device: ",
+                       e != cudaSuccess ? cudaGetErrorString(e) : "cudaGetDeviceCount returned 0"));
     }
     if (options.device < 0 || options.device >= count) {
-      return absl::UnavailableError(absl::StrCat("CUDA device ", options.device,
-                                                 " does not exist (", count, " devices)"));
+      return absl::UnavailableError(
+          absl::StrCat("CUDA device ", options.device, " does not exist (", count, " devices)"));
     }
     e = cudaSetDevice(options.device);
     if (e == cudaSuccess) e = cudaFree(nullptr);  // creates the context now, not on first use
@@ -246,12 +246,11 @@ class CudaBackend final : public Backend {
       size_t free_b = 0, total_b = 0;
       cudaMemGetInfo(&free_b, &total_b);
       return absl::ResourceExhaustedError(absl::StrCat("cudaMalloc of ", bytes,
-                                                       " bytes failed: device has ", free_b,
-                                                       " of ", total_b, " bytes free"));
+                                                       " bytes failed: device has ", free_b, " of ",
+                                                       total_b, " bytes free"));
     }
     if (auto s = sticky_.Check(e, "cudaMalloc"); !s.ok()) return s;
-    return std::unique_ptr<BackendMemory>(
-        new CudaMemory(p, bytes, device_));
+    return std::unique_ptr<BackendMemory>(new CudaMemory(p, bytes, device_));
   }
 
   absl::StatusOr<std::unique_ptr<BackendMemory>> OpenIpcBuffer(const std::string& handle,
@@ -259,9 +258,8 @@ class CudaBackend final : public Backend {
                                                                size_t size_bytes) override {
     if (auto s = Enter(); !s.ok()) return s;
     if (handle.size() != sizeof(cudaIpcMemHandle_t)) {
-      return absl::InvalidArgumentError(absl::StrCat("IPC handle has ", handle.size(),
-                                                     " bytes, expected ",
-                                                     sizeof(cudaIpcMemHandle_t)));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "IPC handle has ", handle.size(), " bytes, expected ", sizeof(cudaIpcMemHandle_t)));
     }
     (void)device;  // the exporter's ordinal; the mapping is made on this backend's device
     std::shared_ptr<IpcMapping> mapping;
@@ -327,7 +325,7 @@ class CudaBackend final : public Backend {
   }
 
   absl::StatusOr<std::unique_ptr<Event>> OpenIpcEvent(const std::string& handle,
-                                                       int32_t device) override {
+                                                      int32_t device) override {
     if (auto s = Enter(); !s.ok()) return s;
     if (handle.size() != sizeof(cudaIpcEventHandle_t)) {
       return absl::InvalidArgumentError(absl::StrCat("IPC event handle has ", handle.size(),
@@ -349,9 +347,8 @@ class CudaBackend final : public Backend {
 
   absl::Status RecordEvent(Event& event, Stream* stream) override {
     if (auto s = Enter(); !s.ok()) return s;
-    return sticky_.Check(
-        cudaEventRecord(static_cast<cudaEvent_t>(event.native()), Native(stream)),
-        "cudaEventRecord");
+    return sticky_.Check(cudaEventRecord(static_cast<cudaEvent_t>(event.native()), Native(stream)),
+                         "cudaEventRecord");
   }
 
   absl::Status StreamWaitEvent(Stream* stream, Event& event) override {
@@ -457,14 +454,7 @@ class CudaBackend final : public Backend {
         [&] { return Launched(cuda::LaunchAppendKv(append, st)); },
         [&] {
           if (upload_offsets) {
-            // Pageable source: the copy is staged before cudaMemcpyAsync returns.
-            if (auto s = sticky_.Check(cudaMemcpyAsync(cp.d_rope_offsets, args.rope_offsets_host,
-                                                       ps.batch_size() * sizeof(int32_t),
-                                                       cudaMemcpyHostToDevice, st),
-                                       "rope_offsets upload");
-                !s.ok()) {
-              return s;
-            }
+            if (auto s = UploadRopeOffsets(cp, args.rope_offsets_host, st); !s.ok()) return s;
           }
           return Launched(decode ? cuda::RunPagedDecode(*cp.decode, p, st)
                                  : cuda::RunPagedPrefill(*cp.prefill, p, st));
@@ -476,6 +466,27 @@ class CudaBackend final : public Backend {
     return Launched(cuda::LaunchMergeStates(params, Native(stream)));
   }
 
+  // The ragged prefill kernel (RunRaggedPrefill) over the plan's prefill tiling; its kv_indptr
+  // (the plan's page indptr, one row per page) and qo_indptr are already on the device.
+  absl::Status RaggedAttention(const RaggedRunArgs& args) override {
+    if (auto s = Enter(); !s.ok()) return s;
+    if (auto s = CheckRaggedRunArgs(args); !s.ok()) return s;
+    const auto* cp = dynamic_cast<const cuda::CudaPlan*>(args.plan);
+    if (cp == nullptr || cp->prefill == nullptr) {
+      return absl::InvalidArgumentError("RaggedRunArgs.plan is not a CUDA prefill plan");
+    }
+    const cudaStream_t st = Native(args.stream);
+    const bool upload_offsets =
+        args.rope_offsets_host != nullptr && args.options.pos_encoding == PosEncoding::kRopeLlama;
+    RaggedAttentionParams p = RaggedParamsOf(args, cp->d_qo_indptr, cp->d_indptr);
+    p.options.rope_offsets = upload_offsets ? cp->d_rope_offsets : nullptr;
+    if (auto s = cuda::CheckRaggedPrefill(*cp->prefill, p); !s.ok()) return s;
+    if (upload_offsets) {
+      if (auto s = UploadRopeOffsets(*cp, args.rope_offsets_host, st); !s.ok()) return s;
+    }
+    return Launched(cuda::RunRaggedPrefill(*cp->prefill, p, st));
+  }
+
   // Launches a kernel that traps and waits for it: the context then carries a sticky error
   // (cudaErrorLaunchFailure or cudaErrorIllegalInstruction), which StickyError records, so
   // Health() and every later call report it. OK when the fault was injected and recorded.
@@ -485,9 +496,9 @@ class CudaBackend final : public Backend {
     if (e == cudaSuccess) e = cudaDeviceSynchronize();
     const absl::Status fault = sticky_.Check(e, "injected device fault (trap kernel)");
     if (sticky_.Get().ok()) {
-      return absl::InternalError(absl::StrCat(
-          "InjectDeviceFaultForTesting: the trap kernel left no sticky error (", fault.ToString(),
-          ")"));
+      return absl::InternalError(
+          absl::StrCat("InjectDeviceFaultForTesting: the trap kernel left no sticky error (",
+                       fault.ToString(), ")"));
     }
     return absl::OkStatus();
   }
@@ -500,9 +511,18 @@ class CudaBackend final : public Backend {
  private:
   explicit CudaBackend(int device) : device_(device) {}
 
+  // A run's per-request RoPE offsets into its plan (runs of one plan are stream-ordered). The
+  // source is pageable: the copy is staged before cudaMemcpyAsync returns.
+  absl::Status UploadRopeOffsets(const cuda::CudaPlan& cp, const int32_t* host, cudaStream_t st) {
+    return sticky_.Check(
+        cudaMemcpyAsync(cp.d_rope_offsets, host, cp.spec().batch_size() * sizeof(int32_t),
+                        cudaMemcpyHostToDevice, st),
+        "rope_offsets upload");
+  }
+
   // The plan as a CUDA plan, checked against the layer it is used with.
   static absl::StatusOr<const cuda::CudaPlan*> CheckedPlan(const PreparedPlan* plan,
-                                                     const PagedKV& layer) {
+                                                           const PagedKV& layer) {
     const auto* cp = dynamic_cast<const cuda::CudaPlan*>(plan);
     if (cp == nullptr) return absl::InvalidArgumentError("plan is not a CUDA plan");
     if (auto s = CheckLayerMatchesPlan(cp->spec(), cp->max_page_id, layer); !s.ok()) return s;

@@ -36,4 +36,5 @@
   X(UnregisterEvent, unregister_event)        \
   X(GetCompletionEvent, get_completion_event) \
   X(MergeState, merge_state)                  \
-  X(MergeStates, merge_states)
+  X(MergeStates, merge_states)                \
+  X(RunRagged, run_ragged)

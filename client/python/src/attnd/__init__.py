@@ -19,7 +19,7 @@ from attnd import errors as _errors
 from attnd.errors import *  # noqa: F401,F403
 from attnd.client import Client, Session, StreamSession, UnarySession
 from attnd.pool import Pool
-from attnd.wrappers import BatchDecodeWrapper, BatchPrefillWrapper
+from attnd.wrappers import BatchDecodeWrapper, BatchPrefillRaggedWrapper, BatchPrefillWrapper
 from attnd.tensors import bfloat16_to_float32, float32_to_bfloat16
 from attnd.shm import SharedBuffer
 
@@ -34,6 +34,7 @@ __all__ = list(_errors.__all__) + [
     "SharedBuffer",
     "BatchDecodeWrapper",
     "BatchPrefillWrapper",
+    "BatchPrefillRaggedWrapper",
     "bfloat16_to_float32",
     "float32_to_bfloat16",
 ]

@@ -279,6 +279,15 @@ class TensorPlan:
             req.lse.CopyFrom(self.wire("lse"))
         return req
 
+    def ragged_request(self, qo_indptr: Any, kv_indptr: Any,
+                       options: pb.AttentionOptions) -> pb.RunRaggedRequest:
+        req = pb.RunRaggedRequest(qo_indptr=int32_list("qo_indptr", qo_indptr),
+                                  kv_indptr=int32_list("kv_indptr", kv_indptr), options=options)
+        for name in ("q", "k", "v", "o", "lse"):
+            if name in self._tensors:
+                getattr(req, name).CopyFrom(self.wire(name))
+        return req
+
     def append_request(self, plan_id: str, layer: int) -> pb.AppendKvRequest:
         req = pb.AppendKvRequest(plan_id=plan_id, layer=int(layer))
         req.k.CopyFrom(self.wire("k"))
@@ -481,6 +490,20 @@ class MergePlan(TensorPlan):
                     np.copyto(dst, src.astype(dst.dtype, copy=False))
             return None
         return tuple(out) if self.return_lse else out[0]
+
+
+def ragged_tensor_plan(session, q, k, v, *, out, lse_out, return_lse, q_dtype,
+                       cuda_ipc) -> TensorPlan:
+    """The TensorPlan of a RunRagged: k and v travel in q's dtype (converted when they differ)."""
+    if is_torch_tensor(q):
+        kv_dtype = _t.dtype_enum(q.dtype)
+    else:
+        arr = np.asarray(q)
+        kv_dtype = _t.array_dtype_enum(arr.astype(np.float32) if arr.dtype == np.float64 else arr,
+                                       q_dtype)
+    return TensorPlan(q, k, v, kv_dtype=kv_dtype, out=out, lse_out=lse_out, return_lse=return_lse,
+                      q_dtype=q_dtype, zero_copy=cuda_ipc,
+                      shared_buffers=getattr(session, "shared_buffers", ()))
 
 
 def _shape_of(x: Any) -> List[int]:

@@ -328,6 +328,18 @@ class AsyncSession:
     async def delete_plan(self, plan_id: str) -> None:
         await self.call("delete_plan", pb.DeletePlanRequest(plan_id=plan_id))
 
+    async def run_ragged(self, q, k, v, qo_indptr, kv_indptr, *, out=None, lse_out=None,
+                         return_lse: bool = False, q_dtype: Any = None,
+                         completion: str = "sync", **options):
+        """See attnd.Session.run_ragged."""
+        opts = _rq.attention_options(return_lse=return_lse, **options)
+        ipc = await self.cuda_ipc() if _rq.is_cuda_tensor(q) else False
+        tp = _rq.ragged_tensor_plan(self, q, k, v, out=out, lse_out=lse_out,
+                                    return_lse=return_lse, q_dtype=q_dtype, cuda_ipc=ipc)
+        await self._resolve_slices(tp)
+        return tp.outputs(await self._send_tensors(
+            "run_ragged", tp.ragged_request(qo_indptr, kv_indptr, opts), tp, completion))
+
     async def merge_state(self, v_a, s_a, v_b, s_b, *, v_out=None, s_out=None,
                           return_s: bool = True, dtype: Any = None, completion: str = "sync"):
         """See attnd.Session.merge_state (natural-log LSE)."""

@@ -397,6 +397,33 @@ class Session:
     def delete_plan(self, plan_id: str) -> None:
         self.call("delete_plan", pb.DeletePlanRequest(plan_id=plan_id))
 
+    # -- attention over ragged K/V ---------------------------------------------------------------
+    def run_ragged(self, q, k, v, qo_indptr, kv_indptr, *, out=None, lse_out=None,
+                   return_lse: bool = False, q_dtype: Any = None, completion: str = "sync",
+                   **options):
+        """Prefill/append attention over K/V passed as tensors, no pool (RunRagged; FlashInfer's
+        BatchPrefillWithRaggedKVCacheWrapper, see attnd.BatchPrefillRaggedWrapper).
+
+        Args:
+            q: [qo_indptr[-1], num_qo_heads, head_dim]; request b's rows are
+                qo_indptr[b]:qo_indptr[b+1], the last qo_len of its sequence.
+            k, v: [kv_indptr[-1], num_kv_heads, head_dim], sent in q's dtype; request b's keys
+                are rows kv_indptr[b]:kv_indptr[b+1].
+            out, lse_out, return_lse, q_dtype, completion: as BatchPrefillWrapper.run.
+            options: causal, sm_scale, pos_encoding, rope_theta, rope_scale, rope_offsets,
+                logits_soft_cap, window_left (as BatchPrefillWrapper.plan).
+
+        Returns:
+            o, or (o, lse) with return_lse.
+        """
+        opts = _rq.attention_options(return_lse=return_lse, **options)
+        ipc = self.cuda_ipc if _rq.is_cuda_tensor(q) else False
+        tp = _rq.ragged_tensor_plan(self, q, k, v, out=out, lse_out=lse_out,
+                                    return_lse=return_lse, q_dtype=q_dtype, cuda_ipc=ipc)
+        self._resolve_slices(tp)
+        return tp.outputs(self._send_tensors(
+            "run_ragged", tp.ragged_request(qo_indptr, kv_indptr, opts), tp, completion))
+
     # -- merging attention states --------------------------------------------------------------
     def merge_state(self, v_a, s_a, v_b, s_b, *, v_out=None, s_out=None, return_s: bool = True,
                     dtype: Any = None, completion: str = "sync"):

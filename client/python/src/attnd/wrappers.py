@@ -42,7 +42,7 @@ from attnd import _requests as _rq
 from attnd.errors import AttndError
 from attnd.v1 import attnd_pb2 as pb
 
-__all__ = ["BatchDecodeWrapper", "BatchPrefillWrapper"]
+__all__ = ["BatchDecodeWrapper", "BatchPrefillWrapper", "BatchPrefillRaggedWrapper"]
 
 
 class _Unset:
@@ -249,3 +249,56 @@ class BatchPrefillWrapper(_SyncWrapper):
                  rope_theta=rope_theta, rope_scale=rope_scale, rope_offsets=rope_offsets,
                  logits_soft_cap=logits_soft_cap, window_left=window_left)))
         return self
+
+
+class BatchPrefillRaggedWrapper:
+    """Prefill/append attention over K/V passed as tensors, no pool (FlashInfer's
+    BatchPrefillWithRaggedKVCacheWrapper): ``plan()`` keeps the batch's layout and options on the
+    client, ``run(q, k, v)`` sends them with the tensors (RunRagged); the daemon holds nothing
+    between runs. Works with a session of either client: with an asyncio session, ``await`` run.
+
+        w = attnd.BatchPrefillRaggedWrapper(sess)
+        w.plan(qo_indptr, kv_indptr, num_qo_heads=32, num_kv_heads=8, head_dim=128, causal=True)
+        o = w.run(q, k, v)   # q [qo_indptr[-1], 32, 128]; k, v [kv_indptr[-1], 8, 128]
+    """
+
+    def __init__(self, session):
+        self.session = session
+        self.qo_indptr = None
+        self.kv_indptr = None
+        self.shape = None
+        self.defaults: Dict[str, Any] = {}
+
+    def plan(self, qo_indptr, kv_indptr, num_qo_heads: Optional[int] = None,
+             num_kv_heads: Optional[int] = None, head_dim: Optional[int] = None, *,
+             causal: bool = False, sm_scale: Any = None, pos_encoding: Any = "none",
+             rope_theta: Any = None, rope_scale: Any = None, rope_offsets: Any = None,
+             logits_soft_cap: Any = None, window_left: Any = None):
+        """The batch: request b's query rows qo_indptr[b]:qo_indptr[b+1] and keys
+        kv_indptr[b]:kv_indptr[b+1]; the head counts and head_dim, when given, are checked
+        against the tensors of each run (the daemon checks them anyway)."""
+        self.qo_indptr = _rq.int32_list("qo_indptr", qo_indptr)
+        self.kv_indptr = _rq.int32_list("kv_indptr", kv_indptr)
+        self.shape = (num_qo_heads, num_kv_heads, head_dim)
+        self.defaults = dict(causal=causal, sm_scale=sm_scale, pos_encoding=pos_encoding,
+                             rope_theta=rope_theta, rope_scale=rope_scale,
+                             rope_offsets=rope_offsets, logits_soft_cap=logits_soft_cap,
+                             window_left=window_left)
+        return self
+
+    def run(self, q, k, v, *, out=None, lse_out=None, return_lse: bool = False,
+            q_dtype: Any = None, completion: str = "sync", **overrides):
+        """o, or (o, lse) with return_lse; the options of plan() unless overridden here."""
+        if self.qo_indptr is None:
+            raise RuntimeError("BatchPrefillRaggedWrapper.run() before plan()")
+        hq, hkv, d = self.shape
+        for name, x, want in (("q", q, (hq, d)), ("k", k, (hkv, d)), ("v", v, (hkv, d))):
+            got = tuple(int(n) for n in getattr(x, "shape", ())[1:])
+            if any(w is not None for w in want) and len(got) == 2 and any(
+                    w is not None and w != g for w, g in zip(want, got)):
+                raise ValueError(f"{name} has heads/head_dim {got}, plan() said {want}")
+        options = dict(self.defaults)
+        options.update(overrides)
+        return self.session.run_ragged(q, k, v, self.qo_indptr, self.kv_indptr, out=out,
+                                       lse_out=lse_out, return_lse=return_lse, q_dtype=q_dtype,
+                                       completion=completion, **options)

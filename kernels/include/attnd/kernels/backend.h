@@ -7,6 +7,7 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -75,10 +76,36 @@ struct PlanSpec {
   std::vector<int32_t> kv_indices;        // [kv_indptr[B]]
   std::vector<int32_t> kv_last_page_len;  // [B]
   std::vector<int32_t> qo_indptr;         // [B + 1]
+  // A ragged plan (RaggedPlanSpec): K/V given as tensors to RaggedAttention, not pages.
+  bool ragged = false;
 
   int32_t batch_size() const { return static_cast<int32_t>(kv_last_page_len.size()); }
   int64_t qo_tokens() const { return qo_indptr.empty() ? 0 : qo_indptr.back(); }
 };
+
+// The plan of a batch over ragged K/V (RaggedAttention): request b's query rows are
+// qo_indptr[b] .. qo_indptr[b+1], its keys rows kv_indptr[b] .. kv_indptr[b+1] of k and v. A
+// prefill plan whose pages are single rows (page_size 1, kv_indices 0, 1, ..., every
+// kv_last_page_len 1), so that its kv_indptr is the K/V's row indptr; Prepare() it as any plan.
+inline PlanSpec RaggedPlanSpec(std::vector<int32_t> qo_indptr, std::vector<int32_t> kv_indptr,
+                               int32_t num_qo_heads, int32_t num_kv_heads, int32_t head_dim,
+                               DType kv_dtype) {
+  PlanSpec spec;
+  spec.kind = AttentionKind::kPrefill;
+  spec.ragged = true;
+  spec.num_qo_heads = num_qo_heads;
+  spec.num_kv_heads = num_kv_heads;
+  spec.head_dim = head_dim;
+  spec.page_size = 1;
+  spec.kv_dtype = kv_dtype;
+  const int32_t rows = kv_indptr.empty() ? 0 : kv_indptr.back();
+  spec.kv_indices.resize(rows > 0 ? static_cast<size_t>(rows) : 0);
+  for (int32_t i = 0; i < rows; ++i) spec.kv_indices[i] = i;
+  spec.kv_last_page_len.assign(kv_indptr.empty() ? 0 : kv_indptr.size() - 1, 1);
+  spec.kv_indptr = std::move(kv_indptr);
+  spec.qo_indptr = std::move(qo_indptr);
+  return spec;
+}
 
 // A plan prepared by a backend: the page table in backend memory plus the backend's own work
 // schedule (e.g. the split-KV partition). Immutable; shared by all runs (layers) of a step.
@@ -96,14 +123,30 @@ class PreparedPlan {
 // rope_offsets_host. If k_new/v_new are set they are appended first (see AppendKvParams).
 struct RunArgs {
   const PreparedPlan* plan = nullptr;
-  PagedKV layer;               // data, dtype, geometry and strides; page-table fields are ignored
-  const void* q = nullptr;     // [qo_tokens, num_qo_heads, head_dim] q_dtype
-  void* o = nullptr;           // [qo_tokens, num_qo_heads, head_dim] q_dtype
-  float* lse = nullptr;        // [qo_tokens, num_qo_heads] or null
+  PagedKV layer;            // data, dtype, geometry and strides; page-table fields are ignored
+  const void* q = nullptr;  // [qo_tokens, num_qo_heads, head_dim] q_dtype
+  void* o = nullptr;        // [qo_tokens, num_qo_heads, head_dim] q_dtype
+  float* lse = nullptr;     // [qo_tokens, num_qo_heads] or null
   DType q_dtype = DType::kFloat16;
-  const void* k_new = nullptr; // [qo_tokens, num_kv_heads, head_dim] kv dtype, or null
+  const void* k_new = nullptr;  // [qo_tokens, num_kv_heads, head_dim] kv dtype, or null
   const void* v_new = nullptr;
-  AttentionOptions options;    // options.rope_offsets is ignored; use rope_offsets_host
+  AttentionOptions options;  // options.rope_offsets is ignored; use rope_offsets_host
+  const int32_t* rope_offsets_host = nullptr;  // [batch_size] host memory, or null
+  Stream* stream = nullptr;
+};
+
+// Prefill/append attention of one batch over K/V given as tensors (no pool): the plan is a
+// Prepare()d RaggedPlanSpec, whose kv_indptr and qo_indptr lay out k/v and q. All pointers are
+// in backend memory except rope_offsets_host.
+struct RaggedRunArgs {
+  const PreparedPlan* plan = nullptr;
+  const void* q = nullptr;  // [qo_tokens, num_qo_heads, head_dim] q_dtype
+  void* o = nullptr;        // [qo_tokens, num_qo_heads, head_dim] q_dtype
+  float* lse = nullptr;     // [qo_tokens, num_qo_heads] or null
+  DType q_dtype = DType::kFloat16;
+  const void* k = nullptr;  // [kv_tokens, num_kv_heads, head_dim] in the plan's kv_dtype, dense
+  const void* v = nullptr;
+  AttentionOptions options;  // options.rope_offsets is ignored; use rope_offsets_host
   const int32_t* rope_offsets_host = nullptr;  // [batch_size] host memory, or null
   Stream* stream = nullptr;
 };
@@ -146,6 +189,13 @@ class Backend {
   // Decode or prefill/append attention of one layer (plan.spec().kind decides).
   virtual absl::Status Attention(const RunArgs& args) = 0;
   virtual absl::Status MergeStates(const MergeStatesParams& params, Stream* stream) = 0;
+  // Prefill/append attention over ragged K/V (args.plan: a prepared RaggedPlanSpec).
+  // UNIMPLEMENTED where the backend has no such kernel.
+  virtual absl::Status RaggedAttention(const RaggedRunArgs& args) {
+    (void)args;
+    return absl::UnimplementedError(
+        absl::StrCat("backend '", info().name, "' has no ragged attention"));
+  }
 
   // Interprocess events (async completion). Backends without them (CPU) keep these defaults,
   // which return FAILED_PRECONDITION.
@@ -157,7 +207,7 @@ class Backend {
   // Opens another process's event (cudaIpcOpenEventHandle). INVALID_ARGUMENT for a handle of the
   // wrong size.
   virtual absl::StatusOr<std::unique_ptr<Event>> OpenIpcEvent(const std::string& handle,
-                                                               int32_t device) {
+                                                              int32_t device) {
     (void)handle;
     (void)device;
     return absl::FailedPreconditionError(

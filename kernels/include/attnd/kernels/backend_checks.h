@@ -27,18 +27,18 @@ inline absl::Status CheckPlanSpec(const PlanSpec& spec, int32_t max_head_dim) {
                                                    spec.num_kv_heads));
   }
   if (spec.head_dim <= 0 || spec.head_dim > max_head_dim) {
-    return absl::InvalidArgumentError(absl::StrCat("plan head_dim ", spec.head_dim,
-                                                   " is outside 1..", max_head_dim));
+    return absl::InvalidArgumentError(
+        absl::StrCat("plan head_dim ", spec.head_dim, " is outside 1..", max_head_dim));
   }
   if (spec.page_size <= 0) {
-    return absl::InvalidArgumentError(absl::StrCat("plan page_size must be > 0, got ",
-                                                   spec.page_size));
+    return absl::InvalidArgumentError(
+        absl::StrCat("plan page_size must be > 0, got ", spec.page_size));
   }
   if (static_cast<int64_t>(spec.kv_indptr.size()) != batch + 1 ||
       static_cast<int64_t>(spec.qo_indptr.size()) != batch + 1) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "plan has ", batch, " requests (kv_last_page_len) but kv_indptr has ",
-        spec.kv_indptr.size(), " and qo_indptr ", spec.qo_indptr.size(), " entries"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("plan has ", batch, " requests (kv_last_page_len) but kv_indptr has ",
+                     spec.kv_indptr.size(), " and qo_indptr ", spec.qo_indptr.size(), " entries"));
   }
   if (spec.kv_indptr[0] != 0 || spec.qo_indptr[0] != 0) {
     return absl::InvalidArgumentError("plan kv_indptr and qo_indptr must start at 0");
@@ -48,15 +48,16 @@ inline absl::Status CheckPlanSpec(const PlanSpec& spec, int32_t max_head_dim) {
       return absl::InvalidArgumentError(absl::StrCat("plan indptr decreases at request ", b));
     }
     if (spec.kind == AttentionKind::kDecode && spec.qo_indptr[b + 1] - spec.qo_indptr[b] != 1) {
-      return absl::InvalidArgumentError(absl::StrCat("decode plan must have one query row per "
-                                                     "request; request ", b, " has ",
-                                                     spec.qo_indptr[b + 1] - spec.qo_indptr[b]));
+      return absl::InvalidArgumentError(
+          absl::StrCat("decode plan must have one query row per "
+                       "request; request ",
+                       b, " has ", spec.qo_indptr[b + 1] - spec.qo_indptr[b]));
     }
     if (spec.kv_indptr[b + 1] > spec.kv_indptr[b] &&
         (spec.kv_last_page_len[b] < 1 || spec.kv_last_page_len[b] > spec.page_size)) {
-      return absl::InvalidArgumentError(absl::StrCat("plan kv_last_page_len[", b, "] = ",
-                                                     spec.kv_last_page_len[b], " is outside 1..",
-                                                     spec.page_size));
+      return absl::InvalidArgumentError(absl::StrCat("plan kv_last_page_len[", b,
+                                                     "] = ", spec.kv_last_page_len[b],
+                                                     " is outside 1..", spec.page_size));
     }
   }
   if (static_cast<int64_t>(spec.kv_indices.size()) != spec.kv_indptr[batch]) {
@@ -80,22 +81,25 @@ inline int32_t MaxPageId(const PlanSpec& spec) {
   return max_page;
 }
 
-// The layer a run or an append uses a plan with: the plan's geometry and dtype, and pages for
-// every page id of the plan.
+// The layer a run or an append uses a plan with: a plan of pages (not a ragged one), the plan's
+// geometry and dtype, and pages for every page id of the plan.
 inline absl::Status CheckLayerMatchesPlan(const PlanSpec& spec, int32_t max_page_id,
                                           const PagedKV& layer) {
+  if (spec.ragged) {
+    return absl::InvalidArgumentError(
+        "the plan is a ragged plan (RaggedPlanSpec): it has no pages to read or append to");
+  }
   if (layer.num_kv_heads != spec.num_kv_heads || layer.head_dim != spec.head_dim ||
       layer.page_size != spec.page_size || layer.dtype != spec.kv_dtype) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "layer (kv heads ", layer.num_kv_heads, ", head_dim ", layer.head_dim, ", page_size ",
-        layer.page_size, ", dtype ", DTypeName(layer.dtype), ") does not match the plan (",
-        spec.num_kv_heads, ", ", spec.head_dim, ", ", spec.page_size, ", ",
-        DTypeName(spec.kv_dtype), ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("layer (kv heads ", layer.num_kv_heads, ", head_dim ", layer.head_dim,
+                     ", page_size ", layer.page_size, ", dtype ", DTypeName(layer.dtype),
+                     ") does not match the plan (", spec.num_kv_heads, ", ", spec.head_dim, ", ",
+                     spec.page_size, ", ", DTypeName(spec.kv_dtype), ")"));
   }
   if (max_page_id >= layer.num_pages) {
-    return absl::InvalidArgumentError(absl::StrCat("plan page id ", max_page_id,
-                                                   " is outside the layer's ", layer.num_pages,
-                                                   " pages"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "plan page id ", max_page_id, " is outside the layer's ", layer.num_pages, " pages"));
   }
   return absl::OkStatus();
 }
@@ -109,13 +113,50 @@ inline absl::Status CheckRunArgs(const RunArgs& args) {
   return absl::OkStatus();
 }
 
+// RaggedRunArgs before anything else: a ragged plan, q, o and k with v.
+inline absl::Status CheckRaggedRunArgs(const RaggedRunArgs& args) {
+  if (args.plan == nullptr || !args.plan->spec().ragged) {
+    return absl::InvalidArgumentError("RaggedRunArgs.plan is not a prepared RaggedPlanSpec");
+  }
+  if (args.q == nullptr || args.o == nullptr || args.k == nullptr || args.v == nullptr) {
+    return absl::InvalidArgumentError("RaggedRunArgs: q, o, k and v must be given");
+  }
+  return absl::OkStatus();
+}
+
+// The kernels' view of a ragged run (both backends): the query/output side and the K/V tensors,
+// laid out by the plan's qo_indptr and kv_indptr (host or device copies: the caller's).
+inline RaggedAttentionParams RaggedParamsOf(const RaggedRunArgs& args, const int32_t* qo_indptr,
+                                            const int32_t* kv_indptr) {
+  const PlanSpec& spec = args.plan->spec();
+  RaggedAttentionParams p;
+  p.qo.q = args.q;
+  p.qo.o = args.o;
+  p.qo.lse = args.lse;
+  p.qo.q_dtype = args.q_dtype;
+  p.qo.num_qo_heads = spec.num_qo_heads;
+  p.qo.batch_size = spec.batch_size();
+  p.qo.qo_indptr = qo_indptr;
+  p.kv.k = args.k;
+  p.kv.v = args.v;
+  p.kv.dtype = spec.kv_dtype;
+  p.kv.num_kv_heads = spec.num_kv_heads;
+  p.kv.head_dim = spec.head_dim;
+  p.kv.stride_n = static_cast<int64_t>(spec.num_kv_heads) * spec.head_dim;
+  p.kv.stride_h = spec.head_dim;
+  p.kv.batch_size = spec.batch_size();
+  p.kv.indptr = kv_indptr;
+  p.options = args.options;
+  p.options.rope_offsets = nullptr;
+  return p;
+}
+
 // The order of work of Backend::Attention on every backend: the append's checks (when k_new/v_new
 // are given) and the attention's checks first, then the writes (append, attention). A call that
 // a check refuses has no side effect, in the cache or anywhere else.
 template <typename CheckAppend, typename CheckAttention, typename Append, typename Attend>
 absl::Status AppendThenAttend(bool with_append, CheckAppend&& check_append,
-                              CheckAttention&& check_attention, Append&& append,
-                              Attend&& attend) {
+                              CheckAttention&& check_attention, Append&& append, Attend&& attend) {
   if (with_append) {
     if (absl::Status s = check_append(); !s.ok()) return s;
   }

@@ -95,6 +95,22 @@ struct RunOutput {
   std::vector<float> lse;  // [qo_tokens, num_qo_heads]
 };
 
+// Prefill/append attention over K/V given as tensors, no pool (RunRaggedRequest; FlashInfer's
+// BatchPrefillWithRaggedKVCacheWrapper): request b's query rows are qo_indptr[b] ..
+// qo_indptr[b+1] of q, its keys and values rows kv_indptr[b] .. kv_indptr[b+1] of k and v.
+struct RunRaggedArgs {
+  v1::Tensor q;                    // [qo_tokens, num_qo_heads, head_dim]
+  v1::Tensor k;                    // [kv_tokens, num_kv_heads, head_dim], q's dtype
+  v1::Tensor v;                    // k's shape and dtype
+  std::vector<int32_t> qo_indptr;  // [batch + 1]
+  std::vector<int32_t> kv_indptr;  // [batch + 1]
+  std::optional<v1::Tensor> o;     // output slice, or inline
+  std::optional<v1::Tensor> lse;   // with options.return_lse
+  v1::AttentionOptions options;
+  std::string wait_event_id;  // as in RunArgs
+  v1::Completion completion = v1::COMPLETION_SYNC;
+};
+
 // A merge of attention states (attnd.proto, "Merging attention states": FlashInfer's
 // merge_state / merge_states; s is the natural-log LSE, as Run's lse). Inputs inline or buffer
 // slices; v_out and s_out name output buffer slices, or are left empty to receive the results
@@ -188,6 +204,10 @@ class SessionApi {
   absl::StatusOr<v1::RunResponse> Run(RunArgs args);
   // Run, with the inline o (and lse) decoded to float.
   absl::StatusOr<RunOutput> RunAndDecode(RunArgs args);
+
+  // Attention over ragged K/V (no pool); RunRaggedAndDecode decodes the inline o and lse.
+  absl::StatusOr<v1::RunRaggedResponse> RunRagged(RunRaggedArgs args);
+  absl::StatusOr<RunOutput> RunRaggedAndDecode(RunRaggedArgs args);
 
   // Merges two attention states per row and head: (v_a, s_a) + (v_b, s_b) -> (v, s).
   absl::StatusOr<v1::MergeStateResponse> MergeState(MergeStateArgs args);
