@@ -233,13 +233,6 @@ __device__ __forceinline__ void NamedBarrierSync(int id) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "n"(kThreads) : "memory");
 }
 
-// Arrives at barrier `id` (counted among kThreads) without waiting: the signal half of a
-// producer/consumer pair of named barriers.
-template <int kThreads>
-__device__ __forceinline__ void NamedBarrierArrive(int id) {
-  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "n"(kThreads) : "memory");
-}
-
 // The register budget of this warpgroup (all its warps execute it): producers give registers
 // back, consumers take them (the sum over the CTA stays within the launch's allocation).
 template <int kRegs>

@@ -315,9 +315,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
   if (warpgroup == 0) {
     WarpgroupRegistersDecrease<Cfg::kProducerRegs>();
     const void** table = reinterpret_cast<const void**>(smem_ptr + Cfg::kTableOffset);
-    for (int u = blockIdx.x; u < num_units; u += gridDim.x) {
+    for (int unit = blockIdx.x; unit < num_units; unit += gridDim.x) {
       PrefillTile t;
-      if (!ResolvePrefillTile<Cfg, kPaged>(p, t, u)) continue;
+      if (!ResolvePrefillTile<Cfg, kPaged>(p, t, unit)) continue;
       const int num_tiles = unit_tiles(t);
       PrefillSm90ProduceUnit<Cfg, kPaged>(p, t, smem, table, tid, num_tiles, tile_count, q_count);
       ++q_count;
@@ -334,8 +334,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
   const int g = lane / 4;
   const int t4 = lane % 4;
 
-  for (int u = blockIdx.x; u < num_units; u += gridDim.x) {
-    const int unit = u;
+  for (int unit = blockIdx.x; unit < num_units; unit += gridDim.x) {
     PrefillTile t;
     if (!__shfl_sync(0xffffffffu, ResolvePrefillTile<Cfg, kPaged>(p, t, unit), 0)) continue;
     const int num_tiles = __shfl_sync(0xffffffffu, unit_tiles(t), 0);
