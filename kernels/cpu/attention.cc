@@ -23,8 +23,8 @@
 namespace attnd::kernels::cpu {
 namespace {
 
-constexpr int kTileRows = 16;   // query rows per task
-constexpr int kKeyBlock = 64;   // keys converted and reduced together
+constexpr int kTileRows = 16;  // query rows per task
+constexpr int kKeyBlock = 64;  // keys converted and reduced together
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 // K/V of the paged cache: element offsets of (request b, kv position t, kv head h).
@@ -94,9 +94,7 @@ struct CallContext {
   int64_t QoLen(int32_t b) const {
     return qo.qo_indptr ? qo.qo_indptr[b + 1] - qo.qo_indptr[b] : 1;
   }
-  int64_t RopeOffset(int32_t b) const {
-    return options.rope_offsets ? options.rope_offsets[b] : 0;
-  }
+  int64_t RopeOffset(int32_t b) const { return options.rope_offsets ? options.rope_offsets[b] : 0; }
 };
 
 // Per-thread buffers, sized once per worker.
@@ -178,7 +176,8 @@ class TaskRunner {
       const int64_t row = qo_begin + task.row_begin + r;
       for (int32_t g = 0; g < group; ++g) {
         const int32_t h = task.kv_head * group + g;
-        const AttentionState& state = states_[static_cast<size_t>(r) * group + g];
+        AttentionState& state = states_[static_cast<size_t>(r) * group + g];
+        if (ctx_.options.sinks) state.AddSink(ctx_.options.sinks[h]);
         state.WriteNormalized(out_.data());
         StoreRow(ctx_.qo.o, ctx_.qo.q_dtype, (row * num_qo_heads + h) * dim_, dim_, out_.data());
         if (ctx_.qo.lse) ctx_.qo.lse[row * num_qo_heads + h] = state.lse();
@@ -195,7 +194,8 @@ class TaskRunner {
       float* k = &k_block_[static_cast<size_t>(j) * dim_];
       LoadRow(ctx_.keys.k_base, ctx_.kv_dtype, offset, dim_, k);
       if (ctx_.rope) ctx_.rope->Rotate(k, t + rope_offset);
-      LoadRow(ctx_.keys.v_base, ctx_.kv_dtype, offset, dim_, &v_block_[static_cast<size_t>(j) * dim_]);
+      LoadRow(ctx_.keys.v_base, ctx_.kv_dtype, offset, dim_,
+              &v_block_[static_cast<size_t>(j) * dim_]);
     }
   }
 
@@ -209,9 +209,15 @@ class TaskRunner {
 };
 
 template <typename Keys>
-absl::Status RunAttention(const QueryOutput& qo, const Keys& keys, DType kv_dtype, int32_t num_kv_heads,
-                  int32_t head_dim, const AttentionOptions& options, int num_threads) {
-  CallContext<Keys> ctx{qo, keys, options, kv_dtype, num_kv_heads, head_dim,
+absl::Status RunAttention(const QueryOutput& qo, const Keys& keys, DType kv_dtype,
+                          int32_t num_kv_heads, int32_t head_dim, const AttentionOptions& options,
+                          int num_threads) {
+  CallContext<Keys> ctx{qo,
+                        keys,
+                        options,
+                        kv_dtype,
+                        num_kv_heads,
+                        head_dim,
                         qo.num_qo_heads / num_kv_heads,
                         options.sm_scale != 0.f
                             ? options.sm_scale

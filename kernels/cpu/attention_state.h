@@ -52,6 +52,17 @@ class AttentionState {
     }
   }
 
+  // Folds in a logit with no value (an attention sink, AttentionOptions::sinks): the softmax's
+  // denominator grows by exp(sink - m), o does not. Applied once, after every key, so that the
+  // state is that of the whole softmax: lse() includes the sink, and a row with no visible key
+  // gets o = 0, lse = sink. A NaN sink poisons the state.
+  void AddSink(float sink) {
+    if (std::isnan(sink)) return Poison();
+    if (std::isnan(d_)) return;
+    RescaleTo(sink);
+    d_ += std::exp(sink - m_);
+  }
+
   // Merges another state over a disjoint set of keys.
   void Merge(const AttentionState& other) {
     if (std::isnan(other.d_)) return Poison();

@@ -1,6 +1,15 @@
 #include "server/core/executor.h"
 
 namespace attnd::server {
+namespace {
+
+// The mapped sinks of a checked Run or RunRagged (backend memory), or null.
+template <typename Call>
+const float* SinksOf(const Call& call, const TensorBindings& bindings) {
+  return call.sinks >= 0 ? static_cast<const float*>(bindings.pointer(call.sinks)) : nullptr;
+}
+
+}  // namespace
 
 absl::Status ExecuteRun(const Plan& plan, const v1::RunRequest& request, const RunCall& call,
                         TensorBindings& bindings, const ExecContext& ctx, v1::RunResponse* response,
@@ -16,6 +25,7 @@ absl::Status ExecuteRun(const Plan& plan, const v1::RunRequest& request, const R
   args.k_new = call.k >= 0 ? bindings.pointer(call.k) : nullptr;
   args.v_new = call.v >= 0 ? bindings.pointer(call.v) : nullptr;
   args.options = call.options;
+  args.options.sinks = SinksOf(call, bindings);
   args.rope_offsets_host =
       request.options().rope_offsets_size() > 0 ? request.options().rope_offsets().data() : nullptr;
   args.stream = ctx.stream;
@@ -58,6 +68,7 @@ absl::Status ExecuteRunRagged(const kernels::PreparedPlan& plan,
   args.k = bindings.pointer(call.k);
   args.v = bindings.pointer(call.v);
   args.options = call.options;
+  args.options.sinks = SinksOf(call, bindings);
   args.rope_offsets_host =
       request.options().rope_offsets_size() > 0 ? request.options().rope_offsets().data() : nullptr;
   args.stream = ctx.stream;

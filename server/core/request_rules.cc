@@ -1,5 +1,7 @@
 #include "server/core/request_rules.h"
 
+#include <cmath>
+#include <cstring>
 #include <span>
 #include <vector>
 
@@ -128,6 +130,34 @@ absl::Status BindKv(TensorBindings& bindings, const Plan& plan, const v1::Tensor
   if (!vi.ok()) return vi.status();
   *k_index = *ki;
   *v_index = *vi;
+  return absl::OkStatus();
+}
+
+// Inline sinks larger than this are refused: the CUDA kernels take sink * log2(e), which must
+// stay finite (and a sink that large outweighs every logit anyway).
+constexpr float kMaxSinkMagnitude = 1e30f;
+
+// sinks (RunRequest / RunRaggedRequest): unset, or float32 [num_qo_heads], inline or a buffer
+// slice (checked as q is). Inline values must be finite and at most kMaxSinkMagnitude in
+// magnitude; a slice's values are read when the run executes (after wait_event_id), not here.
+absl::Status BindSinks(TensorBindings& bindings, const v1::Tensor& sinks, int64_t num_qo_heads,
+                       int* index) {
+  *index = -1;
+  if (!HasData(sinks)) return absl::OkStatus();
+  auto bound = bindings.AddInput(sinks, "sinks", kernels::DType::kFloat32, {num_qo_heads});
+  if (!bound.ok()) return bound.status();
+  if (sinks.data_case() == v1::Tensor::kInlineData) {
+    const std::string& bytes = sinks.inline_data();  // num_qo_heads floats (AddInput checked)
+    for (int64_t h = 0; h < num_qo_heads; ++h) {
+      float x;
+      std::memcpy(&x, bytes.data() + h * sizeof(float), sizeof(float));
+      if (!std::isfinite(x) || std::fabs(x) > kMaxSinkMagnitude) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "sinks[", h, "]=", x, " must be finite with |sinks[h]| <= ", kMaxSinkMagnitude));
+      }
+    }
+  }
+  *index = *bound;
   return absl::OkStatus();
 }
 
@@ -319,6 +349,9 @@ absl::StatusOr<RunCall> CheckRun(const RequestScope& scope, const Plan& plan,
       !s.ok()) {
     return s;
   }
+  if (auto s = BindSinks(bindings, request.sinks(), plan.num_qo_heads, &call.sinks); !s.ok()) {
+    return s;
+  }
   if (auto s = BindAttentionOutputs(bindings, request, call.q_dtype, q_shape, response, &call.o,
                                     &call.lse);
       !s.ok()) {
@@ -408,6 +441,9 @@ absl::StatusOr<RaggedRunCall> CheckRunRagged(const RequestScope& scope,
   auto v = bindings.AddInput(request.v(), "v", shape->dtype, kv_shape);
   if (!v.ok()) return v.status();
   call.v = *v;
+  if (auto s = BindSinks(bindings, request.sinks(), shape->num_qo_heads, &call.sinks); !s.ok()) {
+    return s;
+  }
   if (auto s = BindAttentionOutputs(bindings, request, shape->dtype, q_shape, response, &call.o,
                                     &call.lse);
       !s.ok()) {

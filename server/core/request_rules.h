@@ -62,11 +62,12 @@ struct RunCall {
   bool async = false;                 // COMPLETION_ASYNC
   kernels::Event* wait_on = nullptr;  // the session's stream waits on it first (wait_event_id)
   kernels::DType q_dtype = kernels::DType::kFloat16;
-  kernels::AttentionOptions options;
+  kernels::AttentionOptions options;  // options.sinks is set from `sinks` once mapped
   int q = -1, k = -1, v = -1, o = -1, lse = -1;
+  int sinks = -1;  // RunRequest.sinks, float32 [num_qo_heads], or -1: none
 };
 
-// Every rule of a Run on `plan` (a plan of this session). Binds q, k, v, o and lse into
+// Every rule of a Run on `plan` (a plan of this session). Binds q, k, v, o, lse and sinks into
 // `bindings` (checked, not yet mapped) and shapes the inline outputs in `response`.
 absl::StatusOr<RunCall> CheckRun(const RequestScope& scope, const Plan& plan,
                                  const v1::RunRequest& request, TensorBindings& bindings,
@@ -80,6 +81,7 @@ struct RaggedRunCall {
   RaggedShape shape;
   int32_t batch_size = 0;
   int q = -1, k = -1, v = -1, o = -1, lse = -1;
+  int sinks = -1;  // RunRaggedRequest.sinks, or -1: none
 };
 // The batch's plan (kernels::RaggedPlanSpec: one page per K/V row), to Prepare, and the host
 // memory it and its backend copy take, which the caller charges before it builds it.
@@ -89,7 +91,7 @@ uint64_t RaggedPlanHostBytes(const RaggedRunCall& call);
 // Every rule of a RunRagged (attnd.proto RunRaggedRequest): completion and the event to wait on,
 // q's dtype and shape against the backend, k and v, qo_indptr and kv_indptr against them, the
 // options, the outputs (buffer slices, or inline in `response`, whose size must fit the reply).
-// Binds q, k, v, o and lse into `bindings` and shapes the inline outputs.
+// Binds q, k, v, o, lse and sinks into `bindings` and shapes the inline outputs.
 absl::StatusOr<RaggedRunCall> CheckRunRagged(const RequestScope& scope,
                                              const v1::RunRaggedRequest& request,
                                              TensorBindings& bindings,

@@ -1,6 +1,8 @@
 """attnd.flashinfer without torch or a GPU: signature parity with FlashInfer 0.7.4, argument
-checks, and the pure logic the drop-in runs on (page tables, options, KV-cache resolution, LSE
-base, the merge formula). The GPU half is tests/python/gpu_flashinfer_dropin_test.py.
+checks, the pure logic the drop-in runs on (page tables, ragged layouts, options, KV-cache
+resolution, LSE base conversion), and the merges and the ragged wrapper end to end through the CPU
+daemon of the test run (numpy arrays travel inline there; FlashInfer code passes CUDA tensors,
+which travel zero-copy). The GPU half is tests/python/gpu_flashinfer_dropin_test.py.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import pytest
 
 import attnd
 import attnd.flashinfer as fi
+from attention_reference import reference_attention
 from attnd.flashinfer import _mapping as m
 from attnd.flashinfer import cascade, decode, page, prefill
 
@@ -416,7 +419,7 @@ def test_plan_must_match_the_cache():
                                    "float16", r)
 
 
-# --- merging (numpy twin of the torch code path) -------------------------------------------------
+# --- LSE conversion and merges (through the CPU daemon, numpy arrays travel inline) ------------
 
 def segment_state(logits, values, lo, hi):
     """Attention over keys lo..hi-1 of one row: (v, base-2 lse); empty -> (nan, -inf)."""
@@ -427,15 +430,13 @@ def segment_state(logits, values, lo, hi):
     return (w[:, None] * values[lo:hi]).sum(0) / w.sum(), (s.max() + np.log(w.sum())) * m.LOG2E
 
 
-def test_merge_math_equals_attention_over_the_union():
-    rng = np.random.default_rng(7)
-    seq, heads, dim, keys = 3, 2, 8, 50
-    cuts = [0, 0, 13, 13, 31, 50]  # two empty segments among them
+def split_states(seed=7, seq=3, heads=2, dim=8, keys=50, cuts=(0, 0, 13, 13, 31, 50)):
+    """States of the key segments between ``cuts`` (two empty ones: s = -inf, v = NaN) and the
+    state over all keys, float64: (v [seq, n, H, D], s [seq, n, H], ref_v, ref_s)."""
+    rng = np.random.default_rng(seed)
     n = len(cuts) - 1
-    v = np.zeros((seq, n, heads, dim))
-    s = np.zeros((seq, n, heads))
-    ref_v = np.zeros((seq, heads, dim))
-    ref_s = np.zeros((seq, heads))
+    v, s = np.zeros((seq, n, heads, dim)), np.zeros((seq, n, heads))
+    ref_v, ref_s = np.zeros((seq, heads, dim)), np.zeros((seq, heads))
     for r in range(seq):
         for h in range(heads):
             logits = rng.normal(size=keys) * 3
@@ -443,22 +444,147 @@ def test_merge_math_equals_attention_over_the_union():
             for i in range(n):
                 v[r, i, h], s[r, i, h] = segment_state(logits, values, cuts[i], cuts[i + 1])
             ref_v[r, h], ref_s[r, h] = segment_state(logits, values, 0, keys)
-    mv, ms = m.merge_math(m.NumpyOps(), v, s)
+    return v, s, ref_v, ref_s
+
+
+def f32(*xs):
+    return [np.asarray(x, dtype=np.float32) for x in xs]
+
+
+def test_lse_conversion_helpers():
+    from attnd.flashinfer import _arrays as a
+
+    ops = a.NumpyArrays()
+    s2 = np.array([[1.5, -np.inf], [0.0, -3.25]], dtype=np.float32)
+    ln = a.to_ln(ops, s2)
+    assert ln is not s2 and ln.dtype == np.float32
+    np.testing.assert_array_equal(ln, s2 * np.float32(m.LN2))
+    assert np.isneginf(ln[0, 1])
+    back = a.to_log2_(ops, ln)
+    assert back is ln
+    np.testing.assert_allclose(back, s2, rtol=1e-6)
+    np.testing.assert_array_equal(a.to_ln(ops, s2.astype(np.float16)).dtype, np.float32)
+    # finish_lse: NH in place (or into dest), HN into dest or a new array, base log2 or ln
+    nat = np.arange(6, dtype=np.float32).reshape(3, 2)
+    x = nat.copy()
+    assert a.finish_lse(ops, x, "log2", "NH") is x
+    np.testing.assert_allclose(x, nat * m.LOG2E, rtol=1e-6)
+    dest = np.full((3, 2), np.nan, np.float32)
+    assert a.finish_lse(ops, nat.copy(), "ln", "NH", dest) is dest
+    np.testing.assert_array_equal(dest, nat)
+    hn = np.full((2, 3), np.nan, np.float32)
+    assert a.finish_lse(ops, nat.copy(), "log2", "HN", hn) is hn
+    np.testing.assert_allclose(hn, nat.T * m.LOG2E, rtol=1e-6)
+    new = a.finish_lse(ops, nat.copy(), "ln", "HN")
+    assert new.shape == (2, 3) and new.flags.c_contiguous
+    np.testing.assert_array_equal(new, nat.T)
+    with pytest.raises(ValueError, match="lse_base"):
+        a.finish_lse(ops, nat, "e", "NH")
+    with pytest.raises(m.AttndFlashInferError, match="expected a torch tensor"):
+        a.arrays_for([1.0])
+
+
+@pytest.fixture(scope="module")
+def cpu_ctx(daemon):
+    with fi.Context(daemon.target) as ctx:
+        yield ctx
+
+
+TOL32 = dict(rtol=1e-5, atol=2e-5)
+
+
+def test_merges_equal_attention_over_the_union(cpu_ctx):
+    """merge_states / merge_state / merge_state_in_place take and return base-2 LSEs; the daemon
+    merges natural-log ones; the result is attention over all the keys (empty states weigh 0)."""
+    v, s, ref_v, ref_s = split_states()
+    v, s = f32(v, s)
+    mv, ms = fi.merge_states(v, s, attnd_context=cpu_ctx)
+    assert mv.dtype == np.float32 and ms.dtype == np.float32 and ms.shape == ref_s.shape
     assert not np.isnan(mv).any()
-    np.testing.assert_allclose(mv, ref_v, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(ms, ref_s, rtol=1e-5, atol=1e-5)
-    # two at a time gives the same (merge_state over a stack of two)
-    a = m.merge_math(m.NumpyOps(), v[:, :3], s[:, :3])
-    b = m.merge_math(m.NumpyOps(), v[:, 3:], s[:, 3:])
-    mv2, ms2 = m.merge_math(m.NumpyOps(), np.stack([a[0], b[0]], 1), np.stack([a[1], b[1]], 1))
-    np.testing.assert_allclose(mv2, ref_v, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(ms2, ref_s, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(mv, ref_v, **TOL32)
+    np.testing.assert_allclose(ms, ref_s, **TOL32)
+    # pairwise: states 0..2 and 3..4 merged separately (the first pair is both empty), then
+    a = fi.merge_states(v[:, :3], s[:, :3], attnd_context=cpu_ctx)
+    b = fi.merge_states(v[:, 3:], s[:, 3:], attnd_context=cpu_ctx)
+    pv, ps = fi.merge_state(a[0], a[1], b[0], b[1], attnd_context=cpu_ctx)
+    np.testing.assert_allclose(pv, ref_v, **TOL32)
+    np.testing.assert_allclose(ps, ref_s, **TOL32)
+    # in place: (a) becomes (a + b); the inputs b are not touched
+    b_before = (b[0].copy(), b[1].copy())
+    va, sa = a[0].copy(), a[1].copy()
+    assert fi.merge_state_in_place(va, sa, b[0], b[1], attnd_context=cpu_ctx) is None
+    np.testing.assert_allclose(va, ref_v, **TOL32)
+    np.testing.assert_allclose(sa, ref_s, **TOL32)
+    assert np.array_equal(b[0], b_before[0]) and np.array_equal(b[1], b_before[1])
 
 
-def test_merge_math_all_empty():
-    v = np.full((2, 3, 1, 4), np.nan)
-    s = np.full((2, 3, 1), -np.inf)
-    mv, ms = m.merge_math(m.NumpyOps(), v, s)
+def test_merge_state_matches_base2_formula_and_keeps_v_dtype(cpu_ctx):
+    rng = np.random.default_rng(3)
+    v_a = rng.normal(size=(6, 4, 16)).astype(np.float16)
+    v_b = rng.normal(size=(6, 4, 16)).astype(np.float32)  # converted to v_a's dtype
+    s_a = (rng.normal(size=(6, 4)) * 5).astype(np.float32)
+    s_b = (rng.normal(size=(6, 4)) * 5).astype(np.float16)  # read as float32
+    s_a[0] = -np.inf  # row 0: only b
+    v, s = fi.merge_state(v_a, s_a, v_b, s_b, attnd_context=cpu_ctx)
+    assert v.dtype == np.float16 and s.dtype == np.float32
+    wa, wb = np.exp2(s_a.astype(np.float64)), np.exp2(s_b.astype(np.float64))
+    ref_s = np.log2(wa + wb)
+    ref_v = (wa[..., None] * v_a.astype(np.float64)
+             + wb[..., None] * v_b.astype(np.float16).astype(np.float64)) / (wa + wb)[..., None]
+    np.testing.assert_allclose(s, ref_s, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(v.astype(np.float64), ref_v, rtol=2e-3, atol=2e-3)
+    np.testing.assert_allclose(v[0].astype(np.float64), v_b[0].astype(np.float16), atol=2e-3)
+
+
+def test_merge_state_in_place_mask_and_fallbacks(cpu_ctx):
+    rng = np.random.default_rng(5)
+    v = rng.normal(size=(5, 2, 8)).astype(np.float32)
+    s = (rng.normal(size=(5, 2)) * 3).astype(np.float32)
+    vo = rng.normal(size=(5, 2, 8)).astype(np.float32)
+    so = (rng.normal(size=(5, 2)) * 3).astype(np.float32)
+    want_v, want_s = fi.merge_state(v, s, vo, so, attnd_context=cpu_ctx)
+    mask = np.array([True, False, True, False, False])
+    mv, ms = v.copy(), s.copy()
+    fi.merge_state_in_place(mv, ms, vo, so, mask=mask, attnd_context=cpu_ctx)
+    np.testing.assert_allclose(mv[mask], want_v[mask], **TOL32)
+    np.testing.assert_allclose(ms[mask], want_s[mask], **TOL32)
+    assert np.array_equal(mv[~mask], v[~mask]) and np.array_equal(ms[~mask], s[~mask])
+    # s not float32, v not contiguous: merged into new arrays, written back
+    s16 = s.astype(np.float16)
+    v_nc = np.asfortranarray(v)
+    ref = fi.merge_state(v, s16.astype(np.float32), vo, so, attnd_context=cpu_ctx)
+    fi.merge_state_in_place(v_nc, s16, vo, so, attnd_context=cpu_ctx)
+    np.testing.assert_allclose(v_nc, ref[0], **TOL32)
+    np.testing.assert_allclose(s16, ref[1].astype(np.float16), rtol=1e-3)
+    with pytest.raises(ValueError, match="mask"):
+        fi.merge_state_in_place(v.copy(), s.copy(), vo, so, mask=np.ones(4, bool),
+                                attnd_context=cpu_ctx)
+
+
+def test_merge_refused_by_the_daemon_leaves_s_as_it_was(cpu_ctx):
+    """head_dim 6 is not a multiple of 4: the daemon refuses the merge before it runs; the
+    in-place path has turned s into natural log first and turns it back."""
+    rng = np.random.default_rng(8)
+    v = rng.normal(size=(3, 2, 6)).astype(np.float32)
+    s = (rng.normal(size=(3, 2)) * 3).astype(np.float32)
+    v0, s0 = v.copy(), s.copy()
+    with pytest.raises(attnd.AttndError, match="head_dim"):
+        fi.merge_state_in_place(v, s, v.copy(), s.copy(), attnd_context=cpu_ctx)
+    assert np.array_equal(v, v0)
+    np.testing.assert_allclose(s, s0, rtol=1e-6)  # one rounding of x * ln2 * log2e at most
+
+
+def test_merge_shape_errors(cpu_ctx):
+    v = np.zeros((2, 3, 4), np.float32)
+    s = np.zeros((2, 3), np.float32)
+    with pytest.raises(ValueError, match="do not match"):
+        fi.merge_state(v, s[:, :2], v, s, attnd_context=cpu_ctx)
+    with pytest.raises(ValueError, match="differ"):
+        fi.merge_state(v, s, v[:1], s[:1], attnd_context=cpu_ctx)
+    with pytest.raises(ValueError, match="num_states"):
+        fi.merge_states(v, s, attnd_context=cpu_ctx)
+    mv, ms = fi.merge_states(np.zeros((2, 0, 3, 4), np.float32), np.zeros((2, 0, 3), np.float32),
+                             attnd_context=cpu_ctx)
     assert (mv == 0).all() and np.isneginf(ms).all()
 
 
@@ -547,11 +673,18 @@ def test_runs_refused_before_torch_is_needed():
     with pytest.raises(ValueError, match="lse_base"):
         p.run(None, None, return_lse=True, lse_base="e")
     r = fi.BatchPrefillWithRaggedKVCacheWrapper(None, "NHD")
-    r.plan([0, 4], [0, 9], 8, 2, 128, causal=True)
-    with pytest.raises(NotImplementedError, match="ragged"):
+    with pytest.raises(RuntimeError, match="before plan"):
         r.run(None, None, None)
+    r.plan([0, 4], [0, 9], 8, 2, 128, causal=True)
+    with pytest.raises(NotImplementedError, match="custom JIT"):
+        r.run(None, None, None, 1.0)
+    with pytest.raises(NotImplementedError, match="kv_cache_sf"):
+        r.run(None, None, None, kv_cache_sf=object())
+    with pytest.raises(ValueError, match="lse_layout"):
+        r.run(None, None, None, return_lse=True, lse_layout="NHD")
     with pytest.raises(ValueError, match="kv_indptr"):
         r.plan([0, 4], [0, 4, 9], 8, 2, 128)
+    assert r._spec is None  # a failed plan leaves the wrapper unplanned
     with pytest.raises(NotImplementedError, match="custom_mask"):
         fi.single_prefill_with_kv_cache(None, None, None, custom_mask=[True])
 
@@ -602,3 +735,145 @@ def test_default_context(daemon, monkeypatch):
     finally:
         ctx.close()
         fi.set_context(None)
+
+
+# --- BatchPrefillWithRaggedKVCacheWrapper through RunRagged (CPU daemon, inline arrays) -------
+
+def test_ragged_layout_checks():
+    lay = m.ragged_layout(np.array([0, 3, 3, 8]), [0, 5, 9, 9])
+    assert (lay.qo_indptr, lay.kv_indptr, lay.batch_size) == ([0, 3, 3, 8], [0, 5, 9, 9], 3)
+    assert (lay.qo_tokens, lay.kv_tokens) == (8, 9)
+    for qo, kv, match in (([0, 4], [0, 4, 9], "both be"), ([0], [0], "both be"),
+                          ([1, 4], [0, 4], r"qo_indptr\[0\]=1"),
+                          ([0, 4], [2, 4], r"kv_indptr\[0\]=2"),
+                          ([0, 4, 3], [0, 1, 2], "non-decreasing"),
+                          ([0, 1, 2], [0, 5, 4], r"kv_indptr\[2\]=4 < kv_indptr\[1\]=5"),
+                          ([0, 0], [0, 3], "no query tokens"), ([0, 1.5], [0, 2], "integers")):
+        with pytest.raises(m.AttndFlashInferError, match=match):
+            m.ragged_layout(qo, kv)
+
+
+def test_ragged_constructor_and_plan_refusals():
+    with pytest.raises(NotImplementedError, match="CUDA graph"):
+        fi.BatchPrefillWithRaggedKVCacheWrapper(None, use_cuda_graph=True)
+    with pytest.raises(NotImplementedError, match="custom masks"):
+        fi.BatchPrefillWithRaggedKVCacheWrapper(None, mask_indptr_buf=object())
+    with pytest.raises(NotImplementedError, match="JIT"):
+        fi.BatchPrefillWithRaggedKVCacheWrapper(None, jit_args=["x"])
+    with pytest.raises(ValueError, match="kv_layout"):
+        fi.BatchPrefillWithRaggedKVCacheWrapper(None, "NDH")
+    w = fi.BatchPrefillWithRaggedKVCacheWrapper(None, "HND", backend="fa3")
+    assert not w.is_cuda_graph_enabled
+    w.plan([0, 3], [0, 5], 8, 2, 64, causal=True, window_left=7, logits_soft_cap=0.0,
+           pos_encoding_mode="ROPE_LLAMA", rope_theta=5e5, q_data_type="bfloat16",
+           v_indptr=[0, 5], qo_indptr_cpu=[0, 3], fixed_split_size=16)
+    sp = w._spec
+    assert (sp.num_qo_heads, sp.num_kv_heads, sp.head_dim, sp.dtype) == (8, 2, 64, "bfloat16")
+    assert sp.options == dict(causal=True, sm_scale=None, pos_encoding="rope_llama",
+                              rope_theta=5e5, rope_scale=None, logits_soft_cap=None,
+                              window_left=7)
+    for kwargs, match in ((dict(head_dim_vo=32), "head_dim_vo=32"),
+                          (dict(custom_mask=[True]), "custom_mask"),
+                          (dict(kv_data_type="float8_e4m3fn"), "kv_data_type"),
+                          (dict(pos_encoding_mode="ALIBI"), "ALiBi")):
+        with pytest.raises(NotImplementedError, match=match):
+            w.plan([0, 3], [0, 5], 8, 2, 64, **kwargs)
+    with pytest.raises(ValueError, match="multiple of num_kv_heads"):
+        w.plan([0, 3], [0, 5], 6, 4, 64)
+
+
+RAGGED_QO, RAGGED_KV = [5, 1, 9, 4], [12, 7, 9, 2]  # append, decode-like, prefill, qo > kv
+
+
+def ragged_batch(seed, hq=4, hkv=2, d=64, qo_lens=RAGGED_QO, kv_lens=RAGGED_KV):
+    rng = np.random.default_rng(seed)
+    qo = np.concatenate([[0], np.cumsum(qo_lens)]).astype(np.int32)
+    kv = np.concatenate([[0], np.cumsum(kv_lens)]).astype(np.int32)
+    q = rng.standard_normal((qo[-1], hq, d)).astype(np.float32)
+    k = rng.standard_normal((kv[-1], hkv, d)).astype(np.float32)
+    v = rng.standard_normal((kv[-1], hkv, d)).astype(np.float32)
+    return qo, kv, q, k, v
+
+
+def ragged_reference(qo, kv, q, k, v, **opts):
+    """float64 (o, base-2 lse) per request; a request with qo_len > kv_len has its first
+    qo_len - kv_len rows before the sequence (causal: no keys, o = 0, lse = -inf)."""
+    os_, ls_ = [], []
+    for b in range(len(qo) - 1):
+        qb, kb, vb = q[qo[b]:qo[b + 1]], k[kv[b]:kv[b + 1]], v[kv[b]:kv[b + 1]]
+        extra = max(0, len(qb) - len(kb))
+        o, lse = reference_attention(qb[extra:], kb, vb, **opts)
+        if extra:
+            assert opts.get("causal"), "the reference places rows before the sequence only causally"
+            o = np.concatenate([np.zeros((extra,) + o.shape[1:]), o])
+            lse = np.concatenate([np.full((extra, lse.shape[1]), -np.inf), lse])
+        os_.append(o)
+        ls_.append(lse)
+    return np.concatenate(os_), np.concatenate(ls_) * m.LOG2E
+
+
+@pytest.mark.parametrize("case", [
+    dict(causal=True),
+    dict(causal=True, window_left=3, logits_soft_cap=4.0, sm_scale=0.2),
+    dict(causal=True, pos_encoding_mode="ROPE_LLAMA", rope_theta=1e4),
+    dict(causal=False, hkv=4),
+], ids=["causal", "window-softcap-scale", "rope", "noncausal-mha"])
+def test_ragged_run_matches_the_reference(cpu_ctx, case):
+    case = dict(case)
+    hkv = case.pop("hkv", 2)
+    qo_lens, kv_lens = (RAGGED_QO, RAGGED_KV) if case["causal"] else ([3, 4], [6, 4])
+    qo, kv, q, k, v = ragged_batch(11, hkv=hkv, qo_lens=qo_lens, kv_lens=kv_lens)
+    w = fi.BatchPrefillWithRaggedKVCacheWrapper(None, "NHD", attnd_context=cpu_ctx)
+    w.plan(qo, kv, 4, hkv, 64, q_data_type="float32", **case)
+    o, lse = w.run(q, k, v, return_lse=True)
+    assert o.shape == q.shape and o.dtype == np.float32 and lse.shape == (len(q), 4)
+    ref_o, ref_lse = ragged_reference(
+        qo, kv, q, k, v, causal=case["causal"], sm_scale=case.get("sm_scale"),
+        soft_cap=case.get("logits_soft_cap", 0.0), window_left=case.get("window_left", -1),
+        rope="pos_encoding_mode" in case)
+    np.testing.assert_allclose(o, ref_o, rtol=2e-5, atol=2e-5)
+    np.testing.assert_allclose(lse, ref_lse, rtol=2e-5, atol=2e-5)
+    assert np.array_equal(w.run(q, k, v), o)  # plan once, run again (without lse)
+    o2, lse2 = w.run_return_lse(q, k, v)
+    assert np.array_equal(o2, o) and np.array_equal(lse2, lse)
+
+
+def test_ragged_hnd_out_and_lse_buffers(cpu_ctx):
+    qo, kv, q, k, v = ragged_batch(12)
+    w = fi.BatchPrefillWithRaggedKVCacheWrapper(None, "NHD", attnd_context=cpu_ctx)
+    w.plan(qo, kv, 4, 2, 64, causal=True, q_data_type="float32")
+    o, lse = w.run(q, k, v, return_lse=True)
+    h = fi.BatchPrefillWithRaggedKVCacheWrapper(None, "HND", attnd_context=cpu_ctx)
+    h.begin_forward(qo, kv, 4, 2, 64, causal=True, q_data_type="float32")
+    out = np.full(q.shape, np.nan, np.float32)
+    hn = np.full((4, len(q)), np.nan, np.float32)
+    o_h, lse_h = h.run(q, np.ascontiguousarray(k.swapaxes(0, 1)),
+                       np.ascontiguousarray(v.swapaxes(0, 1)), out=out, lse=hn, return_lse=True,
+                       lse_base="ln", lse_layout="HN")
+    assert o_h is out and lse_h is hn
+    np.testing.assert_array_equal(o_h, o)
+    np.testing.assert_allclose(lse_h.T, lse * m.LN2, rtol=1e-6)
+    nh = np.full((len(q), 4), np.nan, np.float32)
+    assert w.run(q, k, v, lse=nh, return_lse=True)[1] is nh
+    np.testing.assert_array_equal(nh, lse)
+
+
+def test_ragged_run_checks_the_tensors(cpu_ctx):
+    qo, kv, q, k, v = ragged_batch(13)
+    w = fi.BatchPrefillWithRaggedKVCacheWrapper(None, attnd_context=cpu_ctx)
+    w.plan(qo, kv, 4, 2, 64, q_data_type="float32", causal=True)
+    with pytest.raises(ValueError, match=r"q has shape \(18, 4, 64\), expected \(19, 4, 64\)"):
+        w.run(q[:-1], k, v)
+    with pytest.raises(ValueError, match="k has shape"):
+        w.run(q, k[:, :1], v)
+    with pytest.raises(ValueError, match="v is float16, planned float32"):
+        w.run(q, k, v.astype(np.float16))
+    with pytest.raises(ValueError, match="out has shape"):
+        w.run(q, k, v, out=np.empty((19, 4, 32), np.float32))
+    with pytest.raises(ValueError, match="lse has shape"):
+        w.run(q, k, v, lse=np.empty((4, 19), np.float32), return_lse=True)
+    with pytest.raises(ValueError, match="must be contiguous"):
+        w.run(q, k, v, out=np.empty((64, 4, 19), np.float32).T)
+    w.plan(qo, kv, 4, 2, 64, q_data_type="float16")
+    with pytest.raises(ValueError, match="q is float32, planned float16"):
+        w.run(q, k, v)

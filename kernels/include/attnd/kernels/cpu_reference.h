@@ -10,6 +10,9 @@
 //  - s = (q . k) * sm_scale (0 -> 1/sqrt(head_dim)); with logits_soft_cap > 0, s = cap*tanh(s/cap).
 //  - o = softmax(s) . V over the visible keys, written in q's dtype; lse = log(sum exp(s)) (natural
 //    log, float32). A row that sees no key gets o = 0 and lse = -inf.
+//  - Attention sinks (options.sinks, [num_qo_heads]): query head h's softmax also has the logit
+//    sinks[h], which has no value; lse includes it, and a row that sees no key gets o = 0 and
+//    lse = sinks[h]. The sink is folded into each row's state once, after all its keys.
 //  - RoPE LLaMA rotates q and k ("rotate half") at position (kv position + rope_offsets[b]).
 //  - A request of the paged cache with no pages has kv_len 0. qo_len may exceed kv_len (the
 //    earliest rows then have negative positions and, when causal, see nothing).

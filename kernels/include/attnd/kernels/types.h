@@ -58,6 +58,13 @@ struct AttentionOptions {
   const int32_t* rope_offsets = nullptr;  // [batch] added to q and k positions; null = 0
   float logits_soft_cap = 0.f;  // > 0: s = cap * tanh(s / cap), applied to the scaled logit
   int32_t window_left = -1;     // >= 0: query at position p sees kv positions [p - window_left, p]
+  // Attention sinks (gpt-oss; FlashInfer's AttentionSink variant): [num_qo_heads] float32 in
+  // backend memory, or null. Query head h's softmax runs over its visible keys plus one logit
+  // sinks[h] that has no value, in the units of the scaled, soft-capped logits s:
+  //   o = sum_j exp(s_j - m) v_j / (sum_j exp(s_j - m) + exp(sinks[h] - m)),
+  //   lse = log(sum_j exp(s_j) + exp(sinks[h]))   (the LSE of the whole softmax, sink included).
+  // A row that sees no key gets o = 0 and lse = sinks[h].
+  const float* sinks = nullptr;
 };
 
 // The paged KV cache of one layer, plus a batch's CSR page table: a non-owning view.
@@ -110,7 +117,8 @@ struct RaggedKV {
 // Query/output side of a batched attention call.
 //   q:   [qo_nnz, num_qo_heads, head_dim] in q_dtype (row-major, dense)
 //   o:   [qo_nnz, num_qo_heads, head_dim] in q_dtype
-//   lse: [qo_nnz, num_qo_heads] float32, natural-log log-sum-exp of the scaled logits; optional
+//   lse: [qo_nnz, num_qo_heads] float32, natural-log log-sum-exp of the scaled logits (and of the
+//        sink, AttentionOptions::sinks); optional
 // Request b's query rows are qo_indptr[b] .. qo_indptr[b+1); null qo_indptr means one row per
 // request (decode). The query rows are the last qo_len tokens of the sequence, so row i of
 // request b sits at kv position kv_len(b) - qo_len(b) + i (used by causal masks, windows, RoPE).

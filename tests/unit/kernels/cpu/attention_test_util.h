@@ -52,8 +52,8 @@ inline void NaiveRope(std::vector<double>& x, double position, double theta, dou
 // q: [qo_nnz][num_qo_heads][head_dim]; request b's rows are the qo_lens[b] rows after the previous
 // requests'. rope_offsets: empty or [batch].
 inline NaiveResult NaiveAttention(const std::vector<DenseKv>& kv, const std::vector<int>& qo_lens,
-                                  const std::vector<double>& q, int num_qo_heads,
-                                  int num_kv_heads, int head_dim, const AttentionOptions& options,
+                                  const std::vector<double>& q, int num_qo_heads, int num_kv_heads,
+                                  int head_dim, const AttentionOptions& options,
                                   const std::vector<int32_t>& rope_offsets) {
   const int group = num_qo_heads / num_kv_heads;
   const double scale = options.sm_scale != 0 ? options.sm_scale : 1.0 / std::sqrt(head_dim);
@@ -97,11 +97,14 @@ inline NaiveResult NaiveAttention(const std::vector<DenseKv>& kv, const std::vec
           }
           logits[t] = s;
         }
-        const double max = logits.empty() ? -kInfD : *std::max_element(logits.begin(), logits.end());
+        // The sink, when there is one, is one more logit of the softmax with no value.
+        const double sink = options.sinks ? options.sinks[h] : -kInfD;
+        const double max = std::max(
+            sink, logits.empty() ? -kInfD : *std::max_element(logits.begin(), logits.end()));
         std::vector<double> o(head_dim, 0.0);
         double lse = -kInfD;
         if (max != -kInfD) {
-          double sum = 0;
+          double sum = options.sinks ? std::exp(sink - max) : 0;
           for (int64_t t = 0; t < kv_len; ++t) sum += std::exp(logits[t] - max);
           for (int64_t t = 0; t < kv_len; ++t) {
             const double p = std::exp(logits[t] - max) / sum;
@@ -182,8 +185,8 @@ inline int64_t ExpectOutputsClose(const std::vector<uint8_t>& actual, DType dtyp
 }
 
 // LSE: -inf must match exactly; finite values within 1e-4 + 1e-5 |ref|; NaN never passes.
-inline int64_t ExpectLseClose(const std::vector<float>& actual, const std::vector<double>& reference,
-                              const std::string& what) {
+inline int64_t ExpectLseClose(const std::vector<float>& actual,
+                              const std::vector<double>& reference, const std::string& what) {
   EXPECT_EQ(actual.size(), reference.size()) << what;
   int64_t failures = 0;
   for (size_t i = 0; i < reference.size() && i < actual.size(); ++i) {
@@ -223,7 +226,7 @@ struct PagedProblem {
   PagedProblemSpec spec;
   int num_qo_heads = 0;
   int64_t qo_nnz = 0;
-  std::vector<int> qo_lens;  // 1 per request for decode
+  std::vector<int> qo_lens;   // 1 per request for decode
   std::vector<uint8_t> pool;  // [num_pages][2][page_size][num_kv_heads][head_dim] (or HND)
   int32_t num_pages = 0;
   std::vector<int32_t> indptr, indices, last_page_len, qo_indptr;
@@ -305,8 +308,8 @@ inline PagedProblem MakePagedProblem(const PagedProblemSpec& spec) {
   }
 
   // The pool starts as NaN everywhere: slots no request owns must never be read.
-  p.pool.assign(static_cast<size_t>(total) * 2 * spec.page_size * hk * dim *
-                    DTypeSize(spec.kv_dtype), 0);
+  p.pool.assign(
+      static_cast<size_t>(total) * 2 * spec.page_size * hk * dim * DTypeSize(spec.kv_dtype), 0);
   Poison(p.pool, spec.kv_dtype);
   std::uniform_real_distribution<float> dist(-1.f, 1.f);
   for (int b = 0; b < batch; ++b) {
@@ -333,7 +336,8 @@ inline PagedProblem MakePagedProblem(const PagedProblemSpec& spec) {
   p.qo_indptr.push_back(0);
   for (int len : p.qo_lens) p.qo_indptr.push_back(p.qo_indptr.back() + len);
   p.qo_nnz = p.qo_indptr.back();
-  p.q_values = FillRandom(p.q, spec.q_dtype, p.qo_nnz * p.num_qo_heads * dim, spec.q_amplitude, rng);
+  p.q_values =
+      FillRandom(p.q, spec.q_dtype, p.qo_nnz * p.num_qo_heads * dim, spec.q_amplitude, rng);
   p.o.assign(p.q.size(), 0);
   p.lse.assign(p.qo_nnz * p.num_qo_heads, 0.f);
   return p;
@@ -346,10 +350,10 @@ inline std::string DescribeSpec(const PagedProblemSpec& s, const AttentionOption
     if (!s.decode) absl::StrAppend(&lens, "/", s.qo_lens[b]);
   }
   if (s.kv_lens.size() > 8) absl::StrAppend(&lens, ",...");
-  return absl::StrCat(s.decode ? "decode" : "prefill", " batch=", s.kv_lens.size(), " lens=[",
-                      lens, "] page=", s.page_size, " kvh=", s.num_kv_heads, " group=", s.group,
-                      " dim=", s.head_dim, " kv=", DTypeName(s.kv_dtype), " q=",
-                      DTypeName(s.q_dtype), s.hnd ? " HND" : "", " causal=", o.causal,
+  return absl::StrCat(s.decode ? "decode" : "prefill", " batch=", s.kv_lens.size(), " lens=[", lens,
+                      "] page=", s.page_size, " kvh=", s.num_kv_heads, " group=", s.group,
+                      " dim=", s.head_dim, " kv=", DTypeName(s.kv_dtype),
+                      " q=", DTypeName(s.q_dtype), s.hnd ? " HND" : "", " causal=", o.causal,
                       " rope=", static_cast<int>(o.pos_encoding), " cap=", o.logits_soft_cap,
                       " window=", o.window_left, " seed=", s.seed);
 }

@@ -218,8 +218,8 @@ TEST(PagedAttention, RopeWithHugeOffsetsIsComputedWithoutTableAndAgrees) {
   options.rope_offsets = offsets.data();
   p.PoisonOutputs();
   ASSERT_TRUE(PagedAttention(p.Params(options, true)).ok());
-  const auto ref = NaiveAttention(p.dense, p.qo_lens, p.q_values, p.num_qo_heads,
-                                  spec.num_kv_heads, spec.head_dim, options, offsets);
+  const auto ref = NaiveAttention(p.dense, p.qo_lens, p.q_values, p.num_qo_heads, spec.num_kv_heads,
+                                  spec.head_dim, options, offsets);
   ExpectOutputsClose(p.o, spec.q_dtype, ref.o, "huge rope offsets");
   ExpectLseClose(p.lse, ref.lse, "huge rope offsets");
 
@@ -331,8 +331,8 @@ TEST(PagedAttention, RowsThatSeeNothingGetZeroAndMinusInfinity) {
   PagedProblem p = MakePagedProblem(spec);
   p.PoisonOutputs();
   ASSERT_TRUE(PagedAttention(p.Params(options, true)).ok());
-  const auto ref = NaiveAttention(p.dense, p.qo_lens, p.q_values, p.num_qo_heads,
-                                  spec.num_kv_heads, spec.head_dim, options, {});
+  const auto ref = NaiveAttention(p.dense, p.qo_lens, p.q_values, p.num_qo_heads, spec.num_kv_heads,
+                                  spec.head_dim, options, {});
   ExpectOutputsClose(p.o, spec.q_dtype, ref.o, "empty rows");
   ExpectLseClose(p.lse, ref.lse, "empty rows");
   // Rows 5, 6 (request 1) and 7, 8, 9 (request 2, positions -3..-1) are empty.
@@ -340,12 +340,136 @@ TEST(PagedAttention, RowsThatSeeNothingGetZeroAndMinusInfinity) {
     for (int h = 0; h < p.num_qo_heads; ++h) {
       EXPECT_EQ(p.lse[row * p.num_qo_heads + h], -INFINITY) << row;
       for (int d = 0; d < spec.head_dim; ++d) {
-        EXPECT_EQ(LoadAsFloat(p.o.data(), spec.q_dtype,
-                              (row * p.num_qo_heads + h) * spec.head_dim + d), 0.f);
+        EXPECT_EQ(
+            LoadAsFloat(p.o.data(), spec.q_dtype, (row * p.num_qo_heads + h) * spec.head_dim + d),
+            0.f);
       }
     }
   }
   EXPECT_NE(p.lse[10 * p.num_qo_heads], -INFINITY);  // position 0 sees key 0
+}
+
+// Sinks of num_qo_heads heads in [-amplitude, amplitude], some above every logit of a row.
+std::vector<float> RandomSinks(int num_qo_heads, float amplitude, std::mt19937& rng) {
+  std::uniform_real_distribution<float> dist(-amplitude, amplitude);
+  std::vector<float> sinks(num_qo_heads);
+  for (float& x : sinks) x = dist(rng);
+  return sinks;
+}
+
+TEST(PagedAttention, AttentionSinksWithGqaSoftCapWindowAndCausal) {
+  std::mt19937 rng(77);
+  struct Case {
+    bool decode, causal;
+    float cap;
+    int window, group;
+    DType dtype;
+  };
+  for (const Case& c : {Case{true, true, 0.f, -1, 4, DType::kFloat32},
+                        Case{true, true, 20.f, 9, 8, DType::kBFloat16},
+                        Case{false, true, 0.f, -1, 2, DType::kFloat16},
+                        Case{false, false, 0.f, -1, 1, DType::kFloat32},
+                        Case{false, true, 10.f, 12, 4, DType::kFloat32},
+                        Case{false, false, 30.f, 30, 8, DType::kBFloat16}}) {
+    PagedProblemSpec spec;
+    spec.decode = c.decode;
+    spec.kv_lens = {1, 40, 130, 17};
+    spec.qo_lens = {1, 40, 70, 5};
+    spec.group = c.group;
+    spec.kv_dtype = spec.q_dtype = c.dtype;
+    spec.q_amplitude = 4;
+    spec.seed = rng();
+    const std::vector<float> sinks = RandomSinks(spec.num_kv_heads * spec.group, 6.f, rng);
+    AttentionOptions options;
+    options.causal = c.causal;
+    options.logits_soft_cap = c.cap;
+    options.window_left = c.window;
+    options.sinks = sinks.data();
+    CheckAgainstNaive(spec, options);
+    options.pos_encoding = PosEncoding::kRopeLlama;
+    CheckAgainstNaive(spec, options, RunOptions{.rope_offsets = true});
+  }
+}
+
+TEST(PagedAttention, SinksOfRowsThatSeeNothingGiveZeroAndTheSink) {
+  // As RowsThatSeeNothingGetZeroAndMinusInfinity, with sinks: the empty rows' lse is the sink.
+  PagedProblemSpec spec;
+  spec.decode = false;
+  spec.kv_lens = {5, 0, 3};
+  spec.qo_lens = {5, 2, 6};
+  spec.group = 2;
+  std::mt19937 rng(5);
+  PagedProblem p = MakePagedProblem(spec);
+  const std::vector<float> sinks = RandomSinks(p.num_qo_heads, 3.f, rng);
+  AttentionOptions options;
+  options.causal = true;
+  options.sinks = sinks.data();
+  p.PoisonOutputs();
+  ASSERT_TRUE(PagedAttention(p.Params(options, true)).ok());
+  const auto ref = NaiveAttention(p.dense, p.qo_lens, p.q_values, p.num_qo_heads, spec.num_kv_heads,
+                                  spec.head_dim, options, {});
+  ExpectOutputsClose(p.o, spec.q_dtype, ref.o, "empty rows with sinks");
+  ExpectLseClose(p.lse, ref.lse, "empty rows with sinks");
+  for (int row : {5, 6, 7, 8, 9}) {
+    for (int h = 0; h < p.num_qo_heads; ++h) {
+      EXPECT_EQ(p.lse[row * p.num_qo_heads + h], sinks[h]) << row;
+      for (int d = 0; d < spec.head_dim; ++d) {
+        EXPECT_EQ(
+            LoadAsFloat(p.o.data(), spec.q_dtype, (row * p.num_qo_heads + h) * spec.head_dim + d),
+            0.f);
+      }
+    }
+  }
+}
+
+TEST(PagedAttention, SinkLseIsThatOfTheWholeSoftmax) {
+  // lse with sinks = log(exp(lse without) + exp(sink)), and o shrinks by exp(lse_without - lse).
+  PagedProblemSpec spec;
+  spec.decode = true;
+  spec.kv_lens = {33, 70};
+  spec.group = 4;
+  spec.kv_dtype = spec.q_dtype = DType::kFloat32;
+  PagedProblem p = MakePagedProblem(spec);
+  std::mt19937 rng(9);
+  const std::vector<float> sinks = RandomSinks(p.num_qo_heads, 4.f, rng);
+  ASSERT_TRUE(PagedAttention(p.Params(AttentionOptions{}, true)).ok());
+  const std::vector<float> lse_plain = p.lse;
+  const std::vector<uint8_t> o_plain = p.o;
+  AttentionOptions options;
+  options.sinks = sinks.data();
+  p.PoisonOutputs();
+  ASSERT_TRUE(PagedAttention(p.Params(options, true)).ok());
+  for (int64_t row = 0; row < p.qo_nnz; ++row) {
+    for (int h = 0; h < p.num_qo_heads; ++h) {
+      const int64_t i = row * p.num_qo_heads + h;
+      const double whole = std::log(std::exp(static_cast<double>(lse_plain[i])) +
+                                    std::exp(static_cast<double>(sinks[h])));
+      EXPECT_NEAR(p.lse[i], whole, 1e-5) << row << " " << h;
+      const double shrink = std::exp(lse_plain[i] - whole);
+      for (int d = 0; d < spec.head_dim; ++d) {
+        const int64_t e = i * spec.head_dim + d;
+        EXPECT_NEAR(LoadAsFloat(p.o.data(), spec.q_dtype, e),
+                    LoadAsFloat(o_plain.data(), spec.q_dtype, e) * shrink, 1e-6);
+      }
+    }
+  }
+}
+
+TEST(PagedAttention, NanSinkPoisonsItsHeadOnly) {
+  PagedProblemSpec spec;
+  spec.decode = true;
+  spec.kv_lens = {10};
+  spec.num_kv_heads = 1;
+  spec.group = 2;
+  spec.kv_dtype = spec.q_dtype = DType::kFloat32;
+  PagedProblem p = MakePagedProblem(spec);
+  const std::vector<float> sinks = {NAN, 0.5f};
+  AttentionOptions options;
+  options.sinks = sinks.data();
+  ASSERT_TRUE(PagedAttention(p.Params(options, true)).ok());
+  EXPECT_TRUE(std::isnan(p.lse[0]));
+  EXPECT_TRUE(std::isnan(LoadAsFloat(p.o.data(), spec.q_dtype, 0)));
+  EXPECT_TRUE(std::isfinite(p.lse[1]));
 }
 
 TEST(PagedAttention, ResultsDoNotDependOnThreadCount) {

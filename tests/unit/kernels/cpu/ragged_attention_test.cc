@@ -66,10 +66,14 @@ TEST(RaggedAttention, EqualsPagedAttentionBitForBitAndMatchesNaive) {
       spec.group = 4;
       spec.kv_dtype = spec.q_dtype = dtype;
       spec.seed = rng();
+      // Sinks on every other case: [num_qo_heads], around the logits' magnitude.
+      std::vector<float> sinks(spec.num_kv_heads * spec.group);
+      for (size_t h = 0; h < sinks.size(); ++h) sinks[h] = 0.7f * static_cast<float>(h) - 2.f;
       AttentionOptions options;
       options.causal = causal;
       options.pos_encoding = PosEncoding::kRopeLlama;
       options.window_left = causal ? 40 : -1;
+      if (causal == (dtype == DType::kFloat32)) options.sinks = sinks.data();
       const std::string what = testing::DescribeSpec(spec, options);
       SCOPED_TRACE(what);
 
@@ -166,8 +170,8 @@ TEST(RaggedAttention, WindowLeftBoundsOnlyFromBelow) {
     const float share = 1.f / static_cast<float>(e.last - e.first + 1);
     for (int t = 0; t < kDim; ++t) {
       const float want = t >= e.first && t <= e.last ? share : 0.f;
-      EXPECT_NEAR(o[t], want, 1e-6f) << "causal " << e.causal << " window " << e.window_left
-                                     << " key " << t;
+      EXPECT_NEAR(o[t], want, 1e-6f)
+          << "causal " << e.causal << " window " << e.window_left << " key " << t;
     }
     EXPECT_NEAR(lse[0], std::log(static_cast<float>(e.last - e.first + 1)), 1e-5f);
   }

@@ -2,9 +2,8 @@
 
 Everything the drop-in decides before it touches a tensor lives here, so that it is testable
 without a GPU (tests/python/flashinfer_dropin_test.py): option names and defaults, the page table
-checks, which arguments attnd cannot honour, the KV-cache tensor -> (pool, layer) resolution (on
-plain metadata: pointers, shapes, strides), the LSE base, the merge formula (written once against
-a tiny array-ops namespace, run with numpy in CI and with torch on the GPU).
+checks (paged and ragged), which arguments attnd cannot honour, the KV-cache tensor -> (pool,
+layer) resolution (on plain metadata: pointers, shapes, strides), the LSE base.
 """
 
 from __future__ import annotations
@@ -156,7 +155,7 @@ IGNORED_ARGUMENTS = (
     "enable_pdl", "non_blocking", "use_fp16_qk_reduction", "fixed_split_size",
     "disable_split_kv", "block_tables", "seq_lens", "seq_lens_q", "max_token_per_sequence",
     "max_sequence_kv", "uniform_q_len", "qo_indptr_cpu", "kv_indptr_cpu", "use_fp16_softmax",
-    "uses_spcompress",
+    "uses_spcompress", "v_indptr", "o_indptr",
 )
 
 
@@ -282,6 +281,48 @@ def seq_lens(kv_indptr: Sequence[int], kv_last_page_len: Sequence[int],
     """FlashInfer's get_seq_lens on lists: max(pages - 1, 0) * page_size + last_page_len."""
     return [max(kv_indptr[b + 1] - kv_indptr[b] - 1, 0) * int(page_size) + int(kv_last_page_len[b])
             for b in range(len(kv_last_page_len))]
+
+
+class RaggedLayout(NamedTuple):
+    """A validated ragged batch: request b's query rows qo_indptr[b]:qo_indptr[b+1] and key /
+    value rows kv_indptr[b]:kv_indptr[b+1] (plain int lists)."""
+
+    qo_indptr: List[int]
+    kv_indptr: List[int]
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.qo_indptr) - 1
+
+    @property
+    def qo_tokens(self) -> int:
+        return self.qo_indptr[-1]
+
+    @property
+    def kv_tokens(self) -> int:
+        return self.kv_indptr[-1]
+
+
+def ragged_layout(qo_indptr: Any, kv_indptr: Any) -> RaggedLayout:
+    """Checks BatchPrefillWithRaggedKVCacheWrapper.plan's indptrs: both [batch_size + 1] with
+    batch_size >= 1, from 0, never decreasing, at least one query row. A request may have more
+    query rows than keys (as in FlashInfer: the first rows sit before the sequence, so a causal
+    mask leaves them no keys: o = 0, lse = -inf) or no keys at all."""
+    qo = _ints("qo_indptr", qo_indptr)
+    kv = _ints("kv_indptr", kv_indptr)
+    if len(qo) != len(kv) or len(qo) < 2:
+        raise AttndFlashInferError(f"qo_indptr ({len(qo)} entries) and kv_indptr ({len(kv)}) "
+                                   "must both be [batch_size + 1], batch_size >= 1")
+    for name, ind in (("qo_indptr", qo), ("kv_indptr", kv)):
+        if ind[0] != 0:
+            raise AttndFlashInferError(f"{name}[0]={ind[0]} must be 0")
+        for b in range(len(ind) - 1):
+            if ind[b + 1] < ind[b]:
+                raise AttndFlashInferError(f"{name} must be non-decreasing: {name}[{b + 1}]="
+                                           f"{ind[b + 1]} < {name}[{b}]={ind[b]}")
+    if qo[-1] < 1:
+        raise AttndFlashInferError("the batch has no query tokens (qo_indptr[-1] = 0)")
+    return RaggedLayout(qo, kv)
 
 
 # --- the KV cache tensor -> (pool, layer) --------------------------------------------------------
@@ -428,61 +469,3 @@ def check_plan_against_cache(api: str, table: PageTable, num_kv_heads: int, head
     if table.max_page >= resolved.num_pages:
         raise AttndFlashInferError(f"{api}: the plan names page {table.max_page}, paged_kv_cache "
                                    f"has {resolved.num_pages} pages")
-
-
-# --- state merging, written once for numpy and torch ------------------------------------------
-
-class NumpyOps:
-    """The array operations merge_math needs, for numpy (CI runs the formula with these)."""
-
-    def __init__(self):
-        import numpy as np
-
-        self.np = np
-
-    def f32(self, x):
-        return self.np.asarray(x, dtype=self.np.float32)
-
-    def amax1(self, x):
-        return x.max(axis=1)
-
-    def sum1(self, x):
-        return x.sum(axis=1)
-
-    def exp2(self, x):
-        return self.np.exp2(x)
-
-    def log2(self, x):
-        return self.np.log2(x)
-
-    def where(self, c, a, b):
-        return self.np.where(c, a, b)
-
-    def isneginf(self, x):
-        return self.np.isneginf(x)
-
-    def zeros_like(self, x):
-        return self.np.zeros_like(x)
-
-
-def merge_math(ops: Any, v: Any, s: Any) -> Tuple[Any, Any]:
-    """Merges attention states over their axis 1 (base-2 LSE, FlashInfer's convention).
-
-    v: [seq_len, num_states, num_heads, head_dim] partial outputs over disjoint key sets;
-    s: [seq_len, num_states, num_heads] their base-2 LSE. Returns (v, s) in float32:
-    s = log2(sum_i 2^s_i), v = sum_i 2^(s_i - s) v_i. An empty state (s_i = -inf) weighs 0 and
-    its v is never read as a number; a row and head whose states are all empty merges to v = 0,
-    s = -inf (the daemon's MergeStates does the same).
-    """
-    s = ops.f32(s)
-    v = ops.f32(v)
-    s_max = ops.amax1(s)                                   # [seq, H]
-    empty = ops.isneginf(s_max)
-    s_ref = ops.where(empty, ops.zeros_like(s_max), s_max)
-    w = ops.exp2(s - s_ref[:, None])                       # [seq, n, H]; 0 for empty states
-    w_sum = ops.sum1(w)
-    vw = ops.where(w[..., None] > 0, v * w[..., None], ops.zeros_like(v))
-    denom = ops.where(empty, ops.zeros_like(w_sum) + 1.0, w_sum)
-    v_out = ops.sum1(vw) / denom[..., None]
-    s_out = ops.where(empty, s_max, s_ref + ops.log2(denom))
-    return v_out, s_out

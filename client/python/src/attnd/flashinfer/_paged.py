@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, Dict, NamedTuple, Optional
 
 from attnd.flashinfer import _mapping as _m
+from attnd.flashinfer._arrays import TorchArrays, finish_lse
 from attnd.flashinfer._context import Context, get_context, peek_context
 
 
@@ -185,26 +186,7 @@ class PagedWrapperBase:
             o.mul_(scale)
         if not return_lse:
             return o
-        return o, finish_lse(lse_nat, lse_base, lse_layout, lse)
-
-
-def finish_lse(lse_nat, lse_base: str, lse_layout: str, dest=None):
-    """attnd's natural-log [rows, heads] LSE in FlashInfer's base and layout (in place for NH)."""
-    import torch
-
-    factor = _m.lse_factor(lse_base)
-    if lse_layout == "NH":
-        if factor is not None:
-            lse_nat.mul_(factor)
-        return lse_nat
-    src = lse_nat.t()
-    if dest is None:
-        dest = torch.empty(src.shape, dtype=torch.float32, device=lse_nat.device)
-    if factor is not None:
-        torch.mul(src, factor, out=dest)
-    else:
-        dest.copy_(src)
-    return dest
+        return o, finish_lse(TorchArrays(), lse_nat, lse_base, lse_layout, lse)
 
 
 def _check_tensor(api: str, name: str, t, shape, dtype: str, contiguous: bool = False) -> None:

@@ -7,7 +7,8 @@ from typing import Any
 
 from attnd.flashinfer import _mapping as _m
 from attnd.flashinfer._context import get_context
-from attnd.flashinfer._paged import _check_tensor, finish_lse
+from attnd.flashinfer._arrays import TorchArrays, finish_lse
+from attnd.flashinfer._paged import _check_tensor
 
 
 def single_attention(api: str, kind: str, q, k, v, *, kv_layout: str, causal: bool,
@@ -87,5 +88,5 @@ def single_attention(api: str, kind: str, q, k, v, *, kv_layout: str, causal: bo
         o.mul_(scale)
     if not return_lse:
         return o
-    return o, finish_lse(lse_nat, lse_base, "NH")
+    return o, finish_lse(TorchArrays(), lse_nat, lse_base, "NH")
 

@@ -60,6 +60,13 @@ void ExpectNear(const std::vector<float>& a, const std::vector<float>& b, float 
   }
 }
 
+// An inline float32 sinks tensor, [values.size()].
+v1::Tensor SinksTensor(const std::vector<float>& values) {
+  return Inline(
+      DType::kFloat32, {static_cast<int64_t>(values.size())},
+      std::string(reinterpret_cast<const char*>(values.data()), values.size() * sizeof(float)));
+}
+
 // Two requests: 7 query rows over 10 keys (append), and 3 query rows over 3 keys (prefill).
 constexpr int32_t kQoHeads = 4, kKvHeads = 2, kDim = 64, kPage = 4;
 const std::vector<int32_t> kQoIndptr = {0, 7, 10}, kKvIndptr = {0, 10, 13};
@@ -129,6 +136,16 @@ TEST(CoreRaggedRunTest, RaggedKvGivesWhatRunOverPagesWithTheSameKvGives) {
   EXPECT_THAT(ragged->o().shape(), ::testing::ElementsAre(10, kQoHeads, kDim));
   ExpectNear(Values(ragged->o()), Values(expected->o()), 2e-3f, "o");
   ExpectNear(Values(ragged->lse()), Values(expected->lse()), 1e-5f, "lse");
+  // With sinks, both again agree.
+  *run.mutable_sinks() = SinksTensor({0.5f, -1.f, 2.f, -3.f});
+  auto expected_sinks = core->Run(s, run);
+  ASSERT_TRUE(expected_sinks.ok()) << expected_sinks.status();
+  v1::RunRaggedRequest with_sinks = RaggedRequest(q, k, v);
+  *with_sinks.mutable_sinks() = run.sinks();
+  auto ragged_sinks = core->RunRagged(s, with_sinks);
+  ASSERT_TRUE(ragged_sinks.ok()) << ragged_sinks.status();
+  ExpectNear(Values(ragged_sinks->o()), Values(expected_sinks->o()), 2e-3f, "o with sinks");
+  ExpectNear(Values(ragged_sinks->lse()), Values(expected_sinks->lse()), 1e-5f, "lse with sinks");
   // The plan of the run is kept (and charged) until the next ragged run or the session's end.
   EXPECT_GT(core->Stats().host_bytes, host_before);
   ASSERT_TRUE(core->RunRagged(s, RaggedRequest(q, k, v)).ok());
@@ -200,6 +217,50 @@ TEST(CoreRaggedRunTest, SharedMemoryInputsAndOutputs) {
   EXPECT_FALSE(response->has_lse());
   EXPECT_EQ(std::string(shm.data() + o_off, q.size()), expected->o().inline_data());
   EXPECT_EQ(std::string(shm.data() + lse_off, 10 * kQoHeads * 4), expected->lse().inline_data());
+}
+
+TEST(CoreRaggedRunTest, SinksJoinEverySoftmaxInlineOrFromSharedMemory) {
+  auto core = MakeCore();
+  const Identity peer = AddTestPeer(*core);
+  const std::string s = Open(*core, SessionBinding::kStream, "test", 0, peer);
+  std::mt19937 rng(23);
+  const std::string q = RandomBytes(rng, DType::kFloat16, 10 * kQoHeads * kDim);
+  const std::string k = RandomBytes(rng, DType::kFloat16, 13 * kKvHeads * kDim);
+  const std::string v = RandomBytes(rng, DType::kFloat16, 13 * kKvHeads * kDim);
+  const std::vector<float> sinks = {1.5f, -2.f, 0.f, 4.f};
+  auto plain = core->RunRagged(s, RaggedRequest(q, k, v));
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  v1::RunRaggedRequest r = RaggedRequest(q, k, v);
+  *r.mutable_sinks() = SinksTensor(sinks);
+  auto inline_sinks = core->RunRagged(s, r);
+  ASSERT_TRUE(inline_sinks.ok()) << inline_sinks.status();
+  // lse is that of the whole softmax, ln(exp(lse without) + exp(sink)), and o shrinks by
+  // exp(lse without - lse).
+  const std::vector<float> lse0 = Values(plain->lse()), lse1 = Values(inline_sinks->lse());
+  const std::vector<float> o0 = Values(plain->o()), o1 = Values(inline_sinks->o());
+  for (size_t i = 0; i < lse0.size(); ++i) {
+    const int h = static_cast<int>(i % kQoHeads);
+    const double whole = lse0[i] == -INFINITY
+                             ? sinks[h]
+                             : std::log(std::exp(double{lse0[i]}) + std::exp(double{sinks[h]}));
+    EXPECT_NEAR(lse1[i], whole, 1e-4 * (1 + std::fabs(whole))) << i;
+    const double shrink = lse0[i] == -INFINITY ? 0 : std::exp(lse0[i] - whole);
+    for (int d = 0; d < kDim; ++d) {
+      EXPECT_NEAR(o1[i * kDim + d], o0[i * kDim + d] * shrink, 2e-3) << i << " " << d;
+    }
+  }
+  // The same sinks from a registered buffer give the same bytes.
+  TestMemfd shm(64);
+  std::memcpy(shm.data() + 16, sinks.data(), sinks.size() * sizeof(float));
+  auto buffer = RegisterMemfd(*core, s, peer, shm, 64);
+  ASSERT_TRUE(buffer.ok()) << buffer.status();
+  r.mutable_sinks()->clear_inline_data();
+  r.mutable_sinks()->mutable_buffer()->set_buffer_id(*buffer);
+  r.mutable_sinks()->mutable_buffer()->set_offset_bytes(16);
+  auto slice_sinks = core->RunRagged(s, r);
+  ASSERT_TRUE(slice_sinks.ok()) << slice_sinks.status();
+  EXPECT_EQ(slice_sinks->o().inline_data(), inline_sinks->o().inline_data());
+  EXPECT_EQ(slice_sinks->lse().inline_data(), inline_sinks->lse().inline_data());
 }
 
 TEST(CoreRaggedRunTest, EveryBadFieldIsRefusedByNameAndNothingIsWritten) {
@@ -280,6 +341,62 @@ TEST(CoreRaggedRunTest, EveryBadFieldIsRefusedByNameAndNothingIsWritten) {
        "wait_event_id='nope'"},
       {"o of another shape", [](auto& r) { r.mutable_o()->set_shape(0, 9); }, inv,
        "o.shape=[9,4,64], expected [10,4,64]"},
+      {"sinks of the wrong length",
+       [](auto& r) {
+         *r.mutable_sinks() = SinksTensor({1.f, 2.f, 3.f});
+       },
+       inv, "sinks.shape=[3], expected [4]"},
+      {"sinks of the wrong dtype",
+       [](auto& r) {
+         *r.mutable_sinks() = SinksTensor({1.f, 2.f});
+         r.mutable_sinks()->set_dtype(v1::DTYPE_FLOAT16);
+         r.mutable_sinks()->set_shape(0, 4);
+       },
+       inv, "sinks.dtype=DTYPE_FLOAT16, expected DTYPE_FLOAT32"},
+      {"sinks of the wrong inline size",
+       [](auto& r) {
+         *r.mutable_sinks() = SinksTensor({1.f, 2.f, 3.f, 4.f});
+         r.mutable_sinks()->mutable_inline_data()->pop_back();
+       },
+       inv, "sinks.inline_data has 15 bytes, expected 16"},
+      {"a NaN sink",
+       [](auto& r) {
+         *r.mutable_sinks() = SinksTensor({1.f, 2.f, NAN, 4.f});
+       },
+       inv, "sinks[2]=nan must be finite"},
+      {"an infinite sink",
+       [](auto& r) {
+         *r.mutable_sinks() = SinksTensor({-INFINITY, 2.f, 3.f, 4.f});
+       },
+       inv, "sinks[0]=-inf must be finite"},
+      {"a huge sink",
+       [](auto& r) {
+         *r.mutable_sinks() = SinksTensor({1.f, 2.f, 3.f, 1e31f});
+       },
+       inv, "sinks[3]=1e+31 must be finite with |sinks[h]| <= 1e+30"},
+      {"sinks past the buffer's end",
+       [&](auto& r) {
+         *r.mutable_sinks() = SinksTensor({});
+         r.mutable_sinks()->set_shape(0, 4);
+         r.mutable_sinks()->mutable_buffer()->set_buffer_id(*buffer);
+         r.mutable_sinks()->mutable_buffer()->set_offset_bytes(o_bytes + lse_bytes - 8);
+       },
+       absl::StatusCode::kOutOfRange, "sinks.buffer: offset_bytes="},
+      {"sinks misaligned in the buffer",
+       [&](auto& r) {
+         *r.mutable_sinks() = SinksTensor({});
+         r.mutable_sinks()->set_shape(0, 4);
+         r.mutable_sinks()->mutable_buffer()->set_buffer_id(*buffer);
+         r.mutable_sinks()->mutable_buffer()->set_offset_bytes(2);
+       },
+       inv, "sinks.buffer"},
+      {"sinks in an unknown buffer",
+       [](auto& r) {
+         *r.mutable_sinks() = SinksTensor({});
+         r.mutable_sinks()->set_shape(0, 4);
+         r.mutable_sinks()->mutable_buffer()->set_buffer_id("b-nope");
+       },
+       absl::StatusCode::kNotFound, "sinks.buffer.buffer_id='b-nope'"},
       {"lse past the buffer's end",
        [&](auto& r) { r.mutable_lse()->mutable_buffer()->set_offset_bytes(o_bytes + 8); },
        absl::StatusCode::kOutOfRange, "lse.buffer: offset_bytes="},

@@ -1,5 +1,7 @@
 // The rules of AppendKv and Run through Core (server/core/request_rules.h, commands/runs.cc):
 // appends into shared pages and the status codes of bad run requests.
+#include <cmath>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -126,6 +128,80 @@ TEST(CoreSessionsTest, RunRequestsAreValidatedThroughCore) {
   EXPECT_EQ(core->AppendKv(s, append).status().code(), absl::StatusCode::kOutOfRange);
   append.set_layer(1);
   EXPECT_TRUE(core->AppendKv(s, append).ok());
+}
+
+// RunRequest.sinks: float32 [num_qo_heads], finite; a refused run writes nothing.
+TEST(CoreSessionsTest, BadSinksAreRefusedByNameAndNothingIsWritten) {
+  auto core = MakeCore();
+  const Identity peer = AddTestPeer(*core);
+  const std::string s = Open(*core, SessionBinding::kStream, "test", 0, peer);
+  const v1::PoolInfo pool = CreatePool(*core, s);
+  const std::vector<int32_t> pages = Allocate(*core, s, pool.pool_id(), 1);
+  auto plan = core->CreatePlan(
+      s, PlanRequest(pool.pool_id(), v1::ATTENTION_KIND_DECODE, 4, {{pages[0]}}, {3}, {}));
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  const uint64_t o_bytes = 4 * 64 * 2, size = o_bytes + 16;  // o, then 4 sinks
+  TestMemfd shm(size);
+  auto buffer = RegisterMemfd(*core, s, peer, shm, size);
+  ASSERT_TRUE(buffer.ok()) << buffer.status();
+  auto slice = [&](v1::DType dtype, const std::vector<int64_t>& shape, uint64_t offset) {
+    v1::Tensor t;
+    t.set_dtype(dtype);
+    for (int64_t d : shape) t.add_shape(d);
+    t.mutable_buffer()->set_buffer_id(*buffer);
+    t.mutable_buffer()->set_offset_bytes(offset);
+    return t;
+  };
+  auto sinks = [](std::vector<float> values) {
+    v1::Tensor t;
+    t.set_dtype(v1::DTYPE_FLOAT32);
+    t.add_shape(static_cast<int64_t>(values.size()));
+    t.set_inline_data(
+        std::string(reinterpret_cast<const char*>(values.data()), values.size() * sizeof(float)));
+    return t;
+  };
+  v1::RunRequest good;
+  good.set_plan_id(plan->plan_id());
+  *good.mutable_q() = HalfTensor({1, 4, 64});
+  *good.mutable_k() = HalfTensor({1, 2, 64});
+  *good.mutable_v() = HalfTensor({1, 2, 64});
+  *good.mutable_o() = slice(v1::DTYPE_FLOAT16, {1, 4, 64}, 0);
+  *good.mutable_sinks() = sinks({0.f, 1.f, -1.f, 2.f});
+  ASSERT_TRUE(core->Run(s, good).ok());
+  *good.mutable_sinks() = slice(v1::DTYPE_FLOAT32, {4}, o_bytes);
+  ASSERT_TRUE(core->Run(s, good).ok());
+
+  struct Case {
+    v1::Tensor sinks;
+    absl::StatusCode code;
+    std::string message;
+  };
+  v1::Tensor half = sinks({0.f, 0.f});
+  half.set_dtype(v1::DTYPE_BFLOAT16);
+  half.set_shape(0, 4);
+  const std::vector<Case> cases = {
+      {sinks({1.f, 2.f, 3.f}), absl::StatusCode::kInvalidArgument, "sinks.shape=[3], expected [4]"},
+      {half, absl::StatusCode::kInvalidArgument,
+       "sinks.dtype=DTYPE_BFLOAT16, expected DTYPE_FLOAT32"},
+      {sinks({0.f, NAN, 0.f, 0.f}), absl::StatusCode::kInvalidArgument,
+       "sinks[1]=nan must be finite"},
+      {sinks({0.f, 0.f, 0.f, INFINITY}), absl::StatusCode::kInvalidArgument,
+       "sinks[3]=inf must be finite"},
+      {slice(v1::DTYPE_FLOAT32, {4}, o_bytes + 4), absl::StatusCode::kOutOfRange,
+       "sinks.buffer: offset_bytes="},
+      {slice(v1::DTYPE_FLOAT32, {4}, 2), absl::StatusCode::kInvalidArgument, "sinks.buffer"},
+  };
+  for (const Case& c : cases) {
+    v1::RunRequest r = good;
+    *r.mutable_sinks() = c.sinks;
+    std::memset(shm.data(), 0x7f, o_bytes);
+    const absl::Status status = core->Run(s, r).status();
+    EXPECT_EQ(status.code(), c.code) << c.message << ": " << status;
+    EXPECT_THAT(std::string(status.message()), HasSubstr(c.message));
+    bool untouched = true;
+    for (uint64_t i = 0; i < o_bytes; ++i) untouched = untouched && shm.data()[i] == 0x7f;
+    EXPECT_TRUE(untouched) << c.message << ": a refused run wrote o";
+  }
 }
 
 }  // namespace
