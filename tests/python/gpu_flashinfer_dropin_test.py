@@ -2,21 +2,25 @@
 the very same test bodies run against FlashInfer itself, to show that the semantics match:
 shapes, the NHD layout (single tensor and (k, v) halves), page sizes 1 and 16, GQA, base-2 LSE
 (NH/HN, log2/ln), RoPE LLaMA, logits soft cap, sliding windows, sm_scale, out=/lse= buffers,
-append_paged_kv_cache, single_* functions and state merging.
+append_paged_kv_cache, single_* functions, the ragged prefill wrapper and state merging.
 
 Every case runs twice: param "attnd" (attnd.flashinfer on a CUDA daemon, $ATTND_BIN) and param
 "flashinfer" (``import flashinfer``, e.g. the peer bundle of ../shared/gpu/flashinfer-peer on
-PYTHONPATH, which scripts/gpu-host-run.sh adds when FI_PEER_DIR is set). FlashInfer runs with
-the JIT cache fi_peer.py built ($FI_PEER_CACHE, default /tmp/fi_peer_cache; run fi_peer.py with
-FI_PEER_SET=min first in the same device call): cases whose kernels that cache lacks (the min set
-is head_dim 128, fp16/bf16, default options) skip with the module's name instead of compiling;
-ATTND_FI_JIT=1 lets FlashInfer compile them (minutes). Skips with the reason: without torch /
-CUDA, without the daemon binary, and the "flashinfer" params when it cannot be imported.
+PYTHONPATH, which scripts/gpu-host-run.sh adds when FI_PEER_DIR is set). FlashInfer runs on the
+JIT cache of fi_peer.py ($FI_PEER_CACHE, default /tmp/fi_peer_cache; same environment, so modules
+fi_peer.py built are reused). ATTND_FI_JIT=1 (what scripts/gpu-host-run.sh sets) first builds
+every module the cases below need and the cache lacks, in one ninja run (FLASHINFER_MODULES: 15
+modules, head_dim 128; about 2.5 minutes on the GPU host's 16 cores from an empty cache, nothing
+when they are cached), and lets FlashInfer compile anything else a case asks for. Without it, a
+case whose module is not cached skips with the module's name. `python3
+tests/python/gpu_flashinfer_dropin_test.py` does only that build. Skips with the reason: without
+torch / CUDA, without the daemon binary, the "flashinfer" params when it cannot be imported, and
+without ATTND_FI_JIT=1 the uncached modules.
 
 Outputs and LSE are poisoned (NaN) before every run; the caches are filled with random data
 (unused slots included) before the real K/V are written, so a wrong page or slot shows.
 
-    ATTND_BIN=.gpu/bin/attnd PYTHONPATH=.gpu-py:/tmp/fi python3 -m pytest -q -rs \\
+    ATTND_FI_JIT=1 ATTND_BIN=.gpu/bin/attnd PYTHONPATH=.gpu-py:/tmp/fi python3 -m pytest -q -rs \\
         tests/python/gpu_flashinfer_dropin_test.py
 """
 
@@ -29,6 +33,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 import zlib
 from pathlib import Path
 
@@ -101,8 +106,10 @@ def _import_flashinfer():
 
     def guarded_build(spec, *args, **kwargs):
         if spec.jit_library_path.exists():
-            return None  # built by fi_peer.py: loaded as it is, without a ninja run
+            return None  # built already (fi_peer.py, prebuild_flashinfer): loaded as it is
         if os.environ.get("ATTND_FI_JIT") == "1":
+            print(f"FlashInfer JIT: {spec.name} was not prebuilt (not in FLASHINFER_MODULES); "
+                  "compiling it now", flush=True)
             return build(spec, *args, **kwargs)
         raise FlashInferNotBuilt(spec.name)
 
@@ -157,9 +164,9 @@ class Backend:
         except Exception as e:
             missing = _missing_jit(e) if self.name == "flashinfer" else None
             if missing:
-                pytest.skip(f"FlashInfer kernel {missing} is not in its JIT cache "
-                            "(FI_PEER_SET=min builds the default options; ATTND_FI_JIT=1 "
-                            "compiles it)")
+                pytest.skip(f"FlashInfer kernel {missing} is not in its JIT cache (ATTND_FI_JIT=1 "
+                            "builds every module these tests need; scripts/gpu-host-run.sh "
+                            "sets it)")
             raise
 
 
@@ -182,12 +189,21 @@ def attnd_ctx(cuda_daemon):
     ctx.close()
 
 
+@pytest.fixture(scope="module")
+def fi_modules():
+    """With ATTND_FI_JIT=1: every FlashInfer module of FLASHINFER_MODULES built (one ninja run
+    for those the JIT cache lacks) before the first FlashInfer case."""
+    if FLASHINFER is not None and os.environ.get("ATTND_FI_JIT") == "1":
+        prebuild_flashinfer()
+
+
 @pytest.fixture(scope="module", params=["attnd", "flashinfer"])
 def be(request):
     if request.param == "flashinfer":
         if FLASHINFER is None:
             pytest.skip(f"flashinfer cannot be imported ({FLASHINFER_WHY}); put FlashInfer (the "
                         "peer bundle: FI_PEER_DIR) on PYTHONPATH")
+        request.getfixturevalue("fi_modules")
         yield Backend("flashinfer", FLASHINFER)
     else:
         yield Backend("attnd", afi, request.getfixturevalue("attnd_ctx"))
@@ -301,37 +317,28 @@ def _randn(gen, *shape, dtype, scale=1.0):
     return (torch.randn(*shape, generator=gen, device=DEV) * scale).to(dtype)
 
 
-# Decode cases. fi: "run" = FlashInfer's min JIT set has the kernels; "jit" = it needs a variant
-# module (skips unless cached / ATTND_FI_JIT=1); "no" = attnd only (the option's semantics are
-# compared with FlashInfer by the combined "all" case, which needs one module instead of three).
+# Decode cases (each runs against attnd and against FlashInfer; FLASHINFER_MODULES lists the
+# FlashInfer modules they need).
 DECODE = [
-    dict(id="fp16-mha-p16", dtype=F16, hq=8, hkv=8, page=16, kv=[1, 7, 33, 300], fi="run"),
+    dict(id="fp16-mha-p16", dtype=F16, hq=8, hkv=8, page=16, kv=[1, 7, 33, 300]),
     dict(id="fp16-gqa4-p16-tc-halves", dtype=F16, hq=32, hkv=8, page=16, kv=[5, 16, 17, 513],
-         tc=True, halves=True, lse=True, fi="run"),
+         tc=True, halves=True, lse=True),
     dict(id="bf16-gqa4-p1-lse", dtype=BF16, hq=16, hkv=4, page=1, kv=[1, 3, 64, 129], lse=True,
-         layers=2, fi="run"),
+         layers=2),
     dict(id="bf16-gqa8-p16-scale", dtype=BF16, hq=32, hkv=4, page=16, kv=[2, 100, 260],
-         sm_scale=0.05, lse=True, tc=True, fi="run"),
+         sm_scale=0.05, lse=True, tc=True),
     dict(id="fp16-rope", dtype=F16, hq=16, hkv=4, page=16, kv=[9, 200], rope=True,
-         rope_theta=5e5, rope_scale=2.0, lse=True, fi="no"),
+         rope_theta=5e5, rope_scale=2.0, lse=True),
     dict(id="fp16-softcap", dtype=F16, hq=16, hkv=4, page=16, kv=[9, 200], soft_cap=5.0,
-         q_mult=3.0, lse=True, fi="no"),
-    dict(id="fp16-window", dtype=F16, hq=16, hkv=4, page=16, kv=[9, 200], window=40, lse=True,
-         fi="no"),
+         q_mult=3.0, lse=True),
+    dict(id="fp16-window", dtype=F16, hq=16, hkv=4, page=16, kv=[9, 200], window=40, lse=True),
     dict(id="fp16-rope-softcap-window", dtype=F16, hq=16, hkv=4, page=16, kv=[3, 77, 300],
-         rope=True, soft_cap=8.0, q_mult=2.0, window=50, lse=True, fi="jit"),
+         rope=True, soft_cap=8.0, q_mult=2.0, window=50, lse=True),
 ]
-
-
-def _skip_fi(be, case):
-    if be.name == "flashinfer" and case["fi"] == "no":
-        pytest.skip("attnd-only case: FlashInfer's semantics of this option are compared by the "
-                    "combined rope-softcap-window case")
 
 
 @pytest.mark.parametrize("case", DECODE, ids=[c["id"] for c in DECODE])
 def test_batch_decode(be, case):
-    _skip_fi(be, case)
     dtype, hq, hkv, d = case["dtype"], case["hq"], case["hkv"], 128
     batch = Batch(be, case["kv"], case["page"], hkv, d, dtype, seed=_seed(case),
                   layers=case.get("layers", 1))
@@ -375,28 +382,27 @@ def test_batch_decode(be, case):
 
 PREFILL = [
     dict(id="bf16-causal-gqa4-p16-lse", dtype=BF16, hq=16, hkv=4, page=16, qo=[1, 17, 64],
-         kv=[5, 17, 200], causal=True, lse=True, lse_variants=True, fi="run"),
+         kv=[5, 17, 200], causal=True, lse=True, lse_variants=True),
     dict(id="fp16-noncausal-p1-halves", dtype=F16, hq=8, hkv=8, page=1, qo=[3, 30], kv=[3, 45],
-         halves=True, layers=2, fi="run"),
+         halves=True, layers=2),
     dict(id="fp16-causal-gqa8-p16-scale", dtype=F16, hq=32, hkv=4, page=16, qo=[40, 2],
-         kv=[40, 300], causal=True, sm_scale=0.07, lse=True, fi="run"),
+         kv=[40, 300], causal=True, sm_scale=0.07, lse=True),
     dict(id="fp16-rope", dtype=F16, hq=16, hkv=4, page=16, qo=[20, 5], kv=[20, 90], causal=True,
-         rope=True, rope_theta=1e6, lse=True, fi="no"),
+         rope=True, rope_theta=1e6, lse=True),
     dict(id="fp16-softcap", dtype=F16, hq=16, hkv=4, page=16, qo=[20, 5], kv=[20, 90],
-         causal=True, soft_cap=5.0, q_mult=3.0, fi="no"),
+         causal=True, soft_cap=5.0, q_mult=3.0),
     dict(id="fp16-window", dtype=F16, hq=16, hkv=4, page=16, qo=[33, 8], kv=[33, 120],
-         causal=True, window=16, lse=True, fi="no"),
+         causal=True, window=16, lse=True),
     dict(id="fp16-window-noncausal", dtype=F16, hq=8, hkv=8, page=16, qo=[12], kv=[60],
-         window=10, fi="no"),
+         window=10),
     dict(id="fp16-rope-softcap-window", dtype=F16, hq=16, hkv=4, page=16, qo=[1, 30, 64],
          kv=[9, 30, 180], causal=True, rope=True, soft_cap=8.0, q_mult=2.0, window=24,
-         lse=True, fi="jit"),
+         lse=True),
 ]
 
 
 @pytest.mark.parametrize("case", PREFILL, ids=[c["id"] for c in PREFILL])
 def test_batch_prefill(be, case):
-    _skip_fi(be, case)
     dtype, hq, hkv, d = case["dtype"], case["hq"], case["hkv"], 128
     batch = Batch(be, case["kv"], case["page"], hkv, d, dtype, seed=_seed(case),
                   layers=case.get("layers", 1))
@@ -450,10 +456,156 @@ def test_batch_prefill(be, case):
         be.free_cache(batch.cache_all)
 
 
-def test_decode_q_len_per_req_and_run_window_override(be):
-    """attnd only: q_len_per_req > 1 (causal verification rows) and run(window_left=...)."""
-    if be.name != "attnd":
-        pytest.skip("attnd extensions' semantics, checked against the reference only")
+# Ragged (contiguous K/V) cases: BatchPrefillWithRaggedKVCacheWrapper, attnd's RunRagged.
+RAGGED = [
+    dict(id="bf16-causal-gqa4-lse", dtype=BF16, hq=16, hkv=4, qo=[1, 17, 64], kv=[5, 17, 200],
+         causal=True, lse=True, lse_variants=True),
+    dict(id="fp16-noncausal-mha-hnd", dtype=F16, hq=8, hkv=8, qo=[3, 30], kv=[3, 45],
+         layout="HND"),
+    dict(id="fp16-rope-softcap-window", dtype=F16, hq=16, hkv=4, qo=[1, 30, 64], kv=[9, 30, 180],
+         causal=True, rope=True, soft_cap=8.0, q_mult=2.0, window=24, lse=True),
+]
+
+
+@pytest.mark.parametrize("case", RAGGED, ids=[c["id"] for c in RAGGED])
+def test_batch_prefill_ragged(be, case):
+    dtype, hq, hkv, d = case["dtype"], case["hq"], case["hkv"], 128
+    gen = torch.Generator(device=DEV).manual_seed(_seed(case))
+    qo_h, kv_h = [0], [0]
+    for a, b in zip(case["qo"], case["kv"]):
+        qo_h.append(qo_h[-1] + a)
+        kv_h.append(kv_h[-1] + b)
+    q = _randn(gen, qo_h[-1], hq, d, dtype=dtype, scale=case.get("q_mult", 1.0))
+    k = _randn(gen, kv_h[-1], hkv, d, dtype=dtype)
+    v = _randn(gen, kv_h[-1], hkv, d, dtype=dtype)
+    hnd = case.get("layout") == "HND"
+    k_arg, v_arg = (k.transpose(0, 1).contiguous(), v.transpose(0, 1).contiguous()) if hnd else (
+        k, v)
+
+    def body():
+        fi = be.fi
+        w = fi.BatchPrefillWithRaggedKVCacheWrapper(be.workspace, case.get("layout", "NHD"),
+                                                    backend="fa2")
+        w.plan(torch.tensor(qo_h, dtype=torch.int32, device=DEV),
+               torch.tensor(kv_h, dtype=torch.int32, device=DEV), hq, hkv, d,
+               causal=case.get("causal", False),
+               pos_encoding_mode="ROPE_LLAMA" if case.get("rope") else "NONE",
+               window_left=case.get("window", -1), logits_soft_cap=case.get("soft_cap"),
+               q_data_type=dtype, kv_data_type=dtype)
+        rows = qo_h[-1]
+        out = poisoned((rows, hq, d), dtype)
+        if case.get("lse"):
+            lse_buf = poisoned((rows, hq), torch.float32)
+            o, lse = w.run(q, k_arg, v_arg, out=out, lse=lse_buf, return_lse=True)
+            assert lse.data_ptr() == lse_buf.data_ptr()
+        else:
+            o, lse = w.run(q, k_arg, v_arg, out=out), None
+        assert o.data_ptr() == out.data_ptr() and o.dtype == dtype
+        torch.cuda.synchronize()
+        refs = [reference(q[qo_h[b]:qo_h[b + 1]], k[kv_h[b]:kv_h[b + 1]], v[kv_h[b]:kv_h[b + 1]],
+                          causal=case.get("causal", False), soft_cap=case.get("soft_cap"),
+                          window=case.get("window", -1), rope=case.get("rope", False))
+                for b in range(len(case["qo"]))]
+        for b, (ref_o, ref_lse) in enumerate(refs):
+            sl = slice(qo_h[b], qo_h[b + 1])
+            check(o[sl], None if lse is None else lse[sl], ref_o, ref_lse, dtype,
+                  f"{be.name} ragged {case['id']} request {b}")
+        if case.get("lse_variants"):
+            hn = poisoned((hq, rows), torch.float32)
+            o2, lse2 = w.run_return_lse(q, k_arg, v_arg, lse=hn, lse_base="ln", lse_layout="HN")
+            assert lse2.data_ptr() == hn.data_ptr()
+            check(o2, lse2.t(), torch.cat([r[0] for r in refs]),
+                  torch.cat([r[1] for r in refs]) * LN2, dtype,
+                  f"{be.name} ragged {case['id']} lse HN/ln")
+
+    be.call(body)
+
+
+# --- the FlashInfer modules the cases need ---------------------------------------------------------
+
+def _variant(case):
+    """(pos_encoding_mode value, use_sliding_window, use_logits_soft_cap) as FlashInfer's plan()
+    derives them."""
+    return (1 if case.get("rope") else 0, case.get("window", -1) != -1,
+            bool(case.get("soft_cap")) and case["soft_cap"] > 0)
+
+
+def flashinfer_module_keys():
+    """(kind, dtype, variant) of every FlashInfer JIT module the tests of this file load, at
+    head_dim 128: batch decode modules (CUDA-core decode), FA2 batch prefill modules (paged and
+    ragged prefill, tensor-core decode), the FA2 single prefill module (single_prefill and
+    tensor-core single_decode), cascade (merges) and page (append_paged_kv_cache)."""
+    keys = []
+
+    def add(key):
+        if key not in keys:
+            keys.append(key)
+
+    for c in DECODE:
+        add(("prefill" if c.get("tc") else "decode", c["dtype"], _variant(c)))
+    for c in PREFILL + RAGGED:
+        add(("prefill", c["dtype"], _variant(c)))
+    add(("prefill", BF16, (0, False, False)))         # append then prefill
+    add(("single_prefill", BF16, (0, False, False)))  # single_*, merges of split K/V
+    add(("cascade", None, None))
+    add(("page", None, None))
+    return keys
+
+
+def flashinfer_specs(keys):
+    """FlashInfer's JitSpec of each key: the same URIs its wrappers build at plan()."""
+    from flashinfer.jit.attention import modules as jm
+    from flashinfer.jit.cascade import gen_cascade_module
+    from flashinfer.jit.page import gen_page_module
+
+    specs = []
+    for kind, dtype, variant in keys:
+        if kind == "cascade":
+            specs.append(gen_cascade_module())
+        elif kind == "page":
+            specs.append(gen_page_module())
+        elif kind == "decode":
+            specs.append(jm.gen_batch_decode_module(dtype, dtype, dtype, torch.int32, 128, 128,
+                                                    *variant))
+        elif kind == "prefill":  # the FA2 wrappers load the equal-stride primary module
+            gen = getattr(jm, "_gen_batch_prefill_primary_module", None) or \
+                jm.gen_batch_prefill_module
+            specs.append(gen("fa2", dtype, dtype, dtype, torch.int32, 128, 128, *variant, False))
+        else:
+            specs.append(jm.gen_single_prefill_module("fa2", dtype, dtype, dtype, 128, 128,
+                                                      *variant, False))
+    return specs
+
+
+FLASHINFER_MODULES = flashinfer_module_keys()
+_PREBUILT = []
+
+
+def prebuild_flashinfer():
+    """Builds, in one ninja run (MAX_JOBS jobs), the modules of FLASHINFER_MODULES that the JIT
+    cache lacks; prints what it built and how long it took. Returns the names built."""
+    if _PREBUILT:
+        return _PREBUILT[0]
+    from flashinfer.jit import build_jit_specs
+
+    specs = flashinfer_specs(FLASHINFER_MODULES)
+    missing = [s for s in specs if not s.jit_library_path.exists()]
+    t0 = time.time()
+    if missing:
+        print(f"FlashInfer JIT: building {len(missing)} of {len(specs)} modules in one ninja run "
+              f"(MAX_JOBS={os.environ.get('MAX_JOBS')})", flush=True)
+        build_jit_specs(missing, verbose=False)
+    names = [s.name for s in missing]
+    print(f"FlashInfer JIT: {len(missing)} built in {time.time() - t0:.1f} s, "
+          f"{len(specs) - len(missing)} cached: {', '.join(names) or '-'}", flush=True)
+    _PREBUILT.append(names)
+    return names
+
+
+def test_decode_q_len_per_req_and_run_window_override(attnd_ctx):
+    """attnd only (an attnd extension, so not run against FlashInfer): q_len_per_req > 1 (causal
+    verification rows) and run(window_left=...) other than the planned one."""
+    be = Backend("attnd", afi, attnd_ctx)
     dtype, hq, hkv, d, n = F16, 16, 4, 128, 3
     batch = Batch(be, [10, 40], 16, hkv, d, dtype, seed=11)
     try:
@@ -560,6 +712,18 @@ def test_single_prefill_and_decode(be, kv_layout):
     be.call(body)
 
 
+def ref_merge(v, s):
+    """FlashInfer's merge formula in float32 torch, base-2 LSE: v [seq, n, H, D], s [seq, n, H]
+    -> (v [seq, H, D] float32, s [seq, H]); empty states (s = -inf) weigh 0."""
+    s = s.float()
+    s_max = torch.amax(s, dim=1)
+    ref = torch.where(torch.isneginf(s_max), torch.zeros_like(s_max), s_max)
+    w = torch.exp2(s - ref[:, None])
+    v = torch.where(w[..., None] > 0, v.float() * w[..., None], torch.zeros_like(v.float()))
+    w_sum = w.sum(dim=1)
+    return v.sum(dim=1) / w_sum[..., None], ref + torch.log2(w_sum)
+
+
 def test_merge_state_of_split_kv(be):
     """Attention over two (three) disjoint KV parts, merged with merge_state / merge_states /
     merge_state_in_place, equals attention over all of it (LSE in base 2 throughout)."""
@@ -593,9 +757,9 @@ def test_merge_state_of_split_kv(be):
         assert not torch.isnan(v0).any()
         twice = torch.stack([parts[0][0], parts[0][0], parts[1][0]], 1), torch.stack(
             [parts[0][1], parts[0][1], parts[1][1]], 1)
-        want_odd = afi.merge_states(*twice)
-        want_even = afi.merge_states(torch.cat([twice[0], parts[2][0][:, None]], 1),
-                                     torch.cat([twice[1], parts[2][1][:, None]], 1))
+        want_odd = ref_merge(*twice)
+        want_even = ref_merge(torch.cat([twice[0], parts[2][0][:, None]], 1),
+                              torch.cat([twice[1], parts[2][1][:, None]], 1))
         (oa, orr), (la, lr) = TOL[dtype]
         torch.testing.assert_close(v0[1::2].float(), want_odd[0][1::2].float(), atol=oa, rtol=orr)
         torch.testing.assert_close(v0[::2].float(), want_even[0][::2].float(), atol=oa, rtol=orr)
@@ -605,9 +769,10 @@ def test_merge_state_of_split_kv(be):
     be.call(body)
 
 
-def test_merge_matches_flashinfer_kernels():
-    """attnd.flashinfer's torch merges against FlashInfer's CUDA ones on random states (one
-    state empty, s = -inf, in some rows)."""
+def test_merge_matches_flashinfer_kernels(attnd_ctx, fi_modules):
+    """attnd.flashinfer's merges (the daemon's MergeState/MergeStates, base-2 LSE converted on the
+    way) against FlashInfer's CUDA kernels on random states (one state empty, s = -inf, in some
+    rows), and merge_state_in_place with and without a mask against the float32 reference."""
     if FLASHINFER is None:
         pytest.skip(f"flashinfer cannot be imported ({FLASHINFER_WHY})")
     gen = torch.Generator(device=DEV).manual_seed(1)
@@ -626,9 +791,20 @@ def test_merge_matches_flashinfer_kernels():
         got = afi.merge_states(v, s)
         got2 = afi.merge_state(v[:, 0], s[:, 0], v[:, 2], s[:, 2])
         (oa, orr), (la, lr) = TOL[dtype]
-        for (gv, gs), (wv, ws) in ((got, want), (got2, want2)):
+        for (gv, gs), (wv, ws) in ((got, want), (got2, want2), (got, ref_merge(v, s))):
+            assert gv.dtype == dtype and gs.dtype == torch.float32
             torch.testing.assert_close(gv.float(), wv.float(), atol=oa, rtol=orr)
             torch.testing.assert_close(gs, ws.float(), atol=1e-4, rtol=1e-5)
+        mask = torch.arange(seq, device=DEV) % 3 != 1
+        for m in (None, mask):
+            vi, si = v[:, 0].clone(), s[:, 0].clone()
+            afi.merge_state_in_place(vi, si, v[:, 2], s[:, 2], mask=m)
+            torch.cuda.synchronize()
+            keep = torch.ones(seq, dtype=torch.bool, device=DEV) if m is None else m
+            torch.testing.assert_close(vi[keep].float(), want2[0][keep].float(), atol=oa,
+                                       rtol=orr)
+            torch.testing.assert_close(si[keep], want2[1][keep].float(), atol=1e-4, rtol=1e-5)
+            assert torch.equal(vi[~keep], v[:, 0][~keep]) and torch.equal(si[~keep], s[:, 0][~keep])
 
 
 # --- signatures against the real FlashInfer -----------------------------------------------------
@@ -694,3 +870,9 @@ def test_refusals_on_a_real_cache(attnd_ctx):
         assert o.run(q, cache[1]).shape == (1, 8, 128)
     finally:
         attnd_ctx.release(cache)
+
+
+if __name__ == "__main__":  # the JIT step alone: python3 tests/python/gpu_flashinfer_dropin_test.py
+    if FLASHINFER is None:
+        sys.exit(f"flashinfer cannot be imported: {FLASHINFER_WHY}")
+    prebuild_flashinfer()
