@@ -90,6 +90,27 @@ inline v1::Tensor HalfTensor(const std::vector<int64_t>& shape, char fill = '\0'
   return t;
 }
 
+// A tensor of `shape` in `dtype` that is a slice of registered buffer `buffer_id` at `offset`.
+inline v1::Tensor SliceTensor(const std::string& buffer_id, v1::DType dtype,
+                              const std::vector<int64_t>& shape, uint64_t offset) {
+  v1::Tensor t;
+  t.set_dtype(dtype);
+  for (int64_t d : shape) t.add_shape(d);
+  t.mutable_buffer()->set_buffer_id(buffer_id);
+  t.mutable_buffer()->set_offset_bytes(offset);
+  return t;
+}
+
+// An inline float32 tensor [values.size()] holding `values` (e.g. a run's sinks).
+inline v1::Tensor FloatVector(const std::vector<float>& values) {
+  v1::Tensor t;
+  t.set_dtype(v1::DTYPE_FLOAT32);
+  t.add_shape(static_cast<int64_t>(values.size()));
+  t.set_inline_data(
+      std::string(reinterpret_cast<const char*>(values.data()), values.size() * sizeof(float)));
+  return t;
+}
+
 inline std::vector<int32_t> Allocate(Core& core, const std::string& session,
                                      const std::string& pool_id, int32_t count) {
   v1::AllocatePagesRequest request;

@@ -60,13 +60,6 @@ void ExpectNear(const std::vector<float>& a, const std::vector<float>& b, float 
   }
 }
 
-// An inline float32 sinks tensor, [values.size()].
-v1::Tensor SinksTensor(const std::vector<float>& values) {
-  return Inline(
-      DType::kFloat32, {static_cast<int64_t>(values.size())},
-      std::string(reinterpret_cast<const char*>(values.data()), values.size() * sizeof(float)));
-}
-
 // Two requests: 7 query rows over 10 keys (append), and 3 query rows over 3 keys (prefill).
 constexpr int32_t kQoHeads = 4, kKvHeads = 2, kDim = 64, kPage = 4;
 const std::vector<int32_t> kQoIndptr = {0, 7, 10}, kKvIndptr = {0, 10, 13};
@@ -137,7 +130,7 @@ TEST(CoreRaggedRunTest, RaggedKvGivesWhatRunOverPagesWithTheSameKvGives) {
   ExpectNear(Values(ragged->o()), Values(expected->o()), 2e-3f, "o");
   ExpectNear(Values(ragged->lse()), Values(expected->lse()), 1e-5f, "lse");
   // With sinks, both again agree.
-  *run.mutable_sinks() = SinksTensor({0.5f, -1.f, 2.f, -3.f});
+  *run.mutable_sinks() = FloatVector({0.5f, -1.f, 2.f, -3.f});
   auto expected_sinks = core->Run(s, run);
   ASSERT_TRUE(expected_sinks.ok()) << expected_sinks.status();
   v1::RunRaggedRequest with_sinks = RaggedRequest(q, k, v);
@@ -197,12 +190,7 @@ TEST(CoreRaggedRunTest, SharedMemoryInputsAndOutputs) {
   auto buffer = RegisterMemfd(*core, s, peer, shm, size);
   ASSERT_TRUE(buffer.ok()) << buffer.status();
   auto slice = [&](v1::DType dtype, const std::vector<int64_t>& shape, uint64_t offset) {
-    v1::Tensor t;
-    t.set_dtype(dtype);
-    for (int64_t d : shape) t.add_shape(d);
-    t.mutable_buffer()->set_buffer_id(*buffer);
-    t.mutable_buffer()->set_offset_bytes(offset);
-    return t;
+    return SliceTensor(*buffer, dtype, shape, offset);
   };
   v1::RunRaggedRequest r = RaggedRequest(q, k, v);
   *r.mutable_q() = slice(v1::DTYPE_FLOAT16, {10, kQoHeads, kDim}, q_off);
@@ -231,7 +219,7 @@ TEST(CoreRaggedRunTest, SinksJoinEverySoftmaxInlineOrFromSharedMemory) {
   auto plain = core->RunRagged(s, RaggedRequest(q, k, v));
   ASSERT_TRUE(plain.ok()) << plain.status();
   v1::RunRaggedRequest r = RaggedRequest(q, k, v);
-  *r.mutable_sinks() = SinksTensor(sinks);
+  *r.mutable_sinks() = FloatVector(sinks);
   auto inline_sinks = core->RunRagged(s, r);
   ASSERT_TRUE(inline_sinks.ok()) << inline_sinks.status();
   // lse is that of the whole softmax, ln(exp(lse without) + exp(sink)), and o shrinks by
@@ -343,40 +331,40 @@ TEST(CoreRaggedRunTest, EveryBadFieldIsRefusedByNameAndNothingIsWritten) {
        "o.shape=[9,4,64], expected [10,4,64]"},
       {"sinks of the wrong length",
        [](auto& r) {
-         *r.mutable_sinks() = SinksTensor({1.f, 2.f, 3.f});
+         *r.mutable_sinks() = FloatVector({1.f, 2.f, 3.f});
        },
        inv, "sinks.shape=[3], expected [4]"},
       {"sinks of the wrong dtype",
        [](auto& r) {
-         *r.mutable_sinks() = SinksTensor({1.f, 2.f});
+         *r.mutable_sinks() = FloatVector({1.f, 2.f});
          r.mutable_sinks()->set_dtype(v1::DTYPE_FLOAT16);
          r.mutable_sinks()->set_shape(0, 4);
        },
        inv, "sinks.dtype=DTYPE_FLOAT16, expected DTYPE_FLOAT32"},
       {"sinks of the wrong inline size",
        [](auto& r) {
-         *r.mutable_sinks() = SinksTensor({1.f, 2.f, 3.f, 4.f});
+         *r.mutable_sinks() = FloatVector({1.f, 2.f, 3.f, 4.f});
          r.mutable_sinks()->mutable_inline_data()->pop_back();
        },
        inv, "sinks.inline_data has 15 bytes, expected 16"},
       {"a NaN sink",
        [](auto& r) {
-         *r.mutable_sinks() = SinksTensor({1.f, 2.f, NAN, 4.f});
+         *r.mutable_sinks() = FloatVector({1.f, 2.f, NAN, 4.f});
        },
        inv, "sinks[2]=nan must be finite"},
       {"an infinite sink",
        [](auto& r) {
-         *r.mutable_sinks() = SinksTensor({-INFINITY, 2.f, 3.f, 4.f});
+         *r.mutable_sinks() = FloatVector({-INFINITY, 2.f, 3.f, 4.f});
        },
        inv, "sinks[0]=-inf must be finite"},
       {"a huge sink",
        [](auto& r) {
-         *r.mutable_sinks() = SinksTensor({1.f, 2.f, 3.f, 1e31f});
+         *r.mutable_sinks() = FloatVector({1.f, 2.f, 3.f, 1e31f});
        },
        inv, "sinks[3]=1e+31 must be finite with |sinks[h]| <= 1e+30"},
       {"sinks past the buffer's end",
        [&](auto& r) {
-         *r.mutable_sinks() = SinksTensor({});
+         *r.mutable_sinks() = FloatVector({});
          r.mutable_sinks()->set_shape(0, 4);
          r.mutable_sinks()->mutable_buffer()->set_buffer_id(*buffer);
          r.mutable_sinks()->mutable_buffer()->set_offset_bytes(o_bytes + lse_bytes - 8);
@@ -384,7 +372,7 @@ TEST(CoreRaggedRunTest, EveryBadFieldIsRefusedByNameAndNothingIsWritten) {
        absl::StatusCode::kOutOfRange, "sinks.buffer: offset_bytes="},
       {"sinks misaligned in the buffer",
        [&](auto& r) {
-         *r.mutable_sinks() = SinksTensor({});
+         *r.mutable_sinks() = FloatVector({});
          r.mutable_sinks()->set_shape(0, 4);
          r.mutable_sinks()->mutable_buffer()->set_buffer_id(*buffer);
          r.mutable_sinks()->mutable_buffer()->set_offset_bytes(2);
@@ -392,7 +380,7 @@ TEST(CoreRaggedRunTest, EveryBadFieldIsRefusedByNameAndNothingIsWritten) {
        inv, "sinks.buffer"},
       {"sinks in an unknown buffer",
        [](auto& r) {
-         *r.mutable_sinks() = SinksTensor({});
+         *r.mutable_sinks() = FloatVector({});
          r.mutable_sinks()->set_shape(0, 4);
          r.mutable_sinks()->mutable_buffer()->set_buffer_id("b-nope");
        },

@@ -145,21 +145,9 @@ TEST(CoreSessionsTest, BadSinksAreRefusedByNameAndNothingIsWritten) {
   auto buffer = RegisterMemfd(*core, s, peer, shm, size);
   ASSERT_TRUE(buffer.ok()) << buffer.status();
   auto slice = [&](v1::DType dtype, const std::vector<int64_t>& shape, uint64_t offset) {
-    v1::Tensor t;
-    t.set_dtype(dtype);
-    for (int64_t d : shape) t.add_shape(d);
-    t.mutable_buffer()->set_buffer_id(*buffer);
-    t.mutable_buffer()->set_offset_bytes(offset);
-    return t;
+    return SliceTensor(*buffer, dtype, shape, offset);
   };
-  auto sinks = [](std::vector<float> values) {
-    v1::Tensor t;
-    t.set_dtype(v1::DTYPE_FLOAT32);
-    t.add_shape(static_cast<int64_t>(values.size()));
-    t.set_inline_data(
-        std::string(reinterpret_cast<const char*>(values.data()), values.size() * sizeof(float)));
-    return t;
-  };
+  const auto sinks = FloatVector;
   v1::RunRequest good;
   good.set_plan_id(plan->plan_id());
   *good.mutable_q() = HalfTensor({1, 4, 64});
