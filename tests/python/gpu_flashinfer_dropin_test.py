@@ -781,17 +781,22 @@ def test_merge_matches_flashinfer_kernels(attnd_ctx, fi_modules):
         v = _randn(gen, seq, n, h, d, dtype=dtype)
         s = (torch.randn(seq, n, h, generator=gen, device=DEV) * 4).float()
         s[::3, 1] = float("-inf")
+        # FlashInfer's merge_state wants contiguous inputs (CHECK_INPUT); attnd.flashinfer takes
+        # the strided views too (merged through copies), checked against the same result below.
+        va, sa, vb, sb = (t.contiguous() for t in (v[:, 0], s[:, 0], v[:, 2], s[:, 2]))
         try:
             want = FLASHINFER.merge_states(v, s)
-            want2 = FLASHINFER.merge_state(v[:, 0], s[:, 0], v[:, 2], s[:, 2])
+            want2 = FLASHINFER.merge_state(va, sa, vb, sb)
         except Exception as e:  # noqa: BLE001
             if _missing_jit(e):
                 pytest.skip(f"FlashInfer's cascade kernels are not in its JIT cache ({e})")
             raise
         got = afi.merge_states(v, s)
-        got2 = afi.merge_state(v[:, 0], s[:, 0], v[:, 2], s[:, 2])
+        got2 = afi.merge_state(va, sa, vb, sb)
+        got_strided = afi.merge_state(v[:, 0], s[:, 0], v[:, 2], s[:, 2])
         (oa, orr), (la, lr) = TOL[dtype]
-        for (gv, gs), (wv, ws) in ((got, want), (got2, want2), (got, ref_merge(v, s))):
+        for (gv, gs), (wv, ws) in ((got, want), (got2, want2), (got_strided, want2),
+                                   (got, ref_merge(v, s))):
             assert gv.dtype == dtype and gs.dtype == torch.float32
             torch.testing.assert_close(gv.float(), wv.float(), atol=oa, rtol=orr)
             torch.testing.assert_close(gs, ws.float(), atol=1e-4, rtol=1e-5)
