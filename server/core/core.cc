@@ -47,10 +47,11 @@ absl::StatusOr<std::unique_ptr<Core>> Core::Create(const CoreOptions& options,
         "the pool budget is 0: set max_pool_bytes (the backend reports no memory)");
   }
   auto state = std::make_unique<State>(options, std::move(backend));
-  spdlog::info("attnd core {}: backend {} on {}, pool budget {} bytes, host budget {} bytes "
-               "({} per session)",
-               options.version, state->backend->info().name, state->backend->info().device,
-               budget, state->host.max_host_bytes(), options.max_session_host_bytes);
+  spdlog::info(
+      "attnd core {}: backend {} on {}, pool budget {} bytes, host budget {} bytes "
+      "({} per session)",
+      options.version, state->backend->info().name, state->backend->info().device, budget,
+      state->host.max_host_bytes(), options.max_session_host_bytes);
   return std::unique_ptr<Core>(new Core(std::move(state)));
 }
 
@@ -96,6 +97,7 @@ CoreStats Core::Stats() const {
   stats.bytes_in = state_->bytes_in.load();
   stats.bytes_out = state_->bytes_out.load();
   stats.host_bytes = state_->host.used_bytes();
+  stats.max_host_bytes = state_->host.max_host_bytes();
   stats.peers = state_->peers.size();
   for (const auto& pool : state_->pools.Snapshot()) {
     PoolStats p;

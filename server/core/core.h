@@ -26,6 +26,8 @@ namespace attnd::server {
 
 namespace v1 = ::attnd::v1;
 
+struct MessageCharges;  // host_budget.h
+
 // Who is calling, as the front established it from the connection (peer credentials, token,
 // client certificate); never taken from a request field. See the wire API's "Identity".
 struct Identity {
@@ -52,9 +54,9 @@ struct PeerCredentials {
 //     x-attnd-session header, made by `caller`: it reaches only a leased session opened by the
 //     same identity; anything else is NOT_FOUND, as for an id that does not exist.
 struct SessionRef {
-  SessionRef(std::string_view session_id) : id(session_id) {}  // NOLINT: implicit by design
+  SessionRef(std::string_view session_id) : id(session_id) {}    // NOLINT: implicit by design
   SessionRef(const std::string& session_id) : id(session_id) {}  // NOLINT
-  SessionRef(const char* session_id) : id(session_id) {}  // NOLINT
+  SessionRef(const char* session_id) : id(session_id) {}         // NOLINT
   static SessionRef Unary(std::string_view session_id, const Identity& caller) {
     SessionRef ref(session_id);
     ref.unary_caller = &caller;
@@ -62,6 +64,11 @@ struct SessionRef {
   }
   std::string_view id;
   const Identity* unary_caller = nullptr;  // not owned; outlives the call
+  // The request's size as received (0: not charged, e.g. in-process calls) and where its
+  // charges are kept until the reply is written (null: released when the command returns).
+  // host_budget.h: MessageCharges.
+  uint64_t request_bytes = 0;
+  MessageCharges* charges = nullptr;  // not owned
 };
 
 struct CoreOptions {
@@ -95,8 +102,9 @@ struct CoreOptions {
   int64_t max_buffers_per_session = 1024;
   // Plans per session (--max_plans_per_session); every plan pins its pages and host memory.
   int64_t max_plans_per_session = 1 << 16;
-  // Host memory the daemon spends on its clients' bookkeeping (plan page tables, pool page
-  // bookkeeping, page ledgers), charged before it is allocated (HostBudget): in total
+  // Host memory the daemon spends on its clients' behalf (plan page tables, pool page
+  // bookkeeping, page ledgers, the messages of commands in flight with their inline tensors),
+  // charged before it is kept (HostBudget): in total
   // (--max_host_bytes; 0 = a quarter of the machine's physical memory) and per session
   // (--max_session_host_bytes).
   uint64_t max_host_bytes = 0;
@@ -134,10 +142,11 @@ struct CoreStats {
   int64_t plans = 0;
   int64_t buffers = 0;
   uint64_t pool_bytes_allocated = 0;
-  uint64_t bytes_in = 0;   // tensor bytes read from requests and client buffers since start
-  uint64_t bytes_out = 0;  // tensor bytes written to responses and client buffers since start
-  uint64_t host_bytes = 0;  // host memory charged for clients' bookkeeping (HostBudget)
-  int64_t peers = 0;        // processes connected to the peer socket
+  uint64_t bytes_in = 0;        // tensor bytes read from requests and client buffers since start
+  uint64_t bytes_out = 0;       // tensor bytes written to responses and client buffers since start
+  uint64_t host_bytes = 0;      // host memory charged for clients' bookkeeping (HostBudget)
+  uint64_t max_host_bytes = 0;  // its daemon-wide limit in force (--max_host_bytes or 1/4 of RAM)
+  int64_t peers = 0;            // processes connected to the peer socket
   std::vector<PoolStats> pools;
 };
 
@@ -166,9 +175,8 @@ class Core {
   // another identity). A leased session's lease is renewed by every call that names it. The
   // async completion commands (RegisterEvent, UnregisterEvent, GetCompletionEvent) are
   // FAILED_PRECONDITION on backends without interprocess events.
-#define ATTND_CORE_DECLARE_COMMAND(Name, field)            \
-  absl::StatusOr<v1::Name##Response> Name(SessionRef session, \
-                                          const v1::Name##Request& request);
+#define ATTND_CORE_DECLARE_COMMAND(Name, field) \
+  absl::StatusOr<v1::Name##Response> Name(SessionRef session, const v1::Name##Request& request);
   ATTND_SESSION_COMMANDS(ATTND_CORE_DECLARE_COMMAND)
 #undef ATTND_CORE_DECLARE_COMMAND
 

@@ -99,6 +99,23 @@ class InflightScope {
   int64_t count_;
 };
 
+// Points `session.command_charges` at the running command's message charges for the scope (the
+// session's mutex is held throughout: one command at a time).
+class CommandChargesScope {
+ public:
+  CommandChargesScope(Session& session, MessageCharges& charges)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(session.mu)
+      : session_(session) {
+    session_.command_charges = &charges;
+  }
+  ~CommandChargesScope() ABSL_NO_THREAD_SAFETY_ANALYSIS { session_.command_charges = nullptr; }
+  CommandChargesScope(const CommandChargesScope&) = delete;
+  CommandChargesScope& operator=(const CommandChargesScope&) = delete;
+
+ private:
+  Session& session_;
+};
+
 // Pool memory the daemon may hand out (max_pool_bytes, or 90% of the backend's memory).
 uint64_t EffectivePoolBudget(const CoreOptions& options, const kernels::BackendInfo& info);
 
@@ -131,8 +148,19 @@ struct Core::State {
     if (inflight.count() > options.max_inflight_per_session) {
       return InflightQuotaError(s, inflight.count());
     }
+    // The request is held from here until its reply is written: charged before the command
+    // waits for the session (queued commands count too).
+    MessageCharges released_on_return;
+    MessageCharges& charges = ref.charges != nullptr ? *ref.charges : released_on_return;
+    if (ref.request_bytes > 0) {
+      auto charge = host.Charge(s.usage, ref.request_bytes,
+                                "the request message (as received, inline tensors included)");
+      if (!charge.ok()) return charge.status();
+      charges.request = *std::move(charge);
+    }
     absl::MutexLock lock(&s.mu);
     if (s.closed) return NoSuchSessionError(Absl(ref.id));
+    const CommandChargesScope command(s, charges);
     return fn(s);
   }
   absl::Status InflightQuotaError(const Session& session, int64_t inflight) const;
@@ -181,8 +209,16 @@ struct Core::State {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(session.mu);
 
   // What the request rules (request_rules.h) know about `session` and the daemon.
+  // Inside WithSession only (the command's charges are set then).
   RequestScope ScopeFor(Session& session) ABSL_EXCLUSIVE_LOCKS_REQUIRED(session.mu) {
-    return RequestScope{session.id, session.events, backend->info(), options.max_message_bytes};
+    return RequestScope{
+        session.id,
+        session.events,
+        backend->info(),
+        options.max_message_bytes,
+        &host,
+        session.usage,
+        session.command_charges == nullptr ? nullptr : &session.command_charges->reply};
   }
 
   // The session's stream (created on first use) and interprocess completion event.

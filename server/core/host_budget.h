@@ -1,5 +1,6 @@
 // Host memory the daemon spends on its clients' behalf (plan page tables, page bookkeeping of
-// pools and of each session's references), charged before it is allocated against two limits:
+// pools and of each session's references, the messages of the commands in flight with their
+// inline tensors), charged before it is kept against two limits:
 // one per session (CoreOptions::max_session_host_bytes) and one for the whole daemon
 // (CoreOptions::max_host_bytes). A charge is an RAII value: the bytes return to both budgets
 // when it is destroyed, whoever holds it then (a pool outlives the session that created it).
@@ -34,6 +35,16 @@ class HostCharge {
   std::shared_ptr<std::atomic<int64_t>> daemon_;  // the budget's counter
   std::shared_ptr<SessionUsage> session_;         // null: charged to the daemon only
   uint64_t bytes_ = 0;
+};
+
+// The host memory of one command's messages, charged to its session and the daemon while the
+// command is in flight: the request at its wire size from when it was read until the command's
+// reply has been handed to gRPC, and the reply's inline outputs (o, lse, page ids) from before
+// they are allocated. Owned by the front (session_stream.cc, attnd_service.cc), which keeps it
+// until the reply is written; the Core fills it (State::WithSession, CheckReplyFits).
+struct MessageCharges {
+  HostCharge request;
+  HostCharge reply;
 };
 
 class HostBudget {

@@ -242,7 +242,7 @@ absl::StatusOr<MergeCall> CheckMerge(const RequestScope& scope, std::string_view
     inline_bytes += cells * static_cast<uint64_t>(dim) * kernels::DTypeSize(shape->dtype);
   }
   if (want_s && !HasData(request.s_out())) inline_bytes += cells * sizeof(float);
-  if (auto s = CheckReplyFits(scope.max_message_bytes, command, inline_bytes,
+  if (auto s = CheckReplyFits(scope, command, inline_bytes,
                               "write v_out and s_out to registered buffers instead of receiving "
                               "them inline");
       !s.ok()) {
@@ -297,14 +297,20 @@ absl::StatusOr<MergeCall> CheckMerge(const RequestScope& scope, std::string_view
 
 }  // namespace
 
-absl::Status CheckReplyFits(uint64_t max_message_bytes, std::string_view what, uint64_t bytes,
+absl::Status CheckReplyFits(const RequestScope& scope, std::string_view what, uint64_t bytes,
                             std::string_view advice) {
-  if (max_message_bytes == 0 || bytes + kReplyOverheadBytes <= max_message_bytes) {
-    return absl::OkStatus();
+  const uint64_t max_message_bytes = scope.max_message_bytes;
+  if (max_message_bytes != 0 && bytes + kReplyOverheadBytes > max_message_bytes) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat(Absl(what), ": the reply would be up to ", bytes + kReplyOverheadBytes,
+                     " bytes, over --max_message_bytes=", max_message_bytes, "; ", Absl(advice)));
   }
-  return absl::ResourceExhaustedError(
-      absl::StrCat(Absl(what), ": the reply would be up to ", bytes + kReplyOverheadBytes,
-                   " bytes, over --max_message_bytes=", max_message_bytes, "; ", Absl(advice)));
+  if (scope.host == nullptr || bytes == 0) return absl::OkStatus();
+  auto charge = scope.host->Charge(
+      scope.usage, bytes, absl::StrCat("the inline outputs of the ", Absl(what), " reply"));
+  if (!charge.ok()) return charge.status();
+  if (scope.reply_charge != nullptr) *scope.reply_charge = *std::move(charge);
+  return absl::OkStatus();
 }
 
 absl::StatusOr<RunCall> CheckRun(const RequestScope& scope, const Plan& plan,
@@ -317,7 +323,7 @@ absl::StatusOr<RunCall> CheckRun(const RequestScope& scope, const Plan& plan,
   }
   call.async = request.completion() == v1::COMPLETION_ASYNC;
   if (auto s = CheckAsyncOutputs(request, call.async); !s.ok()) return s;
-  if (auto s = CheckReplyFits(scope.max_message_bytes, "Run",
+  if (auto s = CheckReplyFits(scope, "Run",
                               InlineOutputBytes(request, plan.qo_tokens, plan.num_qo_heads,
                                                 plan.pool->geometry().head_dim),
                               kInlineOutputsAdvice);
@@ -423,7 +429,7 @@ absl::StatusOr<RaggedRunCall> CheckRunRagged(const RequestScope& scope,
   if (!options.ok()) return options.status();
   call.options = *options;
   if (auto s = CheckReplyFits(
-          scope.max_message_bytes, "RunRagged",
+          scope, "RunRagged",
           InlineOutputBytes(request, shape->qo_tokens, shape->num_qo_heads, shape->head_dim),
           kInlineOutputsAdvice);
       !s.ok()) {

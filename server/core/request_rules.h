@@ -37,11 +37,18 @@ struct RequestScope {
   EventMap& events;  // the session's registered events (wait_event_id)
   const kernels::BackendInfo& backend;
   uint64_t max_message_bytes = 0;  // gRPC send limit (--max_message_bytes); 0 = none
+  // Where a reply's inline outputs are charged (CheckReplyFits); null host: not charged.
+  HostBudget* host = nullptr;
+  std::shared_ptr<SessionUsage> usage;  // the session's share of `host`
+  HostCharge* reply_charge = nullptr;   // kept by the front until the reply is written
 };
 
 // A reply of up to `bytes` must fit `max_message_bytes` (0 = no limit): RESOURCE_EXHAUSTED
-// "<what>: the reply would be up to N bytes, over --max_message_bytes=M; <advice>".
-absl::Status CheckReplyFits(uint64_t max_message_bytes, std::string_view what, uint64_t bytes,
+// "<what>: the reply would be up to N bytes, over --max_message_bytes=M; <advice>". Then the
+// bytes are charged to the session's and the daemon's host budget (scope.reply_charge) before
+// anything is allocated for them: RESOURCE_EXHAUSTED naming --max_session_host_bytes or
+// --max_host_bytes when they would pass it.
+absl::Status CheckReplyFits(const RequestScope& scope, std::string_view what, uint64_t bytes,
                             std::string_view advice);
 
 // CreatePlan, in two steps. CheckCreatePlan: every field against the pool's geometry (kind,

@@ -57,6 +57,9 @@ struct Session {
   // work enqueued with COMPLETION_ASYNC may still read it. Destroyed before `stream`, too.
   std::unique_ptr<kernels::PreparedPlan> ragged_plan ABSL_GUARDED_BY(mu);
   HostCharge ragged_charge ABSL_GUARDED_BY(mu);
+  // The running command's message charges (State::WithSession); its reply's inline outputs are
+  // charged here (CheckReplyFits). Null between commands.
+  MessageCharges* command_charges ABSL_GUARDED_BY(mu) = nullptr;
   absl::flat_hash_map<std::string, std::shared_ptr<RegisteredBuffer>> buffers ABSL_GUARDED_BY(mu);
   StagingArea staging ABSL_GUARDED_BY(mu);
   // Async completion: the engine's events opened by RegisterEvent (by id), and the session's own

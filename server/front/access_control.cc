@@ -62,15 +62,16 @@ absl::StatusOr<std::string> LoadToken(const std::string& token_file,
     source = "ATTND_TOKEN";
   }
   if (token.size() < kMinTokenBytes) {
-    return absl::InvalidArgumentError(absl::StrCat("the token from ", source, " has ",
-                                                   token.size(), " bytes; use at least ",
-                                                   kMinTokenBytes, " random bytes"));
+    return absl::InvalidArgumentError(absl::StrCat("the token from ", source, " has ", token.size(),
+                                                   " bytes; use at least ", kMinTokenBytes,
+                                                   " random bytes"));
   }
   for (const char c : token) {
     if (c < 0x21 || c > 0x7e) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "the token from ", source, " must be printable ASCII without spaces (it is sent as "
-          "gRPC metadata)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("the token from ", source,
+                       " must be printable ASCII without spaces (it is sent as "
+                       "gRPC metadata)"));
     }
   }
   return token;
@@ -116,8 +117,7 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
     absl::StatusOr<std::string> ca = ReadSmallFile(files.client_ca_file, "--tls_client_ca");
     if (!ca.ok()) return ca.status();
     options.pem_root_certs = *ca;
-    options.client_certificate_request =
-        GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+    options.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
   }
   return grpc::SslServerCredentials(options);
 }

@@ -4,6 +4,7 @@
 
 #include <utility>
 
+#include "server/core/host_budget.h"
 #include "server/front/status_convert.h"
 
 namespace attnd::server::front {
@@ -61,8 +62,8 @@ grpc::Status AttndService::Authenticate(MethodId method, const grpc::ServerConte
 
 template <typename Request, typename Response>
 grpc::Status AttndService::RunInSession(const SessionCommand<Request, Response>& command,
-                                        const grpc::ServerContext& context,
-                                        const Request& request, Response* response) {
+                                        const grpc::ServerContext& context, const Request& request,
+                                        Response* response) {
   if (grpc::Status auth = Authenticate(command.id, context); !auth.ok()) return auth;
   const std::optional<std::string> session_id = SessionIdFromMetadata(context);
   if (!session_id) {
@@ -72,8 +73,13 @@ grpc::Status AttndService::RunInSession(const SessionCommand<Request, Response>&
   }
   const absl::StatusOr<Identity> caller = Identify(command.id, context);
   if (!caller.ok()) return ToGrpcStatus(caller.status());
-  absl::StatusOr<Response> result =
-      runner_.Execute(command, SessionRef::Unary(*session_id, *caller), request);
+  // The request (already parsed by gRPC) and the reply's inline outputs count against the
+  // session's and the daemon's host budgets while the call runs.
+  MessageCharges charges;
+  SessionRef session = SessionRef::Unary(*session_id, *caller);
+  session.request_bytes = request.ByteSizeLong();
+  session.charges = &charges;
+  absl::StatusOr<Response> result = runner_.Execute(command, session, request);
   if (!result.ok()) return ToGrpcStatus(result.status());
   *response = *std::move(result);
   return grpc::Status::OK;
@@ -103,8 +109,7 @@ grpc::Status AttndService::OpenSession(grpc::ServerContext* context,
 }
 
 grpc::Status AttndService::CloseSession(grpc::ServerContext* context,
-                                        const v1::CloseSessionRequest*,
-                                        v1::CloseSessionResponse*) {
+                                        const v1::CloseSessionRequest*, v1::CloseSessionResponse*) {
   if (grpc::Status auth = Authenticate(MethodId::kCloseSession, *context); !auth.ok()) return auth;
   const std::optional<std::string> session_id = SessionIdFromMetadata(*context);
   if (!session_id) {
@@ -117,18 +122,16 @@ grpc::Status AttndService::CloseSession(grpc::ServerContext* context,
   return ToGrpcStatus(runner_.CloseSession(SessionRef::Unary(*session_id, *caller)));
 }
 
-#define ATTND_UNARY_HANDLER(Name, field)                                          \
-  grpc::Status AttndService::Name(grpc::ServerContext* context,                  \
-                                  const v1::Name##Request* request,              \
-                                  v1::Name##Response* response) {                \
-    return RunInSession(commands::k##Name, *context, *request, response);        \
+#define ATTND_UNARY_HANDLER(Name, field)                                                          \
+  grpc::Status AttndService::Name(grpc::ServerContext* context, const v1::Name##Request* request, \
+                                  v1::Name##Response* response) {                                 \
+    return RunInSession(commands::k##Name, *context, *request, response);                         \
   }
 ATTND_SESSION_COMMANDS(ATTND_UNARY_HANDLER)
 #undef ATTND_UNARY_HANDLER
 
-grpc::Status AttndService::Session(grpc::ServerContext*,
-                                   grpc::ServerReaderWriter<v1::SessionResponse,
-                                                            v1::SessionRequest>*) {
+grpc::Status AttndService::Session(
+    grpc::ServerContext*, grpc::ServerReaderWriter<v1::SessionResponse, v1::SessionRequest>*) {
   return ToGrpcStatus(absl::InternalError("the typed Session handler is not in use"));
 }
 

@@ -15,7 +15,8 @@ absl::StatusOr<Identity> CallerIdentifier::Identify(const grpc::ServerContext& c
   if (const auto auth = context.auth_context(); auth != nullptr) {
     const std::vector<grpc::string_ref> peer = auth->GetPeerIdentity();
     if (!peer.empty()) {
-      identity.principal = absl::StrCat("tls:", std::string(peer.front().data(), peer.front().size()));
+      identity.principal =
+          absl::StrCat("tls:", std::string(peer.front().data(), peer.front().size()));
       return identity;
     }
   }

@@ -14,7 +14,7 @@
 namespace attnd::server::front {
 namespace {
 
-using StreamHandler = void (*)(CommandRunner& runner, std::string_view session_id,
+using StreamHandler = void (*)(CommandRunner& runner, SessionRef session,
                                const v1::SessionRequest& request, v1::SessionResponse* response);
 
 // Lines of ReportSuppressedFailures beyond which the rest are summed up in one.
@@ -22,9 +22,9 @@ constexpr size_t kMaxSuppressedReportLines = 10;
 
 // The stream side of one table entry: unpack the oneof, execute, pack the oneof.
 template <const auto& command>
-void RunFromStream(CommandRunner& runner, std::string_view session_id,
-                   const v1::SessionRequest& request, v1::SessionResponse* response) {
-  auto result = runner.Execute(command, session_id, (request.*command.stream_request)());
+void RunFromStream(CommandRunner& runner, SessionRef session, const v1::SessionRequest& request,
+                   v1::SessionResponse* response) {
+  auto result = runner.Execute(command, session, (request.*command.stream_request)());
   if (result.ok()) {
     *(response->*command.stream_response)() = *std::move(result);
   } else {
@@ -72,10 +72,10 @@ absl::Status CommandRunner::CheckResponseSize(MethodId id, size_t bytes) const {
   if (max_response_bytes_ == 0 || bytes + kEnvelopeBytes <= max_response_bytes_) {
     return absl::OkStatus();
   }
-  return absl::ResourceExhaustedError(absl::StrCat(
-      "the ", std::string(MethodName(id)), " response is ", bytes, " bytes, over --max_message_bytes=",
-      max_response_bytes_,
-      "; write o and lse to registered buffers instead of receiving them inline"));
+  return absl::ResourceExhaustedError(
+      absl::StrCat("the ", std::string(MethodName(id)), " response is ", bytes,
+                   " bytes, over --max_message_bytes=", max_response_bytes_,
+                   "; write o and lse to registered buffers instead of receiving them inline"));
 }
 
 void CommandRunner::Finish(MethodId id, std::string_view session_id, const absl::Status& status,
@@ -151,7 +151,7 @@ absl::Status CommandRunner::CloseSession(SessionRef session) {
   return status;
 }
 
-void CommandRunner::Dispatch(std::string_view session_id, const v1::SessionRequest& request,
+void CommandRunner::Dispatch(SessionRef session, const v1::SessionRequest& request,
                              v1::SessionResponse* response) {
   response->set_request_id(request.request_id());
   const auto command_case = request.command_case();
@@ -168,13 +168,12 @@ void CommandRunner::Dispatch(std::string_view session_id, const v1::SessionReque
       return;
     }
     case v1::SessionRequest::COMMAND_NOT_SET:
-      SetCommandStatus(absl::InvalidArgumentError(absl::StrCat(
-                           "SessionRequest request_id=", request.request_id(),
-                           " has no command set (or one this server does not know)")),
+      SetCommandStatus(absl::InvalidArgumentError(
+                           absl::StrCat("SessionRequest request_id=", request.request_id(),
+                                        " has no command set (or one this server does not know)")),
                        response);
       return;
-    default:
-      break;
+    default: break;
   }
   const size_t index = static_cast<size_t>(command_case);
   if (index >= kStreamTable.size() || kStreamTable[index] == nullptr) {
@@ -184,7 +183,7 @@ void CommandRunner::Dispatch(std::string_view session_id, const v1::SessionReque
         response);
     return;
   }
-  kStreamTable[index](*this, session_id, request, response);
+  kStreamTable[index](*this, session, request, response);
 }
 
 }  // namespace attnd::server::front

@@ -69,8 +69,9 @@ class CommandRunner {
 
   // The Session stream, after `open`: runs `request`'s command in the stream's session and fills
   // `response` with the same request_id, the status code and message, and the result. A failed
-  // command is answered, never thrown: the stream goes on.
-  void Dispatch(std::string_view session_id, const v1::SessionRequest& request,
+  // command is answered, never thrown: the stream goes on. `session` carries the message's size
+  // and the charges the caller keeps until it has written `response` (SessionRef).
+  void Dispatch(SessionRef session, const v1::SessionRequest& request,
                 v1::SessionResponse* response);
 
  private:

@@ -8,9 +8,8 @@ std::string_view MethodName(MethodId id) {
     case MethodId::kOpenSession: return "OpenSession";
     case MethodId::kCloseSession: return "CloseSession";
 #define ATTND_METHOD_NAME(Name, field) \
-  case MethodId::k##Name:              \
-    return #Name;
-    ATTND_SESSION_COMMANDS(ATTND_METHOD_NAME)
+  case MethodId::k##Name: return #Name;
+      ATTND_SESSION_COMMANDS(ATTND_METHOD_NAME)
 #undef ATTND_METHOD_NAME
     case MethodId::kCount: break;
   }

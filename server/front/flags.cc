@@ -103,9 +103,11 @@ ABSL_FLAG(uint32_t, max_session_lease_ms, 600000,
           "it), so abandoned sessions cannot keep their quota for long. Env: "
           "ATTND_MAX_SESSION_LEASE_MS.");
 ABSL_FLAG(uint64_t, max_host_bytes, 0,
-          "Host memory the daemon may spend on its clients' bookkeeping (plan page tables, pool "
-          "page bookkeeping, page ledgers) in total; beyond it RESOURCE_EXHAUSTED. 0 = a quarter "
-          "of the machine's physical memory. Env: ATTND_MAX_HOST_BYTES.");
+          "Host memory the daemon may spend on its clients' behalf (plan page tables, pool "
+          "page bookkeeping, page ledgers, the messages of commands in flight with their inline "
+          "tensors) in total; beyond it RESOURCE_EXHAUSTED. 0 = a quarter of the machine's "
+          "physical memory. gRPC's transport buffers are held to the same size (at least 4 x "
+          "--max_message_bytes). Env: ATTND_MAX_HOST_BYTES.");
 ABSL_FLAG(uint64_t, max_session_host_bytes, 1ull << 30,
           "Host memory of that kind one session may use. Env: ATTND_MAX_SESSION_HOST_BYTES.");
 ABSL_FLAG(std::string, peer_socket, "auto",

@@ -40,8 +40,8 @@ absl::Status SetUpLogging(const LoggingOptions& options) {
     return absl::InvalidArgumentError(absl::StrCat(
         "log level '", options.level, "' is not one of trace, debug, info, warn, error"));
   }
-  auto logger = std::make_shared<spdlog::logger>(
-      "attnd", std::make_shared<spdlog::sinks::stderr_sink_mt>());
+  auto logger =
+      std::make_shared<spdlog::logger>("attnd", std::make_shared<spdlog::sinks::stderr_sink_mt>());
   logger->set_level(level);
   auto formatter = std::make_unique<spdlog::pattern_formatter>(
       options.json ? spdlog::pattern_time_type::utc : spdlog::pattern_time_type::local,

@@ -7,11 +7,9 @@ namespace attnd::server::front {
 
 MaintenanceLoop::MaintenanceLoop(Core& core, BackendHealthMonitor& health, CommandRunner& runner,
                                  absl::Duration interval)
-    : core_(core),
-      health_(health),
-      runner_(runner),
-      interval_(interval),
-      thread_([this] { Loop(); }) {}
+    : core_(core), health_(health), runner_(runner), interval_(interval), thread_([this] {
+        Loop();
+      }) {}
 
 MaintenanceLoop::~MaintenanceLoop() { Stop(); }
 

@@ -14,7 +14,8 @@ namespace attnd::server::front {
 
 void MethodMetrics::Record(absl::StatusCode code, absl::Duration elapsed) {
   int code_index = static_cast<int>(code);
-  if (code_index < 0 || code_index >= kNumCodes) code_index = static_cast<int>(absl::StatusCode::kUnknown);
+  if (code_index < 0 || code_index >= kNumCodes)
+    code_index = static_cast<int>(absl::StatusCode::kUnknown);
   count_by_code_[code_index].fetch_add(1, std::memory_order_relaxed);
 
   const double seconds = absl::ToDoubleSeconds(elapsed);
@@ -64,8 +65,9 @@ std::string Metrics::Render(const MetricsSnapshot& snapshot) const {
     std::lock_guard<std::mutex> lock(mutex_);
     for (const MethodMetrics& m : methods_) methods.push_back(&m);
   }
-  std::sort(methods.begin(), methods.end(),
-            [](const MethodMetrics* a, const MethodMetrics* b) { return a->method() < b->method(); });
+  std::sort(methods.begin(), methods.end(), [](const MethodMetrics* a, const MethodMetrics* b) {
+    return a->method() < b->method();
+  });
 
   w.Family("attnd_requests_total", "counter",
            "Commands finished, by method (gRPC method or Session stream command) and status code.");
@@ -73,10 +75,10 @@ std::string Metrics::Render(const MetricsSnapshot& snapshot) const {
     for (int code = 0; code < MethodMetrics::kNumCodes; ++code) {
       const uint64_t n = m->count_by_code_[code].load(std::memory_order_relaxed);
       if (n == 0) continue;  // a label set appears once it has been observed
-      w.Sample("attnd_requests_total",
-               {{"method", m->method()},
-                {"code", StatusCodeName(static_cast<absl::StatusCode>(code))}},
-               n);
+      w.Sample(
+          "attnd_requests_total",
+          {{"method", m->method()}, {"code", StatusCodeName(static_cast<absl::StatusCode>(code))}},
+          n);
     }
   }
 
@@ -113,7 +115,8 @@ std::string Metrics::Render(const MetricsSnapshot& snapshot) const {
   w.Sample("attnd_buffers", {}, static_cast<double>(s.buffers));
 
   const std::vector<std::pair<int64_t, const PoolStats*>> pools = NumberPools(s.pools);
-  w.Family("attnd_pool_pages", "gauge", "KV-cache pages per pool (pool: its number), used or free.");
+  w.Family("attnd_pool_pages", "gauge",
+           "KV-cache pages per pool (pool: its number), used or free.");
   for (const auto& [number, p] : pools) {
     const std::string pool = absl::StrCat(number);
     w.Sample("attnd_pool_pages", {{"pool", pool}, {"state", "used"}},
@@ -149,10 +152,10 @@ std::string Metrics::Render(const MetricsSnapshot& snapshot) const {
            static_cast<double>(device_errors_.load(std::memory_order_relaxed)));
 
   w.Family("attnd_info", "gauge", "Build and device information; the value is always 1.");
-  w.Sample("attnd_info",
-           {{"version", snapshot.version}, {"backend", snapshot.backend},
-            {"device", snapshot.device}},
-           1.0);
+  w.Sample(
+      "attnd_info",
+      {{"version", snapshot.version}, {"backend", snapshot.backend}, {"device", snapshot.device}},
+      1.0);
   return w.Take();
 }
 

@@ -43,7 +43,9 @@ struct Connection {
 bool HandleMessage(Core& core, Connection& c) {
   char payload[kMaxMessageBytes];
   alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int) * 4)];
-  struct iovec iov {payload, sizeof(payload)};
+  struct iovec iov {
+    payload, sizeof(payload)
+  };
   struct msghdr msg {};
   msg.msg_iov = &iov;
   msg.msg_iovlen = 1;
@@ -92,8 +94,7 @@ absl::StatusOr<std::unique_ptr<PeerSocketServer>> PeerSocketServer::Start(
   struct sockaddr_un addr {};
   if (options.path.empty() || options.path.size() >= sizeof(addr.sun_path)) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "peer socket path '", options.path, "' must be 1..", sizeof(addr.sun_path) - 1,
-        " bytes"));
+        "peer socket path '", options.path, "' must be 1..", sizeof(addr.sun_path) - 1, " bytes"));
   }
   if (absl::Status removed = RemoveStaleUnixSocket(options.path); !removed.ok()) return removed;
   // Bind inside a fresh 0700 directory next to the target, set the mode, then rename into place:
@@ -212,8 +213,8 @@ void PeerSocketServer::Loop() {
         ::close(fd);
         continue;
       }
-      absl::StatusOr<std::string> key = core_.AddPeer(
-          PeerCredentials{static_cast<int32_t>(cred.pid), cred.uid, cred.gid});
+      absl::StatusOr<std::string> key =
+          core_.AddPeer(PeerCredentials{static_cast<int32_t>(cred.pid), cred.uid, cred.gid});
       if (!key.ok()) {
         Reply(fd, absl::StrCat("error ", key.status().message(), "\n"));
         ::close(fd);

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "server/core/host_budget.h"
 #include "server/core/ids.h"
 #include "server/front/status_convert.h"
 
@@ -14,10 +15,10 @@ namespace {
 // The name of the oneof member a SessionRequest carries, e.g. "create_pool"; for error messages.
 std::string CommandFieldName(const v1::SessionRequest& request) {
   const auto* oneof = v1::SessionRequest::descriptor()->FindOneofByName("command");
-  const auto* field = oneof == nullptr
-                          ? nullptr
-                          : v1::SessionRequest::GetReflection()->GetOneofFieldDescriptor(request,
-                                                                                       oneof);
+  const auto* field =
+      oneof == nullptr
+          ? nullptr
+          : v1::SessionRequest::GetReflection()->GetOneofFieldDescriptor(request, oneof);
   return field == nullptr ? std::string("no command") : field->name();
 }
 
@@ -67,9 +68,9 @@ bool WriteResponse(grpc::ServerReaderWriterInterface<grpc::ByteBuffer, grpc::Byt
 }
 
 absl::Status UnparsableError(int64_t index, size_t bytes) {
-  return absl::InvalidArgumentError(absl::StrCat(
-      "message ", index, " of the Session stream (", bytes,
-      " bytes) is not a valid attnd.v1.SessionRequest; the stream ends"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("message ", index, " of the Session stream (", bytes,
+                   " bytes) is not a valid attnd.v1.SessionRequest; the stream ends"));
 }
 
 class StreamGauge {
@@ -106,14 +107,13 @@ grpc::Status SessionStream::Serve(
       runner_.RecordRejected(MethodId::kOpenSession, status);
       return ToGrpcStatus(status);
     }
-    case ReadResult::kMessage:
-      break;
+    case ReadResult::kMessage: break;
   }
   if (!registration->BeginCommand()) return shutting_down;
   if (request.command_case() != v1::SessionRequest::kOpen) {
-    const absl::Status status = absl::FailedPreconditionError(absl::StrCat(
-        "the Session stream's first message must be `open`; got `", CommandFieldName(request),
-        "` (request_id=", request.request_id(), ")"));
+    const absl::Status status = absl::FailedPreconditionError(
+        absl::StrCat("the Session stream's first message must be `open`; got `",
+                     CommandFieldName(request), "` (request_id=", request.request_id(), ")"));
     runner_.RecordRejected(MethodId::kOpenSession, status);
     return ToGrpcStatus(status);
   }
@@ -149,8 +149,14 @@ grpc::Status SessionStream::Serve(
       return ToGrpcStatus(status);
     }
     if (!registration->BeginCommand()) break;
+    // The message (at its wire size) and the reply's inline outputs count against the session's
+    // and the daemon's host budgets until the reply is written.
+    MessageCharges charges;
+    SessionRef session(session_id);
+    session.request_bytes = bytes;
+    session.charges = &charges;
     v1::SessionResponse answer;
-    runner_.Dispatch(session_id, next, &answer);
+    runner_.Dispatch(session, next, &answer);
     const bool written = WriteResponse(stream, answer);
     if (!registration->EndCommand() || !written) break;
   }

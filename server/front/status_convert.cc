@@ -17,9 +17,8 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
   // UNAUTHENTICATED=16); codes outside that range cannot come from absl's API but are mapped to
   // UNKNOWN rather than forwarded as an invalid wire code.
   const int code = static_cast<int>(status.code());
-  const grpc::StatusCode grpc_code = (code >= 0 && code <= 16)
-                                         ? static_cast<grpc::StatusCode>(code)
-                                         : grpc::StatusCode::UNKNOWN;
+  const grpc::StatusCode grpc_code =
+      (code >= 0 && code <= 16) ? static_cast<grpc::StatusCode>(code) : grpc::StatusCode::UNKNOWN;
   return grpc::Status(grpc_code, StatusMessageForClient(status));
 }
 

@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "server/core/core.h"
+#include "server/core/host_budget.h"
 #include "tests/unit/server/core/core_test_util.h"
 
 namespace attnd::server::testing {
@@ -153,8 +154,8 @@ TEST(CoreQuotaTest, ReferencesPerPageAreCappedBeforeAnythingIsAdded) {
   const std::string s = Open(*core);
   const v1::PoolInfo pool = CreatePool(*core, s, {.name = "refs", .num_pages = 4});
   const std::vector<int32_t> page = Allocate(*core, s, pool.pool_id(), 1);
-  auto plan = core->CreatePlan(s, PlanRequest(pool.pool_id(), v1::ATTENTION_KIND_DECODE, 2,
-                                              {page}, {1}, {}));
+  auto plan = core->CreatePlan(
+      s, PlanRequest(pool.pool_id(), v1::ATTENTION_KIND_DECODE, 2, {page}, {1}, {}));
   ASSERT_TRUE(plan.ok()) << plan.status();  // 2 references: the client's and the plan's pin
   v1::ForkPagesRequest fork;
   fork.set_pool_id(pool.pool_id());
@@ -241,7 +242,8 @@ TEST(CoreQuotaTest, RepliesTooLargeForTheMessageLimitAreRefusedBeforeActing) {
   options.max_message_bytes = 4096;
   auto core = MakeCore(options);
   const std::string s = Open(*core);
-  const v1::PoolInfo pool = CreatePool(*core, s, {.name = "reply", .page_size = 1, .num_pages = 8192});
+  const v1::PoolInfo pool =
+      CreatePool(*core, s, {.name = "reply", .page_size = 1, .num_pages = 8192});
   v1::AllocatePagesRequest allocate;
   allocate.set_pool_id(pool.pool_id());
   allocate.set_count(3000);  // up to 15,000 bytes of page ids
@@ -267,8 +269,8 @@ TEST(CoreQuotaTest, RepliesTooLargeForTheMessageLimitAreRefusedBeforeActing) {
   EXPECT_EQ(FreePagesOf(*core, s, pool.pool_id()), 8192);
   // A Run whose inline output would not fit: refused before k/v are appended or anything runs.
   const std::vector<int32_t> pages = Allocate(*core, s, pool.pool_id(), 64);
-  auto plan = core->CreatePlan(s, PlanRequest(pool.pool_id(), v1::ATTENTION_KIND_PREFILL, 2,
-                                              {pages}, {1}, {64}));
+  auto plan = core->CreatePlan(
+      s, PlanRequest(pool.pool_id(), v1::ATTENTION_KIND_PREFILL, 2, {pages}, {1}, {64}));
   ASSERT_TRUE(plan.ok()) << plan.status();
   v1::RunRequest run;
   run.set_plan_id(plan->plan_id());
@@ -291,14 +293,14 @@ TEST(CoreQuotaTest, PlanPageTablesAreChargedToTheSessionsHostBudget) {
   const uint64_t before = core->Stats().host_bytes;
   // One request over the same page 100,000 times: ~1.6 MB of page table copies > 1 MiB.
   std::vector<int32_t> many(100000, page[0]);
-  const v1::CreatePlanRequest big = PlanRequest(pool.pool_id(), v1::ATTENTION_KIND_DECODE, 2,
-                                                {many}, {1}, {});
+  const v1::CreatePlanRequest big =
+      PlanRequest(pool.pool_id(), v1::ATTENTION_KIND_DECODE, 2, {many}, {1}, {});
   const absl::Status refused = core->CreatePlan(s, big).status();
   ExpectQuota(refused, "max_session_host_bytes");
   EXPECT_EQ(core->Stats().host_bytes, before);  // nothing charged by the refusal
   std::vector<int32_t> some(20000, page[0]);
-  auto small = core->CreatePlan(s, PlanRequest(pool.pool_id(), v1::ATTENTION_KIND_DECODE, 2,
-                                               {some}, {1}, {}));
+  auto small = core->CreatePlan(
+      s, PlanRequest(pool.pool_id(), v1::ATTENTION_KIND_DECODE, 2, {some}, {1}, {}));
   ASSERT_TRUE(small.ok()) << small.status();
   EXPECT_GT(core->Stats().host_bytes, before + 20000 * 4);
   v1::DeletePlanRequest del;
@@ -342,6 +344,77 @@ TEST(CoreQuotaTest, PoolBookkeepingAndLedgersAreChargedAndReturned) {
   ASSERT_TRUE(core->CloseSession(a).ok());
   ASSERT_TRUE(core->CloseSession(b).ok());
   EXPECT_EQ(core->Stats().host_bytes, 0u);
+}
+
+// The messages of commands in flight are host memory too: a request counts at its wire size from
+// when it is read until its reply is written (the front keeps MessageCharges), and a reply's
+// inline outputs from before they are allocated. Per session and across the daemon, refused
+// naming the limit before the command does anything.
+TEST(CoreQuotaTest, MessagesInFlightAreChargedToTheHostBudgets) {
+  CoreOptions options;
+  options.max_session_host_bytes = 1 << 20;
+  options.max_host_bytes = 3 << 19;  // 1.5 MiB: two sessions' messages of 700 KiB do not fit
+  auto core = MakeCore(options);
+  const std::string a = Open(*core), b = Open(*core);
+  const v1::PoolInfo pool =
+      CreatePool(*core, a, {.name = "messages", .page_size = 1, .num_pages = 8192});
+  const std::vector<int32_t> pages = Allocate(*core, a, pool.pool_id(), 4096);
+  auto plan = core->CreatePlan(
+      a, PlanRequest(pool.pool_id(), v1::ATTENTION_KIND_PREFILL, 2, {pages}, {1}, {4096}));
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  const uint64_t before = core->Stats().host_bytes;  // a's pool and plan bookkeeping
+  ASSERT_LT(before, 256u << 10);
+
+  // A request larger than the session's budget: refused before it runs, nothing kept.
+  v1::RunRequest run;
+  run.set_plan_id(plan->plan_id());
+  *run.mutable_q() = HalfTensor({4096, 2, 64});  // 1 MiB inline q; its o would be 1 MiB inline
+  MessageCharges held;
+  SessionRef big(a);
+  big.request_bytes = run.ByteSizeLong();
+  big.charges = &held;
+  ExpectQuota(core->Run(big, run).status(), "max_session_host_bytes");
+  EXPECT_EQ(held.request.bytes() + held.reply.bytes(), 0u);
+  EXPECT_EQ(core->Stats().host_bytes, before);
+
+  // A request that fits, whose inline reply (o: 1 MiB) would not: refused before anything ran
+  // or was allocated for the reply; only the request stays charged until its reply is written.
+  SessionRef small(a);
+  small.request_bytes = 64;
+  small.charges = &held;
+  const absl::Status reply = core->Run(small, run).status();
+  ExpectQuota(reply, "max_session_host_bytes");
+  EXPECT_NE(reply.message().find("inline outputs of the Run reply"), std::string::npos) << reply;
+  EXPECT_EQ(held.request.bytes(), 64u);
+  EXPECT_EQ(held.reply.bytes(), 0u);
+  EXPECT_EQ(core->Stats().host_bytes, before + 64);
+  held = MessageCharges();  // written
+  EXPECT_EQ(core->Stats().host_bytes, before);
+
+  // Daemon-wide: a's message in flight leaves b less than b's own budget.
+  constexpr uint64_t kInFlight = 700 << 10;
+  MessageCharges a_in_flight;
+  SessionRef a_ref(a);
+  a_ref.request_bytes = kInFlight;
+  a_ref.charges = &a_in_flight;
+  v1::DescribePoolRequest describe;
+  describe.set_pool_id(pool.pool_id());
+  ASSERT_TRUE(core->DescribePool(a_ref, describe).ok());
+  EXPECT_EQ(a_in_flight.request.bytes(), kInFlight);  // held after the command, until written
+  EXPECT_EQ(core->Stats().host_bytes, before + kInFlight);
+  MessageCharges b_in_flight;
+  SessionRef b_ref(b);
+  b_ref.request_bytes = kInFlight;  // within b's 1 MiB, not within what the daemon has left
+  b_ref.charges = &b_in_flight;
+  v1::DeletePlanRequest unknown;
+  unknown.set_plan_id("plan-none");
+  ExpectQuota(core->DeletePlan(b_ref, unknown).status(), "max_host_bytes");
+  EXPECT_EQ(b_in_flight.request.bytes(), 0u);
+  a_in_flight =
+      MessageCharges();  // a's reply was written: b's command now runs (and finds no plan)
+  EXPECT_EQ(core->DeletePlan(b_ref, unknown).status().code(), absl::StatusCode::kNotFound);
+  b_in_flight = MessageCharges();
+  EXPECT_EQ(core->Stats().host_bytes, before);
 }
 
 TEST(CoreQuotaTest, InvalidLimitsAreRefusedAtCreate) {

@@ -7,9 +7,9 @@
 #include <atomic>
 #include <cstdio>
 #include <fstream>
-#include <utility>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -32,8 +32,8 @@ int64_t StatusKiB(pid_t pid, const std::string& key) {
 }
 int64_t RssKiB(pid_t pid) { return StatusKiB(pid, "VmRSS"); }
 
-// Sends `per_stream` Runs of a `bytes` inline q on each session at once (refused: no such plan);
-// returns how many came back NOT_FOUND and how many RESOURCE_EXHAUSTED.
+// Sends `per_stream` Runs of a `bytes` inline q on each session at once (refused: over the host
+// budget, or no such plan); returns how many came back NOT_FOUND and how many RESOURCE_EXHAUSTED.
 std::pair<int, int> Flood(std::vector<std::unique_ptr<client::Session>>& sessions, int per_stream,
                           size_t bytes) {
   std::atomic<int> not_found{0}, exhausted{0};
@@ -65,9 +65,9 @@ class MemoryTest : public DaemonTest {
   }
 };
 
-// 8 streams send 48 MiB inline tensors (refused at once: the plan does not exist); afterwards
-// the daemon's RSS is back near where it started. Before the fix each stream kept its largest
-// request alive (~400 MB here).
+// 8 streams send 48 MiB inline tensors (refused at once: each message is over the session's
+// host budget, and the plan does not exist); afterwards the daemon's RSS is back near where it
+// started. Before the fix each stream kept its largest request alive (~400 MB here).
 TEST_F(MemoryTest, AFloodOfLargeMessagesIsNotKept) {
   constexpr int kStreams = 8, kPerStream = 4;
   constexpr size_t kBytes = 48u << 20;
@@ -79,17 +79,18 @@ TEST_F(MemoryTest, AFloodOfLargeMessagesIsNotKept) {
   }
   const int64_t before = RssKiB(daemon().pid());
   ASSERT_GT(before, 0);
-  EXPECT_EQ(Flood(sessions, kPerStream, kBytes).first, kStreams * kPerStream);
+  EXPECT_EQ(Flood(sessions, kPerStream, kBytes).second, kStreams * kPerStream);
   // Freed heap memory goes back within a maintenance tick (1 s).
   int64_t after = RssKiB(daemon().pid());
   for (int i = 0; i < 30 && after - before >= 64 * 1024; ++i) {
     absl::SleepFor(absl::Milliseconds(100));
     after = RssKiB(daemon().pid());
   }
-  std::printf("MEMORY flood: %d x %zu MiB inline over %d open streams; daemon RSS %lld KiB before, "
-              "%lld KiB after\n",
-              kStreams * kPerStream, kBytes >> 20, kStreams, static_cast<long long>(before),
-              static_cast<long long>(after));
+  std::printf(
+      "MEMORY flood: %d x %zu MiB inline over %d open streams; daemon RSS %lld KiB before, "
+      "%lld KiB after\n",
+      kStreams * kPerStream, kBytes >> 20, kStreams, static_cast<long long>(before),
+      static_cast<long long>(after));
   // The streams are still open: nothing of their messages may stay behind.
   EXPECT_LT(after - before, 160 * 1024) << "the daemon kept " << (after - before) << " KiB";
   for (auto& s : sessions) {  // every stream still answers
@@ -118,6 +119,30 @@ TEST_F(MemoryTest, HostBudgetRefusesOversizedPlansOverTheWire) {
   spec.kv_indptr = {0, 1};
   spec.kv_indices = {page->page_ids[0]};
   ATTND_EXPECT_OK((*s)->CreatePlan(spec));
+}
+
+// A message in flight is host memory of its session (and of the daemon) from when it is read
+// until its reply is written: a Run whose inline q would pass --max_session_host_bytes (4 MiB
+// here) is refused naming the flag, over the Session stream and unary calls alike, and the
+// session goes on (a small message right after runs).
+TEST_F(MemoryTest, MessagesCountAgainstTheSessionsHostBudget) {
+  auto s = client_->OpenSession("message-budget");
+  ATTND_ASSERT_OK(s);
+  v1::RunRequest big;
+  big.set_plan_id("plan-does-not-exist");
+  big.mutable_q()->set_dtype(v1::DTYPE_FLOAT16);
+  big.mutable_q()->add_shape(1);
+  big.mutable_q()->set_inline_data(std::string(6u << 20, '\x01'));
+  EXPECT_TRUE(StatusIs((*s)->Run(big).status(), absl::StatusCode::kResourceExhausted,
+                       {"--max_session_host_bytes", "request message"}));
+  big.mutable_q()->set_inline_data(std::string(64, '\x01'));
+  EXPECT_EQ((*s)->Run(big).status().code(), absl::StatusCode::kNotFound);  // reached the command
+
+  auto leased = client_->OpenUnarySession("message-budget-unary");
+  ATTND_ASSERT_OK(leased);
+  big.mutable_q()->set_inline_data(std::string(6u << 20, '\x01'));
+  EXPECT_TRUE(StatusIs((*leased)->Run(big).status(), absl::StatusCode::kResourceExhausted,
+                       {"--max_session_host_bytes", "request message"}));
 }
 
 }  // namespace

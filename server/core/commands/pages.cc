@@ -16,10 +16,10 @@ absl::StatusOr<v1::AllocatePagesResponse> Core::AllocatePages(
         auto pool = st.AttachedPool(session, request.pool_id());
         if (!pool.ok()) return pool.status();
         if (auto s = ValidatePageCount(request.count()); !s.ok()) return s;
-        if (auto s = CheckReplyFits(st.options.max_message_bytes,
-                                       absl::StrCat("AllocatePages count=", request.count()),
-                                       kVarint32Bytes * static_cast<uint64_t>(request.count()),
-                                       "allocate in smaller batches");
+        if (auto s = CheckReplyFits(st.ScopeFor(session),
+                                    absl::StrCat("AllocatePages count=", request.count()),
+                                    kVarint32Bytes * static_cast<uint64_t>(request.count()),
+                                    "allocate in smaller batches");
             !s.ok()) {
           return s;
         }
@@ -106,9 +106,9 @@ absl::StatusOr<v1::ForkPagesResponse> Core::ForkPages(SessionRef session_ref,
               "target_session_id names another session: references go to another session only "
               "through its fork grant (set target_grant to the receiver's PoolInfo.fork_grant)");
         }
-        if (auto s = CheckReplyFits(st.options.max_message_bytes,
-                                       absl::StrCat("ForkPages of ", ids.size(), " pages"),
-                                       kVarint32Bytes * ids.size(), "fork in smaller batches");
+        if (auto s = CheckReplyFits(st.ScopeFor(session),
+                                    absl::StrCat("ForkPages of ", ids.size(), " pages"),
+                                    kVarint32Bytes * ids.size(), "fork in smaller batches");
             !s.ok()) {
           return s;
         }
