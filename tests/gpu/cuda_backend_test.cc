@@ -61,6 +61,7 @@ struct Step {
   bool rope = true;
   int32_t window_left = -1;
   float soft_cap = 0.f;
+  std::vector<float> sinks;  // [num_kv_heads * group] attention sinks, or empty: none
 };
 
 struct StepOutput {
@@ -169,6 +170,7 @@ StepOutput RunStep(Backend& be, const Step& s, Bad bad = Bad::kNone) {
   const size_t rows = s.qo_indptr.back();
   auto o = Unwrap(be.Allocate(rows * hq * s.head_dim * es + kSlack), "Allocate o");
   auto lse = Unwrap(be.Allocate(rows * hq * sizeof(float) + kSlack), "Allocate lse");
+  auto sinks = Unwrap(be.Allocate(s.sinks.size() * sizeof(float) + kSlack), "Allocate sinks");
   auto at = [&](const std::unique_ptr<BackendMemory>& m, Bad which) {
     return static_cast<char*>(m->data()) + (bad == which ? 2 : 0);
   };
@@ -184,6 +186,10 @@ StepOutput RunStep(Backend& be, const Step& s, Bad bad = Bad::kNone) {
   GT_STATUS_CHECK(be.CopyToBackend(at(o, Bad::kO), poison_o.data(), poison_o.size(), stream.get()));
   GT_STATUS_CHECK(
       be.CopyToBackend(at(lse, Bad::kLse), poison_lse.data(), poison_lse.size(), stream.get()));
+  if (!s.sinks.empty()) {
+    GT_STATUS_CHECK(be.CopyToBackend(sinks->data(), s.sinks.data(),
+                                     s.sinks.size() * sizeof(float), stream.get()));
+  }
 
   auto plan = Unwrap(be.Prepare(SpecOf(s), stream.get()), "Prepare");
   PagedKV layer = LayerOf(s, pool_base, s.layer);
@@ -201,6 +207,7 @@ StepOutput RunStep(Backend& be, const Step& s, Bad bad = Bad::kNone) {
   args.options.causal = s.causal;
   args.options.window_left = s.window_left;
   args.options.logits_soft_cap = s.soft_cap;
+  args.options.sinks = s.sinks.empty() ? nullptr : static_cast<const float*>(sinks->data());
   if (s.rope) {
     args.options.pos_encoding = PosEncoding::kRopeLlama;
     args.rope_offsets_host = s.rope_offsets.data();
@@ -476,6 +483,7 @@ void RaggedThroughBackend(Backend& cuda, Backend& cpu, Rng& rng, ResultTable& ta
     const std::vector<uint8_t> v =
         EncodeAs(rng.NormalVector(static_cast<size_t>(kv) * hkv * dim), dt);
     const std::vector<int32_t> offsets = {5, 0, 9};
+    const std::vector<float> sinks = rng.NormalVector(hq, 2.f);
     std::vector<std::vector<uint8_t>> o_out;
     std::vector<std::vector<float>> lse_out;
     for (Backend* be : {&cuda, &cpu}) {
@@ -505,6 +513,11 @@ void RaggedThroughBackend(Backend& cuda, Backend& cpu, Rng& rng, ResultTable& ta
       a.options.pos_encoding = attnd::kernels::PosEncoding::kRopeLlama;
       a.options.logits_soft_cap = 30.f;
       a.rope_offsets_host = offsets.data();
+      // bf16: with attention sinks ([hq] in backend memory).
+      auto dsinks = Unwrap(be->Allocate(sinks.size() * sizeof(float)), "Allocate");
+      GT_STATUS_CHECK(
+          be->CopyToBackend(dsinks->data(), sinks.data(), sinks.size() * sizeof(float), nullptr));
+      if (dt == DType::kBFloat16) a.options.sinks = static_cast<const float*>(dsinks->data());
       if (be == &cuda) {
         attnd::kernels::RaggedRunArgs bad = a;
         bad.k = static_cast<char*>(dk->data()) + 2;
@@ -535,8 +548,8 @@ void RaggedThroughBackend(Backend& cuda, Backend& cpu, Rng& rng, ResultTable& ta
       o_out.push_back(std::move(ho));
       lse_out.push_back(std::move(hl));
     }
-    const std::string name =
-        absl::StrCat("RaggedAttention ", attnd::kernels::DTypeName(dt), " D", dim);
+    const std::string name = absl::StrCat("RaggedAttention ", attnd::kernels::DTypeName(dt), " D",
+                                          dim, dt == DType::kBFloat16 ? " sinks" : "");
     std::vector<uint8_t> unw = UnwrittenMask(o_out[0], dt);
     table.Add(name + " o", Compare(DecodeFrom(o_out[0], dt), DecodeFrom(o_out[1], dt), &unw),
               2 * DefaultTolerance(dt));
@@ -793,6 +806,19 @@ int main(int argc, char** argv) {
     Step dwin = MakeStep(rng, AttentionKind::kDecode, dt, 4, flags.small ? 60 : 900);
     dwin.window_left = 33;
     CompareStep(absl::StrCat("decode ", dn, " window 33"), dwin, *cuda, *cpu, table);
+    // Attention sinks through the Backend interface: decode (CUDA cores at GQA 1, tensor cores
+    // at GQA 4; the long one split, the sink applied once in the merge) and prefill/append.
+    for (int32_t group : {1, 4}) {
+      Step sd = MakeStep(rng, AttentionKind::kDecode, dt, 2, flags.small ? 40 : 20000, group);
+      sd.rope = false;
+      sd.sinks = rng.NormalVector(static_cast<size_t>(sd.num_kv_heads) * sd.group, 2.f);
+      CompareStep(absl::StrCat("decode ", dn, " g", group, " sinks"), sd, *cuda, *cpu, table);
+    }
+    Step sp = MakeStep(rng, AttentionKind::kPrefill, dt, 3, flags.small ? 60 : 700);
+    sp.soft_cap = 25.f;
+    sp.window_left = 40;
+    sp.sinks = rng.NormalVector(static_cast<size_t>(sp.num_kv_heads) * sp.group, 2.f);
+    CompareStep(absl::StrCat("prefill ", dn, " rope cap window sinks"), sp, *cuda, *cpu, table);
   }
   RefusedRunsChangeNothing(*cuda, *cpu, rng, table);
   MergeThroughBackend(*cuda, *cpu, rng, table);

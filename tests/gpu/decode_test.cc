@@ -39,6 +39,7 @@ struct DecodeCase {
   int32_t fixed_chunk = 0;  // > 0 forces split-KV with this chunk size
   bool allow_split = true;
   kcuda::DecodeScheduleOptions::Kernel kernel = kcuda::DecodeScheduleOptions::Kernel::kAuto;
+  bool sinks = false;  // attention sinks: one per query head, N(0, 2), CPU and GPU alike
 };
 
 std::string Describe(const DecodeCase& c) {
@@ -56,6 +57,7 @@ std::string Describe(const DecodeCase& c) {
   if (c.options.sm_scale != 0) absl::StrAppend(&s, " scale", c.options.sm_scale);
   if (c.fixed_chunk > 0) absl::StrAppend(&s, " chunk", c.fixed_chunk);
   if (!c.allow_split) absl::StrAppend(&s, " nosplit");
+  if (c.sinks) absl::StrAppend(&s, " sinks");
   return s;
 }
 
@@ -69,6 +71,8 @@ void RunCase(const DecodeCase& c, Rng& rng, ResultTable& table) {
   RoundTo(q, c.dtype);
   std::vector<int32_t> offsets(batch);
   for (int32_t& o : offsets) o = c.rope_offsets ? rng.Int(0, 5000) : 0;
+  // [hq] sink logits, in the units of the scaled logits: some above a row's logits, some below.
+  const std::vector<float> sinks = c.sinks ? rng.NormalVector(hq, 2.f) : std::vector<float>(hq);
 
   // CPU reference (float32 storage of the rounded values, float32 output).
   std::vector<float> ref_o(q.size()), ref_lse(static_cast<size_t>(batch) * hq);
@@ -83,6 +87,7 @@ void RunCase(const DecodeCase& c, Rng& rng, ResultTable& table) {
     p.qo.batch_size = batch;
     p.options = c.options;
     p.options.rope_offsets = c.rope_offsets ? offsets.data() : nullptr;
+    p.options.sinks = c.sinks ? sinks.data() : nullptr;
     GT_STATUS_CHECK(attnd::kernels::cpu::PagedAttention(p));
   }
 
@@ -90,6 +95,7 @@ void RunCase(const DecodeCase& c, Rng& rng, ResultTable& table) {
   DevicePagedCache dcache(cache);
   DeviceBuffer dq = DeviceBuffer::From(EncodeAs(q, c.dtype));
   DeviceBuffer doff = DeviceBuffer::From(offsets);
+  DeviceBuffer dsinks = DeviceBuffer::From(sinks);
   DeviceBuffer dout(q.size() * ElemSize(c.dtype));
   DeviceBuffer dlse(ref_lse.size() * sizeof(float));
   dout.Poison();
@@ -114,6 +120,7 @@ void RunCase(const DecodeCase& c, Rng& rng, ResultTable& table) {
   p.qo.batch_size = batch;
   p.options = c.options;
   p.options.rope_offsets = c.rope_offsets ? doff.as<int32_t>() : nullptr;
+  p.options.sinks = c.sinks ? dsinks.as<float>() : nullptr;
   GT_STATUS_CHECK(kcuda::RunPagedDecode(**work, p, nullptr));
   GT_CUDA_CHECK(cudaDeviceSynchronize());
 
@@ -242,6 +249,15 @@ std::vector<DecodeCase> SmallCases() {
   c.options.logits_soft_cap = 20.f;
   c.options.window_left = 9;
   v.push_back(c);
+  // Attention sinks: unsplit, and split-KV (the sink once, in the merge), with GQA.
+  c = DecodeCase();
+  c.kv_len = {1, 7, 40, 300};
+  c.group = 8;
+  c.sinks = true;
+  v.push_back(c);
+  c.fixed_chunk = 16;
+  c.options.logits_soft_cap = 20.f;
+  v.push_back(c);
   return v;
 }
 
@@ -353,6 +369,50 @@ std::vector<DecodeCase> FullCases(Rng& rng) {
     v.push_back(c);
     c.allow_split = false;
     c.kv_len = {33000, 5};
+    v.push_back(c);
+  }
+  // Attention sinks (gpt-oss; last, so the cases above keep their random draws): head dims x
+  // dtypes, GQA (both kernels: main below), with soft cap, window and RoPE, unsplit and split-KV
+  // (forced chunks and the automatic split of a long request); rows of kv_len 1 weigh the sink
+  // most.
+  for (int32_t hd : {64, 128, 256}) {
+    for (DType dt : {DType::kFloat16, DType::kBFloat16}) {
+      for (int variant = 0; variant < 4; ++variant) {
+        DecodeCase c;
+        c.head_dim = hd;
+        c.dtype = dt;
+        c.sinks = true;
+        c.kv_len = RandomLengths(rng, 6, 1, 900);
+        c.kv_len[0] = 1;
+        c.group = variant % 2 ? 8 : 4;
+        c.num_kv_heads = 2;
+        switch (variant) {
+          case 0: break;
+          case 1:
+            c.options.logits_soft_cap = 30.f;
+            c.options.window_left = 40;
+            break;
+          case 2:
+            c.options = Rope();
+            c.rope_offsets = true;
+            c.fixed_chunk = 64;
+            break;
+          case 3:
+            c.fixed_chunk = 100;
+            c.options.window_left = 150;
+            c.lse = variant != 3 || hd != 256;
+            break;
+        }
+        v.push_back(c);
+      }
+    }
+  }
+  {
+    DecodeCase c;
+    c.kv_len = {33000, 3};  // automatic split of the long request; the short one unsplit
+    c.group = 8;
+    c.num_kv_heads = 2;
+    c.sinks = true;
     v.push_back(c);
   }
   return v;

@@ -71,15 +71,16 @@ struct Case {
   // grid that under-fills the device, which is most of the cases here).
   int fixed_chunk = 0;
   bool allow_split = true;
+  bool sinks = false;  // attention sinks: one per query head, N(0, 2), CPU and GPU alike
 };
 
 std::string Describe(const Case& c) {
   char buf[256];
-  std::snprintf(buf, sizeof(buf), "%s %s hd%d h%d/%d %s%s%s%s%s%s", c.name.c_str(),
+  std::snprintf(buf, sizeof(buf), "%s %s hd%d h%d/%d %s%s%s%s%s%s%s", c.name.c_str(),
                 DTypeName(c.dtype), c.head_dim, c.num_qo_heads, c.num_kv_heads,
                 c.page_size == 0 ? "ragged" : ("ps" + std::to_string(c.page_size)).c_str(),
                 c.causal ? " causal" : "", c.rope ? " rope" : "", c.soft_cap > 0 ? " cap" : "",
-                c.window_left >= 0 ? " win" : "", c.lse ? " lse" : "");
+                c.window_left >= 0 ? " win" : "", c.lse ? " lse" : "", c.sinks ? " sinks" : "");
   return buf;
 }
 
@@ -171,6 +172,9 @@ void RunCase(const Case& c, gt::Rng& rng, gt::ResultTable& table) {
   opt.rope_scale = c.rope ? 2.f : 1.f;
   opt.logits_soft_cap = c.soft_cap;
   opt.window_left = c.window_left;
+  // [Hq] sink logits (host for the CPU reference; d_sinks for the GPU run).
+  const std::vector<float> sinks = c.sinks ? rng.NormalVector(Hq, 2.f) : std::vector<float>(Hq);
+  opt.sinks = c.sinks ? sinks.data() : nullptr;
 
   // ---- GPU run ----
   gt::DeviceBuffer d_kv = gt::DeviceBuffer::From(gt::EncodeAs(kv_host, c.dtype));
@@ -193,8 +197,10 @@ void RunCase(const Case& c, gt::Rng& rng, gt::ResultTable& table) {
   qo.num_qo_heads = Hq;
   qo.batch_size = B;
   qo.qo_indptr = d_qo_indptr.as<int32_t>();
+  gt::DeviceBuffer d_sinks = gt::DeviceBuffer::From(sinks);
   AttentionOptions dopt = opt;
   dopt.rope_offsets = d_rope.as<int32_t>();
+  dopt.sinks = c.sinks ? d_sinks.as<float>() : nullptr;
 
   kcuda::PrefillScheduleOptions sched;
   sched.tile = c.tile;
@@ -367,6 +373,59 @@ std::vector<std::pair<int, int>> MixedBatch(gt::Rng& rng, int batch, int max_kv)
   return lens;
 }
 
+// Attention sinks (gpt-oss) on every kernel: head_dim 128 and 64 paged (sm90 on H100/H200, and
+// each FA2 tile and the split-KV chunks through main's reruns), ragged with soft cap and window,
+// RoPE (the FA2 RoPE kernel), GQA 8, and rows that see no key (o = 0, lse = sink).
+void AddSinkCases(std::vector<Case>& cases) {
+  for (DType dt : {DType::kFloat16, DType::kBFloat16}) {
+    cases.push_back({.name = "sinks gqa8",
+                     .head_dim = 128,
+                     .dtype = dt,
+                     .num_qo_heads = 16,
+                     .num_kv_heads = 2,
+                     .lens = {{70, 300}, {1, 1}, {33, 33}},
+                     .sinks = true});
+    cases.push_back({.name = "sinks noncausal",
+                     .head_dim = 64,
+                     .dtype = dt,
+                     .num_qo_heads = 8,
+                     .num_kv_heads = 2,
+                     .page_size = 7,
+                     .causal = false,
+                     .lens = {{20, 200}, {5, 9}},
+                     .sinks = true});
+    cases.push_back({.name = "sinks ragged cap win",
+                     .head_dim = 128,
+                     .dtype = dt,
+                     .page_size = 0,
+                     .soft_cap = 10.f,
+                     .window_left = 30,
+                     .q_std = 2.f,
+                     .lens = {{60, 250}, {8, 8}},
+                     .sinks = true});
+    cases.push_back({.name = "sinks rope",
+                     .head_dim = 128,
+                     .dtype = dt,
+                     .rope = true,
+                     .lens = {{40, 140}},
+                     .sinks = true});
+    cases.push_back({.name = "sinks qo>kv (rows see nothing)",
+                     .head_dim = 64,
+                     .dtype = dt,
+                     .num_qo_heads = 4,
+                     .num_kv_heads = 1,
+                     .lens = {{20, 5}, {3, 1}},
+                     .sinks = true});
+    cases.push_back({.name = "sinks hd256",
+                     .head_dim = 256,
+                     .dtype = dt,
+                     .num_qo_heads = 4,
+                     .num_kv_heads = 2,
+                     .lens = {{50, 120}},
+                     .sinks = true});
+  }
+}
+
 std::vector<Case> BuildCases(gt::Rng& rng, bool small) {
   std::vector<Case> cases;
   const DType dtypes[2] = {DType::kFloat16, DType::kBFloat16};
@@ -416,6 +475,7 @@ std::vector<Case> BuildCases(gt::Rng& rng, bool small) {
               .lens = {{12, 40}}};
       cases.push_back(nw);
     }
+    AddSinkCases(cases);  // last: the cases above keep their random draws
     return cases;
   }
   const int head_dims[3] = {64, 128, 256};
@@ -537,6 +597,7 @@ std::vector<Case> BuildCases(gt::Rng& rng, bool small) {
                      .lens = {{6000, 20000}},
                      .sample_rows = 24});
   }
+  AddSinkCases(cases);
   return cases;
 }
 

@@ -94,6 +94,8 @@ absl::Status AttentionDtypes(absl::string_view op, DType q_dtype, DType kv_dtype
 absl::Status Options(absl::string_view op, const AttentionOptions& o) {
   // Read by the decode kernels whenever it is set.
   if (auto s = Aligned(op, "rope_offsets", o.rope_offsets, sizeof(int32_t)); !s.ok()) return s;
+  // [num_qo_heads] floats, read one by one at every row's finalization (FinalizeRow).
+  if (auto s = Aligned(op, "sinks", o.sinks, sizeof(float)); !s.ok()) return s;
   if (!std::isfinite(o.sm_scale)) {
     return InvalidArgumentError(StrCat(op, ": sm_scale=", o.sm_scale, " is not finite"));
   }

@@ -52,6 +52,32 @@ __device__ __forceinline__ float LseFromBase2(float m2, float d) {
   return d > 0.f ? (m2 + __log2f(d)) * kLn2 : -INFINITY;
 }
 
+// ---- finalization: the variant's sink policy, then o / d and the LSE ------------------------
+// What a finished row state (m, d) becomes: o_final = o * inv, and its natural-log lse.
+struct RowFinal {
+  float inv;
+  float lse;
+};
+inline constexpr float kLog2e = 1.4426950408889634f;
+// The one finalization of every kernel (decode on CUDA cores and tensor cores, prefill FA2 and
+// sm90, both split-KV merges). m: the row's max in the base-2 logit domain, d: sum 2^(l2 - m)
+// (empty row: m = -inf, d = 0). sinks ([num_qo_heads], natural-log units of the scaled, capped
+// logits, VariantParams::sinks) null: no sink, o / d and LseFromBase2. Otherwise head qo_head's
+// sink s joins the softmax as one more logit with no value (FlashInfer's AttentionSink):
+//   m' = max(m, s log2 e),  d' = d 2^(m - m') + 2^(s log2 e - m'),  o_final = o 2^(m - m') / d'
+// and lse = (m' + log2 d') ln 2, the LSE of the whole softmax; an empty row gets o = 0 and
+// lse = s. d' >= 1 (the max contributes 2^0), so there is no 0 to guard; a NaN sink gives NaN
+// (o and lse) rather than hiding in InvSum. Callers pass null for split-KV partial states: the
+// sink is applied once, after the merge.
+__device__ __forceinline__ RowFinal FinalizeRow(const float* sinks, int qo_head, float m, float d) {
+  if (sinks == nullptr) return {InvSum(d), LseFromBase2(m, d)};
+  const float s2 = sinks[qo_head] * kLog2e;
+  const float m_new = fmaxf(m, s2);
+  const float keep = SoftmaxRescale(m, m_new);  // 0 for an empty row
+  const float d_new = fmaf(d, keep, Exp2(s2 - m_new));
+  return {keep / d_new, (m_new + __log2f(d_new)) * kLn2};
+}
+
 // ---- value types: the state of rows, held in registers -------------------------------------
 
 // SoftmaxState<kVec>: one row's state over a set of keys, as a thread of a CUDA-core kernel holds
@@ -93,13 +119,7 @@ struct SoftmaxState {
 #pragma unroll
     for (int k = 0; k < kVec; ++k) o[k] = fmaf(w, o_i[k], o[k]);
   }
-  // o / d in place (0 for an empty row); Lse() stays valid afterwards.
-  __device__ __forceinline__ void Normalize() {
-    const float inv = InvSum(d);
-#pragma unroll
-    for (int k = 0; k < kVec; ++k) o[k] *= inv;
-  }
-  __device__ __forceinline__ float Lse() const { return LseFromBase2(m, d); }
+  // Finished: FinalizeRow(sinks, head, m, d) gives o's factor and the LSE.
 };
 
 // MmaRowsSoftmax: the state of the two rows (g = lane / 4 and g + 8) a thread holds of m16n8k16
@@ -167,10 +187,18 @@ __device__ __forceinline__ void RescaleRows(float (&o)[kN][4], const float (&sca
 // Merging (lse_i, o_i): m = max lse_i, w_i = exp(lse_i - m), o = sum w_i o_i / sum w_i,
 // lse = m + log(sum w_i). An empty state (lse_i = -inf) weighs 0; all empty: o = 0, lse = -inf.
 __device__ __forceinline__ float StateWeight(float lse_i, float m) {
-  return lse_i == -INFINITY ? 0.f : Exp2((lse_i - m) * 1.4426950408889634f);
+  return lse_i == -INFINITY ? 0.f : Exp2((lse_i - m) * kLog2e);
 }
 __device__ __forceinline__ float MergedLse(float m, float weight_sum) {
   return weight_sum > 0.f ? m + logf(weight_sum) : -INFINITY;
+}
+// FinalizeRow of a merged state (the split-KV merges, after all chunks): m = max lse_i (natural
+// log), weight_sum = sum exp(lse_i - m), which is the base-2 state (m log2 e, weight_sum). Without
+// sinks: o / weight_sum and MergedLse, as before sinks existed.
+__device__ __forceinline__ RowFinal FinalizeMergedRow(const float* sinks, int head, float m,
+                                                      float weight_sum) {
+  if (sinks == nullptr) return {InvSum(weight_sum), MergedLse(m, weight_sum)};
+  return FinalizeRow(sinks, head, m * kLog2e, weight_sum);
 }
 
 }  // namespace attnd::kernels::cuda::internal

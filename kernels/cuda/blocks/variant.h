@@ -2,7 +2,8 @@
 // the kernels see it: ONE params struct, embedded in every kernel's params, resolved from the
 // public AttentionOptions by ONE host function. Device-side policies that read it:
 // blocks/variant.cuh. Later variants (custom masks, attention sinks) add their fields here and
-// their resolution to ResolveVariant. Host and device code (plain struct).
+// their resolution to ResolveVariant (sinks are here; custom masks are to come). Host and device
+// code (plain struct).
 #pragma once
 
 #include <cstdint>
@@ -13,7 +14,7 @@
 namespace attnd::kernels::cuda::internal {
 
 struct VariantParams {
-  LogitScale logit;          // raw q.k -> base-2 logit, soft cap included (numerics.h)
+  LogitScale logit;  // raw q.k -> base-2 logit, soft cap included (numerics.h)
   // bool, not int32_t: the prefill RoPE kernel at head_dim 256 takes one register more with an
   // int32_t flag (ptxas, 2026-12-01).
   bool causal = false;       // prefill/append: key position <= query position (decode: implied)
@@ -21,10 +22,15 @@ struct VariantParams {
   bool rope = false;         // RoPE LLaMA: the kernels' kRope instantiations run
   const int32_t* rope_offsets = nullptr;  // [batch] device, or null (rope only)
   RopeFreq rope_freq[kMaxRopePairs];      // pairs 0 .. head_dim/2 - 1, filled when rope
+  // Attention sinks: [num_qo_heads] float32 device, natural-log units of the scaled, capped
+  // logits (AttentionOptions::sinks), or null. Folded in once per row at finalization
+  // (FinalizeRow, softmax_state.cuh): by the kernel for an unsplit row, by the merge after
+  // split-KV (partial states never carry the sink).
+  const float* sinks = nullptr;
 };
 
 // AttentionOptions -> VariantParams for head_dim (sm_scale 0 = 1/sqrt(head_dim); a negative
-// window is no window; rope_offsets kept only with RoPE).
+// window is no window; rope_offsets kept only with RoPE; sinks as given).
 inline VariantParams ResolveVariant(const AttentionOptions& o, int32_t head_dim) {
   VariantParams v;
   v.logit = MakeLogitScale(o, head_dim);
@@ -33,6 +39,7 @@ inline VariantParams ResolveVariant(const AttentionOptions& o, int32_t head_dim)
   v.rope = o.pos_encoding == PosEncoding::kRopeLlama;
   v.rope_offsets = v.rope ? o.rope_offsets : nullptr;
   if (v.rope) FillRopeFreqs(o, head_dim, v.rope_freq);
+  v.sinks = o.sinks;
   return v;
 }
 

@@ -258,7 +258,8 @@ absl::Status RunPagedDecode(const DecodeWork& work, const PagedAttentionParams& 
                                         .num_heads = work.shape.num_qo_heads,
                                         .head_dim = work.shape.head_dim,
                                         .state_indptr = work.d_chunk_indptr,
-                                        .skip_single = 1};
+                                        .skip_single = 1,
+                                        .sinks = p.variant.sinks};
     ATTND_RETURN_IF_CUDA_ERROR(internal::LaunchDecodeMergeKernel(m, kv.dtype, stream),
                                "decode merge kernel launch");
   }

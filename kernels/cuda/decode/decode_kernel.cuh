@@ -251,11 +251,14 @@ __global__ void __launch_bounds__(DecodeTraits<D, TILE>::kThreads,
     }
   }
 
-  // ---- write: final output (unsplit request) or a partial state ----
+  // ---- write: final output (unsplit request, sink folded in) or a partial state (no sink:
+  // the merge applies it once) ----
   if (!head_valid) return;
-  st.Normalize();
-  const float lse = st.Lse();
-  const float(&o)[8] = st.o;
+  const RowFinal fin = FinalizeRow(item.split ? nullptr : p.variant.sinks, qo_head, st.m, st.d);
+  const float lse = fin.lse;
+  float o[8];
+#pragma unroll
+  for (int k = 0; k < 8; ++k) o[k] = st.o[k] * fin.inv;
   if (!item.split) {
     const int64_t row = static_cast<int64_t>(b) * p.num_qo_heads + qo_head;
     *reinterpret_cast<uint4*>(static_cast<T*>(p.o) + row * D + tx * 8) = Vec8<T>::FromFloat(o);

@@ -63,9 +63,11 @@ __device__ __forceinline__ void MergeTcWarpsAndStore(
     wgt[w] = Base2StateWeight(mw, m_all);  // m_all = -inf: every mw is -inf too
     d_all = fmaf(wgt[w], sd[w * Tr::kRows + row], d_all);
   }
-  const float inv_d = InvSum(d_all);
-  const float lse = LseFromBase2(m_all, d_all);
   const int qo_head = kv_head * p.group + row_base + row;
+  // The sink (if any) once per row: here for an unsplit request, in the merge for a split one.
+  const RowFinal fin = FinalizeRow(item.split ? nullptr : p.variant.sinks, qo_head, m_all, d_all);
+  const float inv_d = fin.inv;
+  const float lse = fin.lse;
 #pragma unroll
   for (int v = 0; v < NTILES_D / 8; ++v) {
     const int d0 = ((tid % 8) + v * 8) * 8;

@@ -12,7 +12,8 @@
 //      groups, each group strides over the chunks, then the groups are added in shared memory.
 // Inputs: partial_o [items, num_heads, D] fp32 (each normalised by its own sum), partial_lse
 // [items, num_heads] natural log, chunk_indptr [batch + 1]. A request with one chunk was written
-// by the decode kernel and is skipped. All lse_i = -inf (no visible key): o = 0, lse = -inf.
+// by the decode kernel and is skipped. All lse_i = -inf (no visible key): o = 0, lse = -inf
+// (with sinks, p.sinks: the sink is folded into the merged state, lse = sink for such a row).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -58,8 +59,8 @@ __device__ __forceinline__ float BlockSum(float x, float* scratch) {
 template <typename T, int D>
 __global__ void __launch_bounds__(kMergeThreads)
     DecodeMergeKernel(const __grid_constant__ MergeKernelParams p) {
-  constexpr int kCols = D / 4;                       // float4 columns of a row
-  constexpr int kGroups = kMergeThreads / kCols;     // chunk groups (1, 2 or 4... 8)
+  constexpr int kCols = D / 4;                    // float4 columns of a row
+  constexpr int kGroups = kMergeThreads / kCols;  // chunk groups (1, 2 or 4... 8)
   static_assert(kMergeThreads % kCols == 0 && kGroups >= 1, "head_dim 64..512, multiple of 4");
   __shared__ float scratch[kMergeWarps];
   __shared__ float4 part[kGroups > 1 ? kGroups - 1 : 1][kCols];
@@ -117,15 +118,15 @@ __global__ void __launch_bounds__(kMergeThreads)
       acc.w += x.w;
     }
   }
-  const float inv = InvSum(sum);
-  acc.x *= inv;
-  acc.y *= inv;
-  acc.z *= inv;
-  acc.w *= inv;
+  const RowFinal fin = FinalizeMergedRow(p.sinks, h, m, sum);  // the sink, once per row
+  acc.x *= fin.inv;
+  acc.y *= fin.inv;
+  acc.z *= fin.inv;
+  acc.w *= fin.inv;
   const int64_t out_row = static_cast<int64_t>(r) * H + h;
   Vec4<T>::Store(static_cast<T*>(p.v_out) + out_row * D + col * 4, acc);
   if (p.s_out != nullptr && threadIdx.x == 0) {
-    p.s_out[out_row] = MergedLse(m, sum);
+    p.s_out[out_row] = fin.lse;
   }
 }
 

@@ -30,6 +30,9 @@ struct MergeKernelParams {
   int32_t skip_single = 0;
   const void* v_in_b = nullptr;  // the pair form's second state, or null
   const float* s_in_b = nullptr;
+  // Split-KV only: the run's attention sinks ([num_heads] float32, VariantParams::sinks), folded
+  // into each merged row once (FinalizeMergedRow), or null. The partial states carry none.
+  const float* sinks = nullptr;
 };
 // in_dtype: fp32/fp16/bf16; out_dtype: fp32/fp16/bf16 (in == out, or in == fp32).
 cudaError_t LaunchMergeKernel(const MergeKernelParams& params, DType in_dtype, DType out_dtype,

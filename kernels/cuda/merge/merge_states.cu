@@ -51,7 +51,9 @@ __global__ void __launch_bounds__(32 * kHeadsPerBlock)
   if (m != -INFINITY) {
     for (int i = 0; i < count; ++i) sum += StateWeight(s_of(i), m);
   }
-  const float inv = InvSum(sum);
+  // Split-KV prefill: the run's sink (if any) once, into the merged state.
+  const RowFinal fin = FinalizeMergedRow(p.sinks, h, m, sum);
+  const float inv = fin.inv;
   TOut* v_out = static_cast<TOut*>(p.v_out);
   for (int d0 = lane * 4; d0 < D; d0 += 128) {
     float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
@@ -74,7 +76,7 @@ __global__ void __launch_bounds__(32 * kHeadsPerBlock)
   // lanes of the warp are done (the early returns above are warp-uniform).
   __syncwarp();
   if (p.s_out != nullptr && lane == 0) {
-    p.s_out[static_cast<int64_t>(r) * H + h] = MergedLse(m, sum);
+    p.s_out[static_cast<int64_t>(r) * H + h] = fin.lse;
   }
 }
 

@@ -263,7 +263,8 @@ absl::Status Launch(const PrefillWork& work, int32_t head_dim, DType dtype,
                                       .num_heads = work.num_qo_heads_,
                                       .head_dim = head_dim,
                                       .state_indptr = work.state_indptr_,
-                                      .skip_single = 1};
+                                      .skip_single = 1,
+                                      .sinks = p.variant.sinks};
   return CudaStatus(internal::LaunchMergeKernel(m, dtype, dtype, stream),
                     "prefill: split-KV merge launch");
 }

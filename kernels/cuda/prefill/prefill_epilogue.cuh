@@ -47,10 +47,15 @@ __device__ __forceinline__ void StorePrefillOutput(
   for (int mq = 0; mq < MQ; ++mq) {
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      const float d = rows[mq].RowSum(h);
-      const float inv = InvSum(d);
       const int r = warp * Cfg::kWarpRows + mq * 16 + g + 8 * h;
       const int pk = t.packed_start + r;
+      // Packed row pk is query row pk / group of query head kv_head * group + pk % group (GQA
+      // packing; in range also for the padding rows past packed_end, which store nothing). Its
+      // sink (if any) is folded in here for an unsplit row, by the merge for a split one.
+      const int head = t.kv_head * group + pk % group;
+      const RowFinal fin =
+          FinalizeRow(split ? nullptr : p.variant.sinks, head, rows[mq].m[h], rows[mq].RowSum(h));
+      const float inv = fin.inv;
 #pragma unroll
       for (int j = 0; j < D / 8; ++j) {
         *reinterpret_cast<uint32_t*>(q_smem + Cfg::StagingOffset(r, j) + 2 * t4) =
@@ -58,9 +63,7 @@ __device__ __forceinline__ void StorePrefillOutput(
       }
       float* lse = split ? p.partial_lse : p.lse;
       if (lse != nullptr && t4 == 0 && pk < t.packed_end) {
-        const int head = t.kv_head * group + pk % group;
-        lse[static_cast<int64_t>(out_row(pk / group)) * p.num_qo_heads + head] =
-            LseFromBase2(rows[mq].m[h], d);
+        lse[static_cast<int64_t>(out_row(pk / group)) * p.num_qo_heads + head] = fin.lse;
       }
     }
   }
