@@ -4,13 +4,14 @@
 #   decode:  FlashInfer's decode rows (its JIT first), then attnd's decode_bench on the same
 #            shapes (also with --rope), and the decode_bench of the tree before the change when
 #            .gpu-before/ carries one (old and new kernels in the same call);
-#   prefill: FlashInfer's prefill and append rows, then attnd's prefill_bench (also --rope), then
-#            service_bench of this tree and of the tree before the change, twice each (and the
-#            before tree's prefill_bench when .gpu-before/ carries one).
+#   prefill: FlashInfer's prefill and append rows, then attnd's prefill_bench (also --rope) (and
+#            the before tree's prefill_bench when .gpu-before/ carries one);
+#   both:    then service_bench of this tree and of the tree before the change (.gpu-before/ with
+#            bin/attnd and bin/service_bench), twice each.
 # FlashInfer: ../shared/gpu/flashinfer-peer, carried as .fi-peer/flashinfer_peer.tar.xz; its JIT
 # cache (/tmp/fi_peer_cache) is reused by a second call on the same warm machine.
 # Results go to $OUT: device.txt, fi_peer_<phase>.jsonl, fi_peer_<phase>.txt, bench_<phase>.txt,
-# service.txt (prefill), logs.tgz.
+# logs.tgz.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 phase=${1:?decode or prefill}
@@ -67,12 +68,13 @@ else
       bench "prefill_bench (before, $before), round $round" .gpu-before/bin/prefill_bench
   done
   bench "prefill_bench --rope --quick" .gpu/bin/prefill_bench --rope --quick
-  for round in 1 2; do
-    bench "service_bench after (this tree), round $round" .gpu/bin/service_bench
-    [ -x .gpu-before/bin/service_bench ] && bench "service_bench before ($before), round $round" \
-      env ATTND_BIN="$PWD/.gpu-before/bin/attnd" .gpu-before/bin/service_bench
-  done
 fi
+# The service step (decode through the daemon against in-process kernels), both phases.
+for round in 1 2; do
+  bench "service_bench after (this tree), round $round" .gpu/bin/service_bench
+  [ -x .gpu-before/bin/service_bench ] && bench "service_bench before ($before), round $round" \
+    env ATTND_BIN="$PWD/.gpu-before/bin/attnd" .gpu-before/bin/service_bench
+done
 cp "$work/bench.txt" "$out/bench_$phase.txt"
 tar czf "$out/logs.tgz" -C "$work" . 2>/dev/null
 echo
