@@ -55,8 +55,17 @@ def is_cuda_tensor(x: Any) -> bool:
     return is_torch_tensor(x) and bool(x.is_cuda)
 
 
-class _Driver:
-    """The few libcuda entry points we need (loaded on first use)."""
+class CUipcMemHandle(ctypes.Structure):
+    """CUipcMemHandle: 64 opaque bytes, passed by value."""
+
+    _fields_ = [("reserved", ctypes.c_char * CUDA_IPC_HANDLE_BYTES)]
+
+
+class Driver:
+    """The libcuda entry points of the client (loaded on first use), one loader for the package:
+    export (cuMemGetAddressRange_v2, cuIpcGetMemHandle) here, open and close of a daemon's pool
+    mapping (``open_ipc``: cuIpcOpenMemHandle_v2 where the driver has it, cuIpcCloseMemHandle) in
+    attnd.flashinfer."""
 
     _lock = threading.Lock()
     _lib = None
@@ -71,6 +80,12 @@ class _Driver:
                 lib.cuMemGetAddressRange_v2.restype = ctypes.c_int
                 lib.cuIpcGetMemHandle.argtypes = [ctypes.c_char_p, ctypes.c_uint64]
                 lib.cuIpcGetMemHandle.restype = ctypes.c_int
+                open_fn = getattr(lib, "cuIpcOpenMemHandle_v2", None) or lib.cuIpcOpenMemHandle
+                open_fn.argtypes = [ctypes.POINTER(ctypes.c_uint64), CUipcMemHandle, ctypes.c_uint]
+                open_fn.restype = ctypes.c_int
+                lib.open_ipc = open_fn
+                lib.cuIpcCloseMemHandle.argtypes = [ctypes.c_uint64]
+                lib.cuIpcCloseMemHandle.restype = ctypes.c_int
                 cls._lib = lib
             return cls._lib
 
@@ -78,7 +93,7 @@ class _Driver:
 def _driver_ipc_info(tensor) -> IpcInfo:
     import torch  # only here: a torch tensor was passed
 
-    lib = _Driver.lib()
+    lib = Driver.lib()
     ptr = int(tensor.data_ptr())
     device = tensor.device.index if tensor.device.index is not None else torch.cuda.current_device()
     with torch.cuda.device(device):  # makes the device's primary context current on this thread
@@ -123,7 +138,7 @@ def cuda_ipc_info(tensor, method: str = "driver") -> IpcInfo:
         raise ValueError("CUDA tensors passed to attnd must be contiguous (call .contiguous())")
     if method == "driver":
         try:
-            _Driver.lib()
+            Driver.lib()
         except OSError:
             method = "torch"
         else:

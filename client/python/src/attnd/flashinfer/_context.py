@@ -18,41 +18,11 @@ import threading
 from typing import Any, Dict, List, Optional, Tuple
 
 from attnd.flashinfer import _mapping as _m
+from attnd.ipc import CUDA_IPC_HANDLE_BYTES, CUipcMemHandle, Driver
 
 __all__ = ["Context", "connect", "get_context", "set_context", "allocate_paged_kv_cache"]
 
-CUDA_IPC_HANDLE_BYTES = 64
 _CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS = 1
-
-
-class _CUipcMemHandle(ctypes.Structure):
-    _fields_ = [("reserved", ctypes.c_char * CUDA_IPC_HANDLE_BYTES)]
-
-
-class _Driver:
-    """libcuda's IPC open/close and address-range calls (loaded on first use)."""
-
-    _lock = threading.Lock()
-    _lib = None
-
-    @classmethod
-    def lib(cls):
-        with cls._lock:
-            if cls._lib is None:
-                lib = ctypes.CDLL("libcuda.so.1")
-                open_fn = getattr(lib, "cuIpcOpenMemHandle_v2", None) or lib.cuIpcOpenMemHandle
-                open_fn.argtypes = [ctypes.POINTER(ctypes.c_uint64), _CUipcMemHandle,
-                                    ctypes.c_uint]
-                open_fn.restype = ctypes.c_int
-                lib.cuIpcCloseMemHandle.argtypes = [ctypes.c_uint64]
-                lib.cuIpcCloseMemHandle.restype = ctypes.c_int
-                lib.cuMemGetAddressRange_v2.argtypes = [
-                    ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(ctypes.c_size_t),
-                    ctypes.c_uint64]
-                lib.cuMemGetAddressRange_v2.restype = ctypes.c_int
-                lib._attnd_open = open_fn
-                cls._lib = lib
-            return cls._lib
 
 
 class _Mapping:
@@ -69,13 +39,13 @@ class _Mapping:
                                           f"expected {CUDA_IPC_HANDLE_BYTES} (not a CUDA daemon?)")
         self.device = int(device)
         self._lock = threading.Lock()
-        lib = _Driver.lib()
+        lib = Driver.lib()
         with torch.cuda.device(self.device):
             torch.zeros(1, device=f"cuda:{self.device}")  # the primary context exists, current
             ptr = ctypes.c_uint64(0)
-            raw = _CUipcMemHandle.from_buffer_copy(bytes(handle))  # (field assignment would
+            raw = CUipcMemHandle.from_buffer_copy(bytes(handle))  # (field assignment would
             # stop at the first NUL byte)
-            rc = lib._attnd_open(ctypes.byref(ptr), raw, _CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS)
+            rc = lib.open_ipc(ctypes.byref(ptr), raw, _CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS)
             if rc != 0:
                 raise RuntimeError(
                     f"cuIpcOpenMemHandle failed (CUresult {rc}) for a pool on device {device}: "
@@ -104,7 +74,7 @@ class _Mapping:
         try:
             import torch
 
-            lib = _Driver.lib()
+            lib = Driver.lib()
             with torch.cuda.device(self.device):
                 torch.cuda.synchronize(self.device)
                 lib.cuIpcCloseMemHandle(ctypes.c_uint64(self.ptr))
