@@ -6,6 +6,7 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "daemon_fixture.h"
@@ -34,6 +35,23 @@ Batch MakeBatch(std::mt19937& rng, std::vector<int> qo_lens, std::vector<int> kv
   b.k = RandomValues(rng, static_cast<size_t>(b.kv_indptr.back()) * b.kv_heads * b.dim, dtype);
   b.v = RandomValues(rng, static_cast<size_t>(b.kv_indptr.back()) * b.kv_heads * b.dim, dtype);
   return b;
+}
+
+// A one-request batch's keys split after the first `keys`: the batches over each part (the same
+// queries).
+std::pair<Batch, Batch> SplitKeys(const Batch& all, int keys) {
+  Batch first = all, second = all;
+  const size_t kv_row = static_cast<size_t>(all.kv_heads) * all.dim;
+  const int rest = all.kv_lens[0] - keys;
+  first.kv_lens = {keys};
+  first.kv_indptr = {0, keys};
+  first.k.resize(keys * kv_row);
+  first.v.resize(keys * kv_row);
+  second.kv_lens = {rest};
+  second.kv_indptr = {0, rest};
+  second.k.erase(second.k.begin(), second.k.begin() + keys * kv_row);
+  second.v.erase(second.v.begin(), second.v.begin() + keys * kv_row);
+  return {std::move(first), std::move(second)};
 }
 
 // The float64 reference of every query row: o [qo_tokens][qo_heads][dim], lse
@@ -153,16 +171,7 @@ TEST_P(RaggedRunTest, TwoRunsOverHalvesOfTheKeysMergeIntoOne) {
   ASSERT_NE(session, nullptr);
   std::mt19937 rng(32);
   const Batch all = MakeBatch(rng, {6}, {50}, v1::DTYPE_FLOAT32);
-  Batch first = all, second = all;
-  const size_t kv_row = static_cast<size_t>(all.kv_heads) * all.dim;
-  first.kv_lens = {20};
-  first.kv_indptr = {0, 20};
-  first.k.resize(20 * kv_row);
-  first.v.resize(20 * kv_row);
-  second.kv_lens = {30};
-  second.kv_indptr = {0, 30};
-  second.k.erase(second.k.begin(), second.k.begin() + 20 * kv_row);
-  second.v.erase(second.v.begin(), second.v.begin() + 20 * kv_row);
+  const auto [first, second] = SplitKeys(all, 20);
   auto a = session->RunRagged(Args(first, v1::DTYPE_FLOAT32));
   auto b = session->RunRagged(Args(second, v1::DTYPE_FLOAT32));
   auto whole = session->RunRaggedAndDecode(Args(all, v1::DTYPE_FLOAT32));
@@ -175,6 +184,70 @@ TEST_P(RaggedRunTest, TwoRunsOverHalvesOfTheKeysMergeIntoOne) {
   merge.v_b = b->o();
   merge.s_b = b->lse();
   auto merged = session->MergeStateAndDecode(merge);
+  ATTND_ASSERT_OK(merged);
+  ExpectClose(merged->v, std::vector<double>(whole->o.begin(), whole->o.end()), 1e-5, "o");
+  ExpectClose(merged->s, std::vector<double>(whole->lse.begin(), whole->lse.end()), 1e-5, "lse");
+}
+
+// Attention sinks through the C++ client (RunRaggedArgs.sinks) against the float64 reference with
+// the sink folded in (lse_s = ln(exp(lse) + exp(sink)), o_s = o exp(lse - lse_s)), and the merge
+// convention of the proto: the halves run without sinks, merged, then merged with the sink's own
+// state (v = 0, s = sink) give the run over all keys with sinks.
+TEST_P(RaggedRunTest, SinksMatchTheReferenceAndMergeInOnce) {
+  auto session = OpenSession("ragged-sinks");
+  ASSERT_NE(session, nullptr);
+  std::mt19937 rng(34);
+  const std::vector<float> sinks = {0.5f, -1.f, 2.f, -3.f, 1.f, 0.f, 4.f, -0.5f};  // [qo_heads]
+  const auto fold = [&](std::vector<double>& o, std::vector<double>& lse, int heads, int dim) {
+    for (size_t i = 0; i < lse.size(); ++i) {
+      const double sink = sinks[i % heads];
+      const double whole = std::isinf(lse[i]) ? sink : std::log(std::exp(lse[i]) + std::exp(sink));
+      const double keep = std::isinf(lse[i]) ? 0 : std::exp(lse[i] - whole);
+      for (int d = 0; d < dim; ++d) o[i * dim + d] *= keep;
+      lse[i] = whole;
+    }
+  };
+  const Batch b = MakeBatch(rng, {17, 5, 1}, {17, 40, 23}, v1::DTYPE_FLOAT16);
+  client::RunRaggedArgs args = Args(b, v1::DTYPE_FLOAT16);
+  args.options.set_causal(true);
+  args.sinks = *client::MakeTensor(sinks, {b.qo_heads}, v1::DTYPE_FLOAT32);
+  auto out = session->RunRaggedAndDecode(args);
+  ATTND_ASSERT_OK(out);
+  ReferenceOptions causal;
+  causal.causal = true;
+  std::vector<double> ref_o, ref_lse;
+  Reference(b, causal, {}, &ref_o, &ref_lse);
+  fold(ref_o, ref_lse, b.qo_heads, b.dim);
+  ExpectClose(out->o, ref_o, 4e-3, "o with sinks");
+  ExpectClose(out->lse, ref_lse, 2e-3, "lse with sinks");
+
+  const Batch all = MakeBatch(rng, {6}, {50}, v1::DTYPE_FLOAT32);
+  const auto [first, second] = SplitKeys(all, 20);
+  auto a = session->RunRagged(Args(first, v1::DTYPE_FLOAT32));
+  auto c = session->RunRagged(Args(second, v1::DTYPE_FLOAT32));
+  client::RunRaggedArgs whole_args = Args(all, v1::DTYPE_FLOAT32);
+  whole_args.sinks = args.sinks;
+  auto whole = session->RunRaggedAndDecode(whole_args);
+  ATTND_ASSERT_OK(a);
+  ATTND_ASSERT_OK(c);
+  ATTND_ASSERT_OK(whole);
+  client::MergeStateArgs merge;
+  merge.v_a = a->o();
+  merge.s_a = a->lse();
+  merge.v_b = c->o();
+  merge.s_b = c->lse();
+  auto halves = session->MergeState(merge);
+  ATTND_ASSERT_OK(halves);
+  const int64_t rows = all.qo_indptr.back();
+  std::vector<float> sink_s;  // [rows, qo_heads]: the sink as a state with v = 0
+  for (int64_t r = 0; r < rows; ++r) sink_s.insert(sink_s.end(), sinks.begin(), sinks.end());
+  client::MergeStateArgs with_sink;
+  with_sink.v_a = halves->v();
+  with_sink.s_a = halves->s();
+  with_sink.v_b = *client::MakeTensor(std::vector<float>(rows * all.qo_heads * all.dim, 0.f),
+                                      {rows, all.qo_heads, all.dim}, v1::DTYPE_FLOAT32);
+  with_sink.s_b = *client::MakeTensor(sink_s, {rows, all.qo_heads}, v1::DTYPE_FLOAT32);
+  auto merged = session->MergeStateAndDecode(with_sink);
   ATTND_ASSERT_OK(merged);
   ExpectClose(merged->v, std::vector<double>(whole->o.begin(), whole->o.end()), 1e-5, "o");
   ExpectClose(merged->s, std::vector<double>(whole->lse.begin(), whole->lse.end()), 1e-5, "lse");

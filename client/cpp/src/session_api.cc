@@ -236,6 +236,7 @@ absl::StatusOr<v1::RunResponse> SessionApi::Run(RunArgs args) {
   if (args.v) *request.mutable_v() = std::move(*args.v);
   if (args.o) *request.mutable_o() = std::move(*args.o);
   if (args.lse) *request.mutable_lse() = std::move(*args.lse);
+  if (args.sinks) *request.mutable_sinks() = std::move(*args.sinks);
   *request.mutable_options() = std::move(args.options);
   request.set_wait_event_id(std::move(args.wait_event_id));
   request.set_completion(args.completion);
@@ -255,6 +256,7 @@ absl::StatusOr<v1::RunRaggedResponse> SessionApi::RunRagged(RunRaggedArgs args) 
   request.mutable_kv_indptr()->Add(args.kv_indptr.begin(), args.kv_indptr.end());
   if (args.o) *request.mutable_o() = std::move(*args.o);
   if (args.lse) *request.mutable_lse() = std::move(*args.lse);
+  if (args.sinks) *request.mutable_sinks() = std::move(*args.sinks);
   *request.mutable_options() = std::move(args.options);
   request.set_wait_event_id(std::move(args.wait_event_id));
   request.set_completion(args.completion);

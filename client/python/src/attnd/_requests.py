@@ -148,11 +148,15 @@ class TensorPlan:
         q_dtype: wire dtype of q when it cannot be inferred (uint16 bits -> "bfloat16").
         zero_copy: send CUDA tensors as buffer slices (True) or through the host (False).
         ipc_method: see attnd.ipc.cuda_ipc_info.
+        sinks: optional [num_qo_heads] attention sinks (RunRequest.sinks), sent as float32:
+            numpy/list values inline (or as a slice when inside a shared buffer), a CUDA tensor
+            as a buffer slice on the CUDA path.
     """
 
     def __init__(self, q: Any, k: Any, v: Any, *, kv_dtype: int, out: Any = None,
                  lse_out: Any = None, return_lse: bool = False, q_dtype: Any = None,
-                 zero_copy: bool = True, ipc_method: str = "driver", shared_buffers=()):
+                 zero_copy: bool = True, ipc_method: str = "driver", shared_buffers=(),
+                 sinks: Any = None):
         if (k is None) != (v is None):
             raise ValueError("pass both k and v, or neither")
         self.return_lse = return_lse
@@ -173,6 +177,10 @@ class TensorPlan:
         if k is not None:
             self._tensors["k"] = self._prepare("k", k, None, cast_to=kv_dtype)
             self._tensors["v"] = self._prepare("v", v, None, cast_to=kv_dtype)
+        if sinks is not None:
+            if not is_torch_tensor(sinks):
+                sinks = np.ascontiguousarray(sinks, dtype=np.float32)
+            self._tensors["sinks"] = self._prepare("sinks", sinks, None, cast_to=pb.DTYPE_FLOAT32)
         if self.cuda and q is not None:
             import torch
 
@@ -277,13 +285,15 @@ class TensorPlan:
             req.o.CopyFrom(self.wire("o"))
         if "lse" in self._tensors:
             req.lse.CopyFrom(self.wire("lse"))
+        if "sinks" in self._tensors:
+            req.sinks.CopyFrom(self.wire("sinks"))
         return req
 
     def ragged_request(self, qo_indptr: Any, kv_indptr: Any,
                        options: pb.AttentionOptions) -> pb.RunRaggedRequest:
         req = pb.RunRaggedRequest(qo_indptr=int32_list("qo_indptr", qo_indptr),
                                   kv_indptr=int32_list("kv_indptr", kv_indptr), options=options)
-        for name in ("q", "k", "v", "o", "lse"):
+        for name in ("q", "k", "v", "o", "lse", "sinks"):
             if name in self._tensors:
                 getattr(req, name).CopyFrom(self.wire(name))
         return req
@@ -493,7 +503,7 @@ class MergePlan(TensorPlan):
 
 
 def ragged_tensor_plan(session, q, k, v, *, out, lse_out, return_lse, q_dtype,
-                       cuda_ipc) -> TensorPlan:
+                       cuda_ipc, sinks=None) -> TensorPlan:
     """The TensorPlan of a RunRagged: k and v travel in q's dtype (converted when they differ)."""
     if is_torch_tensor(q):
         kv_dtype = _t.dtype_enum(q.dtype)
@@ -503,7 +513,7 @@ def ragged_tensor_plan(session, q, k, v, *, out, lse_out, return_lse, q_dtype,
                                        q_dtype)
     return TensorPlan(q, k, v, kv_dtype=kv_dtype, out=out, lse_out=lse_out, return_lse=return_lse,
                       q_dtype=q_dtype, zero_copy=cuda_ipc,
-                      shared_buffers=getattr(session, "shared_buffers", ()))
+                      shared_buffers=getattr(session, "shared_buffers", ()), sinks=sinks)
 
 
 def _shape_of(x: Any) -> List[int]:

@@ -330,12 +330,13 @@ class AsyncSession:
 
     async def run_ragged(self, q, k, v, qo_indptr, kv_indptr, *, out=None, lse_out=None,
                          return_lse: bool = False, q_dtype: Any = None,
-                         completion: str = "sync", **options):
+                         completion: str = "sync", sinks: Any = None, **options):
         """See attnd.Session.run_ragged."""
         opts = _rq.attention_options(return_lse=return_lse, **options)
         ipc = await self.cuda_ipc() if _rq.is_cuda_tensor(q) else False
         tp = _rq.ragged_tensor_plan(self, q, k, v, out=out, lse_out=lse_out,
-                                    return_lse=return_lse, q_dtype=q_dtype, cuda_ipc=ipc)
+                                    return_lse=return_lse, q_dtype=q_dtype, cuda_ipc=ipc,
+                                    sinks=sinks)
         await self._resolve_slices(tp)
         return tp.outputs(await self._send_tensors(
             "run_ragged", tp.ragged_request(qo_indptr, kv_indptr, opts), tp, completion))
@@ -552,15 +553,15 @@ class _AsyncWrapper(PlanState):
                   sm_scale: Any = UNSET, pos_encoding: Any = UNSET, rope_theta: Any = UNSET,
                   rope_scale: Any = UNSET, rope_offsets: Any = UNSET,
                   logits_soft_cap: Any = UNSET, window_left: Any = UNSET,
-                  completion: str = "sync"):
-        """See attnd.BatchDecodeWrapper.run (same shapes and options)."""
+                  completion: str = "sync", sinks: Any = None):
+        """See attnd.BatchDecodeWrapper.run (same shapes, options and sinks)."""
         plan_id = self._require_plan()
         opts = self._options(dict(causal=causal, sm_scale=sm_scale, pos_encoding=pos_encoding,
                                   rope_theta=rope_theta, rope_scale=rope_scale,
                                   rope_offsets=rope_offsets, logits_soft_cap=logits_soft_cap,
                                   window_left=window_left), return_lse)
-        ipc = await self.session.cuda_ipc() if self._needs_ipc_check(q, k, v) else False
-        tp = self._tensors(q, k, v, out, lse_out, return_lse, q_dtype, ipc)
+        ipc = await self.session.cuda_ipc() if self._needs_ipc_check(q, k, v, sinks) else False
+        tp = self._tensors(q, k, v, out, lse_out, return_lse, q_dtype, ipc, sinks)
         await self.session._resolve_slices(tp)
         req = tp.run_request(plan_id, layer, opts)
         return tp.outputs(await self._send("run", req, tp, completion))

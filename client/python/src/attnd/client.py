@@ -400,7 +400,7 @@ class Session:
     # -- attention over ragged K/V ---------------------------------------------------------------
     def run_ragged(self, q, k, v, qo_indptr, kv_indptr, *, out=None, lse_out=None,
                    return_lse: bool = False, q_dtype: Any = None, completion: str = "sync",
-                   **options):
+                   sinks: Any = None, **options):
         """Prefill/append attention over K/V passed as tensors, no pool (RunRagged; FlashInfer's
         BatchPrefillWithRaggedKVCacheWrapper, see attnd.BatchPrefillRaggedWrapper).
 
@@ -409,7 +409,8 @@ class Session:
                 qo_indptr[b]:qo_indptr[b+1], the last qo_len of its sequence.
             k, v: [kv_indptr[-1], num_kv_heads, head_dim], sent in q's dtype; request b's keys
                 are rows kv_indptr[b]:kv_indptr[b+1].
-            out, lse_out, return_lse, q_dtype, completion: as BatchPrefillWrapper.run.
+            out, lse_out, return_lse, q_dtype, completion, sinks: as BatchPrefillWrapper.run
+                (sinks: [num_qo_heads] attention sinks; the lse then includes them).
             options: causal, sm_scale, pos_encoding, rope_theta, rope_scale, rope_offsets,
                 logits_soft_cap, window_left (as BatchPrefillWrapper.plan).
 
@@ -419,7 +420,8 @@ class Session:
         opts = _rq.attention_options(return_lse=return_lse, **options)
         ipc = self.cuda_ipc if _rq.is_cuda_tensor(q) else False
         tp = _rq.ragged_tensor_plan(self, q, k, v, out=out, lse_out=lse_out,
-                                    return_lse=return_lse, q_dtype=q_dtype, cuda_ipc=ipc)
+                                    return_lse=return_lse, q_dtype=q_dtype, cuda_ipc=ipc,
+                                    sinks=sinks)
         self._resolve_slices(tp)
         return tp.outputs(self._send_tensors(
             "run_ragged", tp.ragged_request(qo_indptr, kv_indptr, opts), tp, completion))

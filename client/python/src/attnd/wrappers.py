@@ -96,12 +96,13 @@ class PlanState:
         merged.update({k: v for k, v in overrides.items() if v is not UNSET})
         return _rq.attention_options(return_lse=return_lse, **merged)
 
-    def _tensors(self, q, k, v, out, lse_out, return_lse, q_dtype, cuda_ipc: bool):
+    def _tensors(self, q, k, v, out, lse_out, return_lse, q_dtype, cuda_ipc: bool, sinks=None):
         zero_copy = cuda_ipc if self.zero_copy is None else (self.zero_copy and cuda_ipc)
         return _rq.TensorPlan(q, k, v, kv_dtype=self.pool.kv_dtype_enum, out=out, lse_out=lse_out,
                               return_lse=return_lse, q_dtype=q_dtype, zero_copy=zero_copy,
                               ipc_method=self.ipc_method,
-                              shared_buffers=getattr(self.session, "shared_buffers", ()))
+                              shared_buffers=getattr(self.session, "shared_buffers", ()),
+                              sinks=sinks)
 
     @staticmethod
     def _needs_ipc_check(*tensors) -> bool:
@@ -127,7 +128,7 @@ class _SyncWrapper(PlanState):
             return_lse: bool = False, q_dtype: Any = None, causal: Any = UNSET,
             sm_scale: Any = UNSET, pos_encoding: Any = UNSET, rope_theta: Any = UNSET,
             rope_scale: Any = UNSET, rope_offsets: Any = UNSET, logits_soft_cap: Any = UNSET,
-            window_left: Any = UNSET, completion: str = "sync"):
+            window_left: Any = UNSET, completion: str = "sync", sinks: Any = None):
         """One layer of attention over the planned batch (appending k/v first when given).
 
         Args:
@@ -141,6 +142,11 @@ class _SyncWrapper(PlanState):
                 numpy arrays inside a session.shared_buffer() (see attnd.shm).
             return_lse: also return the natural-log LSE of each row's logits.
             causal, sm_scale, ...: override the plan's attention options for this call.
+            sinks: optional attention sinks of this layer (gpt-oss), [num_qo_heads] float32
+                (numpy, a list, or a torch tensor; a CUDA tensor travels zero-copy): head h's
+                softmax also has the logit sinks[h] (in the units of the scaled, soft-capped
+                logits), which has no value. The returned lse then includes it (the LSE of the
+                whole softmax); a row that sees no key gets o = 0, lse = sinks[h].
             completion: "sync" (default): returns when o is written. "async" (CUDA tensors on a
                 CUDA daemon, wire API 0.2): no CPU synchronization; the daemon waits on an event
                 recorded on the current stream, and the current stream waits on the daemon's
@@ -154,8 +160,8 @@ class _SyncWrapper(PlanState):
                                   rope_theta=rope_theta, rope_scale=rope_scale,
                                   rope_offsets=rope_offsets, logits_soft_cap=logits_soft_cap,
                                   window_left=window_left), return_lse)
-        ipc = self.session.cuda_ipc if self._needs_ipc_check(q, k, v) else False
-        tp = self._tensors(q, k, v, out, lse_out, return_lse, q_dtype, ipc)
+        ipc = self.session.cuda_ipc if self._needs_ipc_check(q, k, v, sinks) else False
+        tp = self._tensors(q, k, v, out, lse_out, return_lse, q_dtype, ipc, sinks)
         self.session._resolve_slices(tp)
         req = tp.run_request(plan_id, layer, opts)
         return tp.outputs(self._send("run", req, tp, completion))

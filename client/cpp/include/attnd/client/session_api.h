@@ -86,6 +86,9 @@ struct RunArgs {
   // RegisterEvent that the daemon's stream waits on before reading inputs, and how to reply.
   std::string wait_event_id;
   v1::Completion completion = v1::COMPLETION_SYNC;
+  // Attention sinks (RunRequest.sinks): float32 [num_qo_heads], this layer's learned sink logits
+  // (gpt-oss), inline (MakeTensor) or a buffer slice; unset = none. lse then includes the sink.
+  std::optional<v1::Tensor> sinks;
 };
 
 // Inline results of a Run, decoded to float. lse is empty unless options.return_lse was set and
@@ -109,6 +112,7 @@ struct RunRaggedArgs {
   v1::AttentionOptions options;
   std::string wait_event_id;  // as in RunArgs
   v1::Completion completion = v1::COMPLETION_SYNC;
+  std::optional<v1::Tensor> sinks;  // as in RunArgs
 };
 
 // A merge of attention states (attnd.proto, "Merging attention states": FlashInfer's
