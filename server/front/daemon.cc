@@ -143,13 +143,14 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config
   builder.RegisterService(daemon->service_.get());
   builder.SetMaxReceiveMessageSize(static_cast<int>(config.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(config.max_message_bytes));
-  // Received messages are charged to the host budgets once read (State::WithSession); gRPC's own
-  // buffers for messages still arriving are bounded by a quota of the same size (under pressure
-  // gRPC shrinks its flow-control windows and stops accepting connections). At least four
-  // largest messages, so that a small --max_host_bytes cannot stall every stream.
+  // Received messages are charged to the host budgets once read (State::WithSession) and refused
+  // cleanly there. gRPC's own buffers for messages still arriving get only a backstop: a quota of
+  // twice the daemon's host budget plus four largest messages. Near it gRPC shrinks flow-control
+  // windows and ends streams, innocent ones too (tried as the bound itself, it ended innocent
+  // clients' streams under pressure), which is still better than running out of memory.
   grpc::ResourceQuota transport_quota("attnd-transport");
-  transport_quota.Resize(static_cast<size_t>(
-      std::max<uint64_t>(daemon->core_->Stats().max_host_bytes, 4 * config.max_message_bytes)));
+  transport_quota.Resize(static_cast<size_t>(2 * daemon->core_->Stats().max_host_bytes +
+                                             4 * config.max_message_bytes));
   builder.SetResourceQuota(transport_quota);
   // gRPC sets SO_REUSEPORT on TCP listeners by default, which would let a second daemon bind
   // the same port and take half the connections; a taken port must fail the start instead.

@@ -106,8 +106,8 @@ ABSL_FLAG(uint64_t, max_host_bytes, 0,
           "Host memory the daemon may spend on its clients' behalf (plan page tables, pool "
           "page bookkeeping, page ledgers, the messages of commands in flight with their inline "
           "tensors) in total; beyond it RESOURCE_EXHAUSTED. 0 = a quarter of the machine's "
-          "physical memory. gRPC's transport buffers are held to the same size (at least 4 x "
-          "--max_message_bytes). Env: ATTND_MAX_HOST_BYTES.");
+          "physical memory. gRPC's transport buffers have a backstop quota of twice this plus 4 x "
+          "--max_message_bytes. Env: ATTND_MAX_HOST_BYTES.");
 ABSL_FLAG(uint64_t, max_session_host_bytes, 1ull << 30,
           "Host memory of that kind one session may use. Env: ATTND_MAX_SESSION_HOST_BYTES.");
 ABSL_FLAG(std::string, peer_socket, "auto",
