@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "attnd/kernels/backend.h"
 #include "attnd/kernels/backend_checks.h"
+#include "attnd/kernels/cascade.h"
 #include "attnd/kernels/cpu_reference.h"
 #include "parallel_for.h"
 #include "validation.h"
@@ -134,20 +135,25 @@ class CpuBackend final : public Backend {
   }
   absl::Status Synchronize(Stream*) override { return absl::OkStatus(); }
 
-  absl::StatusOr<std::unique_ptr<PreparedPlan>> Prepare(PlanSpec spec, Stream*) override {
+  absl::StatusOr<std::unique_ptr<PreparedPlan>> Prepare(PlanSpec spec, Stream* stream) override {
+    if (!spec.cascade_levels.empty()) return PrepareCascade(*this, std::move(spec), stream);
     if (auto s = CheckPlanSpec(spec, cpu::kMaxHeadDim); !s.ok()) return s;
     return std::unique_ptr<PreparedPlan>(new CpuPlan(std::move(spec)));
   }
 
   absl::Status AppendKv(const PreparedPlan& plan, const PagedKV& layer, const void* k,
                         const void* v, Stream*) override {
-    absl::StatusOr<PagedKV> kv = LayerWithPageTable(plan, layer);
+    const PreparedPlan& own = OwnLevel(plan);  // a cascade plan appends to its last level
+    absl::StatusOr<PagedKV> kv = LayerWithPageTable(own, layer);
     if (!kv.ok()) return kv.status();
-    return cpu::AppendKv(AppendParams(plan, *kv, k, v));
+    return cpu::AppendKv(AppendParams(own, *kv, k, v));
   }
 
   absl::Status Attention(const RunArgs& args) override {
     if (auto s = CheckRunArgs(args); !s.ok()) return s;
+    if (const CascadePlan* cascade = AsCascadePlan(args.plan)) {
+      return CascadeAttention(*this, *cascade, args);
+    }
     const PlanSpec& spec = args.plan->spec();
     absl::StatusOr<PagedKV> kv = LayerWithPageTable(*args.plan, args.layer);
     if (!kv.ok()) return kv.status();

@@ -1,19 +1,34 @@
 #include "server/core/plan.h"
 
 #include "absl/strings/str_cat.h"
+#include "attnd/kernels/cascade.h"
 #include "server/core/request_rules.h"
 #include "server/core/validation.h"
 
 namespace attnd::server {
 
-uint64_t PlanHostBytes(const v1::CreatePlanRequest& request) {
+uint64_t PlanHostBytes(const v1::CreatePlanRequest& request, const ValidatedPlan& validated) {
   // int32 entries: the spec (indices + indptr + last_page_len + qo_indptr), the backend's copy
   // (the CUDA upload image, the CPU plan's spec), the distinct and written page lists.
   const uint64_t indices = static_cast<uint64_t>(request.kv_indices_size());
   const uint64_t per_request = static_cast<uint64_t>(request.kv_indptr_size()) +
                                static_cast<uint64_t>(request.kv_last_page_len_size()) +
                                static_cast<uint64_t>(request.qo_indptr_size());
-  return sizeof(int32_t) * (4 * indices + 3 * per_request) + 4096;
+  uint64_t ints = 4 * indices + 3 * per_request;
+  if (request.cascade_levels_size() == 0) return sizeof(int32_t) * ints + 4096;
+  // A cascade plan (kernels/cascade.h) keeps its spec with the levels and prepares every level
+  // as a plan of its own: each level's entries four times (spec, level plan, its backend copy,
+  // the distinct pages), the own table once more; and the levels' workspaces (backend memory:
+  // host memory on the CPU backend; charged on every backend).
+  ints += 2 * indices + 2 * per_request;
+  for (const v1::CascadeLevel& level : request.cascade_levels()) {
+    ints += 4 * (static_cast<uint64_t>(level.kv_indices_size()) + level.kv_indptr_size() +
+                 level.kv_last_page_len_size() + level.qo_indptr_size());
+  }
+  const kernels::PlanSpec& spec = validated.spec;
+  return sizeof(int32_t) * ints + 4096 * (1 + spec.cascade_levels.size()) +
+         kernels::CascadeWorkspaceBytes(static_cast<int64_t>(spec.cascade_levels.size()),
+                                        spec.qo_tokens(), spec.num_qo_heads, spec.head_dim);
 }
 
 absl::StatusOr<std::shared_ptr<Plan>> BuildPlan(ValidatedPlan validated, std::shared_ptr<Pool> pool,
@@ -27,6 +42,7 @@ absl::StatusOr<std::shared_ptr<Plan>> BuildPlan(ValidatedPlan validated, std::sh
   plan->num_qo_heads = validated.spec.num_qo_heads;
   plan->qo_tokens = validated.spec.qo_tokens();
   plan->kv_tokens = validated.kv_tokens;
+  plan->cascade_levels = static_cast<int32_t>(validated.spec.cascade_levels.size());
   plan->written_pages = validated.written_pages;
   plan->host_charge = std::move(host_charge);
 

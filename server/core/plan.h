@@ -26,12 +26,14 @@ struct Plan {
   int32_t num_qo_heads = 0;
   int64_t qo_tokens = 0;
   int64_t kv_tokens = 0;
-  HostCharge host_charge;  // the host memory of the page table and its copies
+  int32_t cascade_levels = 0;  // shared levels of a cascade plan (kernels/cascade.h); 0: none
+  HostCharge host_charge;      // the host memory of the page table and its copies
 };
 
 // Host memory a plan of this request takes (the validated page table, the backend's copy, the
-// pinned and written page lists), charged before it is built.
-uint64_t PlanHostBytes(const v1::CreatePlanRequest& request);
+// pinned and written page lists; a cascade plan's levels and its workspaces), charged before it
+// is built.
+uint64_t PlanHostBytes(const v1::CreatePlanRequest& request, const ValidatedPlan& validated);
 
 // Builds the plan of a checked request (CheckCreatePlan, request_rules.h): checks its pages
 // against the session's references (CheckPlanPages) and pins them under the pool's lock, then

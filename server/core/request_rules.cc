@@ -1,24 +1,117 @@
 #include "server/core/request_rules.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <span>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "attnd/kernels/cascade.h"
 #include "server/core/validation.h"
 
 namespace attnd::server {
 
+namespace {
+
+// The cascade levels of a plan (attnd.proto CascadeLevel), checked against the pool and against
+// the plan's own table (`plan`, validated): each level's page table, its groups covering the
+// batch's query rows in whole requests, its pages not written by the plan's appends. Fills
+// plan.spec.cascade_levels and adds the levels' pages to plan.distinct_pages.
+absl::Status CheckCascadeLevels(const v1::CreatePlanRequest& request, const Pool& pool,
+                                ValidatedPlan& plan) {
+  const auto& levels = request.cascade_levels();
+  if (levels.size() > kMaxCascadeLevels) {
+    return absl::InvalidArgumentError(absl::StrCat("cascade_levels has ", levels.size(),
+                                                   " levels, more than the limit of ",
+                                                   kMaxCascadeLevels));
+  }
+  kernels::PlanSpec& spec = plan.spec;
+  const int64_t rows = spec.qo_tokens();
+  for (int l = 0; l < levels.size(); ++l) {
+    const v1::CascadeLevel& level = levels[l];
+    const std::string prefix = absl::StrCat("cascade_levels[", l, "].");
+    auto kv_len =
+        ValidatePageTable({prefix, "group", "num_groups"}, level.kv_indptr(), level.kv_indices(),
+                          level.kv_last_page_len(), pool.geometry(), pool.name(), kMaxBatchSize);
+    if (!kv_len.ok()) return kv_len.status();
+    // qo_indptr: [num_groups + 1], from 0, never decreasing, to qo_tokens, each entry a request
+    // boundary of the plan (both lists are non-decreasing: one walk).
+    const auto& qo = level.qo_indptr();
+    const int64_t groups = static_cast<int64_t>(kv_len->size());
+    if (qo.size() != groups + 1) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          prefix, "qo_indptr has ", qo.size(), " entries, expected num_groups + 1 = ", groups + 1));
+    }
+    size_t boundary = 0;
+    for (int g = 0; g <= groups; ++g) {
+      if (g > 0 && qo[g] < qo[g - 1]) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            prefix, "qo_indptr[", g, "]=", qo[g], " is less than ", prefix, "qo_indptr[", g - 1,
+            "]=", qo[g - 1], "; qo_indptr must be non-decreasing"));
+      }
+      while (boundary < spec.qo_indptr.size() && spec.qo_indptr[boundary] < qo[g]) ++boundary;
+      if (boundary == spec.qo_indptr.size() || spec.qo_indptr[boundary] != qo[g]) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            prefix, "qo_indptr[", g, "]=", qo[g],
+            " is not a request boundary of the plan's qo_indptr (a group holds whole requests, "
+            "query rows 0..",
+            rows, ")"));
+      }
+    }
+    if (qo[0] != 0 || qo[groups] != rows) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(prefix, "qo_indptr runs from ", qo[0], " to ", qo[groups],
+                       "; it must cover the plan's query rows 0..", rows));
+    }
+    // Read only: no page of a level may be one the plan's appends write.
+    for (int i = 0; i < level.kv_indices_size(); ++i) {
+      const int32_t page = level.kv_indices(i);
+      if (std::binary_search(plan.written_pages.begin(), plan.written_pages.end(), page)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            prefix, "kv_indices[", i, "]=", page, ": page ", page,
+            " is appended to by the plan's own pages (the last level); a level's pages are "
+            "read only"));
+      }
+    }
+    kernels::CascadeLevel& out = spec.cascade_levels.emplace_back();
+    out.qo_indptr.assign(qo.begin(), qo.end());
+    out.kv_indptr.assign(level.kv_indptr().begin(), level.kv_indptr().end());
+    out.kv_indices.assign(level.kv_indices().begin(), level.kv_indices().end());
+    out.kv_last_page_len.assign(level.kv_last_page_len().begin(), level.kv_last_page_len().end());
+    plan.distinct_pages.insert(plan.distinct_pages.end(), out.kv_indices.begin(),
+                               out.kv_indices.end());
+  }
+  if (!levels.empty()) {
+    std::sort(plan.distinct_pages.begin(), plan.distinct_pages.end());
+    plan.distinct_pages.erase(std::unique(plan.distinct_pages.begin(), plan.distinct_pages.end()),
+                              plan.distinct_pages.end());
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::StatusOr<ValidatedPlan> CheckCreatePlan(const v1::CreatePlanRequest& request,
                                               const Pool& pool) {
-  return ValidatePlan(request, pool.geometry(), pool.name());
+  auto plan = ValidatePlan(request, pool.geometry(), pool.name());
+  if (!plan.ok()) return plan.status();
+  if (auto s = CheckCascadeLevels(request, pool, *plan); !s.ok()) return s;
+  return plan;
 }
 
 absl::Status CheckPlanPages(const ValidatedPlan& plan, const PoolAttachment& mine,
                             const PageAllocator& allocator, absl::string_view pool_name) {
   if (auto s = CheckPagesHeld(plan.spec.kv_indices, "kv_indices", mine.held, pool_name); !s.ok()) {
     return s;
+  }
+  for (size_t l = 0; l < plan.spec.cascade_levels.size(); ++l) {
+    if (auto s = CheckPagesHeld(plan.spec.cascade_levels[l].kv_indices,
+                                absl::StrCat("cascade_levels[", l, "].kv_indices"), mine.held,
+                                pool_name);
+        !s.ok()) {
+      return s;
+    }
   }
   return CheckPagesUnshared(plan.written_pages, allocator, mine.held, mine.pinned);
 }
@@ -345,6 +438,9 @@ absl::StatusOr<RunCall> CheckRun(const RequestScope& scope, const Plan& plan,
   auto options = ValidateOptions(request.options(), plan.batch_size);
   if (!options.ok()) return options.status();
   call.options = *options;
+  if (plan.cascade_levels > 0) {
+    if (auto s = kernels::CheckCascadeOptions(call.options); !s.ok()) return s;
+  }
 
   const std::vector<int64_t> q_shape = {plan.qo_tokens, plan.num_qo_heads, g.head_dim};
   auto q_index = bindings.AddInput(request.q(), "q", call.q_dtype, q_shape);

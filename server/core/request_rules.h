@@ -57,6 +57,11 @@ absl::Status CheckReplyFits(const RequestScope& scope, std::string_view what, ui
 // page its appends write is not shared with another session (FAILED_PRECONDITION); BuildPlan
 // calls it under the pool's lock right before it pins the pages, so no FreePages or ForkPages
 // can come between the check and the pins.
+// A cascade plan's levels (CreatePlanRequest.cascade_levels, attnd.proto CascadeLevel) are
+// checked here too: each level's table as the plan's (fields named cascade_levels[l].*), its
+// groups covering the query rows in whole requests, its pages not written by the plan's
+// appends; CheckPlanPages checks that the session holds them.
+inline constexpr int kMaxCascadeLevels = 16;
 absl::StatusOr<ValidatedPlan> CheckCreatePlan(const v1::CreatePlanRequest& request,
                                               const Pool& pool);
 absl::Status CheckPlanPages(const ValidatedPlan& plan, const PoolAttachment& mine,

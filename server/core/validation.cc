@@ -193,6 +193,64 @@ absl::Status CheckPagesHeld(absl::Span<const int32_t> ids, absl::string_view fie
   return absl::OkStatus();
 }
 
+absl::StatusOr<std::vector<int64_t>> ValidatePageTable(
+    const PageTableNames& names, absl::Span<const int32_t> kv_indptr,
+    absl::Span<const int32_t> kv_indices, absl::Span<const int32_t> last_len,
+    const PoolGeometry& pool, absl::string_view pool_name, int32_t max_entries) {
+  const absl::string_view p = names.prefix, unit = names.unit;
+  // kv_indptr: [n + 1], from 0, strictly increasing (every entry has >= 1 page), ends at
+  // len(kv_indices).
+  if (kv_indptr.size() < 2) {
+    return InvalidArg(p, "kv_indptr has ", kv_indptr.size(), " entries; it needs ", names.count,
+                      " + 1 >= 2");
+  }
+  const int64_t n64 = static_cast<int64_t>(kv_indptr.size()) - 1;
+  if (n64 > max_entries) {
+    return InvalidArg(names.count, "=", n64, " (len(", p, "kv_indptr) - 1) exceeds the limit of ",
+                      max_entries);
+  }
+  const int32_t n = static_cast<int32_t>(n64);
+  if (kv_indptr[0] != 0) return InvalidArg(p, "kv_indptr[0]=", kv_indptr[0], " must be 0");
+  for (int32_t b = 0; b < n; ++b) {
+    if (kv_indptr[b + 1] < kv_indptr[b]) {
+      return InvalidArg(p, "kv_indptr[", b + 1, "]=", kv_indptr[b + 1], " is less than ", p,
+                        "kv_indptr[", b, "]=", kv_indptr[b], "; kv_indptr must be non-decreasing");
+    }
+    if (kv_indptr[b + 1] == kv_indptr[b]) {
+      return InvalidArg(p, "kv_indptr[", b, "]=", p, "kv_indptr[", b + 1, "]=", kv_indptr[b], ": ",
+                        unit, " ", b, " has no pages; every ", unit, " needs >= 1 page");
+    }
+  }
+  if (kv_indptr[n] != static_cast<int64_t>(kv_indices.size())) {
+    return InvalidArg(p, "kv_indptr[", n, "]=", kv_indptr[n], " but ", p, "kv_indices has ",
+                      kv_indices.size(), " entries");
+  }
+  for (size_t i = 0; i < kv_indices.size(); ++i) {
+    if (kv_indices[i] < 0 || kv_indices[i] >= pool.num_pages) {
+      return absl::OutOfRangeError(absl::StrCat(p, "kv_indices[", i, "]=", kv_indices[i],
+                                                " is outside 0..", pool.num_pages - 1, " (pool '",
+                                                pool_name, "' has ", pool.num_pages, " pages)"));
+    }
+  }
+  if (static_cast<int64_t>(last_len.size()) != n) {
+    return InvalidArg(p, "kv_last_page_len has ", last_len.size(), " entries, expected ",
+                      names.count, "=", n);
+  }
+  std::vector<int64_t> kv_len(static_cast<size_t>(n));
+  for (int32_t b = 0; b < n; ++b) {
+    if (last_len[b] < 1 || last_len[b] > pool.page_size) {
+      return InvalidArg(p, "kv_last_page_len[", b, "]=", last_len[b], " is outside 1..page_size (",
+                        pool.page_size, ")");
+    }
+    const int64_t pages_b = static_cast<int64_t>(kv_indptr[b + 1]) - kv_indptr[b];
+    kv_len[b] = (pages_b - 1) * pool.page_size + last_len[b];
+    if (kv_len[b] > kInt32Max) {
+      return InvalidArg(unit, " ", b, " has kv_len=", kv_len[b], ", more than ", kInt32Max);
+    }
+  }
+  return kv_len;
+}
+
 absl::StatusOr<ValidatedPlan> ValidatePlan(const v1::CreatePlanRequest& request,
                                            const PoolGeometry& pool, absl::string_view pool_name,
                                            int32_t max_batch_size) {
@@ -212,59 +270,15 @@ absl::StatusOr<ValidatedPlan> ValidatePlan(const v1::CreatePlanRequest& request,
                       pool.num_kv_heads, ")");
   }
 
-  // kv_indptr: [B + 1], from 0, strictly increasing (every request has >= 1 page), ends at
-  // len(kv_indices).
+  auto kv_len =
+      ValidatePageTable({"", "request", "batch_size"}, request.kv_indptr(), request.kv_indices(),
+                        request.kv_last_page_len(), pool, pool_name, max_batch_size);
+  if (!kv_len.ok()) return kv_len.status();
+  for (const int64_t len : *kv_len) out.kv_tokens += len;
+  const int32_t batch = static_cast<int32_t>(kv_len->size());
   const auto& kv_indptr = request.kv_indptr();
-  if (kv_indptr.size() < 2) {
-    return InvalidArg("kv_indptr has ", kv_indptr.size(), " entries; it needs batch_size + 1 >= 2");
-  }
-  const int64_t batch64 = static_cast<int64_t>(kv_indptr.size()) - 1;
-  if (batch64 > max_batch_size) {
-    return InvalidArg("batch_size=", batch64, " (len(kv_indptr) - 1) exceeds the limit of ",
-                      max_batch_size);
-  }
-  const int32_t batch = static_cast<int32_t>(batch64);
-  if (kv_indptr[0] != 0) return InvalidArg("kv_indptr[0]=", kv_indptr[0], " must be 0");
-  for (int32_t b = 0; b < batch; ++b) {
-    if (kv_indptr[b + 1] < kv_indptr[b]) {
-      return InvalidArg("kv_indptr[", b + 1, "]=", kv_indptr[b + 1], " is less than kv_indptr[", b,
-                        "]=", kv_indptr[b], "; kv_indptr must be non-decreasing");
-    }
-    if (kv_indptr[b + 1] == kv_indptr[b]) {
-      return InvalidArg("kv_indptr[", b, "]=kv_indptr[", b + 1, "]=", kv_indptr[b], ": request ", b,
-                        " has no pages; every request needs >= 1 page");
-    }
-  }
-  if (kv_indptr[batch] != request.kv_indices_size()) {
-    return InvalidArg("kv_indptr[", batch, "]=", kv_indptr[batch], " but kv_indices has ",
-                      request.kv_indices_size(), " entries");
-  }
   const auto& kv_indices = request.kv_indices();
-  for (int i = 0; i < kv_indices.size(); ++i) {
-    if (kv_indices[i] < 0 || kv_indices[i] >= pool.num_pages) {
-      return absl::OutOfRangeError(absl::StrCat("kv_indices[", i, "]=", kv_indices[i],
-                                                " is outside 0..", pool.num_pages - 1, " (pool '",
-                                                pool_name, "' has ", pool.num_pages, " pages)"));
-    }
-  }
   const auto& last_len = request.kv_last_page_len();
-  if (last_len.size() != batch) {
-    return InvalidArg("kv_last_page_len has ", last_len.size(),
-                      " entries, expected batch_size=", batch);
-  }
-  std::vector<int64_t> kv_len(static_cast<size_t>(batch));
-  for (int32_t b = 0; b < batch; ++b) {
-    if (last_len[b] < 1 || last_len[b] > pool.page_size) {
-      return InvalidArg("kv_last_page_len[", b, "]=", last_len[b], " is outside 1..page_size (",
-                        pool.page_size, ")");
-    }
-    const int64_t pages_b = static_cast<int64_t>(kv_indptr[b + 1]) - kv_indptr[b];
-    kv_len[b] = (pages_b - 1) * pool.page_size + last_len[b];
-    if (kv_len[b] > kInt32Max) {
-      return InvalidArg("request ", b, " has kv_len=", kv_len[b], ", more than ", kInt32Max);
-    }
-    out.kv_tokens += kv_len[b];
-  }
 
   // qo_indptr: decode -> optional and 0, 1, ..., B; prefill -> required, from 0, non-decreasing,
   // qo_len(b) <= kv_len(b).
@@ -289,9 +303,9 @@ absl::StatusOr<ValidatedPlan> ValidatePlan(const v1::CreatePlanRequest& request,
                           ": decode takes exactly one query token per request (request ", b,
                           " has qo_len=", qo_len, ")");
       }
-      if (qo_len > kv_len[b]) {
+      if (qo_len > (*kv_len)[b]) {
         return InvalidArg("qo_indptr[", b + 1, "]=", qo_indptr[b + 1], ": request ", b,
-                          " has qo_len=", qo_len, " > kv_len=", kv_len[b],
+                          " has qo_len=", qo_len, " > kv_len=", (*kv_len)[b],
                           " (query tokens are the last kv tokens)");
       }
     }
@@ -332,8 +346,8 @@ absl::StatusOr<ValidatedPlan> ValidatePlan(const v1::CreatePlanRequest& request,
   for (int32_t b = 0; b < batch; ++b) {
     const int64_t qo_len = static_cast<int64_t>(spec.qo_indptr[b + 1]) - spec.qo_indptr[b];
     if (qo_len == 0) continue;
-    const int64_t first_slot = (kv_len[b] - qo_len) / pool.page_size;
-    const int64_t last_slot = (kv_len[b] - 1) / pool.page_size;
+    const int64_t first_slot = ((*kv_len)[b] - qo_len) / pool.page_size;
+    const int64_t last_slot = ((*kv_len)[b] - 1) / pool.page_size;
     for (int64_t slot = first_slot; slot <= last_slot; ++slot) {
       const int64_t index = kv_indptr[b] + slot;
       const int32_t page = kv_indices[static_cast<int>(index)];

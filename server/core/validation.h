@@ -76,12 +76,28 @@ absl::Status ValidatePageIds(absl::Span<const int32_t> ids, absl::string_view fi
 absl::Status CheckPagesHeld(absl::Span<const int32_t> ids, absl::string_view field,
                             const PageLedger& held, absl::string_view pool_name);
 
+// How ValidatePageTable's messages name the table: `prefix` goes before each field ("" for the
+// plan's own, "cascade_levels[1]." for a level), `unit` names an entry ("request", "group"),
+// `count` the number of entries ("batch_size", "num_groups").
+struct PageTableNames {
+  absl::string_view prefix, unit, count;
+};
+// A CSR page table of up to max_entries entries against the pool: kv_indptr [n + 1] from 0,
+// strictly increasing (every entry has >= 1 page), ending at len(kv_indices); page ids in
+// 0..num_pages-1 (OUT_OF_RANGE); kv_last_page_len [n] in 1..page_size. Returns each entry's
+// kv_len. INVALID_ARGUMENT naming the field and value, e.g. "kv_last_page_len[3]=17 is outside
+// 1..page_size (16)".
+absl::StatusOr<std::vector<int64_t>> ValidatePageTable(
+    const PageTableNames& names, absl::Span<const int32_t> kv_indptr,
+    absl::Span<const int32_t> kv_indices, absl::Span<const int32_t> last_len,
+    const PoolGeometry& pool, absl::string_view pool_name, int32_t max_entries);
+
 // A plan request checked against the pool's geometry (not yet against page ownership).
 struct ValidatedPlan {
   kernels::PlanSpec spec;               // qo_indptr always filled (decode: 0, 1, ..., B)
   std::vector<int32_t> distinct_pages;  // every page the plan reads, sorted, once each
   std::vector<int32_t> written_pages;   // pages holding the last qo_len tokens of some request
-  int64_t kv_tokens = 0;                // sum of kv_len
+  int64_t kv_tokens = 0;                // sum of kv_len (of the last level on a cascade plan)
 };
 absl::StatusOr<ValidatedPlan> ValidatePlan(const v1::CreatePlanRequest& request,
                                            const PoolGeometry& pool, absl::string_view pool_name,

@@ -24,7 +24,7 @@ absl::StatusOr<v1::CreatePlanResponse> Core::CreatePlan(SessionRef session_ref,
                             "delete plans it no longer uses (DeletePlan)");
         }
         auto charge =
-            st.host.Charge(session.usage, PlanHostBytes(request),
+            st.host.Charge(session.usage, PlanHostBytes(request, *validated),
                            absl::StrCat("a plan of ", request.kv_indices_size(), " page entries"));
         if (!charge.ok()) return charge.status();
         auto stream = st.SessionStream(session);

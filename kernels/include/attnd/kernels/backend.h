@@ -63,6 +63,17 @@ struct BackendInfo {
   uint32_t tensor_alignment_bytes = 0;
 };
 
+// One shared level of a cascade plan (PlanSpec::cascade_levels; attnd.proto CascadeLevel): the
+// batch's query rows in groups, group g (rows qo_indptr[g] .. qo_indptr[g+1]) attending pages
+// kv_indices[kv_indptr[g] .. kv_indptr[g+1]) (a shared prefix: every key visible to every row of
+// the group, no causal mask), its last page holding kv_last_page_len[g] tokens. Read only.
+struct CascadeLevel {
+  std::vector<int32_t> qo_indptr;         // [G + 1], from 0 to the plan's qo_tokens
+  std::vector<int32_t> kv_indptr;         // [G + 1]
+  std::vector<int32_t> kv_indices;        // [kv_indptr[G]]
+  std::vector<int32_t> kv_last_page_len;  // [G]
+};
+
 // A batch's page table, already validated by the caller (indptr monotone, page ids in range,
 // last_page_len in 1..page_size). qo_indptr is always filled, also for decode (0, 1, ..., B).
 struct PlanSpec {
@@ -78,6 +89,10 @@ struct PlanSpec {
   std::vector<int32_t> qo_indptr;         // [B + 1]
   // A ragged plan (RaggedPlanSpec): K/V given as tensors to RaggedAttention, not pages.
   bool ragged = false;
+  // Cascade (shared-prefix) attention, attention/cascade.h: levels 0..L-2 of an L-level plan,
+  // outermost first; the table above is the last level (each request's own pages, causal as
+  // asked, where appends go). Empty: an ordinary plan.
+  std::vector<CascadeLevel> cascade_levels;
 
   int32_t batch_size() const { return static_cast<int32_t>(kv_last_page_len.size()); }
   int64_t qo_tokens() const { return qo_indptr.empty() ? 0 : qo_indptr.back(); }
