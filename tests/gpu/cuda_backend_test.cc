@@ -26,6 +26,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "attnd/kernels/backend.h"
+#include "attnd/kernels/cascade.h"
 #include "gpu_test_util.h"
 
 namespace attnd::gpu_test {
@@ -62,6 +63,7 @@ struct Step {
   int32_t window_left = -1;
   float soft_cap = 0.f;
   std::vector<float> sinks;  // [num_kv_heads * group] attention sinks, or empty: none
+  std::vector<attnd::kernels::CascadeLevel> levels;  // cascade levels (MakeCascadeStep), or none
 };
 
 struct StepOutput {
@@ -97,17 +99,16 @@ T Unwrap(absl::StatusOr<T> s, const char* what) {
   return std::move(*s);
 }
 
-Step MakeStep(Rng& rng, AttentionKind kind, DType dtype, int32_t batch, int32_t max_kv,
-              int32_t group = 4) {
+// A step over requests of these lengths (random pages and values).
+Step MakeStepOf(Rng& rng, AttentionKind kind, DType dtype, std::vector<int32_t> kv_len,
+                std::vector<int32_t> qo_len, int32_t group) {
   Step s;
   s.kind = kind;
   s.dtype = dtype;
   s.group = group;
-  for (int32_t b = 0; b < batch; ++b) {
-    const int32_t kv = rng.Int(1, max_kv);
-    s.kv_len.push_back(kv);
-    s.qo_len.push_back(kind == AttentionKind::kDecode ? 1 : rng.Int(1, std::min(kv, 200)));
-  }
+  s.kv_len = std::move(kv_len);
+  s.qo_len = std::move(qo_len);
+  const int32_t batch = static_cast<int32_t>(s.kv_len.size());
   HostPagedCache layout = MakeRandomPagedCache(rng, s.kv_len, s.page_size, s.num_kv_heads,
                                                s.head_dim, dtype, /*extra_pages=*/5);
   s.indptr = layout.indptr;
@@ -128,6 +129,73 @@ Step MakeStep(Rng& rng, AttentionKind kind, DType dtype, int32_t batch, int32_t 
   return s;
 }
 
+Step MakeStep(Rng& rng, AttentionKind kind, DType dtype, int32_t batch, int32_t max_kv,
+              int32_t group = 4) {
+  std::vector<int32_t> kv_len, qo_len;
+  for (int32_t b = 0; b < batch; ++b) {
+    const int32_t kv = rng.Int(1, max_kv);
+    kv_len.push_back(kv);
+    qo_len.push_back(kind == AttentionKind::kDecode ? 1 : rng.Int(1, std::min(kv, 200)));
+  }
+  return MakeStepOf(rng, kind, dtype, std::move(kv_len), std::move(qo_len), group);
+}
+
+// A cascade step (attnd/kernels/cascade.h): levels[l] lists each group's (requests, prefix
+// length), outermost level first; own_len each request's own keys. The pool holds the prefixes
+// as requests of no query rows before the real ones; their tables become the levels, the rest
+// the plan's own table. No RoPE (refused on cascade plans).
+Step MakeCascadeStep(Rng& rng, AttentionKind kind, DType dtype,
+                     const std::vector<std::vector<std::pair<int32_t, int32_t>>>& levels,
+                     const std::vector<int32_t>& own_len, int32_t group) {
+  std::vector<int32_t> kv_len, qo_len;
+  for (const auto& level : levels) {
+    for (const auto& [requests, prefix] : level) {
+      kv_len.push_back(prefix);
+      qo_len.push_back(0);
+    }
+  }
+  const size_t segments = kv_len.size();
+  for (const int32_t own : own_len) {
+    kv_len.push_back(own);
+    qo_len.push_back(kind == AttentionKind::kDecode ? 1 : rng.Int(1, std::min(own, 200)));
+  }
+  Step s = MakeStepOf(rng, kind, dtype, kv_len, qo_len, group);
+  s.rope = false;
+  const std::vector<int32_t> indptr = s.indptr, indices = s.indices, last = s.last_page_len,
+                             qo_indptr = s.qo_indptr;
+  // Entries [first, end) of the whole table, rebased.
+  const auto table = [&](size_t first, size_t end, std::vector<int32_t>& out_indptr,
+                         std::vector<int32_t>& out_indices, std::vector<int32_t>& out_last) {
+    out_indptr = {0};
+    out_indices.clear();
+    out_last.clear();
+    for (size_t i = first; i < end; ++i) {
+      out_indices.insert(out_indices.end(), indices.begin() + indptr[i],
+                         indices.begin() + indptr[i + 1]);
+      out_indptr.push_back(static_cast<int32_t>(out_indices.size()));
+      out_last.push_back(last[i]);
+    }
+  };
+  table(segments, kv_len.size(), s.indptr, s.indices, s.last_page_len);
+  s.qo_indptr.assign(qo_indptr.begin() + static_cast<std::ptrdiff_t>(segments), qo_indptr.end());
+  s.kv_len.assign(kv_len.begin() + static_cast<std::ptrdiff_t>(segments), kv_len.end());
+  s.qo_len.assign(qo_len.begin() + static_cast<std::ptrdiff_t>(segments), qo_len.end());
+  s.rope_offsets.resize(own_len.size());
+  size_t segment = 0;
+  for (const auto& level : levels) {
+    attnd::kernels::CascadeLevel& out = s.levels.emplace_back();
+    table(segment, segment + level.size(), out.kv_indptr, out.kv_indices, out.kv_last_page_len);
+    out.qo_indptr = {0};
+    size_t request = 0;
+    for (const auto& group_of : level) {
+      request += static_cast<size_t>(group_of.first);
+      out.qo_indptr.push_back(s.qo_indptr[request]);
+    }
+    segment += level.size();
+  }
+  return s;
+}
+
 // The step's page table as a plan, and layer `layer` of a pool of its layers at `pool`.
 PlanSpec SpecOf(const Step& s) {
   PlanSpec spec;
@@ -141,6 +209,7 @@ PlanSpec SpecOf(const Step& s) {
   spec.kv_indices = s.indices;
   spec.kv_last_page_len = s.last_page_len;
   spec.qo_indptr = s.qo_indptr;
+  spec.cascade_levels = s.levels;
   return spec;
 }
 PagedKV LayerOf(const Step& s, void* pool, int32_t layer_index) {
@@ -187,8 +256,8 @@ StepOutput RunStep(Backend& be, const Step& s, Bad bad = Bad::kNone) {
   GT_STATUS_CHECK(
       be.CopyToBackend(at(lse, Bad::kLse), poison_lse.data(), poison_lse.size(), stream.get()));
   if (!s.sinks.empty()) {
-    GT_STATUS_CHECK(be.CopyToBackend(sinks->data(), s.sinks.data(),
-                                     s.sinks.size() * sizeof(float), stream.get()));
+    GT_STATUS_CHECK(be.CopyToBackend(sinks->data(), s.sinks.data(), s.sinks.size() * sizeof(float),
+                                     stream.get()));
   }
 
   auto plan = Unwrap(be.Prepare(SpecOf(s), stream.get()), "Prepare");
@@ -628,6 +697,45 @@ void RefusedRunsChangeNothing(Backend& cuda, Backend& cpu, Rng& rng, ResultTable
 }
 
 // Runs this executable again with `mode` and `extra` arguments; returns its exit code.
+// Cascade plans (attnd/kernels/cascade.h) through the Backend interface, CUDA against the CPU
+// backend (outputs poisoned first): 2 and 3 levels, decode (a long shared prefix: the prefix
+// level's split-KV prefill) and prefill/append (causal, soft cap), GQA 4 and 1, sinks counted
+// once; RoPE refused before anything is written.
+void Cascade(Backend& cuda, Backend& cpu, Rng& rng, ResultTable& table, bool small) {
+  for (DType dt : {DType::kFloat16, DType::kBFloat16}) {
+    const char* dn = dt == DType::kFloat16 ? "f16" : "bf16";
+    const int32_t prefix = small ? 100 : 32768;
+    Step dec = MakeCascadeStep(rng, AttentionKind::kDecode, dt, {{{16, prefix}}},
+                               std::vector<int32_t>(16, small ? 20 : 256), 4);
+    CompareStep(absl::StrCat("cascade decode ", dn, " 2 levels, prefix ", prefix), dec, cuda, cpu,
+                table);
+    Step dec3 =
+        MakeCascadeStep(rng, AttentionKind::kDecode, dt,
+                        {{{6, small ? 50 : 4000}}, {{2, 37}, {1, 16}, {3, small ? 90 : 900}}},
+                        {5, 17, 64, 1, 33, 300}, 1);
+    CompareStep(absl::StrCat("cascade decode ", dn, " 3 levels g1"), dec3, cuda, cpu, table);
+    Step pre = MakeCascadeStep(rng, AttentionKind::kPrefill, dt,
+                               {{{4, small ? 64 : 2048}}, {{2, 48}, {2, 130}}},
+                               {40, 250, 7, small ? 60 : 600}, 4);
+    pre.soft_cap = 30.f;
+    CompareStep(absl::StrCat("cascade prefill ", dn, " 3 levels causal cap append"), pre, cuda, cpu,
+                table);
+    Step sinks = MakeCascadeStep(rng, AttentionKind::kDecode, dt, {{{3, small ? 70 : 5000}}},
+                                 {9, 40, 128}, 4);
+    sinks.sinks = rng.NormalVector(static_cast<size_t>(sinks.num_kv_heads) * sinks.group, 2.f);
+    CompareStep(absl::StrCat("cascade decode ", dn, " sinks"), sinks, cuda, cpu, table);
+    Step rope = dec3;
+    rope.rope = true;
+    StepOutput refused = RunStep(cuda, rope);
+    table.AddCheck(absl::StrCat("cascade ", dn, " RoPE refused, o and the pool untouched"),
+                   refused.status.code() == absl::StatusCode::kInvalidArgument &&
+                       UnwrittenMask(refused.o, dt) ==
+                           std::vector<uint8_t>(refused.o.size() / ElemSize(dt), 1) &&
+                       refused.pool == rope.pool,
+                   std::string(refused.status.ToString()));
+  }
+}
+
 int RunChild(const char* mode, std::vector<std::string> extra) {
   char exe[4096] = {0};
   const ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
@@ -820,6 +928,7 @@ int main(int argc, char** argv) {
     sp.sinks = rng.NormalVector(static_cast<size_t>(sp.num_kv_heads) * sp.group, 2.f);
     CompareStep(absl::StrCat("prefill ", dn, " rope cap window sinks"), sp, *cuda, *cpu, table);
   }
+  Cascade(*cuda, *cpu, rng, table, flags.small);
   RefusedRunsChangeNothing(*cuda, *cpu, rng, table);
   MergeThroughBackend(*cuda, *cpu, rng, table);
   RaggedThroughBackend(*cuda, *cpu, rng, table);

@@ -25,6 +25,7 @@
 #include "absl/strings/str_cat.h"
 #include "attnd/kernels/backend.h"
 #include "attnd/kernels/backend_checks.h"
+#include "attnd/kernels/cascade.h"
 #include "attnd/kernels/cuda_launch.h"
 #include "attnd/kernels/cuda_prefill.h"
 #include "backend/cuda_plan.h"
@@ -393,6 +394,7 @@ class CudaBackend final : public Backend {
 
   absl::StatusOr<std::unique_ptr<PreparedPlan>> Prepare(PlanSpec spec, Stream* stream) override {
     if (auto s = Enter(); !s.ok()) return s;
+    if (!spec.cascade_levels.empty()) return PrepareCascade(*this, std::move(spec), stream);
     // Head dims: the decode and prefill plans below check what is compiled.
     if (auto s = CheckPlanSpec(spec, std::numeric_limits<int32_t>::max()); !s.ok()) return s;
     const int32_t batch = spec.batch_size();
@@ -417,7 +419,8 @@ class CudaBackend final : public Backend {
   absl::Status AppendKv(const PreparedPlan& plan, const PagedKV& layer, const void* k,
                         const void* v, Stream* stream) override {
     if (auto s = Enter(); !s.ok()) return s;
-    absl::StatusOr<const cuda::CudaPlan*> cp = CheckedPlan(&plan, layer);
+    // A cascade plan appends to its last level.
+    absl::StatusOr<const cuda::CudaPlan*> cp = CheckedPlan(&OwnLevel(plan), layer);
     if (!cp.ok()) return cp.status();
     return Launched(cuda::LaunchAppendKv((*cp)->AppendParams(layer, k, v), Native(stream)));
   }
@@ -425,6 +428,9 @@ class CudaBackend final : public Backend {
   absl::Status Attention(const RunArgs& args) override {
     if (auto s = Enter(); !s.ok()) return s;
     if (auto s = CheckRunArgs(args); !s.ok()) return s;
+    if (const CascadePlan* cascade = AsCascadePlan(args.plan)) {
+      return CascadeAttention(*this, *cascade, args);
+    }
     absl::StatusOr<const cuda::CudaPlan*> checked = CheckedPlan(args.plan, args.layer);
     if (!checked.ok()) return checked.status();
     const cuda::CudaPlan& cp = **checked;
