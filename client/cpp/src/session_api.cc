@@ -201,6 +201,14 @@ absl::StatusOr<PlanInfo> SessionApi::CreatePlan(const PlanSpec& spec) {
   request.mutable_kv_last_page_len()->Add(spec.kv_last_page_len.begin(),
                                           spec.kv_last_page_len.end());
   request.mutable_qo_indptr()->Add(spec.qo_indptr.begin(), spec.qo_indptr.end());
+  for (const CascadeLevelSpec& level : spec.cascade_levels) {
+    v1::CascadeLevel* out = request.add_cascade_levels();
+    out->mutable_qo_indptr()->Add(level.qo_indptr.begin(), level.qo_indptr.end());
+    out->mutable_kv_indptr()->Add(level.kv_indptr.begin(), level.kv_indptr.end());
+    out->mutable_kv_indices()->Add(level.kv_indices.begin(), level.kv_indices.end());
+    out->mutable_kv_last_page_len()->Add(level.kv_last_page_len.begin(),
+                                         level.kv_last_page_len.end());
+  }
   absl::StatusOr<v1::CreatePlanResponse> response = CreatePlan(request);
   if (!response.ok()) return response.status();
   PlanInfo info;

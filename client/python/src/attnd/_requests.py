@@ -62,15 +62,43 @@ def create_pool_request(name: str, num_layers: int, num_kv_heads: int, head_dim:
         layout=pb.KV_LAYOUT_NHD)
 
 
+CASCADE_LEVEL_FIELDS = ("qo_indptr", "kv_indptr", "kv_indices", "kv_last_page_len")
+
+
+def cascade_level(index: int, level: Any) -> pb.CascadeLevel:
+    """One shared level of a cascade plan (attnd.proto CascadeLevel): a mapping with the keys
+    qo_indptr, kv_indptr, kv_indices and kv_last_page_len, or a sequence of those four in that
+    order; each an int32 list, numpy array or tensor."""
+    if isinstance(level, pb.CascadeLevel):
+        return level
+    if isinstance(level, dict):
+        unknown = sorted(set(level) - set(CASCADE_LEVEL_FIELDS))
+        if unknown:
+            raise ValueError(f"cascade_levels[{index}]: unknown keys {unknown}; "
+                             f"expected {list(CASCADE_LEVEL_FIELDS)}")
+        values = [level.get(name) for name in CASCADE_LEVEL_FIELDS]
+    else:
+        values = list(level)
+        if len(values) != 4:
+            raise ValueError(f"cascade_levels[{index}] has {len(values)} entries; expected "
+                             f"(qo_indptr, kv_indptr, kv_indices, kv_last_page_len)")
+    return pb.CascadeLevel(**{
+        name: int32_list(f"cascade_levels[{index}].{name}", value)
+        for name, value in zip(CASCADE_LEVEL_FIELDS, values)})
+
+
 def create_plan_request(pool_id: str, kind: int, num_qo_heads: int, kv_indptr: Any,
-                        kv_indices: Any, kv_last_page_len: Any,
-                        qo_indptr: Any = None) -> pb.CreatePlanRequest:
+                        kv_indices: Any, kv_last_page_len: Any, qo_indptr: Any = None,
+                        cascade_levels: Any = None) -> pb.CreatePlanRequest:
+    """cascade_levels: the shared levels of a cascade plan, outermost first (cascade_level);
+    the table given is then the last level, each request's own pages."""
     return pb.CreatePlanRequest(
         pool_id=pool_id, kind=kind, num_qo_heads=int(num_qo_heads),
         kv_indptr=int32_list("kv_indptr", kv_indptr),
         kv_indices=int32_list("kv_indices", kv_indices),
         kv_last_page_len=int32_list("kv_last_page_len", kv_last_page_len),
-        qo_indptr=int32_list("qo_indptr", qo_indptr))
+        qo_indptr=int32_list("qo_indptr", qo_indptr),
+        cascade_levels=[cascade_level(i, level) for i, level in enumerate(cascade_levels or [])])
 
 
 OPTION_NAMES = ("causal", "sm_scale", "pos_encoding", "rope_theta", "rope_scale", "rope_offsets",

@@ -388,11 +388,19 @@ class Session:
 
     # -- plans and runs -----------------------------------------------------------------------
     def create_plan(self, pool_id: str, kind: str, num_qo_heads: int, kv_indptr, kv_indices,
-                    kv_last_page_len, qo_indptr=None) -> pb.CreatePlanResponse:
-        """Low level CreatePlan; ``kind`` is "decode" or "prefill". See BatchDecodeWrapper."""
+                    kv_last_page_len, qo_indptr=None, cascade_levels=None) -> pb.CreatePlanResponse:
+        """Low level CreatePlan; ``kind`` is "decode" or "prefill". See BatchDecodeWrapper.
+
+        cascade_levels: a cascade (shared-prefix) plan's shared levels, outermost first
+        (FlashInfer's MultiLevelCascadeAttentionWrapper); each a dict with qo_indptr (groups of whole requests
+        over the batch's query rows), kv_indptr, kv_indices and kv_last_page_len (each group's
+        shared prefix pages), or a 4-tuple in that order. The table given is then the last level
+        (each request's own pages). Runs work as for any plan (see attnd.proto CascadeLevel).
+        """
         k = {"decode": pb.ATTENTION_KIND_DECODE, "prefill": pb.ATTENTION_KIND_PREFILL}[kind]
         return self.call("create_plan", _rq.create_plan_request(
-            pool_id, k, num_qo_heads, kv_indptr, kv_indices, kv_last_page_len, qo_indptr))
+            pool_id, k, num_qo_heads, kv_indptr, kv_indices, kv_last_page_len, qo_indptr,
+            cascade_levels))
 
     def delete_plan(self, plan_id: str) -> None:
         self.call("delete_plan", pb.DeletePlanRequest(plan_id=plan_id))

@@ -72,13 +72,13 @@ class PlanState:
             rope_offsets=None, logits_soft_cap=None, window_left=None)
 
     def _plan_request(self, kv_indptr, kv_indices, kv_last_page_len, qo_indptr, num_qo_heads,
-                      options: Dict[str, Any]) -> pb.CreatePlanRequest:
+                      options: Dict[str, Any], cascade_levels=None) -> pb.CreatePlanRequest:
         for k, v in options.items():
             if v is not UNSET:
                 self.defaults[k] = v
         kind = pb.ATTENTION_KIND_DECODE if self.kind == "decode" else pb.ATTENTION_KIND_PREFILL
         return _rq.create_plan_request(self.pool.pool_id, kind, num_qo_heads, kv_indptr,
-                                       kv_indices, kv_last_page_len, qo_indptr)
+                                       kv_indices, kv_last_page_len, qo_indptr, cascade_levels)
 
     def _planned(self, resp: pb.CreatePlanResponse) -> None:
         self.plan_id = resp.plan_id
@@ -208,7 +208,7 @@ class BatchDecodeWrapper(_SyncWrapper):
     def plan(self, kv_indptr, kv_indices, kv_last_page_len, num_qo_heads: int, *,
              sm_scale: Any = UNSET, pos_encoding: Any = UNSET, rope_theta: Any = UNSET,
              rope_scale: Any = UNSET, rope_offsets: Any = UNSET, logits_soft_cap: Any = UNSET,
-             window_left: Any = UNSET) -> "BatchDecodeWrapper":
+             window_left: Any = UNSET, cascade_levels: Any = None) -> "BatchDecodeWrapper":
         """Plans a decode batch (replacing this wrapper's previous plan).
 
         Args:
@@ -217,12 +217,15 @@ class BatchDecodeWrapper(_SyncWrapper):
             kv_last_page_len: [batch_size] int in 1..page_size.
             num_qo_heads: multiple of the pool's num_kv_heads (GQA).
             sm_scale ... window_left: attention defaults for run().
+            cascade_levels: a cascade (shared-prefix) plan's shared levels (see
+                Session.create_plan); the table given is then each request's own pages.
         """
         self._create(self._plan_request(
             kv_indptr, kv_indices, kv_last_page_len, None, num_qo_heads,
             dict(sm_scale=sm_scale, pos_encoding=pos_encoding, rope_theta=rope_theta,
                  rope_scale=rope_scale, rope_offsets=rope_offsets,
-                 logits_soft_cap=logits_soft_cap, window_left=window_left)))
+                 logits_soft_cap=logits_soft_cap, window_left=window_left),
+            cascade_levels))
         return self
 
 
@@ -238,7 +241,8 @@ class BatchPrefillWrapper(_SyncWrapper):
     def plan(self, kv_indptr, kv_indices, kv_last_page_len, qo_indptr, num_qo_heads: int, *,
              causal: Any = UNSET, sm_scale: Any = UNSET, pos_encoding: Any = UNSET,
              rope_theta: Any = UNSET, rope_scale: Any = UNSET, rope_offsets: Any = UNSET,
-             logits_soft_cap: Any = UNSET, window_left: Any = UNSET) -> "BatchPrefillWrapper":
+             logits_soft_cap: Any = UNSET, window_left: Any = UNSET,
+             cascade_levels: Any = None) -> "BatchPrefillWrapper":
         """Plans a prefill batch (replacing this wrapper's previous plan).
 
         Args:
@@ -248,12 +252,14 @@ class BatchPrefillWrapper(_SyncWrapper):
             num_qo_heads: multiple of the pool's num_kv_heads.
             causal: query i sees kv positions <= its own (default False, as FlashInfer).
             sm_scale ... window_left: attention defaults for run().
+            cascade_levels: as for BatchDecodeWrapper.plan.
         """
         self._create(self._plan_request(
             kv_indptr, kv_indices, kv_last_page_len, qo_indptr, num_qo_heads,
             dict(causal=causal, sm_scale=sm_scale, pos_encoding=pos_encoding,
                  rope_theta=rope_theta, rope_scale=rope_scale, rope_offsets=rope_offsets,
-                 logits_soft_cap=logits_soft_cap, window_left=window_left)))
+                 logits_soft_cap=logits_soft_cap, window_left=window_left),
+            cascade_levels))
         return self
 
 

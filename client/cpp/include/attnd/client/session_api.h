@@ -54,6 +54,16 @@ struct PageGrant {
 //   request b uses pages kv_indices[kv_indptr[b] .. kv_indptr[b+1]), its last page holds
 //   kv_last_page_len[b] tokens; its query rows are qo_indptr[b] .. qo_indptr[b+1] (decode: may be
 //   left empty = one row per request).
+// One shared level of a cascade plan (attnd.proto CascadeLevel): group g is query rows
+// qo_indptr[g] .. qo_indptr[g+1] (whole requests) and attends the shared prefix pages
+// kv_indices[kv_indptr[g] .. kv_indptr[g+1]), no causal mask.
+struct CascadeLevelSpec {
+  std::vector<int32_t> qo_indptr;         // [groups + 1], from 0 to the plan's qo_tokens
+  std::vector<int32_t> kv_indptr;         // [groups + 1]
+  std::vector<int32_t> kv_indices;        // [kv_indptr[groups]]
+  std::vector<int32_t> kv_last_page_len;  // [groups]
+};
+
 struct PlanSpec {
   std::string pool_id;
   v1::AttentionKind kind = v1::ATTENTION_KIND_DECODE;
@@ -62,6 +72,9 @@ struct PlanSpec {
   std::vector<int32_t> kv_indices;        // [kv_indptr[batch]]
   std::vector<int32_t> kv_last_page_len;  // [batch]
   std::vector<int32_t> qo_indptr;         // [batch + 1] or empty for decode
+  // Cascade plans: the shared levels, outermost first; the table above is the last level (each
+  // request's own pages). Empty: an ordinary plan.
+  std::vector<CascadeLevelSpec> cascade_levels;
 };
 
 struct PlanInfo {
