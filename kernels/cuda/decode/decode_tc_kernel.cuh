@@ -44,8 +44,12 @@
 
 namespace attnd::kernels::cuda::internal {
 
+// Min 2 CTAs per SM in the launch bounds: shared memory (~100 KB per CTA) allows 2 anyway, and
+// without the hint ptxas packed the non-RoPE kernel into 168 registers (3 CTAs' worth) and
+// serialised its loop: 204 registers with it, 3.87 -> 4.13 TB/s at fp16 B=64 kv=4096 8 KV heads
+// (H200, 2026-12-02, bench/decode_notes.md).
 template <typename T, int D, bool kRope>
-__global__ void __launch_bounds__(TcDecodeTraits<D, kRope>::kThreads)
+__global__ void __launch_bounds__(TcDecodeTraits<D, kRope>::kThreads, 2)
     BatchDecodeTcKernel(const __grid_constant__ DecodeKernelParams p) {
   using Tr = TcDecodeTraits<D, kRope>;
   constexpr int NT = Tr::kThreads;
