@@ -81,6 +81,26 @@ class StickyError {
   absl::Status status_;
 };
 
+// Plan-lifetime memory from the device's memory pool, freed in the order of the stream it was
+// allocated on (Backend::AllocateStreamOrdered), like a CudaPlan's page table.
+class StreamOrderedMemory final : public BackendMemory {
+ public:
+  StreamOrderedMemory(void* ptr, size_t size, int device, cudaStream_t stream)
+      : ptr_(ptr), size_(size), device_(device), stream_(stream) {}
+  ~StreamOrderedMemory() override {
+    cudaSetDevice(device_);
+    cudaFreeAsync(ptr_, stream_);
+  }
+  void* data() const override { return ptr_; }
+  size_t size() const override { return size_; }
+
+ private:
+  void* ptr_;
+  size_t size_;
+  int device_;
+  cudaStream_t stream_;
+};
+
 class CudaMemory final : public BackendMemory {
  public:
   CudaMemory(void* ptr, size_t size, int device) : ptr_(ptr), size_(size), device_(device) {}
@@ -252,6 +272,21 @@ class CudaBackend final : public Backend {
     }
     if (auto s = sticky_.Check(e, "cudaMalloc"); !s.ok()) return s;
     return std::unique_ptr<BackendMemory>(new CudaMemory(p, bytes, device_));
+  }
+
+  absl::StatusOr<std::unique_ptr<BackendMemory>> AllocateStreamOrdered(size_t bytes,
+                                                                       Stream* stream) override {
+    if (auto s = Enter(); !s.ok()) return s;
+    void* p = nullptr;
+    const cudaStream_t st = Native(stream);
+    const cudaError_t e = cudaMallocAsync(&p, bytes == 0 ? 1 : bytes, st);
+    if (e == cudaErrorMemoryAllocation) {
+      cudaGetLastError();  // not sticky; clear it
+      return absl::ResourceExhaustedError(
+          absl::StrCat("cudaMallocAsync of ", bytes, " bytes (plan workspace) failed"));
+    }
+    if (auto s = sticky_.Check(e, "cudaMallocAsync"); !s.ok()) return s;
+    return std::unique_ptr<BackendMemory>(new StreamOrderedMemory(p, bytes, device_, st));
   }
 
   absl::StatusOr<std::unique_ptr<BackendMemory>> OpenIpcBuffer(const std::string& handle,

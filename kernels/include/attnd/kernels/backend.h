@@ -176,6 +176,16 @@ class Backend {
   virtual bool host_accessible() const = 0;
 
   virtual absl::StatusOr<std::unique_ptr<BackendMemory>> Allocate(size_t bytes) = 0;
+  // Memory that lives and dies with a plan (e.g. a cascade plan's workspaces), allocated and
+  // freed in `stream`'s order: the CUDA backend takes it from the device's memory pool
+  // (cudaMallocAsync / cudaFreeAsync, as its plans' page tables), so creating and deleting plans
+  // never synchronises the device the way cudaFree does; it must be destroyed before the stream.
+  // The default is Allocate.
+  virtual absl::StatusOr<std::unique_ptr<BackendMemory>> AllocateStreamOrdered(size_t bytes,
+                                                                               Stream* stream) {
+    (void)stream;
+    return Allocate(bytes);
+  }
   // Maps another process's CUDA allocation (cudaIpcOpenMemHandle) and checks that it spans at
   // least size_bytes. FAILED_PRECONDITION on backends without IPC.
   virtual absl::StatusOr<std::unique_ptr<BackendMemory>> OpenIpcBuffer(const std::string& handle,

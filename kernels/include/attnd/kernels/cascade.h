@@ -31,8 +31,9 @@
 namespace attnd::kernels {
 
 // A prepared cascade plan: one prepared plan per level and the levels' workspaces, allocated
-// here once (not per run) and freed with the plan. Runs of one plan must be ordered (one stream),
-// as for every plan: they share the workspaces.
+// here once (not per run, stream-ordered: Backend::AllocateStreamOrdered) and freed with the
+// plan. Members are destroyed in reverse order: workspaces, then the level plans. Runs of one plan
+// must be ordered (one stream), as for every plan: they share the workspaces.
 class CascadePlan final : public PreparedPlan {
  public:
   explicit CascadePlan(PlanSpec spec) : PreparedPlan(std::move(spec)) {}
@@ -117,10 +118,12 @@ inline absl::StatusOr<std::unique_ptr<PreparedPlan>> PrepareCascade(Backend& bac
 
   const int64_t num_shared = static_cast<int64_t>(plan->shared.size());
   const uint64_t cells = static_cast<uint64_t>(rows) * static_cast<uint64_t>(s.num_qo_heads);
-  auto o_work = backend.Allocate(
-      static_cast<size_t>(cells * static_cast<uint64_t>(num_shared * s.head_dim) * 4));
+  // Stream-ordered: deleting a plan (one per decode step in an engine) must not sync the device.
+  auto o_work = backend.AllocateStreamOrdered(
+      static_cast<size_t>(cells * static_cast<uint64_t>(num_shared * s.head_dim) * 4), stream);
   if (!o_work.ok()) return o_work.status();
-  auto lse_work = backend.Allocate(static_cast<size_t>(cells * (num_shared + 1) * sizeof(float)));
+  auto lse_work = backend.AllocateStreamOrdered(
+      static_cast<size_t>(cells * (num_shared + 1) * sizeof(float)), stream);
   if (!lse_work.ok()) return lse_work.status();
   plan->o_work = *std::move(o_work);
   plan->lse_work = *std::move(lse_work);

@@ -213,6 +213,9 @@ TEST_F(SessionTest, RequestIdsIncreaseAndTypedCallsPackFields) {
   plan.kv_indices = {4, 5, 9};
   plan.kv_last_page_len = {3, 16};
   plan.qo_indptr = {0, 5, 6};
+  // A cascade level: both requests share prefix pages 7 and 8.
+  plan.cascade_levels.push_back(
+      {.qo_indptr = {0, 6}, .kv_indptr = {0, 2}, .kv_indices = {7, 8}, .kv_last_page_len = {16}});
   auto info = (*session)->CreatePlan(plan);
   ASSERT_TRUE(info.ok()) << info.status();
   EXPECT_EQ(info->plan_id, "plan-1");
@@ -226,6 +229,17 @@ TEST_F(SessionTest, RequestIdsIncreaseAndTypedCallsPackFields) {
             plan.qo_indptr);
   EXPECT_EQ(std::vector<int32_t>(sent.kv_last_page_len().begin(), sent.kv_last_page_len().end()),
             plan.kv_last_page_len);
+  ASSERT_EQ(sent.cascade_levels_size(), 1);
+  const v1::CascadeLevel& level = sent.cascade_levels(0);
+  EXPECT_EQ(std::vector<int32_t>(level.qo_indptr().begin(), level.qo_indptr().end()),
+            plan.cascade_levels[0].qo_indptr);
+  EXPECT_EQ(std::vector<int32_t>(level.kv_indptr().begin(), level.kv_indptr().end()),
+            plan.cascade_levels[0].kv_indptr);
+  EXPECT_EQ(std::vector<int32_t>(level.kv_indices().begin(), level.kv_indices().end()),
+            plan.cascade_levels[0].kv_indices);
+  EXPECT_EQ(
+      std::vector<int32_t>(level.kv_last_page_len().begin(), level.kv_last_page_len().end()),
+      plan.cascade_levels[0].kv_last_page_len);
   ASSERT_EQ(service_.request_ids.size(), 3u);
   EXPECT_EQ(service_.request_ids[0] + 1, service_.request_ids[1]);
   EXPECT_EQ(service_.request_ids[1] + 1, service_.request_ids[2]);
