@@ -74,8 +74,8 @@ class FakeAttnd final : public v1::Attnd::Service {
         *run->mutable_o() = request.run().q();
         const int64_t rows = request.run().q().shape(0), heads = request.run().q().shape(1);
         if (request.run().options().return_lse()) {
-          *run->mutable_lse() = *MakeTensor(std::vector<float>(rows * heads, 1.5f),
-                                            {rows, heads}, v1::DTYPE_FLOAT32);
+          *run->mutable_lse() =
+              *MakeTensor(std::vector<float>(rows * heads, 1.5f), {rows, heads}, v1::DTYPE_FLOAT32);
         }
       } else {
         response.set_code(static_cast<int>(grpc::StatusCode::UNIMPLEMENTED));
@@ -225,8 +225,7 @@ TEST_F(SessionTest, RequestIdsIncreaseAndTypedCallsPackFields) {
   EXPECT_EQ(sent.num_qo_heads(), 8);
   EXPECT_EQ(std::vector<int32_t>(sent.kv_indices().begin(), sent.kv_indices().end()),
             plan.kv_indices);
-  EXPECT_EQ(std::vector<int32_t>(sent.qo_indptr().begin(), sent.qo_indptr().end()),
-            plan.qo_indptr);
+  EXPECT_EQ(std::vector<int32_t>(sent.qo_indptr().begin(), sent.qo_indptr().end()), plan.qo_indptr);
   EXPECT_EQ(std::vector<int32_t>(sent.kv_last_page_len().begin(), sent.kv_last_page_len().end()),
             plan.kv_last_page_len);
   ASSERT_EQ(sent.cascade_levels_size(), 1);
@@ -237,9 +236,8 @@ TEST_F(SessionTest, RequestIdsIncreaseAndTypedCallsPackFields) {
             plan.cascade_levels[0].kv_indptr);
   EXPECT_EQ(std::vector<int32_t>(level.kv_indices().begin(), level.kv_indices().end()),
             plan.cascade_levels[0].kv_indices);
-  EXPECT_EQ(
-      std::vector<int32_t>(level.kv_last_page_len().begin(), level.kv_last_page_len().end()),
-      plan.cascade_levels[0].kv_last_page_len);
+  EXPECT_EQ(std::vector<int32_t>(level.kv_last_page_len().begin(), level.kv_last_page_len().end()),
+            plan.cascade_levels[0].kv_last_page_len);
   ASSERT_EQ(service_.request_ids.size(), 3u);
   EXPECT_EQ(service_.request_ids[0] + 1, service_.request_ids[1]);
   EXPECT_EQ(service_.request_ids[1] + 1, service_.request_ids[2]);
@@ -377,9 +375,9 @@ TEST_F(SessionTest, TokenGoesIntoTheAuthorizationHeaderOfEveryKindOfCall) {
   ASSERT_TRUE((*with_token)->OpenUnarySession().ok());
   ASSERT_TRUE(client_->OpenSession().ok());  // the client without a token sends none
   std::lock_guard<std::mutex> lock(service_.mu);
-  EXPECT_EQ(service_.authorization,
-            (std::vector<std::string>{"Bearer 0123456789abcdef", "Bearer 0123456789abcdef",
-                                      "<none>"}));
+  EXPECT_EQ(
+      service_.authorization,
+      (std::vector<std::string>{"Bearer 0123456789abcdef", "Bearer 0123456789abcdef", "<none>"}));
 }
 
 TEST(ClientTest, TlsOptionsAreChecked) {

@@ -34,7 +34,7 @@ using testing::PoolSpec;
 
 constexpr int kKvHeads = 2, kHeadDim = 64, kPageSize = 4, kQoHeads = 8;  // GQA group 4
 
-v1::Tensor Random(std::mt19937& rng, v1::DType dtype, std::vector<int64_t> shape) {
+v1::Tensor Random(std::mt19937& rng, v1::DType dtype, const std::vector<int64_t>& shape) {
   v1::Tensor t;
   t.set_dtype(dtype);
   int64_t n = 1;
