@@ -104,11 +104,13 @@ def merge_states(v, s, *, attnd_context: Optional[Context] = None) -> Tuple[Any,
 
 
 class MultiLevelCascadeAttentionWrapper:
-    """FlashInfer's cascade wrapper: not available yet (attnd has no cascade kernels; a shared
-    prefix is shared through pages, ``Pool.fork``). Constructing it raises NotImplementedError."""
+    """FlashInfer's cascade wrapper: not mapped yet. attnd's own API has cascade plans
+    (``cascade_levels=`` on attnd.BatchDecodeWrapper.plan / BatchPrefillWrapper.plan and
+    Session.create_plan). Constructing it raises NotImplementedError."""
 
     def __init__(self, *args, **kwargs):
         raise NotImplementedError(
-            "MultiLevelCascadeAttentionWrapper: attnd has no cascade attention yet. Share a prefix "
-            "by naming the same pages in several requests of a BatchPrefill/BatchDecode plan, or "
-            "run the levels separately with return_lse=True and combine them with merge_state")
+            "MultiLevelCascadeAttentionWrapper: the FlashInfer drop-in has no cascade wrapper yet. "
+            "Use attnd's cascade plans (cascade_levels= on attnd.BatchDecodeWrapper.plan, "
+            "attnd.BatchPrefillWrapper.plan or Session.create_plan), or run the levels separately "
+            "with return_lse=True and combine them with merge_state")
