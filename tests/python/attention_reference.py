@@ -3,6 +3,8 @@
 
 One request: q [qo_len, Hq, D], k, v [kv_len, Hkv, D]; query row i sits at kv position
 kv_len - qo_len + i. Returns o [qo_len, Hq, D] and lse [qo_len, Hq] (natural log), float64.
+custom_mask (optional, [qo_len, kv_len] bool): row i sees key j only where it is True, on top of
+causal and the window; a row that sees no key gets o = 0 and lse = -inf.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ def rope_rotate(vec: np.ndarray, pos: float, theta: float, scale: float) -> np.n
 
 
 def reference_attention(q, k, v, *, causal=False, sm_scale=None, soft_cap=0.0, window_left=-1,
-                        rope=False, rope_theta=1e4, rope_scale=1.0, rope_offset=0):
+                        rope=False, rope_theta=1e4, rope_scale=1.0, rope_offset=0,
+                        custom_mask=None):
     q = np.asarray(q, dtype=np.float64)
     k = np.asarray(k, dtype=np.float64)
     v = np.asarray(v, dtype=np.float64)
@@ -41,7 +44,8 @@ def reference_attention(q, k, v, *, causal=False, sm_scale=None, soft_cap=0.0, w
         p = kv_len - qo_len + i
         lo = max(0, p - window_left) if window_left is not None and window_left >= 0 else 0
         hi = p if causal else kv_len - 1
-        keys = [j for j in range(kv_len) if lo <= j <= hi]
+        keys = [j for j in range(kv_len) if lo <= j <= hi and
+                (custom_mask is None or bool(custom_mask[i][j]))]
         for h in range(hq):
             kh = h // group
             qv = q[i, h]
@@ -66,13 +70,15 @@ def reference_attention(q, k, v, *, causal=False, sm_scale=None, soft_cap=0.0, w
     return o, lse
 
 
-def reference_batch(q, qo_indptr, ks, vs, rope_offsets=None, **opts):
-    """q [qo_indptr[-1], Hq, D]; ks[b], vs[b] [kv_len_b, Hkv, D] -> (o, lse) stacked like q."""
+def reference_batch(q, qo_indptr, ks, vs, rope_offsets=None, custom_masks=None, **opts):
+    """q [qo_indptr[-1], Hq, D]; ks[b], vs[b] [kv_len_b, Hkv, D]; custom_masks: None or one
+    [qo_len_b, kv_len_b] bool array per request -> (o, lse) stacked like q."""
     os_, ls_ = [], []
     for b in range(len(ks)):
         off = 0 if rope_offsets is None else int(rope_offsets[b])
+        mask = None if custom_masks is None else custom_masks[b]
         o, l = reference_attention(q[qo_indptr[b]:qo_indptr[b + 1]], ks[b], vs[b],
-                                   rope_offset=off, **opts)
+                                   rope_offset=off, custom_mask=mask, **opts)
         os_.append(o)
         ls_.append(l)
     return np.concatenate(os_), np.concatenate(ls_)

@@ -10,7 +10,8 @@
         o = dec.run(q, layer=0, k=k, v=v)   # q [1, 8, 64]; k, v [1, 2, 64]
 
 Modules: attnd.client (Client, sessions), attnd.pool (Pool), attnd.wrappers (BatchDecodeWrapper,
-BatchPrefillWrapper), attnd.errors (typed exceptions), attnd.tensors (dtypes, bfloat16),
+BatchPrefillWrapper; attnd.pack_custom_mask: a custom mask's wire form), attnd.errors (typed
+exceptions), attnd.tensors (dtypes, bfloat16),
 attnd.ipc (CUDA IPC), attnd.shm (POSIX shared memory), attnd.aio (asyncio), attnd.reference (numpy reference attention),
 attnd.v1 (generated stubs).
 """
@@ -21,6 +22,7 @@ from attnd.client import Client, Session, StreamSession, UnarySession
 from attnd.pool import Pool
 from attnd.wrappers import BatchDecodeWrapper, BatchPrefillRaggedWrapper, BatchPrefillWrapper
 from attnd.tensors import bfloat16_to_float32, float32_to_bfloat16
+from attnd._requests import pack_custom_mask
 from attnd.shm import SharedBuffer
 
 __version__ = "0.1.0"
@@ -37,4 +39,5 @@ __all__ = list(_errors.__all__) + [
     "BatchPrefillRaggedWrapper",
     "bfloat16_to_float32",
     "float32_to_bfloat16",
+    "pack_custom_mask",
 ]

@@ -87,18 +87,102 @@ def cascade_level(index: int, level: Any) -> pb.CascadeLevel:
         for name, value in zip(CASCADE_LEVEL_FIELDS, values)})
 
 
+# --- custom masks (CreatePlanRequest.custom_mask) -----------------------------------------------
+
+def _host_array(x: Any) -> np.ndarray:
+    if is_torch_tensor(x):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _mask_matrix(index: int, mask: Any) -> np.ndarray:
+    """Request ``index``'s [qo_len, kv_len] mask as a bool array (True = visible)."""
+    arr = _host_array(mask)
+    if arr.ndim != 2:
+        raise ValueError(f"custom_mask[{index}] must be a [qo_len, kv_len] array, got shape "
+                         f"{arr.shape}")
+    if arr.dtype != np.bool_:
+        if arr.size and (arr.dtype.kind not in "biu" or not np.isin(arr, (0, 1)).all()):
+            raise ValueError(f"custom_mask[{index}] must hold booleans (or 0/1), got {arr.dtype}")
+        arr = arr.astype(bool)
+    return arr
+
+
+def pack_custom_mask(masks: Sequence[Any]) -> bytes:
+    """The wire form of a custom mask (CreatePlanRequest.custom_mask) from one boolean
+    [qo_len_b, kv_len_b] array per request, in request order (numpy, torch, or nested lists;
+    True / 1 = the query row sees the key).
+
+    For each request b: ceil(qo_len_b * kv_len_b / 8) bytes, element (i, j) (query row i, at kv
+    position kv_len_b - qo_len_b + i, against kv position j) being bit i * kv_len_b + j of b's
+    bytes, bit k of byte n element 8n + k: ``numpy.packbits(mask_b.reshape(-1),
+    bitorder="little")``, concatenated over the requests. This is also FlashInfer's
+    ``packed_custom_mask`` (``segment_packbits(..., bitorder="little")``).
+    """
+    if isinstance(masks, np.ndarray) or is_torch_tensor(masks):
+        raise ValueError("pack_custom_mask takes a list of per-request [qo_len, kv_len] arrays; "
+                         "for one request pass [mask]")
+    parts = [np.packbits(_mask_matrix(b, m).reshape(-1), bitorder="little").tobytes()
+             for b, m in enumerate(masks)]
+    return b"".join(parts)
+
+
+def custom_mask_bytes(custom_mask: Any, qo_indptr: Any = None,
+                      kv_lens: Optional[Sequence[int]] = None) -> bytes:
+    """CreatePlanRequest.custom_mask from what the client API takes:
+
+    * None: no mask (b"");
+    * the packed wire form as it is: bytes / bytearray / memoryview, or a one-dimensional uint8
+      array (numpy or torch) of exactly sum_b ceil(qo_len_b * kv_len_b / 8) bytes (the daemon
+      checks the length and refuses others with INVALID_ARGUMENT naming custom_mask);
+    * a list (or tuple) of per-request boolean [qo_len_b, kv_len_b] arrays, packed here
+      (pack_custom_mask). Their number and row counts are checked against ``qo_indptr`` when it is
+      given, their columns against ``kv_lens`` (each request's kv_len: on a cascade plan, its
+      own pages) when given.
+    """
+    if custom_mask is None:
+        return b""
+    if isinstance(custom_mask, (bytes, bytearray, memoryview)):
+        return bytes(custom_mask)
+    if isinstance(custom_mask, (list, tuple)):
+        masks = list(custom_mask)
+        qo = int32_list("qo_indptr", qo_indptr) if qo_indptr is not None else None
+        if qo is not None and len(masks) != len(qo) - 1:
+            raise ValueError(f"custom_mask has {len(masks)} per-request masks; the batch has "
+                             f"{len(qo) - 1} requests")
+        mats = [_mask_matrix(b, m) for b, m in enumerate(masks)]
+        for b, mat in enumerate(mats):
+            if qo is not None and mat.shape[0] != qo[b + 1] - qo[b]:
+                raise ValueError(f"custom_mask[{b}] has {mat.shape[0]} rows; request {b} has "
+                                 f"qo_len={qo[b + 1] - qo[b]}")
+            if kv_lens is not None and mat.shape[1] != int(kv_lens[b]):
+                raise ValueError(f"custom_mask[{b}] has {mat.shape[1]} columns; request {b} has "
+                                 f"kv_len={int(kv_lens[b])}")
+        return pack_custom_mask(mats)
+    arr = _host_array(custom_mask)
+    if arr.ndim == 1 and arr.dtype == np.uint8:
+        return arr.tobytes()
+    raise ValueError(
+        "custom_mask must be the packed bytes (bytes, or a 1-D uint8 array) or a list of "
+        f"per-request [qo_len, kv_len] boolean arrays; got an array of {arr.dtype} with shape "
+        f"{arr.shape}")
+
+
 def create_plan_request(pool_id: str, kind: int, num_qo_heads: int, kv_indptr: Any,
                         kv_indices: Any, kv_last_page_len: Any, qo_indptr: Any = None,
-                        cascade_levels: Any = None) -> pb.CreatePlanRequest:
+                        cascade_levels: Any = None, custom_mask: Any = None,
+                        kv_lens: Optional[Sequence[int]] = None) -> pb.CreatePlanRequest:
     """cascade_levels: the shared levels of a cascade plan, outermost first (cascade_level);
-    the table given is then the last level, each request's own pages."""
+    the table given is then the last level, each request's own pages. custom_mask: see
+    custom_mask_bytes (kv_lens, when known, checks a list of masks' columns)."""
     return pb.CreatePlanRequest(
         pool_id=pool_id, kind=kind, num_qo_heads=int(num_qo_heads),
         kv_indptr=int32_list("kv_indptr", kv_indptr),
         kv_indices=int32_list("kv_indices", kv_indices),
         kv_last_page_len=int32_list("kv_last_page_len", kv_last_page_len),
         qo_indptr=int32_list("qo_indptr", qo_indptr),
-        cascade_levels=[cascade_level(i, level) for i, level in enumerate(cascade_levels or [])])
+        cascade_levels=[cascade_level(i, level) for i, level in enumerate(cascade_levels or [])],
+        custom_mask=custom_mask_bytes(custom_mask, qo_indptr, kv_lens))
 
 
 OPTION_NAMES = ("causal", "sm_scale", "pos_encoding", "rope_theta", "rope_scale", "rope_offsets",

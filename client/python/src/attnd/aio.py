@@ -321,12 +321,12 @@ class AsyncSession:
 
     async def create_plan(self, pool_id: str, kind: str, num_qo_heads: int, kv_indptr,
                           kv_indices, kv_last_page_len, qo_indptr=None,
-                          cascade_levels=None) -> pb.CreatePlanResponse:
-        """See attnd.Session.create_plan."""
+                          cascade_levels=None, custom_mask=None) -> pb.CreatePlanResponse:
+        """See attnd.Session.create_plan (cascade_levels, custom_mask too)."""
         k = {"decode": pb.ATTENTION_KIND_DECODE, "prefill": pb.ATTENTION_KIND_PREFILL}[kind]
         return await self.call("create_plan", _rq.create_plan_request(
             pool_id, k, num_qo_heads, kv_indptr, kv_indices, kv_last_page_len, qo_indptr,
-            cascade_levels))
+            cascade_levels, custom_mask))
 
     async def delete_plan(self, plan_id: str) -> None:
         await self.call("delete_plan", pb.DeletePlanRequest(plan_id=plan_id))
@@ -621,11 +621,12 @@ class AsyncBatchPrefillWrapper(_AsyncWrapper):
                    *, causal: Any = UNSET, sm_scale: Any = UNSET, pos_encoding: Any = UNSET,
                    rope_theta: Any = UNSET, rope_scale: Any = UNSET, rope_offsets: Any = UNSET,
                    logits_soft_cap: Any = UNSET, window_left: Any = UNSET,
-                   cascade_levels: Any = None):
+                   cascade_levels: Any = None, custom_mask: Any = None):
+        """See attnd.BatchPrefillWrapper.plan (cascade_levels, custom_mask too)."""
         await self._create(self._plan_request(
             kv_indptr, kv_indices, kv_last_page_len, qo_indptr, num_qo_heads,
             dict(causal=causal, sm_scale=sm_scale, pos_encoding=pos_encoding,
                  rope_theta=rope_theta, rope_scale=rope_scale, rope_offsets=rope_offsets,
                  logits_soft_cap=logits_soft_cap, window_left=window_left),
-            cascade_levels))
+            cascade_levels, custom_mask))
         return self

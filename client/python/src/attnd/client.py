@@ -388,7 +388,8 @@ class Session:
 
     # -- plans and runs -----------------------------------------------------------------------
     def create_plan(self, pool_id: str, kind: str, num_qo_heads: int, kv_indptr, kv_indices,
-                    kv_last_page_len, qo_indptr=None, cascade_levels=None) -> pb.CreatePlanResponse:
+                    kv_last_page_len, qo_indptr=None, cascade_levels=None,
+                    custom_mask=None) -> pb.CreatePlanResponse:
         """Low level CreatePlan; ``kind`` is "decode" or "prefill". See BatchDecodeWrapper.
 
         cascade_levels: a cascade (shared-prefix) plan's shared levels, outermost first
@@ -396,11 +397,23 @@ class Session:
         over the batch's query rows), kv_indptr, kv_indices and kv_last_page_len (each group's
         shared prefix pages), or a 4-tuple in that order. The table given is then the last level
         (each request's own pages). Runs work as for any plan (see attnd.proto CascadeLevel).
+
+        custom_mask: a prefill plan's custom mask (tree / speculative verification; FlashInfer's
+        packed_custom_mask), kept by the plan for all its runs: either the packed wire form
+        (bytes, or a 1-D uint8 array: per request in order, ceil(qo_len * kv_len / 8) bytes,
+        ``numpy.packbits(mask_b.reshape(-1), bitorder="little")``), or a list of per-request
+        boolean [qo_len_b, kv_len_b] arrays (True = visible), packed here
+        (attnd.pack_custom_mask). Row i of request b is its query at kv position
+        kv_len_b - qo_len_b + i. A run sees a key when the mask, causal (if the run sets it) and
+        the window (if set) all allow it; a row that sees no key gets o = 0 and lse = -inf (the
+        sink with sinks). On a cascade plan the mask covers the last level (kv_len_b = b's own
+        pages); the shared levels stay fully visible. Decode plans take none (INVALID_ARGUMENT);
+        a packed mask of the wrong length is refused with INVALID_ARGUMENT naming custom_mask.
         """
         k = {"decode": pb.ATTENTION_KIND_DECODE, "prefill": pb.ATTENTION_KIND_PREFILL}[kind]
         return self.call("create_plan", _rq.create_plan_request(
             pool_id, k, num_qo_heads, kv_indptr, kv_indices, kv_last_page_len, qo_indptr,
-            cascade_levels))
+            cascade_levels, custom_mask))
 
     def delete_plan(self, plan_id: str) -> None:
         self.call("delete_plan", pb.DeletePlanRequest(plan_id=plan_id))

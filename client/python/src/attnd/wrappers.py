@@ -32,6 +32,10 @@ Attention options (plan() sets defaults, run() may override any of them):
     rope_theta (None = 1e4), rope_scale (None = 1), rope_offsets ([batch] ints added to positions),
     logits_soft_cap (None/0 = off), window_left (None/-1 = no window; a lower bound only, as in
     FlashInfer: keys below position p - window_left are hidden, the upper bound is causal's).
+
+Custom masks (prefill plans: BatchPrefillWrapper.plan(custom_mask=...), tree / speculative
+verification): one boolean [qo_len_b, kv_len_b] array per request, or the packed bytes
+(attnd.pack_custom_mask); applied together with causal and the window.
 """
 
 from __future__ import annotations
@@ -72,15 +76,22 @@ class PlanState:
             rope_offsets=None, logits_soft_cap=None, window_left=None)
 
     def _plan_request(self, kv_indptr, kv_indices, kv_last_page_len, qo_indptr, num_qo_heads,
-                      options: Dict[str, Any], cascade_levels=None) -> pb.CreatePlanRequest:
-        for k, v in options.items():
-            if v is not UNSET:
-                self.defaults[k] = v
+                      options: Dict[str, Any], cascade_levels=None,
+                      custom_mask=None) -> pb.CreatePlanRequest:
+        """The CreatePlanRequest; the option defaults change only once the plan is made
+        (_planned), so a refused plan() changes nothing."""
+        self._pending_defaults = {k: v for k, v in options.items() if v is not UNSET}
         kind = pb.ATTENTION_KIND_DECODE if self.kind == "decode" else pb.ATTENTION_KIND_PREFILL
+        kv_lens = None
+        if isinstance(custom_mask, (list, tuple)):
+            kv_lens = _kv_lens(kv_indptr, kv_last_page_len, self.pool.page_size)
         return _rq.create_plan_request(self.pool.pool_id, kind, num_qo_heads, kv_indptr,
-                                       kv_indices, kv_last_page_len, qo_indptr, cascade_levels)
+                                       kv_indices, kv_last_page_len, qo_indptr, cascade_levels,
+                                       custom_mask, kv_lens)
 
     def _planned(self, resp: pb.CreatePlanResponse) -> None:
+        self.defaults.update(getattr(self, "_pending_defaults", {}))
+        self._pending_defaults = {}
         self.plan_id = resp.plan_id
         self.batch_size = int(resp.batch_size)
         self.qo_tokens = int(resp.qo_tokens)
@@ -109,6 +120,16 @@ class PlanState:
         from attnd.ipc import is_cuda_tensor
 
         return any(t is not None and is_cuda_tensor(t) for t in tensors)
+
+
+def _kv_lens(kv_indptr, kv_last_page_len, page_size: int):
+    """Each request's kv_len from its page table, or None when the table is malformed (the
+    daemon then refuses the plan, naming the field)."""
+    indptr = _rq.int32_list("kv_indptr", kv_indptr)
+    last = _rq.int32_list("kv_last_page_len", kv_last_page_len)
+    if len(indptr) != len(last) + 1:
+        return None
+    return [(indptr[b + 1] - indptr[b] - 1) * int(page_size) + last[b] for b in range(len(last))]
 
 
 class _SyncWrapper(PlanState):
@@ -242,8 +263,9 @@ class BatchPrefillWrapper(_SyncWrapper):
              causal: Any = UNSET, sm_scale: Any = UNSET, pos_encoding: Any = UNSET,
              rope_theta: Any = UNSET, rope_scale: Any = UNSET, rope_offsets: Any = UNSET,
              logits_soft_cap: Any = UNSET, window_left: Any = UNSET,
-             cascade_levels: Any = None) -> "BatchPrefillWrapper":
-        """Plans a prefill batch (replacing this wrapper's previous plan).
+             cascade_levels: Any = None, custom_mask: Any = None) -> "BatchPrefillWrapper":
+        """Plans a prefill batch (replacing this wrapper's previous plan; a refused plan() keeps
+        the previous plan and defaults).
 
         Args:
             kv_indptr, kv_indices, kv_last_page_len: the page table, as for decode.
@@ -253,13 +275,22 @@ class BatchPrefillWrapper(_SyncWrapper):
             causal: query i sees kv positions <= its own (default False, as FlashInfer).
             sm_scale ... window_left: attention defaults for run().
             cascade_levels: as for BatchDecodeWrapper.plan.
+            custom_mask: a custom mask (tree / speculative verification) the plan keeps for all
+                its runs: a list of per-request boolean [qo_len_b, kv_len_b] arrays (True =
+                query row i sees kv position j; row i is at kv position kv_len_b - qo_len_b + i),
+                checked against the plan's shapes and packed here, or the packed wire form
+                (bytes or a 1-D uint8 array, attnd.pack_custom_mask / FlashInfer's
+                packed_custom_mask). A run sees a key when the mask, causal (if set) and the
+                window (if set) all allow it; a row that sees no key gets o = 0, lse = -inf (the
+                sink with sinks). With cascade_levels the mask covers each request's own pages
+                (kv_len_b counts only them); the shared levels stay fully visible.
         """
         self._create(self._plan_request(
             kv_indptr, kv_indices, kv_last_page_len, qo_indptr, num_qo_heads,
             dict(causal=causal, sm_scale=sm_scale, pos_encoding=pos_encoding,
                  rope_theta=rope_theta, rope_scale=rope_scale, rope_offsets=rope_offsets,
                  logits_soft_cap=logits_soft_cap, window_left=window_left),
-            cascade_levels))
+            cascade_levels, custom_mask))
         return self
 
 
