@@ -597,8 +597,11 @@ def test_constructors_refuse_what_attnd_cannot_do():
         fi.BatchPrefillWithPagedKVCacheWrapper(None, "HND")
     with pytest.raises(NotImplementedError, match="JIT"):
         fi.BatchDecodeWithPagedKVCacheWrapper(None, jit_args=["x"])
-    with pytest.raises(NotImplementedError, match="custom masks"):
-        fi.BatchPrefillWithPagedKVCacheWrapper(None, custom_mask_buf=object())
+    with pytest.raises(NotImplementedError, match="variant_owns_mask"):
+        fi.BatchPrefillWithPagedKVCacheWrapper(None, variant_owns_mask=True)
+    # The custom-mask buffers are CUDA-graph buffers: accepted and not used, as the others.
+    fi.BatchPrefillWithPagedKVCacheWrapper(None, custom_mask_buf=object(),
+                                           mask_indptr_buf=object())
     with pytest.raises(NotImplementedError, match="cascade"):
         fi.MultiLevelCascadeAttentionWrapper(2, None, "NHD")
     with pytest.raises(NotImplementedError, match="CUDA graph"):
@@ -651,10 +654,124 @@ def test_prefill_plan_checks_and_records():
         w.plan([0, 5, 6], [0, 1, 3], [0, 9, 2], [4, 16], 16, 4, 128, 16)
     with pytest.raises(NotImplementedError, match="head_dim_vo=64"):
         w.plan([0, 1], [0, 1], [0], [4], 16, 4, 128, 16, head_dim_vo=64)
-    with pytest.raises(NotImplementedError, match="custom_mask"):
-        w.plan([0, 1], [0, 1], [0], [4], 16, 4, 128, 16, custom_mask=[True] * 4)
     with pytest.raises(NotImplementedError, match="prefix_len_ptr"):
         w.plan([0, 1], [0, 1], [0], [4], 16, 4, 128, 16, prefix_len_ptr=[0])
+
+
+# --- custom masks (FlashInfer's custom_mask / packed_custom_mask -> attnd's plan mask) ---------
+
+def fi_flat_mask(masks):
+    """FlashInfer's custom_mask argument: every request's [qo_len, kv_len] block, flattened and
+    concatenated (mask_indptr = cumsum(qo_len * kv_len))."""
+    return np.concatenate([np.asarray(mk, bool).reshape(-1) for mk in masks])
+
+
+def fi_packed_mask(masks):
+    """FlashInfer's packed_custom_mask: segment_packbits(custom_mask, mask_indptr,
+    bitorder="little"), i.e. numpy.packbits of each request's bits on their own."""
+    return np.concatenate([np.packbits(np.asarray(mk, bool).reshape(-1), bitorder="little")
+                           for mk in masks])
+
+
+def test_custom_mask_wire_is_flashinfers_layout():
+    rng = np.random.default_rng(21)
+    qo, kv = [3, 1, 5], [10, 1, 13]  # 30, 1 and 65 bits: ends inside bytes
+    masks = [rng.random((a, b)) < 0.5 for a, b in zip(qo, kv)]
+    want = attnd.pack_custom_mask(masks)
+    assert len(want) == 4 + 1 + 9
+    assert m.custom_mask_wire("api", qo, kv, custom_mask=fi_flat_mask(masks)) == want
+    assert m.custom_mask_wire("api", qo, kv, packed_custom_mask=fi_packed_mask(masks)) == want
+    assert m.custom_mask_wire("api", qo, kv, custom_mask=fi_flat_mask(masks).astype(np.uint8)) \
+        == want  # 0/1 integers as booleans
+    # packed_custom_mask wins over custom_mask, as in FlashInfer's plan()
+    assert m.custom_mask_wire("api", qo, kv, custom_mask=np.zeros(96, bool),
+                              packed_custom_mask=fi_packed_mask(masks)) == want
+    assert m.custom_mask_wire("api", qo, kv) is None
+    with pytest.raises(m.AttndFlashInferError, match="custom_mask has 95 elements, expected 96"):
+        m.custom_mask_wire("api", qo, kv, custom_mask=fi_flat_mask(masks)[:-1])
+    with pytest.raises(m.AttndFlashInferError,
+                       match="packed_custom_mask has 13 bytes, expected 14"):
+        m.custom_mask_wire("api", qo, kv, packed_custom_mask=fi_packed_mask(masks)[:-1])
+    with pytest.raises(m.AttndFlashInferError, match="packed_custom_mask must be uint8"):
+        m.custom_mask_wire("api", qo, kv, packed_custom_mask=fi_flat_mask(masks))
+    with pytest.raises(m.AttndFlashInferError, match="custom_mask must be boolean"):
+        m.custom_mask_wire("api", qo, kv, custom_mask=fi_flat_mask(masks).astype(np.float32))
+
+
+def test_prefill_plan_takes_custom_masks():
+    rng = np.random.default_rng(22)
+    qo, kv = [3, 17], [4, 32]
+    masks = [rng.random((a, b)) < 0.5 for a, b in zip(qo, kv)]
+    w = fi.BatchPrefillWithPagedKVCacheWrapper(None, "NHD", backend="fa3")
+    # With a mask FlashInfer's mask mode is CUSTOM and causal is ignored: attnd's plan runs
+    # causal=False with the mask (the window and the soft cap still apply).
+    w.plan([0, 3, 20], [0, 1, 3], [0, 9, 2], [4, 16], 16, 4, 128, 16, causal=True,
+           custom_mask=fi_flat_mask(masks), window_left=7, logits_soft_cap=20.0)
+    sp = w._spec
+    assert (sp.causal, sp.custom_mask, sp.window_left, sp.logits_soft_cap) == (
+        False, attnd.pack_custom_mask(masks), 7, 20.0)
+    w.plan([0, 3, 20], [0, 1, 3], [0, 9, 2], [4, 16], 16, 4, 128, 16,
+           packed_custom_mask=fi_packed_mask(masks))
+    assert w._spec.custom_mask == attnd.pack_custom_mask(masks) and not w._spec.causal
+    w.plan([0, 3, 20], [0, 1, 3], [0, 9, 2], [4, 16], 16, 4, 128, 16, causal=True)
+    assert w._spec.custom_mask is None and w._spec.causal
+    with pytest.raises(ValueError, match="custom_mask has 555 elements, expected 556"):
+        w.plan([0, 3, 20], [0, 1, 3], [0, 9, 2], [4, 16], 16, 4, 128, 16,
+               custom_mask=fi_flat_mask(masks)[1:])
+    # The ragged wrapper still refuses masks (attnd's RunRagged has none).
+    r = fi.BatchPrefillWithRaggedKVCacheWrapper(None)
+    with pytest.raises(NotImplementedError, match="custom_mask"):
+        r.plan([0, 3], [0, 4], 8, 2, 128, custom_mask=fi_flat_mask(masks[:1]))
+    with pytest.raises(NotImplementedError, match="packed_custom_mask"):
+        r.plan([0, 3], [0, 4], 8, 2, 128, packed_custom_mask=fi_packed_mask(masks[:1]))
+
+
+def test_prefill_custom_mask_reaches_the_daemon_plan(cpu_ctx, unique_name):
+    """The drop-in's daemon-side plan (made for a pool view, here a CPU pool on numpy arrays)
+    carries the mask: a tree mask on a prefix, FlashInfer-flattened, against the reference."""
+    import types
+
+    rng = np.random.default_rng(23)
+    hq, hkv, d, page = 4, 2, 64, 4
+    prefixes, nodes = [9, 0], [6, 5]
+    kv_lens = [a + b for a, b in zip(prefixes, nodes)]
+    sess = cpu_ctx.session
+    pool = sess.create_pool(unique_name, num_layers=1, num_kv_heads=hkv, head_dim=d,
+                            page_size=page, kv_dtype="float32", num_pages=8)
+    pages = pool.allocate(6)
+    indptr, last = [0, 4, 6], [kv_lens[0] - 3 * page, kv_lens[1] - page]
+    k = rng.standard_normal((sum(kv_lens), hkv, d)).astype(np.float32)
+    v = rng.standard_normal((sum(kv_lens), hkv, d)).astype(np.float32)
+    fill = attnd.BatchPrefillWrapper(pool)
+    fill.plan(indptr, pages, last, [0, kv_lens[0], sum(kv_lens)], num_qo_heads=hq)
+    fill.append_kv(k, v, 0)
+    masks = []
+    for p, n in zip(prefixes, nodes):
+        parent = [-1] + [int(rng.integers(0, i)) for i in range(1, n)]
+        mk = np.zeros((n, p + n), bool)
+        mk[:, :p] = True
+        for i in range(n):
+            j = i
+            while j >= 0:
+                mk[i, p + j] = True
+                j = parent[j]
+        masks.append(mk)
+    qo = [0, nodes[0], sum(nodes)]
+    w = fi.BatchPrefillWithPagedKVCacheWrapper(None, "NHD", attnd_context=cpu_ctx)
+    w.plan(qo, indptr, pages, last, hq, hkv, d, page, causal=True,
+           custom_mask=fi_flat_mask(masks), q_data_type="float32")
+    view = types.SimpleNamespace(pool=pool, layout=types.SimpleNamespace(key="cpu-pool",
+                                                                         num_pages=8))
+    inner = w._inner_for(view)  # what run() makes for the pool its cache tensor lies in
+    q = rng.standard_normal((qo[-1], hq, d)).astype(np.float32)
+    o, lse = inner.run(q, 0, causal=w._spec.causal, return_lse=True)
+    starts = [0, kv_lens[0]]
+    for b in range(2):
+        kb, vb = k[starts[b]:starts[b] + kv_lens[b]], v[starts[b]:starts[b] + kv_lens[b]]
+        ref_o, ref_lse = reference_attention(q[qo[b]:qo[b + 1]], kb, vb, custom_mask=masks[b])
+        np.testing.assert_allclose(o[qo[b]:qo[b + 1]], ref_o, rtol=1e-4, atol=2e-5)
+        np.testing.assert_allclose(lse[qo[b]:qo[b + 1]], ref_lse, rtol=1e-5, atol=1e-4)
+    w.delete()
 
 
 def test_runs_refused_before_torch_is_needed():
@@ -685,7 +802,8 @@ def test_runs_refused_before_torch_is_needed():
     with pytest.raises(ValueError, match="kv_indptr"):
         r.plan([0, 4], [0, 4, 9], 8, 2, 128)
     assert r._spec is None  # a failed plan leaves the wrapper unplanned
-    with pytest.raises(NotImplementedError, match="custom_mask"):
+    # single_prefill takes custom masks now; its tensors are checked first.
+    with pytest.raises(ValueError, match="q must be a 3-D CUDA tensor"):
         fi.single_prefill_with_kv_cache(None, None, None, custom_mask=[True])
 
 

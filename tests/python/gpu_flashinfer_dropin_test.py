@@ -2,7 +2,9 @@
 the very same test bodies run against FlashInfer itself, to show that the semantics match:
 shapes, the NHD layout (single tensor and (k, v) halves), page sizes 1 and 16, GQA, base-2 LSE
 (NH/HN, log2/ln), RoPE LLaMA, logits soft cap, sliding windows, sm_scale, out=/lse= buffers,
-append_paged_kv_cache, single_* functions, the ragged prefill wrapper and state merging.
+custom masks (custom_mask / packed_custom_mask: trees on a prefix, random masks with a window and
+soft cap, causal ignored), append_paged_kv_cache, single_* functions, the ragged prefill wrapper
+and state merging.
 
 Every case runs twice: param "attnd" (attnd.flashinfer on a CUDA daemon, $ATTND_BIN) and param
 "flashinfer" (``import flashinfer``, e.g. the peer bundle of ../shared/gpu/flashinfer-peer on
@@ -224,8 +226,9 @@ def rope_llama(x, pos, theta, scale):
 
 
 def reference(q, k, v, *, causal=False, sm_scale=None, soft_cap=None, window=-1, rope=False,
-              rope_theta=1e4, rope_scale=1.0):
-    """One request: q [qo, hq, d] (the last qo of the kv tokens), k/v [kv, hkv, d].
+              rope_theta=1e4, rope_scale=1.0, mask=None):
+    """One request: q [qo, hq, d] (the last qo of the kv tokens), k/v [kv, hkv, d]; mask: an
+    optional [qo, kv] bool custom mask (True = visible), applied with causal and the window.
     Returns (o [qo, hq, d] float32, lse [qo, hq] base 2)."""
     q, k, v = q.float(), k.float(), v.float()
     qo, kv = q.shape[0], k.shape[0]
@@ -246,6 +249,8 @@ def reference(q, k, v, *, causal=False, sm_scale=None, soft_cap=None, window=-1,
         allowed &= k_pos[None, :] <= q_pos[:, None]
     if window is not None and window >= 0:
         allowed &= k_pos[None, :] >= q_pos[:, None] - window
+    if mask is not None:
+        allowed &= mask.to(device=q.device, dtype=torch.bool)
     s = s.masked_fill(~allowed[None], float("-inf"))
     lse = torch.logsumexp(s, dim=-1)  # natural log, [h, qo]
     o = torch.einsum("hqk,khd->qhd", torch.softmax(s, dim=-1), v)
@@ -398,7 +403,56 @@ PREFILL = [
     dict(id="fp16-rope-softcap-window", dtype=F16, hq=16, hkv=4, page=16, qo=[1, 30, 64],
          kv=[9, 30, 180], causal=True, rope=True, soft_cap=8.0, q_mult=2.0, window=24,
          lse=True),
+    # Custom masks (plan(custom_mask=...) / plan(packed_custom_mask=...)): FlashInfer's mask
+    # mode CUSTOM, where causal is ignored (the random mask has keys past each row's position,
+    # so a kernel applying causal too would differ from the reference, which applies none).
+    dict(id="bf16-treemask-gqa4-p16", dtype=BF16, hq=16, hkv=4, page=16, qo=[7, 16, 1],
+         kv=[40, 16, 300], mask="tree", causal=True, lse=True),
+    dict(id="fp16-randmask-packed-window-softcap", dtype=F16, hq=16, hkv=4, page=16,
+         qo=[9, 30, 4], kv=[50, 30, 200], mask="random", packed=True, causal=True, window=20,
+         soft_cap=6.0, q_mult=2.0, lse=True),
 ]
+
+
+def custom_masks(case):
+    """One [qo, kv] bool mask per request (on the device). "tree": a random tree of the qo new
+    tokens on the kv - qo prefix (row i sees the prefix, itself and its ancestors); "random":
+    half the keys, and always the row's own position, so no row is empty (FlashInfer's output
+    for a row without keys is not defined the same way)."""
+    import numpy as np
+
+    rng = np.random.default_rng(_seed(case))
+    masks = []
+    for qo, kv in zip(case["qo"], case["kv"]):
+        if case["mask"] == "tree":
+            prefix = kv - qo
+            parent = [-1] + [int(rng.integers(0, i)) for i in range(1, qo)]
+            m = np.zeros((qo, kv), bool)
+            m[:, :prefix] = True
+            for i in range(qo):
+                j = i
+                while j >= 0:
+                    m[i, prefix + j] = True
+                    j = parent[j]
+        else:
+            m = rng.random((qo, kv)) < 0.5
+            m[np.arange(qo), kv - qo + np.arange(qo)] = True
+        masks.append(torch.from_numpy(m).to(DEV))
+    return masks
+
+
+def mask_arguments(case, masks):
+    """plan()'s custom_mask (flattened, request after request) or packed_custom_mask (each
+    request's bits packed little-endian on their own: segment_packbits' output)."""
+    import numpy as np
+
+    if masks is None:
+        return {}
+    if case.get("packed"):
+        packed = np.concatenate([np.packbits(m.cpu().numpy().reshape(-1), bitorder="little")
+                                 for m in masks])
+        return dict(packed_custom_mask=torch.from_numpy(packed).to(DEV))
+    return dict(custom_mask=torch.cat([m.reshape(-1) for m in masks]))
 
 
 @pytest.mark.parametrize("case", PREFILL, ids=[c["id"] for c in PREFILL])
@@ -413,13 +467,14 @@ def test_batch_prefill(be, case):
         for n in case["qo"]:
             qo_h.append(qo_h[-1] + n)
         qo_indptr = torch.tensor(qo_h, dtype=torch.int32, device=DEV)
+        masks = custom_masks(case) if case.get("mask") else None
         w = fi.BatchPrefillWithPagedKVCacheWrapper(be.workspace, "NHD", backend="fa2")
         w.plan(qo_indptr, batch.indptr, batch.indices, batch.last, hq, hkv, d, case["page"],
                causal=case.get("causal", False),
                pos_encoding_mode="ROPE_LLAMA" if case.get("rope") else "NONE",
                sm_scale=case.get("sm_scale"), window_left=case.get("window", -1),
                logits_soft_cap=case.get("soft_cap"), rope_theta=case.get("rope_theta"),
-               q_data_type=dtype, kv_data_type=dtype)
+               q_data_type=dtype, kv_data_type=dtype, **mask_arguments(case, masks))
         rows = qo_h[-1]
         q = _randn(batch.gen, rows, hq, d, dtype=dtype, scale=case.get("q_mult", 1.0))
         out = poisoned((rows, hq, d), dtype)
@@ -433,9 +488,11 @@ def test_batch_prefill(be, case):
         assert o.data_ptr() == out.data_ptr()
         torch.cuda.synchronize()
         refs = [reference(q[qo_h[b]:qo_h[b + 1]], batch.k[b], batch.v[b],
-                          causal=case.get("causal", False), sm_scale=case.get("sm_scale"),
+                          causal=case.get("causal", False) and masks is None,
+                          sm_scale=case.get("sm_scale"),
                           soft_cap=case.get("soft_cap"), window=case.get("window", -1),
-                          rope=case.get("rope", False), rope_theta=case.get("rope_theta") or 1e4)
+                          rope=case.get("rope", False), rope_theta=case.get("rope_theta") or 1e4,
+                          mask=None if masks is None else masks[b])
                 for b in range(len(case["qo"]))]
         for b, (ref_o, ref_lse) in enumerate(refs):
             sl = slice(qo_h[b], qo_h[b + 1])
@@ -708,6 +765,33 @@ def test_single_prefill_and_decode(be, kv_layout):
         assert od.shape == (hq, d) and lsed.shape == (hq,)
         ref_o, ref_lse = reference(q[:1], k, v)
         check(od[None], lsed[None], ref_o, ref_lse, dtype, f"{be.name} single_decode {kv_layout}")
+
+    be.call(body)
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["custom_mask", "packed_custom_mask"])
+def test_single_prefill_custom_mask(be, packed):
+    """single_prefill_with_kv_cache with a [qo_len, kv_len] custom mask (or its packbits): mask
+    mode CUSTOM, causal ignored."""
+    import numpy as np
+
+    dtype, hq, hkv, d = BF16, 16, 4, 128
+    gen = torch.Generator(device=DEV).manual_seed(5)
+    q = _randn(gen, 24, hq, d, dtype=dtype)
+    k = _randn(gen, 90, hkv, d, dtype=dtype)
+    v = _randn(gen, 90, hkv, d, dtype=dtype)
+    m = np.random.default_rng(5).random((24, 90)) < 0.4
+    m[np.arange(24), 66 + np.arange(24)] = True  # no empty rows
+    mask = torch.from_numpy(m).to(DEV)
+    arg = dict(packed_custom_mask=torch.from_numpy(
+        np.packbits(m.reshape(-1), bitorder="little")).to(DEV)) if packed else dict(
+        custom_mask=mask)
+
+    def body():
+        o, lse = be.fi.single_prefill_with_kv_cache(q, k, v, causal=True, backend="fa2",
+                                                    return_lse=True, **arg)
+        ref_o, ref_lse = reference(q, k, v, mask=mask)
+        check(o, lse, ref_o, ref_lse, dtype, f"{be.name} single_prefill custom mask")
 
     be.call(body)
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
+import numpy as np
+
 from attnd import _requests as _rq
 from attnd import tensors as _t
 
@@ -264,6 +266,53 @@ def page_table(kv_indptr: Any, kv_indices: Any, kv_last_page_len: Any, page_size
     if qo[-1] < 1:
         raise AttndFlashInferError("the batch has no query tokens (qo_indptr[-1] = 0)")
     return PageTable(indptr, indices, last, qo, kv_lens, page_size)
+
+
+def custom_mask_wire(api: str, qo_lens: Sequence[int], kv_lens: Sequence[int],
+                     custom_mask: Any = None, packed_custom_mask: Any = None) -> Optional[bytes]:
+    """FlashInfer's custom mask arguments -> attnd's CreatePlanRequest.custom_mask (None: none).
+
+    FlashInfer's layout (its plan(), 0.7.4): custom_mask is a boolean tensor, flattened, of
+    sum_b qo_len_b * kv_len_b elements: request b's [qo_len_b, kv_len_b] block (row-major; row i is
+    the query at kv position kv_len_b - qo_len_b + i, True = visible) after request b - 1's
+    (mask_indptr = cumsum(qo_len * kv_len)). plan() packs it with segment_packbits(custom_mask,
+    mask_indptr, bitorder="little"): each request's bits packed on their own, numpy.packbits
+    little-endian, ceil(qo_len_b * kv_len_b / 8) bytes. packed_custom_mask is that packed uint8
+    tensor and wins over custom_mask. Both are exactly attnd's wire form, so the packed bytes go
+    as they are and custom_mask is packed the same way here (on the host).
+
+    Lengths are checked (FlashInfer reads the tensors unchecked): AttndFlashInferError naming
+    the argument. Integer 0/1 masks are taken as booleans (nonzero = visible).
+    """
+    segs = [int(q) * int(k) for q, k in zip(qo_lens, kv_lens)]
+    if packed_custom_mask is not None:
+        arr = _rq._host_array(packed_custom_mask).reshape(-1)
+        if arr.dtype != np.uint8:
+            raise AttndFlashInferError(f"{api}: packed_custom_mask must be uint8 (FlashInfer's "
+                                       f"segment_packbits output), got {arr.dtype}")
+        want = sum((n + 7) // 8 for n in segs)
+        if arr.size != want:
+            raise AttndFlashInferError(
+                f"{api}: packed_custom_mask has {arr.size} bytes, expected {want} (per request "
+                "ceil(qo_len * kv_len / 8): segment_packbits(custom_mask, mask_indptr, "
+                "bitorder='little'))")
+        return arr.tobytes()
+    if custom_mask is None:
+        return None
+    flat = _rq._host_array(custom_mask).reshape(-1)
+    if flat.dtype != np.bool_:
+        if flat.size and flat.dtype.kind not in "biu":
+            raise AttndFlashInferError(f"{api}: custom_mask must be boolean, got {flat.dtype}")
+        flat = flat != 0
+    if flat.size != sum(segs):
+        raise AttndFlashInferError(
+            f"{api}: custom_mask has {flat.size} elements, expected {sum(segs)} (sum over "
+            "requests of qo_len * kv_len, each request's [qo_len, kv_len] mask flattened)")
+    parts, start = [], 0
+    for n in segs:
+        parts.append(np.packbits(flat[start:start + n], bitorder="little").tobytes())
+        start += n
+    return b"".join(parts)
 
 
 def check_heads(num_qo_heads: Any, num_kv_heads: Any, head_dim: Any) -> Tuple[int, int, int]:

@@ -27,6 +27,8 @@ class Spec(NamedTuple):
     sm_scale: Optional[float]
     rope_scale: Optional[float]
     rope_theta: Optional[float]
+    # prefill: the custom mask in attnd's wire form (_mapping.custom_mask_wire), None = none
+    custom_mask: Optional[bytes] = None
 
 
 def check_dtypes(api: str, q_data_type: Any, kv_data_type: Any, o_data_type: Any):
@@ -120,7 +122,7 @@ class PagedWrapperBase:
         else:
             inner = attnd.BatchPrefillWrapper(view.pool, ipc_method=ctx.ipc_method)
             inner.plan(t.kv_indptr, t.kv_indices, t.kv_last_page_len, t.qo_indptr,
-                       spec.num_qo_heads, causal=spec.causal)
+                       spec.num_qo_heads, causal=spec.causal, custom_mask=spec.custom_mask)
         self._inner[key] = inner
         return inner
 

@@ -14,12 +14,14 @@ from attnd.flashinfer._paged import _check_tensor
 def single_attention(api: str, kind: str, q, k, v, *, kv_layout: str, causal: bool,
                      pos_encoding_mode: Any, window_left: Any, logits_soft_cap: Any, sm_scale: Any,
                      rope_scale: Any, rope_theta: Any, q_scale: Any, k_scale: Any, v_scale: Any,
-                     return_lse: bool, lse_base: str = "log2", attnd_context=None):
+                     return_lse: bool, lse_base: str = "log2", attnd_context=None,
+                     custom_mask: Any = None):
     """q [qo_len, Hq, D] over k, v [kv_len, Hkv, D] (NHD, or HND [Hkv, kv_len, D]).
 
     The K/V are copied (on the current stream) into pages 0.. of a one-layer scratch pool of the
-    context, then a one-request plan of ``kind`` runs and is deleted. Returns o [qo_len, Hq, D]
-    and, with return_lse, the LSE [qo_len, Hq] in ``lse_base``.
+    context, then a one-request plan of ``kind`` runs and is deleted (prefill: with
+    ``custom_mask``, attnd's packed wire form, when given). Returns o [qo_len, Hq, D] and, with
+    return_lse, the LSE [qo_len, Hq] in ``lse_base``.
     """
     import attnd
     from attnd import tensors as _t
@@ -66,7 +68,7 @@ def single_attention(api: str, kind: str, q, k, v, *, kv_layout: str, causal: bo
         else:
             inner = attnd.BatchPrefillWrapper(view.pool, ipc_method=ctx.ipc_method)
             inner.plan(table.kv_indptr, table.kv_indices, table.kv_last_page_len, table.qo_indptr,
-                       hq, causal=bool(causal))
+                       hq, causal=bool(causal), custom_mask=custom_mask)
         try:
             lse_nat = None
             if return_lse:

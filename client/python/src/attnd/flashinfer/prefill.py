@@ -17,9 +17,12 @@ from attnd.flashinfer._paged import PagedWrapperBase, Spec, check_dtypes
 __all__ = ["BatchPrefillWithPagedKVCacheWrapper", "BatchPrefillWithRaggedKVCacheWrapper",
            "single_prefill_with_kv_cache", "single_prefill_with_kv_cache_return_lse"]
 
-_MASK_ITEMS_UNSUPPORTED = dict(custom_mask=None, packed_custom_mask=None, prefix_len_ptr=None,
-                               token_pos_in_items_ptr=None, token_pos_in_items_len=0,
-                               max_item_len_ptr=None, use_token_head_sf=False)
+# What the paged wrapper cannot honour; the ragged one cannot take custom masks either (attnd's
+# RunRagged has none: custom masks are a property of a daemon-side plan).
+_ITEMS_UNSUPPORTED = dict(prefix_len_ptr=None, token_pos_in_items_ptr=None,
+                          token_pos_in_items_len=0, max_item_len_ptr=None,
+                          use_token_head_sf=False)
+_MASK_ITEMS_UNSUPPORTED = dict(custom_mask=None, packed_custom_mask=None, **_ITEMS_UNSUPPORTED)
 _PREFILL_RUN_UNSUPPORTED = dict(sinks=None, kv_cache_sf=None,
                                 skip_softmax_threshold_scale_factor=None)
 
@@ -33,8 +36,11 @@ class BatchPrefillWithPagedKVCacheWrapper(PagedWrapperBase):
 
     Request b's queries are rows qo_indptr[b] .. qo_indptr[b+1] of q and are the last qo_len
     tokens of its kv_len (the K/V of the new tokens are in the cache already: append first).
-    The workspace, backend and the *_buf arguments are accepted and not used; use_cuda_graph=True
-    raises NotImplementedError. attnd_context: see BatchDecodeWithPagedKVCacheWrapper.
+    Custom masks (plan(custom_mask=...) or plan(packed_custom_mask=...), tree attention /
+    speculative verification) become the attnd plan's custom mask. The workspace, backend and
+    the *_buf arguments (custom_mask_buf and mask_indptr_buf included: FlashInfer's CUDA-graph
+    buffers) are accepted and not used; use_cuda_graph=True and variant_owns_mask=True raise
+    NotImplementedError. attnd_context: see BatchDecodeWithPagedKVCacheWrapper.
     """
 
     _api = "BatchPrefillWithPagedKVCacheWrapper"
@@ -45,8 +51,10 @@ class BatchPrefillWithPagedKVCacheWrapper(PagedWrapperBase):
                  backend: str = "auto", jit_args=None, jit_kwargs=None,
                  variant_owns_mask: bool = False, max_total_num_rows: Optional[int] = None, *,
                  attnd_context=None):
-        if custom_mask_buf is not None or mask_indptr_buf is not None or variant_owns_mask:
-            raise NotImplementedError(f"{self._api}: custom masks are not supported by attnd")
+        if variant_owns_mask:
+            raise NotImplementedError(f"{self._api}: variant_owns_mask=True (a custom JIT "
+                                      "variant's own mask) is not supported by attnd; pass the "
+                                      "mask to plan() as custom_mask / packed_custom_mask")
         self._init_common(float_workspace_buffer, kv_layout, use_cuda_graph, backend, jit_args,
                           jit_kwargs, attnd_context)
 
@@ -69,12 +77,17 @@ class BatchPrefillWithPagedKVCacheWrapper(PagedWrapperBase):
         Checked here (ValueError naming the field), including attnd's rule qo_len <= kv_len per
         request; the daemon-side plan is made here when one pool of the context fits, else at the
         first run() on each pool.
+
+        custom_mask (flattened bool, sum_b qo_len_b * kv_len_b elements: each request's
+        [qo_len_b, kv_len_b] block in order) or packed_custom_mask (its per-request
+        segment_packbits(..., bitorder="little"), which wins when both are given): as in
+        FlashInfer, the mask mode is then CUSTOM and ``causal`` is ignored (the attnd plan runs
+        with causal=False and the mask); window_left and logits_soft_cap still apply.
         """
         _m.reject_unsupported(self._api + ".plan", dict(
-            custom_mask=custom_mask, packed_custom_mask=packed_custom_mask,
             prefix_len_ptr=prefix_len_ptr, token_pos_in_items_ptr=token_pos_in_items_ptr,
             token_pos_in_items_len=token_pos_in_items_len, max_item_len_ptr=max_item_len_ptr,
-            use_token_head_sf=use_token_head_sf), _MASK_ITEMS_UNSUPPORTED)
+            use_token_head_sf=use_token_head_sf), _ITEMS_UNSUPPORTED)
         if head_dim_vo is not None and int(head_dim_vo) != int(head_dim_qk):
             raise NotImplementedError(f"{self._api}.plan: head_dim_vo={head_dim_vo} != "
                                       f"head_dim_qk={head_dim_qk}; attnd has one head_dim")
@@ -83,14 +96,18 @@ class BatchPrefillWithPagedKVCacheWrapper(PagedWrapperBase):
         hq, hkv, d = _m.check_heads(num_qo_heads, num_kv_heads, head_dim_qk)
         table = _m.page_table(paged_kv_indptr, paged_kv_indices, paged_kv_last_page_len,
                               page_size, qo_indptr)
+        mask = _m.custom_mask_wire(
+            self._api + ".plan", [table.qo_indptr[b + 1] - table.qo_indptr[b]
+                                  for b in range(table.batch_size)],
+            table.kv_lens, custom_mask, packed_custom_mask)
         self._set_spec(Spec(
             kind="prefill", table=table, num_qo_heads=hq, num_kv_heads=hkv, head_dim=d,
-            q_dtype=q_dtype, kv_dtype=kv_dtype, causal=bool(causal),
+            q_dtype=q_dtype, kv_dtype=kv_dtype, causal=bool(causal) and mask is None,
             pos_encoding=_m.pos_encoding(pos_encoding_mode), window_left=_m.window(window_left),
             logits_soft_cap=_m.soft_cap(logits_soft_cap),
             sm_scale=None if sm_scale is None else float(sm_scale),
             rope_scale=None if rope_scale is None else float(rope_scale),
-            rope_theta=None if rope_theta is None else float(rope_theta)))
+            rope_theta=None if rope_theta is None else float(rope_theta), custom_mask=mask))
 
     begin_forward = plan
 
@@ -161,7 +178,9 @@ class BatchPrefillWithRaggedKVCacheWrapper:
                 f"{self._api}: use_cuda_graph=True: attnd's run() is a call to the daemon, which a "
                 "CUDA graph cannot capture; construct the wrapper with use_cuda_graph=False")
         if custom_mask_buf is not None or mask_indptr_buf is not None or variant_owns_mask:
-            raise NotImplementedError(f"{self._api}: custom masks are not supported by attnd")
+            raise NotImplementedError(f"{self._api}: custom masks are not supported by attnd's "
+                                      "ragged prefill (RunRagged); BatchPrefillWithPagedKVCache"
+                                      "Wrapper takes them")
         if jit_args is not None or jit_kwargs:
             raise NotImplementedError(f"{self._api}: custom JIT kernels (jit_args/jit_kwargs) are "
                                       "FlashInfer's own; attnd runs its built-in variants")
@@ -332,28 +351,35 @@ def single_prefill_with_kv_cache(q, k, v, scale_q=None, scale_k=None, scale_v=No
     num_kv_heads, head_dim] (NHD, or HND), the queries being the last qo_len of the kv_len tokens
     (qo_len <= kv_len: attnd's rule; FlashInfer's causal mask is bottom-right aligned the same way).
 
-    The K/V are copied into a scratch pool of the context first (one device copy per call).
-    Returns o [qo_len, num_qo_heads, head_dim] (q's dtype) and with return_lse the base-2 LSE
-    [qo_len, num_qo_heads].
+    custom_mask ([qo_len, kv_len] bool, True = visible) or packed_custom_mask (its
+    packbits(..., bitorder="little"), which wins): the mask mode is then CUSTOM and ``causal`` is
+    ignored, as in FlashInfer. The K/V are copied into a scratch pool of the context first (one
+    device copy per call). Returns o [qo_len, num_qo_heads, head_dim] (q's dtype) and with
+    return_lse the base-2 LSE [qo_len, num_qo_heads].
     """
     from attnd.flashinfer._single import single_attention
 
     api = "single_prefill_with_kv_cache"
     _m.reject_unsupported(api, dict(scale_q=scale_q, scale_k=scale_k, scale_v=scale_v,
-                                    custom_mask=custom_mask,
-                                    packed_custom_mask=packed_custom_mask,
                                     kv_cache_sf=kv_cache_sf),
-                          dict(scale_q=None, scale_k=None, scale_v=None, custom_mask=None,
-                               packed_custom_mask=None, kv_cache_sf=None))
+                          dict(scale_q=None, scale_k=None, scale_v=None, kv_cache_sf=None))
     if o_dtype is not None and _m.dtype_name(o_dtype) != _m.dtype_name(q.dtype):
         raise NotImplementedError(f"{api}: o_dtype={o_dtype} differs from q's dtype; attnd writes "
                                   "o in q's dtype")
+    mask = None
+    if custom_mask is not None or packed_custom_mask is not None:
+        for name, t in (("q", q), ("k", k)):
+            if len(getattr(t, "shape", ())) != 3:
+                raise _m.AttndFlashInferError(f"{api}: {name} must be a 3-D CUDA tensor")
+        qo_len = int(q.shape[0])
+        kv_len = int(k.shape[1] if kv_layout == "HND" else k.shape[0])
+        mask = _m.custom_mask_wire(api, [qo_len], [kv_len], custom_mask, packed_custom_mask)
     return single_attention(
-        api, "prefill", q, k, v, kv_layout=kv_layout, causal=causal,
+        api, "prefill", q, k, v, kv_layout=kv_layout, causal=bool(causal) and mask is None,
         pos_encoding_mode=pos_encoding_mode, window_left=window_left,
         logits_soft_cap=logits_soft_cap, sm_scale=sm_scale, rope_scale=rope_scale,
         rope_theta=rope_theta, q_scale=None, k_scale=k_scale, v_scale=v_scale,
-        return_lse=return_lse, attnd_context=attnd_context)
+        return_lse=return_lse, attnd_context=attnd_context, custom_mask=mask)
 
 
 single_prefill_with_kv_cache_return_lse = functools.partial(single_prefill_with_kv_cache,
