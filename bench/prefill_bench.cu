@@ -14,6 +14,10 @@
 //   PreparePrefill picks by default).
 //   --rope: also time the paged workloads with RoPE on the fly (tile "rope": the RoPE kernels,
 //   q and k rotated in fp32 and kept exact as hi + lo parts, kernels/cuda/NUMERICS.md).
+//   --mask: only the custom-mask rows (issue 15): a 64-node tree (node i's parent (i - 1) / 4)
+//   on a 4096-token prefix at B=16, non-causal with the tree mask ("tree 64 onto 4096 B16",
+//   JSON "mask":"tree"; TFLOP/s over the mask's visible pairs), and the causal append of the
+//   same shape ("append 64 onto 4096 B16"), 8 and 32 KV heads.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -24,10 +28,12 @@
 #include <memory>
 #include <numeric>
 #include <random>
+#include <span>
 #include <string>
 #include <vector>
 
 #include "attnd/kernels/cuda_prefill.h"
+#include "attnd/kernels/custom_mask.h"
 #include "attnd/kernels/types.h"
 
 namespace {
@@ -105,6 +111,10 @@ struct Workload {
   bool pages_in_order = false;  // diagnostic: page table 0, 1, 2, ... instead of shuffled
   bool rope = false;            // RoPE LLaMA on the fly (theta 1e4)
   bool no_split = false;        // PrefillScheduleOptions::allow_split = false
+  // A custom mask: every request's qo_len rows are a tree (node i's parent (i - 1) / 4) on its
+  // kv_len - qo_len prefix, non-causal (speculative decoding's tree verification; FlashInfer's
+  // custom-mask mode ignores causal too).
+  bool tree = false;
 };
 
 constexpr int kHeads = 32;
@@ -154,9 +164,37 @@ void RunWorkload(const Workload& w, bool quick, const char* tile, std::vector<st
   auto d_idx = Upload(indices);
   auto d_last = Upload(last);
 
+  // The tree mask (Workload::tree) as the plan's row-word image, in device memory.
+  std::vector<std::vector<uint8_t>> dense;
+  if (w.tree) {
+    const int prefix = w.kv_len - w.qo_len;
+    std::vector<uint8_t> m(static_cast<size_t>(w.qo_len) * w.kv_len, 0);
+    for (int i = 0; i < w.qo_len; ++i) {
+      std::fill_n(m.begin() + static_cast<std::ptrdiff_t>(i) * w.kv_len, prefix, 1);
+      for (int n = i;; n = (n - 1) / 4) {
+        m[static_cast<size_t>(i) * w.kv_len + prefix + n] = 1;
+        if (n == 0) break;
+      }
+    }
+    dense.assign(B, m);
+  }
+  const std::vector<uint8_t> packed = attnd::kernels::PackCustomMask(dense);
+  attnd::kernels::CustomMaskImage mask;
+  if (w.tree) {
+    auto image = attnd::kernels::BuildCustomMaskImage(std::span<const uint8_t>(packed),
+                                                      std::span<const int32_t>(qo_indptr),
+                                                      std::span<const int32_t>(kv_len));
+    BENCH_STATUS(image.status());
+    mask = *std::move(image);
+  }
+  auto d_mask_words = Upload(mask.words);
+  auto d_mask_offset = Upload(mask.word_offset);
+  auto d_mask_dense = Upload(mask.dense_until);
+
   kcuda::PrefillScheduleOptions sched;
   sched.tile = TileOption(tile);
   sched.allow_split = !w.no_split;
+  sched.custom_mask = w.tree;
   auto work = kcuda::PreparePrefill(qo_indptr, kv_len, Hq, Hkv, D, sched, nullptr);
   BENCH_STATUS(work.status());
 
@@ -169,7 +207,11 @@ void RunWorkload(const Workload& w, bool quick, const char* tile, std::vector<st
   qo.batch_size = B;
   qo.qo_indptr = d_qo->as<int32_t>();
   attnd::kernels::AttentionOptions opt;
-  opt.causal = true;
+  opt.causal = !w.tree;
+  if (w.tree) {
+    opt.custom_mask = {d_mask_words->as<uint32_t>(), d_mask_offset->as<int32_t>(),
+                       d_mask_dense->as<int32_t>()};
+  }
   if (w.rope) opt.pos_encoding = attnd::kernels::PosEncoding::kRopeLlama;
 
   PagedAttentionParams pp;
@@ -211,7 +253,10 @@ void RunWorkload(const Workload& w, bool quick, const char* tile, std::vector<st
 
   // Visible (query, key) pairs; causal prefill uses the half-square convention.
   double pairs = 0;
-  if (w.qo_len == w.kv_len) {
+  if (w.tree) {  // the tree mask's visible pairs
+    for (const uint8_t bit : dense[0]) pairs += bit;
+    pairs *= B;
+  } else if (w.qo_len == w.kv_len) {
     pairs = static_cast<double>(B) * w.kv_len * w.kv_len / 2.0;
   } else {
     for (int i = 0; i < w.qo_len; ++i) pairs += w.kv_len - w.qo_len + i + 1;
@@ -250,12 +295,13 @@ void RunWorkload(const Workload& w, bool quick, const char* tile, std::vector<st
   std::snprintf(
       buf, sizeof(buf),
       "{\"bench\":\"prefill\",\"workload\":\"%s\",\"kv\":\"%s\",\"tile\":\"%s\",\"kernel\":\"%s\","
-      "\"dtype\":\"bf16\","
-      "\"head_dim\":%d,\"causal\":true,\"rope\":%s,\"batch\":%d,\"qo_len\":%d,"
+      "\"dtype\":\"bf16\",%s"
+      "\"head_dim\":%d,\"causal\":%s,\"rope\":%s,\"batch\":%d,\"qo_len\":%d,"
       "\"kv_len\":%d,\"num_qo_heads\":%d,\"num_kv_heads\":%d,\"page_size\":%d,"
       "\"median_us\":%.2f,\"tflops\":%.2f,\"reps\":%zu}",
-      w.name.c_str(), w.paged ? "paged" : "ragged", tile, kernel, D, w.rope ? "true" : "false", B,
-      w.qo_len, w.kv_len, Hq, Hkv, w.paged ? kPageSize : 0, med * 1e3, tflops, ms.size());
+      w.name.c_str(), w.paged ? "paged" : "ragged", tile, kernel,
+      w.tree ? "\"mask\":\"tree\"," : "", D, w.tree ? "false" : "true", w.rope ? "true" : "false",
+      B, w.qo_len, w.kv_len, Hq, Hkv, w.paged ? kPageSize : 0, med * 1e3, tflops, ms.size());
   json.push_back(buf);
   BENCH_CHECK(cudaEventDestroy(e0));
   BENCH_CHECK(cudaEventDestroy(e1));
@@ -264,7 +310,7 @@ void RunWorkload(const Workload& w, bool quick, const char* tile, std::vector<st
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool quick = false, wide = false, rope = false;
+  bool quick = false, wide = false, rope = false, mask = false;
   std::string main_tile = "auto";
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
@@ -272,6 +318,7 @@ int main(int argc, char** argv) {
     quick = quick || std::string(argv[i]) == "--quick";
     wide = wide || std::string(argv[i]) == "--wide";
     rope = rope || std::string(argv[i]) == "--rope";
+    mask = mask || std::string(argv[i]) == "--mask";
   }
   int dev = 0;
   BENCH_CHECK(cudaGetDevice(&dev));
@@ -281,6 +328,18 @@ int main(int argc, char** argv) {
   std::printf("%-34s %6s %10s %3s %6s %6s %8s %10s %9s\n", "workload", "kv", "kernel", "B", "qo",
               "kv_len", "Hq/Hkv", "median_us", "TFLOP/s");
   std::vector<Workload> ws;
+  if (mask) {  // --mask: the tree-mask rows and causal prefill of the same shape only
+    std::vector<std::string> json;
+    for (int hkv : {8, 32}) {
+      Workload tree{"tree 64 onto 4096 B16", 16, 64, 4096 + 64, hkv, true};
+      tree.tree = true;
+      RunWorkload(tree, quick, main_tile.c_str(), json);
+      RunWorkload({"append 64 onto 4096 B16", 16, 64, 4096 + 64, hkv, true}, quick,
+                  main_tile.c_str(), json);
+    }
+    for (const auto& j : json) std::printf("JSON %s\n", j.c_str());
+    return 0;
+  }
   for (bool paged : {true, false}) {
     for (int hkv : {32, 8}) {
       ws.push_back({"prefill causal B1 L4096", 1, 4096, 4096, hkv, paged});

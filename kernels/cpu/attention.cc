@@ -15,6 +15,7 @@
 
 #include "attention_state.h"
 #include "attnd/kernels/cpu_reference.h"
+#include "attnd/kernels/custom_mask.h"
 #include "parallel_for.h"
 #include "rope.h"
 #include "row_convert.h"
@@ -122,6 +123,12 @@ class TaskRunner {
     const int32_t rows = task.row_end - task.row_begin;
     const int32_t window = ctx_.options.window_left;
     const bool causal = ctx_.options.causal;
+    // Custom mask (custom_mask.h): row r of the tile is mask row task.row_begin + r; keys below
+    // dense_until are visible to every row.
+    const CustomMaskView& mask = ctx_.options.custom_mask;
+    const uint32_t* mask_rows = mask.words != nullptr ? mask.words + mask.word_offset[b] : nullptr;
+    const int64_t mask_row_words = MaskRowWords(kv_len);
+    const int64_t dense_until = mask_rows != nullptr ? mask.dense_until[b] : kv_len;
 
     // Load (and rotate) the tile's query rows: q_[(r * group + g) * dim].
     for (int32_t r = 0; r < rows; ++r) {
@@ -154,11 +161,17 @@ class TaskRunner {
         const int64_t j_begin = std::max<int64_t>(row_lo, begin) - begin;
         const int64_t j_end = std::min<int64_t>(row_hi + 1, end) - begin;
         if (j_begin >= j_end) continue;
+        const uint32_t* mask_row =
+            mask_rows != nullptr && end > dense_until
+                ? mask_rows + static_cast<int64_t>(task.row_begin + r) * mask_row_words
+                : nullptr;
         for (int32_t g = 0; g < group; ++g) {
           const size_t slot = static_cast<size_t>(r) * group + g;
           const float* q = &q_[slot * dim_];
           for (int j = 0; j < n; ++j) {
-            if (j < j_begin || j >= j_end) {
+            const int64_t t = begin + j;
+            if (j < j_begin || j >= j_end ||
+                (mask_row != nullptr && ((mask_row[t / 32] >> (t % 32)) & 1u) == 0)) {
               logits_[j] = kNegInf;
               continue;
             }

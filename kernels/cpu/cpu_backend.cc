@@ -169,6 +169,7 @@ class CpuBackend final : public Backend {
     params.qo.qo_indptr = spec.qo_indptr.data();  // decode plans have 0, 1, ..., B here
     params.options = args.options;
     params.options.rope_offsets = args.rope_offsets_host;
+    params.options.custom_mask = spec.custom_mask.View();  // the plan's, in host memory
     return AppendThenAttend(
         args.k_new != nullptr, [&] { return cpu::ValidateAppendKv(append); },
         [&] { return cpu::ValidatePagedAttention(params); }, [&] { return cpu::AppendKv(append); },
@@ -185,6 +186,7 @@ class CpuBackend final : public Backend {
     RaggedAttentionParams params =
         RaggedParamsOf(args, spec.qo_indptr.data(), spec.kv_indptr.data());
     params.options.rope_offsets = args.rope_offsets_host;
+    params.options.custom_mask = spec.custom_mask.View();  // none: ragged plans have no mask
     return cpu::RaggedAttention(params, num_threads_);
   }
 

@@ -60,12 +60,14 @@ template cudaError_t LaunchPrefill<{hd}, {ctype}, false, TileVariant::{variant},
 
 
 PREFILL_SM90 = HEADER + """// The sm_90a prefill kernel (warp-specialized wgmma, TileVariant::kHopper) for head_dim {hd},
-// {ctype}, paged and ragged K/V.
+// {ctype}, paged and ragged K/V, and paged with a custom mask.
 #include "prefill/prefill_sm90_kernel.cuh"
 
 namespace attnd::kernels::cuda::internal {{
 template cudaError_t LaunchPrefillSm90<{hd}, {ctype}, true>(const PrefillParams&, cudaStream_t);
 template cudaError_t LaunchPrefillSm90<{hd}, {ctype}, false>(const PrefillParams&, cudaStream_t);
+template cudaError_t LaunchPrefillSm90<{hd}, {ctype}, true, true>(const PrefillParams&,
+                                                                   cudaStream_t);
 }}  // namespace attnd::kernels::cuda::internal
 """
 

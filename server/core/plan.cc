@@ -15,7 +15,11 @@ uint64_t PlanHostBytes(const v1::CreatePlanRequest& request, const ValidatedPlan
                                static_cast<uint64_t>(request.kv_last_page_len_size()) +
                                static_cast<uint64_t>(request.qo_indptr_size());
   uint64_t ints = 4 * indices + 3 * per_request;
-  if (request.cascade_levels_size() == 0) return sizeof(int32_t) * ints + 4096;
+  // A custom mask's row-word image (custom_mask.h): in the spec, and in the backend's copy (the
+  // CUDA upload image; the CPU plan's spec); once more in a cascade plan's last level.
+  const uint64_t mask = validated.spec.custom_mask.bytes();
+  const uint64_t mask_copies = request.cascade_levels_size() == 0 ? 2 : 3;
+  if (request.cascade_levels_size() == 0) return sizeof(int32_t) * ints + 4096 + mask_copies * mask;
   // A cascade plan (kernels/cascade.h) keeps its spec with the levels and prepares every level
   // as a plan of its own: each level's entries four times (spec, level plan, its backend copy,
   // the distinct pages), the own table once more; and the levels' workspaces (backend memory:
@@ -26,7 +30,7 @@ uint64_t PlanHostBytes(const v1::CreatePlanRequest& request, const ValidatedPlan
                  level.kv_last_page_len_size() + level.qo_indptr_size());
   }
   const kernels::PlanSpec& spec = validated.spec;
-  return sizeof(int32_t) * ints + 4096 * (1 + spec.cascade_levels.size()) +
+  return sizeof(int32_t) * ints + 4096 * (1 + spec.cascade_levels.size()) + mask_copies * mask +
          kernels::CascadeWorkspaceBytes(static_cast<int64_t>(spec.cascade_levels.size()),
                                         spec.qo_tokens(), spec.num_qo_heads, spec.head_dim);
 }

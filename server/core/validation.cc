@@ -3,10 +3,12 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <span>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "attnd/kernels/custom_mask.h"
 #include "server/core/dtype_convert.h"
 
 namespace attnd::server {
@@ -323,6 +325,20 @@ absl::StatusOr<ValidatedPlan> ValidatePlan(const v1::CreatePlanRequest& request,
   spec.kv_indptr.assign(kv_indptr.begin(), kv_indptr.end());
   spec.kv_indices.assign(kv_indices.begin(), kv_indices.end());
   spec.kv_last_page_len.assign(last_len.begin(), last_len.end());
+
+  // custom_mask: prefill only, exactly the packed bits of every request (custom_mask.h).
+  if (!request.custom_mask().empty()) {
+    if (decode) {
+      return InvalidArg("custom_mask (", request.custom_mask().size(),
+                        " bytes) needs kind=ATTENTION_KIND_PREFILL; a decode plan takes none");
+    }
+    const std::string& bits = request.custom_mask();
+    auto image = kernels::BuildCustomMaskImage(
+        std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(bits.data()), bits.size()),
+        std::span<const int32_t>(spec.qo_indptr), std::span<const int64_t>(*kv_len));
+    if (!image.ok()) return image.status();
+    spec.custom_mask = *std::move(image);
+  }
 
   // Distinct pages, ascending. When the plan names a good share of the pool's pages (the usual
   // decode batch), a presence map over the pool is O(num_pages), far cheaper than sorting tens

@@ -8,16 +8,19 @@
 // INVALID_ARGUMENT by every kernel's run (decode on CUDA cores and on tensor cores, prefill,
 // append + attention in one Run, AppendKv, MergeStates), with the cache byte-for-byte unchanged,
 // Health() OK and a normal run matching the CPU backend afterwards; non-causal prefill with a
-// window (FlashInfer semantics) against the CPU backend.
+// window (FlashInfer semantics), sinks, cascade plans and custom masks (CustomMasks) against the
+// CPU backend.
 //   cuda_backend_test [--small] [--verbose] [--seed=N]
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <memory>
+#include <span>
 #include <string>
 #include <tuple>
 #include <utility>
@@ -27,6 +30,7 @@
 #include "absl/strings/str_cat.h"
 #include "attnd/kernels/backend.h"
 #include "attnd/kernels/cascade.h"
+#include "attnd/kernels/custom_mask.h"
 #include "gpu_test_util.h"
 
 namespace attnd::gpu_test {
@@ -64,6 +68,7 @@ struct Step {
   float soft_cap = 0.f;
   std::vector<float> sinks;  // [num_kv_heads * group] attention sinks, or empty: none
   std::vector<attnd::kernels::CascadeLevel> levels;  // cascade levels (MakeCascadeStep), or none
+  attnd::kernels::CustomMaskImage mask;              // the plan's custom mask (SetMask), or none
 };
 
 struct StepOutput {
@@ -101,8 +106,11 @@ T Unwrap(absl::StatusOr<T> s, const char* what) {
 
 // A step over requests of these lengths (random pages and values).
 Step MakeStepOf(Rng& rng, AttentionKind kind, DType dtype, std::vector<int32_t> kv_len,
-                std::vector<int32_t> qo_len, int32_t group) {
+                std::vector<int32_t> qo_len, int32_t group, int32_t page_size = 16,
+                int32_t head_dim = TestHeadDim()) {
   Step s;
+  s.page_size = page_size;
+  s.head_dim = head_dim;
   s.kind = kind;
   s.dtype = dtype;
   s.group = group;
@@ -210,6 +218,7 @@ PlanSpec SpecOf(const Step& s) {
   spec.kv_last_page_len = s.last_page_len;
   spec.qo_indptr = s.qo_indptr;
   spec.cascade_levels = s.levels;
+  spec.custom_mask = s.mask;
   return spec;
 }
 PagedKV LayerOf(const Step& s, void* pool, int32_t layer_index) {
@@ -698,6 +707,127 @@ void RefusedRunsChangeNothing(Backend& cuda, Backend& cpu, Rng& rng, ResultTable
                  std::string(cuda.Health().ToString()));
 }
 
+// Dense custom masks of a step (per request [qo_len * kv_len], 1 = visible) -> its plan's mask.
+using DenseMasks = std::vector<std::vector<uint8_t>>;
+void SetMask(Step& s, const DenseMasks& dense) {
+  const std::vector<uint8_t> packed = attnd::kernels::PackCustomMask(dense);
+  s.mask = Unwrap(attnd::kernels::BuildCustomMaskImage(std::span<const uint8_t>(packed),
+                                                       std::span<const int32_t>(s.qo_indptr),
+                                                       std::span<const int32_t>(s.kv_len)),
+                  "BuildCustomMaskImage");
+}
+// Each key visible with probability p; request b's row (b % qo_len) sees nothing.
+DenseMasks RandomMasks(Rng& rng, const Step& s, double p) {
+  DenseMasks out(s.kv_len.size());
+  for (size_t b = 0; b < s.kv_len.size(); ++b) {
+    const int32_t qo = s.qo_len[b], kv = s.kv_len[b];
+    out[b].resize(static_cast<size_t>(qo) * kv);
+    for (auto& x : out[b]) x = rng.Uniform(0.f, 1.f) < p ? 1 : 0;
+    if (qo > 0) {
+      const int32_t dark = static_cast<int32_t>(b) % qo;
+      std::fill_n(out[b].begin() + static_cast<std::ptrdiff_t>(dark) * kv, kv, 0);
+    }
+  }
+  return out;
+}
+// Speculative decoding's tree verification: request b's qo_len rows are a tree (node i's parent
+// (i - 1) / fanout) on its kv_len - qo_len prefix; a row sees the prefix, its ancestors, itself.
+DenseMasks TreeMasks(const Step& s, int32_t fanout) {
+  DenseMasks out(s.kv_len.size());
+  for (size_t b = 0; b < s.kv_len.size(); ++b) {
+    const int32_t qo = s.qo_len[b], kv = s.kv_len[b], prefix = kv - qo;
+    out[b].assign(static_cast<size_t>(qo) * kv, 0);
+    for (int32_t i = 0; i < qo; ++i) {
+      uint8_t* row = &out[b][static_cast<size_t>(i) * kv];
+      std::fill_n(row, prefix, 1);
+      for (int32_t n = i;; n = (n - 1) / fanout) {
+        row[prefix + n] = 1;
+        if (n == 0) break;
+      }
+    }
+  }
+  return out;
+}
+
+// Custom masks (CreatePlanRequest.custom_mask; the plan's CustomMaskImage) through the Backend
+// interface, CUDA against the CPU backend, outputs poisoned: tree masks on prefixes (the sm90
+// kernel's masked build at head_dim 64 / 128, the FA2 RoPE kernel with RoPE), causal and not;
+// random masks with a row that sees nothing at awkward lengths, page sizes 1 / 16 / 64 and GQA
+// 1 / 4 / 8 with soft cap, window and sinks; a short query on a long cache (split-KV: the mask
+// in every chunk); the other head dims (FA2 default tile at 256); a cascade plan (the mask on
+// the last level).
+void CustomMasks(Backend& cuda, Backend& cpu, Rng& rng, ResultTable& table, bool small) {
+  for (DType dt : {DType::kFloat16, DType::kBFloat16}) {
+    const char* dn = dt == DType::kFloat16 ? "f16" : "bf16";
+    const std::vector<int32_t> prefixes =
+        small ? std::vector<int32_t>{100, 7, 33} : std::vector<int32_t>{4096, 1000, 97};
+    std::vector<int32_t> kv, qo;
+    for (const int32_t prefix : prefixes) {
+      kv.push_back(prefix + 64);
+      qo.push_back(64);
+    }
+    kv.push_back(7);  // a tree without a prefix
+    qo.push_back(7);
+    Step tree = MakeStepOf(rng, AttentionKind::kPrefill, dt, kv, qo, 4);
+    tree.rope = false;
+    SetMask(tree, TreeMasks(tree, 4));
+    CompareStep(absl::StrCat("mask ", dn, " 64-node trees causal"), tree, cuda, cpu, table);
+    tree.causal = false;
+    CompareStep(absl::StrCat("mask ", dn, " 64-node trees non-causal"), tree, cuda, cpu, table);
+    tree.rope = true;
+    CompareStep(absl::StrCat("mask ", dn, " 64-node trees rope"), tree, cuda, cpu, table);
+
+    struct Shape {
+      int32_t page_size, group;
+      bool causal;
+      float cap;
+      int32_t window;
+      bool sinks, rope;
+    };
+    for (const Shape& sh :
+         {Shape{1, 1, false, 0.f, -1, false, false}, Shape{16, 4, true, 20.f, 50, true, false},
+          Shape{64, 8, false, 0.f, 30, false, true}}) {
+      const int32_t big = small ? 200 : 1000;
+      Step r = MakeStepOf(rng, AttentionKind::kPrefill, dt, {1, 7, 97, big}, {1, 7, 97, big / 2},
+                          sh.group, sh.page_size);
+      r.rope = sh.rope;
+      r.causal = sh.causal;
+      r.soft_cap = sh.cap;
+      r.window_left = sh.window;
+      if (sh.sinks) r.sinks = rng.NormalVector(static_cast<size_t>(r.num_kv_heads) * r.group, 2.f);
+      SetMask(r, RandomMasks(rng, r, 0.6));
+      CompareStep(absl::StrCat("mask ", dn, " random page ", sh.page_size, " g", sh.group,
+                               sh.causal ? " causal" : "", sh.cap > 0 ? " cap" : "",
+                               sh.window >= 0 ? " window" : "", sh.sinks ? " sinks" : "",
+                               sh.rope ? " rope" : ""),
+                  r, cuda, cpu, table);
+    }
+
+    Step split = MakeStepOf(rng, AttentionKind::kPrefill, dt, {small ? 3000 : 33000}, {16}, 4);
+    split.rope = false;
+    SetMask(split, RandomMasks(rng, split, 0.9));
+    CompareStep(absl::StrCat("mask ", dn, " qo 16 on kv ", split.kv_len[0], " (split-KV)"), split,
+                cuda, cpu, table);
+
+    for (const int32_t hd : {64, 256}) {
+      if (!attnd::kernels::cuda::HeadDimCompiled(hd)) {
+        table.AddSkip(absl::StrCat("mask ", dn, " head_dim ", hd), "head_dim not built");
+        continue;
+      }
+      Step h = MakeStepOf(rng, AttentionKind::kPrefill, dt, {300, 64}, {64, 64}, 4, 16, hd);
+      h.rope = false;
+      SetMask(h, TreeMasks(h, 2));
+      CompareStep(absl::StrCat("mask ", dn, " trees head_dim ", hd), h, cuda, cpu, table);
+    }
+
+    Step cas = MakeCascadeStep(rng, AttentionKind::kPrefill, dt, {{{3, small ? 64 : 2048}}},
+                               {40, 90, 17}, 4);
+    SetMask(cas, RandomMasks(rng, cas, 0.7));
+    CompareStep(absl::StrCat("mask ", dn, " cascade (the last level's)"), cas, cuda, cpu, table,
+                /*o_roundings=*/4);
+  }
+}
+
 // Runs this executable again with `mode` and `extra` arguments; returns its exit code.
 // Cascade plans (attnd/kernels/cascade.h) through the Backend interface, CUDA against the CPU
 // backend (outputs poisoned first): 2 and 3 levels, decode (a long shared prefix: the prefix
@@ -933,6 +1063,7 @@ int main(int argc, char** argv) {
     CompareStep(absl::StrCat("prefill ", dn, " rope cap window sinks"), sp, *cuda, *cpu, table);
   }
   Cascade(*cuda, *cpu, rng, table, flags.small);
+  CustomMasks(*cuda, *cpu, rng, table, flags.small);
   RefusedRunsChangeNothing(*cuda, *cpu, rng, table);
   MergeThroughBackend(*cuda, *cpu, rng, table);
   RaggedThroughBackend(*cuda, *cpu, rng, table);

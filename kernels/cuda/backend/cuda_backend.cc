@@ -486,6 +486,7 @@ class CudaBackend final : public Backend {
     p.qo.qo_indptr = decode ? nullptr : cp.d_qo_indptr;
     p.options = args.options;
     p.options.rope_offsets = upload_offsets ? cp.d_rope_offsets : nullptr;
+    p.options.custom_mask = cp.mask;  // the plan's, in its upload
     return AppendThenAttend(
         args.k_new != nullptr, [&] { return cuda::CheckAppendKv(append); },
         [&] {
@@ -521,6 +522,7 @@ class CudaBackend final : public Backend {
         args.rope_offsets_host != nullptr && args.options.pos_encoding == PosEncoding::kRopeLlama;
     RaggedAttentionParams p = RaggedParamsOf(args, cp->d_qo_indptr, cp->d_indptr);
     p.options.rope_offsets = upload_offsets ? cp->d_rope_offsets : nullptr;
+    p.options.custom_mask = {};  // ragged plans have none
     if (auto s = cuda::CheckRaggedPrefill(*cp->prefill, p); !s.ok()) return s;
     if (upload_offsets) {
       if (auto s = UploadRopeOffsets(*cp, args.rope_offsets_host, st); !s.ok()) return s;

@@ -17,7 +17,7 @@ absl::StatusOr<std::unique_ptr<CudaPlan>> CudaPlan::Create(PlanSpec spec,
 
   // The page table's device layout and upload image: planning/page_table.h.
   const internal::PageTableLayout layout =
-      internal::LayoutPageTable(ps.batch_size(), ps.kv_indices.size());
+      internal::LayoutPageTable(ps.batch_size(), ps.kv_indices.size(), ps.custom_mask.words.size());
   // Stream-ordered: memory freed by an earlier plan on this stream is reused without a
   // cudaMalloc, and nothing waits for the device.
   if (const cudaError_t e = cudaMallocAsync(&plan->block_, layout.total_bytes, stream);
@@ -33,6 +33,11 @@ absl::StatusOr<std::unique_ptr<CudaPlan>> CudaPlan::Create(PlanSpec spec,
   plan->d_indices = reinterpret_cast<int32_t*>(base + layout.kv_indices);
   plan->d_last_page_len = reinterpret_cast<int32_t*>(base + layout.last_page_len);
   plan->d_rope_offsets = reinterpret_cast<int32_t*>(base + layout.rope_offsets);
+  if (!ps.custom_mask.empty()) {
+    plan->mask = {reinterpret_cast<const uint32_t*>(base + layout.mask_words),
+                  reinterpret_cast<const int32_t*>(base + layout.mask_word_offset),
+                  reinterpret_cast<const int32_t*>(base + layout.mask_dense_until)};
+  }
   // One upload of the whole table (rope_offsets excluded: Attention writes them) from a host
   // image with the device layout, owned by the plan.
   plan->upload_image_ = internal::PageTableImage(ps, layout);
@@ -42,13 +47,15 @@ absl::StatusOr<std::unique_ptr<CudaPlan>> CudaPlan::Create(PlanSpec spec,
       "plan upload");
 
   if (ps.kind == AttentionKind::kDecode) {
-    auto work = PrepareDecode(kv_len, ps.num_qo_heads, ps.num_kv_heads, ps.head_dim,
-                              ps.page_size, DecodeScheduleOptions(), stream);
+    auto work = PrepareDecode(kv_len, ps.num_qo_heads, ps.num_kv_heads, ps.head_dim, ps.page_size,
+                              DecodeScheduleOptions(), stream);
     if (!work.ok()) return work.status();
     plan->decode = *std::move(work);
   } else {
-    auto work = PreparePrefill(ps.qo_indptr, kv_len, ps.num_qo_heads, ps.num_kv_heads,
-                               ps.head_dim, stream);
+    PrefillScheduleOptions options;
+    options.custom_mask = !ps.custom_mask.empty();
+    auto work = PreparePrefill(ps.qo_indptr, kv_len, ps.num_qo_heads, ps.num_kv_heads, ps.head_dim,
+                               options, stream);
     if (!work.ok()) return work.status();
     plan->prefill = *std::move(work);
   }

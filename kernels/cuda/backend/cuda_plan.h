@@ -17,8 +17,9 @@
 
 namespace attnd::kernels::cuda {
 
-// A plan's page table in device memory ([indptr | qo_indptr | indices | last_page_len |
-// rope_offsets], one allocation) plus the decode or prefill schedule.
+// A plan's page table in device memory ([indptr | qo_indptr | indices | last_page_len | custom
+// mask | rope_offsets], one allocation: planning/page_table.h) plus the decode or prefill
+// schedule.
 //
 // Plan memory is stream-ordered (cudaMallocAsync / cudaFreeAsync from the device's memory pool,
 // on the stream the plan was prepared on), so creating and deleting plans neither calls
@@ -50,6 +51,8 @@ class CudaPlan final : public PreparedPlan {
   int32_t* d_qo_indptr = nullptr;
   // Written by Attention() from rope_offsets_host: runs of one plan must be stream-ordered.
   int32_t* d_rope_offsets = nullptr;
+  // The plan's custom mask in the upload (PlanSpec::custom_mask's image), or empty.
+  CustomMaskView mask;
   DecodeWorkPtr decode;
   PrefillWorkPtr prefill;
 

@@ -96,6 +96,21 @@ absl::Status Options(absl::string_view op, const AttentionOptions& o) {
   if (auto s = Aligned(op, "rope_offsets", o.rope_offsets, sizeof(int32_t)); !s.ok()) return s;
   // [num_qo_heads] floats, read one by one at every row's finalization (FinalizeRow).
   if (auto s = Aligned(op, "sinks", o.sinks, sizeof(float)); !s.ok()) return s;
+  // The custom mask (a plan's, CustomMaskView): words read as uint32, the per-request arrays as
+  // int32; all three or none.
+  const CustomMaskView& m = o.custom_mask;
+  if ((m.words == nullptr) != (m.word_offset == nullptr) ||
+      (m.words == nullptr) != (m.dense_until == nullptr)) {
+    return InvalidArgumentError(
+        StrCat(op, ": custom_mask needs words, word_offset and dense_until together (or none)"));
+  }
+  if (auto s = Aligned(op, "custom_mask.words", m.words, sizeof(uint32_t)); !s.ok()) return s;
+  if (auto s = Aligned(op, "custom_mask.word_offset", m.word_offset, sizeof(int32_t)); !s.ok()) {
+    return s;
+  }
+  if (auto s = Aligned(op, "custom_mask.dense_until", m.dense_until, sizeof(int32_t)); !s.ok()) {
+    return s;
+  }
   if (!std::isfinite(o.sm_scale)) {
     return InvalidArgumentError(StrCat(op, ": sm_scale=", o.sm_scale, " is not finite"));
   }
@@ -277,6 +292,10 @@ absl::Status PrefillPlan(std::span<const int32_t> qo_indptr, std::span<const int
 }
 
 absl::Status DecodeRun(const PlanShape& plan, const PagedAttentionParams& params) {
+  if (params.options.custom_mask.words != nullptr) {
+    return InvalidArgumentError(
+        "decode: a custom mask needs a prefill plan (the decode kernels apply none)");
+  }
   return PagedAttention("decode", plan, params);
 }
 
@@ -288,6 +307,9 @@ absl::Status PagedPrefillRun(const PlanShape& plan, const PagedAttentionParams& 
 
 absl::Status RaggedPrefillRun(const PlanShape& plan, const RaggedAttentionParams& params) {
   constexpr absl::string_view op = "prefill (ragged)";
+  if (params.options.custom_mask.words != nullptr) {
+    return InvalidArgumentError("prefill (ragged): ragged K/V runs take no custom mask");
+  }
   const QueryOutput& qo = params.qo;
   const RaggedKV& kv = params.kv;
   if (auto s = AttentionCall(op, plan, qo, kv.dtype, kv.num_kv_heads, kv.head_dim, kv.batch_size,

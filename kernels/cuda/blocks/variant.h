@@ -1,9 +1,8 @@
-// The attention variant of a run (softmax scale, soft cap, sliding window, causal mask, RoPE) as
-// the kernels see it: ONE params struct, embedded in every kernel's params, resolved from the
-// public AttentionOptions by ONE host function. Device-side policies that read it:
-// blocks/variant.cuh. Later variants (custom masks, attention sinks) add their fields here and
-// their resolution to ResolveVariant (sinks are here; custom masks are to come). Host and device
-// code (plain struct).
+// The attention variant of a run (softmax scale, soft cap, sliding window, causal mask, custom
+// mask, RoPE, attention sinks) as the kernels see it: ONE params struct, embedded in every
+// kernel's params, resolved from the public AttentionOptions by ONE host function. Device-side
+// policies that read it: blocks/variant.cuh. A new variant adds its fields here and its
+// resolution to ResolveVariant. Host and device code (plain struct).
 #pragma once
 
 #include <cstdint>
@@ -27,10 +26,15 @@ struct VariantParams {
   // (FinalizeRow, softmax_state.cuh): by the kernel for an unsplit row, by the merge after
   // split-KV (partial states never carry the sink).
   const float* sinks = nullptr;
+  // Custom mask of a prefill plan (CustomMaskView, types.h: rows of 32-bit words, request b's
+  // from mask.word_offset[b], every row seeing the keys below mask.dense_until[b]), or
+  // mask.words null. Applied by the prefill kernels' logit policy (ApplyVariant) in the tiles
+  // that reach past dense_until, with causal and the window; decode refuses one.
+  CustomMaskView mask;
 };
 
 // AttentionOptions -> VariantParams for head_dim (sm_scale 0 = 1/sqrt(head_dim); a negative
-// window is no window; rope_offsets kept only with RoPE; sinks as given).
+// window is no window; rope_offsets kept only with RoPE; sinks and the custom mask as given).
 inline VariantParams ResolveVariant(const AttentionOptions& o, int32_t head_dim) {
   VariantParams v;
   v.logit = MakeLogitScale(o, head_dim);
@@ -40,6 +44,7 @@ inline VariantParams ResolveVariant(const AttentionOptions& o, int32_t head_dim)
   v.rope_offsets = v.rope ? o.rope_offsets : nullptr;
   if (v.rope) FillRopeFreqs(o, head_dim, v.rope_freq);
   v.sinks = o.sinks;
+  v.mask = o.custom_mask;
   return v;
 }
 

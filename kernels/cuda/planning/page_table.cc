@@ -11,18 +11,23 @@ size_t Align256(size_t x) { return (x + 255) / 256 * 256; }
 
 }  // namespace
 
-PageTableLayout LayoutPageTable(int32_t batch, size_t num_indices) {
+PageTableLayout LayoutPageTable(int32_t batch, size_t num_indices, size_t mask_words) {
   const size_t b = static_cast<size_t>(std::max<int32_t>(batch, 0));
   const size_t b_indptr = Align256((b + 1) * sizeof(int32_t));
   const size_t b_indices = Align256(std::max<size_t>(1, num_indices) * sizeof(int32_t));
   const size_t b_last = Align256(b * sizeof(int32_t));
+  const size_t b_mask_per_request = mask_words > 0 ? b_last : 0;
+  const size_t b_mask_words = Align256(mask_words * sizeof(uint32_t));
   const size_t b_rope = Align256(b * sizeof(int32_t));
   PageTableLayout l;
   l.kv_indptr = 0;
   l.qo_indptr = b_indptr;
   l.kv_indices = 2 * b_indptr;
   l.last_page_len = l.kv_indices + b_indices;
-  l.rope_offsets = l.last_page_len + b_last;
+  l.mask_word_offset = l.last_page_len + b_last;
+  l.mask_dense_until = l.mask_word_offset + b_mask_per_request;
+  l.mask_words = l.mask_dense_until + b_mask_per_request;
+  l.rope_offsets = l.mask_words + b_mask_words;
   l.total_bytes = l.rope_offsets + b_rope;
   return l;
 }
@@ -36,6 +41,13 @@ std::vector<char> PageTableImage(const PlanSpec& spec, const PageTableLayout& la
   place(layout.qo_indptr, spec.qo_indptr);
   place(layout.kv_indices, spec.kv_indices);
   place(layout.last_page_len, spec.kv_last_page_len);
+  const CustomMaskImage& mask = spec.custom_mask;
+  if (!mask.empty()) {
+    place(layout.mask_word_offset, mask.word_offset);
+    place(layout.mask_dense_until, mask.dense_until);
+    std::memcpy(image.data() + layout.mask_words, mask.words.data(),
+                mask.words.size() * sizeof(uint32_t));
+  }
   return image;
 }
 

@@ -4,7 +4,8 @@
 //
 // Device layout of a plan's page table (one allocation, sections 256-byte aligned, int32):
 //   kv_indptr [B + 1] | qo_indptr [B + 1] | kv_indices [max(1, nnz)] | last_page_len [B] |
-//   rope_offsets [B] (written per run, not part of the upload image)
+//   custom mask, when the plan has one (CustomMaskView): word_offset [B] | dense_until [B] |
+//   words [n] (uint32) | rope_offsets [B] (written per run, not part of the upload image)
 #pragma once
 
 #include <cstddef>
@@ -21,10 +22,14 @@ struct PageTableLayout {
   size_t qo_indptr = 0;
   size_t kv_indices = 0;
   size_t last_page_len = 0;
+  size_t mask_word_offset = 0;  // the custom mask's sections (empty without one)
+  size_t mask_dense_until = 0;
+  size_t mask_words = 0;
   size_t rope_offsets = 0;  // == the size of the upload image
   size_t total_bytes = 0;
 };
-PageTableLayout LayoutPageTable(int32_t batch, size_t num_indices);
+// mask_words: the words of the plan's custom mask image (0: none).
+PageTableLayout LayoutPageTable(int32_t batch, size_t num_indices, size_t mask_words = 0);
 
 // The upload image of spec's table in `layout` (rope_offsets excluded), zero padded.
 std::vector<char> PageTableImage(const PlanSpec& spec, const PageTableLayout& layout);

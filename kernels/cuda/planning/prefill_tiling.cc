@@ -7,8 +7,13 @@
 
 namespace attnd::kernels::cuda::internal {
 
-TileVariant ResolvePrefillTile(int32_t head_dim, PrefillScheduleOptions::Tile tile, bool sm90) {
+TileVariant ResolvePrefillTile(int32_t head_dim, PrefillScheduleOptions::Tile tile, bool sm90,
+                               bool custom_mask) {
   using Tile = PrefillScheduleOptions::Tile;
+  if (custom_mask) {
+    const TileVariant v = ResolvePrefillTile(head_dim, tile, sm90);
+    return IsWide(head_dim, v) ? TileVariant::kDefault : v;
+  }
   const bool hopper = sm90 && IsHopper(head_dim, TileVariant::kHopper);
   if (tile == Tile::kDefault) return TileVariant::kDefault;
   if (head_dim == 128) {

@@ -59,7 +59,10 @@ inline constexpr TileVariant kDefaultVariant128 = TileVariant::kWide64;
 // runs the sm_90a kernels, compute capability 9.0); kAuto is kHopper on sm90 at head_dim 64 and
 // 128, else kWide64 at 128 and kDefault elsewhere. A tile asked for where its kernel does not
 // exist (wide at a head dim other than 128, kHopper off sm90 or at 256) resolves as kAuto does.
-TileVariant ResolvePrefillTile(int32_t head_dim, PrefillScheduleOptions::Tile tile, bool sm90);
+// custom_mask: the plan's runs have a custom mask, which the wide tiles' kernels do not apply:
+// those resolve as kDefault.
+TileVariant ResolvePrefillTile(int32_t head_dim, PrefillScheduleOptions::Tile tile, bool sm90,
+                               bool custom_mask = false);
 
 // Work items of CtaRows(head_dim, variant) = cta_rows packed rows each, longest first (the cost
 // of a tile is the number of keys a causal tile scans, an upper bound of its work; the tail of

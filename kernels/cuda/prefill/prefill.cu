@@ -59,6 +59,7 @@ class PrefillWork {
   int32_t num_kv_heads_ = 0;
   int32_t head_dim_ = 0;
   internal::TileVariant variant_ = internal::TileVariant::kDefault;
+  bool custom_mask_ = false;  // PrefillScheduleOptions::custom_mask: runs may carry a mask
   std::vector<unsigned char> host_image_;  // the upload's source (items | state_indptr), kept
 };
 
@@ -93,7 +94,8 @@ absl::StatusOr<PrefillWorkPtr> PreparePrefill(std::span<const int32_t> qo_indptr
   }
   auto sm90 = CurrentDeviceIsSm90();
   if (!sm90.ok()) return sm90.status();
-  const internal::TileVariant variant = internal::ResolvePrefillTile(head_dim, options.tile, *sm90);
+  const internal::TileVariant variant =
+      internal::ResolvePrefillTile(head_dim, options.tile, *sm90, options.custom_mask);
   internal::DeviceFill fill;
   if (internal::PrefillNeedsDeviceFill(options)) {
     auto f = ResolvePrefillFill(options);
@@ -112,6 +114,7 @@ absl::StatusOr<PrefillWorkPtr> PreparePrefill(std::span<const int32_t> qo_indptr
   work->num_kv_heads_ = num_kv_heads;
   work->head_dim_ = head_dim;
   work->variant_ = variant;
+  work->custom_mask_ = options.custom_mask;
   work->num_items_ = static_cast<int32_t>(schedule->items.size());
   if (schedule->items.empty()) return work;
 
@@ -210,6 +213,15 @@ cudaError_t LaunchHeadDim(bool bf16, internal::TileVariant variant,
   if (p.variant.rope) return LaunchTyped<D, kPaged, V::kDefault, true>(bf16, p, stream);
   if constexpr (D == 64 || D == 128) {
     if (variant == V::kHopper) {
+      // A custom mask takes the kernel built with it (paged only: ragged runs have none); the
+      // FA2-class default and RoPE kernels apply it at no register cost, the sm90 kernel's
+      // consumers would spill (ptxas, 2026-12-02).
+      if constexpr (kPaged) {
+        if (p.variant.mask.words != nullptr) {
+          return bf16 ? internal::LaunchPrefillSm90<D, __nv_bfloat16, true, true>(p, stream)
+                      : internal::LaunchPrefillSm90<D, __half, true, true>(p, stream);
+        }
+      }
       return bf16 ? internal::LaunchPrefillSm90<D, __nv_bfloat16, kPaged>(p, stream)
                   : internal::LaunchPrefillSm90<D, __half, kPaged>(p, stream);
     }
@@ -291,6 +303,11 @@ checks::PlanShape Shape(const PrefillWork& work) {
 }  // namespace
 
 absl::Status CheckPagedPrefill(const PrefillWork& work, const PagedAttentionParams& params) {
+  if (params.options.custom_mask.words != nullptr && !work.custom_mask_) {
+    return absl::InvalidArgumentError(
+        "prefill: a custom mask needs a plan prepared with PrefillScheduleOptions::custom_mask "
+        "(its tile's kernel applies masks)");
+  }
   return checks::PagedPrefillRun(Shape(work), params);
 }
 

@@ -23,6 +23,9 @@ struct PrefillConfig {
   static constexpr int kChunks = kHeadDim / 8;  // 16-byte chunks per row
   static constexpr int kStages = Stages(kHeadDim_, kVariant);
   static constexpr bool kRope = kRope_;
+  // Applies a custom mask (runtime: free in registers here, ptxas 2026-12-02); the wide tiles'
+  // kernels, at their register limit, do not, and masked plans never take them.
+  static constexpr bool kAppliesMask = !IsWide(kHeadDim_, kVariant);
   static_assert(!kRope || kVariant == TileVariant::kDefault, "RoPE runs on the default tile");
   static constexpr int kTilesElems = kCtaRows * kHeadDim + kStages * 2 * kTileKv * kHeadDim;
   // kRope: the lo parts of the rotated Q tile and of the current K tile, after the tiles.

@@ -196,8 +196,8 @@ __global__ void __launch_bounds__(Cfg::kThreads)
     T* vs = ks + N * D;
     float s[MQ][N / 8][4];  // S = Q K^T, per warp [16*MQ] x [N], then P
     WarpScores<Cfg>(s, q_base, q_lo_base, SmemAddr(ks), k_lo_addr, warp, lane);
-    ApplyVariant<Cfg>(s, p.variant, t0, kv_end, qpos_lo, qpos_hi, my_packed0, t.packed_end, t.delta,
-                      p.group, t4);
+    ApplyVariant<Cfg, Cfg::kAppliesMask>(s, p.variant, t0, kv_end, qpos_lo, qpos_hi, my_packed0,
+                                         t.packed_end, t.delta, p.group, t4, t.b, t.kv_len);
     // Online softmax: logits to the base-2 domain (numerics.h) with the scale folded into the
     // exponent's FFMA (p = 2^(CapLogit(s) * post - m); m is kept scaled).
     float row_scale[MQ][2];

@@ -75,18 +75,25 @@ __device__ __forceinline__ void WarpScores(float (&s)[Cfg::kMmaQ][Cfg::kTileKv /
 
 // The variant on this warp's raw logits of the tile at kv position t0: the soft cap (CapLogit;
 // the scale is applied with the exponent, MmaRowsSoftmax's `post`), then -inf where a key is not
-// visible to the row (past kv_end, causal, sliding window), only in tiles that need it.
+// visible to the row (past kv_end, causal, sliding window, the custom mask), only in tiles that
+// need it: the custom mask's bits are read only in tiles that reach past the request's
+// dense_until (on a tree verification, the tiles of the tree, not of its shared prefix).
 // my_packed0: the packed row of this thread's first row (g of m block 0); qpos_lo / qpos_hi: the
-// kv positions of the CTA's first and last query rows.
-template <class Cfg>
+// kv positions of the CTA's first and last query rows; request / kv_len: the tile's request and
+// its kv length (the custom mask's rows). kMask false: the build that applies no custom mask.
+template <class Cfg, bool kMask>
 __device__ __forceinline__ void ApplyVariant(float (&s)[Cfg::kMmaQ][Cfg::kTileKv / 8][4],
                                              const VariantParams& v, int t0, int kv_end,
                                              int qpos_lo, int qpos_hi, int my_packed0,
-                                             int packed_end, int delta, int group, int t4) {
+                                             int packed_end, int delta, int group, int t4,
+                                             int request, int kv_len) {
   constexpr int N = Cfg::kTileKv;
   constexpr int MQ = Cfg::kMmaQ;
+  static_assert(N % 32 == 0 || N < 32, "custom-mask bits are read 32 keys at a time");
+  const bool custom =
+      kMask && v.mask.words != nullptr && t0 + N > __ldg(v.mask.dense_until + request);
   const bool needs_mask = (t0 + N > kv_end) || (v.causal && t0 + N - 1 > qpos_lo) ||
-                          (v.window_left >= 0 && t0 < qpos_hi - v.window_left);
+                          (v.window_left >= 0 && t0 < qpos_hi - v.window_left) || custom;
   if (v.logit.soft_cap) {
 #pragma unroll
     for (int mq = 0; mq < MQ; ++mq)
@@ -111,6 +118,20 @@ __device__ __forceinline__ void ApplyVariant(float (&s)[Cfg::kMmaQ][Cfg::kTileKv
           for (int e = 0; e < 2; ++e) {
             const int pos = t0 + j * 8 + 2 * t4 + e;
             if (pos < lo || pos > hi) s[mq][j][2 * h + e] = -INFINITY;
+          }
+        }
+        if (custom) {  // this row's bits, 32 keys (4 n-fragments) at a time
+          const int row = CustomMaskRow(v.mask, request, kv_len, pk / group);
+#pragma unroll
+          for (int c = 0; c < (N + 31) / 32; ++c) {
+            const uint32_t bits = CustomMaskBits32(v.mask, row, t0 + 32 * c) >> (2 * t4);
+#pragma unroll
+            for (int j = 4 * c; j < 4 * c + 4 && j < N / 8; ++j) {
+#pragma unroll
+              for (int e = 0; e < 2; ++e) {
+                if (((bits >> ((j - 4 * c) * 8 + e)) & 1u) == 0) s[mq][j][2 * h + e] = -INFINITY;
+              }
+            }
           }
         }
       }

@@ -67,8 +67,9 @@ template <int kHeadDim, typename T, bool kPaged, TileVariant kVariant = TileVari
 cudaError_t LaunchPrefill(const PrefillParams& params, cudaStream_t stream);
 
 // The sm_90a kernel (prefill_sm90_kernel.cuh, TileVariant::kHopper: head_dim 64 and 128, no
-// RoPE), explicitly instantiated in generated/prefill_hd<D>_<dtype>_sm90.cu.
-template <int kHeadDim, typename T, bool kPaged>
+// RoPE), explicitly instantiated in generated/prefill_hd<D>_<dtype>_sm90.cu; kMask: the build
+// that applies the variant's custom mask (paged only).
+template <int kHeadDim, typename T, bool kPaged, bool kMask = false>
 cudaError_t LaunchPrefillSm90(const PrefillParams& params, cudaStream_t stream);
 
 }  // namespace attnd::kernels::cuda::internal

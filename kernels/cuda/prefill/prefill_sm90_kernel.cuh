@@ -266,7 +266,7 @@ __device__ __forceinline__ void PackProbabilities(uint32_t (&pa)[Cfg::kTileKv / 
   }
 }
 
-template <class Cfg, bool kPaged>
+template <class Cfg, bool kPaged, bool kMask>
 __global__ void __launch_bounds__(Cfg::kThreads, 1)
     PrefillSm90Kernel(const __grid_constant__ PrefillParams p) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -369,8 +369,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
     uint32_t pa[N / 16][4];
     // The variant and the softmax of tile j's scores (in sacc) -> P_j, the rows' rescale factors.
     auto softmax = [&](int j, float(&row_scale)[2]) {
-      ApplyVariant<Cfg>(sacc, p.variant, t.kv_begin + j * N, t.kv_end, qpos_lo, qpos_hi, my_packed0,
-                        t.packed_end, t.delta, p.group, t4);
+      ApplyVariant<Cfg, kMask>(sacc, p.variant, t.kv_begin + j * N, t.kv_end, qpos_lo, qpos_hi,
+                               my_packed0, t.packed_end, t.delta, p.group, t4, t.b, t.kv_len);
       rows[0].Update(sacc[0], p.variant.logit.post, row_scale);
     };
     // The first tile: S_0 alone (no P V yet). Peeled, as the last tile's P V below, so that no
@@ -446,12 +446,12 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
 #endif
 }
 
-template <int kHeadDim, typename T, bool kPaged>
+template <int kHeadDim, typename T, bool kPaged, bool kMask>
 cudaError_t LaunchPrefillSm90(const PrefillParams& params, cudaStream_t stream) {
   using Cfg = PrefillSm90Config<kHeadDim, T>;
   if (params.num_items == 0 || params.num_kv_heads == 0) return cudaSuccess;
   if (params.item_rows != Cfg::kCtaRows || params.sub_items != 1) return cudaErrorInvalidValue;
-  auto kernel = PrefillSm90Kernel<Cfg, kPaged>;
+  auto kernel = PrefillSm90Kernel<Cfg, kPaged, kMask>;
   cudaError_t err =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes);
   if (err != cudaSuccess) return err;

@@ -13,6 +13,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "attnd/kernels/custom_mask.h"
 #include "attnd/kernels/types.h"
 
 namespace attnd::kernels {
@@ -93,6 +94,10 @@ struct PlanSpec {
   // outermost first; the table above is the last level (each request's own pages, causal as
   // asked, where appends go). Empty: an ordinary plan.
   std::vector<CascadeLevel> cascade_levels;
+  // Custom mask (CreatePlanRequest.custom_mask), prefill plans only: the row-word image of the
+  // batch's mask (custom_mask.h), the plan's own kv lengths (the last level's on a cascade plan).
+  // Empty: none. Backends hand its view in backend memory to the kernels (AttentionOptions).
+  CustomMaskImage custom_mask;
 
   int32_t batch_size() const { return static_cast<int32_t>(kv_last_page_len.size()); }
   int64_t qo_tokens() const { return qo_indptr.empty() ? 0 : qo_indptr.back(); }

@@ -18,6 +18,37 @@ namespace attnd::kernels {
 // and qo_indptr entry per request plus one, both starting at 0 and never decreasing, one query
 // row per request for decode, as many kv_indices as kv_indptr ends at, page ids >= 0 and
 // last_page_len in 1..page_size for every request with pages.
+// A plan's custom mask image (custom_mask.h) covers its rows: a prefill plan, one offset and
+// dense_until per request, every request's rows (qo_len * ceil(kv_len / 32) words from its
+// offset) inside the words, the padding after them. What the kernels read is then in bounds.
+inline absl::Status CheckCustomMaskImage(const PlanSpec& spec) {
+  const CustomMaskImage& m = spec.custom_mask;
+  if (m.empty()) return absl::OkStatus();
+  const int64_t batch = spec.batch_size();
+  if (spec.kind != AttentionKind::kPrefill) {
+    return absl::InvalidArgumentError("plan custom_mask: only prefill plans take a custom mask");
+  }
+  if (static_cast<int64_t>(m.word_offset.size()) != batch ||
+      static_cast<int64_t>(m.dense_until.size()) != batch) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("plan custom_mask has ", m.word_offset.size(), " word offsets and ",
+                     m.dense_until.size(), " dense_until entries for ", batch, " requests"));
+  }
+  const int64_t words = static_cast<int64_t>(m.words.size()) - kCustomMaskPadWords;
+  for (int64_t b = 0; b < batch; ++b) {
+    const int64_t pages = spec.kv_indptr[b + 1] - spec.kv_indptr[b];
+    const int64_t kv_len = pages == 0 ? 0 : (pages - 1) * spec.page_size + spec.kv_last_page_len[b];
+    const int64_t rows = spec.qo_indptr[b + 1] - spec.qo_indptr[b];
+    const int64_t begin = m.word_offset[b];
+    if (begin < 0 || begin + rows * MaskRowWords(kv_len) > words) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "plan custom_mask: request ", b, "'s rows (word ", begin, ", ", rows, " x ",
+          MaskRowWords(kv_len), " words) are not inside its ", words, " words of rows"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 inline absl::Status CheckPlanSpec(const PlanSpec& spec, int32_t max_head_dim) {
   const int64_t batch = spec.batch_size();
   if (spec.num_kv_heads <= 0 || spec.num_qo_heads <= 0 ||
@@ -71,7 +102,7 @@ inline absl::Status CheckPlanSpec(const PlanSpec& spec, int32_t max_head_dim) {
           absl::StrCat("plan kv_indices[", i, "] = ", spec.kv_indices[i], " is negative"));
     }
   }
-  return absl::OkStatus();
+  return CheckCustomMaskImage(spec);
 }
 
 // The largest page id of a plan (-1 without pages): every run checks it against its layer.

@@ -60,6 +60,11 @@ struct PrefillScheduleOptions {
   int32_t fixed_chunk_tokens = 0;
   // false: never split.
   bool allow_split = true;
+  // The plan's runs carry a custom mask (AttentionOptions::custom_mask; CudaPlan sets it for a
+  // plan with one): its tile is one whose kernel applies masks, kHopper on sm_90 at head_dim 64
+  // and 128, else kDefault (a wide tile asked for resolves as kDefault). Runs of a plan prepared
+  // without it refuse a mask.
+  bool custom_mask = false;
 };
 
 }  // namespace attnd::kernels::cuda

@@ -49,6 +49,22 @@ enum class AttentionKind : int32_t {
 };
 
 // Variant options of one attention call. Defaults reproduce plain softmax attention.
+// A custom mask (tree / speculative-decoding verification) in backend memory, in the row-word
+// layout every backend reads (custom_mask.h builds it from the wire's packed bits): row i of
+// request b (its i-th query row) is ceil(kv_len_b / 32) uint32 words from
+// words + word_offset[b] + i * ceil(kv_len_b / 32); bit j % 32 of word j / 32 set = kv position j
+// visible. Every row of request b sees the kv positions below dense_until[b] (a hint: kernels read
+// no bits in tiles that end before it). At least kCustomMaskPadWords zero words follow the last
+// row. words null: no custom mask.
+struct CustomMaskView {
+  const uint32_t* words = nullptr;
+  const int32_t* word_offset = nullptr;  // [batch]
+  const int32_t* dense_until = nullptr;  // [batch]
+};
+// Zero words after a mask's last row: a kernel reading the 32 bits that start at a kv position
+// of a tile can run up to one tile of keys past a row's end (tiles of at most 448 keys).
+inline constexpr int32_t kCustomMaskPadWords = 16;
+
 struct AttentionOptions {
   float sm_scale = 0.f;  // 0 = 1/sqrt(head_dim)
   bool causal = false;   // prefill only; decode is causal by construction
@@ -65,6 +81,11 @@ struct AttentionOptions {
   //   lse = log(sum_j exp(s_j) + exp(sinks[h]))   (the LSE of the whole softmax, sink included).
   // A row that sees no key gets o = 0 and lse = sinks[h].
   const float* sinks = nullptr;
+  // Custom mask of a prefill plan (PlanSpec::custom_mask), applied with causal and the window: a
+  // key is visible when all three allow it; a row that sees no key gets o = 0, lse = -inf (or the
+  // sink). Backends set it from the plan they run (a RunArgs' own value is ignored); the CPU
+  // reference functions read it as given. Decode refuses one.
+  CustomMaskView custom_mask;
 };
 
 // The paged KV cache of one layer, plus a batch's CSR page table: a non-owning view.

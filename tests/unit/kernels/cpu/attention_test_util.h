@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <initializer_list>
 #include <limits>
 #include <numeric>
 #include <random>
@@ -50,11 +51,14 @@ inline void NaiveRope(std::vector<double>& x, double position, double theta, dou
 }
 
 // q: [qo_nnz][num_qo_heads][head_dim]; request b's rows are the qo_lens[b] rows after the previous
-// requests'. rope_offsets: empty or [batch].
+// requests'. rope_offsets: empty or [batch]. masks: empty (options.custom_mask is not read), or
+// per request [qo_lens[b] * kv_len] bytes, nonzero = visible (row-major, the custom mask as a
+// dense matrix).
 inline NaiveResult NaiveAttention(const std::vector<DenseKv>& kv, const std::vector<int>& qo_lens,
                                   const std::vector<double>& q, int num_qo_heads, int num_kv_heads,
                                   int head_dim, const AttentionOptions& options,
-                                  const std::vector<int32_t>& rope_offsets) {
+                                  const std::vector<int32_t>& rope_offsets,
+                                  const std::vector<std::vector<uint8_t>>& masks = {}) {
   const int group = num_qo_heads / num_kv_heads;
   const double scale = options.sm_scale != 0 ? options.sm_scale : 1.0 / std::sqrt(head_dim);
   const bool rope = options.pos_encoding == PosEncoding::kRopeLlama;
@@ -87,6 +91,7 @@ inline NaiveResult NaiveAttention(const std::vector<DenseKv>& kv, const std::vec
           bool visible = true;
           if (options.causal && t > position) visible = false;
           if (options.window_left >= 0 && t < position - options.window_left) visible = false;
+          if (!masks.empty() && masks[b][static_cast<size_t>(i) * kv_len + t] == 0) visible = false;
           if (!visible) continue;
           const double* kvec = &keys[(t * num_kv_heads + kvh) * head_dim];
           double s = 0;
@@ -341,6 +346,24 @@ inline PagedProblem MakePagedProblem(const PagedProblemSpec& spec) {
   p.o.assign(p.q.size(), 0);
   p.lse.assign(p.qo_nnz * p.num_qo_heads, 0.f);
   return p;
+}
+
+// Rows `rows` of p's output saw no key: o = 0 and lse = lse_of(h) for every query head h (-inf,
+// or the head's sink).
+template <typename LseOf>
+void ExpectEmptyRows(const PagedProblem& p, std::initializer_list<int> rows, LseOf lse_of) {
+  for (const int row : rows) {
+    for (int h = 0; h < p.num_qo_heads; ++h) {
+      EXPECT_EQ(p.lse[row * p.num_qo_heads + h], lse_of(h)) << "row " << row << " head " << h;
+      for (int d = 0; d < p.spec.head_dim; ++d) {
+        EXPECT_EQ(
+            LoadAsFloat(p.o.data(), p.spec.q_dtype,
+                        (static_cast<size_t>(row) * p.num_qo_heads + h) * p.spec.head_dim + d),
+            0.f)
+            << "row " << row << " head " << h;
+      }
+    }
+  }
 }
 
 inline std::string DescribeSpec(const PagedProblemSpec& s, const AttentionOptions& o) {

@@ -190,8 +190,7 @@ void CheckAttentionWithAppend(const PagedProblemSpec& spec, AttentionOptions opt
   for (size_t i = 0; i < layer_bytes; ++i) ASSERT_EQ(layer0[i], 0) << "layer 0 written at " << i;
 
   const auto ref = testing::NaiveAttention(p.dense, p.qo_lens, p.q_values, p.num_qo_heads,
-                                           spec.num_kv_heads, spec.head_dim, options,
-                                           rope_offsets);
+                                           spec.num_kv_heads, spec.head_dim, options, rope_offsets);
   testing::ExpectOutputsClose(p.o, spec.q_dtype, ref.o, what);
   testing::ExpectLseClose(p.lse, ref.lse, what);
 }

@@ -143,7 +143,7 @@ TEST(FloatConvert, LoadAndStoreUseTheDtypeLayout) {
       EXPECT_EQ(LoadAsFloat(buffer.data(), t, i), RoundTo(t, values[i])) << DTypeName(t);
     }
   }
-  EXPECT_EQ(RoundTo(DType::kFloat16, 1.0f + 1.0f / 2048), 1.0f);  // tie, even -> down
+  EXPECT_EQ(RoundTo(DType::kFloat16, 1.0f + 1.0f / 2048), 1.0f);              // tie, even -> down
   EXPECT_EQ(RoundTo(DType::kBFloat16, 1.0f + 3.0f / 256), 1.0f + 1.0f / 64);  // tie, odd -> up
 }
 

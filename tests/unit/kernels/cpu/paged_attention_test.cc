@@ -336,16 +336,7 @@ TEST(PagedAttention, RowsThatSeeNothingGetZeroAndMinusInfinity) {
   ExpectOutputsClose(p.o, spec.q_dtype, ref.o, "empty rows");
   ExpectLseClose(p.lse, ref.lse, "empty rows");
   // Rows 5, 6 (request 1) and 7, 8, 9 (request 2, positions -3..-1) are empty.
-  for (int row : {5, 6, 7, 8, 9}) {
-    for (int h = 0; h < p.num_qo_heads; ++h) {
-      EXPECT_EQ(p.lse[row * p.num_qo_heads + h], -INFINITY) << row;
-      for (int d = 0; d < spec.head_dim; ++d) {
-        EXPECT_EQ(
-            LoadAsFloat(p.o.data(), spec.q_dtype, (row * p.num_qo_heads + h) * spec.head_dim + d),
-            0.f);
-      }
-    }
-  }
+  testing::ExpectEmptyRows(p, {5, 6, 7, 8, 9}, [](int) { return -INFINITY; });
   EXPECT_NE(p.lse[10 * p.num_qo_heads], -INFINITY);  // position 0 sees key 0
 }
 
@@ -410,16 +401,7 @@ TEST(PagedAttention, SinksOfRowsThatSeeNothingGiveZeroAndTheSink) {
                                   spec.head_dim, options, {});
   ExpectOutputsClose(p.o, spec.q_dtype, ref.o, "empty rows with sinks");
   ExpectLseClose(p.lse, ref.lse, "empty rows with sinks");
-  for (int row : {5, 6, 7, 8, 9}) {
-    for (int h = 0; h < p.num_qo_heads; ++h) {
-      EXPECT_EQ(p.lse[row * p.num_qo_heads + h], sinks[h]) << row;
-      for (int d = 0; d < spec.head_dim; ++d) {
-        EXPECT_EQ(
-            LoadAsFloat(p.o.data(), spec.q_dtype, (row * p.num_qo_heads + h) * spec.head_dim + d),
-            0.f);
-      }
-    }
-  }
+  testing::ExpectEmptyRows(p, {5, 6, 7, 8, 9}, [&](int h) { return sinks[h]; });
 }
 
 TEST(PagedAttention, SinkLseIsThatOfTheWholeSoftmax) {

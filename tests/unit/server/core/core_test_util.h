@@ -7,11 +7,13 @@
 #include <unistd.h>
 
 #include <memory>
+#include <random>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "attnd/kernels/backend.h"
+#include "attnd/kernels/float_convert.h"
 #include "gtest/gtest.h"
 #include "server/core/core.h"
 
@@ -87,6 +89,25 @@ inline v1::Tensor HalfTensor(const std::vector<int64_t>& shape, char fill = '\0'
     n *= d;
   }
   t.set_inline_data(std::string(static_cast<size_t>(n) * 2, fill));
+  return t;
+}
+
+// An inline tensor of `shape` in `dtype` (float32 or float16) of uniform values in [-1, 1].
+inline v1::Tensor RandomTensor(std::mt19937& rng, v1::DType dtype,
+                               const std::vector<int64_t>& shape) {
+  v1::Tensor t;
+  t.set_dtype(dtype);
+  int64_t n = 1;
+  for (int64_t d : shape) {
+    t.add_shape(d);
+    n *= d;
+  }
+  const kernels::DType kd =
+      dtype == v1::DTYPE_FLOAT32 ? kernels::DType::kFloat32 : kernels::DType::kFloat16;
+  std::string bytes(static_cast<size_t>(n) * kernels::DTypeSize(kd), '\0');
+  std::uniform_real_distribution<float> dist(-1.f, 1.f);
+  for (int64_t i = 0; i < n; ++i) kernels::StoreFromFloat(bytes.data(), kd, i, dist(rng));
+  t.set_inline_data(std::move(bytes));
   return t;
 }
 

@@ -31,25 +31,9 @@ using testing::MakeCore;
 using testing::Open;
 using testing::PlanRequest;
 using testing::PoolSpec;
+using testing::RandomTensor;
 
 constexpr int kKvHeads = 2, kHeadDim = 64, kPageSize = 4, kQoHeads = 8;  // GQA group 4
-
-v1::Tensor Random(std::mt19937& rng, v1::DType dtype, const std::vector<int64_t>& shape) {
-  v1::Tensor t;
-  t.set_dtype(dtype);
-  int64_t n = 1;
-  for (int64_t d : shape) {
-    t.add_shape(d);
-    n *= d;
-  }
-  const kernels::DType kd =
-      dtype == v1::DTYPE_FLOAT32 ? kernels::DType::kFloat32 : kernels::DType::kFloat16;
-  std::string bytes(static_cast<size_t>(n) * kernels::DTypeSize(kd), '\0');
-  std::uniform_real_distribution<float> dist(-1.f, 1.f);
-  for (int64_t i = 0; i < n; ++i) kernels::StoreFromFloat(bytes.data(), kd, i, dist(rng));
-  t.set_inline_data(std::move(bytes));
-  return t;
-}
 
 // Writes random K/V into every token of `pages` (full pages) through a prefill plan's append.
 void Fill(Core& core, const std::string& session, const std::string& pool_id,
@@ -62,8 +46,8 @@ void Fill(Core& core, const std::string& session, const std::string& pool_id,
     v1::AppendKvRequest append;
     append.set_plan_id(plan->plan_id());
     append.set_layer(layer);
-    *append.mutable_k() = Random(rng, v1::DTYPE_FLOAT16, {tokens, kKvHeads, kHeadDim});
-    *append.mutable_v() = Random(rng, v1::DTYPE_FLOAT16, {tokens, kKvHeads, kHeadDim});
+    *append.mutable_k() = RandomTensor(rng, v1::DTYPE_FLOAT16, {tokens, kKvHeads, kHeadDim});
+    *append.mutable_v() = RandomTensor(rng, v1::DTYPE_FLOAT16, {tokens, kKvHeads, kHeadDim});
     ASSERT_TRUE(core.AppendKv(session, append).ok());
   }
   v1::DeletePlanRequest del;
@@ -174,9 +158,9 @@ void ExpectCascadeEqualsFlat(Core& core, const std::string& session, const std::
   EXPECT_EQ(cascade_plan->qo_tokens(), qo_indptr.back());
 
   const int64_t rows = qo_indptr.back();
-  const v1::Tensor q = Random(rng, v1::DTYPE_FLOAT32, {rows, kQoHeads, kHeadDim});
-  const v1::Tensor k = Random(rng, v1::DTYPE_FLOAT16, {rows, kKvHeads, kHeadDim});
-  const v1::Tensor v = Random(rng, v1::DTYPE_FLOAT16, {rows, kKvHeads, kHeadDim});
+  const v1::Tensor q = RandomTensor(rng, v1::DTYPE_FLOAT32, {rows, kQoHeads, kHeadDim});
+  const v1::Tensor k = RandomTensor(rng, v1::DTYPE_FLOAT16, {rows, kKvHeads, kHeadDim});
+  const v1::Tensor v = RandomTensor(rng, v1::DTYPE_FLOAT16, {rows, kKvHeads, kHeadDim});
   const bool append = !batch.decode;
   // The flat plan appends first; the cascade plan then appends the same rows to the same pages.
   const v1::RunResponse want = RunPlan(core, session, flat_plan->plan_id(), q,
@@ -348,7 +332,7 @@ TEST(CascadePlansTest, BadLevelsAreRefusedByNameAndChangeNothing) {
   v1::RunRequest run;
   run.set_plan_id(plan->plan_id());
   std::mt19937 rng(1);
-  *run.mutable_q() = Random(rng, v1::DTYPE_FLOAT32, {3, kQoHeads, kHeadDim});
+  *run.mutable_q() = RandomTensor(rng, v1::DTYPE_FLOAT32, {3, kQoHeads, kHeadDim});
   run.mutable_options()->set_pos_encoding(v1::POS_ENCODING_ROPE_LLAMA);
   EXPECT_STATUS(core->Run(s, run).status(), kInvalidArgument, HasSubstr("options.pos_encoding"));
   run.mutable_options()->set_pos_encoding(v1::POS_ENCODING_NONE);
