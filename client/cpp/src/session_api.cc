@@ -209,6 +209,7 @@ absl::StatusOr<PlanInfo> SessionApi::CreatePlan(const PlanSpec& spec) {
     out->mutable_kv_last_page_len()->Add(level.kv_last_page_len.begin(),
                                          level.kv_last_page_len.end());
   }
+  request.set_custom_mask(spec.custom_mask);
   absl::StatusOr<v1::CreatePlanResponse> response = CreatePlan(request);
   if (!response.ok()) return response.status();
   PlanInfo info;

@@ -216,6 +216,7 @@ TEST_F(SessionTest, RequestIdsIncreaseAndTypedCallsPackFields) {
   // A cascade level: both requests share prefix pages 7 and 8.
   plan.cascade_levels.push_back(
       {.qo_indptr = {0, 6}, .kv_indptr = {0, 2}, .kv_indices = {7, 8}, .kv_last_page_len = {16}});
+  plan.custom_mask = std::string("\x0f\xff\x01", 3);  // packed bits, passed through as they are
   auto info = (*session)->CreatePlan(plan);
   ASSERT_TRUE(info.ok()) << info.status();
   EXPECT_EQ(info->plan_id, "plan-1");
@@ -238,6 +239,7 @@ TEST_F(SessionTest, RequestIdsIncreaseAndTypedCallsPackFields) {
             plan.cascade_levels[0].kv_indices);
   EXPECT_EQ(std::vector<int32_t>(level.kv_last_page_len().begin(), level.kv_last_page_len().end()),
             plan.cascade_levels[0].kv_last_page_len);
+  EXPECT_EQ(sent.custom_mask(), plan.custom_mask);
   ASSERT_EQ(service_.request_ids.size(), 3u);
   EXPECT_EQ(service_.request_ids[0] + 1, service_.request_ids[1]);
   EXPECT_EQ(service_.request_ids[1] + 1, service_.request_ids[2]);

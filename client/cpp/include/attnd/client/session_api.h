@@ -75,6 +75,10 @@ struct PlanSpec {
   // Cascade plans: the shared levels, outermost first; the table above is the last level (each
   // request's own pages). Empty: an ordinary plan.
   std::vector<CascadeLevelSpec> cascade_levels;
+  // Prefill plans: a custom mask in the wire's packed form (CreatePlanRequest.custom_mask;
+  // attnd::kernels::PackCustomMask of <attnd/kernels/custom_mask.h> packs dense [qo_len, kv_len]
+  // masks). Empty: none.
+  std::string custom_mask;
 };
 
 struct PlanInfo {
