@@ -667,10 +667,17 @@ def fi_flat_mask(masks):
 
 
 def fi_packed_mask(masks):
-    """FlashInfer's packed_custom_mask: segment_packbits(custom_mask, mask_indptr,
-    bitorder="little"), i.e. numpy.packbits of each request's bits on their own."""
-    return np.concatenate([np.packbits(np.asarray(mk, bool).reshape(-1), bitorder="little")
-                           for mk in masks])
+    """A packed_custom_mask as FlashInfer 0.7.4's paged kernel reads it (measured on the GPU
+    host): request b's numpy.packbits(mask_b, bitorder="little") at byte offset
+    sum_{c<b} qo_len_c * kv_len_c (plan() passes the requests' bit offsets as mask_indptr, and
+    the kernel adds them to the mask pointer as bytes). One request: plain packbits."""
+    sizes = [np.asarray(mk).size for mk in masks]
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(int)
+    out = np.zeros(offsets[-1] + (sizes[-1] + 7) // 8, np.uint8)
+    for off, mk in zip(offsets, masks):
+        bits = np.packbits(np.asarray(mk, bool).reshape(-1), bitorder="little")
+        out[off:off + bits.size] = bits
+    return out
 
 
 def test_custom_mask_wire_is_flashinfers_layout():
@@ -679,19 +686,29 @@ def test_custom_mask_wire_is_flashinfers_layout():
     masks = [rng.random((a, b)) < 0.5 for a, b in zip(qo, kv)]
     want = attnd.pack_custom_mask(masks)
     assert len(want) == 4 + 1 + 9
+    assert m.packed_mask_offsets(qo, kv) == [0, 30, 31]
     assert m.custom_mask_wire("api", qo, kv, custom_mask=fi_flat_mask(masks)) == want
-    assert m.custom_mask_wire("api", qo, kv, packed_custom_mask=fi_packed_mask(masks)) == want
+    packed = fi_packed_mask(masks)
+    assert packed.size == 31 + 9
+    assert m.custom_mask_wire("api", qo, kv, packed_custom_mask=packed) == want
+    # bytes past the last request's are not read (as in FlashInfer)
+    assert m.custom_mask_wire("api", qo, kv, packed_custom_mask=np.concatenate(
+        [packed, np.full(5, 0xFF, np.uint8)])) == want
+    # one request: packed_custom_mask is its packbits
+    assert m.custom_mask_wire("api", qo[:1], kv[:1], packed_custom_mask=np.packbits(
+        masks[0].reshape(-1), bitorder="little")) == attnd.pack_custom_mask(masks[:1])
     assert m.custom_mask_wire("api", qo, kv, custom_mask=fi_flat_mask(masks).astype(np.uint8)) \
         == want  # 0/1 integers as booleans
     # packed_custom_mask wins over custom_mask, as in FlashInfer's plan()
     assert m.custom_mask_wire("api", qo, kv, custom_mask=np.zeros(96, bool),
-                              packed_custom_mask=fi_packed_mask(masks)) == want
+                              packed_custom_mask=packed) == want
     assert m.custom_mask_wire("api", qo, kv) is None
     with pytest.raises(m.AttndFlashInferError, match="custom_mask has 95 elements, expected 96"):
         m.custom_mask_wire("api", qo, kv, custom_mask=fi_flat_mask(masks)[:-1])
+    # the per-request segment_packbits form is too short for FlashInfer's offsets
     with pytest.raises(m.AttndFlashInferError,
-                       match="packed_custom_mask has 13 bytes, expected 14"):
-        m.custom_mask_wire("api", qo, kv, packed_custom_mask=fi_packed_mask(masks)[:-1])
+                       match="packed_custom_mask has 14 bytes, needs at least 40"):
+        m.custom_mask_wire("api", qo, kv, packed_custom_mask=np.frombuffer(want, np.uint8))
     with pytest.raises(m.AttndFlashInferError, match="packed_custom_mask must be uint8"):
         m.custom_mask_wire("api", qo, kv, packed_custom_mask=fi_flat_mask(masks))
     with pytest.raises(m.AttndFlashInferError, match="custom_mask must be boolean"):
@@ -715,6 +732,9 @@ def test_prefill_plan_takes_custom_masks():
     assert w._spec.custom_mask == attnd.pack_custom_mask(masks) and not w._spec.causal
     w.plan([0, 3, 20], [0, 1, 3], [0, 9, 2], [4, 16], 16, 4, 128, 16, causal=True)
     assert w._spec.custom_mask is None and w._spec.causal
+    with pytest.raises(ValueError, match="packed_custom_mask has 5 bytes, needs at least 80"):
+        w.plan([0, 3, 20], [0, 1, 3], [0, 9, 2], [4, 16], 16, 4, 128, 16,
+               packed_custom_mask=fi_packed_mask(masks)[:5])
     with pytest.raises(ValueError, match="custom_mask has 555 elements, expected 556"):
         w.plan([0, 3, 20], [0, 1, 3], [0, 9, 2], [4, 16], 16, 4, 128, 16,
                custom_mask=fi_flat_mask(masks)[1:])

@@ -268,35 +268,54 @@ def page_table(kv_indptr: Any, kv_indices: Any, kv_last_page_len: Any, page_size
     return PageTable(indptr, indices, last, qo, kv_lens, page_size)
 
 
+def packed_mask_offsets(qo_lens: Sequence[int], kv_lens: Sequence[int]) -> List[int]:
+    """Where FlashInfer 0.7.4's paged plan(packed_custom_mask=...) reads each request's packed
+    bits: at byte mask_indptr[b] = sum_{c<b} qo_len_c * kv_len_c (_compute_page_mask_indptr: the
+    requests' *bit* offsets, which the kernel adds to the mask pointer as a byte offset; only
+    plan(custom_mask=...) turns them into byte offsets, with segment_packbits). One request: 0."""
+    out, acc = [], 0
+    for q, k in zip(qo_lens, kv_lens):
+        out.append(acc)
+        acc += int(q) * int(k)
+    return out
+
+
 def custom_mask_wire(api: str, qo_lens: Sequence[int], kv_lens: Sequence[int],
                      custom_mask: Any = None, packed_custom_mask: Any = None) -> Optional[bytes]:
     """FlashInfer's custom mask arguments -> attnd's CreatePlanRequest.custom_mask (None: none).
 
-    FlashInfer's layout (its plan(), 0.7.4): custom_mask is a boolean tensor, flattened, of
+    custom_mask (FlashInfer 0.7.4's plan()): a boolean tensor, flattened, of
     sum_b qo_len_b * kv_len_b elements: request b's [qo_len_b, kv_len_b] block (row-major; row i is
-    the query at kv position kv_len_b - qo_len_b + i, True = visible) after request b - 1's
-    (mask_indptr = cumsum(qo_len * kv_len)). plan() packs it with segment_packbits(custom_mask,
-    mask_indptr, bitorder="little"): each request's bits packed on their own, numpy.packbits
-    little-endian, ceil(qo_len_b * kv_len_b / 8) bytes. packed_custom_mask is that packed uint8
-    tensor and wins over custom_mask. Both are exactly attnd's wire form, so the packed bytes go
-    as they are and custom_mask is packed the same way here (on the host).
+    the query at kv position kv_len_b - qo_len_b + i, True = visible) after request b - 1's.
+    FlashInfer packs it with segment_packbits(custom_mask, mask_indptr, bitorder="little"):
+    each request's bits on their own, ceil(qo_len_b * kv_len_b / 8) bytes, which is attnd's wire
+    form; it is packed the same way here (on the host). Exactly that many elements (else
+    AttndFlashInferError); integer 0/1 masks are taken as booleans (nonzero = visible).
 
-    Lengths are checked (FlashInfer reads the tensors unchecked): AttndFlashInferError naming
-    the argument. Integer 0/1 masks are taken as booleans (nonzero = visible).
+    packed_custom_mask (uint8; wins over custom_mask): read as FlashInfer's kernel reads it:
+    request b's bits, packed little-endian (numpy.packbits(mask_b.reshape(-1),
+    bitorder="little")), start at byte packed_mask_offsets(...)[b] (its bit offset). With one
+    request that is simply packbits of its mask; with more, FlashInfer needs each request's
+    packed bytes placed at that offset (the gaps are never read), and so does attnd. A shorter
+    tensor is refused (AttndFlashInferError naming packed_custom_mask and the bytes needed);
+    bytes past the last request's are ignored, as FlashInfer ignores them.
     """
     segs = [int(q) * int(k) for q, k in zip(qo_lens, kv_lens)]
     if packed_custom_mask is not None:
         arr = _rq._host_array(packed_custom_mask).reshape(-1)
         if arr.dtype != np.uint8:
-            raise AttndFlashInferError(f"{api}: packed_custom_mask must be uint8 (FlashInfer's "
-                                       f"segment_packbits output), got {arr.dtype}")
-        want = sum((n + 7) // 8 for n in segs)
-        if arr.size != want:
+            raise AttndFlashInferError(f"{api}: packed_custom_mask must be uint8 (packbits "
+                                       f"output), got {arr.dtype}")
+        offsets = packed_mask_offsets(qo_lens, kv_lens)
+        need = max([o + (n + 7) // 8 for o, n in zip(offsets, segs)] or [0])
+        if arr.size < need:
             raise AttndFlashInferError(
-                f"{api}: packed_custom_mask has {arr.size} bytes, expected {want} (per request "
-                "ceil(qo_len * kv_len / 8): segment_packbits(custom_mask, mask_indptr, "
-                "bitorder='little'))")
-        return arr.tobytes()
+                f"{api}: packed_custom_mask has {arr.size} bytes, needs at least {need}: "
+                "FlashInfer 0.7.4's paged plan() reads request b's packed bits (ceil(qo_len * "
+                "kv_len / 8) bytes, packbits little-endian) from byte sum_{c<b} qo_len_c * "
+                "kv_len_c" + (" (one request: from byte 0)" if len(segs) == 1 else
+                              "; pass custom_mask= to have the mask packed"))
+        return b"".join(arr[o:o + (n + 7) // 8].tobytes() for o, n in zip(offsets, segs))
     if custom_mask is None:
         return None
     flat = _rq._host_array(custom_mask).reshape(-1)

@@ -79,8 +79,9 @@ class BatchPrefillWithPagedKVCacheWrapper(PagedWrapperBase):
         first run() on each pool.
 
         custom_mask (flattened bool, sum_b qo_len_b * kv_len_b elements: each request's
-        [qo_len_b, kv_len_b] block in order) or packed_custom_mask (its per-request
-        segment_packbits(..., bitorder="little"), which wins when both are given): as in
+        [qo_len_b, kv_len_b] block in order) or packed_custom_mask (uint8, which wins when both
+        are given: request b's packbits(..., bitorder="little") at byte sum_{c<b} qo_len_c *
+        kv_len_c, where FlashInfer 0.7.4's kernel reads it; see _mapping.custom_mask_wire): as in
         FlashInfer, the mask mode is then CUSTOM and ``causal`` is ignored (the attnd plan runs
         with causal=False and the mask); window_left and logits_soft_cap still apply.
         """
