@@ -5,13 +5,26 @@
         --fi fi_peer_decode.jsonl --fi fi_peer_prefill.jsonl \
         --attnd bench_decode.txt --attnd bench_prefill.txt > docs/bench-runs/<date>-h200-side-by-side.jsonl
 
-Inputs: FlashInfer's fi_peer.jsonl ("timing" rows), and the output of decode_bench /
-prefill_bench ("JSON {...}" lines) and service_bench ("{"bench":"service",...}" lines) as
-scripts/gpu-host-bench.sh writes them. A "== <label>" line names what follows; labels containing
-"(before" mark the tree before the change (impl "attnd@<rev>"). attnd rows are the kernel the
-planner picks by default (decode: tensor cores for a GQA group >= 4 at head_dim <= 128, else CUDA
-cores; prefill: paged, tile "auto"). Rows measured twice (service rounds) are averaged; the
-single values go in "runs".
+Inputs: FlashInfer's fi_peer.jsonl and bench/fi_extra_peer.py's fi_extra.jsonl ("timing" rows;
+pass both with --fi), and the output of decode_bench / prefill_bench ("JSON {...}" lines),
+cascade_bench ("JSON {"bench":"cascade_decode",...}") and service_bench
+("{"bench":"service",...}" lines) as scripts/gpu-host-bench.sh writes them. A "== <label>" line
+names what follows; labels containing "(before" mark the tree before the change (impl
+"attnd@<rev>"). attnd rows are the kernel the planner picks by default (decode: tensor cores for
+a GQA group >= 4 at head_dim <= 128, else CUDA cores; prefill: paged, tile "auto"). Rows measured
+twice (service rounds) are averaged; the single values go in "runs".
+
+Feature rows (issue 15; phase `features` of scripts/gpu-host-bench.sh):
+  treemask-<dt>-hd<D>-b<B>-q<qo>-kv<prefix>-hkv<Hkv>: tree-mask prefill (a qo-node draft tree on
+      a prefix), TFLOP/s over the visible (query, key) pairs; FlashInfer "treemask" rows,
+      prefill_bench rows with "mask":"tree". The causal prefill of the same shape is the usual
+      append-<dt>-...-q<qo>-kv<prefix>-... row.
+  cascade-<dt>-hd<D>-b<B>-prefix<P>-own<O>-hkv<Hkv>: cascade decode (a P-token prefix shared by
+      the batch, O own tokens per request), and cascade-flat-<same>: the ordinary decode of the
+      same batch (each request's table = prefix + own pages); FlashInfer "cascade" /
+      "cascade-flat" rows, and both times of a cascade_bench row. Metric: TB/s of the batch's
+      logical K+V bytes, 2*B*(P+O)*Hkv*D*bytes / time (the same numerator for both, so
+      cascade / cascade-flat is the speedup).
 """
 import argparse
 import collections
@@ -28,16 +41,42 @@ def fi_rows(path):
         r = json.loads(line)
         if r.get("kind") != "timing" or r.get("metric") is None:
             continue
-        dt = {"float16": "fp16", "bfloat16": "bf16"}.get(r["dtype"], r["dtype"])
+        dt = DTYPES.get(r["dtype"], r["dtype"])
+        extra = {"median_us": r["median_us"], "reps": r.get("reps")}
         if r["op"] == "decode":
             name = f"decode-{dt}-hd{r['head_dim']}-b{r['B']}-kv{r['kv_len']}-hkv{r['hk']}"
         elif r["op"] == "prefill":
             name = f"prefill-{dt}-hd{r['head_dim']}-causal-b{r['B']}-L{r['qo_len']}-hkv{r['hk']}"
+        elif r["op"] == "treemask":  # kv_len counts the prefix and the tree's tokens
+            prefix = r["kv_len"] - r["qo_len"]
+            name = treemask_name(dt, r["head_dim"], r["B"], r["qo_len"], prefix, r["hk"])
+        elif r["op"] in ("cascade", "cascade-flat"):
+            name = cascade_name(r["op"], dt, r["head_dim"], r["B"], r["prefix_len"],
+                                r["own_len"], r["hk"])
+            extra["resolved_backend"] = r.get("resolved_backend")
         else:  # append: kv_len counts the prefix and the new tokens
             prefix = r["kv_len"] - r["qo_len"]
             name = f"append-{dt}-hd{r['head_dim']}-b{r['B']}-q{r['qo_len']}-kv{prefix}-hkv{r['hk']}"
-        yield name, f"flashinfer-{r['backend']}", r["unit"], r["metric"], {
-            "median_us": r["median_us"], "reps": r.get("reps")}
+        yield name, f"flashinfer-{r['backend']}", r["unit"], r["metric"], extra
+
+
+DTYPES = {"float16": "fp16", "bfloat16": "bf16"}
+# prefill_bench's explicit tile variants (--wide): never the planner's default
+EXPLICIT_TILES = ("default", "wide", "wide3", "wide64", "sm90")
+
+
+def treemask_name(dt, head_dim, batch, qo_len, prefix, hkv):
+    return f"treemask-{dt}-hd{head_dim}-b{batch}-q{qo_len}-kv{prefix}-hkv{hkv}"
+
+
+def cascade_name(op, dt, head_dim, batch, prefix, own, hkv):
+    """op: "cascade" or "cascade-flat" (the flat decode of the same batch)."""
+    return f"{op}-{dt}-hd{head_dim}-b{batch}-prefix{prefix}-own{own}-hkv{hkv}"
+
+
+def cascade_logical_bytes(batch, prefix, own, hkv, head_dim, itemsize=2):
+    """K+V bytes of every request's whole sequence (what a flat decode reads)."""
+    return 2 * batch * (prefix + own) * hkv * head_dim * itemsize
 
 
 def default_decode_kernel(hq, hkv, head_dim):
@@ -67,10 +106,20 @@ def attnd_rows(path):
             yield name, impl, "TB/s", r["tbps"], {"kernel": r["kernel"], "ms": r["ms"],
                                                   "tbps_clean_l2": r.get("tbps_clean")}
         elif b == "prefill":
-            if r["kv"] != "paged" or r["tile"] not in ("auto", "rope") or r["workload"].startswith("["):
+            # --mask rows (their JSON carries "mask"): any tile but --wide's explicit variants
+            masked = r.get("mask") is not None
+            tile_ok = r["tile"] in ("auto", "rope") or (masked and r["tile"] not in EXPLICIT_TILES)
+            if r["kv"] != "paged" or not tile_ok or r["workload"].startswith("["):
                 continue
             suffix = "-rope" if r.get("rope") else ""
-            if r["workload"].startswith("append"):
+            if r.get("mask") == "tree":
+                # "tree 64 onto 4096 B16": the prefix from the name, else kv_len (prefill_bench's
+                # kv_len of an append row is its prefix)
+                m = re.search(r"(\d+) onto (\d+)", r["workload"])
+                prefix = int(m.group(2)) if m else r["kv_len"]
+                name = treemask_name(r["dtype"], r["head_dim"], r["batch"], r["qo_len"], prefix,
+                                     r["num_kv_heads"]) + suffix
+            elif r["workload"].startswith("append"):
                 prefix = r["kv_len"]  # prefill_bench names the prefix: "append 128 onto 4096"
                 name = (f"append-{r['dtype']}-hd{r['head_dim']}-b{r['batch']}-q{r['qo_len']}"
                         f"-kv{prefix}-hkv{r['num_kv_heads']}{suffix}")
@@ -79,6 +128,16 @@ def attnd_rows(path):
                         f"-L{r['qo_len']}-hkv{r['num_kv_heads']}{suffix}")
             yield name, impl, "TFLOP/s", r["tflops"], {"median_us": r["median_us"],
                                                        "reps": r.get("reps")}
+        elif b == "cascade_decode":
+            dt = DTYPES.get(r["dtype"], r["dtype"])
+            logical = cascade_logical_bytes(r["batch"], r["prefix_len"], r["own_len"],
+                                            r["num_kv_heads"], r["head_dim"])
+            for op, ms in (("cascade", r["cascade_ms"]), ("cascade-flat", r["flat_ms"])):
+                name = cascade_name(op, dt, r["head_dim"], r["batch"], r["prefix_len"],
+                                    r["own_len"], r["num_kv_heads"])
+                yield name, impl, "TB/s", logical / (ms * 1e-3) / 1e12, {
+                    "median_us": round(ms * 1e3, 2), "speedup": r.get("speedup"),
+                    "max_abs_diff": r.get("max_abs_diff")}
         elif b == "service":
             base = "service-decode-b64-kv4096-hkv8-32layers-step"
             mode = r["mode"]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs on the GPU host, from the repository root: the numbers of one device call, peers first.
-#   scripts/gpu-host-bench.sh decode|prefill
+#   scripts/gpu-host-bench.sh decode|prefill|features
 #   decode:  FlashInfer's decode rows (its JIT first), then attnd's decode_bench on the same
 #            shapes (also with --rope), and the decode_bench of the tree before the change when
 #            .gpu-before/ carries one (old and new kernels in the same call);
@@ -8,13 +8,17 @@
 #            the before tree's prefill_bench when .gpu-before/ carries one);
 #   both:    then service_bench of this tree and of the tree before the change (.gpu-before/ with
 #            bin/attnd and bin/service_bench), twice each.
+#   features: FlashInfer's rows of the feature benchmarks first (bench/fi_extra_peer.py: tree-mask
+#            prefill and the causal prefill of the same shape, cascade decode and the flat decode
+#            of the same batch; its JIT first), then attnd's prefill_bench --mask (the tree-mask and
+#            causal "64 onto 4096 B16" rows) and cascade_bench; no service_bench.
 # FlashInfer: ../shared/gpu/flashinfer-peer, carried as .fi-peer/flashinfer_peer.tar.xz; its JIT
 # cache (/tmp/fi_peer_cache) is reused by a second call on the same warm machine.
 # Results go to $OUT: device.txt, fi_peer_<phase>.jsonl, fi_peer_<phase>.txt, bench_<phase>.txt,
-# logs.tgz.
+# logs.tgz (features: fi_extra.jsonl, fi_extra.txt, bench_features.txt, logs.tgz).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
-phase=${1:?decode or prefill}
+phase=${1:?decode, prefill or features}
 out=${OUT:-/tmp/attnd-gpu-out}
 mkdir -p "$out"
 work=$(mktemp -d)
@@ -33,9 +37,18 @@ date -u +%FT%TZ | tee -a "$out/device.txt"
 case "$phase" in
   decode) filter='^decode' ;;
   prefill) filter='^(prefill|append)' ;;
+  features) ;;  # bench/fi_extra_peer.py runs all its rows
   *) echo "unknown phase $phase" >&2; exit 2 ;;
 esac
-if [ -f .fi-peer/flashinfer_peer.tar.xz ]; then
+if [ -f .fi-peer/flashinfer_peer.tar.xz ] && [ "$phase" = features ]; then
+  [ -f /tmp/fi/fi_peer.py ] || { mkdir -p /tmp/fi && tar -xJf .fi-peer/flashinfer_peer.tar.xz -C /tmp/fi; }
+  # bench/fi_extra_peer.py imports fi_peer.py's helpers from the bundle's top level.
+  start=$(date +%s)
+  OUT="$work" PYTHONPATH=/tmp/fi PYTHONUNBUFFERED=1 timeout 480 python3 bench/fi_extra_peer.py \
+    > "$out/fi_extra.txt" 2>&1 || { echo "fi_extra_peer FAILED rc=$?" | tee -a "$out/device.txt"; status=1; }
+  [ -f "$work/fi_extra.jsonl" ] && cp "$work/fi_extra.jsonl" "$out/fi_extra.jsonl"
+  echo "fi_extra_peer: $(( $(date +%s) - start )) s" | tee -a "$out/device.txt"
+elif [ -f .fi-peer/flashinfer_peer.tar.xz ]; then
   [ -f /tmp/fi/fi_peer.py ] || { mkdir -p /tmp/fi && tar -xJf .fi-peer/flashinfer_peer.tar.xz -C /tmp/fi; }
   start=$(date +%s)
   OUT="$work" FI_PEER_SET=min FI_PEER_NO_CHECK=1 FI_PEER_FILTER="$filter" PYTHONPATH=/tmp/fi \
@@ -53,7 +66,11 @@ bench() {  # label, command...
   echo "($label: $(( $(date +%s) - start )) s)" >> "$work/bench.txt"
 }
 : > "$work/bench.txt"
-if [ "$phase" = decode ]; then
+if [ "$phase" = features ]; then
+  # attnd's rows of the same workloads (bench/side_by_side.py pairs them with fi_extra.jsonl).
+  bench "prefill_bench --mask" .gpu/bin/prefill_bench --mask
+  bench "cascade_bench" .gpu/bin/cascade_bench
+elif [ "$phase" = decode ]; then
   # Two rounds each, alternating: the spread between rounds is what "same speed" is judged by.
   for round in 1 2; do
     bench "decode_bench (this tree), round $round" .gpu/bin/decode_bench
@@ -69,16 +86,20 @@ else
   done
   bench "prefill_bench --rope --quick" .gpu/bin/prefill_bench --rope --quick
 fi
-# The service step (decode through the daemon against in-process kernels), both phases.
-for round in 1 2; do
-  bench "service_bench after (this tree), round $round" .gpu/bin/service_bench
-  [ -x .gpu-before/bin/service_bench ] && bench "service_bench before ($before), round $round" \
-    env ATTND_BIN="$PWD/.gpu-before/bin/attnd" .gpu-before/bin/service_bench
-done
+# The service step (decode through the daemon against in-process kernels), decode and prefill.
+if [ "$phase" != features ]; then
+  for round in 1 2; do
+    bench "service_bench after (this tree), round $round" .gpu/bin/service_bench
+    [ -x .gpu-before/bin/service_bench ] && bench "service_bench before ($before), round $round" \
+      env ATTND_BIN="$PWD/.gpu-before/bin/attnd" .gpu-before/bin/service_bench
+  done
+fi
 cp "$work/bench.txt" "$out/bench_$phase.txt"
 tar czf "$out/logs.tgz" -C "$work" . 2>/dev/null
 echo
-for f in "fi_peer_$phase.txt" "bench_$phase.txt"; do
+peer_txt="fi_peer_$phase.txt"
+[ "$phase" = features ] && peer_txt=fi_extra.txt
+for f in "$peer_txt" "bench_$phase.txt"; do
   [ -f "$out/$f" ] && { echo "######## $f"; grep -vE '^(JSON|\{)' "$out/$f" | tail -60; }
 done
 exit $status
