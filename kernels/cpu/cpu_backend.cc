@@ -67,7 +67,12 @@ class CpuPlan final : public PreparedPlan {
  public:
   explicit CpuPlan(PlanSpec spec)
       : PreparedPlan(std::move(spec)), max_page_id(MaxPageId(this->spec())) {}
-  const int32_t max_page_id;
+  // UpdatePlan in place: work runs inline, so no run can still be reading the old table.
+  void Update(PlanSpec spec) {
+    max_page_id = MaxPageId(spec);
+    ReplaceSpec(std::move(spec));
+  }
+  int32_t max_page_id;
 };
 
 // The layer view with the plan's page table filled in; checks that geometry and plan agree.
@@ -139,6 +144,19 @@ class CpuBackend final : public Backend {
     if (!spec.cascade_levels.empty()) return PrepareCascade(*this, std::move(spec), stream);
     if (auto s = CheckPlanSpec(spec, cpu::kMaxHeadDim); !s.ok()) return s;
     return std::unique_ptr<PreparedPlan>(new CpuPlan(std::move(spec)));
+  }
+
+  // In place when the table stays an ordinary one of the same shape (UpdatableInPlace): the new
+  // spec replaces the old (no copy of the table); otherwise a new plan (Backend's default).
+  absl::Status UpdatePlan(std::unique_ptr<PreparedPlan>& plan, PlanSpec spec,
+                          Stream* stream) override {
+    auto* cp = dynamic_cast<CpuPlan*>(plan.get());
+    if (cp == nullptr || !UpdatableInPlace(cp->spec(), spec)) {
+      return Backend::UpdatePlan(plan, std::move(spec), stream);
+    }
+    if (auto s = CheckPlanSpec(spec, cpu::kMaxHeadDim); !s.ok()) return s;
+    cp->Update(std::move(spec));
+    return absl::OkStatus();
   }
 
   absl::Status AppendKv(const PreparedPlan& plan, const PagedKV& layer, const void* k,

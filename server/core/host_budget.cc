@@ -27,8 +27,26 @@ void HostCharge::Release() {
   bytes_ = 0;
 }
 
-absl::StatusOr<HostCharge> HostBudget::Charge(std::shared_ptr<SessionUsage> session,
-                                              uint64_t bytes, absl::string_view what) {
+void HostCharge::Absorb(HostCharge other) {
+  if (other.bytes_ == 0) return;
+  if (bytes_ == 0) {
+    *this = std::move(other);
+    return;
+  }
+  // Same counters (the caller's contract): the bytes move over, nothing is re-counted.
+  bytes_ += std::exchange(other.bytes_, 0);
+}
+
+void HostCharge::ReleaseAbove(uint64_t bytes) {
+  if (bytes_ <= bytes) return;
+  const auto excess = static_cast<int64_t>(bytes_ - bytes);
+  if (daemon_ != nullptr) daemon_->fetch_sub(excess);
+  if (session_ != nullptr) session_->host_bytes.fetch_sub(excess);
+  bytes_ = bytes;
+}
+
+absl::StatusOr<HostCharge> HostBudget::Charge(std::shared_ptr<SessionUsage> session, uint64_t bytes,
+                                              absl::string_view what) {
   HostCharge charge;
   if (bytes == 0) return charge;
   if (bytes > static_cast<uint64_t>(std::numeric_limits<int64_t>::max() / 2)) {

@@ -28,6 +28,11 @@ class HostCharge {
   HostCharge(const HostCharge&) = delete;
   HostCharge& operator=(const HostCharge&) = delete;
   uint64_t bytes() const { return bytes_; }
+  // Adds `other` (a charge of the same budget and session, or an empty one) to this charge;
+  // what grows with its owner (a plan's table after an update) stays one charge.
+  void Absorb(HostCharge other);
+  // Returns what this charge holds above `bytes` to the budgets (no-op when it holds less).
+  void ReleaseAbove(uint64_t bytes);
 
  private:
   friend class HostBudget;

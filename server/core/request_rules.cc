@@ -3,9 +3,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <span>
 #include <vector>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "attnd/kernels/cascade.h"
 #include "server/core/validation.h"
@@ -90,7 +92,359 @@ absl::Status CheckCascadeLevels(const v1::CreatePlanRequest& request, const Pool
   return absl::OkStatus();
 }
 
+constexpr int64_t kInt32Max = std::numeric_limits<int32_t>::max();
+
+// kv_len of request b of a checked table.
+int64_t KvLenOf(const kernels::PlanSpec& spec, int32_t b) {
+  const int64_t pages = static_cast<int64_t>(spec.kv_indptr[b + 1]) - spec.kv_indptr[b];
+  return (pages - 1) * spec.page_size + spec.kv_last_page_len[b];
+}
+
+// What a delta of an UpdatePlan names a page as, for messages: "deltas[2].grow.new_pages[0]",
+// "deltas[0].join.kv_indices[3]", or a page the grown request had ("deltas[1].grow.request=4's
+// page").
+std::string NamedPageField(const PlanUpdate::NamedPage& p) {
+  if (p.join) return absl::StrCat("deltas[", p.delta, "].join.kv_indices[", p.position, "]");
+  if (p.position >= 0)
+    return absl::StrCat("deltas[", p.delta, "].grow.new_pages[", p.position, "]");
+  return absl::StrCat("deltas[", p.delta, "].grow.request=", p.request, ": its page");
+}
+
+// The request `request` a grow or leave names (`what`: "grow" / "leave"), in the batch of
+// `batch` requests before the update and named by no other delta (named_by: the delta naming
+// each request, -1 = none).
+absl::Status NameRequest(int delta, absl::string_view what, int32_t request, int32_t batch,
+                         std::vector<int32_t>& named_by) {
+  if (request < 0 || request >= batch) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("deltas[", delta, "].", what, ".request=", request, " is outside 0..",
+                     batch - 1, " (the plan's batch before the update)"));
+  }
+  if (named_by[request] >= 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "deltas[", delta, "].", what, ".request=", request, ": request ", request,
+        " is also named by deltas[", named_by[request], "]; a request takes one delta per update"));
+  }
+  named_by[request] = delta;
+  return absl::OkStatus();
+}
+
+// A grow's or a join's qo_len for a request of `kv_len` tokens after the update: decode plans
+// take 0 or 1 (their one row), prefill plans 0..kv_len. The request's rows.
+absl::StatusOr<int64_t> CheckQoLen(bool decode, int delta, absl::string_view what, int32_t qo_len,
+                                   int64_t kv_len) {
+  if (decode) {
+    if (qo_len != 0 && qo_len != 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("deltas[", delta, "].", what, ".qo_len=", qo_len,
+                       ": a decode plan's requests have exactly one query row (leave it 0, or 1)"));
+    }
+    return 1;
+  }
+  if (qo_len < 0 || qo_len > kv_len) {
+    return absl::InvalidArgumentError(absl::StrCat("deltas[", delta, "].", what, ".qo_len=", qo_len,
+                                                   " is outside 0..", kv_len,
+                                                   " (the request's kv_len after the update)"));
+  }
+  return qo_len;
+}
+
 }  // namespace
+
+absl::StatusOr<PlanUpdate> CheckUpdatePlan(const v1::UpdatePlanRequest& request, const Plan& plan) {
+  if (plan.cascade_levels > 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("plan '", plan.id, "' is a cascade plan (", plan.cascade_levels,
+                     " cascade_levels); cascade plans cannot be updated: create a new plan"));
+  }
+  const kernels::PlanSpec& old = plan.prepared->spec();
+  if (!old.custom_mask.empty()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("plan '", plan.id,
+                     "' has a custom_mask; plans with a custom mask cannot be updated: create a "
+                     "new plan"));
+  }
+  PlanUpdate update;
+  if (request.deltas_size() == 0) return update;  // nothing to change
+  update.changes = true;
+  const PoolGeometry& pool = plan.pool->geometry();
+  const std::string& pool_name = plan.pool->name();
+  const bool decode = old.kind == kernels::AttentionKind::kDecode;
+  const int32_t batch = old.batch_size();
+  const int32_t page_size = old.page_size;
+  std::vector<int32_t> named_by(static_cast<size_t>(batch), -1);
+  // Per grow (by delta index): the request's kv_len and query rows after the update.
+  struct Grown {
+    int64_t kv_len = 0;
+    int64_t qo_len = 0;
+  };
+  absl::flat_hash_map<int, Grown> grown;
+  int64_t kv_tokens = plan.kv_tokens;
+  int64_t entries = static_cast<int64_t>(old.kv_indices.size());
+  int32_t leaving = 0, joining = 0;
+  auto name_pages = [&](const auto& pages, int delta, bool join, int32_t request) {
+    for (int k = 0; k < pages.size(); ++k) {
+      update.named.push_back({pages[k], delta, k, join, request});
+      ++update.entry_changes[pages[k]];
+    }
+  };
+  for (int i = 0; i < request.deltas_size(); ++i) {
+    const v1::PlanDelta& delta = request.deltas(i);
+    const std::string prefix = absl::StrCat("deltas[", i, "].");
+    switch (delta.change_case()) {
+      case v1::PlanDelta::kGrow: {
+        const v1::PlanDelta::Grow& g = delta.grow();
+        if (auto s = NameRequest(i, "grow", g.request(), batch, named_by); !s.ok()) return s;
+        const int32_t r = g.request();
+        if (g.num_tokens() < 0) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              prefix, "grow.num_tokens=", g.num_tokens(),
+              " must be >= 0 (a request's length never shrinks; it may leave and join again)"));
+        }
+        const int64_t before = KvLenOf(old, r);
+        const int64_t after = before + g.num_tokens();
+        if (after > kInt32Max) {
+          return absl::InvalidArgumentError(
+              absl::StrCat(prefix, "grow.num_tokens=", g.num_tokens(), ": request ", r,
+                           " would have kv_len=", after, ", more than ", kInt32Max));
+        }
+        const int64_t have = static_cast<int64_t>(old.kv_indptr[r + 1]) - old.kv_indptr[r];
+        const int64_t need = (after + page_size - 1) / page_size;
+        if (g.new_pages_size() != need - have) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              prefix, "grow.new_pages has ", g.new_pages_size(), " entries; request ", r,
+              " grows from kv_len ", before, " (", have, " pages) to ", after,
+              " and needs exactly ", need - have, " new pages (page_size ", page_size, ")"));
+        }
+        const absl::Span<const int32_t> pages(g.new_pages().data(), g.new_pages_size());
+        if (auto s = ValidatePageIds(pages, absl::StrCat(prefix, "grow.new_pages"), pool.num_pages,
+                                     pool_name);
+            !s.ok()) {
+          return s;
+        }
+        auto qo_len = CheckQoLen(decode, i, "grow", g.qo_len(), after);
+        if (!qo_len.ok()) return qo_len.status();
+        grown[i] = {after, *qo_len};
+        name_pages(g.new_pages(), i, /*join=*/false, r);
+        kv_tokens += g.num_tokens();
+        entries += g.new_pages_size();
+        break;
+      }
+      case v1::PlanDelta::kLeave: {
+        const int32_t r = delta.leave().request();
+        if (auto s = NameRequest(i, "leave", r, batch, named_by); !s.ok()) return s;
+        for (int32_t e = old.kv_indptr[r]; e < old.kv_indptr[r + 1]; ++e) {
+          --update.entry_changes[old.kv_indices[e]];
+        }
+        kv_tokens -= KvLenOf(old, r);
+        entries -= old.kv_indptr[r + 1] - old.kv_indptr[r];
+        ++leaving;
+        break;
+      }
+      case v1::PlanDelta::kJoin: {
+        const v1::PlanDelta::Join& j = delta.join();
+        if (j.kv_indices_size() == 0) {
+          return absl::InvalidArgumentError(
+              absl::StrCat(prefix, "join.kv_indices is empty; a request needs >= 1 page"));
+        }
+        const absl::Span<const int32_t> pages(j.kv_indices().data(), j.kv_indices_size());
+        if (auto s = ValidatePageIds(pages, absl::StrCat(prefix, "join.kv_indices"), pool.num_pages,
+                                     pool_name);
+            !s.ok()) {
+          return s;
+        }
+        if (j.kv_last_page_len() < 1 || j.kv_last_page_len() > page_size) {
+          return absl::InvalidArgumentError(
+              absl::StrCat(prefix, "join.kv_last_page_len=", j.kv_last_page_len(),
+                           " is outside 1..page_size (", page_size, ")"));
+        }
+        const int64_t kv_len =
+            static_cast<int64_t>(j.kv_indices_size() - 1) * page_size + j.kv_last_page_len();
+        if (kv_len > kInt32Max) {
+          return absl::InvalidArgumentError(
+              absl::StrCat(prefix, "join.kv_indices has ", j.kv_indices_size(),
+                           " pages: kv_len=", kv_len, ", more than ", kInt32Max));
+        }
+        if (auto qo_len = CheckQoLen(decode, i, "join", j.qo_len(), kv_len); !qo_len.ok()) {
+          return qo_len.status();
+        }
+        name_pages(j.kv_indices(), i, /*join=*/true, /*request=*/-1);
+        kv_tokens += kv_len;
+        entries += j.kv_indices_size();
+        ++joining;
+        break;
+      }
+      default:
+        return absl::InvalidArgumentError(
+            absl::StrCat("deltas[", i, "] sets no change (grow, leave or join)"));
+    }
+  }
+  const int64_t new_batch = static_cast<int64_t>(batch) - leaving + joining;
+  if (new_batch < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the update leaves the plan without requests (all ", batch,
+                     " leave); delete the plan (DeletePlan) instead"));
+  }
+  if (new_batch > kMaxBatchSize) {
+    return absl::InvalidArgumentError(absl::StrCat("the update gives the plan ", new_batch,
+                                                   " requests, more than the limit of ",
+                                                   kMaxBatchSize));
+  }
+  if (entries > kInt32Max) {
+    return absl::InvalidArgumentError(absl::StrCat("the updated plan would have ", entries,
+                                                   " page entries, more than ", kInt32Max));
+  }
+
+  // The updated table: the requests that stay, in order, then the joined ones; and the pages
+  // the changed requests' appends write before (`was_written`) and after (`writes`).
+  kernels::PlanSpec& spec = update.spec;
+  spec.kind = old.kind;
+  spec.num_qo_heads = old.num_qo_heads;
+  spec.num_kv_heads = old.num_kv_heads;
+  spec.head_dim = old.head_dim;
+  spec.page_size = page_size;
+  spec.kv_dtype = old.kv_dtype;
+  spec.kv_indptr.reserve(static_cast<size_t>(new_batch) + 1);
+  spec.qo_indptr.reserve(static_cast<size_t>(new_batch) + 1);
+  spec.kv_last_page_len.reserve(static_cast<size_t>(new_batch));
+  spec.kv_indices.reserve(static_cast<size_t>(entries));
+  spec.kv_indptr.push_back(0);
+  spec.qo_indptr.push_back(0);
+  int64_t qo_tokens = 0;
+  std::vector<int32_t> was_written;
+  struct Write {
+    PlanUpdate::NamedPage page;
+    int32_t writer;  // the request of the updated plan
+  };
+  std::vector<Write> writes;
+  // Ends the row of a request whose pages were appended from `list_begin`: its last page's
+  // tokens and query rows. When `changed` (by delta `delta`: a grow of `request` or a join),
+  // the pages it writes go to `writes`; those at slots from `first_new` on are the delta's own
+  // (grow.new_pages / join.kv_indices from index 0).
+  auto add_request = [&](int64_t kv_len, int64_t qo_len, bool changed, int delta, bool join,
+                         int32_t request, int64_t list_begin, int64_t first_new) -> absl::Status {
+    const int64_t pages = static_cast<int64_t>(spec.kv_indices.size()) - list_begin;
+    spec.kv_last_page_len.push_back(static_cast<int32_t>(kv_len - (pages - 1) * page_size));
+    qo_tokens += qo_len;
+    if (qo_tokens > kInt32Max) {
+      return absl::InvalidArgumentError(absl::StrCat("the updated plan would have ", qo_tokens,
+                                                     " query rows, more than ", kInt32Max));
+    }
+    spec.qo_indptr.push_back(static_cast<int32_t>(qo_tokens));
+    spec.kv_indptr.push_back(static_cast<int32_t>(spec.kv_indices.size()));
+    if (!changed) return absl::OkStatus();
+    const SlotRange slots = WrittenSlots(kv_len, qo_len, page_size);
+    const int32_t writer = static_cast<int32_t>(spec.kv_last_page_len.size()) - 1;
+    for (int64_t slot = slots.first; slot <= slots.last; ++slot) {
+      const int32_t position = static_cast<int32_t>(slot >= first_new ? slot - first_new : -1);
+      writes.push_back(
+          {{spec.kv_indices[list_begin + slot], delta, position, join, request}, writer});
+    }
+    return absl::OkStatus();
+  };
+  for (int32_t b = 0; b < batch; ++b) {
+    const int i = named_by[b];
+    const int64_t kv_len = KvLenOf(old, b);
+    const int64_t qo_len = static_cast<int64_t>(old.qo_indptr[b + 1]) - old.qo_indptr[b];
+    if (i >= 0) {  // a grown or leaving request no longer writes what it wrote
+      const SlotRange slots = WrittenSlots(kv_len, qo_len, page_size);
+      for (int64_t slot = slots.first; slot <= slots.last; ++slot) {
+        was_written.push_back(old.kv_indices[old.kv_indptr[b] + slot]);
+      }
+    }
+    if (i >= 0 && request.deltas(i).has_leave()) continue;
+    const int64_t list_begin = static_cast<int64_t>(spec.kv_indices.size());
+    spec.kv_indices.insert(spec.kv_indices.end(), old.kv_indices.begin() + old.kv_indptr[b],
+                           old.kv_indices.begin() + old.kv_indptr[b + 1]);
+    absl::Status s;
+    if (i >= 0) {
+      const v1::PlanDelta::Grow& g = request.deltas(i).grow();
+      const int64_t have = old.kv_indptr[b + 1] - old.kv_indptr[b];
+      spec.kv_indices.insert(spec.kv_indices.end(), g.new_pages().begin(), g.new_pages().end());
+      const Grown& after = grown[i];
+      s = add_request(after.kv_len, after.qo_len, /*changed=*/true, i, /*join=*/false, b,
+                      list_begin, have);
+    } else {
+      s = add_request(kv_len, qo_len, /*changed=*/false, -1, false, b, list_begin, 0);
+    }
+    if (!s.ok()) return s;
+  }
+  for (int i = 0; i < request.deltas_size(); ++i) {
+    if (!request.deltas(i).has_join()) continue;
+    const v1::PlanDelta::Join& j = request.deltas(i).join();
+    const int64_t list_begin = static_cast<int64_t>(spec.kv_indices.size());
+    spec.kv_indices.insert(spec.kv_indices.end(), j.kv_indices().begin(), j.kv_indices().end());
+    const int64_t kv_len =
+        static_cast<int64_t>(j.kv_indices_size() - 1) * page_size + j.kv_last_page_len();
+    const int64_t qo_len = decode ? 1 : j.qo_len();
+    if (auto s = add_request(kv_len, qo_len, /*changed=*/true, i, /*join=*/true, -1, list_begin, 0);
+        !s.ok()) {
+      return s;
+    }
+  }
+  if (qo_tokens < 1) {
+    return absl::InvalidArgumentError(
+        "the updated plan has no query rows (every request's qo_len is 0)");
+  }
+  update.batch_size = static_cast<int32_t>(new_batch);
+  update.qo_tokens = qo_tokens;
+  update.kv_tokens = kv_tokens;
+
+  // The plan's page index: kept by the plan after its first update, built now before it.
+  const PlanPageIndex* index = plan.page_index.get();
+  if (index == nullptr) {
+    update.new_index = std::make_unique<PlanPageIndex>(
+        PlanPageIndex::Build(old, plan.pinned_pages, plan.written_pages));
+    index = update.new_index.get();
+  }
+  // Written pages: one request each. A page the changed requests wrote and still write stays.
+  const absl::flat_hash_set<int32_t> was(was_written.begin(), was_written.end());
+  absl::flat_hash_map<int32_t, int32_t> writer;  // page -> request of the updated plan
+  for (const Write& write : writes) {
+    const PlanUpdate::NamedPage& w = write.page;
+    auto [it, inserted] = writer.try_emplace(w.page, write.writer);
+    if (!inserted) {
+      if (it->second == write.writer) continue;  // the request names the page twice
+      return absl::InvalidArgumentError(absl::StrCat(
+          NamedPageField(w), "=", w.page, ": page ", w.page, " would be appended to by requests ",
+          it->second, " and ", write.writer, " of the updated plan"));
+    }
+    if (was.contains(w.page)) continue;
+    if (index->written.contains(w.page)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(NamedPageField(w), "=", w.page, ": page ", w.page,
+                       " is appended to by another request of the plan"));
+    }
+    update.newly_written.push_back(w);
+  }
+  for (const int32_t page : was) {
+    if (!writer.contains(page)) update.no_longer_written.push_back(page);
+  }
+  // Pins: pages whose entries go from none to some, or from some to none.
+  for (const auto& [page, change] : update.entry_changes) {
+    if (change == 0) continue;
+    auto it = index->uses.find(page);
+    const int32_t before = it == index->uses.end() ? 0 : it->second.entries;
+    const int32_t after = before + change;
+    if (before == 0 && after > 0) update.pin.push_back(page);
+    if (before > 0 && after == 0) update.unpin.push_back(page);
+  }
+  return update;
+}
+
+absl::Status CheckPlanUpdatePages(const PlanUpdate& update, const PoolAttachment& mine,
+                                  const PageAllocator& allocator, absl::string_view pool_name) {
+  for (const PlanUpdate::NamedPage& p : update.named) {
+    if (mine.held.count(p.page) <= 0) return PageNotHeldError(NamedPageField(p), p.page, pool_name);
+  }
+  for (const PlanUpdate::NamedPage& p : update.newly_written) {
+    if (auto s = CheckPagesUnshared({p.page}, allocator, mine.held, mine.pinned); !s.ok()) {
+      return absl::Status(s.code(),
+                          absl::StrCat(NamedPageField(p), "=", p.page, ": ", s.message()));
+    }
+  }
+  return absl::OkStatus();
+}
 
 absl::StatusOr<ValidatedPlan> CheckCreatePlan(const v1::CreatePlanRequest& request,
                                               const Pool& pool) {

@@ -4,7 +4,8 @@
 // alignment, attention options, the reply's size) and return what the launch needs. Core calls
 // them before anything is enqueued, written or launched, so a refused request changed nothing.
 // CreatePlan's rules are CheckCreatePlan (fields, before anything is charged) and CheckPlanPages
-// (page ownership and writability, under the pool's lock right before the pins: BuildPlan).
+// (page ownership and writability, under the pool's lock right before the pins: BuildPlan);
+// UpdatePlan's are CheckUpdatePlan and CheckPlanUpdatePages, the same way (ApplyPlanUpdate).
 // MergeState and MergeStates (no plan, no pool) are CheckMergeState and CheckMergeStates; a
 // RunRagged (K/V as tensors, no pool) is CheckRunRagged.
 //
@@ -66,6 +67,21 @@ absl::StatusOr<ValidatedPlan> CheckCreatePlan(const v1::CreatePlanRequest& reque
                                               const Pool& pool);
 absl::Status CheckPlanPages(const ValidatedPlan& plan, const PoolAttachment& mine,
                             const PageAllocator& allocator, absl::string_view pool_name);
+
+// UpdatePlan (streamed page-table updates; attnd.proto PlanDelta), in two steps as CreatePlan.
+// CheckUpdatePlan: every delta against the plan (a plan of this session: cascade plans and plans
+// with a custom mask are refused) and its pool's geometry: the requests named (in range, one
+// delta each), lengths and their page counts, page ids in range, query rows, the updated
+// batch's limits, no page appended to by two requests; builds the updated table and what
+// changes with it (pins, written pages), touching only the requests the deltas name (and, on
+// the plan's first update, building its page index). Nothing changes here.
+// CheckPlanUpdatePages: every page a delta names is held by this session (PERMISSION_DENIED)
+// and every page the update makes the plan write is not shared with another session
+// (FAILED_PRECONDITION, CheckPagesUnshared's rule); ApplyPlanUpdate (plan.h) calls it under the
+// pool's lock right before the pins.
+absl::StatusOr<PlanUpdate> CheckUpdatePlan(const v1::UpdatePlanRequest& request, const Plan& plan);
+absl::Status CheckPlanUpdatePages(const PlanUpdate& update, const PoolAttachment& mine,
+                                  const PageAllocator& allocator, absl::string_view pool_name);
 
 // A checked Run: what the launch needs. Binding indices refer to the TensorBindings the check
 // filled (-1 = not bound).

@@ -187,12 +187,15 @@ absl::Status CheckPagesHeld(absl::Span<const int32_t> ids, absl::string_view fie
                             const PageLedger& held, absl::string_view pool_name) {
   for (size_t i = 0; i < ids.size(); ++i) {
     if (held.count(ids[i]) <= 0) {
-      return absl::PermissionDeniedError(absl::StrCat(field, "[", i, "]=", ids[i], ": page ",
-                                                      ids[i], " of pool '", pool_name,
-                                                      "' is not held by this session"));
+      return PageNotHeldError(absl::StrCat(field, "[", i, "]"), ids[i], pool_name);
     }
   }
   return absl::OkStatus();
+}
+
+absl::Status PageNotHeldError(absl::string_view name, int32_t page, absl::string_view pool_name) {
+  return absl::PermissionDeniedError(absl::StrCat(name, "=", page, ": page ", page, " of pool '",
+                                                  pool_name, "' is not held by this session"));
 }
 
 absl::StatusOr<std::vector<int64_t>> ValidatePageTable(
@@ -361,10 +364,8 @@ absl::StatusOr<ValidatedPlan> ValidatePlan(const v1::CreatePlanRequest& request,
   absl::flat_hash_map<int32_t, int32_t> writer_of_page;
   for (int32_t b = 0; b < batch; ++b) {
     const int64_t qo_len = static_cast<int64_t>(spec.qo_indptr[b + 1]) - spec.qo_indptr[b];
-    if (qo_len == 0) continue;
-    const int64_t first_slot = ((*kv_len)[b] - qo_len) / pool.page_size;
-    const int64_t last_slot = ((*kv_len)[b] - 1) / pool.page_size;
-    for (int64_t slot = first_slot; slot <= last_slot; ++slot) {
+    const SlotRange slots = WrittenSlots((*kv_len)[b], qo_len, pool.page_size);
+    for (int64_t slot = slots.first; slot <= slots.last; ++slot) {
       const int64_t index = kv_indptr[b] + slot;
       const int32_t page = kv_indices[static_cast<int>(index)];
       auto [it, inserted] = writer_of_page.try_emplace(page, b);

@@ -75,6 +75,8 @@ absl::Status ValidatePageIds(absl::Span<const int32_t> ids, absl::string_view fi
 // "page_ids[1]=7: page 7 of pool 'p' is not held by this session".
 absl::Status CheckPagesHeld(absl::Span<const int32_t> ids, absl::string_view field,
                             const PageLedger& held, absl::string_view pool_name);
+// That error for one page, `name` the field with its index ("deltas[0].join.kv_indices[3]").
+absl::Status PageNotHeldError(absl::string_view name, int32_t page, absl::string_view pool_name);
 
 // How ValidatePageTable's messages name the table: `prefix` goes before each field ("" for the
 // plan's own, "cascade_levels[1]." for a level), `unit` names an entry ("request", "group"),
@@ -91,6 +93,17 @@ absl::StatusOr<std::vector<int64_t>> ValidatePageTable(
     const PageTableNames& names, absl::Span<const int32_t> kv_indptr,
     absl::Span<const int32_t> kv_indices, absl::Span<const int32_t> last_len,
     const PoolGeometry& pool, absl::string_view pool_name, int32_t max_entries);
+
+// The positions in a request's page list of the pages its appends write: those holding its last
+// qo_len of kv_len tokens (first > last when qo_len is 0).
+struct SlotRange {
+  int64_t first = 0;
+  int64_t last = -1;
+};
+inline SlotRange WrittenSlots(int64_t kv_len, int64_t qo_len, int32_t page_size) {
+  if (qo_len <= 0) return {};
+  return {(kv_len - qo_len) / page_size, (kv_len - 1) / page_size};
+}
 
 // A plan request checked against the pool's geometry (not yet against page ownership).
 struct ValidatedPlan {

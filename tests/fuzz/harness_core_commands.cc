@@ -119,6 +119,9 @@ void SubstituteIds(v1::SessionRequest& request, const std::string& pool_id,
     case v1::SessionRequest::kRun:
       Substitute(request.mutable_run()->mutable_plan_id(), plan_id);
       break;
+    case v1::SessionRequest::kUpdatePlan:
+      Substitute(request.mutable_update_plan()->mutable_plan_id(), plan_id);
+      break;
     default: break;
   }
 }
@@ -228,6 +231,18 @@ std::vector<std::string> CoreCommandSeeds() {
     for (int x : {0, 7}) p->add_qo_indptr(x);
   });
   add([](auto& r) { r.mutable_delete_plan()->set_plan_id("L"); });
+  add([](auto& r) {
+    // The session's plan (one request over its 3 pages, 10 tokens) grows into its last page,
+    // and a request joins over its first two.
+    auto* u = r.mutable_update_plan();
+    u->set_plan_id("L");
+    auto* grow = u->add_deltas()->mutable_grow();
+    grow->set_request(0);
+    grow->set_num_tokens(1);
+    auto* join = u->add_deltas()->mutable_join();
+    for (int x : {0, 1}) join->add_kv_indices(x);
+    join->set_kv_last_page_len(2);
+  });
   auto tensor = [](v1::Tensor* t, v1::DType dtype, const std::vector<int64_t>& shape) {
     t->set_dtype(dtype);
     int64_t n = 1;

@@ -220,6 +220,38 @@ absl::StatusOr<PlanInfo> SessionApi::CreatePlan(const PlanSpec& spec) {
   return info;
 }
 
+absl::StatusOr<PlanInfo> SessionApi::UpdatePlan(const std::string& plan_id,
+                                                const std::vector<PlanDeltaSpec>& deltas) {
+  v1::UpdatePlanRequest request;
+  request.set_plan_id(plan_id);
+  for (const PlanDeltaSpec& delta : deltas) {
+    v1::PlanDelta* out = request.add_deltas();
+    if (const auto* grow = std::get_if<PlanGrow>(&delta)) {
+      v1::PlanDelta::Grow* g = out->mutable_grow();
+      g->set_request(grow->request);
+      g->set_num_tokens(grow->num_tokens);
+      g->mutable_new_pages()->Add(grow->new_pages.begin(), grow->new_pages.end());
+      g->set_qo_len(grow->qo_len);
+    } else if (const auto* leave = std::get_if<PlanLeave>(&delta)) {
+      out->mutable_leave()->set_request(leave->request);
+    } else {
+      const auto& join = std::get<PlanJoin>(delta);
+      v1::PlanDelta::Join* j = out->mutable_join();
+      j->mutable_kv_indices()->Add(join.kv_indices.begin(), join.kv_indices.end());
+      j->set_kv_last_page_len(join.kv_last_page_len);
+      j->set_qo_len(join.qo_len);
+    }
+  }
+  absl::StatusOr<v1::UpdatePlanResponse> response = UpdatePlan(request);
+  if (!response.ok()) return response.status();
+  PlanInfo info;
+  info.plan_id = plan_id;
+  info.batch_size = response->batch_size();
+  info.qo_tokens = response->qo_tokens();
+  info.kv_tokens = response->kv_tokens();
+  return info;
+}
+
 absl::Status SessionApi::DeletePlan(const std::string& plan_id) {
   v1::DeletePlanRequest request;
   request.set_plan_id(plan_id);

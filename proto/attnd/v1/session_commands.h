@@ -37,4 +37,5 @@
   X(GetCompletionEvent, get_completion_event) \
   X(MergeState, merge_state)                  \
   X(MergeStates, merge_states)                \
-  X(RunRagged, run_ragged)
+  X(RunRagged, run_ragged)                    \
+  X(UpdatePlan, update_plan)

@@ -1,6 +1,8 @@
 // Plan commands: CreatePlan (its field rules, CheckCreatePlan; the quotas and the host charge;
-// then BuildPlan: the page rules and pins under the pool's lock, backend preparation) and
-// DeletePlan.
+// then BuildPlan: the page rules and pins under the pool's lock, backend preparation),
+// UpdatePlan (streamed page-table updates: CheckUpdatePlan's delta rules, the host charge of the
+// growth, then ApplyPlanUpdate: the page rules and pins under the pool's lock, the backend's
+// update in the stream's order) and DeletePlan.
 #include <utility>
 
 #include "server/core/core_state.h"
@@ -42,6 +44,48 @@ absl::StatusOr<v1::CreatePlanResponse> Core::CreatePlan(SessionRef session_ref,
         const std::string plan_id = (*plan)->id;
         session.plans[plan_id] = *std::move(plan);
         st.plans.fetch_add(1);
+        return response;
+      });
+}
+
+absl::StatusOr<v1::UpdatePlanResponse> Core::UpdatePlan(SessionRef session_ref,
+                                                        const v1::UpdatePlanRequest& request) {
+  State& st = *state_;
+  return st.WithSession(
+      session_ref, [&](Session& session) -> absl::StatusOr<v1::UpdatePlanResponse> {
+        auto found = st.FindPlan(session, request.plan_id());
+        if (!found.ok()) return found.status();
+        Plan& plan = **found;
+        v1::UpdatePlanResponse response;
+        auto update = CheckUpdatePlan(request, plan);
+        if (!update.ok()) return update.status();
+        if (update->changes) {
+          // Only the growth is charged (a shrinking plan returns bytes once it changed).
+          const uint64_t host_bytes = UpdatedPlanHostBytes(plan, *update);
+          const uint64_t held = plan.host_charge.bytes();
+          HostCharge extra;
+          if (host_bytes > held) {
+            auto charge =
+                st.host.Charge(session.usage, host_bytes - held,
+                               absl::StrCat("plan '", plan.id, "' growing to ",
+                                            update->spec.kv_indices.size(), " page entries"));
+            if (!charge.ok()) return charge.status();
+            extra = *std::move(charge);
+          }
+          auto stream = st.SessionStream(session);
+          if (!stream.ok()) return stream.status();
+          if (auto s = ApplyPlanUpdate(plan, *std::move(update), session.id, *st.backend, *stream,
+                                       host_bytes, std::move(extra), st.host);
+              !s.ok()) {
+            return s;
+          }
+          spdlog::debug("session {} updated plan {} ({} deltas): batch {}, {} query / {} kv tokens",
+                        session.tag, plan.id, request.deltas_size(), plan.batch_size,
+                        plan.qo_tokens, plan.kv_tokens);
+        }
+        response.set_batch_size(plan.batch_size);
+        response.set_qo_tokens(plan.qo_tokens);
+        response.set_kv_tokens(plan.kv_tokens);
         return response;
       });
 }

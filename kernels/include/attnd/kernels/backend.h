@@ -128,12 +128,17 @@ inline PlanSpec RaggedPlanSpec(std::vector<int32_t> qo_indptr, std::vector<int32
 }
 
 // A plan prepared by a backend: the page table in backend memory plus the backend's own work
-// schedule (e.g. the split-KV partition). Immutable; shared by all runs (layers) of a step.
+// schedule (e.g. the split-KV partition). Shared by all runs (layers) of a step; changed only by
+// Backend::UpdatePlan, between runs, in its stream's order.
 class PreparedPlan {
  public:
   explicit PreparedPlan(PlanSpec spec) : spec_(std::move(spec)) {}
   virtual ~PreparedPlan() = default;
   const PlanSpec& spec() const { return spec_; }
+
+ protected:
+  // For a backend's UpdatePlan that changes its plan in place.
+  void ReplaceSpec(PlanSpec spec) { spec_ = std::move(spec); }
 
  private:
   PlanSpec spec_;
@@ -213,6 +218,22 @@ class Backend {
 
   // Uploads the page table and computes the backend's schedule.
   virtual absl::StatusOr<std::unique_ptr<PreparedPlan>> Prepare(PlanSpec spec, Stream* stream) = 0;
+  // Makes `plan` (prepared by this backend on `stream`) the plan of `spec`, a checked table of
+  // the same kind, heads, head_dim, page size and kv dtype (UpdatePlanRequest: streamed
+  // page-table updates), as Prepare(spec) would, in `stream`'s order: work enqueued on the stream
+  // before the call still runs on the old table, work after it on the new one, and nothing waits
+  // for the device. All or nothing: on error `plan` is unchanged and usable. The default
+  // prepares a new plan and replaces `plan` with it (the old one is destroyed, which for a
+  // stream-ordered backend is ordered after the work already enqueued); backends override it to
+  // update in place (the CPU backend swaps the table; the CUDA backend keeps its device
+  // allocation while the table fits and uploads only the changed range, cuda_plan.h).
+  virtual absl::Status UpdatePlan(std::unique_ptr<PreparedPlan>& plan, PlanSpec spec,
+                                  Stream* stream) {
+    absl::StatusOr<std::unique_ptr<PreparedPlan>> fresh = Prepare(std::move(spec), stream);
+    if (!fresh.ok()) return fresh.status();
+    plan = *std::move(fresh);
+    return absl::OkStatus();
+  }
   // Appends new K/V rows (one per query token of the plan) into the layer's pages.
   virtual absl::Status AppendKv(const PreparedPlan& plan, const PagedKV& layer, const void* k,
                                 const void* v, Stream* stream) = 0;

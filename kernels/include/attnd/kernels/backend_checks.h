@@ -112,6 +112,19 @@ inline int32_t MaxPageId(const PlanSpec& spec) {
   return max_page;
 }
 
+// Whether a backend may update the plan of `old_spec` to `new_spec` in place (Backend::UpdatePlan):
+// both ordinary paged tables (no cascade levels, no custom mask, not ragged) of the same kind,
+// head counts, head_dim, page size and kv dtype. Anything else is prepared anew.
+inline bool UpdatableInPlace(const PlanSpec& old_spec, const PlanSpec& new_spec) {
+  auto plain = [](const PlanSpec& s) {
+    return s.cascade_levels.empty() && s.custom_mask.empty() && !s.ragged;
+  };
+  return plain(old_spec) && plain(new_spec) && old_spec.kind == new_spec.kind &&
+         old_spec.num_qo_heads == new_spec.num_qo_heads &&
+         old_spec.num_kv_heads == new_spec.num_kv_heads && old_spec.head_dim == new_spec.head_dim &&
+         old_spec.page_size == new_spec.page_size && old_spec.kv_dtype == new_spec.kv_dtype;
+}
+
 // The layer a run or an append uses a plan with: a plan of pages (not a ragged one), the plan's
 // geometry and dtype, and pages for every page id of the plan.
 inline absl::Status CheckLayerMatchesPlan(const PlanSpec& spec, int32_t max_page_id,

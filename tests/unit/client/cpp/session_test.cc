@@ -61,6 +61,8 @@ class FakeAttnd final : public v1::Attnd::Service {
         v1::CreatePlanResponse* out = response.mutable_create_plan();
         out->set_plan_id("plan-1");
         out->set_batch_size(p.kv_indptr_size() - 1);
+      } else if (request.has_update_plan()) {
+        RecordUpdate(request.update_plan(), response.mutable_update_plan());
       } else if (request.has_describe_pool()) {
         const std::string& id = request.describe_pool().pool_id();
         if (id == "slow") absl::SleepFor(absl::Seconds(3));
@@ -120,6 +122,29 @@ class FakeAttnd final : public v1::Attnd::Service {
     return grpc::Status::OK;
   }
 
+  grpc::Status UpdatePlan(grpc::ServerContext* context, const v1::UpdatePlanRequest* request,
+                          v1::UpdatePlanResponse* response) override {
+    if (SessionOf(context) != "unary-session-7") {
+      return grpc::Status(grpc::StatusCode::NOT_FOUND, "no session");
+    }
+    if (request->plan_id() == "refused") {
+      return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
+                          "deltas[0].grow.new_pages[0]=9: page 9 of pool 'p' is not held by "
+                          "this session");
+    }
+    RecordUpdate(*request, response);
+    return grpc::Status::OK;
+  }
+
+  // An UpdatePlan as the fake answers it: batch_size = number of deltas, kv_tokens = 100.
+  void RecordUpdate(const v1::UpdatePlanRequest& request, v1::UpdatePlanResponse* response) {
+    std::lock_guard<std::mutex> lock(mu);
+    last_update = request;
+    response->set_batch_size(request.deltas_size());
+    response->set_qo_tokens(request.deltas_size());
+    response->set_kv_tokens(100);
+  }
+
   void RecordAuthorization(grpc::ServerContext* context) {
     auto it = context->client_metadata().find("authorization");
     std::lock_guard<std::mutex> lock(mu);
@@ -139,6 +164,7 @@ class FakeAttnd final : public v1::Attnd::Service {
   std::vector<uint64_t> request_ids;
   std::string last_client_name;
   v1::CreatePlanRequest last_plan;
+  v1::UpdatePlanRequest last_update;
   v1::RunRequest last_run;
   std::atomic<int> closes{0};
   std::atomic<bool> stream_ended{false};
@@ -243,6 +269,58 @@ TEST_F(SessionTest, RequestIdsIncreaseAndTypedCallsPackFields) {
   ASSERT_EQ(service_.request_ids.size(), 3u);
   EXPECT_EQ(service_.request_ids[0] + 1, service_.request_ids[1]);
   EXPECT_EQ(service_.request_ids[1] + 1, service_.request_ids[2]);
+}
+
+// The deltas of a streamed page-table update reach the wire as given, on the stream and on the
+// unary path; the reply becomes a PlanInfo; a refusal keeps its code and message.
+TEST_F(SessionTest, UpdatePlanPacksItsDeltas) {
+  const std::vector<PlanDeltaSpec> deltas = {
+      PlanGrow{.request = 3, .num_tokens = 17, .new_pages = {40, 41}, .qo_len = 5},
+      PlanLeave{.request = 1},
+      PlanJoin{.kv_indices = {7, 8, 9}, .kv_last_page_len = 2, .qo_len = 1},
+  };
+  auto expect_sent = [&](const v1::UpdatePlanRequest& sent) {
+    EXPECT_EQ(sent.plan_id(), "plan-1");
+    ASSERT_EQ(sent.deltas_size(), 3);
+    ASSERT_TRUE(sent.deltas(0).has_grow());
+    const v1::PlanDelta::Grow& grow = sent.deltas(0).grow();
+    EXPECT_EQ(grow.request(), 3);
+    EXPECT_EQ(grow.num_tokens(), 17);
+    EXPECT_EQ(std::vector<int32_t>(grow.new_pages().begin(), grow.new_pages().end()),
+              std::vector<int32_t>({40, 41}));
+    EXPECT_EQ(grow.qo_len(), 5);
+    ASSERT_TRUE(sent.deltas(1).has_leave());
+    EXPECT_EQ(sent.deltas(1).leave().request(), 1);
+    ASSERT_TRUE(sent.deltas(2).has_join());
+    const v1::PlanDelta::Join& join = sent.deltas(2).join();
+    EXPECT_EQ(std::vector<int32_t>(join.kv_indices().begin(), join.kv_indices().end()),
+              std::vector<int32_t>({7, 8, 9}));
+    EXPECT_EQ(join.kv_last_page_len(), 2);
+    EXPECT_EQ(join.qo_len(), 1);
+  };
+  {
+    auto session = client_->OpenSession();
+    ASSERT_TRUE(session.ok()) << session.status();
+    auto info = (*session)->UpdatePlan("plan-1", deltas);
+    ASSERT_TRUE(info.ok()) << info.status();
+    EXPECT_EQ(info->plan_id, "plan-1");
+    EXPECT_EQ(info->batch_size, 3);
+    EXPECT_EQ(info->kv_tokens, 100);
+    expect_sent(service_.last_update);
+  }
+  service_.last_update.Clear();
+  auto unary = client_->OpenUnarySession();
+  ASSERT_TRUE(unary.ok()) << unary.status();
+  auto info = (*unary)->UpdatePlan("plan-1", deltas);
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->qo_tokens, 3);
+  expect_sent(service_.last_update);
+  auto refused = (*unary)->UpdatePlan("refused", {PlanGrow{.request = 0, .num_tokens = 1}});
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(refused.status().message(),
+            "deltas[0].grow.new_pages[0]=9: page 9 of pool 'p' is not held by this session");
+  // An empty update is a valid call (it reports the plan's shape).
+  EXPECT_TRUE((*unary)->UpdatePlan("plan-1", {}).ok());
 }
 
 TEST_F(SessionTest, CommandErrorsKeepCodeAndMessageAndTheStreamGoesOn) {

@@ -184,6 +184,30 @@ inline v1::CreatePlanRequest PlanRequest(const std::string& pool_id, v1::Attenti
   return request;
 }
 
+// Random fp16 K/V in every token of `pages` (full pages, in every layer of a pool of `pool`'s
+// geometry) through a prefill plan's appends; the plan is deleted again.
+inline void FillPages(Core& core, const std::string& session, const std::string& pool_id,
+                      const std::vector<int32_t>& pages, std::mt19937& rng, const PoolSpec& pool,
+                      int32_t num_qo_heads) {
+  const int32_t tokens = static_cast<int32_t>(pages.size()) * pool.page_size;
+  auto plan =
+      core.CreatePlan(session, PlanRequest(pool_id, v1::ATTENTION_KIND_PREFILL, num_qo_heads,
+                                           {pages}, {pool.page_size}, {tokens}));
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  for (int layer = 0; layer < pool.num_layers; ++layer) {
+    v1::AppendKvRequest append;
+    append.set_plan_id(plan->plan_id());
+    append.set_layer(layer);
+    const std::vector<int64_t> shape = {tokens, pool.num_kv_heads, pool.head_dim};
+    *append.mutable_k() = RandomTensor(rng, v1::DTYPE_FLOAT16, shape);
+    *append.mutable_v() = RandomTensor(rng, v1::DTYPE_FLOAT16, shape);
+    ASSERT_TRUE(core.AppendKv(session, append).ok());
+  }
+  v1::DeletePlanRequest del;
+  del.set_plan_id(plan->plan_id());
+  ASSERT_TRUE(core.DeletePlan(session, del).ok());
+}
+
 // A memfd of `size` bytes mapped here, sealed against shrinking unless `seal` is false: the
 // client side of a shared-memory buffer.
 class TestMemfd {

@@ -19,6 +19,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <variant>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -87,6 +88,31 @@ struct PlanInfo {
   int64_t qo_tokens = 0;  // rows of q the plan expects
   int64_t kv_tokens = 0;  // sum of kv_len over the batch
 };
+
+// The changes of a plan's batch between steps (UpdatePlan; attnd.proto PlanDelta): requests are
+// named by their index before the update; after it the requests that stayed keep their order
+// and the joined ones follow, in the order given.
+// Request `request` grows by num_tokens tokens; new_pages (exactly as many as the growth needs
+// beyond its last page) are appended after its last page. qo_len: its query rows afterwards,
+// prefill plans only (decode plans: leave it 0).
+struct PlanGrow {
+  int32_t request = 0;
+  int32_t num_tokens = 0;
+  std::vector<int32_t> new_pages = {};  // (= {}: designated initializers may leave it out)
+  int32_t qo_len = 0;
+};
+// Request `request` leaves the batch.
+struct PlanLeave {
+  int32_t request = 0;
+};
+// A request joins at the end with its pages (its last page holding kv_last_page_len tokens) and,
+// for prefill plans, its query rows.
+struct PlanJoin {
+  std::vector<int32_t> kv_indices = {};
+  int32_t kv_last_page_len = 0;
+  int32_t qo_len = 0;
+};
+using PlanDeltaSpec = std::variant<PlanGrow, PlanLeave, PlanJoin>;
 
 // One layer of attention. k and v (both or neither) are appended before attention; o and lse name
 // output buffer slices, or are left empty to receive the results inline.
@@ -218,6 +244,10 @@ class SessionApi {
   absl::Status UnregisterBuffer(const std::string& buffer_id);
 
   absl::StatusOr<PlanInfo> CreatePlan(const PlanSpec& spec);
+  // Changes the plan by deltas, all or nothing (streamed page-table updates: only the changes
+  // travel); returns its id and new shape. Runs sent after it use the new table.
+  absl::StatusOr<PlanInfo> UpdatePlan(const std::string& plan_id,
+                                      const std::vector<PlanDeltaSpec>& deltas);
   absl::Status DeletePlan(const std::string& plan_id);
 
   absl::Status AppendKv(const std::string& plan_id, int32_t layer, v1::Tensor k, v1::Tensor v);

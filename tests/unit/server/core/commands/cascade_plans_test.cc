@@ -38,21 +38,8 @@ constexpr int kKvHeads = 2, kHeadDim = 64, kPageSize = 4, kQoHeads = 8;  // GQA 
 // Writes random K/V into every token of `pages` (full pages) through a prefill plan's append.
 void Fill(Core& core, const std::string& session, const std::string& pool_id,
           const std::vector<int32_t>& pages, std::mt19937& rng) {
-  const int32_t tokens = static_cast<int32_t>(pages.size()) * kPageSize;
-  auto plan = core.CreatePlan(session, PlanRequest(pool_id, v1::ATTENTION_KIND_PREFILL, kQoHeads,
-                                                   {pages}, {kPageSize}, {tokens}));
-  ASSERT_TRUE(plan.ok()) << plan.status();
-  for (int layer = 0; layer < 2; ++layer) {
-    v1::AppendKvRequest append;
-    append.set_plan_id(plan->plan_id());
-    append.set_layer(layer);
-    *append.mutable_k() = RandomTensor(rng, v1::DTYPE_FLOAT16, {tokens, kKvHeads, kHeadDim});
-    *append.mutable_v() = RandomTensor(rng, v1::DTYPE_FLOAT16, {tokens, kKvHeads, kHeadDim});
-    ASSERT_TRUE(core.AppendKv(session, append).ok());
-  }
-  v1::DeletePlanRequest del;
-  del.set_plan_id(plan->plan_id());
-  ASSERT_TRUE(core.DeletePlan(session, del).ok());
+  testing::FillPages(core, session, pool_id, pages, rng, PoolSpec{.num_kv_heads = kKvHeads},
+                     kQoHeads);
 }
 
 // A shared level: group g of `group_sizes[g]` consecutive requests attends pages[g] (full pages).
