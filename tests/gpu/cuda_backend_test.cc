@@ -9,7 +9,9 @@
 // append + attention in one Run, AppendKv, MergeStates), with the cache byte-for-byte unchanged,
 // Health() OK and a normal run matching the CPU backend afterwards; non-causal prefill with a
 // window (FlashInfer semantics), sinks, cascade plans and custom masks (CustomMasks) against the
-// CPU backend.
+// CPU backend; plans updated in place across many steps (streamed page-table updates,
+// PlanUpdates: Backend::UpdatePlan with batches and tables that grow and shrink, no
+// synchronisation between steps) against the CPU backend preparing each step's plan anew.
 //   cuda_backend_test [--small] [--verbose] [--seed=N]
 #include <spawn.h>
 #include <sys/wait.h>
@@ -1000,6 +1002,236 @@ int StickyChild() {
   return 0;
 }
 
+// ---- Streamed page-table updates (Backend::UpdatePlan) ------------------------------------
+// One step of a plan that lives across steps: its whole table after the step's deltas (what
+// the daemon's CheckUpdatePlan builds), and the step's q and new k/v.
+struct UpdateStep {
+  PlanSpec spec;
+  std::vector<uint8_t> q, k_new, v_new;
+  std::vector<int32_t> rope_offsets;  // empty: no RoPE
+  std::string name;
+};
+
+// `steps` steps over the pages of `base`'s pool (its random K/V; every page free at first, in a
+// random order): each step every request grows (decode: by 1, now and then 3 at once; prefill:
+// by a chunk of 0..24 tokens, its queries), taking new pages when it fills its last one; every
+// third step a request leaves (its pages are free again) and every other step one joins, so the
+// batch and the table shrink and grow (past the plan's first allocation: the CUDA plan moves to
+// a larger block) while lengths change the split-KV schedule. Odd steps use RoPE.
+std::vector<UpdateStep> MakeUpdateSteps(Rng& rng, const Step& base, AttentionKind kind,
+                                        int32_t batch, int32_t max_kv, int32_t num_steps) {
+  struct Model {
+    std::vector<int32_t> pages;
+    int32_t kv_len = 0, qo_len = 1;
+  };
+  std::vector<int32_t> free = rng.Permutation(base.num_pages);
+  const int32_t page = base.page_size;
+  const bool decode = kind == AttentionKind::kDecode;
+  // A request of kv_len tokens (nullopt-like false when the pool has too few free pages).
+  auto make = [&](int32_t kv_len, Model* out) {
+    const int32_t n = (kv_len + page - 1) / page;
+    if (static_cast<int32_t>(free.size()) < n) return false;
+    out->pages.assign(free.end() - n, free.end());
+    free.resize(free.size() - n);
+    out->kv_len = kv_len;
+    out->qo_len = decode ? 1 : rng.Int(1, std::min(kv_len, 64));
+    return true;
+  };
+  std::vector<Model> requests;
+  for (int32_t b = 0; b < batch; ++b) {
+    Model m;
+    if (make(rng.Int(1, max_kv), &m)) requests.push_back(std::move(m));
+  }
+  std::vector<UpdateStep> steps;
+  const int32_t hq = base.num_kv_heads * base.group;
+  for (int32_t t = 0; t < num_steps; ++t) {
+    if (t > 0) {
+      for (Model& m : requests) {
+        const int32_t grow = decode ? (rng.Int(0, 9) == 0 ? 3 : 1) : rng.Int(0, 24);
+        const int32_t pages_after = (m.kv_len + grow + page - 1) / page;
+        if (pages_after - static_cast<int32_t>(m.pages.size()) >
+            static_cast<int32_t>(free.size())) {
+          continue;  // out of pages: this request waits
+        }
+        while (static_cast<int32_t>(m.pages.size()) < pages_after) {
+          m.pages.push_back(free.back());
+          free.pop_back();
+        }
+        m.kv_len += grow;
+        if (!decode) m.qo_len = grow;
+      }
+      if (t % 3 == 0 && requests.size() > 1) {
+        const size_t leaving =
+            static_cast<size_t>(rng.Int(0, static_cast<int32_t>(requests.size()) - 1));
+        free.insert(free.end(), requests[leaving].pages.begin(), requests[leaving].pages.end());
+        requests.erase(requests.begin() + static_cast<std::ptrdiff_t>(leaving));
+      }
+      Model joined;
+      if (t % 2 == 0 && make(rng.Int(1, max_kv), &joined)) requests.push_back(std::move(joined));
+    }
+    UpdateStep st;
+    PlanSpec& spec = st.spec;
+    spec.kind = kind;
+    spec.num_qo_heads = hq;
+    spec.num_kv_heads = base.num_kv_heads;
+    spec.head_dim = base.head_dim;
+    spec.page_size = page;
+    spec.kv_dtype = base.dtype;
+    spec.kv_indptr = {0};
+    spec.qo_indptr = {0};
+    for (const Model& m : requests) {
+      spec.kv_indices.insert(spec.kv_indices.end(), m.pages.begin(), m.pages.end());
+      spec.kv_indptr.push_back(static_cast<int32_t>(spec.kv_indices.size()));
+      spec.kv_last_page_len.push_back(m.kv_len - (static_cast<int32_t>(m.pages.size()) - 1) * page);
+      spec.qo_indptr.push_back(spec.qo_indptr.back() + m.qo_len);
+    }
+    if (spec.qo_tokens() == 0) {  // a prefill step where nobody grew: one row for request 0
+      requests[0].qo_len = 1;
+      for (size_t b = 1; b < spec.qo_indptr.size(); ++b) spec.qo_indptr[b] = 1;
+    }
+    const size_t rows = static_cast<size_t>(spec.qo_tokens());
+    st.q = EncodeAs(rng.NormalVector(rows * hq * base.head_dim), base.dtype);
+    st.k_new = EncodeAs(rng.NormalVector(rows * base.num_kv_heads * base.head_dim), base.dtype);
+    st.v_new = EncodeAs(rng.NormalVector(rows * base.num_kv_heads * base.head_dim), base.dtype);
+    if (t % 2 == 1) {
+      for (size_t b = 0; b < requests.size(); ++b) st.rope_offsets.push_back(rng.Int(0, 50));
+    }
+    st.name = absl::StrCat("step ", t, " B=", spec.batch_size(), " ", spec.kv_indices.size(),
+                           " pages", st.rope_offsets.empty() ? "" : " rope");
+    steps.push_back(std::move(st));
+  }
+  return steps;
+}
+
+struct UpdateRunOutput {
+  std::vector<std::vector<uint8_t>> o, lse;  // per step
+  std::vector<uint8_t> pool;                 // after the last step
+  absl::Status status;
+};
+
+// Runs every step on one stream without synchronising in between: step 0 prepares the plan;
+// each later step updates it in place (UpdatePlan, `update`) or prepares a new plan for the
+// step (the reference), then runs layer `base.layer` with the step's k/v appended. Outputs are
+// poisoned first and read back at the end, so a run that saw another step's table (an update
+// applied before the runs enqueued ahead of it, or a block freed under them) shows up.
+UpdateRunOutput RunUpdateSteps(Backend& be, const Step& base, const std::vector<UpdateStep>& steps,
+                               bool update) {
+  UpdateRunOutput out;
+  auto stream = Unwrap(be.CreateStream(), "CreateStream");
+  const size_t es = ElemSize(base.dtype);
+  const int32_t hq = base.num_kv_heads * base.group;
+  auto pool = Unwrap(be.Allocate(base.pool.size()), "Allocate pool");
+  GT_STATUS_CHECK(be.CopyToBackend(pool->data(), base.pool.data(), base.pool.size(), stream.get()));
+  std::vector<std::unique_ptr<BackendMemory>> q, k, v, o, lse;
+  for (const UpdateStep& st : steps) {
+    const size_t rows = static_cast<size_t>(st.spec.qo_tokens());
+    for (auto [mem, bytes] :
+         {std::pair{&q, st.q.size()}, std::pair{&k, st.k_new.size()},
+          std::pair{&v, st.v_new.size()}, std::pair{&o, rows * hq * base.head_dim * es},
+          std::pair{&lse, rows * hq * sizeof(float)}}) {
+      mem->push_back(Unwrap(be.Allocate(bytes), "Allocate step buffer"));
+    }
+    GT_STATUS_CHECK(be.CopyToBackend(q.back()->data(), st.q.data(), st.q.size(), stream.get()));
+    GT_STATUS_CHECK(
+        be.CopyToBackend(k.back()->data(), st.k_new.data(), st.k_new.size(), stream.get()));
+    GT_STATUS_CHECK(
+        be.CopyToBackend(v.back()->data(), st.v_new.data(), st.v_new.size(), stream.get()));
+    for (const auto& m : {o.back().get(), lse.back().get()}) {
+      const std::vector<uint8_t> poison(m->size(), 0xFF);
+      GT_STATUS_CHECK(be.CopyToBackend(m->data(), poison.data(), poison.size(), stream.get()));
+    }
+  }
+  GT_STATUS_CHECK(be.Synchronize(stream.get()));
+  const PagedKV layer = LayerOf(base, pool->data(), base.layer);
+  std::unique_ptr<attnd::kernels::PreparedPlan> plan;
+  for (size_t t = 0; t < steps.size() && out.status.ok(); ++t) {
+    if (t == 0 || !update) {
+      auto prepared = be.Prepare(steps[t].spec, stream.get());
+      out.status = prepared.status();
+      if (prepared.ok()) plan = *std::move(prepared);
+    } else {
+      out.status = be.UpdatePlan(plan, steps[t].spec, stream.get());
+    }
+    if (!out.status.ok()) {
+      out.status =
+          absl::Status(out.status.code(), absl::StrCat(steps[t].name, ": ", out.status.message()));
+      break;
+    }
+    RunArgs args;
+    args.plan = plan.get();
+    args.layer = layer;
+    args.q = q[t]->data();
+    args.o = o[t]->data();
+    args.lse = static_cast<float*>(lse[t]->data());
+    args.q_dtype = base.dtype;
+    args.k_new = k[t]->data();
+    args.v_new = v[t]->data();
+    args.options.causal = true;
+    if (!steps[t].rope_offsets.empty()) {
+      args.options.pos_encoding = PosEncoding::kRopeLlama;
+      args.rope_offsets_host = steps[t].rope_offsets.data();
+    }
+    args.stream = stream.get();
+    out.status = be.Attention(args);
+  }
+  for (size_t t = 0; t < steps.size(); ++t) {
+    out.o.emplace_back(o[t]->size());
+    out.lse.emplace_back(lse[t]->size());
+    GT_STATUS_CHECK(be.CopyToHost(out.o[t].data(), o[t]->data(), o[t]->size(), stream.get()));
+    GT_STATUS_CHECK(be.CopyToHost(out.lse[t].data(), lse[t]->data(), lse[t]->size(), stream.get()));
+  }
+  out.pool.resize(base.pool.size());
+  GT_STATUS_CHECK(be.CopyToHost(out.pool.data(), pool->data(), out.pool.size(), stream.get()));
+  GT_STATUS_CHECK(be.Synchronize(stream.get()));
+  plan.reset();
+  return out;
+}
+
+// A plan updated in place across steps on the CUDA backend against the CPU backend preparing a
+// new plan every step: decode (short and long, split-KV) and prefill/append, f16 and bf16, every
+// step's o and lse, and the pool after all the appends (exact).
+void PlanUpdates(Backend& cuda, Backend& cpu, Rng& rng, ResultTable& table, bool small) {
+  struct Config {
+    const char* name;
+    AttentionKind kind;
+    DType dtype;
+    int32_t pool_batch, pool_kv, batch, max_kv, steps;
+  };
+  const std::vector<Config> configs = {
+      {"decode f16", AttentionKind::kDecode, DType::kFloat16, 16, small ? 80 : 2000, 6,
+       small ? 60 : 1500, small ? 8 : 16},
+      {"decode bf16 long (split)", AttentionKind::kDecode, DType::kBFloat16, 4, small ? 200 : 20000,
+       2, small ? 150 : 16000, small ? 6 : 10},
+      {"prefill f16", AttentionKind::kPrefill, DType::kFloat16, 12, small ? 80 : 1000, 4,
+       small ? 60 : 600, small ? 6 : 12},
+  };
+  for (const Config& c : configs) {
+    Step base = MakeStep(rng, AttentionKind::kDecode, c.dtype, c.pool_batch, c.pool_kv);
+    const std::vector<UpdateStep> steps =
+        MakeUpdateSteps(rng, base, c.kind, c.batch, c.max_kv, c.steps);
+    const UpdateRunOutput g = RunUpdateSteps(cuda, base, steps, /*update=*/true);
+    const UpdateRunOutput r = RunUpdateSteps(cpu, base, steps, /*update=*/false);
+    const std::string name = absl::StrCat("plan update ", c.name);
+    if (!table.AddCheck(name + " runs on both backends", g.status.ok() && r.status.ok(),
+                        absl::StrCat(g.status.ToString(), " / ", r.status.ToString()))) {
+      continue;
+    }
+    for (size_t t = 0; t < steps.size(); ++t) {
+      std::vector<uint8_t> unw = UnwrittenMask(g.o[t], c.dtype);
+      table.Add(absl::StrCat(name, " ", steps[t].name, " o"),
+                Compare(DecodeFrom(g.o[t], c.dtype), DecodeFrom(r.o[t], c.dtype), &unw),
+                2 * DefaultTolerance(c.dtype));
+      std::vector<uint8_t> lunw = UnwrittenMask(g.lse[t], DType::kFloat32);
+      table.Add(absl::StrCat(name, " ", steps[t].name, " lse"),
+                Compare(DecodeFrom(g.lse[t], DType::kFloat32),
+                        DecodeFrom(r.lse[t], DType::kFloat32), &lunw),
+                c.dtype == DType::kBFloat16 ? 2e-3 : 5e-4);
+    }
+    table.Add(name + " pool after the appends",
+              Compare(DecodeFrom(g.pool, c.dtype), DecodeFrom(r.pool, c.dtype)), 0.0);
+  }
+}
+
 }  // namespace
 }  // namespace attnd::gpu_test
 
@@ -1068,6 +1300,7 @@ int main(int argc, char** argv) {
   MergeThroughBackend(*cuda, *cpu, rng, table);
   RaggedThroughBackend(*cuda, *cpu, rng, table);
   PlanReuse(*cuda, *cpu, rng, table, flags.small);
+  PlanUpdates(*cuda, *cpu, rng, table, flags.small);
   if (!flags.small) {  // (a deliberate fault: not under compute-sanitizer)
     const int code = RunChild("--sticky-child", {});
     table.AddCheck("sticky error -> Health INTERNAL for good (child)", code == 0,

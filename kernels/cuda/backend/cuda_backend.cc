@@ -430,25 +430,26 @@ class CudaBackend final : public Backend {
   absl::StatusOr<std::unique_ptr<PreparedPlan>> Prepare(PlanSpec spec, Stream* stream) override {
     if (auto s = Enter(); !s.ok()) return s;
     if (!spec.cascade_levels.empty()) return PrepareCascade(*this, std::move(spec), stream);
-    // Head dims: the decode and prefill plans below check what is compiled.
-    if (auto s = CheckPlanSpec(spec, std::numeric_limits<int32_t>::max()); !s.ok()) return s;
-    const int32_t batch = spec.batch_size();
-    if (batch <= 0) return absl::InvalidArgumentError("plan: empty batch");
-    const std::vector<int32_t> kv_len = cuda::internal::KvLengths(spec);
-    // The schedule's preconditions before any device memory is taken (PrepareDecode and
-    // PreparePrefill check them again).
-    if (auto s = spec.kind == AttentionKind::kDecode
-                     ? cuda::checks::DecodePlan(kv_len, spec.num_qo_heads, spec.num_kv_heads,
-                                                spec.head_dim, spec.page_size,
-                                                /*tensor_cores_forced=*/false)
-                     : cuda::checks::PrefillPlan(spec.qo_indptr, kv_len, spec.num_qo_heads,
-                                                 spec.num_kv_heads, spec.head_dim);
-        !s.ok()) {
-      return s;
-    }
-    auto plan = cuda::CudaPlan::Create(std::move(spec), kv_len, device_, Native(stream));
+    absl::StatusOr<std::vector<int32_t>> kv_len = CheckedKvLengths(spec);
+    if (!kv_len.ok()) return kv_len.status();
+    auto plan = cuda::CudaPlan::Create(std::move(spec), *kv_len, device_, Native(stream));
     if (!plan.ok()) return sticky_.AfterFailure(plan.status());
     return std::unique_ptr<PreparedPlan>(*std::move(plan));
+  }
+
+  // In place (CudaPlan::Update: the device block kept while the table fits, only the changed
+  // range uploaded, a new schedule) for an ordinary plan of the same shape on its own stream;
+  // anything else is prepared anew (Backend's default).
+  absl::Status UpdatePlan(std::unique_ptr<PreparedPlan>& plan, PlanSpec spec,
+                          Stream* stream) override {
+    if (auto s = Enter(); !s.ok()) return s;
+    auto* cp = dynamic_cast<cuda::CudaPlan*>(plan.get());
+    if (cp == nullptr || cp->stream_ != Native(stream) || !UpdatableInPlace(cp->spec(), spec)) {
+      return Backend::UpdatePlan(plan, std::move(spec), stream);
+    }
+    absl::StatusOr<std::vector<int32_t>> kv_len = CheckedKvLengths(spec);
+    if (!kv_len.ok()) return kv_len.status();
+    return Launched(cp->Update(std::move(spec), *kv_len, Native(stream)));
   }
 
   absl::Status AppendKv(const PreparedPlan& plan, const PagedKV& layer, const void* k,
@@ -561,6 +562,25 @@ class CudaBackend final : public Backend {
         cudaMemcpyAsync(cp.d_rope_offsets, host, cp.spec().batch_size() * sizeof(int32_t),
                         cudaMemcpyHostToDevice, st),
         "rope_offsets upload");
+  }
+
+  // A plan's checks before any device memory is taken (CheckPlanSpec, a batch, the schedule's
+  // preconditions, which PrepareDecode and PreparePrefill check again); its kv lengths.
+  static absl::StatusOr<std::vector<int32_t>> CheckedKvLengths(const PlanSpec& spec) {
+    // Head dims: the decode and prefill plans check what is compiled.
+    if (auto s = CheckPlanSpec(spec, std::numeric_limits<int32_t>::max()); !s.ok()) return s;
+    if (spec.batch_size() <= 0) return absl::InvalidArgumentError("plan: empty batch");
+    std::vector<int32_t> kv_len = cuda::internal::KvLengths(spec);
+    if (auto s = spec.kind == AttentionKind::kDecode
+                     ? cuda::checks::DecodePlan(kv_len, spec.num_qo_heads, spec.num_kv_heads,
+                                                spec.head_dim, spec.page_size,
+                                                /*tensor_cores_forced=*/false)
+                     : cuda::checks::PrefillPlan(spec.qo_indptr, kv_len, spec.num_qo_heads,
+                                                 spec.num_kv_heads, spec.head_dim);
+        !s.ok()) {
+      return s;
+    }
+    return kv_len;
   }
 
   // The plan as a CUDA plan, checked against the layer it is used with.

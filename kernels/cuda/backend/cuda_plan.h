@@ -14,6 +14,7 @@
 #include "attnd/kernels/backend_checks.h"
 #include "attnd/kernels/cuda_launch.h"
 #include "attnd/kernels/cuda_prefill.h"
+#include "planning/page_table.h"
 
 namespace attnd::kernels::cuda {
 
@@ -38,13 +39,33 @@ class CudaPlan final : public PreparedPlan {
   explicit CudaPlan(PlanSpec spec)
       : PreparedPlan(std::move(spec)), max_page_id(MaxPageId(this->spec())) {}
   ~CudaPlan() override;
-  const int32_t max_page_id;  // checked against the layer of every run and append
+
+  // Streamed page-table updates (Backend::UpdatePlan), in place: `spec` checked as for Create and
+  // UpdatableInPlace with this plan's (an ordinary table, no custom mask), `stream` the plan's.
+  // All in the stream's order, nothing synchronised: the new decode schedule or prefill tiling
+  // is prepared first (on failure nothing changed); the table stays in its device block while it
+  // fits the block's capacity (layout_), and only the bytes from the first to the last that
+  // differ from the previous upload are copied (ChangedRange: a grown request changes its
+  // last_page_len, appended pages shift the later requests' entries); a table that outgrows the
+  // block moves to a new one with capacity for half as much again (GrownCapacity), uploaded whole,
+  // and the old block is freed after the work already enqueued. The old schedule is freed in the
+  // same order. Runs enqueued before the update read the old table, later ones the new.
+  absl::Status Update(PlanSpec spec, std::span<const int32_t> kv_len, cudaStream_t stream);
+
+  int32_t max_page_id;  // checked against the layer of every run and append
   int device_ = 0;
   cudaStream_t stream_ = nullptr;  // the plan's memory is allocated and freed in its order
   void* block_ = nullptr;
+  // The block's layout, for capacity_batch_ requests and capacity_indices_ page entries (the
+  // plan's own sizes at Create; more after an update outgrew them).
+  internal::PageTableLayout layout_;
+  int32_t capacity_batch_ = 0;
+  size_t capacity_indices_ = 0;
   // Host image of the page table, uploaded by one cudaMemcpyAsync; kept for the plan's lifetime
-  // so the copy never depends on when the driver reads a pageable source.
+  // so the copy never depends on when the driver reads a pageable source. An update builds the
+  // next image in spare_image_ (reusing its memory), uploads what differs, and swaps the two.
   std::vector<char> upload_image_;
+  std::vector<char> spare_image_;
   int32_t* d_indptr = nullptr;
   int32_t* d_indices = nullptr;
   int32_t* d_last_page_len = nullptr;
@@ -55,6 +76,9 @@ class CudaPlan final : public PreparedPlan {
   CustomMaskView mask;
   DecodeWorkPtr decode;
   PrefillWorkPtr prefill;
+
+  // Sets block_ and the section pointers below to `block`, laid out as layout_.
+  void PointAt(void* block);
 
   PagedKV WithPageTable(const PagedKV& layer) const {
     PagedKV kv = layer;

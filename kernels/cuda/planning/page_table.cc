@@ -33,7 +33,15 @@ PageTableLayout LayoutPageTable(int32_t batch, size_t num_indices, size_t mask_w
 }
 
 std::vector<char> PageTableImage(const PlanSpec& spec, const PageTableLayout& layout) {
-  std::vector<char> image(layout.rope_offsets, 0);
+  std::vector<char> image;
+  FillPageTableImage(spec, layout, &image);
+  return image;
+}
+
+void FillPageTableImage(const PlanSpec& spec, const PageTableLayout& layout,
+                        std::vector<char>* out) {
+  std::vector<char>& image = *out;
+  image.assign(layout.rope_offsets, 0);
   auto place = [&](size_t offset, const std::vector<int32_t>& src) {
     if (!src.empty()) std::memcpy(image.data() + offset, src.data(), src.size() * sizeof(int32_t));
   };
@@ -48,7 +56,43 @@ std::vector<char> PageTableImage(const PlanSpec& spec, const PageTableLayout& la
     std::memcpy(image.data() + layout.mask_words, mask.words.data(),
                 mask.words.size() * sizeof(uint32_t));
   }
-  return image;
+}
+
+size_t GrownCapacity(size_t current, size_t needed) {
+  return std::max(needed, current + current / 2);
+}
+
+ByteRange ChangedRange(const std::vector<char>& before, const std::vector<char>& after) {
+  ByteRange range;
+  if (before.size() != after.size()) {  // not one layout: all of `after`
+    range.end = after.size();
+    return range;
+  }
+  // Blocks compared with memcmp (vectorised), then the bytes of the first and last block that
+  // differ; an image is a few hundred kilobytes at most.
+  constexpr size_t kBlock = 256;
+  const char* a = before.data();
+  const char* b = after.data();
+  const size_t n = after.size();
+  size_t begin = 0;
+  while (begin < n) {
+    const size_t len = std::min(kBlock, n - begin);
+    if (std::memcmp(a + begin, b + begin, len) != 0) break;
+    begin += len;
+  }
+  if (begin == n) return range;  // identical
+  while (a[begin] == b[begin]) ++begin;
+  size_t end = n;
+  while (end > begin) {
+    const size_t len = std::min(kBlock, end - begin);
+    if (std::memcmp(a + end - len, b + end - len, len) != 0) break;
+    end -= len;
+  }
+  while (a[end - 1] == b[end - 1]) --end;
+  // Whole 4-byte words (every section is int32 and 256-byte aligned).
+  range.begin = begin / 4 * 4;
+  range.end = std::min(n, (end + 3) / 4 * 4);
+  return range;
 }
 
 std::vector<int32_t> KvLengths(const PlanSpec& spec) {

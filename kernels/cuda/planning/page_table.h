@@ -31,8 +31,25 @@ struct PageTableLayout {
 // mask_words: the words of the plan's custom mask image (0: none).
 PageTableLayout LayoutPageTable(int32_t batch, size_t num_indices, size_t mask_words = 0);
 
-// The upload image of spec's table in `layout` (rope_offsets excluded), zero padded.
+// The upload image of spec's table in `layout` (rope_offsets excluded), zero padded. `layout`
+// may be laid out for more requests and entries than spec has (a plan's capacity).
 std::vector<char> PageTableImage(const PlanSpec& spec, const PageTableLayout& layout);
+// The same into `image` (resized to layout.rope_offsets), reusing its allocation.
+void FillPageTableImage(const PlanSpec& spec, const PageTableLayout& layout,
+                        std::vector<char>* image);
+
+// Streamed page-table updates (Backend::UpdatePlan): the capacity a plan's table is laid out for
+// once it has outgrown its allocation, `needed` grown by half of `current` (so that a table
+// growing a few pages per step moves to a new allocation O(log) times, not every step).
+size_t GrownCapacity(size_t current, size_t needed);
+// The bytes [begin, end) from the first to the last 4-byte word in which two images of one
+// layout differ (begin == end: none): the one range an update uploads.
+struct ByteRange {
+  size_t begin = 0;
+  size_t end = 0;
+  size_t size() const { return end - begin; }
+};
+ByteRange ChangedRange(const std::vector<char>& before, const std::vector<char>& after);
 
 // kv_len[b] = (pages - 1) * page_size + last_page_len[b], 0 for a request without pages.
 std::vector<int32_t> KvLengths(const PlanSpec& spec);

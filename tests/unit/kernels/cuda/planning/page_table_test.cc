@@ -1,5 +1,7 @@
 // Page-table planning (kernels/cuda/planning/page_table.h) on the CPU: the device layout, the
-// upload image, kv lengths, and the division-free page arithmetic of the kernels.
+// upload image, kv lengths, the division-free page arithmetic of the kernels, and what an
+// updated plan uploads (an image in a layout with room to spare, the one range that changed,
+// the capacity it grows to).
 #include "planning/page_table.h"
 
 #include <gtest/gtest.h>
@@ -53,6 +55,57 @@ TEST(PageTableImage, HoldsEverySectionAtItsOffset) {
   EXPECT_EQ(Read(image, l.kv_indices, 4), spec.kv_indices);
   EXPECT_EQ(Read(image, l.last_page_len, 2), spec.kv_last_page_len);
   EXPECT_EQ(Read(image, l.kv_indptr + 12, 1), std::vector<int32_t>{0});  // zero padding
+}
+
+TEST(PageTableImage, FitsALayoutWithRoomToSpareAndReusesTheVector) {
+  const PlanSpec spec = TwoRequestSpec();
+  const PageTableLayout roomy = LayoutPageTable(8, 100);
+  std::vector<char> image(7, 'x');
+  FillPageTableImage(spec, roomy, &image);
+  ASSERT_EQ(image.size(), roomy.rope_offsets);
+  EXPECT_EQ(Read(image, roomy.kv_indptr, 4), (std::vector<int32_t>{0, 3, 4, 0}));
+  EXPECT_EQ(Read(image, roomy.kv_indices, 5), (std::vector<int32_t>{7, 2, 9, 5, 0}));
+  EXPECT_EQ(Read(image, roomy.last_page_len, 3), (std::vector<int32_t>{5, 16, 0}));
+  EXPECT_EQ(image, PageTableImage(spec, roomy));
+}
+
+// A decode step of an updated plan: request 0 grows by one token (its last_page_len), a page is
+// appended to request 0 (the later entries shift): one range from the first to the last change.
+TEST(ChangedRange, FromTheFirstToTheLastChangedWord) {
+  PlanSpec spec = TwoRequestSpec();
+  const PageTableLayout l = LayoutPageTable(4, 64);
+  const std::vector<char> before = PageTableImage(spec, l);
+  EXPECT_EQ(ChangedRange(before, before).size(), 0u);
+
+  spec.kv_last_page_len[1] = 15;  // one int32
+  ByteRange r = ChangedRange(before, PageTableImage(spec, l));
+  EXPECT_EQ(r.begin, l.last_page_len + 4);
+  EXPECT_EQ(r.end, l.last_page_len + 8);
+
+  spec.kv_indptr = {0, 4, 5};  // page 11 appended to request 0
+  spec.kv_indices = {7, 2, 9, 11, 5};
+  r = ChangedRange(before, PageTableImage(spec, l));
+  EXPECT_EQ(r.begin, l.kv_indptr + 4);    // kv_indptr[1]
+  EXPECT_EQ(r.end, l.last_page_len + 8);  // through last_page_len[1]
+  EXPECT_EQ(r.begin % 4, 0u);
+  // A change in the low byte of a word takes the whole word.
+  std::vector<char> after = before;
+  after[l.kv_indices + 9] = 1;
+  r = ChangedRange(before, after);
+  EXPECT_EQ(r.begin, l.kv_indices + 8);
+  EXPECT_EQ(r.end, l.kv_indices + 12);
+  // Images of different layouts: all of the new one.
+  const std::vector<char> other = PageTableImage(spec, LayoutPageTable(4, 1000));
+  r = ChangedRange(before, other);
+  EXPECT_EQ(r.begin, 0u);
+  EXPECT_EQ(r.end, other.size());
+}
+
+TEST(GrownCapacity, HalfAsMuchAgainOrWhatIsNeeded) {
+  EXPECT_EQ(GrownCapacity(100, 101), 150u);
+  EXPECT_EQ(GrownCapacity(100, 400), 400u);
+  EXPECT_EQ(GrownCapacity(0, 3), 3u);
+  EXPECT_EQ(GrownCapacity(1, 2), 2u);
 }
 
 TEST(KvLengths, FullPagesPlusTheLastPage) {
