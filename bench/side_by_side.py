@@ -120,7 +120,10 @@ def attnd_rows(path):
                 name = treemask_name(r["dtype"], r["head_dim"], r["batch"], r["qo_len"], prefix,
                                      r["num_kv_heads"]) + suffix
             elif r["workload"].startswith("append"):
-                prefix = r["kv_len"]  # prefill_bench names the prefix: "append 128 onto 4096"
+                # The prefix from the name ("append 64 onto 4096 B16", kv_len 4160); the older
+                # rows' kv_len is the number in their name.
+                m = re.search(r"(\d+) onto (\d+)", r["workload"])
+                prefix = int(m.group(2)) if m else r["kv_len"]
                 name = (f"append-{r['dtype']}-hd{r['head_dim']}-b{r['batch']}-q{r['qo_len']}"
                         f"-kv{prefix}-hkv{r['num_kv_heads']}{suffix}")
             else:
