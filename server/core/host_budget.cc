@@ -50,8 +50,8 @@ absl::StatusOr<HostCharge> HostBudget::Charge(std::shared_ptr<SessionUsage> sess
   HostCharge charge;
   if (bytes == 0) return charge;
   if (bytes > static_cast<uint64_t>(std::numeric_limits<int64_t>::max() / 2)) {
-    return absl::ResourceExhaustedError(absl::StrCat(what, " would take ", bytes,
-                                                     " bytes of host memory"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat(what, " would take ", bytes, " bytes of host memory"));
   }
   const auto n = static_cast<int64_t>(bytes);
   if (session != nullptr &&

@@ -504,5 +504,53 @@ TEST_F(PlanUpdatesTest, ClosingTheSessionReleasesAnUpdatedPlan) {
   EXPECT_EQ(FreePagesOf(*core_, s_, pool_), 16);
 }
 
+// The plan's host charge follows its table: an update that would take the session past
+// --max_session_host_bytes is refused (RESOURCE_EXHAUSTED), and nothing changes.
+TEST(PlanUpdatesBudgetTest, AnUpdatePastTheSessionsHostBudgetIsRefused) {
+  struct Setup {
+    std::string session, pool, plan;
+    std::vector<int32_t> pages;
+  };
+  auto set_up = [](Core& core) {
+    Setup s;
+    s.session = Open(core);
+    s.pool = CreatePool(core, s.session).pool_id();
+    s.pages = Allocate(core, s.session, s.pool, 16);
+    auto plan = core.CreatePlan(
+        s.session, PlanRequest(s.pool, v1::ATTENTION_KIND_DECODE, 2, {{s.pages[0]}}, {2}, {}));
+    EXPECT_TRUE(plan.ok()) << plan.status();
+    s.plan = plan.ok() ? plan->plan_id() : "";
+    return s;
+  };
+  uint64_t used = 0;
+  {
+    auto core = MakeCore();
+    set_up(*core);
+    used = core->Stats().host_bytes;  // all of it this one session's
+  }
+  CoreOptions options;
+  options.max_session_host_bytes = used + 512;
+  auto core = MakeCore(options);
+  const Setup s = set_up(*core);
+  ASSERT_EQ(core->Stats().host_bytes, used);
+  // A request of 14 pages joins: its entries, copies and index take more than 512 bytes.
+  const std::vector<int32_t> joined(s.pages.begin() + 1, s.pages.begin() + 15);
+  EXPECT_STATUS(core->UpdatePlan(s.session, Update(s.plan, {Join(joined, 1)})).status(),
+                kResourceExhausted, HasSubstr("--max_session_host_bytes"));
+  EXPECT_EQ(core->Stats().host_bytes, used);
+  auto shape = core->UpdatePlan(s.session, Update(s.plan, {}));
+  ASSERT_TRUE(shape.ok()) << shape.status();
+  EXPECT_EQ(shape->batch_size(), 1);
+  // Nothing pinned: with the plan gone and the references freed, every page is free.
+  v1::DeletePlanRequest del;
+  del.set_plan_id(s.plan);
+  ASSERT_TRUE(core->DeletePlan(s.session, del).ok());
+  v1::FreePagesRequest free;
+  free.set_pool_id(s.pool);
+  free.mutable_page_ids()->Add(s.pages.begin(), s.pages.end());
+  ASSERT_TRUE(core->FreePages(s.session, free).ok());
+  EXPECT_EQ(FreePagesOf(*core, s.session, s.pool), 16);
+}
+
 }  // namespace
 }  // namespace attnd::server::testing
