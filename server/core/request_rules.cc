@@ -101,8 +101,8 @@ int64_t KvLenOf(const kernels::PlanSpec& spec, int32_t b) {
 }
 
 // What a delta of an UpdatePlan names a page as, for messages: "deltas[2].grow.new_pages[0]",
-// "deltas[0].join.kv_indices[3]", or a page the grown request had ("deltas[1].grow.request=4's
-// page").
+// "deltas[0].join.kv_indices[3]", or a page the grown request had ("deltas[1].grow.request=4:
+// its page").
 std::string NamedPageField(const PlanUpdate::NamedPage& p) {
   if (p.join) return absl::StrCat("deltas[", p.delta, "].join.kv_indices[", p.position, "]");
   if (p.position >= 0)

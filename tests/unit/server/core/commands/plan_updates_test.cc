@@ -455,6 +455,17 @@ TEST_F(PlanUpdatesTest, SessionsAreIsolated) {
   EXPECT_STATUS(core_->UpdatePlan(s_, Update(plan, {Join({p[5], p[4]}, 1)})).status(),
                 kFailedPrecondition,
                 HasSubstr(absl::StrCat("deltas[0].join.kv_indices[1]=", p[4])));
+  // More query rows make a prefill request write a page it had (and only read before).
+  auto prefill = core_->CreatePlan(
+      s_, PlanRequest(pool_, v1::ATTENTION_KIND_PREFILL, kQoHeads, {{p[3], p[6]}}, {4}, {1}));
+  ASSERT_TRUE(prefill.ok()) << prefill.status();
+  const uint64_t with_prefill = core_->Stats().host_bytes;
+  EXPECT_STATUS(core_->UpdatePlan(s_, Update(prefill->plan_id(), {Grow(0, 0, {}, 8)})).status(),
+                kFailedPrecondition,
+                HasSubstr(absl::StrCat("deltas[0].grow.request=0: its page=", p[3], ": page ", p[3],
+                                       " is shared with another session")));
+  EXPECT_EQ(core_->Stats().host_bytes, with_prefill);
+  DeletePlan(prefill->plan_id());
   EXPECT_EQ(core_->Stats().host_bytes, host_bytes);
   // A shared prefix page is only read: allowed.
   UpdateAndCompare(plan, table, Update("", {Join({p[4], p[5]}, 1)}), false, "shared prefix");
