@@ -12,6 +12,7 @@ import math
 import os
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ import pytest
 
 import attnd
 import attnd.flashinfer as fi
-from attention_reference import reference_attention
+from attention_reference import reference_attention, reference_batch
 from attnd.flashinfer import _mapping as m
 from attnd.flashinfer import cascade, decode, page, prefill
 
@@ -111,6 +112,18 @@ FI_SIGNATURES = {
         ("logits_soft_cap", None), ("rope_scale", None), ("rope_theta", None),
         ("backend", "auto"), ("return_lse", False), ("kv_cache_sf", None), ("k_scale", None),
         ("v_scale", None)],
+    "MultiLevelCascadeAttentionWrapper.__init__": [
+        ("num_levels", REQ), ("float_workspace_buffer", REQ), ("kv_layout", "NHD"),
+        ("use_cuda_graph", False), ("qo_indptr_buf_arr", None), ("paged_kv_indptr_buf_arr", None),
+        ("paged_kv_indices_buf_arr", None), ("paged_kv_last_page_len_buf_arr", None)],
+    "MultiLevelCascadeAttentionWrapper.plan": [
+        ("qo_indptr_arr", REQ), ("paged_kv_indptr_arr", REQ), ("paged_kv_indices_arr", REQ),
+        ("paged_kv_last_page_len", REQ), ("num_qo_heads", REQ), ("num_kv_heads", REQ),
+        ("head_dim", REQ), ("page_size", REQ), ("causal", False), ("pos_encoding_mode", "NONE"),
+        ("use_fp16_qk_reduction", False), ("sm_scale", None), ("window_left", -1),
+        ("logits_soft_cap", None), ("rope_scale", None), ("rope_theta", None),
+        ("q_data_type", "float16"), ("kv_data_type", None)],
+    "MultiLevelCascadeAttentionWrapper.run": [("q", REQ), ("paged_kv_cache", REQ)],
     "merge_state": [("v_a", REQ), ("s_a", REQ), ("v_b", REQ), ("s_b", REQ)],
     "merge_state_in_place": [("v", REQ), ("s", REQ), ("v_other", REQ), ("s_other", REQ),
                              ("mask", None)],
@@ -124,12 +137,19 @@ FI_SIGNATURES = {
                                     ("batch_indices", None), ("positions", None)],
 }
 
+# attnd extensions not named attnd_*: keyword-only arguments after FlashInfer's, named and
+# defaulted as the other wrappers' arguments of the same meaning (FlashInfer 0.7.4's cascade
+# run() takes q and paged_kv_cache only and returns o).
+EXTENSIONS = {"MultiLevelCascadeAttentionWrapper.run": dict(out=None, lse=None,
+                                                            return_lse=False)}
+
 # FlashInfer's module for each name (attnd.flashinfer mirrors flashinfer.<module>).
 FI_MODULES = {
     "BatchDecodeWithPagedKVCacheWrapper": decode, "single_decode_with_kv_cache": decode,
     "BatchPrefillWithPagedKVCacheWrapper": prefill, "BatchPrefillWithRaggedKVCacheWrapper": prefill,
     "single_prefill_with_kv_cache": prefill, "merge_state": cascade,
-    "merge_state_in_place": cascade, "merge_states": cascade, "append_paged_kv_cache": page,
+    "merge_state_in_place": cascade, "merge_states": cascade,
+    "MultiLevelCascadeAttentionWrapper": cascade, "append_paged_kv_cache": page,
     "get_seq_lens": page, "get_batch_indices_positions": page,
 }
 
@@ -158,15 +178,18 @@ def expected_params(spec):
 @pytest.mark.parametrize("qualname", sorted(FI_SIGNATURES))
 def test_signature_matches_flashinfer(qualname):
     """Same parameter names, order, kinds and defaults as FlashInfer 0.7.4; attnd's additions are
-    keyword-only, after them, and named attnd_*."""
+    keyword-only, after them, and named attnd_* (or listed in EXTENSIONS)."""
     params = [p for p in inspect.signature(ours(qualname)).parameters.values()
               if p.name != "self"]
-    extra = [p for p in params if p.name.startswith("attnd_")]
-    core = [p for p in params if not p.name.startswith("attnd_")]
+    named = EXTENSIONS.get(qualname, {})
+    is_extra = lambda p: p.name.startswith("attnd_") or p.name in named  # noqa: E731
+    extra = [p for p in params if is_extra(p)]
+    core = [p for p in params if not is_extra(p)]
     assert [(p.name, p.kind, p.default) for p in core] == expected_params(FI_SIGNATURES[qualname])
     assert params[len(core):] == extra, "attnd extensions must come last"
-    for p in extra:
-        assert p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is None
+    assert {p.name for p in extra} >= set(named)
+    for p in extra:  # attnd_* default to None
+        assert p.kind is inspect.Parameter.KEYWORD_ONLY and p.default == named.get(p.name)
 
 
 def test_public_names_and_aliases():
@@ -181,6 +204,8 @@ def test_public_names_and_aliases():
                 fi.BatchPrefillWithRaggedKVCacheWrapper):
         assert cls.begin_forward is cls.plan
         assert cls.__dict__["run_return_lse"].keywords == {"return_lse": True}
+    casc = fi.MultiLevelCascadeAttentionWrapper  # FlashInfer's aliases: begin_forward, forward
+    assert casc.begin_forward is casc.plan and casc.forward is casc.run
     assert fi.single_prefill_with_kv_cache_return_lse.keywords == {"return_lse": True}
 
 
@@ -602,8 +627,18 @@ def test_constructors_refuse_what_attnd_cannot_do():
     # The custom-mask buffers are CUDA-graph buffers: accepted and not used, as the others.
     fi.BatchPrefillWithPagedKVCacheWrapper(None, custom_mask_buf=object(),
                                            mask_indptr_buf=object())
-    with pytest.raises(NotImplementedError, match="cascade"):
-        fi.MultiLevelCascadeAttentionWrapper(2, None, "NHD")
+    with pytest.raises(ValueError, match="num_levels=0 must be >= 1"):
+        fi.MultiLevelCascadeAttentionWrapper(0, None, "NHD")
+    with pytest.raises(NotImplementedError, match=r"num_levels=18: .*at most 16 shared levels"):
+        fi.MultiLevelCascadeAttentionWrapper(18, None, "NHD")
+    with pytest.raises(NotImplementedError, match="CUDA graph"):
+        fi.MultiLevelCascadeAttentionWrapper(2, None, "NHD", use_cuda_graph=True)
+    with pytest.raises(NotImplementedError, match="NHD only"):
+        fi.MultiLevelCascadeAttentionWrapper(2, None, "HND")
+    c = fi.MultiLevelCascadeAttentionWrapper(17, None, "NHD", qo_indptr_buf_arr=[object()],
+                                             paged_kv_indptr_buf_arr=[object()])
+    c.reset_workspace_buffer(object(), [object()] * 17)
+    assert not c.is_cuda_graph_enabled
     with pytest.raises(NotImplementedError, match="CUDA graph"):
         fi.CUDAGraphBatchDecodeWithPagedKVCacheWrapper(None, 8)
     w = fi.BatchDecodeWithPagedKVCacheWrapper(None, "NHD", use_tensor_cores=True, backend="fa2")
@@ -792,6 +827,209 @@ def test_prefill_custom_mask_reaches_the_daemon_plan(cpu_ctx, unique_name):
         np.testing.assert_allclose(o[qo[b]:qo[b + 1]], ref_o, rtol=1e-4, atol=2e-5)
         np.testing.assert_allclose(lse[qo[b]:qo[b + 1]], ref_lse, rtol=1e-5, atol=1e-4)
     w.delete()
+
+
+# --- MultiLevelCascadeAttentionWrapper (an attnd cascade plan) ---------------------------------
+
+# A 3-level batch of 4 requests on page size 16: level 0 one group (pages 0, 1: 32 tokens),
+# level 1 two groups ({0, 1}: page 2, 3 tokens; {2, 3}: pages 3, 4, 21 tokens), level 2 each
+# request's own page (5 .. 8, 1 .. 4 tokens): FlashInfer's per-level lists.
+CASC_QO = [[0, 4], [0, 2, 4], [0, 1, 2, 3, 4]]
+CASC_INDPTR = [[0, 2], [0, 1, 3], [0, 1, 2, 3, 4]]
+CASC_INDICES = [[0, 1], [2, 3, 4], [5, 6, 7, 8]]
+CASC_LAST = [[16], [3, 5], [1, 2, 3, 4]]
+
+
+def casc_plan(w, qo=CASC_QO, indptr=CASC_INDPTR, indices=CASC_INDICES, last=CASC_LAST, **kw):
+    w.plan(qo, indptr, indices, last, 8, 2, 64, 16, **kw)
+    return w._spec
+
+
+def test_cascade_plan_maps_levels_and_records():
+    """Levels 0 .. L-2 become the plan's cascade levels (groups = their qo_indptr row ranges),
+    level L-1 the plan's table; one query row per request plans attnd decode (causal changes
+    nothing there), more plan a prefill with ``causal`` (FlashInfer's last level only)."""
+    w = fi.MultiLevelCascadeAttentionWrapper(3, None, "NHD")
+    sp = casc_plan(w, causal=True, sm_scale=0.1, logits_soft_cap=30.0, q_data_type="bfloat16",
+                   use_fp16_qk_reduction=True, rope_theta=5e5)
+    assert (sp.kind, sp.causal, sp.q_dtype, sp.kv_dtype) == ("decode", False, "bfloat16",
+                                                             "bfloat16")
+    assert (sp.table.qo_indptr, sp.table.kv_indices, sp.table.kv_lens) == (
+        [0, 1, 2, 3, 4], [5, 6, 7, 8], [1, 2, 3, 4])
+    assert [(lv.qo_indptr, lv.kv_indptr, lv.kv_indices, lv.kv_last_page_len, lv.kv_lens)
+            for lv in sp.cascade_levels] == [([0, 4], [0, 2], [0, 1], [16], [32]),
+                                             ([0, 2, 4], [0, 1, 3], [2, 3, 4], [3, 5], [3, 21])]
+    assert (sp.sm_scale, sp.logits_soft_cap, sp.pos_encoding, sp.window_left, sp.max_page) == (
+        0.1, 30.0, "none", None, 8)
+    assert w._run_options()["causal"] is False and w._run_options()["window_left"] == -1
+    # prefill-like last level (request 0 three rows, request 2 none: level 1's first group holds
+    # rows 0 .. 4, its second 4 .. 8); numpy / lists as FlashInfer's tensors; indices may be
+    # longer than indptr[-1] (ignored, as FlashInfer reads that many)
+    sp = casc_plan(w, qo=[np.array([0, 8]), [0, 4, 8], np.array([0, 3, 4, 4, 8], np.int32)],
+                   indices=[[0, 1, 99], [2, 3, 4], [5, 6, 7, 8]], last=[[16], [3, 5], [3, 2, 3, 4]],
+                   causal=True)
+    assert (sp.kind, sp.causal, sp.table.qo_indptr) == ("prefill", True, [0, 3, 4, 4, 8])
+    assert sp.cascade_levels[0].kv_indices == [0, 1]
+    assert casc_plan(w, qo=[[0, 8], [0, 4, 8], [0, 3, 4, 4, 8]],
+                     last=[[16], [3, 5], [3, 2, 3, 4]]).causal is False  # FlashInfer's default
+    # one level is an ordinary plan: RoPE and windows are attnd's to run there
+    one = fi.MultiLevelCascadeAttentionWrapper(1, None)
+    one.plan([[0, 1, 2]], [[0, 1, 2]], [[0, 1]], [[3, 4]], 8, 2, 64, 16,
+             pos_encoding_mode="ROPE_LLAMA", window_left=4)
+    sp = one._spec
+    assert (sp.kind, sp.cascade_levels, sp.pos_encoding, sp.window_left) == (
+        "decode", (), "rope_llama", 4)
+
+
+@pytest.mark.parametrize("change,error,match", [
+    (dict(qo=CASC_QO[:2]), ValueError,
+     r"qo_indptr_arr must be a list of num_levels = 3 tensors \(one per level\), got 2 entries"),
+    (dict(last=[[16, 16], [3, 5], [1, 2, 3, 4]]), ValueError,
+     r"paged_kv_indptr_arr\[0\] has 2 entries, expected num_groups \+ 1 = 3 "
+     r"\(num_groups = len\(paged_kv_last_page_len\[0\]\)\)"),
+    # attnd: every group of a shared level has >= 1 page
+    (dict(indptr=[[0, 2], [0, 0, 3], [0, 1, 2, 3, 4]]), ValueError,
+     r"group 0 has 0 pages \(paged_kv_indptr_arr\[1\]\[0\]=0, paged_kv_indptr_arr\[1\]\[1\]=0\)"
+     ": every group needs at least one page"),
+    (dict(last=[[17], [3, 5], [1, 2, 3, 4]]), ValueError,
+     r"paged_kv_last_page_len\[0\]\[0\]=17 is outside 1..page_size \(16\)"),
+    # attnd: a group holds whole requests of the last level
+    (dict(qo=[[0, 5], [0, 3, 5], [0, 1, 2, 4, 5]], last=[[16], [3, 5], [1, 2, 3, 4]]),
+     ValueError, r"qo_indptr_arr\[1\]\[1\]=3 is not a request boundary of the last level "
+     r"\(qo_indptr_arr\[2\]\): attnd's shared levels group whole requests"),
+    (dict(qo=[[0, 4], [0, 2, 5], [0, 1, 2, 3, 4]]), ValueError,
+     r"qo_indptr_arr\[1\] runs from 0 to 5; it must cover the batch's query rows 0 .. 4"),
+    (dict(qo=[[0, 4], [0, 3, 2, 4], [0, 1, 2, 3, 4]], indptr=[[0, 2], [0, 1, 2, 3],
+                                                               [0, 1, 2, 3, 4]],
+          last=[[16], [3, 5, 5], [1, 2, 3, 4]]), ValueError,
+     r"qo_indptr_arr\[1\] must be non-decreasing: qo_indptr_arr\[1\]\[2\]=2 < "
+     r"qo_indptr_arr\[1\]\[1\]=3"),
+    # attnd: a shared level's pages are read only (not where the last level's queries sit)
+    (dict(indices=[[0, 7], [2, 3, 4], [5, 6, 7, 8]]), ValueError,
+     r"paged_kv_indices_arr\[0\]\[1\]=7: page 7 holds query tokens of request 2 of the last "
+     r"level \(paged_kv_indices_arr\[2\]\); attnd appends there"),
+    # the last level follows the paged wrappers' rules, named by level
+    (dict(qo=[[0, 5], [0, 2, 5], [0, 2, 3, 4, 5]]), ValueError,
+     r"request 0 of the last level \(qo_indptr_arr\[2\], paged_kv_indptr_arr\[2\]\) has "
+     "qo_len=2 > kv_len=1"),
+    (dict(indptr=[[0, 2], [0, 1, 3], [0, 1, 1, 3, 4]]), ValueError,
+     r"request 1 has 0 pages \(paged_kv_indptr_arr\[2\]\[1\]=1"),
+    (dict(pos_encoding_mode="ROPE_LLAMA"), NotImplementedError,
+     "pos_encoding_mode='ROPE_LLAMA' with num_levels=3: attnd's cascade plans take no RoPE"),
+    (dict(pos_encoding_mode="ALIBI"), NotImplementedError, "ALiBi"),
+    (dict(window_left=3), NotImplementedError,
+     "window_left=3 with num_levels=3: attnd's cascade plans take no sliding window"),
+    (dict(kv_data_type="float8_e4m3fn"), NotImplementedError, "kv_data_type=float8_e4m3fn"),
+    (dict(num_qo_heads=7), ValueError, "multiple of num_kv_heads"),
+])
+def test_cascade_plan_refusals_name_the_argument(change, error, match):
+    """What attnd's cascade plans cannot express is refused at plan(), before anything is sent,
+    naming the argument and the entry; a refused plan() keeps the previous one."""
+    w = fi.MultiLevelCascadeAttentionWrapper(3, None, "NHD")
+    before = casc_plan(w)
+    args = dict(qo=CASC_QO, indptr=CASC_INDPTR, indices=CASC_INDICES, last=CASC_LAST)
+    kw = {k: change[k] for k in change if k not in args}
+    args.update({k: change[k] for k in change if k in args})
+    heads = kw.pop("num_qo_heads", 8)
+    with pytest.raises(error, match=match) as err:
+        w.plan(args["qo"], args["indptr"], args["indices"], args["last"], heads, 2, 64, 16, **kw)
+    if error is ValueError:
+        assert str(err.value).startswith("MultiLevelCascadeAttentionWrapper.plan: ") or \
+            "num_kv_heads" in str(err.value)
+    assert w._spec is before
+
+
+def cascade_batch(pool, rng, shared, own, qo, page, hkv, d):
+    """Random K/V in random pages of ``pool``: ``shared`` lists each shared level's groups,
+    outermost first, as (requests in the group, kv_len); ``own`` each request's own kv_len,
+    ``qo`` its query rows. Returns FlashInfer's four per-level lists, the query rows' indptr and
+    each request's keys and values over all its levels (its groups' then its own)."""
+    segs = [n for level in shared for _, n in level] + list(own)
+    counts = [-(-n // page) for n in segs]
+    pages = [int(x) for x in rng.permutation(pool.allocate(sum(counts)))]
+    starts = np.concatenate([[0], np.cumsum(counts)]).astype(int)
+    seg_pages = [pages[starts[s]:starts[s + 1]] for s in range(len(segs))]
+    lasts = [n - (c - 1) * page for n, c in zip(segs, counts)]
+    kv = [(rng.standard_normal((n, hkv, d)).astype(np.float32),
+           rng.standard_normal((n, hkv, d)).astype(np.float32)) for n in segs]
+    fill = attnd.BatchPrefillWrapper(pool)  # every token of every segment, one append
+    fill.plan(starts, pages, lasts, np.concatenate([[0], np.cumsum(segs)]), num_qo_heads=hkv)
+    fill.append_kv(np.concatenate([k for k, _ in kv]), np.concatenate([v for _, v in kv]), 0)
+    fill.delete()
+    rows = np.concatenate([[0], np.cumsum(qo)]).astype(np.int32)
+    lists = ([], [], [], [])  # qo_indptr_arr, paged_kv_indptr_arr, _indices_arr, _last_page_len
+    mine = [[] for _ in own]
+    s = 0
+    for level in shared + [[(1, n) for n in own]]:
+        qo_ind, indptr, indices, last, b = [0], [0], [], [], 0
+        for count, _ in level:
+            indices += seg_pages[s]
+            indptr.append(len(indices))
+            last.append(lasts[s])
+            for r in range(b, b + count):
+                mine[r].append(s)
+            b += count
+            qo_ind.append(int(rows[b]))
+            s += 1
+        assert b == len(own)
+        for out, x in zip(lists, (qo_ind, indptr, indices, last)):
+            out.append(np.array(x, np.int32))
+    ks = [np.concatenate([kv[x][0] for x in mine[r]]) for r in range(len(own))]
+    vs = [np.concatenate([kv[x][1] for x in mine[r]]) for r in range(len(own))]
+    return lists, rows, ks, vs
+
+
+CASCADE_CASES = [
+    dict(id="2-levels-decode-mha", hq=4, hkv=4, shared=[[(4, 37)]], own=[1, 5, 16, 9],
+         qo=[1, 1, 1, 1]),
+    dict(id="3-levels-decode-gqa-softcap", hq=8, hkv=2,
+         shared=[[(5, 20)], [(2, 9), (1, 4), (2, 12)]], own=[3, 1, 8, 4, 6], qo=[1] * 5,
+         causal=True, soft_cap=10.0),
+    dict(id="2-levels-prefill-gqa-causal", hq=8, hkv=2, shared=[[(2, 13), (2, 30)]],
+         own=[6, 9, 4, 12], qo=[3, 9, 1, 5], causal=True, sm_scale=0.2),
+    dict(id="3-levels-prefill-gqa-noncausal", hq=8, hkv=4, shared=[[(4, 17)], [(3, 6), (1, 8)]],
+         own=[5, 7, 4, 8], qo=[2, 7, 1, 3]),
+    # a request without query rows: level 1's first group has no rows
+    dict(id="3-levels-prefill-causal-empty-group", hq=8, hkv=2,
+         shared=[[(4, 11)], [(1, 6), (3, 10)]], own=[5, 7, 4, 8], qo=[0, 7, 2, 3], causal=True,
+         soft_cap=8.0),
+]
+
+
+@pytest.mark.parametrize("case", CASCADE_CASES, ids=[c["id"] for c in CASCADE_CASES])
+def test_cascade_reaches_the_daemon_plan(cpu_ctx, unique_name, case):
+    """The drop-in's daemon-side cascade plan (made for a pool view, here a CPU pool on numpy
+    arrays) with the options run() sends equals attention of each request over its levels'
+    keys concatenated (float64 reference): the shared levels fully visible, causal on the last."""
+    import types
+
+    rng = np.random.default_rng(zlib.crc32(case["id"].encode()))
+    hq, hkv, d, page = case["hq"], case["hkv"], 64, 4
+    sess = cpu_ctx.session
+    pool = sess.create_pool(unique_name, num_layers=1, num_kv_heads=hkv, head_dim=d,
+                            page_size=page, kv_dtype="float32", num_pages=48)
+    (qo_arr, indptr_arr, indices_arr, last_arr), rows, ks, vs = cascade_batch(
+        pool, rng, case["shared"], case["own"], case["qo"], page, hkv, d)
+    w = fi.MultiLevelCascadeAttentionWrapper(len(case["shared"]) + 1, None, "NHD",
+                                             attnd_context=cpu_ctx)
+    w.plan(qo_arr, indptr_arr, indices_arr, last_arr, hq, hkv, d, page,
+           causal=case.get("causal", False), sm_scale=case.get("sm_scale"),
+           logits_soft_cap=case.get("soft_cap"), q_data_type="float32")
+    decode = all(n == 1 for n in case["qo"])
+    assert w._spec.kind == ("decode" if decode else "prefill")
+    view = types.SimpleNamespace(pool=pool, layout=types.SimpleNamespace(key="cpu-pool",
+                                                                         num_pages=48))
+    inner = w._inner_for(view)  # what run() makes for the pool its cache tensor lies in
+    assert inner.qo_tokens == rows[-1] and inner.kv_tokens == sum(case["own"])
+    q = rng.standard_normal((rows[-1], hq, d)).astype(np.float32)
+    o, lse = inner.run(q, 0, return_lse=True, **w._run_options())
+    ref_o, ref_lse = reference_batch(q, rows, ks, vs, causal=case.get("causal", False),
+                                     sm_scale=case.get("sm_scale"),
+                                     soft_cap=case.get("soft_cap") or 0.0)
+    np.testing.assert_allclose(o, ref_o, rtol=1e-4, atol=2e-5)
+    np.testing.assert_allclose(lse, ref_lse, rtol=1e-5, atol=1e-4)
+    w.delete()
+    assert w._inner == {}
 
 
 def test_runs_refused_before_torch_is_needed():

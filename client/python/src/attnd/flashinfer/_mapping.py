@@ -2,8 +2,8 @@
 
 Everything the drop-in decides before it touches a tensor lives here, so that it is testable
 without a GPU (tests/python/flashinfer_dropin_test.py): option names and defaults, the page table
-checks (paged and ragged), which arguments attnd cannot honour, the KV-cache tensor -> (pool,
-layer) resolution (on plain metadata: pointers, shapes, strides), the LSE base.
+checks (paged, cascade levels, ragged), which arguments attnd cannot honour, the KV-cache tensor
+-> (pool, layer) resolution (on plain metadata: pointers, shapes, strides), the LSE base.
 """
 
 from __future__ import annotations
@@ -193,8 +193,70 @@ def _ints(name: str, values: Any) -> List[int]:
         raise AttndFlashInferError(str(e)) from None
 
 
+class TableNames(NamedTuple):
+    """What a page table's fields are called in messages: the wrappers' own arguments, or one
+    level's entries of MultiLevelCascadeAttentionWrapper.plan's lists."""
+
+    indptr: str = "indptr"
+    indices: str = "indices"
+    last_page_len: str = "last_page_len"
+    qo_indptr: str = "qo_indptr"
+    unit: str = "request"        # what one entry of the table is
+    count: str = "batch_size"    # how many there are
+    where: str = ""              # said after "request b" in the qo_len > kv_len message
+
+    @classmethod
+    def level(cls, level: int, last: bool) -> "TableNames":
+        """Level ``level`` of a cascade plan: its requests (the last level) or groups."""
+        return cls(f"paged_kv_indptr_arr[{level}]", f"paged_kv_indices_arr[{level}]",
+                   f"paged_kv_last_page_len[{level}]", f"qo_indptr_arr[{level}]",
+                   "request" if last else "group", "batch_size" if last else "num_groups",
+                   f" of the last level (qo_indptr_arr[{level}], paged_kv_indptr_arr[{level}])"
+                   if last else "")
+
+
+def _paged_kv(kv_indptr: Any, kv_indices: Any, kv_last_page_len: Any, page_size: int,
+              names: TableNames) -> Tuple[List[int], List[int], List[int], List[int]]:
+    """The page half of a table, checked: (indptr, indices[:indptr[-1]], last_page_len, kv_lens).
+    Every entry (request or group) has at least one page, each last_page_len is in
+    1..page_size (attnd's rules for a plan's own table and for a cascade level's alike)."""
+    ip, ix, lp, unit = names.indptr, names.indices, names.last_page_len, names.unit
+    indptr = _ints(ip, kv_indptr)
+    indices = _ints(ix, kv_indices)
+    last = _ints(lp, kv_last_page_len)
+    n = len(last)
+    if n < 1:
+        raise AttndFlashInferError(f"the {'batch' if unit == 'request' else 'level'} is empty "
+                                   f"({lp} has no entries)")
+    if len(indptr) != n + 1:
+        raise AttndFlashInferError(f"{ip} has {len(indptr)} entries, expected {names.count} + 1 "
+                                   f"= {n + 1} ({names.count} = len({lp}))")
+    if indptr[0] != 0:
+        raise AttndFlashInferError(f"{ip}[0]={indptr[0]} must be 0")
+    kv_lens = []
+    for b in range(n):
+        pages = indptr[b + 1] - indptr[b]
+        if pages < 1:
+            raise AttndFlashInferError(
+                f"{unit} {b} has {pages} pages ({ip}[{b}]={indptr[b]}, {ip}[{b + 1}]="
+                f"{indptr[b + 1]}): every {unit} needs at least one page")
+        if not 1 <= last[b] <= page_size:
+            raise AttndFlashInferError(f"{lp}[{b}]={last[b]} is outside 1..page_size "
+                                       f"({page_size})")
+        kv_lens.append((pages - 1) * page_size + last[b])
+    if len(indices) < indptr[-1]:
+        raise AttndFlashInferError(f"{ix} has {len(indices)} entries, {ip}[-1] = "
+                                   f"{indptr[-1]} needs that many")
+    indices = indices[:indptr[-1]]
+    for i, page in enumerate(indices):
+        if page < 0:
+            raise AttndFlashInferError(f"{ix}[{i}]={page} is negative")
+    return indptr, indices, last, kv_lens
+
+
 def page_table(kv_indptr: Any, kv_indices: Any, kv_last_page_len: Any, page_size: int,
-               qo_indptr: Any = None, *, q_len_per_req: int = 1) -> PageTable:
+               qo_indptr: Any = None, *, q_len_per_req: int = 1,
+               names: TableNames = TableNames()) -> PageTable:
     """Checks a FlashInfer page table and returns it as lists.
 
     Args:
@@ -205,6 +267,7 @@ def page_table(kv_indptr: Any, kv_indices: Any, kv_last_page_len: Any, page_size
         page_size: tokens per page.
         qo_indptr: prefill: [batch + 1] query rows; None for decode (q_len_per_req per request).
         q_len_per_req: decode only: query tokens per request.
+        names: what the fields are called in messages.
 
     Raises AttndFlashInferError (a ValueError) naming the field; attnd's own rule (a request's
     query tokens are its last tokens, so qo_len <= kv_len) included.
@@ -212,60 +275,128 @@ def page_table(kv_indptr: Any, kv_indices: Any, kv_last_page_len: Any, page_size
     page_size = int(page_size)
     if page_size < 1:
         raise AttndFlashInferError(f"page_size must be >= 1, got {page_size}")
-    indptr = _ints("indptr", kv_indptr)
-    indices = _ints("indices", kv_indices)
-    last = _ints("last_page_len", kv_last_page_len)
+    indptr, indices, last, kv_lens = _paged_kv(kv_indptr, kv_indices, kv_last_page_len,
+                                               page_size, names)
     batch = len(last)
-    if batch < 1:
-        raise AttndFlashInferError("the batch is empty (last_page_len has no entries)")
-    if len(indptr) != batch + 1:
-        raise AttndFlashInferError(f"indptr has {len(indptr)} entries, expected batch_size + 1 = "
-                                   f"{batch + 1} (batch_size = len(last_page_len))")
-    if indptr[0] != 0:
-        raise AttndFlashInferError(f"indptr[0]={indptr[0]} must be 0")
-    kv_lens = []
-    for b in range(batch):
-        pages = indptr[b + 1] - indptr[b]
-        if pages < 1:
-            raise AttndFlashInferError(
-                f"request {b} has {pages} pages (indptr[{b}]={indptr[b]}, indptr[{b + 1}]="
-                f"{indptr[b + 1]}): every request needs at least one page")
-        if not 1 <= last[b] <= page_size:
-            raise AttndFlashInferError(f"last_page_len[{b}]={last[b]} is outside 1..page_size "
-                                       f"({page_size})")
-        kv_lens.append((pages - 1) * page_size + last[b])
-    if len(indices) < indptr[-1]:
-        raise AttndFlashInferError(f"indices has {len(indices)} entries, indptr[-1] = "
-                                   f"{indptr[-1]} needs that many")
-    indices = indices[:indptr[-1]]
-    for i, page in enumerate(indices):
-        if page < 0:
-            raise AttndFlashInferError(f"indices[{i}]={page} is negative")
+    qn = names.qo_indptr
     if qo_indptr is None:
         n = int(q_len_per_req)
         if n < 1:
             raise AttndFlashInferError(f"q_len_per_req must be >= 1, got {n}")
         qo = [b * n for b in range(batch + 1)]
     else:
-        qo = _ints("qo_indptr", qo_indptr)
+        qo = _ints(qn, qo_indptr)
         if len(qo) != batch + 1:
-            raise AttndFlashInferError(f"qo_indptr has {len(qo)} entries, expected batch_size + 1 "
+            raise AttndFlashInferError(f"{qn} has {len(qo)} entries, expected batch_size + 1 "
                                        f"= {batch + 1}")
         if qo[0] != 0:
-            raise AttndFlashInferError(f"qo_indptr[0]={qo[0]} must be 0")
+            raise AttndFlashInferError(f"{qn}[0]={qo[0]} must be 0")
     for b in range(batch):
         qo_len = qo[b + 1] - qo[b]
         if qo_len < 0:
-            raise AttndFlashInferError(f"qo_indptr must be non-decreasing: qo_indptr[{b + 1}]="
-                                       f"{qo[b + 1]} < qo_indptr[{b}]={qo[b]}")
+            raise AttndFlashInferError(f"{qn} must be non-decreasing: {qn}[{b + 1}]="
+                                       f"{qo[b + 1]} < {qn}[{b}]={qo[b]}")
         if qo_len > kv_lens[b]:
             raise AttndFlashInferError(
-                f"request {b} has qo_len={qo_len} > kv_len={kv_lens[b]}: attnd's query tokens are "
-                "the last tokens of their sequence (append the new K/V to the cache first, then "
-                "plan with the lengths after the append)")
+                f"request {b}{names.where} has qo_len={qo_len} > kv_len={kv_lens[b]}: attnd's "
+                "query tokens are the last tokens of their sequence (append the new K/V to the "
+                "cache first, then plan with the lengths after the append)")
     if qo[-1] < 1:
-        raise AttndFlashInferError("the batch has no query tokens (qo_indptr[-1] = 0)")
+        raise AttndFlashInferError(f"the batch has no query tokens ({qn}[-1] = 0)")
     return PageTable(indptr, indices, last, qo, kv_lens, page_size)
+
+
+def written_pages(table: PageTable) -> Dict[int, int]:
+    """page -> request, for the pages holding some request's query tokens (its last qo_len kv
+    positions): the pages the daemon's appends write (validation.cc, WrittenSlots)."""
+    out: Dict[int, int] = {}
+    ps = table.page_size
+    for b in range(table.batch_size):
+        qo_len = table.qo_indptr[b + 1] - table.qo_indptr[b]
+        if qo_len <= 0:
+            continue
+        kv_len = table.kv_lens[b]
+        for slot in range((kv_len - qo_len) // ps, (kv_len - 1) // ps + 1):
+            out.setdefault(table.kv_indices[table.kv_indptr[b] + slot], b)
+    return out
+
+
+# attnd's limits on cascade plans (server/core/request_rules.h kMaxCascadeLevels, validation.h
+# kMaxBatchSize: the groups of one level).
+MAX_SHARED_LEVELS = 16
+MAX_GROUPS = 1 << 16
+
+
+def cascade_tables(qo_indptr_arr: Any, paged_kv_indptr_arr: Any, paged_kv_indices_arr: Any,
+                   paged_kv_last_page_len: Any, page_size: int,
+                   num_levels: int) -> Tuple[PageTable, Tuple[PageTable, ...]]:
+    """MultiLevelCascadeAttentionWrapper.plan's per-level lists -> (the last level's table, the
+    shared levels' tables, outermost first), checked against attnd's cascade rules (attnd.proto
+    CascadeLevel; server/core/request_rules.cc CheckCascadeLevels) before anything is sent.
+
+    FlashInfer plans every level as a prefill batch of its own: level l's qo_indptr splits the
+    query rows into its "requests" (here: groups), each attending that level's pages, causal
+    only on the last level. The last level is the batch (attnd's plan table: its requests, their
+    own pages, qo_len <= kv_len). Shared level l is a CascadeLevel whose groups are
+    qo_indptr_arr[l]'s row ranges; attnd's extra rules, each refused naming the entry: every
+    group has at least one page; qo_indptr_arr[l] runs from 0 to the batch's query rows and
+    each entry is a request boundary of the last level (a group holds whole requests); a level
+    names no page that holds query tokens of the last level (those are the pages appends write;
+    a level is read only). A shared level's group may have more rows than keys (no causal mask
+    there) or no rows at all. Table entries may be longer than indptr[-1] (the rest is ignored,
+    as FlashInfer reads only that many).
+    """
+    lists = (("qo_indptr_arr", qo_indptr_arr), ("paged_kv_indptr_arr", paged_kv_indptr_arr),
+             ("paged_kv_indices_arr", paged_kv_indices_arr),
+             ("paged_kv_last_page_len", paged_kv_last_page_len))
+    for name, value in lists:
+        if not isinstance(value, (list, tuple)) or len(value) != num_levels:
+            got = f"{len(value)} entries" if isinstance(value, (list, tuple)) else \
+                type(value).__name__
+            raise AttndFlashInferError(f"{name} must be a list of num_levels = {num_levels} "
+                                       f"tensors (one per level), got {got}")
+    page_size = int(page_size)
+    top = num_levels - 1
+    table = page_table(paged_kv_indptr_arr[top], paged_kv_indices_arr[top],
+                       paged_kv_last_page_len[top], page_size, qo_indptr_arr[top],
+                       names=TableNames.level(top, last=True))
+    boundaries = set(table.qo_indptr)
+    written = written_pages(table)
+    levels = []
+    for lv in range(top):
+        names = TableNames.level(lv, last=False)
+        indptr, indices, last, kv_lens = _paged_kv(
+            paged_kv_indptr_arr[lv], paged_kv_indices_arr[lv], paged_kv_last_page_len[lv],
+            page_size, names)
+        groups, qn = len(last), names.qo_indptr
+        if groups > MAX_GROUPS:
+            raise AttndFlashInferError(f"level {lv} has {groups} groups (len({names.last_page_len}"
+                                       f")); attnd takes at most {MAX_GROUPS} per level")
+        qo = _ints(qn, qo_indptr_arr[lv])
+        if len(qo) != groups + 1:
+            raise AttndFlashInferError(f"{qn} has {len(qo)} entries, expected num_groups + 1 = "
+                                       f"{groups + 1} (num_groups = len({names.last_page_len}))")
+        if qo[0] != 0 or qo[-1] != table.qo_tokens:
+            raise AttndFlashInferError(
+                f"{qn} runs from {qo[0]} to {qo[-1]}; it must cover the batch's query rows 0 .. "
+                f"{table.qo_tokens} (qo_indptr_arr[{top}][-1])")
+        for g in range(groups + 1):
+            if g and qo[g] < qo[g - 1]:
+                raise AttndFlashInferError(f"{qn} must be non-decreasing: {qn}[{g}]={qo[g]} < "
+                                           f"{qn}[{g - 1}]={qo[g - 1]}")
+            if qo[g] not in boundaries:
+                raise AttndFlashInferError(
+                    f"{qn}[{g}]={qo[g]} is not a request boundary of the last level "
+                    f"(qo_indptr_arr[{top}]): attnd's shared levels group whole requests, so "
+                    "every entry must be one of the last level's qo_indptr entries")
+        for i, page in enumerate(indices):
+            if page in written:
+                raise AttndFlashInferError(
+                    f"{names.indices}[{i}]={page}: page {page} holds query tokens of request "
+                    f"{written[page]} of the last level (paged_kv_indices_arr[{top}]); attnd "
+                    "appends there, and a shared level's pages are read only")
+        levels.append(PageTable(indptr, indices, last, qo, kv_lens, page_size))
+    return table, tuple(levels)
 
 
 def packed_mask_offsets(qo_lens: Sequence[int], kv_lens: Sequence[int]) -> List[int]:
@@ -524,8 +655,10 @@ def _resolve_in(layout: PoolLayout, k: TensorMeta, v: Optional[TensorMeta],
 
 
 def check_plan_against_cache(api: str, table: PageTable, num_kv_heads: int, head_dim: int,
-                             kv_dtype: str, resolved: ResolvedCache) -> None:
-    """The planned geometry must be the cache's."""
+                             kv_dtype: str, resolved: ResolvedCache,
+                             max_page: Optional[int] = None) -> None:
+    """The planned geometry must be the cache's, and every page the plan names (max_page:
+    the largest, default the table's; a cascade plan's levels included) one of its pages."""
     lay = resolved.layout
     for name, planned, actual in (("num_kv_heads", num_kv_heads, lay.num_kv_heads),
                                   ("head_dim", head_dim, lay.head_dim),
@@ -534,6 +667,7 @@ def check_plan_against_cache(api: str, table: PageTable, num_kv_heads: int, head
         if planned != actual:
             raise AttndFlashInferError(f"{api}: planned {name}={planned}, but paged_kv_cache has "
                                        f"{name}={actual}")
-    if table.max_page >= resolved.num_pages:
-        raise AttndFlashInferError(f"{api}: the plan names page {table.max_page}, paged_kv_cache "
+    page = table.max_page if max_page is None else max_page
+    if page >= resolved.num_pages:
+        raise AttndFlashInferError(f"{api}: the plan names page {page}, paged_kv_cache "
                                    f"has {resolved.num_pages} pages")

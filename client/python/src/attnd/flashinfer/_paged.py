@@ -1,9 +1,9 @@
-"""What the paged decode and prefill wrappers share: the plan they keep, one attnd plan per pool
-they run on, and run() itself (checks, the attnd Run, LSE base and layout, v_scale)."""
+"""What the paged decode, prefill and cascade wrappers share: the plan they keep, one attnd plan
+per pool they run on, and run() itself (checks, the attnd Run, LSE base and layout, v_scale)."""
 
 from __future__ import annotations
 
-from typing import Any, Dict, NamedTuple, Optional
+from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 from attnd.flashinfer import _mapping as _m
 from attnd.flashinfer._arrays import TorchArrays, finish_lse
@@ -29,6 +29,14 @@ class Spec(NamedTuple):
     rope_theta: Optional[float]
     # prefill: the custom mask in attnd's wire form (_mapping.custom_mask_wire), None = none
     custom_mask: Optional[bytes] = None
+    # a cascade plan's shared levels, outermost first (_mapping.cascade_tables: each a table
+    # whose "requests" are the level's groups of query rows); () = an ordinary plan
+    cascade_levels: Tuple[_m.PageTable, ...] = ()
+
+    @property
+    def max_page(self) -> int:
+        """The largest page id the plan names, its shared levels' included."""
+        return max(t.max_page for t in (self.table,) + self.cascade_levels)
 
 
 def check_dtypes(api: str, q_data_type: Any, kv_data_type: Any, o_data_type: Any):
@@ -111,18 +119,22 @@ class PagedWrapperBase:
 
         spec = self._spec
         t = spec.table
-        if t.max_page >= view.layout.num_pages:
+        if spec.max_page >= view.layout.num_pages:
             raise _m.AttndFlashInferError(
-                f"{self._api}: the plan names page {t.max_page}, the pool has "
+                f"{self._api}: the plan names page {spec.max_page}, the pool has "
                 f"{view.layout.num_pages} pages")
         ctx = self.attnd_context
+        levels = [dict(qo_indptr=lv.qo_indptr, kv_indptr=lv.kv_indptr, kv_indices=lv.kv_indices,
+                       kv_last_page_len=lv.kv_last_page_len) for lv in spec.cascade_levels]
         if spec.kind == "decode":
             inner = attnd.BatchDecodeWrapper(view.pool, ipc_method=ctx.ipc_method)
-            inner.plan(t.kv_indptr, t.kv_indices, t.kv_last_page_len, spec.num_qo_heads)
+            inner.plan(t.kv_indptr, t.kv_indices, t.kv_last_page_len, spec.num_qo_heads,
+                       cascade_levels=levels)
         else:
             inner = attnd.BatchPrefillWrapper(view.pool, ipc_method=ctx.ipc_method)
             inner.plan(t.kv_indptr, t.kv_indices, t.kv_last_page_len, t.qo_indptr,
-                       spec.num_qo_heads, causal=spec.causal, custom_mask=spec.custom_mask)
+                       spec.num_qo_heads, causal=spec.causal, custom_mask=spec.custom_mask,
+                       cascade_levels=levels)
         self._inner[key] = inner
         return inner
 
@@ -156,7 +168,7 @@ class PagedWrapperBase:
         ctx = self.attnd_context
         view, resolved = ctx.resolve(paged_kv_cache)
         _m.check_plan_against_cache(self._api, spec.table, spec.num_kv_heads, spec.head_dim,
-                                    spec.kv_dtype, resolved)
+                                    spec.kv_dtype, resolved, max_page=spec.max_page)
         rows = spec.table.qo_tokens
         _check_tensor(self._api, "q", q, (rows, spec.num_qo_heads, spec.head_dim), spec.q_dtype)
         if out is not None:
@@ -173,15 +185,10 @@ class PagedWrapperBase:
                                   contiguous=True)
                 lse_nat = torch.empty((rows, spec.num_qo_heads), dtype=torch.float32,
                                       device=q.device)
-        window = spec.window_left if window_left is None else _m.window(window_left)
         inner = self._inner_for(view)
-        result = inner.run(
-            q, resolved.layer, out=out, lse_out=lse_nat, return_lse=return_lse,
-            causal=spec.causal, sm_scale=_m.sm_scale_for(spec.sm_scale, spec.head_dim, q_scale,
-                                                         k_scale),
-            pos_encoding=spec.pos_encoding, rope_theta=spec.rope_theta,
-            rope_scale=spec.rope_scale, logits_soft_cap=spec.logits_soft_cap,
-            window_left=window if window is not None else -1, completion=ctx.completion)
+        result = inner.run(q, resolved.layer, out=out, lse_out=lse_nat, return_lse=return_lse,
+                           completion=ctx.completion,
+                           **self._run_options(q_scale, k_scale, window_left))
         o, lse_nat = result if return_lse else (result, None)
         scale = _m.v_scale_for(v_scale)
         if scale is not None:
@@ -189,6 +196,18 @@ class PagedWrapperBase:
         if not return_lse:
             return o
         return o, finish_lse(TorchArrays(), lse_nat, lse_base, lse_layout, lse)
+
+    def _run_options(self, q_scale=None, k_scale=None, window_left=None) -> Dict[str, Any]:
+        """The attention options of a run of the plan (attnd's Run keyword arguments): the
+        planned ones, q_scale / k_scale folded into sm_scale, window_left overriding the plan's
+        when given."""
+        spec = self._require_spec()
+        window = spec.window_left if window_left is None else _m.window(window_left)
+        return dict(causal=spec.causal,
+                    sm_scale=_m.sm_scale_for(spec.sm_scale, spec.head_dim, q_scale, k_scale),
+                    pos_encoding=spec.pos_encoding, rope_theta=spec.rope_theta,
+                    rope_scale=spec.rope_scale, logits_soft_cap=spec.logits_soft_cap,
+                    window_left=window if window is not None else -1)
 
 
 def _check_tensor(api: str, name: str, t, shape, dtype: str, contiguous: bool = False) -> None:
