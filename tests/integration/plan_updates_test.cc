@@ -2,7 +2,8 @@
 // decode plan lives across many steps and changes by UpdatePlan deltas (requests grow into new
 // pages, one leaves, one joins); every step's Run (K/V appended) equals, bit for bit, the Run of
 // a plan created from scratch with the same table; a bad delta is refused naming its field and
-// the session carries on with the plan unchanged.
+// the session carries on with the plan unchanged. fp16 throughout, so that it also runs against
+// the CUDA backend (ATTND_IT_BACKEND=cuda), whose updated and fresh plans have the same schedule.
 #include <memory>
 #include <random>
 #include <string>
@@ -118,8 +119,8 @@ TEST_P(PlanUpdatesTest, ADecodePlanLivesAcrossStepsAndMatchesFreshPlans) {
     const int64_t rows = static_cast<int64_t>(batch.size());
     client::RunArgs run;
     run.plan_id = plan_id;
-    run.q = *client::MakeTensor(RandomValues(rng, rows * kQoHeads * kHeadDim, v1::DTYPE_FLOAT32),
-                                {rows, kQoHeads, kHeadDim}, v1::DTYPE_FLOAT32);
+    run.q = *client::MakeTensor(RandomValues(rng, rows * kQoHeads * kHeadDim, v1::DTYPE_FLOAT16),
+                                {rows, kQoHeads, kHeadDim}, v1::DTYPE_FLOAT16);
     run.k = *client::MakeTensor(RandomValues(rng, rows * kKvHeads * kHeadDim, v1::DTYPE_FLOAT16),
                                 {rows, kKvHeads, kHeadDim}, v1::DTYPE_FLOAT16);
     run.v = *client::MakeTensor(RandomValues(rng, rows * kKvHeads * kHeadDim, v1::DTYPE_FLOAT16),
