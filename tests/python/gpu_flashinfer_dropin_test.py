@@ -3,21 +3,22 @@ the very same test bodies run against FlashInfer itself, to show that the semant
 shapes, the NHD layout (single tensor and (k, v) halves), page sizes 1 and 16, GQA, base-2 LSE
 (NH/HN, log2/ln), RoPE LLaMA, logits soft cap, sliding windows, sm_scale, out=/lse= buffers,
 custom masks (custom_mask / packed_custom_mask: trees on a prefix, random masks with a window and
-soft cap, causal ignored), append_paged_kv_cache, single_* functions, the ragged prefill wrapper
-and state merging.
+soft cap, causal ignored), append_paged_kv_cache, single_* functions, the ragged prefill wrapper,
+state merging and MultiLevelCascadeAttentionWrapper (2 and 3 levels, decode- and prefill-like
+last levels; also compared with FlashInfer's own wrapper on the same cache and inputs).
 
 Every case runs twice: param "attnd" (attnd.flashinfer on a CUDA daemon, $ATTND_BIN) and param
 "flashinfer" (``import flashinfer``, e.g. the peer bundle of ../shared/gpu/flashinfer-peer on
 PYTHONPATH, which scripts/gpu-host-run.sh adds when FI_PEER_DIR is set). FlashInfer runs on the
 JIT cache of fi_peer.py ($FI_PEER_CACHE, default /tmp/fi_peer_cache; same environment, so modules
 fi_peer.py built are reused). ATTND_FI_JIT=1 (what scripts/gpu-host-run.sh sets) first builds
-every module the cases below need and the cache lacks, in one ninja run (FLASHINFER_MODULES: 15
-modules, head_dim 128; about 2.5 minutes on the GPU host's 16 cores from an empty cache, nothing
-when they are cached), and lets FlashInfer compile anything else a case asks for. Without it, a
-case whose module is not cached skips with the module's name. `python3
-tests/python/gpu_flashinfer_dropin_test.py` does only that build. Skips with the reason: without
-torch / CUDA, without the daemon binary, the "flashinfer" params when it cannot be imported, and
-without ATTND_FI_JIT=1 the uncached modules.
+every module the cases below need and the cache lacks, in one ninja run (FLASHINFER_MODULES: 17
+modules, head_dim 128; before the cascade cases' FA3 prefill module was added, 15 took about 2.5
+minutes on the GPU host's 16 cores from an empty cache; nothing when they are cached), and lets
+FlashInfer compile anything else a case asks for. Without it, a case whose module is not cached
+skips with the module's name. `python3 tests/python/gpu_flashinfer_dropin_test.py` does only that
+build. Skips with the reason: without torch / CUDA, without the daemon binary, the "flashinfer"
+params when it cannot be imported, and without ATTND_FI_JIT=1 the uncached modules.
 
 Outputs and LSE are poisoned (NaN) before every run; the caches are filled with random data
 (unused slots included) before the real K/V are written, so a wrong page or slot shows.
@@ -598,6 +599,151 @@ def test_batch_prefill_ragged(be, case):
     be.call(body)
 
 
+# Cascade cases: MultiLevelCascadeAttentionWrapper. shared: each shared level's groups, outermost
+# first, as (requests in the group, kv_len); own: each request's own kv_len (the last level);
+# qo: its query rows. FlashInfer's levels run its paged prefill with backend "auto" (fa2 or fa3
+# per level on the H200: FLASHINFER_MODULES has both) and merge_state_in_place.
+CASCADE = [
+    dict(id="fp16-2lv-decode-gqa4-p16", dtype=F16, hq=32, hkv=8, page=16, shared=[[(6, 300)]],
+         own=[1, 17, 40, 5, 16, 33], qo=[1] * 6),
+    dict(id="fp16-3lv-decode-gqa4-p16-lse", dtype=F16, hq=16, hkv=4, page=16,
+         shared=[[(5, 130)], [(2, 17), (3, 64)]], own=[3, 20, 1, 48, 9], qo=[1] * 5,
+         causal=True, sm_scale=0.05, lse=True),
+    dict(id="fp16-3lv-prefill-causal-gqa4-p16-lse", dtype=F16, hq=16, hkv=4, page=16,
+         shared=[[(4, 200)], [(1, 40), (3, 80)]], own=[20, 9, 33, 70], qo=[20, 1, 8, 64],
+         causal=True, lse=True),
+    dict(id="fp16-2lv-prefill-noncausal-mha-p1-halves", dtype=F16, hq=8, hkv=8, page=1,
+         shared=[[(2, 30), (1, 7)]], own=[12, 5, 9], qo=[12, 2, 9], halves=True),
+]
+
+
+class CascadeBatch:
+    """The K/V of a cascade case in random pages of one cache layer: a Batch whose "requests"
+    are the segments (every shared group's tokens, then every request's own), and FlashInfer's
+    four per-level lists over them; k[r], v[r]: request r's keys over all its levels (its groups'
+    in level order, then its own), what the reference attends."""
+
+    def __init__(self, be, case, seed):
+        shared, own = case["shared"], case["own"]
+        segs = [n for level in shared for _, n in level] + list(own)
+        self.batch = Batch(be, segs, case["page"], case["hkv"], 128, case["dtype"], seed=seed)
+        b = self.batch
+        self.rows = [0]
+        for n in case["qo"]:
+            self.rows.append(self.rows[-1] + n)
+        i32 = dict(dtype=torch.int32, device=DEV)
+        self.qo_arr, self.indptr_arr, self.indices_arr, self.last_arr = [], [], [], []
+        mine = [[] for _ in own]
+        s = 0
+        for level in shared + [[(1, n) for n in own]]:
+            qo_ind, indptr, indices, last, r = [0], [0], [], [], 0
+            for count, _ in level:
+                indices.append(b.indices[b.indptr_h[s]:b.indptr_h[s + 1]])
+                indptr.append(indptr[-1] + indices[-1].numel())
+                last.append(int(b.last[s]))
+                for x in range(r, r + count):
+                    mine[x].append(s)
+                r += count
+                qo_ind.append(self.rows[r])
+                s += 1
+            assert r == len(own)
+            self.qo_arr.append(torch.tensor(qo_ind, **i32))
+            self.indptr_arr.append(torch.tensor(indptr, **i32))
+            self.indices_arr.append(torch.cat(indices))
+            self.last_arr.append(torch.tensor(last, **i32))
+        self.k = [torch.cat([b.k[x] for x in m]) for m in mine]
+        self.v = [torch.cat([b.v[x] for x in m]) for m in mine]
+
+    def plan(self, w, case):
+        w.plan(self.qo_arr, self.indptr_arr, self.indices_arr, self.last_arr, case["hq"],
+               case["hkv"], 128, case["page"], causal=case.get("causal", False),
+               sm_scale=case.get("sm_scale"), q_data_type=case["dtype"],
+               kv_data_type=case["dtype"])
+
+    def references(self, q, case):
+        """(o, lse base 2) of each request: attention over its levels' keys concatenated, causal
+        (bottom-right) when planned: the shared keys precede its queries, so all are visible."""
+        return [reference(q[self.rows[r]:self.rows[r + 1]], self.k[r], self.v[r],
+                          causal=case.get("causal", False), sm_scale=case.get("sm_scale"))
+                for r in range(len(case["own"]))]
+
+
+@pytest.mark.parametrize("case", CASCADE, ids=[c["id"] for c in CASCADE])
+def test_multi_level_cascade(be, case):
+    """MultiLevelCascadeAttentionWrapper (2 and 3 levels, decode- and prefill-like last levels)
+    against the float32 reference of each request's concatenated keys; on attnd also run()'s
+    out= / lse= / return_lse= extensions (FlashInfer's cascade run() returns o only)."""
+    dtype, hq, d = case["dtype"], case["hq"], 128
+    cb = CascadeBatch(be, case, seed=_seed(case))
+
+    def body():
+        w = be.fi.MultiLevelCascadeAttentionWrapper(len(case["shared"]) + 1, be.workspace,
+                                                    "NHD")
+        cb.plan(w, case)
+        rows = cb.rows[-1]
+        q = _randn(cb.batch.gen, rows, hq, d, dtype=dtype)
+        kv = cb.batch.kv_arg(case.get("halves"))
+        o = w.run(q, kv)
+        assert o.shape == (rows, hq, d) and o.dtype == dtype
+        torch.cuda.synchronize()
+        refs = cb.references(q, case)
+        for r, (ref_o, _) in enumerate(refs):
+            sl = slice(cb.rows[r], cb.rows[r + 1])
+            check(o[sl], None, ref_o, None, dtype,
+                  f"{be.name} cascade {case['id']} request {r} (qo {case['qo'][r]})")
+        if be.name == "attnd" and case.get("lse"):
+            out, lse_buf = poisoned((rows, hq, d), dtype), poisoned((rows, hq), torch.float32)
+            o2, lse = w.forward(q, kv, out=out, lse=lse_buf, return_lse=True)
+            assert o2.data_ptr() == out.data_ptr() and lse.data_ptr() == lse_buf.data_ptr()
+            torch.cuda.synchronize()
+            for r, (ref_o, ref_lse) in enumerate(refs):
+                sl = slice(cb.rows[r], cb.rows[r + 1])
+                check(o2[sl], lse[sl], ref_o, ref_lse, dtype,
+                      f"attnd cascade {case['id']} request {r} out=/lse=")
+
+    try:
+        be.call(body)
+    finally:
+        be.free_cache(cb.batch.cache_all)
+
+
+@pytest.mark.parametrize("case", CASCADE, ids=[c["id"] for c in CASCADE])
+def test_cascade_matches_flashinfers_wrapper(attnd_ctx, fi_modules, case):
+    """The drop-in and FlashInfer's own MultiLevelCascadeAttentionWrapper on the same inputs:
+    one attnd pool's cache tensor (FlashInfer reads it as any CUDA tensor), the same per-level
+    tables and q. Their outputs agree within the kernels' rounding (TOL of o)."""
+    if FLASHINFER is None:
+        pytest.skip(f"flashinfer cannot be imported ({FLASHINFER_WHY})")
+    dtype, hq, d = case["dtype"], case["hq"], 128
+    be = Backend("attnd", afi, attnd_ctx)
+    cb = CascadeBatch(be, case, seed=_seed(case) + 1)
+    try:
+        q = _randn(cb.batch.gen, cb.rows[-1], hq, d, dtype=dtype)
+        kv = cb.batch.kv_arg(case.get("halves"))
+        outs = {}
+        for name, mod in (("attnd", afi), ("flashinfer", FLASHINFER)):
+            w = mod.MultiLevelCascadeAttentionWrapper(len(case["shared"]) + 1, be.workspace,
+                                                      "NHD")
+            try:
+                cb.plan(w, case)
+                outs[name] = w.run(q, kv)
+            except Exception as e:
+                missing = _missing_jit(e) if name == "flashinfer" else None
+                if missing:
+                    pytest.skip(f"FlashInfer kernel {missing} is not in its JIT cache "
+                                "(ATTND_FI_JIT=1 builds it)")
+                raise
+        torch.cuda.synchronize()
+        (oa, orr), _ = TOL[dtype]
+        for name, o in outs.items():
+            assert o.shape == q.shape and not torch.isnan(o).any(), f"{name}: o"
+        torch.testing.assert_close(outs["attnd"].float(), outs["flashinfer"].float(), atol=oa,
+                                   rtol=orr, msg=lambda m: f"attnd vs FlashInfer cascade "
+                                                           f"{case['id']}: {m}")
+    finally:
+        be.free_cache(cb.batch.cache_all)
+
+
 # --- the FlashInfer modules the cases need ---------------------------------------------------------
 
 def _variant(case):
@@ -610,8 +756,10 @@ def _variant(case):
 def flashinfer_module_keys():
     """(kind, dtype, variant) of every FlashInfer JIT module the tests of this file load, at
     head_dim 128: batch decode modules (CUDA-core decode), FA2 batch prefill modules (paged and
-    ragged prefill, tensor-core decode), the FA2 single prefill module (single_prefill and
-    tensor-core single_decode), cascade (merges) and page (append_paged_kv_cache)."""
+    ragged prefill, tensor-core decode, cascade levels), the FA3 batch prefill modules of the
+    cascade cases (FlashInfer's cascade levels run on backend "auto": fa2 or fa3 by their query
+    lengths), the FA2 single prefill module (single_prefill and tensor-core single_decode),
+    cascade (merges) and page (append_paged_kv_cache)."""
     keys = []
 
     def add(key):
@@ -622,6 +770,9 @@ def flashinfer_module_keys():
         add(("prefill" if c.get("tc") else "decode", c["dtype"], _variant(c)))
     for c in PREFILL + RAGGED:
         add(("prefill", c["dtype"], _variant(c)))
+    for c in CASCADE:  # FlashInfer's cascade levels: its paged prefill on "auto", fa2 or fa3
+        add(("prefill", c["dtype"], _variant(c)))
+        add(("prefill_fa3", c["dtype"], _variant(c)))
     add(("prefill", BF16, (0, False, False)))         # append then prefill
     add(("single_prefill", BF16, (0, False, False)))  # single_*, merges of split K/V
     add(("cascade", None, None))
@@ -648,6 +799,9 @@ def flashinfer_specs(keys):
             gen = getattr(jm, "_gen_batch_prefill_primary_module", None) or \
                 jm.gen_batch_prefill_module
             specs.append(gen("fa2", dtype, dtype, dtype, torch.int32, 128, 128, *variant, False))
+        elif kind == "prefill_fa3":
+            specs.append(jm.gen_batch_prefill_module("fa3", dtype, dtype, dtype, torch.int32, 128,
+                                                     128, *variant, False))
         else:
             specs.append(jm.gen_single_prefill_module("fa2", dtype, dtype, dtype, 128, 128,
                                                       *variant, False))
@@ -926,6 +1080,8 @@ SIGNATURE_NAMES = [
     "BatchPrefillWithPagedKVCacheWrapper.__init__", "BatchPrefillWithPagedKVCacheWrapper.plan",
     "BatchPrefillWithPagedKVCacheWrapper.run", "BatchPrefillWithRaggedKVCacheWrapper.__init__",
     "BatchPrefillWithRaggedKVCacheWrapper.plan", "BatchPrefillWithRaggedKVCacheWrapper.run",
+    "MultiLevelCascadeAttentionWrapper.__init__", "MultiLevelCascadeAttentionWrapper.plan",
+    "MultiLevelCascadeAttentionWrapper.run",
     "single_decode_with_kv_cache", "single_prefill_with_kv_cache", "merge_state",
     "merge_state_in_place", "merge_states", "append_paged_kv_cache", "get_seq_lens",
     "get_batch_indices_positions",
