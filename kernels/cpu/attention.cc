@@ -40,6 +40,8 @@ struct PagedKeys {
     const int64_t page = kv.indices[kv.indptr[b] + t / kv.page_size];
     return page * kv.page_stride + (t % kv.page_size) * kv.token_stride + h * kv.head_stride;
   }
+  float KScale(int32_t h) const { return kv.k_scale != nullptr ? kv.k_scale[h] : 1.f; }
+  float VScale(int32_t h) const { return kv.v_scale != nullptr ? kv.v_scale[h] : 1.f; }
   const PagedKV& kv;
   const void* k_base;
   const void* v_base;  // V is K shifted by kv_stride elements
@@ -53,6 +55,8 @@ struct RaggedKeys {
   int64_t Offset(int32_t b, int64_t t, int32_t h) const {
     return (kv.indptr[b] + t) * kv.stride_n + h * kv.stride_h;
   }
+  static float KScale(int32_t) { return 1.f; }  // ragged K/V: tensors, no scales
+  static float VScale(int32_t) { return 1.f; }
   const RaggedKV& kv;
   const void* k_base;
   const void* v_base;
@@ -121,6 +125,8 @@ class TaskRunner {
     const int64_t qo_begin = ctx_.QoBegin(b);
     const int64_t rope_offset = ctx_.RopeOffset(b);
     const int32_t rows = task.row_end - task.row_begin;
+    k_scale_ = ctx_.keys.KScale(task.kv_head);
+    v_scale_ = ctx_.keys.VScale(task.kv_head);
     const int32_t window = ctx_.options.window_left;
     const bool causal = ctx_.options.causal;
     // Custom mask (custom_mask.h): row r of the tile is mask row task.row_begin + r; keys below
@@ -205,15 +211,23 @@ class TaskRunner {
       const int64_t t = begin + j;
       const int64_t offset = ctx_.keys.Offset(b, t, kv_head);
       float* k = &k_block_[static_cast<size_t>(j) * dim_];
+      float* v = &v_block_[static_cast<size_t>(j) * dim_];
       LoadRow(ctx_.keys.k_base, ctx_.kv_dtype, offset, dim_, k);
+      LoadRow(ctx_.keys.v_base, ctx_.kv_dtype, offset, dim_, v);
+      // FP8 scales (PagedKV::k_scale / v_scale): the stored value times the head's scale.
+      if (k_scale_ != 1.f) {
+        for (int d = 0; d < dim_; ++d) k[d] *= k_scale_;
+      }
+      if (v_scale_ != 1.f) {
+        for (int d = 0; d < dim_; ++d) v[d] *= v_scale_;
+      }
       if (ctx_.rope) ctx_.rope->Rotate(k, t + rope_offset);
-      LoadRow(ctx_.keys.v_base, ctx_.kv_dtype, offset, dim_,
-              &v_block_[static_cast<size_t>(j) * dim_]);
     }
   }
 
   const CallContext<Keys>& ctx_;
   const int dim_;
+  float k_scale_ = 1.f, v_scale_ = 1.f;   // the task's KV head's (Keys::KScale / VScale)
   std::vector<float> k_block_, v_block_;  // [kKeyBlock][head_dim]
   std::vector<float> q_;                  // [kTileRows * group][head_dim]
   std::vector<float> logits_;             // [kKeyBlock]

@@ -108,7 +108,8 @@ class CpuBackend final : public Backend {
     info_.device = absl::StrCat("cpu (", num_threads_, " threads)");
     info_.device_ordinal = -1;
     info_.memory_total_bytes = PhysicalMemoryBytes();
-    info_.kv_dtypes = {DType::kFloat32, DType::kFloat16, DType::kBFloat16};
+    info_.kv_dtypes = {DType::kFloat32, DType::kFloat16, DType::kBFloat16, DType::kFloat8E4M3,
+                       DType::kFloat8E5M2};
     info_.q_dtypes = {DType::kFloat32, DType::kFloat16, DType::kBFloat16};
     // Any head_dim up to cpu::kMaxHeadDim (even with RoPE) works; these are the advertised ones.
     info_.head_dims = {16, 32, 64, 96, 128, 256, 512};

@@ -44,6 +44,11 @@ inline void LoadRow(const void* base, DType dtype, int64_t offset, int n, float*
       for (int i = 0; i < n; ++i) out[i] = Fp8E4m3BitsToFloat(src[i]);
       return;
     }
+    case DType::kFloat8E5M2: {
+      const uint8_t* src = static_cast<const uint8_t*>(base) + offset;
+      for (int i = 0; i < n; ++i) out[i] = Fp8E5m2BitsToFloat(src[i]);
+      return;
+    }
   }
 }
 
@@ -68,6 +73,11 @@ inline void StoreRow(void* base, DType dtype, int64_t offset, int n, const float
     case DType::kFloat8E4M3: {
       uint8_t* dst = static_cast<uint8_t*>(base) + offset;
       for (int i = 0; i < n; ++i) dst[i] = FloatToFp8E4m3Bits(in[i]);
+      return;
+    }
+    case DType::kFloat8E5M2: {
+      uint8_t* dst = static_cast<uint8_t*>(base) + offset;
+      for (int i = 0; i < n; ++i) dst[i] = FloatToFp8E5m2Bits(in[i]);
       return;
     }
   }

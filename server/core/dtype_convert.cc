@@ -11,6 +11,7 @@ absl::StatusOr<kernels::DType> FromProtoDType(v1::DType dtype, absl::string_view
     case v1::DTYPE_FLOAT16: return kernels::DType::kFloat16;
     case v1::DTYPE_BFLOAT16: return kernels::DType::kBFloat16;
     case v1::DTYPE_FLOAT8_E4M3: return kernels::DType::kFloat8E4M3;
+    case v1::DTYPE_FLOAT8_E5M2: return kernels::DType::kFloat8E5M2;
     default: break;
   }
   return absl::InvalidArgumentError(
@@ -23,6 +24,7 @@ v1::DType ToProtoDType(kernels::DType dtype) {
     case kernels::DType::kFloat16: return v1::DTYPE_FLOAT16;
     case kernels::DType::kBFloat16: return v1::DTYPE_BFLOAT16;
     case kernels::DType::kFloat8E4M3: return v1::DTYPE_FLOAT8_E4M3;
+    case kernels::DType::kFloat8E5M2: return v1::DTYPE_FLOAT8_E5M2;
   }
   return v1::DTYPE_UNSPECIFIED;
 }

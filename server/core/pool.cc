@@ -19,12 +19,9 @@ bool TryReserve(std::atomic<int64_t>& counter, int64_t n, int64_t limit) {
   return true;
 }
 
-absl::StatusOr<std::shared_ptr<Pool>> Pool::Create(std::string id, std::string name,
-                                                   const PoolGeometry& geometry,
-                                                   kernels::Backend& backend,
-                                                   std::string creator_principal,
-                                                   int32_t max_references_per_page,
-                                                   HostCharge bookkeeping) {
+absl::StatusOr<std::shared_ptr<Pool>> Pool::Create(
+    std::string id, std::string name, const PoolGeometry& geometry, kernels::Backend& backend,
+    std::string creator_principal, int32_t max_references_per_page, HostCharge bookkeeping) {
   auto memory = backend.Allocate(geometry.total_bytes);
   if (!memory.ok()) {
     return absl::Status(memory.status().code(),
@@ -33,20 +30,35 @@ absl::StatusOr<std::shared_ptr<Pool>> Pool::Create(std::string id, std::string n
   }
   if ((*memory)->size() < geometry.total_bytes) {
     return absl::InternalError(absl::StrCat("backend returned ", (*memory)->size(),
-                                            " bytes for pool '", name, "', ",
-                                            geometry.total_bytes, " requested"));
+                                            " bytes for pool '", name, "', ", geometry.total_bytes,
+                                            " requested"));
   }
   // Not cleared here: the CPU backend hands out zero-filled anonymous memory that takes physical
   // memory only when touched, and clearing a large pool would commit all of it up front.
-  return std::shared_ptr<Pool>(new Pool(std::move(id), std::move(name), geometry,
-                                        *std::move(memory), backend.info().device_ordinal,
-                                        std::move(creator_principal), max_references_per_page,
-                                        std::move(bookkeeping)));
+  auto pool = std::shared_ptr<Pool>(new Pool(
+      std::move(id), std::move(name), geometry, *std::move(memory), backend.info().device_ordinal,
+      std::move(creator_principal), max_references_per_page, std::move(bookkeeping)));
+  // FP8 scales: [K or V][layer][head] float32 in backend memory, what LayerView points at.
+  if (!geometry.k_scale.empty()) {
+    std::vector<float> table(geometry.k_scale);
+    table.insert(table.end(), geometry.v_scale.begin(), geometry.v_scale.end());
+    const size_t bytes = table.size() * sizeof(float);
+    auto scales = backend.Allocate(bytes);
+    if (!scales.ok()) return scales.status();
+    if (auto s = backend.CopyToBackend((*scales)->data(), table.data(), bytes, nullptr); !s.ok()) {
+      return s;
+    }
+    if (auto s = backend.Synchronize(nullptr); !s.ok()) return s;
+    pool->scales_ = *std::move(scales);
+  }
+  return pool;
 }
 
 uint64_t Pool::BookkeepingBytes(const PoolGeometry& geometry) {
-  // refcounts_ and free_list_: one int32 each per page.
-  return 2 * sizeof(int32_t) * static_cast<uint64_t>(geometry.num_pages) + 4096;
+  // refcounts_ and free_list_: one int32 each per page; FP8 scales: the geometry's and the
+  // table's copies (on the CPU backend the table is host memory).
+  return 2 * sizeof(int32_t) * static_cast<uint64_t>(geometry.num_pages) + 4096 +
+         2 * sizeof(float) * (geometry.k_scale.size() + geometry.v_scale.size());
 }
 
 absl::Status Pool::SizeLedgers(PoolAttachment& attachment, HostBudget& budget) {
@@ -63,8 +75,7 @@ absl::Status Pool::SizeLedgers(PoolAttachment& attachment, HostBudget& budget) {
 
 Pool::Pool(std::string id, std::string name, const PoolGeometry& geometry,
            std::unique_ptr<kernels::BackendMemory> memory, int32_t device,
-           std::string creator_principal, int32_t max_references_per_page,
-           HostCharge bookkeeping)
+           std::string creator_principal, int32_t max_references_per_page, HostCharge bookkeeping)
     : allocator(geometry.num_pages, max_references_per_page),
       id_(std::move(id)),
       name_(std::move(name)),
@@ -131,13 +142,20 @@ absl::Status Pool::ClearPages(absl::Span<const int32_t> pages, kernels::Backend&
 
 kernels::PagedKV Pool::LayerView(int32_t layer) const {
   kernels::PagedKV kv;
-  kv.data = static_cast<char*>(memory_->data()) + static_cast<uint64_t>(layer) * geometry_.layer_bytes;
+  kv.data =
+      static_cast<char*>(memory_->data()) + static_cast<uint64_t>(layer) * geometry_.layer_bytes;
   kv.dtype = geometry_.kv_dtype;
   kv.num_pages = geometry_.num_pages;
   kv.page_size = geometry_.page_size;
   kv.num_kv_heads = geometry_.num_kv_heads;
   kv.head_dim = geometry_.head_dim;
   kv.SetNhdStrides();
+  if (scales_ != nullptr) {  // [K or V][layer][head]
+    const float* table = static_cast<const float*>(scales_->data());
+    const size_t per_kind = geometry_.k_scale.size();
+    kv.k_scale = table + static_cast<size_t>(layer) * geometry_.num_kv_heads;
+    kv.v_scale = kv.k_scale + per_kind;
+  }
   return kv;
 }
 
@@ -154,6 +172,8 @@ v1::PoolInfo Pool::Info(const std::string& session_id) const {
   info.set_head_dim(geometry_.head_dim);
   info.set_page_size(geometry_.page_size);
   info.set_kv_dtype(ToProtoDType(geometry_.kv_dtype));
+  info.mutable_k_scale()->Add(geometry_.k_scale.begin(), geometry_.k_scale.end());
+  info.mutable_v_scale()->Add(geometry_.v_scale.begin(), geometry_.v_scale.end());
   info.set_num_pages(geometry_.num_pages);
   info.set_total_bytes(geometry_.total_bytes);
   info.set_layout(v1::KV_LAYOUT_NHD);

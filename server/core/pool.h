@@ -7,8 +7,8 @@
 // attached sessions and their plans (std::shared_ptr), so an in-flight run keeps the memory alive.
 #pragma once
 
-#include <cstdint>
 #include <atomic>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include "absl/strings/string_view.h"
@@ -42,7 +42,7 @@ struct PoolAttachment {
   PageLedger held;    // references the client asked for (AllocatePages, ForkPages)
   PageLedger pinned;  // references the session's plans hold (one per distinct page per plan)
   std::shared_ptr<SessionUsage> usage;  // the session's counters (never null)
-  std::string fork_grant;  // this session's grant for the pool (PoolInfo.fork_grant)
+  std::string fork_grant;               // this session's grant for the pool (PoolInfo.fork_grant)
   // The two ledgers' memory (sized to the pool's pages on first use, see Pool::SizeLedgers).
   HostCharge ledger_charge;
 };
@@ -52,12 +52,9 @@ class Pool {
   // Allocates the pool's memory (zeroed when the backend memory is host-accessible).
   // `creator_principal`: the principal of the creating session (may attach by name).
   // `bookkeeping`: the host memory of the allocator (BookkeepingBytes), already charged.
-  static absl::StatusOr<std::shared_ptr<Pool>> Create(std::string id, std::string name,
-                                                      const PoolGeometry& geometry,
-                                                      kernels::Backend& backend,
-                                                      std::string creator_principal,
-                                                      int32_t max_references_per_page,
-                                                      HostCharge bookkeeping);
+  static absl::StatusOr<std::shared_ptr<Pool>> Create(
+      std::string id, std::string name, const PoolGeometry& geometry, kernels::Backend& backend,
+      std::string creator_principal, int32_t max_references_per_page, HostCharge bookkeeping);
   // Host memory of a pool's page bookkeeping (reference counts and free list).
   static uint64_t BookkeepingBytes(const PoolGeometry& geometry);
 
@@ -120,6 +117,8 @@ class Pool {
   const std::string attach_token_;
   const PoolGeometry geometry_;
   const std::unique_ptr<kernels::BackendMemory> memory_;
+  // FP8 pools with scales: [K or V][num_layers][num_kv_heads] float32 (geometry_'s), or null.
+  std::unique_ptr<kernels::BackendMemory> scales_;
   const int32_t device_;
   const HostCharge bookkeeping_;
 };

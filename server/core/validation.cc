@@ -4,6 +4,7 @@
 #include <cmath>
 #include <limits>
 #include <span>
+#include <tuple>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
@@ -163,6 +164,37 @@ absl::StatusOr<PoolGeometry> ValidateCreatePool(const v1::CreatePoolRequest& req
   g.page_bytes = page_bytes;
   g.layer_bytes = layer_bytes;
   g.total_bytes = total_bytes;
+
+  // FP8 scales: none, one per layer, or one per layer and KV head; finite and > 0.
+  const bool fp8 =
+      g.kv_dtype == kernels::DType::kFloat8E4M3 || g.kv_dtype == kernels::DType::kFloat8E5M2;
+  const int64_t per_head = static_cast<int64_t>(g.num_layers) * g.num_kv_heads;
+  for (const auto& [field, values, out] : {std::tuple{"k_scale", &request.k_scale(), &g.k_scale},
+                                           std::tuple{"v_scale", &request.v_scale(), &g.v_scale}}) {
+    if (values->empty()) continue;
+    if (!fp8) {
+      return InvalidArg(
+          field, " has ", values->size(),
+          " values; scales are for fp8 pools (kv_dtype=", ProtoDTypeName(request.kv_dtype()), ")");
+    }
+    if (values->size() != g.num_layers && values->size() != per_head) {
+      return InvalidArg(field, " has ", values->size(), " values, expected num_layers (",
+                        g.num_layers, ") or num_layers * num_kv_heads (", per_head, ")");
+    }
+    for (int i = 0; i < values->size(); ++i) {
+      if (!((*values)[i] > 0.f) || !std::isfinite((*values)[i])) {
+        return InvalidArg(field, "[", i, "]=", (*values)[i], " must be finite and > 0");
+      }
+    }
+    out->resize(static_cast<size_t>(per_head));
+    for (int64_t e = 0; e < per_head; ++e) {
+      (*out)[e] = values->size() == per_head ? (*values)[e] : (*values)[e / g.num_kv_heads];
+    }
+  }
+  // One of the two given: the other is 1.
+  if (g.k_scale.empty() != g.v_scale.empty()) {
+    (g.k_scale.empty() ? g.k_scale : g.v_scale).assign(static_cast<size_t>(per_head), 1.f);
+  }
   return g;
 }
 

@@ -40,6 +40,9 @@ struct PoolGeometry {
   uint64_t page_bytes = 0;  // one page of one layer: 2 * page_size * num_kv_heads * head_dim * elem
   uint64_t layer_bytes = 0;  // num_pages * page_bytes
   uint64_t total_bytes = 0;  // num_layers * layer_bytes
+  // FP8 pools: CreatePoolRequest.k_scale / v_scale expanded to [num_layers * num_kv_heads]
+  // (layer-major), or empty (every scale 1).
+  std::vector<float> k_scale, v_scale;
 };
 
 // A client-supplied value as error messages echo it: at most `max_bytes` bytes, control and

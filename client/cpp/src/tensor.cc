@@ -19,6 +19,7 @@ std::optional<kernels::DType> ToKernelDType(v1::DType dtype) {
     case v1::DTYPE_FLOAT16: return kernels::DType::kFloat16;
     case v1::DTYPE_BFLOAT16: return kernels::DType::kBFloat16;
     case v1::DTYPE_FLOAT8_E4M3: return kernels::DType::kFloat8E4M3;
+    case v1::DTYPE_FLOAT8_E5M2: return kernels::DType::kFloat8E5M2;
     default: return std::nullopt;
   }
 }
@@ -69,9 +70,8 @@ absl::Status EncodeFloats(std::span<const float> values, v1::DType dtype, std::s
   const size_t elem = kernels::DTypeSize(*kind);
   if (out.size() != values.size() * elem) {
     return absl::InvalidArgumentError(absl::StrCat("output holds ", out.size(), " bytes, ",
-                                                   values.size(), " elements of ",
-                                                   DTypeName(dtype), " need ",
-                                                   values.size() * elem));
+                                                   values.size(), " elements of ", DTypeName(dtype),
+                                                   " need ", values.size() * elem));
   }
   // StoreFromFloat writes through a typed pointer: encode into an aligned scratch element and
   // copy bytes, so `out` needs no particular alignment.
@@ -127,10 +127,9 @@ absl::StatusOr<v1::Tensor> MakeTensorFromBytes(std::string bytes, std::vector<in
   if (elem == 0) return UnknownDType(dtype);
   const uint64_t expected = static_cast<uint64_t>(NumElements(shape)) * elem;
   if (bytes.size() != expected) {
-    return absl::InvalidArgumentError(absl::StrCat("MakeTensorFromBytes: ", bytes.size(),
-                                                   " bytes for shape [", absl::StrJoin(shape, ","),
-                                                   "] of ", DTypeName(dtype), " (", expected,
-                                                   " bytes)"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "MakeTensorFromBytes: ", bytes.size(), " bytes for shape [", absl::StrJoin(shape, ","),
+        "] of ", DTypeName(dtype), " (", expected, " bytes)"));
   }
   v1::Tensor tensor;
   tensor.set_dtype(dtype);
@@ -142,8 +141,8 @@ absl::StatusOr<v1::Tensor> MakeTensorFromBytes(std::string bytes, std::vector<in
 absl::StatusOr<v1::Tensor> MakeTensorFromBits16(std::span<const uint16_t> bits,
                                                 std::vector<int64_t> shape, v1::DType dtype) {
   if (dtype != v1::DTYPE_FLOAT16 && dtype != v1::DTYPE_BFLOAT16) {
-    return absl::InvalidArgumentError(absl::StrCat("MakeTensorFromBits16: dtype=",
-                                                   DTypeName(dtype), " is not a 16-bit type"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("MakeTensorFromBits16: dtype=", DTypeName(dtype), " is not a 16-bit type"));
   }
   std::string bytes(bits.size() * 2, '\0');
   for (size_t i = 0; i < bits.size(); ++i) {  // little-endian regardless of the host
@@ -155,9 +154,8 @@ absl::StatusOr<v1::Tensor> MakeTensorFromBits16(std::span<const uint16_t> bits,
 
 absl::StatusOr<std::vector<uint16_t>> TensorToBits16(const v1::Tensor& tensor) {
   if (tensor.dtype() != v1::DTYPE_FLOAT16 && tensor.dtype() != v1::DTYPE_BFLOAT16) {
-    return absl::InvalidArgumentError(absl::StrCat("TensorToBits16: dtype=",
-                                                   DTypeName(tensor.dtype()),
-                                                   " is not a 16-bit type"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("TensorToBits16: dtype=", DTypeName(tensor.dtype()), " is not a 16-bit type"));
   }
   if (tensor.data_case() != v1::Tensor::kInlineData) {
     return absl::InvalidArgumentError("TensorToBits16: the tensor has no inline data");
@@ -166,8 +164,8 @@ absl::StatusOr<std::vector<uint16_t>> TensorToBits16(const v1::Tensor& tensor) {
   const uint64_t expected =
       2ull * NumElements(std::span<const int64_t>(tensor.shape().data(), tensor.shape().size()));
   if (bytes.size() != expected) {
-    return absl::InvalidArgumentError(absl::StrCat("TensorToBits16: ", bytes.size(),
-                                                   " inline bytes, expected ", expected));
+    return absl::InvalidArgumentError(
+        absl::StrCat("TensorToBits16: ", bytes.size(), " inline bytes, expected ", expected));
   }
   std::vector<uint16_t> bits(bytes.size() / 2);
   for (size_t i = 0; i < bits.size(); ++i) {
@@ -193,13 +191,15 @@ absl::StatusOr<std::vector<float>> TensorToFloats(const v1::Tensor& tensor) {
   }
   const size_t elem = DTypeSize(tensor.dtype());
   if (elem == 0) return UnknownDType(tensor.dtype());
-  const uint64_t expected = static_cast<uint64_t>(NumElements(std::span<const int64_t>(tensor.shape().data(), tensor.shape().size()))) * elem;
+  const uint64_t expected = static_cast<uint64_t>(NumElements(std::span<const int64_t>(
+                                tensor.shape().data(), tensor.shape().size()))) *
+                            elem;
   const std::string& bytes = tensor.inline_data();
   if (bytes.size() != expected) {
     return absl::InvalidArgumentError(
         absl::StrCat("TensorToFloats: ", bytes.size(), " inline bytes for shape [",
-                     absl::StrJoin(tensor.shape(), ","), "] of ", DTypeName(tensor.dtype()),
-                     " (", expected, " bytes)"));
+                     absl::StrJoin(tensor.shape(), ","), "] of ", DTypeName(tensor.dtype()), " (",
+                     expected, " bytes)"));
   }
   return DecodeFloats(std::span<const char>(bytes.data(), bytes.size()), tensor.dtype());
 }

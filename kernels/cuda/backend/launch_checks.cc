@@ -165,6 +165,9 @@ absl::Status PagedLayout(absl::string_view op, const PagedKV& kv) {
   if (kv.page_size <= 0) {
     return InvalidArgumentError(StrCat(op, ": kv.page_size=", kv.page_size, " must be > 0"));
   }
+  if (kv.k_scale != nullptr || kv.v_scale != nullptr) {  // FP8 storage: not on CUDA yet
+    return UnimplementedError(StrCat(op, ": kv.k_scale / kv.v_scale (fp8 KV) are not supported"));
+  }
   if (kv.num_kv_heads <= 0 || kv.head_dim <= 0) {
     return InvalidArgumentError(StrCat(op, ": kv.num_kv_heads=", kv.num_kv_heads,
                                        ", kv.head_dim=", kv.head_dim, " must be > 0"));

@@ -32,8 +32,10 @@ DTYPE_NAMES = {
     pb.DTYPE_FLOAT16: "float16",
     pb.DTYPE_BFLOAT16: "bfloat16",
     pb.DTYPE_FLOAT8_E4M3: "float8_e4m3fn",
+    pb.DTYPE_FLOAT8_E5M2: "float8_e5m2",
 }
-_ITEMSIZE = {pb.DTYPE_FLOAT32: 4, pb.DTYPE_FLOAT16: 2, pb.DTYPE_BFLOAT16: 2, pb.DTYPE_FLOAT8_E4M3: 1}
+_ITEMSIZE = {pb.DTYPE_FLOAT32: 4, pb.DTYPE_FLOAT16: 2, pb.DTYPE_BFLOAT16: 2, pb.DTYPE_FLOAT8_E4M3: 1,
+             pb.DTYPE_FLOAT8_E5M2: 1}
 _ALIASES = {
     "float32": pb.DTYPE_FLOAT32, "fp32": pb.DTYPE_FLOAT32, "float": pb.DTYPE_FLOAT32,
     "f4": pb.DTYPE_FLOAT32, "<f4": pb.DTYPE_FLOAT32,
@@ -42,9 +44,11 @@ _ALIASES = {
     "bfloat16": pb.DTYPE_BFLOAT16, "bf16": pb.DTYPE_BFLOAT16,
     "float8_e4m3": pb.DTYPE_FLOAT8_E4M3, "float8_e4m3fn": pb.DTYPE_FLOAT8_E4M3,
     "fp8_e4m3": pb.DTYPE_FLOAT8_E4M3, "e4m3": pb.DTYPE_FLOAT8_E4M3,
+    "float8_e5m2": pb.DTYPE_FLOAT8_E5M2, "fp8_e5m2": pb.DTYPE_FLOAT8_E5M2, "e5m2": pb.DTYPE_FLOAT8_E5M2,
 }
 _NUMPY_FOR = {pb.DTYPE_FLOAT32: np.dtype("<f4"), pb.DTYPE_FLOAT16: np.dtype("<f2"),
-              pb.DTYPE_BFLOAT16: np.dtype("<u2"), pb.DTYPE_FLOAT8_E4M3: np.dtype("u1")}
+              pb.DTYPE_BFLOAT16: np.dtype("<u2"), pb.DTYPE_FLOAT8_E4M3: np.dtype("u1"),
+              pb.DTYPE_FLOAT8_E5M2: np.dtype("u1")}
 
 
 def dtype_enum(dtype: Any) -> int:

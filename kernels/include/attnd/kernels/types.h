@@ -16,6 +16,7 @@ enum class DType : int32_t {
   kFloat16 = 1,
   kBFloat16 = 2,
   kFloat8E4M3 = 3,  // K/V storage only
+  kFloat8E5M2 = 4,  // K/V storage only
 };
 
 constexpr size_t DTypeSize(DType t) {
@@ -24,6 +25,7 @@ constexpr size_t DTypeSize(DType t) {
     case DType::kFloat16: return 2;
     case DType::kBFloat16: return 2;
     case DType::kFloat8E4M3: return 1;
+    case DType::kFloat8E5M2: return 1;
   }
   return 0;
 }
@@ -34,6 +36,7 @@ constexpr const char* DTypeName(DType t) {
     case DType::kFloat16: return "float16";
     case DType::kBFloat16: return "bfloat16";
     case DType::kFloat8E4M3: return "float8_e4m3";
+    case DType::kFloat8E5M2: return "float8_e5m2";
   }
   return "unknown";
 }
@@ -106,6 +109,15 @@ struct PagedKV {
   int64_t kv_stride = 0;     // elements; NHD = page_size * num_kv_heads * head_dim
   int64_t token_stride = 0;  // elements; NHD = num_kv_heads * head_dim
   int64_t head_stride = 0;   // elements; NHD = head_dim
+
+  // FP8 storage: the layer's dequantization scales, [num_kv_heads] float32 in backend memory (a
+  // pool's per-tensor scale repeated over the heads), or null = 1. A stored K element k8 of KV
+  // head h stands for k8 * k_scale[h] (V likewise with v_scale): attention reads K as
+  // float(k8) * k_scale[h] and V as float(v8) * v_scale[h] (float32 products); appends copy rows
+  // given in the fp8 dtype (quantized by the caller with the same scales). Set only with an fp8
+  // dtype; each scale finite and > 0.
+  const float* k_scale = nullptr;
+  const float* v_scale = nullptr;
 
   int32_t batch_size = 0;
   const int32_t* indptr = nullptr;         // [batch_size + 1]

@@ -157,6 +157,7 @@ inline double RoundingEps(DType dtype) {
     case DType::kFloat16: return 1.0 / 2048;
     case DType::kBFloat16: return 1.0 / 256;
     case DType::kFloat8E4M3: return 1.0 / 16;
+    case DType::kFloat8E5M2: return 1.0 / 8;
   }
   return 0;
 }

@@ -133,9 +133,39 @@ TEST(FloatConvert, Fp8E4m3DecodesRoundTripsAndSaturates) {
   }
 }
 
+TEST(FloatConvert, Fp8E5m2DecodesRoundTripsAndSaturates) {
+  for (uint32_t v = 0; v < 256; ++v) {
+    const float f = Fp8E5m2BitsToFloat(static_cast<uint8_t>(v));
+    const int e = (v >> 2) & 0x1f, m = v & 3;
+    if (e == 0x1f) {  // Inf (mantissa 0) or NaN
+      EXPECT_TRUE(m == 0 ? std::isinf(f) : std::isnan(f)) << v;
+      continue;
+    }
+    // Decode independently: sign, exponent (bias 15), mantissa; subnormals at exponent 0.
+    const double mag = e == 0 ? std::ldexp(m, -16) : std::ldexp(4 + m, e - 17);
+    EXPECT_EQ(static_cast<double>(f), (v & 0x80) ? -mag : mag) << v;
+    EXPECT_EQ(FloatToFp8E5m2Bits(f), v) << v;
+  }
+  EXPECT_EQ(Fp8E5m2BitsToFloat(FloatToFp8E5m2Bits(1e6f)), 57344.f);
+  EXPECT_EQ(Fp8E5m2BitsToFloat(FloatToFp8E5m2Bits(-INFINITY)), -57344.f);
+  EXPECT_EQ(Fp8E5m2BitsToFloat(FloatToFp8E5m2Bits(61439.f)), 57344.f);  // below half-way: down
+  EXPECT_TRUE(std::isnan(Fp8E5m2BitsToFloat(FloatToFp8E5m2Bits(NAN))));
+  EXPECT_EQ(RoundTo(DType::kFloat8E5M2, 1.125f), 1.0f);  // tie, even -> down
+  EXPECT_EQ(RoundTo(DType::kFloat8E5M2, 1.375f), 1.5f);  // tie, odd -> up
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<double> log_mag(-20, 16.2);
+  for (int i = 0; i < 100000; ++i) {
+    const float f = static_cast<float>((rng() & 1 ? -1 : 1) * std::exp2(log_mag(rng)));
+    double expected = RoundToFormat(f, 2, -14);
+    if (std::fabs(expected) > 57344) expected = std::copysign(57344.0, f);
+    ASSERT_EQ(static_cast<double>(Fp8E5m2BitsToFloat(FloatToFp8E5m2Bits(f))), expected) << f;
+  }
+}
+
 TEST(FloatConvert, LoadAndStoreUseTheDtypeLayout) {
   const float values[] = {1.5f, -2.25f, 3.0e-3f, 1000.f};
-  for (DType t : {DType::kFloat32, DType::kFloat16, DType::kBFloat16, DType::kFloat8E4M3}) {
+  for (DType t : {DType::kFloat32, DType::kFloat16, DType::kBFloat16, DType::kFloat8E4M3,
+                  DType::kFloat8E5M2}) {
     std::vector<uint8_t> buffer(4 * DTypeSize(t) + 1, 0xab);
     for (size_t i = 0; i < 4; ++i) StoreFromFloat(buffer.data(), t, i, values[i]);
     EXPECT_EQ(buffer.back(), 0xab) << DTypeName(t) << " wrote past its elements";

@@ -5,6 +5,7 @@
 #include <random>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "attention_test_util.h"
 #include "attnd/kernels/cpu_reference.h"
 #include "gtest/gtest.h"
@@ -116,6 +117,60 @@ TEST(PagedAttention, Fp8KvStorage) {
   spec.kv_dtype = DType::kFloat8E4M3;
   spec.q_dtype = DType::kFloat16;
   CheckAgainstNaive(spec, AttentionOptions{});
+}
+
+TEST(PagedAttention, Fp8KvStorageWithScales) {
+  // Per-KV-head scales: the stored value times its head's scale is what attention sees (the
+  // naive reference gets the dense K/V multiplied by the scales), both fp8 formats, decode and
+  // prefill, GQA.
+  for (const DType dtype : {DType::kFloat8E4M3, DType::kFloat8E5M2}) {
+    for (const bool decode : {true, false}) {
+      PagedProblemSpec spec;
+      spec.decode = decode;
+      spec.kv_lens = {1, 33, 200};
+      spec.qo_lens = {1, 20, 64};
+      spec.num_kv_heads = 2;
+      spec.group = 4;
+      spec.kv_dtype = dtype;
+      spec.q_dtype = DType::kFloat32;
+      PagedProblem p = MakePagedProblem(spec);
+      const std::vector<float> k_scale = {0.25f, 3.f}, v_scale = {1.5f, 0.125f};
+      for (testing::DenseKv& d : p.dense) {
+        for (size_t e = 0; e < d.k.size(); ++e) {
+          const size_t h = e / spec.head_dim % spec.num_kv_heads;
+          d.k[e] *= k_scale[h];
+          d.v[e] *= v_scale[h];
+        }
+      }
+      AttentionOptions options;
+      options.causal = true;
+      PagedAttentionParams params = p.Params(options, true);
+      params.kv.k_scale = k_scale.data();
+      params.kv.v_scale = v_scale.data();
+      p.PoisonOutputs();
+      ASSERT_TRUE(PagedAttention(params, 2).ok());
+      const auto ref = NaiveAttention(p.dense, p.qo_lens, p.q_values, p.num_qo_heads,
+                                      spec.num_kv_heads, spec.head_dim, options, {});
+      const std::string what = absl::StrCat(DTypeName(dtype), decode ? " decode" : " prefill");
+      ExpectOutputsClose(p.o, spec.q_dtype, ref.o, what);
+      ExpectLseClose(p.lse, ref.lse, what);
+    }
+  }
+  // Scales are refused on other dtypes and when not finite and > 0.
+  PagedProblemSpec spec;
+  spec.decode = true;
+  spec.kv_lens = {5};
+  PagedProblem p = MakePagedProblem(spec);
+  const std::vector<float> good = {1.f, 2.f}, bad = {1.f, -2.f};
+  PagedAttentionParams params = p.Params({}, true);
+  params.kv.k_scale = good.data();
+  EXPECT_NE(PagedAttention(params).message().find("for fp8 storage"), std::string::npos);
+  p.spec.kv_dtype = DType::kFloat8E5M2;
+  params.kv.dtype = DType::kFloat8E5M2;
+  params.kv.v_scale = bad.data();
+  EXPECT_NE(PagedAttention(params).message().find("kv.v_scale[1]=-2 must be finite and > 0"),
+            std::string::npos)
+      << PagedAttention(params);
 }
 
 TEST(PagedAttention, PrefillCausalAndNotWithAppendOffsets) {
