@@ -185,6 +185,36 @@ def create_plan_request(pool_id: str, kind: int, num_qo_heads: int, kv_indptr: A
         custom_mask=custom_mask_bytes(custom_mask, qo_indptr, kv_lens))
 
 
+def plan_delta(index: int, delta: Any) -> pb.PlanDelta:
+    """One change of an UpdatePlan (attnd.proto PlanDelta): a pb.PlanDelta, or a dict with one key,
+    "grow" (request, num_tokens, new_pages, qo_len), "leave" (request) or "join" (kv_indices,
+    kv_last_page_len, qo_len), whose value is a dict of those fields."""
+    if isinstance(delta, pb.PlanDelta):
+        return delta
+    if not isinstance(delta, dict) or len(delta) != 1:
+        raise ValueError(f"deltas[{index}] must be a PlanDelta or a dict with one key of grow, "
+                         f"leave, join; got {delta!r}")
+    (kind, fields), = delta.items()
+    if kind == "grow":
+        return pb.PlanDelta(grow=pb.PlanDelta.Grow(
+            request=int(fields["request"]), num_tokens=int(fields.get("num_tokens", 0)),
+            new_pages=int32_list(f"deltas[{index}].grow.new_pages", fields.get("new_pages")),
+            qo_len=int(fields.get("qo_len", 0))))
+    if kind == "leave":
+        return pb.PlanDelta(leave=pb.PlanDelta.Leave(request=int(fields["request"])))
+    if kind == "join":
+        return pb.PlanDelta(join=pb.PlanDelta.Join(
+            kv_indices=int32_list(f"deltas[{index}].join.kv_indices", fields["kv_indices"]),
+            kv_last_page_len=int(fields["kv_last_page_len"]),
+            qo_len=int(fields.get("qo_len", 0))))
+    raise ValueError(f"deltas[{index}]: {kind!r} is not one of grow, leave, join")
+
+
+def update_plan_request(plan_id: str, deltas: Sequence[Any]) -> pb.UpdatePlanRequest:
+    return pb.UpdatePlanRequest(plan_id=plan_id,
+                                deltas=[plan_delta(i, d) for i, d in enumerate(deltas)])
+
+
 OPTION_NAMES = ("causal", "sm_scale", "pos_encoding", "rope_theta", "rope_scale", "rope_offsets",
                 "logits_soft_cap", "window_left")
 

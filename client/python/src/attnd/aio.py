@@ -328,6 +328,10 @@ class AsyncSession:
             pool_id, k, num_qo_heads, kv_indptr, kv_indices, kv_last_page_len, qo_indptr,
             cascade_levels, custom_mask))
 
+    async def update_plan(self, plan_id: str, deltas) -> pb.UpdatePlanResponse:
+        """See attnd.Session.update_plan."""
+        return await self.call("update_plan", _rq.update_plan_request(plan_id, deltas))
+
     async def delete_plan(self, plan_id: str) -> None:
         await self.call("delete_plan", pb.DeletePlanRequest(plan_id=plan_id))
 

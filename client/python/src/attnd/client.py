@@ -415,6 +415,17 @@ class Session:
             pool_id, k, num_qo_heads, kv_indptr, kv_indices, kv_last_page_len, qo_indptr,
             cascade_levels, custom_mask))
 
+    def update_plan(self, plan_id: str, deltas: Sequence[Any]) -> pb.UpdatePlanResponse:
+        """Changes a plan by deltas across steps instead of re-creating it (UpdatePlan; see
+        attnd.proto PlanDelta): each delta a dict with one key, e.g.
+        ``{"grow": {"request": 0, "num_tokens": 1, "new_pages": [9], "qo_len": 1}}``,
+        ``{"leave": {"request": 2}}``, ``{"join": {"kv_indices": [4, 5],
+        "kv_last_page_len": 3, "qo_len": 1}}``, or a pb.PlanDelta. Requests are named by their
+        index before the update; the survivors keep their order and joins follow. Atomic: a
+        refused update (the delta and field named) changes nothing. Cascade and custom-mask
+        plans are refused. Returns the updated shape (batch_size, qo_tokens, kv_tokens)."""
+        return self.call("update_plan", _rq.update_plan_request(plan_id, deltas))
+
     def delete_plan(self, plan_id: str) -> None:
         self.call("delete_plan", pb.DeletePlanRequest(plan_id=plan_id))
 
