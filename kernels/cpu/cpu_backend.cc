@@ -115,6 +115,7 @@ class CpuBackend final : public Backend {
     info_.head_dims = {16, 32, 64, 96, 128, 256, 512};
     info_.page_sizes = {};  // any
     info_.cuda_ipc = false;
+    info_.kernel_paths = {"every shape: the CPU reference (kernels/cpu, fp32 accumulation)"};
   }
 
   const BackendInfo& info() const override { return info_; }

@@ -77,6 +77,7 @@ v1::ServerInfo Core::GetServerInfo() const {
   out.set_shared_memory(state_->backend->host_accessible());
   out.set_max_message_bytes(state_->options.max_message_bytes);
   out.set_peer_socket(state_->peer_socket_path);
+  for (const std::string& line : info.kernel_paths) out.add_kernel_paths(line);
   return out;
 }
 

@@ -30,8 +30,10 @@
 #include "attnd/kernels/cuda_prefill.h"
 #include "backend/cuda_plan.h"
 #include "backend/cuda_status.h"
+#include "backend/device_query.h"
 #include "backend/fault_kernel.h"
 #include "backend/launch_checks.h"
+#include "planning/kernel_paths.h"
 #include "planning/page_table.h"
 
 namespace attnd::kernels {
@@ -625,6 +627,10 @@ class CudaBackend final : public Backend {
     info_.page_sizes = {};
     info_.cuda_ipc = true;
     info_.tensor_alignment_bytes = cuda::checks::kVectorBytes;
+    auto sm90 = cuda::CurrentDeviceIsSm90();
+    if (!sm90.ok()) return sm90.status();
+    info_.kernel_paths =
+        cuda::internal::DescribeKernelPaths(info_.head_dims, *sm90, &cuda::checks::TcDecodeBuilt);
     return absl::OkStatus();
   }
 

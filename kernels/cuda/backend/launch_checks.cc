@@ -224,6 +224,8 @@ absl::Status PagedAttention(absl::string_view op, const PlanShape& plan,
 
 }  // namespace
 
+bool TcDecodeBuilt(int32_t head_dim) { return HeadDimBuilt(head_dim) && head_dim <= 128; }
+
 bool HeadDimBuilt(int32_t head_dim) {
   switch (head_dim) {
 #ifdef ATTND_CUDA_HD64

@@ -30,6 +30,8 @@ inline constexpr uint32_t kVectorBytes = 16;
 
 // True when kernels for head_dim were compiled (ATTND_CUDA_HEAD_DIMS).
 bool HeadDimBuilt(int32_t head_dim);
+// True when the tensor-core decode kernel was compiled for head_dim (64 and 128 when built).
+bool TcDecodeBuilt(int32_t head_dim);
 
 // The shape a decode or prefill plan was made for (a run must match it).
 struct PlanShape {
@@ -41,9 +43,8 @@ struct PlanShape {
 
 // PrepareDecode: kv_len[b] >= 1, head counts, head_dim built, page_size >= 1; the tensor-core
 // kernel exists for head_dim 64 and 128 only (tensor_cores_forced).
-absl::Status DecodePlan(std::span<const int32_t> kv_len, int32_t num_qo_heads,
-                        int32_t num_kv_heads, int32_t head_dim, int32_t page_size,
-                        bool tensor_cores_forced);
+absl::Status DecodePlan(std::span<const int32_t> kv_len, int32_t num_qo_heads, int32_t num_kv_heads,
+                        int32_t head_dim, int32_t page_size, bool tensor_cores_forced);
 // PreparePrefill: qo_indptr monotone from 0, kv_len >= 0, head counts, head_dim built.
 absl::Status PrefillPlan(std::span<const int32_t> qo_indptr, std::span<const int32_t> kv_len,
                          int32_t num_qo_heads, int32_t num_kv_heads, int32_t head_dim);

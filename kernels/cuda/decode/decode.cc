@@ -91,8 +91,6 @@ cudaError_t DispatchTcHeadDim(int32_t head_dim, const DecodeKernelParams& params
   }
 }
 
-bool TcHeadDim(int32_t head_dim) { return checks::HeadDimBuilt(head_dim) && head_dim <= 128; }
-
 cudaError_t Occupancy(int32_t head_dim, bool tensor_cores, int head_tile, int* ctas) {
   if (tensor_cores) {
     switch (head_dim) {
@@ -157,7 +155,7 @@ absl::StatusOr<DecodeWorkPtr> PrepareDecode(std::span<const int32_t> kv_len, int
   work->shape = {static_cast<int32_t>(kv_len.size()), num_qo_heads, num_kv_heads, head_dim};
   work->group = num_qo_heads / num_kv_heads;
   work->tensor_cores =
-      internal::UseTensorCoreDecode(options.kernel, work->group, TcHeadDim(head_dim));
+      internal::UseTensorCoreDecode(options.kernel, work->group, checks::TcDecodeBuilt(head_dim));
   work->head_tile =
       work->tensor_cores ? internal::kTcHeadTile : internal::DecodeHeadTile(work->group);
   work->head_tiles = (work->group + work->head_tile - 1) / work->head_tile;

@@ -19,6 +19,7 @@
 #include "backend/launch_checks.h"
 #include "blocks/variant.h"
 #include "merge/merge_params.h"
+#include "planning/kernel_paths.h"
 #include "planning/page_table.h"
 #include "planning/prefill_tiling.h"
 #include "prefill/prefill_params.h"
@@ -284,14 +285,7 @@ absl::Status Launch(const PrefillWork& work, int32_t head_dim, DType dtype,
 }  // namespace
 
 const char* PrefillKernelName(const PrefillWork& work) {
-  switch (work.variant_) {
-    case internal::TileVariant::kHopper: return "sm90";
-    case internal::TileVariant::kWide64: return "fa2-wide64";
-    case internal::TileVariant::kWide: return "fa2-wide";
-    case internal::TileVariant::kWide3: return "fa2-wide3";
-    case internal::TileVariant::kDefault: break;
-  }
-  return "fa2-default";
+  return internal::TileVariantName(work.variant_);
 }
 
 namespace {

@@ -62,6 +62,8 @@ struct BackendInfo {
   // merge inputs and outputs); 0 = the element size is enough. The daemon checks buffer-slice
   // offsets against it before anything runs (CUDA: 16, for the kernels' 16-byte vector accesses).
   uint32_t tensor_alignment_bytes = 0;
+  // Which kernel each shape takes, one line per family and head dim (ServerInfo.kernel_paths).
+  std::vector<std::string> kernel_paths;
 };
 
 // One shared level of a cascade plan (PlanSpec::cascade_levels; attnd.proto CascadeLevel): the

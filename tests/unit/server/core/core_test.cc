@@ -20,7 +20,8 @@ TEST(CoreSessionsTest, ServerInfoSaysWhichPageSizesAndAlignmentsAreAccepted) {
   EXPECT_EQ(info.tensor_alignment_bytes(), 0u);
   const std::string s = Open(*core);
   EXPECT_TRUE(core->CreatePool(s, PoolRequest({.name = "p1", .page_size = 1})).ok());
-  EXPECT_TRUE(core->CreatePool(s, PoolRequest({.name = "p7", .page_size = 7, .num_pages = 4})).ok());
+  EXPECT_TRUE(
+      core->CreatePool(s, PoolRequest({.name = "p7", .page_size = 7, .num_pages = 4})).ok());
   EXPECT_STATUS(core->CreatePool(s, PoolRequest({.name = "pbig", .page_size = 65537})).status(),
                 kInvalidArgument, HasSubstr("page_size=65537 must be in 1..65536"));
 }
@@ -37,6 +38,10 @@ TEST(CoreSessionsTest, ServerInfoDescribesTheCpuBackend) {
   EXPECT_EQ(info.memory_free_bytes(), 256ull << 20);
   EXPECT_THAT(info.head_dims(), ::testing::Contains(64));
   EXPECT_THAT(info.kv_dtypes(), ::testing::Contains(v1::DTYPE_FLOAT16));
+  EXPECT_THAT(info.kv_dtypes(), ::testing::Contains(v1::DTYPE_FLOAT8_E5M2));
+  EXPECT_THAT(
+      info.kernel_paths(),
+      ::testing::ElementsAre("every shape: the CPU reference (kernels/cpu, fp32 accumulation)"));
   EXPECT_TRUE(core->Health().ok());
 }
 
