@@ -346,7 +346,9 @@ int main(int argc, char** argv) {
       ws.push_back({"prefill causal B1 L8192", 1, 8192, 8192, hkv, paged});
       ws.push_back({"prefill causal B1 L16384", 1, 16384, 16384, hkv, paged});
       ws.push_back({"prefill causal B16 L1024", 16, 1024, 1024, hkv, paged});
-      ws.push_back({"append 128 onto 4096 B16", 16, 128, 4096, hkv, paged});
+      // 128 new tokens after a 4096-token prefix (kv 4224): FlashInfer's append row (fi_peer.py).
+      // Until 2026-12-02 this row had kv 4096 in all (a 3968-token prefix).
+      ws.push_back({"append 128 onto 4096 B16", 16, 128, 4096 + 128, hkv, paged});
       // Short queries on a long cache: split-KV's case (unsplit, num_kv_heads CTAs).
       ws.push_back({"append 16 onto 32768 B1", 1, 16, 32768, hkv, paged});
       ws.push_back({"append 128 onto 32768 B2", 2, 128, 32768, hkv, paged});
