@@ -167,16 +167,8 @@ void RunWorkload(const Workload& w, bool quick, const char* tile, std::vector<st
   // The tree mask (Workload::tree) as the plan's row-word image, in device memory.
   std::vector<std::vector<uint8_t>> dense;
   if (w.tree) {
-    const int prefix = w.kv_len - w.qo_len;
-    std::vector<uint8_t> m(static_cast<size_t>(w.qo_len) * w.kv_len, 0);
-    for (int i = 0; i < w.qo_len; ++i) {
-      std::fill_n(m.begin() + static_cast<std::ptrdiff_t>(i) * w.kv_len, prefix, 1);
-      for (int n = i;; n = (n - 1) / 4) {
-        m[static_cast<size_t>(i) * w.kv_len + prefix + n] = 1;
-        if (n == 0) break;
-      }
-    }
-    dense.assign(B, m);
+    dense.assign(B, attnd::kernels::TreeVerificationMask(
+                        attnd::kernels::CompleteTreeParents(w.qo_len, 4), w.kv_len - w.qo_len));
   }
   const std::vector<uint8_t> packed = attnd::kernels::PackCustomMask(dense);
   attnd::kernels::CustomMaskImage mask;

@@ -94,12 +94,6 @@ absl::Status CheckCascadeLevels(const v1::CreatePlanRequest& request, const Pool
 
 constexpr int64_t kInt32Max = std::numeric_limits<int32_t>::max();
 
-// kv_len of request b of a checked table.
-int64_t KvLenOf(const kernels::PlanSpec& spec, int32_t b) {
-  const int64_t pages = static_cast<int64_t>(spec.kv_indptr[b + 1]) - spec.kv_indptr[b];
-  return (pages - 1) * spec.page_size + spec.kv_last_page_len[b];
-}
-
 // What a delta of an UpdatePlan names a page as, for messages: "deltas[2].grow.new_pages[0]",
 // "deltas[0].join.kv_indices[3]", or a page the grown request had ("deltas[1].grow.request=4:
 // its page").
@@ -201,7 +195,7 @@ absl::StatusOr<PlanUpdate> CheckUpdatePlan(const v1::UpdatePlanRequest& request,
               prefix, "grow.num_tokens=", g.num_tokens(),
               " must be >= 0 (a request's length never shrinks; it may leave and join again)"));
         }
-        const int64_t before = KvLenOf(old, r);
+        const int64_t before = old.kv_len(r);
         const int64_t after = before + g.num_tokens();
         if (after > kInt32Max) {
           return absl::InvalidArgumentError(
@@ -236,7 +230,7 @@ absl::StatusOr<PlanUpdate> CheckUpdatePlan(const v1::UpdatePlanRequest& request,
         for (int32_t e = old.kv_indptr[r]; e < old.kv_indptr[r + 1]; ++e) {
           --update.entry_changes[old.kv_indices[e]];
         }
-        kv_tokens -= KvLenOf(old, r);
+        kv_tokens -= old.kv_len(r);
         entries -= old.kv_indptr[r + 1] - old.kv_indptr[r];
         ++leaving;
         break;
@@ -344,7 +338,7 @@ absl::StatusOr<PlanUpdate> CheckUpdatePlan(const v1::UpdatePlanRequest& request,
   };
   for (int32_t b = 0; b < batch; ++b) {
     const int i = named_by[b];
-    const int64_t kv_len = KvLenOf(old, b);
+    const int64_t kv_len = old.kv_len(b);
     const int64_t qo_len = static_cast<int64_t>(old.qo_indptr[b + 1]) - old.qo_indptr[b];
     if (i >= 0) {  // a grown or leaving request no longer writes what it wrote
       const SlotRange slots = WrittenSlots(kv_len, qo_len, page_size);

@@ -732,21 +732,13 @@ DenseMasks RandomMasks(Rng& rng, const Step& s, double p) {
   }
   return out;
 }
-// Speculative decoding's tree verification: request b's qo_len rows are a tree (node i's parent
-// (i - 1) / fanout) on its kv_len - qo_len prefix; a row sees the prefix, its ancestors, itself.
+// Speculative decoding's tree verification: request b's qo_len rows are a complete tree (node
+// i's parent (i - 1) / fanout) on its kv_len - qo_len prefix.
 DenseMasks TreeMasks(const Step& s, int32_t fanout) {
-  DenseMasks out(s.kv_len.size());
+  DenseMasks out;
   for (size_t b = 0; b < s.kv_len.size(); ++b) {
-    const int32_t qo = s.qo_len[b], kv = s.kv_len[b], prefix = kv - qo;
-    out[b].assign(static_cast<size_t>(qo) * kv, 0);
-    for (int32_t i = 0; i < qo; ++i) {
-      uint8_t* row = &out[b][static_cast<size_t>(i) * kv];
-      std::fill_n(row, prefix, 1);
-      for (int32_t n = i;; n = (n - 1) / fanout) {
-        row[prefix + n] = 1;
-        if (n == 0) break;
-      }
-    }
+    out.push_back(attnd::kernels::TreeVerificationMask(
+        attnd::kernels::CompleteTreeParents(s.qo_len[b], fanout), s.kv_len[b] - s.qo_len[b]));
   }
   return out;
 }

@@ -82,3 +82,22 @@ def reference_batch(q, qo_indptr, ks, vs, rope_offsets=None, custom_masks=None, 
         os_.append(o)
         ls_.append(l)
     return np.concatenate(os_), np.concatenate(ls_)
+
+
+def tree_parents(rng, n):
+    """A random tree of n nodes in topological order: node 0 the root, parent(i) < i."""
+    return [-1] + [int(rng.integers(0, i)) for i in range(1, n)]
+
+
+def tree_mask(parents, prefix):
+    """Speculative decoding's tree verification mask, [n, prefix + n] bool for n = len(parents)
+    nodes after a prefix: row i sees the prefix and prefix + j for j = i or an ancestor of i."""
+    n = len(parents)
+    m = np.zeros((n, prefix + n), bool)
+    m[:, :prefix] = True
+    for i in range(n):
+        j = i
+        while j >= 0:
+            m[i, prefix + j] = True
+            j = parents[j]
+    return m

@@ -23,7 +23,7 @@ import pytest
 import attnd
 import attnd.aio
 import attnd.reference
-from attention_reference import reference_batch
+from attention_reference import reference_batch, tree_mask, tree_parents
 from paged_helpers import PagedBatch
 
 HQ, HKV, D, PAGE = 8, 2, 32, 4
@@ -33,24 +33,6 @@ LSE_TOL = dict(atol=1e-4, rtol=1e-5)
 
 
 # --- masks ------------------------------------------------------------------------------------
-
-def tree_parents(rng, n):
-    """A random tree of n nodes in topological order: node 0 the root, parent(i) < i."""
-    return [-1] + [int(rng.integers(0, i)) for i in range(1, n)]
-
-
-def tree_mask(parents, prefix):
-    """[n, prefix + n]: row i sees the prefix and prefix + j for j = i or an ancestor of i."""
-    n = len(parents)
-    m = np.zeros((n, prefix + n), bool)
-    m[:, :prefix] = True
-    for i in range(n):
-        j = i
-        while j >= 0:
-            m[i, prefix + j] = True
-            j = parents[j]
-    return m
-
 
 def packed(masks):
     """The wire form, written out independently of attnd.pack_custom_mask."""

@@ -20,7 +20,7 @@ import pytest
 
 import attnd
 import attnd.flashinfer as fi
-from attention_reference import reference_attention, reference_batch
+from attention_reference import reference_attention, reference_batch, tree_mask, tree_parents
 from attnd.flashinfer import _mapping as m
 from attnd.flashinfer import cascade, decode, page, prefill
 
@@ -800,17 +800,7 @@ def test_prefill_custom_mask_reaches_the_daemon_plan(cpu_ctx, unique_name):
     fill = attnd.BatchPrefillWrapper(pool)
     fill.plan(indptr, pages, last, [0, kv_lens[0], sum(kv_lens)], num_qo_heads=hq)
     fill.append_kv(k, v, 0)
-    masks = []
-    for p, n in zip(prefixes, nodes):
-        parent = [-1] + [int(rng.integers(0, i)) for i in range(1, n)]
-        mk = np.zeros((n, p + n), bool)
-        mk[:, :p] = True
-        for i in range(n):
-            j = i
-            while j >= 0:
-                mk[i, p + j] = True
-                j = parent[j]
-        masks.append(mk)
+    masks = [tree_mask(tree_parents(rng, n), p) for p, n in zip(prefixes, nodes)]
     qo = [0, nodes[0], sum(nodes)]
     w = fi.BatchPrefillWithPagedKVCacheWrapper(None, "NHD", attnd_context=cpu_ctx)
     w.plan(qo, indptr, pages, last, hq, hkv, d, page, causal=True,

@@ -47,6 +47,7 @@ if not torch.cuda.is_available():
     pytest.skip("torch has no CUDA device", allow_module_level=True)
 
 import attnd.flashinfer as afi  # noqa: E402
+from attention_reference import tree_mask, tree_parents  # noqa: E402
 from conftest import make_daemon  # noqa: E402
 
 DEV = torch.device("cuda", 0)
@@ -426,15 +427,7 @@ def custom_masks(case):
     masks = []
     for qo, kv in zip(case["qo"], case["kv"]):
         if case["mask"] == "tree":
-            prefix = kv - qo
-            parent = [-1] + [int(rng.integers(0, i)) for i in range(1, qo)]
-            m = np.zeros((qo, kv), bool)
-            m[:, :prefix] = True
-            for i in range(qo):
-                j = i
-                while j >= 0:
-                    m[i, prefix + j] = True
-                    j = parent[j]
+            m = tree_mask(tree_parents(rng, qo), kv - qo)
         else:
             m = rng.random((qo, kv)) < 0.5
             m[np.arange(qo), kv - qo + np.arange(qo)] = True

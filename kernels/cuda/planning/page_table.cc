@@ -99,8 +99,7 @@ std::vector<int32_t> KvLengths(const PlanSpec& spec) {
   const int32_t batch = spec.batch_size();
   std::vector<int32_t> kv_len(static_cast<size_t>(std::max<int32_t>(batch, 0)));
   for (int32_t b = 0; b < batch; ++b) {
-    const int32_t pages = spec.kv_indptr[b + 1] - spec.kv_indptr[b];
-    kv_len[b] = pages == 0 ? 0 : (pages - 1) * spec.page_size + spec.kv_last_page_len[b];
+    kv_len[b] = static_cast<int32_t>(spec.kv_len(b));
   }
   return kv_len;
 }

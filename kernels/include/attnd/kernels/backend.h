@@ -103,6 +103,11 @@ struct PlanSpec {
 
   int32_t batch_size() const { return static_cast<int32_t>(kv_last_page_len.size()); }
   int64_t qo_tokens() const { return qo_indptr.empty() ? 0 : qo_indptr.back(); }
+  // Request b's kv_len: (pages - 1) * page_size + kv_last_page_len[b], 0 without pages.
+  int64_t kv_len(int32_t b) const {
+    const int64_t pages = static_cast<int64_t>(kv_indptr[b + 1]) - kv_indptr[b];
+    return pages == 0 ? 0 : (pages - 1) * page_size + kv_last_page_len[b];
+  }
 };
 
 // The plan of a batch over ragged K/V (RaggedAttention): request b's query rows are

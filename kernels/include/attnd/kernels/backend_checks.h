@@ -36,8 +36,7 @@ inline absl::Status CheckCustomMaskImage(const PlanSpec& spec) {
   }
   const int64_t words = static_cast<int64_t>(m.words.size()) - kCustomMaskPadWords;
   for (int64_t b = 0; b < batch; ++b) {
-    const int64_t pages = spec.kv_indptr[b + 1] - spec.kv_indptr[b];
-    const int64_t kv_len = pages == 0 ? 0 : (pages - 1) * spec.page_size + spec.kv_last_page_len[b];
+    const int64_t kv_len = spec.kv_len(static_cast<int32_t>(b));
     const int64_t rows = spec.qo_indptr[b + 1] - spec.qo_indptr[b];
     const int64_t begin = m.word_offset[b];
     if (begin < 0 || begin + rows * MaskRowWords(kv_len) > words) {

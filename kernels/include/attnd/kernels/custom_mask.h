@@ -131,6 +131,27 @@ inline std::vector<uint8_t> PackCustomMask(const std::vector<std::vector<uint8_t
   return out;
 }
 
+// Speculative decoding's tree verification, for clients and tests: the dense mask
+// [n * (prefix + n)] (1 = visible) of n = parents.size() draft tokens in topological order
+// (parents[0] = -1, 0 <= parents[i] < i) after a prefix of `prefix` keys: row i sees the prefix,
+// its ancestors and itself.
+inline std::vector<uint8_t> TreeVerificationMask(std::span<const int32_t> parents, int64_t prefix) {
+  const int64_t n = static_cast<int64_t>(parents.size()), kv = prefix + n;
+  std::vector<uint8_t> mask(static_cast<size_t>(n * kv), 0);
+  for (int64_t i = 0; i < n; ++i) {
+    uint8_t* row = &mask[static_cast<size_t>(i * kv)];
+    std::fill_n(row, prefix, uint8_t{1});
+    for (int64_t j = i; j >= 0; j = parents[j]) row[prefix + j] = 1;
+  }
+  return mask;
+}
+// The parents of a complete tree of n nodes with `fanout` children each (1: a chain).
+inline std::vector<int32_t> CompleteTreeParents(int32_t n, int32_t fanout) {
+  std::vector<int32_t> parents(static_cast<size_t>(std::max(n, 0)));
+  for (int32_t i = 0; i < n; ++i) parents[i] = i == 0 ? -1 : (i - 1) / fanout;
+  return parents;
+}
+
 // Whether row `row` of request b sees kv position `pos` (pos < kv_len_b), from a view in host
 // memory.
 inline bool CustomMaskVisible(const CustomMaskView& mask, int32_t b, int64_t kv_len, int64_t row,

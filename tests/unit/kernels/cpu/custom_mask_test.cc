@@ -43,19 +43,10 @@ DenseMasks RandomMasks(const std::vector<int>& qo, const std::vector<int>& kv, d
   return masks;
 }
 
-// A tree of qo_len nodes on a prefix of kv_len - qo_len keys: node i's parent is parent(i) < i;
-// row i sees the prefix, its ancestors and itself (speculative decoding's tree verification).
-template <typename Parent>
-std::vector<uint8_t> TreeMask(int qo_len, int kv_len, Parent parent) {
-  const int prefix = kv_len - qo_len;
-  std::vector<uint8_t> m(static_cast<size_t>(qo_len) * kv_len, 0);
-  for (int i = 0; i < qo_len; ++i) {
-    for (int t = 0; t < prefix; ++t) m[static_cast<size_t>(i) * kv_len + t] = 1;
-    for (int n = i; n >= 0; n = n == 0 ? -1 : parent(n)) {
-      m[static_cast<size_t>(i) * kv_len + prefix + n] = 1;
-    }
-  }
-  return m;
+// A complete tree of qo_len nodes (`fanout` children each) on a prefix of kv_len - qo_len keys
+// (TreeVerificationMask: checked bit by bit in TreeMasksSeeThePrefixAndTheirAncestors).
+std::vector<uint8_t> TreeMask(int qo_len, int kv_len, int fanout) {
+  return TreeVerificationMask(CompleteTreeParents(qo_len, fanout), kv_len - qo_len);
 }
 
 std::vector<int32_t> Indptr(const std::vector<int>& lens) {
@@ -114,11 +105,21 @@ TEST(CustomMaskImage, EveryBitMatchesThePackedForm) {
   }
 }
 
+TEST(CustomMaskImage, TreeMasksSeeThePrefixAndTheirAncestors) {
+  // Nodes 0 <- 1 <- 3, 0 <- 2 after a 2-key prefix: rows [prefix | nodes 0..3].
+  const std::vector<int32_t> parents = {-1, 0, 0, 1};
+  EXPECT_EQ(TreeVerificationMask(parents, 2), (std::vector<uint8_t>{1, 1, 1, 0, 0, 0,  //
+                                                                    1, 1, 1, 1, 0, 0,  //
+                                                                    1, 1, 1, 0, 1, 0,  //
+                                                                    1, 1, 1, 1, 0, 1}));
+  EXPECT_EQ(CompleteTreeParents(6, 2), (std::vector<int32_t>{-1, 0, 0, 1, 1, 2}));
+  EXPECT_EQ(CompleteTreeParents(3, 1), (std::vector<int32_t>{-1, 0, 1}));
+}
+
 TEST(CustomMaskImage, DenseUntilOfATreeIsItsPrefixPlusOne) {
   // Node 0 (the root) sees only itself in the tree: prefix + 1 is the first key some row misses.
   const std::vector<int> qo = {64}, kv = {64 + 4096};
-  const CustomMaskImage image =
-      Image({TreeMask(64, 4160, [](int i) { return (i - 1) / 4; })}, qo, kv);
+  const CustomMaskImage image = Image({TreeMask(64, 4160, 4)}, qo, kv);
   EXPECT_EQ(image.dense_until[0], 4097);
   // An all-visible mask is dense to the end.
   const CustomMaskImage full = Image({std::vector<uint8_t>(5 * 40, 1)}, {5}, {40});
@@ -178,9 +179,9 @@ TEST(CustomMaskAttention, TreesOnAPrefixWithGqaAndDtypes) {
       spec.kv_dtype = spec.q_dtype = dtype;
       spec.seed = static_cast<uint32_t>(group * 10 + static_cast<int>(dtype));
       DenseMasks masks;
-      masks.push_back(TreeMask(64, 264, [](int i) { return (i - 1) / 4; }));
-      masks.push_back(TreeMask(17, 22, [](int i) { return i - 1; }));  // a chain: causal
-      masks.push_back(TreeMask(31, 101, [](int i) { return (i - 1) / 2; }));
+      masks.push_back(TreeMask(64, 264, 4));
+      masks.push_back(TreeMask(17, 22, 1));  // a chain: causal
+      masks.push_back(TreeMask(31, 101, 2));
       CheckMasked(spec, masks, {});
       AttentionOptions causal;
       causal.causal = true;  // a tree in topological order lies inside causal: same result
