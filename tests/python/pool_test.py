@@ -134,3 +134,17 @@ def test_unary_session_lease_expires(own_daemon, unique_name):
             assert seen.describe().free_pages == 3
         with pytest.raises(attnd.NotFound):
             lapsed.describe_pool(seen.pool_id)
+
+
+def test_fp8_pools_take_and_report_scales(client, unique_name):
+    with client.session() as sess:
+        pool = sess.create_pool(unique_name, num_layers=2, num_kv_heads=2, head_dim=16,
+                                page_size=4, kv_dtype="float8_e5m2", num_pages=4,
+                                k_scale=[0.5, 2.0], v_scale=[[1.0, 2.0], [3.0, 4.0]])
+        info = sess.describe_pool(pool.pool_id)
+        assert list(info.k_scale) == [0.5, 0.5, 2.0, 2.0]  # per layer, expanded over the heads
+        assert list(info.v_scale) == [1.0, 2.0, 3.0, 4.0]
+        with pytest.raises(attnd.AttndError, match=r"k_scale has 3 values"):
+            sess.create_pool(unique_name + "-bad", num_layers=2, num_kv_heads=2, head_dim=16,
+                             page_size=4, kv_dtype="float8_e4m3fn", num_pages=4,
+                             k_scale=[1.0, 1.0, 1.0])

@@ -93,6 +93,8 @@ absl::StatusOr<v1::PoolInfo> SessionApi::CreatePool(const PoolSpec& spec) {
   request.set_kv_dtype(spec.kv_dtype);
   request.set_num_pages(spec.num_pages);
   request.set_memory_budget_bytes(spec.memory_budget_bytes);
+  request.mutable_k_scale()->Add(spec.k_scale.begin(), spec.k_scale.end());
+  request.mutable_v_scale()->Add(spec.v_scale.begin(), spec.v_scale.end());
   request.set_layout(v1::KV_LAYOUT_NHD);
   absl::StatusOr<v1::CreatePoolResponse> response = CreatePool(request);
   if (!response.ok()) return response.status();

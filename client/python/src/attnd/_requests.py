@@ -54,12 +54,17 @@ def int32_list(name: str, values: Any) -> List[int]:
 
 def create_pool_request(name: str, num_layers: int, num_kv_heads: int, head_dim: int,
                         page_size: int, kv_dtype: Any = "float16", num_pages: Optional[int] = None,
-                        memory_budget_bytes: Optional[int] = None) -> pb.CreatePoolRequest:
+                        memory_budget_bytes: Optional[int] = None, k_scale: Any = None,
+                        v_scale: Any = None) -> pb.CreatePoolRequest:
+    """k_scale / v_scale: FP8 pools' dequantization scales (attnd.proto CreatePoolRequest):
+    None, one per layer, or one per layer and KV head (layer-major)."""
     return pb.CreatePoolRequest(
         name=name, num_layers=int(num_layers), num_kv_heads=int(num_kv_heads),
         head_dim=int(head_dim), page_size=int(page_size), kv_dtype=_t.dtype_enum(kv_dtype),
         num_pages=int(num_pages or 0), memory_budget_bytes=int(memory_budget_bytes or 0),
-        layout=pb.KV_LAYOUT_NHD)
+        layout=pb.KV_LAYOUT_NHD,
+        k_scale=[float(x) for x in np.ravel(k_scale)] if k_scale is not None else [],
+        v_scale=[float(x) for x in np.ravel(v_scale)] if v_scale is not None else [])
 
 
 CASCADE_LEVEL_FIELDS = ("qo_indptr", "kv_indptr", "kv_indices", "kv_last_page_len")

@@ -207,9 +207,11 @@ class AsyncSession:
     async def create_pool(self, name: str, num_layers: int, num_kv_heads: int, head_dim: int,
                           page_size: int, kv_dtype: Any = "float16",
                           num_pages: Optional[int] = None,
-                          memory_budget_bytes: Optional[int] = None) -> "AsyncPool":
+                          memory_budget_bytes: Optional[int] = None, k_scale: Any = None,
+                          v_scale: Any = None) -> "AsyncPool":
+        """See attnd.Session.create_pool (FP8 scales too)."""
         req = _rq.create_pool_request(name, num_layers, num_kv_heads, head_dim, page_size,
-                                      kv_dtype, num_pages, memory_budget_bytes)
+                                      kv_dtype, num_pages, memory_budget_bytes, k_scale, v_scale)
         return AsyncPool(self, (await self.call("create_pool", req)).pool)
 
     async def attach_pool(self, name: str, attach_token: str = "") -> "AsyncPool":

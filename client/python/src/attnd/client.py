@@ -239,16 +239,20 @@ class Session:
     # -- pools and pages ----------------------------------------------------------------------
     def create_pool(self, name: str, num_layers: int, num_kv_heads: int, head_dim: int,
                     page_size: int, kv_dtype: Any = "float16", num_pages: Optional[int] = None,
-                    memory_budget_bytes: Optional[int] = None) -> "Pool":
+                    memory_budget_bytes: Optional[int] = None, k_scale: Any = None,
+                    v_scale: Any = None) -> "Pool":
         """Creates a KV-cache pool and attaches this session to it.
 
         The pool holds, per layer, [num_pages][2][page_size][num_kv_heads][head_dim] of kv_dtype
         (K at index 0). Size it with exactly one of num_pages or memory_budget_bytes.
+        FP8 pools (kv_dtype "float8_e4m3fn" / "float8_e5m2") may take dequantization scales:
+        k_scale / v_scale, one per layer or one per layer and KV head (layer-major); a stored
+        value x8 stands for x8 * scale, and appended K/V rows are given already quantized.
         """
         from attnd.pool import Pool
 
         req = _rq.create_pool_request(name, num_layers, num_kv_heads, head_dim, page_size,
-                                      kv_dtype, num_pages, memory_budget_bytes)
+                                      kv_dtype, num_pages, memory_budget_bytes, k_scale, v_scale)
         return Pool(self, self.call("create_pool", req).pool)
 
     def attach_pool(self, name: str, attach_token: str = "") -> "Pool":

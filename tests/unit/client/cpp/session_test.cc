@@ -43,6 +43,7 @@ class FakeAttnd final : public v1::Attnd::Service {
         response.mutable_open()->set_session_id("stream-session-1");
       } else if (request.has_create_pool()) {
         const v1::CreatePoolRequest& c = request.create_pool();
+        last_pool = c;
         if (c.name() == "refused") {
           response.set_code(static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT));
           response.set_message("head_dim=65 is not supported");
@@ -163,6 +164,7 @@ class FakeAttnd final : public v1::Attnd::Service {
   std::vector<std::string> authorization;  // per OpenSession / Session call
   std::vector<uint64_t> request_ids;
   std::string last_client_name;
+  v1::CreatePoolRequest last_pool;
   v1::CreatePlanRequest last_plan;
   v1::UpdatePlanRequest last_update;
   v1::RunRequest last_run;
@@ -225,8 +227,15 @@ TEST_F(SessionTest, RequestIdsIncreaseAndTypedCallsPackFields) {
   spec.num_layers = 3;
   spec.head_dim = 64;
   spec.num_pages = 12;
+  spec.kv_dtype = v1::DTYPE_FLOAT8_E5M2;
+  spec.k_scale = {0.5f, 1.f, 2.f};  // FP8 scales, one per layer, sent as they are
   auto pool = (*session)->CreatePool(spec);
   ASSERT_TRUE(pool.ok()) << pool.status();
+  EXPECT_EQ(
+      std::vector<float>(service_.last_pool.k_scale().begin(), service_.last_pool.k_scale().end()),
+      spec.k_scale);
+  EXPECT_TRUE(service_.last_pool.v_scale().empty());
+  EXPECT_EQ(service_.last_pool.kv_dtype(), v1::DTYPE_FLOAT8_E5M2);
   EXPECT_EQ(pool->pool_id(), "pool-p");
   EXPECT_EQ(pool->num_layers(), 3);
   EXPECT_EQ(pool->num_pages(), 12);

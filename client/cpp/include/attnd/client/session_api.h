@@ -43,6 +43,9 @@ struct PoolSpec {
   v1::DType kv_dtype = v1::DTYPE_FLOAT16;
   int64_t num_pages = 0;
   uint64_t memory_budget_bytes = 0;
+  // FP8 pools only: the dequantization scales (CreatePoolRequest.k_scale / v_scale: empty, one
+  // per layer, or one per layer and KV head, layer-major).
+  std::vector<float> k_scale, v_scale;
 };
 
 // Pages granted by AllocatePages and how many remain free in the pool afterwards.
