@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -20,24 +21,24 @@
 
 namespace attnd::bench {
 
-#define BENCH_CUDA_CHECK(expr)                                                                 \
-  do {                                                                                         \
-    cudaError_t bench_err_ = (expr);                                                           \
-    if (bench_err_ != cudaSuccess) {                                                           \
-      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr,                       \
-                   cudaGetErrorString(bench_err_));                                            \
-      std::exit(2);                                                                            \
-    }                                                                                          \
+#define BENCH_CUDA_CHECK(expr)                                           \
+  do {                                                                   \
+    cudaError_t bench_err_ = (expr);                                     \
+    if (bench_err_ != cudaSuccess) {                                     \
+      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr, \
+                   cudaGetErrorString(bench_err_));                      \
+      std::exit(2);                                                      \
+    }                                                                    \
   } while (0)
 
-#define BENCH_STATUS_CHECK(expr)                                                               \
-  do {                                                                                         \
-    auto bench_st_ = (expr);                                                                   \
-    if (!bench_st_.ok()) {                                                                     \
-      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr,                       \
-                   std::string(bench_st_.ToString()).c_str());                                 \
-      std::exit(2);                                                                            \
-    }                                                                                          \
+#define BENCH_STATUS_CHECK(expr)                                         \
+  do {                                                                   \
+    auto bench_st_ = (expr);                                             \
+    if (!bench_st_.ok()) {                                               \
+      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr, \
+                   std::string(bench_st_.ToString()).c_str());           \
+      std::exit(2);                                                      \
+    }                                                                    \
   } while (0)
 
 // A cudaMalloc'd buffer, freed on destruction.
@@ -51,7 +52,9 @@ class DeviceMemory {
   DeviceMemory& operator=(const DeviceMemory&) = delete;
   void* get() const { return ptr_; }
   template <typename T>
-  T* as() const { return static_cast<T*>(ptr_); }
+  T* as() const {
+    return static_cast<T*>(ptr_);
+  }
   size_t bytes() const { return bytes_; }
 
  private:
@@ -62,14 +65,18 @@ class DeviceMemory {
 // ---- random fill ------------------------------------------------------------------------------
 // Fills 16-bit elements with pseudo-random values in about [-2, 2) (as fp16 or bf16 bits,
 // chosen by bf16), never zeros or NaN: zeros would make the kernels look faster than real data.
+// Element i's pseudo-random value, uniform in [-2, 2) (a hash of i and seed).
+__device__ __forceinline__ float RandomValue(size_t i, uint32_t seed) {
+  uint32_t x = static_cast<uint32_t>(i) * 2654435761u ^ seed ^ static_cast<uint32_t>(i >> 32);
+  x ^= x >> 16;
+  x *= 0x7feb352du;
+  x ^= x >> 15;
+  return (static_cast<float>(x & 0xFFFFFF) / 16777216.f) * 4.f - 2.f;
+}
 __global__ void FillRandom16Kernel(uint16_t* p, size_t n, uint32_t seed, bool bf16) {
   for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<size_t>(gridDim.x) * blockDim.x) {
-    uint32_t x = static_cast<uint32_t>(i) * 2654435761u ^ seed ^ static_cast<uint32_t>(i >> 32);
-    x ^= x >> 16;
-    x *= 0x7feb352du;
-    x ^= x >> 15;
-    const float f = (static_cast<float>(x & 0xFFFFFF) / 16777216.f) * 4.f - 2.f;
+    const float f = RandomValue(i, seed);
     uint16_t bits;
     if (bf16) {
       uint32_t u = __float_as_uint(f);
@@ -82,6 +89,18 @@ __global__ void FillRandom16Kernel(uint16_t* p, size_t n, uint32_t seed, bool bf
 }
 inline void FillRandom16(void* p, size_t n, uint32_t seed, bool bf16) {
   FillRandom16Kernel<<<1024, 256>>>(static_cast<uint16_t*>(p), n, seed, bf16);
+  BENCH_CUDA_CHECK(cudaGetLastError());
+}
+// n fp8 elements (e4m3 unless e5m2) of uniform values in [-2, 2), saturating round to nearest.
+__global__ void FillRandomFp8Kernel(uint8_t* p, size_t n, uint32_t seed, bool e5m2) {
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    p[i] =
+        __nv_cvt_float_to_fp8(RandomValue(i, seed), __NV_SATFINITE, e5m2 ? __NV_E5M2 : __NV_E4M3);
+  }
+}
+inline void FillRandomFp8(void* p, size_t n, uint32_t seed, bool e5m2) {
+  FillRandomFp8Kernel<<<1024, 256>>>(static_cast<uint8_t*>(p), n, seed, e5m2);
   BENCH_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -116,9 +135,8 @@ struct Timing {
 
 // Times fn(i) (which enqueues work on `stream`) once per iteration between two events, after
 // `warmup` untimed calls; `flush(stream)`, when set, runs before every timed call, untimed.
-inline Timing TimeBetweenEvents(const std::function<void(int)>& fn, cudaStream_t stream,
-                                int warmup, int reps,
-                                const std::function<void(cudaStream_t)>& flush) {
+inline Timing TimeBetweenEvents(const std::function<void(int)>& fn, cudaStream_t stream, int warmup,
+                                int reps, const std::function<void(cudaStream_t)>& flush) {
   for (int i = 0; i < warmup; ++i) fn(i);
   BENCH_CUDA_CHECK(cudaStreamSynchronize(stream));
   cudaEvent_t a, b;
@@ -177,8 +195,8 @@ inline double MeasureCopyCeilingTBps(cudaStream_t stream) {
   opt.reps = 20;
   const Timing t1 = TimeIt(
       [&](int) {
-        BENCH_CUDA_CHECK(cudaMemcpyAsync(dst.get(), src.get(), bytes, cudaMemcpyDeviceToDevice,
-                                         stream));
+        BENCH_CUDA_CHECK(
+            cudaMemcpyAsync(dst.get(), src.get(), bytes, cudaMemcpyDeviceToDevice, stream));
       },
       stream, opt);
   const Timing t2 = TimeIt(

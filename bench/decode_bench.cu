@@ -12,6 +12,9 @@
 //     B=1; 2-8 waves at larger batches, where splitting trims the tail of the last wave).
 //     --rope: every row with RoPE on the fly (the kernels' RoPE variants: K rotated in fp32,
 //     hi + lo operands on tensor cores, kernels/cuda/NUMERICS.md); JSON "rope":true.
+// After the fp16/bf16 rows: FP8 K/V (e4m3 on every shape, e5m2 on the GQA-4 ones) under fp16
+// queries, per-KV-head scales; JSON "kv_dtype":"e4m3"|"e5m2", its TB/s counting the fp8 bytes
+// actually read (2 * B * kv * H_kv * D * 1), "x_fp16": the fp16 row's time over this one.
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
@@ -39,7 +42,10 @@ __global__ void ReadSweepKernel(const uint4* __restrict__ src, size_t n, uint4* 
   for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<size_t>(gridDim.x) * blockDim.x) {
     const uint4 v = src[i];
-    acc.x ^= v.x; acc.y ^= v.y; acc.z ^= v.z; acc.w ^= v.w;
+    acc.x ^= v.x;
+    acc.y ^= v.y;
+    acc.z ^= v.z;
+    acc.w ^= v.w;
   }
   if (acc.x == 0x12345678u && acc.y == 0x9abcdef0u) *sink = acc;  // keeps the loads alive
 }
@@ -57,8 +63,9 @@ class CleanFlusher {
   }
   ~CleanFlusher() { cudaFree(buf_); }
   void Flush(cudaStream_t s) {
-    ReadSweepKernel<<<sms_ * 4, 512, 0, s>>>(static_cast<const uint4*>(buf_), bytes_ / 16,
-                                             reinterpret_cast<uint4*>(static_cast<char*>(buf_) + bytes_));
+    ReadSweepKernel<<<sms_ * 4, 512, 0, s>>>(
+        static_cast<const uint4*>(buf_), bytes_ / 16,
+        reinterpret_cast<uint4*>(static_cast<char*>(buf_) + bytes_));
     BENCH_CUDA_CHECK(cudaGetLastError());
   }
   // Read-only bandwidth (TB/s) of the sweep itself over `bytes` (a ceiling for decode, which
@@ -96,7 +103,7 @@ Timing TimeClean(const std::function<void(int)>& fn, cudaStream_t stream, int re
 }
 
 struct Result {
-  std::string dtype;
+  std::string dtype, kv_dtype;  // kv_dtype: "" = dtype
   Shape s;
   double ms, tbps, pct;
   double ms_clean = 0, tbps_clean = 0;
@@ -109,13 +116,13 @@ using Kernel = kcuda::DecodeScheduleOptions::Kernel;
 
 bool g_rope = false;  // --rope
 
-Result RunOne(DType dt, Shape s, Kernel kernel, float waves, double ceiling, bool clean,
-              cudaStream_t stream) {
+Result RunOne(DType dt, DType kv_dt, Shape s, Kernel kernel, float waves, double ceiling,
+              bool clean, cudaStream_t stream) {
   const int hq = 32, d = 128, ps = 16;
   const int pages_per_req = (s.kv_len + ps - 1) / ps;
   const int num_pages = s.batch * pages_per_req;
   attnd::kernels::PagedKV kv;
-  kv.dtype = dt;
+  kv.dtype = kv_dt;
   kv.num_pages = num_pages;
   kv.page_size = ps;
   kv.num_kv_heads = s.num_kv_heads;
@@ -123,8 +130,24 @@ Result RunOne(DType dt, Shape s, Kernel kernel, float waves, double ceiling, boo
   kv.SetNhdStrides();
   kv.batch_size = s.batch;
   const size_t kv_elems = static_cast<size_t>(num_pages) * kv.page_stride;
-  DeviceMemory cache(kv_elems * 2);
-  FillRandom16(cache.get(), kv_elems, 17, dt == DType::kBFloat16);
+  const bool fp8 = attnd::kernels::IsFp8(kv_dt);
+  const size_t kv_bytes = attnd::kernels::DTypeSize(kv_dt);
+  DeviceMemory cache(kv_elems * kv_bytes);
+  if (fp8) {
+    FillRandomFp8(cache.get(), kv_elems, 17, kv_dt == DType::kFloat8E5M2);
+  } else {
+    FillRandom16(cache.get(), kv_elems, 17, kv_dt == DType::kBFloat16);
+  }
+  // FP8: per-KV-head scales (0.5 .. 2), so that the kernels' scale path is what is timed.
+  std::vector<float> scales(2 * s.num_kv_heads);
+  for (size_t i = 0; i < scales.size(); ++i) scales[i] = 0.5f + 1.5f * (i % 7) / 7.f;
+  DeviceMemory d_scales(scales.size() * 4);
+  BENCH_CUDA_CHECK(
+      cudaMemcpy(d_scales.get(), scales.data(), scales.size() * 4, cudaMemcpyHostToDevice));
+  if (fp8) {
+    kv.k_scale = d_scales.as<float>();
+    kv.v_scale = d_scales.as<float>() + s.num_kv_heads;
+  }
 
   std::vector<int32_t> perm(num_pages);
   std::iota(perm.begin(), perm.end(), 0);
@@ -133,8 +156,10 @@ Result RunOne(DType dt, Shape s, Kernel kernel, float waves, double ceiling, boo
   for (int b = 0; b <= s.batch; ++b) indptr[b] = b * pages_per_req;
   std::vector<int32_t> kv_len(s.batch, s.kv_len);
   DeviceMemory d_indptr(indptr.size() * 4), d_indices(perm.size() * 4), d_last(last.size() * 4);
-  BENCH_CUDA_CHECK(cudaMemcpy(d_indptr.get(), indptr.data(), indptr.size() * 4, cudaMemcpyHostToDevice));
-  BENCH_CUDA_CHECK(cudaMemcpy(d_indices.get(), perm.data(), perm.size() * 4, cudaMemcpyHostToDevice));
+  BENCH_CUDA_CHECK(
+      cudaMemcpy(d_indptr.get(), indptr.data(), indptr.size() * 4, cudaMemcpyHostToDevice));
+  BENCH_CUDA_CHECK(
+      cudaMemcpy(d_indices.get(), perm.data(), perm.size() * 4, cudaMemcpyHostToDevice));
   BENCH_CUDA_CHECK(cudaMemcpy(d_last.get(), last.data(), last.size() * 4, cudaMemcpyHostToDevice));
   kv.data = cache.get();
   kv.indptr = d_indptr.as<int32_t>();
@@ -163,13 +188,14 @@ Result RunOne(DType dt, Shape s, Kernel kernel, float waves, double ceiling, boo
   if (g_rope) p.options.pos_encoding = attnd::kernels::PosEncoding::kRopeLlama;
   auto call = [&](int) { BENCH_STATUS_CHECK(kcuda::RunPagedDecode(**work, p, stream)); };
   const Timing t = TimeIt(call, stream);
-  const double bytes = 2.0 * s.batch * s.kv_len * s.num_kv_heads * d * 2;
+  const double bytes = 2.0 * s.batch * s.kv_len * s.num_kv_heads * d * kv_bytes;
   Result r;
   if (clean) {
     r.ms_clean = TimeClean(call, stream).median_ms;
     r.tbps_clean = bytes / (r.ms_clean * 1e-3) / 1e12;
   }
   r.dtype = dt == DType::kFloat16 ? "fp16" : "bf16";
+  r.kv_dtype = !fp8 ? "" : kv_dt == DType::kFloat8E4M3 ? "e4m3" : "e5m2";
   r.s = s;
   r.ms = t.median_ms;
   r.tbps = bytes / (t.median_ms * 1e-3) / 1e12;
@@ -204,10 +230,24 @@ int main(int argc, char** argv) {
   std::printf("JSON {\"bench\":\"copy\",\"tbps\":%.4f}\n", ceiling);
   const double read_ceiling = CleanFlusher::ReadCeilingTBps(stream);
   std::printf("read-only ceiling: %.2f TB/s (2 GiB sweep, L2-warm start ignored)\n", read_ceiling);
-  std::vector<Shape> shapes = {{1, 32768, 32}, {1, 32768, 8}, {64, 4096, 32},
+  std::vector<Shape> shapes = {{1, 32768, 32}, {1, 32768, 8},   {64, 4096, 32},
                                {64, 4096, 8},  {256, 2048, 32}, {256, 2048, 8}};
   if (only.batch > 0) shapes = {only};
   std::vector<Result> results;
+  const auto print_json = [&](const Result& r, double x_fp16) {
+    std::printf(
+        "JSON {\"bench\":\"decode\",\"dtype\":\"%s\",%s%s%s\"batch\":%d,\"kv_len\":%d,"
+        "\"num_qo_heads\":32,\"num_kv_heads\":%d,\"head_dim\":128,\"page_size\":16,"
+        "\"kernel\":\"%s\",\"rope\":%s,\"waves\":%.2f,\"ms\":%.5f,\"tbps\":%.4f,"
+        "\"pct_copy\":%.2f,\"chunks\":%d,\"ms_clean\":%.5f,\"tbps_clean\":%.4f",
+        r.dtype.c_str(), r.kv_dtype.empty() ? "" : "\"kv_dtype\":\"", r.kv_dtype.c_str(),
+        r.kv_dtype.empty() ? "" : "\",", r.s.batch, r.s.kv_len, r.s.num_kv_heads,
+        r.tc ? "tensor" : "cuda-core", g_rope ? "true" : "false", r.waves, r.ms, r.tbps, r.pct,
+        r.chunks, r.ms_clean, r.tbps_clean);
+    if (x_fp16 > 0) std::printf(",\"x_fp16\":%.3f", x_fp16);
+    std::printf("}\n");
+    std::fflush(stdout);
+  };
   for (DType dt : {DType::kFloat16, DType::kBFloat16}) {
     if (quick && dt == DType::kBFloat16) continue;
     for (const Shape& s : shapes) {
@@ -220,29 +260,39 @@ int main(int argc, char** argv) {
       }
       for (Kernel k : kernels) {
         for (float w : waves) {
-          Result r = RunOne(dt, s, k, w, ceiling, /*clean=*/w == 1.f, stream);
-          std::printf(
-              "JSON {\"bench\":\"decode\",\"dtype\":\"%s\",\"batch\":%d,\"kv_len\":%d,"
-              "\"num_qo_heads\":32,\"num_kv_heads\":%d,\"head_dim\":128,\"page_size\":16,"
-              "\"kernel\":\"%s\",\"rope\":%s,\"waves\":%.2f,\"ms\":%.5f,\"tbps\":%.4f,"
-              "\"pct_copy\":%.2f,\"chunks\":%d,\"ms_clean\":%.5f,\"tbps_clean\":%.4f}\n",
-              r.dtype.c_str(), s.batch, s.kv_len, s.num_kv_heads, r.tc ? "tensor" : "cuda-core",
-              g_rope ? "true" : "false", r.waves, r.ms, r.tbps, r.pct, r.chunks, r.ms_clean,
-              r.tbps_clean);
-          std::fflush(stdout);
+          Result r = RunOne(dt, dt, s, k, w, ceiling, /*clean=*/w == 1.f, stream);
+          print_json(r, 0);
           results.push_back(r);
         }
       }
     }
   }
-  std::printf("\n%-5s %6s %7s %4s %-9s %5s %9s %7s %6s %6s %9s %7s\n", "dtype", "batch",
+  // FP8 K/V under fp16 queries, the planner's kernel; x_fp16 against the fp16 row of the shape.
+  for (const Shape& s : shapes) {
+    double fp16_ms = 0;
+    for (const Result& r : results) {
+      if (r.dtype == "fp16" && r.kv_dtype.empty() && r.s.batch == s.batch &&
+          r.s.kv_len == s.kv_len && r.s.num_kv_heads == s.num_kv_heads && r.waves == 1.f &&
+          fp16_ms == 0) {
+        fp16_ms = r.ms;  // the first fp16 row of the shape: the automatic kernel
+      }
+    }
+    for (DType kv : {DType::kFloat8E4M3, DType::kFloat8E5M2}) {
+      if (kv == DType::kFloat8E5M2 && s.num_kv_heads != 8) continue;
+      Result r =
+          RunOne(DType::kFloat16, kv, s, Kernel::kAuto, 1.f, ceiling, /*clean=*/true, stream);
+      print_json(r, fp16_ms > 0 ? fp16_ms / r.ms : 0);
+      results.push_back(r);
+    }
+  }
+  std::printf("\n%-5s %-5s %6s %7s %4s %-9s %5s %9s %7s %6s %6s %9s %7s\n", "dtype", "kv", "batch",
               "kv_len", "Hkv", "kernel", "waves", "ms", "TB/s", "%copy", "chunks", "ms_clean",
               "TB/s_cl");
   for (const Result& r : results) {
-    std::printf("%-5s %6d %7d %4d %-9s %5.1f %9.4f %7.3f %5.1f%% %6d %9.4f %7.3f\n",
-                r.dtype.c_str(), r.s.batch, r.s.kv_len, r.s.num_kv_heads,
-                r.tc ? "tensor" : "cuda-core", r.waves, r.ms, r.tbps, r.pct, r.chunks, r.ms_clean,
-                r.tbps_clean);
+    std::printf("%-5s %-5s %6d %7d %4d %-9s %5.1f %9.4f %7.3f %5.1f%% %6d %9.4f %7.3f\n",
+                r.dtype.c_str(), r.kv_dtype.empty() ? r.dtype.c_str() : r.kv_dtype.c_str(),
+                r.s.batch, r.s.kv_len, r.s.num_kv_heads, r.tc ? "tensor" : "cuda-core", r.waves,
+                r.ms, r.tbps, r.pct, r.chunks, r.ms_clean, r.tbps_clean);
   }
   cudaStreamDestroy(stream);
   return 0;

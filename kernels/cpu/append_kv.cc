@@ -1,20 +1,40 @@
-// AppendKv of the CPU reference: copies new K/V rows into their slots of the paged cache.
-//   k, v: [new_nnz, num_kv_heads, head_dim] dense, in kv.dtype.
+// AppendKv of the CPU reference: writes new K/V rows into their slots of the paged cache.
+//   k, v: [new_nnz, num_kv_heads, head_dim] dense, in params.new_dtype: copied when it is the
+//   cache's type, quantized with the cache's scales onto an fp8 cache (AppendKvParams).
 //   row new_indptr[b] + i  ->  kv position kv_len(b) - new_len(b) + i of request b.
 #include <cstring>
 
 #include "attnd/kernels/cpu_reference.h"
+#include "attnd/kernels/float_convert.h"
 #include "validation.h"
 
 namespace attnd::kernels::cpu {
+namespace {
+
+// One head's row of head_dim elements: copied, or quantized as x / scale into the fp8 cache.
+void WriteRow(char* dst, DType cache, const char* src, DType rows, int32_t head_dim,
+              const float* scale_table, int32_t head) {
+  if (rows == cache) {
+    std::memcpy(dst, src, static_cast<size_t>(head_dim) * DTypeSize(cache));
+    return;
+  }
+  const float scale = scale_table != nullptr ? scale_table[head] : 1.f;
+  for (int32_t d = 0; d < head_dim; ++d) {
+    StoreFromFloat(dst, cache, d, LoadAsFloat(src, rows, d) / scale);
+  }
+}
+
+}  // namespace
 
 absl::Status AppendKv(const AppendKvParams& params) {
   if (auto s = ValidateAppendKv(params); !s.ok()) return s;
   const PagedKV& kv = params.kv;
   const int32_t batch = kv.batch_size;
-  auto new_begin = [&](int32_t b) -> int64_t { return params.new_indptr ? params.new_indptr[b] : b; };
+  auto new_begin = [&](int32_t b) -> int64_t {
+    return params.new_indptr ? params.new_indptr[b] : b;
+  };
   const size_t elem = DTypeSize(kv.dtype);
-  const size_t row_bytes = static_cast<size_t>(kv.head_dim) * elem;
+  const size_t src_row_bytes = static_cast<size_t>(kv.head_dim) * DTypeSize(params.new_dtype);
   char* const k_cache = static_cast<char*>(kv.data);
   char* const v_cache = k_cache + kv.kv_stride * elem;
   const char* const k_new = static_cast<const char*>(params.k);
@@ -29,9 +49,11 @@ absl::Status AppendKv(const AppendKvParams& params) {
       const int64_t src_row = (new_begin(b) + i) * kv.num_kv_heads;
       for (int32_t h = 0; h < kv.num_kv_heads; ++h) {
         const int64_t dst = (slot + h * kv.head_stride) * static_cast<int64_t>(elem);
-        const int64_t src = (src_row + h) * static_cast<int64_t>(row_bytes);
-        std::memcpy(k_cache + dst, k_new + src, row_bytes);
-        std::memcpy(v_cache + dst, v_new + src, row_bytes);
+        const int64_t src = (src_row + h) * static_cast<int64_t>(src_row_bytes);
+        WriteRow(k_cache + dst, kv.dtype, k_new + src, params.new_dtype, kv.head_dim, kv.k_scale,
+                 h);
+        WriteRow(v_cache + dst, kv.dtype, v_new + src, params.new_dtype, kv.head_dim, kv.v_scale,
+                 h);
       }
     }
   }

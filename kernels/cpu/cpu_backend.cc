@@ -91,11 +91,12 @@ absl::StatusOr<PagedKV> LayerWithPageTable(const PreparedPlan& plan, const Paged
 
 // New K/V rows of the plan's query tokens (qo_indptr) into the layer.
 AppendKvParams AppendParams(const PreparedPlan& plan, const PagedKV& kv, const void* k,
-                            const void* v) {
+                            const void* v, DType new_dtype) {
   AppendKvParams params;
   params.kv = kv;
   params.k = k;
   params.v = v;
+  params.new_dtype = new_dtype;
   params.new_indptr = plan.spec().qo_indptr.data();
   return params;
 }
@@ -162,11 +163,11 @@ class CpuBackend final : public Backend {
   }
 
   absl::Status AppendKv(const PreparedPlan& plan, const PagedKV& layer, const void* k,
-                        const void* v, Stream*) override {
+                        const void* v, DType new_dtype, Stream*) override {
     const PreparedPlan& own = OwnLevel(plan);  // a cascade plan appends to its last level
     absl::StatusOr<PagedKV> kv = LayerWithPageTable(own, layer);
     if (!kv.ok()) return kv.status();
-    return cpu::AppendKv(AppendParams(own, *kv, k, v));
+    return cpu::AppendKv(AppendParams(own, *kv, k, v, new_dtype));
   }
 
   absl::Status Attention(const RunArgs& args) override {
@@ -177,7 +178,8 @@ class CpuBackend final : public Backend {
     const PlanSpec& spec = args.plan->spec();
     absl::StatusOr<PagedKV> kv = LayerWithPageTable(*args.plan, args.layer);
     if (!kv.ok()) return kv.status();
-    const AppendKvParams append = AppendParams(*args.plan, *kv, args.k_new, args.v_new);
+    const AppendKvParams append = AppendParams(*args.plan, *kv, args.k_new, args.v_new,
+                                               args.kv_new_dtype.value_or(args.layer.dtype));
     PagedAttentionParams params;
     params.kv = *kv;
     params.qo.q = args.q;

@@ -199,6 +199,12 @@ absl::Status ValidateOptions(const AttentionOptions& options, int32_t head_dim) 
 absl::Status ValidateAppendKv(const AppendKvParams& params) {
   const PagedKV& kv = params.kv;
   if (auto s = ValidatePagedKV(kv); !s.ok()) return s;
+  if (!AppendRowsAccepted(kv.dtype, params.new_dtype)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "new K/V rows in ", DTypeName(params.new_dtype), " for a ", DTypeName(kv.dtype),
+        " cache (the cache's type, or float32/float16/bfloat16 "
+        "on an fp8 cache)"));
+  }
   const int32_t batch = kv.batch_size;
   auto new_begin = [&](int32_t b) -> int64_t {
     return params.new_indptr ? params.new_indptr[b] : b;

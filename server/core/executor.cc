@@ -24,6 +24,7 @@ absl::Status ExecuteRun(const Plan& plan, const v1::RunRequest& request, const R
   args.q_dtype = call.q_dtype;
   args.k_new = call.k >= 0 ? bindings.pointer(call.k) : nullptr;
   args.v_new = call.v >= 0 ? bindings.pointer(call.v) : nullptr;
+  args.kv_new_dtype = call.kv_new_dtype;
   args.options = call.options;
   args.options.sinks = SinksOf(call, bindings);
   args.rope_offsets_host =
@@ -45,7 +46,8 @@ absl::Status ExecuteAppendKv(const Plan& plan, const v1::AppendKvRequest& reques
                              const ExecContext& ctx, TransferCounts* counts) {
   if (auto s = bindings.Materialize(); !s.ok()) return s;
   if (auto s = ctx.backend.AppendKv(*plan.prepared, plan.pool->LayerView(request.layer()),
-                                    bindings.pointer(call.k), bindings.pointer(call.v), ctx.stream);
+                                    bindings.pointer(call.k), bindings.pointer(call.v),
+                                    call.kv_new_dtype, ctx.stream);
       !s.ok()) {
     return s;
   }

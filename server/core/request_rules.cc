@@ -549,9 +549,11 @@ absl::Status BindAttentionOutputs(TensorBindings& bindings, const Request& reque
   return absl::OkStatus();
 }
 
-// k and v: both or neither, [qo_tokens, num_kv_heads, head_dim] in the pool's kv dtype.
+// k and v: both or neither, [qo_tokens, num_kv_heads, head_dim] in the pool's kv dtype, or on an
+// fp8 pool both in float32, float16 or bfloat16 (quantized on the way in; *rows_dtype says which).
 absl::Status BindKv(TensorBindings& bindings, const Plan& plan, const v1::Tensor& k,
-                    const v1::Tensor& v, bool required, int* k_index, int* v_index) {
+                    const v1::Tensor& v, bool required, int* k_index, int* v_index,
+                    kernels::DType* rows_dtype) {
   *k_index = *v_index = -1;
   const bool has_k = HasData(k), has_v = HasData(v);
   if (!has_k && !has_v && !required) return absl::OkStatus();
@@ -565,9 +567,14 @@ absl::Status BindKv(TensorBindings& bindings, const Plan& plan, const v1::Tensor
   }
   const PoolGeometry& g = plan.pool->geometry();
   const std::vector<int64_t> shape = {plan.qo_tokens, g.num_kv_heads, g.head_dim};
-  auto ki = bindings.AddInput(k, "k", g.kv_dtype, shape);
+  *rows_dtype = g.kv_dtype;  // anything else is refused by AddInput, naming k.dtype
+  if (auto t = FromProtoDType(k.dtype(), "k.dtype");
+      t.ok() && kernels::AppendRowsAccepted(g.kv_dtype, *t)) {
+    *rows_dtype = *t;
+  }
+  auto ki = bindings.AddInput(k, "k", *rows_dtype, shape);
   if (!ki.ok()) return ki.status();
-  auto vi = bindings.AddInput(v, "v", g.kv_dtype, shape);
+  auto vi = bindings.AddInput(v, "v", *rows_dtype, shape);
   if (!vi.ok()) return vi.status();
   *k_index = *ki;
   *v_index = *vi;
@@ -794,8 +801,8 @@ absl::StatusOr<RunCall> CheckRun(const RequestScope& scope, const Plan& plan,
   auto q_index = bindings.AddInput(request.q(), "q", call.q_dtype, q_shape);
   if (!q_index.ok()) return q_index.status();
   call.q = *q_index;
-  if (auto s =
-          BindKv(bindings, plan, request.k(), request.v(), /*required=*/false, &call.k, &call.v);
+  if (auto s = BindKv(bindings, plan, request.k(), request.v(), /*required=*/false, &call.k,
+                      &call.v, &call.kv_new_dtype);
       !s.ok()) {
     return s;
   }
@@ -822,8 +829,8 @@ absl::StatusOr<AppendKvCall> CheckAppendKv(const RequestScope& scope, const Plan
   if (auto s = ValidateLayer(request.layer(), plan.pool->geometry().num_layers); !s.ok()) {
     return s;
   }
-  if (auto s =
-          BindKv(bindings, plan, request.k(), request.v(), /*required=*/true, &call.k, &call.v);
+  if (auto s = BindKv(bindings, plan, request.k(), request.v(), /*required=*/true, &call.k, &call.v,
+                      &call.kv_new_dtype);
       !s.ok()) {
     return s;
   }

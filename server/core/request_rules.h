@@ -90,6 +90,9 @@ struct RunCall {
   bool async = false;                 // COMPLETION_ASYNC
   kernels::Event* wait_on = nullptr;  // the session's stream waits on it first (wait_event_id)
   kernels::DType q_dtype = kernels::DType::kFloat16;
+  // k and v's type: the pool's, or float32/float16/bfloat16 on an fp8 pool (quantized on the
+  // way in, kernels::AppendKvParams::new_dtype).
+  kernels::DType kv_new_dtype = kernels::DType::kFloat16;
   kernels::AttentionOptions options;  // options.sinks is set from `sinks` once mapped
   int q = -1, k = -1, v = -1, o = -1, lse = -1;
   int sinks = -1;  // RunRequest.sinks, float32 [num_qo_heads], or -1: none
@@ -129,6 +132,7 @@ absl::StatusOr<RaggedRunCall> CheckRunRagged(const RequestScope& scope,
 struct AppendKvCall {
   bool async = false;
   kernels::Event* wait_on = nullptr;
+  kernels::DType kv_new_dtype = kernels::DType::kFloat16;  // as RunCall::kv_new_dtype
   int k = -1, v = -1;
 };
 

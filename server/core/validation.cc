@@ -166,8 +166,7 @@ absl::StatusOr<PoolGeometry> ValidateCreatePool(const v1::CreatePoolRequest& req
   g.total_bytes = total_bytes;
 
   // FP8 scales: none, one per layer, or one per layer and KV head; finite and > 0.
-  const bool fp8 =
-      g.kv_dtype == kernels::DType::kFloat8E4M3 || g.kv_dtype == kernels::DType::kFloat8E5M2;
+  const bool fp8 = kernels::IsFp8(g.kv_dtype);
   const int64_t per_head = static_cast<int64_t>(g.num_layers) * g.num_kv_heads;
   for (const auto& [field, values, out] : {std::tuple{"k_scale", &request.k_scale(), &g.k_scale},
                                            std::tuple{"v_scale", &request.v_scale(), &g.v_scale}}) {

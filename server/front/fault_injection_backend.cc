@@ -50,8 +50,8 @@ class FaultInjectionBackend final : public k::Backend {
     return Forward([&] { return real_->Prepare(std::move(spec), stream); });
   }
   absl::Status AppendKv(const k::PreparedPlan& plan, const k::PagedKV& layer, const void* k,
-                        const void* v, k::Stream* stream) override {
-    return Forward([&] { return real_->AppendKv(plan, layer, k, v, stream); });
+                        const void* v, k::DType new_dtype, k::Stream* stream) override {
+    return Forward([&] { return real_->AppendKv(plan, layer, k, v, new_dtype, stream); });
   }
   absl::Status Attention(const k::RunArgs& args) override {
     if (successful_runs_.load(std::memory_order_acquire) >= after_runs_) InjectOnce();

@@ -22,6 +22,7 @@
 #include <cstdio>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <tuple>
@@ -41,6 +42,7 @@ namespace {
 using attnd::kernels::AttentionKind;
 using attnd::kernels::Backend;
 using attnd::kernels::BackendMemory;
+using attnd::kernels::DTypeName;
 using attnd::kernels::PagedKV;
 using attnd::kernels::PlanSpec;
 using attnd::kernels::PosEncoding;
@@ -57,13 +59,18 @@ int32_t TestHeadDim() {
 // Inputs of one attention step, identical for both backends.
 struct Step {
   AttentionKind kind = AttentionKind::kDecode;
-  DType dtype = DType::kFloat16;
+  DType dtype = DType::kFloat16;     // q and o
+  DType kv_dtype = DType::kFloat16;  // the pool, k_new and v_new (MakeStepOf: dtype; WithKvDtype)
+  // FP8 pools: the layer's [num_kv_heads] dequantization scales of K and V, or empty (1).
+  std::vector<float> k_scale, v_scale;
+  // k_new / v_new's type when not kv_dtype (fp32 / fp16 / bf16 quantized onto an fp8 pool).
+  std::optional<DType> kv_new_dtype;
   int32_t num_layers = 2, layer = 1;
   int32_t num_kv_heads = 2, group = 4, head_dim = TestHeadDim(), page_size = 16;
   std::vector<int32_t> kv_len, qo_len;
   std::vector<int32_t> indptr, indices, last_page_len, qo_indptr, rope_offsets;
   int32_t num_pages = 0;
-  std::vector<uint8_t> pool, q, k_new, v_new;  // raw bytes in dtype
+  std::vector<uint8_t> pool, q, k_new, v_new;  // raw bytes: q in dtype, the others in kv_dtype
   bool causal = true;
   bool rope = true;
   int32_t window_left = -1;
@@ -115,6 +122,7 @@ Step MakeStepOf(Rng& rng, AttentionKind kind, DType dtype, std::vector<int32_t> 
   s.head_dim = head_dim;
   s.kind = kind;
   s.dtype = dtype;
+  s.kv_dtype = dtype;
   s.group = group;
   s.kv_len = std::move(kv_len);
   s.qo_len = std::move(qo_len);
@@ -148,6 +156,35 @@ Step MakeStep(Rng& rng, AttentionKind kind, DType dtype, int32_t batch, int32_t 
     qo_len.push_back(kind == AttentionKind::kDecode ? 1 : rng.Int(1, std::min(kv, 200)));
   }
   return MakeStepOf(rng, kind, dtype, std::move(kv_len), std::move(qo_len), group);
+}
+
+// The step with its pool and new rows stored as kv_dtype (fp8: values spread over 2^-12 .. 4 as
+// in MakeRandomPagedCache, with per-KV-head scales when per_head, else one per tensor); the new
+// rows in `rows` instead when set (fp32 / fp16 / bf16 quantized onto an fp8 pool: spread over
+// 2^-12 .. 2^9 then, so that some saturate).
+Step WithKvDtype(Rng& rng, Step s, DType kv_dtype, bool per_head = true,
+                 std::optional<DType> rows = std::nullopt) {
+  const auto recode = [&](std::vector<uint8_t>& bytes, DType to, int max_exp) {
+    std::vector<float> x = DecodeFrom(bytes, s.kv_dtype);
+    if (attnd::kernels::IsFp8(kv_dtype)) {
+      for (float& v : x) v = std::ldexp(v, rng.Int(-12, max_exp));
+    }
+    bytes = EncodeAs(x, to);
+  };
+  recode(s.pool, kv_dtype, 1);
+  recode(s.k_new, rows.value_or(kv_dtype), rows ? 9 : 1);
+  recode(s.v_new, rows.value_or(kv_dtype), rows ? 9 : 1);
+  s.kv_dtype = kv_dtype;
+  s.kv_new_dtype = rows;
+  s.k_scale.clear();
+  s.v_scale.clear();
+  if (attnd::kernels::IsFp8(kv_dtype)) {
+    for (int32_t h = 0; h < s.num_kv_heads; ++h) {
+      s.k_scale.push_back(per_head || h == 0 ? std::exp2(rng.Uniform(-2.f, 2.f)) : s.k_scale[0]);
+      s.v_scale.push_back(per_head || h == 0 ? std::exp2(rng.Uniform(-2.f, 2.f)) : s.v_scale[0]);
+    }
+  }
+  return s;
 }
 
 // A cascade step (attnd/kernels/cascade.h): levels[l] lists each group's (requests, prefix
@@ -214,7 +251,7 @@ PlanSpec SpecOf(const Step& s) {
   spec.num_kv_heads = s.num_kv_heads;
   spec.head_dim = s.head_dim;
   spec.page_size = s.page_size;
-  spec.kv_dtype = s.dtype;
+  spec.kv_dtype = s.kv_dtype;
   spec.kv_indptr = s.indptr;
   spec.kv_indices = s.indices;
   spec.kv_last_page_len = s.last_page_len;
@@ -225,14 +262,14 @@ PlanSpec SpecOf(const Step& s) {
 }
 PagedKV LayerOf(const Step& s, void* pool, int32_t layer_index) {
   PagedKV layer;
-  layer.dtype = s.dtype;
+  layer.dtype = s.kv_dtype;
   layer.num_pages = s.num_pages;
   layer.page_size = s.page_size;
   layer.num_kv_heads = s.num_kv_heads;
   layer.head_dim = s.head_dim;
   layer.SetNhdStrides();
   layer.data = static_cast<char*>(pool) + static_cast<size_t>(layer_index) * layer.page_stride *
-                                              s.num_pages * ElemSize(s.dtype);
+                                              s.num_pages * ElemSize(s.kv_dtype);
   return layer;
 }
 
@@ -251,6 +288,7 @@ StepOutput RunStep(Backend& be, const Step& s, Bad bad = Bad::kNone) {
   auto o = Unwrap(be.Allocate(rows * hq * s.head_dim * es + kSlack), "Allocate o");
   auto lse = Unwrap(be.Allocate(rows * hq * sizeof(float) + kSlack), "Allocate lse");
   auto sinks = Unwrap(be.Allocate(s.sinks.size() * sizeof(float) + kSlack), "Allocate sinks");
+  auto scales = Unwrap(be.Allocate(2 * s.k_scale.size() * sizeof(float) + kSlack), "Allocate");
   auto at = [&](const std::unique_ptr<BackendMemory>& m, Bad which) {
     return static_cast<char*>(m->data()) + (bad == which ? 2 : 0);
   };
@@ -271,8 +309,19 @@ StepOutput RunStep(Backend& be, const Step& s, Bad bad = Bad::kNone) {
                                      stream.get()));
   }
 
+  if (!s.k_scale.empty()) {
+    std::vector<float> table = s.k_scale;
+    table.insert(table.end(), s.v_scale.begin(), s.v_scale.end());
+    GT_STATUS_CHECK(
+        be.CopyToBackend(scales->data(), table.data(), table.size() * sizeof(float), stream.get()));
+  }
+
   auto plan = Unwrap(be.Prepare(SpecOf(s), stream.get()), "Prepare");
   PagedKV layer = LayerOf(s, pool_base, s.layer);
+  if (!s.k_scale.empty()) {
+    layer.k_scale = static_cast<const float*>(scales->data());
+    layer.v_scale = layer.k_scale + s.k_scale.size();
+  }
   if (bad == Bad::kFewPages) layer.num_pages = 1;  // the plan uses more pages
 
   RunArgs args;
@@ -283,6 +332,7 @@ StepOutput RunStep(Backend& be, const Step& s, Bad bad = Bad::kNone) {
   args.lse = reinterpret_cast<float*>(at(lse, Bad::kLse));
   args.q_dtype = s.dtype;
   args.k_new = at(kn, Bad::kKNew);
+  args.kv_new_dtype = s.kv_new_dtype;
   args.v_new = at(vn, Bad::kVNew);
   args.options.causal = s.causal;
   args.options.window_left = s.window_left;
@@ -329,7 +379,7 @@ void CompareStep(const std::string& name, const Step& s, Backend& cuda, Backend&
             Compare(DecodeFrom(g.lse, DType::kFloat32), DecodeFrom(r.lse, DType::kFloat32), &lunw),
             s.dtype == DType::kBFloat16 ? 2e-3 : 5e-4);
   table.Add(name + " pool after append",
-            Compare(DecodeFrom(g.pool, s.dtype), DecodeFrom(r.pool, s.dtype)), 0.0);
+            Compare(DecodeFrom(g.pool, s.kv_dtype), DecodeFrom(r.pool, s.kv_dtype)), 0.0);
 }
 
 // One plan of PlanReuse: a sub-batch of the shared pool's requests, decode or prefill.
@@ -685,7 +735,7 @@ void RefusedRunsChangeNothing(Backend& cuda, Backend& cpu, Rng& rng, ResultTable
   char* k = static_cast<char*>(kn->data());
   for (const auto& [what, kp, vp, field] :
        {std::tuple{"k", k + 2, k, "k=0x"}, std::tuple{"v", k, k + 2, "v=0x"}}) {
-    const absl::Status st = cuda.AppendKv(*plan, layer, kp, vp, nullptr);
+    const absl::Status st = cuda.AppendKv(*plan, layer, kp, vp, layer.dtype, nullptr);
     std::vector<uint8_t> after(s.pool.size());
     GT_STATUS_CHECK(cuda.CopyToHost(after.data(), pool->data(), after.size(), nullptr));
     GT_STATUS_CHECK(cuda.Synchronize(nullptr));
@@ -1224,6 +1274,73 @@ void PlanUpdates(Backend& cuda, Backend& cpu, Rng& rng, ResultTable& table, bool
   }
 }
 
+// K/V stored in another type than q, through the Backend interface (CUDA against the CPU
+// backend, the new rows appended by the step's Attention call): fp8 e4m3 / e5m2 pools with
+// per-KV-head and per-tensor scales under fp16 and bf16 queries, on both decode kernels (GQA 1
+// and 4) and split-KV; a bf16 pool under fp16 queries (the CUDA-core kernel). Refused, with
+// nothing changed: a prefill plan on an fp8 pool (at Prepare) and a prefill run whose q type is
+// not the pool's (at Attention).
+void KvDtypes(Backend& cuda, Backend& cpu, Rng& rng, ResultTable& table, bool small) {
+  for (DType fp8 : {DType::kFloat8E4M3, DType::kFloat8E5M2}) {
+    for (DType qt : {DType::kFloat16, DType::kBFloat16}) {
+      for (int32_t group : {1, 4}) {
+        if (group == 4 && TestHeadDim() > 128) continue;  // no tensor-core decode there
+        const bool per_head = group == 4 || qt == DType::kBFloat16;
+        Step st = WithKvDtype(
+            rng, MakeStep(rng, AttentionKind::kDecode, qt, small ? 3 : 9, small ? 60 : 2000, group),
+            fp8, per_head);
+        CompareStep(absl::StrCat("decode q ", DTypeName(qt), " on ", DTypeName(fp8), " g", group,
+                                 per_head ? " head scales" : " tensor scale", " rope"),
+                    st, cuda, cpu, table);
+      }
+      Step split =
+          WithKvDtype(rng, MakeStep(rng, AttentionKind::kDecode, qt, 2, small ? 40 : 20000), fp8);
+      split.rope = false;
+      split.soft_cap = 30.f;
+      CompareStep(
+          absl::StrCat("decode q ", DTypeName(qt), " on ", DTypeName(fp8), " long (split) cap"),
+          split, cuda, cpu, table);
+    }
+  }
+  // New rows given in fp32 / fp16 / bf16, quantized onto the fp8 pool by the append (the pool
+  // after it must match the CPU backend's bit for bit: CompareStep's "pool after append").
+  for (DType fp8 : {DType::kFloat8E4M3, DType::kFloat8E5M2}) {
+    for (DType rows : {DType::kFloat32, DType::kFloat16, DType::kBFloat16}) {
+      Step st = WithKvDtype(
+          rng, MakeStep(rng, AttentionKind::kDecode, DType::kBFloat16, 5, small ? 60 : 900, 4), fp8,
+          /*per_head=*/rows != DType::kFloat32, rows);
+      CompareStep(
+          absl::StrCat("decode on ", DTypeName(fp8), ", new rows ", DTypeName(rows), " quantized"),
+          st, cuda, cpu, table);
+    }
+  }
+  for (int32_t group : {1, 4}) {
+    Step mixed = WithKvDtype(
+        rng, MakeStep(rng, AttentionKind::kDecode, DType::kFloat16, 4, small ? 60 : 900, group),
+        DType::kBFloat16);
+    CompareStep(absl::StrCat("decode q float16 on a bfloat16 pool g", group), mixed, cuda, cpu,
+                table);
+  }
+
+  // A prefill plan on an fp8 pool: refused by Prepare, naming the kind and the dtype.
+  const Step pre = WithKvDtype(rng, MakeStep(rng, AttentionKind::kPrefill, DType::kFloat16, 2, 50),
+                               DType::kFloat8E4M3);
+  AddRefusal(table, "prefill plan on a float8_e4m3 pool -> UNIMPLEMENTED at Prepare",
+             cuda.Prepare(SpecOf(pre), nullptr).status(), absl::StatusCode::kUnimplemented,
+             "kind=ATTENTION_KIND_PREFILL on a float8_e4m3 pool");
+  // A prefill run with q float16 on a bfloat16 pool: refused before the append, cache intact.
+  const Step mixed_pre = WithKvDtype(
+      rng, MakeStep(rng, AttentionKind::kPrefill, DType::kFloat16, 2, 50), DType::kBFloat16);
+  const StepOutput r = RunStep(cuda, mixed_pre);
+  AddRefusal(table, "prefill q float16 on a bfloat16 pool -> UNIMPLEMENTED", r.status,
+             absl::StatusCode::kUnimplemented, "kv dtype bfloat16 with q dtype float16");
+  bool o_untouched = true;
+  for (uint8_t x : r.o) o_untouched = o_untouched && x == 0xFF;
+  table.AddCheck("prefill q float16 on a bfloat16 pool: cache unchanged, o untouched, healthy",
+                 r.pool == mixed_pre.pool && o_untouched && cuda.Health().ok(),
+                 std::string(cuda.Health().ToString()));
+}
+
 }  // namespace
 }  // namespace attnd::gpu_test
 
@@ -1293,6 +1410,7 @@ int main(int argc, char** argv) {
   RaggedThroughBackend(*cuda, *cpu, rng, table);
   PlanReuse(*cuda, *cpu, rng, table, flags.small);
   PlanUpdates(*cuda, *cpu, rng, table, flags.small);
+  KvDtypes(*cuda, *cpu, rng, table, flags.small);
   if (!flags.small) {  // (a deliberate fault: not under compute-sanitizer)
     const int code = RunChild("--sticky-child", {});
     table.AddCheck("sticky error -> Health INTERNAL for good (child)", code == 0,

@@ -122,7 +122,7 @@ int Run(const TestFlags& flags) {
   calls.emplace_back("Synchronize(device)", be.Synchronize(nullptr));
   calls.emplace_back("Prepare", be.Prepare(spec, stream->get()).status());
   calls.emplace_back("AppendKv", be.AppendKv(**plan, args.layer, (*q)->data(), (*q)->data(),
-                                             stream->get()));
+                                             args.layer.dtype, stream->get()));
   calls.emplace_back("Attention", be.Attention(args));
   attnd::kernels::MergeStatesParams merge;
   merge.v_in = (*q)->data();

@@ -1,12 +1,15 @@
 // GPU test of the batch decode kernel (PrepareDecode + RunPagedDecode) against the CPU reference
 // (attnd::kernels::cpu::PagedAttention) over awkward sizes: kv_len 1..33000, page sizes 1/16/64,
 // GQA 1/3/4/8/16, batch 1..256, head_dim 64/128/256, fp16/bf16, RoPE (with offsets), soft cap,
-// sliding window, custom sm_scale, LSE, forced and automatic split-KV. Pages are in random order,
+// sliding window, custom sm_scale, LSE, forced and automatic split-KV, K/V stored in another type
+// than q (the other 16-bit type; fp8 e4m3 / e5m2 with per-tensor and per-KV-head scales, both
+// kernels, and every finite fp8 code read back exactly through V). Pages are in random order,
 // outputs are poisoned (NaN) before each run; NaN or unwritten elements never pass. Both kernels
 // (CUDA cores, tensor cores) refuse misaligned q, o, lse, kv data, strides and rope offsets with
 // INVALID_ARGUMENT before launching anything (o stays poisoned, the context stays usable).
 // A head_dim trimmed from the build is a SKIP row; UNIMPLEMENTED for a built one is a FAIL.
 //   decode_test [--small] [--verbose] [--seed=N]
+#include <cmath>
 #include <cstdio>
 #include <functional>
 #include <string>
@@ -40,7 +43,13 @@ struct DecodeCase {
   bool allow_split = true;
   kcuda::DecodeScheduleOptions::Kernel kernel = kcuda::DecodeScheduleOptions::Kernel::kAuto;
   bool sinks = false;  // attention sinks: one per query head, N(0, 2), CPU and GPU alike
+  DType kv_dtype = DType::kFloat32;  // K/V storage; kFloat32 = dtype (q and o)
+  bool per_head_scales = true;       // fp8 K/V: scales per KV head (else one per tensor)
 };
+
+DType KvDtypeOf(const DecodeCase& c) {
+  return c.kv_dtype == DType::kFloat32 ? c.dtype : c.kv_dtype;
+}
 
 std::string Describe(const DecodeCase& c) {
   int32_t lo = c.kv_len[0], hi = c.kv_len[0];
@@ -58,6 +67,12 @@ std::string Describe(const DecodeCase& c) {
   if (c.fixed_chunk > 0) absl::StrAppend(&s, " chunk", c.fixed_chunk);
   if (!c.allow_split) absl::StrAppend(&s, " nosplit");
   if (c.sinks) absl::StrAppend(&s, " sinks");
+  if (KvDtypeOf(c) != c.dtype) {
+    absl::StrAppend(&s, " kv ", attnd::kernels::DTypeName(KvDtypeOf(c)));
+    if (attnd::kernels::IsFp8(KvDtypeOf(c))) {
+      absl::StrAppend(&s, c.per_head_scales ? " (head scales)" : " (tensor scale)");
+    }
+  }
   return s;
 }
 
@@ -65,8 +80,10 @@ void RunCase(const DecodeCase& c, Rng& rng, ResultTable& table) {
   const int32_t batch = static_cast<int32_t>(c.kv_len.size());
   const int32_t hq = c.num_kv_heads * c.group;
   const int32_t d = c.head_dim;
+  const DType kv_dtype = KvDtypeOf(c);
   HostPagedCache cache =
-      MakeRandomPagedCache(rng, c.kv_len, c.page_size, c.num_kv_heads, d, c.dtype);
+      MakeRandomPagedCache(rng, c.kv_len, c.page_size, c.num_kv_heads, d, kv_dtype);
+  if (attnd::kernels::IsFp8(kv_dtype)) SetFp8Scales(cache, rng, c.per_head_scales);
   std::vector<float> q = rng.NormalVector(static_cast<size_t>(batch) * hq * d);
   RoundTo(q, c.dtype);
   std::vector<int32_t> offsets(batch);
@@ -125,7 +142,9 @@ void RunCase(const DecodeCase& c, Rng& rng, ResultTable& table) {
   GT_CUDA_CHECK(cudaDeviceSynchronize());
 
   std::string name = Describe(c);
-  absl::StrAppend(&name, info.tensor_cores ? " tc" : " cc");
+  // A tensor-core plan runs K/V of another 16-bit type on the CUDA-core kernel.
+  const bool ran_tc = info.tensor_cores && (kv_dtype == c.dtype || attnd::kernels::IsFp8(kv_dtype));
+  absl::StrAppend(&name, ran_tc ? " tc" : " cc");
   absl::StrAppend(&name, info.split ? absl::StrCat(" [split ", info.num_chunks, "]") : "");
   const double tol = DefaultTolerance(c.dtype);
   std::vector<uint8_t> raw = dout.Download();
@@ -144,6 +163,61 @@ void RunCase(const DecodeCase& c, Rng& rng, ResultTable& table) {
     bool untouched = true;
     for (uint8_t x : lraw) untouched = untouched && x == 0xFF;
     table.AddCheck(name + " lse untouched", untouched, untouched ? "ok" : "lse written");
+  }
+}
+
+// Every finite fp8 code through each kernel's V path, exactly: two requests of one key each
+// (softmax weight exactly 1, so o = v), whose V rows hold the 256 codes (non-finite ones as 0);
+// fp16 and bf16 hold every fp8 value exactly, so o must equal the codes' values bit for bit.
+void Fp8CodesExact(Rng& rng, ResultTable& table) {
+  using Kernel = kcuda::DecodeScheduleOptions::Kernel;
+  constexpr int32_t kD = 128;
+  for (DType fp8 : {DType::kFloat8E4M3, DType::kFloat8E5M2}) {
+    for (DType qt : {DType::kFloat16, DType::kBFloat16}) {
+      for (Kernel kernel : {Kernel::kCudaCores, Kernel::kTensorCores}) {
+        const std::vector<int32_t> kv_len = {1, 1};
+        HostPagedCache cache = MakeRandomPagedCache(rng, kv_len, 1, 1, kD, fp8);
+        std::vector<float> ref_o(2 * kD);
+        for (int32_t b = 0; b < 2; ++b) {
+          const int64_t row = cache.indices[b] * cache.view.page_stride + cache.view.kv_stride;
+          for (int32_t d = 0; d < kD; ++d) {
+            const uint8_t code = static_cast<uint8_t>(b * kD + d);
+            float x = fp8 == DType::kFloat8E4M3 ? attnd::kernels::Fp8E4m3BitsToFloat(code)
+                                                : attnd::kernels::Fp8E5m2BitsToFloat(code);
+            if (!std::isfinite(x)) x = 0.f;
+            cache.values[row + d] = x;
+            ref_o[b * kD + d] = x;
+          }
+        }
+        DevicePagedCache dcache(cache);
+        std::vector<float> q = rng.NormalVector(2 * kD);
+        RoundTo(q, qt);
+        DeviceBuffer dq = DeviceBuffer::From(EncodeAs(q, qt));
+        DeviceBuffer dout(q.size() * ElemSize(qt));
+        dout.Poison();
+        kcuda::DecodeScheduleOptions sched;
+        sched.kernel = kernel;
+        auto work = kcuda::PrepareDecode(kv_len, 1, 1, kD, 1, sched, nullptr);
+        const std::string name =
+            absl::StrCat("every ", attnd::kernels::DTypeName(fp8), " code via V, q ",
+                         attnd::kernels::DTypeName(qt),
+                         kernel == Kernel::kTensorCores ? " tc" : " cc", " o exact");
+        if (SkipIfNotBuilt(table, name, work.status(), kD)) continue;
+        GT_STATUS_CHECK(work.status());
+        PagedAttentionParams p;
+        p.kv = dcache.view;
+        p.qo.q = dq.get();
+        p.qo.o = dout.get();
+        p.qo.q_dtype = qt;
+        p.qo.num_qo_heads = 1;
+        p.qo.batch_size = 2;
+        GT_STATUS_CHECK(kcuda::RunPagedDecode(**work, p, nullptr));
+        GT_CUDA_CHECK(cudaDeviceSynchronize());
+        std::vector<uint8_t> raw = dout.Download();
+        std::vector<uint8_t> unwritten = UnwrittenMask(raw, qt);
+        table.Add(name, Compare(DecodeFrom(raw, qt), ref_o, &unwritten), 0.0);
+      }
+    }
   }
 }
 
@@ -180,8 +254,10 @@ void MisalignedInputs(Rng& rng, ResultTable& table, kcuda::DecodeScheduleOptions
   c.options.pos_encoding = PosEncoding::kRopeLlama;
   c.rope_offsets = true;
   const int32_t batch = 2, hq = c.num_kv_heads * c.group;
+  const DType kv_dtype = KvDtypeOf(c);
   HostPagedCache cache =
-      MakeRandomPagedCache(rng, c.kv_len, c.page_size, c.num_kv_heads, d, c.dtype);
+      MakeRandomPagedCache(rng, c.kv_len, c.page_size, c.num_kv_heads, d, kv_dtype);
+  if (attnd::kernels::IsFp8(kv_dtype)) SetFp8Scales(cache, rng, c.per_head_scales);
   DevicePagedCache dcache(cache);
   const size_t q_bytes = static_cast<size_t>(batch) * hq * d * 2;
   DeviceBuffer dq = DeviceBuffer::From(EncodeAs(rng.NormalVector(batch * hq * d + 8), c.dtype));
@@ -257,6 +333,25 @@ std::vector<DecodeCase> SmallCases() {
   v.push_back(c);
   c.fixed_chunk = 16;
   c.options.logits_soft_cap = 20.f;
+  v.push_back(c);
+  // K/V in another type than q: fp8 both formats (per-head and per-tensor scales; split-KV,
+  // RoPE and a soft cap on one), the other 16-bit type.
+  c = DecodeCase();
+  c.kv_len = {1, 7, 40, 300};
+  c.group = 4;
+  c.kv_dtype = DType::kFloat8E4M3;
+  v.push_back(c);
+  c.kv_dtype = DType::kFloat8E5M2;
+  c.dtype = DType::kBFloat16;
+  c.per_head_scales = false;
+  c.fixed_chunk = 16;
+  c.options = Rope();
+  c.options.logits_soft_cap = 20.f;
+  v.push_back(c);
+  c = DecodeCase();
+  c.kv_len = {1, 7, 40, 300};
+  c.group = 4;
+  c.kv_dtype = DType::kBFloat16;
   v.push_back(c);
   return v;
 }
@@ -415,6 +510,65 @@ std::vector<DecodeCase> FullCases(Rng& rng) {
     c.sinks = true;
     v.push_back(c);
   }
+  // K/V stored in another type than q (last, as above): fp8 e4m3 / e5m2 x q fp16 / bf16 x head
+  // dims, group sizes 1..32, page sizes 1 / 3 / 16 / 64 / 256, per-head and per-tensor scales,
+  // with RoPE, soft cap, window, sinks, split-KV (forced and automatic), no LSE; then the other
+  // 16-bit type (CUDA cores: a tensor-core plan falls back).
+  {
+    const DType fp8s[] = {DType::kFloat8E4M3, DType::kFloat8E5M2};
+    const int32_t groups[] = {1, 4, 8, 16, 32, 5};
+    const int32_t pages[] = {1, 3, 16, 64, 256, 16};
+    int n = 0;
+    for (int32_t hd : {64, 128, 256}) {
+      for (DType qt : {DType::kFloat16, DType::kBFloat16}) {
+        for (int variant = 0; variant < 6; ++variant, ++n) {
+          DecodeCase c;
+          c.head_dim = hd;
+          c.dtype = qt;
+          c.kv_dtype = fp8s[n % 2];
+          c.per_head_scales = variant % 3 != 2;
+          c.kv_len = RandomLengths(rng, 5, 1, 900);
+          c.group = groups[variant];
+          c.num_kv_heads = c.group >= 16 ? 1 : 2;
+          c.page_size = pages[(variant + hd / 64) % 6];
+          switch (variant) {
+            case 0: break;
+            case 1:
+              c.options = Rope();
+              c.rope_offsets = true;
+              break;
+            case 2: c.options.logits_soft_cap = 30.f; break;
+            case 3:
+              c.options.window_left = 31;
+              c.sinks = true;
+              break;
+            case 4:
+              c.fixed_chunk = 100;
+              c.lse = false;
+              break;
+            case 5:
+              c.kv_len = {33000, 2};  // the automatic split
+              c.options.sm_scale = 0.05f;
+              break;
+          }
+          v.push_back(c);
+        }
+      }
+    }
+    for (int32_t hd : {64, 128, 256}) {
+      for (DType qt : {DType::kFloat16, DType::kBFloat16}) {
+        DecodeCase c;
+        c.head_dim = hd;
+        c.dtype = qt;
+        c.kv_dtype = qt == DType::kFloat16 ? DType::kBFloat16 : DType::kFloat16;
+        c.kv_len = RandomLengths(rng, 4, 1, 700);
+        c.group = hd == 128 ? 8 : 1;
+        c.options.logits_soft_cap = hd == 64 ? 20.f : 0.f;
+        c.fixed_chunk = hd == 256 ? 64 : 0;
+        v.push_back(c);
+      }
+    }
+  }
   return v;
 }
 
@@ -432,6 +586,7 @@ int main(int argc, char** argv) {
   using Kernel = attnd::kernels::cuda::DecodeScheduleOptions::Kernel;
   MisalignedInputs(rng, table, Kernel::kCudaCores);
   MisalignedInputs(rng, table, Kernel::kTensorCores);
+  Fp8CodesExact(rng, table);
   for (const DecodeCase& c : cases) {
     RunCase(c, rng, table);
     // Both kernels on every case small enough: the automatic choice above, and the other one

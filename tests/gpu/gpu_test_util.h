@@ -29,96 +29,56 @@
 
 #include "absl/status/status.h"
 #include "attnd/kernels/cuda_launch.h"
+#include "attnd/kernels/float_convert.h"
 #include "attnd/kernels/types.h"
 
 namespace attnd::gpu_test {
 
 using attnd::kernels::DType;
 
-#define GT_CUDA_CHECK(expr)                                                              \
-  do {                                                                                   \
-    cudaError_t gt_err_ = (expr);                                                        \
-    if (gt_err_ != cudaSuccess) {                                                        \
-      std::fprintf(stderr, "%s:%d: CUDA error %s (%s) in %s\n", __FILE__, __LINE__,      \
-                   cudaGetErrorName(gt_err_), cudaGetErrorString(gt_err_), #expr);       \
-      std::exit(2);                                                                      \
-    }                                                                                    \
+#define GT_CUDA_CHECK(expr)                                                         \
+  do {                                                                              \
+    cudaError_t gt_err_ = (expr);                                                   \
+    if (gt_err_ != cudaSuccess) {                                                   \
+      std::fprintf(stderr, "%s:%d: CUDA error %s (%s) in %s\n", __FILE__, __LINE__, \
+                   cudaGetErrorName(gt_err_), cudaGetErrorString(gt_err_), #expr);  \
+      std::exit(2);                                                                 \
+    }                                                                               \
   } while (0)
 
 // Exits when a Status-returning call fails (works with absl::Status without including absl).
-#define GT_STATUS_CHECK(expr)                                                            \
-  do {                                                                                   \
-    auto gt_st_ = (expr);                                                                \
-    if (!gt_st_.ok()) {                                                                  \
-      std::fprintf(stderr, "%s:%d: %s failed: %s\n", __FILE__, __LINE__, #expr,          \
-                   std::string(gt_st_.ToString()).c_str());                              \
-      std::exit(2);                                                                      \
-    }                                                                                    \
+#define GT_STATUS_CHECK(expr)                                                   \
+  do {                                                                          \
+    auto gt_st_ = (expr);                                                       \
+    if (!gt_st_.ok()) {                                                         \
+      std::fprintf(stderr, "%s:%d: %s failed: %s\n", __FILE__, __LINE__, #expr, \
+                   std::string(gt_st_.ToString()).c_str());                     \
+      std::exit(2);                                                             \
+    }                                                                           \
   } while (0)
 
 // ---- dtype conversion (host) -----------------------------------------------------------------
-// Round to nearest even, as the device does; via CUDA's host-callable conversions.
-inline uint16_t FloatToHalfBits(float f) {
-  __half h = __float2half_rn(f);
-  __half_raw r = h;
-  return r.x;
-}
-inline float HalfBitsToFloat(uint16_t b) {
-  __half_raw r;
-  r.x = b;
-  return __half2float(__half(r));
-}
-inline uint16_t FloatToBf16Bits(float f) {
-  __nv_bfloat16 h = __float2bfloat16_rn(f);
-  __nv_bfloat16_raw r = h;
-  return r.x;
-}
-inline float Bf16BitsToFloat(uint16_t b) {
-  uint32_t u = static_cast<uint32_t>(b) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-
 inline size_t ElemSize(DType t) { return attnd::kernels::DTypeSize(t); }
 
-// Host float values -> raw bytes of dtype t (fp32, fp16, bf16).
+// Host float values -> raw bytes of dtype t (fp32, fp16, bf16, fp8 e4m3 / e5m2; round to
+// nearest even, fp8 saturating: attnd/kernels/float_convert.h, the CPU reference's own).
 inline std::vector<uint8_t> EncodeAs(const std::vector<float>& x, DType t) {
   std::vector<uint8_t> out(x.size() * ElemSize(t));
-  for (size_t i = 0; i < x.size(); ++i) {
-    if (t == DType::kFloat32) {
-      std::memcpy(&out[i * 4], &x[i], 4);
-    } else {
-      uint16_t b = t == DType::kFloat16 ? FloatToHalfBits(x[i]) : FloatToBf16Bits(x[i]);
-      std::memcpy(&out[i * 2], &b, 2);
-    }
-  }
+  for (size_t i = 0; i < x.size(); ++i) attnd::kernels::StoreFromFloat(out.data(), t, i, x[i]);
   return out;
 }
 
 // Raw bytes of dtype t -> float values.
 inline std::vector<float> DecodeFrom(const std::vector<uint8_t>& raw, DType t) {
-  size_t n = raw.size() / ElemSize(t);
+  const size_t n = raw.size() / ElemSize(t);
   std::vector<float> out(n);
-  for (size_t i = 0; i < n; ++i) {
-    if (t == DType::kFloat32) {
-      std::memcpy(&out[i], &raw[i * 4], 4);
-    } else {
-      uint16_t b;
-      std::memcpy(&b, &raw[i * 2], 2);
-      out[i] = t == DType::kFloat16 ? HalfBitsToFloat(b) : Bf16BitsToFloat(b);
-    }
-  }
+  for (size_t i = 0; i < n; ++i) out[i] = attnd::kernels::LoadAsFloat(raw.data(), t, i);
   return out;
 }
 
 // Rounds every value to dtype t and back, so that the CPU reference sees exactly the stored data.
 inline void RoundTo(std::vector<float>& x, DType t) {
-  if (t == DType::kFloat32) return;
-  for (float& v : x) {
-    v = t == DType::kFloat16 ? HalfBitsToFloat(FloatToHalfBits(v))
-                             : Bf16BitsToFloat(FloatToBf16Bits(v));
-  }
+  for (float& v : x) v = attnd::kernels::RoundTo(t, v);
 }
 
 // True where the raw element still holds the poison pattern (all bytes 0xFF).
@@ -172,7 +132,9 @@ class DeviceBuffer {
 
   void* get() const { return ptr_; }
   template <typename T>
-  T* as() const { return static_cast<T*>(ptr_); }
+  T* as() const {
+    return static_cast<T*>(ptr_);
+  }
   size_t bytes() const { return bytes_; }
 
   // Fills with 0xFF bytes: NaN in fp16/bf16/fp32 and recognisable as "never written".
@@ -187,8 +149,8 @@ class DeviceBuffer {
   template <typename T>
   std::vector<T> DownloadAs() const {
     std::vector<T> h(bytes_ / sizeof(T));
-    if (bytes_) GT_CUDA_CHECK(cudaMemcpy(h.data(), ptr_, h.size() * sizeof(T),
-                                         cudaMemcpyDeviceToHost));
+    if (bytes_)
+      GT_CUDA_CHECK(cudaMemcpy(h.data(), ptr_, h.size() * sizeof(T), cudaMemcpyDeviceToHost));
     return h;
   }
 
@@ -240,11 +202,15 @@ struct HostPagedCache {
   attnd::kernels::PagedKV view;  // geometry and strides; data/page-table pointers unset
   std::vector<float> values;     // [num_pages * 2 * page_size * num_kv_heads * head_dim]
   std::vector<int32_t> kv_len, indptr, indices, last_page_len;
+  // FP8 caches (SetFp8Scales): [num_kv_heads] dequantization scales of K and V (the device view
+  // gets them), and the values they stand for (values x scale, float32 products as the CPU
+  // reference forms them), which the host view reads.
+  std::vector<float> k_scale, v_scale, dequantized;
 
   // The view with host pointers (for the CPU reference, data as float32).
   attnd::kernels::PagedKV HostView() {
     attnd::kernels::PagedKV v = view;
-    v.data = values.data();
+    v.data = dequantized.empty() ? values.data() : dequantized.data();
     v.dtype = DType::kFloat32;
     v.indptr = indptr.data();
     v.indices = indices.data();
@@ -255,8 +221,7 @@ struct HostPagedCache {
 
 inline HostPagedCache MakeRandomPagedCache(Rng& rng, const std::vector<int32_t>& kv_len,
                                            int32_t page_size, int32_t num_kv_heads,
-                                           int32_t head_dim, DType dtype,
-                                           int32_t extra_pages = 3) {
+                                           int32_t head_dim, DType dtype, int32_t extra_pages = 3) {
   HostPagedCache c;
   c.kv_len = kv_len;
   int32_t used = 0;
@@ -283,13 +248,37 @@ inline HostPagedCache MakeRandomPagedCache(Rng& rng, const std::vector<int32_t>&
   c.view.SetNhdStrides();
   c.view.batch_size = static_cast<int32_t>(kv_len.size());
   c.values = rng.NormalVector(static_cast<size_t>(num_pages) * c.view.page_stride);
+  if (attnd::kernels::IsFp8(dtype)) {
+    // Magnitudes over 2^-12 .. 4 (normal, subnormal and the largest exponents of e4m3 after
+    // rounding; subnormal e5m2 too): every conversion path of the kernels sees them.
+    for (float& x : c.values) x = std::ldexp(x, rng.Int(-12, 1));
+  }
   RoundTo(c.values, dtype);
   return c;
 }
 
+// Gives an fp8 cache per-KV-head scales (per_head; else one per tensor, repeated) in [0.25, 4).
+inline void SetFp8Scales(HostPagedCache& c, Rng& rng, bool per_head) {
+  const int32_t h = c.view.num_kv_heads;
+  c.k_scale.assign(h, 0.f);
+  c.v_scale.assign(h, 0.f);
+  for (int32_t i = 0; i < h; ++i) {
+    c.k_scale[i] = per_head || i == 0 ? std::exp2(rng.Uniform(-2.f, 2.f)) : c.k_scale[0];
+    c.v_scale[i] = per_head || i == 0 ? std::exp2(rng.Uniform(-2.f, 2.f)) : c.v_scale[0];
+  }
+  c.dequantized = c.values;
+  const int64_t hd = c.view.head_dim;
+  for (size_t i = 0; i < c.dequantized.size(); ++i) {
+    const int64_t in_page = static_cast<int64_t>(i) % c.view.page_stride;
+    const bool is_v = in_page >= c.view.kv_stride;
+    const int32_t head = static_cast<int32_t>((in_page % c.view.token_stride) / hd);
+    c.dequantized[i] *= is_v ? c.v_scale[head] : c.k_scale[head];
+  }
+}
+
 // The same cache in device memory (data in `dtype`, page table as int32).
 struct DevicePagedCache {
-  DeviceBuffer data, indptr, indices, last_page_len;
+  DeviceBuffer data, indptr, indices, last_page_len, k_scale, v_scale;
   attnd::kernels::PagedKV view;
 
   explicit DevicePagedCache(const HostPagedCache& h)
@@ -297,18 +286,22 @@ struct DevicePagedCache {
         indptr(DeviceBuffer::From(h.indptr)),
         indices(DeviceBuffer::From(h.indices)),
         last_page_len(DeviceBuffer::From(h.last_page_len)),
+        k_scale(DeviceBuffer::From(h.k_scale.empty() ? std::vector<float>(1) : h.k_scale)),
+        v_scale(DeviceBuffer::From(h.v_scale.empty() ? std::vector<float>(1) : h.v_scale)),
         view(h.view) {
     view.data = data.get();
     view.indptr = indptr.as<int32_t>();
     view.indices = indices.as<int32_t>();
     view.last_page_len = last_page_len.as<int32_t>();
+    view.k_scale = h.k_scale.empty() ? nullptr : k_scale.as<float>();
+    view.v_scale = h.v_scale.empty() ? nullptr : v_scale.as<float>();
   }
 };
 
 // Ragged K/V of dense rows [tokens][num_kv_heads][head_dim] (k and v in separate buffers).
 inline attnd::kernels::RaggedKV DenseRaggedKv(const void* k, const void* v, DType dtype,
-                                              int32_t num_kv_heads, int32_t head_dim,
-                                              int32_t batch, const int32_t* indptr) {
+                                              int32_t num_kv_heads, int32_t head_dim, int32_t batch,
+                                              const int32_t* indptr) {
   attnd::kernels::RaggedKV kv;
   kv.k = k;
   kv.v = v;
@@ -324,11 +317,11 @@ inline attnd::kernels::RaggedKV DenseRaggedKv(const void* k, const void* v, DTyp
 
 // ---- comparison ------------------------------------------------------------------------------
 struct Comparison {
-  double rel_l2 = 0;     // ||got - ref||_2 / max(||ref||_2, tiny), over finite reference values
-  double max_abs = 0;    // max |got - ref| over finite reference values
-  int64_t count = 0;     // elements compared
-  int64_t nan = 0;       // got is NaN (never acceptable)
-  int64_t unwritten = 0; // still the poison pattern
+  double rel_l2 = 0;         // ||got - ref||_2 / max(||ref||_2, tiny), over finite reference values
+  double max_abs = 0;        // max |got - ref| over finite reference values
+  int64_t count = 0;         // elements compared
+  int64_t nan = 0;           // got is NaN (never acceptable)
+  int64_t unwritten = 0;     // still the poison pattern
   int64_t inf_mismatch = 0;  // ref is +-inf and got differs, or got is inf where ref is finite
 };
 
@@ -481,8 +474,7 @@ inline bool SkipIfNotBuilt(ResultTable& table, const std::string& name, const ab
 // offending parameter).
 inline bool AddRefusal(ResultTable& table, const std::string& name, const absl::Status& s,
                        absl::StatusCode code, const std::string& field) {
-  const bool pass =
-      s.code() == code && std::string(s.message()).find(field) != std::string::npos;
+  const bool pass = s.code() == code && std::string(s.message()).find(field) != std::string::npos;
   return table.AddCheck(name, pass, std::string(s.ToString()));
 }
 
@@ -521,10 +513,14 @@ inline TestFlags ParseFlags(int argc, char** argv) {
   TestFlags f;
   for (int i = 1; i < argc; ++i) {
     std::string_view a = argv[i];
-    if (a == "--small") f.small = true;
-    else if (a == "--verbose") f.verbose = true;
-    else if (a.substr(0, 7) == "--seed=") f.seed = std::strtoull(argv[i] + 7, nullptr, 10);
-    else std::fprintf(stderr, "ignoring unknown flag %s\n", argv[i]);
+    if (a == "--small")
+      f.small = true;
+    else if (a == "--verbose")
+      f.verbose = true;
+    else if (a.substr(0, 7) == "--seed=")
+      f.seed = std::strtoull(argv[i] + 7, nullptr, 10);
+    else
+      std::fprintf(stderr, "ignoring unknown flag %s\n", argv[i]);
   }
   return f;
 }

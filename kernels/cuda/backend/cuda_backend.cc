@@ -431,6 +431,17 @@ class CudaBackend final : public Backend {
 
   absl::StatusOr<std::unique_ptr<PreparedPlan>> Prepare(PlanSpec spec, Stream* stream) override {
     if (auto s = Enter(); !s.ok()) return s;
+    // FP8 K/V: the decode kernels read it; the prefill kernels (and so cascade levels) read K/V
+    // of q's 16-bit type only. Refused here, before anything is allocated.
+    if (IsFp8(spec.kv_dtype) &&
+        (spec.kind != AttentionKind::kDecode || !spec.cascade_levels.empty())) {
+      return absl::UnimplementedError(absl::StrCat(
+          spec.kind != AttentionKind::kDecode ? "kind=ATTENTION_KIND_PREFILL"
+                                              : "cascade_levels (a cascade plan)",
+          " on a ", DTypeName(spec.kv_dtype),
+          " pool: the CUDA backend runs fp8 K/V in decode plans without cascade levels (prefill, "
+          "append and cascade plans need a float16 or bfloat16 pool)"));
+    }
     if (!spec.cascade_levels.empty()) return PrepareCascade(*this, std::move(spec), stream);
     absl::StatusOr<std::vector<int32_t>> kv_len = CheckedKvLengths(spec);
     if (!kv_len.ok()) return kv_len.status();
@@ -455,12 +466,13 @@ class CudaBackend final : public Backend {
   }
 
   absl::Status AppendKv(const PreparedPlan& plan, const PagedKV& layer, const void* k,
-                        const void* v, Stream* stream) override {
+                        const void* v, DType new_dtype, Stream* stream) override {
     if (auto s = Enter(); !s.ok()) return s;
     // A cascade plan appends to its last level.
     absl::StatusOr<const cuda::CudaPlan*> cp = CheckedPlan(&OwnLevel(plan), layer);
     if (!cp.ok()) return cp.status();
-    return Launched(cuda::LaunchAppendKv((*cp)->AppendParams(layer, k, v), Native(stream)));
+    return Launched(
+        cuda::LaunchAppendKv((*cp)->AppendParams(layer, k, v, new_dtype), Native(stream)));
   }
 
   absl::Status Attention(const RunArgs& args) override {
@@ -474,7 +486,8 @@ class CudaBackend final : public Backend {
     const cuda::CudaPlan& cp = **checked;
     const PlanSpec& ps = cp.spec();
     const cudaStream_t st = Native(args.stream);
-    const AppendKvParams append = cp.AppendParams(args.layer, args.k_new, args.v_new);
+    const AppendKvParams append = cp.AppendParams(args.layer, args.k_new, args.v_new,
+                                                  args.kv_new_dtype.value_or(args.layer.dtype));
     const bool decode = ps.kind == AttentionKind::kDecode;
     const bool upload_offsets =
         args.rope_offsets_host != nullptr && args.options.pos_encoding == PosEncoding::kRopeLlama;
@@ -613,7 +626,8 @@ class CudaBackend final : public Backend {
                                 prop.multiProcessorCount, " SMs)");
     info_.device_ordinal = device_;
     info_.memory_total_bytes = total_b;
-    info_.kv_dtypes = {DType::kFloat16, DType::kBFloat16};
+    // fp8 K/V: decode plans only (Prepare refuses the others).
+    info_.kv_dtypes = {DType::kFloat16, DType::kBFloat16, DType::kFloat8E4M3, DType::kFloat8E5M2};
     info_.q_dtypes = {DType::kFloat16, DType::kBFloat16};
 #ifdef ATTND_CUDA_HD64
     info_.head_dims.push_back(64);

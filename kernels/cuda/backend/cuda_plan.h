@@ -89,11 +89,13 @@ class CudaPlan final : public PreparedPlan {
     return kv;
   }
   // New K/V rows of the plan's query tokens (qo_indptr) into the layer.
-  AppendKvParams AppendParams(const PagedKV& layer, const void* k, const void* v) const {
+  AppendKvParams AppendParams(const PagedKV& layer, const void* k, const void* v,
+                              DType new_dtype) const {
     AppendKvParams p;
     p.kv = WithPageTable(layer);
     p.k = k;
     p.v = v;
+    p.new_dtype = new_dtype;
     p.new_indptr = d_qo_indptr;
     return p;
   }

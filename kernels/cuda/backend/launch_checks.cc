@@ -74,8 +74,10 @@ absl::Status HeadDim(absl::string_view op, int32_t head_dim) {
       StrCat(op, ": head_dim=", head_dim, " is not compiled (ATTND_CUDA_HEAD_DIMS)"));
 }
 
-// The attention kernels: q, o and K/V in one 16-bit dtype.
-absl::Status AttentionDtypes(absl::string_view op, DType q_dtype, DType kv_dtype) {
+// The attention kernels: q and o fp16 or bf16; K/V of q's type, or for decode (kv_may_differ)
+// the other 16-bit type or fp8 e4m3 / e5m2.
+absl::Status AttentionDtypes(absl::string_view op, DType q_dtype, DType kv_dtype,
+                             bool kv_may_differ) {
   if (DTypeSize(q_dtype) == 0 || DTypeSize(kv_dtype) == 0) {
     return InvalidArgumentError(StrCat(op, ": unknown dtype (q ", static_cast<int>(q_dtype),
                                        ", kv ", static_cast<int>(kv_dtype), ")"));
@@ -84,11 +86,19 @@ absl::Status AttentionDtypes(absl::string_view op, DType q_dtype, DType kv_dtype
     return UnimplementedError(
         StrCat(op, ": q dtype ", DTypeName(q_dtype), " (the CUDA kernels take fp16 and bf16)"));
   }
-  if (kv_dtype != q_dtype) {
-    return UnimplementedError(StrCat(op, ": kv dtype ", DTypeName(kv_dtype),
-                                     " differs from q dtype ", DTypeName(q_dtype)));
+  if (kv_dtype == q_dtype) return absl::OkStatus();
+  if (kv_may_differ &&
+      (kv_dtype == DType::kFloat16 || kv_dtype == DType::kBFloat16 || IsFp8(kv_dtype))) {
+    return absl::OkStatus();
   }
-  return absl::OkStatus();
+  if (kv_dtype == DType::kFloat32) {
+    return UnimplementedError(
+        StrCat(op, ": kv dtype float32 (the CUDA kernels read fp16, bf16 and fp8 K/V)"));
+  }
+  return UnimplementedError(StrCat(op, ": kv dtype ", DTypeName(kv_dtype), " with q dtype ",
+                                   DTypeName(q_dtype),
+                                   " (the CUDA prefill kernels read K/V of q's type; fp8 and "
+                                   "mixed 16-bit K/V run in decode plans)"));
 }
 
 absl::Status Options(absl::string_view op, const AttentionOptions& o) {
@@ -165,9 +175,12 @@ absl::Status PagedLayout(absl::string_view op, const PagedKV& kv) {
   if (kv.page_size <= 0) {
     return InvalidArgumentError(StrCat(op, ": kv.page_size=", kv.page_size, " must be > 0"));
   }
-  if (kv.k_scale != nullptr || kv.v_scale != nullptr) {  // FP8 storage: not on CUDA yet
-    return UnimplementedError(StrCat(op, ": kv.k_scale / kv.v_scale (fp8 KV) are not supported"));
+  if ((kv.k_scale != nullptr || kv.v_scale != nullptr) && !IsFp8(kv.dtype)) {
+    return InvalidArgumentError(StrCat(op, ": kv.k_scale / kv.v_scale are set on a ",
+                                       DTypeName(kv.dtype), " cache (fp8 caches only)"));
   }
+  if (auto s = Aligned(op, "kv.k_scale", kv.k_scale, sizeof(float)); !s.ok()) return s;
+  if (auto s = Aligned(op, "kv.v_scale", kv.v_scale, sizeof(float)); !s.ok()) return s;
   if (kv.num_kv_heads <= 0 || kv.head_dim <= 0) {
     return InvalidArgumentError(StrCat(op, ": kv.num_kv_heads=", kv.num_kv_heads,
                                        ", kv.head_dim=", kv.head_dim, " must be > 0"));
@@ -197,9 +210,10 @@ absl::Status SameBatch(absl::string_view op, int32_t kv_batch, int32_t qo_batch)
 
 // What every attention run checks: dtypes, head_dim, the plan's shape, the options, q/o/lse.
 absl::Status AttentionCall(absl::string_view op, const PlanShape& plan, const QueryOutput& qo,
-                           DType kv_dtype, int32_t num_kv_heads, int32_t head_dim,
-                           int32_t kv_batch_size, const AttentionOptions& options) {
-  if (auto s = AttentionDtypes(op, qo.q_dtype, kv_dtype); !s.ok()) return s;
+                           DType kv_dtype, bool kv_may_differ, int32_t num_kv_heads,
+                           int32_t head_dim, int32_t kv_batch_size,
+                           const AttentionOptions& options) {
+  if (auto s = AttentionDtypes(op, qo.q_dtype, kv_dtype, kv_may_differ); !s.ok()) return s;
   if (auto s = HeadDim(op, head_dim); !s.ok()) return s;
   if (auto s = MatchesPlan(op, plan, qo.batch_size, qo.num_qo_heads, num_kv_heads, head_dim);
       !s.ok()) {
@@ -212,10 +226,10 @@ absl::Status AttentionCall(absl::string_view op, const PlanShape& plan, const Qu
 
 // Decode and paged prefill: the attention call over the paged cache.
 absl::Status PagedAttention(absl::string_view op, const PlanShape& plan,
-                            const PagedAttentionParams& p) {
+                            const PagedAttentionParams& p, bool kv_may_differ) {
   const PagedKV& kv = p.kv;
-  if (auto s = AttentionCall(op, plan, p.qo, kv.dtype, kv.num_kv_heads, kv.head_dim, kv.batch_size,
-                             p.options);
+  if (auto s = AttentionCall(op, plan, p.qo, kv.dtype, kv_may_differ, kv.num_kv_heads, kv.head_dim,
+                             kv.batch_size, p.options);
       !s.ok()) {
     return s;
   }
@@ -301,12 +315,12 @@ absl::Status DecodeRun(const PlanShape& plan, const PagedAttentionParams& params
     return InvalidArgumentError(
         "decode: a custom mask needs a prefill plan (the decode kernels apply none)");
   }
-  return PagedAttention("decode", plan, params);
+  return PagedAttention("decode", plan, params, /*kv_may_differ=*/true);
 }
 
 absl::Status PagedPrefillRun(const PlanShape& plan, const PagedAttentionParams& params) {
   constexpr absl::string_view op = "prefill";
-  if (auto s = PagedAttention(op, plan, params); !s.ok()) return s;
+  if (auto s = PagedAttention(op, plan, params, /*kv_may_differ=*/false); !s.ok()) return s;
   return IntArray(op, "qo.qo_indptr", params.qo.qo_indptr);
 }
 
@@ -317,8 +331,8 @@ absl::Status RaggedPrefillRun(const PlanShape& plan, const RaggedAttentionParams
   }
   const QueryOutput& qo = params.qo;
   const RaggedKV& kv = params.kv;
-  if (auto s = AttentionCall(op, plan, qo, kv.dtype, kv.num_kv_heads, kv.head_dim, kv.batch_size,
-                             params.options);
+  if (auto s = AttentionCall(op, plan, qo, kv.dtype, /*kv_may_differ=*/false, kv.num_kv_heads,
+                             kv.head_dim, kv.batch_size, params.options);
       !s.ok()) {
     return s;
   }
@@ -336,6 +350,12 @@ absl::Status AppendKv(const AppendKvParams& params) {
   const PagedKV& kv = params.kv;
   if (kv.batch_size == 0) return absl::OkStatus();  // nothing to launch
   if (auto s = PagedLayout(op, kv); !s.ok()) return s;
+  if (!AppendRowsAccepted(kv.dtype, params.new_dtype)) {
+    return InvalidArgumentError(StrCat(op, ": new rows in ", DTypeName(params.new_dtype), " for a ",
+                                       DTypeName(kv.dtype),
+                                       " cache (its own type, or fp32/fp16/bf16 on an fp8 "
+                                       "cache)"));
+  }
   if (auto s = Tensor(op, "k", params.k, kVectorBytes); !s.ok()) return s;
   if (auto s = Tensor(op, "v", params.v, kVectorBytes); !s.ok()) return s;
   return Aligned(op, "new_indptr", params.new_indptr, sizeof(int32_t));

@@ -33,18 +33,21 @@ __device__ __forceinline__ int64_t PagedRowOffset(int page, int slot, int64_t pa
 // The page walk of the decode kernels: streams the K/V rows [start, end) of one request and one
 // KV head through a ring of shared-memory stages of kTokens tokens, [2 (K, V)][kTokens][D] each
 // (16-byte chunks swizzled by Swz<D> when kSwizzle, for ldmatrix; linear otherwise), with
-// cp.async (zero-filled past `end`). Copy i < kLoads of thread tid is chunk c % (D/8) of token
-// c / (D/8) of the stage, c = tid + i * kThreads. The page ids of a stage's tokens are fetched
-// one stage ahead of its copies (Fetch into registers) so that the dependent page-table load
-// does not stall the warp before its cp.async.
+// cp.async (zero-filled past `end`). T: the stored element (16-bit, or fp8: 16 per chunk).
+// Copy i < kLoads of thread tid is chunk c % kChunks of token c / kChunks of the stage, c = tid
+// + i * kThreads. The page ids of a stage's tokens are fetched one stage ahead of its copies
+// (Fetch into registers) so that the dependent page-table load does not stall the warp before
+// its cp.async.
 //
-// kTokenMajor picks how that index is written: tid / (D/8) + i * (kThreads / (D/8)) (true) or
-// (tid + i * kThreads) / (D/8) (false). They are the same numbers (kThreads % (D/8) == 0); the
+// kTokenMajor picks how that index is written: tid / kChunks + i * (kThreads / kChunks) (true) or
+// (tid + i * kThreads) / kChunks (false). They are the same numbers (kThreads % kChunks == 0); the
 // choice only steers ptxas, and each kernel takes the form it allocates fewer registers for
 // (CUDA-core decode: true, tensor-core decode: false; docs/bench-runs/2026-12-01-ptxas-*.txt).
 template <typename T, int D, int kTokens, int kThreads, bool kSwizzle, bool kTokenMajor>
 struct PagedKvStage {
-  static constexpr int kChunks = D / 8;  // 16-byte chunks per row
+  static constexpr int kVecElems = 16 / static_cast<int>(sizeof(T));  // elements per chunk
+  static constexpr int kChunks = D / kVecElems;                       // 16-byte chunks per row
+  static_assert(!kSwizzle || sizeof(T) == 2, "Swz<D> addresses 16-bit tiles");
   static constexpr int kRowsPerPass = kThreads / kChunks;
   static constexpr int kLoads = kTokens * kChunks / kThreads;  // copies per thread (K and V each)
   static_assert(kThreads % kChunks == 0 && kTokens * kChunks % kThreads == 0,
@@ -59,13 +62,12 @@ struct PagedKvStage {
 
   // pages[i] = page id of the token of copy i of the stage starting at stage_start (0 past end).
   static __device__ __forceinline__ void Fetch(int (&pages)[kLoads], const PagedKvParams& kv,
-                                               int page_begin, int stage_start, int end,
-                                               int tid) {
+                                               int page_begin, int stage_start, int end, int tid) {
 #pragma unroll
     for (int i = 0; i < kLoads; ++i) {
       const int t = stage_start + Token(tid, i);
-      pages[i] = t < end ? kv.indices[page_begin + PageOfToken(t, kv.page_div_m, kv.page_div_s)]
-                         : 0;
+      pages[i] =
+          t < end ? kv.indices[page_begin + PageOfToken(t, kv.page_div_m, kv.page_div_s)] : 0;
     }
   }
 
@@ -74,8 +76,7 @@ struct PagedKvStage {
   // kv_head * head_stride.
   static __device__ __forceinline__ void Copy(T* stage_k, const int (&pages)[kLoads],
                                               const PagedKvParams& kv, const T* base,
-                                              int64_t head_off, int stage_start, int end,
-                                              int tid) {
+                                              int64_t head_off, int stage_start, int end, int tid) {
 #pragma unroll
     for (int i = 0; i < kLoads; ++i) {
       const int tok = Token(tid, i);
@@ -85,11 +86,11 @@ struct PagedKvStage {
       const T* src_k = base;
       if (valid) {
         const int slot = t - PageOfToken(t, kv.page_div_m, kv.page_div_s) * kv.page_size;
-        src_k = base + PagedRowOffset(pages[i], slot, kv.page_stride, kv.token_stride) +
-                head_off + ch * 8;
+        src_k = base + PagedRowOffset(pages[i], slot, kv.page_stride, kv.token_stride) + head_off +
+                ch * kVecElems;
       }
       const T* src_v = valid ? src_k + kv.kv_stride : base;
-      const int off = kSwizzle ? Swz<D>(tok, ch) : tok * D + ch * 8;
+      const int off = kSwizzle ? Swz<D>(tok, ch) : tok * D + ch * kVecElems;
       CpAsync16(stage_k + off, src_k, valid);
       CpAsync16(stage_k + kTokens * D + off, src_v, valid);
     }

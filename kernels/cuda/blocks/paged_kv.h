@@ -32,16 +32,29 @@ struct PagedKvParams {
   const int32_t* indptr = nullptr;         // [batch + 1]
   const int32_t* indices = nullptr;        // [indptr[batch]]
   const int32_t* last_page_len = nullptr;  // [batch]
+  // FP8 storage: the layer's dequantization scales, [num_kv_heads] float32, or null = 1
+  // (PagedKV.k_scale / v_scale); the kernels fold K's into the logit scale and V's into o.
+  const float* k_scale = nullptr;
+  const float* v_scale = nullptr;
 };
 
 // The kernels' view of a layer with its page table (host): the PagedKV fields plus the page
 // divisor of its page size.
 inline PagedKvParams MakePagedKvParams(const PagedKV& kv) {
   const PageDivisor div = MakePageDivisor(kv.page_size);
-  return {.data = kv.data, .page_stride = kv.page_stride, .kv_stride = kv.kv_stride,
-          .token_stride = kv.token_stride, .head_stride = kv.head_stride,
-          .page_size = kv.page_size, .page_div_m = div.m, .page_div_s = div.s,
-          .indptr = kv.indptr, .indices = kv.indices, .last_page_len = kv.last_page_len};
+  return {.data = kv.data,
+          .page_stride = kv.page_stride,
+          .kv_stride = kv.kv_stride,
+          .token_stride = kv.token_stride,
+          .head_stride = kv.head_stride,
+          .page_size = kv.page_size,
+          .page_div_m = div.m,
+          .page_div_s = div.s,
+          .indptr = kv.indptr,
+          .indices = kv.indices,
+          .last_page_len = kv.last_page_len,
+          .k_scale = kv.k_scale,
+          .v_scale = kv.v_scale};
 }
 
 }  // namespace attnd::kernels::cuda::internal

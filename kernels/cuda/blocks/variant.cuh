@@ -19,6 +19,17 @@ __device__ __forceinline__ float Log2Logit(float raw, const LogitScale& ls) {
   return ls.post * CapLogit(raw, ls);
 }
 
+// The logit scale of raw logits r * k (k > 0: a factor of every key, FP8 K's dequantization
+// scale): the same transform with k folded into the first multiply.
+__device__ __forceinline__ LogitScale ScaleRawLogit(LogitScale ls, float k) {
+  if (ls.soft_cap) {
+    ls.pre *= k;
+  } else {
+    ls.post *= k;
+  }
+  return ls;
+}
+
 // First kv position visible from query position q_pos when scanning from `begin`: the sliding
 // window keeps [q_pos - window_left, q_pos].
 __device__ __forceinline__ int FirstVisibleKv(const VariantParams& v, int q_pos, int begin) {

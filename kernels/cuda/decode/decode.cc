@@ -52,41 +52,79 @@ void DecodeWorkDeleter::operator()(DecodeWork* w) const { delete w; }
 
 namespace {
 
-template <DType kDType>
+template <DType kQ, DType kKv>
 cudaError_t DispatchHeadDim(int32_t head_dim, const DecodeKernelParams& params, int num_items,
                             int num_kv_heads, int head_tile, cudaStream_t stream) {
   switch (head_dim) {
 #ifdef ATTND_CUDA_HD64
     case 64:
-      return internal::LaunchDecodeKernel<kDType, 64>(params, num_items, num_kv_heads, head_tile,
-                                                      stream);
+      return internal::LaunchDecodeKernel<kQ, kKv, 64>(params, num_items, num_kv_heads, head_tile,
+                                                       stream);
 #endif
 #ifdef ATTND_CUDA_HD128
     case 128:
-      return internal::LaunchDecodeKernel<kDType, 128>(params, num_items, num_kv_heads, head_tile,
-                                                       stream);
+      return internal::LaunchDecodeKernel<kQ, kKv, 128>(params, num_items, num_kv_heads, head_tile,
+                                                        stream);
 #endif
 #ifdef ATTND_CUDA_HD256
     case 256:
-      return internal::LaunchDecodeKernel<kDType, 256>(params, num_items, num_kv_heads, head_tile,
-                                                       stream);
+      return internal::LaunchDecodeKernel<kQ, kKv, 256>(params, num_items, num_kv_heads, head_tile,
+                                                        stream);
 #endif
     default: return cudaErrorInvalidValue;
   }
 }
 
-template <DType kDType>
+template <DType kQ, DType kKv>
 cudaError_t DispatchTcHeadDim(int32_t head_dim, const DecodeKernelParams& params, int num_items,
                               int num_kv_heads, cudaStream_t stream) {
   switch (head_dim) {
 #ifdef ATTND_CUDA_HD64
     case 64:
-      return internal::LaunchDecodeTcKernel<kDType, 64>(params, num_items, num_kv_heads, stream);
+      return internal::LaunchDecodeTcKernel<kQ, kKv, 64>(params, num_items, num_kv_heads, stream);
 #endif
 #ifdef ATTND_CUDA_HD128
     case 128:
-      return internal::LaunchDecodeTcKernel<kDType, 128>(params, num_items, num_kv_heads, stream);
+      return internal::LaunchDecodeTcKernel<kQ, kKv, 128>(params, num_items, num_kv_heads, stream);
 #endif
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+// The tensor-core kernel reads K/V of q's type or fp8 (its mma operands share one 16-bit type);
+// another 16-bit K/V type runs on the CUDA-core kernel, which converts every element to fp32.
+bool TcReadsKv(DType q_dtype, DType kv_dtype) { return kv_dtype == q_dtype || IsFp8(kv_dtype); }
+
+template <DType kQ, DType kKv>
+cudaError_t LaunchDecodeFor(bool tensor_cores, int32_t head_dim, const DecodeKernelParams& params,
+                            int num_items, int num_kv_heads, int head_tile, cudaStream_t stream) {
+  if (tensor_cores) {
+    if constexpr (kQ == kKv || IsFp8(kKv)) {
+      return DispatchTcHeadDim<kQ, kKv>(head_dim, params, num_items, num_kv_heads, stream);
+    }
+    return cudaErrorInvalidValue;
+  }
+  return DispatchHeadDim<kQ, kKv>(head_dim, params, num_items, num_kv_heads, head_tile, stream);
+}
+template <DType kQ>
+cudaError_t LaunchDecodeForKv(DType kv_dtype, bool tensor_cores, int32_t head_dim,
+                              const DecodeKernelParams& params, int num_items, int num_kv_heads,
+                              int head_tile, cudaStream_t stream) {
+  constexpr auto kF16 = DType::kFloat16, kBF16 = DType::kBFloat16;
+  constexpr auto kE4m3 = DType::kFloat8E4M3, kE5m2 = DType::kFloat8E5M2;
+  switch (kv_dtype) {
+    case kF16:
+      return LaunchDecodeFor<kQ, kF16>(tensor_cores, head_dim, params, num_items, num_kv_heads,
+                                       head_tile, stream);
+    case kBF16:
+      return LaunchDecodeFor<kQ, kBF16>(tensor_cores, head_dim, params, num_items, num_kv_heads,
+                                        head_tile, stream);
+    case kE4m3:
+      return LaunchDecodeFor<kQ, kE4m3>(tensor_cores, head_dim, params, num_items, num_kv_heads,
+                                        head_tile, stream);
+    case kE5m2:
+      return LaunchDecodeFor<kQ, kE5m2>(tensor_cores, head_dim, params, num_items, num_kv_heads,
+                                        head_tile, stream);
     default: return cudaErrorInvalidValue;
   }
 }
@@ -95,23 +133,29 @@ cudaError_t Occupancy(int32_t head_dim, bool tensor_cores, int head_tile, int* c
   if (tensor_cores) {
     switch (head_dim) {
 #ifdef ATTND_CUDA_HD64
-      case 64: return internal::DecodeTcKernelOccupancy<DType::kFloat16, 64>(ctas);
+      case 64: return internal::DecodeTcKernelOccupancy<DType::kFloat16, DType::kFloat16, 64>(ctas);
 #endif
 #ifdef ATTND_CUDA_HD128
-      case 128: return internal::DecodeTcKernelOccupancy<DType::kFloat16, 128>(ctas);
+      case 128:
+        return internal::DecodeTcKernelOccupancy<DType::kFloat16, DType::kFloat16, 128>(ctas);
 #endif
       default: return cudaErrorInvalidValue;
     }
   }
   switch (head_dim) {
 #ifdef ATTND_CUDA_HD64
-    case 64: return internal::DecodeKernelOccupancy<DType::kFloat16, 64>(head_tile, ctas);
+    case 64:
+      return internal::DecodeKernelOccupancy<DType::kFloat16, DType::kFloat16, 64>(head_tile, ctas);
 #endif
 #ifdef ATTND_CUDA_HD128
-    case 128: return internal::DecodeKernelOccupancy<DType::kFloat16, 128>(head_tile, ctas);
+    case 128:
+      return internal::DecodeKernelOccupancy<DType::kFloat16, DType::kFloat16, 128>(head_tile,
+                                                                                    ctas);
 #endif
 #ifdef ATTND_CUDA_HD256
-    case 256: return internal::DecodeKernelOccupancy<DType::kFloat16, 256>(head_tile, ctas);
+    case 256:
+      return internal::DecodeKernelOccupancy<DType::kFloat16, DType::kFloat16, 256>(head_tile,
+                                                                                    ctas);
 #endif
     default: return cudaErrorInvalidValue;
   }
@@ -224,27 +268,28 @@ absl::Status RunPagedDecode(const DecodeWork& work, const PagedAttentionParams& 
   const QueryOutput& qo = params.qo;
   const PagedKV& kv = params.kv;
 
-  const DecodeKernelParams p{.q = qo.q,
-                             .o = qo.o,
-                             .lse = qo.lse,
-                             .kv = internal::MakePagedKvParams(kv),
-                             .num_qo_heads = work.shape.num_qo_heads,
-                             .group = work.group,
-                             .head_tiles = work.head_tiles,
-                             .items = work.d_items,
-                             .partial_o = work.d_partial_o,
-                             .partial_lse = work.d_partial_lse,
-                             .variant = internal::ResolveVariant(params.options, kv.head_dim)};
+  // A tensor-core plan whose K/V type that kernel does not read takes the CUDA-core kernel (same
+  // work items; its own head tiles).
+  const bool tensor_cores = work.tensor_cores && TcReadsKv(qo.q_dtype, kv.dtype);
+  const int32_t head_tile = tensor_cores ? work.head_tile : internal::DecodeHeadTile(work.group);
+  DecodeKernelParams p{.q = qo.q,
+                       .o = qo.o,
+                       .lse = qo.lse,
+                       .kv = internal::MakePagedKvParams(kv),
+                       .num_qo_heads = work.shape.num_qo_heads,
+                       .group = work.group,
+                       .head_tiles = (work.group + head_tile - 1) / head_tile,
+                       .items = work.d_items,
+                       .partial_o = work.d_partial_o,
+                       .partial_lse = work.d_partial_lse,
+                       .variant = internal::ResolveVariant(params.options, kv.head_dim)};
   const int num_items = static_cast<int>(work.schedule.items.size());
   const int32_t hd = kv.head_dim, hkv = work.shape.num_kv_heads;
-  const bool fp16 = kv.dtype == DType::kFloat16;
-  constexpr DType kF16 = DType::kFloat16, kBF16 = DType::kBFloat16;
-  const cudaError_t e =
-      work.tensor_cores
-          ? (fp16 ? DispatchTcHeadDim<kF16>(hd, p, num_items, hkv, stream)
-                  : DispatchTcHeadDim<kBF16>(hd, p, num_items, hkv, stream))
-          : (fp16 ? DispatchHeadDim<kF16>(hd, p, num_items, hkv, work.head_tile, stream)
-                  : DispatchHeadDim<kBF16>(hd, p, num_items, hkv, work.head_tile, stream));
+  const cudaError_t e = qo.q_dtype == DType::kFloat16
+                            ? LaunchDecodeForKv<DType::kFloat16>(kv.dtype, tensor_cores, hd, p,
+                                                                 num_items, hkv, head_tile, stream)
+                            : LaunchDecodeForKv<DType::kBFloat16>(
+                                  kv.dtype, tensor_cores, hd, p, num_items, hkv, head_tile, stream);
   ATTND_RETURN_IF_CUDA_ERROR(e, absl::StrCat("decode kernel launch (head_dim ", kv.head_dim, ")"));
   if (work.schedule.split) {
     // The partial states of the split requests -> o, lse (single-chunk requests were written).
@@ -258,7 +303,7 @@ absl::Status RunPagedDecode(const DecodeWork& work, const PagedAttentionParams& 
                                         .state_indptr = work.d_chunk_indptr,
                                         .skip_single = 1,
                                         .sinks = p.variant.sinks};
-    ATTND_RETURN_IF_CUDA_ERROR(internal::LaunchDecodeMergeKernel(m, kv.dtype, stream),
+    ATTND_RETURN_IF_CUDA_ERROR(internal::LaunchDecodeMergeKernel(m, qo.q_dtype, stream),
                                "decode merge kernel launch");
   }
   return absl::OkStatus();

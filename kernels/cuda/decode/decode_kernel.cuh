@@ -16,7 +16,11 @@
 // copy of the stage's K, and q is rotated in fp32 registers: no rotated value is rounded to the
 // 16-bit type (NUMERICS.md). Building blocks: the page walk (blocks/paged_kv.cuh), the softmax
 // state and its merge (blocks/softmax_state.cuh), logits and window (blocks/variant.cuh), RoPE
-// (blocks/rope.cuh).
+// (blocks/rope.cuh), the K/V element types (blocks/kv_convert.cuh).
+//
+// K/V may be stored in another type than q/o (Tkv: fp16, bf16, fp8 e4m3 / e5m2): every element
+// is converted to fp32 where it is read. FP8 scales: K's multiplies q once (q . k8 ks = (q ks) .
+// k8), V's multiplies o before the merge; both per KV head (the CTA's).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -25,6 +29,7 @@
 
 #include <cstdint>
 
+#include "blocks/kv_convert.cuh"
 #include "blocks/paged_kv.cuh"
 #include "blocks/ptx.cuh"
 #include "blocks/rope.cuh"
@@ -36,34 +41,33 @@
 
 namespace attnd::kernels::cuda::internal {
 
-template <int D, int TILE>
+// kKvBytes: bytes of a stored K/V element (2, or 1 for fp8: twice the tokens per stage).
+template <int D, int TILE, int kKvBytes = 2>
 struct DecodeTraits {
   static_assert(D % 16 == 0 && D >= 64 && D <= 256, "head_dim 64..256, multiple of 16");
-  static constexpr int kVec = 8;  // 16-bit elements per 16-byte vector
+  static constexpr int kVec = 8;  // elements of a K/V row per thread (tx)
   static constexpr int kBdx = D / kVec;
   static constexpr int kBdy = TILE;
   static constexpr int kBdz = (kBdx * kBdy >= 128) ? 1 : 128 / (kBdx * kBdy);
   static constexpr int kThreads = kBdx * kBdy * kBdz;
   // Resident CTAs the register allocation must allow (~640 threads per SM: <= 102 registers).
   static constexpr int kMinBlocks = 640 / kThreads > 0 ? 640 / kThreads : 1;
-  // ~8 KB of K+V per stage: 16 tokens at D = 128.
-  static constexpr int kTokensTarget = 8192 / (4 * D);
+  // ~8 KB of K+V per stage: 16 tokens at D = 128 (32 in fp8).
+  static constexpr int kTokensTarget = 8192 / (2 * kKvBytes * D);
   static constexpr int kTokensPerZ = kTokensTarget / kBdz > 0 ? kTokensTarget / kBdz : 1;
   static constexpr int kTokensPerStage = kTokensPerZ * kBdz;
   static constexpr int kStages = 4;
-  static constexpr int kLoadsPerThread = kTokensPerStage * kBdx / kThreads;
   static constexpr int kSmemElems = kStages * 2 * kTokensPerStage * D;
-  static_assert(kTokensPerStage * kBdx % kThreads == 0, "whole copies per thread");
   static_assert(kThreads % kBdx == 0 && 32 % kBdx == 0, "tx groups within a warp");
   // The cross-tz merge reuses the pipeline buffer: o [BDZ][BDY][D] and (m, d) [BDZ][BDY][2].
-  static_assert((kBdz * kBdy * (D + 2)) * 4 <= kSmemElems * 2, "merge scratch fits");
+  static_assert((kBdz * kBdy * (D + 2)) * 4 <= kSmemElems * kKvBytes, "merge scratch fits");
 };
 
-template <typename T, int D, int TILE, bool kRope>
-__global__ void __launch_bounds__(DecodeTraits<D, TILE>::kThreads,
-                                  DecodeTraits<D, TILE>::kMinBlocks)
+template <typename T, typename Tkv, int D, int TILE, bool kRope>
+__global__ void __launch_bounds__(DecodeTraits<D, TILE, sizeof(Tkv)>::kThreads,
+                                  DecodeTraits<D, TILE, sizeof(Tkv)>::kMinBlocks)
     BatchDecodeKernel(const __grid_constant__ DecodeKernelParams p) {
-  using Tr = DecodeTraits<D, TILE>;
+  using Tr = DecodeTraits<D, TILE, sizeof(Tkv)>;
   constexpr int BDX = Tr::kBdx;
   constexpr int BDY = Tr::kBdy;
   constexpr int BDZ = Tr::kBdz;
@@ -73,7 +77,7 @@ __global__ void __launch_bounds__(DecodeTraits<D, TILE>::kThreads,
   constexpr int STAGES = Tr::kStages;
   constexpr int HALF_CH = BDX / 2;  // 16-byte vectors in half a head (RoPE pairs)
 
-  __shared__ __align__(16) T smem[Tr::kSmemElems];  // [STAGES][2 (K, V)][TPS][D]
+  __shared__ __align__(16) Tkv smem[Tr::kSmemElems];  // [STAGES][2 (K, V)][TPS][D]
   // kRope: the current stage's K rows, rotated, in fp32 ([TPS][D]).
   __shared__ __align__(16) float krot[kRope ? TPS * D : 4];
 
@@ -114,6 +118,11 @@ __global__ void __launch_bounds__(DecodeTraits<D, TILE>::kThreads,
         q[k] = q[k] * c + sign * partner[k] * s;
       }
     }
+    if constexpr (kIsFp8<Tkv>) {
+      const float ks = KvScale(p.kv.k_scale, kv_head);
+#pragma unroll
+      for (int k = 0; k < 8; ++k) q[k] *= ks;
+    }
   }
 
   // RoPE frequencies of the K pairs this thread rotates in shared memory (pair chunk
@@ -130,9 +139,9 @@ __global__ void __launch_bounds__(DecodeTraits<D, TILE>::kThreads,
   const int n_tokens = max(end - start, 0);
   const int iters = (n_tokens + TPS - 1) / TPS;
   // K/V stages: [STAGES][2 (K, V)][TPS][D] in smem, slot `it % STAGES` for stage `it`.
-  const T* kv = static_cast<const T*>(p.kv.data);
+  const Tkv* kv = static_cast<const Tkv*>(p.kv.data);
   const int64_t head_off = static_cast<int64_t>(kv_head) * p.kv.head_stride;
-  using Stage = PagedKvStage<T, D, TPS, NT, /*kSwizzle=*/false, /*kTokenMajor=*/true>;
+  using Stage = PagedKvStage<Tkv, D, TPS, NT, /*kSwizzle=*/false, /*kTokenMajor=*/true>;
   int pages[Stage::kLoads];  // page ids of the next stage to issue (fetched a stage ahead)
   auto fetch_pages = [&](int it) {
     Stage::Fetch(pages, p.kv, page_begin, start + it * TPS, end, tid);
@@ -160,8 +169,8 @@ __global__ void __launch_bounds__(DecodeTraits<D, TILE>::kThreads,
       fetch_pages(next + 1);  // in flight while this stage is computed
     }
     const int slot = it % STAGES;
-    T* sk = smem + (slot * 2 + 0) * TPS * D;
-    const T* sv = smem + (slot * 2 + 1) * TPS * D;
+    const Tkv* sk = smem + (slot * 2 + 0) * TPS * D;
+    const Tkv* sv = smem + (slot * 2 + 1) * TPS * D;
     const int stage_start = start + it * TPS;
 
     if constexpr (kRope) {  // rotate this stage's K rows into krot, once for all query heads
@@ -171,8 +180,8 @@ __global__ void __launch_bounds__(DecodeTraits<D, TILE>::kThreads,
         const int t = stage_start + tok;
         if (t >= end) continue;  // its logit is masked below; krot keeps stale finite values
         float lo[8], hi[8];
-        Vec8<T>::ToFloat(*reinterpret_cast<const uint4*>(sk + tok * D + c * 8), lo);
-        Vec8<T>::ToFloat(*reinterpret_cast<const uint4*>(sk + tok * D + D / 2 + c * 8), hi);
+        LoadKvAsFloat8(sk + tok * D + c * 8, lo);
+        LoadKvAsFloat8(sk + tok * D + D / 2 + c * 8, hi);
         RotateHalfPairs8(lo, hi, t + rope_offset, kfreq);
         float4* lo_dst = reinterpret_cast<float4*>(krot + tok * D + c * 8);
         float4* hi_dst = reinterpret_cast<float4*>(krot + tok * D + D / 2 + c * 8);
@@ -196,7 +205,7 @@ __global__ void __launch_bounds__(DecodeTraits<D, TILE>::kThreads,
         kf[0] = a.x, kf[1] = a.y, kf[2] = a.z, kf[3] = a.w;
         kf[4] = b.x, kf[5] = b.y, kf[6] = b.z, kf[7] = b.w;
       } else {
-        Vec8<T>::ToFloat(*reinterpret_cast<const uint4*>(sk + tok * D + tx * 8), kf);
+        LoadKvAsFloat8(sk + tok * D + tx * 8, kf);
       }
       float acc = 0.f;
 #pragma unroll
@@ -213,14 +222,19 @@ __global__ void __launch_bounds__(DecodeTraits<D, TILE>::kThreads,
 #pragma unroll
       for (int j = 0; j < TZ; ++j) {
         float vf[8];
-        Vec8<T>::ToFloat(*reinterpret_cast<const uint4*>(sv + (tz * TZ + j) * D + tx * 8), vf);
+        LoadKvAsFloat8(sv + (tz * TZ + j) * D + tx * 8, vf);
         st.Add(s[j], vf);  // masked: exp2(-inf) = 0
       }
     }
   }
   GridDependencyTrigger();  // the merge grid (split requests) may be scheduled now
   CpAsyncWait<0>();
-  __syncthreads();  // the pipeline buffer is free for the merge scratch
+  __syncthreads();              // the pipeline buffer is free for the merge scratch
+  if constexpr (kIsFp8<Tkv>) {  // V's scale: o is linear in V (before the merge, also linear)
+    const float vs = KvScale(p.kv.v_scale, kv_head);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) st.o[k] *= vs;
+  }
 
   // ---- merge the BDZ token slices ----
   if constexpr (BDZ > 1) {
@@ -272,70 +286,71 @@ __global__ void __launch_bounds__(DecodeTraits<D, TILE>::kThreads,
   }
 }
 
-template <typename T, int D, int TILE, bool kRope>
+template <typename T, typename Tkv, int D, int TILE, bool kRope>
 cudaError_t LaunchDecodeTileVariant(const DecodeKernelParams& params, int num_items,
                                     int num_kv_heads, cudaStream_t stream) {
-  using Tr = DecodeTraits<D, TILE>;
+  using Tr = DecodeTraits<D, TILE, sizeof(Tkv)>;
   // Largest shared-memory carveout: the occupancy the schedule assumes (several 32 KB CTAs).
   static const cudaError_t carveout = cudaFuncSetAttribute(
-      BatchDecodeKernel<T, D, TILE, kRope>, cudaFuncAttributePreferredSharedMemoryCarveout,
+      BatchDecodeKernel<T, Tkv, D, TILE, kRope>, cudaFuncAttributePreferredSharedMemoryCarveout,
       cudaSharedmemCarveoutMaxShared);
   if (carveout != cudaSuccess) return carveout;
   const dim3 grid(num_items, num_kv_heads * params.head_tiles);
-  BatchDecodeKernel<T, D, TILE, kRope><<<grid, Tr::kThreads, 0, stream>>>(params);
+  BatchDecodeKernel<T, Tkv, D, TILE, kRope><<<grid, Tr::kThreads, 0, stream>>>(params);
   return cudaGetLastError();
 }
-template <typename T, int D, int TILE>
+template <typename T, typename Tkv, int D, int TILE>
 cudaError_t LaunchDecodeTile(const DecodeKernelParams& params, int num_items, int num_kv_heads,
                              cudaStream_t stream) {
-  return params.variant.rope
-             ? LaunchDecodeTileVariant<T, D, TILE, true>(params, num_items, num_kv_heads, stream)
-             : LaunchDecodeTileVariant<T, D, TILE, false>(params, num_items, num_kv_heads, stream);
+  return params.variant.rope ? LaunchDecodeTileVariant<T, Tkv, D, TILE, true>(params, num_items,
+                                                                              num_kv_heads, stream)
+                             : LaunchDecodeTileVariant<T, Tkv, D, TILE, false>(
+                                   params, num_items, num_kv_heads, stream);
 }
 
 // The schedule's occupancy is that of the kernel without RoPE (a plan does not know whether its
 // runs rotate; the RoPE kernel's 8 KB of fp32 K costs at most one CTA per SM).
-template <typename T, int D, int TILE>
+template <typename T, typename Tkv, int D, int TILE>
 cudaError_t DecodeTileOccupancy(int* ctas_per_sm) {
-  using Tr = DecodeTraits<D, TILE>;
+  using Tr = DecodeTraits<D, TILE, sizeof(Tkv)>;
   return cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-      ctas_per_sm, BatchDecodeKernel<T, D, TILE, false>, Tr::kThreads, 0);
+      ctas_per_sm, BatchDecodeKernel<T, Tkv, D, TILE, false>, Tr::kThreads, 0);
 }
 
 // Dispatch over the head tiles the kernel is instantiated for (1, 2, 4, 8).
-template <typename T, int D>
+template <typename T, typename Tkv, int D>
 cudaError_t LaunchDecodeAnyTile(const DecodeKernelParams& params, int num_items, int num_kv_heads,
                                 int head_tile, cudaStream_t stream) {
   switch (head_tile) {
-    case 1: return LaunchDecodeTile<T, D, 1>(params, num_items, num_kv_heads, stream);
-    case 2: return LaunchDecodeTile<T, D, 2>(params, num_items, num_kv_heads, stream);
-    case 4: return LaunchDecodeTile<T, D, 4>(params, num_items, num_kv_heads, stream);
-    case 8: return LaunchDecodeTile<T, D, 8>(params, num_items, num_kv_heads, stream);
+    case 1: return LaunchDecodeTile<T, Tkv, D, 1>(params, num_items, num_kv_heads, stream);
+    case 2: return LaunchDecodeTile<T, Tkv, D, 2>(params, num_items, num_kv_heads, stream);
+    case 4: return LaunchDecodeTile<T, Tkv, D, 4>(params, num_items, num_kv_heads, stream);
+    case 8: return LaunchDecodeTile<T, Tkv, D, 8>(params, num_items, num_kv_heads, stream);
     default: return cudaErrorInvalidValue;
   }
 }
-template <typename T, int D>
+template <typename T, typename Tkv, int D>
 cudaError_t DecodeAnyTileOccupancy(int head_tile, int* ctas_per_sm) {
   switch (head_tile) {
-    case 1: return DecodeTileOccupancy<T, D, 1>(ctas_per_sm);
-    case 2: return DecodeTileOccupancy<T, D, 2>(ctas_per_sm);
-    case 4: return DecodeTileOccupancy<T, D, 4>(ctas_per_sm);
-    case 8: return DecodeTileOccupancy<T, D, 8>(ctas_per_sm);
+    case 1: return DecodeTileOccupancy<T, Tkv, D, 1>(ctas_per_sm);
+    case 2: return DecodeTileOccupancy<T, Tkv, D, 2>(ctas_per_sm);
+    case 4: return DecodeTileOccupancy<T, Tkv, D, 4>(ctas_per_sm);
+    case 8: return DecodeTileOccupancy<T, Tkv, D, 8>(ctas_per_sm);
     default: return cudaErrorInvalidValue;
   }
 }
 
-// Explicitly instantiated per (dtype, head_dim) in generated/decode_hd*_*.cu.
-template <DType kDType, int kHeadDim>
+// Explicitly instantiated per (q dtype, K/V dtype, head_dim) in generated/decode_hd*_*.cu.
+template <DType kQ, DType kKv, int kHeadDim>
 cudaError_t LaunchDecodeKernel(const DecodeKernelParams& params, int num_items, int num_kv_heads,
                                int head_tile, cudaStream_t stream) {
-  return LaunchDecodeAnyTile<typename CudaTypeOf<kDType>::type, kHeadDim>(
-      params, num_items, num_kv_heads, head_tile, stream);
+  return LaunchDecodeAnyTile<typename CudaTypeOf<kQ>::type, typename CudaTypeOf<kKv>::type,
+                             kHeadDim>(params, num_items, num_kv_heads, head_tile, stream);
 }
-template <DType kDType, int kHeadDim>
+template <DType kQ, DType kKv, int kHeadDim>
 cudaError_t DecodeKernelOccupancy(int head_tile, int* ctas_per_sm) {
-  return DecodeAnyTileOccupancy<typename CudaTypeOf<kDType>::type, kHeadDim>(head_tile,
-                                                                             ctas_per_sm);
+  return DecodeAnyTileOccupancy<typename CudaTypeOf<kQ>::type, typename CudaTypeOf<kKv>::type,
+                                kHeadDim>(head_tile, ctas_per_sm);
 }
 
 }  // namespace attnd::kernels::cuda::internal

@@ -34,21 +34,22 @@ struct DecodeKernelParams {
   VariantParams variant;  // soft cap, window, RoPE (ResolveVariant)
 };
 
-// Instantiated per (T, HEAD_DIM) in generated/decode_hd*_*.cu. T is __half or __nv_bfloat16;
-// declared here with the DType so that host code needs no CUDA half types. head_tile: query
-// heads per CTA (DecodeHeadTile, planning/decode_schedule.h).
-template <DType kDType, int kHeadDim>
+// Instantiated per (q dtype, K/V dtype, head_dim) in generated/decode_hd*_*.cu; declared with
+// the DTypes so that host code needs no CUDA half types. kQ (q and o): fp16 or bf16; kKv: kQ,
+// the other 16-bit type (CUDA cores only) or fp8 e4m3 / e5m2 (both kernels; scales in
+// params.kv). head_tile: query heads per CTA (DecodeHeadTile, planning/decode_schedule.h).
+template <DType kQ, DType kKv, int kHeadDim>
 cudaError_t LaunchDecodeKernel(const DecodeKernelParams& params, int num_items, int num_kv_heads,
                                int head_tile, cudaStream_t stream);
-template <DType kDType, int kHeadDim>
+template <DType kQ, DType kKv, int kHeadDim>
 cudaError_t DecodeKernelOccupancy(int head_tile, int* ctas_per_sm);
 
 // The tensor-core decode kernel (decode_tc_kernel.cuh): kTcHeadTile = 16 query heads per CTA,
-// head_dim 64 and 128; instantiated next to LaunchDecodeKernel.
-template <DType kDType, int kHeadDim>
-cudaError_t LaunchDecodeTcKernel(const DecodeKernelParams& params, int num_items,
-                                 int num_kv_heads, cudaStream_t stream);
-template <DType kDType, int kHeadDim>
+// head_dim 64 and 128, kKv = kQ or fp8; instantiated next to LaunchDecodeKernel.
+template <DType kQ, DType kKv, int kHeadDim>
+cudaError_t LaunchDecodeTcKernel(const DecodeKernelParams& params, int num_items, int num_kv_heads,
+                                 cudaStream_t stream);
+template <DType kQ, DType kKv, int kHeadDim>
 cudaError_t DecodeTcKernelOccupancy(int* ctas_per_sm);
 
 }  // namespace attnd::kernels::cuda::internal

@@ -12,20 +12,28 @@
 
 namespace attnd::kernels::cuda::internal {
 
-template <int D, bool kRope = false>
+// kKvBytes: bytes of a stored K/V element. 2: the stages hold K/V as the 16-bit compute type
+// (swizzled, read by ldmatrix). 1 (fp8, kConvert): the stages hold the stored bytes (linear) and
+// each warp converts its own 16 tokens of a stage into a 16-bit stage image (cvt, swizzled)
+// that the math reads; the halved bytes pay for a fourth stage.
+template <int D, bool kRope = false, int kKvBytes = 2>
 struct TcDecodeTraits {
   static_assert(D == 64 || D == 128, "tensor-core decode: head_dim 64 or 128");
+  static_assert(kKvBytes == 1 || kKvBytes == 2, "16-bit or fp8 K/V");
+  static constexpr bool kConvert = kKvBytes == 1;
   static constexpr int kWarps = 4;
   static constexpr int kThreads = 32 * kWarps;
   static constexpr int kRows = 16;  // query heads per CTA
   static constexpr int kTokensPerWarp = 16;
   static constexpr int kTPS = kWarps * kTokensPerWarp;  // tokens per stage
-  static constexpr int kStages = 3;
-  static constexpr int kChunks = D / 8;  // 16-byte chunks per row
-  static constexpr int kStageElems = 2 * kTPS * D;
+  static constexpr int kStages = kConvert ? 4 : 3;
+  static constexpr int kChunks = D / 8;             // 16-byte chunks per 16-bit row
+  static constexpr int kStageElems = 2 * kTPS * D;  // K then V
+  static constexpr int kCvtOffsetBytes = kStages * kStageElems * kKvBytes;
+  static constexpr int kQOffsetBytes = kCvtOffsetBytes + (kConvert ? kStageElems * 2 : 0);
   // kRope: the q tile is a hi and a lo tile, and the RoPE frequencies follow ([D/2] RopeFreq).
   static constexpr int kQTiles = kRope ? 2 : 1;
-  static constexpr int kFreqOffsetBytes = (kStages * kStageElems + kQTiles * kRows * D) * 2;
+  static constexpr int kFreqOffsetBytes = kQOffsetBytes + kQTiles * kRows * D * 2;
   static constexpr int kSmemBytes =
       kFreqOffsetBytes + (kRope ? D / 2 * static_cast<int>(sizeof(RopeFreq)) : 0);
   // merge scratch (fp32): O [warps][16][D], m and d [warps][16]

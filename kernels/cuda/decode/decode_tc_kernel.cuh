@@ -19,6 +19,11 @@
 // blocks/paged_kv.cuh; softmax state and merge: blocks/softmax_state.cuh; logits and window:
 // blocks/variant.cuh; RoPE and the hi/lo split: blocks/rope.cuh.
 //
+// FP8 K/V (Tkv e4m3 / e5m2, TcDecodeTraits::kConvert): the stages hold the stored bytes, and each
+// warp converts its own 16 tokens of the stage into a 16-bit image (exact: blocks/kv_convert.cuh)
+// right before its math, which then runs as for 16-bit K/V; no CTA barrier more (a warp reads
+// only the tokens it converted). K's scale is folded into the logit scale, V's into o.
+//
 // The kernel's parts, one file each: the shape (decode_tc_config.cuh), the q tile
 // (decode_tc_loads.cuh), S = Q K^T of a warp's tokens (decode_tc_mainloop.cuh), the merge of the
 // warps' states and the stores (decode_tc_epilogue.cuh); this file holds the pipeline.
@@ -29,7 +34,9 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
+#include "blocks/kv_convert.cuh"
 #include "blocks/paged_kv.cuh"
 #include "blocks/ptx.cuh"
 #include "blocks/rope.cuh"
@@ -48,10 +55,30 @@ namespace attnd::kernels::cuda::internal {
 // without the hint ptxas packed the non-RoPE kernel into 168 registers (3 CTAs' worth) and
 // serialised its loop: 204 registers with it, 3.87 -> 4.13 TB/s at fp16 B=64 kv=4096 8 KV heads
 // (H200, 2026-12-02, bench/decode_notes.md).
-template <typename T, int D, bool kRope>
-__global__ void __launch_bounds__(TcDecodeTraits<D, kRope>::kThreads, 2)
+// This warp's 16 tokens of a fp8 stage ([2][TPS][D] bytes, linear) -> the same rows of the 16-bit
+// stage image cvt ([2][TPS][D] of T, swizzled as the 16-bit stages).
+template <typename T, typename Tkv, int D, int TPS>
+__device__ __forceinline__ void ConvertTcWarpRows(const Tkv* stage, T* cvt, int wtok, int lane) {
+  constexpr int kFp8Chunks = D / 16;  // 16-byte chunks of a fp8 row
+#pragma unroll
+  for (int i = lane; i < 2 * 16 * kFp8Chunks; i += 32) {
+    const int kv = i / (16 * kFp8Chunks);
+    const int tok = wtok + (i / kFp8Chunks) % 16;
+    const int c = i % kFp8Chunks;
+    const uint4 raw = *reinterpret_cast<const uint4*>(stage + kv * TPS * D + tok * D + c * 16);
+    uint4 lo, hi;
+    Fp8x16ToVecs<T, Tkv>(raw, &lo, &hi);
+    T* dst = cvt + kv * TPS * D;
+    *reinterpret_cast<uint4*>(dst + Swz<D>(tok, 2 * c)) = lo;
+    *reinterpret_cast<uint4*>(dst + Swz<D>(tok, 2 * c + 1)) = hi;
+  }
+}
+
+template <typename T, typename Tkv, int D, bool kRope>
+__global__ void __launch_bounds__(TcDecodeTraits<D, kRope, sizeof(Tkv)>::kThreads, 2)
     BatchDecodeTcKernel(const __grid_constant__ DecodeKernelParams p) {
-  using Tr = TcDecodeTraits<D, kRope>;
+  using Tr = TcDecodeTraits<D, kRope, sizeof(Tkv)>;
+  static_assert(std::is_same_v<T, Tkv> || kIsFp8<Tkv>, "16-bit K/V of q's type, or fp8");
   constexpr int NT = Tr::kThreads;
   constexpr int TPS = Tr::kTPS;
   constexpr int STAGES = Tr::kStages;
@@ -59,9 +86,10 @@ __global__ void __launch_bounds__(TcDecodeTraits<D, kRope>::kThreads, 2)
   constexpr int NTILES_D = D / 8;
 
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  T* smem = reinterpret_cast<T*>(smem_raw);     // [STAGES][2][TPS][D] swizzled
-  T* q_smem = smem + STAGES * Tr::kStageElems;  // [16][D] swizzled (kRope: the hi part)
-  T* q_lo_smem = q_smem + Tr::kRows * D;        // kRope: [16][D] the lo part
+  Tkv* smem = reinterpret_cast<Tkv*>(smem_raw);  // [STAGES][2][TPS][D] (16-bit: swizzled)
+  T* cvt_smem = reinterpret_cast<T*>(smem_raw + Tr::kCvtOffsetBytes);  // kConvert: [2][TPS][D]
+  T* q_smem = reinterpret_cast<T*>(smem_raw + Tr::kQOffsetBytes);      // [16][D] swz (kRope: hi)
+  T* q_lo_smem = q_smem + Tr::kRows * D;                               // kRope: [16][D] the lo part
   RopeFreq* freq_smem = reinterpret_cast<RopeFreq*>(smem_raw + Tr::kFreqOffsetBytes);  // kRope
 
   const int tid = threadIdx.x;
@@ -79,11 +107,15 @@ __global__ void __launch_bounds__(TcDecodeTraits<D, kRope>::kThreads, 2)
 
   const int n_tokens = max(end - start, 0);
   const int iters = (n_tokens + TPS - 1) / TPS;
-  const T* kv = static_cast<const T*>(p.kv.data);
+  const Tkv* kv = static_cast<const Tkv*>(p.kv.data);
   const int64_t head_off = static_cast<int64_t>(kv_head) * p.kv.head_stride;
-  // K/V stages: [STAGES][2 (K, V)][TPS][D] swizzled, slot `it % STAGES` for stage `it`; the
-  // page walk as plain calls with the page ids here (the form with the fewest registers).
-  using Stage = PagedKvStage<T, D, TPS, NT, /*kSwizzle=*/true, /*kTokenMajor=*/false>;
+  // K/V stages: [STAGES][2 (K, V)][TPS][D] (16-bit: swizzled), slot `it % STAGES` for stage
+  // `it`; the page walk as plain calls with the page ids here (the form with the fewest
+  // registers).
+  using Stage = PagedKvStage<Tkv, D, TPS, NT, /*kSwizzle=*/!Tr::kConvert, /*kTokenMajor=*/false>;
+  // The logit scale, with K's fp8 scale folded in (per KV head: this CTA's).
+  LogitScale logit = p.variant.logit;
+  if constexpr (Tr::kConvert) logit = ScaleRawLogit(logit, KvScale(p.kv.k_scale, kv_head));
   int pages[Stage::kLoads];  // page ids of the next stage to issue (fetched a stage ahead)
   auto fetch_pages = [&](int it) {
     Stage::Fetch(pages, p.kv, page_begin, start + it * TPS, end, tid);
@@ -130,12 +162,22 @@ __global__ void __launch_bounds__(TcDecodeTraits<D, kRope>::kThreads, 2)
       CpAsyncCommit();
       fetch_pages(next + 1);  // in flight while this stage is computed
     }
-    T* sk = smem + (it % STAGES) * Tr::kStageElems;
-    const T* sv = sk + TPS * D;
     const int stage_start = start + it * TPS;
-
     const int wtok = warp * Tr::kTokensPerWarp;  // this warp's first token in the stage
     if (stage_start + wtok >= end) continue;     // nothing of this warp's slice is valid
+
+    const T* sk;  // the stage's K [TPS][D] of T, swizzled; V follows
+    if constexpr (Tr::kConvert) {
+      // This warp's rows only; the barrier at the top of the next iteration orders these
+      // writes after every warp's reads of the previous stage image.
+      ConvertTcWarpRows<T, Tkv, D, TPS>(smem + (it % STAGES) * Tr::kStageElems, cvt_smem, wtok,
+                                        lane);
+      __syncwarp();
+      sk = cvt_smem;
+    } else {
+      sk = smem + (it % STAGES) * Tr::kStageElems;
+    }
+    const T* sv = sk + TPS * D;
 
     float s[2][4];  // S = Q K^T: 16 rows x 16 tokens (two n-tiles of 8 tokens), then P
     TcWarpScores<T, D, kRope>(s, qa, q_smem, q_lo_smem, freq_smem, sk, wtok,
@@ -147,7 +189,7 @@ __global__ void __launch_bounds__(TcDecodeTraits<D, kRope>::kThreads, 2)
     for (int n = 0; n < 2; ++n) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        float x = Log2Logit(s[n][e], p.variant.logit);
+        float x = Log2Logit(s[n][e], logit);
         if (partial) {
           const int t = stage_start + wtok + n * 8 + gc * 2 + (e & 1);
           x = t < end ? x : -INFINITY;
@@ -178,67 +220,75 @@ __global__ void __launch_bounds__(TcDecodeTraits<D, kRope>::kThreads, 2)
   }
   GridDependencyTrigger();  // the merge grid (split requests) may be scheduled now
   CpAsyncWait<0>();
-  __syncthreads();  // pipeline buffers free: reuse them as merge scratch
+  __syncthreads();               // pipeline buffers free: reuse them as merge scratch
+  if constexpr (Tr::kConvert) {  // V's scale: o is linear in V (and so is the warps' merge)
+    const float vs = KvScale(p.kv.v_scale, kv_head);
+#pragma unroll
+    for (int n = 0; n < NTILES_D; ++n) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) o[n][e] *= vs;
+    }
+  }
 
   // ---- merge the 4 warps' states; write the output or the partial state ----
   MergeTcWarpsAndStore<T, D, kRope>(p, item, kv_head, row_base, rows_valid, rows, o, smem_raw, warp,
                                     lane, tid);
 }
 
-template <typename T, int D, bool kRope>
+template <typename T, typename Tkv, int D, bool kRope>
 cudaError_t PrepareTcKernel() {
   // Raise the dynamic shared-memory limit once per instantiation.
   // The carveout asks for the largest shared-memory split, so that both CTAs of an SM fit
   // (2 x ~100 KB) whatever the driver would pick by default.
   static const cudaError_t once = [] {
-    cudaError_t e = cudaFuncSetAttribute(BatchDecodeTcKernel<T, D, kRope>,
+    cudaError_t e = cudaFuncSetAttribute(BatchDecodeTcKernel<T, Tkv, D, kRope>,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         TcDecodeTraits<D, kRope>::kSmemBytes);
+                                         TcDecodeTraits<D, kRope, sizeof(Tkv)>::kSmemBytes);
     if (e != cudaSuccess) return e;
-    return cudaFuncSetAttribute(BatchDecodeTcKernel<T, D, kRope>,
+    return cudaFuncSetAttribute(BatchDecodeTcKernel<T, Tkv, D, kRope>,
                                 cudaFuncAttributePreferredSharedMemoryCarveout,
                                 cudaSharedmemCarveoutMaxShared);
   }();
   return once;
 }
 
-template <typename T, int D, bool kRope>
+template <typename T, typename Tkv, int D, bool kRope>
 cudaError_t LaunchDecodeTcVariant(const DecodeKernelParams& params, int num_items, int num_kv_heads,
                                   cudaStream_t stream) {
-  if (cudaError_t e = PrepareTcKernel<T, D, kRope>(); e != cudaSuccess) return e;
+  using Tr = TcDecodeTraits<D, kRope, sizeof(Tkv)>;
+  if (cudaError_t e = PrepareTcKernel<T, Tkv, D, kRope>(); e != cudaSuccess) return e;
   const dim3 grid(num_items, num_kv_heads * params.head_tiles);
-  BatchDecodeTcKernel<T, D, kRope>
-      <<<grid, TcDecodeTraits<D, kRope>::kThreads, TcDecodeTraits<D, kRope>::kSmemBytes, stream>>>(
-          params);
+  BatchDecodeTcKernel<T, Tkv, D, kRope><<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(params);
   return cudaGetLastError();
 }
-template <typename T, int D>
+template <typename T, typename Tkv, int D>
 cudaError_t LaunchDecodeTc(const DecodeKernelParams& params, int num_items, int num_kv_heads,
                            cudaStream_t stream) {
   return params.variant.rope
-             ? LaunchDecodeTcVariant<T, D, true>(params, num_items, num_kv_heads, stream)
-             : LaunchDecodeTcVariant<T, D, false>(params, num_items, num_kv_heads, stream);
+             ? LaunchDecodeTcVariant<T, Tkv, D, true>(params, num_items, num_kv_heads, stream)
+             : LaunchDecodeTcVariant<T, Tkv, D, false>(params, num_items, num_kv_heads, stream);
 }
 
 // The schedule's occupancy: the kernel without RoPE (the RoPE one has the same, 2 CTAs per SM).
-template <typename T, int D>
+template <typename T, typename Tkv, int D>
 cudaError_t DecodeTcOccupancy(int* ctas_per_sm) {
-  if (cudaError_t e = PrepareTcKernel<T, D, false>(); e != cudaSuccess) return e;
+  using Tr = TcDecodeTraits<D, false, sizeof(Tkv)>;
+  if (cudaError_t e = PrepareTcKernel<T, Tkv, D, false>(); e != cudaSuccess) return e;
   return cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-      ctas_per_sm, BatchDecodeTcKernel<T, D, false>, TcDecodeTraits<D>::kThreads,
-      TcDecodeTraits<D>::kSmemBytes);
+      ctas_per_sm, BatchDecodeTcKernel<T, Tkv, D, false>, Tr::kThreads, Tr::kSmemBytes);
 }
 
-// Explicitly instantiated per (dtype, head_dim) in generated/decode_hd{64,128}_*.cu.
-template <DType kDType, int kHeadDim>
+// Explicitly instantiated per (q dtype, K/V dtype, head_dim) in generated/decode_hd{64,128}_*.cu.
+template <DType kQ, DType kKv, int kHeadDim>
 cudaError_t LaunchDecodeTcKernel(const DecodeKernelParams& params, int num_items, int num_kv_heads,
                                  cudaStream_t stream) {
-  return LaunchDecodeTc<typename CudaTypeOf<kDType>::type, kHeadDim>(params, num_items,
-                                                                     num_kv_heads, stream);
+  return LaunchDecodeTc<typename CudaTypeOf<kQ>::type, typename CudaTypeOf<kKv>::type, kHeadDim>(
+      params, num_items, num_kv_heads, stream);
 }
-template <DType kDType, int kHeadDim>
+template <DType kQ, DType kKv, int kHeadDim>
 cudaError_t DecodeTcKernelOccupancy(int* ctas_per_sm) {
-  return DecodeTcOccupancy<typename CudaTypeOf<kDType>::type, kHeadDim>(ctas_per_sm);
+  return DecodeTcOccupancy<typename CudaTypeOf<kQ>::type, typename CudaTypeOf<kKv>::type, kHeadDim>(
+      ctas_per_sm);
 }
 
 }  // namespace attnd::kernels::cuda::internal

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -160,8 +161,11 @@ struct RunArgs {
   void* o = nullptr;        // [qo_tokens, num_qo_heads, head_dim] q_dtype
   float* lse = nullptr;     // [qo_tokens, num_qo_heads] or null
   DType q_dtype = DType::kFloat16;
-  const void* k_new = nullptr;  // [qo_tokens, num_kv_heads, head_dim] kv dtype, or null
+  const void* k_new = nullptr;  // [qo_tokens, num_kv_heads, head_dim] kv_new_dtype, or null
   const void* v_new = nullptr;
+  // k_new / v_new's type (AppendKvParams::new_dtype): unset = the layer's; float32 / float16 /
+  // bfloat16 onto an fp8 layer are quantized with its scales.
+  std::optional<DType> kv_new_dtype;
   AttentionOptions options;  // options.rope_offsets is ignored; use rope_offsets_host
   const int32_t* rope_offsets_host = nullptr;  // [batch_size] host memory, or null
   Stream* stream = nullptr;
@@ -241,9 +245,10 @@ class Backend {
     plan = *std::move(fresh);
     return absl::OkStatus();
   }
-  // Appends new K/V rows (one per query token of the plan) into the layer's pages.
+  // Appends new K/V rows (one per query token of the plan, in new_dtype: the layer's, or
+  // quantized onto an fp8 layer, AppendKvParams) into the layer's pages.
   virtual absl::Status AppendKv(const PreparedPlan& plan, const PagedKV& layer, const void* k,
-                                const void* v, Stream* stream) = 0;
+                                const void* v, DType new_dtype, Stream* stream) = 0;
   // Decode or prefill/append attention of one layer (plan.spec().kind decides).
   virtual absl::Status Attention(const RunArgs& args) = 0;
   virtual absl::Status MergeStates(const MergeStatesParams& params, Stream* stream) = 0;

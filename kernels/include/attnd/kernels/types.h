@@ -30,6 +30,17 @@ constexpr size_t DTypeSize(DType t) {
   return 0;
 }
 
+// FP8 K/V storage (with the pool's dequantization scales).
+constexpr bool IsFp8(DType t) { return t == DType::kFloat8E4M3 || t == DType::kFloat8E5M2; }
+
+// The types new K/V rows may be given in for a cache of `cache` type: the cache's own (copied as
+// they are), and on an fp8 cache also float32, float16 and bfloat16 (quantized on the way in,
+// AppendKvParams::new_dtype).
+constexpr bool AppendRowsAccepted(DType cache, DType rows) {
+  return rows == cache || (IsFp8(cache) && (rows == DType::kFloat32 || rows == DType::kFloat16 ||
+                                            rows == DType::kBFloat16));
+}
+
 constexpr const char* DTypeName(DType t) {
   switch (t) {
     case DType::kFloat32: return "float32";
@@ -181,12 +192,18 @@ struct RaggedAttentionParams {
 
 // Writes new tokens into the paged cache: row j of k/v (request b's i-th new token, rows
 // new_indptr[b] .. new_indptr[b+1)) goes to kv position kv_len(b) - new_len(b) + i of request b.
-// k, v: [new_nnz, num_kv_heads, head_dim] in kv.dtype, dense.
+// k, v: [new_nnz, num_kv_heads, head_dim] in new_dtype, dense.
 struct AppendKvParams {
   PagedKV kv;
   const void* k = nullptr;
   const void* v = nullptr;
   const int32_t* new_indptr = nullptr;  // [kv.batch_size + 1]
+  // The rows' type (AppendRowsAccepted): kv.dtype, copied as they are; or, on an fp8 cache,
+  // float32 / float16 / bfloat16, quantized with the cache's scales: element x of KV head h is
+  // stored as fp8(x / k_scale[h]) for K (v_scale for V; 1 where the scale is null), the float32
+  // quotient rounded to nearest even and saturated to the largest finite fp8 value (NaN stays
+  // NaN) -- what every backend computes, bit for bit.
+  DType new_dtype = DType::kFloat16;
 };
 
 // Merges attention states: for each row r and head h, the states (v_i, s_i) for i < num_states

@@ -6,6 +6,7 @@
 
 #include "attention_test_util.h"
 #include "attnd/kernels/cpu_reference.h"
+#include "attnd/kernels/float_convert.h"
 #include "gtest/gtest.h"
 
 namespace attnd::kernels::cpu {
@@ -46,6 +47,7 @@ void CheckAppend(const PagedProblemSpec& spec, const std::vector<int>& new_lens,
   params.k = k_new.data();
   params.v = v_new.data();
   params.new_indptr = null_indptr ? nullptr : new_indptr.data();
+  params.new_dtype = spec.kv_dtype;
   ASSERT_TRUE(AppendKv(params).ok());
   ASSERT_EQ(p.pool.size(), expected.size());
   size_t differing = 0;
@@ -88,6 +90,7 @@ TEST(AppendKv, RejectsMoreNewTokensThanThePagesHoldWithoutWriting) {
   params.k = rows.data();
   params.v = rows.data();
   params.new_indptr = new_indptr.data();
+  params.new_dtype = spec.kv_dtype;
   const absl::Status status = AppendKv(params);
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
   EXPECT_EQ(p.pool, before);
@@ -95,6 +98,103 @@ TEST(AppendKv, RejectsMoreNewTokensThanThePagesHoldWithoutWriting) {
   params.k = nullptr;
   EXPECT_EQ(AppendKv(params).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(p.pool, before);
+}
+
+// Rows of float32 / float16 / bfloat16 appended onto an fp8 cache are quantized with its scales:
+// byte = fp8(x / scale[h]) per KV head (K's and V's own), round to nearest even, saturating at
+// the largest finite value; with null scales, scale 1. Exactly the new slots change.
+TEST(AppendKv, QuantizesRowsOntoAnFp8CacheWithItsScales) {
+  for (DType fp8 : {DType::kFloat8E4M3, DType::kFloat8E5M2}) {
+    for (DType rows : {DType::kFloat32, DType::kFloat16, DType::kBFloat16}) {
+      for (bool scales : {true, false}) {
+        PagedProblemSpec spec;
+        spec.kv_lens = {3, 17};
+        spec.qo_lens = spec.kv_lens;
+        spec.page_size = 4;
+        spec.num_kv_heads = 3;
+        spec.head_dim = 32;
+        spec.kv_dtype = fp8;
+        spec.seed = static_cast<int>(fp8) * 10 + static_cast<int>(rows) + (scales ? 100 : 0);
+        SCOPED_TRACE(::testing::Message() << DTypeName(fp8) << " <- " << DTypeName(rows)
+                                          << (scales ? " scales" : " no scales"));
+        PagedProblem p = MakePagedProblem(spec);
+        std::mt19937 rng(spec.seed);
+        const std::vector<int32_t> new_indptr = {0, 2, 7};  // 2 and 5 new tokens
+        const int64_t row = static_cast<int64_t>(spec.num_kv_heads) * spec.head_dim;
+        std::vector<uint8_t> k_new, v_new;
+        testing::FillRandom(k_new, rows, new_indptr.back() * row, 600.0, rng);  // some saturate
+        testing::FillRandom(v_new, rows, new_indptr.back() * row, 0.01, rng);   // some subnormal
+        const std::vector<float> k_scale = {0.5f, 2.f, 0.125f}, v_scale = {4.f, 0.25f, 1.f};
+        std::vector<uint8_t> expected = p.pool;
+        for (int b = 0; b < 2; ++b) {
+          const int new_len = new_indptr[b + 1] - new_indptr[b];
+          for (int i = 0; i < new_len; ++i) {
+            const int64_t position = spec.kv_lens[b] - new_len + i;
+            const int64_t page = p.indices[p.indptr[b] + position / spec.page_size];
+            for (int h = 0; h < spec.num_kv_heads; ++h) {
+              for (int kv_index = 0; kv_index < 2; ++kv_index) {
+                const int64_t dst = p.SlotOffset(page, kv_index, position % spec.page_size, h);
+                const float scale = !scales ? 1.f : (kv_index ? v_scale : k_scale)[h];
+                for (int d = 0; d < spec.head_dim; ++d) {
+                  const int64_t src =
+                      ((new_indptr[b] + i) * spec.num_kv_heads + h) * spec.head_dim + d;
+                  const float x = LoadAsFloat((kv_index ? v_new : k_new).data(), rows, src);
+                  expected[dst + d] = fp8 == DType::kFloat8E4M3 ? FloatToFp8E4m3Bits(x / scale)
+                                                                : FloatToFp8E5m2Bits(x / scale);
+                }
+              }
+            }
+          }
+        }
+        AppendKvParams params;
+        params.kv = p.View();
+        if (scales) {
+          params.kv.k_scale = k_scale.data();
+          params.kv.v_scale = v_scale.data();
+        }
+        params.k = k_new.data();
+        params.v = v_new.data();
+        params.new_indptr = new_indptr.data();
+        params.new_dtype = rows;
+        ASSERT_TRUE(AppendKv(params).ok());
+        size_t differing = 0;
+        for (size_t i = 0; i < expected.size(); ++i) differing += p.pool[i] != expected[i];
+        EXPECT_EQ(differing, 0u);
+      }
+    }
+  }
+  // Known values: 3 / 2 = 1.5 -> e4m3 0x3C; 1e6 saturates to 448 (0x7E), -1e6 to -448 (0xFE);
+  // e5m2: 1.5 -> 0x3E, 1e6 -> 57344 (0x7B).
+  EXPECT_EQ(FloatToFp8E4m3Bits(3.f / 2.f), 0x3C);
+  EXPECT_EQ(FloatToFp8E4m3Bits(1e6f), 0x7E);
+  EXPECT_EQ(FloatToFp8E4m3Bits(-1e6f), 0xFE);
+  EXPECT_EQ(FloatToFp8E5m2Bits(1.5f), 0x3E);
+  EXPECT_EQ(FloatToFp8E5m2Bits(1e6f), 0x7B);
+}
+
+// A type the cache does not take (float16 rows onto a bfloat16 cache; bfloat16 onto float32) is
+// refused by name, and nothing is written.
+TEST(AppendKv, RefusesRowsOfAnotherTypeOntoA16Or32BitCache) {
+  for (const auto& [cache, rows] :
+       {std::pair{DType::kBFloat16, DType::kFloat16}, std::pair{DType::kFloat32, DType::kBFloat16},
+        std::pair{DType::kFloat8E4M3, DType::kFloat8E5M2}}) {
+    PagedProblemSpec spec;
+    spec.kv_lens = {4, 9};
+    spec.qo_lens = spec.kv_lens;
+    spec.kv_dtype = cache;
+    PagedProblem p = MakePagedProblem(spec);
+    const std::vector<uint8_t> before = p.pool;
+    std::vector<uint8_t> k_rows(2 * spec.num_kv_heads * spec.head_dim * 4, 0x11);
+    AppendKvParams params;
+    params.kv = p.View();
+    params.k = k_rows.data();
+    params.v = k_rows.data();
+    params.new_dtype = rows;
+    const absl::Status status = AppendKv(params);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+    EXPECT_NE(status.message().find(DTypeName(rows)), std::string::npos) << status;
+    EXPECT_EQ(p.pool, before);
+  }
 }
 
 }  // namespace

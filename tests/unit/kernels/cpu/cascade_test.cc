@@ -267,7 +267,10 @@ TEST(CascadeTest, AppendGoesToTheLastLevel) {
                                            hk, dim, options, {});
   ExpectCascadeClose(c, ref, "append through a cascade plan");
   // AppendKv on the cascade plan writes the own pages too (the same values again).
-  EXPECT_TRUE(backend->AppendKv(**plan, c.pool.View(), k_new.data(), v_new.data(), nullptr).ok());
+  EXPECT_TRUE(backend
+                  ->AppendKv(**plan, c.pool.View(), k_new.data(), v_new.data(), c.pool.View().dtype,
+                             nullptr)
+                  .ok());
 }
 
 TEST(CascadeTest, RopeAndWindowsAreRefusedAndNothingIsWritten) {

@@ -245,7 +245,7 @@ TEST(CpuBackend, AppendKvAndMergeStatesEntryPoints) {
   ASSERT_TRUE(plan.ok());
   const int64_t row = static_cast<int64_t>(spec.num_kv_heads) * spec.head_dim;
   std::vector<uint16_t> k(2 * row, 0x3c00), v(2 * row, 0xbc00);  // fp16 1.0 and -1.0
-  ASSERT_TRUE(backend->AppendKv(**plan, p.View(), k.data(), v.data(), nullptr).ok());
+  ASSERT_TRUE(backend->AppendKv(**plan, p.View(), k.data(), v.data(), spec.kv_dtype, nullptr).ok());
   // Request 1's last token (position 16) is slot 0 of its second page.
   const int64_t page = p.indices[p.indptr[1] + 1];
   for (int e = 0; e < row; ++e) {
@@ -254,7 +254,7 @@ TEST(CpuBackend, AppendKvAndMergeStatesEntryPoints) {
   }
   PagedKV wrong = p.View();
   wrong.dtype = DType::kFloat32;
-  EXPECT_EQ(backend->AppendKv(**plan, wrong, k.data(), v.data(), nullptr).code(),
+  EXPECT_EQ(backend->AppendKv(**plan, wrong, k.data(), v.data(), DType::kFloat16, nullptr).code(),
             absl::StatusCode::kInvalidArgument);
 
   // Merging one state with an empty one gives the first back.

@@ -67,8 +67,9 @@ class NoHostAccessBackend final : public kernels::Backend {
     return inner_->Prepare(std::move(spec), s);
   }
   absl::Status AppendKv(const kernels::PreparedPlan& plan, const kernels::PagedKV& layer,
-                        const void* k, const void* v, kernels::Stream* s) override {
-    return inner_->AppendKv(plan, layer, k, v, s);
+                        const void* k, const void* v, kernels::DType new_dtype,
+                        kernels::Stream* s) override {
+    return inner_->AppendKv(plan, layer, k, v, new_dtype, s);
   }
   absl::Status Attention(const kernels::RunArgs& args) override { return inner_->Attention(args); }
   absl::Status MergeStates(const kernels::MergeStatesParams& p, kernels::Stream* s) override {

@@ -1,8 +1,9 @@
 // FP8 KV pools through Core (CreatePoolRequest.kv_dtype DTYPE_FLOAT8_E4M3 / _E5M2 with
 // k_scale / v_scale): the scales are checked and expanded to one per layer and KV head
 // (PoolInfo), and a run reads V as the stored fp8 value times its layer's and head's scale (a
-// row that sees one key gets exactly float(v8) * v_scale); bad scales are refused by name with
-// nothing created.
+// row that sees one key gets exactly float(v8) * v_scale); rows given as float16 are quantized
+// with the layer's scales on the way in; bad scales, and rows of a type the pool does not take,
+// are refused by name with nothing created or written.
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -149,6 +150,114 @@ TEST(Fp8PoolsTest, RunsReadTheStoredValueTimesItsScale) {
         }
       }
     }
+  }
+}
+
+// An inline float16 tensor of `shape` whose element i is value(i) (rounded to float16).
+template <typename Values>
+v1::Tensor HalfValues(const std::vector<int64_t>& shape, Values value) {
+  v1::Tensor t = testing::HalfTensor(shape);
+  std::string& bytes = *t.mutable_inline_data();
+  for (size_t i = 0; i < bytes.size() / 2; ++i) {
+    kernels::StoreFromFloat(bytes.data(), kernels::DType::kFloat16, i,
+                            value(static_cast<int64_t>(i)));
+  }
+  return t;
+}
+
+// k and v given in float16 on an fp8 pool: stored as fp8(x / scale) with the layer's and head's
+// scale, so a row that sees one key gets exactly float(fp8(v / v_scale)) * v_scale.
+TEST(Fp8PoolsTest, RunsQuantizeFloat16RowsWithTheLayersScales) {
+  for (const v1::DType dtype : {v1::DTYPE_FLOAT8_E4M3, v1::DTYPE_FLOAT8_E5M2}) {
+    const kernels::DType kd =
+        dtype == v1::DTYPE_FLOAT8_E4M3 ? kernels::DType::kFloat8E4M3 : kernels::DType::kFloat8E5M2;
+    auto core = MakeCore();
+    const std::string s = Open(*core);
+    const std::vector<float> v_scale = {0.5f, 4.f, 0.25f, 3.f};  // [layer][head]
+    auto pool = core->CreatePool(s, Fp8Pool(dtype, {2.f, 0.125f}, v_scale));
+    ASSERT_TRUE(pool.ok()) << pool.status();
+    const std::vector<int32_t> pages = Allocate(*core, s, pool->pool().pool_id(), 2);
+    v1::CreatePlanRequest request = PlanRequest(pool->pool().pool_id(), v1::ATTENTION_KIND_PREFILL,
+                                                kQoHeads, {pages}, {4}, {8});
+    std::vector<uint8_t> mask(8 * 8, 0);  // row i sees key i only
+    for (int i = 0; i < 8; ++i) mask[static_cast<size_t>(i) * 8 + i] = 1;
+    const std::vector<uint8_t> packed = kernels::PackCustomMask({mask});
+    request.set_custom_mask(std::string(packed.begin(), packed.end()));
+    auto plan = core->CreatePlan(s, request);
+    ASSERT_TRUE(plan.ok()) << plan.status();
+    // Values over many magnitudes, both signs; a few beyond the format's range (saturated).
+    const auto value = [](int64_t i) {
+      return std::ldexp(static_cast<float>((i * 29) % 17) - 8.f, static_cast<int>(i % 23) - 14);
+    };
+    v1::RunRequest run;
+    run.set_plan_id(plan->plan_id());
+    run.set_layer(1);
+    *run.mutable_q() = testing::HalfTensor({8, kQoHeads, kHeadDim}, '\x11');
+    run.mutable_q()->set_dtype(v1::DTYPE_FLOAT16);
+    *run.mutable_k() = HalfValues({8, kKvHeads, kHeadDim}, [&](int64_t i) { return value(i + 5); });
+    *run.mutable_v() = HalfValues({8, kKvHeads, kHeadDim}, value);
+    auto out = core->Run(s, run);
+    ASSERT_TRUE(out.ok()) << out.status();
+    const std::string& o = out->o().inline_data();
+    for (int i = 0; i < 8; ++i) {
+      for (int h = 0; h < kQoHeads; ++h) {
+        const int kvh = h / (kQoHeads / kKvHeads);
+        for (int d = 0; d < kHeadDim; ++d) {
+          const int64_t v_index = (static_cast<int64_t>(i) * kKvHeads + kvh) * kHeadDim + d;
+          const float vs = v_scale[2 + kvh];
+          const float x = kernels::RoundTo(kernels::DType::kFloat16, value(v_index));
+          uint8_t v8 = 0;
+          kernels::StoreFromFloat(&v8, kd, 0, x / vs);
+          const float want =
+              kernels::RoundTo(kernels::DType::kFloat16, kernels::LoadAsFloat(&v8, kd, 0) * vs);
+          const float got =
+              kernels::LoadAsFloat(o.data(), kernels::DType::kFloat16,
+                                   (static_cast<size_t>(i) * kQoHeads + h) * kHeadDim + d);
+          ASSERT_EQ(got, want) << kernels::DTypeName(kd) << " row " << i << " head " << h << " dim "
+                               << d;
+        }
+      }
+    }
+  }
+}
+
+// Rows the pool does not take are refused by name before anything is written: float16 k on a
+// bfloat16 pool, v of another type than k on an fp8 pool, float8_e5m2 rows on an e4m3 pool.
+TEST(Fp8PoolsTest, RowsOfATypeThePoolDoesNotTakeAreRefusedByName) {
+  struct Case {
+    v1::DType pool, k, v;
+    const char* message;
+  };
+  for (const Case& c : {Case{v1::DTYPE_BFLOAT16, v1::DTYPE_FLOAT16, v1::DTYPE_FLOAT16,
+                             "k.dtype=DTYPE_FLOAT16, expected DTYPE_BFLOAT16"},
+                        Case{v1::DTYPE_FLOAT8_E4M3, v1::DTYPE_FLOAT16, v1::DTYPE_BFLOAT16,
+                             "v.dtype=DTYPE_BFLOAT16, expected DTYPE_FLOAT16"},
+                        Case{v1::DTYPE_FLOAT8_E4M3, v1::DTYPE_FLOAT8_E5M2, v1::DTYPE_FLOAT8_E5M2,
+                             "k.dtype=DTYPE_FLOAT8_E5M2, expected DTYPE_FLOAT8_E4M3"}}) {
+    auto core = MakeCore();
+    const std::string s = Open(*core);
+    v1::CreatePoolRequest pool_request = PoolRequest(PoolSpec{
+        .num_layers = kLayers, .num_kv_heads = kKvHeads, .head_dim = kHeadDim, .kv_dtype = c.pool});
+    auto pool = core->CreatePool(s, pool_request);
+    ASSERT_TRUE(pool.ok()) << pool.status();
+    const std::vector<int32_t> pages = Allocate(*core, s, pool->pool().pool_id(), 1);
+    auto plan = core->CreatePlan(s, PlanRequest(pool->pool().pool_id(), v1::ATTENTION_KIND_DECODE,
+                                                kQoHeads, {pages}, {3}, {1}));
+    ASSERT_TRUE(plan.ok()) << plan.status();
+    const auto rows = [&](v1::DType dtype) {
+      v1::Tensor t = testing::HalfTensor({1, kKvHeads, kHeadDim}, '\x22');
+      t.set_dtype(dtype);
+      if (dtype == v1::DTYPE_FLOAT8_E4M3 || dtype == v1::DTYPE_FLOAT8_E5M2) {
+        t.set_inline_data(std::string(static_cast<size_t>(kKvHeads) * kHeadDim, '\x22'));
+      }
+      return t;
+    };
+    v1::AppendKvRequest append;
+    append.set_plan_id(plan->plan_id());
+    append.set_layer(0);
+    *append.mutable_k() = rows(c.k);
+    *append.mutable_v() = rows(c.v);
+    EXPECT_STATUS(core->AppendKv(s, append).status(), kInvalidArgument, HasSubstr(c.message));
   }
 }
 
