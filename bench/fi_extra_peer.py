@@ -19,27 +19,46 @@
       "cascade-flat". Metric: TB/s of the batch's logical K+V bytes, 2 * B * (prefix + own) *
       Hkv * D * 2 (what the flat decode reads; the same numerator for both rows, so their ratio
       is the cascade's speedup). Each row also carries the bytes read at least once.
+  (c) FP8-KV decode (bench/decode_bench.cu's FP8 rows), op "decode-fp8": fp16 queries and
+      output over an fp8 paged KV cache, 32 query heads, head_dim 128, page 16, NHD, pages in
+      random order; e4m3 at (B, kv, Hkv) = (64, 4096, 8), (64, 4096, 32), (1, 32768, 8),
+      (256, 2048, 8), e5m2 at (64, 4096, 8), and the fp16-KV decode at (64, 4096, 8) (kv dtype
+      "f16") so that the fp8 / fp16 time ratio comes from one process (fi_peer.py times fp16
+      decode at every shape). Both of FlashInfer's fa2 decode paths: "fa2-tc"
+      (BatchDecodeWithPagedKVCacheWrapper(use_tensor_cores=True, backend="fa2"): a batch
+      prefill module, dtype_q fp16, dtype_kv fp8, dtype_o fp16) and "fa2-cuda"
+      (use_tensor_cores=False: a batch decode module with dtype_kv fp8). The cache holds
+      N(0, 1) / scale cast to the fp8 type (K / k_scale, V / v_scale), run() gets the scales as
+      python floats (k_scale 0.5, v_scale 2.0; FI_EXTRA_FP8_SCALES="k,v"), so the dequantized
+      K and V are O(1); the check's reference is float32 attention over fp8.float() * scale.
+      FlashInfer 0.7.4's run() folds k_scale into sm_scale and applies v_scale after the
+      kernel (out *= v_scale, a second kernel, inside the timed call; v_scale 1.0 skips it).
+      Metric: TB/s of the K+V bytes read, 2 * B * kv * Hkv * D * itemsize (1 for fp8, 2 for
+      fp16); each row carries "kv_dtype" ("e4m3", "e5m2", "f16") and the fp8 rows "x_fp16"
+      (the fp16-KV row's time over theirs, same backend and shape, when that row ran).
 
 Method and environment: those of ../shared/gpu/flashinfer-peer/fi_peer.py, whose helpers this
 file imports (the peer bundle carries fi_peer.py at its top level, so PYTHONPATH=/tmp/fi is
 enough): its environment setup (JIT cache FI_PEER_CACHE, sm_90a, MAX_JOBS), its JIT specs (one
-ninja run for every module these rows need), CUDA-event timing with inputs rotated over enough
-copies that >= FI_PEER_COLD_GB (1 GiB) of other data is read between two uses of one copy, a
-host-ahead GPU sleep, median of FI_PEER_REPS (30) after FI_PEER_WARMUP (5). Every kernel
-configuration that is timed is first checked against a float32 torch reference on a small case.
-Every check and every row runs in its own try, so one failure does not stop the rest.
+ninja run for every module these rows need; this file's make_spec adds the fp8-KV modules),
+CUDA-event timing with inputs rotated over enough copies that >= FI_PEER_COLD_GB (1 GiB) of
+other data is read between two uses of one copy, a host-ahead GPU sleep, median of
+FI_PEER_REPS (30) after FI_PEER_WARMUP (5). Every kernel configuration that is timed is first
+checked against a float32 torch reference on a small case. Every check and every row runs in
+its own try, so one failure does not stop the rest.
 
     mkdir -p /tmp/fi && tar -xJf .fi-peer/flashinfer_peer.tar.xz -C /tmp/fi
     OUT=/tmp/out PYTHONPATH=/tmp/fi PYTHONUNBUFFERED=1 python3 bench/fi_extra_peer.py
 
 Writes $OUT/fi_extra.jsonl (a "meta" line, "check" lines, and one "timing" line per row: op,
 backend, config, median_us, min_us, metric, unit, dtype, head_dim, B, qo_len, kv_len, hq, hk,
-page_size, ...; fi_peer.py's conventions, kv_len counting the prefix and the new tokens) and
-prints a table. Knobs: FI_EXTRA_FILTER=<regex on the row label>, FI_EXTRA_NO_CHECK=1,
+page_size, ...; fi_peer.py's conventions, kv_len counting the prefix and the new tokens;
+dtype is the query / output type, decode-fp8 rows add kv_dtype) and prints a table. Knobs:
+FI_EXTRA_FILTER=<regex on the row label> (e.g. decode-fp8), FI_EXTRA_NO_CHECK=1,
 FI_EXTRA_DRYRUN=1 (import FlashInfer, check the APIs the rows use and write the JIT modules'
-ninja files; no GPU work; without torch it checks this file's own mask / case logic only), and
-fi_peer.py's FI_PEER_REPS, FI_PEER_WARMUP, FI_PEER_COLD_GB, FI_PEER_SLEEP, FI_PEER_CACHE,
-FI_PEER_MAX_JOBS.
+ninja files; no GPU work; without torch it checks this file's own mask / case logic only),
+FI_EXTRA_FP8_SCALES=<k_scale>,<v_scale> (0.5,2.0), and fi_peer.py's FI_PEER_REPS,
+FI_PEER_WARMUP, FI_PEER_COLD_GB, FI_PEER_SLEEP, FI_PEER_CACHE, FI_PEER_MAX_JOBS.
 
 Note: the trimmed peer bundle has no csrc/quantization.cu, so FlashInfer's packbits /
 segment_packbits (what plan(custom_mask=...) calls to pack a boolean mask) cannot be JIT-built
@@ -92,6 +111,21 @@ NO_CHECK = os.environ.get("FI_EXTRA_NO_CHECK") == "1"
 HQ, PAGE, HD = P.HQ, P.PAGE, 128
 TREE_PREFIX, TREE_NODES, TREE_B = 4096, 64, 16
 CASCADE_PREFIX, CASCADE_OWN, CASCADE_HK = 32768, 256, 8
+# FP8-KV decode (item (c)): (B, kv_len, Hkv) of the e4m3 rows; e5m2 and the fp16-KV reference
+# row at the first shape. kv dtype names: the rows' "kv_dtype" -> the torch dtype's name.
+FP8_SHAPES = ((64, 4096, 8), (64, 4096, 32), (1, 32768, 8), (256, 2048, 8))
+FP8_REF_SHAPE = FP8_SHAPES[0]
+FP8_BACKENDS = ("fa2-tc", "fa2-cuda")  # fi_peer.py's labels: tensor-core / CUDA-core decode
+KV_DT = {"e4m3": "float8_e4m3fn", "e5m2": "float8_e5m2", "f16": "float16"}
+FP8_KV = ("e4m3", "e5m2")
+
+
+def _fp8_scales():
+    ks, vs = os.environ.get("FI_EXTRA_FP8_SCALES", "0.5,2.0").split(",")
+    return float(ks), float(vs)
+
+
+FP8_K_SCALE, FP8_V_SCALE = _fp8_scales()
 
 
 # ---------------------------------------------------------------- masks (numpy, no torch)
@@ -159,12 +193,29 @@ def cases():
                         qo=1, prefix=CASCADE_PREFIX, own=CASCADE_OWN))
         out.append(dict(op="cascade-flat", backend="fa2-tc", dt="f16", hd=HD, hk=CASCADE_HK, B=b,
                         qo=1, prefix=CASCADE_PREFIX, own=CASCADE_OWN))
+    for b, kv, hk in FP8_SHAPES:
+        kvdts = ["e4m3"] + (["e5m2", "f16"] if (b, kv, hk) == FP8_REF_SHAPE else [])
+        for kvdt in kvdts:
+            for backend in FP8_BACKENDS:
+                out.append(dict(op="decode-fp8", backend=backend, dt="f16", kvdt=kvdt, hd=HD,
+                                hk=hk, B=b, qo=1, kv=kv))
     return out
+
+
+def is_fp8(c):
+    return c.get("kvdt") in FP8_KV
+
+
+def kv_bytes_read(c):
+    """decode-fp8 rows' metric bytes: K and V read once, 2 * B * kv * Hkv * D * itemsize."""
+    return 2 * c["B"] * c["kv"] * c["hk"] * c["hd"] * (1 if is_fp8(c) else 2)
 
 
 def config_str(c):
     s = f"{c['dt']} hd={c['hd']} B={c['B']} "
-    if c["op"].startswith("cascade"):
+    if c["op"] == "decode-fp8":
+        s = f"{c['dt']} kvdt={c['kvdt']} hd={c['hd']} B={c['B']} kv={c['kv']}"
+    elif c["op"].startswith("cascade"):
         s += f"prefix={c['prefix']} own={c['own']}"
     else:
         s += f"qo={c['qo']} kv={c['kv']}"
@@ -183,7 +234,10 @@ def module_keys(cs):
     """fi_peer's (kind, backend, dt, hd) keys of every JIT module the rows (and checks) load:
     the prefill modules (custom masks are a runtime mask mode of the same module), fp16 fa2
     and fa3 for the cascade levels (auto: fa2 for <= 64 query rows per request, else fa3), fa2
-    for the tensor-core decode, and the cascade module (merge_state_in_place)."""
+    for the tensor-core decode, and the cascade module (merge_state_in_place). decode-fp8:
+    ("prefill-fp8" | "decode-fp8", "fa2", <fp8 kv dtype>, hd) for the tensor-core / CUDA-core
+    decode over an fp8 cache (this file's make_spec), fi_peer's ("prefill" | "decode", "fa2",
+    "f16", hd) for the fp16-KV reference rows."""
     keys = []
 
     def add(k):
@@ -197,9 +251,68 @@ def module_keys(cs):
             add(("prefill", "fa2", c["dt"], c["hd"]))
             add(("prefill", "fa3", c["dt"], c["hd"]))
             add(("cascade", "-", "-", 0))
+        elif c["op"] == "decode-fp8":
+            tc = c["backend"] == "fa2-tc"
+            if is_fp8(c):
+                add(("prefill-fp8" if tc else "decode-fp8", "fa2", c["kvdt"], c["hd"]))
+            else:
+                add(("prefill" if tc else "decode", "fa2", c["dt"], c["hd"]))
         else:
             add(("prefill", "fa2", c["dt"], c["hd"]))
     return keys
+
+
+def fp8_module_args(torch, key):
+    """The arguments decode.py's plan() (FlashInfer 0.7.4) passes for an fp8-KV decode over
+    fp16 queries: tensor cores, get_batch_prefill_module(backend, q, kv, o, indptr.dtype, hd,
+    hd, posenc NONE, use_sliding_window, use_logits_soft_cap, use_fp16_qk_reduction False,
+    use_token_head_sf False); CUDA cores, get_batch_decode_module(q, kv, o, indptr.dtype, hd,
+    hd, posenc NONE, use_sliding_window, use_logits_soft_cap)."""
+    kind, backend, kvdt, hd = key
+    q, kv = torch.float16, getattr(torch, KV_DT[kvdt])
+    if kind == "decode-fp8":
+        return (q, kv, q, torch.int32, hd, hd, 0, False, False)
+    return (backend, q, kv, q, torch.int32, hd, hd, 0, False, False, False)
+
+
+def make_spec(torch, key):
+    """fi_peer.make_spec plus this file's fp8-KV kinds ("decode-fp8" / "prefill-fp8",
+    backend, kv dtype "e4m3" | "e5m2", hd): the JitSpec the decode wrapper's plan() loads (same
+    URI). Installed as fi_peer's make_spec below, so fi_peer.jit_build builds every module of
+    the run in its one ninja run."""
+    if key[0] not in ("decode-fp8", "prefill-fp8"):
+        return _FI_PEER_MAKE_SPEC(torch, key)
+    from flashinfer.jit.attention import modules as m
+    args = fp8_module_args(torch, key)
+    if key[0] == "decode-fp8":  # decode.get_batch_decode_module(...)
+        return m.gen_batch_decode_module(*args)
+    if key[1] == "fa2":  # prefill.get_batch_prefill_module("fa2", ...): the equal-stride primary
+        gen = getattr(m, "_gen_batch_prefill_primary_module", None) or m.gen_batch_prefill_module
+        return gen(*args)
+    return m.gen_batch_prefill_module(*args)
+
+
+_FI_PEER_MAKE_SPEC = P.make_spec
+P.make_spec = make_spec  # fi_peer.jit_build looks make_spec up in its module at call time
+
+
+def fp8_uri_problems(torch, specs):
+    """Each fp8 spec's name against the URI that plan() computes from the same arguments
+    (get_batch_decode_uri / get_batch_prefill_uri; the fa2 primary adds a suffix)."""
+    from flashinfer.jit.attention import modules as m
+    problems = []
+    for key, spec in specs.items():
+        if key[0] not in ("decode-fp8", "prefill-fp8"):
+            continue
+        args = fp8_module_args(torch, key)
+        if key[0] == "decode-fp8":
+            want, ok = m.get_batch_decode_uri(*args), spec.name == m.get_batch_decode_uri(*args)
+        else:
+            want = m.get_batch_prefill_uri(*args, False)
+            ok = spec.name.startswith(want)
+        if not ok or f"dtype_kv_{key[2]}_" not in spec.name or "dtype_q_f16_" not in spec.name:
+            problems.append(f"JIT spec {key}: name {spec.name} is not plan()'s URI {want}")
+    return problems
 
 
 # ---------------------------------------------------------------- torch helpers
@@ -306,6 +419,51 @@ def level_backends(w):
                     getattr(w, "_batch_prefill_wrappers", []))
 
 
+def kv_scales(c):
+    """(k_scale, v_scale) that run() gets: the fp8 rows' scales, None for fp16 KV."""
+    return (FP8_K_SCALE, FP8_V_SCALE) if is_fp8(c) else (None, None)
+
+
+def kv_cache(torch, num_pages, c, seed):
+    """[num_pages, 2, PAGE, Hkv, D] of c's kv dtype: N(0, 1) values, for fp8 divided by the
+    scale (K / k_scale, V / v_scale) and cast, so that fp8.float() * scale is O(1). Built 256 MiB
+    of float32 at a time."""
+    d = getattr(torch, KV_DT[c["kvdt"]])
+    ks, vs = kv_scales(c)
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    shape = (2, PAGE, c["hk"], c["hd"])
+    t = torch.empty((num_pages,) + shape, dtype=d, device="cuda")
+    step = max(1, (256 << 20) // (4 * math.prod(shape)))
+    for p0 in range(0, num_pages, step):
+        n = min(step, num_pages - p0)
+        x = torch.randn((n,) + shape, generator=g, dtype=torch.float32, device="cuda")
+        if ks is not None:
+            x[:, 0] /= ks
+            x[:, 1] /= vs
+        t[p0:p0 + n] = x.to(d)
+    return t
+
+
+def dequantized(torch, cache, c):
+    """float32 copy of a cache, fp8 values times their scale (the reference's K and V)."""
+    x = cache.float()
+    ks, vs = kv_scales(c)
+    if ks is not None:
+        x[:, 0] *= ks
+        x[:, 1] *= vs
+    return x
+
+
+def make_decode_fp8(torch, fi, ws, c, pk):
+    """fi_peer.make_decode with the cache's kv dtype: fa2, tensor cores for "fa2-tc"."""
+    w = fi.decode.BatchDecodeWithPagedKVCacheWrapper(
+        ws, "NHD", use_tensor_cores=c["backend"] == "fa2-tc", backend="fa2")
+    d = getattr(torch, P.DT[c["dt"]])
+    w.plan(pk.indptr, pk.indices, pk.last, HQ, c["hk"], c["hd"], PAGE, q_data_type=d,
+           kv_data_type=getattr(torch, KV_DT[c["kvdt"]]), o_data_type=d)
+    return w
+
+
 # ---------------------------------------------------------------- checks
 def check_treemask(torch, fi, ws, c):
     d = getattr(torch, P.DT[c["dt"]])
@@ -359,6 +517,29 @@ def check_cascade(torch, fi, ws, c, flat):
                           f"prefix={prefix} own=1..40", rel, mx, 2e-2)
 
 
+def check_decode_fp8(torch, fi, ws, c):
+    """fi_peer.check_decode's ragged lengths over c's kv dtype and scales; the reference is
+    float32 attention over the dequantized cache."""
+    import copy
+
+    d = getattr(torch, P.DT[c["dt"]])
+    kv_lens = [7, 16, 300, 1025, 4096]
+    pk = P.Paged(torch, kv_lens, c["hk"], c["hd"], d, copies=0, seed=11)  # page tables only
+    pk.caches = [kv_cache(torch, pk.num_pages, c, seed=12)]
+    q = torch.randn(len(kv_lens), HQ, c["hd"], dtype=d, device="cuda")
+    w = make_decode_fp8(torch, fi, ws, c, pk)
+    ks, vs = kv_scales(c)
+    o = w.run(q, pk.caches[0], k_scale=ks, v_scale=vs)
+    ref_pk = copy.copy(pk)
+    ref_pk.caches = [dequantized(torch, pk.caches[0], c)]
+    ref = torch.cat([P.ref_attn(torch, q[b:b + 1], *ref_pk.kv_of(b), False)[0]
+                     for b in range(len(kv_lens))])
+    rel, mx = P.rel_err(torch, o, ref)
+    scales = f" k_scale={ks:g} v_scale={vs:g}" if ks is not None else ""
+    return P.record_check(f"decode-fp8 {c['backend']} {c['dt']} kv {c['kvdt']} hd={c['hd']} "
+                          f"hk={c['hk']} kv{kv_lens}{scales}", rel, mx, 2e-2)
+
+
 def may_be_unsupported(c):
     """FlashInfer 0.7.4's sm90 (fa3) prefill kernels return cudaErrorNotSupported for
     MaskMode::kCustom (hopper/prefill_sm90.cuh): a failure there is reported as such, not as a
@@ -367,7 +548,7 @@ def may_be_unsupported(c):
 
 
 def case_key(c):
-    return (c["op"], c["backend"], c["dt"], c["hk"])
+    return (c["op"], c["backend"], c["dt"], c["hk"], c.get("kvdt"))
 
 
 def run_checks(torch, fi, ws, cs):
@@ -385,6 +566,8 @@ def run_checks(torch, fi, ws, cs):
                 check_treemask(torch, fi, ws, c)
             elif c["op"] == "append":
                 P.check_prefill(torch, fi, ws, c)  # causal, ragged lengths, random pages
+            elif c["op"] == "decode-fp8":
+                check_decode_fp8(torch, fi, ws, c)
             else:
                 check_cascade(torch, fi, ws, c, flat=c["op"] == "cascade-flat")
         except Exception as e:  # noqa: BLE001
@@ -469,6 +652,53 @@ def time_cascade(torch, fi, ws, c):
                 resolved_backend=resolved, use_tensor_cores=c["op"] == "cascade-flat")
 
 
+def time_decode_fp8(torch, fi, ws, c):
+    d = getattr(torch, P.DT[c["dt"]])
+    B, hk, hd, kv = c["B"], c["hk"], c["hd"], c["kv"]
+    kv_bytes = kv_bytes_read(c)
+    n = P.copies_for(kv_bytes)
+    pk = P.Paged(torch, [kv] * B, hk, hd, d, copies=0, seed=9)  # page tables only
+    pk.caches = [kv_cache(torch, pk.num_pages, c, seed=20 + i) for i in range(n)]
+    qs = [torch.randn(B, HQ, hd, dtype=d, device="cuda") for _ in range(n)]
+    outs = [torch.empty(B, HQ, hd, dtype=d, device="cuda") for _ in range(n)]
+    ks, vs = kv_scales(c)
+    t = time.time()
+    w = make_decode_fp8(torch, fi, ws, c, pk)
+    plan_s = time.time() - t
+    calls = [(lambda i=i: w.run(qs[i], pk.caches[i], k_scale=ks, v_scale=vs, out=outs[i]))
+             for i in range(n)]
+    med, mn = P.bench(torch, calls)
+    resolved = getattr(w, "resolved_backend", None) or getattr(w, "_backend", None)
+    extra = {}
+    if ks is not None:
+        extra = dict(k_scale=ks, v_scale=vs,
+                     v_scale_applied="not at all (v_scale 1.0)" if vs == 1.0 else
+                     "out *= v_scale after the kernel (FlashInfer's run()), timed")
+    return dict(kind="timing", op=c["op"], backend=c["backend"], config=config_str(c),
+                median_us=round(med, 2), min_us=round(mn, 2),
+                metric=round(kv_bytes / (med * 1e-6) / 1e12, 3), unit="TB/s",
+                metric_bytes="K+V bytes read 2*B*kv*hk*D*itemsize(kv dtype)",
+                bytes_kv=kv_bytes, dtype=P.DT[c["dt"]], kv_dtype=c["kvdt"],
+                kv_torch_dtype=KV_DT[c["kvdt"]], head_dim=hd, B=B, qo_len=1, kv_len=kv, hq=HQ,
+                hk=hk, page_size=PAGE, layout="NHD", copies=n, plan_s=round(plan_s, 3),
+                reps=P.REPS, warmup=P.WARMUP, resolved_backend=str(resolved),
+                use_tensor_cores=bool(getattr(w, "use_tensor_cores", c["backend"] == "fa2-tc")),
+                **extra)
+
+
+def add_fp16_ratios(rows):
+    """x_fp16 on each fp8 decode-fp8 row: the fp16-KV row's median over its own (same
+    backend, B, kv, hk; measured in this process)."""
+    f16 = {(r["backend"], r["B"], r["kv_len"], r["hk"]): r for r in rows
+           if r.get("op") == "decode-fp8" and r.get("kv_dtype") == "f16" and "error" not in r}
+    for r in rows:
+        if r.get("op") != "decode-fp8" or r.get("kv_dtype") not in FP8_KV or "error" in r:
+            continue
+        ref = f16.get((r["backend"], r["B"], r["kv_len"], r["hk"]))
+        if ref:
+            r["x_fp16"] = round(ref["median_us"] / r["median_us"], 3)
+
+
 # ---------------------------------------------------------------- dry run
 def self_check():
     """This file's own logic (no torch): the tree, the masks' packing, the pair counts."""
@@ -493,7 +723,32 @@ def self_check():
     assert pb.size == 64 * 4160 + (500 + 7) // 8 and np.array_equal(pb[:33280], pk[:33280])
     assert np.array_equal(pb[64 * 4160:], pk[33280:])
     labels = [label(c) for c in cases()]
-    assert len(labels) == len(set(labels)) == 12, labels
+    assert len(labels) == len(set(labels)) == 24, labels
+    # decode-fp8: e4m3 at every shape, e5m2 and fp16 KV at the reference shape, both backends
+    fp8 = [c for c in cases() if c["op"] == "decode-fp8"]
+    assert [c for c in cases() if re.search("decode-fp8", label(c))] == fp8 and len(fp8) == 12
+    got = sorted((c["B"], c["kv"], c["hk"], c["kvdt"], c["backend"]) for c in fp8)
+    want = sorted([(b, kv, hk, "e4m3", be) for b, kv, hk in FP8_SHAPES for be in FP8_BACKENDS]
+                  + [FP8_REF_SHAPE + (dt, be) for dt in ("e5m2", "f16") for be in FP8_BACKENDS])
+    assert got == want, got
+    assert all(c["hd"] == 128 and c["dt"] == "f16" and c["qo"] == 1 for c in fp8)
+    one = dict(B=64, kv=4096, hk=8, hd=128)
+    assert kv_bytes_read(dict(one, kvdt="e4m3")) == 2 * 64 * 4096 * 8 * 128
+    assert kv_bytes_read(dict(one, kvdt="f16")) == 2 * kv_bytes_read(dict(one, kvdt="e5m2"))
+    assert label(fp8[0]) == "decode-fp8 fa2-tc f16 kvdt=e4m3 hd=128 B=64 kv=4096 hq=32 hk=8"
+    keys = module_keys(fp8)
+    assert keys == [("prefill-fp8", "fa2", "e4m3", 128), ("decode-fp8", "fa2", "e4m3", 128),
+                    ("prefill-fp8", "fa2", "e5m2", 128), ("decode-fp8", "fa2", "e5m2", 128),
+                    ("prefill", "fa2", "f16", 128), ("decode", "fa2", "f16", 128)], keys
+    # one check per kernel configuration (backend, kv dtype, GQA group), whatever the shape
+    assert len({case_key(c) for c in fp8}) == 2 * 4
+    assert P.make_spec is make_spec and _FI_PEER_MAKE_SPEC is not make_spec
+    rows = [dict(op="decode-fp8", backend=be, B=64, kv_len=4096, hk=8, kv_dtype=dt,
+                 median_us=us) for be, dt, us in (("fa2-tc", "f16", 300.0),
+                                                  ("fa2-tc", "e4m3", 150.0),
+                                                  ("fa2-cuda", "e5m2", 100.0))]
+    add_fp16_ratios(rows)
+    assert rows[1]["x_fp16"] == 2.0 and "x_fp16" not in rows[0] and "x_fp16" not in rows[2]
     return dict(tree_pairs=tree_pairs(4096, 64), causal_pairs=causal_pairs(64, 4160),
                 rows=labels)
 
@@ -517,10 +772,22 @@ def api_check(fi):
     dec = inspect.signature(fi.decode.BatchDecodeWithPagedKVCacheWrapper.__init__).parameters
     if "use_tensor_cores" not in dec:
         problems.append("BatchDecodeWithPagedKVCacheWrapper has no use_tensor_cores")
+    run = inspect.signature(fi.decode.BatchDecodeWithPagedKVCacheWrapper.run).parameters
+    for name in ("k_scale", "v_scale", "out"):
+        if name not in run:
+            problems.append(f"BatchDecodeWithPagedKVCacheWrapper.run has no {name}")
+    import torch
+    for name in KV_DT.values():
+        if not hasattr(torch, name):
+            problems.append(f"torch has no {name}")
+    from flashinfer.jit.attention import modules as m
+    for name in ("gen_batch_decode_module", "get_batch_decode_uri", "get_batch_prefill_uri"):
+        if not hasattr(m, name):
+            problems.append(f"flashinfer.jit.attention.modules has no {name}")
     if not hasattr(fi.cascade, "merge_state_in_place"):
         problems.append("flashinfer.cascade has no merge_state_in_place")
     from flashinfer.jit import env as jit_env
-    for src in ("batch_prefill.cu", "batch_prefill_sm90.cu", "cascade.cu"):
+    for src in ("batch_prefill.cu", "batch_prefill_sm90.cu", "cascade.cu", "batch_decode.cu"):
         if not (jit_env.FLASHINFER_CSRC_DIR / src).exists():
             problems.append(f"csrc/{src} is missing")
     quant = (jit_env.FLASHINFER_CSRC_DIR / "quantization.cu").exists()
@@ -568,7 +835,14 @@ def main():
     keys = module_keys(cs)
     log(f"\n== JIT: {len(keys)} modules for {len(cs)} rows (MAX_JOBS={os.environ['MAX_JOBS']}, "
         f"cache {P.CACHE}) ==")
-    jit_s, jit_err, specs = P.jit_build(torch, keys)
+    jit_s, jit_err, specs = P.jit_build(torch, keys)  # with this file's make_spec
+    try:
+        uri_problems = fp8_uri_problems(torch, specs)
+    except Exception as e:  # noqa: BLE001
+        uri_problems = [f"fp8 URI check raised {type(e).__name__}: {e}"]
+    for p in uri_problems if not DRYRUN else []:  # the dry run lists every problem below
+        log(f"  {p}")
+    problems += uri_problems  # meta["api_problems"] is this list
     meta["jit_s"] = round(jit_s, 1)
     meta["mask_layout"] = STATE  # the packed_custom_mask layout used (updated by the check)
     meta["jit_modules"] = [s.name for s in specs.values()]
@@ -602,9 +876,14 @@ def main():
             log(f"  {label(c)}: not timed (its check raised)")
             continue
         try:
-            r = (time_cascade if c["op"].startswith("cascade") else time_prefill)(torch, fi, ws, c)
+            if c["op"] == "decode-fp8":
+                r = time_decode_fp8(torch, fi, ws, c)
+            elif c["op"].startswith("cascade"):
+                r = time_cascade(torch, fi, ws, c)
+            else:
+                r = time_prefill(torch, fi, ws, c)
             rows.append(r)
-            log(f"  {r['op']:12s} {r['backend']:6s} {r['config']:44s} median {r['median_us']:10.1f}"
+            log(f"  {r['op']:12s} {r['backend']:8s} {r['config']:44s} median {r['median_us']:10.1f}"
                 f" us (min {r['min_us']:10.1f})  {r['metric']:8.3f} {r['unit']}"
                 f"  [{r['resolved_backend']}, plan {r['plan_s']:.2f} s, {r['copies']} copies]")
         except Exception as e:  # noqa: BLE001
@@ -619,13 +898,14 @@ def main():
 
     log(f"\nFlashInfer {meta['flashinfer']} extra rows on {meta.get('device')}: hq={HQ}, "
         f"page={PAGE}, NHD, random page order, cold inputs")
-    log(f"{'op':12s} {'backend':6s} {'config':44s} {'median_us':>10s} {'metric':>9s} unit")
+    add_fp16_ratios(rows)
+    log(f"{'op':12s} {'backend':8s} {'config':44s} {'median_us':>10s} {'metric':>9s} unit")
     by = {}
     for r in rows:
         if "error" in r:
-            log(f"{r['op']:12s} {r['backend']:6s} {r['config']:44s} {'FAILED':>10s}")
+            log(f"{r['op']:12s} {r['backend']:8s} {r['config']:44s} {'FAILED':>10s}")
             continue
-        log(f"{r['op']:12s} {r['backend']:6s} {r['config']:44s} {r['median_us']:10.1f} "
+        log(f"{r['op']:12s} {r['backend']:8s} {r['config']:44s} {r['median_us']:10.1f} "
             f"{r['metric']:9.3f} {r['unit']}")
         by[(r["op"], r["backend"], r["config"])] = r
     for (op, be, cfg), r in by.items():  # the ratios the rows are for
@@ -638,6 +918,8 @@ def main():
             if f:
                 log(f"  cascade speedup over flat decode {cfg}: "
                     f"{f['median_us'] / r['median_us']:.2f}x")
+        if op == "decode-fp8" and "x_fp16" in r:
+            log(f"  fp16-KV / {r['kv_dtype']}-KV decode time {be} {cfg}: {r['x_fp16']:.3f}")
     n_unsup = sum(1 for r in rows if r.get("unsupported") and "error" in r)
     n_fail = sum(1 for r in rows if "error" in r) - n_unsup
     n_bad = sum(1 for c in P.CHECKS if not c.get("ok")) + n_fail

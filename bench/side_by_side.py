@@ -25,6 +25,16 @@ Feature rows (issue 15; phase `features` of scripts/gpu-host-bench.sh):
       "cascade-flat" rows, and both times of a cascade_bench row. Metric: TB/s of the batch's
       logical K+V bytes, 2*B*(P+O)*Hkv*D*bytes / time (the same numerator for both, so
       cascade / cascade-flat is the speedup).
+
+FP8-KV decode rows (fp16 queries and output over an fp8 paged KV cache):
+  decode-<dt>-kv<e4m3|e5m2|f16>-hd<D>-b<B>-kv<kv>-hkv<Hkv>: <dt> the query type, kv<...> the
+      cache's; TB/s of the K+V bytes read, 2*B*kv*Hkv*D*itemsize (1 byte for fp8). FlashInfer
+      "decode-fp8" rows of bench/fi_extra_peer.py (fa2-tc, fa2-cuda; its kv_dtype "f16" rows are
+      FlashInfer's fp16-KV decode timed in the same process as its fp8 rows, hence "-kvf16");
+      decode_bench lines that carry "kv_dtype" ("e4m3" / "e5m2"), all of them: decode_bench times
+      FP8 K/V only with the planner's kernel. attnd's fp16-KV decode lines carry no kv_dtype and
+      keep their decode-<dt>-hd... names; an FP8 line's x_fp16 (the fp16 row's time over its
+      own) is kept with it.
 """
 import argparse
 import collections
@@ -45,6 +55,10 @@ def fi_rows(path):
         extra = {"median_us": r["median_us"], "reps": r.get("reps")}
         if r["op"] == "decode":
             name = f"decode-{dt}-hd{r['head_dim']}-b{r['B']}-kv{r['kv_len']}-hkv{r['hk']}"
+        elif r["op"] == "decode-fp8":  # kv_dtype "e4m3" / "e5m2", or "f16" (the fp16-KV row)
+            name = decode_kv_name(dt, r["kv_dtype"], r["head_dim"], r["B"], r["kv_len"], r["hk"])
+            extra.update(kv_dtype=r["kv_dtype"], x_fp16=r.get("x_fp16"),
+                         resolved_backend=r.get("resolved_backend"))
         elif r["op"] == "prefill":
             name = f"prefill-{dt}-hd{r['head_dim']}-causal-b{r['B']}-L{r['qo_len']}-hkv{r['hk']}"
         elif r["op"] == "treemask":  # kv_len counts the prefix and the tree's tokens
@@ -61,8 +75,17 @@ def fi_rows(path):
 
 
 DTYPES = {"float16": "fp16", "bfloat16": "bf16"}
+# a KV cache's type in decode_kv_name (FlashInfer's kv_dtype "f16", decode_bench's "e4m3"/"e5m2")
+KV_DTYPES = {"f16": "f16", "fp16": "f16", "float16": "f16", "bf16": "bf16", "bfloat16": "bf16",
+             "e4m3": "e4m3", "float8_e4m3fn": "e4m3", "e5m2": "e5m2", "float8_e5m2": "e5m2"}
 # prefill_bench's explicit tile variants (--wide): never the planner's default
 EXPLICIT_TILES = ("default", "wide", "wide3", "wide64", "sm90")
+
+
+def decode_kv_name(dt, kv_dtype, head_dim, batch, kv_len, hkv):
+    """Decode with <dt> queries over a KV cache of type kv_dtype (FP8 K/V)."""
+    kv = KV_DTYPES.get(kv_dtype, kv_dtype)
+    return f"decode-{dt}-kv{kv}-hd{head_dim}-b{batch}-kv{kv_len}-hkv{hkv}"
 
 
 def treemask_name(dt, head_dim, batch, qo_len, prefix, hkv):
@@ -99,10 +122,19 @@ def attnd_rows(path):
             continue
         b = r.get("bench")
         if b == "decode":
+            suffix = "-rope" if r.get("rope") else ""
+            if r.get("kv_dtype"):  # FP8 K/V: decode_bench times only the planner's kernel
+                name = decode_kv_name(r["dtype"], r["kv_dtype"], r["head_dim"], r["batch"],
+                                      r["kv_len"], r["num_kv_heads"]) + suffix
+                yield name, impl, "TB/s", r["tbps"], {"kernel": r["kernel"], "ms": r["ms"],
+                                                      "tbps_clean_l2": r.get("tbps_clean"),
+                                                      "kv_dtype": r["kv_dtype"],
+                                                      "x_fp16": r.get("x_fp16")}
+                continue
             if r["kernel"] != default_decode_kernel(r["num_qo_heads"], r["num_kv_heads"], r["head_dim"]):
                 continue
             name = (f"decode-{r['dtype']}-hd{r['head_dim']}-b{r['batch']}-kv{r['kv_len']}"
-                    f"-hkv{r['num_kv_heads']}" + ("-rope" if r.get("rope") else ""))
+                    f"-hkv{r['num_kv_heads']}" + suffix)
             yield name, impl, "TB/s", r["tbps"], {"kernel": r["kernel"], "ms": r["ms"],
                                                   "tbps_clean_l2": r.get("tbps_clean")}
         elif b == "prefill":

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs on the GPU host, from the repository root: the numbers of one device call, peers first.
-#   scripts/gpu-host-bench.sh decode|prefill|features
+#   scripts/gpu-host-bench.sh decode|prefill|features|fp8
 #   decode:  FlashInfer's decode rows (its JIT first), then attnd's decode_bench on the same
 #            shapes (also with --rope), and the decode_bench of the tree before the change when
 #            .gpu-before/ carries one (old and new kernels in the same call);
@@ -16,13 +16,17 @@
 #            then its timed rows past the 480 s default): pick rows with FI_EXTRA_FILTER (a regex
 #            on the row label, e.g. "treemask|append" in one call and "cascade" in another on the
 #            same warm machine) and set FI_EXTRA_TIMEOUT (seconds) to the call's room.
+#   fp8:     FlashInfer's FP8-KV decode rows (bench/fi_extra_peer.py, FI_EXTRA_FILTER=decode-fp8)
+#            and its fp16 decode rows (fi_peer.py), then attnd's decode_bench once (its fp16 / bf16
+#            rows and its FP8 rows); no service_bench. Set FI_EXTRA_TIMEOUT and FI_PEER_TIMEOUT
+#            (seconds; defaults 480 and 470) so that both fit the call.
 # FlashInfer: ../shared/gpu/flashinfer-peer, carried as .fi-peer/flashinfer_peer.tar.xz; its JIT
 # cache (/tmp/fi_peer_cache) is reused by a second call on the same warm machine.
 # Results go to $OUT: device.txt, fi_peer_<phase>.jsonl, fi_peer_<phase>.txt, bench_<phase>.txt,
 # logs.tgz (features: fi_extra.jsonl, fi_extra.txt, bench_features.txt, logs.tgz).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
-phase=${1:?decode, prefill or features}
+phase=${1:?decode, prefill, features or fp8}
 out=${OUT:-/tmp/attnd-gpu-out}
 mkdir -p "$out"
 work=$(mktemp -d)
@@ -42,21 +46,26 @@ case "$phase" in
   decode) filter='^decode' ;;
   prefill) filter='^(prefill|append)' ;;
   features) ;;  # bench/fi_extra_peer.py runs all its rows
+  fp8) filter='^decode [^ ]+ f16 ' ;;  # fi_peer's fp16 decode rows after the decode-fp8 rows
   *) echo "unknown phase $phase" >&2; exit 2 ;;
 esac
-if [ -f .fi-peer/flashinfer_peer.tar.xz ] && [ "$phase" = features ]; then
+if [ -f .fi-peer/flashinfer_peer.tar.xz ] && { [ "$phase" = features ] || [ "$phase" = fp8 ]; }; then
   [ -f /tmp/fi/fi_peer.py ] || { mkdir -p /tmp/fi && tar -xJf .fi-peer/flashinfer_peer.tar.xz -C /tmp/fi; }
   # bench/fi_extra_peer.py imports fi_peer.py's helpers from the bundle's top level.
   start=$(date +%s)
-  OUT="$work" PYTHONPATH=/tmp/fi PYTHONUNBUFFERED=1 timeout "${FI_EXTRA_TIMEOUT:-480}" python3 bench/fi_extra_peer.py \
+  extra_filter=${FI_EXTRA_FILTER:-}
+  [ "$phase" = fp8 ] && extra_filter=decode-fp8
+  OUT="$work" FI_EXTRA_FILTER="$extra_filter" PYTHONPATH=/tmp/fi PYTHONUNBUFFERED=1 \
+    timeout "${FI_EXTRA_TIMEOUT:-480}" python3 bench/fi_extra_peer.py \
     > "$out/fi_extra.txt" 2>&1 || { echo "fi_extra_peer FAILED rc=$?" | tee -a "$out/device.txt"; status=1; }
   [ -f "$work/fi_extra.jsonl" ] && cp "$work/fi_extra.jsonl" "$out/fi_extra.jsonl"
   echo "fi_extra_peer: $(( $(date +%s) - start )) s" | tee -a "$out/device.txt"
-elif [ -f .fi-peer/flashinfer_peer.tar.xz ]; then
+fi
+if [ -f .fi-peer/flashinfer_peer.tar.xz ] && [ "$phase" != features ]; then
   [ -f /tmp/fi/fi_peer.py ] || { mkdir -p /tmp/fi && tar -xJf .fi-peer/flashinfer_peer.tar.xz -C /tmp/fi; }
   start=$(date +%s)
   OUT="$work" FI_PEER_SET=min FI_PEER_NO_CHECK=1 FI_PEER_FILTER="$filter" PYTHONPATH=/tmp/fi \
-    PYTHONUNBUFFERED=1 timeout 470 python3 /tmp/fi/fi_peer.py > "$out/fi_peer_$phase.txt" 2>&1 \
+    PYTHONUNBUFFERED=1 timeout "${FI_PEER_TIMEOUT:-470}" python3 /tmp/fi/fi_peer.py > "$out/fi_peer_$phase.txt" 2>&1 \
     || { echo "fi_peer FAILED rc=$?" | tee -a "$out/device.txt"; status=1; }
   [ -f "$work/fi_peer.jsonl" ] && cp "$work/fi_peer.jsonl" "$out/fi_peer_$phase.jsonl"
   echo "fi_peer $phase: $(( $(date +%s) - start )) s" | tee -a "$out/device.txt"
@@ -74,6 +83,8 @@ if [ "$phase" = features ]; then
   # attnd's rows of the same workloads (bench/side_by_side.py pairs them with fi_extra.jsonl).
   bench "prefill_bench --mask" .gpu/bin/prefill_bench --mask
   bench "cascade_bench" .gpu/bin/cascade_bench
+elif [ "$phase" = fp8 ]; then
+  bench "decode_bench (this tree)" .gpu/bin/decode_bench
 elif [ "$phase" = decode ]; then
   # Two rounds each, alternating: the spread between rounds is what "same speed" is judged by.
   for round in 1 2; do
@@ -91,7 +102,7 @@ else
   bench "prefill_bench --rope --quick" .gpu/bin/prefill_bench --rope --quick
 fi
 # The service step (decode through the daemon against in-process kernels), decode and prefill.
-if [ "$phase" != features ]; then
+if [ "$phase" != features ] && [ "$phase" != fp8 ]; then
   for round in 1 2; do
     bench "service_bench after (this tree), round $round" .gpu/bin/service_bench
     [ -x .gpu-before/bin/service_bench ] && bench "service_bench before ($before), round $round" \
@@ -103,7 +114,9 @@ tar czf "$out/logs.tgz" -C "$work" . 2>/dev/null
 echo
 peer_txt="fi_peer_$phase.txt"
 [ "$phase" = features ] && peer_txt=fi_extra.txt
-for f in "$peer_txt" "bench_$phase.txt"; do
+[ "$phase" = fp8 ] && peer_txt="fi_extra.txt fi_peer_fp8.txt"
+# shellcheck disable=SC2086  # peer_txt is a list
+for f in $peer_txt "bench_$phase.txt"; do
   [ -f "$out/$f" ] && { echo "######## $f"; grep -vE '^(JSON|\{)' "$out/$f" | tail -60; }
 done
 exit $status

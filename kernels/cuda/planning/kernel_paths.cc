@@ -43,6 +43,10 @@ std::vector<std::string> DescribeKernelPaths(std::span<const int32_t> head_dims,
     }
     lines.push_back(std::move(decode));
   }
+  lines.push_back(
+      "K/V types: decode reads q's type or fp8 e4m3 / e5m2 on the kernels above (fp8 converted "
+      "per stage, scales per KV head), the other 16-bit type on CUDA cores; prefill, append and "
+      "cascade plans read q's type only");
   return lines;
 }
 

@@ -288,7 +288,9 @@ class TensorPlan:
 
     Args:
         q: [qo_tokens, num_qo_heads, head_dim] (None for AppendKv).
-        k, v: [qo_tokens, num_kv_heads, head_dim] or None; cast to the pool's kv dtype.
+        k, v: [qo_tokens, num_kv_heads, head_dim] or None. 16/32-bit pools: cast to the pool's
+            kv dtype. FP8 pools: float32/float16/bfloat16 sent as they are for the daemon to
+            quantize, fp8 of the pool's format as it is (see FP8_DTYPES below).
         out: optional output [qo_tokens, num_qo_heads, head_dim] in q's dtype (CUDA path).
         lse_out: optional [qo_tokens, num_qo_heads] float32 (CUDA path).
         kv_dtype: the pool's kv dtype enum.
@@ -321,7 +323,9 @@ class TensorPlan:
 
         if q is not None:
             self._tensors["q"] = self._prepare("q", q, q_dtype, cast_to=None)
-        if k is not None:
+        if k is not None and kv_dtype in FP8_DTYPES:
+            self._prepare_fp8_kv(k, v)
+        elif k is not None:
             self._tensors["k"] = self._prepare("k", k, None, cast_to=kv_dtype)
             self._tensors["v"] = self._prepare("v", v, None, cast_to=kv_dtype)
         if sinks is not None:
@@ -383,6 +387,49 @@ class TensorPlan:
         if name == "q":
             self.q_dtype_enum = enum
         return self._shared_ref(arr, enum) or (arr, enum)
+
+    def _prepare_fp8_kv(self, k: Any, v: Any) -> None:
+        """k and v for an FP8 pool (see the comment at FP8_DTYPES): no client cast."""
+        (k, k_enum), (v, v_enum) = (self._fp8_kv_source(n, x) for n, x in (("k", k), ("v", v)))
+        if k_enum != v_enum:
+            if k_enum in FP8_DTYPES or v_enum in FP8_DTYPES:
+                raise ValueError(
+                    f"k is {_t.DTYPE_NAMES[k_enum]} and v is {_t.DTYPE_NAMES[v_enum]}: on an fp8 "
+                    "pool give both already quantized, in the pool's fp8 dtype, or both as "
+                    "float32/float16/bfloat16 for attnd to quantize")
+            # Two float dtypes: both as float32. Exact (float16 and bfloat16 are float32
+            # values), and the daemon quantizes the float32 quotient x / scale either way.
+            k, v = (_as_float32(x, e) for x, e in ((k, k_enum), (v, v_enum)))
+            k_enum = v_enum = pb.DTYPE_FLOAT32
+        for name, x, enum in (("k", k, k_enum), ("v", v, v_enum)):
+            self._tensors[name] = (x if is_torch_tensor(x)
+                                   else self._shared_ref(x, enum) or (x, enum))
+
+    def _fp8_kv_source(self, name: str, x: Any):
+        """(what to send, wire dtype) of k or v for an FP8 pool: a CUDA tensor (zero copy) or a
+        numpy array (bfloat16 as uint16 bits, fp8 as uint8 bits)."""
+        pool = self.kv_dtype
+        if is_torch_tensor(x):
+            import torch
+
+            x = x.detach()
+            if x.dtype == torch.float64:
+                x = x.float()  # as numpy's float64: sent as float32
+            enum = _torch_kv_enum(name, x.dtype, pool)
+            if is_cuda_tensor(x) and self.cuda:
+                return x.contiguous(), enum
+            x = x.cpu().contiguous()
+            if enum in FP8_DTYPES:
+                return x.view(torch.uint8).numpy(), enum
+            arr, hint = _torch_cpu_to_numpy(x)
+            return arr, _numpy_kv_enum(name, arr, hint, pool)
+        arr = np.asarray(x)
+        if arr.dtype == np.float64:
+            arr = arr.astype(np.float32)
+        enum = _numpy_kv_enum(name, arr, None, pool)
+        if arr.dtype.name == "bfloat16" or arr.dtype.name.startswith("float8"):  # ml_dtypes
+            arr = arr.view(np.uint16 if enum == pb.DTYPE_BFLOAT16 else np.uint8)
+        return arr, enum
 
     def _shared_ref(self, arr: Any, enum: Optional[int]):
         """A _SharedRef when ``arr`` lies in one of the session's shared buffers, else None."""
@@ -696,6 +743,68 @@ class _SharedRef:
 
     def __init__(self, array: np.ndarray, enum: int, buffer_id: str, offset: int):
         self.array, self.enum, self.buffer_id, self.offset = array, enum, buffer_id, offset
+
+
+# On an FP8 pool (float8_e4m3fn / float8_e5m2) k and v are not converted on the client:
+# float32, float16 and bfloat16 (numpy float32/float16, float64 sent as float32, ml_dtypes.bfloat16
+# arrays; torch tensors of those dtypes, CPU or CUDA) travel in their own dtype and the daemon
+# quantizes them with the pool's scales, x8 = fp8(x / scale) (round to nearest even, saturating).
+# Already-quantized rows of the pool's own fp8 format (torch float8 tensors, ml_dtypes float8
+# arrays, or numpy uint8 arrays of the fp8 bits) travel as they are. k and v of two different float
+# dtypes are both sent as float32 (exact: the daemon quantizes the float32 quotient either way);
+# fp8 k with float v (or the reverse), fp8 of the other fp8 format, numpy uint16 (ambiguous here:
+# use ml_dtypes.bfloat16 or torch.bfloat16) and other dtypes raise ValueError.
+FP8_DTYPES = (pb.DTYPE_FLOAT8_E4M3, pb.DTYPE_FLOAT8_E5M2)
+_QUANTIZED_BY_DAEMON = (pb.DTYPE_FLOAT32, pb.DTYPE_FLOAT16, pb.DTYPE_BFLOAT16)
+
+
+def _torch_kv_enum(name: str, dtype, pool: int) -> int:
+    """The wire dtype of a torch k/v tensor on an FP8 pool (float64 already made float32)."""
+    try:
+        enum = _t.dtype_enum(dtype)
+    except ValueError:
+        enum = None
+    return _check_fp8_kv_enum(name, enum, str(dtype), pool)
+
+
+def _numpy_kv_enum(name: str, arr: np.ndarray, hint: Optional[str], pool: int) -> int:
+    """The wire dtype of a numpy k/v array on an FP8 pool. ``hint``: "bfloat16" for the uint16
+    bits of a CPU torch bfloat16 tensor (internal; run()/append_kv() take no k/v dtype hint)."""
+    enum = None
+    if hint is not None and arr.dtype == np.uint16:
+        enum = _t.dtype_enum(hint)
+    elif arr.dtype.name in ("bfloat16", "float8_e4m3fn", "float8_e5m2"):  # ml_dtypes
+        enum = _t.dtype_enum(arr.dtype.name)
+    elif arr.dtype == np.uint8:
+        enum = pool  # the fp8 bits of the pool's format
+    elif arr.dtype == np.uint16:
+        raise ValueError(f"{name}: a uint16 array is ambiguous on an fp8 pool; pass bfloat16 as "
+                         "ml_dtypes.bfloat16 arrays or torch.bfloat16 tensors (or float32)")
+    elif arr.dtype.kind == "f" and arr.dtype.itemsize in (2, 4):
+        enum = pb.DTYPE_FLOAT16 if arr.dtype.itemsize == 2 else pb.DTYPE_FLOAT32
+    return _check_fp8_kv_enum(name, enum, str(arr.dtype), pool)
+
+
+def _check_fp8_kv_enum(name: str, enum: Optional[int], shown: str, pool: int) -> int:
+    if enum in _QUANTIZED_BY_DAEMON or enum == pool:
+        return enum
+    pool_name = _t.DTYPE_NAMES[pool]
+    if enum in FP8_DTYPES:
+        raise ValueError(f"{name} is {_t.DTYPE_NAMES[enum]} but the pool is {pool_name}: give "
+                         f"fp8 {name} in the pool's format, or float32/float16/bfloat16 for attnd "
+                         "to quantize")
+    raise ValueError(f"{name} of dtype {shown} on a {pool_name} pool: pass float32/float16/"
+                     f"bfloat16 (attnd quantizes them) or {pool_name} (uint8 bits for numpy)")
+
+
+def _as_float32(x: Any, enum: int):
+    """A float32/float16/bfloat16 k or v (CUDA tensor, or numpy with bfloat16 as bits) as
+    float32."""
+    if is_torch_tensor(x):
+        return x.float()
+    if enum == pb.DTYPE_BFLOAT16:
+        return _t.bfloat16_to_float32(x)
+    return x.astype(np.float32)
 
 
 def _cast_numpy(arr: np.ndarray, dtype: Any, target: int) -> np.ndarray:

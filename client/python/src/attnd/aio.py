@@ -580,6 +580,8 @@ class _AsyncWrapper(PlanState):
         return await self.session._send_tensors(command, req, tp, completion)
 
     async def append_kv(self, k, v, layer: int, *, completion: str = "sync") -> None:
+        """See attnd.BatchDecodeWrapper.append_kv (same k/v dtypes: FP8 pools quantize
+        float32/float16/bfloat16 on the daemon)."""
         plan_id = self._require_plan()
         ipc = await self.session.cuda_ipc() if self._needs_ipc_check(k, v) else False
         tp = self._tensors(None, k, v, None, None, False, None, ipc)

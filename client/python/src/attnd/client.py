@@ -247,7 +247,10 @@ class Session:
         (K at index 0). Size it with exactly one of num_pages or memory_budget_bytes.
         FP8 pools (kv_dtype "float8_e4m3fn" / "float8_e5m2") may take dequantization scales:
         k_scale / v_scale, one per layer or one per layer and KV head (layer-major); a stored
-        value x8 stands for x8 * scale, and appended K/V rows are given already quantized.
+        value x8 stands for x8 * scale. K/V rows appended to such a pool (run(k=, v=),
+        append_kv) are given either in float32/float16/bfloat16, which the daemon quantizes,
+        x8 = fp8(x / scale) (round to nearest even, saturating), or already quantized in the
+        pool's fp8 format (see BatchDecodeWrapper.run).
         """
         from attnd.pool import Pool
 

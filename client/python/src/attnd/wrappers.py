@@ -25,7 +25,11 @@ Tensors: numpy arrays (and CPU torch tensors) travel inline; the outputs come ba
 (torch tensors for torch input; bfloat16 as uint16 bits for numpy). CUDA torch tensors travel
 zero-copy through CUDA IPC when the daemon supports it: their allocations are registered once per
 session, ``out``/``lse_out`` may name preallocated outputs, and run() returns when the daemon has
-written them. k/v are converted to the pool's kv dtype on the client.
+written them. k/v are converted to the pool's kv dtype on the client, except on FP8 pools:
+there float32/float16/bfloat16 k/v travel as they are and the daemon quantizes them with the
+pool's scales (fp8(x / scale), round to nearest even, saturating), while fp8 k/v of the pool's
+format (torch float8 tensors, ml_dtypes float8 or numpy uint8 bits) travel as they are; see
+BatchDecodeWrapper.run.
 
 Attention options (plan() sets defaults, run() may override any of them):
     causal (prefill), sm_scale (None = 1/sqrt(head_dim)), pos_encoding ("none" | "rope_llama"),
@@ -157,7 +161,16 @@ class _SyncWrapper(PlanState):
                 uint16 bits with ``q_dtype="bfloat16"``; torch: any of the three).
             layer: 0 .. pool.num_layers - 1.
             k, v: optional [qo_tokens, num_kv_heads, head_dim]: the new tokens' keys/values,
-                written to their kv positions before attention (converted to the pool's dtype).
+                written to their kv positions before attention. 16/32-bit pools: converted to
+                the pool's dtype on the client. FP8 pools: float32/float16/bfloat16 (numpy
+                float32/float16, float64 sent as float32, ml_dtypes.bfloat16; torch tensors of
+                those, CPU or CUDA) are sent in their own dtype and quantized by the daemon with
+                the pool's scales, x8 = fp8(x / scale) (round to nearest even, saturating);
+                already-quantized fp8 of the pool's format (torch float8_e4m3fn / float8_e5m2,
+                ml_dtypes float8 arrays, numpy uint8 bits) is stored as it is. k and v of two
+                float dtypes are both sent as float32 (exact: the same fp8 values); fp8 k with
+                float v (or the reverse), the other fp8 format, numpy uint16 (no k/v dtype hint:
+                use ml_dtypes.bfloat16 or torch.bfloat16) or other dtypes raise ValueError.
             out, lse_out: preallocated o [qo_tokens, num_qo_heads, head_dim] (q's dtype) and
                 lse [qo_tokens, num_qo_heads] float32 for the daemon to write: CUDA tensors, or
                 numpy arrays inside a session.shared_buffer() (see attnd.shm).
@@ -193,7 +206,11 @@ class _SyncWrapper(PlanState):
 
     def append_kv(self, k, v, layer: int, *, completion: str = "sync") -> None:
         """Writes the new tokens' k, v [qo_tokens, num_kv_heads, head_dim] into the planned
-        pages of ``layer`` (row j of request b goes to kv position kv_len[b] - qo_len[b] + i)."""
+        pages of ``layer`` (row j of request b goes to kv position kv_len[b] - qo_len[b] + i).
+
+        k/v dtypes as for run(k=, v=): converted to the pool's dtype on 16/32-bit pools; on FP8
+        pools float32/float16/bfloat16 are quantized by the daemon with the pool's scales and fp8
+        of the pool's format is stored as it is."""
         plan_id = self._require_plan()
         ipc = self.session.cuda_ipc if self._needs_ipc_check(k, v) else False
         tp = self._tensors(None, k, v, None, None, False, None, ipc)

@@ -24,13 +24,14 @@ TEST(KernelPaths, Sm90TakesTheWgmmaKernelAtHeadDim128WithItsMaskedBuild) {
                   "decode head_dim 128: tensor cores at GQA groups >= 4, CUDA cores below",
                   "prefill/append head_dim 256: fa2-default; with a custom mask: fa2-default; "
                   "with RoPE on the fly: fa2-rope (default tile)",
-                  "decode head_dim 256: CUDA cores at every GQA group"));
+                  "decode head_dim 256: CUDA cores at every GQA group",
+                  ::testing::HasSubstr("K/V types: decode reads q's type or fp8")));
 }
 
 TEST(KernelPaths, ElsewhereTheWideTileWhoseMaskedPlansTakeTheDefaultOne) {
   const std::vector<int32_t> dims = {128};
   const std::vector<std::string> lines = DescribeKernelPaths(dims, /*sm90=*/false, &NoTc);
-  ASSERT_EQ(lines.size(), 2u);
+  ASSERT_EQ(lines.size(), 3u);
   EXPECT_EQ(lines[0],
             "prefill/append head_dim 128: fa2-wide64; with a custom mask: fa2-default; with "
             "RoPE on the fly: fa2-rope (default tile)");
