@@ -32,7 +32,8 @@ __device__ __forceinline__ int64_t PagedRowOffset(int page, int slot, int64_t pa
 
 // The page walk of the decode kernels: streams the K/V rows [start, end) of one request and one
 // KV head through a ring of shared-memory stages of kTokens tokens, [2 (K, V)][kTokens][D] each
-// (16-byte chunks swizzled by Swz<D> when kSwizzle, for ldmatrix; linear otherwise), with
+// (16-byte chunks swizzled when kSwizzle, for ldmatrix: Swz<D> for 16-bit T, SwzFp8<D> for
+// fp8; linear otherwise), with
 // cp.async (zero-filled past `end`). T: the stored element (16-bit, or fp8: 16 per chunk).
 // Copy i < kLoads of thread tid is chunk c % kChunks of token c / kChunks of the stage, c = tid
 // + i * kThreads. The page ids of a stage's tokens are fetched one stage ahead of its copies
@@ -47,7 +48,7 @@ template <typename T, int D, int kTokens, int kThreads, bool kSwizzle, bool kTok
 struct PagedKvStage {
   static constexpr int kVecElems = 16 / static_cast<int>(sizeof(T));  // elements per chunk
   static constexpr int kChunks = D / kVecElems;                       // 16-byte chunks per row
-  static_assert(!kSwizzle || sizeof(T) == 2, "Swz<D> addresses 16-bit tiles");
+
   static constexpr int kRowsPerPass = kThreads / kChunks;
   static constexpr int kLoads = kTokens * kChunks / kThreads;  // copies per thread (K and V each)
   static_assert(kThreads % kChunks == 0 && kTokens * kChunks % kThreads == 0,
@@ -90,7 +91,8 @@ struct PagedKvStage {
                 ch * kVecElems;
       }
       const T* src_v = valid ? src_k + kv.kv_stride : base;
-      const int off = kSwizzle ? Swz<D>(tok, ch) : tok * D + ch * kVecElems;
+      int off = tok * D + ch * kVecElems;  // elements
+      if constexpr (kSwizzle) off = sizeof(T) == 2 ? Swz<D>(tok, ch) : SwzFp8<D>(tok, ch);
       CpAsync16(stage_k + off, src_k, valid);
       CpAsync16(stage_k + kTokens * D + off, src_v, valid);
     }

@@ -57,6 +57,19 @@ __device__ __forceinline__ int Swz(int row, int chunk) {
   return row * D + ((chunk ^ (row & 7)) << 3);
 }
 
+// Byte offset of (row, 16-byte chunk) in a [rows][D] tile of fp8 elements (D / 16 = C chunks per
+// row, C = 4 or 8), its chunks XOR-swizzled so that the 8 rows of every ldmatrix phase (8
+// consecutive rows, one chunk) hit distinct bank groups: chunk c of row r at c ^ ((r / (8 / C)) &
+// (C - 1)) (D = 128: one row per 128-byte line, c ^ (r & 7); D = 64: two rows per line,
+// c ^ ((r / 2) & 3)).
+template <int D>
+__device__ __forceinline__ int SwzFp8(int row, int chunk) {
+  constexpr int kChunks = D / 16;
+  static_assert(kChunks == 4 || kChunks == 8, "fp8 rows of 64 or 128 bytes");
+  constexpr int kRowsPerLine = 8 / kChunks;
+  return row * D + ((chunk ^ ((row / kRowsPerLine) & (kChunks - 1))) << 4);
+}
+
 // ---- ldmatrix: four 8x8 16-bit matrices from shared memory into the fragment layout ---------
 // Lane i gives the address of row i % 8 of matrix i / 8; r[j] receives matrix j.
 __device__ __forceinline__ void LdMatrixX4(uint32_t (&r)[4], uint32_t smem_addr) {

@@ -22,7 +22,7 @@ __device__ __forceinline__ void RopeCosSin(int position, RopeFreq f, float* c, f
   const float e = fmaf(pos, f.hi, -p) + pos * f.lo;
   const float k = rintf(p * 0.15915494309189535f);  // 1 / (2 pi)
   float r = fmaf(-k, 6.28318548202514648f, p);      // 2 pi, high part (float)
-  r = fmaf(-k, -1.7484556000744487e-07f, r);         // 2 pi - high part
+  r = fmaf(-k, -1.7484556000744487e-07f, r);        // 2 pi - high part
   r += e;
   __sincosf(r, s, c);
 }

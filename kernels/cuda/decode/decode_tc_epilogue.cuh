@@ -14,13 +14,15 @@
 #include "blocks/vec.cuh"
 #include "decode/decode_params.h"
 #include "decode/decode_tc_config.cuh"
+#include "decode/decode_tc_mainloop.cuh"
 
 namespace attnd::kernels::cuda::internal {
 
 // rows, o: this warp's softmax states and accumulators ([D / 8][4] C fragments) of the 16 rows;
 // rows_valid of them are heads (row_base + r of kv_head's group). The caller has synchronized
 // the CTA after its last read of the pipeline buffers (smem_raw).
-template <typename T, int D, bool kRope>
+// kFp8Dims: o's n-tiles hold the dims of the fp8 register path (TcFp8OutputDim).
+template <typename T, int D, bool kRope, bool kFp8Dims = false>
 __device__ __forceinline__ void MergeTcWarpsAndStore(
     const DecodeKernelParams& p, const DecodeWorkItem& item, int kv_head, int row_base,
     int rows_valid, const MmaRowsSoftmax& rows, const float (&o)[D / 8][4], unsigned char* smem_raw,
@@ -38,8 +40,17 @@ __device__ __forceinline__ void MergeTcWarpsAndStore(
   for (int n = 0; n < NTILES_D; ++n) {
     float* row0 = so + (warp * Tr::kRows + gr) * D + n * 8 + gc * 2;
     float* row1 = row0 + 8 * D;
-    *reinterpret_cast<float2*>(row0) = make_float2(o[n][0], o[n][1]);
-    *reinterpret_cast<float2*>(row1) = make_float2(o[n][2], o[n][3]);
+    if constexpr (kFp8Dims) {
+      float* base0 = so + (warp * Tr::kRows + gr) * D;
+      float* base1 = base0 + 8 * D;
+      base0[TcFp8OutputDim(n, gc, 0)] = o[n][0];
+      base0[TcFp8OutputDim(n, gc, 1)] = o[n][1];
+      base1[TcFp8OutputDim(n, gc, 2)] = o[n][2];
+      base1[TcFp8OutputDim(n, gc, 3)] = o[n][3];
+    } else {
+      *reinterpret_cast<float2*>(row0) = make_float2(o[n][0], o[n][1]);
+      *reinterpret_cast<float2*>(row1) = make_float2(o[n][2], o[n][3]);
+    }
   }
   if (gc == 0) {
     sm[warp * Tr::kRows + gr] = rows.m[0];

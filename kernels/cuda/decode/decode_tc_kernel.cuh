@@ -19,10 +19,13 @@
 // blocks/paged_kv.cuh; softmax state and merge: blocks/softmax_state.cuh; logits and window:
 // blocks/variant.cuh; RoPE and the hi/lo split: blocks/rope.cuh.
 //
-// FP8 K/V (Tkv e4m3 / e5m2, TcDecodeTraits::kConvert): the stages hold the stored bytes, and each
-// warp converts its own 16 tokens of the stage into a 16-bit image (exact: blocks/kv_convert.cuh)
-// right before its math, which then runs as for 16-bit K/V; no CTA barrier more (a warp reads
-// only the tokens it converted). K's scale is folded into the logit scale, V's into o.
+// FP8 K/V (Tkv e4m3 / e5m2): without RoPE (TcDecodeTraits::kFp8Registers) the stages hold the
+// stored bytes swizzled, and the warp reads its K and V fragments with ldmatrix and converts them
+// in registers (exact: blocks/kv_convert.cuh), the q tile's and O's dims permuted to match
+// (decode_tc_mainloop.cuh); with RoPE (kConvert) the stages hold them linear, and each warp
+// converts its own 16 tokens of the stage into a 16-bit image right before its math, which then
+// runs as for 16-bit K/V (no CTA barrier more: a warp reads only the tokens it converted). K's
+// scale is folded into the logit scale, V's into o.
 //
 // The kernel's parts, one file each: the shape (decode_tc_config.cuh), the q tile
 // (decode_tc_loads.cuh), S = Q K^T of a warp's tokens (decode_tc_mainloop.cuh), the merge of the
@@ -115,7 +118,7 @@ __global__ void __launch_bounds__(TcDecodeTraits<D, kRope, sizeof(Tkv)>::kThread
   using Stage = PagedKvStage<Tkv, D, TPS, NT, /*kSwizzle=*/!Tr::kConvert, /*kTokenMajor=*/false>;
   // The logit scale, with K's fp8 scale folded in (per KV head: this CTA's).
   LogitScale logit = p.variant.logit;
-  if constexpr (Tr::kConvert) logit = ScaleRawLogit(logit, KvScale(p.kv.k_scale, kv_head));
+  if constexpr (kIsFp8<Tkv>) logit = ScaleRawLogit(logit, KvScale(p.kv.k_scale, kv_head));
   int pages[Stage::kLoads];  // page ids of the next stage to issue (fetched a stage ahead)
   auto fetch_pages = [&](int it) {
     Stage::Fetch(pages, p.kv, page_begin, start + it * TPS, end, tid);
@@ -134,8 +137,12 @@ __global__ void __launch_bounds__(TcDecodeTraits<D, kRope, sizeof(Tkv)>::kThread
   fetch_pages(STAGES - 1);
 
   // ---- q tile [16][D] in shared memory (RoPE applied in fp32, split into hi + lo; unscaled) ----
-  LoadTcQTile<T, D, kRope>(p, b, kv_head * p.group + row_base, rows_valid, q_pos + rope_offset,
-                           q_smem, q_lo_smem, freq_smem, tid);
+  if constexpr (Tr::kFp8Registers) {
+    LoadTcQTilePermuted<T, D>(p, b, kv_head * p.group + row_base, rows_valid, q_smem, tid);
+  } else {
+    LoadTcQTile<T, D, kRope>(p, b, kv_head * p.group + row_base, rows_valid, q_pos + rope_offset,
+                             q_smem, q_lo_smem, freq_smem, tid);
+  }
   __syncthreads();
   // The q fragments (A operands) of the k-steps: held in registers without RoPE; with RoPE the hi
   // and lo fragments are read from shared memory where they are used.
@@ -166,22 +173,25 @@ __global__ void __launch_bounds__(TcDecodeTraits<D, kRope, sizeof(Tkv)>::kThread
     const int wtok = warp * Tr::kTokensPerWarp;  // this warp's first token in the stage
     if (stage_start + wtok >= end) continue;     // nothing of this warp's slice is valid
 
-    const T* sk;  // the stage's K [TPS][D] of T, swizzled; V follows
+    const Tkv* stage = smem + (it % STAGES) * Tr::kStageElems;  // K [TPS][D], then V
+    const T* sk = nullptr;  // the 16-bit paths: the stage's K [TPS][D] of T, swizzled; V follows
     if constexpr (Tr::kConvert) {
       // This warp's rows only; the barrier at the top of the next iteration orders these
       // writes after every warp's reads of the previous stage image.
-      ConvertTcWarpRows<T, Tkv, D, TPS>(smem + (it % STAGES) * Tr::kStageElems, cvt_smem, wtok,
-                                        lane);
+      ConvertTcWarpRows<T, Tkv, D, TPS>(stage, cvt_smem, wtok, lane);
       __syncwarp();
       sk = cvt_smem;
-    } else {
-      sk = smem + (it % STAGES) * Tr::kStageElems;
+    } else if constexpr (!Tr::kFp8Registers) {
+      sk = stage;
     }
-    const T* sv = sk + TPS * D;
 
     float s[2][4];  // S = Q K^T: 16 rows x 16 tokens (two n-tiles of 8 tokens), then P
-    TcWarpScores<T, D, kRope>(s, qa, q_smem, q_lo_smem, freq_smem, sk, wtok,
-                              stage_start + wtok + rope_offset, lane);
+    if constexpr (Tr::kFp8Registers) {
+      TcWarpScoresFp8<T, Tkv, D>(s, qa, stage, wtok, lane);
+    } else {
+      TcWarpScores<T, D, kRope>(s, qa, q_smem, q_lo_smem, freq_smem, sk, wtok,
+                                stage_start + wtok + rope_offset, lane);
+    }
     // Base-2 logits (scale or soft cap), masked only in a warp slice that reaches past the end;
     // then the online softmax turns them into probabilities (post = 1: already base 2).
     const bool partial = stage_start + wtok + Tr::kTokensPerWarp > end;
@@ -208,20 +218,25 @@ __global__ void __launch_bounds__(TcDecodeTraits<D, kRope, sizeof(Tkv)>::kThread
     // settles (most stages of a long chunk), no row of the warp changes it: skip the 4 * D / 8
     // multiplies (a warp-uniform branch).
     if (__any_sync(0xffffffffu, scale[0] != 1.f || scale[1] != 1.f)) RescaleRows(o, scale);
+    if constexpr (Tr::kFp8Registers) {
+      TcWarpPvFp8<T, Tkv, D>(o, pa, stage + TPS * D, wtok, lane);
+    } else {
+      const T* sv = sk + TPS * D;
 #pragma unroll
-    for (int dp = 0; dp < NTILES_D / 2; ++dp) {
-      uint32_t vb[4];
-      const int tok = wtok + (lane % 8) + ((lane / 8) % 2) * 8;
-      const int ch = dp * 2 + lane / 16;
-      LdMatrixX4Trans(vb, sv + Swz<D>(tok, ch));
-      Mma16816<T>(o[2 * dp], pa, vb[0], vb[1]);
-      Mma16816<T>(o[2 * dp + 1], pa, vb[2], vb[3]);
+      for (int dp = 0; dp < NTILES_D / 2; ++dp) {
+        uint32_t vb[4];
+        const int tok = wtok + (lane % 8) + ((lane / 8) % 2) * 8;
+        const int ch = dp * 2 + lane / 16;
+        LdMatrixX4Trans(vb, sv + Swz<D>(tok, ch));
+        Mma16816<T>(o[2 * dp], pa, vb[0], vb[1]);
+        Mma16816<T>(o[2 * dp + 1], pa, vb[2], vb[3]);
+      }
     }
   }
   GridDependencyTrigger();  // the merge grid (split requests) may be scheduled now
   CpAsyncWait<0>();
-  __syncthreads();               // pipeline buffers free: reuse them as merge scratch
-  if constexpr (Tr::kConvert) {  // V's scale: o is linear in V (and so is the warps' merge)
+  __syncthreads();              // pipeline buffers free: reuse them as merge scratch
+  if constexpr (kIsFp8<Tkv>) {  // V's scale: o is linear in V (and so is the warps' merge)
     const float vs = KvScale(p.kv.v_scale, kv_head);
 #pragma unroll
     for (int n = 0; n < NTILES_D; ++n) {
@@ -231,8 +246,8 @@ __global__ void __launch_bounds__(TcDecodeTraits<D, kRope, sizeof(Tkv)>::kThread
   }
 
   // ---- merge the 4 warps' states; write the output or the partial state ----
-  MergeTcWarpsAndStore<T, D, kRope>(p, item, kv_head, row_base, rows_valid, rows, o, smem_raw, warp,
-                                    lane, tid);
+  MergeTcWarpsAndStore<T, D, kRope, Tr::kFp8Registers>(p, item, kv_head, row_base, rows_valid, rows,
+                                                       o, smem_raw, warp, lane, tid);
 }
 
 template <typename T, typename Tkv, int D, bool kRope>

@@ -56,4 +56,27 @@ __device__ __forceinline__ void LoadTcQTile(const DecodeKernelParams& p, int b, 
   }
 }
 
+// The q tile of the fp8 register path (decode_tc_mainloop.cuh): dims permuted within each
+// 16-dim block as the K fragments are, i.e. 32-bit words (pairs of dims) 0, 2, 4, 6 of the
+// block's 8 form its first 16-byte chunk and 1, 3, 5, 7 its second. No RoPE.
+template <typename T, int D>
+__device__ __forceinline__ void LoadTcQTilePermuted(const DecodeKernelParams& p, int b, int head0,
+                                                    int rows_valid, T* q_smem, int tid) {
+  using Tr = TcDecodeTraits<D>;
+  constexpr int kBlocks = D / 16;
+  for (int i = tid; i < Tr::kRows * kBlocks; i += Tr::kThreads) {
+    const int r = i / kBlocks;
+    const int blk = i % kBlocks;
+    uint4 a = make_uint4(0, 0, 0, 0), c = make_uint4(0, 0, 0, 0);
+    if (r < rows_valid) {
+      const T* q_row =
+          static_cast<const T*>(p.q) + (static_cast<int64_t>(b) * p.num_qo_heads + head0 + r) * D;
+      a = *reinterpret_cast<const uint4*>(q_row + blk * 16);
+      c = *reinterpret_cast<const uint4*>(q_row + blk * 16 + 8);
+    }
+    *reinterpret_cast<uint4*>(q_smem + Swz<D>(r, 2 * blk)) = make_uint4(a.x, a.z, c.x, c.z);
+    *reinterpret_cast<uint4*>(q_smem + Swz<D>(r, 2 * blk + 1)) = make_uint4(a.y, a.w, c.y, c.w);
+  }
+}
+
 }  // namespace attnd::kernels::cuda::internal

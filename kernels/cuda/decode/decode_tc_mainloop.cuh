@@ -11,6 +11,7 @@
 
 #include <cstdint>
 
+#include "blocks/kv_convert.cuh"
 #include "blocks/ptx.cuh"
 #include "blocks/rope.cuh"
 #include "decode/decode_tc_config.cuh"
@@ -79,6 +80,71 @@ __device__ __forceinline__ void TcWarpScores(float (&s)[2][4],
         Mma16816<T>(s[n], q_lo, y_hi[2 * n], y_hi[2 * n + 1]);
         Mma16816<T>(s[n], q_hi, y_lo[2 * n], y_lo[2 * n + 1]);
       }
+    }
+  }
+}
+
+// ---- fp8 K/V in registers (TcDecodeTraits::kFp8Registers) ---------------------------------------
+// The fp8 stage is [TPS][D] bytes, chunks swizzled by SwzFp8. ldmatrix (b16) of an 8-row x 16-byte
+// matrix hands lane (g, c) = (lane / 4, lane % 4) the 4 bytes 4c .. 4c + 3 of row g (non-trans),
+// or the bytes (2g, 2g + 1) of rows 2c and 2c + 1 (trans). Both are turned into mma operands
+// without a trip through shared memory, by permuting the dimension that the MMA sums over
+// (K's) or that it outputs (V's):
+//  - S = Q K^T: within each 16-dim block, logical k 2c, 2c+1 / 2c+8, 2c+9 (b0 / b1 of the B
+//    fragment) are taken to be dims 4c, 4c+1 / 4c+2, 4c+3, so bytes (0, 1) of the register are
+//    b0 and (2, 3) are b1; the q tile is stored with the same permutation (LoadTcQTile's
+//    kPermuted), so the sum is the same dot product.
+//  - O += P V: a trans register holds V at tokens (2c, 2c+1) for dims 2g and 2g+1 of the block:
+//    bytes (0, 2) are b0 of an n-tile whose column g is dim 2g ("even" tile), bytes (1, 3) of
+//    the "odd" tile (dim 2g + 1); O's n-tiles 2 * block and 2 * block + 1 are those tiles, so
+//    accumulator element e of n-tile n holds dim TcFp8OutputDim(n, c, e) (the epilogue's).
+// Lane addresses of both x4 loads: matrix m = lane / 8 is tokens (m % 2) * 8 .. + 7 of the warp's
+// 16, chunk 2 * kk + m / 2.
+
+// Output dim of accumulator element e (0..3: rows g / g + 8 alternate with e / 2) of n-tile n for
+// lane column c = lane % 4, in the fp8 register path.
+__device__ __forceinline__ int TcFp8OutputDim(int n, int c, int e) {
+  return (n / 2) * 16 + 4 * c + 2 * (e & 1) + (n & 1);
+}
+
+template <typename T, typename Tkv, int D>
+__device__ __forceinline__ void TcWarpScoresFp8(float (&s)[2][4], const uint32_t (&qa)[D / 16][4],
+                                                const Tkv* sk, int wtok, int lane) {
+#pragma unroll
+  for (int n = 0; n < 2; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+  const int tok = wtok + (lane % 8) + ((lane / 8) % 2) * 8;
+#pragma unroll
+  for (int kk = 0; kk < D / 32; ++kk) {
+    uint32_t kb[4];  // tokens 0-7 / 8-15 of k-step 2 kk, then of 2 kk + 1
+    LdMatrixX4(kb, sk + SwzFp8<D>(tok, 2 * kk + lane / 16));
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      uint32_t b00, b01, b10, b11;
+      Fp8x4ToPairs<T, Tkv>(kb[2 * h], &b00, &b01);
+      Fp8x4ToPairs<T, Tkv>(kb[2 * h + 1], &b10, &b11);
+      Mma16816<T>(s[0], qa[2 * kk + h], b00, b01);
+      Mma16816<T>(s[1], qa[2 * kk + h], b10, b11);
+    }
+  }
+}
+
+// O += P V for the warp's 16 tokens from the fp8 V stage sv; pa: P as the A fragments.
+template <typename T, typename Tkv, int D>
+__device__ __forceinline__ void TcWarpPvFp8(float (&o)[D / 8][4], const uint32_t (&pa)[4],
+                                            const Tkv* sv, int wtok, int lane) {
+  const int tok = wtok + (lane % 8) + ((lane / 8) % 2) * 8;
+#pragma unroll
+  for (int dp = 0; dp < D / 32; ++dp) {
+    uint32_t vb[4];  // tokens 0-7 / 8-15 of block 2 dp, then of 2 dp + 1
+    LdMatrixX4Trans(vb, sv + SwzFp8<D>(tok, 2 * dp + lane / 16));
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int blk = 2 * dp + h;
+      uint32_t even0, odd0, even1, odd1;  // bytes [b0, b2, b1, b3]: (even pair, odd pair)
+      Fp8x4ToPairs<T, Tkv>(__byte_perm(vb[2 * h], 0u, 0x3120), &even0, &odd0);
+      Fp8x4ToPairs<T, Tkv>(__byte_perm(vb[2 * h + 1], 0u, 0x3120), &even1, &odd1);
+      Mma16816<T>(o[2 * blk], pa, even0, even1);
+      Mma16816<T>(o[2 * blk + 1], pa, odd0, odd1);
     }
   }
 }
