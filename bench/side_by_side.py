@@ -27,10 +27,11 @@ Feature rows (issue 15; phase `features` of scripts/gpu-host-bench.sh):
       cascade / cascade-flat is the speedup).
 
 FP8-KV decode rows (fp16 queries and output over an fp8 paged KV cache):
-  decode-<dt>-kv<e4m3|e5m2|f16>-hd<D>-b<B>-kv<kv>-hkv<Hkv>: <dt> the query type, kv<...> the
-      cache's; TB/s of the K+V bytes read, 2*B*kv*Hkv*D*itemsize (1 byte for fp8). FlashInfer
+  decode-<e4m3|e5m2>-hd<D>-b<B>-kv<kv>-hkv<Hkv> (SIDE_BY_SIDE.md: the KV dtype in the dtype slot;
+      fp16 queries); TB/s of the K+V bytes read, 2*B*kv*Hkv*D*itemsize (1 byte for fp8). FlashInfer
       "decode-fp8" rows of bench/fi_extra_peer.py (fa2-tc, fa2-cuda; its kv_dtype "f16" rows are
-      FlashInfer's fp16-KV decode timed in the same process as its fp8 rows, hence "-kvf16");
+      FlashInfer's fp16-KV decode timed in the same process as its fp8 rows, named as the
+      ordinary decode-fp16-... rows);
       decode_bench lines that carry "kv_dtype" ("e4m3" / "e5m2"), all of them: decode_bench times
       FP8 K/V only with the planner's kernel. attnd's fp16-KV decode lines carry no kv_dtype and
       keep their decode-<dt>-hd... names; an FP8 line's x_fp16 (the fp16 row's time over its
@@ -76,16 +77,18 @@ def fi_rows(path):
 
 DTYPES = {"float16": "fp16", "bfloat16": "bf16"}
 # a KV cache's type in decode_kv_name (FlashInfer's kv_dtype "f16", decode_bench's "e4m3"/"e5m2")
-KV_DTYPES = {"f16": "f16", "fp16": "f16", "float16": "f16", "bf16": "bf16", "bfloat16": "bf16",
+KV_DTYPES = {"f16": "fp16", "fp16": "fp16", "float16": "fp16", "bf16": "bf16", "bfloat16": "bf16",
              "e4m3": "e4m3", "float8_e4m3fn": "e4m3", "e5m2": "e5m2", "float8_e5m2": "e5m2"}
 # prefill_bench's explicit tile variants (--wide): never the planner's default
 EXPLICIT_TILES = ("default", "wide", "wide3", "wide64", "sm90")
 
 
 def decode_kv_name(dt, kv_dtype, head_dim, batch, kv_len, hkv):
-    """Decode with <dt> queries over a KV cache of type kv_dtype (FP8 K/V)."""
+    """Decode over a KV cache of type kv_dtype (FP8 K/V, fp16 queries): SIDE_BY_SIDE.md's
+    decode-<e4m3|e5m2>-hd..., the KV dtype in the dtype slot; a 16-bit KV row of the same table
+    keeps its ordinary decode name."""
     kv = KV_DTYPES.get(kv_dtype, kv_dtype)
-    return f"decode-{dt}-kv{kv}-hd{head_dim}-b{batch}-kv{kv_len}-hkv{hkv}"
+    return f"decode-{kv}-hd{head_dim}-b{batch}-kv{kv_len}-hkv{hkv}"
 
 
 def treemask_name(dt, head_dim, batch, qo_len, prefix, hkv):
