@@ -298,6 +298,7 @@ absl::StatusOr<PlanUpdate> CheckUpdatePlan(const v1::UpdatePlanRequest& request,
   spec.head_dim = old.head_dim;
   spec.page_size = page_size;
   spec.kv_dtype = old.kv_dtype;
+  spec.q_dtype = old.q_dtype;
   spec.kv_indptr.reserve(static_cast<size_t>(new_batch) + 1);
   spec.qo_indptr.reserve(static_cast<size_t>(new_batch) + 1);
   spec.kv_last_page_len.reserve(static_cast<size_t>(new_batch));
@@ -790,6 +791,12 @@ absl::StatusOr<RunCall> CheckRun(const RequestScope& scope, const Plan& plan,
   auto q_dtype = ValidateQueryDType(request.q(), scope.backend);
   if (!q_dtype.ok()) return q_dtype.status();
   call.q_dtype = *q_dtype;
+  if (const std::optional<kernels::DType>& want = plan.prepared->spec().q_dtype;
+      want.has_value() && *want != call.q_dtype) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "q.dtype=", ProtoDTypeName(request.q().dtype()),
+        " but the plan was created with q_dtype=", ProtoDTypeName(ToProtoDType(*want))));
+  }
   auto options = ValidateOptions(request.options(), plan.batch_size);
   if (!options.ok()) return options.status();
   call.options = *options;

@@ -356,6 +356,16 @@ absl::StatusOr<ValidatedPlan> ValidatePlan(const v1::CreatePlanRequest& request,
   spec.head_dim = pool.head_dim;
   spec.page_size = pool.page_size;
   spec.kv_dtype = pool.kv_dtype;
+  if (request.q_dtype() != v1::DTYPE_UNSPECIFIED) {
+    auto q_dtype = FromProtoDType(request.q_dtype(), "q_dtype");
+    if (!q_dtype.ok()) return q_dtype.status();
+    if (*q_dtype != kernels::DType::kFloat32 && *q_dtype != kernels::DType::kFloat16 &&
+        *q_dtype != kernels::DType::kBFloat16) {
+      return InvalidArg("q_dtype=", ProtoDTypeName(request.q_dtype()),
+                        " is not a query dtype (float32, float16 or bfloat16)");
+    }
+    spec.q_dtype = *q_dtype;
+  }
   spec.kv_indptr.assign(kv_indptr.begin(), kv_indptr.end());
   spec.kv_indices.assign(kv_indices.begin(), kv_indices.end());
   spec.kv_last_page_len.assign(last_len.begin(), last_len.end());

@@ -1328,6 +1328,21 @@ void KvDtypes(Backend& cuda, Backend& cpu, Rng& rng, ResultTable& table, bool sm
   AddRefusal(table, "prefill plan on a float8_e4m3 pool -> UNIMPLEMENTED at Prepare",
              cuda.Prepare(SpecOf(pre), nullptr).status(), absl::StatusCode::kUnimplemented,
              "kind=ATTENTION_KIND_PREFILL on a float8_e4m3 pool");
+  // A plan whose q_dtype (CreatePlanRequest.q_dtype) the prefill kernels cannot run over the
+  // pool: refused by Prepare, naming both dtypes; a decode plan of the same takes it.
+  {
+    Step mixed = WithKvDtype(rng, MakeStep(rng, AttentionKind::kPrefill, DType::kFloat16, 2, 50),
+                             DType::kBFloat16);
+    PlanSpec spec = SpecOf(mixed);
+    spec.q_dtype = DType::kFloat16;
+    AddRefusal(table, "prefill plan with q_dtype float16 on a bfloat16 pool -> UNIMPLEMENTED",
+               cuda.Prepare(spec, nullptr).status(), absl::StatusCode::kUnimplemented,
+               "q_dtype=float16 on a bfloat16 pool");
+    spec.kind = AttentionKind::kDecode;
+    spec.qo_indptr.assign({0, 1, 2});
+    table.AddCheck("decode plan with q_dtype float16 on a bfloat16 pool: prepared",
+                   cuda.Prepare(spec, nullptr).ok(), "");
+  }
   // A prefill run with q float16 on a bfloat16 pool: refused before the append, cache intact.
   const Step mixed_pre = WithKvDtype(
       rng, MakeStep(rng, AttentionKind::kPrefill, DType::kFloat16, 2, 50), DType::kBFloat16);

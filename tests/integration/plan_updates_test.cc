@@ -82,7 +82,9 @@ TEST_P(PlanUpdatesTest, ADecodePlanLivesAcrossStepsAndMatchesFreshPlans) {
     ATTND_ASSERT_OK(session->DeletePlan(plan->plan_id));
   }
   std::vector<Request> batch = {{{take()}, 2}, {{take(), take()}, 5}, {{take()}, 4}};
-  auto plan = session->CreatePlan(SpecOf(pool->pool_id(), batch));
+  client::PlanSpec living = SpecOf(pool->pool_id(), batch);
+  living.q_dtype = v1::DTYPE_FLOAT16;  // kept by every UpdatePlan (checked after the steps)
+  auto plan = session->CreatePlan(living);
   ATTND_ASSERT_OK(plan);
   const std::string plan_id = plan->plan_id;
   for (int step = 0; step < 16; ++step) {
@@ -147,6 +149,15 @@ TEST_P(PlanUpdatesTest, ADecodePlanLivesAcrossStepsAndMatchesFreshPlans) {
   auto same = session->UpdatePlan(plan_id, {});
   ATTND_ASSERT_OK(same);
   EXPECT_EQ(same->batch_size, static_cast<int32_t>(batch.size()));
+  // The plan's q_dtype survived the updates: a bfloat16 q is refused by name.
+  client::RunArgs other;
+  other.plan_id = plan_id;
+  other.q = *client::MakeTensor(
+      RandomValues(rng, batch.size() * kQoHeads * kHeadDim, v1::DTYPE_BFLOAT16),
+      {static_cast<int64_t>(batch.size()), kQoHeads, kHeadDim}, v1::DTYPE_BFLOAT16);
+  EXPECT_TRUE(
+      StatusIs(session->Run(other), absl::StatusCode::kInvalidArgument,
+               {"q.dtype=DTYPE_BFLOAT16 but the plan was created with q_dtype=DTYPE_FLOAT16"}));
   ATTND_ASSERT_OK(session->DeletePlan(plan_id));
   ATTND_ASSERT_OK(session->DeletePool(pool->pool_id()));
   ExpectServing();

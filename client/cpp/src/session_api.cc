@@ -212,6 +212,7 @@ absl::StatusOr<PlanInfo> SessionApi::CreatePlan(const PlanSpec& spec) {
                                          level.kv_last_page_len.end());
   }
   request.set_custom_mask(spec.custom_mask);
+  request.set_q_dtype(spec.q_dtype);
   absl::StatusOr<v1::CreatePlanResponse> response = CreatePlan(request);
   if (!response.ok()) return response.status();
   PlanInfo info;

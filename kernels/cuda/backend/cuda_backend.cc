@@ -431,6 +431,23 @@ class CudaBackend final : public Backend {
 
   absl::StatusOr<std::unique_ptr<PreparedPlan>> Prepare(PlanSpec spec, Stream* stream) override {
     if (auto s = Enter(); !s.ok()) return s;
+    // The plan's q dtype (CreatePlanRequest.q_dtype), when given: fp16 or bf16, and for prefill
+    // and cascade plans the pool's own (the prefill kernels read K/V of q's type only).
+    if (spec.q_dtype.has_value()) {
+      if (*spec.q_dtype != DType::kFloat16 && *spec.q_dtype != DType::kBFloat16) {
+        return absl::UnimplementedError(
+            absl::StrCat("q_dtype=", DTypeName(*spec.q_dtype),
+                         ": the CUDA kernels take float16 and bfloat16 q"));
+      }
+      const bool prefill_kernels =
+          spec.kind != AttentionKind::kDecode || !spec.cascade_levels.empty();
+      if (prefill_kernels && *spec.q_dtype != spec.kv_dtype && !IsFp8(spec.kv_dtype)) {
+        return absl::UnimplementedError(absl::StrCat(
+            "q_dtype=", DTypeName(*spec.q_dtype), " on a ", DTypeName(spec.kv_dtype),
+            " pool: the CUDA prefill/append kernels read K/V of q's dtype (decode plans take "
+            "both)"));
+      }
+    }
     // FP8 K/V: the decode kernels read it; the prefill kernels (and so cascade levels) read K/V
     // of q's 16-bit type only. Refused here, before anything is allocated.
     if (IsFp8(spec.kv_dtype) &&

@@ -101,6 +101,9 @@ struct PlanSpec {
   // batch's mask (custom_mask.h), the plan's own kv lengths (the last level's on a cascade plan).
   // Empty: none. Backends hand its view in backend memory to the kernels (AttentionOptions).
   CustomMaskImage custom_mask;
+  // CreatePlanRequest.q_dtype: the dtype of every run's q, or unset (any). Backends refuse a
+  // combination with kv_dtype they cannot run at Prepare.
+  std::optional<DType> q_dtype;
 
   int32_t batch_size() const { return static_cast<int32_t>(kv_last_page_len.size()); }
   int64_t qo_tokens() const { return qo_indptr.empty() ? 0 : qo_indptr.back(); }

@@ -83,6 +83,9 @@ struct PlanSpec {
   // attnd::kernels::PackCustomMask of <attnd/kernels/custom_mask.h> packs dense [qo_len, kv_len]
   // masks). Empty: none.
   std::string custom_mask;
+  // The dtype every Run gives q in (CreatePlanRequest.q_dtype): combinations the backend cannot
+  // run are refused at CreatePlan. DTYPE_UNSPECIFIED: any, checked per Run.
+  v1::DType q_dtype = v1::DTYPE_UNSPECIFIED;
 };
 
 struct PlanInfo {
@@ -123,7 +126,9 @@ struct RunArgs {
   std::string plan_id;
   int32_t layer = 0;
   v1::Tensor q;                 // [qo_tokens, num_qo_heads, head_dim]
-  std::optional<v1::Tensor> k;  // [qo_tokens, num_kv_heads, head_dim], pool's kv_dtype
+  // [qo_tokens, num_kv_heads, head_dim], the pool's kv_dtype; on an fp8 pool also float32,
+  // float16 or bfloat16 (k and v alike), quantized by the daemon with the pool's scales.
+  std::optional<v1::Tensor> k;
   std::optional<v1::Tensor> v;
   std::optional<v1::Tensor> o;    // output slice [qo_tokens, num_qo_heads, head_dim], q's dtype
   std::optional<v1::Tensor> lse;  // output slice [qo_tokens, num_qo_heads] float32

@@ -221,6 +221,34 @@ TEST(Fp8PoolsTest, RunsQuantizeFloat16RowsWithTheLayersScales) {
   }
 }
 
+// CreatePlanRequest.q_dtype: a query dtype only; set, every Run's q must have it (refused by
+// name otherwise, the plan intact: a Run with it then succeeds).
+TEST(Fp8PoolsTest, APlansQDtypeIsCheckedAtCreatePlanAndAtEachRun) {
+  auto core = MakeCore();
+  const std::string s = Open(*core);
+  auto pool = core->CreatePool(s, Fp8Pool(v1::DTYPE_FLOAT8_E4M3, {}, {}));
+  ASSERT_TRUE(pool.ok()) << pool.status();
+  const std::vector<int32_t> pages = Allocate(*core, s, pool->pool().pool_id(), 1);
+  v1::CreatePlanRequest request =
+      PlanRequest(pool->pool().pool_id(), v1::ATTENTION_KIND_DECODE, kQoHeads, {pages}, {3}, {1});
+  request.set_q_dtype(v1::DTYPE_FLOAT8_E5M2);
+  EXPECT_STATUS(core->CreatePlan(s, request).status(), kInvalidArgument,
+                HasSubstr("q_dtype=DTYPE_FLOAT8_E5M2 is not a query dtype"));
+  request.set_q_dtype(v1::DTYPE_FLOAT16);
+  auto plan = core->CreatePlan(s, request);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  v1::RunRequest run;
+  run.set_plan_id(plan->plan_id());
+  run.set_layer(0);
+  *run.mutable_q() = testing::HalfTensor({1, kQoHeads, kHeadDim}, '\x11');
+  run.mutable_q()->set_dtype(v1::DTYPE_BFLOAT16);
+  EXPECT_STATUS(core->Run(s, run).status(), kInvalidArgument,
+                HasSubstr("q.dtype=DTYPE_BFLOAT16 but the plan was created with "
+                          "q_dtype=DTYPE_FLOAT16"));
+  run.mutable_q()->set_dtype(v1::DTYPE_FLOAT16);
+  EXPECT_TRUE(core->Run(s, run).ok());
+}
+
 // Rows the pool does not take are refused by name before anything is written: float16 k on a
 // bfloat16 pool, v of another type than k on an fp8 pool, float8_e5m2 rows on an e4m3 pool.
 TEST(Fp8PoolsTest, RowsOfATypeThePoolDoesNotTakeAreRefusedByName) {
