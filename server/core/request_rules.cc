@@ -10,6 +10,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "attnd/kernels/cascade.h"
+#include "server/core/dtype_convert.h"
 #include "server/core/validation.h"
 
 namespace attnd::server {

@@ -125,7 +125,7 @@ using PlanDeltaSpec = std::variant<PlanGrow, PlanLeave, PlanJoin>;
 struct RunArgs {
   std::string plan_id;
   int32_t layer = 0;
-  v1::Tensor q;                 // [qo_tokens, num_qo_heads, head_dim]
+  v1::Tensor q;  // [qo_tokens, num_qo_heads, head_dim]
   // [qo_tokens, num_kv_heads, head_dim], the pool's kv_dtype; on an fp8 pool also float32,
   // float16 or bfloat16 (k and v alike), quantized by the daemon with the pool's scales.
   std::optional<v1::Tensor> k;
