@@ -383,3 +383,32 @@ def test_shared_memory_float16_kv(client, unique_name, fmt):
         v[...] = kv_rows(rng, B, V_SCALE[0], fmt, np.float16)
         o, lse = dec.run(one_hot_q(B, np.float32), 0, k=k, v=v, return_lse=True)
         check(o, lse, k, v, 0, fmt, np.float32)
+
+
+def test_a_plans_q_dtype_is_checked_at_every_run(client, unique_name):
+    """Session.create_plan(q_dtype=...): a dtype that is not a query type is refused at
+    CreatePlan naming q_dtype; set, a run whose q has another dtype is refused naming q.dtype,
+    and one with it runs."""
+    with client.session() as sess:
+        pool = fp8_pool(sess, unique_name, "float8_e4m3fn")
+        pages = pool.allocate(2)
+        with pytest.raises(attnd.AttndError, match=r"q_dtype=DTYPE_FLOAT8_E5M2 is not a query"):
+            sess.create_plan(pool.pool_id, "decode", HQ, [0, 1, 2], pages, [1, 1],
+                             q_dtype="float8_e5m2")
+        plan = sess.create_plan(pool.pool_id, "decode", HQ, [0, 1, 2], pages, [1, 1],
+                                q_dtype="float16")
+        from attnd.v1 import attnd_pb2 as pb
+
+        def run(q):
+            req = pb.RunRequest(plan_id=plan.plan_id, layer=0)
+            req.q.dtype = pb.DTYPE_FLOAT16 if q.dtype == np.float16 else pb.DTYPE_FLOAT32
+            req.q.shape.extend(q.shape)
+            req.q.inline_data = q.tobytes()
+            return sess.call("run", req)
+
+        q = np.ones((2, HQ, D), np.float32)
+        with pytest.raises(attnd.AttndError,
+                           match=r"q.dtype=DTYPE_FLOAT32 but the plan was created with "
+                                 r"q_dtype=DTYPE_FLOAT16"):
+            run(q)
+        assert len(run(q.astype(np.float16)).o.inline_data) == 2 * HQ * D * 2

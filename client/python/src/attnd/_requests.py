@@ -176,11 +176,15 @@ def custom_mask_bytes(custom_mask: Any, qo_indptr: Any = None,
 def create_plan_request(pool_id: str, kind: int, num_qo_heads: int, kv_indptr: Any,
                         kv_indices: Any, kv_last_page_len: Any, qo_indptr: Any = None,
                         cascade_levels: Any = None, custom_mask: Any = None,
-                        kv_lens: Optional[Sequence[int]] = None) -> pb.CreatePlanRequest:
+                        kv_lens: Optional[Sequence[int]] = None,
+                        q_dtype: Any = None) -> pb.CreatePlanRequest:
     """cascade_levels: the shared levels of a cascade plan, outermost first (cascade_level);
     the table given is then the last level, each request's own pages. custom_mask: see
-    custom_mask_bytes (kv_lens, when known, checks a list of masks' columns)."""
+    custom_mask_bytes (kv_lens, when known, checks a list of masks' columns). q_dtype: None, or
+    the dtype of every run's q (CreatePlanRequest.q_dtype: a name such as "float16", a numpy /
+    torch dtype, or the enum)."""
     return pb.CreatePlanRequest(
+        q_dtype=_t.dtype_enum(q_dtype) if q_dtype is not None else pb.DTYPE_UNSPECIFIED,
         pool_id=pool_id, kind=kind, num_qo_heads=int(num_qo_heads),
         kv_indptr=int32_list("kv_indptr", kv_indptr),
         kv_indices=int32_list("kv_indices", kv_indices),

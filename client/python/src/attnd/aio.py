@@ -323,12 +323,13 @@ class AsyncSession:
 
     async def create_plan(self, pool_id: str, kind: str, num_qo_heads: int, kv_indptr,
                           kv_indices, kv_last_page_len, qo_indptr=None,
-                          cascade_levels=None, custom_mask=None) -> pb.CreatePlanResponse:
-        """See attnd.Session.create_plan (cascade_levels, custom_mask too)."""
+                          cascade_levels=None, custom_mask=None,
+                          q_dtype=None) -> pb.CreatePlanResponse:
+        """See attnd.Session.create_plan (cascade_levels, custom_mask, q_dtype too)."""
         k = {"decode": pb.ATTENTION_KIND_DECODE, "prefill": pb.ATTENTION_KIND_PREFILL}[kind]
         return await self.call("create_plan", _rq.create_plan_request(
             pool_id, k, num_qo_heads, kv_indptr, kv_indices, kv_last_page_len, qo_indptr,
-            cascade_levels, custom_mask))
+            cascade_levels, custom_mask, q_dtype=q_dtype))
 
     async def update_plan(self, plan_id: str, deltas) -> pb.UpdatePlanResponse:
         """See attnd.Session.update_plan."""

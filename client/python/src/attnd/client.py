@@ -396,7 +396,7 @@ class Session:
     # -- plans and runs -----------------------------------------------------------------------
     def create_plan(self, pool_id: str, kind: str, num_qo_heads: int, kv_indptr, kv_indices,
                     kv_last_page_len, qo_indptr=None, cascade_levels=None,
-                    custom_mask=None) -> pb.CreatePlanResponse:
+                    custom_mask=None, q_dtype=None) -> pb.CreatePlanResponse:
         """Low level CreatePlan; ``kind`` is "decode" or "prefill". See BatchDecodeWrapper.
 
         cascade_levels: a cascade (shared-prefix) plan's shared levels, outermost first
@@ -416,11 +416,16 @@ class Session:
         sink with sinks). On a cascade plan the mask covers the last level (kv_len_b = b's own
         pages); the shared levels stay fully visible. Decode plans take none (INVALID_ARGUMENT);
         a packed mask of the wrong length is refused with INVALID_ARGUMENT naming custom_mask.
+
+        q_dtype: optional, the dtype every run's q has ("float16", "bfloat16", "float32", or a
+        numpy / torch dtype): a combination the backend cannot run (the CUDA backend's prefill
+        plans read K/V of q's dtype) is then refused here rather than at the first run, and a
+        run whose q has another dtype is refused naming q.dtype (CreatePlanRequest.q_dtype).
         """
         k = {"decode": pb.ATTENTION_KIND_DECODE, "prefill": pb.ATTENTION_KIND_PREFILL}[kind]
         return self.call("create_plan", _rq.create_plan_request(
             pool_id, k, num_qo_heads, kv_indptr, kv_indices, kv_last_page_len, qo_indptr,
-            cascade_levels, custom_mask))
+            cascade_levels, custom_mask, q_dtype=q_dtype))
 
     def update_plan(self, plan_id: str, deltas: Sequence[Any]) -> pb.UpdatePlanResponse:
         """Changes a plan by deltas across steps instead of re-creating it (UpdatePlan; see
