@@ -3,8 +3,9 @@
 
 The model: `num_layers` layers, each with random projections Wq, Wk, Wv, Wo of a hidden vector
 (numpy, float32). A batch of sequences is prefilled with their prompts, then decoded token by
-token; every layer's attention (with RoPE) is done by the daemon through BatchPrefillWrapper /
-BatchDecodeWrapper over a paged KV-cache pool. Each attention output is checked against
+token; every layer's attention (with RoPE) is done by the daemon through BatchPrefillWrapper (the
+prompts) and attnd.DecodeBatch (the decode steps: one plan that lives across steps and changes by
+page-table deltas) over a paged KV-cache pool. Each attention output is checked against
 attnd.reference (float64 numpy), and so is the final hidden state of every step.
 
     build/bin/attnd --listen=unix:///tmp/attnd.sock --backend=cpu &   # from the repository root
@@ -128,16 +129,21 @@ def main() -> int:
             # Decode: the last hidden state of each sequence is the next token's input.
             last_rows = qo_indptr[1:] - 1
             x = h[last_rows]
-            decode = attnd.BatchDecodeWrapper(pool)
+            # The decode batch is one plan across steps (attnd.DecodeBatch: each step sends only
+            # the page-table changes, UpdatePlan deltas; it takes a new page at page boundaries).
+            decode = attnd.DecodeBatch(pool, num_qo_heads=hq, **rope)
+            for b in range(len(prompts)):
+                decode.join(pages[b][:pool.pages_for(lens[b])], lens[b], owns_pages=False)
             ones = np.arange(len(prompts) + 1)
             for step in range(args.steps):
-                decode.plan(*grow([1] * len(prompts)), num_qo_heads=hq, **rope)
+                decode.step()
+                lens = [decode.kv_len(handle) for handle in decode.handles]
                 t0 = time.perf_counter()
-                x, err = layer_pass(decode, x, ones, causal=False)
+                x, err = layer_pass(decode.wrapper, x, ones, causal=False)
                 ok &= err < tol
                 print(f"decode step {step}: lens {lens}, {1e3 * (time.perf_counter() - t0):.1f} ms, "
                       f"max |o - ref| = {err:.2e}")
-            decode.delete()
+            decode.close()
             pool.delete()
     print("OK" if ok else "MISMATCH")
     return 0 if ok else 1

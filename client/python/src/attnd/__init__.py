@@ -10,7 +10,8 @@
         o = dec.run(q, layer=0, k=k, v=v)   # q [1, 8, 64]; k, v [1, 2, 64]
 
 Modules: attnd.client (Client, sessions), attnd.pool (Pool), attnd.wrappers (BatchDecodeWrapper,
-BatchPrefillWrapper; attnd.pack_custom_mask: a custom mask's wire form), attnd.errors (typed
+BatchPrefillWrapper; attnd.pack_custom_mask: a custom mask's wire form), attnd.steps
+(DecodeBatch: a decode batch as one plan across steps, UpdatePlan deltas), attnd.errors (typed
 exceptions), attnd.tensors (dtypes, bfloat16),
 attnd.ipc (CUDA IPC), attnd.shm (POSIX shared memory), attnd.aio (asyncio), attnd.reference (numpy reference attention),
 attnd.v1 (generated stubs).
@@ -24,6 +25,7 @@ from attnd.wrappers import BatchDecodeWrapper, BatchPrefillRaggedWrapper, BatchP
 from attnd.tensors import bfloat16_to_float32, float32_to_bfloat16
 from attnd._requests import pack_custom_mask
 from attnd.shm import SharedBuffer
+from attnd.steps import DecodeBatch
 
 __version__ = "0.1.0"
 
@@ -37,6 +39,7 @@ __all__ = list(_errors.__all__) + [
     "BatchDecodeWrapper",
     "BatchPrefillWrapper",
     "BatchPrefillRaggedWrapper",
+    "DecodeBatch",
     "bfloat16_to_float32",
     "float32_to_bfloat16",
     "pack_custom_mask",
