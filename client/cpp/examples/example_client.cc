@@ -6,19 +6,20 @@
 // 2. creates a small paged KV pool (2 layers, 4 KV heads, head_dim 64, page size 16, fp16);
 // 3. prefills 3 sequences of different lengths in one batch (K/V appended by the run itself,
 //    causal attention, 16 query heads = GQA group 4);
-// 4. decodes 8 steps for every sequence: allocates a page when a sequence's last page is full,
-//    sends one plan per step and one run per layer (appending the new token's K/V);
+// 4. decodes 8 steps for every sequence (client::DecodeBatch: one plan across steps, only the
+//    page-table deltas sent): allocates a page when a sequence's last page is full,
+//    and one run per layer (appending the new token's K/V);
 // 5. checks every output row (o and lse) against its own float64 attention over the K/V it sent
 //    (rounded to fp16 exactly as the daemon stores it), prints a summary and exits non-zero on any
 //    mismatch (or any error).
 //
 // The reference below is deliberately independent of the daemon's code: plain loops in double.
+#include <unistd.h>
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <random>
 #include <string>
-#include <unistd.h>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -27,6 +28,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "attnd/client/attnd_client.h"
+#include "attnd/client/decode_batch.h"
 
 ABSL_FLAG(std::string, target, "unix:///tmp/attnd.sock", "attnd gRPC target");
 ABSL_FLAG(int, connect_timeout_s, 10, "seconds to wait for the daemon to accept connections");
@@ -70,7 +72,8 @@ void ReferenceRow(const float* q_row, const std::vector<float>& k, const std::ve
     for (int j = 0; j < visible; ++j) {
       const float* key = &k[(static_cast<size_t>(j) * kKvHeads + kv_head) * kHeadDim];
       double dot = 0;
-      for (int d = 0; d < kHeadDim; ++d) dot += static_cast<double>(q_row[h * kHeadDim + d]) * key[d];
+      for (int d = 0; d < kHeadDim; ++d)
+        dot += static_cast<double>(q_row[h * kHeadDim + d]) * key[d];
       logits[j] = dot * scale;
       max_logit = std::max(max_logit, logits[j]);
     }
@@ -114,10 +117,9 @@ absl::StatusOr<StepError> Check(const std::vector<Sequence>& seqs, int layer,
   const size_t rows = row_seq.size();
   const size_t row_elems = static_cast<size_t>(kQoHeads) * kHeadDim;
   if (out.o.size() != rows * row_elems || out.lse.size() != rows * kQoHeads) {
-    return absl::InternalError(absl::StrCat("daemon returned o of ", out.o.size(),
-                                            " and lse of ", out.lse.size(),
-                                            " elements; expected ", rows * row_elems, " and ",
-                                            rows * kQoHeads));
+    return absl::InternalError(absl::StrCat("daemon returned o of ", out.o.size(), " and lse of ",
+                                            out.lse.size(), " elements; expected ",
+                                            rows * row_elems, " and ", rows * kQoHeads));
   }
   StepError err;
   std::vector<double> o_ref(row_elems), lse_ref(kQoHeads);
@@ -238,8 +240,8 @@ int main(int argc, char** argv) {
 
   auto info = (*client)->GetServerInfo();
   if (!info.ok()) return Fail(info.status(), "GetServerInfo");
-  std::printf("attnd %s  backend=%s  device=%s  max_message_bytes=%llu\n",
-              info->version().c_str(), info->backend().c_str(), info->device().c_str(),
+  std::printf("attnd %s  backend=%s  device=%s  max_message_bytes=%llu\n", info->version().c_str(),
+              info->backend().c_str(), info->device().c_str(),
               static_cast<unsigned long long>(info->max_message_bytes()));
 
   auto session = (*client)->OpenSession();
@@ -258,12 +260,13 @@ int main(int argc, char** argv) {
   auto pool = s.CreatePool(spec);
   if (!pool.ok()) return Fail(pool.status(), "CreatePool");
   const std::string pool_id = pool->pool_id();
-  std::printf("pool %s \"%s\": %d layers, %d kv heads, head_dim %d, page_size %d, %s, %lld pages "
-              "(%llu bytes)\n",
-              pool_id.c_str(), pool->name().c_str(), pool->num_layers(), pool->num_kv_heads(),
-              pool->head_dim(), pool->page_size(), ac::DTypeName(pool->kv_dtype()),
-              static_cast<long long>(pool->num_pages()),
-              static_cast<unsigned long long>(pool->total_bytes()));
+  std::printf(
+      "pool %s \"%s\": %d layers, %d kv heads, head_dim %d, page_size %d, %s, %lld pages "
+      "(%llu bytes)\n",
+      pool_id.c_str(), pool->name().c_str(), pool->num_layers(), pool->num_kv_heads(),
+      pool->head_dim(), pool->page_size(), ac::DTypeName(pool->kv_dtype()),
+      static_cast<long long>(pool->num_pages()),
+      static_cast<unsigned long long>(pool->total_bytes()));
 
   bool pass = true;
   StepError total;
@@ -299,35 +302,47 @@ int main(int argc, char** argv) {
          *prefill_err);
 
   // ---- Decode: one new token per sequence per step --------------------------------------------
+  // The batch is one plan across steps (client::DecodeBatch): each step sends only the page-table
+  // changes (UpdatePlan deltas) and takes a fresh page for a sequence whose last page is full.
   const int steps = absl::GetFlag(FLAGS_decode_steps);
-  for (int step = 0; step < steps; ++step) {
-    for (Sequence& seq : seqs) {
-      if (seq.len % kPageSize == 0) {  // last page full: the new token needs a fresh page
-        auto grant = s.AllocatePages(pool_id, 1);
-        if (!grant.ok()) return Fail(grant.status(), "AllocatePages(decode)");
-        seq.pages.push_back(grant->page_ids[0]);
+  {
+    ac::PlanSpec fixed;
+    fixed.num_qo_heads = kQoHeads;
+    ac::DecodeBatch batch(s, pool_id, kPageSize, fixed);
+    std::vector<int64_t> handles;
+    for (const Sequence& seq : seqs) {
+      const int pages_used = (seq.len + kPageSize - 1) / kPageSize;
+      auto handle =
+          batch.Join(std::vector<int32_t>(seq.pages.begin(), seq.pages.begin() + pages_used),
+                     seq.len, /*owns_pages=*/false);
+      if (!handle.ok()) return Fail(handle.status(), "DecodeBatch::Join");
+      handles.push_back(*handle);
+    }
+    for (int step = 0; step < steps; ++step) {
+      if (auto st = batch.Step(); !st.ok()) return Fail(st, "DecodeBatch::Step");
+      for (size_t b = 0; b < seqs.size(); ++b) {
+        seqs[b].len = *batch.kv_len(handles[b]);
+        const std::vector<int32_t> pages = *batch.pages(handles[b]);
+        for (int32_t page : pages) {  // the pages the step took, to free below
+          if (std::find(seqs[b].pages.begin(), seqs[b].pages.end(), page) == seqs[b].pages.end()) {
+            seqs[b].pages.push_back(page);
+          }
+        }
       }
-      ++seq.len;
+      std::vector<int> decode_seq, decode_visible;
+      for (size_t b = 0; b < seqs.size(); ++b) {
+        decode_seq.push_back(static_cast<int>(b));
+        decode_visible.push_back(seqs[b].len);  // decode sees the whole sequence
+      }
+      auto err = RunLayers(s, batch.plan_id(), seqs, decode_seq, decode_visible, false, rng);
+      if (!err.ok()) return Fail(err.status(), "decode");
+      auto described = s.DescribePool(pool_id);
+      if (!described.ok()) return Fail(described.status(), "DescribePool");
+      report(absl::StrCat("decode step ", step + 1, " lens=", JoinLens(seqs),
+                          " pages used=", described->num_pages() - described->free_pages()),
+             *err);
     }
-    std::vector<int> decode_seq, decode_visible;
-    for (size_t b = 0; b < seqs.size(); ++b) {
-      decode_seq.push_back(static_cast<int>(b));
-      decode_visible.push_back(seqs[b].len);  // decode sees the whole sequence
-    }
-    ac::PlanSpec decode_plan =
-        MakePlan(pool_id, v1::ATTENTION_KIND_DECODE, seqs, std::vector<int>(seqs.size(), 1));
-    decode_plan.qo_indptr.clear();  // optional for decode: one row per request
-    auto step_plan = s.CreatePlan(decode_plan);
-    if (!step_plan.ok()) return Fail(step_plan.status(), "CreatePlan(decode)");
-    auto err = RunLayers(s, step_plan->plan_id, seqs, decode_seq, decode_visible, false, rng);
-    if (!err.ok()) return Fail(err.status(), "decode");
-    if (auto st = s.DeletePlan(step_plan->plan_id); !st.ok()) return Fail(st, "DeletePlan");
-    auto described = s.DescribePool(pool_id);
-    if (!described.ok()) return Fail(described.status(), "DescribePool");
-    report(absl::StrCat("decode step ", step + 1, " lens=", JoinLens(seqs), " pages used=",
-                        described->num_pages() - described->free_pages()),
-           *err);
-  }
+  }  // the batch's plan is deleted here
 
   // ---- Clean up ---------------------------------------------------------------------------------
   size_t pages_held = 0;
