@@ -7,7 +7,9 @@
 // it leaves ~L2-size of DIRTY lines that are written back while the kernel reads, e.g. ~60 MB of
 // writes on top of the 134 MB read at B=1 GQA), and "ms_clean" after a read-only pass over
 // another 2x-L2 buffer (L2 holds clean, unrelated lines: cold KV without the write-back).
-//   decode_bench [--quick] [--sweep] [--rope] [--only B,KV_LEN,NUM_KV_HEADS]
+//   decode_bench [--quick] [--sweep] [--rope] [--only B,KV_LEN,NUM_KV_HEADS] [--skew]
+//     --skew: only the skewed-batch rows (RunSkew: one long request among short ones, the
+//     planner's load balancing on and off, and the uniform batches they compare with).
 //     --sweep: also split-KV grids of other sizes (DecodeScheduleOptions::waves: 0.5-4 waves at
 //     B=1; 2-8 waves at larger batches, where splitting trims the tail of the last wave).
 //     --rope: every row with RoPE on the fly (the kernels' RoPE variants: K rotated in fp32,
@@ -34,6 +36,10 @@ namespace kcuda = attnd::kernels::cuda;
 
 struct Shape {
   int batch, kv_len, num_kv_heads;
+  int long_kv_len = 0;  // > 0: the last request has this length (a skewed batch), the rest kv_len
+  int64_t Tokens() const {
+    return long_kv_len > 0 ? int64_t{batch - 1} * kv_len + long_kv_len : int64_t{batch} * kv_len;
+  }
 };
 
 // Read-only sweep over a buffer (evicts whatever L2 held, leaves clean lines behind).
@@ -110,6 +116,7 @@ struct Result {
   int chunks;
   bool tc;
   float waves;
+  bool balance = true, balanced = false;  // the option, and whether the plan used it
 };
 
 using Kernel = kcuda::DecodeScheduleOptions::Kernel;
@@ -117,10 +124,17 @@ using Kernel = kcuda::DecodeScheduleOptions::Kernel;
 bool g_rope = false;  // --rope
 
 Result RunOne(DType dt, DType kv_dt, Shape s, Kernel kernel, float waves, double ceiling,
-              bool clean, cudaStream_t stream) {
+              bool clean, cudaStream_t stream, bool balance = true) {
   const int hq = 32, d = 128, ps = 16;
-  const int pages_per_req = (s.kv_len + ps - 1) / ps;
-  const int num_pages = s.batch * pages_per_req;
+  std::vector<int32_t> kv_len(s.batch, s.kv_len);
+  if (s.long_kv_len > 0) kv_len.back() = s.long_kv_len;
+  std::vector<int32_t> indptr(s.batch + 1, 0), last(s.batch);
+  for (int b = 0; b < s.batch; ++b) {
+    const int pages = (kv_len[b] + ps - 1) / ps;
+    indptr[b + 1] = indptr[b] + pages;
+    last[b] = kv_len[b] - (pages - 1) * ps;
+  }
+  const int num_pages = indptr.back();
   attnd::kernels::PagedKV kv;
   kv.dtype = kv_dt;
   kv.num_pages = num_pages;
@@ -152,9 +166,6 @@ Result RunOne(DType dt, DType kv_dt, Shape s, Kernel kernel, float waves, double
   std::vector<int32_t> perm(num_pages);
   std::iota(perm.begin(), perm.end(), 0);
   std::shuffle(perm.begin(), perm.end(), std::mt19937(42));
-  std::vector<int32_t> indptr(s.batch + 1), last(s.batch, s.kv_len - (pages_per_req - 1) * ps);
-  for (int b = 0; b <= s.batch; ++b) indptr[b] = b * pages_per_req;
-  std::vector<int32_t> kv_len(s.batch, s.kv_len);
   DeviceMemory d_indptr(indptr.size() * 4), d_indices(perm.size() * 4), d_last(last.size() * 4);
   BENCH_CUDA_CHECK(
       cudaMemcpy(d_indptr.get(), indptr.data(), indptr.size() * 4, cudaMemcpyHostToDevice));
@@ -173,6 +184,7 @@ Result RunOne(DType dt, DType kv_dt, Shape s, Kernel kernel, float waves, double
   kcuda::DecodeScheduleOptions sched;
   sched.kernel = kernel;
   sched.waves = waves;
+  sched.balance = balance;
   auto work = kcuda::PrepareDecode(kv_len, hq, s.num_kv_heads, d, ps, sched, stream);
   BENCH_STATUS_CHECK(work.status());
   const auto info = kcuda::GetDecodeScheduleInfo(**work);
@@ -188,7 +200,7 @@ Result RunOne(DType dt, DType kv_dt, Shape s, Kernel kernel, float waves, double
   if (g_rope) p.options.pos_encoding = attnd::kernels::PosEncoding::kRopeLlama;
   auto call = [&](int) { BENCH_STATUS_CHECK(kcuda::RunPagedDecode(**work, p, stream)); };
   const Timing t = TimeIt(call, stream);
-  const double bytes = 2.0 * s.batch * s.kv_len * s.num_kv_heads * d * kv_bytes;
+  const double bytes = 2.0 * static_cast<double>(s.Tokens()) * s.num_kv_heads * d * kv_bytes;
   Result r;
   if (clean) {
     r.ms_clean = TimeClean(call, stream).median_ms;
@@ -203,18 +215,66 @@ Result RunOne(DType dt, DType kv_dt, Shape s, Kernel kernel, float waves, double
   r.chunks = info.num_chunks;
   r.tc = info.tensor_cores;
   r.waves = waves;
+  r.balance = balance;
+  r.balanced = info.balanced;
   return r;
+}
+
+// --skew: the load-balancing rows (issue 13): 63 requests of 512 and one of 32768 (last), fp16,
+// GQA-4 and MHA, with the planner's balancing on and off; and the uniform batches they are
+// compared with, B=64 of 1016 (the same 65024 tokens) and B=64 of 4096. JSON
+// {"bench":"decode_skew", ..., "kv_len": the short length, "long_kv_len": 32768 or 0 (uniform),
+// "balance": the option, "balanced": whether the plan cut the batch by it}.
+void RunSkew(double ceiling, cudaStream_t stream) {
+  struct Row {
+    Shape s;
+    bool balance;
+  };
+  std::vector<Row> rows;
+  for (int hkv : {8, 32}) {
+    rows.push_back({{64, 512, hkv, 32768}, true});
+    rows.push_back({{64, 512, hkv, 32768}, false});
+    rows.push_back({{64, 1016, hkv}, true});
+    rows.push_back({{64, 4096, hkv}, true});
+  }
+  std::vector<Result> results;
+  for (const Row& row : rows) {
+    const Result r = RunOne(DType::kFloat16, DType::kFloat16, row.s, Kernel::kAuto, 1.f, ceiling,
+                            /*clean=*/true, stream, row.balance);
+    std::printf(
+        "JSON {\"bench\":\"decode_skew\",\"dtype\":\"fp16\",\"batch\":%d,\"kv_len\":%d,"
+        "\"long_kv_len\":%d,\"tokens\":%lld,\"num_qo_heads\":32,\"num_kv_heads\":%d,"
+        "\"head_dim\":128,\"page_size\":16,\"kernel\":\"%s\",\"balance\":%s,"
+        "\"balanced\":%s,\"ms\":%.5f,\"tbps\":%.4f,\"pct_copy\":%.2f,\"chunks\":%d,"
+        "\"ms_clean\":%.5f,\"tbps_clean\":%.4f}\n",
+        r.s.batch, r.s.kv_len, r.s.long_kv_len, static_cast<long long>(r.s.Tokens()),
+        r.s.num_kv_heads, r.tc ? "tensor" : "cuda-core", r.balance ? "true" : "false",
+        r.balanced ? "true" : "false", r.ms, r.tbps, r.pct, r.chunks, r.ms_clean, r.tbps_clean);
+    std::fflush(stdout);
+    results.push_back(r);
+  }
+  std::printf("\n%6s %7s %7s %4s %-9s %-8s %6s %9s %7s %6s %7s\n", "batch", "kv_len", "long", "Hkv",
+              "kernel", "balance", "chunks", "ms", "TB/s", "%copy", "TB/s_cl");
+  for (const Result& r : results) {
+    std::printf("%6d %7d %7d %4d %-9s %-8s %6d %9.4f %7.3f %5.1f%% %7.3f\n", r.s.batch, r.s.kv_len,
+                r.s.long_kv_len, r.s.num_kv_heads, r.tc ? "tensor" : "cuda-core",
+                !r.balance   ? "off"
+                : r.balanced ? "cut"
+                             : "on",
+                r.chunks, r.ms, r.tbps, r.pct, r.tbps_clean);
+  }
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool quick = false, sweep = false;
+  bool quick = false, sweep = false, skew = false;
   Shape only{0, 0, 0};  // --only B,KV,HKV: one shape (profiling)
   for (int i = 1; i < argc; ++i) {
     quick = quick || std::strcmp(argv[i], "--quick") == 0;
     sweep = sweep || std::strcmp(argv[i], "--sweep") == 0;
     g_rope = g_rope || std::strcmp(argv[i], "--rope") == 0;
+    skew = skew || std::strcmp(argv[i], "--skew") == 0;
     if (std::strcmp(argv[i], "--only") == 0 && i + 1 < argc) {
       if (std::sscanf(argv[++i], "%d,%d,%d", &only.batch, &only.kv_len, &only.num_kv_heads) != 3) {
         std::fprintf(stderr, "--only B,KV_LEN,NUM_KV_HEADS\n");
@@ -230,6 +290,11 @@ int main(int argc, char** argv) {
   std::printf("JSON {\"bench\":\"copy\",\"tbps\":%.4f}\n", ceiling);
   const double read_ceiling = CleanFlusher::ReadCeilingTBps(stream);
   std::printf("read-only ceiling: %.2f TB/s (2 GiB sweep, L2-warm start ignored)\n", read_ceiling);
+  if (skew) {
+    RunSkew(ceiling, stream);
+    cudaStreamDestroy(stream);
+    return 0;
+  }
   std::vector<Shape> shapes = {{1, 32768, 32}, {1, 32768, 8},   {64, 4096, 32},
                                {64, 4096, 8},  {256, 2048, 32}, {256, 2048, 8}};
   if (only.batch > 0) shapes = {only};

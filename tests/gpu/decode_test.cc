@@ -1,7 +1,8 @@
 // GPU test of the batch decode kernel (PrepareDecode + RunPagedDecode) against the CPU reference
 // (attnd::kernels::cpu::PagedAttention) over awkward sizes: kv_len 1..33000, page sizes 1/16/64,
 // GQA 1/3/4/8/16, batch 1..256, head_dim 64/128/256, fp16/bf16, RoPE (with offsets), soft cap,
-// sliding window, custom sm_scale, LSE, forced and automatic split-KV, K/V stored in another type
+// sliding window, custom sm_scale, LSE, forced and automatic split-KV (skewed batches: the
+// load-balanced schedule, items longest first), K/V stored in another type
 // than q (the other 16-bit type; fp8 e4m3 / e5m2 with per-tensor and per-KV-head scales, both
 // kernels, and every finite fp8 code read back exactly through V). Pages are in random order,
 // outputs are poisoned (NaN) before each run; NaN or unwritten elements never pass. Both kernels
@@ -45,6 +46,12 @@ struct DecodeCase {
   bool sinks = false;  // attention sinks: one per query head, N(0, 2), CPU and GPU alike
   DType kv_dtype = DType::kFloat32;  // K/V storage; kFloat32 = dtype (q and o)
   bool per_head_scales = true;       // fp8 K/V: scales per KV head (else one per tensor)
+  // A skewed batch: the plan must cut its long request (expect_split), or take the
+  // load-balancing rule for a batch that fills the device (expect_balanced; tensor cores at
+  // head_dim 128 run 2 CTAs per SM on an H100/H200, so 64 requests x 8 KV heads fill it), else
+  // the row FAILs. The automatic schedule either way (items longest first).
+  bool expect_split = false;
+  bool expect_balanced = false;
 };
 
 DType KvDtypeOf(const DecodeCase& c) {
@@ -146,6 +153,13 @@ void RunCase(const DecodeCase& c, Rng& rng, ResultTable& table) {
   const bool ran_tc = info.tensor_cores && (kv_dtype == c.dtype || attnd::kernels::IsFp8(kv_dtype));
   absl::StrAppend(&name, ran_tc ? " tc" : " cc");
   absl::StrAppend(&name, info.split ? absl::StrCat(" [split ", info.num_chunks, "]") : "");
+  if (info.balanced) absl::StrAppend(&name, " balanced");
+  if (c.expect_split || c.expect_balanced) {
+    table.AddCheck(
+        name + " schedule", c.expect_balanced ? info.balanced : info.split,
+        absl::StrCat("expected ", c.expect_balanced ? "the balanced schedule" : "a split",
+                     "; chunk_tokens ", info.chunk_tokens, ", ", info.num_chunks, " items"));
+  }
   const double tol = DefaultTolerance(c.dtype);
   std::vector<uint8_t> raw = dout.Download();
   std::vector<uint8_t> unwritten = UnwrittenMask(raw, c.dtype);
@@ -308,6 +322,14 @@ void MisalignedInputs(Rng& rng, ResultTable& table, kcuda::DecodeScheduleOptions
   RunCase(c, rng, table);  // the same case, aligned: matches the CPU reference
 }
 
+// `count` requests of `short_len` and one of `long_len`, last or first.
+std::vector<int32_t> SkewedLengths(int count, int32_t short_len, int32_t long_len,
+                                   bool long_first) {
+  std::vector<int32_t> v(count, short_len);
+  v.insert(long_first ? v.begin() : v.end(), long_len);
+  return v;
+}
+
 std::vector<DecodeCase> SmallCases() {
   std::vector<DecodeCase> v;
   DecodeCase c;
@@ -352,6 +374,14 @@ std::vector<DecodeCase> SmallCases() {
   c.kv_len = {1, 7, 40, 300};
   c.group = 4;
   c.kv_dtype = DType::kBFloat16;
+  v.push_back(c);
+  // A skewed batch that fills the device (64 x 8 head CTAs): the balanced schedule, the long
+  // request cut and run first, its partial states merged by state row.
+  c = DecodeCase();
+  c.kv_len = SkewedLengths(63, 32, 2048, /*long_first=*/false);
+  c.num_kv_heads = 8;
+  c.group = 4;
+  c.expect_balanced = true;
   v.push_back(c);
   return v;
 }
@@ -569,6 +599,69 @@ std::vector<DecodeCase> FullCases(Rng& rng) {
       }
     }
   }
+  // Skewed batches that fill the device (the load-balancing schedule): the 63 x 512 +
+  // 32768 on tensor cores (GQA-4, 8 KV heads) and on CUDA cores (MHA, 32 KV heads), the long
+  // request last and first; with the variants that touch chunk edges and the merge (window, sink,
+  // soft cap, RoPE), fp8 K/V, head dims 64 / 256, page sizes 1 and 64, ragged short lengths.
+  {
+    using Kernel = kcuda::DecodeScheduleOptions::Kernel;
+    DecodeCase c;
+    c.kv_len = SkewedLengths(63, 512, 32768, false);
+    c.num_kv_heads = 8;
+    c.group = 4;
+    c.expect_balanced = true;
+    v.push_back(c);  // tensor cores
+    c.kernel = Kernel::kCudaCores;
+    c.expect_balanced = false;
+    c.expect_split = true;
+    v.push_back(c);
+    c = DecodeCase();
+    c.kv_len = SkewedLengths(63, 512, 32768, true);
+    c.num_kv_heads = 32;
+    c.group = 1;
+    c.dtype = DType::kBFloat16;
+    c.expect_split = true;
+    v.push_back(c);  // CUDA cores, MHA
+    c = DecodeCase();
+    c.kv_len = SkewedLengths(95, 300, 20000, false);
+    for (int32_t& l : c.kv_len) l += rng.Int(0, 97);
+    c.num_kv_heads = 8;
+    c.group = 4;
+    c.options = Rope();
+    c.rope_offsets = true;
+    c.options.logits_soft_cap = 20.f;
+    c.sinks = true;
+    c.expect_balanced = true;
+    v.push_back(c);
+    c.options = AttentionOptions();
+    c.options.window_left = 5000;  // the long request's early chunks are empty
+    c.rope_offsets = false;
+    c.kv_dtype = DType::kFloat8E4M3;
+    c.page_size = 64;
+    v.push_back(c);
+    c.kernel = Kernel::kCudaCores;
+    c.expect_balanced = false;
+    c.expect_split = true;
+    v.push_back(c);
+    c = DecodeCase();
+    c.kv_len = SkewedLengths(127, 200, 12000, true);
+    c.num_kv_heads = 4;
+    c.group = 8;
+    c.head_dim = 64;
+    c.page_size = 1;
+    c.kv_dtype = DType::kFloat8E5M2;
+    c.dtype = DType::kBFloat16;
+    c.expect_split = true;
+    v.push_back(c);
+    c = DecodeCase();
+    c.kv_len = SkewedLengths(127, 256, 16384, false);
+    c.num_kv_heads = 4;
+    c.group = 2;
+    c.head_dim = 256;
+    c.sinks = true;
+    c.expect_split = true;
+    v.push_back(c);
+  }
   return v;
 }
 
@@ -597,6 +690,10 @@ int main(int argc, char** argv) {
       const bool auto_tc = c.group >= 4;
       DecodeCase other = c;
       other.kernel = auto_tc ? Kernel::kCudaCores : Kernel::kTensorCores;
+      // The other kernel's occupancy differs: a batch that fills the device for one may
+      // under-fill it for the other (then the under-filled rule cuts the long request).
+      other.expect_split = c.expect_split || c.expect_balanced;
+      other.expect_balanced = false;
       RunCase(other, rng, table);
     }
   }

@@ -254,6 +254,7 @@ DecodeScheduleInfo GetDecodeScheduleInfo(const DecodeWork& work) {
   info.chunk_tokens = work.schedule.chunk_tokens;
   info.head_groups = work.shape.num_kv_heads * work.head_tiles;
   info.split = work.schedule.split;
+  info.balanced = work.schedule.balanced;
   info.tensor_cores = work.tensor_cores;
   return info;
 }
@@ -272,18 +273,25 @@ absl::Status RunPagedDecode(const DecodeWork& work, const PagedAttentionParams& 
   // work items; its own head tiles).
   const bool tensor_cores = work.tensor_cores && TcReadsKv(qo.q_dtype, kv.dtype);
   const int32_t head_tile = tensor_cores ? work.head_tile : internal::DecodeHeadTile(work.group);
+  const int32_t head_tiles = (work.group + head_tile - 1) / head_tile;
   DecodeKernelParams p{.q = qo.q,
                        .o = qo.o,
                        .lse = qo.lse,
                        .kv = internal::MakePagedKvParams(kv),
                        .num_qo_heads = work.shape.num_qo_heads,
                        .group = work.group,
-                       .head_tiles = (work.group + head_tile - 1) / head_tile,
+                       .head_tiles = head_tiles,
+                       .head_ctas = work.shape.num_kv_heads * head_tiles,
                        .items = work.d_items,
                        .partial_o = work.d_partial_o,
                        .partial_lse = work.d_partial_lse,
                        .variant = internal::ResolveVariant(params.options, kv.head_dim)};
   const int num_items = static_cast<int>(work.schedule.items.size());
+  // The planner bounded items x head CTAs of its kernel; the CUDA-core fallback has more tiles.
+  if (static_cast<int64_t>(num_items) * p.head_ctas > INT32_MAX) {
+    return absl::InvalidArgumentError(absl::StrCat("decode: too many CTAs (", num_items,
+                                                   " work items x ", p.head_ctas, " head CTAs)"));
+  }
   const int32_t hd = kv.head_dim, hkv = work.shape.num_kv_heads;
   const cudaError_t e = qo.q_dtype == DType::kFloat16
                             ? LaunchDecodeForKv<DType::kFloat16>(kv.dtype, tensor_cores, hd, p,

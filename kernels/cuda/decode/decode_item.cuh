@@ -11,6 +11,20 @@
 
 namespace attnd::kernels::cuda::internal {
 
+// Which work item and head tile this CTA runs. The grid is one-dimensional and item-major,
+// [num_items * head_ctas]: the hardware dispatches CTAs in index order, so the schedule's order
+// (longest first when balanced) is the order the work starts in.
+struct DecodeCta {
+  DecodeWorkItem item;
+  int kv_head;
+  int head_tile;  // which tile of the KV head's group of query heads
+};
+__device__ __forceinline__ DecodeCta LocateDecodeCta(const DecodeKernelParams& p) {
+  const int item = static_cast<int>(blockIdx.x) / p.head_ctas;
+  const int head_cta = static_cast<int>(blockIdx.x) - item * p.head_ctas;
+  return {p.items[item], head_cta / p.head_tiles, head_cta % p.head_tiles};
+}
+
 struct DecodeItemRange {
   int page_begin;   // first slot of the request's page list in kv.indices
   int q_pos;        // kv_len - 1: the query row is the newest token

@@ -86,10 +86,9 @@ __global__ void __launch_bounds__(DecodeTraits<D, TILE, sizeof(Tkv)>::kThreads,
   const int ty = (tid / BDX) % BDY;
   const int tz = tid / (BDX * BDY);
 
-  const DecodeWorkItem item = p.items[blockIdx.x];
+  const auto [item, kv_head, head_tile] = LocateDecodeCta(p);
   const int b = item.request;
-  const int kv_head = blockIdx.y / p.head_tiles;
-  const int head_in_group = (blockIdx.y % p.head_tiles) * TILE + ty;
+  const int head_in_group = head_tile * TILE + ty;
   const bool head_valid = head_in_group < p.group;
   const int qo_head = kv_head * p.group + head_in_group;
 
@@ -268,17 +267,18 @@ __global__ void __launch_bounds__(DecodeTraits<D, TILE, sizeof(Tkv)>::kThreads,
   // ---- write: final output (unsplit request, sink folded in) or a partial state (no sink:
   // the merge applies it once) ----
   if (!head_valid) return;
-  const RowFinal fin = FinalizeRow(item.split ? nullptr : p.variant.sinks, qo_head, st.m, st.d);
+  const bool split = item.state_row >= 0;
+  const RowFinal fin = FinalizeRow(split ? nullptr : p.variant.sinks, qo_head, st.m, st.d);
   const float lse = fin.lse;
   float o[8];
 #pragma unroll
   for (int k = 0; k < 8; ++k) o[k] = st.o[k] * fin.inv;
-  if (!item.split) {
+  if (!split) {
     const int64_t row = static_cast<int64_t>(b) * p.num_qo_heads + qo_head;
     *reinterpret_cast<uint4*>(static_cast<T*>(p.o) + row * D + tx * 8) = Vec8<T>::FromFloat(o);
     if (p.lse != nullptr && tx == 0) p.lse[row] = lse;
   } else {
-    const int64_t row = static_cast<int64_t>(blockIdx.x) * p.num_qo_heads + qo_head;
+    const int64_t row = static_cast<int64_t>(item.state_row) * p.num_qo_heads + qo_head;
     float4* dst = reinterpret_cast<float4*>(p.partial_o + row * D + tx * 8);
     dst[0] = make_float4(o[0], o[1], o[2], o[3]);
     dst[1] = make_float4(o[4], o[5], o[6], o[7]);
@@ -295,7 +295,7 @@ cudaError_t LaunchDecodeTileVariant(const DecodeKernelParams& params, int num_it
       BatchDecodeKernel<T, Tkv, D, TILE, kRope>, cudaFuncAttributePreferredSharedMemoryCarveout,
       cudaSharedmemCarveoutMaxShared);
   if (carveout != cudaSuccess) return carveout;
-  const dim3 grid(num_items, num_kv_heads * params.head_tiles);
+  const dim3 grid(num_items * num_kv_heads * params.head_tiles);  // == num_items * head_ctas
   BatchDecodeKernel<T, Tkv, D, TILE, kRope><<<grid, Tr::kThreads, 0, stream>>>(params);
   return cudaGetLastError();
 }

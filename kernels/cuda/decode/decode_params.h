@@ -26,10 +26,11 @@ struct DecodeKernelParams {
   int32_t num_qo_heads = 0;
   int32_t group = 1;       // query heads per KV head
   int32_t head_tiles = 1;  // CTAs per KV head along the head axis: ceil(group / tile)
+  int32_t head_ctas = 1;   // CTAs per work item: num_kv_heads * head_tiles
 
-  const DecodeWorkItem* items = nullptr;  // [gridDim.x]
-  float* partial_o = nullptr;             // [num_items, num_qo_heads, head_dim]
-  float* partial_lse = nullptr;           // [num_items, num_qo_heads] natural log
+  const DecodeWorkItem* items = nullptr;  // [gridDim.x / head_ctas]
+  float* partial_o = nullptr;             // [num_items, num_qo_heads, head_dim] by state_row
+  float* partial_lse = nullptr;           // [num_items, num_qo_heads] natural log, by state_row
 
   VariantParams variant;  // soft cap, window, RoPE (ResolveVariant)
 };
@@ -37,7 +38,8 @@ struct DecodeKernelParams {
 // Instantiated per (q dtype, K/V dtype, head_dim) in generated/decode_hd*_*.cu; declared with
 // the DTypes so that host code needs no CUDA half types. kQ (q and o): fp16 or bf16; kKv: kQ,
 // the other 16-bit type (CUDA cores only) or fp8 e4m3 / e5m2 (both kernels; scales in
-// params.kv). head_tile: query heads per CTA (DecodeHeadTile, planning/decode_schedule.h).
+// params.kv). head_tile: query heads per CTA (DecodeHeadTile, planning/decode_schedule.h). The
+// grid is [num_items * params.head_ctas] (decode_item.cuh, LocateDecodeCta).
 template <DType kQ, DType kKv, int kHeadDim>
 cudaError_t LaunchDecodeKernel(const DecodeKernelParams& params, int num_items, int num_kv_heads,
                                int head_tile, cudaStream_t stream);

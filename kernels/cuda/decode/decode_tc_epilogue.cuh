@@ -76,7 +76,8 @@ __device__ __forceinline__ void MergeTcWarpsAndStore(
   }
   const int qo_head = kv_head * p.group + row_base + row;
   // The sink (if any) once per row: here for an unsplit request, in the merge for a split one.
-  const RowFinal fin = FinalizeRow(item.split ? nullptr : p.variant.sinks, qo_head, m_all, d_all);
+  const RowFinal fin =
+      FinalizeRow(item.state_row >= 0 ? nullptr : p.variant.sinks, qo_head, m_all, d_all);
   const float inv_d = fin.inv;
   const float lse = fin.lse;
 #pragma unroll
@@ -93,21 +94,21 @@ __device__ __forceinline__ void MergeTcWarpsAndStore(
     }
 #pragma unroll
     for (int k = 0; k < 8; ++k) acc[k] *= inv_d;
-    if (!item.split) {
+    if (item.state_row < 0) {
       const int64_t orow = static_cast<int64_t>(b) * p.num_qo_heads + qo_head;
       *reinterpret_cast<uint4*>(static_cast<T*>(p.o) + orow * D + d0) = Vec8<T>::FromFloat(acc);
     } else {
-      const int64_t prow = static_cast<int64_t>(blockIdx.x) * p.num_qo_heads + qo_head;
+      const int64_t prow = static_cast<int64_t>(item.state_row) * p.num_qo_heads + qo_head;
       float4* dst = reinterpret_cast<float4*>(p.partial_o + prow * D + d0);
       dst[0] = make_float4(acc[0], acc[1], acc[2], acc[3]);
       dst[1] = make_float4(acc[4], acc[5], acc[6], acc[7]);
     }
   }
   if (tid % 8 == 0) {
-    if (!item.split) {
+    if (item.state_row < 0) {
       if (p.lse != nullptr) p.lse[static_cast<int64_t>(b) * p.num_qo_heads + qo_head] = lse;
     } else {
-      p.partial_lse[static_cast<int64_t>(blockIdx.x) * p.num_qo_heads + qo_head] = lse;
+      p.partial_lse[static_cast<int64_t>(item.state_row) * p.num_qo_heads + qo_head] = lse;
     }
   }
 }

@@ -100,10 +100,9 @@ __global__ void __launch_bounds__(TcDecodeTraits<D, kRope, sizeof(Tkv)>::kThread
   const int lane = tid % 32;
   const int gc = lane % 4;  // fragment column pair
 
-  const DecodeWorkItem item = p.items[blockIdx.x];
+  const auto [item, kv_head, head_tile] = LocateDecodeCta(p);
   const int b = item.request;
-  const int kv_head = blockIdx.y / p.head_tiles;
-  const int row_base = (blockIdx.y % p.head_tiles) * Tr::kRows;  // first head of the tile
+  const int row_base = head_tile * Tr::kRows;  // first head of the tile
   const int rows_valid = min(Tr::kRows, p.group - row_base);
 
   const auto [page_begin, q_pos, start, end, rope_offset] = ResolveDecodeItem<kRope>(p, item);
@@ -272,7 +271,7 @@ cudaError_t LaunchDecodeTcVariant(const DecodeKernelParams& params, int num_item
                                   cudaStream_t stream) {
   using Tr = TcDecodeTraits<D, kRope, sizeof(Tkv)>;
   if (cudaError_t e = PrepareTcKernel<T, Tkv, D, kRope>(); e != cudaSuccess) return e;
-  const dim3 grid(num_items, num_kv_heads * params.head_tiles);
+  const dim3 grid(num_items * num_kv_heads * params.head_tiles);  // == num_items * head_ctas
   BatchDecodeTcKernel<T, Tkv, D, kRope><<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(params);
   return cudaGetLastError();
 }

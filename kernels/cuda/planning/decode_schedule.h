@@ -33,22 +33,34 @@ bool NeedsDeviceFill(const DecodeScheduleOptions& options);
 struct DecodeSchedule {
   int32_t chunk_tokens = 0;           // 0: no request was split
   bool split = false;                 // some request has more than one chunk (the merge pass runs)
-  std::vector<DecodeWorkItem> items;  // [num_items]
-  std::vector<int32_t> chunk_indptr;  // [batch + 1]: request b's items are [indptr[b], [b+1])
+  bool balanced = false;              // the balancing rule cut the batch (see below)
+  std::vector<DecodeWorkItem> items;  // [num_items] in launch order
+  // [batch + 1]: request b's partial-state rows are [indptr[b], indptr[b + 1]) (one row per item;
+  // a request with one chunk keeps its row unused, its item's state_row is -1).
+  std::vector<int32_t> chunk_indptr;
 };
 
 // kv_len: [batch] (each >= 1, checked by checks::DecodePlan). head_ctas: CTAs per chunk along the
-// head axis (num_kv_heads * head tiles). Automatic chunks: the smallest multiple of
-// max(16, page_size) tokens (>= options.min_chunk_tokens) whose grid still fits in
-// options.waves waves of resident CTAs; no split when the unsplit grid already fills them.
+// head axis (num_kv_heads * head tiles). Chunks are multiples of max(16, page_size) tokens, at
+// least options.min_chunk_tokens. Automatic chunks (options.fixed_chunk_tokens 0):
+//   - an under-filled batch (batch * head_ctas < options.waves waves of resident CTAs): the
+//     smallest chunk whose grid still fits the waves (every CTA resident at once);
+//   - else, with options.balance: the smallest chunk c with c + overhead >= the even share of
+//     the work, sum over CTAs of (tokens + overhead) / resident CTAs (an LPT makespan bound:
+//     no CTA runs longer than the share), taken only when it shortens the estimated makespan
+//     max(longest CTA, share) by more than kMinBalanceGain; items are ordered longest first.
+//   - else no split.
 absl::StatusOr<DecodeSchedule> PlanDecodeSchedule(std::span<const int32_t> kv_len,
                                                   int64_t head_ctas, int32_t page_size,
                                                   const DecodeScheduleOptions& options,
                                                   const DeviceFill& fill);
+// A balanced split must shorten the estimated makespan by this factor (its merge pass and
+// partial-state traffic are not in the estimate).
+inline constexpr double kMinBalanceGain = 1.15;
 
 // The plan's one device allocation: items | chunk_indptr | partial_lse | partial_o, each section
 // 256-byte aligned. partial_lse: [num_items, num_qo_heads] fp32, partial_o: [num_items,
-// num_qo_heads, head_dim] fp32, both empty unless the schedule splits.
+// num_qo_heads, head_dim] fp32 (rows by state_row), both empty unless the schedule splits.
 struct DecodeWorkspaceLayout {
   size_t items = 0;  // byte offsets
   size_t chunk_indptr = 0;

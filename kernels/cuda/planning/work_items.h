@@ -6,14 +6,19 @@
 
 namespace attnd::kernels::cuda::internal {
 
-// One CTA of the decode kernels: request `request`, kv positions [chunk_start, chunk_end)
-// (clipped to the request's kv length and window in the kernel), one group of query heads of one
-// KV head (blockIdx.y). Array: [num_items], ordered by request, chunks in kv order.
+// One item of the decode kernels: request `request`, kv positions [chunk_start, chunk_end)
+// (clipped to the request's kv length and window in the kernel); it runs as head_ctas CTAs, one
+// per group of query heads of one KV head (grid: [num_items * head_ctas], item-major, so that
+// the hardware dispatches items in array order). Array: [num_items] in launch order: longest
+// chunk first when the schedule balances (planning/decode_schedule.h), else by request.
 struct DecodeWorkItem {
   int32_t request;
   int32_t chunk_start;
   int32_t chunk_end;
-  int32_t split;  // 1: the request has several chunks; write a partial state at the item index
+  // -1: the request has one chunk; the CTA writes o and lse. Else the row of this chunk's
+  // partial state (partial_o / partial_lse rows state_row * num_qo_heads + head); a request's
+  // chunks hold the rows [chunk_indptr[b], chunk_indptr[b + 1]) in kv order.
+  int32_t state_row;
 };
 
 // One prefill tile: a request and the first packed query row of its tile (packed row p of a KV

@@ -50,25 +50,27 @@ absl::Status CheckMergeStates(const MergeStatesParams& params);
 // DecodeScheduleOptions (how PrepareDecode cuts long sequences into chunks): schedule_options.h.
 
 class DecodeWork;  // opaque; owns its device arrays and workspace (RAII)
-struct DecodeWorkDeleter { void operator()(DecodeWork* w) const; };
+struct DecodeWorkDeleter {
+  void operator()(DecodeWork* w) const;
+};
 using DecodeWorkPtr = std::unique_ptr<DecodeWork, DecodeWorkDeleter>;
 
 // kv_len: [batch] host, each >= 1. page_size aligns chunk boundaries to pages. The work may be
 // used with any PagedAttentionParams whose batch has these kv lengths and these head counts.
 absl::StatusOr<DecodeWorkPtr> PrepareDecode(std::span<const int32_t> kv_len, int32_t num_qo_heads,
                                             int32_t num_kv_heads, int32_t head_dim,
-                                            int32_t page_size,
-                                            const DecodeScheduleOptions& options,
+                                            int32_t page_size, const DecodeScheduleOptions& options,
                                             cudaStream_t stream);
 
 // What PrepareDecode decided (for logs, tests and benchmarks).
 struct DecodeScheduleInfo {
   int32_t batch_size = 0;
-  int32_t num_chunks = 0;       // work items along the sequence axis, all requests together
-  int32_t chunk_tokens = 0;     // 0 = no request was split
-  int32_t head_groups = 0;      // CTAs per chunk along the head axis
-  bool split = false;           // some request has more than one chunk (a merge pass runs)
-  bool tensor_cores = false;    // the mma.sync kernel (else the CUDA-core kernel)
+  int32_t num_chunks = 0;     // work items along the sequence axis, all requests together
+  int32_t chunk_tokens = 0;   // 0 = no request was split
+  int32_t head_groups = 0;    // CTAs per chunk along the head axis
+  bool split = false;         // some request has more than one chunk (a merge pass runs)
+  bool balanced = false;      // the load-balancing rule cut a batch that filled the device
+  bool tensor_cores = false;  // the mma.sync kernel (else the CUDA-core kernel)
 };
 DecodeScheduleInfo GetDecodeScheduleInfo(const DecodeWork& work);
 

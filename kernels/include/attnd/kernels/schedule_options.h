@@ -24,6 +24,16 @@ struct DecodeScheduleOptions {
   int32_t fixed_chunk_tokens = 0;
   // false: never split (one CTA per request and KV head group).
   bool allow_split = true;
+  // Load balancing (planning/decode_schedule.h) when the batch already fills `waves` waves:
+  // the requests longer than an even share of the work (total tokens / resident CTAs) are cut
+  // into chunks of about that share, and items run longest first, so that one long request
+  // among short ones does not leave SMs idle at the end. false: only an under-filled batch
+  // splits, items in request order (the rule before balancing; benchmarks compare both).
+  bool balance = true;
+  // The fixed cost of one CTA (prologue, epilogue, merge row) in tokens of K/V streamed, used by
+  // the balancing estimate; 64 is ~2 us of one CTA's share of the H200's bandwidth at head_dim
+  // 128 in fp16.
+  int32_t cta_overhead_tokens = 64;
   // Which kernel: automatic (tensor cores for GQA groups >= 4 at head_dim <= 128, CUDA cores
   // otherwise), or forced (tests and benchmarks compare both).
   enum class Kernel : int32_t { kAuto = 0, kCudaCores = 1, kTensorCores = 2 };
