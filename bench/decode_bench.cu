@@ -10,6 +10,7 @@
 //   decode_bench [--quick] [--sweep] [--rope] [--only B,KV_LEN,NUM_KV_HEADS] [--skew]
 //     --skew: only the skewed-batch rows (RunSkew: one long request among short ones, the
 //     planner's load balancing on and off, and the uniform batches they compare with).
+//     --graph: a 32-layer step captured into a CUDA graph and replayed (RunGraph): host times.
 //     --sweep: also split-KV grids of other sizes (DecodeScheduleOptions::waves: 0.5-4 waves at
 //     B=1; 2-8 waves at larger batches, where splitting trims the tail of the last wave).
 //     --rope: every row with RoPE on the fly (the kernels' RoPE variants: K rotated in fp32,
@@ -18,8 +19,10 @@
 // queries, per-KV-head scales; JSON "kv_dtype":"e4m3"|"e5m2", its TB/s counting the fp8 bytes
 // actually read (2 * B * kv * H_kv * D * 1), "x_fp16": the fp16 row's time over this one.
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <numeric>
 #include <random>
 #include <string>
@@ -265,16 +268,139 @@ void RunSkew(double ceiling, cudaStream_t stream) {
   }
 }
 
+// --graph: a 32-layer decode step (B=64 kv=4096, 8 KV heads, fp16; tensor cores) as 32
+// RunPagedDecode calls on one graph-safe work (PrepareDecodeForGraph), captured into a CUDA graph
+// and replayed, against the same 32 calls issued eagerly. Host time: the cudaGraphLaunch call
+// alone, and the 32 eager calls' issue time (the stream idle before each, medians of 50);
+// UpdateDecode's host time; GPU time of a replay and of the eager step (events). JSON
+// {"bench":"decode_graph", ...}.
+void RunGraph(cudaStream_t stream) {
+  const int hq = 32, hkv = 8, d = 128, ps = 16, batch = 64, kv = 4096, layers = 32;
+  const int pages_per_req = kv / ps, num_pages = batch * pages_per_req;
+  attnd::kernels::PagedKV view;
+  view.dtype = DType::kFloat16;
+  view.num_pages = num_pages;
+  view.page_size = ps;
+  view.num_kv_heads = hkv;
+  view.head_dim = d;
+  view.SetNhdStrides();
+  view.batch_size = batch;
+  const size_t kv_elems = static_cast<size_t>(num_pages) * view.page_stride;
+  DeviceMemory cache(kv_elems * 2);
+  FillRandom16(cache.get(), kv_elems, 17, false);
+  std::vector<int32_t> perm(num_pages);
+  std::iota(perm.begin(), perm.end(), 0);
+  std::shuffle(perm.begin(), perm.end(), std::mt19937(42));
+  std::vector<int32_t> indptr(batch + 1), last(batch, ps), kv_len(batch, kv);
+  for (int b = 0; b <= batch; ++b) indptr[b] = b * pages_per_req;
+  DeviceMemory d_indptr(indptr.size() * 4), d_indices(perm.size() * 4), d_last(last.size() * 4);
+  BENCH_CUDA_CHECK(
+      cudaMemcpy(d_indptr.get(), indptr.data(), indptr.size() * 4, cudaMemcpyHostToDevice));
+  BENCH_CUDA_CHECK(
+      cudaMemcpy(d_indices.get(), perm.data(), perm.size() * 4, cudaMemcpyHostToDevice));
+  BENCH_CUDA_CHECK(cudaMemcpy(d_last.get(), last.data(), last.size() * 4, cudaMemcpyHostToDevice));
+  view.data = cache.get();
+  view.indptr = d_indptr.as<int32_t>();
+  view.indices = d_indices.as<int32_t>();
+  view.last_page_len = d_last.as<int32_t>();
+  DeviceMemory q(static_cast<size_t>(batch) * hq * d * 2);
+  FillRandom16(q.get(), q.bytes() / 2, 5, false);
+  std::vector<std::unique_ptr<DeviceMemory>> o;  // DeviceMemory does not move
+  for (int l = 0; l < layers; ++l) o.push_back(std::make_unique<DeviceMemory>(q.bytes()));
+  std::vector<attnd::kernels::PagedAttentionParams> params(layers);
+  for (int l = 0; l < layers; ++l) {
+    params[l].kv = view;
+    params[l].qo.q = q.get();
+    params[l].qo.o = o[l]->get();
+    params[l].qo.q_dtype = DType::kFloat16;
+    params[l].qo.num_qo_heads = hq;
+    params[l].qo.batch_size = batch;
+  }
+  auto work = kcuda::PrepareDecodeForGraph(kv_len, batch, hq, hkv, d, ps,
+                                           kcuda::DecodeScheduleOptions(), stream);
+  BENCH_STATUS_CHECK(work.status());
+  const auto eager = [&] {
+    for (int l = 0; l < layers; ++l)
+      BENCH_STATUS_CHECK(kcuda::RunPagedDecode(**work, params[l], stream));
+  };
+  eager();
+  BENCH_CUDA_CHECK(cudaStreamSynchronize(stream));
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  BENCH_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  eager();
+  BENCH_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+  BENCH_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  size_t nodes = 0;
+  BENCH_CUDA_CHECK(cudaGraphGetNodes(graph, nullptr, &nodes));
+
+  using Clock = std::chrono::steady_clock;
+  const auto us_since = [](Clock::time_point t0) {
+    return std::chrono::duration<double, std::micro>(Clock::now() - t0).count();
+  };
+  const auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  };
+  cudaEvent_t e0, e1;
+  BENCH_CUDA_CHECK(cudaEventCreate(&e0));
+  BENCH_CUDA_CHECK(cudaEventCreate(&e1));
+  std::vector<double> host_replay, host_eager, host_update, gpu_replay, gpu_eager;
+  for (int rep = 0; rep < 55; ++rep) {
+    const bool timed = rep >= 5;
+    auto t0 = Clock::now();
+    BENCH_STATUS_CHECK(kcuda::UpdateDecode(**work, kv_len, stream));
+    if (timed) host_update.push_back(us_since(t0));
+    BENCH_CUDA_CHECK(cudaStreamSynchronize(stream));
+    BENCH_CUDA_CHECK(cudaEventRecord(e0, stream));
+    t0 = Clock::now();
+    BENCH_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+    const double h = us_since(t0);
+    BENCH_CUDA_CHECK(cudaEventRecord(e1, stream));
+    BENCH_CUDA_CHECK(cudaStreamSynchronize(stream));
+    float ms = 0;
+    BENCH_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+    if (timed) host_replay.push_back(h), gpu_replay.push_back(ms);
+    BENCH_CUDA_CHECK(cudaEventRecord(e0, stream));
+    t0 = Clock::now();
+    eager();
+    const double he = us_since(t0);
+    BENCH_CUDA_CHECK(cudaEventRecord(e1, stream));
+    BENCH_CUDA_CHECK(cudaStreamSynchronize(stream));
+    BENCH_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+    if (timed) host_eager.push_back(he), gpu_eager.push_back(ms);
+  }
+  const auto info = kcuda::GetDecodeScheduleInfo(**work);
+  std::printf(
+      "JSON {\"bench\":\"decode_graph\",\"dtype\":\"fp16\",\"batch\":%d,\"kv_len\":%d,"
+      "\"num_qo_heads\":%d,\"num_kv_heads\":%d,\"head_dim\":%d,\"page_size\":%d,"
+      "\"layers\":%d,\"graph_nodes\":%zu,\"kernel\":\"%s\",\"host_us_replay\":%.2f,"
+      "\"host_us_eager\":%.2f,\"host_us_update\":%.2f,\"ms_replay\":%.4f,\"ms_eager\":%.4f}\n",
+      batch, kv, hq, hkv, d, ps, layers, nodes, info.tensor_cores ? "tensor" : "cuda-core",
+      median(host_replay), median(host_eager), median(host_update), median(gpu_replay),
+      median(gpu_eager));
+  std::printf(
+      "graph: %d layers, %zu nodes: host %.2f us to launch the replay (eager: %.2f us to "
+      "issue the 32 calls), UpdateDecode %.2f us; GPU %.4f ms replay, %.4f ms eager\n",
+      layers, nodes, median(host_replay), median(host_eager), median(host_update),
+      median(gpu_replay), median(gpu_eager));
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool quick = false, sweep = false, skew = false;
+  bool quick = false, sweep = false, skew = false, graph = false;
   Shape only{0, 0, 0};  // --only B,KV,HKV: one shape (profiling)
   for (int i = 1; i < argc; ++i) {
     quick = quick || std::strcmp(argv[i], "--quick") == 0;
     sweep = sweep || std::strcmp(argv[i], "--sweep") == 0;
     g_rope = g_rope || std::strcmp(argv[i], "--rope") == 0;
     skew = skew || std::strcmp(argv[i], "--skew") == 0;
+    graph = graph || std::strcmp(argv[i], "--graph") == 0;
     if (std::strcmp(argv[i], "--only") == 0 && i + 1 < argc) {
       if (std::sscanf(argv[++i], "%d,%d,%d", &only.batch, &only.kv_len, &only.num_kv_heads) != 3) {
         std::fprintf(stderr, "--only B,KV_LEN,NUM_KV_HEADS\n");
@@ -290,6 +416,11 @@ int main(int argc, char** argv) {
   std::printf("JSON {\"bench\":\"copy\",\"tbps\":%.4f}\n", ceiling);
   const double read_ceiling = CleanFlusher::ReadCeilingTBps(stream);
   std::printf("read-only ceiling: %.2f TB/s (2 GiB sweep, L2-warm start ignored)\n", read_ceiling);
+  if (graph) {
+    RunGraph(stream);
+    cudaStreamDestroy(stream);
+    return 0;
+  }
   if (skew) {
     RunSkew(ceiling, stream);
     cudaStreamDestroy(stream);

@@ -8,8 +8,10 @@
 // outputs are poisoned (NaN) before each run; NaN or unwritten elements never pass. Both kernels
 // (CUDA cores, tensor cores) refuse misaligned q, o, lse, kv data, strides and rope offsets with
 // INVALID_ARGUMENT before launching anything (o stays poisoned, the context stays usable).
+// CUDA-graph-safe works (GraphReplay): captured once, replayed over changing batches.
 // A head_dim trimmed from the build is a SKIP row; UNIMPLEMENTED for a built one is a FAIL.
 //   decode_test [--small] [--verbose] [--seed=N]
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <functional>
@@ -328,6 +330,196 @@ std::vector<int32_t> SkewedLengths(int count, int32_t short_len, int32_t long_le
   std::vector<int32_t> v(count, short_len);
   v.insert(long_first ? v.begin() : v.end(), long_len);
   return v;
+}
+
+// CUDA-graph-safe decode (PrepareDecodeForGraph / UpdateDecode): one work for max_batch requests,
+// two layers' RunPagedDecode captured into a CUDA graph once, then replayed over steps with other
+// batches (sizes 1..max_batch, uniform and skewed, page tables rewritten in place into the same
+// buffers, new q) after UpdateDecode; every step's outputs (poisoned before) against the CPU
+// reference, rows past the batch still poisoned. Then refused updates (over max_batch, a zero
+// length, a work not made for graphs) change nothing: a replay gives the last step again.
+void GraphReplay(Rng& rng, ResultTable& table, kcuda::DecodeScheduleOptions::Kernel kernel,
+                 bool small) {
+  using Kernel = kcuda::DecodeScheduleOptions::Kernel;
+  const bool tc = kernel == Kernel::kTensorCores;
+  const int32_t max_batch = small ? 40 : 64, hkv = 4, group = tc ? 4 : 2, hq = hkv * group;
+  const int32_t d = 128, ps = 16, layers = 2;
+  const DType dt = tc ? DType::kFloat16 : DType::kBFloat16;
+  const char* kname = tc ? "tc" : "cc";
+  std::vector<std::vector<int32_t>> steps;
+  if (small) {
+    steps = {RandomLengths(rng, 40, 1, 300), {3000}, SkewedLengths(39, 20, 1500, false), {1, 2}};
+  } else {
+    steps = {RandomLengths(rng, 64, 1, 600),
+             {20000},
+             SkewedLengths(63, 300, 12000, false),
+             RandomLengths(rng, 5, 1, 3000),
+             std::vector<int32_t>(64, 700),
+             SkewedLengths(20, 50, 30000, true),
+             {1}};
+  }
+  int32_t pool_pages = 0;
+  for (const auto& kv_len : steps) {
+    int32_t pages = 0;
+    for (int32_t l : kv_len) pages += (l + ps - 1) / ps;
+    pool_pages = std::max(pool_pages, pages);
+  }
+  pool_pages += 5;
+  // Each layer: a pool of random pages (one "request" covering the pool, replaced per step).
+  std::vector<HostPagedCache> host(layers);
+  std::vector<DeviceBuffer> data;
+  for (int l = 0; l < layers; ++l) {
+    host[l] = MakeRandomPagedCache(rng, {pool_pages * ps}, ps, hkv, d, dt, 0);
+    data.push_back(DeviceBuffer::From(EncodeAs(host[l].values, dt)));
+  }
+  DeviceBuffer indptr((max_batch + 1) * sizeof(int32_t)), last(max_batch * sizeof(int32_t));
+  DeviceBuffer indices(pool_pages * sizeof(int32_t));
+  DeviceBuffer q(static_cast<size_t>(max_batch) * hq * d * ElemSize(dt));
+  std::vector<DeviceBuffer> o, lse;
+  for (int l = 0; l < layers; ++l) {
+    o.emplace_back(q.bytes());
+    lse.emplace_back(static_cast<size_t>(max_batch) * hq * sizeof(float));
+  }
+  std::vector<PagedAttentionParams> params(layers);
+  for (int l = 0; l < layers; ++l) {
+    PagedAttentionParams& p = params[l];
+    p.kv = host[l].view;
+    p.kv.data = data[l].get();
+    p.kv.indptr = indptr.as<int32_t>();
+    p.kv.indices = indices.as<int32_t>();
+    p.kv.last_page_len = last.as<int32_t>();
+    p.kv.batch_size = max_batch;
+    p.qo.q = q.get();
+    p.qo.o = o[l].get();
+    p.qo.lse = lse[l].as<float>();
+    p.qo.q_dtype = dt;
+    p.qo.num_qo_heads = hq;
+    p.qo.batch_size = max_batch;
+  }
+  cudaStream_t stream = nullptr;
+  GT_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  kcuda::DecodeScheduleOptions sched;
+  sched.kernel = kernel;
+
+  // One step's inputs: a page table over the pool (random pages) and q, written in place.
+  std::vector<float> hq_vals;
+  const auto write_step = [&](const std::vector<int32_t>& kv_len) {
+    const std::vector<int32_t> perm = rng.Permutation(pool_pages);
+    for (HostPagedCache& h : host) {
+      h.kv_len = kv_len;
+      h.indptr.assign(1, 0);
+      h.indices.clear();
+      h.last_page_len.clear();
+      int32_t next = 0;
+      for (int32_t len : kv_len) {
+        const int32_t n = (len + ps - 1) / ps;
+        for (int32_t i = 0; i < n; ++i) h.indices.push_back(perm[next++]);
+        h.indptr.push_back(static_cast<int32_t>(h.indices.size()));
+        h.last_page_len.push_back(len - (n - 1) * ps);
+      }
+      h.view.batch_size = static_cast<int32_t>(kv_len.size());
+    }
+    GT_CUDA_CHECK(cudaMemcpy(indptr.get(), host[0].indptr.data(), host[0].indptr.size() * 4,
+                             cudaMemcpyHostToDevice));
+    GT_CUDA_CHECK(cudaMemcpy(indices.get(), host[0].indices.data(), host[0].indices.size() * 4,
+                             cudaMemcpyHostToDevice));
+    GT_CUDA_CHECK(cudaMemcpy(last.get(), host[0].last_page_len.data(),
+                             host[0].last_page_len.size() * 4, cudaMemcpyHostToDevice));
+    hq_vals = rng.NormalVector(kv_len.size() * hq * d);
+    RoundTo(hq_vals, dt);
+    const std::vector<uint8_t> enc = EncodeAs(hq_vals, dt);
+    GT_CUDA_CHECK(cudaMemcpy(q.get(), enc.data(), enc.size(), cudaMemcpyHostToDevice));
+  };
+  // Every layer's outputs against the CPU reference for the current step.
+  const auto check = [&](const std::string& name) {
+    const int32_t batch = static_cast<int32_t>(host[0].kv_len.size());
+    for (int l = 0; l < layers; ++l) {
+      std::vector<float> ref_o(hq_vals.size()), ref_lse(static_cast<size_t>(batch) * hq);
+      PagedAttentionParams p;
+      p.kv = host[l].HostView();
+      p.qo.q = hq_vals.data();
+      p.qo.o = ref_o.data();
+      p.qo.lse = ref_lse.data();
+      p.qo.q_dtype = DType::kFloat32;
+      p.qo.num_qo_heads = hq;
+      p.qo.batch_size = batch;
+      GT_STATUS_CHECK(attnd::kernels::cpu::PagedAttention(p));
+      const std::string lname = absl::StrCat(name, " layer ", l);
+      std::vector<uint8_t> raw = o[l].Download();
+      const size_t live = ref_o.size() * ElemSize(dt);
+      const std::vector<uint8_t> tail(raw.begin() + live, raw.end());
+      raw.resize(live);
+      std::vector<uint8_t> unwritten = UnwrittenMask(raw, dt);
+      table.Add(lname + " o", Compare(DecodeFrom(raw, dt), ref_o, &unwritten),
+                DefaultTolerance(dt));
+      std::vector<uint8_t> lraw = lse[l].Download();
+      lraw.resize(ref_lse.size() * sizeof(float));
+      std::vector<uint8_t> lunw = UnwrittenMask(lraw, DType::kFloat32);
+      table.Add(lname + " lse", Compare(DecodeFrom(lraw, DType::kFloat32), ref_lse, &lunw), 1e-5);
+      const bool tail_poisoned =
+          std::all_of(tail.begin(), tail.end(), [](uint8_t b) { return b == 0xFF; });
+      table.AddCheck(lname + " rows past the batch untouched", tail_poisoned, "");
+    }
+  };
+  const auto poison = [&] {
+    for (int l = 0; l < layers; ++l) {
+      o[l].Poison();
+      lse[l].Poison();
+    }
+  };
+
+  write_step(steps[0]);
+  auto work = kcuda::PrepareDecodeForGraph(steps[0], max_batch, hq, hkv, d, ps, sched, stream);
+  GT_STATUS_CHECK(work.status());
+  // Eagerly first (the kernels' one-time attribute setup happens outside the capture).
+  poison();
+  for (int l = 0; l < layers; ++l)
+    GT_STATUS_CHECK(kcuda::RunPagedDecode(**work, params[l], stream));
+  GT_CUDA_CHECK(cudaStreamSynchronize(stream));
+  check(absl::StrCat("graph ", kname, " eager step 0 B", steps[0].size()));
+
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  GT_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  for (int l = 0; l < layers; ++l)
+    GT_STATUS_CHECK(kcuda::RunPagedDecode(**work, params[l], stream));
+  GT_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+  GT_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  for (size_t i = 0; i < steps.size(); ++i) {
+    if (i > 0) write_step(steps[i]);
+    GT_STATUS_CHECK(kcuda::UpdateDecode(**work, steps[i], stream));
+    const auto info = kcuda::GetDecodeScheduleInfo(**work);
+    poison();
+    GT_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+    GT_CUDA_CHECK(cudaStreamSynchronize(stream));
+    check(absl::StrCat("graph ", kname, " replay step ", i, " B", steps[i].size(),
+                       info.split ? absl::StrCat(" [split ", info.num_chunks, "]") : "",
+                       info.balanced ? " balanced" : ""));
+  }
+
+  // Refused updates change nothing: the last step replays to the same result.
+  std::vector<int32_t> too_many(max_batch + 1, 10), zero = {5, 0, 7};
+  const absl::Status over = kcuda::UpdateDecode(**work, too_many, stream);
+  table.AddCheck(absl::StrCat("graph ", kname, " update over max_batch refused"),
+                 over.code() == absl::StatusCode::kInvalidArgument, over.ToString());
+  const absl::Status zero_len = kcuda::UpdateDecode(**work, zero, stream);
+  table.AddCheck(absl::StrCat("graph ", kname, " update with a zero length refused"),
+                 zero_len.code() == absl::StatusCode::kInvalidArgument, zero_len.ToString());
+  auto plain = kcuda::PrepareDecode(steps[0], hq, hkv, d, ps, sched, stream);
+  GT_STATUS_CHECK(plain.status());
+  const absl::Status not_graph = kcuda::UpdateDecode(**plain, steps[0], stream);
+  table.AddCheck(absl::StrCat("graph ", kname, " update of a plain work refused"),
+                 not_graph.code() == absl::StatusCode::kFailedPrecondition, not_graph.ToString());
+  poison();
+  GT_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+  GT_CUDA_CHECK(cudaStreamSynchronize(stream));
+  check(absl::StrCat("graph ", kname, " replay after refused updates"));
+  GT_CUDA_CHECK(cudaGraphExecDestroy(exec));
+  GT_CUDA_CHECK(cudaGraphDestroy(graph));
+  plain->reset();
+  work->reset();
+  GT_CUDA_CHECK(cudaStreamSynchronize(stream));
+  GT_CUDA_CHECK(cudaStreamDestroy(stream));
 }
 
 std::vector<DecodeCase> SmallCases() {
@@ -680,6 +872,8 @@ int main(int argc, char** argv) {
   MisalignedInputs(rng, table, Kernel::kCudaCores);
   MisalignedInputs(rng, table, Kernel::kTensorCores);
   Fp8CodesExact(rng, table);
+  GraphReplay(rng, table, Kernel::kTensorCores, flags.small);
+  GraphReplay(rng, table, Kernel::kCudaCores, flags.small);
   for (const DecodeCase& c : cases) {
     RunCase(c, rng, table);
     // Both kernels on every case small enough: the automatic choice above, and the other one

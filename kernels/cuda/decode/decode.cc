@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -26,8 +27,13 @@ class DecodeWork {
  public:
   // Stream-ordered free on the stream the work was prepared on (no device-wide sync, unlike
   // cudaFree): that stream must still exist, and runs on other streams must be complete or
-  // ordered before the destruction.
+  // ordered before the destruction. A graph-safe work's staging copy is waited for first.
   ~DecodeWork() {
+    if (staged_ != nullptr) {
+      cudaEventSynchronize(staged_);
+      cudaEventDestroy(staged_);
+    }
+    if (host_staging_ != nullptr) cudaFreeHost(host_staging_);
     if (device_block_ != nullptr) cudaFreeAsync(device_block_, stream_);
   }
 
@@ -46,6 +52,19 @@ class DecodeWork {
   const int32_t* d_chunk_indptr = nullptr;
   float* d_partial_lse = nullptr;
   float* d_partial_o = nullptr;
+
+  // Graph-safe works (PrepareDecodeForGraph): capacities, what a re-plan needs, the live counts
+  // the kernels read, and a pinned copy of the upload sections (items | chunk_indptr | counts)
+  // that UpdateDecode rewrites after the previous copy out of it finished (staged_).
+  bool graph = false;
+  int64_t max_items = 0;
+  int32_t page_size = 1;
+  DecodeScheduleOptions options;
+  internal::DeviceFill fill;
+  internal::DecodeWorkspaceLayout layout;
+  const int32_t* d_live_counts = nullptr;  // [2]: valid items, valid requests
+  void* host_staging_ = nullptr;
+  cudaEvent_t staged_ = nullptr;
 };
 
 void DecodeWorkDeleter::operator()(DecodeWork* w) const { delete w; }
@@ -182,28 +201,47 @@ absl::StatusOr<internal::DeviceFill> ResolveDeviceFill(const DecodeScheduleOptio
   return fill;
 }
 
-}  // namespace
+// Writes `sch` into the upload sections at `dst` (host memory laid out as `layout`; the counts
+// are the valid items and requests).
+void PackSchedule(const internal::DecodeSchedule& sch, const internal::DecodeWorkspaceLayout& l,
+                  char* dst) {
+  std::memcpy(dst + l.items, sch.items.data(), sch.items.size() * sizeof(DecodeWorkItem));
+  std::memcpy(dst + l.chunk_indptr, sch.chunk_indptr.data(),
+              sch.chunk_indptr.size() * sizeof(int32_t));
+  const int32_t counts[2] = {static_cast<int32_t>(sch.items.size()),
+                             static_cast<int32_t>(sch.chunk_indptr.size() - 1)};
+  std::memcpy(dst + l.live_counts, counts, sizeof(counts));
+}
 
-absl::StatusOr<DecodeWorkPtr> PrepareDecode(std::span<const int32_t> kv_len, int32_t num_qo_heads,
-                                            int32_t num_kv_heads, int32_t head_dim,
-                                            int32_t page_size, const DecodeScheduleOptions& options,
-                                            cudaStream_t stream) {
+// PrepareDecode and PrepareDecodeForGraph (max_batch > 0: capacities for max_batch requests, a
+// pinned staging copy, the merge pass always allocated).
+absl::StatusOr<DecodeWorkPtr> PrepareDecodeWork(std::span<const int32_t> kv_len, int32_t max_batch,
+                                                int32_t num_qo_heads, int32_t num_kv_heads,
+                                                int32_t head_dim, int32_t page_size,
+                                                const DecodeScheduleOptions& options,
+                                                cudaStream_t stream) {
   using Kernel = DecodeScheduleOptions::Kernel;
   if (auto s = checks::DecodePlan(kv_len, num_qo_heads, num_kv_heads, head_dim, page_size,
                                   options.kernel == Kernel::kTensorCores);
       !s.ok()) {
     return s;
   }
+  const bool graph = max_batch > 0;
+  if (graph && static_cast<int64_t>(kv_len.size()) > max_batch) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("decode: batch of ", kv_len.size(), " requests over max_batch ", max_batch));
+  }
 
   DecodeWorkPtr work(new DecodeWork());
-  work->shape = {static_cast<int32_t>(kv_len.size()), num_qo_heads, num_kv_heads, head_dim};
+  const int32_t batch_cap = graph ? max_batch : static_cast<int32_t>(kv_len.size());
+  work->shape = {batch_cap, num_qo_heads, num_kv_heads, head_dim};
   work->group = num_qo_heads / num_kv_heads;
   work->tensor_cores =
       internal::UseTensorCoreDecode(options.kernel, work->group, checks::TcDecodeBuilt(head_dim));
   work->head_tile =
       work->tensor_cores ? internal::kTcHeadTile : internal::DecodeHeadTile(work->group);
   work->head_tiles = (work->group + work->head_tile - 1) / work->head_tile;
-  // <= num_qo_heads <= 65535 (checks::DecodePlan): the grid's y dimension.
+  // <= num_qo_heads <= 65535 (checks::DecodePlan).
   const int64_t head_ctas = static_cast<int64_t>(num_kv_heads) * work->head_tiles;
 
   internal::DeviceFill fill;
@@ -212,14 +250,28 @@ absl::StatusOr<DecodeWorkPtr> PrepareDecode(std::span<const int32_t> kv_len, int
     if (!f.ok()) return f.status();
     fill = *f;
   }
-  auto schedule = internal::PlanDecodeSchedule(kv_len, head_ctas, page_size, options, fill);
+  work->graph = graph;
+  work->page_size = page_size;
+  work->options = options;
+  work->fill = fill;
+  work->max_items = graph ? internal::GraphItemCapacity(max_batch, head_ctas, options, fill) : 0;
+  if (graph && work->max_items * head_ctas > INT32_MAX) {
+    return absl::InvalidArgumentError(absl::StrCat("decode: max_batch ", max_batch, " x ",
+                                                   head_ctas, " head CTAs is too large a grid"));
+  }
+  auto schedule =
+      internal::PlanDecodeSchedule(kv_len, head_ctas, page_size, options, fill, work->max_items);
   if (!schedule.ok()) return schedule.status();
   work->schedule = *std::move(schedule);
   const internal::DecodeSchedule& sch = work->schedule;
 
-  // ---- device arrays ----
-  const internal::DecodeWorkspaceLayout layout =
-      internal::LayoutDecodeWorkspace(sch, num_qo_heads, head_dim);
+  // ---- device arrays: a graph-safe work at its capacities, partial states whenever it may
+  // split (its merge pass is always launched, so that a captured run fits every schedule) ----
+  const size_t items_cap = graph ? static_cast<size_t>(work->max_items) : sch.items.size();
+  const bool partial = graph ? (options.allow_split || options.fixed_chunk_tokens > 0) : sch.split;
+  work->layout =
+      internal::LayoutDecodeWorkspace(items_cap, batch_cap, partial, num_qo_heads, head_dim);
+  const internal::DecodeWorkspaceLayout& layout = work->layout;
   // Stream-ordered allocation from the device's memory pool: no cudaMalloc per plan.
   if (const cudaError_t e = cudaMallocAsync(&work->device_block_, layout.total_bytes, stream);
       e != cudaSuccess) {
@@ -230,9 +282,23 @@ absl::StatusOr<DecodeWorkPtr> PrepareDecode(std::span<const int32_t> kv_len, int
   char* base = static_cast<char*>(work->device_block_);
   work->d_items = reinterpret_cast<const DecodeWorkItem*>(base + layout.items);
   work->d_chunk_indptr = reinterpret_cast<const int32_t*>(base + layout.chunk_indptr);
-  if (sch.split) {
+  if (graph) work->d_live_counts = reinterpret_cast<const int32_t*>(base + layout.live_counts);
+  if (partial) {
     work->d_partial_lse = reinterpret_cast<float*>(base + layout.partial_lse);
     work->d_partial_o = reinterpret_cast<float*>(base + layout.partial_o);
+  }
+  if (graph) {
+    ATTND_RETURN_IF_CUDA_ERROR(
+        cudaHostAlloc(&work->host_staging_, layout.upload_bytes, cudaHostAllocDefault),
+        "decode schedule staging");
+    ATTND_RETURN_IF_CUDA_ERROR(cudaEventCreateWithFlags(&work->staged_, cudaEventDisableTiming),
+                               "decode schedule staging");
+    PackSchedule(sch, layout, static_cast<char*>(work->host_staging_));
+    ATTND_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(base, work->host_staging_, layout.upload_bytes,
+                                               cudaMemcpyHostToDevice, stream),
+                               "decode schedule upload");
+    ATTND_RETURN_IF_CUDA_ERROR(cudaEventRecord(work->staged_, stream), "decode schedule upload");
+    return work;
   }
   // Pageable sources: cudaMemcpyAsync returns after staging them, so the host vectors may
   // change afterwards (they do not; they stay as the work's host copy).
@@ -245,6 +311,61 @@ absl::StatusOr<DecodeWorkPtr> PrepareDecode(std::span<const int32_t> kv_len, int
                       sch.chunk_indptr.size() * sizeof(int32_t), cudaMemcpyHostToDevice, stream),
       "decode schedule upload");
   return work;
+}
+
+}  // namespace
+
+absl::StatusOr<DecodeWorkPtr> PrepareDecode(std::span<const int32_t> kv_len, int32_t num_qo_heads,
+                                            int32_t num_kv_heads, int32_t head_dim,
+                                            int32_t page_size, const DecodeScheduleOptions& options,
+                                            cudaStream_t stream) {
+  return PrepareDecodeWork(kv_len, 0, num_qo_heads, num_kv_heads, head_dim, page_size, options,
+                           stream);
+}
+
+absl::StatusOr<DecodeWorkPtr> PrepareDecodeForGraph(std::span<const int32_t> kv_len,
+                                                    int32_t max_batch, int32_t num_qo_heads,
+                                                    int32_t num_kv_heads, int32_t head_dim,
+                                                    int32_t page_size,
+                                                    const DecodeScheduleOptions& options,
+                                                    cudaStream_t stream) {
+  if (max_batch < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("decode: max_batch ", max_batch, " < 1"));
+  }
+  return PrepareDecodeWork(kv_len, max_batch, num_qo_heads, num_kv_heads, head_dim, page_size,
+                           options, stream);
+}
+
+absl::Status UpdateDecode(DecodeWork& work, std::span<const int32_t> kv_len, cudaStream_t stream) {
+  if (!work.graph) {
+    return absl::FailedPreconditionError(
+        "decode: UpdateDecode needs a graph-safe work (PrepareDecodeForGraph)");
+  }
+  if (static_cast<int64_t>(kv_len.size()) > work.shape.batch_size) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "decode: batch of ", kv_len.size(), " requests over max_batch ", work.shape.batch_size));
+  }
+  if (auto s = checks::DecodePlan(
+          kv_len, work.shape.num_qo_heads, work.shape.num_kv_heads, work.shape.head_dim,
+          work.page_size, work.options.kernel == DecodeScheduleOptions::Kernel::kTensorCores);
+      !s.ok()) {
+    return s;
+  }
+  const int64_t head_ctas = static_cast<int64_t>(work.shape.num_kv_heads) * work.head_tiles;
+  auto schedule = internal::PlanDecodeSchedule(kv_len, head_ctas, work.page_size, work.options,
+                                               work.fill, work.max_items);
+  if (!schedule.ok()) return schedule.status();
+  // The previous upload must have left the staging buffer before it is rewritten (normally long
+  // done: it ran before the previous step's kernels).
+  ATTND_RETURN_IF_CUDA_ERROR(cudaEventSynchronize(work.staged_), "decode schedule staging");
+  work.schedule = *std::move(schedule);
+  PackSchedule(work.schedule, work.layout, static_cast<char*>(work.host_staging_));
+  ATTND_RETURN_IF_CUDA_ERROR(
+      cudaMemcpyAsync(work.device_block_, work.host_staging_, work.layout.upload_bytes,
+                      cudaMemcpyHostToDevice, stream),
+      "decode schedule upload");
+  ATTND_RETURN_IF_CUDA_ERROR(cudaEventRecord(work.staged_, stream), "decode schedule upload");
+  return absl::OkStatus();
 }
 
 DecodeScheduleInfo GetDecodeScheduleInfo(const DecodeWork& work) {
@@ -283,10 +404,13 @@ absl::Status RunPagedDecode(const DecodeWork& work, const PagedAttentionParams& 
                        .head_tiles = head_tiles,
                        .head_ctas = work.shape.num_kv_heads * head_tiles,
                        .items = work.d_items,
+                       .live_items = work.d_live_counts,
                        .partial_o = work.d_partial_o,
                        .partial_lse = work.d_partial_lse,
                        .variant = internal::ResolveVariant(params.options, kv.head_dim)};
-  const int num_items = static_cast<int>(work.schedule.items.size());
+  // A graph-safe work launches its capacity (the kernels read the valid count), so that a
+  // captured run fits every later schedule.
+  const int num_items = static_cast<int>(work.graph ? work.max_items : work.schedule.items.size());
   // The planner bounded items x head CTAs of its kernel; the CUDA-core fallback has more tiles.
   if (static_cast<int64_t>(num_items) * p.head_ctas > INT32_MAX) {
     return absl::InvalidArgumentError(absl::StrCat("decode: too many CTAs (", num_items,
@@ -299,7 +423,7 @@ absl::Status RunPagedDecode(const DecodeWork& work, const PagedAttentionParams& 
                             : LaunchDecodeForKv<DType::kBFloat16>(
                                   kv.dtype, tensor_cores, hd, p, num_items, hkv, head_tile, stream);
   ATTND_RETURN_IF_CUDA_ERROR(e, absl::StrCat("decode kernel launch (head_dim ", kv.head_dim, ")"));
-  if (work.schedule.split) {
+  if (work.graph ? work.d_partial_o != nullptr : work.schedule.split) {
     // The partial states of the split requests -> o, lse (single-chunk requests were written).
     const internal::MergeKernelParams m{.v_in = work.d_partial_o,
                                         .s_in = work.d_partial_lse,
@@ -310,7 +434,8 @@ absl::Status RunPagedDecode(const DecodeWork& work, const PagedAttentionParams& 
                                         .head_dim = work.shape.head_dim,
                                         .state_indptr = work.d_chunk_indptr,
                                         .skip_single = 1,
-                                        .sinks = p.variant.sinks};
+                                        .sinks = p.variant.sinks,
+                                        .live_rows = work.graph ? work.d_live_counts + 1 : nullptr};
     ATTND_RETURN_IF_CUDA_ERROR(internal::LaunchDecodeMergeKernel(m, qo.q_dtype, stream),
                                "decode merge kernel launch");
   }

@@ -13,16 +13,23 @@ namespace attnd::kernels::cuda::internal {
 
 // Which work item and head tile this CTA runs. The grid is one-dimensional and item-major,
 // [num_items * head_ctas]: the hardware dispatches CTAs in index order, so the schedule's order
-// (longest first when balanced) is the order the work starts in.
+// (longest first when balanced) is the order the work starts in. live: false for a CTA past the
+// valid items of a graph-safe work (p.live_items); it must exit without touching anything.
 struct DecodeCta {
   DecodeWorkItem item;
   int kv_head;
   int head_tile;  // which tile of the KV head's group of query heads
+  bool live;
 };
 __device__ __forceinline__ DecodeCta LocateDecodeCta(const DecodeKernelParams& p) {
   const int item = static_cast<int>(blockIdx.x) / p.head_ctas;
   const int head_cta = static_cast<int>(blockIdx.x) - item * p.head_ctas;
-  return {p.items[item], head_cta / p.head_tiles, head_cta % p.head_tiles};
+  DecodeCta c{};
+  c.live = p.live_items == nullptr || item < *p.live_items;
+  if (c.live) c.item = p.items[item];
+  c.kv_head = head_cta / p.head_tiles;
+  c.head_tile = head_cta % p.head_tiles;
+  return c;
 }
 
 struct DecodeItemRange {

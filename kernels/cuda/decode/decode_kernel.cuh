@@ -86,7 +86,8 @@ __global__ void __launch_bounds__(DecodeTraits<D, TILE, sizeof(Tkv)>::kThreads,
   const int ty = (tid / BDX) % BDY;
   const int tz = tid / (BDX * BDY);
 
-  const auto [item, kv_head, head_tile] = LocateDecodeCta(p);
+  const auto [item, kv_head, head_tile, live] = LocateDecodeCta(p);
+  if (!live) return;  // uniform over the CTA, before any barrier
   const int b = item.request;
   const int head_in_group = head_tile * TILE + ty;
   const bool head_valid = head_in_group < p.group;

@@ -29,8 +29,11 @@ struct DecodeKernelParams {
   int32_t head_ctas = 1;   // CTAs per work item: num_kv_heads * head_tiles
 
   const DecodeWorkItem* items = nullptr;  // [gridDim.x / head_ctas]
-  float* partial_o = nullptr;             // [num_items, num_qo_heads, head_dim] by state_row
-  float* partial_lse = nullptr;           // [num_items, num_qo_heads] natural log, by state_row
+  // Graph-safe works (PrepareDecodeForGraph): the number of valid items, in device memory (the
+  // grid is sized for the work's capacity; CTAs of items past it exit at once). null: all.
+  const int32_t* live_items = nullptr;
+  float* partial_o = nullptr;    // [num_items, num_qo_heads, head_dim] by state_row
+  float* partial_lse = nullptr;  // [num_items, num_qo_heads] natural log, by state_row
 
   VariantParams variant;  // soft cap, window, RoPE (ResolveVariant)
 };

@@ -100,7 +100,8 @@ __global__ void __launch_bounds__(TcDecodeTraits<D, kRope, sizeof(Tkv)>::kThread
   const int lane = tid % 32;
   const int gc = lane % 4;  // fragment column pair
 
-  const auto [item, kv_head, head_tile] = LocateDecodeCta(p);
+  const auto [item, kv_head, head_tile, live] = LocateDecodeCta(p);
+  if (!live) return;  // uniform over the CTA, before any barrier
   const int b = item.request;
   const int row_base = head_tile * Tr::kRows;  // first head of the tile
   const int rows_valid = min(Tr::kRows, p.group - row_base);

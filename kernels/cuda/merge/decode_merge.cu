@@ -70,6 +70,7 @@ __global__ void __launch_bounds__(kMergeThreads)
 
   const int r = blockIdx.x;
   const int h = blockIdx.y;
+  if (p.live_rows != nullptr && r >= *p.live_rows) return;
   const int first = p.state_indptr[r];
   const int count = p.state_indptr[r + 1] - first;
   if (count == 1 && p.skip_single) return;

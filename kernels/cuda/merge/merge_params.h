@@ -33,6 +33,9 @@ struct MergeKernelParams {
   // Split-KV only: the run's attention sinks ([num_heads] float32, VariantParams::sinks), folded
   // into each merged row once (FinalizeMergedRow), or null. The partial states carry none.
   const float* sinks = nullptr;
+  // Split-KV of a graph-safe decode work only: the number of valid rows, in device memory (the
+  // grid has the work's capacity of rows; CTAs past it exit), or null (all num_rows).
+  const int32_t* live_rows = nullptr;
 };
 // in_dtype: fp32/fp16/bf16; out_dtype: fp32/fp16/bf16 (in == out, or in == fp32).
 cudaError_t LaunchMergeKernel(const MergeKernelParams& params, DType in_dtype, DType out_dtype,

@@ -52,8 +52,13 @@ bool NeedsDeviceFill(const DecodeScheduleOptions& options) {
 absl::StatusOr<DecodeSchedule> PlanDecodeSchedule(std::span<const int32_t> kv_len,
                                                   int64_t head_ctas, int32_t page_size,
                                                   const DecodeScheduleOptions& options,
-                                                  const DeviceFill& fill) {
+                                                  const DeviceFill& fill, int64_t max_items) {
   if (kv_len.empty()) return absl::InvalidArgumentError("decode: empty batch");
+  if (max_items > 0 && max_items < static_cast<int64_t>(kv_len.size())) {
+    return absl::InvalidArgumentError(absl::StrCat("decode: batch of ", kv_len.size(),
+                                                   " requests over the capacity of ", max_items,
+                                                   " work items"));
+  }
   const int64_t batch = static_cast<int64_t>(kv_len.size());
   const int64_t granule = std::max<int64_t>(16, page_size);
   int64_t chunk = 0;  // 0 = no split
@@ -84,6 +89,12 @@ absl::StatusOr<DecodeSchedule> PlanDecodeSchedule(std::span<const int32_t> kv_le
         balanced = true;
       }
     }
+    if (chunk >= max_len) chunk = 0;
+  }
+  // A fixed capacity of items: coarser chunks until they fit (at chunk >= max_len: one per
+  // request, which fits since max_items >= batch).
+  while (max_items > 0 && chunk > 0 && CountChunks(kv_len, chunk) > max_items) {
+    chunk = (2 * chunk + granule - 1) / granule * granule;
     if (chunk >= max_len) chunk = 0;
   }
 
@@ -121,18 +132,27 @@ absl::StatusOr<DecodeSchedule> PlanDecodeSchedule(std::span<const int32_t> kv_le
   return s;
 }
 
-DecodeWorkspaceLayout LayoutDecodeWorkspace(const DecodeSchedule& schedule, int32_t num_qo_heads,
-                                            int32_t head_dim) {
-  const size_t n_items = schedule.items.size();
-  const size_t items_bytes = AlignWorkspace(n_items * sizeof(DecodeWorkItem));
-  const size_t indptr_bytes = AlignWorkspace(schedule.chunk_indptr.size() * sizeof(int32_t));
-  const size_t rows = schedule.split ? n_items * static_cast<size_t>(num_qo_heads) : 0;
+int64_t GraphItemCapacity(int64_t max_batch, int64_t head_ctas,
+                          const DecodeScheduleOptions& options, const DeviceFill& fill) {
+  if (!NeedsDeviceFill(options)) return options.allow_split ? 2 * max_batch : max_batch;
+  const int64_t per_wave = (TargetCtas(fill, options.waves) + head_ctas - 1) / head_ctas;
+  return 2 * max_batch + per_wave;
+}
+
+DecodeWorkspaceLayout LayoutDecodeWorkspace(size_t items, size_t batch, bool partial_states,
+                                            int32_t num_qo_heads, int32_t head_dim) {
+  const size_t items_bytes = AlignWorkspace(items * sizeof(DecodeWorkItem));
+  const size_t indptr_bytes = AlignWorkspace((batch + 1) * sizeof(int32_t));
+  const size_t counts_bytes = AlignWorkspace(2 * sizeof(int32_t));
+  const size_t rows = partial_states ? items * static_cast<size_t>(num_qo_heads) : 0;
   const size_t lse_bytes = AlignWorkspace(rows * sizeof(float));
   const size_t o_bytes = AlignWorkspace(rows * static_cast<size_t>(head_dim) * sizeof(float));
   DecodeWorkspaceLayout l;
   l.items = 0;
   l.chunk_indptr = items_bytes;
-  l.partial_lse = items_bytes + indptr_bytes;
+  l.live_counts = l.chunk_indptr + indptr_bytes;
+  l.upload_bytes = l.live_counts + counts_bytes;
+  l.partial_lse = l.upload_bytes;
   l.partial_o = l.partial_lse + lse_bytes;
   l.total_bytes = l.partial_o + o_bytes;
   return l;

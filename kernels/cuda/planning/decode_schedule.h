@@ -50,25 +50,39 @@ struct DecodeSchedule {
 //     no CTA runs longer than the share), taken only when it shortens the estimated makespan
 //     max(longest CTA, share) by more than kMinBalanceGain; items are ordered longest first.
 //   - else no split.
+// max_items > 0 (graph-safe works, whose device arrays have a fixed capacity; >= batch): the
+// chunk is doubled until the items fit (a request is never cut below it, so it terminates).
 absl::StatusOr<DecodeSchedule> PlanDecodeSchedule(std::span<const int32_t> kv_len,
                                                   int64_t head_ctas, int32_t page_size,
                                                   const DecodeScheduleOptions& options,
-                                                  const DeviceFill& fill);
+                                                  const DeviceFill& fill, int64_t max_items = 0);
+
+// The item capacity of a graph-safe work of at most max_batch requests: every automatic schedule
+// of up to max_batch requests fits it without coarsening in the common cases (the under-filled
+// rule keeps items x head_ctas within the target; a balanced cut adds about target / head_ctas
+// chunks), and PlanDecodeSchedule coarsens the rest.
+int64_t GraphItemCapacity(int64_t max_batch, int64_t head_ctas,
+                          const DecodeScheduleOptions& options, const DeviceFill& fill);
 // A balanced split must shorten the estimated makespan by this factor (its merge pass and
 // partial-state traffic are not in the estimate).
 inline constexpr double kMinBalanceGain = 1.15;
 
-// The plan's one device allocation: items | chunk_indptr | partial_lse | partial_o, each section
-// 256-byte aligned. partial_lse: [num_items, num_qo_heads] fp32, partial_o: [num_items,
-// num_qo_heads, head_dim] fp32 (rows by state_row), both empty unless the schedule splits.
+// The plan's one device allocation: items | chunk_indptr | live counts | partial_lse |
+// partial_o, each section 256-byte aligned, for `items` work items and `batch` requests (a
+// graph-safe work: its capacities). live counts: [2] int32, the valid items and requests of a
+// graph-safe work. partial_lse: [items, num_qo_heads] fp32, partial_o: [items, num_qo_heads,
+// head_dim] fp32 (rows by state_row), both empty unless `partial_states` (the schedule splits).
+// The first three sections are what a schedule upload writes (upload_bytes).
 struct DecodeWorkspaceLayout {
   size_t items = 0;  // byte offsets
   size_t chunk_indptr = 0;
+  size_t live_counts = 0;
   size_t partial_lse = 0;
   size_t partial_o = 0;
+  size_t upload_bytes = 0;
   size_t total_bytes = 0;
 };
-DecodeWorkspaceLayout LayoutDecodeWorkspace(const DecodeSchedule& schedule, int32_t num_qo_heads,
-                                            int32_t head_dim);
+DecodeWorkspaceLayout LayoutDecodeWorkspace(size_t items, size_t batch, bool partial_states,
+                                            int32_t num_qo_heads, int32_t head_dim);
 
 }  // namespace attnd::kernels::cuda::internal

@@ -62,6 +62,26 @@ absl::StatusOr<DecodeWorkPtr> PrepareDecode(std::span<const int32_t> kv_len, int
                                             int32_t page_size, const DecodeScheduleOptions& options,
                                             cudaStream_t stream);
 
+// A CUDA-graph-safe decode work (issue 13 item 3): planned for kv_len now (its batch <= max_batch)
+// with device arrays sized for up to max_batch requests, so that RunPagedDecode calls on it can be
+// captured into a CUDA graph once and replayed after UpdateDecode re-planned it for a new batch.
+// Its runs launch a fixed grid (the item capacity; CTAs past the valid items exit at once) and
+// always the merge pass (when it may split), read the schedule from its device arrays and
+// allocate nothing; their params keep the same pointers from run to run: q and o sized for
+// max_batch rows (rows past the current batch are not written), the page table's indptr /
+// indices / last_page_len buffers rewritten in place by the caller for each step's batch, and
+// batch_size = max_batch. Only the first kv_len.size() requests are computed.
+absl::StatusOr<DecodeWorkPtr> PrepareDecodeForGraph(
+    std::span<const int32_t> kv_len, int32_t max_batch, int32_t num_qo_heads, int32_t num_kv_heads,
+    int32_t head_dim, int32_t page_size, const DecodeScheduleOptions& options, cudaStream_t stream);
+// Re-plans a graph-safe work for a new batch (kv_len.size() <= max_batch, each >= 1) and writes
+// the schedule into its device arrays, in `stream`'s order (before the next replay on it): the
+// same schedule rule as PrepareDecode, coarser chunks if the items would pass the capacity. Host
+// cost: the plan and one pinned host-to-device copy (it waits for the previous update's copy, if
+// still pending, before reusing the pinned buffer). FAILED_PRECONDITION for a work from
+// PrepareDecode; INVALID_ARGUMENT for a bad batch (nothing changed).
+absl::Status UpdateDecode(DecodeWork& work, std::span<const int32_t> kv_len, cudaStream_t stream);
+
 // What PrepareDecode decided (for logs, tests and benchmarks).
 struct DecodeScheduleInfo {
   int32_t batch_size = 0;

@@ -281,29 +281,67 @@ TEST(PlanDecodeSchedule, EmptyBatchIsAnError) {
   EXPECT_FALSE(PlanDecodeSchedule({}, 1, 16, DecodeScheduleOptions(), {}).ok());
 }
 
-TEST(LayoutDecodeWorkspace, AlignedSectionsAndPartialStatesOnlyWhenSplit) {
-  DecodeScheduleOptions o;
-  o.fixed_chunk_tokens = 16;
-  const std::vector<int32_t> kv_len = {40, 8};
-  auto s = PlanDecodeSchedule(kv_len, 1, 16, o, {});
-  ASSERT_TRUE(s.ok());
-  ASSERT_EQ(s->items.size(), 4u);
-  const DecodeWorkspaceLayout l = LayoutDecodeWorkspace(*s, 8, 128);
+TEST(LayoutDecodeWorkspace, AlignedSectionsAndPartialStatesOnlyWhenAsked) {
+  const DecodeWorkspaceLayout l = LayoutDecodeWorkspace(4, 2, true, 8, 128);
   EXPECT_EQ(l.items, 0u);
   EXPECT_EQ(l.chunk_indptr % 256, 0u);
+  EXPECT_EQ(l.live_counts % 256, 0u);
   EXPECT_EQ(l.partial_lse % 256, 0u);
   EXPECT_EQ(l.partial_o % 256, 0u);
   EXPECT_GE(l.chunk_indptr, 4 * sizeof(DecodeWorkItem));
+  EXPECT_GE(l.live_counts - l.chunk_indptr, 3 * sizeof(int32_t));  // batch + 1 offsets
+  EXPECT_EQ(l.upload_bytes, l.partial_lse);  // items | indptr | counts, then the states
   EXPECT_GE(l.partial_o - l.partial_lse, 4u * 8 * sizeof(float));
   EXPECT_GE(l.total_bytes - l.partial_o, 4u * 8 * 128 * sizeof(float));
 
-  o.fixed_chunk_tokens = 0;
-  o.allow_split = false;
-  auto u = PlanDecodeSchedule(kv_len, 1, 16, o, {});
-  ASSERT_TRUE(u.ok());
-  const DecodeWorkspaceLayout lu = LayoutDecodeWorkspace(*u, 8, 128);
+  const DecodeWorkspaceLayout lu = LayoutDecodeWorkspace(2, 2, false, 8, 128);
   EXPECT_EQ(lu.partial_o, lu.partial_lse);  // no partial states
   EXPECT_EQ(lu.total_bytes, lu.partial_o);
+}
+
+TEST(PlanDecodeSchedule, AnItemCapacityCoarsensTheChunks) {
+  const std::vector<int32_t> kv_len = {1, 97, 1000, 33};
+  DecodeScheduleOptions o;
+  o.fixed_chunk_tokens = 32;  // 39 items
+  auto s = PlanDecodeSchedule(kv_len, 1, 16, o, {}, /*max_items=*/12);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_LE(s->items.size(), 12u);
+  EXPECT_EQ(s->chunk_tokens % 16, 0);
+  EXPECT_GT(s->chunk_tokens, 32);
+  ExpectCovers(*s, kv_len);
+  // At the batch size: no split at all.
+  auto one = PlanDecodeSchedule(kv_len, 1, 16, o, {}, 4);
+  ASSERT_TRUE(one.ok()) << one.status();
+  EXPECT_FALSE(one->split);
+  EXPECT_EQ(one->items.size(), 4u);
+  ExpectCovers(*one, kv_len);
+  // Below it: refused.
+  auto bad = PlanDecodeSchedule(kv_len, 1, 16, o, {}, 3);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(GraphItemCapacity, AutomaticSchedulesOfUpToMaxBatchFitWithoutCoarsening) {
+  // The graph-safe capacity holds the automatic schedules of many batches up to max_batch
+  // uncut: the under-filled rule, the balanced rule, skewed and uniform.
+  const DeviceFill fill{132, 2};
+  DecodeScheduleOptions o;
+  for (int64_t head_ctas : {2, 8, 32}) {
+    const int64_t cap = GraphItemCapacity(64, head_ctas, o, fill);
+    std::vector<std::vector<int32_t>> batches = {{32768},
+                                                 std::vector<int32_t>(64, 4096),
+                                                 SkewedBatch(63, 512, 32768),
+                                                 SkewedBatch(15, 100, 65536),
+                                                 std::vector<int32_t>(7, 20000)};
+    for (const std::vector<int32_t>& kv_len : batches) {
+      auto free = PlanDecodeSchedule(kv_len, head_ctas, 16, o, fill);
+      auto capped = PlanDecodeSchedule(kv_len, head_ctas, 16, o, fill, cap);
+      ASSERT_TRUE(free.ok() && capped.ok());
+      EXPECT_LE(static_cast<int64_t>(free->items.size()), cap)
+          << kv_len.size() << " requests, " << head_ctas << " head CTAs";
+      EXPECT_EQ(free->chunk_tokens, capped->chunk_tokens);
+    }
+  }
 }
 
 }  // namespace
