@@ -10,11 +10,6 @@
 namespace attnd::kernels::cuda::internal {
 namespace {
 
-// Chunks of a request of `len` tokens cut into chunks of `chunk` (0: not cut).
-int64_t ChunksOf(int32_t len, int64_t chunk) {
-  return chunk <= 0 ? 1 : std::max<int64_t>(1, (len + chunk - 1) / chunk);
-}
-
 // Work items of a schedule with chunks of `chunk` tokens (a request gets at least one).
 int64_t CountChunks(std::span<const int32_t> kv_len, int64_t chunk) {
   int64_t n = 0;

@@ -67,9 +67,6 @@ namespace {
 int64_t TilesOf(int64_t qo_len, int32_t group, int32_t cta_rows) {
   return (qo_len * group + cta_rows - 1) / cta_rows;
 }
-int64_t ChunksOf(int64_t kv_len, int64_t chunk) {
-  return chunk > 0 ? std::max<int64_t>(1, (kv_len + chunk - 1) / chunk) : 1;
-}
 
 }  // namespace
 

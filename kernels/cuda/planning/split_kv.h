@@ -42,6 +42,11 @@ int64_t SmallestFittingChunk(int64_t min_tokens, int64_t max_len, int64_t granul
   return a * granule;
 }
 
+// Chunks of a request of kv_len keys cut into chunks of `chunk` (<= 0: not cut; at least one).
+inline int64_t ChunksOf(int64_t kv_len, int64_t chunk) {
+  return chunk > 0 ? std::max<int64_t>(1, (kv_len + chunk - 1) / chunk) : 1;
+}
+
 // Sections of a plan's one device allocation start 256-byte aligned.
 inline size_t AlignWorkspace(size_t bytes) {
   constexpr size_t kAlign = 256;
