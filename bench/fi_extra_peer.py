@@ -37,6 +37,12 @@
       fp16); each row carries "kv_dtype" ("e4m3", "e5m2", "f16") and the fp8 rows "x_fp16"
       (the fp16-KV row's time over theirs, same backend and shape, when that row ran).
 
+  (d) skewed-batch decode (decode_bench --skew's rows), op "decode-skew": fp16 q and KV, 32
+      query heads, head_dim 128, page 16, NHD, pages in random order, B=64 with 63 requests of
+      512 tokens and one of 32768 (last), and the uniform batch of the same tokens (64 x 1016,
+      "long_kv_len" 0), 8 and 32 KV heads; the decode-fp8 rows' fp16-KV path (fa2-tc, fa2-cuda)
+      with per-request lengths. Metric: TB/s of K+V read, 2 * tokens * Hkv * D * 2; "kv_len" is
+      the short requests' length, "long_kv_len" the long one's, "tokens" the total.
 Method and environment: those of ../shared/gpu/flashinfer-peer/fi_peer.py, whose helpers this
 file imports (the peer bundle carries fi_peer.py at its top level, so PYTHONPATH=/tmp/fi is
 enough): its environment setup (JIT cache FI_PEER_CACHE, sm_90a, MAX_JOBS), its JIT specs (one
@@ -118,6 +124,8 @@ FP8_REF_SHAPE = FP8_SHAPES[0]
 FP8_BACKENDS = ("fa2-tc", "fa2-cuda")  # fi_peer.py's labels: tensor-core / CUDA-core decode
 KV_DT = {"e4m3": "float8_e4m3fn", "e5m2": "float8_e5m2", "f16": "float16"}
 FP8_KV = ("e4m3", "e5m2")
+# Skewed-batch decode (item (d)): (short length, long length or 0 = uniform) at B=64.
+SKEW_B, SKEW_SHAPES = 64, ((512, 32768), (1016, 0))
 
 
 def _fp8_scales():
@@ -193,6 +201,11 @@ def cases():
                         qo=1, prefix=CASCADE_PREFIX, own=CASCADE_OWN))
         out.append(dict(op="cascade-flat", backend="fa2-tc", dt="f16", hd=HD, hk=CASCADE_HK, B=b,
                         qo=1, prefix=CASCADE_PREFIX, own=CASCADE_OWN))
+    for hk in (8, 32):
+        for short, long_len in SKEW_SHAPES:
+            for backend in FP8_BACKENDS:
+                out.append(dict(op="decode-skew", backend=backend, dt="f16", kvdt="f16", hd=HD,
+                                hk=hk, B=SKEW_B, qo=1, kv=short, long_kv=long_len))
     for b, kv, hk in FP8_SHAPES:
         kvdts = ["e4m3"] + (["e5m2", "f16"] if (b, kv, hk) == FP8_REF_SHAPE else [])
         for kvdt in kvdts:
@@ -206,15 +219,26 @@ def is_fp8(c):
     return c.get("kvdt") in FP8_KV
 
 
+def kv_lens(c):
+    """Per-request kv lengths of a decode-fp8 / decode-skew row (a skewed batch's long request
+    last)."""
+    if c.get("long_kv"):
+        return [c["kv"]] * (c["B"] - 1) + [c["long_kv"]]
+    return [c["kv"]] * c["B"]
+
+
 def kv_bytes_read(c):
-    """decode-fp8 rows' metric bytes: K and V read once, 2 * B * kv * Hkv * D * itemsize."""
-    return 2 * c["B"] * c["kv"] * c["hk"] * c["hd"] * (1 if is_fp8(c) else 2)
+    """decode-fp8 / decode-skew rows' metric bytes: K and V read once, 2 * tokens * Hkv * D *
+    itemsize."""
+    return 2 * sum(kv_lens(c)) * c["hk"] * c["hd"] * (1 if is_fp8(c) else 2)
 
 
 def config_str(c):
     s = f"{c['dt']} hd={c['hd']} B={c['B']} "
     if c["op"] == "decode-fp8":
         s = f"{c['dt']} kvdt={c['kvdt']} hd={c['hd']} B={c['B']} kv={c['kv']}"
+    elif c["op"] == "decode-skew":
+        s = f"{c['dt']} hd={c['hd']} B={c['B']} kv={c['kv']} long={c['long_kv']}"
     elif c["op"].startswith("cascade"):
         s += f"prefix={c['prefix']} own={c['own']}"
     else:
@@ -251,7 +275,7 @@ def module_keys(cs):
             add(("prefill", "fa2", c["dt"], c["hd"]))
             add(("prefill", "fa3", c["dt"], c["hd"]))
             add(("cascade", "-", "-", 0))
-        elif c["op"] == "decode-fp8":
+        elif c["op"] in ("decode-fp8", "decode-skew"):
             tc = c["backend"] == "fa2-tc"
             if is_fp8(c):
                 add(("prefill-fp8" if tc else "decode-fp8", "fa2", c["kvdt"], c["hd"]))
@@ -566,7 +590,7 @@ def run_checks(torch, fi, ws, cs):
                 check_treemask(torch, fi, ws, c)
             elif c["op"] == "append":
                 P.check_prefill(torch, fi, ws, c)  # causal, ragged lengths, random pages
-            elif c["op"] == "decode-fp8":
+            elif c["op"] in ("decode-fp8", "decode-skew"):
                 check_decode_fp8(torch, fi, ws, c)
             else:
                 check_cascade(torch, fi, ws, c, flat=c["op"] == "cascade-flat")
@@ -657,7 +681,7 @@ def time_decode_fp8(torch, fi, ws, c):
     B, hk, hd, kv = c["B"], c["hk"], c["hd"], c["kv"]
     kv_bytes = kv_bytes_read(c)
     n = P.copies_for(kv_bytes)
-    pk = P.Paged(torch, [kv] * B, hk, hd, d, copies=0, seed=9)  # page tables only
+    pk = P.Paged(torch, kv_lens(c), hk, hd, d, copies=0, seed=9)  # page tables only
     pk.caches = [kv_cache(torch, pk.num_pages, c, seed=20 + i) for i in range(n)]
     qs = [torch.randn(B, HQ, hd, dtype=d, device="cuda") for _ in range(n)]
     outs = [torch.empty(B, HQ, hd, dtype=d, device="cuda") for _ in range(n)]
@@ -677,10 +701,11 @@ def time_decode_fp8(torch, fi, ws, c):
     return dict(kind="timing", op=c["op"], backend=c["backend"], config=config_str(c),
                 median_us=round(med, 2), min_us=round(mn, 2),
                 metric=round(kv_bytes / (med * 1e-6) / 1e12, 3), unit="TB/s",
-                metric_bytes="K+V bytes read 2*B*kv*hk*D*itemsize(kv dtype)",
+                metric_bytes="K+V bytes read 2*tokens*hk*D*itemsize(kv dtype)",
                 bytes_kv=kv_bytes, dtype=P.DT[c["dt"]], kv_dtype=c["kvdt"],
                 kv_torch_dtype=KV_DT[c["kvdt"]], head_dim=hd, B=B, qo_len=1, kv_len=kv, hq=HQ,
                 hk=hk, page_size=PAGE, layout="NHD", copies=n, plan_s=round(plan_s, 3),
+                long_kv_len=c.get("long_kv", 0), tokens=sum(kv_lens(c)),
                 reps=P.REPS, warmup=P.WARMUP, resolved_backend=str(resolved),
                 use_tensor_cores=bool(getattr(w, "use_tensor_cores", c["backend"] == "fa2-tc")),
                 **extra)
@@ -723,7 +748,14 @@ def self_check():
     assert pb.size == 64 * 4160 + (500 + 7) // 8 and np.array_equal(pb[:33280], pk[:33280])
     assert np.array_equal(pb[64 * 4160:], pk[33280:])
     labels = [label(c) for c in cases()]
-    assert len(labels) == len(set(labels)) == 24, labels
+    assert len(labels) == len(set(labels)) == 32, labels
+    # decode-skew: both backends x Hkv 8, 32 x the skewed batch and its equal-token uniform one
+    skew = [c for c in cases() if c["op"] == "decode-skew"]
+    assert [c for c in cases() if re.search("decode-skew", label(c))] == skew and len(skew) == 8
+    for c in skew:
+        lens = kv_lens(c)
+        assert len(lens) == 64 and sum(lens) == 65024 and lens[-1] == max(lens), lens
+        assert kv_bytes_read(c) == 2 * 65024 * c["hk"] * 128 * 2
     # decode-fp8: e4m3 at every shape, e5m2 and fp16 KV at the reference shape, both backends
     fp8 = [c for c in cases() if c["op"] == "decode-fp8"]
     assert [c for c in cases() if re.search("decode-fp8", label(c))] == fp8 and len(fp8) == 12
@@ -876,7 +908,7 @@ def main():
             log(f"  {label(c)}: not timed (its check raised)")
             continue
         try:
-            if c["op"] == "decode-fp8":
+            if c["op"] in ("decode-fp8", "decode-skew"):
                 r = time_decode_fp8(torch, fi, ws, c)
             elif c["op"].startswith("cascade"):
                 r = time_cascade(torch, fi, ws, c)

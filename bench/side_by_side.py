@@ -26,6 +26,14 @@ Feature rows (issue 15; phase `features` of scripts/gpu-host-bench.sh):
       logical K+V bytes, 2*B*(P+O)*Hkv*D*bytes / time (the same numerator for both, so
       cascade / cascade-flat is the speedup).
 
+Skewed-batch decode rows (issue 13's load balancing; phase `skew`):
+  decode-skew-<dt>-hd<D>-b<B>-kv<short>-long<L>-hkv<Hkv>: B-1 requests of <short> tokens and one
+      of L (the last); decode-<dt>-hd<D>-b<B>-kv<K>-hkv<Hkv>: the uniform batch of the same token
+      count it is compared with. TB/s of the K+V bytes read, 2*tokens*Hkv*D*2. FlashInfer
+      "decode-skew" rows of bench/fi_extra_peer.py (fa2-tc, fa2-cuda); decode_bench --skew lines
+      ("bench":"decode_skew"): "balance": true -> impl "attnd", false (the schedule before
+      balancing) -> "attnd-unbalanced".
+
 FP8-KV decode rows (fp16 queries and output over an fp8 paged KV cache):
   decode-<e4m3|e5m2>-hd<D>-b<B>-kv<kv>-hkv<Hkv> (SIDE_BY_SIDE.md: the KV dtype in the dtype slot;
       fp16 queries); TB/s of the K+V bytes read, 2*B*kv*Hkv*D*itemsize (1 byte for fp8). FlashInfer
@@ -60,6 +68,10 @@ def fi_rows(path):
             name = decode_kv_name(dt, r["kv_dtype"], r["head_dim"], r["B"], r["kv_len"], r["hk"])
             extra.update(kv_dtype=r["kv_dtype"], x_fp16=r.get("x_fp16"),
                          resolved_backend=r.get("resolved_backend"))
+        elif r["op"] == "decode-skew":
+            name = skew_name(dt, r["head_dim"], r["B"], r["kv_len"], r.get("long_kv_len", 0),
+                             r["hk"])
+            extra["tokens"] = r.get("tokens")
         elif r["op"] == "prefill":
             name = f"prefill-{dt}-hd{r['head_dim']}-causal-b{r['B']}-L{r['qo_len']}-hkv{r['hk']}"
         elif r["op"] == "treemask":  # kv_len counts the prefix and the tree's tokens
@@ -89,6 +101,14 @@ def decode_kv_name(dt, kv_dtype, head_dim, batch, kv_len, hkv):
     keeps its ordinary decode name."""
     kv = KV_DTYPES.get(kv_dtype, kv_dtype)
     return f"decode-{kv}-hd{head_dim}-b{batch}-kv{kv_len}-hkv{hkv}"
+
+
+def skew_name(dt, head_dim, batch, kv_len, long_kv_len, hkv):
+    """A skewed batch (batch - 1 requests of kv_len, one of long_kv_len), or (long_kv_len 0) the
+    uniform batch it is compared with, named as an ordinary decode row."""
+    if long_kv_len:
+        return f"decode-skew-{dt}-hd{head_dim}-b{batch}-kv{kv_len}-long{long_kv_len}-hkv{hkv}"
+    return f"decode-{dt}-hd{head_dim}-b{batch}-kv{kv_len}-hkv{hkv}"
 
 
 def treemask_name(dt, head_dim, batch, qo_len, prefix, hkv):
@@ -140,6 +160,16 @@ def attnd_rows(path):
                     f"-hkv{r['num_kv_heads']}" + suffix)
             yield name, impl, "TB/s", r["tbps"], {"kernel": r["kernel"], "ms": r["ms"],
                                                   "tbps_clean_l2": r.get("tbps_clean")}
+        elif b == "decode_skew":
+            # --skew: the planner's default (balance on) is "attnd"; balance off, the schedule
+            # before load balancing, is "attnd-unbalanced". Uniform rows only with balance on.
+            name = skew_name(r["dtype"], r["head_dim"], r["batch"], r["kv_len"],
+                             r["long_kv_len"], r["num_kv_heads"])
+            who = impl if r["balance"] else impl + "-unbalanced"
+            yield name, who, "TB/s", r["tbps"], {"kernel": r["kernel"], "ms": r["ms"],
+                                                 "chunks": r["chunks"], "balanced": r["balanced"],
+                                                 "tbps_clean_l2": r.get("tbps_clean"),
+                                                 "tokens": r.get("tokens")}
         elif b == "prefill":
             # --mask rows (their JSON carries "mask"): any tile but --wide's explicit variants
             masked = r.get("mask") is not None

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs on the GPU host, from the repository root: the numbers of one device call, peers first.
-#   scripts/gpu-host-bench.sh decode|prefill|features|fp8
+#   scripts/gpu-host-bench.sh decode|prefill|features|fp8|skew
 #   decode:  FlashInfer's decode rows (its JIT first), then attnd's decode_bench on the same
 #            shapes (also with --rope), and the decode_bench of the tree before the change when
 #            .gpu-before/ carries one (old and new kernels in the same call);
@@ -20,13 +20,17 @@
 #            and its fp16 decode rows (fi_peer.py), then attnd's decode_bench once (its fp16 / bf16
 #            rows and its FP8 rows); no service_bench. Set FI_EXTRA_TIMEOUT and FI_PEER_TIMEOUT
 #            (seconds; defaults 480 and 470) so that both fit the call.
+#   skew:    FlashInfer's skewed-batch decode rows (bench/fi_extra_peer.py, FI_EXTRA_FILTER=
+#            decode-skew: 63 x 512 + 32768 and the uniform 64 x 1016, fa2-tc and fa2-cuda) and
+#            its fp16 decode rows (fi_peer.py), then attnd's decode_bench --skew (balancing on and
+#            off) and --graph (a captured 32-layer step replayed); no service_bench.
 # FlashInfer: ../shared/gpu/flashinfer-peer, carried as .fi-peer/flashinfer_peer.tar.xz; its JIT
 # cache (/tmp/fi_peer_cache) is reused by a second call on the same warm machine.
 # Results go to $OUT: device.txt, fi_peer_<phase>.jsonl, fi_peer_<phase>.txt, bench_<phase>.txt,
 # logs.tgz (features: fi_extra.jsonl, fi_extra.txt, bench_features.txt, logs.tgz).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
-phase=${1:?decode, prefill, features or fp8}
+phase=${1:?decode, prefill, features, fp8 or skew}
 out=${OUT:-/tmp/attnd-gpu-out}
 mkdir -p "$out"
 work=$(mktemp -d)
@@ -46,15 +50,17 @@ case "$phase" in
   decode) filter='^decode' ;;
   prefill) filter='^(prefill|append)' ;;
   features) ;;  # bench/fi_extra_peer.py runs all its rows
-  fp8) filter='^decode [^ ]+ f16 ' ;;  # fi_peer's fp16 decode rows after the decode-fp8 rows
+  fp8|skew) filter='^decode [^ ]+ f16 ' ;;  # fi_peer's fp16 decode rows after fi_extra's
   *) echo "unknown phase $phase" >&2; exit 2 ;;
 esac
-if [ -f .fi-peer/flashinfer_peer.tar.xz ] && { [ "$phase" = features ] || [ "$phase" = fp8 ]; }; then
+if [ -f .fi-peer/flashinfer_peer.tar.xz ] &&
+  { [ "$phase" = features ] || [ "$phase" = fp8 ] || [ "$phase" = skew ]; }; then
   [ -f /tmp/fi/fi_peer.py ] || { mkdir -p /tmp/fi && tar -xJf .fi-peer/flashinfer_peer.tar.xz -C /tmp/fi; }
   # bench/fi_extra_peer.py imports fi_peer.py's helpers from the bundle's top level.
   start=$(date +%s)
   extra_filter=${FI_EXTRA_FILTER:-}
   [ "$phase" = fp8 ] && extra_filter=decode-fp8
+  [ "$phase" = skew ] && extra_filter=decode-skew
   OUT="$work" FI_EXTRA_FILTER="$extra_filter" PYTHONPATH=/tmp/fi PYTHONUNBUFFERED=1 \
     timeout "${FI_EXTRA_TIMEOUT:-480}" python3 bench/fi_extra_peer.py \
     > "$out/fi_extra.txt" 2>&1 || { echo "fi_extra_peer FAILED rc=$?" | tee -a "$out/device.txt"; status=1; }
@@ -85,6 +91,9 @@ if [ "$phase" = features ]; then
   bench "cascade_bench" .gpu/bin/cascade_bench
 elif [ "$phase" = fp8 ]; then
   bench "decode_bench (this tree)" .gpu/bin/decode_bench
+elif [ "$phase" = skew ]; then
+  bench "decode_bench --skew" .gpu/bin/decode_bench --skew
+  bench "decode_bench --graph" .gpu/bin/decode_bench --graph
 elif [ "$phase" = decode ]; then
   # Two rounds each, alternating: the spread between rounds is what "same speed" is judged by.
   for round in 1 2; do
@@ -102,7 +111,7 @@ else
   bench "prefill_bench --rope --quick" .gpu/bin/prefill_bench --rope --quick
 fi
 # The service step (decode through the daemon against in-process kernels), decode and prefill.
-if [ "$phase" != features ] && [ "$phase" != fp8 ]; then
+if [ "$phase" != features ] && [ "$phase" != fp8 ] && [ "$phase" != skew ]; then
   for round in 1 2; do
     bench "service_bench after (this tree), round $round" .gpu/bin/service_bench
     [ -x .gpu-before/bin/service_bench ] && bench "service_bench before ($before), round $round" \
@@ -114,7 +123,7 @@ tar czf "$out/logs.tgz" -C "$work" . 2>/dev/null
 echo
 peer_txt="fi_peer_$phase.txt"
 [ "$phase" = features ] && peer_txt=fi_extra.txt
-[ "$phase" = fp8 ] && peer_txt="fi_extra.txt fi_peer_fp8.txt"
+{ [ "$phase" = fp8 ] || [ "$phase" = skew ]; } && peer_txt="fi_extra.txt fi_peer_$phase.txt"
 # shellcheck disable=SC2086  # peer_txt is a list
 for f in $peer_txt "bench_$phase.txt"; do
   [ -f "$out/$f" ] && { echo "######## $f"; grep -vE '^(JSON|\{)' "$out/$f" | tail -60; }
