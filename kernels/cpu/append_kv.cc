@@ -1,5 +1,5 @@
 // AppendKv of the CPU reference: writes new K/V rows into their slots of the paged cache.
-//   k, v: [new_nnz, num_kv_heads, head_dim] dense, in params.new_dtype: copied when it is the
+//   k, v: [new_nnz, num_kv_heads, head_dim] dense, in params.RowsDtype(): copied when it is the
 //   cache's type, quantized with the cache's scales onto an fp8 cache (AppendKvParams).
 //   row new_indptr[b] + i  ->  kv position kv_len(b) - new_len(b) + i of request b.
 #include <cstring>
@@ -34,7 +34,7 @@ absl::Status AppendKv(const AppendKvParams& params) {
     return params.new_indptr ? params.new_indptr[b] : b;
   };
   const size_t elem = DTypeSize(kv.dtype);
-  const size_t src_row_bytes = static_cast<size_t>(kv.head_dim) * DTypeSize(params.new_dtype);
+  const size_t src_row_bytes = static_cast<size_t>(kv.head_dim) * DTypeSize(params.RowsDtype());
   char* const k_cache = static_cast<char*>(kv.data);
   char* const v_cache = k_cache + kv.kv_stride * elem;
   const char* const k_new = static_cast<const char*>(params.k);
@@ -50,9 +50,9 @@ absl::Status AppendKv(const AppendKvParams& params) {
       for (int32_t h = 0; h < kv.num_kv_heads; ++h) {
         const int64_t dst = (slot + h * kv.head_stride) * static_cast<int64_t>(elem);
         const int64_t src = (src_row + h) * static_cast<int64_t>(src_row_bytes);
-        WriteRow(k_cache + dst, kv.dtype, k_new + src, params.new_dtype, kv.head_dim, kv.k_scale,
+        WriteRow(k_cache + dst, kv.dtype, k_new + src, params.RowsDtype(), kv.head_dim, kv.k_scale,
                  h);
-        WriteRow(v_cache + dst, kv.dtype, v_new + src, params.new_dtype, kv.head_dim, kv.v_scale,
+        WriteRow(v_cache + dst, kv.dtype, v_new + src, params.RowsDtype(), kv.head_dim, kv.v_scale,
                  h);
       }
     }

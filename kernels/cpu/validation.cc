@@ -199,9 +199,9 @@ absl::Status ValidateOptions(const AttentionOptions& options, int32_t head_dim) 
 absl::Status ValidateAppendKv(const AppendKvParams& params) {
   const PagedKV& kv = params.kv;
   if (auto s = ValidatePagedKV(kv); !s.ok()) return s;
-  if (!AppendRowsAccepted(kv.dtype, params.new_dtype)) {
+  if (!AppendRowsAccepted(kv.dtype, params.RowsDtype())) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "new K/V rows in ", DTypeName(params.new_dtype), " for a ", DTypeName(kv.dtype),
+        "new K/V rows in ", DTypeName(params.RowsDtype()), " for a ", DTypeName(kv.dtype),
         " cache (the cache's type, or float32/float16/bfloat16 "
         "on an fp8 cache)"));
   }

@@ -30,7 +30,7 @@ absl::Status LaunchAppendKv(const AppendKvParams& params, cudaStream_t stream) {
   p.v = params.v;
   p.new_indptr = params.new_indptr;
   p.elem_size = static_cast<int32_t>(DTypeSize(kv.dtype));
-  p.new_dtype = params.new_dtype;
+  p.new_dtype = params.RowsDtype();
   ATTND_RETURN_IF_CUDA_ERROR(internal::LaunchAppendKernel(p, *sms, stream),
                              "append_kv kernel launch");
   return absl::OkStatus();

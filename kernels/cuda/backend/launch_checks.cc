@@ -350,9 +350,9 @@ absl::Status AppendKv(const AppendKvParams& params) {
   const PagedKV& kv = params.kv;
   if (kv.batch_size == 0) return absl::OkStatus();  // nothing to launch
   if (auto s = PagedLayout(op, kv); !s.ok()) return s;
-  if (!AppendRowsAccepted(kv.dtype, params.new_dtype)) {
-    return InvalidArgumentError(StrCat(op, ": new rows in ", DTypeName(params.new_dtype), " for a ",
-                                       DTypeName(kv.dtype),
+  if (!AppendRowsAccepted(kv.dtype, params.RowsDtype())) {
+    return InvalidArgumentError(StrCat(op, ": new rows in ", DTypeName(params.RowsDtype()),
+                                       " for a ", DTypeName(kv.dtype),
                                        " cache (its own type, or fp32/fp16/bf16 on an fp8 "
                                        "cache)"));
   }

@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 
 namespace attnd::kernels {
 
@@ -198,12 +199,15 @@ struct AppendKvParams {
   const void* k = nullptr;
   const void* v = nullptr;
   const int32_t* new_indptr = nullptr;  // [kv.batch_size + 1]
-  // The rows' type (AppendRowsAccepted): kv.dtype, copied as they are; or, on an fp8 cache,
-  // float32 / float16 / bfloat16, quantized with the cache's scales: element x of KV head h is
-  // stored as fp8(x / k_scale[h]) for K (v_scale for V; 1 where the scale is null), the float32
-  // quotient rounded to nearest even and saturated to the largest finite fp8 value (NaN stays
-  // NaN) -- what every backend computes, bit for bit.
-  DType new_dtype = DType::kFloat16;
+  // The rows' type (AppendRowsAccepted): unset or kv.dtype, copied as they are; or, on an fp8
+  // cache, float32 / float16 / bfloat16, quantized with the cache's scales: element x of KV head
+  // h is stored as fp8(x / k_scale[h]) for K (v_scale for V; 1 where the scale is null), the
+  // float32 quotient rounded to nearest even and saturated to the largest finite fp8 value (NaN
+  // stays NaN) -- what every backend computes, bit for bit. Unset by default, so that a caller
+  // who never thinks of it copies rows of the cache's own type (a fixed default type would
+  // quantize fp8 rows as if they were that type).
+  std::optional<DType> new_dtype;
+  DType RowsDtype() const { return new_dtype.value_or(kv.dtype); }
 };
 
 // Merges attention states: for each row r and head h, the states (v_i, s_i) for i < num_states

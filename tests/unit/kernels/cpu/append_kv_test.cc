@@ -16,7 +16,9 @@ using testing::MakePagedProblem;
 using testing::PagedProblem;
 using testing::PagedProblemSpec;
 
-void CheckAppend(const PagedProblemSpec& spec, const std::vector<int>& new_lens, bool null_indptr) {
+// dtype_unset: AppendKvParams::new_dtype left unset (the rows are then of the cache's type).
+void CheckAppend(const PagedProblemSpec& spec, const std::vector<int>& new_lens, bool null_indptr,
+                 bool dtype_unset = false) {
   PagedProblem p = MakePagedProblem(spec);
   std::mt19937 rng(spec.seed + 1);
   std::vector<int32_t> new_indptr = {0};
@@ -47,7 +49,7 @@ void CheckAppend(const PagedProblemSpec& spec, const std::vector<int>& new_lens,
   params.k = k_new.data();
   params.v = v_new.data();
   params.new_indptr = null_indptr ? nullptr : new_indptr.data();
-  params.new_dtype = spec.kv_dtype;
+  if (!dtype_unset) params.new_dtype = spec.kv_dtype;
   ASSERT_TRUE(AppendKv(params).ok());
   ASSERT_EQ(p.pool.size(), expected.size());
   size_t differing = 0;
@@ -74,6 +76,26 @@ TEST(AppendKv, WritesExactlyTheNewSlots) {
         CheckAppend(spec, {1, 1, 1, 1}, true);    // decode: one token each, null new_indptr
       }
     }
+  }
+}
+
+TEST(AppendKv, UnsetRowTypeMeansTheCachesOwnTypeCopiedAsIs) {
+  // Not a default type: fp8 rows onto an fp8 cache are copied bit for bit, not read as fp16.
+  for (DType dtype : {DType::kFloat8E4M3, DType::kFloat8E5M2, DType::kBFloat16, DType::kFloat32}) {
+    PagedProblemSpec spec;
+    spec.kv_lens = {3, 40};
+    spec.qo_lens = spec.kv_lens;
+    spec.page_size = 16;
+    spec.num_kv_heads = 2;
+    spec.head_dim = 32;
+    spec.kv_dtype = dtype;
+    spec.seed = 7 + static_cast<int>(dtype);
+    SCOPED_TRACE(testing::DescribeSpec(spec, {}));
+    AppendKvParams unset;
+    EXPECT_FALSE(unset.new_dtype.has_value());
+    unset.kv.dtype = dtype;
+    EXPECT_EQ(unset.RowsDtype(), dtype);
+    CheckAppend(spec, {3, 5}, false, /*dtype_unset=*/true);
   }
 }
 
