@@ -9,6 +9,14 @@
 //                      async = wall time of one Run call (reply once enqueued).
 //   per-step time: wall time of CreatePlan (attnd modes; in-process: none, the schedule is
 //                  reused) + 32 layers, until the outputs are ready on the engine's stream.
+//   "attnd ASYNC, DecodeBatch": the engine loop of a real decode step through client::DecodeBatch
+//                  (issue 14 items 1 and 5): the plan lives across steps; each step every request
+//                  gets one more token (lengths staggered so that 4 of the 64 requests cross into
+//                  a new page per step: 64 tokens appended, 4 new pages) and only those deltas go
+//                  out (UpdatePlan); "plan p50" is then the wall time of DecodeBatch::Step() (the
+//                  page-table update end to end: AllocatePages for the new pages + UpdatePlan),
+//                  the step adds the 32 ASYNC layers. Its kv lengths grow by one token a step
+//                  (4081..4096 + step), the other modes' stay at 4096.
 // Prints a table and one JSON line per mode.
 #include <cuda_runtime.h>
 #include <signal.h>
@@ -25,6 +33,7 @@
 #include <vector>
 
 #include "attnd/client/cuda_ipc.h"
+#include "attnd/client/decode_batch.h"
 #include "attnd/client/session.h"
 #include "attnd/kernels/cuda_launch.h"
 #include "daemon_child.h"
@@ -101,7 +110,8 @@ int main(int argc, char** argv) {
   spec.num_kv_heads = kKvHeads;
   spec.head_dim = kHeadDim;
   spec.page_size = kPageSize;
-  spec.num_pages = kBatch * kPagesPerSeq;
+  // + the pages DecodeBatch takes as its requests grow (at most two each over the steps).
+  spec.num_pages = kBatch * kPagesPerSeq + 2 * kBatch;
   auto pool = Must(session->CreatePool(spec), "create pool");
   auto grant = Must(session->AllocatePages(pool.pool_id(), kBatch * kPagesPerSeq), "allocate");
   // Pages in a shuffled order (as a serving engine's would be).
@@ -236,6 +246,53 @@ int main(int argc, char** argv) {
       CK(cudaStreamSynchronize(stream));
       const double wall = Us(Clock::now() - t0);
       if (!session->DeletePlan(plan.plan_id()).ok()) return 2;
+      if (step < kWarmupSteps) continue;
+      step_us.push_back(wall);
+      plan_us.push_back(Us(t_plan - t0));
+      layer_us.insert(layer_us.end(), layers.begin(), layers.end());
+    }
+    r.layer = Summarize(layer_us);
+    r.step = Summarize(step_us);
+    r.plan_p50 = Summarize(plan_us).p50;
+    results.push_back(r);
+  }
+
+  // ---- through attnd with client::DecodeBatch: one plan across steps, deltas only ------------
+  {
+    ModeResult r{"attnd ASYNC, DecodeBatch"};
+    std::vector<double> layer_us, step_us, plan_us;
+    attnd::client::PlanSpec defaults;
+    defaults.num_qo_heads = kQoHeads;
+    attnd::client::DecodeBatch batch(*session, pool.pool_id(), kPageSize, defaults);
+    // Request b: kKvLen - b % 16 tokens in its 256 pages (the bench's pages, not the batch's).
+    for (int b = 0; b < kBatch; ++b) {
+      std::vector<int32_t> own(pages.begin() + b * kPagesPerSeq,
+                               pages.begin() + (b + 1) * kPagesPerSeq);
+      Must(batch.Join(std::move(own), kKvLen - b % kPageSize, /*owns_pages=*/false), "join");
+    }
+    for (int step = 0; step < kWarmupSteps + kSteps; ++step) {
+      const auto t0 = Clock::now();
+      if (auto s = batch.Step(); !s.ok()) {
+        std::fprintf(stderr, "DecodeBatch::Step: %s\n", s.ToString().c_str());
+        return 2;
+      }
+      const auto t_plan = Clock::now();
+      CK(cudaEventRecord(ready->native(), stream));
+      std::vector<double> layers;
+      for (int l = 0; l < kLayers; ++l) {
+        attnd::client::RunArgs run;
+        run.layer = l;
+        run.q = Slice(b_q, l * qo_layer_bytes);
+        run.o = Slice(b_o, l * qo_layer_bytes);
+        run.completion = v1::COMPLETION_ASYNC;
+        if (l == 0) run.wait_event_id = ready->id();
+        const auto a = Clock::now();
+        Must(batch.Run(std::move(run)), "run");
+        layers.push_back(Us(Clock::now() - a));
+      }
+      if (auto s = done->WaitOn(stream); !s.ok()) return 2;
+      CK(cudaStreamSynchronize(stream));
+      const double wall = Us(Clock::now() - t0);
       if (step < kWarmupSteps) continue;
       step_us.push_back(wall);
       plan_us.push_back(Us(t_plan - t0));

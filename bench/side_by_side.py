@@ -8,7 +8,10 @@
 Inputs: FlashInfer's fi_peer.jsonl and bench/fi_extra_peer.py's fi_extra.jsonl ("timing" rows;
 pass both with --fi), and the output of decode_bench / prefill_bench ("JSON {...}" lines),
 cascade_bench ("JSON {"bench":"cascade_decode",...}") and service_bench
-("{"bench":"service",...}" lines) as scripts/gpu-host-bench.sh writes them. A "== <label>" line
+("{"bench":"service",...}" lines) as scripts/gpu-host-bench.sh writes them. Service rows:
+service-decode-b64-kv4096-hkv8-32layers-step (ASYNC; in-process for the in-process mode), its
+-sync variant, and -decodebatch (the ASYNC step through client::DecodeBatch: UpdatePlan deltas,
+plan_p50_us = the page-table update end to end). A "== <label>" line
 names what follows; labels containing "(before" mark the tree before the change (impl
 "attnd@<rev>"). attnd rows are the kernel the planner picks by default (decode: tensor cores for
 a GQA group >= 4 at head_dim <= 128, else CUDA cores; prefill: paged, tile "auto"). Rows measured
@@ -211,6 +214,8 @@ def attnd_rows(path):
             mode = r["mode"]
             if mode.startswith("in-process"):
                 name, who = base, ("in-process" if impl == "attnd" else f"in-process{impl[5:]}")
+            elif "DecodeBatch" in mode:  # one plan across steps, UpdatePlan deltas
+                name, who = base + "-decodebatch", impl
             elif "ASYNC" in mode:
                 name, who = base, impl
             else:
