@@ -166,11 +166,14 @@ def attnd_rows(path):
         elif b == "decode_skew":
             # --skew: the planner's default (balance on) is "attnd"; balance off, the schedule
             # before load balancing, is "attnd-unbalanced". Uniform rows only with balance on.
+            # "balanced" (whether the plan did cut the batch) is optional: a line without it
+            # still names its row.
             name = skew_name(r["dtype"], r["head_dim"], r["batch"], r["kv_len"],
                              r["long_kv_len"], r["num_kv_heads"])
             who = impl if r["balance"] else impl + "-unbalanced"
             yield name, who, "TB/s", r["tbps"], {"kernel": r["kernel"], "ms": r["ms"],
-                                                 "chunks": r["chunks"], "balanced": r["balanced"],
+                                                 "chunks": r["chunks"],
+                                                 "balanced": r.get("balanced"),
                                                  "tbps_clean_l2": r.get("tbps_clean"),
                                                  "tokens": r.get("tokens")}
         elif b == "prefill":
