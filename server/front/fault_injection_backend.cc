@@ -45,6 +45,10 @@ class FaultInjectionBackend final : public k::Backend {
   absl::Status Zero(void* dst, size_t bytes, k::Stream* stream) override {
     return Forward([&] { return real_->Zero(dst, bytes, stream); });
   }
+  absl::Status ZeroRows(void* dst, size_t bytes, size_t stride, int32_t rows,
+                        k::Stream* stream) override {
+    return Forward([&] { return real_->ZeroRows(dst, bytes, stride, rows, stream); });
+  }
   absl::StatusOr<std::unique_ptr<k::PreparedPlan>> Prepare(k::PlanSpec spec,
                                                            k::Stream* stream) override {
     return Forward([&] { return real_->Prepare(std::move(spec), stream); });

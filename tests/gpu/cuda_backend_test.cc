@@ -519,6 +519,34 @@ void ErrorPaths(Backend& cuda, ResultTable& table) {
                  std::string(own.status().ToString()));
 }
 
+// Backend::ZeroRows (how a pool clears newly allocated pages in every layer, one 2-D memset):
+// exactly the rows' ranges become zero, every other byte keeps its pattern.
+void ZeroRowsExact(Backend& cuda, ResultTable& table) {
+  constexpr size_t kStride = 4096, kBytes = 1000, kOffset = 48;
+  constexpr int32_t kRows = 7;
+  const size_t total = kStride * (kRows + 1);
+  auto mem = cuda.Allocate(total);
+  auto stream = cuda.CreateStream();
+  if (!table.AddCheck("ZeroRows: allocate", mem.ok() && stream.ok(), "")) return;
+  const std::vector<uint8_t> pattern(total, 0xAB);
+  absl::Status s = cuda.CopyToBackend((*mem)->data(), pattern.data(), total, stream->get());
+  if (s.ok()) {
+    s = cuda.ZeroRows(static_cast<char*>((*mem)->data()) + kOffset, kBytes, kStride, kRows,
+                      stream->get());
+  }
+  std::vector<uint8_t> got(total, 0x11);
+  if (s.ok()) s = cuda.CopyToHost(got.data(), (*mem)->data(), total, stream->get());
+  if (s.ok()) s = cuda.Synchronize(stream->get());
+  size_t wrong = 0;
+  for (size_t i = 0; i < total; ++i) {
+    const size_t row = (i - std::min(i, kOffset)) / kStride, in_row = (i - kOffset) % kStride;
+    const bool zeroed = i >= kOffset && row < kRows && in_row < kBytes;
+    wrong += got[i] != (zeroed ? 0 : 0xAB);
+  }
+  table.AddCheck("ZeroRows: 7 rows of 1000 bytes, stride 4096: exactly those bytes zero",
+                 s.ok() && wrong == 0, absl::StrCat(s.ToString(), ", ", wrong, " bytes wrong"));
+}
+
 void MergeThroughBackend(Backend& cuda, Backend& cpu, Rng& rng, ResultTable& table) {
   const int32_t rows = 9, states = 3, heads = 4, dim = 64;
   std::vector<uint8_t> v = EncodeAs(rng.NormalVector(rows * states * heads * dim), DType::kFloat16);
@@ -1380,6 +1408,7 @@ int main(int argc, char** argv) {
   }
 
   ErrorPaths(*cuda, table);
+  ZeroRowsExact(*cuda, table);
   IpcTwoProcesses(*cuda, table);
   for (DType dt : {DType::kFloat16, DType::kBFloat16}) {
     const char* dn = dt == DType::kFloat16 ? "f16" : "bf16";

@@ -339,6 +339,17 @@ class CudaBackend final : public Backend {
     return sticky_.Check(cudaMemsetAsync(dst, 0, bytes, st), "cudaMemsetAsync");
   }
 
+  absl::Status ZeroRows(void* dst, size_t bytes, size_t stride, int32_t rows,
+                        Stream* stream) override {
+    if (rows <= 1 || stride < bytes) return Backend::ZeroRows(dst, bytes, stride, rows, stream);
+    if (auto s = Enter(); !s.ok()) return s;
+    cudaStream_t st = stream != nullptr ? static_cast<cudaStream_t>(stream->native()) : nullptr;
+    // One API call for every layer's copy of the pages (~3 us of host time each otherwise: a
+    // 32-layer pool's AllocatePages of 4 scattered pages made 128 of them).
+    return sticky_.Check(cudaMemset2DAsync(dst, stride, 0, bytes, static_cast<size_t>(rows), st),
+                         "cudaMemset2DAsync");
+  }
+
   absl::StatusOr<std::unique_ptr<Stream>> CreateStream() override {
     if (auto s = Enter(); !s.ok()) return s;
     cudaStream_t st = nullptr;

@@ -229,6 +229,20 @@ class Backend {
     std::memset(dst, 0, bytes);
     return absl::OkStatus();
   }
+  // Zeroes `rows` ranges of `bytes` bytes, the first at dst and each `stride` bytes after the last
+  // (the same pages of every layer of a pool), in `stream`'s order: one call for what would be
+  // `rows` Zero calls (a device backend issues one 2-D memset, not one per layer). The default
+  // calls Zero per row.
+  virtual absl::Status ZeroRows(void* dst, size_t bytes, size_t stride, int32_t rows,
+                                Stream* stream) {
+    for (int32_t r = 0; r < rows; ++r) {
+      if (auto s = Zero(static_cast<char*>(dst) + static_cast<size_t>(r) * stride, bytes, stream);
+          !s.ok()) {
+        return s;
+      }
+    }
+    return absl::OkStatus();
+  }
 
   // Uploads the page table and computes the backend's schedule.
   virtual absl::StatusOr<std::unique_ptr<PreparedPlan>> Prepare(PlanSpec spec, Stream* stream) = 0;

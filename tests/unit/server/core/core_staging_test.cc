@@ -58,6 +58,14 @@ class NoHostAccessBackend final : public kernels::Backend {
     ++zero_calls;
     return inner_->Zero(dst, bytes, stream);
   }
+  // One strided call per run of pages (every layer's copy): what a device backend turns into one
+  // 2-D memset. Counted, then done row by row through Zero above.
+  absl::Status ZeroRows(void* dst, size_t bytes, size_t stride, int32_t rows,
+                        kernels::Stream* stream) override {
+    ++zero_rows_calls;
+    zero_rows_rows = rows;
+    return Backend::ZeroRows(dst, bytes, stride, rows, stream);
+  }
   absl::Status Synchronize(kernels::Stream* stream) override {
     ++synchronizations;
     return inner_->Synchronize(stream);
@@ -84,6 +92,8 @@ class NoHostAccessBackend final : public kernels::Backend {
   uint64_t bytes_to_host = 0;
   int allocations = 0;
   int zero_calls = 0;
+  int zero_rows_calls = 0;
+  int32_t zero_rows_rows = 0;
   int synchronizations = 0;
 
  private:
@@ -266,18 +276,21 @@ TEST(CoreStagingTest, SharedMemoryNeedsHostAccess) {
 }
 
 // On a backend whose memory the core cannot touch (CUDA), newly allocated pages are still
-// cleared, through Backend::Zero: one call per layer per run of consecutive page ids.
+// cleared, through Backend::ZeroRows: one strided call per run of consecutive page ids covering
+// every layer (each row one layer's copy of the run).
 TEST(CoreStagingTest, AllocatedPagesAreClearedThroughTheBackend) {
   auto fake = std::make_unique<NoHostAccessBackend>(CpuBackend());
   NoHostAccessBackend* backend = fake.get();
   auto core = CoreWith(std::move(fake));
   const std::string s = Open(*core);
   const v1::PoolInfo pool = CreatePool(*core, s);
-  const int before = backend->zero_calls;
+  const int before = backend->zero_calls, before_rows = backend->zero_rows_calls;
   std::vector<int32_t> pages = Allocate(*core, s, pool.pool_id(), 3);
   std::sort(pages.begin(), pages.end());
   int runs = 1;
   for (size_t i = 1; i < pages.size(); ++i) runs += pages[i] != pages[i - 1] + 1;
+  EXPECT_EQ(backend->zero_rows_calls - before_rows, runs);
+  EXPECT_EQ(backend->zero_rows_rows, pool.num_layers());
   EXPECT_EQ(backend->zero_calls - before, runs * pool.num_layers());
 }
 
