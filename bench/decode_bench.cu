@@ -126,18 +126,57 @@ using Kernel = kcuda::DecodeScheduleOptions::Kernel;
 
 bool g_rope = false;  // --rope
 
+// A batch's page table over kv_len (pages of ps tokens, in random order, seed 42) in device
+// memory: Bind points a PagedKV's indptr / indices / last_page_len at it.
+class BenchPageTable {
+ public:
+  BenchPageTable(const std::vector<int32_t>& kv_len, int ps)
+      : host_(Layout(kv_len, ps)),
+        d_indptr_(host_.indptr.size() * 4),
+        d_indices_(static_cast<size_t>(num_pages()) * 4),
+        d_last_(host_.last.size() * 4) {
+    std::vector<int32_t> perm(num_pages());
+    std::iota(perm.begin(), perm.end(), 0);
+    std::shuffle(perm.begin(), perm.end(), std::mt19937(42));
+    BENCH_CUDA_CHECK(cudaMemcpy(d_indptr_.get(), host_.indptr.data(), host_.indptr.size() * 4,
+                                cudaMemcpyHostToDevice));
+    BENCH_CUDA_CHECK(
+        cudaMemcpy(d_indices_.get(), perm.data(), perm.size() * 4, cudaMemcpyHostToDevice));
+    BENCH_CUDA_CHECK(cudaMemcpy(d_last_.get(), host_.last.data(), host_.last.size() * 4,
+                                cudaMemcpyHostToDevice));
+  }
+  int num_pages() const { return host_.indptr.back(); }
+  void Bind(attnd::kernels::PagedKV& kv) const {
+    kv.indptr = d_indptr_.as<int32_t>();
+    kv.indices = d_indices_.as<int32_t>();
+    kv.last_page_len = d_last_.as<int32_t>();
+  }
+
+ private:
+  struct Host {
+    std::vector<int32_t> indptr, last;  // [batch + 1], [batch]
+  };
+  static Host Layout(const std::vector<int32_t>& kv_len, int ps) {
+    Host h;
+    h.indptr.assign(1, 0);
+    for (const int32_t len : kv_len) {
+      const int pages = (len + ps - 1) / ps;
+      h.indptr.push_back(h.indptr.back() + pages);
+      h.last.push_back(len - (pages - 1) * ps);
+    }
+    return h;
+  }
+  Host host_;
+  DeviceMemory d_indptr_, d_indices_, d_last_;
+};
+
 Result RunOne(DType dt, DType kv_dt, Shape s, Kernel kernel, float waves, double ceiling,
               bool clean, cudaStream_t stream, bool balance = true) {
   const int hq = 32, d = 128, ps = 16;
   std::vector<int32_t> kv_len(s.batch, s.kv_len);
   if (s.long_kv_len > 0) kv_len.back() = s.long_kv_len;
-  std::vector<int32_t> indptr(s.batch + 1, 0), last(s.batch);
-  for (int b = 0; b < s.batch; ++b) {
-    const int pages = (kv_len[b] + ps - 1) / ps;
-    indptr[b + 1] = indptr[b] + pages;
-    last[b] = kv_len[b] - (pages - 1) * ps;
-  }
-  const int num_pages = indptr.back();
+  const BenchPageTable table(kv_len, ps);
+  const int num_pages = table.num_pages();
   attnd::kernels::PagedKV kv;
   kv.dtype = kv_dt;
   kv.num_pages = num_pages;
@@ -166,19 +205,8 @@ Result RunOne(DType dt, DType kv_dt, Shape s, Kernel kernel, float waves, double
     kv.v_scale = d_scales.as<float>() + s.num_kv_heads;
   }
 
-  std::vector<int32_t> perm(num_pages);
-  std::iota(perm.begin(), perm.end(), 0);
-  std::shuffle(perm.begin(), perm.end(), std::mt19937(42));
-  DeviceMemory d_indptr(indptr.size() * 4), d_indices(perm.size() * 4), d_last(last.size() * 4);
-  BENCH_CUDA_CHECK(
-      cudaMemcpy(d_indptr.get(), indptr.data(), indptr.size() * 4, cudaMemcpyHostToDevice));
-  BENCH_CUDA_CHECK(
-      cudaMemcpy(d_indices.get(), perm.data(), perm.size() * 4, cudaMemcpyHostToDevice));
-  BENCH_CUDA_CHECK(cudaMemcpy(d_last.get(), last.data(), last.size() * 4, cudaMemcpyHostToDevice));
   kv.data = cache.get();
-  kv.indptr = d_indptr.as<int32_t>();
-  kv.indices = d_indices.as<int32_t>();
-  kv.last_page_len = d_last.as<int32_t>();
+  table.Bind(kv);
 
   DeviceMemory q(static_cast<size_t>(s.batch) * hq * d * 2), o(q.bytes());
   DeviceMemory lse(static_cast<size_t>(s.batch) * hq * 4);
@@ -276,7 +304,9 @@ void RunSkew(double ceiling, cudaStream_t stream) {
 // {"bench":"decode_graph", ...}.
 void RunGraph(cudaStream_t stream) {
   const int hq = 32, hkv = 8, d = 128, ps = 16, batch = 64, kv = 4096, layers = 32;
-  const int pages_per_req = kv / ps, num_pages = batch * pages_per_req;
+  const std::vector<int32_t> kv_len(batch, kv);
+  const BenchPageTable table(kv_len, ps);
+  const int num_pages = table.num_pages();
   attnd::kernels::PagedKV view;
   view.dtype = DType::kFloat16;
   view.num_pages = num_pages;
@@ -288,21 +318,8 @@ void RunGraph(cudaStream_t stream) {
   const size_t kv_elems = static_cast<size_t>(num_pages) * view.page_stride;
   DeviceMemory cache(kv_elems * 2);
   FillRandom16(cache.get(), kv_elems, 17, false);
-  std::vector<int32_t> perm(num_pages);
-  std::iota(perm.begin(), perm.end(), 0);
-  std::shuffle(perm.begin(), perm.end(), std::mt19937(42));
-  std::vector<int32_t> indptr(batch + 1), last(batch, ps), kv_len(batch, kv);
-  for (int b = 0; b <= batch; ++b) indptr[b] = b * pages_per_req;
-  DeviceMemory d_indptr(indptr.size() * 4), d_indices(perm.size() * 4), d_last(last.size() * 4);
-  BENCH_CUDA_CHECK(
-      cudaMemcpy(d_indptr.get(), indptr.data(), indptr.size() * 4, cudaMemcpyHostToDevice));
-  BENCH_CUDA_CHECK(
-      cudaMemcpy(d_indices.get(), perm.data(), perm.size() * 4, cudaMemcpyHostToDevice));
-  BENCH_CUDA_CHECK(cudaMemcpy(d_last.get(), last.data(), last.size() * 4, cudaMemcpyHostToDevice));
   view.data = cache.get();
-  view.indptr = d_indptr.as<int32_t>();
-  view.indices = d_indices.as<int32_t>();
-  view.last_page_len = d_last.as<int32_t>();
+  table.Bind(view);
   DeviceMemory q(static_cast<size_t>(batch) * hq * d * 2);
   FillRandom16(q.get(), q.bytes() / 2, 5, false);
   std::vector<std::unique_ptr<DeviceMemory>> o;  // DeviceMemory does not move

@@ -560,7 +560,7 @@ def check_decode_fp8(torch, fi, ws, c):
                      for b in range(len(kv_lens))])
     rel, mx = P.rel_err(torch, o, ref)
     scales = f" k_scale={ks:g} v_scale={vs:g}" if ks is not None else ""
-    return P.record_check(f"decode-fp8 {c['backend']} {c['dt']} kv {c['kvdt']} hd={c['hd']} "
+    return P.record_check(f"{c['op']} {c['backend']} {c['dt']} kv {c['kvdt']} hd={c['hd']} "
                           f"hk={c['hk']} kv{kv_lens}{scales}", rel, mx, 2e-2)
 
 
